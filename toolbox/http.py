@@ -1,0 +1,147 @@
+"""Request parsing shared by every route: JSON bodies into wire models, typed query params.
+
+Every helper raises `DaemonError` with a message a person can act on, so handlers stay thin.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse
+
+from toolbox.errors import Code, DaemonError
+
+M = TypeVar("M", bound=BaseModel)
+
+# Request bodies are small JSON documents; anything larger is a client bug, not data.
+MAX_JSON_BODY = 16 * 1024 * 1024
+
+
+class WireModel(BaseModel):
+    """Base for request/response models: field names exactly as on the wire."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+async def read_json(request: Request) -> Any:
+    """The JSON body, whatever the Content-Type (the SDK sends `/init` and `/env` without one)."""
+    size = 0
+    chunks = []
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BODY:
+            raise DaemonError(
+                Code.INVALID_REQUEST_BODY,
+                f"invalid body request: JSON body larger than {MAX_JSON_BODY} bytes",
+                status=413,
+            )
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise DaemonError(Code.INVALID_REQUEST_BODY, "invalid body request: body is empty")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DaemonError(
+            Code.INVALID_REQUEST_BODY, f"invalid body request: body is not valid JSON ({exc})"
+        ) from None
+
+
+async def parse_body(request: Request, model: type[M], *, optional: bool = False) -> M:
+    """The JSON body validated into `model`; an empty body is allowed when `optional`."""
+    if optional:
+        raw = await request.body()
+        if not raw.strip():
+            return model()
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DaemonError(
+                Code.INVALID_REQUEST_BODY, f"invalid body request: body is not valid JSON ({exc})"
+            ) from None
+    else:
+        data = await read_json(request)
+    if not isinstance(data, dict):
+        raise DaemonError(Code.INVALID_REQUEST_BODY, "invalid body request: expected a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise DaemonError(Code.INVALID_REQUEST_BODY, f"invalid body request: {_describe(exc)}") from None
+
+
+def query_str(conn: HTTPConnection, name: str, *, required: bool = False, default: str | None = None) -> str | None:
+    value = conn.query_params.get(name)
+    if value is None or (required and value == ""):
+        if required:
+            raise DaemonError(Code.BAD_REQUEST, f"query parameter '{name}' is required")
+        return default
+    if "\x00" in value:
+        raise DaemonError(Code.BAD_REQUEST, f"query parameter '{name}' contains a NUL byte")
+    return value
+
+
+def query_required(conn: HTTPConnection, name: str) -> str:
+    value = query_str(conn, name, required=True)
+    assert value is not None
+    return value
+
+
+def query_bool(conn: HTTPConnection, name: str, default: bool = False) -> bool:
+    value = conn.query_params.get(name)
+    if value is None or value == "":
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise DaemonError(Code.BAD_REQUEST, f"query parameter '{name}' must be true or false, got {value!r}")
+
+
+def query_int(
+    conn: HTTPConnection,
+    name: str,
+    default: int | None = None,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> int | None:
+    value = conn.query_params.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise DaemonError(Code.BAD_REQUEST, f"query parameter '{name}' must be an integer, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise DaemonError(Code.BAD_REQUEST, f"query parameter '{name}' must be >= {minimum}")
+    if maximum is not None and number > maximum:
+        raise DaemonError(Code.BAD_REQUEST, f"query parameter '{name}' must be <= {maximum}")
+    return number
+
+
+def path_param(conn: HTTPConnection, name: str) -> str:
+    value = conn.path_params.get(name)
+    if not isinstance(value, str) or value == "":
+        raise DaemonError(Code.BAD_REQUEST, f"path parameter '{name}' is required")
+    return value
+
+
+def json_response(content: Any, status_code: int = 200) -> JSONResponse:
+    if isinstance(content, BaseModel):
+        content = content.model_dump(by_alias=True, exclude_none=True)
+    return JSONResponse(content, status_code=status_code)

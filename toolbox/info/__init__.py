@@ -1,0 +1,1 @@
+"""Info and server endpoints: version, work and home dirs, init, env, system metrics."""

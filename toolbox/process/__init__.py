@@ -1,0 +1,1 @@
+"""Process APIs: one-shot execution, sessions, PTYs, interpreters, and their output store."""
