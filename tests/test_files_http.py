@@ -399,3 +399,29 @@ def _try_read_as_daemon(daemon: RunningDaemon, path: Path) -> bytes | None:
     with daemon.client() as http:
         response = http.get("/files/download", params={"path": str(path)})
     return response.content if response.status_code == 200 else None
+
+
+def test_odd_paths_in_bulk_download_become_error_parts(http: httpx.Client) -> None:
+    body = json.dumps({"paths": ["nul\x00byte", "lone \ud800 surrogate"]})
+    response = http.post("/files/bulk-download", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 200
+    assert response.content.count(b'"code": "INVALID_FILE_PATH"') == 2
+    assert response.content.endswith(b"--\r\n")
+
+
+def test_uploads_and_replace_write_through_symlinks(daemon: RunningDaemon, http: httpx.Client) -> None:
+    real = daemon.workdir / "real.txt"
+    link = daemon.workdir / "link.txt"
+    real.write_bytes(b"before")
+    link.unlink(missing_ok=True)
+    link.symlink_to(real)
+    fs = sdk_filesystem(daemon)
+    fs.upload_file(b"after", "link.txt")
+    assert link.is_symlink() and real.read_bytes() == b"after"
+    fs.replace_in_files(["link.txt"], "after", "replaced")
+    assert link.is_symlink() and real.read_bytes() == b"replaced"
+
+
+def test_refuses_to_delete_root(http: httpx.Client) -> None:
+    response = http.delete("/files", params={"path": "/", "recursive": "true"})
+    assert "refusing" in str(_error(response, 400, "BAD_REQUEST")["message"])

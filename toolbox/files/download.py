@@ -35,7 +35,7 @@ _ATTR_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 
 
 def encode_rfc5987(value: str) -> str:
-    raw = value.encode("utf-8", errors="surrogateescape")
+    raw = value.encode("utf-8", errors="surrogatepass")
     return "".join(chr(b) if b in _ATTR_CHARS else f"%{b:02X}" for b in raw)
 
 
@@ -272,6 +272,8 @@ def _open_part(resolve: Callable[[str], Path], raw_path: str) -> OpenedPart | tu
     try:
         path = resolve(raw_path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except DaemonError as exc:
+        return 400, Code.INVALID_FILE_PATH, exc.message
     except (UnicodeEncodeError, ValueError):
         return 400, Code.INVALID_FILE_PATH, f"invalid file path: {raw_path!r}"
     except IsADirectoryError:

@@ -205,6 +205,7 @@ def _replace_stream(source: Any, target: Any, old: bytes, new: bytes) -> int:
 
 def replace_in_file(path: Path, old: bytes, new: bytes) -> None:
     """Replace in place via a temp file beside `path`, renamed over it when complete."""
+    path = Path(os.path.realpath(path))  # through symlinks: the link itself stays
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):
         raise IsADirectoryError(21, "not a regular file", str(path))

@@ -91,6 +91,8 @@ class FileService:
 
     def delete(self, raw_path: str, recursive: bool) -> None:
         path = resolve(self.settings, raw_path)
+        if os.path.normpath(path) == "/":
+            raise bad_request("refusing to delete the root directory /")
         try:
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):

@@ -32,6 +32,9 @@ class PendingFile:
     """A new version of `destination`, invisible until `commit()` renames it into place."""
 
     def __init__(self, destination: Path) -> None:
+        if destination.is_symlink():
+            # Writing to a symlink updates its target (as open(2) would); the link stays.
+            destination = Path(os.path.realpath(destination))
         self.destination = destination
         self.size = 0
         parent = destination.parent
