@@ -425,3 +425,30 @@ def test_uploads_and_replace_write_through_symlinks(daemon: RunningDaemon, http:
 def test_refuses_to_delete_root(http: httpx.Client) -> None:
     response = http.delete("/files", params={"path": "/", "recursive": "true"})
     assert "refusing" in str(_error(response, 400, "BAD_REQUEST")["message"])
+
+
+def _bytes_read_by(daemon: RunningDaemon) -> int:
+    for line in Path(f"/proc/{daemon.process.pid}/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/<pid>/io")
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["download", "bulk-download"])
+def test_download_stops_reading_when_client_leaves(daemon: RunningDaemon, bulk: bool) -> None:
+    sparse = daemon.workdir / "sparse-400m.bin"
+    with open(sparse, "wb") as handle:
+        handle.truncate(400 * 1024 * 1024)  # reads fast, costs no disk
+    before = _bytes_read_by(daemon)
+    with daemon.client(timeout=30) as client:
+        if bulk:
+            request = client.build_request("POST", "/files/bulk-download", json={"paths": [sparse.name]})
+        else:
+            request = client.build_request("GET", "/files/download", params={"path": sparse.name})
+        response = client.send(request, stream=True)
+        assert response.status_code == 200
+        next(response.iter_raw(1024 * 1024))
+        response.close()
+    time.sleep(1.0)
+    read = _bytes_read_by(daemon) - before
+    assert read < 64 * 1024 * 1024, f"daemon read {read >> 20} MiB after the client left"
