@@ -452,3 +452,12 @@ def test_download_stops_reading_when_client_leaves(daemon: RunningDaemon, bulk: 
     time.sleep(1.0)
     read = _bytes_read_by(daemon) - before
     assert read < 64 * 1024 * 1024, f"daemon read {read >> 20} MiB after the client left"
+
+
+def test_fifo_is_refused_not_hung(daemon: RunningDaemon, http: httpx.Client) -> None:
+    fifo = daemon.workdir / "a.fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    _error(http.get("/files/download", params={"path": "a.fifo"}), 400, "BAD_REQUEST")
+    bulk = http.post("/files/bulk-download", json={"paths": ["a.fifo"]})
+    assert b'"code": "INVALID_FILE_PATH"' in bulk.content

@@ -84,6 +84,10 @@ async def stream_until_disconnect(receive: Receive, body: Callable[[], Awaitable
         group.cancel_scope.cancel()
 
 
+# O_NONBLOCK: opening a FIFO must not hang a worker thread (it is refused right after).
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+
+
 def _read(fd: int, size: int, offset: int) -> bytes:
     return os.pread(fd, size, offset)
 
@@ -232,15 +236,16 @@ class FileDownload:
 def open_for_download(path: Path, display: str) -> tuple[int, os.stat_result]:
     """Open a regular file for reading; 404/403/400 for what is not one."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except IsADirectoryError:
         raise DaemonError(Code.BAD_REQUEST, f"path must be a file, not a directory: {display}") from None
     except OSError as exc:
         raise from_os_error(exc, display) from None
     st = os.fstat(fd)
-    if stat.S_ISDIR(st.st_mode):
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
-        raise DaemonError(Code.BAD_REQUEST, f"path must be a file, not a directory: {display}")
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, pipe or socket"
+        raise DaemonError(Code.BAD_REQUEST, f"path must be a file, not {what}: {display}")
     return fd, st
 
 
@@ -271,7 +276,7 @@ def _open_part(resolve: Callable[[str], Path], raw_path: str) -> OpenedPart | tu
         return 400, Code.INVALID_FILE_PATH, f"invalid file path: {raw_path!r}"
     try:
         path = resolve(raw_path)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, _OPEN_FLAGS)
     except DaemonError as exc:
         return 400, Code.INVALID_FILE_PATH, exc.message
     except (UnicodeEncodeError, ValueError):
@@ -287,9 +292,10 @@ def _open_part(resolve: Callable[[str], Path], raw_path: str) -> OpenedPart | tu
         return 500, Code.FILE_READ_FAILED, f"failed to open {raw_path}: {exc.strerror or exc}"
     try:
         st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            return 400, Code.INVALID_FILE_PATH, f"path is a directory: {raw_path}"
+            what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return 400, Code.INVALID_FILE_PATH, f"path is {what}: {raw_path}"
         first = os.pread(fd, min(CHUNK, st.st_size), 0) if st.st_size else b""
     except OSError as exc:
         os.close(fd)
