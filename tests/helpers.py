@@ -57,8 +57,12 @@ def start_daemon(
     extra_args: list[str] | None = None,
     user: int | None = None,
     timeout: float = 20.0,
+    command_prefix: list[str] | None = None,
 ) -> RunningDaemon:
-    """Start a real daemon whose work dir and $HOME live under `tmp`."""
+    """Start a real daemon whose work dir and $HOME live under `tmp`.
+
+    `command_prefix` runs the daemon under a wrapper (e.g. `setpriv` to drop capabilities).
+    """
     workdir = tmp / "work"
     home = tmp / "home"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -71,7 +75,7 @@ def start_daemon(
     )
     env.pop("DAYTONA_SANDBOX_ID", None)
     env.update(extra_env or {})
-    args = [sys.executable, "-m", "toolbox", "serve", "--workdir", str(workdir)]
+    args = [*(command_prefix or []), sys.executable, "-m", "toolbox", "serve", "--workdir", str(workdir)]
     uds_path: Path | None = None
     if uds:
         uds_path = tmp / "toolbox.sock"
