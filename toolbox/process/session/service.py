@@ -245,6 +245,8 @@ class SessionManager:
             raise DaemonError(Code.BAD_REQUEST, f"session id '{ENTRYPOINT}' is reserved")
         if session_id in self.sessions:
             raise DaemonError(Code.CONFLICT, "session already exists")
+        if "\x00" in session_id or len(self._session_dir(session_id).name) > 240:
+            raise DaemonError(Code.BAD_REQUEST, "session id must be shorter and contain no NUL byte")
         return await self._start_session(session_id)
 
     async def _start_session(self, session_id: str) -> Session:
@@ -347,6 +349,10 @@ class SessionManager:
             raise DaemonError(Code.COMMAND_ALREADY_COMPLETED, "command already completed")
         if session.ended:
             raise DaemonError(Code.SESSION_ENDED, "session shell has exited")
+        if command.started_ticks is None:
+            raise DaemonError(
+                Code.CONFLICT, "command has not started yet (an earlier command of the session still runs)"
+            )
         if not command.run_async:
             raise DaemonError(
                 Code.CONFLICT,
@@ -360,10 +366,6 @@ class SessionManager:
             while view:
                 fd = command.stdin_fd
                 if fd is None:
-                    if command.started_ticks is None:
-                        # Queued behind another command: its FIFO does not exist yet.
-                        await anyio.sleep(0.01)
-                        continue
                     raise DaemonError(Code.COMMAND_ALREADY_COMPLETED, "command already completed")
                 try:
                     view = view[os.write(fd, view) :]
