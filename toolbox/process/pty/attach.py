@@ -30,6 +30,8 @@ def replay_start(terminal: Terminal, offset: int | None, scrollback: int) -> int
     store = terminal.store
     if offset is not None:
         return min(max(offset, store.first_offset), store.size)
+    if scrollback <= 0:
+        return store.size  # live output only (Daytona's behaviour)
     tail_offset, tail = store.tail(scrollback)
     if tail_offset == 0:
         return 0  # everything since the start: nothing was cut
