@@ -22,6 +22,8 @@ import threading
 import traceback
 
 FLUSH_AT = 1024
+# One huge write still leaves as frames of at most this many characters.
+MAX_FRAME_TEXT = 4096
 
 
 class Channel:
@@ -92,7 +94,8 @@ class StreamWriter(io.TextIOBase):
             text = "".join(self.buffer_parts)
             self.buffer_parts = []
             self.size = 0
-        self.channel.send({"type": self.name, "text": text})
+        for start in range(0, len(text), MAX_FRAME_TEXT):
+            self.channel.send({"type": self.name, "text": text[start : start + MAX_FRAME_TEXT]})
 
 
 def clean_traceback(exc):
