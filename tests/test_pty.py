@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from daytona.common.errors import (
     DaytonaConflictError,

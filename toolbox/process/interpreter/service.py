@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,7 +202,7 @@ class InterpreterService:
                 if aborted in done:
                     aborted = None
                     if kill_at is None:
-                        worker.signal(signal.SIGINT)
+                        worker.interrupt()
                         kill_at = loop.time() + INTERRUPT_GRACE
                     continue
                 if next_event not in done:
@@ -212,7 +211,7 @@ class InterpreterService:
                         context.worker = None
                         return TIMED_OUT if timed_out else COMPLETED
                     timed_out = True
-                    worker.signal(signal.SIGINT)
+                    worker.interrupt()
                     kill_at = loop.time() + INTERRUPT_GRACE
                     continue
                 event = next_event.result()

@@ -12,6 +12,8 @@ import struct
 import sys
 from pathlib import Path
 
+from toolbox.process.groups import kill_tree_now, signal_group
+
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 # Output a program writes to its fds 1/2 directly (subprocesses, C extensions) bypasses the
 # worker's framed sys.stdout; it is forwarded in chunks of at most this size.
@@ -101,15 +103,13 @@ class WorkerProcess:
                 finally:
                     loop.remove_writer(self._requests)
 
-    def signal(self, sig: int) -> None:
+    def interrupt(self) -> None:
+        """SIGINT to the worker's group: KeyboardInterrupt in the code, Ctrl+C for its children."""
         if self.alive:
-            try:
-                os.killpg(self.process.pid, sig)
-            except OSError:
-                pass
+            signal_group(self.process.pid, signal.SIGINT)
 
     async def stop(self) -> None:
-        self.signal(signal.SIGKILL)
+        kill_tree_now(self.process.pid)  # also children that left the group
         await self.process.wait()
         for reader in self._readers:
             reader.cancel()

@@ -1,27 +1,23 @@
 """Start a shell on a fresh pseudo-terminal in its own session, and kill that session.
 
-Minimal process-group helpers local to the PTY package (the shared `process/groups.py`
-covers pipes, not terminals): the shell is a session leader with the PTY as its
-controlling terminal, so Ctrl+C, job control and SIGHUP behave as in a real terminal.
+The shell is a session leader with the PTY as its controlling terminal, so Ctrl+C, job
+control and SIGHUP behave as in a real terminal. Shell choice and tree killing come from
+the shared `process/groups.py`; only the terminal-specific parts live here.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import signal
 import struct
 import subprocess
 import termios
 from pathlib import Path
 
+from toolbox.process.groups import default_shell, kill_tree_now, signal_pids
 
-def default_shell() -> str:
-    for candidate in (os.environ.get("SHELL"), "/bin/bash", "/usr/bin/bash", "/bin/sh"):
-        if candidate and os.path.isabs(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    return shutil.which("sh") or "/bin/sh"
+__all__ = ["default_shell", "kill_session", "set_window_size", "spawn_on_pty"]
 
 
 def set_window_size(fd: int, cols: int, rows: int) -> None:
@@ -59,28 +55,20 @@ def spawn_on_pty(argv: list[str], cwd: Path, env: dict[str, str], cols: int, row
 
 
 def session_members(sid: int) -> list[int]:
-    """Every process still in session `sid` (jobs run in their own process groups)."""
+    """Every process still in session `sid`, also orphans whose parent shell is gone."""
     members = []
     for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            if os.getsid(pid) == sid:
-                members.append(pid)
-        except OSError:
-            continue
+        if entry.name.isdigit():
+            try:
+                if os.getsid(int(entry.name)) == sid:
+                    members.append(int(entry.name))
+            except OSError:
+                continue
     return members
 
 
-def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal the session leader's group first, then every other process of the session."""
-    try:
-        os.killpg(sid, sig)
-    except OSError:
-        pass
-    for pid in session_members(sid):
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
+def kill_session(sid: int) -> None:
+    """SIGKILL the shell's tree (group + descendants, via groups.py), then any process left
+    in its session (background jobs re-parented away from the shell)."""
+    kill_tree_now(sid)
+    signal_pids(session_members(sid), signal.SIGKILL)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
