@@ -518,3 +518,18 @@ def test_bare_http_error_envelope(daemon: RunningDaemon, space: Path) -> None:
     body = response.json()
     assert response.status_code == 404
     assert body["code"] == "GIT_REPO_NOT_FOUND" and body["statusCode"] == 404 and body["method"] == "POST"
+
+
+def test_push_refused_by_a_server_hook_is_remote_rejected(git: Git, space: Path, origin: Path) -> None:
+    from daytona.common.errors import DaytonaGitRemoteRejectedError
+
+    hook = origin / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'main is protected: open a pull request instead' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    repo = f"{space.name}/repo"
+    git.clone(url=f"file://{origin}", path=repo)
+    git.commit(repo, "x", allow_empty=True, **AUTHOR)
+    with pytest.raises(DaytonaGitRemoteRejectedError) as caught:
+        git.push(repo)
+    assert error_of(caught) == (422, "GIT_REMOTE_REJECTED")
+    assert "open a pull request instead" in str(caught.value)

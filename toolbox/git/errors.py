@@ -130,9 +130,23 @@ def classify(output: str) -> Code:
     return Code.BAD_REQUEST
 
 
+_AUTH_HINT = (
+    "(the remote needs credentials: pass username and password/token with this call, "
+    "or store them once with dangerously_authenticate)"
+)
+
+
 def git_error(operation: str, result: GitResult, code: Code | None = None) -> DaemonError:
     """A DaemonError carrying git's own explanation, classified unless `code` is given."""
-    output = redact_urls(result.output_tail()) or f"git exited with status {result.status}"
+    lines = [
+        line for line in redact_urls(result.output_tail()).splitlines()
+        # Our always-failing askpass is how prompts are refused; its complaint is noise.
+        if not line.startswith("error: unable to read askpass response")
+    ]
+    output = "\n".join(lines) or f"git exited with status {result.status}"
+    code = code or classify(output)
     if _LOCKED.search(output):
         output += "\n(another git operation is running in this repository; retry when it has finished)"
-    return DaemonError(code or classify(output), f"{operation} failed: {output}")
+    if code is Code.GIT_AUTH_FAILED:
+        output += "\n" + _AUTH_HINT
+    return DaemonError(code, f"{operation} failed: {output}")
