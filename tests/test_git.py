@@ -136,6 +136,12 @@ def test_clone_branch_commit_and_depth(git: Git, space: Path, origin: Path) -> N
     assert status.detached is True and status.current_branch == "HEAD"
     assert run_git(space / "by-commit", "rev-parse", "HEAD").strip() == first
 
+    # Every branch is fetched: a remote-only branch checks out as a tracking branch.
+    git.clone(url=str(origin.relative_to(space.parent)), path=f"{space.name}/default")
+    git.checkout_branch(f"{space.name}/default", "feature")
+    status = git.status(f"{space.name}/default")
+    assert (status.current_branch, status.upstream) == ("feature", "origin/feature")
+
     git.clone(url=f"file://{origin}", path=f"{space.name}/shallow", depth=1)
     assert run_git(space / "shallow", "rev-list", "--count", "HEAD").strip() == "1"
     assert run_git(space / "shallow", "rev-parse", "HEAD").strip() == second
@@ -476,7 +482,7 @@ def test_wire_shapes_and_bad_bodies(daemon: RunningDaemon, git: Git, space: Path
             http.post("/git/clone", json={"path": "x"}),
             http.post("/git/commit", json={"path": repo, "message": "m", "author": "a", "email": "e", "allow_empty": "yes"}),
             http.post("/git/commit", json={"path": repo, "message": "", "author": "a", "email": "e"}),
-            http.post("/git/add", json={"path": repo, "files": []}),
+            http.post("/git/add", json={"path": repo, "files": None}),
             http.post("/git/add", content=b"not json"),
             http.get("/git/status"),
             http.post("/git/credentials", json={"username": "u", "password": "p\nhost=evil"}),

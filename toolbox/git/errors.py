@@ -140,8 +140,8 @@ def git_error(operation: str, result: GitResult, code: Code | None = None) -> Da
     """A DaemonError carrying git's own explanation, classified unless `code` is given."""
     lines = [
         line for line in redact_urls(result.output_tail()).splitlines()
-        # Our always-failing askpass is how prompts are refused; its complaint is noise.
-        if not line.startswith("error: unable to read askpass response")
+        # Noise: the always-failing askpass (how prompts are refused) and clone progress.
+        if not line.startswith(("error: unable to read askpass response", "Cloning into "))
     ]
     output = "\n".join(lines) or f"git exited with status {result.status}"
     code = code or classify(output)

@@ -139,7 +139,9 @@ class GitService:
     # -- repository lifecycle ------------------------------------------------------------
 
     async def clone(self, request: models.CloneRequest) -> None:
-        url = normalize_clone_url(_no_option(_require(request.url, "url"), "url"))
+        url = _no_option(_require(request.url, "url"), "url")
+        if not self.settings.resolve(url).exists():  # a relative local path stays one
+            url = normalize_clone_url(url)
         dest = self._resolve(request.path)
         # All branches, unlike go-git's single-branch clone: later checkouts of remote
         # branches and `push(set_upstream=True)` of new branches then track as expected.
@@ -205,7 +207,7 @@ class GitService:
     async def add(self, request: models.AddRequest) -> None:
         repo = self._repo(request.path)
         if not request.files:
-            raise DaemonError(Code.INVALID_REQUEST_BODY, "invalid body request: files must list at least one path ('.' for all)")
+            return  # as in Daytona: nothing to stage
         async with self._lock(repo.path):
             await self._checked("git add", repo, ["add", "--all", "--", *request.files])
 
@@ -368,7 +370,7 @@ class GitService:
         if branch is None:
             raise DaemonError(Code.GIT_BRANCH_NOT_FOUND, "git push failed: HEAD is detached; pass the branch to push")
         remote = _no_option(request.remote, "remote") if request.remote else "origin"
-        args = ["push", "--porcelain"]
+        args = ["push"]
         if request.set_upstream:
             args.append("--set-upstream")
         args += [remote, f"refs/heads/{branch}:refs/heads/{branch}"]
