@@ -539,3 +539,32 @@ def test_push_refused_by_a_server_hook_is_remote_rejected(git: Git, space: Path,
         git.push(repo)
     assert error_of(caught) == (422, "GIT_REMOTE_REJECTED")
     assert "open a pull request instead" in str(caught.value)
+
+
+def test_status_of_a_merge_conflict_and_odd_file_names(git: Git, space: Path, origin: Path) -> None:
+    repo = f"{space.name}/repo"
+    git.clone(url=f"file://{origin}", path=repo)
+    work = space / "repo"
+    git.create_branch(repo, "left")
+    (work / "README.md").write_text("left\n")
+    git.add(repo, ["README.md"])
+    git.commit(repo, "left", **AUTHOR)
+    git.checkout_branch(repo, "main")
+    (work / "README.md").write_text("right\n")
+    git.add(repo, ["README.md"])
+    git.commit(repo, "right", **AUTHOR)
+    with pytest.raises(AssertionError):
+        run_git(work, "merge", "left")  # conflicts
+    (work / "naïve – ünïcode.txt").write_text("u\n")
+    (work.joinpath(b"latin1-\xe9.txt".decode("utf-8", "surrogateescape"))).write_text("l\n")
+
+    by_name = {f.name: f for f in git.status(repo).file_status}
+    assert (by_name["README.md"].staging, by_name["README.md"].worktree) == ("Updated but unmerged", "Updated but unmerged")
+    assert by_name["naïve – ünïcode.txt"].worktree == "Untracked"
+    assert by_name["latin1-\ufffd.txt"].worktree == "Untracked"  # not valid UTF-8: replaced, not a 500
+
+    with pytest.raises(DaytonaConflictError) as caught:
+        git.checkout_branch(repo, "left")
+    assert caught.value.code in ("GIT_DIRTY_WORKTREE", "GIT_MERGE_CONFLICT")
+    git.reset(repo, mode="merge")
+    assert git.status(repo).file_status[0].name.startswith(("latin1", "naïve"))

@@ -146,4 +146,10 @@ def _execute(argv: list[str], cwd: str | None, env: dict[str, str], stdin: bytes
     finally:
         if read_fd is not None:
             os.close(read_fd)
-    return GitResult(int(status), str(stdout), str(stderr))
+    return GitResult(int(status), _valid_text(stdout), _valid_text(stderr))
+
+
+def _valid_text(value: object) -> str:
+    """GitPython decodes with surrogateescape; JSON needs valid UTF-8 (like Go, use U+FFFD)."""
+    text = value if isinstance(value, str) else bytes(value).decode("utf-8", "surrogateescape")  # type: ignore[arg-type]
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
