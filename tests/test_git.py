@@ -568,3 +568,31 @@ def test_status_of_a_merge_conflict_and_odd_file_names(git: Git, space: Path, or
     assert caught.value.code in ("GIT_DIRTY_WORKTREE", "GIT_MERGE_CONFLICT")
     git.reset(repo, mode="merge")
     assert git.status(repo).file_status[0].name.startswith(("latin1", "naïve"))
+
+
+def test_async_sdk_git(daemon: RunningDaemon, space: Path, origin: Path) -> None:
+    """The async SDK (aiohttp-based generated client) parses the same responses."""
+    import asyncio
+
+    from daytona._async.git import AsyncGit
+    from daytona_toolbox_api_client_async import ApiClient, Configuration
+    from daytona_toolbox_api_client_async import GitApi as AsyncGitApi
+
+    async def scenario() -> None:
+        async with ApiClient(Configuration(host=daemon.url)) as client:
+            git = AsyncGit(AsyncGitApi(client))
+            repo = f"{space.name}/async"
+            await git.clone(url=f"file://{origin}", path=repo)
+            await git.create_branch(repo, "topic")
+            (space / "async" / "a.txt").write_text("a\n")
+            await git.add(repo, ["a.txt"])
+            sha = (await git.commit(repo, "async commit", **AUTHOR)).sha
+            status = await git.status(repo)
+            assert status.current_branch == "topic" and status.file_status == []
+            assert (await git.branches(repo)).current == "topic"
+            await git.push(repo, set_upstream=True)
+            assert (await git.remotes(repo)).remotes[0].name == "origin"
+            assert await git.get_config("toolbox.async-unset") is None
+            assert run_git(origin, "rev-parse", "topic").strip() == sha
+
+    asyncio.run(scenario())
