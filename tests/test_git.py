@@ -149,6 +149,10 @@ def test_clone_branch_commit_and_depth(git: Git, space: Path, origin: Path) -> N
     with pytest.raises(DaytonaNotFoundError) as caught:
         git.clone(url=f"file://{origin}", path=f"{space.name}/bad-commit", commit_id="0" * 40)
     assert not (space / "bad-commit").exists()  # no half-made clone left behind
+    (space / "empty-dir").mkdir()
+    with pytest.raises(DaytonaNotFoundError):
+        git.clone(url=f"file://{origin}", path=f"{space.name}/empty-dir", commit_id="f" * 40)
+    assert list((space / "empty-dir").iterdir()) == []
 
     with pytest.raises(DaytonaNotFoundError) as caught:
         git.clone(url=f"file://{origin}", path=f"{space.name}/bad-branch", branch="no-such-branch")

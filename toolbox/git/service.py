@@ -75,6 +75,18 @@ def normalize_clone_url(url: str) -> str:
     return f"https://{url}"
 
 
+def _discard(dest: Path, keep_directory: bool) -> None:
+    """Removes a clone; a directory that existed (empty) before the clone is kept, emptied."""
+    if not keep_directory:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for child in dest.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 class GitService:
     def __init__(self, settings: Settings, runner: GitRunner | None = None) -> None:
         self.settings = settings
@@ -177,8 +189,7 @@ class GitService:
             if checkout.ok:
                 return
             # No half-made clone left behind when the requested commit is not there.
-            if not existed:
-                await anyio.to_thread.run_sync(shutil.rmtree, dest, True)
+            await anyio.to_thread.run_sync(_discard, dest, existed)
             raise git_error(f"git checkout of commit {commit}", checkout, Code.NOT_FOUND)
 
     async def init(self, request: models.InitRequest) -> None:
