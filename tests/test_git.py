@@ -600,3 +600,14 @@ def test_async_sdk_git(daemon: RunningDaemon, space: Path, origin: Path) -> None
             assert run_git(origin, "rev-parse", "topic").strip() == sha
 
     asyncio.run(scenario())
+
+
+@pytest.mark.skipif(not __import__("shutil").which("ssh"), reason="no ssh client installed")
+def test_ssh_remote_fails_fast_without_prompting(git: Git, space: Path) -> None:
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(DaytonaError) as caught:
+        git.clone(url="ssh://git@127.0.0.1:9/nothing.git", path=f"{space.name}/ssh", request_timeout=30)
+    assert time.monotonic() - started < 10
+    assert error_of(caught) == (502, "GIT_TRANSPORT_FAILED")

@@ -49,9 +49,10 @@ class Credentials:
     password: str
 
     def redact(self, text: str) -> str:
-        for secret in (self.password, self.username):
-            if secret:
-                text = text.replace(secret, "***")
+        text = text.replace(self.password, "***") if self.password else text
+        # Usernames are not secret, but long ones are often tokens ("<token>:x-oauth-basic").
+        if len(self.username) >= 8:
+            text = text.replace(self.username, "***")
         return text
 
 
