@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,7 +130,6 @@ class Relay:
     """One upstream session plus the hooks the caller wants on real traffic."""
 
     session: aiohttp.ClientSession
-    on_traffic: Callable[[], None] | None = None
     retry_refused: bool = True
     ws_max_message: int = WS_MAX_MESSAGE
 
@@ -156,13 +155,16 @@ class Relay:
     async def http(
         self, scope: Scope, receive: Receive, send: Send, url: URL, headers: Headers,
         response_headers_filter: Callable[[Headers], Headers] | None = None,
+        on_traffic: Callable[[], None] | None = None,
+        intercept: Callable[[aiohttp.ClientResponse], Awaitable[bool]] | None = None,
     ) -> int:
         """Relay one HTTP exchange; returns the upstream status.
 
-        Raises UpstreamUnavailable before anything was sent to the client.
+        Raises UpstreamUnavailable before anything was sent to the client. `intercept`
+        sees the upstream response first and may answer the client itself (returns True).
         """
         method: str = scope["method"]
-        with_body = has_request_body(headers)
+        with_body = has_request_body(scope["headers"])
         body_done = not with_body
         disconnected = False
 
@@ -187,10 +189,12 @@ class Relay:
             if disconnected:
                 raise asyncio.CancelledError() from exc
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
-        if self.on_traffic is not None:
-            self.on_traffic()
+        if on_traffic is not None:
+            on_traffic()
         watcher: asyncio.Task[None] | None = None
         try:
+            if intercept is not None and await intercept(response):
+                return response.status
             # Our server adds its own Date; two would confuse caches.
             out_headers = strip_hop_by_hop(response.raw_headers, _OWN_RESPONSE_HEADERS)
             if response_headers_filter is not None:
@@ -212,11 +216,13 @@ class Relay:
 
     async def websocket(
         self, scope: Scope, receive: Receive, send: Send, url: URL, headers: Headers,
+        on_traffic: Callable[[], None] | None = None, handshake_received: bool = False,
     ) -> None:
         """Connect upstream first, then accept the client with the upstream's subprotocol."""
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
+        if not handshake_received:
+            message = await receive()
+            if message["type"] != "websocket.connect":
+                return
         protocols = tuple(scope.get("subprotocols") or ())
         try:
             upstream = await self.session.ws_connect(
@@ -233,7 +239,7 @@ class Relay:
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
         async with upstream:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
-            await _bridge(receive, send, upstream, self.on_traffic)
+            await _bridge(receive, send, upstream, on_traffic)
 
 
 async def _close_on_disconnect(receive: Receive, response: aiohttp.ClientResponse) -> None:
