@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
-GZIP_BODY = gzip.compress(b"compressed hello " * 100)
+GZIP_BODY = gzip.compress(b"compressed hello " * 100, mtime=0)
 
 
 async def app(scope, receive, send):  # type: ignore[no-untyped-def]
