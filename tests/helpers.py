@@ -57,6 +57,7 @@ def start_daemon(
     extra_args: list[str] | None = None,
     user: int | None = None,
     timeout: float = 20.0,
+    command_prefix: list[str] | None = None,
 ) -> RunningDaemon:
     """Start a real daemon whose work dir and $HOME live under `tmp`."""
     workdir = tmp / "work"
@@ -84,6 +85,8 @@ def start_daemon(
     if sandbox_id:
         args += ["--sandbox-id", sandbox_id]
     args += extra_args or []
+    # e.g. a sandbox (bwrap ...) the daemon runs inside
+    args = [*(command_prefix or []), *args]
     process = subprocess.Popen(
         args,
         cwd=workdir,
