@@ -88,6 +88,8 @@ def start_daemon(
     if sandbox_id:
         args += ["--sandbox-id", sandbox_id]
     args += extra_args or []
+    # e.g. a sandbox (bwrap ...) the daemon runs inside
+    args = [*(command_prefix or []), *args]
     process = subprocess.Popen(
         args,
         cwd=workdir,
