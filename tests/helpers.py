@@ -75,7 +75,7 @@ def start_daemon(
     )
     env.pop("DAYTONA_SANDBOX_ID", None)
     env.update(extra_env or {})
-    args = [*(command_prefix or []), sys.executable, "-m", "toolbox", "serve", "--workdir", str(workdir)]
+    args = [sys.executable, "-m", "toolbox", "serve", "--workdir", str(workdir)]
     uds_path: Path | None = None
     if uds:
         uds_path = tmp / "toolbox.sock"
