@@ -186,8 +186,8 @@ class Relay:
         try:
             response = await self._open(method, url, headers, body() if with_body else None, retry)
         except aiohttp.ClientError as exc:
-            if disconnected:
-                raise asyncio.CancelledError() from exc
+            if disconnected:  # the client left mid-upload: nobody to answer (nginx logs 499)
+                return 499
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
         if on_traffic is not None:
             on_traffic()
