@@ -52,10 +52,14 @@ async def run(func: Callable[..., T], *args: Any) -> T:
 
 
 def _multipart_boundary(request: Request) -> bytes | None:
+    """The multipart boundary; None for a body that is not multipart/form-data."""
     media_type, params = parse_options_header(request.headers.get("content-type", ""))
     if media_type != b"multipart/form-data":
         return None
-    return params.get(b"boundary") or None
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: the Content-Type has no boundary parameter")
+    return boundary
 
 
 async def _pump(request: Request, feed: Callable[[bytes], None], finish: Callable[[bytes], None],
@@ -187,7 +191,10 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         return BulkDownload(body.paths, resolve_path)
 
     async def bulk_upload(request: Request) -> Response:
-        boundary = _multipart_boundary(request)
+        try:
+            boundary = _multipart_boundary(request)
+        except DaemonError as exc:
+            return JSONResponse({"errors": [exc.message]}, status_code=400)
         if boundary is None:
             return JSONResponse(
                 {"errors": ["invalid multipart form: Content-Type must be multipart/form-data with a boundary"]},
