@@ -193,13 +193,10 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     async def bulk_upload(request: Request) -> Response:
         try:
             boundary = _multipart_boundary(request)
+            if boundary is None:
+                raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: Content-Type must be multipart/form-data")
         except DaemonError as exc:
             return JSONResponse({"errors": [exc.message]}, status_code=400)
-        if boundary is None:
-            return JSONResponse(
-                {"errors": ["invalid multipart form: Content-Type must be multipart/form-data with a boundary"]},
-                status_code=400,
-            )
         receiver = MultipartUpload(boundary, resolve_path)
         try:
             await _pump(request, receiver.feed, receiver.finish, receiver.abort)
