@@ -232,7 +232,7 @@ class ZombieReaper:
     once, so a zombie that lingers is an orphan nobody will wait for.
     """
 
-    def __init__(self, interval: float = 2.0) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self._seen: set[int] = set()
         self.reaped = 0
