@@ -422,3 +422,31 @@ def test_big_output_keeps_daemon_memory_flat(daemon: RunningDaemon) -> None:
     assert set(response.json()["stdout"]) == {"x"}
     process.delete_session("big")
     assert os.path.exists(f"/proc/{daemon.process.pid}")
+
+
+def test_input_to_queued_command_and_cancelled_sync_wait(daemon: RunningDaemon) -> None:
+    import threading
+
+    process = sdk_process(daemon)
+    process.create_session("queue")
+    blocker = process.execute_session_command("queue", SessionExecuteRequest(command="sleep 30", run_async=True))
+    queued = process.execute_session_command("queue", SessionExecuteRequest(command="cat", run_async=True))
+    with pytest.raises(DaytonaConflictError, match="not started yet"):
+        process.send_session_command_input("queue", queued.cmd_id, "x")
+    outcome: list[BaseException | None] = []
+
+    def wait_sync() -> None:
+        try:
+            process.execute_session_command("queue", SessionExecuteRequest(command="echo never"))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_sync)
+    waiter.start()
+    time.sleep(0.3)
+    process.delete_session("queue")
+    waiter.join(15)
+    assert len(outcome) == 1 and isinstance(outcome[0], DaytonaBadRequestError), outcome
+    assert "session cancelled" in str(outcome[0])
+    assert blocker.cmd_id
