@@ -283,6 +283,7 @@ def test_logs_survive_daemon_restart(tmp_path: Path) -> None:
     try:
         process = sdk_process(first)
         process.create_session("kept")
+        earlier = process.execute_session_command("kept", SessionExecuteRequest(command="true"))
         done = process.execute_session_command("kept", SessionExecuteRequest(command="echo persisted; echo e >&2; exit 2"))
     finally:
         first.stop()
@@ -290,7 +291,7 @@ def test_logs_survive_daemon_restart(tmp_path: Path) -> None:
     try:
         process = sdk_process(second)
         session = process.get_session("kept")
-        assert [(c.id, c.exit_code) for c in session.commands] == [(done.cmd_id, 2)]
+        assert [(c.id, c.exit_code) for c in session.commands] == [(earlier.cmd_id, 0), (done.cmd_id, 2)]
         logs = process.get_session_command_logs("kept", done.cmd_id)
         assert (logs.stdout, logs.stderr) == ("persisted\n", "e\n")
         got: list[str] = []

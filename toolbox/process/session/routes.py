@@ -87,12 +87,12 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         session_id = path_param(request, "session_id")
         body = await parse_body(request, SessionExecuteRequest)
         run_async = bool(body.run_async or body.var_async)
-        command = manager.execute(
+        session, command = manager.execute(
             session_id, body.command, run_async=run_async, suppress_input_echo=bool(body.suppress_input_echo)
         )
         if run_async:
             return json_response({"cmdId": command.id}, status_code=202)
-        await manager.wait(manager.get(session_id), command)
+        await manager.wait(session, command)
         store = command.output
         end = store.size
         fields: list[tuple[str, object]] = [("cmdId", command.id), *_log_fields(store, 0, end), ("exitCode", command.exit_code)]

@@ -50,6 +50,7 @@ class Command:
     run_async: bool = False
     suppress_input_echo: bool = False
     exit_code: int | None = None
+    seq: int = 0  # position in the session, to list commands in order after a restart
     started_ticks: int | None = None  # /proc start-time units; None while queued
     stdin_fd: int | None = None  # daemon's end of the stdin FIFO (async commands)
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -60,7 +61,7 @@ class Command:
         return self.exit_code is not None
 
     def save(self) -> None:
-        data: dict[str, object] = {"id": self.id, "command": self.command}
+        data: dict[str, object] = {"id": self.id, "command": self.command, "seq": self.seq}
         if self.exit_code is not None:
             data["exitCode"] = self.exit_code
         _write_json(self.dir / "command.json", data)
@@ -208,10 +209,10 @@ class SessionManager:
             for cmd_dir in commands_dir.iterdir() if commands_dir.is_dir() else ():
                 try:
                     data = json.loads((cmd_dir / "command.json").read_text())
-                    entries.append((cmd_dir.stat().st_mtime_ns, cmd_dir, data))
+                    entries.append((int(data.get("seq", 0)), cmd_dir, data))
                 except (OSError, ValueError):
                     continue
-            for _mtime, cmd_dir, data in sorted(entries, key=lambda e: e[0]):
+            for _seq, cmd_dir, data in sorted(entries, key=lambda e: e[0]):
                 log_path = cmd_dir / "output.log"
                 if not log_path.exists():
                     log_path.touch()
@@ -304,11 +305,13 @@ class SessionManager:
             )
         return session
 
-    def execute(self, session_id: str, command: str, *, run_async: bool, suppress_input_echo: bool) -> Command:
+    def execute(
+        self, session_id: str, command: str, *, run_async: bool, suppress_input_echo: bool
+    ) -> tuple[Session, Command]:
         if not command.strip():
             raise DaemonError(Code.BAD_REQUEST, "command cannot be empty or whitespace-only")
         session = self._writable(session_id)
-        return self._submit(session, command, run_async=run_async, suppress_input_echo=suppress_input_echo)
+        return session, self._submit(session, command, run_async=run_async, suppress_input_echo=suppress_input_echo)
 
     def _submit(
         self, session: Session, text: str, *, run_async: bool, suppress_input_echo: bool, cmd_id: str | None = None
@@ -323,6 +326,7 @@ class SessionManager:
             OutputStore(directory / "output.log"),
             run_async=run_async,
             suppress_input_echo=suppress_input_echo,
+            seq=len(session.commands),
         )
         command.save()
         session.commands[cmd_id] = command
