@@ -451,3 +451,31 @@ def test_input_to_queued_command_and_cancelled_sync_wait(daemon: RunningDaemon) 
     assert len(outcome) == 1 and isinstance(outcome[0], DaytonaBadRequestError), outcome
     assert "session cancelled" in str(outcome[0])
     assert blocker.cmd_id
+
+
+def test_async_sdk_streams_logs_over_aiohttp(daemon: RunningDaemon) -> None:
+    """The async SDK streams with aiohttp instead of httpx_ws: same frames, same close."""
+    from daytona._async.process import AsyncProcess
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client_async import ApiClient, Configuration, ProcessApi
+
+    async def scenario() -> tuple[str, str, int | None]:
+        api_client = ApiClient(Configuration(host=daemon.url))
+        try:
+            # As the SDK builds it: the proxy adds /{sandboxId} and exposes the aiohttp session.
+            proxy = ToolboxApiClientProxy(api_client, daemon.sandbox_id, daemon.url)
+            process = AsyncProcess("python", ProcessApi(proxy))
+            await process.create_session("aio")
+            command = await process.execute_session_command(
+                "aio", SessionExecuteRequest(command="echo a; sleep 0.2; echo b >&2; echo c", run_async=True)
+            )
+            out: list[str] = []
+            err: list[str] = []
+            await process.get_session_command_logs_async("aio", command.cmd_id, out.append, err.append)
+            finished = await process.get_session_command("aio", command.cmd_id)
+            await process.delete_session("aio")
+            return "".join(out), "".join(err), finished.exit_code
+        finally:
+            await api_client.close()
+
+    assert asyncio.run(scenario()) == ("a\nc\n", "b\n", 0)
