@@ -479,3 +479,23 @@ def test_async_sdk_streams_logs_over_aiohttp(daemon: RunningDaemon) -> None:
             await api_client.close()
 
     assert asyncio.run(scenario()) == ("a\nc\n", "b\n", 0)
+
+
+def test_daemon_stop_leaves_no_session_processes(tmp_path: Path) -> None:
+    running = start_daemon(tmp_path)
+    pid_file = tmp_path / "pid"
+    try:
+        process = sdk_process(running)
+        process.create_session("left")
+        process.execute_session_command(
+            "left", SessionExecuteRequest(command=f"sleep 300 > /dev/null 2>&1 & echo $! > {pid_file}")
+        )
+        process.execute_session_command("left", SessionExecuteRequest(command="sleep 301", run_async=True))
+        pid = int(pid_file.read_text())
+        assert alive(pid)
+    finally:
+        running.stop()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.1)
+    assert not alive(pid), "a session's background process outlived the daemon"
