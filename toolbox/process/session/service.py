@@ -393,10 +393,14 @@ class SessionManager:
         if command.started_ticks is None or session.shell is None:
             raise DaemonError(Code.CONFLICT, "command has not started yet (an earlier command of the session still runs)")
         table = groups.process_table()
+        shell = session.shell.pid
+        # Descendants of the shell, plus members of its group that were orphaned (double
+        # forks), started since the command began: that is what the command started.
+        candidates = dict.fromkeys([*groups.descendants(shell, table), *groups.group_members(shell, table)])
         targets = [
             pid
-            for pid in groups.descendants(session.shell.pid, table)
-            if table[pid][3] >= command.started_ticks - 1 and table[pid][2] not in ("Z", "X")
+            for pid in candidates
+            if pid != shell and table[pid][3] >= command.started_ticks - 1 and table[pid][2] not in ("Z", "X")
         ]
         if not targets:
             raise DaemonError(
