@@ -123,11 +123,11 @@ class Session:
                 # O_RDWR: never blocks, and keeps a writer so the command sees no early EOF.
                 command.stdin_fd = os.open(stdin_fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             code = await self.shell.run(command.id, command.command, command.dir, command.output, stdin_fifo)
-            await self._close_stdin(command)
+            self._close_stdin(command)
             command.finish(code)
         except Exception as exc:  # noqa: BLE001 - a command must always end
             log.exception("session %s command %s failed", self.id, command.id)
-            await self._close_stdin(command)
+            self._close_stdin(command)
             if not command.output.closed:
                 command.output.append(STDERR + f"toolbox: {exc}\n".encode())
             if not command.finished:
@@ -139,7 +139,7 @@ class Session:
                 except OSError:
                     pass
 
-    async def _close_stdin(self, command: Command) -> None:
+    def _close_stdin(self, command: Command) -> None:
         fd, command.stdin_fd = command.stdin_fd, None
         if fd is not None:
             anyio.notify_closing(fd)  # wakes an input writer blocked on a full pipe
