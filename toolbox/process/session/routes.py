@@ -60,6 +60,14 @@ def _log_fields(store: OutputStore, start: int, end: int) -> list[tuple[str, obj
     ]
 
 
+def _version_subprotocol(websocket: WebSocket) -> str | None:
+    """Browsers pass their SDK version as a subprotocol; Daytona echoes exactly that one."""
+    for offered in websocket.scope.get("subprotocols", []):
+        if offered.startswith("X-Daytona-SDK-Version~"):
+            return offered
+    return None
+
+
 def build(daemon: Daemon) -> list[BaseRoute]:
     manager = SessionManager(daemon.settings)
     daemon.on_startup(manager.startup)
@@ -151,12 +159,17 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             await websocket.send_denial_response(error_response(websocket, exc))
             return
         if command is None:
-            await websocket.accept(headers=[(OFFSET_HEADER.lower().encode(), b"0")])
+            await websocket.accept(
+                subprotocol=_version_subprotocol(websocket), headers=[(OFFSET_HEADER.lower().encode(), b"0")]
+            )
             await websocket.close(1000, json.dumps({"offset": 0}))
             return
         store = command.output
         position = min(max(offset, store.first_offset), store.size)
-        await websocket.accept(headers=[(OFFSET_HEADER.lower().encode(), str(position).encode())])
+        await websocket.accept(
+            subprotocol=_version_subprotocol(websocket),
+            headers=[(OFFSET_HEADER.lower().encode(), str(position).encode())],
+        )
 
         gone = False
 
