@@ -22,7 +22,7 @@ from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError, error_response
 from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int
 from toolbox.process import jsonstream
-from toolbox.process.groups import SIGNALS, parse_signal
+from toolbox.process.groups import parse_signal
 from toolbox.process.output import OutputStore, byte_chunks
 from toolbox.process.session.logs import only_stream
 from toolbox.process.session.service import ENTRYPOINT, ENTRYPOINT_COMMAND, Command, SessionManager
@@ -127,7 +127,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             sig = parse_signal(name)
         except ValueError as exc:
             raise DaemonError(Code.BAD_REQUEST, str(exc)) from None
-        count = manager.signal(session_id, command_id, sig)
+        count = manager.send_signal(session_id, command_id, sig)
         return json_response({"signal": sig.name, "processes": count})
 
     def logs_command(conn: Request | WebSocket) -> Command | None:
@@ -225,5 +225,3 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         WebSocketRoute(command_base + "/logs", logs_ws),
     ]
 
-
-__all__ = ["build", "SIGNALS"]

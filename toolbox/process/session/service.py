@@ -383,7 +383,7 @@ class SessionManager:
             if not command.suppress_input_echo and not command.output.closed:
                 command.output.append(STDOUT + payload)
 
-    def signal(self, session_id: str, command_id: str, sig: signal.Signals) -> int:
+    def send_signal(self, session_id: str, command_id: str, sig: signal.Signals) -> int:
         """Signal the processes the running command started; returns how many."""
         if session_id == ENTRYPOINT and session_id not in self.sessions:
             raise DaemonError(Code.NOT_FOUND, "session not found")
