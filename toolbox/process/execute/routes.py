@@ -78,7 +78,9 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                 f"unsupported language: {body.language} (supported: {', '.join(LANGUAGES)})",
             )
         envs = validate_env(body.envs)
-        script = build_script(body.language, body.code, body.argv or [], settings.workdir)
+        # The runner is looked up on the PATH the code will run with.
+        path = envs.get("PATH")
+        script = build_script(body.language, body.code, body.argv or [], settings.workdir, path)
         finished = await run_script(script, cwd=settings.workdir, envs=envs, timeout=body.timeout)
         size = finished.output.size
         artifacts = ArtifactFilter()
