@@ -272,8 +272,11 @@ class SessionManager:
             raise DaemonError(Code.BAD_REQUEST, f"session id '{ENTRYPOINT}' is reserved")
         if session_id in self.sessions:
             raise DaemonError(Code.CONFLICT, "session already exists")
-        if "\x00" in session_id or len(self._session_dir(session_id).name) > 240:
-            raise DaemonError(Code.BAD_REQUEST, "session id must be shorter and contain no NUL byte")
+        if "\x00" in session_id or "/" in session_id:
+            # A "/" could never be addressed again: routes split the path on it.
+            raise DaemonError(Code.BAD_REQUEST, "session id must not contain '/' or NUL bytes")
+        if len(self._session_dir(session_id).name) > 240:
+            raise DaemonError(Code.BAD_REQUEST, "session id is too long (at most ~80 characters when not ASCII)")
         return await self._start_session(session_id)
 
     async def _start_session(self, session_id: str) -> Session:
