@@ -26,7 +26,7 @@ def test_session_and_execute_under_shell(shell: str, tmp_path: Path) -> None:
         assert (first.stdout, first.stderr, first.exit_code) == ("a\n", "b\n", 0)
         second = process.execute_session_command("s", SessionExecuteRequest(command='pwd; echo "$V"; false'))
         assert (second.stdout, second.exit_code) == (f"{running.workdir / 'd'}\n1\n", 1)
-        syntax = process.execute_session_command("s", SessionExecuteRequest(command="if then fi"))
+        syntax = process.execute_session_command("s", SessionExecuteRequest(command='echo "unterminated'))
         assert syntax.exit_code != 0
         # A syntax error in one command does not end the session.
         assert process.execute_session_command("s", SessionExecuteRequest(command="echo still")).stdout == "still\n"
