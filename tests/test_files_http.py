@@ -177,6 +177,8 @@ def test_bulk_upload_replies(daemon: RunningDaemon, http: httpx.Client) -> None:
         "files": [{"path": "bu/three.txt", "bytes": 1}],
     }
     not_multipart = http.post("/files/bulk-upload", content=b"{}", headers={"Content-Type": "application/json"})
+    no_boundary = http.post("/files/bulk-upload", content=b"--x", headers={"Content-Type": "multipart/form-data"})
+    assert no_boundary.status_code == 400 and "boundary" in no_boundary.json()["errors"][0]
     assert not_multipart.status_code == 400 and "invalid multipart form" in not_multipart.json()["errors"][0]
     garbage = http.post(
         "/files/bulk-upload", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=XYZ"}
@@ -214,6 +216,10 @@ def test_upload_v2_raw_and_multipart(daemon: RunningDaemon, http: httpx.Client) 
     no_file = http.post("/files/upload-v2", params={"path": "v2/none"}, files={"other": ("f", b"x")})
     assert "no part named 'file'" in str(_error(no_file, 400, "BAD_REQUEST")["message"])
     _error(http.post("/files/upload-v2", params={"path": "v2"}, content=b"x"), 400, "BAD_REQUEST")
+    no_boundary = http.post("/files/upload-v2", params={"path": "v2/nb"}, content=b"--x\r\n",
+                            headers={"Content-Type": "multipart/form-data"})
+    assert "boundary" in str(_error(no_boundary, 400, "BAD_REQUEST")["message"])
+    assert not (daemon.workdir / "v2" / "nb").exists()
 
 
 # -- bad input -------------------------------------------------------------------------------
