@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from toolbox.context import Daemon
-from toolbox.errors import Code, DaemonError, error_response
+from toolbox.errors import Code, DaemonError, error_body, error_response
 from toolbox.files import search
 from toolbox.files.download import BulkDownload, FileDownload, RangeNotSatisfiable, open_for_download
 from toolbox.files.paths import resolve
@@ -113,9 +113,22 @@ async def _pump(request: Request, feed: Callable[[bytes], None], finish: Callabl
         raise
 
 
-def _upload_reply(receiver: MultipartUpload) -> JSONResponse:
+def _upload_failure(request: Request, failures: list[DaemonError], files: list[dict[str, object]]) -> JSONResponse:
+    """Daytona's bulk-upload error reply (`errors` joined into the SDK's message), which is
+    also a full ErrorResponse so that generic clients see the usual envelope.
+
+    Daytona answers 400 for any failed file; 507 says the disk filled up.
+    """
+    status = 507 if any(failure.status == 507 for failure in failures) else 400
+    first = failures[0]
+    body = error_body(status, "; ".join(f.message for f in failures), first.code, request.url.path, request.method)
+    body.update(errors=[f.message for f in failures], files=files)
+    return JSONResponse(body, status_code=status)
+
+
+def _upload_reply(request: Request, receiver: MultipartUpload) -> JSONResponse:
     if receiver.failures:
-        return JSONResponse({"errors": receiver.errors, "files": receiver.files}, status_code=receiver.status)
+        return _upload_failure(request, receiver.failures, receiver.files)
     return JSONResponse({"files": receiver.files})
 
 
@@ -196,15 +209,15 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             if boundary is None:
                 raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: Content-Type must be multipart/form-data")
         except DaemonError as exc:
-            return JSONResponse({"errors": [exc.message]}, status_code=400)
+            return _upload_failure(request, [exc], [])
         receiver = MultipartUpload(boundary, resolve_path)
         try:
             await _pump(request, receiver.feed, receiver.finish, receiver.abort)
         except DaemonError as exc:
-            return JSONResponse({"errors": [exc.message], "files": receiver.files}, status_code=exc.status)
+            return _upload_failure(request, [exc], receiver.files)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening any more
-        return _upload_reply(receiver)
+        return _upload_reply(request, receiver)
 
     async def upload_single(request: Request, legacy: bool) -> Response:
         raw = query_required(request, "path")
