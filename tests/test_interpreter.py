@@ -222,3 +222,9 @@ def test_client_leaving_interrupts_the_run(daemon: RunningDaemon, interpreter: C
         assert time.monotonic() - started < 5
     finally:
         interpreter.delete_context(context)
+
+
+def test_huge_error_message_stays_within_the_sdk_frame_limit(interpreter: CodeInterpreter) -> None:
+    result = interpreter.run_code("raise ValueError('v' * 200000)")
+    assert result.error is not None and result.error.name == "ValueError"
+    assert result.error.value.endswith("[truncated]") and len(result.error.value) <= 16 * 1024

@@ -24,6 +24,12 @@ import traceback
 FLUSH_AT = 1024
 # One huge write still leaves as frames of at most this many characters.
 MAX_FRAME_TEXT = 4096
+# Error fields are cut to keep every frame below the SDK's 64 KiB WebSocket message limit.
+MAX_ERROR_FIELD = 16 * 1024
+
+
+def clip(text):
+    return text if len(text) <= MAX_ERROR_FIELD else text[: MAX_ERROR_FIELD - 15] + "... [truncated]"
 
 
 class Channel:
@@ -134,7 +140,8 @@ def run(channel, namespace, request):
     except BaseException as exc:  # noqa: BLE001 - every user error is reported, none kills the worker
         sys.stdout.flush()
         sys.stderr.flush()
-        channel.send({"type": "error", "name": type(exc).__name__, "value": str(exc), "traceback": clean_traceback(exc)})
+        channel.send({"type": "error", "name": type(exc).__name__, "value": clip(str(exc)),
+                      "traceback": clip(clean_traceback(exc))})
     finally:
         os.environ.clear()
         os.environ.update(saved_env)

@@ -21,7 +21,8 @@ from toolbox.process.pty.scrollback import safe_start
 from toolbox.process.pty.terminal import Reader, Terminal, exit_reason
 
 EXIT_CONTROL_PROTOCOL = "X-Daytona-Pty-Exit-Control"
-FRAME_SIZE = 32 * 1024
+# Below httpx_ws's default 64 KiB message limit (the sync SDK's client).
+FRAME_SIZE = 60 * 1024
 DEFAULT_REPLAY = 64 * 1024
 
 
