@@ -80,6 +80,11 @@ async def stream_frames(websocket: WebSocket, execution: Execution) -> None:
 
 def build(daemon: Daemon) -> list[BaseRoute]:
     service = InterpreterService(daemon.settings)
+
+    async def startup() -> None:
+        await anyio.to_thread.run_sync(service.remove_stale_runs)
+
+    daemon.on_startup(startup)
     daemon.on_shutdown(service.shutdown)
 
     async def create_context(request: Request) -> Response:

@@ -123,6 +123,11 @@ class Terminal:
             process, master = await anyio.to_thread.run_sync(
                 spawn_on_pty, argv, self.cwd, env, self.cols, self.rows
             )
+            if self.finished:  # killed while it was starting
+                kill_session(process.pid)
+                os.close(master)
+                process.wait()  # SIGKILLed: immediate
+                return
             self.process, self._master = process, master
             loop = asyncio.get_running_loop()
             self._pidfd = os.pidfd_open(process.pid)
