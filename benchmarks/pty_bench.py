@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
+from statistics import median
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,7 +129,7 @@ def main() -> int:
     sys.path.insert(0, args.peers)
     import scenarios
     from adapters import JupyterPty, LocalPty
-    from services import Jupyter
+    from services import Jupyter, proc_cpu_seconds
 
     params = scenarios.Params.quick() if args.quick else scenarios.Params()
     tmp = Path(tempfile.mkdtemp(prefix="pty-bench-"))
@@ -153,16 +154,29 @@ def main() -> int:
             def __init__(self, name: str, pty) -> None:  # type: ignore[no-untyped-def]
                 self.name, self.pty = name, pty
 
+        # The server process whose CPU a scenario costs (the local PTY has no server).
+        server_pid = {
+            "jupyter": jupyter.proc.pid if jupyter and jupyter.proc else None,
+            "ours": daemon.proc.pid if daemon else None,
+        }
+
         results: dict[str, dict[str, list[dict]]] = {}
         for round_index in range(args.repeats):
             for scenario in (scenarios.pty_echo, scenarios.pty_stream):
                 for name, adapter in adapters.items():  # interleaved, as the harness does
                     started = time.perf_counter()
+                    pid = server_pid.get(name)
+                    cpu_before = proc_cpu_seconds([pid]) if pid else 0.0
                     try:
                         figures = asyncio.run(scenario(Target(name, adapter), ctx))
                     except Exception as exc:  # noqa: BLE001 - report and go on with the others
                         figures = {"error": f"{type(exc).__name__}: {exc}"}
                     figures["wall_s"] = time.perf_counter() - started
+                    if pid and "bytes" in figures:
+                        # Server CPU per MiB of terminal output: robust to a busy machine,
+                        # unlike MiB/s, which depends on how often each process is scheduled.
+                        cpu = proc_cpu_seconds([pid]) - cpu_before
+                        figures["server_cpu_ms_per_mib"] = cpu * 1000 / (figures["bytes"] / 2**20)
                     results.setdefault(scenario.__name__, {}).setdefault(name, []).append(figures)
                     print(f"round {round_index + 1} {scenario.__name__:10s} {name:8s} "
                           + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()),
@@ -170,18 +184,24 @@ def main() -> int:
         print()
         print("| scenario | metric | " + " | ".join(adapters) + " |")
         print("|---|---|" + "---|" * len(adapters))
-        for scenario_name, metrics in (("pty_echo", ("p50_ms", "p99_ms")), ("pty_stream", ("mibps",))):
+        for scenario_name, metrics in (("pty_echo", ("p50_ms", "p99_ms")),
+                                       ("pty_stream", ("mibps", "server_cpu_ms_per_mib"))):
             for metric in metrics:
                 cells = []
                 for name in adapters:
                     runs = results.get(scenario_name, {}).get(name, [])
-                    cells.append(" / ".join(f"{r[metric]:.2f}" if metric in r else "err" for r in runs))
+                    cells.append(" / ".join(f"{r[metric]:.2f}" if metric in r else "-" for r in runs))
                 print(f"| {scenario_name} | {metric} | " + " | ".join(cells) + " |")
         if "ours" in adapters and "local" in adapters:
             ours = [r["mibps"] for r in results["pty_stream"]["ours"] if "mibps" in r]
             local = [r["mibps"] for r in results["pty_stream"]["local"] if "mibps" in r]
+            jupyter_runs = [r["mibps"] for r in results["pty_stream"].get("jupyter", []) if "mibps" in r]
             if ours and local:
-                print(f"\nours / local PTY read loop throughput: {max(ours) / max(local):.0%} (best runs)")
+                print(f"\nours / local PTY read loop throughput: {max(ours) / max(local):.0%} best runs, "
+                      f"{median(ours) / median(local):.0%} medians")
+            if ours and jupyter_runs:
+                print(f"ours / jupyter throughput: {max(ours) / max(jupyter_runs):.2f}x best runs, "
+                      f"{median(ours) / median(jupyter_runs):.2f}x medians")
     finally:
         if daemon is not None:
             daemon.stop()
