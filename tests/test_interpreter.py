@@ -228,3 +228,34 @@ def test_huge_error_message_stays_within_the_sdk_frame_limit(interpreter: CodeIn
     result = interpreter.run_code("raise ValueError('v' * 200000)")
     assert result.error is not None and result.error.name == "ValueError"
     assert result.error.value.endswith("[truncated]") and len(result.error.value) <= 16 * 1024
+
+
+def test_worker_exit_is_reported_and_the_context_restarts(interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    try:
+        interpreter.run_code("kept = 1", context=context)
+        with pytest.raises(DaytonaConnectionError, match="worker process ended"):
+            interpreter.run_code("import os; os._exit(3)", context=context)
+        lost = interpreter.run_code("print(kept)", context=context)
+        assert lost.error is not None and lost.error.name == "NameError"
+    finally:
+        interpreter.delete_context(context)
+
+
+def test_deleting_a_context_ends_its_running_execution(interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            interpreter.run_code("import time; time.sleep(60)", context=context, timeout=0)
+        except DaytonaError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)
+    interpreter.delete_context(context)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and "context shutdown" in str(outcome[0])

@@ -10,7 +10,6 @@ writes exactly as in a real terminal instead of the daemon buffering without bou
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import subprocess
 import time
@@ -168,9 +167,7 @@ class Terminal:
                 data = os.read(self._master, READ_SIZE)
             except BlockingIOError:
                 break
-            except OSError as exc:
-                if exc.errno != errno.EIO:  # EIO: every slave fd closed
-                    raise
+            except OSError:  # EIO: every slave fd is closed; any other error ends the stream too
                 data = b""
             if not data:
                 self._pause_reading()
