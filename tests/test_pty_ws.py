@@ -210,3 +210,26 @@ def test_idle_detached_pty_is_reaped(tmp_path: Path) -> None:
                 assert client.get("/process/pty/attached").json()["active"] is True
     finally:
         daemon.stop()
+
+
+def test_a_stuck_client_does_not_stall_the_others(daemon: RunningDaemon, pty_id: str) -> None:
+    create(daemon, pty_id)
+    url = ws_url(daemon, f"/process/pty/{pty_id}/connect?scrollback=0")
+    # max_queue=1: the client library stops reading the socket once one frame is waiting.
+    with connect(url, compression=None, max_size=None, proxy=None, max_queue=1) as stuck:  # type: ignore[arg-type]
+        expect_connected(stuck)
+        with open_ws(daemon, f"/process/pty/{pty_id}/connect?scrollback=0") as fast:
+            expect_connected(fast)
+            fast.send(b"stty -echo; head -c 15M /dev/zero | base64 | tr -d '\\n'; echo; echo END-$((6*7))\n")
+            total, window = 0, b""
+            while b"END-42" not in window:
+                frame = fast.recv(timeout=30)
+                assert isinstance(frame, bytes)
+                total += len(frame)
+                window = window[-16:] + frame
+            assert total >= 20 * 1024 * 1024  # everything, though the other client reads nothing
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                stuck.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason == "slow consumer"

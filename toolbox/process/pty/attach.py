@@ -84,6 +84,10 @@ async def serve_client(
 async def _send_output(websocket: WebSocket, terminal: Terminal, reader: Reader, exit_control: bool) -> None:
     try:
         async for chunk_offset, chunk in terminal.store.follow(reader.offset, FRAME_SIZE):
+            if chunk_offset != reader.offset:
+                # Fell further behind than the store retains: its screen would be corrupt.
+                await websocket.close(1008, "slow consumer")
+                return
             await websocket.send_bytes(chunk)
             reader.offset = chunk_offset + len(chunk)
             terminal.progressed()

@@ -2,9 +2,11 @@
 
 The master fd is read on the event loop (`add_reader`, non-blocking), never in a thread.
 Output goes to an `OutputStore` (bounded memory tail = scrollback); attached clients follow
-the store at their own pace. Flow control: while an attached client is more than
-`HIGH_WATER` bytes behind, the terminal stops reading, so the program blocks on its own
-writes exactly as in a real terminal instead of the daemon buffering without bound.
+the store at their own pace. Flow control: while even the fastest attached client is more
+than `HIGH_WATER` bytes behind, the terminal stops reading, so the program blocks on its own
+writes exactly as in a real terminal instead of the daemon buffering without bound. One
+stuck client cannot stall the others: it falls behind in the store and is dropped once its
+next byte is no longer retained.
 """
 
 from __future__ import annotations
@@ -183,10 +185,10 @@ class Terminal:
             self._update_flow()
 
     def _update_flow(self) -> None:
-        """Pause reading while the slowest attached client lags too far; resume when it caught up."""
+        """Pause reading while the fastest attached client lags too far; resume when it caught up."""
         if self._master is None or self._eof:
             return
-        lag = self.store.size - min((r.offset for r in self.readers), default=self.store.size)
+        lag = self.store.size - max((r.offset for r in self.readers), default=self.store.size)
         if lag > HIGH_WATER and not self._exited:
             self._pause_reading()
         elif lag <= LOW_WATER:
