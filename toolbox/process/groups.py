@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterable
 from functools import lru_cache
@@ -231,7 +232,7 @@ class ZombieReaper:
     once, so a zombie that lingers is an orphan nobody will wait for.
     """
 
-    def __init__(self, interval: float = 2.0) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self._seen: set[int] = set()
         self.reaped = 0
@@ -272,3 +273,58 @@ async def open_group_process(argv: list[str], **kwargs: object) -> anyio.abc.Pro
     """anyio.open_process in a new session: its own process group, leader = the child."""
     kwargs.setdefault("start_new_session", True)
     return await anyio.open_process(argv, **kwargs)  # type: ignore[arg-type]
+
+
+class Child:
+    """A child process in its own session, started with `subprocess.Popen` and awaited
+    through a pidfd.
+
+    Popen spawns with vfork, which stays ~1 ms even from a daemon with a large heap
+    (the event loop's fork-based spawn copies page tables: several ms), and a pidfd lets
+    the event loop wait for the exit without a watcher thread or SIGCHLD handler.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+
+    @classmethod
+    def spawn(cls, argv: list[str], **kwargs: object) -> "Child":
+        kwargs.setdefault("start_new_session", True)
+        return cls(subprocess.Popen(argv, **kwargs))  # type: ignore[call-overload]
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll()
+
+    async def wait(self) -> int:
+        if self.popen.poll() is not None:
+            return self.popen.returncode
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        if pidfd is None:  # kernels before 5.3: poll
+            while self.popen.poll() is None:
+                await anyio.sleep(0.005)
+            return self.popen.returncode
+        try:
+            while self.popen.poll() is None:
+                await anyio.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        return self.popen.returncode
+
+
+async def write_all(fd: int, data: bytes) -> bool:
+    """Write `data` to a non-blocking pipe without blocking the loop; False if the reader
+    went away first."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+    return True

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from pydantic import Field
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from toolbox.context import Daemon
@@ -44,7 +44,7 @@ async def _finish(finished: Finished, fields: list[tuple[str, object]], size: in
     except BaseException:
         finished.output.close()
         raise
-    if isinstance(response, jsonstream.StreamingResponse):
+    if isinstance(response, StreamingResponse):
         response.background = BackgroundTask(finished.output.close)
     else:
         finished.output.close()

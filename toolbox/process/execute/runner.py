@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ def validate_env(envs: Mapping[str, str] | None) -> dict[str, str]:
 
 def check_cwd(path: Path, given: str) -> Path:
     """The working directory, or an error that says what is wrong with it."""
+    if "\x00" in given:
+        raise DaemonError(Code.BAD_REQUEST, "working directory contains a NUL byte")
     try:
         if path.is_dir():
             return path
@@ -103,50 +104,53 @@ async def run_script(
     env.update(envs or {})
     output = CapturedOutput()
     try:
+        stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
         try:
-            process = await groups.open_group_process(
-                [groups.default_shell()],
-                stdin=subprocess.PIPE,
-                stdout=output.fd,
-                stderr=output.fd,
-                cwd=str(cwd),
-                env=env,
-            )
-        except OSError as exc:
-            # Daytona answers 200 with exitCode -1 and the error text when the start fails.
-            os.write(output.fd, f"failed to start shell: {exc}".encode())
-            return Finished(-1, output)
-
-        async def feed() -> None:
-            assert process.stdin is not None
             try:
-                await process.stdin.send(script.encode())
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                pass  # the shell exited before reading all of it (`exit` early)
+                child = groups.Child.spawn(
+                    [groups.default_shell()],
+                    stdin=stdin_read,
+                    stdout=output.fd,
+                    stderr=output.fd,
+                    cwd=str(cwd),
+                    env=env,
+                )
+            except OSError as exc:
+                # Daytona answers 200 with exitCode -1 and the error text when the start fails.
+                os.write(output.fd, f"failed to start shell: {exc}".encode())
+                return Finished(-1, output)
             finally:
-                try:
-                    await process.stdin.aclose()
-                except (anyio.BrokenResourceError, OSError):
-                    pass
+                os.close(stdin_read)
+            os.set_blocking(stdin_write, False)
 
-        limit = timeout if timeout else math.inf
-        try:
-            with anyio.move_on_after(limit) as scope:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(feed)
-                    await process.wait()
-                    tg.cancel_scope.cancel()
-        except BaseException:
-            # Cancelled (daemon shutting down): leave nothing running behind.
-            if process.returncode is None:
-                groups.kill_tree_now(process.pid)
-            raise
+            async def feed() -> None:
+                # An early `exit` leaves the rest unread: that is fine, not an error.
+                nonlocal stdin_write
+                await groups.write_all(stdin_write, script.encode())
+                os.close(stdin_write)  # EOF: the shell runs what it has and exits
+                stdin_write = -1
+
+            limit = timeout if timeout else math.inf
+            try:
+                with anyio.move_on_after(limit) as scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(feed)
+                        await child.wait()
+                        tg.cancel_scope.cancel()
+            except BaseException:
+                # Cancelled (daemon shutting down): leave nothing running behind.
+                if child.returncode is None:
+                    groups.kill_tree_now(child.pid)
+                raise
+        finally:
+            if stdin_write >= 0:
+                os.close(stdin_write)
         if scope.cancelled_caught:
-            groups.kill_tree_now(process.pid)
+            groups.kill_tree_now(child.pid)
             with anyio.CancelScope(shield=True):
-                await process.wait()
+                await child.wait()
             raise DaemonError(Code.PROCESS_EXECUTION_TIMEOUT, "command execution timeout")
-        code = process.returncode
+        code = child.popen.returncode
         return Finished(code if code is not None and code >= 0 else -1, output)
     except BaseException:
         output.close()

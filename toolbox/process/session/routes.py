@@ -22,7 +22,7 @@ from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError, error_response
 from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int
 from toolbox.process import jsonstream
-from toolbox.process.groups import SIGNALS, parse_signal
+from toolbox.process.groups import parse_signal
 from toolbox.process.output import OutputStore, byte_chunks
 from toolbox.process.session.logs import only_stream
 from toolbox.process.session.service import ENTRYPOINT, ENTRYPOINT_COMMAND, Command, SessionManager
@@ -60,6 +60,14 @@ def _log_fields(store: OutputStore, start: int, end: int) -> list[tuple[str, obj
     ]
 
 
+def _version_subprotocol(websocket: WebSocket) -> str | None:
+    """Browsers pass their SDK version as a subprotocol; Daytona echoes exactly that one."""
+    for offered in websocket.scope.get("subprotocols", []):
+        if offered.startswith("X-Daytona-SDK-Version~"):
+            return offered
+    return None
+
+
 def build(daemon: Daemon) -> list[BaseRoute]:
     manager = SessionManager(daemon.settings)
     daemon.on_startup(manager.startup)
@@ -87,12 +95,12 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         session_id = path_param(request, "session_id")
         body = await parse_body(request, SessionExecuteRequest)
         run_async = bool(body.run_async or body.var_async)
-        command = manager.execute(
+        session, command = manager.execute(
             session_id, body.command, run_async=run_async, suppress_input_echo=bool(body.suppress_input_echo)
         )
         if run_async:
             return json_response({"cmdId": command.id}, status_code=202)
-        await manager.wait(manager.get(session_id), command)
+        await manager.wait(session, command)
         store = command.output
         end = store.size
         fields: list[tuple[str, object]] = [("cmdId", command.id), *_log_fields(store, 0, end), ("exitCode", command.exit_code)]
@@ -119,7 +127,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             sig = parse_signal(name)
         except ValueError as exc:
             raise DaemonError(Code.BAD_REQUEST, str(exc)) from None
-        count = manager.signal(session_id, command_id, sig)
+        count = manager.send_signal(session_id, command_id, sig)
         return json_response({"signal": sig.name, "processes": count})
 
     def logs_command(conn: Request | WebSocket) -> Command | None:
@@ -151,12 +159,17 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             await websocket.send_denial_response(error_response(websocket, exc))
             return
         if command is None:
-            await websocket.accept(headers=[(OFFSET_HEADER.lower().encode(), b"0")])
+            await websocket.accept(
+                subprotocol=_version_subprotocol(websocket), headers=[(OFFSET_HEADER.lower().encode(), b"0")]
+            )
             await websocket.close(1000, json.dumps({"offset": 0}))
             return
         store = command.output
         position = min(max(offset, store.first_offset), store.size)
-        await websocket.accept(headers=[(OFFSET_HEADER.lower().encode(), str(position).encode())])
+        await websocket.accept(
+            subprotocol=_version_subprotocol(websocket),
+            headers=[(OFFSET_HEADER.lower().encode(), str(position).encode())],
+        )
 
         gone = False
 
@@ -212,5 +225,3 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         WebSocketRoute(command_base + "/logs", logs_ws),
     ]
 
-
-__all__ = ["build", "SIGNALS"]
