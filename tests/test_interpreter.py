@@ -259,3 +259,11 @@ def test_deleting_a_context_ends_its_running_execution(interpreter: CodeInterpre
     thread.join(10)
     assert not thread.is_alive()
     assert len(outcome) == 1 and "context shutdown" in str(outcome[0])
+
+
+def test_raw_echoes_only_the_sdk_version_subprotocol(daemon: RunningDaemon) -> None:
+    url = daemon.url.replace("http://", "ws://") + "/process/interpreter/execute"
+    with connect(url, subprotocols=["X-Daytona-SDK-Version~1.0", "other"], proxy=None) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "X-Daytona-SDK-Version~1.0"
+        ws.send(json.dumps({"code": "print(1)"}))
+        assert json.loads(ws.recv(timeout=10))["text"] == "1\n"

@@ -95,8 +95,8 @@ def test_subprotocols_connected_first_and_exited_message(daemon: RunningDaemon, 
 
 
 def test_without_exit_control_only_the_close_frame(daemon: RunningDaemon, pty_id: str) -> None:
-    with open_ws(daemon, f"/process/pty/create-connect?id={pty_id}") as ws:
-        assert ws.subprotocol is None
+    with open_ws(daemon, f"/process/pty/create-connect?id={pty_id}", ["X-Daytona-SDK-Version~0.226.1"]) as ws:
+        assert ws.subprotocol == "X-Daytona-SDK-Version~0.226.1"  # what a browser SDK needs back
         expect_connected(ws)
         ws.send(b"exit 0\n")
         with pytest.raises(ConnectionClosed) as closed:

@@ -100,7 +100,10 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         return json_response({"message": "Context deleted successfully"})
 
     async def execute(websocket: WebSocket) -> None:
-        await websocket.accept()
+        # Browsers fail a handshake that offered subprotocols and got none back: echo the
+        # SDK version token the TypeScript SDK offers (the Python SDK offers none).
+        offered = websocket.scope.get("subprotocols", [])
+        await websocket.accept(subprotocol=next((p for p in offered if p.startswith("X-Daytona-SDK-Version~")), None))
         try:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":

@@ -20,6 +20,16 @@ from toolbox.process.pty.attach import DEFAULT_REPLAY, EXIT_CONTROL_PROTOCOL, se
 from toolbox.process.pty.manager import PtyManager
 
 ENVS_PROTOCOL_PREFIX = "X-Daytona-Pty-Envs~"
+SDK_VERSION_PROTOCOL_PREFIX = "X-Daytona-SDK-Version~"
+
+
+def chosen_subprotocol(offered: list[str]) -> str | None:
+    """The one subprotocol to echo: the exit-control capability, else a browser SDK's version
+    token (browsers fail a handshake that offered protocols and got none back). Never the
+    envs token: it carries values that have no business in response headers and logs."""
+    if EXIT_CONTROL_PROTOCOL in offered:
+        return EXIT_CONTROL_PROTOCOL
+    return next((p for p in offered if p.startswith(SDK_VERSION_PROTOCOL_PREFIX)), None)
 
 
 class PtyCreateRequest(WireModel):
@@ -111,7 +121,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             return
         offered = websocket.scope.get("subprotocols", [])
         exit_control = EXIT_CONTROL_PROTOCOL in offered
-        await websocket.accept(subprotocol=EXIT_CONTROL_PROTOCOL if exit_control else None)
+        await websocket.accept(subprotocol=chosen_subprotocol(offered))
         await serve_client(websocket, terminal, exit_control=exit_control, offset=offset, scrollback=scrollback)
 
     async def create_connect(websocket: WebSocket) -> None:
@@ -132,7 +142,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             await deny(websocket, error)
             return
         exit_control = EXIT_CONTROL_PROTOCOL in offered
-        await websocket.accept(subprotocol=EXIT_CONTROL_PROTOCOL if exit_control else None)
+        await websocket.accept(subprotocol=chosen_subprotocol(offered))
         await serve_client(websocket, terminal, exit_control=exit_control, offset=offset, scrollback=scrollback)
 
     return [
