@@ -267,3 +267,11 @@ def test_raw_echoes_only_the_sdk_version_subprotocol(daemon: RunningDaemon) -> N
         assert ws.subprotocol == "X-Daytona-SDK-Version~1.0"
         ws.send(json.dumps({"code": "print(1)"}))
         assert json.loads(ws.recv(timeout=10))["text"] == "1\n"
+
+
+def test_bytes_written_to_stdout_buffer_and_long_context_ids(daemon: RunningDaemon, interpreter: CodeInterpreter) -> None:
+    result = interpreter.run_code("import sys\nsys.stdout.buffer.write('h\\u00e9'.encode()[:2])\n"
+                                  "sys.stdout.buffer.write('h\\u00e9\\n'.encode()[2:])\nsys.stdout.flush()")
+    assert result.stdout == "hé\n"
+    frames, code, reason = raw_execute(daemon, json.dumps({"code": "1", "contextId": "é" * 200}))
+    assert code == 1008 and reason.startswith("context not found: é") and len(reason.encode()) <= 123

@@ -31,6 +31,11 @@ class Rejected(Exception):
         self.reason = reason
 
 
+def close_reason(text: str) -> str:
+    """A WebSocket close reason is at most 123 bytes of UTF-8: cut on a character boundary."""
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
+
+
 def parse_execute_request(message: dict[str, Any]) -> tuple[str, str, dict[str, str], float]:
     """(code, context id, envs, timeout seconds; 0 = none) from the first client frame."""
     raw = message.get("text")
@@ -115,7 +120,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             if not context.active:
                 raise Rejected(1008, "context is not active")
         except Rejected as rejected:
-            await websocket.close(rejected.code, rejected.reason)
+            await websocket.close(rejected.code, close_reason(rejected.reason))
             return
         execution = service.submit(context, code, envs, timeout)
         try:

@@ -12,6 +12,7 @@ requests and events are frames of a 4-byte big-endian length plus a UTF-8 JSON o
 Globals persist between requests. SIGINT interrupts the running code (KeyboardInterrupt).
 """
 
+import codecs
 import io
 import json
 import os
@@ -63,6 +64,24 @@ class Channel:
                 view = view[os.write(self.write_fd, view):]
 
 
+class BinaryWriter(io.RawIOBase):
+    """`sys.stdout.buffer`: bytes written by libraries, decoded without splitting characters."""
+
+    def __init__(self, text_writer):
+        self.text_writer = text_writer
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.text_writer.write(self.decoder.decode(bytes(data)))
+        return len(data)
+
+    def flush(self):
+        self.text_writer.flush()
+
+
 class StreamWriter(io.TextIOBase):
     """sys.stdout/sys.stderr replacement: flushes on newline or FLUSH_AT buffered chars."""
 
@@ -72,6 +91,7 @@ class StreamWriter(io.TextIOBase):
         self.buffer_parts = []
         self.size = 0
         self.lock = threading.RLock()
+        self.buffer = BinaryWriter(self)
 
     def writable(self):
         return True

@@ -64,7 +64,7 @@ async def deny(websocket: WebSocket, error: DaemonError) -> None:
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(response)
     else:  # a server without the denial extension: best effort
-        await websocket.close(1008, error.message[:120])
+        await websocket.close(1008, error.message.encode()[:123].decode("utf-8", "ignore"))
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
