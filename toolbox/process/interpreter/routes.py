@@ -127,20 +127,24 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             async with anyio.create_task_group() as tasks:
 
                 async def send() -> None:
-                    await stream_frames(websocket, execution)
+                    try:
+                        await stream_frames(websocket, execution)
+                    except (WebSocketDisconnect, OSError, RuntimeError):
+                        execution.abandon()
                     tasks.cancel_scope.cancel()
 
                 async def watch() -> None:
                     # Keep reading (pings are answered by the server) to notice a client that left.
-                    while (await websocket.receive())["type"] != "websocket.disconnect":
+                    try:
+                        while (await websocket.receive())["type"] != "websocket.disconnect":
+                            pass
+                    except (WebSocketDisconnect, OSError, RuntimeError):
                         pass
                     execution.abandon()
                     tasks.cancel_scope.cancel()
 
                 tasks.start_soon(send)
                 tasks.start_soon(watch)
-        except (WebSocketDisconnect, OSError, RuntimeError):
-            execution.abandon()
         finally:
             execution.release()
 

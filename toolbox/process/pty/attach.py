@@ -105,7 +105,10 @@ async def _send_output(websocket: WebSocket, terminal: Terminal, reader: Reader,
 
 async def _receive_input(websocket: WebSocket, terminal: Terminal) -> None:
     while True:
-        message = await websocket.receive()
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return
         if message["type"] == "websocket.disconnect":
             return
         data = message.get("bytes")
