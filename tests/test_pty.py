@@ -159,8 +159,8 @@ def test_connect_pty_session_replays_screen_and_multi_attaches(process, pty_id: 
         read_until(a, b"live-42")
         read_until(b, b"live-42")
         b.disconnect()  # one client leaving does not stop the PTY
-        a.send_input("echo still-here\n")
-        read_until(a, b"still-here")
+        a.send_input("echo still-$((1+1))-here\n")
+        read_until(a, b"still-2-here")
         a.send_input("exit 7\n")
         assert a.wait(timeout=10).exit_code == 7
     finally:
@@ -180,8 +180,8 @@ def test_lazy_start_starts_on_first_connect(process, pty_id: str) -> None:
     handle = process.connect_pty_session(pty_id)
     try:
         assert process.get_pty_session_info(pty_id).active
-        handle.send_input("echo lazy-ok\n")
-        read_until(handle, b"lazy-ok")
+        handle.send_input("echo lazy-$((3*3))\n")
+        read_until(handle, b"lazy-9")
     finally:
         handle.disconnect()
 

@@ -148,8 +148,9 @@ def test_reattach_replays_recent_screen_from_a_line_start(daemon: RunningDaemon,
         assert 60 * 1024 <= len(replay) <= 65 * 1024
         first_line = replay.split(b"\r\n", 1)[0]
         assert first_line.isdigit() and int(first_line) > 30000  # whole lines from the recent end
-        ws.send(b"echo live-after-replay\n")
-        read_until(ws, b"live-after-replay")
+        ws.send(b"echo live-after-$((2+3))\n")
+        read_until(ws, b"live-after-5\r\n")
+        drain(ws)  # the prompt that follows
     with open_ws(daemon, f"/process/pty/{pty_id}/connect?scrollback=0") as ws:
         expect_connected(ws)
         assert drain(ws) == b""  # Daytona's behaviour on request: live output only
