@@ -15,8 +15,8 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
-import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
@@ -28,8 +28,9 @@ from proxy.errors import ProxyError, header, send_error, wants_html
 from proxy.hosts import SANDBOX_ID, BadToolboxPath, PreviewHost, parse_preview_host, parse_toolbox_path, under_domain
 from proxy.metrics import Metrics
 from proxy.registry import Registry, RegistryError, Sandbox, open_registry
-from toolbox.forward.relay import (Headers, Relay, UpstreamRejected, UpstreamUnavailable, new_session,
-                                   strip_hop_by_hop, upstream_url)
+from toolbox.forward.pool import UpstreamConnection
+from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop,
+                                   upstream_url)
 
 log = logging.getLogger("proxy")
 
@@ -59,32 +60,40 @@ class ProxyApp:
         self.auth = Auth(config.secret, config.api_keys)
         self.metrics = Metrics()
         self.activity = ActivityTracker(self.registry, config.activity_interval)
-        self._tcp: Relay | None = None
+        self._tcp = Relay(keepalive=60.0)
         self._unix: dict[str, Relay] = {}
+        self._addresses: dict[str, tuple[Relay, str, int, bytes, str]] = {}
         https = config.public_scheme == "https"
         self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
         self._xf_proto = config.public_scheme.encode()
         self._xf_port = str(config.public_port).encode()
 
     # -- plumbing -------------------------------------------------------------------------
-    def _relay(self, address: str) -> tuple[Relay, str]:
+    def _upstream(self, address: str) -> tuple[Relay, str, int, bytes, str]:
+        """(relay, host, port, path prefix, base URL for WebSockets) of a daemon address."""
+        cached = self._addresses.get(address)
+        if cached is not None:
+            return cached
         if address.startswith("unix:"):
             path = address[len("unix:"):]
             relay = self._unix.get(path)
             if relay is None:
-                relay = self._unix[path] = Relay(new_session(unix_path=path, keepalive=60.0))
-            return relay, "http://localhost"
-        if self._tcp is None:
+                relay = self._unix[path] = Relay(unix_path=path, keepalive=60.0)
+            result = (relay, "localhost", 0, b"", "http://localhost")
+        else:
+            parts = urlsplit(address)
             # The daemon keeps connections 75 s; reuse them for 60.
-            self._tcp = Relay(new_session(keepalive=60.0))
-        return self._tcp, address
+            result = (self._tcp, parts.hostname or "", parts.port or 80, parts.path.rstrip("/").encode(), address)
+        if len(self._addresses) > 10_000:
+            self._addresses.clear()
+        self._addresses[address] = result
+        return result
 
     async def close(self) -> None:
         await self.activity.flush()
-        for relay in [*self._unix.values(), *([self._tcp] if self._tcp else [])]:
-            await relay.session.close()
+        for relay in [*self._unix.values(), self._tcp]:
+            await relay.close()
         self._unix.clear()
-        self._tcp = None
         await self.registry.close()
 
     async def _lookup(self, sandbox_id: str) -> Sandbox | None:
@@ -215,10 +224,8 @@ class ProxyApp:
                                   cookie=other_cookies, keep_cookie_header=False)
         if self.config.preserve_host:
             headers.append((b"x-toolbox-preserve-host", b"1"))
-        relay, base = self._relay(sandbox.url)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        url = upstream_url(f"{base}/proxy/{target.port}", raw_path, query)
-        await self._forward(scope, receive, send, relay, url, headers, sandbox, None)
+        await self._forward(scope, receive, send, sandbox, b"/proxy/%d" % target.port + raw_path, query, headers, None)
 
     async def _bootstrap_cookie(self, scope: Scope, send: Send, sandbox: Sandbox, port: int, query: bytes) -> None:
         """Swap the query token for a host-only cookie and send the browser to the clean URL."""
@@ -233,21 +240,24 @@ class ProxyApp:
                                    (b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"),
                                    (b"content-length", b"0")], b"")
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, relay: Relay, url: object,
-                       headers: Headers, sandbox: Sandbox, location_prefix: bytes | None) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, path: bytes,
+                       query: bytes, headers: Headers, location_prefix: bytes | None) -> None:
+        relay, host, port, prefix, base = self._upstream(sandbox.url)
         touch = self.activity.toucher(sandbox.id)
         touch()
         try:
             if scope["type"] == "websocket":
                 self.metrics.websockets_open += 1
                 try:
-                    await relay.websocket(scope, receive, send, url, headers, on_traffic=touch,  # type: ignore[arg-type]
+                    url = upstream_url(base.rstrip("/"), path, query)
+                    await relay.websocket(scope, receive, send, url, headers, on_traffic=touch,
                                           handshake_received=True)
                 finally:
                     self.metrics.websockets_open -= 1
                 return
+            raw = prefix + path + (b"?" + query if query else b"")
             filter_ = _location_rewriter(location_prefix) if location_prefix else None
-            await relay.http(scope, receive, send, url, headers, filter_,  # type: ignore[arg-type]
+            await relay.http(scope, receive, send, Target(relay.pool, host, port, raw), headers, filter_,
                              on_traffic=touch, intercept=self._interceptor_for(scope, send))
         except UpstreamUnavailable as exc:
             raise ProxyError(502, "sandbox-unreachable",
@@ -261,18 +271,21 @@ class ProxyApp:
         started = time.perf_counter()
         metrics = self.metrics
 
-        async def intercept(response: aiohttp.ClientResponse) -> bool:
+        async def intercept(response: UpstreamConnection) -> bool:
             metrics.observe_upstream(time.perf_counter() - started)
-            code = response.headers.get("x-proxy-error")
+            code = next((v.decode("latin-1") for k, v in response.headers if k.lower() == b"x-proxy-error"), None)
             if code is None:
                 return False
             metrics.errors[code] += 1
             if not wants_html(scope):
                 return False
             # The daemon's own error (port not open, ...): a page for people, same code.
+            body = b""
             try:
-                message = json.loads(await response.content.read(65536)).get("message", "")
-            except (ValueError, AttributeError):
+                while len(body) < 65536 and (chunk := await response.next_chunk()) is not None:
+                    body += chunk
+                message = json.loads(body).get("message", "")
+            except (ValueError, AttributeError, ConnectionError):
                 message = ""
             await send_error(scope, send, ProxyError(response.status, code, message or code))
             return True
@@ -325,9 +338,7 @@ class ProxyApp:
             sandbox = await self._known(sandbox_id)
         headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=api_key,
                                   cookie=None, keep_cookie_header=True)
-        relay, base = self._relay(sandbox.url)
-        url = upstream_url(base, rest, scope.get("query_string", b""))
-        await self._forward(scope, receive, send, relay, url, headers, sandbox,
+        await self._forward(scope, receive, send, sandbox, rest, scope.get("query_string", b""), headers,
                             b"/toolbox/" + sandbox_id.encode())
 
     async def _mint(self, scope: Scope, send: Send, sandbox_id: str, port_text: str, kind: str) -> None:

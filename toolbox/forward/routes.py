@@ -17,7 +17,8 @@ from starlette.types import Receive, Scope, Send
 
 from toolbox.context import Daemon
 from toolbox.errors import Code, error_body
-from toolbox.forward.relay import Headers, Relay, UpstreamRejected, UpstreamUnavailable, new_session, strip_hop_by_hop, upstream_url
+from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop,
+                                   upstream_url)
 
 _PORT = re.compile(rb"[0-9]{1,5}")
 # Sent by the preview proxy when the app should see the public Host instead of localhost:{port}.
@@ -87,19 +88,11 @@ class PortForwarder:
     """Owns the loopback connection pool; one per daemon."""
 
     def __init__(self) -> None:
-        self._relay: Relay | None = None
-
-    @property
-    def relay(self) -> Relay:
-        if self._relay is None:
-            # Apps commonly close idle connections after 5 s (uvicorn, node): stay below it.
-            self._relay = Relay(new_session(loopback=True, keepalive=4.0))
-        return self._relay
+        # Apps commonly close idle connections after 5 s (uvicorn, node): stay below it.
+        self.relay = Relay(loopback=True, keepalive=4.0)
 
     async def close(self) -> None:
-        if self._relay is not None:
-            await self._relay.session.close()
-            self._relay = None
+        await self.relay.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -111,13 +104,15 @@ class PortForwarder:
                          "the port in /proxy/{port}/ must be a number from 1 to 65535")
             return
         port, rest = target
-        url = upstream_url(f"http://localhost:{port}", rest, scope.get("query_string", b""))
+        query: bytes = scope.get("query_string", b"")
         headers = upstream_headers(scope, port)
         try:
             if scope["type"] == "websocket":
+                url = upstream_url(f"http://localhost:{port}", rest, query)
                 await self.relay.websocket(scope, receive, send, url, headers)
             else:
-                await self.relay.http(scope, receive, send, url, headers, _without_proxy_error)
+                target = Target(self.relay.pool, "localhost", port, rest + b"?" + query if query else rest)
+                await self.relay.http(scope, receive, send, target, headers, _without_proxy_error)
         except UpstreamUnavailable as exc:
             await _error(scope, send, 502, Code.BAD_GATEWAY, "port-not-open",
                          f"nothing is listening on port {port} inside the sandbox ({exc.reason}); "
