@@ -13,7 +13,7 @@ import json
 import re
 
 from starlette.routing import BaseRoute, Match, NoMatchFound
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolbox.context import Daemon
 from toolbox.errors import Code, error_body
@@ -147,4 +147,23 @@ class ForwardRoute(BaseRoute):
 def build(daemon: Daemon) -> list[BaseRoute]:
     forwarder = PortForwarder()
     daemon.on_shutdown(forwarder.close)
+    daemon.port_forwarder = forwarder  # type: ignore[attr-defined]  # for fast_path()
     return [ForwardRoute(forwarder)]
+
+
+def fast_path(app: ASGIApp, daemon: Daemon) -> ASGIApp:
+    """Send `/proxy/...` straight to the forwarder, ahead of the router's ~100 route regexes.
+
+    Preview traffic is the daemon's hottest path; the router would cost more than the relay.
+    """
+    forwarder: PortForwarder | None = getattr(daemon, "port_forwarder", None)
+    if forwarder is None:
+        return app
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/proxy/"):
+            await forwarder(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch
