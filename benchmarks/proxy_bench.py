@@ -95,24 +95,33 @@ def main() -> int:
     parser.add_argument("--scenarios", default="http_small,big_download,ws_echo,ws_stream")
     parser.add_argument("--targets", default="nginx,jupyter")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--daemon-uds", action="store_true",
+                        help="reach the daemon over a Unix socket (the local runtime's setup) instead of TCP")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     daemon_port, proxy_port = free_port(), free_port()
     upstream_port, nginx_port, jupyter_port = free_port(), free_port(), free_port()
     registry = tmp / "registry.json"
-    registry.write_text(json.dumps({"sandboxes": {"sbx1": {"url": f"http://127.0.0.1:{daemon_port}", "public": True}}}))
+    sock = tmp / "toolbox.sock"
+    address = f"unix:{sock}" if args.daemon_uds else f"http://127.0.0.1:{daemon_port}"
+    registry.write_text(json.dumps({"sandboxes": {"sbx1": {"url": address, "public": True}}}))
+    listen = f"--uds {sock}" if args.daemon_uds else f"--host 127.0.0.1 --port {daemon_port}"
     env = dict(os.environ, PYTHONPATH=str(REPO), PROXY_SECRET="bench")
     py = sys.executable
     # One process tree (the proxy exec'd over a shell that started the daemon), so the
     # harness's "proxy CPU" covers both hops: the proxy workers and the daemon.
-    command = (f"{py} -m toolbox serve --host 127.0.0.1 --port {daemon_port} --workdir {tmp} & "
+    command = (f"{py} -m toolbox serve {listen} --workdir {tmp} & "
                f"exec {py} -m proxy serve --host 127.0.0.1 --port {proxy_port} --domain localhost "
                f"--registry file:{registry} --workers {args.workers}")
     ours = subprocess.Popen(["sh", "-c", command], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        wait_port(daemon_port)
+        deadline = time.monotonic() + 20
+        while args.daemon_uds and not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not args.daemon_uds:
+            wait_port(daemon_port)
         wait_port(proxy_port)
         time.sleep(1.0)  # all workers up
         sampler = RssSampler(ours.pid)
@@ -132,7 +141,7 @@ def main() -> int:
         sampler.stop_flag.set()
         sampler.join()
         peak = max((s for _, s in sampler.samples), default=rss_before)
-        print(f"\nours: proxy workers={args.workers} + daemon; RSS before {rss_before:.0f} MiB, "
+        print(f"\nours: proxy workers={args.workers} + daemon over {'a Unix socket' if args.daemon_uds else 'TCP'}; RSS before {rss_before:.0f} MiB, "
               f"peak during the run {peak:.0f} MiB, after {rss_mib(ours.pid):.0f} MiB")
         md = out.with_suffix(".md")
         if md.exists():

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
@@ -41,6 +42,7 @@ _DROP_UPSTREAM = frozenset({
 })
 _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
 _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
+_UNSEEN: Any = object()
 
 
 def _json(status: int, payload: object) -> tuple[int, Headers, bytes]:
@@ -63,6 +65,7 @@ class ProxyApp:
         self._tcp = Relay(keepalive=60.0)
         self._unix: dict[str, Relay] = {}
         self._addresses: dict[str, tuple[Relay, str, int, bytes, str]] = {}
+        self._hosts: dict[str, PreviewHost | None] = {}  # parsed Host headers, bounded
         https = config.public_scheme == "https"
         self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
         self._xf_proto = config.public_scheme.encode()
@@ -138,7 +141,12 @@ class ProxyApp:
             await receive()  # websocket.connect: answered by accept or by a denial response
         host = (header(scope, b"host") or b"").decode("latin-1")
         try:
-            preview = parse_preview_host(host, self.config.domain)
+            preview = self._hosts.get(host, _UNSEEN)
+            if preview is _UNSEEN:
+                preview = parse_preview_host(host, self.config.domain)
+                if len(self._hosts) >= 4096:
+                    self._hosts.clear()
+                self._hosts[host] = preview
             if preview is not None:
                 self.metrics.requests["preview"] += 1
                 await self._preview(scope, receive, send, preview)
@@ -258,7 +266,7 @@ class ProxyApp:
             raw = prefix + path + (b"?" + query if query else b"")
             filter_ = _location_rewriter(location_prefix) if location_prefix else None
             await relay.http(scope, receive, send, Target(relay.pool, host, port, raw), headers, filter_,
-                             on_traffic=touch, intercept=self._interceptor_for(scope, send))
+                             intercept=self._interceptor_for(scope, send))
         except UpstreamUnavailable as exc:
             raise ProxyError(502, "sandbox-unreachable",
                              f"The sandbox '{sandbox.id}' is registered but its daemon does not answer "
@@ -273,6 +281,8 @@ class ProxyApp:
 
         async def intercept(response: UpstreamConnection) -> bool:
             metrics.observe_upstream(time.perf_counter() - started)
+            if response.status < 400:
+                return False
             code = next((v.decode("latin-1") for k, v in response.headers if k.lower() == b"x-proxy-error"), None)
             if code is None:
                 return False
