@@ -120,10 +120,10 @@ class ProxyApp:
             if key in _DROP_UPSTREAM or (key == b"authorization" and drop_authorization):
                 continue
             if key == b"cookie" and not keep_cookie_header:
-                if cookie:
-                    out.append((key, cookie))
-                continue
+                continue  # replaced below by the jar without the proxy's cookies
             out.append((key, value))
+        if cookie and not keep_cookie_header:
+            out.append((b"cookie", cookie))
         client = scope.get("client")
         if client:
             out.append((b"x-forwarded-for", client[0].encode()))
@@ -196,10 +196,16 @@ class ProxyApp:
         query_token: str | None = None
         if _QUERY_PARAM_BYTES in query:
             query, query_token = strip_query_param(query, QUERY_PARAM)
-        cookie_header = header(scope, b"cookie")
+        cookie_header = header_token = authorization = None
+        for key, value in scope["headers"]:
+            if key == b"cookie":
+                cookie_header = value if cookie_header is None else cookie_header + b"; " + value
+            elif key == PREVIEW_HEADER:
+                header_token = value
+            elif key == b"authorization":
+                authorization = value
         cookies, other_cookies = split_cookies(cookie_header) if cookie_header else ({}, None)
-        header_token = header(scope, PREVIEW_HEADER)
-        api_key = self.auth.bearer_is_api_key(header(scope, b"authorization"))
+        api_key = authorization is not None and self.auth.bearer_is_api_key(authorization)
 
         via: str | None = "signed" if signed else None
         if via is None and header_token is not None and self.auth.check_preview_token(sandbox, header_token.decode("latin-1")):

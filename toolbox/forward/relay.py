@@ -63,13 +63,19 @@ class UpstreamRejected(Exception):
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], extra: frozenset[bytes] = frozenset()) -> Headers:
-    """Drop hop-by-hop headers and every header the Connection header names."""
-    pairs = [(k.lower(), v) for k, v in headers]
-    named: set[bytes] = set()
-    for key, value in pairs:
-        if key == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return [(k, v) for k, v in pairs if k not in HOP_BY_HOP and k not in named and k not in extra]
+    """Drop hop-by-hop headers and every header the Connection header names (names lowercased)."""
+    out: Headers = []
+    named: set[bytes] | None = None
+    for key, value in headers:
+        key = key.lower()
+        if key in HOP_BY_HOP or key in extra:
+            if key == b"connection":
+                named = {token.strip().lower() for token in value.split(b",")}
+            continue
+        out.append((key, value))
+    if named:
+        out = [(k, v) for k, v in out if k not in named]
+    return out
 
 
 def has_request_body(headers: Headers) -> bool:
@@ -128,14 +134,16 @@ def _str_headers(headers: Headers) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
-@dataclass(frozen=True)
 class Target:
-    """Where an HTTP request goes: a pool, host and port, and the raw request target."""
+    """Where an HTTP request goes: a pool, host and port, and the raw path and query."""
 
-    pool: ConnectionPool
-    host: str
-    port: int
-    path: bytes  # raw path and query, byte for byte
+    __slots__ = ("pool", "host", "port", "path")
+
+    def __init__(self, pool: ConnectionPool, host: str, port: int, path: bytes) -> None:
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self.path = path  # byte for byte, as the client sent it
 
 
 class _ClientGone(Exception):
@@ -203,10 +211,10 @@ class Relay:
             elif key == b"transfer-encoding":
                 chunked = True
         with_body = chunked or (length is not None and length.strip() not in (b"0", b""))
-        lines = [b"%s %s HTTP/1.1\r\n" % (method.encode(), target.path)]
+        lines = [method.encode(), b" ", target.path, b" HTTP/1.1\r\n"]
         for key, value in headers:
             if key not in _NOT_FORWARDED:
-                lines.append(b"%s: %s\r\n" % (key, value))
+                lines += (key, b": ", value, b"\r\n")
         if chunked:
             lines.append(b"transfer-encoding: chunked\r\n")
         elif length is not None:

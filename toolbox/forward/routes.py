@@ -10,7 +10,6 @@ headers are kept rather than appended to.
 from __future__ import annotations
 
 import json
-import re
 
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -20,7 +19,6 @@ from toolbox.errors import Code, error_body
 from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop,
                                    upstream_url)
 
-_PORT = re.compile(rb"[0-9]{1,5}")
 # Sent by the preview proxy when the app should see the public Host instead of localhost:{port}.
 PRESERVE_HOST = b"x-toolbox-preserve-host"
 PROXY_ERROR = b"x-proxy-error"
@@ -30,7 +28,7 @@ def parse_target(raw_path: bytes) -> tuple[int, bytes] | None:
     """`/proxy/{port}{rest}` -> (port, rest with a leading slash), None if the port is bad."""
     tail = raw_path[len(b"/proxy/"):]
     port_text, slash, rest = tail.partition(b"/")
-    if not _PORT.fullmatch(port_text):
+    if not (0 < len(port_text) <= 5 and port_text.isdigit()):
         return None
     port = int(port_text)
     if not 1 <= port <= 65535:
@@ -39,28 +37,33 @@ def parse_target(raw_path: bytes) -> tuple[int, bytes] | None:
 
 
 def upstream_headers(scope: Scope, port: int) -> Headers:
-    headers = strip_hop_by_hop(scope["headers"])
-    preserve = any(k == PRESERVE_HOST for k, _ in headers)
     out: Headers = []
-    seen: set[bytes] = set()
-    for key, value in headers:
-        if key == PRESERVE_HOST or (key == b"host" and not preserve):
+    preserve = False
+    host: bytes | None = None
+    forwarded_for = forwarded_proto = forwarded_host = False
+    for key, value in strip_hop_by_hop(scope["headers"]):
+        if key == b"host":
+            host = value
             continue
-        seen.add(key)
+        if key == PRESERVE_HOST:
+            preserve = True
+            continue
+        if key == b"x-forwarded-for":
+            forwarded_for = True
+        elif key == b"x-forwarded-proto":
+            forwarded_proto = True
+        elif key == b"x-forwarded-host":
+            forwarded_host = True
         out.append((key, value))
-    if not preserve or b"host" not in seen:
-        out.append((b"host", b"localhost:%d" % port))
+    out.append((b"host", host if preserve and host else b"localhost:%d" % port))
     # The preview proxy sets these (and is trusted to); a direct caller gets them set here.
     client = scope.get("client")
-    if b"x-forwarded-for" not in seen and client:
+    if not forwarded_for and client:
         out.append((b"x-forwarded-for", client[0].encode()))
-    if b"x-forwarded-proto" not in seen:
+    if not forwarded_proto:
         out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") in ("https", "wss") else b"http"))
-    if b"x-forwarded-host" not in seen:
-        for key, value in headers:
-            if key == b"host":
-                out.append((b"x-forwarded-host", value))
-                break
+    if not forwarded_host and host:
+        out.append((b"x-forwarded-host", host))
     return out
 
 
