@@ -9,6 +9,7 @@
   GET  /crash         the process exits mid-response
   GET  /slow?s=N      answers after N seconds
   GET  /spoof         answers with an X-Proxy-Error header of its own
+  GET  /redirect?to=L 302 to L
   WS   /ws            echo (text and binary); picks the last offered subprotocol;
                       a text "close:CODE:REASON" closes with that code and reason
 """
@@ -87,6 +88,10 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     elif path == "/slow":
         await asyncio.sleep(float(query.get("s", ["1"])[0]))
         await respond(send, 200, b"slow done", b"text/plain")
+    elif path == "/redirect":
+        await send({"type": "http.response.start", "status": 302,
+                    "headers": [(b"location", query.get("to", ["/"])[0].encode()), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/spoof":
         await send({"type": "http.response.start", "status": 404,
                     "headers": [(b"x-proxy-error", b"sandbox-not-found"), (b"content-length", b"3")]})
