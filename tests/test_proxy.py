@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, DOMAIN, App, Proxy, start_app, start_proxy
+from tests.proxy_helpers import API_KEY, App, Proxy, start_app, start_proxy
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -13,7 +13,7 @@ import redis
 
 from proxy.registry import FileRegistry, RedisRegistry, RegistryError, Sandbox, TemplateRegistry, open_registry
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, App, RedisServer, start_app, start_proxy, start_redis, write_registry
+from tests.proxy_helpers import API_KEY, App, RedisServer, start_app, start_proxy, start_redis
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
