@@ -247,6 +247,7 @@ class Relay:
                 conn.abort()
                 if sender is not None:
                     sender.cancel()
+                    sender.add_done_callback(_consume)
                 # A kept-alive connection the upstream closed just as we reused it.
                 if conn.reused and idempotent and not stale_retried:
                     stale_retried = True
@@ -290,8 +291,11 @@ class Relay:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if sender is not None and not sender.done():
-                sender.cancel()
+            if sender is not None:
+                if not sender.done():
+                    sender.cancel()
+                elif not sender.cancelled():
+                    sender.exception()  # seen: the client or upstream left mid-upload
         return status
 
     async def websocket(
@@ -320,6 +324,11 @@ class Relay:
         async with upstream:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
             await _bridge(receive, send, upstream, on_traffic)
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _close_on_disconnect(receive: Receive, conn: UpstreamConnection) -> None:
