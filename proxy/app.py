@@ -43,6 +43,8 @@ _DROP_UPSTREAM = frozenset({
 _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
 _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
 _UNSEEN: Any = object()
+# X-Proxy-Error codes the daemon's /proxy/{port} route emits.
+_DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket"})
 
 
 def _json(status: int, payload: object) -> tuple[int, Headers, bytes]:
@@ -292,6 +294,8 @@ class ProxyApp:
             code = next((v.decode("latin-1") for k, v in response.headers if k.lower() == b"x-proxy-error"), None)
             if code is None:
                 return False
+            # The daemon runs inside the sandbox: never let it invent metric labels.
+            code = code if code in _DAEMON_ERRORS else "upstream-error"
             metrics.errors[code] += 1
             if not wants_html(scope):
                 return False
