@@ -274,7 +274,7 @@ class ProxyApp:
             raw = prefix + path + (b"?" + query if query else b"")
             filter_ = _location_rewriter(location_prefix) if location_prefix else None
             await relay.http(scope, receive, send, Target(relay.pool, host, port, raw), headers, filter_,
-                             intercept=self._interceptor_for(scope, send))
+                             on_traffic=touch, intercept=self._interceptor_for(scope, send))
         except UpstreamUnavailable as exc:
             raise ProxyError(502, "sandbox-unreachable",
                              f"The sandbox '{sandbox.id}' is registered but its daemon does not answer "

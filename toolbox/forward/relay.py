@@ -254,8 +254,6 @@ class Relay:
                     continue
                 raise UpstreamUnavailable(str(exc) or "the upstream closed the connection") from exc
 
-        if on_traffic is not None:
-            on_traffic()
         status = conn.status
         watcher: asyncio.Task[None] | None = None
         try:
@@ -279,6 +277,8 @@ class Relay:
                 chunk = await conn.next_chunk()
                 if chunk is None:
                     break
+                if on_traffic is not None:
+                    on_traffic()  # a long download or SSE stream is activity all along
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if sender is not None and not sender.done():
