@@ -11,7 +11,6 @@ Other hosts (bare domain, IP, LB):
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -32,8 +31,6 @@ from proxy.registry import Registry, RegistryError, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
 from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop,
                                    upstream_url)
-
-log = logging.getLogger("proxy")
 
 # Client-sent values of these never reach a sandbox: the proxy sets its own or none.
 _DROP_UPSTREAM = frozenset({

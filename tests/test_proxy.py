@@ -379,3 +379,16 @@ def test_daemon_on_a_unix_socket(tmp_path: Path, app: App) -> None:
     finally:
         proxy.stop()
         uds_daemon.stop()
+
+
+def test_trusted_load_balancer_client_address(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
+    proxy = start_proxy(tmp_path, {"pub": {"url": daemon.url, "public": True}},
+                        extra_args=["--forwarded-allow-ips", "127.0.0.1"])
+    try:
+        with proxy.client() as client:
+            seen = client.get("/info/x", headers={"Host": proxy.host(app.port, "pub"),
+                                                  "X-Forwarded-For": "9.9.9.9"}).json()
+        values = [v for k, v in seen["headers"] if k == "x-forwarded-for"]
+        assert values == ["9.9.9.9"]  # the LB's view of the client, set once
+    finally:
+        proxy.stop()
