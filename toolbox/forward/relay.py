@@ -55,6 +55,10 @@ class UpstreamUnavailable(Exception):
         self.reason = reason
 
 
+class UpstreamUnknownHost(UpstreamUnavailable):
+    """The upstream's host name does not resolve (e.g. no such Service for this sandbox)."""
+
+
 class UpstreamRejected(Exception):
     """The upstream answered a WebSocket handshake with a non-101 status."""
 
@@ -222,6 +226,8 @@ class Relay:
         while True:
             try:
                 conn = await target.pool.acquire(target.host, target.port)
+            except socket.gaierror as exc:
+                raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc
             except OSError as exc:
                 if attempt >= len(delays):
                     raise UpstreamUnavailable("connection refused") from exc
@@ -317,6 +323,8 @@ class Relay:
         except aiohttp.WSServerHandshakeError as exc:
             raise UpstreamRejected(exc.status, [(k.lower().encode("latin-1"), v.encode("latin-1"))
                                                 for k, v in (exc.headers or {}).items()]) from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise UpstreamUnknownHost(f"{url.host} does not resolve") from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnavailable("connection refused") from exc
         except aiohttp.ClientError as exc:
