@@ -117,6 +117,7 @@ class SandboxDir:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o755)
         os.chmod(self.tmp, 0o1777)
+        os.chmod(self.home, 0o700)
         for d in (self.home, self.tmp, self.run):
             if os.geteuid() == 0:
                 os.chown(d, uid, gid)
