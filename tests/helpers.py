@@ -57,8 +57,12 @@ def start_daemon(
     extra_args: list[str] | None = None,
     user: int | None = None,
     timeout: float = 20.0,
+    command_prefix: list[str] | None = None,
 ) -> RunningDaemon:
-    """Start a real daemon whose work dir and $HOME live under `tmp`."""
+    """Start a real daemon whose work dir and $HOME live under `tmp`.
+
+    `command_prefix` runs the daemon under a wrapper (e.g. `setpriv` to drop capabilities).
+    """
     workdir = tmp / "work"
     home = tmp / "home"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +88,8 @@ def start_daemon(
     if sandbox_id:
         args += ["--sandbox-id", sandbox_id]
     args += extra_args or []
+    # e.g. a sandbox (bwrap ...) the daemon runs inside
+    args = [*(command_prefix or []), *args]
     process = subprocess.Popen(
         args,
         cwd=workdir,

@@ -53,12 +53,27 @@ async def read_json(request: Request) -> Any:
     raw = b"".join(chunks)
     if not raw.strip():
         raise DaemonError(Code.INVALID_REQUEST_BODY, "invalid body request: body is empty")
+    return _loads(raw)
+
+
+def _loads(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DaemonError(
             Code.INVALID_REQUEST_BODY, f"invalid body request: body is not valid JSON ({exc})"
         ) from None
+    if b"\\u" in raw:
+        # JSON may escape lone UTF-16 surrogates ("\ud800") that no file name, environment
+        # variable or response can carry; refuse them here instead of failing deep inside.
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise DaemonError(
+                Code.INVALID_REQUEST_BODY,
+                "invalid body request: a string contains a lone UTF-16 surrogate (\\uD800-\\uDFFF), which is not valid Unicode",
+            ) from None
+    return data
 
 
 async def parse_body(request: Request, model: type[M], *, optional: bool = False) -> M:
@@ -67,12 +82,7 @@ async def parse_body(request: Request, model: type[M], *, optional: bool = False
         raw = await request.body()
         if not raw.strip():
             return model()
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DaemonError(
-                Code.INVALID_REQUEST_BODY, f"invalid body request: body is not valid JSON ({exc})"
-            ) from None
+        data = _loads(raw)
     else:
         data = await read_json(request)
     if not isinstance(data, dict):

@@ -1,1 +1,1 @@
-
+"""The daemon's own OpenAPI document, generated from its routes (`toolbox.openapi.registry`)."""

@@ -1,0 +1,181 @@
+"""Fuzz every HTTP operation of GET /openapi.json with schemathesis against a real daemon.
+
+The daemon runs inside bubblewrap: read-only root, a writable temp work dir, no network
+but its own loopback, its own PID namespace, no capabilities. So whatever the fuzzer sends
+(`DELETE /files?path=/`, random shell commands, proxying to random ports) stays harmless.
+It talks over a Unix socket, the one door out of its network namespace.
+
+Passing means: no 5xx, no hang, no crash for any generated input, and every error an
+ErrorResponse. The run is bounded to ~60 s however many routes exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from tests.helpers import RunningDaemon, start_daemon
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+
+BUDGET_SECONDS = float(os.environ.get("TOOLBOX_FUZZ_SECONDS", "60"))
+MAX_EXAMPLES = 100
+REQUEST_TIMEOUT = 15.0
+BASE_URL = "http://toolbox"
+
+
+class _UnixConnection(urllib3.connection.HTTPConnection):
+    def __init__(self, socket_path: str, **kwargs: Any) -> None:
+        super().__init__("toolbox", **kwargs)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(REQUEST_TIMEOUT)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+class _UnixPool(urllib3.HTTPConnectionPool):
+    def __init__(self, socket_path: str) -> None:
+        super().__init__("toolbox", timeout=REQUEST_TIMEOUT)
+        self.socket_path = socket_path
+
+    def _new_conn(self) -> _UnixConnection:
+        return _UnixConnection(self.socket_path, timeout=REQUEST_TIMEOUT)
+
+
+class _UnixAdapter(HTTPAdapter):
+    """requests over a Unix socket (schemathesis sends with requests)."""
+
+    def __init__(self, socket_path: str) -> None:
+        super().__init__()
+        self.pool = _UnixPool(socket_path)
+
+    def get_connection_with_tls_context(self, request: Any, verify: Any, proxies: Any = None, cert: Any = None) -> Any:
+        return self.pool
+
+    def close(self) -> None:
+        self.pool.close()
+        super().close()
+
+
+def _sandboxed(root: Path) -> list[str]:
+    return [
+        "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        "--bind", str(root), str(root), "--unshare-net", "--unshare-pid", "--unshare-ipc",
+        "--die-with-parent", "--cap-drop", "ALL", "--",
+    ]
+
+
+@pytest.fixture(scope="module")
+def sandboxed_daemon() -> Iterator[RunningDaemon]:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap (bwrap) is needed to fuzz the daemon safely; .ci/run installs it")
+    root = Path(tempfile.mkdtemp(prefix="toolbox-fuzz-"))
+    running = start_daemon(root, uds=True, command_prefix=_sandboxed(root), extra_env={"DISPLAY": ""})
+    yield running
+    running.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _error_problem(response: Any) -> str | None:
+    """Why an error response is not a Daytona ErrorResponse, or None if it is one."""
+    content_type = (response.headers.get("content-type") or [""])[0]
+    if not content_type.startswith("application/json"):
+        return f"content-type {content_type!r}"
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        return "body is not JSON"
+    if not isinstance(body, dict):
+        return "body is not an object"
+    for name, kind in (("statusCode", int), ("message", str), ("timestamp", str), ("path", str), ("code", str)):
+        if not isinstance(body.get(name), kind):
+            return f"field {name!r} missing or not {kind.__name__}"
+    if body["statusCode"] != response.status_code or body.get("source") != "DAYTONA_DAEMON":
+        return "statusCode/source mismatch"
+    return None
+
+
+def _cases(operation: Any) -> Any:
+    """Valid inputs and, where the schema allows, inputs that break it on purpose."""
+    strategies = [operation.as_strategy(GenerationMode.POSITIVE)]
+    try:
+        strategies.append(operation.as_strategy(GenerationMode.NEGATIVE))
+    except Exception:  # noqa: BLE001 - nothing to negate (no parameters, no body)
+        pass
+    return st.one_of(strategies)
+
+
+def test_fuzz_every_operation(sandboxed_daemon: RunningDaemon) -> None:
+    session = requests.Session()
+    assert sandboxed_daemon.uds is not None
+    session.mount(BASE_URL, _UnixAdapter(str(sandboxed_daemon.uds)))
+    doc = session.get(f"{BASE_URL}/openapi.json", timeout=REQUEST_TIMEOUT).json()
+    schema = schemathesis.openapi.from_dict(doc)
+
+    operations = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.definition.raw.get("x-websocket"):
+            continue  # a WebSocket upgrade; its HTTP refusals are tested per area
+        operations.append(operation)
+    assert operations
+
+    failures: list[str] = []
+    calls = 0
+    started = time.monotonic()
+    per_operation = BUDGET_SECONDS / len(operations)
+
+    for operation in operations:
+        stop_at = time.monotonic() + per_operation
+        label = f"{operation.method.upper()} {operation.path}"
+
+        @settings(
+            max_examples=MAX_EXAMPLES,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=_cases(operation))
+        def run(case: Any) -> None:
+            nonlocal calls
+            if time.monotonic() > stop_at or len(failures) > 50:
+                return
+            calls += 1
+            try:
+                response = case.call(base_url=BASE_URL, session=session, timeout=REQUEST_TIMEOUT)
+            except requests.RequestException as exc:
+                failures.append(f"{label}: no answer ({type(exc).__name__}) for {case.as_curl_command()}")
+                return
+            if response.status_code >= 500:
+                failures.append(f"{label}: {response.status_code} {response.content[:300]!r} for {case.as_curl_command()}")
+            elif response.status_code >= 400:
+                problem = _error_problem(response)
+                if problem:
+                    failures.append(f"{label}: {response.status_code} not an ErrorResponse ({problem}): {response.content[:200]!r}")
+
+        run()
+
+    elapsed = time.monotonic() - started
+    print(f"fuzzed {len(operations)} operations with {calls} requests in {elapsed:.1f} s")
+    assert sandboxed_daemon.process.poll() is None, "the daemon died while being fuzzed"
+    assert session.get(f"{BASE_URL}/version", timeout=REQUEST_TIMEOUT).status_code == 200
+    assert not failures, "\n".join(dict.fromkeys(failures))
