@@ -164,6 +164,7 @@ class Runtime:
         if running is not None:
             data["started_at"] = running.started_at
             data["usage"] = running.group.stats()
+            data["cgroups"] = [str(d) for d in running.group.dirs]
         return data
 
     async def create(

@@ -175,6 +175,12 @@ def _expose(python: str, hidden: list[Path]) -> list[str]:
         argv += ["--tmpfs", str(mask)]
     # Shortest first, so a nested path is mounted on top of its parent's bind.
     for path in sorted(set(binds), key=lambda p: len(p.parts)):
+        for mask in masks:
+            if mask in path.parents:
+                # bwrap would create the directories in between as 0700 root.
+                for between in reversed(path.parents):
+                    if mask in between.parents:
+                        argv += ["--perms", "0755", "--dir", str(between)]
         argv += ["--ro-bind", str(path), str(path)]
     return argv
 
