@@ -89,6 +89,7 @@ class Stack:
             "api_key_file": str(self.api_key_file),
             "limits_backend": self.runtime.backend.description,
             "pool_size": self.config.pool_size,
+            "pool_ready": len(self.runtime.pool),
             "idle_timeout": self.config.idle_timeout,
         }
 
