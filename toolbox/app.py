@@ -31,6 +31,7 @@ AREAS = (
     "toolbox.computeruse.routes",
     "toolbox.watch.routes",
     "toolbox.openapi.routes",
+    "toolbox.terminal.routes",
 )
 
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> ASGIApp:
         lifespan=lifespan,
     )
     app.state.daemon = daemon
+    daemon.app = app
     segments = frozenset(s for s in map(_first_segment, routes) if s)
     return SandboxPrefix(app, settings.sandbox_id, segments)
 
