@@ -193,6 +193,10 @@ def test_lifecycle_stop_start_delete_update_the_proxy(stack: Stack) -> None:
     assert bad.returncode == 1 and "invalid sandbox id" in bad.stderr
 
 
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="cgroup limits need root (CI runs as root)")
+
+
+@needs_root
 def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack) -> None:
     stack.cli("create", "--id", "forky", "--pids", "64", "--cpus", "0.5")
     try:
@@ -219,6 +223,7 @@ def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack) -> None:
     assert cgroups and not any(Path(d).exists() for d in cgroups)
 
 
+@needs_root
 def test_memory_hog_is_killed_inside_its_sandbox_only(stack: Stack) -> None:
     stack.cli("create", "--id", "hog", "--memory", "128")
     try:
