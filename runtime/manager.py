@@ -10,6 +10,7 @@ in the background.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -98,6 +99,11 @@ class Runtime:
         self._pool_wakeup = asyncio.Event()
         self._closed = False
 
+    @property
+    def _group_prefix(self) -> str:
+        # Runtimes with different state dirs share the cgroup parent; each owns its prefix.
+        return "sbx-" + hashlib.sha256(str(self.root).encode()).hexdigest()[:8] + "-"
+
     # ---- start and stop the runtime -------------------------------------------------
 
     async def open(self) -> None:
@@ -108,6 +114,8 @@ class Runtime:
         os.chmod(self.root, 0o755)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
+        # Groups left by a runtime on this state dir that died without cleaning up.
+        await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
         self.pool_dir.mkdir()
         for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
@@ -271,7 +279,7 @@ class Runtime:
                       egress: str) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`."""
         group = await asyncio.to_thread(
-            self.backend.create, f"sbx-{os.urandom(5).hex()}", limits)
+            self.backend.create, f"{self._group_prefix}{os.urandom(5).hex()}", limits)
         argv = self.backend.launch_prefix(group, limits)
         argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
                            terminal_port=self.terminal_port,

@@ -142,6 +142,16 @@ def test_sandbox_has_no_network_beyond_its_own_loopback(stack: Stack) -> None:
     assert out.split() == ["lo"], out
 
 
+def test_host_egress_is_opt_in(stack: Stack) -> None:
+    stack.cli("create", "--id", "online", "--egress", "host")
+    try:
+        probe = (f"import socket; s = socket.create_connection(('127.0.0.1', {stack.port}), timeout=2); "
+                 "print('reached')")
+        assert stack.execute("online", f'python -c "{probe}"') == (0, "reached\n")
+    finally:
+        stack.cli("delete", "online")
+
+
 def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> None:
     other = stack.cli("create", "--id", "neighbour", "-e", "GREETING=hi there")
     try:
