@@ -85,6 +85,7 @@ def up(args: argparse.Namespace) -> int:
     from starlette.applications import Starlette
 
     from runtime.control import build_app
+    from runtime.manager import SandboxError
     from runtime.stack import Stack, StackConfig
 
     config = StackConfig(
@@ -97,8 +98,12 @@ def up(args: argparse.Namespace) -> int:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await stack.start()
         try:
+            try:
+                await stack.start()
+            except SandboxError as exc:
+                print(f"error: {exc.message}", file=sys.stderr, flush=True)
+                raise
             if not args.no_sandbox:
                 await _first_sandbox(stack, args.sandbox)
             else:

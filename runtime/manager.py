@@ -198,7 +198,6 @@ class Runtime:
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             pooled = self.pool.pop(0) if egress == "none" and self.pool else None
             if pooled is not None:
-                self._pool_wakeup.set()
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
                 if limits != self.default_limits:
@@ -219,11 +218,15 @@ class Runtime:
                 del self.specs[sandbox_id]
                 target.remove()
                 self._uids.discard(spec.uid)
+                self._pool_wakeup.set()
                 raise
             self.running[sandbox_id] = running
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            # Refill only now: the next pooled sandbox's imports would compete for CPU
+            # with this claim.
+            self._pool_wakeup.set()
             return spec
 
     async def start(self, sandbox_id: str) -> SandboxSpec:
@@ -322,16 +325,21 @@ class Runtime:
         running.process.stdin.close()
         await self._expect(running, READY_LINE)
         running.started_at = time.time()
-        running.pump = asyncio.ensure_future(self._pump(running))
+        running.pump = asyncio.ensure_future(self._pump(running, spec.id))
         self._protect_daemon(running)
 
-    async def _pump(self, running: Running) -> None:
-        """Keep draining the daemon's stdout into its log (it must never block on it)."""
+    async def _pump(self, running: Running, sandbox_id: str) -> None:
+        """Keep draining the daemon's stdout into its log (it must never block on it); when
+        the sandbox dies on its own, mark it stopped and take it out of the registry."""
         assert running.process.stdout is not None
         with open(running.dir.path / "daemon.log", "ab") as logfile:
             while chunk := await running.process.stdout.read(65536):
                 logfile.write(chunk)
                 logfile.flush()
+        await running.process.wait()
+        if self.running.get(sandbox_id) is running and not self._closed:
+            log.warning("sandbox %s exited on its own (code %s)", sandbox_id, running.process.returncode)
+            self._spawn(self.stop(sandbox_id))
 
     def _protect_daemon(self, running: Running) -> None:
         """Make the OOM killer pick a memory hog before the sandbox's own daemon."""
@@ -353,7 +361,7 @@ class Runtime:
         except ProcessLookupError:
             pass
         await running.process.wait()
-        if running.pump is not None:
+        if running.pump is not None and running.pump is not asyncio.current_task():
             await asyncio.gather(running.pump, return_exceptions=True)
         await asyncio.to_thread(running.group.remove)
 

@@ -296,3 +296,42 @@ def _bwrap_pids(state_dir: Path) -> set[int]:
         if cmdline.startswith(b"bwrap\0") and str(state_dir).encode() in cmdline:
             found.add(int(entry.name))
     return found
+
+
+def test_a_sandbox_that_dies_is_marked_stopped_and_unregistered(stack: Stack) -> None:
+    stack.cli("create", "--id", "fragile")
+    try:
+        procs = Path(stack.cli("get", "fragile")["cgroups"][0]) / "cgroup.procs" if os.geteuid() == 0 else None
+        if procs is None:
+            pytest.skip("needs the cgroup backend to find the sandbox's processes")
+        for pid in procs.read_text().split():
+            try:
+                if b"runtime.entry" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(int(pid), 9)
+            except (OSError, ProcessLookupError):
+                pass
+        deadline = time.monotonic() + 10
+        while stack.cli("get", "fragile")["state"] != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stack.cli("get", "fragile")["state"] == "stopped"
+        assert "fragile" not in json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"]
+        assert stack.cli("start", "fragile")["state"] == "started"
+    finally:
+        stack.cli("delete", "fragile")
+
+
+def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers import REPO_ROOT
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, RUNTIME_STATE_DIR=str(tmp_path / "state"), RUNTIME_PROXY_PORT=str(port))
+        result = subprocess.run([str(REPO_ROOT / "scripts" / "start")], env=env, capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode != 0
+    assert "is the port free?" in result.stderr
+    assert not _bwrap_pids(tmp_path / "state")
