@@ -34,6 +34,8 @@ log = logging.getLogger("runtime")
 UID_BASE = 200_000  # sandbox uids when we run as root: far from real users
 READY_LINE = b"Starting toolbox server"
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
+# Called with a sandbox id once it is in the registry; returns when the proxy routes it.
+VisibleCheck = Callable[[str], Awaitable[None]]
 
 
 def _tail(path: Path, size: int = 600) -> str:
@@ -74,6 +76,7 @@ class Runtime:
         limits: Limits | None = None,
         idle_timeout: float = 15 * 60,
         activity: ActivitySource | None = None,
+        visible: VisibleCheck | None = None,
         terminal_port: int = TERMINAL_PORT,
         python: str = sys.executable,
         start_timeout: float = 30.0,
@@ -86,6 +89,7 @@ class Runtime:
         self.default_limits = limits or Limits()
         self.idle_timeout = idle_timeout
         self.activity = activity
+        self.visible = visible
         self.terminal_port = terminal_port
         self.python = python
         self.start_timeout = start_timeout
@@ -224,6 +228,7 @@ class Runtime:
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            await self._until_visible(spec.id)
             # Refill only now: the next pooled sandbox's imports would compete for CPU
             # with this claim.
             self._pool_wakeup.set()
@@ -245,6 +250,7 @@ class Runtime:
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            await self._until_visible(spec.id)
             return spec
 
     async def stop(self, sandbox_id: str) -> SandboxSpec:
@@ -364,6 +370,14 @@ class Runtime:
         if running.pump is not None and running.pump is not asyncio.current_task():
             await asyncio.gather(running.pump, return_exceptions=True)
         await asyncio.to_thread(running.group.remove)
+
+    async def _until_visible(self, sandbox_id: str) -> None:
+        if self.visible is None:
+            return
+        try:
+            await self.visible(sandbox_id)
+        except Exception as exc:  # the sandbox is up either way; the proxy catches up
+            log.warning("proxy did not confirm %s: %s", sandbox_id, exc)
 
     def _register(self, spec: SandboxSpec) -> None:
         socket = self.sandboxes_dir / spec.id / "run" / "toolbox.sock"
