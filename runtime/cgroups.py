@@ -109,6 +109,16 @@ class Backend:
     def stats(self, group: Group) -> dict[str, int]:
         return {}
 
+    def parents_dirs(self) -> list[Path]:
+        return []
+
+    def sweep(self, prefix: str) -> None:
+        """Remove leftover groups whose name starts with `prefix`, killing what is in them."""
+        names = {d.name for p in self.parents_dirs() if p.is_dir()
+                 for d in p.iterdir() if d.is_dir() and d.name.startswith(prefix)}
+        for name in names:
+            Group(self, name, [p / name for p in self.parents_dirs() if (p / name).is_dir()]).remove()
+
     def launch_prefix(self, group: Group, limits: Limits) -> list[str]:
         """Argv prefix that puts the launched process into `group` before it execs."""
         if not group.dirs:
@@ -126,6 +136,9 @@ class CgroupV2(Backend):
     def __init__(self, root: Path) -> None:
         self.parent = root / PARENT_NAME
         self.description = f"cgroup v2 at {self.parent} (cpu.max, memory.max, pids.max)"
+
+    def parents_dirs(self) -> list[Path]:
+        return [self.parent]
 
     def setup(self) -> None:
         self.parent.mkdir(exist_ok=True)
@@ -168,6 +181,9 @@ class CgroupV1(Backend):
             f"cgroup v1 under {root}/{{cpu,memory,pids}}/{PARENT_NAME} "
             "(cpu.cfs_quota_us, memory.limit_in_bytes, pids.max)"
         )
+
+    def parents_dirs(self) -> list[Path]:
+        return list(self.parents)
 
     def setup(self) -> None:
         for p in self.parents:

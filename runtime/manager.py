@@ -10,6 +10,7 @@ in the background.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -98,6 +99,11 @@ class Runtime:
         self._pool_wakeup = asyncio.Event()
         self._closed = False
 
+    @property
+    def _group_prefix(self) -> str:
+        # Runtimes with different state dirs share the cgroup parent; each owns its prefix.
+        return "sbx-" + hashlib.sha256(str(self.root).encode()).hexdigest()[:8] + "-"
+
     # ---- start and stop the runtime -------------------------------------------------
 
     async def open(self) -> None:
@@ -108,6 +114,8 @@ class Runtime:
         os.chmod(self.root, 0o755)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
+        # Groups left by a runtime on this state dir that died without cleaning up.
+        await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
         self.pool_dir.mkdir()
         for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
@@ -164,6 +172,7 @@ class Runtime:
         if running is not None:
             data["started_at"] = running.started_at
             data["usage"] = running.group.stats()
+            data["cgroups"] = [str(d) for d in running.group.dirs]
         return data
 
     async def create(
@@ -189,7 +198,6 @@ class Runtime:
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             pooled = self.pool.pop(0) if egress == "none" and self.pool else None
             if pooled is not None:
-                self._pool_wakeup.set()
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
                 if limits != self.default_limits:
@@ -210,11 +218,15 @@ class Runtime:
                 del self.specs[sandbox_id]
                 target.remove()
                 self._uids.discard(spec.uid)
+                self._pool_wakeup.set()
                 raise
             self.running[sandbox_id] = running
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            # Refill only now: the next pooled sandbox's imports would compete for CPU
+            # with this claim.
+            self._pool_wakeup.set()
             return spec
 
     async def start(self, sandbox_id: str) -> SandboxSpec:
@@ -270,7 +282,7 @@ class Runtime:
                       egress: str) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`."""
         group = await asyncio.to_thread(
-            self.backend.create, f"sbx-{os.urandom(5).hex()}", limits)
+            self.backend.create, f"{self._group_prefix}{os.urandom(5).hex()}", limits)
         argv = self.backend.launch_prefix(group, limits)
         argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
                            terminal_port=self.terminal_port,
@@ -313,16 +325,21 @@ class Runtime:
         running.process.stdin.close()
         await self._expect(running, READY_LINE)
         running.started_at = time.time()
-        running.pump = asyncio.ensure_future(self._pump(running))
+        running.pump = asyncio.ensure_future(self._pump(running, spec.id))
         self._protect_daemon(running)
 
-    async def _pump(self, running: Running) -> None:
-        """Keep draining the daemon's stdout into its log (it must never block on it)."""
+    async def _pump(self, running: Running, sandbox_id: str) -> None:
+        """Keep draining the daemon's stdout into its log (it must never block on it); when
+        the sandbox dies on its own, mark it stopped and take it out of the registry."""
         assert running.process.stdout is not None
         with open(running.dir.path / "daemon.log", "ab") as logfile:
             while chunk := await running.process.stdout.read(65536):
                 logfile.write(chunk)
                 logfile.flush()
+        await running.process.wait()
+        if self.running.get(sandbox_id) is running and not self._closed:
+            log.warning("sandbox %s exited on its own (code %s)", sandbox_id, running.process.returncode)
+            self._spawn(self.stop(sandbox_id))
 
     def _protect_daemon(self, running: Running) -> None:
         """Make the OOM killer pick a memory hog before the sandbox's own daemon."""
@@ -344,7 +361,7 @@ class Runtime:
         except ProcessLookupError:
             pass
         await running.process.wait()
-        if running.pump is not None:
+        if running.pump is not None and running.pump is not asyncio.current_task():
             await asyncio.gather(running.pump, return_exceptions=True)
         await asyncio.to_thread(running.group.remove)
 

@@ -117,6 +117,7 @@ class SandboxDir:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o755)
         os.chmod(self.tmp, 0o1777)
+        os.chmod(self.home, 0o700)
         for d in (self.home, self.tmp, self.run):
             if os.geteuid() == 0:
                 os.chown(d, uid, gid)
@@ -174,6 +175,12 @@ def _expose(python: str, hidden: list[Path]) -> list[str]:
         argv += ["--tmpfs", str(mask)]
     # Shortest first, so a nested path is mounted on top of its parent's bind.
     for path in sorted(set(binds), key=lambda p: len(p.parts)):
+        for mask in masks:
+            if mask in path.parents:
+                # bwrap would create the directories in between as 0700 root.
+                for between in reversed(path.parents):
+                    if mask in between.parents:
+                        argv += ["--perms", "0755", "--dir", str(between)]
         argv += ["--ro-bind", str(path), str(path)]
     return argv
 
