@@ -59,7 +59,10 @@ def start_daemon(
     timeout: float = 20.0,
     command_prefix: list[str] | None = None,
 ) -> RunningDaemon:
-    """Start a real daemon whose work dir and $HOME live under `tmp`."""
+    """Start a real daemon whose work dir and $HOME live under `tmp`.
+
+    `command_prefix` runs the daemon under a wrapper (e.g. `setpriv` to drop capabilities).
+    """
     workdir = tmp / "work"
     home = tmp / "home"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import socket
 import tempfile
 import time
@@ -27,7 +28,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from tests.helpers import RunningDaemon, start_daemon
+from tests.helpers import REPO_ROOT, RunningDaemon, start_daemon
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -79,7 +80,10 @@ class _UnixAdapter(HTTPAdapter):
 def _sandboxed(root: Path) -> list[str]:
     return [
         "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-        "--bind", str(root), str(root), "--unshare-net", "--unshare-pid", "--unshare-ipc",
+        "--bind", str(root), str(root),
+        # The code and its interpreter may live under /tmp (CI clones anywhere): keep them visible.
+        "--ro-bind", str(REPO_ROOT), str(REPO_ROOT), "--ro-bind", sys.prefix, sys.prefix,
+        "--unshare-net", "--unshare-pid", "--unshare-ipc",
         "--die-with-parent", "--cap-drop", "ALL", "--",
     ]
 

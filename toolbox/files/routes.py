@@ -1,11 +1,288 @@
-"""Not implemented yet: this area's routes land with their issue."""
+"""HTTP layer of the file-system endpoints (toolbox-api.md §5).
+
+Thin handlers: parse the query/body, run the blocking service call in a worker thread,
+shape the reply exactly as Daytona's daemon does.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import os
+import posixpath
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.abc
+from pydantic import Field
+from python_multipart.multipart import parse_options_header
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from toolbox.context import Daemon
+from toolbox.errors import Code, DaemonError, error_body, error_response
+from toolbox.files import search
+from toolbox.files.download import BulkDownload, FileDownload, RangeNotSatisfiable, open_for_download
+from toolbox.files.paths import resolve
+from toolbox.files.service import FileService
+from toolbox.files.upload import MultipartUpload, PendingFile, upload_error
+from toolbox.http import WireModel, json_response, parse_body, query_bool, query_int, query_required, query_str
+
+T = TypeVar("T")
+
+# Upload bodies are handed to the worker thread in batches of about this size: one thread
+# hop per MiB instead of one per 64 KiB network read.
+UPLOAD_BATCH = 1024 * 1024
+
+
+class ReplaceRequest(WireModel):
+    files: list[str]
+    pattern: str
+    new_value: str = Field(alias="newValue")
+
+
+class DownloadRequest(WireModel):
+    paths: list[str]
+
+
+async def run(func: Callable[..., T], *args: Any) -> T:
+    return await anyio.to_thread.run_sync(func, *args)
+
+
+def _multipart_boundary(request: Request) -> bytes | None:
+    """The multipart boundary; None for a body that is not multipart/form-data."""
+    media_type, params = parse_options_header(request.headers.get("content-type", ""))
+    if media_type != b"multipart/form-data":
+        return None
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: the Content-Type has no boundary parameter")
+    return boundary
+
+
+async def _pump(request: Request, feed: Callable[[bytes], None], finish: Callable[[bytes], None],
+                abort: Callable[[], None]) -> None:
+    """Stream the request body into `feed` in ~1 MiB batches, each in a worker thread.
+
+    While one batch is written the next is being received (uvicorn stops reading the
+    socket while its body buffer is full, so doing both in turn halves throughput); at
+    most two batches are in memory. Whatever goes wrong (client gone, cancelled, bad
+    data), `abort` runs so no temp file is left behind.
+    """
+    sender, receiver = anyio.create_memory_object_stream[bytes](0)
+    failures: list[Exception] = []
+    batch: list[bytes] = []
+
+    async def write_batches(group: anyio.abc.TaskGroup) -> None:
+        async with receiver:
+            async for data in receiver:
+                try:
+                    await run(feed, data)
+                except Exception as exc:
+                    failures.append(exc)
+                    group.cancel_scope.cancel()
+                    return
+
+    try:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(write_batches, group)
+                async with sender:
+                    size = 0
+                    async for chunk in request.stream():
+                        if not chunk:
+                            continue
+                        batch.append(chunk)
+                        size += len(chunk)
+                        if size >= UPLOAD_BATCH:
+                            data = b"".join(batch)
+                            batch.clear()
+                            size = 0
+                            await sender.send(data)
+        except BaseExceptionGroup as group_error:
+            # Only the receiving side can raise here (the writer keeps its errors).
+            raise group_error.exceptions[0] from None
+        if failures:
+            raise failures[0]
+        await run(finish, b"".join(batch))
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await run(abort)
+        raise
+
+
+def _upload_failure(request: Request, failures: list[DaemonError], files: list[dict[str, object]]) -> JSONResponse:
+    """Daytona's bulk-upload error reply (`errors` joined into the SDK's message), which is
+    also a full ErrorResponse so that generic clients see the usual envelope.
+
+    Daytona answers 400 for any failed file; 507 says the disk filled up.
+    """
+    status = 507 if any(failure.status == 507 for failure in failures) else 400
+    first = failures[0]
+    body = error_body(status, "; ".join(f.message for f in failures), first.code, request.url.path, request.method)
+    body.update(errors=[f.message for f in failures], files=files)
+    return JSONResponse(body, status_code=status)
+
+
+def _upload_reply(request: Request, receiver: MultipartUpload) -> JSONResponse:
+    if receiver.failures:
+        return _upload_failure(request, receiver.failures, receiver.files)
+    return JSONResponse({"files": receiver.files})
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    return []
+    settings = daemon.settings
+    service = FileService(settings)
+
+    def resolve_path(raw: str) -> Path:
+        return resolve(settings, raw)
+
+    async def list_files(request: Request) -> Response:
+        path = query_str(request, "path", default="") or ""
+        depth = query_int(request, "depth", 1, minimum=1)
+        assert depth is not None
+        return json_response(await run(service.list, path, depth))
+
+    async def file_info(request: Request) -> Response:
+        return json_response(await run(service.info, query_required(request, "path")))
+
+    async def create_folder(request: Request) -> Response:
+        await run(service.create_folder, query_required(request, "path"), query_str(request, "mode"))
+        return Response(status_code=201)
+
+    async def delete_file(request: Request) -> Response:
+        path = query_required(request, "path")
+        await run(service.delete, path, query_bool(request, "recursive"))
+        return Response(status_code=204)
+
+    async def move_files(request: Request) -> Response:
+        outcome = await run(
+            service.move, query_required(request, "source"), query_required(request, "destination")
+        )
+        return json_response(outcome) if outcome else Response(status_code=200)
+
+    async def set_permissions(request: Request) -> Response:
+        await run(
+            service.set_permissions,
+            query_required(request, "path"),
+            query_str(request, "mode") or None,
+            query_str(request, "owner") or None,
+            query_str(request, "group") or None,
+        )
+        return Response(status_code=200)
+
+    async def find_in_files(request: Request) -> Response:
+        path, pattern = query_required(request, "path"), query_required(request, "pattern")
+        return json_response(await run(search.find_in_files, settings, path, pattern))
+
+    async def search_files(request: Request) -> Response:
+        path, pattern = query_required(request, "path"), query_required(request, "pattern")
+        return json_response({"files": await run(search.search_files, settings, path, pattern)})
+
+    async def replace_in_files(request: Request) -> Response:
+        body = await parse_body(request, ReplaceRequest)
+        return json_response(await run(search.replace_in_files, settings, body.files, body.pattern, body.new_value))
+
+    async def download(request: Request) -> Response | ASGIApp:
+        raw = query_required(request, "path")
+        fd, st = await run(open_for_download, resolve_path(raw), raw)
+        name = posixpath.basename(posixpath.normpath(raw)) or raw
+        try:
+            return FileDownload(fd, st, name, dict(request.headers))
+        except RangeNotSatisfiable as exc:
+            os.close(fd)
+            response = error_response(request, exc)
+            response.headers["Content-Range"] = f"bytes */{exc.size}"
+            return response
+
+    async def bulk_download(request: Request) -> ASGIApp:
+        body = await parse_body(request, DownloadRequest)
+        if not body.paths:
+            raise DaemonError(Code.BAD_REQUEST, "paths must list at least one file to download")
+        return BulkDownload(body.paths, resolve_path)
+
+    async def bulk_upload(request: Request) -> Response:
+        try:
+            boundary = _multipart_boundary(request)
+            if boundary is None:
+                raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: Content-Type must be multipart/form-data")
+        except DaemonError as exc:
+            return _upload_failure(request, [exc], [])
+        receiver = MultipartUpload(boundary, resolve_path)
+        try:
+            await _pump(request, receiver.feed, receiver.finish, receiver.abort)
+        except DaemonError as exc:
+            return _upload_failure(request, [exc], receiver.files)
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is listening any more
+        return _upload_reply(request, receiver)
+
+    async def upload_single(request: Request, legacy: bool) -> Response:
+        raw = query_required(request, "path")
+        destination = resolve_path(raw)
+        boundary = _multipart_boundary(request)
+        try:
+            if boundary is not None:
+                receiver = MultipartUpload(boundary, resolve_path, fixed=(destination, raw))
+                await _pump(request, receiver.feed, receiver.finish, receiver.abort)
+                if receiver.failures:
+                    raise receiver.failures[0]
+                if not receiver.files:
+                    raise DaemonError(Code.BAD_REQUEST, "multipart body has no part named 'file'")
+            else:
+                await _upload_raw(request, destination, raw)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if legacy:
+            return Response(status_code=200)
+        name = posixpath.basename(posixpath.normpath(raw)) or raw
+        return json_response({"name": name, "path": raw, "type": "file"})
+
+    async def _upload_raw(request: Request, destination: Path, raw: str) -> None:
+        try:
+            target = await run(PendingFile, destination)
+        except OSError as exc:
+            raise upload_error(exc, raw) from None
+
+        def write(data: bytes) -> None:
+            try:
+                target.write(data)
+            except OSError as exc:
+                target.abort()
+                raise upload_error(exc, raw) from None
+
+        def finish(data: bytes) -> None:
+            write(data)
+            try:
+                target.commit()
+            except OSError as exc:
+                raise upload_error(exc, raw) from None
+
+        await _pump(request, write, finish, target.abort)
+
+    async def upload_v2(request: Request) -> Response:
+        return await upload_single(request, legacy=False)
+
+    async def upload_legacy(request: Request) -> Response:
+        return await upload_single(request, legacy=True)
+
+    return [
+        Route("/files", list_files, methods=["GET"]),
+        Route("/files/", list_files, methods=["GET"]),
+        Route("/files", delete_file, methods=["DELETE"]),
+        Route("/files/", delete_file, methods=["DELETE"]),
+        Route("/files/info", file_info, methods=["GET"]),
+        Route("/files/folder", create_folder, methods=["POST"]),
+        Route("/files/move", move_files, methods=["POST"]),
+        Route("/files/permissions", set_permissions, methods=["POST"]),
+        Route("/files/find", find_in_files, methods=["GET"]),
+        Route("/files/search", search_files, methods=["GET"]),
+        Route("/files/replace", replace_in_files, methods=["POST"]),
+        Route("/files/download", download, methods=["GET"]),
+        Route("/files/bulk-download", bulk_download, methods=["POST"]),
+        Route("/files/bulk-upload", bulk_upload, methods=["POST"]),
+        Route("/files/upload-v2", upload_v2, methods=["POST"]),
+        Route("/files/upload", upload_legacy, methods=["POST"]),
+    ]

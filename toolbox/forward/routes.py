@@ -1,11 +1,155 @@
-"""Not implemented yet: this area's routes land with their issue."""
+"""`ANY /proxy/{port}/{path}`: HTTP and WebSocket to localhost:{port} inside the sandbox.
+
+This is how port previews reach sandbox services (toolbox-api.md §14): the preview proxy
+sends `{port}-{id}.{domain}` traffic here. Unlike Daytona's route, the port must be a
+number in 1-65535 (no `80@host` userinfo tricks), a closed port is retried briefly while
+the app starts and then answered with a 502 that says so, and client-sent forwarding
+headers are kept rather than appended to.
+"""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+import re
+
+from starlette.routing import BaseRoute, Match, NoMatchFound
+from starlette.types import Receive, Scope, Send
 
 from toolbox.context import Daemon
+from toolbox.errors import Code, error_body
+from toolbox.forward.relay import Headers, Relay, UpstreamRejected, UpstreamUnavailable, new_session, strip_hop_by_hop, upstream_url
+
+_PORT = re.compile(rb"[0-9]{1,5}")
+# Sent by the preview proxy when the app should see the public Host instead of localhost:{port}.
+PRESERVE_HOST = b"x-toolbox-preserve-host"
+PROXY_ERROR = b"x-proxy-error"
+
+
+def parse_target(raw_path: bytes) -> tuple[int, bytes] | None:
+    """`/proxy/{port}{rest}` -> (port, rest with a leading slash), None if the port is bad."""
+    tail = raw_path[len(b"/proxy/"):]
+    port_text, slash, rest = tail.partition(b"/")
+    if not _PORT.fullmatch(port_text):
+        return None
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        return None
+    return port, slash + rest if slash else b"/"
+
+
+def upstream_headers(scope: Scope, port: int) -> Headers:
+    headers = strip_hop_by_hop(scope["headers"])
+    preserve = any(k == PRESERVE_HOST for k, _ in headers)
+    out: Headers = []
+    seen: set[bytes] = set()
+    for key, value in headers:
+        if key == PRESERVE_HOST or (key == b"host" and not preserve):
+            continue
+        seen.add(key)
+        out.append((key, value))
+    if not preserve or b"host" not in seen:
+        out.append((b"host", b"localhost:%d" % port))
+    # The preview proxy sets these (and is trusted to); a direct caller gets them set here.
+    client = scope.get("client")
+    if b"x-forwarded-for" not in seen and client:
+        out.append((b"x-forwarded-for", client[0].encode()))
+    if b"x-forwarded-proto" not in seen:
+        out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") in ("https", "wss") else b"http"))
+    if b"x-forwarded-host" not in seen:
+        for key, value in headers:
+            if key == b"host":
+                out.append((b"x-forwarded-host", value))
+                break
+    return out
+
+
+def _without_proxy_error(headers: Headers) -> Headers:
+    # Only the proxy and this route may say an error is theirs; an app's header would lie.
+    return [(k, v) for k, v in headers if k != PROXY_ERROR]
+
+
+async def _error(scope: Scope, send: Send, status: int, code: Code, proxy_code: str, message: str) -> None:
+    body = json.dumps(error_body(status, message, code, scope.get("path", ""), scope.get("method"))).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (PROXY_ERROR, proxy_code.encode())]
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            await send({"type": "websocket.close", "code": 1011, "reason": message[:120]})
+            return
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class PortForwarder:
+    """Owns the loopback connection pool; one per daemon."""
+
+    def __init__(self) -> None:
+        self._relay: Relay | None = None
+
+    @property
+    def relay(self) -> Relay:
+        if self._relay is None:
+            # Apps commonly close idle connections after 5 s (uvicorn, node): stay below it.
+            self._relay = Relay(new_session(loopback=True, keepalive=4.0))
+        return self._relay
+
+    async def close(self) -> None:
+        if self._relay is not None:
+            await self._relay.session.close()
+            self._relay = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        target = parse_target(raw_path)
+        if target is None:
+            if scope["type"] == "websocket":
+                await receive()
+            await _error(scope, send, 400, Code.BAD_REQUEST, "invalid-port",
+                         "the port in /proxy/{port}/ must be a number from 1 to 65535")
+            return
+        port, rest = target
+        url = upstream_url(f"http://localhost:{port}", rest, scope.get("query_string", b""))
+        headers = upstream_headers(scope, port)
+        try:
+            if scope["type"] == "websocket":
+                await self.relay.websocket(scope, receive, send, url, headers)
+            else:
+                await self.relay.http(scope, receive, send, url, headers, _without_proxy_error)
+        except UpstreamUnavailable as exc:
+            await _error(scope, send, 502, Code.BAD_GATEWAY, "port-not-open",
+                         f"nothing is listening on port {port} inside the sandbox ({exc.reason}); "
+                         "start the app or check its port")
+        except UpstreamRejected as exc:
+            await _error(scope, send, exc.status if 400 <= exc.status < 600 else 502, Code.BAD_GATEWAY,
+                         "upstream-rejected-websocket",
+                         f"the app on port {port} refused the WebSocket upgrade with status {exc.status}")
+
+
+class ForwardRoute(BaseRoute):
+    """Matches `/proxy/...` for every method, HTTP and WebSocket alike."""
+
+    def __init__(self, forwarder: PortForwarder) -> None:
+        self.forwarder = forwarder
+        self.path = "/proxy/{port}/{path:path}"
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope["type"] in ("http", "websocket"):
+            path: str = scope["path"]
+            if path.startswith("/proxy/"):
+                return Match.FULL, {}
+        return Match.NONE, {}
+
+    def url_path_for(self, name: str, /, **path_params: object) -> object:
+        raise NoMatchFound(name, path_params)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.forwarder(scope, receive, send)
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    return []
+    forwarder = PortForwarder()
+    daemon.on_shutdown(forwarder.close)
+    return [ForwardRoute(forwarder)]

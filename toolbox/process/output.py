@@ -89,6 +89,15 @@ class OutputStore:
             self._fd = None
         self._wake()
 
+    def release_memory(self) -> None:
+        """Drop the in-memory tail of a finished, spilled store: reads go to the file.
+
+        Keeps a daemon with thousands of finished commands at constant memory.
+        """
+        if self._closed and self.spill_path is not None:
+            self._tail = bytearray()
+            self._tail_start = self._size
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = anyio.Event()
@@ -122,11 +131,14 @@ class OutputStore:
 
         return offset, await anyio.to_thread.run_sync(read_file)
 
-    async def read_all(self, offset: int = 0) -> AsyncIterator[tuple[int, bytes]]:
-        """Everything written so far from `offset`, in chunks, without waiting for more."""
-        end = self._size
+    async def read_all(
+        self, offset: int = 0, end: int | None = None, chunk_size: int = READ_CHUNK
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """Everything written so far (or up to `end`) from `offset`, in chunks, without
+        waiting for more."""
+        end = self._size if end is None else min(end, self._size)
         while offset < end:
-            offset, chunk = await self.read(offset, min(READ_CHUNK, end - offset))
+            offset, chunk = await self.read(offset, min(chunk_size, end - offset))
             if not chunk:
                 return
             yield offset, chunk
@@ -149,3 +161,9 @@ class OutputStore:
             if self._closed:
                 return
             await changed.wait()
+
+
+async def byte_chunks(store: OutputStore, start: int, end: int) -> AsyncIterator[bytes]:
+    """The bytes of `store` in [start, end), without offsets (for encoders that need only bytes)."""
+    async for _offset, chunk in store.read_all(start, end):
+        yield chunk

@@ -1,11 +1,100 @@
-"""Not implemented yet: this area's routes land with their issue."""
+"""HTTP layer of one-shot execution: `POST /process/execute`, `POST /process/code-run`
+(toolbox-api.md §6, §7)."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from collections.abc import AsyncIterator
+
+from pydantic import Field
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from toolbox.context import Daemon
+from toolbox.errors import Code, DaemonError
+from toolbox.http import WireModel, parse_body
+from toolbox.process import jsonstream
+from toolbox.process.execute.artifacts import ArtifactFilter
+from toolbox.process.execute.coderun import LANGUAGES, build_script
+from toolbox.process.execute.runner import Finished, check_cwd, run_script, validate_env
+
+MAX_TIMEOUT = 2**32 - 1  # Daytona's field is a uint32
+
+
+class ExecuteRequest(WireModel):
+    command: str
+    cwd: str | None = None
+    envs: dict[str, str] | None = None
+    timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT)
+
+
+class CodeRunRequest(WireModel):
+    code: str
+    language: str
+    argv: list[str] | None = None
+    envs: dict[str, str] | None = None
+    timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT)
+
+
+async def _finish(finished: Finished, fields: list[tuple[str, object]], size: int) -> Response:
+    """Render the response, then close the output file once the body has been sent."""
+    try:
+        response = await jsonstream.json_response(fields, size_hint=size)
+    except BaseException:
+        finished.output.close()
+        raise
+    if isinstance(response, jsonstream.StreamingResponse):
+        response.background = BackgroundTask(finished.output.close)
+    else:
+        finished.output.close()
+    return response
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    return []
+    settings = daemon.settings
+
+    async def execute(request: Request) -> Response:
+        body = await parse_body(request, ExecuteRequest)
+        if not body.command.strip():
+            raise DaemonError(Code.BAD_REQUEST, "command cannot be empty or whitespace-only")
+        envs = validate_env(body.envs)
+        cwd = check_cwd(settings.resolve(body.cwd), body.cwd) if body.cwd else settings.workdir
+        finished = await run_script(body.command, cwd=cwd, envs=envs, timeout=body.timeout)
+        size = finished.output.size
+        return await _finish(
+            finished,
+            [("exitCode", finished.exit_code), ("result", finished.output.chunks(size))],
+            size,
+        )
+
+    async def code_run(request: Request) -> Response:
+        body = await parse_body(request, CodeRunRequest)
+        if not body.code.strip():
+            raise DaemonError(Code.INVALID_REQUEST_BODY, "invalid body request: code is required")
+        if body.language not in LANGUAGES:
+            raise DaemonError(
+                Code.BAD_REQUEST,
+                f"unsupported language: {body.language} (supported: {', '.join(LANGUAGES)})",
+            )
+        envs = validate_env(body.envs)
+        script = build_script(body.language, body.code, body.argv or [], settings.workdir)
+        finished = await run_script(script, cwd=settings.workdir, envs=envs, timeout=body.timeout)
+        size = finished.output.size
+        artifacts = ArtifactFilter()
+        result: AsyncIterator[bytes] = artifacts.filter(finished.output.chunks(size))
+
+        def artifacts_field() -> object:
+            return {"charts": artifacts.charts} if artifacts.charts else jsonstream.OMIT
+
+        fields: list[tuple[str, object]] = [
+            ("exitCode", finished.exit_code),
+            ("result", result),
+            ("artifacts", artifacts_field),
+        ]
+        return await _finish(finished, fields, size)
+
+    return [
+        Route("/process/execute", execute, methods=["POST"]),
+        Route("/process/code-run", code_run, methods=["POST"]),
+    ]

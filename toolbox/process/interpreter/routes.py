@@ -1,11 +1,139 @@
-"""Not implemented yet: this area's routes land with their issue."""
+"""Stateful code interpreter: `/process/interpreter/context` REST and the `execute` WebSocket."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import json
+from typing import Any
+
+import anyio
+from pydantic import StrictStr
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from toolbox.context import Daemon
+from toolbox.http import WireModel, json_response, parse_body, path_param
+from toolbox.process.interpreter.service import DEFAULT_CONTEXT, DEFAULT_TIMEOUT, Execution, InterpreterService
+
+
+class CreateContextRequest(WireModel):
+    cwd: StrictStr | None = None
+    language: StrictStr | None = None
+
+
+class Rejected(Exception):
+    """A bad execute request: reported only as a close frame (toolbox-api.md §10.2)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_execute_request(message: dict[str, Any]) -> tuple[str, str, dict[str, str], float]:
+    """(code, context id, envs, timeout seconds; 0 = none) from the first client frame."""
+    raw = message.get("text")
+    if raw is None:
+        raw = message.get("bytes")
+    if raw is None:
+        raise Rejected(1002, "failed to read first message")
+    try:
+        request = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(1002, "invalid JSON payload") from None
+    if not isinstance(request, dict):
+        raise Rejected(1002, "invalid JSON payload")
+    code = request.get("code")
+    if not isinstance(code, str) or not code:
+        raise Rejected(1008, "code is required")
+    context_id = request.get("contextId") or DEFAULT_CONTEXT
+    if not isinstance(context_id, str):
+        raise Rejected(1008, "contextId must be a string")
+    envs = request.get("envs") or {}
+    if not isinstance(envs, dict) or not all(
+        isinstance(k, str) and k and "=" not in k and "\x00" not in k and isinstance(v, str) and "\x00" not in v
+        for k, v in envs.items()
+    ):
+        raise Rejected(1008, "envs must be an object of environment variable names to string values")
+    timeout = request.get("timeout")
+    if timeout is None:
+        timeout = DEFAULT_TIMEOUT
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise Rejected(1008, "timeout must be a number of seconds")
+    if timeout < 0:
+        raise Rejected(1008, "timeout must be greater than or equal to 0")
+    return code, context_id, envs, float(timeout)
+
+
+async def stream_frames(websocket: WebSocket, execution: Execution) -> None:
+    """Send each stored JSON line as one text frame, then close with the outcome's code."""
+    pending = b""
+    async for _, chunk in execution.store.follow(0):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            await websocket.send_text(line.decode("utf-8"))
+    code, reason = execution.close
+    await websocket.close(code, reason)
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    return []
+    service = InterpreterService(daemon.settings)
+    daemon.on_shutdown(service.shutdown)
+
+    async def create_context(request: Request) -> Response:
+        body = await parse_body(request, CreateContextRequest, optional=True)
+        context = await service.create_context(body.cwd, body.language)
+        return json_response(context.info())
+
+    async def list_contexts(request: Request) -> Response:
+        return json_response({"contexts": [c.info() for c in service.list_contexts()]})
+
+    async def delete_context(request: Request) -> Response:
+        await service.delete_context(path_param(request, "context_id"))
+        return json_response({"message": "Context deleted successfully"})
+
+    async def execute(websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            code, context_id, envs, timeout = parse_execute_request(message)
+            context = service.get(context_id)
+            if context is None:
+                raise Rejected(1008, f"context not found: {context_id}")
+            if not context.active:
+                raise Rejected(1008, "context is not active")
+        except Rejected as rejected:
+            await websocket.close(rejected.code, rejected.reason)
+            return
+        execution = service.submit(context, code, envs, timeout)
+        try:
+            async with anyio.create_task_group() as tasks:
+
+                async def send() -> None:
+                    await stream_frames(websocket, execution)
+                    tasks.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    # Keep reading (pings are answered by the server) to notice a client that left.
+                    while (await websocket.receive())["type"] != "websocket.disconnect":
+                        pass
+                    execution.abandon()
+                    tasks.cancel_scope.cancel()
+
+                tasks.start_soon(send)
+                tasks.start_soon(watch)
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            execution.abandon()
+        finally:
+            execution.release()
+
+    return [
+        Route("/process/interpreter/context", create_context, methods=["POST"]),
+        Route("/process/interpreter/context", list_contexts, methods=["GET"]),
+        Route("/process/interpreter/context/{context_id}", delete_context, methods=["DELETE"]),
+        WebSocketRoute("/process/interpreter/execute", execute),
+    ]

@@ -1,11 +1,147 @@
-"""Not implemented yet: this area's routes land with their issue."""
+"""PTY sessions: `/process/pty` REST, `/{id}/connect` and `/create-connect` WebSockets."""
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+import asyncio
+import base64
+import binascii
+import json
+
+from pydantic import Field, StrictBool, StrictStr
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
+from toolbox.errors import Code, DaemonError, error_response
+from toolbox.http import WireModel, json_response, parse_body, path_param, query_int, query_str
+from toolbox.process.pty.attach import DEFAULT_REPLAY, EXIT_CONTROL_PROTOCOL, serve_client
+from toolbox.process.pty.manager import PtyManager
+
+ENVS_PROTOCOL_PREFIX = "X-Daytona-Pty-Envs~"
+
+
+class PtyCreateRequest(WireModel):
+    id: StrictStr | None = None
+    cwd: StrictStr | None = None
+    envs: dict[str, StrictStr] | None = None
+    cols: int = Field(default=80)
+    rows: int = Field(default=24)
+    lazy_start: StrictBool = Field(default=False, alias="lazyStart")
+
+
+class PtyResizeRequest(WireModel):
+    cols: int
+    rows: int
+
+
+def decode_envs_protocol(token: str) -> dict[str, str]:
+    """`X-Daytona-Pty-Envs~<base64url, unpadded, of a JSON object>` back into a dict."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        envs = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise DaemonError(Code.BAD_REQUEST, f"invalid X-Daytona-Pty-Envs subprotocol: {exc}") from None
+    if not isinstance(envs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in envs.items()):
+        raise DaemonError(Code.BAD_REQUEST, "invalid X-Daytona-Pty-Envs subprotocol: expected a JSON object of strings")
+    return envs
+
+
+async def deny(websocket: WebSocket, error: DaemonError) -> None:
+    """Refuse the upgrade with a real HTTP status (the SDK maps 404/409 to typed errors)."""
+    response = error_response(websocket, error)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:  # a server without the denial extension: best effort
+        await websocket.close(1008, error.message[:120])
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    return []
+    manager = PtyManager(daemon.settings)
+    reaper: list[asyncio.Task[None]] = []
+
+    async def start_reaper() -> None:
+        reaper.append(asyncio.get_running_loop().create_task(manager.reap_idle_forever()))
+
+    async def stop() -> None:
+        for task in reaper:
+            task.cancel()
+        await manager.shutdown()
+
+    daemon.on_startup(start_reaper)
+    daemon.on_shutdown(stop)
+
+    async def create(request: Request) -> Response:
+        body = await parse_body(request, PtyCreateRequest)
+        terminal = manager.create(body.id or "", body.cwd, body.envs, body.cols, body.rows, body.lazy_start)
+        if not body.lazy_start:
+            await manager.start(terminal)
+        return json_response({"sessionId": terminal.id}, status_code=201)
+
+    async def list_sessions(request: Request) -> Response:
+        return json_response({"sessions": [t.info() for t in manager.list()]})
+
+    async def get_session(request: Request) -> Response:
+        return json_response(manager.get(path_param(request, "session_id")).info())
+
+    async def delete_session(request: Request) -> Response:
+        await manager.kill(path_param(request, "session_id"))
+        return json_response({"message": "PTY session deleted"})
+
+    async def resize(request: Request) -> Response:
+        body = await parse_body(request, PtyResizeRequest)
+        terminal = manager.resize(path_param(request, "session_id"), body.cols, body.rows)
+        return json_response(terminal.info())
+
+    def attach_options(websocket: WebSocket) -> tuple[int | None, int]:
+        offset = query_int(websocket, "offset", None, minimum=0)
+        scrollback = query_int(websocket, "scrollback", DEFAULT_REPLAY, minimum=0)
+        assert scrollback is not None
+        return offset, scrollback
+
+    async def connect(websocket: WebSocket) -> None:
+        try:
+            terminal = manager.get(path_param(websocket, "session_id"))
+            offset, scrollback = attach_options(websocket)
+            if not terminal.started:
+                await manager.start(terminal)  # lazy start on first attach
+        except DaemonError as error:
+            await deny(websocket, error)
+            return
+        offered = websocket.scope.get("subprotocols", [])
+        exit_control = EXIT_CONTROL_PROTOCOL in offered
+        await websocket.accept(subprotocol=EXIT_CONTROL_PROTOCOL if exit_control else None)
+        await serve_client(websocket, terminal, exit_control=exit_control, offset=offset, scrollback=scrollback)
+
+    async def create_connect(websocket: WebSocket) -> None:
+        offered: list[str] = websocket.scope.get("subprotocols", [])
+        try:
+            envs: dict[str, str] = {}
+            for protocol in offered:
+                if protocol.startswith(ENVS_PROTOCOL_PREFIX):
+                    envs.update(decode_envs_protocol(protocol[len(ENVS_PROTOCOL_PREFIX):]))
+            pty_id = query_str(websocket, "id", required=True) or ""
+            cols = query_int(websocket, "cols", 80)
+            rows = query_int(websocket, "rows", 24)
+            assert cols is not None and rows is not None
+            offset, scrollback = attach_options(websocket)
+            terminal = manager.create(pty_id, query_str(websocket, "cwd"), envs, cols, rows)
+            await manager.start(terminal)
+        except DaemonError as error:
+            await deny(websocket, error)
+            return
+        exit_control = EXIT_CONTROL_PROTOCOL in offered
+        await websocket.accept(subprotocol=EXIT_CONTROL_PROTOCOL if exit_control else None)
+        await serve_client(websocket, terminal, exit_control=exit_control, offset=offset, scrollback=scrollback)
+
+    return [
+        # `create-connect` before `{session_id}` (toolbox-api.md §9.2).
+        WebSocketRoute("/process/pty/create-connect", create_connect),
+        Route("/process/pty", create, methods=["POST"]),
+        Route("/process/pty", list_sessions, methods=["GET"]),
+        Route("/process/pty/{session_id}", get_session, methods=["GET"]),
+        Route("/process/pty/{session_id}", delete_session, methods=["DELETE"]),
+        Route("/process/pty/{session_id}/resize", resize, methods=["POST"]),
+        WebSocketRoute("/process/pty/{session_id}/connect", connect),
+    ]

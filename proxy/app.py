@@ -1,0 +1,382 @@
+"""The proxy's ASGI application (pure ASGI: nothing buffers a proxied body).
+
+Host `{port}-{label}.{domain}`      -> daemon `/proxy/{port}{path}` (preview)
+Other hosts (bare domain, IP, LB):
+  `/toolbox/{id}/{path}`            -> daemon `/{path}` (API key or preview token)
+  `GET /health`, `GET /metrics`
+  `GET /sandbox/{id}/ports/{port}/preview-url`           (API key) Daytona's PortPreviewUrl
+  `GET /sandbox/{id}/ports/{port}/signed-preview-url`    (API key) Daytona's SignedPortPreviewUrl
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+
+from proxy import __version__
+from proxy.activity import ActivityTracker
+from proxy.auth import (COOKIE_HTTP, COOKIE_HTTPS, PREVIEW_HEADER, QUERY_PARAM, SIGNED_MAX_SECONDS,
+                        SIGNED_MIN_SECONDS, Auth, SignedLabelError, split_cookies, strip_query_param)
+from proxy.config import ProxyConfig
+from proxy.errors import ProxyError, header, send_error, wants_html
+from proxy.hosts import SANDBOX_ID, BadToolboxPath, PreviewHost, parse_preview_host, parse_toolbox_path, under_domain
+from proxy.metrics import Metrics
+from proxy.registry import Registry, RegistryError, Sandbox, open_registry
+from toolbox.forward.relay import (Headers, Relay, UpstreamRejected, UpstreamUnavailable, new_session,
+                                   strip_hop_by_hop, upstream_url)
+
+log = logging.getLogger("proxy")
+
+# Client-sent values of these never reach a sandbox: the proxy sets its own or none.
+_DROP_UPSTREAM = frozenset({
+    b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-port",
+    b"x-forwarded-prefix", b"x-real-ip", PREVIEW_HEADER, b"x-toolbox-preserve-host",
+})
+_MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
+_QUERY_PARAM_BYTES = QUERY_PARAM.encode()
+
+
+def _json(status: int, payload: object) -> tuple[int, Headers, bytes]:
+    body = json.dumps(payload).encode()
+    return status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body
+
+
+async def _respond(send: Send, status: int, headers: Headers, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ProxyApp:
+    def __init__(self, config: ProxyConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or open_registry(config.registry, config.cache_ttl)
+        self.auth = Auth(config.secret, config.api_keys)
+        self.metrics = Metrics()
+        self.activity = ActivityTracker(self.registry, config.activity_interval)
+        self._tcp: Relay | None = None
+        self._unix: dict[str, Relay] = {}
+        https = config.public_scheme == "https"
+        self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
+        self._xf_proto = config.public_scheme.encode()
+        self._xf_port = str(config.public_port).encode()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _relay(self, address: str) -> tuple[Relay, str]:
+        if address.startswith("unix:"):
+            path = address[len("unix:"):]
+            relay = self._unix.get(path)
+            if relay is None:
+                relay = self._unix[path] = Relay(new_session(unix_path=path, keepalive=60.0))
+            return relay, "http://localhost"
+        if self._tcp is None:
+            # The daemon keeps connections 75 s; reuse them for 60.
+            self._tcp = Relay(new_session(keepalive=60.0))
+        return self._tcp, address
+
+    async def close(self) -> None:
+        await self.activity.flush()
+        for relay in [*self._unix.values(), *([self._tcp] if self._tcp else [])]:
+            await relay.session.close()
+        self._unix.clear()
+        self._tcp = None
+        await self.registry.close()
+
+    async def _lookup(self, sandbox_id: str) -> Sandbox | None:
+        try:
+            return await self.registry.get(sandbox_id)
+        except RegistryError as exc:
+            raise ProxyError(503, "registry-unavailable", str(exc)) from exc
+
+    async def _known(self, sandbox_id: str) -> Sandbox:
+        sandbox = await self._lookup(sandbox_id)
+        if sandbox is None:
+            raise ProxyError(404, "sandbox-not-found",
+                             f"No sandbox '{sandbox_id}' is registered with this proxy: it may have been "
+                             "deleted or not started yet.")
+        return sandbox
+
+    def _forwarded(self, scope: Scope, host: bytes, *, drop_authorization: bool,
+                   cookie: bytes | None, keep_cookie_header: bool) -> Headers:
+        out: Headers = []
+        for key, value in strip_hop_by_hop(scope["headers"]):
+            if key in _DROP_UPSTREAM or (key == b"authorization" and drop_authorization):
+                continue
+            if key == b"cookie" and not keep_cookie_header:
+                if cookie:
+                    out.append((key, cookie))
+                continue
+            out.append((key, value))
+        client = scope.get("client")
+        if client:
+            out.append((b"x-forwarded-for", client[0].encode()))
+        out += [(b"x-forwarded-host", host), (b"x-forwarded-proto", self._xf_proto),
+                (b"x-forwarded-port", self._xf_port)]
+        return out
+
+    # -- entry ----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if kind == "websocket":
+            await receive()  # websocket.connect: answered by accept or by a denial response
+        host = (header(scope, b"host") or b"").decode("latin-1")
+        try:
+            preview = parse_preview_host(host, self.config.domain)
+            if preview is not None:
+                self.metrics.requests["preview"] += 1
+                await self._preview(scope, receive, send, preview)
+            elif under_domain(host, self.config.domain):
+                self.metrics.requests["invalid"] += 1
+                raise ProxyError(404, "invalid-preview-host",
+                                 f"'{host}' is not a preview host: use {{port}}-{{sandboxId}}.{self.config.domain}")
+            else:
+                await self._bare(scope, receive, send)
+        except ProxyError as error:
+            self.metrics.errors[error.code] += 1
+            await send_error(scope, send, error)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- preview hosts --------------------------------------------------------------------
+    async def _resolve_preview(self, target: PreviewHost) -> tuple[Sandbox, bool]:
+        """The sandbox a preview label names, and whether the label was a valid signed token."""
+        signed = self.auth.decode_signed_label(target.label)
+        if signed is not None:
+            candidate = await self._lookup(signed.sandbox_id)
+            if candidate is not None and self.auth.verify_signed_label(signed, candidate, target.port):
+                if signed.expires_at < time.time():
+                    raise ProxyError(403, "signed-url-expired",
+                                     "This signed preview URL has expired: ask for a new one.")
+                return candidate, True
+        sandbox = await self._lookup(target.label)
+        if sandbox is None:
+            if signed is not None:
+                raise ProxyError(403, "invalid-signed-url",
+                                 "This signed preview URL is not valid for this port, or has been altered.")
+            await self._known(target.label)
+        assert sandbox is not None
+        return sandbox, False
+
+    async def _preview(self, scope: Scope, receive: Receive, send: Send, target: PreviewHost) -> None:
+        sandbox, signed = await self._resolve_preview(target)
+        query: bytes = scope.get("query_string", b"")
+        query_token: str | None = None
+        if _QUERY_PARAM_BYTES in query:
+            query, query_token = strip_query_param(query, QUERY_PARAM)
+        cookie_header = header(scope, b"cookie")
+        cookies, other_cookies = split_cookies(cookie_header) if cookie_header else ({}, None)
+        header_token = header(scope, PREVIEW_HEADER)
+        api_key = self.auth.bearer_is_api_key(header(scope, b"authorization"))
+
+        via: str | None = "signed" if signed else None
+        if via is None and header_token is not None and self.auth.check_preview_token(sandbox, header_token.decode("latin-1")):
+            via = "header"
+        if via is None and query_token is not None and self.auth.check_preview_token(sandbox, query_token):
+            via = "query"
+        if via is None and api_key:
+            via = "api-key"
+        if via is None:
+            value = cookies.get(self.cookie_name)
+            if value is not None and self.auth.check_cookie(value, sandbox, target.port):
+                via = "cookie"
+        if via is None and (not sandbox.public or target.port in self.config.private_ports):
+            if header_token is not None or query_token is not None:
+                raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
+            raise ProxyError(401, "preview-auth-required",
+                             "This preview is private: open it with a preview URL that carries a token "
+                             f"(?{QUERY_PARAM}=...), send the X-Daytona-Preview-Token header, or use a signed preview URL.")
+
+        if via == "query" and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            await self._bootstrap_cookie(scope, send, sandbox, target.port, query)
+            return
+        if via == "cookie" and scope["type"] == "websocket":
+            origin = (header(scope, b"origin") or b"").decode("latin-1").lower()
+            if origin != f"{self.config.public_scheme}://{target.host}":
+                raise ProxyError(403, "cross-origin-websocket",
+                                 "A WebSocket authenticated by cookie must come from the preview's own origin.")
+
+        headers = self._forwarded(scope, target.host.encode(), drop_authorization=api_key,
+                                  cookie=other_cookies, keep_cookie_header=False)
+        if self.config.preserve_host:
+            headers.append((b"x-toolbox-preserve-host", b"1"))
+        relay, base = self._relay(sandbox.url)
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        url = upstream_url(f"{base}/proxy/{target.port}", raw_path, query)
+        await self._forward(scope, receive, send, relay, url, headers, sandbox, None)
+
+    async def _bootstrap_cookie(self, scope: Scope, send: Send, sandbox: Sandbox, port: int, query: bytes) -> None:
+        """Swap the query token for a host-only cookie and send the browser to the clean URL."""
+        expires_at = int(time.time()) + self.config.cookie_max_age
+        value = self.auth.cookie_value(sandbox, port, expires_at)
+        cookie = f"{self.cookie_name}={value}; Path=/; Max-Age={self.config.cookie_max_age}; HttpOnly; SameSite=Lax"
+        if self.config.public_scheme == "https":
+            cookie += "; Secure"
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        location = raw_path + (b"?" + query if query else b"")
+        await _respond(send, 302, [(b"location", location), (b"set-cookie", cookie.encode()),
+                                   (b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"),
+                                   (b"content-length", b"0")], b"")
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, relay: Relay, url: object,
+                       headers: Headers, sandbox: Sandbox, location_prefix: bytes | None) -> None:
+        touch = self.activity.toucher(sandbox.id)
+        touch()
+        try:
+            if scope["type"] == "websocket":
+                self.metrics.websockets_open += 1
+                try:
+                    await relay.websocket(scope, receive, send, url, headers, on_traffic=touch,  # type: ignore[arg-type]
+                                          handshake_received=True)
+                finally:
+                    self.metrics.websockets_open -= 1
+                return
+            filter_ = _location_rewriter(location_prefix) if location_prefix else None
+            await relay.http(scope, receive, send, url, headers, filter_,  # type: ignore[arg-type]
+                             on_traffic=touch, intercept=self._interceptor_for(scope, send))
+        except UpstreamUnavailable as exc:
+            raise ProxyError(502, "sandbox-unreachable",
+                             f"The sandbox '{sandbox.id}' is registered but its daemon does not answer "
+                             f"({exc.reason}); it may be stopped or still starting.") from exc
+        except UpstreamRejected as exc:
+            raise ProxyError(exc.status if 400 <= exc.status < 600 else 502, "websocket-rejected",
+                             f"The sandbox refused the WebSocket upgrade with status {exc.status}.") from exc
+
+    def _interceptor_for(self, scope: Scope, send: Send):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        metrics = self.metrics
+
+        async def intercept(response: aiohttp.ClientResponse) -> bool:
+            metrics.observe_upstream(time.perf_counter() - started)
+            code = response.headers.get("x-proxy-error")
+            if code is None:
+                return False
+            metrics.errors[code] += 1
+            if not wants_html(scope):
+                return False
+            # The daemon's own error (port not open, ...): a page for people, same code.
+            try:
+                message = json.loads(await response.content.read(65536)).get("message", "")
+            except (ValueError, AttributeError):
+                message = ""
+            await send_error(scope, send, ProxyError(response.status, code, message or code))
+            return True
+
+        return intercept
+
+    # -- bare-domain routes ---------------------------------------------------------------
+    async def _bare(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if raw_path.startswith(b"/toolbox/"):
+            self.metrics.requests["toolbox"] += 1
+            await self._toolbox(scope, receive, send, raw_path)
+            return
+        self.metrics.requests["other"] += 1
+        path: str = scope["path"]
+        if scope["type"] != "http":
+            raise ProxyError(404, "not-found", "No WebSocket route here.")
+        method = scope["method"]
+        if path == "/health" and method in ("GET", "HEAD"):
+            await _respond(send, *_json(200, {"status": "ok", "version": __version__}))
+            return
+        if path == "/metrics" and method in ("GET", "HEAD"):
+            body = self.metrics.render(self.activity.last_seen)
+            await _respond(send, 200, [(b"content-type", b"text/plain; version=0.0.4"),
+                                       (b"content-length", str(len(body)).encode())], body)
+            return
+        match = _MINT.fullmatch(path)
+        if match and method == "GET":
+            await self._mint(scope, send, *match.groups())
+            return
+        raise ProxyError(404, "not-found",
+                         f"Nothing at {path} on the proxy's own host: previews live at "
+                         f"{{port}}-{{sandboxId}}.{self.config.domain}, the toolbox at /toolbox/{{sandboxId}}/...")
+
+    async def _toolbox(self, scope: Scope, receive: Receive, send: Send, raw_path: bytes) -> None:
+        try:
+            sandbox_id, rest = parse_toolbox_path(raw_path)
+        except BadToolboxPath as exc:
+            raise ProxyError(400, "invalid-toolbox-path", str(exc)) from exc
+        api_key = self.auth.bearer_is_api_key(header(scope, b"authorization"))
+        if not api_key:
+            token = header(scope, PREVIEW_HEADER)
+            if token is None:
+                raise ProxyError(401, "toolbox-auth-required",
+                                 "The toolbox needs 'Authorization: Bearer <API key>' (or the sandbox's preview token).")
+            sandbox = await self._known(sandbox_id)
+            if not self.auth.check_preview_token(sandbox, token.decode("latin-1")):
+                raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
+        else:
+            sandbox = await self._known(sandbox_id)
+        headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=api_key,
+                                  cookie=None, keep_cookie_header=True)
+        relay, base = self._relay(sandbox.url)
+        url = upstream_url(base, rest, scope.get("query_string", b""))
+        await self._forward(scope, receive, send, relay, url, headers, sandbox,
+                            b"/toolbox/" + sandbox_id.encode())
+
+    async def _mint(self, scope: Scope, send: Send, sandbox_id: str, port_text: str, kind: str) -> None:
+        if not self.auth.bearer_is_api_key(header(scope, b"authorization")):
+            raise ProxyError(401, "api-key-required", "Minting preview URLs needs 'Authorization: Bearer <API key>'.")
+        if not SANDBOX_ID.fullmatch(sandbox_id):
+            raise ProxyError(400, "invalid-sandbox-id", f"'{sandbox_id}' is not a valid sandbox id.")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ProxyError(400, "invalid-port", "The port must be a number from 1 to 65535.")
+        port = int(port_text)
+        sandbox = await self._known(sandbox_id)
+        if kind == "preview-url":
+            payload = {"sandboxId": sandbox.id, "url": self.config.preview_url(sandbox.id, port),
+                       "token": self.auth.preview_token(sandbox)}
+            await _respond(send, *_json(200, payload))
+            return
+        query = dict(_parse_query(scope.get("query_string", b"")))
+        expires_text = query.get("expiresInSeconds", "60")
+        if not expires_text.isdigit() or not SIGNED_MIN_SECONDS <= int(expires_text) <= SIGNED_MAX_SECONDS:
+            raise ProxyError(400, "invalid-expiry",
+                             f"expiresInSeconds must be a whole number from {SIGNED_MIN_SECONDS} to {SIGNED_MAX_SECONDS}.")
+        try:
+            token = self.auth.mint_signed_label(sandbox, port, int(time.time()) + int(expires_text))
+        except SignedLabelError as exc:
+            raise ProxyError(400, "sandbox-id-too-long", str(exc)) from exc
+        payload = {"sandboxId": sandbox.id, "port": port, "token": token, "url": self.config.preview_url(token, port)}
+        await _respond(send, *_json(200, payload))
+
+
+def _parse_query(query: bytes) -> list[tuple[str, str]]:
+    from urllib.parse import parse_qsl
+
+    return parse_qsl(query.decode("latin-1"))
+
+
+def _location_rewriter(prefix: bytes) -> Callable[[Headers], Headers]:
+    """Toolbox path mode: root-relative redirects stay under /toolbox/{id}; absolute ones are untouched."""
+
+    def rewrite(headers: Headers) -> Headers:
+        out: Headers = []
+        for key, value in headers:
+            if key == b"location" and value.startswith(b"/") and not value.startswith((b"//", b"/\\", prefix + b"/")):
+                value = prefix + value
+            out.append((key, value))
+        return out
+
+    return rewrite
+
+
+def app_from_environment() -> ProxyApp:
+    """uvicorn factory for `--workers N`: every worker reads the options the CLI exported."""
+    return ProxyApp(ProxyConfig.from_environment())

@@ -1,0 +1,226 @@
+"""Registries map a sandbox id to its daemon address, preview token and public flag.
+
+Chosen by a URL-like spec:
+- `file:PATH`      JSON `{"sandboxes": {"<id>": {"url": ..., "public": false, "token": ...}}}`,
+                   reloaded when the file changes (the local runtime writes it).
+- `template:URL`   the address is computed from the id (`http://sbx-{id}.svc:2280`).
+- `redis://...`    a hash per sandbox (`HSET sandbox:<id> url ... token ... public true`),
+                   written by any control plane; lookups cached briefly with single-flight;
+                   last activity written back into the hash (`lastActivity`, unix seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import anyio
+
+log = logging.getLogger("proxy.registry")
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    id: str
+    url: str  # http://host:port or unix:/path/toolbox.sock
+    token: str | None = None
+    public: bool = False
+
+
+class RegistryError(Exception):
+    """The registry could not be asked (not: the sandbox is unknown)."""
+
+
+class Registry(Protocol):
+    async def get(self, sandbox_id: str) -> Sandbox | None: ...
+
+    async def record_activity(self, sandbox_id: str, when: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def valid_address(url: str) -> bool:
+    if url.startswith("unix:"):
+        return len(url) > len("unix:")
+    parts = urlsplit(url)
+    return parts.scheme == "http" and bool(parts.hostname)
+
+
+def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
+    url = data.get("url")
+    if not isinstance(url, str) or not valid_address(url):
+        return None
+    token = data.get("token")
+    return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
+                   _truthy(data.get("public", False)))
+
+
+class FileRegistry:
+    """Re-reads the file when its mtime, size or inode changes (checked at most every 0.25 s)."""
+
+    CHECK_INTERVAL = 0.25
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._entries: dict[str, Sandbox] = {}
+        self._signature: tuple[int, int, int] | None = None
+        self._checked = 0.0
+        self._lock = asyncio.Lock()
+
+    def _load(self) -> tuple[tuple[int, int, int] | None, dict[str, Sandbox] | None]:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None, {}
+        signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if signature == self._signature:
+            return signature, None
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                document = json.load(handle)
+            raw = document.get("sandboxes", {})
+            if not isinstance(raw, dict):
+                raise ValueError("'sandboxes' is not an object")
+        except (OSError, ValueError) as exc:
+            # A half-written file (the runtime should rename into place): keep the last good map.
+            log.warning("registry file %s unreadable, keeping the previous entries: %s", self.path, exc)
+            return self._signature, None
+        entries = {}
+        for sandbox_id, data in raw.items():
+            entry = _entry(str(sandbox_id), data) if isinstance(data, dict) else None
+            if entry is None:
+                log.warning("registry file %s: entry %r has no valid url", self.path, sandbox_id)
+                continue
+            entries[entry.id] = entry
+        return signature, entries
+
+    async def _refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.CHECK_INTERVAL:
+            return
+        async with self._lock:
+            if time.monotonic() - self._checked < self.CHECK_INTERVAL:
+                return
+            signature, entries = await anyio.to_thread.run_sync(self._load)
+            if entries is not None:
+                self._entries = entries
+            self._signature = signature
+            self._checked = time.monotonic()
+
+    async def get(self, sandbox_id: str) -> Sandbox | None:
+        await self._refresh()
+        return self._entries.get(sandbox_id)
+
+    async def record_activity(self, sandbox_id: str, when: float) -> None:
+        # The runtime owns the file; activity is exposed through /metrics instead.
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class TemplateRegistry:
+    def __init__(self, template: str) -> None:
+        if "{id}" not in template:
+            raise ValueError("a template: registry needs {id} in its URL, e.g. template:http://sbx-{id}.sandboxes:2280")
+        self.template = template.rstrip("/")
+
+    async def get(self, sandbox_id: str) -> Sandbox | None:
+        return Sandbox(sandbox_id, self.template.replace("{id}", sandbox_id))
+
+    async def record_activity(self, sandbox_id: str, when: float) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+_RECORD_ACTIVITY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HSET', KEYS[1], 'lastActivity', ARGV[1])
+end
+return 0
+"""
+
+
+class RedisRegistry:
+    """Cached lookups (positive `ttl`, negative `negative_ttl`) with one in-flight query per id."""
+
+    def __init__(self, url: str, ttl: float = 2.0, negative_ttl: float = 1.0) -> None:
+        import redis.asyncio as redis
+
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        self.prefix = query.pop("prefix", ["sandbox:"])[0]
+        clean = urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(f"{k}={v[0]}" for k, v in query.items()), ""))
+        self._client = redis.Redis.from_url(clean, socket_timeout=5, socket_connect_timeout=2, decode_responses=True)
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self._cache: dict[str, tuple[float, Sandbox | None]] = {}
+        self._inflight: dict[str, asyncio.Future[Sandbox | None]] = {}
+        self._record = self._client.register_script(_RECORD_ACTIVITY)
+        self.lookups = 0  # queries actually sent to Redis (for tests and metrics)
+
+    async def _query(self, sandbox_id: str) -> Sandbox | None:
+        self.lookups += 1
+        try:
+            data = await self._client.hgetall(self.prefix + sandbox_id)
+        except Exception as exc:  # redis raises many classes; all mean "cannot ask now"
+            raise RegistryError(f"the Redis registry is unreachable: {exc}") from exc
+        return _entry(sandbox_id, data) if data else None
+
+    async def get(self, sandbox_id: str) -> Sandbox | None:
+        now = time.monotonic()
+        cached = self._cache.get(sandbox_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        pending = self._inflight.get(sandbox_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Sandbox | None] = asyncio.get_running_loop().create_future()
+        self._inflight[sandbox_id] = future
+        try:
+            entry = await self._query(sandbox_id)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        else:
+            future.set_result(entry)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            self._cache[sandbox_id] = (time.monotonic() + (self.ttl if entry else self.negative_ttl), entry)
+            return entry
+        finally:
+            del self._inflight[sandbox_id]
+
+    async def record_activity(self, sandbox_id: str, when: float) -> None:
+        try:
+            await self._record(keys=[self.prefix + sandbox_id], args=[f"{when:.3f}"])
+        except Exception as exc:
+            log.warning("could not record activity of %s in Redis: %s", sandbox_id, exc)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def open_registry(spec: str, cache_ttl: float = 2.0) -> Registry:
+    if spec.startswith("file:"):
+        return FileRegistry(spec[len("file:"):])
+    if spec.startswith("template:"):
+        return TemplateRegistry(spec[len("template:"):])
+    if spec.startswith(("redis://", "rediss://", "unix://")):
+        return RedisRegistry(spec, ttl=cache_ttl)
+    raise ValueError(f"unknown registry {spec!r}: use file:PATH, template:URL with {{id}}, or redis://HOST:PORT/DB")

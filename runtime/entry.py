@@ -1,0 +1,57 @@
+"""The process bubblewrap starts inside a sandbox: a pre-imported daemon waiting for its id.
+
+Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time, reports
+``pooled`` on stdout and blocks on stdin for one JSON line, the claim:
+``{"id": "...", "env": {...}}``. It then applies the environment and serves the Toolbox
+API on the Unix socket in $TOOLBOX_UDS; the daemon's readiness line on stdout tells the
+runtime that the sandbox answers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+
+
+def preload() -> None:
+    import uvicorn  # noqa: F401
+    import uvicorn.loops.uvloop  # noqa: F401
+    import uvicorn.protocols.http.httptools_impl  # noqa: F401
+    import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
+    import uvicorn.lifespan.on  # noqa: F401
+
+    from toolbox import app, cli, server  # noqa: F401
+
+    for name in app.AREAS:
+        importlib.import_module(name)
+
+
+def main() -> int:
+    preload()
+    print("pooled", flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        return 0  # the runtime went away before claiming us
+    claim = json.loads(line)
+    sandbox_id = claim["id"]
+    os.environ.update({str(k): str(v) for k, v in (claim.get("env") or {}).items()})
+    os.environ["DAYTONA_SANDBOX_ID"] = sandbox_id
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+    from toolbox import cli
+
+    uds = os.environ.get("TOOLBOX_UDS", "/run/toolbox/toolbox.sock")
+    try:
+        os.unlink(uds)  # a socket left by a previous run of this sandbox
+    except FileNotFoundError:
+        pass
+    return cli.main(["serve", "--uds", uds, "--workdir", os.environ.get("HOME", os.getcwd()),
+                     "--sandbox-id", sandbox_id])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

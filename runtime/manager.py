@@ -1,0 +1,409 @@
+"""The runtime: sandbox lifecycle, the warm pool, the proxy registry and idle auto-stop.
+
+Every sandbox is `bwrap` (own pid, mount, uts, ipc, user and, by default, network
+namespace) around `runtime.entry`, inside its own cgroup, running as its own uid when we
+are root. Pooled sandboxes have already imported the daemon; `create` claims one, gives it
+its id and environment and maps the id to its socket in the registry, then refills the pool
+in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime import cgroups
+from runtime.limits import Limits
+from runtime.registry import FileRegistry
+from runtime.sandbox import (
+    EGRESS, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv, new_id, valid_id,
+)
+
+log = logging.getLogger("runtime")
+
+UID_BASE = 200_000  # sandbox uids when we run as root: far from real users
+READY_LINE = b"Starting toolbox server"
+ActivitySource = Callable[[], Awaitable[dict[str, float]]]
+
+
+def _tail(path: Path, size: int = 600) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - size))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return "(no log)"
+
+
+class SandboxError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Running:
+    """A live bwrap process and the cgroup around it."""
+
+    process: asyncio.subprocess.Process
+    group: cgroups.Group
+    dir: SandboxDir
+    uid: int
+    gid: int
+    started_at: float = field(default_factory=time.time)
+    pump: asyncio.Task[None] | None = None
+
+
+class Runtime:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        pool_size: int = 1,
+        limits: Limits | None = None,
+        idle_timeout: float = 15 * 60,
+        activity: ActivitySource | None = None,
+        terminal_port: int = TERMINAL_PORT,
+        python: str = sys.executable,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.root = root.resolve()
+        self.sandboxes_dir = self.root / "sandboxes"
+        self.pool_dir = self.root / "pool"
+        self.registry = FileRegistry(self.root / "registry.json")
+        self.pool_size = pool_size
+        self.default_limits = limits or Limits()
+        self.idle_timeout = idle_timeout
+        self.activity = activity
+        self.terminal_port = terminal_port
+        self.python = python
+        self.start_timeout = start_timeout
+        self.backend: cgroups.Backend = cgroups.Backend()
+        self.specs: dict[str, SandboxSpec] = {}
+        self.running: dict[str, Running] = {}
+        self.pool: list[Running] = []
+        self._uids: set[int] = set()  # reserved by sandboxes, pooled or being started
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pool_wakeup = asyncio.Event()
+        self._closed = False
+
+    # ---- start and stop the runtime -------------------------------------------------
+
+    async def open(self) -> None:
+        if shutil.which("bwrap") is None:
+            raise SandboxError(500, "bubblewrap is not installed: apt-get install bubblewrap")
+        for d in (self.root, self.sandboxes_dir, self.pool_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        self.backend = await asyncio.to_thread(cgroups.detect)
+        log.info("resource limits: %s", self.backend.description)
+        shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
+        self.pool_dir.mkdir()
+        for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
+            try:
+                spec = SandboxDir(meta.parent).load()
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring %s: %s", meta, exc)
+                continue
+            spec.state = "stopped"
+            self.specs[spec.id] = spec
+            self._uids.add(spec.uid)
+        self.registry.flush()
+        self._spawn(self._pool_loop())
+        if self.idle_timeout > 0:
+            self._spawn(self._idle_loop())
+
+    async def close(self) -> None:
+        """Stop every sandbox and drain the pool; sandboxes stay on disk, stopped."""
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(self.stop(i) for i in list(self.running)), return_exceptions=True)
+        pool, self.pool = self.pool, []
+        await asyncio.gather(*(self._kill(r) for r in pool), return_exceptions=True)
+        for r in pool:
+            r.dir.remove()
+            self._uids.discard(r.uid)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _lock(self, sandbox_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(sandbox_id, asyncio.Lock())
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def list(self) -> list[dict[str, object]]:
+        return [self.describe(s) for s in sorted(self.specs.values(), key=lambda s: s.created_at)]
+
+    def get(self, sandbox_id: str) -> SandboxSpec:
+        spec = self.specs.get(sandbox_id)
+        if spec is None:
+            raise SandboxError(404, f"sandbox {sandbox_id!r} not found")
+        return spec
+
+    def describe(self, spec: SandboxSpec) -> dict[str, object]:
+        data = spec.to_json()
+        running = self.running.get(spec.id)
+        data["socket"] = str(self.sandboxes_dir / spec.id / "run" / "toolbox.sock")
+        data["dir"] = str(self.sandboxes_dir / spec.id)
+        if running is not None:
+            data["started_at"] = running.started_at
+            data["usage"] = running.group.stats()
+        return data
+
+    async def create(
+        self,
+        sandbox_id: str | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        limits: Limits | None = None,
+        egress: str = "none",
+        public: bool = False,
+    ) -> SandboxSpec:
+        sandbox_id = sandbox_id or new_id()
+        if not valid_id(sandbox_id):
+            raise SandboxError(400, f"invalid sandbox id {sandbox_id!r}: use 1-63 lower-case "
+                                    "letters, digits and inner dashes")
+        if egress not in EGRESS:
+            raise SandboxError(400, f"invalid egress {egress!r}: one of {', '.join(EGRESS)}")
+        env = {str(k): str(v) for k, v in (env or {}).items()}
+        limits = limits or self.default_limits
+        async with self._lock(sandbox_id):
+            if sandbox_id in self.specs:
+                raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
+            target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            pooled = self.pool.pop(0) if egress == "none" and self.pool else None
+            if pooled is not None:
+                self._pool_wakeup.set()
+                os.rename(pooled.dir.path, target.path)
+                pooled.dir = target
+                if limits != self.default_limits:
+                    await asyncio.to_thread(pooled.group.apply, limits)
+                running = pooled
+                spec = SandboxSpec(sandbox_id, running.uid, running.gid, env, limits, egress,
+                                   public=public)
+            else:
+                uid, gid = self._allocate_uid()
+                spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
+                await asyncio.to_thread(target.create, uid, gid)
+                running = await self._launch(target, spec.uid, spec.gid, limits, egress)
+            self.specs[sandbox_id] = spec
+            try:
+                await self._claim(running, spec)
+            except BaseException:
+                await self._kill(running)
+                del self.specs[sandbox_id]
+                target.remove()
+                self._uids.discard(spec.uid)
+                raise
+            self.running[sandbox_id] = running
+            spec.state = "started"
+            target.save(spec)
+            self._register(spec)
+            return spec
+
+    async def start(self, sandbox_id: str) -> SandboxSpec:
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            if sandbox_id in self.running:
+                return spec
+            target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
+            try:
+                await self._claim(running, spec)
+            except BaseException:
+                await self._kill(running)
+                raise
+            self.running[sandbox_id] = running
+            spec.state = "started"
+            target.save(spec)
+            self._register(spec)
+            return spec
+
+    async def stop(self, sandbox_id: str) -> SandboxSpec:
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            running = self.running.pop(sandbox_id, None)
+            self.registry.remove(sandbox_id)
+            if running is not None:
+                await self._kill(running)
+            spec.state = "stopped"
+            SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
+            return spec
+
+    async def delete(self, sandbox_id: str) -> None:
+        await self.stop(sandbox_id)
+        async with self._lock(sandbox_id):
+            spec = self.specs.pop(sandbox_id, None)
+            if spec is not None and spec.uid >= UID_BASE:
+                self._uids.discard(spec.uid)
+            await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
+        self._locks.pop(sandbox_id, None)
+
+    # ---- processes ------------------------------------------------------------------
+
+    def _allocate_uid(self) -> tuple[int, int]:
+        if os.geteuid() != 0:
+            return os.getuid(), os.getgid()
+        uid = UID_BASE
+        while uid in self._uids:
+            uid += 1
+        self._uids.add(uid)
+        return uid, uid
+
+    async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
+                      egress: str) -> Running:
+        """Start bwrap around the pre-importing entry; returns once it reports `pooled`."""
+        group = await asyncio.to_thread(
+            self.backend.create, f"sbx-{os.urandom(5).hex()}", limits)
+        argv = self.backend.launch_prefix(group, limits)
+        argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
+                           terminal_port=self.terminal_port,
+                           run_as=(uid, gid) if os.geteuid() == 0 else None)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.backend.launch_env(group)}
+        with open(target.log, "ab") as logfile:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=logfile, env=env, start_new_session=True,
+            )
+        running = Running(process, group, target, uid, gid)
+        try:
+            await self._expect(running, b"pooled")
+        except BaseException:
+            await self._kill(running)
+            raise
+        return running
+
+    async def _expect(self, running: Running, marker: bytes) -> None:
+        assert running.process.stdout is not None
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                while True:
+                    line = await running.process.stdout.readline()
+                    if not line:
+                        code = await running.process.wait()
+                        raise SandboxError(500, f"sandbox exited during start-up (exit {code}): "
+                                                f"{_tail(running.dir.log)}")
+                    if line.startswith(marker):
+                        return
+        except TimeoutError:
+            raise SandboxError(504, f"sandbox did not start within {self.start_timeout:.0f} s; "
+                                    f"see {running.dir.log}") from None
+
+    async def _claim(self, running: Running, spec: SandboxSpec) -> None:
+        assert running.process.stdin is not None
+        claim = {"id": spec.id, "env": spec.env}
+        running.process.stdin.write(json.dumps(claim).encode() + b"\n")
+        await running.process.stdin.drain()
+        running.process.stdin.close()
+        await self._expect(running, READY_LINE)
+        running.started_at = time.time()
+        running.pump = asyncio.ensure_future(self._pump(running))
+        self._protect_daemon(running)
+
+    async def _pump(self, running: Running) -> None:
+        """Keep draining the daemon's stdout into its log (it must never block on it)."""
+        assert running.process.stdout is not None
+        with open(running.dir.path / "daemon.log", "ab") as logfile:
+            while chunk := await running.process.stdout.read(65536):
+                logfile.write(chunk)
+                logfile.flush()
+
+    def _protect_daemon(self, running: Running) -> None:
+        """Make the OOM killer pick a memory hog before the sandbox's own daemon."""
+        if os.geteuid() != 0:
+            return
+        for pid in running.group.pids():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"runtime.entry" in cmdline:
+                    Path(f"/proc/{pid}/oom_score_adj").write_text("-900")
+            except OSError:
+                pass
+
+    async def _kill(self, running: Running) -> None:
+        # Killing bwrap kills the sandbox's pid 1 (--die-with-parent), and with it the
+        # whole pid namespace; the cgroup sweep catches anything that escaped.
+        try:
+            os.killpg(running.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        await running.process.wait()
+        if running.pump is not None:
+            await asyncio.gather(running.pump, return_exceptions=True)
+        await asyncio.to_thread(running.group.remove)
+
+    def _register(self, spec: SandboxSpec) -> None:
+        socket = self.sandboxes_dir / spec.id / "run" / "toolbox.sock"
+        self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public)
+
+    # ---- background loops -----------------------------------------------------------
+
+    async def _pool_loop(self) -> None:
+        while not self._closed:
+            self._pool_wakeup.clear()
+            while len(self.pool) < self.pool_size and not self._closed:
+                try:
+                    self.pool.append(await self._new_pooled())
+                except Exception as exc:  # keep serving cold starts; retry later
+                    log.warning("could not pre-start a pooled sandbox: %s", exc)
+                    await asyncio.sleep(5)
+            await self._pool_wakeup.wait()
+
+    async def _new_pooled(self) -> Running:
+        uid, gid = self._allocate_uid()
+        target = SandboxDir(self.pool_dir / f"pool-{os.urandom(5).hex()}")
+        await asyncio.to_thread(target.create, uid, gid)
+        try:
+            return await self._launch(target, uid, gid, self.default_limits, "none")
+        except BaseException:
+            target.remove()
+            self._uids.discard(uid)
+            raise
+
+    async def wait_pool_ready(self, timeout: float = 60.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.pool) < self.pool_size:
+                await asyncio.sleep(0.02)
+
+    async def idle_check(self) -> list[str]:
+        """Stop every started sandbox idle for longer than `idle_timeout`; returns their ids."""
+        if self.idle_timeout <= 0:
+            return []
+        seen: dict[str, float] = {}
+        if self.activity is not None:
+            try:
+                seen = await self.activity()
+            except Exception as exc:
+                log.warning("could not read last activity from the proxy: %s", exc)
+                return []
+        now = time.time()
+        stopped = []
+        for sandbox_id, running in list(self.running.items()):
+            last = max(running.started_at, seen.get(sandbox_id, 0.0))
+            if now - last >= self.idle_timeout:
+                log.info("auto-stopping %s: idle for %.0f s", sandbox_id, now - last)
+                await self.stop(sandbox_id)
+                stopped.append(sandbox_id)
+        return stopped
+
+    async def _idle_loop(self) -> None:
+        interval = max(0.2, min(30.0, self.idle_timeout / 4))
+        while not self._closed:
+            await asyncio.sleep(interval)
+            await self.idle_check()

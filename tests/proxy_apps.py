@@ -1,0 +1,139 @@
+"""Small real upstream apps for the forwarder and proxy tests (run as a subprocess).
+
+`python -m tests.proxy_apps --host 127.0.0.1 --port P`: a raw ASGI app on uvicorn with
+  GET  /info/...      JSON: method, raw path, query, headers as the app saw them
+  POST /count         streams the request body in, answers its length and sha256
+  GET  /big?mb=N      N MiB of b"x" streamed in 1 MiB chunks with Content-Length
+  GET  /sse           one event at once, a second after 1.5 s (flush test)
+  GET  /gzip          a gzip-encoded body with Content-Encoding: gzip
+  GET  /crash         the process exits mid-response
+  GET  /slow?s=N      answers after N seconds
+  GET  /spoof         answers with an X-Proxy-Error header of its own
+  WS   /ws            echo (text and binary); picks the last offered subprotocol;
+                      a text "close:CODE:REASON" closes with that code and reason
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import hashlib
+import json
+import os
+from urllib.parse import parse_qs
+
+import uvicorn
+
+GZIP_BODY = gzip.compress(b"compressed hello " * 100, mtime=0)
+
+
+async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    path = scope["path"]
+    query = parse_qs(scope["query_string"].decode())
+    if scope["type"] == "websocket":
+        await websocket(scope, receive, send)
+        return
+    if path.startswith("/info"):
+        body = json.dumps({
+            "method": scope["method"],
+            "raw_path": scope["raw_path"].decode("latin-1"),
+            "query": scope["query_string"].decode("latin-1"),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+        }).encode()
+        await respond(send, 200, body, b"application/json")
+    elif path == "/count":
+        digest = hashlib.sha256()
+        size = 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            digest.update(chunk)
+            if not message.get("more_body"):
+                break
+        await respond(send, 200, json.dumps({"size": size, "sha256": digest.hexdigest()}).encode(), b"application/json")
+    elif path == "/big":
+        mb = int(query.get("mb", ["1"])[0])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(mb << 20).encode()), (b"content-type", b"application/octet-stream")]})
+        chunk = b"x" * (1 << 20)
+        for _ in range(mb):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/sse":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: first\n\n", "more_body": True})
+        await asyncio.sleep(1.5)
+        await send({"type": "http.response.body", "body": b"data: second\n\n", "more_body": False})
+    elif path == "/gzip":
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-encoding", b"gzip"), (b"content-type", b"text/plain"),
+            (b"content-length", str(len(GZIP_BODY)).encode())]})
+        await send({"type": "http.response.body", "body": GZIP_BODY})
+    elif path == "/crash":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000000")]})
+        await send({"type": "http.response.body", "body": b"partial", "more_body": True})
+        await asyncio.sleep(0.05)
+        os._exit(3)
+    elif path == "/slow":
+        await asyncio.sleep(float(query.get("s", ["1"])[0]))
+        await respond(send, 200, b"slow done", b"text/plain")
+    elif path == "/spoof":
+        await send({"type": "http.response.start", "status": 404,
+                    "headers": [(b"x-proxy-error", b"sandbox-not-found"), (b"content-length", b"3")]})
+        await send({"type": "http.response.body", "body": b"app"})
+    else:
+        await respond(send, 404, b"app 404", b"text/plain")
+
+
+async def respond(send, status: int, body: bytes, content_type: bytes) -> None:  # type: ignore[no-untyped-def]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def websocket(scope, receive, send):  # type: ignore[no-untyped-def]
+    await receive()
+    offered = scope.get("subprotocols") or []
+    await send({"type": "websocket.accept", "subprotocol": offered[-1] if offered else None})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is not None and text.startswith("close:"):
+            _, code, reason = text.split(":", 2)
+            await send({"type": "websocket.close", "code": int(code), "reason": reason})
+            return
+        if text is not None:
+            await send({"type": "websocket.send", "text": text})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes")})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", ws="websockets-sansio",
+                            ws_max_size=128 * 1024 * 1024, lifespan="on")
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        await server.serve()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Real processes for the forwarder and proxy tests: upstream apps, proxies, Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import REPO_ROOT, free_port
+
+DOMAIN = "preview.test"
+API_KEY = "test-api-key-1"
+SECRET = "test-secret"
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    while time.monotonic() < deadline:
+        with socket.socket(family) as sock:
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {host}:{port}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@dataclass
+class App:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def start_app(host: str = "127.0.0.1", port: int | None = None, wait: bool = True) -> App:
+    port = port or free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.proxy_apps", "--host", host, "--port", str(port)],
+                               env=_env(), cwd=REPO_ROOT, start_new_session=True)
+    if wait:
+        wait_for_port(host, port)
+    return App(process, port)
+
+
+@dataclass
+class Proxy:
+    process: subprocess.Popen[bytes]
+    port: int
+    registry_path: Path | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def host(self, port: int, label: str) -> str:
+        return f"{port}-{label}.{DOMAIN}:{self.port}"
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def write_registry(self, sandboxes: dict[str, dict[str, object]]) -> None:
+        assert self.registry_path is not None
+        write_registry(self.registry_path, sandboxes)
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def write_registry(path: Path, sandboxes: dict[str, dict[str, object]]) -> None:
+    # Written beside and renamed into place, as the local runtime does.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"sandboxes": sandboxes}))
+    os.replace(tmp, path)
+
+
+def start_proxy(tmp: Path, sandboxes: dict[str, dict[str, object]] | None = None, *, registry: str | None = None,
+                extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None) -> Proxy:
+    port = free_port()
+    registry_path = None
+    if registry is None:
+        registry_path = tmp / "registry.json"
+        write_registry(registry_path, sandboxes or {})
+        registry = f"file:{registry_path}"
+    env = _env()
+    env.update(PROXY_API_KEYS=f"{API_KEY},other-key", PROXY_SECRET=SECRET)
+    env.update(extra_env or {})
+    args = [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--domain", DOMAIN, "--registry", registry, *(extra_args or [])]
+    process = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, start_new_session=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if b"Starting proxy" not in line:
+        process.kill()
+        raise RuntimeError(f"proxy did not start: {line!r}")
+    wait_for_port("127.0.0.1", port)
+    return Proxy(process, port, registry_path)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes] | None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
+
+
+def start_redis() -> RedisServer:
+    """The CI's redis on 6379 if it answers, else a private redis-server on a free port."""
+    import redis
+
+    try:
+        redis.Redis(port=6379, socket_connect_timeout=0.5).ping()
+        return RedisServer(6379, None)
+    except redis.RedisError:
+        pass
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL, start_new_session=True)
+    wait_for_port("127.0.0.1", port)
+    return RedisServer(port, process)

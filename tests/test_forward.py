@@ -1,0 +1,204 @@
+"""The daemon's `/proxy/{port}/{path}` route against real upstream apps."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+
+from tests.helpers import RunningDaemon, free_port, start_daemon
+from tests.proxy_apps import GZIP_BODY
+from tests.proxy_helpers import App, start_app
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[App]:
+    running = start_app()
+    yield running
+    running.stop()
+
+
+def test_raw_path_query_and_headers_reach_the_app(daemon: RunningDaemon, app: App) -> None:
+    with daemon.client() as client:
+        response = client.get(f"/proxy/{app.port}/info/a%2Fb%20c/(local)/%40x?q=%41+b&z&q=2",
+                              headers={"X-Forwarded-For": "6.6.6.6", "Connection": "keep-alive, X-Secret",
+                                       "X-Secret": "hop", "Te": "trailers"})
+    assert response.status_code == 200
+    seen = response.json()
+    assert seen["raw_path"] == "/info/a%2Fb%20c/(local)/%40x"
+    assert seen["query"] == "q=%41+b&z&q=2"
+    headers = dict(seen["headers"])
+    assert headers["host"] == f"localhost:{app.port}"
+    assert headers["x-forwarded-for"] == "6.6.6.6"  # kept, not appended to
+    assert "x-secret" not in headers and "te" not in headers  # named in Connection / hop-by-hop
+
+
+def test_sandbox_prefix_and_bare_port(daemon: RunningDaemon, app: App) -> None:
+    with daemon.client() as client:
+        assert client.get(f"/sbx-test/proxy/{app.port}/info/x").json()["raw_path"] == "/info/x"
+        assert client.get(f"/proxy/{app.port}").text == "app 404"  # `/proxy/{port}` is `/`
+
+
+@pytest.mark.parametrize("port", ["80@evil.example", "0", "65536", "abc", "%33000", "-1", "3000x"])
+def test_port_must_be_numeric_in_range(daemon: RunningDaemon, port: str) -> None:
+    with daemon.client() as client:
+        response = client.get(f"/proxy/{port}/x")
+    assert response.status_code == 400
+    assert response.headers["x-proxy-error"] == "invalid-port"
+    assert response.json()["code"] == "BAD_REQUEST"
+
+
+def test_closed_port_is_a_502_that_says_so(daemon: RunningDaemon) -> None:
+    with daemon.client() as client:
+        response = client.get(f"/proxy/{free_port()}/")
+    assert response.status_code == 502
+    assert response.headers["x-proxy-error"] == "port-not-open"
+    assert "nothing is listening on port" in response.json()["message"]
+
+
+def late_listener(port: int, delay: float) -> threading.Thread:
+    """A bare HTTP responder that starts listening only after `delay` seconds."""
+
+    def run() -> None:
+        time.sleep(delay)
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_app_starting_late_is_waited_for(daemon: RunningDaemon) -> None:
+    port = free_port()
+    thread = late_listener(port, 0.4)
+    with daemon.client(timeout=30) as client:
+        response = client.get(f"/proxy/{port}/")
+    assert (response.status_code, response.text) == (200, "late")
+    thread.join(5)
+
+
+def test_post_is_not_retried_on_a_closed_port(daemon: RunningDaemon) -> None:
+    with daemon.client() as client:
+        started = time.monotonic()
+        response = client.post(f"/proxy/{free_port()}/", content=b"side effect")
+    assert response.status_code == 502 and time.monotonic() - started < 0.5
+
+
+def test_sse_flushes_each_event_at_once(daemon: RunningDaemon, app: App) -> None:
+    with daemon.client(timeout=10) as client, client.stream("GET", f"/proxy/{app.port}/sse") as response:
+        started = time.monotonic()
+        chunks = response.iter_raw()
+        first = next(chunks)
+        assert b"data: first" in first
+        assert time.monotonic() - started < 1.0  # not held until the stream ends
+        rest = b"".join(chunks)
+        assert b"data: second" in rest
+
+
+def test_compressed_body_untouched(daemon: RunningDaemon, app: App) -> None:
+    with daemon.client() as client, client.stream("GET", f"/proxy/{app.port}/gzip") as response:
+        raw = b"".join(response.iter_raw())
+    assert response.headers["content-encoding"] == "gzip"
+    assert raw == GZIP_BODY
+    assert gzip.decompress(raw).startswith(b"compressed hello")
+
+
+def test_upload_streams_in_chunks(daemon: RunningDaemon, app: App) -> None:
+    digest = hashlib.sha256()
+
+    def body() -> Iterator[bytes]:
+        block = bytes(range(256)) * 4096  # 1 MiB
+        for _ in range(32):
+            digest.update(block)
+            yield block
+
+    with daemon.client(timeout=60) as client:
+        response = client.post(f"/proxy/{app.port}/count", content=body())
+    assert response.json() == {"size": 32 << 20, "sha256": digest.hexdigest()}
+
+
+def test_app_crash_mid_response_cuts_the_body(daemon: RunningDaemon, tmp_path: Path) -> None:
+    crashing = start_app()
+    try:
+        with daemon.client() as client:
+            with pytest.raises(httpx.HTTPError):
+                client.get(f"/proxy/{crashing.port}/crash")
+            # The daemon itself is fine afterwards.
+            assert client.get("/version").status_code == 200
+    finally:
+        crashing.stop()
+
+
+def test_app_cannot_forge_proxy_errors(daemon: RunningDaemon, app: App) -> None:
+    with daemon.client() as client:
+        response = client.get(f"/proxy/{app.port}/spoof")
+    assert response.status_code == 404 and response.text == "app"
+    assert "x-proxy-error" not in response.headers
+
+
+def test_ipv6_only_app(daemon: RunningDaemon) -> None:
+    v6 = start_app(host="::1")
+    try:
+        with daemon.client() as client:
+            assert client.get(f"/proxy/{v6.port}/info/six").json()["raw_path"] == "/info/six"
+    finally:
+        v6.stop()
+
+
+async def _ws_roundtrip(url: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(url, protocols=("first", "chosen"), max_msg_size=0) as ws:
+            assert ws.protocol == "chosen"  # the app's choice, not the proxy's guess
+            await ws.send_str("hello")
+            assert (await ws.receive()).data == "hello"
+            await ws.send_bytes(b"\x00\x01binary")
+            assert (await ws.receive()).data == b"\x00\x01binary"
+            big = b"x" * (20 << 20)  # above uvicorn's 16 MiB and websockets' 1 MiB defaults
+            await ws.send_bytes(big)
+            assert len((await ws.receive(timeout=30)).data) == len(big)
+            await ws.send_str("close:4001:app says bye")
+            message = await ws.receive()
+            assert message.type == aiohttp.WSMsgType.CLOSE
+            assert (message.data, message.extra) == (4001, "app says bye")
+
+
+def test_websocket_bridge(daemon: RunningDaemon, app: App) -> None:
+    asyncio.run(_ws_roundtrip(f"{daemon.url.replace('http', 'ws')}/proxy/{app.port}/ws"))
+
+
+def test_websocket_to_closed_port_is_refused(daemon: RunningDaemon) -> None:
+    async def attempt() -> None:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await session.ws_connect(f"{daemon.url.replace('http', 'ws')}/proxy/{free_port()}/ws")
+            assert info.value.status == 502
+            assert info.value.headers["x-proxy-error"] == "port-not-open"
+
+    asyncio.run(attempt())
+
+
+def test_forward_over_unix_socket_daemon(tmp_path: Path, app: App) -> None:
+    uds_daemon = start_daemon(tmp_path, uds=True)
+    try:
+        with uds_daemon.client() as client:
+            response = client.get(f"/proxy/{app.port}/info/uds?x=1")
+        assert json.loads(response.text)["query"] == "x=1"
+    finally:
+        uds_daemon.stop()

@@ -1,0 +1,224 @@
+"""Stateful code interpreter through the official SDK's `CodeInterpreter`, plus raw frames."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from daytona._sync.code_interpreter import CodeInterpreter
+from daytona.common.errors import (
+    DaytonaBadRequestError,
+    DaytonaConnectionError,
+    DaytonaError,
+    DaytonaNotFoundError,
+    DaytonaTimeoutError,
+)
+from daytona_toolbox_api_client import InterpreterApi, InterpreterContext
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.helpers import RunningDaemon, sdk_api_client
+
+
+@pytest.fixture
+def interpreter(daemon: RunningDaemon) -> CodeInterpreter:
+    return CodeInterpreter(InterpreterApi(sdk_api_client(daemon)), httpx.Client())
+
+
+def test_through_the_sdk_sandbox_prefix(daemon: RunningDaemon) -> None:
+    """The SDK's own proxy client puts `/{sandboxId}` in front of REST and WebSocket paths."""
+    prefixed = CodeInterpreter(InterpreterApi(sdk_api_client(daemon, via_prefix=True)), httpx.Client())
+    context = prefixed.create_context()
+    try:
+        assert context.id in {c.id for c in prefixed.list_contexts()}
+        assert prefixed.run_code("print(6 * 7)", context=context).stdout == "42\n"
+    finally:
+        prefixed.delete_context(context)
+
+
+def test_run_code_streams_stdout_stderr_and_keeps_state(interpreter: CodeInterpreter) -> None:
+    stdout: list[str] = []
+    stderr: list[str] = []
+    result = interpreter.run_code(
+        "import sys, os\nstate_value = 41\nprint('hello', state_value + 1)\nsys.stderr.write('warn\\n')\n"
+        "os.system('echo from-subprocess')",
+        on_stdout=lambda m: stdout.append(m.output),
+        on_stderr=lambda m: stderr.append(m.output),
+    )
+    assert result.error is None
+    assert result.stdout == "hello 42\nfrom-subprocess\n" and "".join(stdout) == result.stdout
+    assert result.stderr == "warn\n" and "".join(stderr) == "warn\n"
+    assert interpreter.run_code("print(state_value)").stdout == "41\n"
+
+
+def test_errors_are_reported_with_a_user_traceback(interpreter: CodeInterpreter) -> None:
+    errors = []
+    result = interpreter.run_code("print('before')\ndef f():\n    raise ValueError('bad value')\nf()", on_error=errors.append)
+    assert result.stdout == "before\n"
+    assert result.error is not None and errors == [result.error]
+    assert (result.error.name, result.error.value) == ("ValueError", "bad value")
+    assert 'File "<stdin>", line 4' in result.error.traceback and "worker.py" not in result.error.traceback
+    syntax = interpreter.run_code("def (:")
+    assert syntax.error is not None and syntax.error.name == "SyntaxError"
+    assert interpreter.run_code("raise SystemExit(3)").error is None  # not an error
+    assert interpreter.run_code("print('alive')").stdout == "alive\n"
+
+
+def test_contexts_are_isolated_and_managed(interpreter: CodeInterpreter, daemon: RunningDaemon) -> None:
+    sub = daemon.workdir / "ctx-dir"
+    sub.mkdir(exist_ok=True)
+    first = interpreter.create_context(cwd=str(sub))
+    second = interpreter.create_context()
+    try:
+        assert (first.language, first.active, first.cwd) == ("python", True, str(sub))
+        listed = {c.id for c in interpreter.list_contexts()}
+        assert {first.id, second.id} <= listed and "default" not in listed
+        interpreter.run_code("secret = 'only-in-first'", context=first)
+        assert interpreter.run_code("print(secret)", context=first).stdout == "only-in-first\n"
+        leaked = interpreter.run_code("print(secret)", context=second)
+        assert leaked.error is not None and leaked.error.name == "NameError"
+        assert interpreter.run_code("import os; print(os.getcwd())", context=first).stdout == f"{sub}\n"
+    finally:
+        interpreter.delete_context(first)
+        interpreter.delete_context(second)
+    assert not {first.id, second.id} & {c.id for c in interpreter.list_contexts()}
+    with pytest.raises(DaytonaConnectionError, match="context not found"):
+        interpreter.run_code("print(1)", context=first)
+    with pytest.raises(DaytonaNotFoundError):
+        interpreter.delete_context(first)
+
+
+def test_default_context_cannot_be_deleted(interpreter: CodeInterpreter) -> None:
+    default = InterpreterContext(id="default", cwd="/", created_at="", active=True, language="python")
+    with pytest.raises(DaytonaBadRequestError):
+        interpreter.delete_context(default)
+
+
+def test_bad_context_requests(daemon: RunningDaemon, interpreter: CodeInterpreter) -> None:
+    with pytest.raises(DaytonaError):
+        interpreter.create_context(cwd=str(daemon.workdir / "missing"))
+    with daemon.client() as client:
+        response = client.post("/process/interpreter/context", json={"language": "javascript"})
+        assert response.status_code == 400 and "python" in response.json()["message"]
+        assert client.post("/process/interpreter/context", content=b"[1,").status_code == 400
+
+
+def test_envs_apply_to_one_execution_only(interpreter: CodeInterpreter) -> None:
+    code = "import os; print(os.environ.get('RUN_ONLY', 'unset'))"
+    assert interpreter.run_code(code, envs={"RUN_ONLY": "set"}).stdout == "set\n"
+    assert interpreter.run_code(code).stdout == "unset\n"
+
+
+def test_timeout_interrupts_and_keeps_state(interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    try:
+        interpreter.run_code("kept = 'yes'", context=context)
+        started = time.monotonic()
+        with pytest.raises(DaytonaTimeoutError):
+            interpreter.run_code("import time\nwhile True: time.sleep(0.05)", context=context, timeout=1)
+        assert time.monotonic() - started < 3
+        # SIGINT stopped it (KeyboardInterrupt): the worker and its globals survive.
+        assert interpreter.run_code("print(kept)", context=context).stdout == "yes\n"
+    finally:
+        interpreter.delete_context(context)
+
+
+def test_timeout_kills_code_that_ignores_interrupts(interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    try:
+        interpreter.run_code("kept = 'yes'", context=context)
+        code = "import time\nwhile True:\n    try:\n        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass"
+        started = time.monotonic()
+        with pytest.raises(DaytonaTimeoutError):
+            interpreter.run_code(code, context=context, timeout=1)
+        assert 2.5 < time.monotonic() - started < 6  # 1 s timeout + 2 s grace, then SIGKILL
+        lost = interpreter.run_code("print(kept)", context=context)  # restarted: state is gone
+        assert lost.error is not None and lost.error.name == "NameError"
+    finally:
+        interpreter.delete_context(context)
+
+
+def test_executions_in_one_context_run_fifo(interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    try:
+        interpreter.run_code("order = []", context=context)
+        results: dict[int, str] = {}
+
+        def run(index: int, delay: float) -> None:
+            code = f"import time\ntime.sleep({delay})\norder.append({index})\nprint(order)"
+            results[index] = interpreter.run_code(code, context=context).stdout
+
+        threads = []
+        for index, delay in enumerate((0.4, 0.0, 0.0)):
+            thread = threading.Thread(target=run, args=(index, delay))
+            thread.start()
+            threads.append(thread)
+            time.sleep(0.15)  # arrival order 0, 1, 2
+        for thread in threads:
+            thread.join(20)
+        assert results == {0: "[0]\n", 1: "[0, 1]\n", 2: "[0, 1, 2]\n"}
+    finally:
+        interpreter.delete_context(context)
+
+
+def raw_execute(daemon: RunningDaemon, payload: str | bytes) -> tuple[list[dict], int, str]:
+    url = daemon.url.replace("http://", "ws://") + "/process/interpreter/execute"
+    frames: list[dict] = []
+    with connect(url, compression=None, proxy=None) as ws:
+        ws.send(payload)
+        try:
+            while True:
+                frames.append(json.loads(ws.recv(timeout=20)))
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None
+            return frames, closed.rcvd.code, closed.rcvd.reason
+
+
+def test_raw_frames_carry_all_keys_and_end_with_control(daemon: RunningDaemon) -> None:
+    frames, code, _ = raw_execute(daemon, json.dumps({"code": "print('x' * 9000, end='')\nprint()\n1/0"}))
+    assert code == 1000
+    assert all(set(f) == {"type", "text", "name", "value", "traceback"} for f in frames)
+    assert all(all(isinstance(v, str) for v in f.values()) for f in frames)
+    assert "".join(f["text"] for f in frames if f["type"] == "stdout") == "x" * 9000 + "\n"
+    assert max(len(f["text"]) for f in frames if f["type"] == "stdout") <= 4096  # big writes leave in bounded frames
+    assert [f["type"] for f in frames][-2:] == ["error", "control"]
+    assert frames[-1]["text"] == "completed"
+
+
+def test_raw_interrupted_control_frame_then_4008(daemon: RunningDaemon) -> None:
+    frames, code, _ = raw_execute(daemon, json.dumps({"code": "import time; time.sleep(30)", "timeout": 1}))
+    assert code == 4008
+    assert frames[-1] == {"type": "control", "text": "interrupted", "name": "", "value": "", "traceback": ""}
+
+
+@pytest.mark.parametrize(
+    "payload, code, reason",
+    [
+        ("{not json", 1002, "invalid JSON payload"),
+        (json.dumps({"code": ""}), 1008, "code is required"),
+        (json.dumps({"code": "1", "timeout": -1}), 1008, "timeout must be greater than or equal to 0"),
+        (json.dumps({"code": "1", "contextId": "nope"}), 1008, "context not found: nope"),
+        (json.dumps({"code": "1", "envs": {"A": 1}}), 1008, "envs must be"),
+    ],
+)
+def test_raw_validation_failures_are_close_codes(daemon: RunningDaemon, payload: str, code: int, reason: str) -> None:
+    frames, close_code, close_reason = raw_execute(daemon, payload)
+    assert frames == [] and close_code == code and close_reason.startswith(reason)
+
+
+def test_client_leaving_interrupts_the_run(daemon: RunningDaemon, interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    try:
+        url = daemon.url.replace("http://", "ws://") + "/process/interpreter/execute"
+        with connect(url, proxy=None) as ws:
+            ws.send(json.dumps({"code": "import time\ntime.sleep(60)", "contextId": context.id, "timeout": 0}))
+            time.sleep(0.3)
+        started = time.monotonic()
+        # The next execution in that context is not stuck behind the abandoned one.
+        assert interpreter.run_code("print('next')", context=context).stdout == "next\n"
+        assert time.monotonic() - started < 5
+    finally:
+        interpreter.delete_context(context)

@@ -1,0 +1,158 @@
+"""Registry backends: file (reloaded on change), template, and a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from proxy.registry import FileRegistry, RedisRegistry, RegistryError, Sandbox, TemplateRegistry, open_registry
+from tests.helpers import RunningDaemon, free_port
+from tests.proxy_helpers import API_KEY, App, RedisServer, start_app, start_proxy, start_redis, write_registry
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[App]:
+    running = start_app()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+def test_file_registry_reloads_on_change(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
+    proxy = start_proxy(tmp_path, {})
+    try:
+        with proxy.client() as client:
+            host = {"Host": proxy.host(app.port, "late")}
+            assert client.get("/info/x", headers=host).status_code == 404
+            proxy.write_registry({"late": {"url": daemon.url, "public": True}})
+            time.sleep(0.4)
+            assert client.get("/info/x", headers=host).status_code == 200
+            # A half-written file keeps the last good map.
+            assert proxy.registry_path is not None
+            proxy.registry_path.write_text('{"sandboxes": {"late": ')
+            time.sleep(0.4)
+            assert client.get("/info/x", headers=host).status_code == 200
+            proxy.write_registry({})
+            time.sleep(0.4)
+            assert client.get("/info/x", headers=host).status_code == 404
+    finally:
+        proxy.stop()
+
+
+def test_file_registry_format_and_bad_entries(tmp_path: Path) -> None:
+    path = tmp_path / "sandboxes.json"
+    path.write_text(json.dumps({"sandboxes": {
+        "a": {"url": "http://127.0.0.1:2280", "public": False, "token": "t"},
+        "b": {"url": "unix:/run/b/toolbox.sock"},
+        "c": {"url": "ftp://nope"},
+        "d": "not an object",
+    }}))
+    registry = FileRegistry(str(path))
+
+    async def lookups() -> list[Sandbox | None]:
+        return [await registry.get(name) for name in "abcd"]
+
+    a, b, c, d = asyncio.run(lookups())
+    assert a == Sandbox("a", "http://127.0.0.1:2280", "t", False)
+    assert b == Sandbox("b", "unix:/run/b/toolbox.sock", None, False)
+    assert c is None and d is None
+
+
+def test_template_registry(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
+    # The daemon serves every route under /{sandboxId} too, so the id can sit in the path.
+    proxy = start_proxy(tmp_path, registry=f"template:{daemon.url}/{{id}}")
+    try:
+        with proxy.client() as client:
+            assert client.get("/toolbox/sbx-test/version", headers=AUTH).status_code == 200
+            preview = client.get("/info/t", headers={"Host": proxy.host(app.port, "sbx-test"), **AUTH})
+            assert preview.json()["raw_path"] == "/info/t"
+    finally:
+        proxy.stop()
+    with pytest.raises(ValueError):
+        TemplateRegistry("http://no-placeholder:2280")
+    with pytest.raises(ValueError):
+        open_registry("consul://x")
+
+
+def test_redis_registry_end_to_end(tmp_path: Path, redis_server: RedisServer, daemon: RunningDaemon, app: App) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    prefix = f"test-{free_port()}:"
+    client.hset(f"{prefix}red", mapping={"url": daemon.url, "public": "true"})
+    proxy = start_proxy(tmp_path, registry=f"{redis_server.url}?prefix={prefix}",
+                        extra_env={"PROXY_ACTIVITY_INTERVAL": "0.1"})
+    try:
+        with proxy.client() as http:
+            assert http.get("/info/r", headers={"Host": proxy.host(app.port, "red")}).status_code == 200
+            unknown = http.get("/info/r", headers={"Host": proxy.host(app.port, "blue")})
+            assert unknown.status_code == 404 and unknown.headers["x-proxy-error"] == "sandbox-not-found"
+            # Activity from real traffic is written back into the control plane's entry.
+            deadline = time.monotonic() + 5
+            while not client.hget(f"{prefix}red", "lastActivity") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert abs(float(client.hget(f"{prefix}red", "lastActivity") or 0) - time.time()) < 10
+            # ...but never resurrects a deleted sandbox.
+            assert not client.exists(f"{prefix}blue")
+    finally:
+        proxy.stop()
+        client.delete(f"{prefix}red")
+
+
+def test_redis_lookups_are_cached_and_single_flight(redis_server: RedisServer) -> None:
+    client = redis.Redis(port=redis_server.port)
+    prefix = f"sf-{free_port()}:"
+    client.hset(f"{prefix}x", mapping={"url": "http://127.0.0.1:1", "token": "tk"})
+
+    async def run() -> tuple[list[Sandbox | None], int, Sandbox | None]:
+        registry = RedisRegistry(f"{redis_server.url}?prefix={prefix}", ttl=0.3)
+        try:
+            results = await asyncio.gather(*(registry.get("x") for _ in range(50)))
+            first = registry.lookups
+            await asyncio.sleep(0.4)
+            client.hset(f"{prefix}x", "public", "1")
+            after = await registry.get("x")
+            return list(results), first, after
+        finally:
+            await registry.close()
+
+    try:
+        results, lookups, after = asyncio.run(run())
+    finally:
+        client.delete(f"{prefix}x")
+    assert lookups == 1
+    assert all(r == Sandbox("x", "http://127.0.0.1:1", "tk", False) for r in results)
+    assert after is not None and after.public  # expired cache entries are re-read
+
+
+def test_redis_down_is_a_clear_503(tmp_path: Path) -> None:
+    async def run() -> None:
+        registry = RedisRegistry(f"redis://127.0.0.1:{free_port()}/0")
+        try:
+            with pytest.raises(RegistryError):
+                await registry.get("x")
+        finally:
+            await registry.close()
+
+    asyncio.run(run())
+    proxy = start_proxy(tmp_path, registry=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        with proxy.client() as http:
+            response = http.get("/", headers={"Host": proxy.host(3000, "x")})
+        assert response.status_code == 503 and response.headers["x-proxy-error"] == "registry-unavailable"
+    finally:
+        proxy.stop()
+
+

@@ -1,0 +1,187 @@
+"""File operations behind `/files`: list, info, mkdir, delete, move, permissions.
+
+Plain blocking functions that know nothing about HTTP; the routes run them in worker
+threads. OS errors propagate as `OSError` and are mapped by `from_os_error`; input
+problems raise `DaemonError` with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import posixpath
+import pwd
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from toolbox.config import Settings
+from toolbox.errors import Code, DaemonError, bad_request, from_os_error
+from toolbox.files.fileinfo import file_info
+from toolbox.files.paths import resolve, walk
+
+
+def _os_error(exc: OSError, display: str) -> DaemonError:
+    return from_os_error(exc, display)
+
+
+def parse_mode(raw: str) -> int:
+    """An octal mode such as `755` or `0644`."""
+    text = raw.strip()
+    if text.lower().startswith("0o"):
+        text = text[2:]
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise bad_request(f"invalid mode format {raw!r}: expected octal digits such as 755 or 0644") from None
+    if not 0 <= mode <= 0o7777:
+        raise bad_request(f"invalid mode format {raw!r}: must be between 0 and 7777 (octal)")
+    return mode
+
+
+class FileService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # -- read ------------------------------------------------------------------------------
+
+    def list(self, raw_path: str, depth: int = 1) -> list[dict[str, Any]]:
+        display_root = raw_path or "."
+        root = resolve(self.settings, display_root)
+        try:
+            root_stat = os.stat(root)
+            if not stat.S_ISDIR(root_stat.st_mode):
+                raise bad_request(f"not a directory: {display_root} (use /files/info for a single file)")
+            infos = []
+            for entry in walk(root, display_root, max_depth=depth):
+                try:
+                    # Entries are stat'ed through symlinks; dangling ones are skipped.
+                    infos.append(file_info(entry.name, os.stat(entry.path), entry.display))
+                except OSError:
+                    continue
+            return infos
+        except OSError as exc:
+            raise _os_error(exc, display_root) from None
+
+    def info(self, raw_path: str) -> dict[str, Any]:
+        path = resolve(self.settings, raw_path)
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise _os_error(exc, raw_path) from None
+        name = posixpath.basename(posixpath.normpath(str(path))) or "/"
+        return file_info(name, st, raw_path)
+
+    # -- write -----------------------------------------------------------------------------
+
+    def create_folder(self, raw_path: str, raw_mode: str | None) -> None:
+        mode = parse_mode(raw_mode) if raw_mode else 0o755
+        path = resolve(self.settings, raw_path)
+        try:
+            os.makedirs(path, mode, exist_ok=True)
+        except FileExistsError:
+            raise bad_request(f"cannot create folder {raw_path}: a file with that name exists") from None
+        except OSError as exc:
+            error = _os_error(exc, raw_path)
+            if error.code == Code.CONFLICT:
+                error = bad_request(f"cannot create folder {raw_path}: {exc.strerror}")
+            raise error from None
+
+    def delete(self, raw_path: str, recursive: bool) -> None:
+        path = resolve(self.settings, raw_path)
+        if os.path.normpath(path) == "/":
+            raise bad_request("refusing to delete the root directory /")
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                if not recursive:
+                    raise bad_request(
+                        f"cannot delete directory without recursive flag: {raw_path} (pass recursive=true)"
+                    )
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+        except OSError as exc:
+            raise _os_error(exc, raw_path) from None
+
+    def move(self, raw_source: str, raw_destination: str) -> dict[str, str] | None:
+        """Rename, or copy-then-delete across file systems (as Daytona's daemon does)."""
+        source = resolve(self.settings, raw_source, "source")
+        destination = resolve(self.settings, raw_destination, "destination")
+        try:
+            os.lstat(source)
+        except OSError as exc:
+            raise _os_error(exc, raw_source) from None
+        try:
+            os.stat(destination.parent)
+        except OSError as exc:
+            raise _os_error(exc, str(Path(raw_destination).parent)) from None
+        if os.path.lexists(destination):
+            raise DaemonError(Code.CONFLICT, f"destination already exists: {raw_destination}")
+        try:
+            os.rename(source, destination)
+            return None
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise _os_error(exc, raw_source) from None
+        try:
+            if os.path.isdir(source) and not os.path.islink(source):
+                shutil.copytree(source, destination, symlinks=True)
+            else:
+                shutil.copy2(source, destination, follow_symlinks=False)
+        except OSError as exc:
+            raise _os_error(exc, raw_destination) from None
+        try:
+            if os.path.isdir(source) and not os.path.islink(source):
+                shutil.rmtree(source)
+            else:
+                os.unlink(source)
+        except OSError as exc:
+            return {"message": "file copied successfully but source could not be deleted", "error": str(exc)}
+        return None
+
+    def set_permissions(
+        self, raw_path: str, raw_mode: str | None, owner: str | None, group: str | None
+    ) -> None:
+        path = resolve(self.settings, raw_path)
+        mode = parse_mode(raw_mode) if raw_mode else None
+        uid = _user_id(owner) if owner else -1
+        gid = _group_id(group) if group else -1
+        try:
+            os.stat(path)
+            if mode is not None:
+                os.chmod(path, mode)
+            if uid != -1 or gid != -1:
+                os.chown(path, uid, gid)
+        except OSError as exc:
+            raise _os_error(exc, raw_path) from None
+
+
+_MAX_ID = 2**32 - 2
+
+
+def _numeric_id(text: str, what: str) -> int:
+    number = int(text)
+    if number > _MAX_ID:
+        raise bad_request(f"{what} {text} is out of range")
+    return number
+
+
+def _user_id(owner: str) -> int:
+    if owner.isdigit():
+        return _numeric_id(owner, "uid")
+    try:
+        return pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise bad_request(f"user not found: {owner!r} (give a user name or a numeric uid)") from None
+
+
+def _group_id(group: str) -> int:
+    if group.isdigit():
+        return _numeric_id(group, "gid")
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise bad_request(f"group not found: {group!r} (give a group name or a numeric gid)") from None

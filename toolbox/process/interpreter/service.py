@@ -1,0 +1,241 @@
+"""Interpreter contexts (one REPL worker each) and their FIFO executions.
+
+An execution's frames go to an `OutputStore` (one JSON object per line, spilled to the
+state dir) rather than straight to the socket: a slow client lags behind on disk instead
+of stalling the worker or the daemon's memory, and the worker is never blocked by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolbox.config import Settings
+from toolbox.errors import Code, DaemonError, timestamp
+from toolbox.process.interpreter.worker_process import WorkerProcess
+from toolbox.process.output import OutputStore
+
+DEFAULT_CONTEXT = "default"
+DEFAULT_TIMEOUT = 600.0
+INTERRUPT_GRACE = 2.0
+LANGUAGES = ("python",)
+
+# How an execution ended -> (WebSocket close code, reason) (toolbox-api.md §10.2).
+COMPLETED = (1000, "")
+TIMED_OUT = (4008, "execution timed out")
+WORKER_ENDED = (1001, "worker process ended")
+CONTEXT_SHUTDOWN = (1001, "context shutdown")
+
+
+def frame(kind: str, text: str = "", name: str = "", value: str = "", traceback: str = "") -> bytes:
+    """One wire frame: every key present, unused ones empty (the SDK reads them blindly)."""
+    body = {"type": kind, "text": text, "name": name, "value": value, "traceback": traceback}
+    return json.dumps(body).encode("utf-8") + b"\n"
+
+
+@dataclass(eq=False)
+class Context:
+    id: str
+    cwd: Path
+    language: str = "python"
+    created_at: str = field(default_factory=timestamp)
+
+    def __post_init__(self) -> None:
+        self.worker: WorkerProcess | None = None
+        self.lock = asyncio.Lock()  # FIFO: executions run one at a time, in arrival order
+        self.closed = False
+
+    @property
+    def active(self) -> bool:
+        return not self.closed
+
+    def info(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "cwd": str(self.cwd),
+            "createdAt": self.created_at,
+            "active": self.active,
+            "language": self.language,
+        }
+
+    async def ensure_worker(self) -> WorkerProcess:
+        """The live worker, restarted (state lost) if it died."""
+        if self.worker is None or not self.worker.alive:
+            if self.worker is not None:
+                await self.worker.stop()
+            self.worker = await WorkerProcess.start(self.cwd)
+        return self.worker
+
+    async def close(self) -> None:
+        self.closed = True
+        if self.worker is not None:
+            await self.worker.stop()
+
+
+class Execution:
+    """One `run_code` request: frames land in `store`; `close` is set when it is over."""
+
+    def __init__(self, store: OutputStore) -> None:
+        self.store = store
+        self.close: tuple[int, str] = COMPLETED
+        self._abort: asyncio.Queue[None] | None = None
+        self.abandoned = False
+        self._holders = 2  # the running job and the connection streaming its frames
+
+    def release(self) -> None:
+        """Called once by the job and once by the connection; the last one removes the spill file."""
+        self._holders -= 1
+        if self._holders == 0 and self.store.spill_path is not None:
+            self.store.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.store.spill_path)
+
+    def abandon(self) -> None:
+        """The client went away: interrupt the code (nobody reads its output)."""
+        self.abandoned = True
+        if self._abort is not None:
+            self._abort.put_nowait(None)
+
+
+class InterpreterService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runs_dir = settings.state_dir / "interpreter"
+        self.contexts: dict[str, Context] = {DEFAULT_CONTEXT: Context(DEFAULT_CONTEXT, settings.workdir)}
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    # -- contexts ----------------------------------------------------------------------------
+
+    async def create_context(self, cwd: str | None, language: str | None) -> Context:
+        language = language or "python"
+        if language not in LANGUAGES:
+            raise DaemonError(Code.BAD_REQUEST, f"unsupported language {language!r}: only 'python' is supported")
+        workdir = self.settings.resolve(cwd) if cwd else self.settings.workdir
+        if not workdir.is_dir():
+            raise DaemonError(Code.BAD_REQUEST, f"cwd is not an existing directory: {workdir}")
+        context = Context(str(uuid.uuid4()), workdir, language)
+        try:
+            await context.ensure_worker()
+        except OSError as exc:
+            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start interpreter worker: {exc}") from None
+        self.contexts[context.id] = context
+        return context
+
+    def list_contexts(self) -> list[Context]:
+        return [c for c in self.contexts.values() if c.id != DEFAULT_CONTEXT]
+
+    def get(self, context_id: str) -> Context | None:
+        return self.contexts.get(context_id)
+
+    async def delete_context(self, context_id: str) -> None:
+        if context_id == DEFAULT_CONTEXT:
+            raise DaemonError(Code.BAD_REQUEST, "the default context cannot be deleted")
+        context = self.contexts.pop(context_id, None)
+        if context is None:
+            raise DaemonError(Code.PROCESS_NOT_FOUND, f"context not found: {context_id}")
+        await context.close()
+
+    async def shutdown(self) -> None:
+        for context in list(self.contexts.values()):
+            await context.close()
+        for job in list(self._jobs):
+            job.cancel()
+
+    # -- executions --------------------------------------------------------------------------
+
+    def submit(self, context: Context, code: str, envs: dict[str, str], timeout: float) -> Execution:
+        """Queue `code` on the context (FIFO) and return at once; the run goes on in the background."""
+        spill = self.runs_dir / f"{uuid.uuid4()}.jsonl"
+        execution = Execution(OutputStore(spill_path=spill))
+        job = asyncio.get_running_loop().create_task(self._run(context, execution, code, envs, timeout))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return execution
+
+    async def _run(self, context: Context, execution: Execution, code: str, envs: dict[str, str], timeout: float) -> None:
+        try:
+            async with context.lock:
+                if execution.abandoned:
+                    return
+                if context.closed:
+                    execution.close = CONTEXT_SHUTDOWN
+                    return
+                execution.close = await self._execute(context, execution, code, envs, timeout)
+        except OSError as exc:
+            execution.store.append(frame("error", name="WorkerError", value=f"interpreter worker failed: {exc}"))
+            execution.close = WORKER_ENDED
+        finally:
+            execution.store.close()
+            execution.release()
+
+    async def _execute(
+        self, context: Context, execution: Execution, code: str, envs: dict[str, str], timeout: float
+    ) -> tuple[int, str]:
+        worker = await context.ensure_worker()
+        while not worker.events.empty():  # leftovers of an earlier run (background threads)
+            if worker.events.get_nowait() is None:
+                worker = await context.ensure_worker()
+        loop = asyncio.get_running_loop()
+        abort: asyncio.Queue[None] = asyncio.Queue()
+        execution._abort = abort
+        await worker.send({"code": code, "envs": envs})
+        deadline = loop.time() + timeout if timeout > 0 else None
+        kill_at: float | None = None
+        timed_out = False
+        store = execution.store
+        next_event: asyncio.Task[dict[str, str] | None] | None = None
+        aborted: asyncio.Task[None] | None = None
+        try:
+            while True:
+                if next_event is None:
+                    next_event = loop.create_task(worker.events.get())
+                if aborted is None:
+                    aborted = loop.create_task(abort.get())
+                wake_at = kill_at if kill_at is not None else deadline
+                wait = None if wake_at is None else max(0.0, wake_at - loop.time())
+                done, _ = await asyncio.wait({next_event, aborted}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if aborted in done:
+                    aborted = None
+                    if kill_at is None:
+                        worker.interrupt()
+                        kill_at = loop.time() + INTERRUPT_GRACE
+                    continue
+                if next_event not in done:
+                    if kill_at is not None:  # the grace period is over: the state goes with it
+                        await worker.stop()
+                        context.worker = None
+                        return TIMED_OUT if timed_out else COMPLETED
+                    timed_out = True
+                    worker.interrupt()
+                    kill_at = loop.time() + INTERRUPT_GRACE
+                    continue
+                event = next_event.result()
+                next_event = None
+                if event is None:
+                    return CONTEXT_SHUTDOWN if context.closed else (TIMED_OUT if timed_out else WORKER_ENDED)
+                kind = event.get("type")
+                if kind in ("stdout", "stderr"):
+                    store.append(frame(kind, text=event.get("text", "")))
+                elif kind == "error":
+                    store.append(frame("error", name=event.get("name", ""), value=event.get("value", ""),
+                                       traceback=event.get("traceback", "")))
+                elif kind == "done":
+                    # Output the code's subprocesses wrote to fds 1/2 may be a loop turn behind.
+                    for _ in range(3):
+                        await asyncio.sleep(0)
+                    while not worker.events.empty():
+                        late = worker.events.get_nowait()
+                        if late is not None and late.get("type") in ("stdout", "stderr"):
+                            store.append(frame(late["type"], text=late.get("text", "")))
+                    store.append(frame("control", text=event.get("status", "completed")))
+                    return TIMED_OUT if timed_out else COMPLETED
+        finally:
+            for task in (next_event, aborted):
+                if task is not None:
+                    task.cancel()
+            execution._abort = None
