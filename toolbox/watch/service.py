@@ -31,7 +31,11 @@ from toolbox.watch.events import Event, EventRing
 INODE_CACHE = 50_000
 # At most this many entries are reported from the scan of one batch's new directories.
 NEW_DIR_SCAN_LIMIT = 10_000
-MAX_WATCHERS = 64
+# Every watcher is one inotify instance, and the kernel allows a user only 128 of them
+# (fs.inotify.max_user_instances) across all of the user's processes.
+MAX_WATCHERS = int(os.environ.get("TOOLBOX_MAX_WATCHERS", "16"))
+# A recursive watch costs one inotify watch per directory, from a per-user pool as well.
+MAX_RECURSIVE_DIRS = 20_000
 READY_TIMEOUT = 10.0
 # A polled watcher nobody has read for this long is stopped (its client went away).
 IDLE_EXPIRY = 600.0
@@ -54,6 +58,20 @@ def stat_entry(path: str) -> dict[str, Any] | None:
         "group": st.st_gid,
         "inode": (st.st_dev, st.st_ino),
     }
+
+
+def count_directories(root: Path, limit: int) -> int:
+    """Blocking: directories under `root` (itself included), counting stops past `limit`."""
+    count, pending = 0, [str(root)]
+    while pending and count <= limit:
+        directory = pending.pop()
+        count += 1
+        try:
+            with os.scandir(directory) as entries:
+                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return count
 
 
 def _now() -> str:
@@ -258,6 +276,12 @@ class WatchService:
             await anyio.to_thread.run_sync(os.stat, path)
         except OSError as exc:
             raise from_os_error(exc, str(path)) from None
+        if recursive and await anyio.to_thread.run_sync(count_directories, path, MAX_RECURSIVE_DIRS) > MAX_RECURSIVE_DIRS:
+            raise DaemonError(
+                Code.BAD_REQUEST,
+                f"{path} holds more than {MAX_RECURSIVE_DIRS} directories, too many to watch recursively: "
+                "watch a subdirectory, or without recursive",
+            )
         watcher = Watcher(uuid.uuid4().hex, path, recursive, EventRing(self.ring_capacity))
         if not expires:
             watcher.last_read = float("inf")
