@@ -172,11 +172,14 @@ def test_bulk_upload_replies(daemon: RunningDaemon, http: httpx.Client) -> None:
         files={"files[0].file": ("x", b"3"), "files[1].file": ("y", b"orphan")},
     )
     assert partial.status_code == 400
-    assert partial.json() == {
-        "errors": ["file[1]: missing .path metadata (send files[1].path before the file)"],
-        "files": [{"path": "bu/three.txt", "bytes": 1}],
-    }
+    reply = partial.json()
+    assert reply["errors"] == ["file[1]: missing .path metadata (send files[1].path before the file)"]
+    assert reply["files"] == [{"path": "bu/three.txt", "bytes": 1}]
+    # Also a full ErrorResponse, so generic clients see the usual envelope.
+    assert reply["statusCode"] == 400 and reply["code"] == "BAD_REQUEST" and reply["source"] == "DAYTONA_DAEMON"
     not_multipart = http.post("/files/bulk-upload", content=b"{}", headers={"Content-Type": "application/json"})
+    no_boundary = http.post("/files/bulk-upload", content=b"--x", headers={"Content-Type": "multipart/form-data"})
+    assert no_boundary.status_code == 400 and "boundary" in no_boundary.json()["errors"][0]
     assert not_multipart.status_code == 400 and "invalid multipart form" in not_multipart.json()["errors"][0]
     garbage = http.post(
         "/files/bulk-upload", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=XYZ"}
@@ -214,6 +217,10 @@ def test_upload_v2_raw_and_multipart(daemon: RunningDaemon, http: httpx.Client) 
     no_file = http.post("/files/upload-v2", params={"path": "v2/none"}, files={"other": ("f", b"x")})
     assert "no part named 'file'" in str(_error(no_file, 400, "BAD_REQUEST")["message"])
     _error(http.post("/files/upload-v2", params={"path": "v2"}, content=b"x"), 400, "BAD_REQUEST")
+    no_boundary = http.post("/files/upload-v2", params={"path": "v2/nb"}, content=b"--x\r\n",
+                            headers={"Content-Type": "multipart/form-data"})
+    assert "boundary" in str(_error(no_boundary, 400, "BAD_REQUEST")["message"])
+    assert not (daemon.workdir / "v2" / "nb").exists()
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -402,11 +409,19 @@ def _try_read_as_daemon(daemon: RunningDaemon, path: Path) -> bytes | None:
 
 
 def test_odd_paths_in_bulk_download_become_error_parts(http: httpx.Client) -> None:
-    body = json.dumps({"paths": ["nul\x00byte", "lone \ud800 surrogate"]})
+    body = json.dumps({"paths": ["nul\x00byte", "fine-but-missing"]})
     response = http.post("/files/bulk-download", content=body.encode(), headers={"Content-Type": "application/json"})
     assert response.status_code == 200
-    assert response.content.count(b'"code": "INVALID_FILE_PATH"') == 2
+    assert response.content.count(b'"code": "INVALID_FILE_PATH"') == 1
+    assert response.content.count(b'"code": "FILE_NOT_FOUND"') == 1
     assert response.content.endswith(b"--\r\n")
+
+
+def test_lone_surrogates_are_refused_as_invalid_json(http: httpx.Client) -> None:
+    # Not valid Unicode, so no path can carry it: the whole request is refused up front.
+    body = json.dumps({"paths": ["lone \ud800 surrogate"]})
+    response = http.post("/files/bulk-download", content=body.encode(), headers={"Content-Type": "application/json"})
+    assert "surrogate" in str(_error(response, 400, "INVALID_REQUEST_BODY")["message"])
 
 
 def test_uploads_and_replace_write_through_symlinks(daemon: RunningDaemon, http: httpx.Client) -> None:

@@ -222,3 +222,56 @@ def test_client_leaving_interrupts_the_run(daemon: RunningDaemon, interpreter: C
         assert time.monotonic() - started < 5
     finally:
         interpreter.delete_context(context)
+
+
+def test_huge_error_message_stays_within_the_sdk_frame_limit(interpreter: CodeInterpreter) -> None:
+    result = interpreter.run_code("raise ValueError('v' * 200000)")
+    assert result.error is not None and result.error.name == "ValueError"
+    assert result.error.value.endswith("[truncated]") and len(result.error.value) <= 16 * 1024
+
+
+def test_worker_exit_is_reported_and_the_context_restarts(interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    try:
+        interpreter.run_code("kept = 1", context=context)
+        with pytest.raises(DaytonaConnectionError, match="worker process ended"):
+            interpreter.run_code("import os; os._exit(3)", context=context)
+        lost = interpreter.run_code("print(kept)", context=context)
+        assert lost.error is not None and lost.error.name == "NameError"
+    finally:
+        interpreter.delete_context(context)
+
+
+def test_deleting_a_context_ends_its_running_execution(interpreter: CodeInterpreter) -> None:
+    context = interpreter.create_context()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            interpreter.run_code("import time; time.sleep(60)", context=context, timeout=0)
+        except DaytonaError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.5)
+    interpreter.delete_context(context)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and "context shutdown" in str(outcome[0])
+
+
+def test_raw_echoes_only_the_sdk_version_subprotocol(daemon: RunningDaemon) -> None:
+    url = daemon.url.replace("http://", "ws://") + "/process/interpreter/execute"
+    with connect(url, subprotocols=["X-Daytona-SDK-Version~1.0", "other"], proxy=None) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "X-Daytona-SDK-Version~1.0"
+        ws.send(json.dumps({"code": "print(1)"}))
+        assert json.loads(ws.recv(timeout=10))["text"] == "1\n"
+
+
+def test_bytes_written_to_stdout_buffer_and_long_context_ids(daemon: RunningDaemon, interpreter: CodeInterpreter) -> None:
+    result = interpreter.run_code("import sys\nsys.stdout.buffer.write('h\\u00e9'.encode()[:2])\n"
+                                  "sys.stdout.buffer.write('h\\u00e9\\n'.encode()[2:])\nsys.stdout.flush()")
+    assert result.stdout == "hé\n"
+    frames, code, reason = raw_execute(daemon, json.dumps({"code": "1", "contextId": "é" * 200}))
+    assert code == 1008 and reason.startswith("context not found: é") and len(reason.encode()) <= 123

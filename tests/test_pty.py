@@ -69,10 +69,22 @@ def test_create_send_input_and_exit_code(process, pty_id: str, daemon: RunningDa
 
 def test_clean_exit_is_zero_without_error(process, pty_id: str) -> None:
     handle = process.create_pty_session(pty_id)
-    handle.send_input("exit\n")
-    result = handle.wait(timeout=10)
+    handle.send_input("echo bye-$((2*3)); exit\n")
+    collected = b""
+    for chunk in handle:  # plain iteration ends when the PTY exits
+        collected += chunk
     handle.disconnect()
-    assert (result.exit_code, result.error) == (0, None)
+    assert b"bye-6" in collected
+    assert (handle.exit_code, handle.error) == (0, None)
+    assert (handle.wait().exit_code, handle.is_connected()) == (0, False)
+
+
+def test_kill_a_lazy_pty_that_never_started(process, pty_id: str) -> None:
+    process._api_client.create_pty_session(PtyCreateRequest(id=pty_id, lazy_start=True, cols=90))
+    assert process.resize_pty_session(pty_id, PtySize(rows=30, cols=100)).cols == 100
+    process.kill_pty_session(pty_id)
+    with pytest.raises(DaytonaNotFoundError):
+        process.get_pty_session_info(pty_id)
 
 
 def test_list_info_resize_and_kill(process, pty_id: str) -> None:
@@ -147,8 +159,8 @@ def test_connect_pty_session_replays_screen_and_multi_attaches(process, pty_id: 
         read_until(a, b"live-42")
         read_until(b, b"live-42")
         b.disconnect()  # one client leaving does not stop the PTY
-        a.send_input("echo still-here\n")
-        read_until(a, b"still-here")
+        a.send_input("echo still-$((1+1))-here\n")
+        read_until(a, b"still-2-here")
         a.send_input("exit 7\n")
         assert a.wait(timeout=10).exit_code == 7
     finally:
@@ -168,8 +180,8 @@ def test_lazy_start_starts_on_first_connect(process, pty_id: str) -> None:
     handle = process.connect_pty_session(pty_id)
     try:
         assert process.get_pty_session_info(pty_id).active
-        handle.send_input("echo lazy-ok\n")
-        read_until(handle, b"lazy-ok")
+        handle.send_input("echo lazy-$((3*3))\n")
+        read_until(handle, b"lazy-9")
     finally:
         handle.disconnect()
 

@@ -184,6 +184,10 @@ def test_session_errors(process) -> None:  # type: ignore[no-untyped-def]
         process.create_session("entrypoint")
     with pytest.raises(DaytonaBadRequestError):
         process.delete_session("entrypoint")
+    with pytest.raises(DaytonaBadRequestError, match="must not contain '/'"):
+        process.create_session("a/b")
+    with pytest.raises(DaytonaBadRequestError, match="too long"):
+        process.create_session("x" * 300)
     process.create_session("dup")
     try:
         with pytest.raises(DaytonaConflictError):
@@ -283,6 +287,7 @@ def test_logs_survive_daemon_restart(tmp_path: Path) -> None:
     try:
         process = sdk_process(first)
         process.create_session("kept")
+        earlier = process.execute_session_command("kept", SessionExecuteRequest(command="true"))
         done = process.execute_session_command("kept", SessionExecuteRequest(command="echo persisted; echo e >&2; exit 2"))
     finally:
         first.stop()
@@ -290,7 +295,7 @@ def test_logs_survive_daemon_restart(tmp_path: Path) -> None:
     try:
         process = sdk_process(second)
         session = process.get_session("kept")
-        assert [(c.id, c.exit_code) for c in session.commands] == [(done.cmd_id, 2)]
+        assert [(c.id, c.exit_code) for c in session.commands] == [(earlier.cmd_id, 0), (done.cmd_id, 2)]
         logs = process.get_session_command_logs("kept", done.cmd_id)
         assert (logs.stdout, logs.stderr) == ("persisted\n", "e\n")
         got: list[str] = []
@@ -422,3 +427,90 @@ def test_big_output_keeps_daemon_memory_flat(daemon: RunningDaemon) -> None:
     assert set(response.json()["stdout"]) == {"x"}
     process.delete_session("big")
     assert os.path.exists(f"/proc/{daemon.process.pid}")
+
+
+def test_input_to_queued_command_and_cancelled_sync_wait(daemon: RunningDaemon) -> None:
+    import threading
+
+    process = sdk_process(daemon)
+    process.create_session("queue")
+    blocker = process.execute_session_command("queue", SessionExecuteRequest(command="sleep 30", run_async=True))
+    queued = process.execute_session_command("queue", SessionExecuteRequest(command="cat", run_async=True))
+    with pytest.raises(DaytonaConflictError, match="not started yet"):
+        process.send_session_command_input("queue", queued.cmd_id, "x")
+    outcome: list[BaseException | None] = []
+
+    def wait_sync() -> None:
+        try:
+            process.execute_session_command("queue", SessionExecuteRequest(command="echo never"))
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_sync)
+    waiter.start()
+    time.sleep(0.3)
+    process.delete_session("queue")
+    waiter.join(15)
+    assert len(outcome) == 1 and isinstance(outcome[0], DaytonaBadRequestError), outcome
+    assert "session cancelled" in str(outcome[0])
+    assert blocker.cmd_id
+
+
+def test_async_sdk_streams_logs_over_aiohttp(daemon: RunningDaemon) -> None:
+    """The async SDK streams with aiohttp instead of httpx_ws: same frames, same close."""
+    from daytona._async.process import AsyncProcess
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client_async import ApiClient, Configuration, ProcessApi
+
+    async def scenario() -> tuple[str, str, int | None]:
+        api_client = ApiClient(Configuration(host=daemon.url))
+        try:
+            # As the SDK builds it: the proxy adds /{sandboxId} and exposes the aiohttp session.
+            proxy = ToolboxApiClientProxy(api_client, daemon.sandbox_id, daemon.url)
+            process = AsyncProcess("python", ProcessApi(proxy))
+            await process.create_session("aio")
+            command = await process.execute_session_command(
+                "aio", SessionExecuteRequest(command="echo a; sleep 0.2; echo b >&2; echo c", run_async=True)
+            )
+            out: list[str] = []
+            err: list[str] = []
+            await process.get_session_command_logs_async("aio", command.cmd_id, out.append, err.append)
+            finished = await process.get_session_command("aio", command.cmd_id)
+            await process.delete_session("aio")
+            return "".join(out), "".join(err), finished.exit_code
+        finally:
+            await api_client.close()
+
+    assert asyncio.run(scenario()) == ("a\nc\n", "b\n", 0)
+
+
+def test_daemon_stop_leaves_no_session_processes(tmp_path: Path) -> None:
+    running = start_daemon(tmp_path)
+    pid_file = tmp_path / "pid"
+    try:
+        process = sdk_process(running)
+        process.create_session("left")
+        process.execute_session_command(
+            "left", SessionExecuteRequest(command=f"sleep 300 > /dev/null 2>&1 & echo $! > {pid_file}")
+        )
+        process.execute_session_command("left", SessionExecuteRequest(command="sleep 301", run_async=True))
+        pid = int(pid_file.read_text())
+        assert alive(pid)
+    finally:
+        running.stop()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and alive(pid):
+        time.sleep(0.1)
+    assert not alive(pid), "a session's background process outlived the daemon"
+
+
+def test_websocket_echoes_the_sdk_version_subprotocol(daemon: RunningDaemon) -> None:
+    from websockets.sync.client import connect
+
+    url = daemon.url.replace("http://", "ws://") + "/process/session/entrypoint/logs?follow=true"
+    with connect(url, subprotocols=["X-Daytona-SDK-Version~0.226.1"], open_timeout=10) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "X-Daytona-SDK-Version~0.226.1"
+        assert list(ws) == [] and ws.close_code == 1000
+    with connect(url, open_timeout=10) as ws:
+        assert ws.subprotocol is None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 from pydantic import Field
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -21,7 +22,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from toolbox.context import Daemon
-from toolbox.errors import Code, DaemonError, error_response
+from toolbox.errors import Code, DaemonError, error_body, error_response
 from toolbox.files import search
 from toolbox.files.download import BulkDownload, FileDownload, RangeNotSatisfiable, open_for_download
 from toolbox.files.paths import resolve
@@ -51,32 +52,60 @@ async def run(func: Callable[..., T], *args: Any) -> T:
 
 
 def _multipart_boundary(request: Request) -> bytes | None:
+    """The multipart boundary; None for a body that is not multipart/form-data."""
     media_type, params = parse_options_header(request.headers.get("content-type", ""))
     if media_type != b"multipart/form-data":
         return None
-    return params.get(b"boundary") or None
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: the Content-Type has no boundary parameter")
+    return boundary
 
 
 async def _pump(request: Request, feed: Callable[[bytes], None], finish: Callable[[bytes], None],
                 abort: Callable[[], None]) -> None:
-    """Stream the request body into `feed` in ~1 MiB batches (each in a worker thread).
+    """Stream the request body into `feed` in ~1 MiB batches, each in a worker thread.
 
-    Whatever goes wrong (client gone, cancelled, bad data), `abort` runs so no temp file
-    is left behind.
+    While one batch is written the next is being received (uvicorn stops reading the
+    socket while its body buffer is full, so doing both in turn halves throughput); at
+    most two batches are in memory. Whatever goes wrong (client gone, cancelled, bad
+    data), `abort` runs so no temp file is left behind.
     """
+    sender, receiver = anyio.create_memory_object_stream[bytes](0)
+    failures: list[Exception] = []
     batch: list[bytes] = []
-    size = 0
+
+    async def write_batches(group: anyio.abc.TaskGroup) -> None:
+        async with receiver:
+            async for data in receiver:
+                try:
+                    await run(feed, data)
+                except Exception as exc:
+                    failures.append(exc)
+                    group.cancel_scope.cancel()
+                    return
+
     try:
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            batch.append(chunk)
-            size += len(chunk)
-            if size >= UPLOAD_BATCH:
-                data = b"".join(batch)
-                batch.clear()
-                size = 0
-                await run(feed, data)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(write_batches, group)
+                async with sender:
+                    size = 0
+                    async for chunk in request.stream():
+                        if not chunk:
+                            continue
+                        batch.append(chunk)
+                        size += len(chunk)
+                        if size >= UPLOAD_BATCH:
+                            data = b"".join(batch)
+                            batch.clear()
+                            size = 0
+                            await sender.send(data)
+        except BaseExceptionGroup as group_error:
+            # Only the receiving side can raise here (the writer keeps its errors).
+            raise group_error.exceptions[0] from None
+        if failures:
+            raise failures[0]
         await run(finish, b"".join(batch))
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -84,9 +113,22 @@ async def _pump(request: Request, feed: Callable[[bytes], None], finish: Callabl
         raise
 
 
-def _upload_reply(receiver: MultipartUpload) -> JSONResponse:
+def _upload_failure(request: Request, failures: list[DaemonError], files: list[dict[str, object]]) -> JSONResponse:
+    """Daytona's bulk-upload error reply (`errors` joined into the SDK's message), which is
+    also a full ErrorResponse so that generic clients see the usual envelope.
+
+    Daytona answers 400 for any failed file; 507 says the disk filled up.
+    """
+    status = 507 if any(failure.status == 507 for failure in failures) else 400
+    first = failures[0]
+    body = error_body(status, "; ".join(f.message for f in failures), first.code, request.url.path, request.method)
+    body.update(errors=[f.message for f in failures], files=files)
+    return JSONResponse(body, status_code=status)
+
+
+def _upload_reply(request: Request, receiver: MultipartUpload) -> JSONResponse:
     if receiver.failures:
-        return JSONResponse({"errors": receiver.errors, "files": receiver.files}, status_code=receiver.status)
+        return _upload_failure(request, receiver.failures, receiver.files)
     return JSONResponse({"files": receiver.files})
 
 
@@ -162,20 +204,20 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         return BulkDownload(body.paths, resolve_path)
 
     async def bulk_upload(request: Request) -> Response:
-        boundary = _multipart_boundary(request)
-        if boundary is None:
-            return JSONResponse(
-                {"errors": ["invalid multipart form: Content-Type must be multipart/form-data with a boundary"]},
-                status_code=400,
-            )
+        try:
+            boundary = _multipart_boundary(request)
+            if boundary is None:
+                raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: Content-Type must be multipart/form-data")
+        except DaemonError as exc:
+            return _upload_failure(request, [exc], [])
         receiver = MultipartUpload(boundary, resolve_path)
         try:
             await _pump(request, receiver.feed, receiver.finish, receiver.abort)
         except DaemonError as exc:
-            return JSONResponse({"errors": [exc.message], "files": receiver.files}, status_code=exc.status)
+            return _upload_failure(request, [exc], receiver.files)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening any more
-        return _upload_reply(receiver)
+        return _upload_reply(request, receiver)
 
     async def upload_single(request: Request, legacy: bool) -> Response:
         raw = query_required(request, "path")

@@ -137,15 +137,6 @@ class MultipartUpload:
             },
         )
 
-    @property
-    def errors(self) -> list[str]:
-        return [failure.message for failure in self.failures]
-
-    @property
-    def status(self) -> int:
-        """Daytona answers 400 for any failed file; 507 says the disk filled up."""
-        return 507 if any(failure.status == 507 for failure in self.failures) else 400
-
     # -- driving (worker thread) -------------------------------------------------------
 
     def feed(self, data: bytes) -> None:

@@ -15,8 +15,6 @@ from typing import Any, Union
 
 from starlette.responses import Response, StreamingResponse
 
-__all__ = ["Response", "StreamingResponse", "json_object", "json_response", "escaped_text", "OMIT"]
-
 ByteChunks = AsyncIterator[bytes]
 # A field value: plain JSON, a byte stream rendered as a string, or a callable producing
 # either (evaluated only when the field is reached, so it may depend on earlier fields).

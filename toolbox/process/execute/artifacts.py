@@ -3,7 +3,8 @@
 Lines that start with `dtn_artifact_k39fd2:` carry a JSON artifact; they are removed from
 the output and charts are collected. Like Daytona, the output is split on "\\n" and the
 kept lines re-joined with "\\n". Lines are never buffered whole (a 1 GiB line streams);
-only artifact lines are collected, up to MAX_ARTIFACT_LINE bytes each.
+only artifact lines are collected, up to MAX_ARTIFACT_BYTES in total (charts carry PNGs;
+the rest is dropped rather than letting a run grow the daemon's memory without bound).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 MARKER = b"dtn_artifact_k39fd2:"
-MAX_ARTIFACT_LINE = 64 * 1024 * 1024
+MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger("toolbox.process")
 
@@ -69,6 +70,8 @@ class ArtifactFilter:
         self._artifact: bytearray | None = None  # the current artifact line being collected
         self._kept_any = False  # a kept line was already emitted (so the next needs "\n")
         self._passing = False  # inside a kept line whose start was already emitted
+        self._budget = MAX_ARTIFACT_BYTES  # artifact bytes we may still collect
+        self._overflow = False  # the current artifact line did not fit: dropped
 
     async def filter(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         async for chunk in chunks:
@@ -94,8 +97,11 @@ class ArtifactFilter:
             if self._artifact is not None:
                 newline = data.find(b"\n")
                 piece = data if newline < 0 else data[:newline]
-                if len(self._artifact) + len(piece) <= MAX_ARTIFACT_LINE:
+                if len(piece) <= self._budget and not self._overflow:
                     self._artifact += piece
+                    self._budget -= len(piece)
+                else:
+                    self._overflow = True
                 if newline < 0:
                     return bytes(out)
                 self._take_artifact()
@@ -138,6 +144,10 @@ class ArtifactFilter:
 
     def _take_artifact(self) -> None:
         raw, self._artifact = bytes(self._artifact or b""), None
+        if self._overflow:
+            self._overflow = False
+            log.info("dropped an artifact: artifacts of this run exceed %d bytes", MAX_ARTIFACT_BYTES)
+            return
         try:
             artifact = json.loads(raw)
         except (ValueError, UnicodeDecodeError):

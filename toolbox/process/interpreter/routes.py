@@ -6,20 +6,22 @@ import json
 from typing import Any
 
 import anyio
-from pydantic import StrictStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from toolbox.context import Daemon
-from toolbox.http import WireModel, json_response, parse_body, path_param
+from toolbox.http import json_response, parse_body, path_param
+from toolbox.openapi.registry import operation
+from toolbox.process.interpreter.models import (
+    CreateContextRequest,
+    ExecuteFrame,
+    InterpreterContext,
+    ListContextsResponse,
+    Message,
+)
 from toolbox.process.interpreter.service import DEFAULT_CONTEXT, DEFAULT_TIMEOUT, Execution, InterpreterService
-
-
-class CreateContextRequest(WireModel):
-    cwd: StrictStr | None = None
-    language: StrictStr | None = None
 
 
 class Rejected(Exception):
@@ -29,6 +31,11 @@ class Rejected(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def close_reason(text: str) -> str:
+    """A WebSocket close reason is at most 123 bytes of UTF-8: cut on a character boundary."""
+    return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
 def parse_execute_request(message: dict[str, Any]) -> tuple[str, str, dict[str, str], float]:
@@ -80,22 +87,41 @@ async def stream_frames(websocket: WebSocket, execution: Execution) -> None:
 
 def build(daemon: Daemon) -> list[BaseRoute]:
     service = InterpreterService(daemon.settings)
+
+    async def startup() -> None:
+        await anyio.to_thread.run_sync(service.remove_stale_runs)
+
+    daemon.on_startup(startup)
     daemon.on_shutdown(service.shutdown)
 
+    @operation(summary="Create an interpreter context (its own Python worker)", request=CreateContextRequest,
+               body_required=False, response=InterpreterContext, errors={400: "language other than python, or bad cwd"})
     async def create_context(request: Request) -> Response:
         body = await parse_body(request, CreateContextRequest, optional=True)
         context = await service.create_context(body.cwd, body.language)
         return json_response(context.info())
 
+    @operation(summary="Interpreter contexts (the implicit `default` is not listed)", response=ListContextsResponse)
     async def list_contexts(request: Request) -> Response:
         return json_response({"contexts": [c.info() for c in service.list_contexts()]})
 
+    @operation(summary="Delete a context and stop its worker", response=Message,
+               errors={400: "`default` cannot be deleted", 404: "no such context"})
     async def delete_context(request: Request) -> Response:
         await service.delete_context(path_param(request, "context_id"))
         return json_response({"message": "Context deleted successfully"})
 
+    @operation(
+        summary="Run code: one JSON text frame {code, contextId?, envs?, timeout?} in, JSON frames out",
+        description="Close 1000 when done, 4008 on timeout; bad requests are close frames 1002/1008 with a reason.",
+        response=ExecuteFrame,
+        websocket=True,
+    )
     async def execute(websocket: WebSocket) -> None:
-        await websocket.accept()
+        # Browsers fail a handshake that offered subprotocols and got none back: echo the
+        # SDK version token the TypeScript SDK offers (the Python SDK offers none).
+        offered = websocket.scope.get("subprotocols", [])
+        await websocket.accept(subprotocol=next((p for p in offered if p.startswith("X-Daytona-SDK-Version~")), None))
         try:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
@@ -107,27 +133,31 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             if not context.active:
                 raise Rejected(1008, "context is not active")
         except Rejected as rejected:
-            await websocket.close(rejected.code, rejected.reason)
+            await websocket.close(rejected.code, close_reason(rejected.reason))
             return
         execution = service.submit(context, code, envs, timeout)
         try:
             async with anyio.create_task_group() as tasks:
 
                 async def send() -> None:
-                    await stream_frames(websocket, execution)
+                    try:
+                        await stream_frames(websocket, execution)
+                    except (WebSocketDisconnect, OSError, RuntimeError):
+                        execution.abandon()
                     tasks.cancel_scope.cancel()
 
                 async def watch() -> None:
                     # Keep reading (pings are answered by the server) to notice a client that left.
-                    while (await websocket.receive())["type"] != "websocket.disconnect":
+                    try:
+                        while (await websocket.receive())["type"] != "websocket.disconnect":
+                            pass
+                    except (WebSocketDisconnect, OSError, RuntimeError):
                         pass
                     execution.abandon()
                     tasks.cancel_scope.cancel()
 
                 tasks.start_soon(send)
                 tasks.start_soon(watch)
-        except (WebSocketDisconnect, OSError, RuntimeError):
-            execution.abandon()
         finally:
             execution.release()
 

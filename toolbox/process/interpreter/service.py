@@ -140,6 +140,13 @@ class InterpreterService:
             raise DaemonError(Code.PROCESS_NOT_FOUND, f"context not found: {context_id}")
         await context.close()
 
+    def remove_stale_runs(self) -> None:
+        """Spill files of runs a previous daemon did not finish (it crashed or was killed)."""
+        if self.runs_dir.is_dir():
+            for stale in self.runs_dir.glob("*.jsonl"):
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
     async def shutdown(self) -> None:
         for context in list(self.contexts.values()):
             await context.close()

@@ -12,6 +12,7 @@ requests and events are frames of a 4-byte big-endian length plus a UTF-8 JSON o
 Globals persist between requests. SIGINT interrupts the running code (KeyboardInterrupt).
 """
 
+import codecs
 import io
 import json
 import os
@@ -24,6 +25,12 @@ import traceback
 FLUSH_AT = 1024
 # One huge write still leaves as frames of at most this many characters.
 MAX_FRAME_TEXT = 4096
+# Error fields are cut to keep every frame below the SDK's 64 KiB WebSocket message limit.
+MAX_ERROR_FIELD = 16 * 1024
+
+
+def clip(text):
+    return text if len(text) <= MAX_ERROR_FIELD else text[: MAX_ERROR_FIELD - 15] + "... [truncated]"
 
 
 class Channel:
@@ -57,6 +64,24 @@ class Channel:
                 view = view[os.write(self.write_fd, view):]
 
 
+class BinaryWriter(io.RawIOBase):
+    """`sys.stdout.buffer`: bytes written by libraries, decoded without splitting characters."""
+
+    def __init__(self, text_writer):
+        self.text_writer = text_writer
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self.text_writer.write(self.decoder.decode(bytes(data)))
+        return len(data)
+
+    def flush(self):
+        self.text_writer.flush()
+
+
 class StreamWriter(io.TextIOBase):
     """sys.stdout/sys.stderr replacement: flushes on newline or FLUSH_AT buffered chars."""
 
@@ -66,6 +91,7 @@ class StreamWriter(io.TextIOBase):
         self.buffer_parts = []
         self.size = 0
         self.lock = threading.RLock()
+        self.buffer = BinaryWriter(self)
 
     def writable(self):
         return True
@@ -134,7 +160,8 @@ def run(channel, namespace, request):
     except BaseException as exc:  # noqa: BLE001 - every user error is reported, none kills the worker
         sys.stdout.flush()
         sys.stderr.flush()
-        channel.send({"type": "error", "name": type(exc).__name__, "value": str(exc), "traceback": clean_traceback(exc)})
+        channel.send({"type": "error", "name": type(exc).__name__, "value": clip(str(exc)),
+                      "traceback": clip(clean_traceback(exc))})
     finally:
         os.environ.clear()
         os.environ.update(saved_env)

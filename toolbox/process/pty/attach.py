@@ -21,7 +21,8 @@ from toolbox.process.pty.scrollback import safe_start
 from toolbox.process.pty.terminal import Reader, Terminal, exit_reason
 
 EXIT_CONTROL_PROTOCOL = "X-Daytona-Pty-Exit-Control"
-FRAME_SIZE = 32 * 1024
+# Below httpx_ws's default 64 KiB message limit (the sync SDK's client).
+FRAME_SIZE = 60 * 1024
 DEFAULT_REPLAY = 64 * 1024
 
 
@@ -83,6 +84,10 @@ async def serve_client(
 async def _send_output(websocket: WebSocket, terminal: Terminal, reader: Reader, exit_control: bool) -> None:
     try:
         async for chunk_offset, chunk in terminal.store.follow(reader.offset, FRAME_SIZE):
+            if chunk_offset != reader.offset:
+                # Fell further behind than the store retains: its screen would be corrupt.
+                await websocket.close(1008, "slow consumer")
+                return
             await websocket.send_bytes(chunk)
             reader.offset = chunk_offset + len(chunk)
             terminal.progressed()
@@ -100,7 +105,10 @@ async def _send_output(websocket: WebSocket, terminal: Terminal, reader: Reader,
 
 async def _receive_input(websocket: WebSocket, terminal: Terminal) -> None:
     while True:
-        message = await websocket.receive()
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, OSError, RuntimeError):
+            return
         if message["type"] == "websocket.disconnect":
             return
         data = message.get("bytes")

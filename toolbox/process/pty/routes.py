@@ -7,7 +7,6 @@ import base64
 import binascii
 import json
 
-from pydantic import Field, StrictBool, StrictStr
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -15,25 +14,32 @@ from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError, error_response
-from toolbox.http import WireModel, json_response, parse_body, path_param, query_int, query_str
+from toolbox.http import json_response, parse_body, path_param, query_int, query_str
+from toolbox.openapi.registry import operation
 from toolbox.process.pty.attach import DEFAULT_REPLAY, EXIT_CONTROL_PROTOCOL, serve_client
 from toolbox.process.pty.manager import PtyManager
+from toolbox.process.pty.models import (
+    AttachQuery,
+    CreateConnectQuery,
+    Message,
+    PtyCreateRequest,
+    PtyCreateResponse,
+    PtyListResponse,
+    PtyResizeRequest,
+    PtySessionInfo,
+)
 
 ENVS_PROTOCOL_PREFIX = "X-Daytona-Pty-Envs~"
+SDK_VERSION_PROTOCOL_PREFIX = "X-Daytona-SDK-Version~"
 
 
-class PtyCreateRequest(WireModel):
-    id: StrictStr | None = None
-    cwd: StrictStr | None = None
-    envs: dict[str, StrictStr] | None = None
-    cols: int = Field(default=80)
-    rows: int = Field(default=24)
-    lazy_start: StrictBool = Field(default=False, alias="lazyStart")
-
-
-class PtyResizeRequest(WireModel):
-    cols: int
-    rows: int
+def chosen_subprotocol(offered: list[str]) -> str | None:
+    """The one subprotocol to echo: the exit-control capability, else a browser SDK's version
+    token (browsers fail a handshake that offered protocols and got none back). Never the
+    envs token: it carries values that have no business in response headers and logs."""
+    if EXIT_CONTROL_PROTOCOL in offered:
+        return EXIT_CONTROL_PROTOCOL
+    return next((p for p in offered if p.startswith(SDK_VERSION_PROTOCOL_PREFIX)), None)
 
 
 def decode_envs_protocol(token: str) -> dict[str, str]:
@@ -54,7 +60,7 @@ async def deny(websocket: WebSocket, error: DaemonError) -> None:
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(response)
     else:  # a server without the denial extension: best effort
-        await websocket.close(1008, error.message[:120])
+        await websocket.close(1008, error.message.encode()[:123].decode("utf-8", "ignore"))
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
@@ -72,6 +78,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     daemon.on_startup(start_reaper)
     daemon.on_shutdown(stop)
 
+    @operation(summary="Create a PTY (the SDK uses create-connect instead)", request=PtyCreateRequest,
+               response=PtyCreateResponse, status=201, errors={409: "a PTY with this id exists"})
     async def create(request: Request) -> Response:
         body = await parse_body(request, PtyCreateRequest)
         terminal = manager.create(body.id or "", body.cwd, body.envs, body.cols, body.rows, body.lazy_start)
@@ -79,16 +87,21 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             await manager.start(terminal)
         return json_response({"sessionId": terminal.id}, status_code=201)
 
+    @operation(summary="PTY sessions", response=PtyListResponse)
     async def list_sessions(request: Request) -> Response:
         return json_response({"sessions": [t.info() for t in manager.list()]})
 
+    @operation(summary="One PTY session", response=PtySessionInfo, errors={404: "no such PTY"})
     async def get_session(request: Request) -> Response:
         return json_response(manager.get(path_param(request, "session_id")).info())
 
+    @operation(summary="Kill a PTY: its shell, jobs and session", response=Message, errors={404: "no such PTY"})
     async def delete_session(request: Request) -> Response:
         await manager.kill(path_param(request, "session_id"))
         return json_response({"message": "PTY session deleted"})
 
+    @operation(summary="Set the terminal size (SIGWINCH)", request=PtyResizeRequest, response=PtySessionInfo,
+               errors={410: "the PTY has ended or does not exist"})
     async def resize(request: Request) -> Response:
         body = await parse_body(request, PtyResizeRequest)
         terminal = manager.resize(path_param(request, "session_id"), body.cols, body.rows)
@@ -100,6 +113,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         assert scrollback is not None
         return offset, scrollback
 
+    @operation(summary="Attach: replay of recent output, then live output (binary frames); input frames",
+               query=AttachQuery, websocket=True, errors={404: "no such PTY"})
     async def connect(websocket: WebSocket) -> None:
         try:
             terminal = manager.get(path_param(websocket, "session_id"))
@@ -111,9 +126,11 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             return
         offered = websocket.scope.get("subprotocols", [])
         exit_control = EXIT_CONTROL_PROTOCOL in offered
-        await websocket.accept(subprotocol=EXIT_CONTROL_PROTOCOL if exit_control else None)
+        await websocket.accept(subprotocol=chosen_subprotocol(offered))
         await serve_client(websocket, terminal, exit_control=exit_control, offset=offset, scrollback=scrollback)
 
+    @operation(summary="Create a PTY and attach (envs in the X-Daytona-Pty-Envs~ subprotocol)",
+               query=CreateConnectQuery, websocket=True, errors={400: "bad parameters", 409: "a PTY with this id exists"})
     async def create_connect(websocket: WebSocket) -> None:
         offered: list[str] = websocket.scope.get("subprotocols", [])
         try:
@@ -132,7 +149,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             await deny(websocket, error)
             return
         exit_control = EXIT_CONTROL_PROTOCOL in offered
-        await websocket.accept(subprotocol=EXIT_CONTROL_PROTOCOL if exit_control else None)
+        await websocket.accept(subprotocol=chosen_subprotocol(offered))
         await serve_client(websocket, terminal, exit_control=exit_control, offset=offset, scrollback=scrollback)
 
     return [

@@ -2,15 +2,16 @@
 
 The master fd is read on the event loop (`add_reader`, non-blocking), never in a thread.
 Output goes to an `OutputStore` (bounded memory tail = scrollback); attached clients follow
-the store at their own pace. Flow control: while an attached client is more than
-`HIGH_WATER` bytes behind, the terminal stops reading, so the program blocks on its own
-writes exactly as in a real terminal instead of the daemon buffering without bound.
+the store at their own pace. Flow control: while even the fastest attached client is more
+than `HIGH_WATER` bytes behind, the terminal stops reading, so the program blocks on its own
+writes exactly as in a real terminal instead of the daemon buffering without bound. One
+stuck client cannot stall the others: it falls behind in the store and is dropped once its
+next byte is no longer retained.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import subprocess
 import time
@@ -123,6 +124,11 @@ class Terminal:
             process, master = await anyio.to_thread.run_sync(
                 spawn_on_pty, argv, self.cwd, env, self.cols, self.rows
             )
+            if self.finished:  # killed while it was starting
+                kill_session(process.pid)
+                os.close(master)
+                process.wait()  # SIGKILLed: immediate
+                return
             self.process, self._master = process, master
             loop = asyncio.get_running_loop()
             self._pidfd = os.pidfd_open(process.pid)
@@ -163,9 +169,7 @@ class Terminal:
                 data = os.read(self._master, READ_SIZE)
             except BlockingIOError:
                 break
-            except OSError as exc:
-                if exc.errno != errno.EIO:  # EIO: every slave fd closed
-                    raise
+            except OSError:  # EIO: every slave fd is closed; any other error ends the stream too
                 data = b""
             if not data:
                 self._pause_reading()
@@ -181,10 +185,10 @@ class Terminal:
             self._update_flow()
 
     def _update_flow(self) -> None:
-        """Pause reading while the slowest attached client lags too far; resume when it caught up."""
+        """Pause reading while the fastest attached client lags too far; resume when it caught up."""
         if self._master is None or self._eof:
             return
-        lag = self.store.size - min((r.offset for r in self.readers), default=self.store.size)
+        lag = self.store.size - max((r.offset for r in self.readers), default=self.store.size)
         if lag > HIGH_WATER and not self._exited:
             self._pause_reading()
         elif lag <= LOW_WATER:

@@ -41,6 +41,22 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
+class _Done:
+    """Stands in for the `done` event of a finished command."""
+
+    def is_set(self) -> bool:
+        return True
+
+    def set(self) -> None:
+        pass
+
+    async def wait(self) -> None:
+        return None
+
+
+DONE = _Done()
+
+
 @dataclass(eq=False)
 class Command:
     id: str
@@ -50,17 +66,24 @@ class Command:
     run_async: bool = False
     suppress_input_echo: bool = False
     exit_code: int | None = None
+    seq: int = 0  # position in the session, to list commands in order after a restart
     started_ticks: int | None = None  # /proc start-time units; None while queued
     stdin_fd: int | None = None  # daemon's end of the stdin FIFO (async commands)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    input_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    done: anyio.Event | "_Done" = field(default_factory=anyio.Event)
+    _input_lock: anyio.Lock | None = None
+
+    @property
+    def input_lock(self) -> anyio.Lock:
+        if self._input_lock is None:
+            self._input_lock = anyio.Lock()
+        return self._input_lock
 
     @property
     def finished(self) -> bool:
         return self.exit_code is not None
 
     def save(self) -> None:
-        data: dict[str, object] = {"id": self.id, "command": self.command}
+        data: dict[str, object] = {"id": self.id, "command": self.command, "seq": self.seq}
         if self.exit_code is not None:
             data["exitCode"] = self.exit_code
         _write_json(self.dir / "command.json", data)
@@ -75,6 +98,10 @@ class Command:
         self.output.close()
         self.output.release_memory()
         self.done.set()
+        # Waiters are woken; a finished command keeps no loop objects (sessions may run
+        # hundreds of thousands of commands).
+        self.done = DONE
+        self._input_lock = None
 
     def wire(self) -> dict[str, object]:
         data: dict[str, object] = {"id": self.id, "command": self.command}
@@ -122,11 +149,11 @@ class Session:
                 # O_RDWR: never blocks, and keeps a writer so the command sees no early EOF.
                 command.stdin_fd = os.open(stdin_fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
             code = await self.shell.run(command.id, command.command, command.dir, command.output, stdin_fifo)
-            await self._close_stdin(command)
+            self._close_stdin(command)
             command.finish(code)
         except Exception as exc:  # noqa: BLE001 - a command must always end
             log.exception("session %s command %s failed", self.id, command.id)
-            await self._close_stdin(command)
+            self._close_stdin(command)
             if not command.output.closed:
                 command.output.append(STDERR + f"toolbox: {exc}\n".encode())
             if not command.finished:
@@ -138,7 +165,7 @@ class Session:
                 except OSError:
                     pass
 
-    async def _close_stdin(self, command: Command) -> None:
+    def _close_stdin(self, command: Command) -> None:
         fd, command.stdin_fd = command.stdin_fd, None
         if fd is not None:
             anyio.notify_closing(fd)  # wakes an input writer blocked on a full pipe
@@ -208,10 +235,10 @@ class SessionManager:
             for cmd_dir in commands_dir.iterdir() if commands_dir.is_dir() else ():
                 try:
                     data = json.loads((cmd_dir / "command.json").read_text())
-                    entries.append((cmd_dir.stat().st_mtime_ns, cmd_dir, data))
+                    entries.append((int(data.get("seq", 0)), cmd_dir, data))
                 except (OSError, ValueError):
                     continue
-            for _mtime, cmd_dir, data in sorted(entries, key=lambda e: e[0]):
+            for _seq, cmd_dir, data in sorted(entries, key=lambda e: e[0]):
                 log_path = cmd_dir / "output.log"
                 if not log_path.exists():
                     log_path.touch()
@@ -219,7 +246,7 @@ class SessionManager:
                 # A command cut off by the restart never got its exit code: -1, as for a
                 # command whose wait failed.
                 command.exit_code = int(data["exitCode"]) if "exitCode" in data else -1
-                command.done.set()
+                command.done = DONE
                 session.commands[command.id] = command
             session.stop_accepting()
             self.sessions[session.id] = session
@@ -245,8 +272,11 @@ class SessionManager:
             raise DaemonError(Code.BAD_REQUEST, f"session id '{ENTRYPOINT}' is reserved")
         if session_id in self.sessions:
             raise DaemonError(Code.CONFLICT, "session already exists")
-        if "\x00" in session_id or len(self._session_dir(session_id).name) > 240:
-            raise DaemonError(Code.BAD_REQUEST, "session id must be shorter and contain no NUL byte")
+        if "\x00" in session_id or "/" in session_id:
+            # A "/" could never be addressed again: routes split the path on it.
+            raise DaemonError(Code.BAD_REQUEST, "session id must not contain '/' or NUL bytes")
+        if len(self._session_dir(session_id).name) > 240:
+            raise DaemonError(Code.BAD_REQUEST, "session id is too long (at most ~80 characters when not ASCII)")
         return await self._start_session(session_id)
 
     async def _start_session(self, session_id: str) -> Session:
@@ -304,11 +334,13 @@ class SessionManager:
             )
         return session
 
-    def execute(self, session_id: str, command: str, *, run_async: bool, suppress_input_echo: bool) -> Command:
+    def execute(
+        self, session_id: str, command: str, *, run_async: bool, suppress_input_echo: bool
+    ) -> tuple[Session, Command]:
         if not command.strip():
             raise DaemonError(Code.BAD_REQUEST, "command cannot be empty or whitespace-only")
         session = self._writable(session_id)
-        return self._submit(session, command, run_async=run_async, suppress_input_echo=suppress_input_echo)
+        return session, self._submit(session, command, run_async=run_async, suppress_input_echo=suppress_input_echo)
 
     def _submit(
         self, session: Session, text: str, *, run_async: bool, suppress_input_echo: bool, cmd_id: str | None = None
@@ -323,6 +355,7 @@ class SessionManager:
             OutputStore(directory / "output.log"),
             run_async=run_async,
             suppress_input_echo=suppress_input_echo,
+            seq=len(session.commands),
         )
         command.save()
         session.commands[cmd_id] = command
@@ -379,7 +412,7 @@ class SessionManager:
             if not command.suppress_input_echo and not command.output.closed:
                 command.output.append(STDOUT + payload)
 
-    def signal(self, session_id: str, command_id: str, sig: signal.Signals) -> int:
+    def send_signal(self, session_id: str, command_id: str, sig: signal.Signals) -> int:
         """Signal the processes the running command started; returns how many."""
         if session_id == ENTRYPOINT and session_id not in self.sessions:
             raise DaemonError(Code.NOT_FOUND, "session not found")
@@ -389,10 +422,14 @@ class SessionManager:
         if command.started_ticks is None or session.shell is None:
             raise DaemonError(Code.CONFLICT, "command has not started yet (an earlier command of the session still runs)")
         table = groups.process_table()
+        shell = session.shell.pid
+        # Descendants of the shell, plus members of its group that were orphaned (double
+        # forks), started since the command began: that is what the command started.
+        candidates = dict.fromkeys([*groups.descendants(shell, table), *groups.group_members(shell, table)])
         targets = [
             pid
-            for pid in groups.descendants(session.shell.pid, table)
-            if table[pid][3] >= command.started_ticks - 1 and table[pid][2] not in ("Z", "X")
+            for pid in candidates
+            if pid != shell and table[pid][3] >= command.started_ticks - 1 and table[pid][2] not in ("Z", "X")
         ]
         if not targets:
             raise DaemonError(
