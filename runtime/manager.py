@@ -200,7 +200,7 @@ class Runtime:
             if sandbox_id in self.specs:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
-            pooled = self.pool.pop(0) if egress == "none" and self.pool else None
+            pooled = self._take_pooled() if egress == "none" else None
             if pooled is not None:
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
@@ -233,6 +233,21 @@ class Runtime:
             # with this claim.
             self._pool_wakeup.set()
             return spec
+
+    def _take_pooled(self) -> Running | None:
+        while self.pool:
+            candidate = self.pool.pop(0)
+            if candidate.process.returncode is None:
+                return candidate
+            log.warning("dropping a pooled sandbox that exited (code %s)", candidate.process.returncode)
+            self._spawn(self._discard(candidate))
+        return None
+
+    async def _discard(self, running: Running) -> None:
+        await self._kill(running)
+        running.dir.remove()
+        self._uids.discard(running.uid)
+        self._pool_wakeup.set()
 
     async def start(self, sandbox_id: str) -> SandboxSpec:
         async with self._lock(sandbox_id):
