@@ -255,6 +255,8 @@ class Runtime:
             if sandbox_id in self.running:
                 return spec
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            # Idempotent: also brings a sandbox made by an older version up to today's layout.
+            await asyncio.to_thread(target.create, spec.uid, spec.gid)
             running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
             try:
                 await self._claim(running, spec)

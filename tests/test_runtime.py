@@ -83,10 +83,10 @@ def test_official_sdk_drives_a_sandbox_through_the_proxy(stack: Stack) -> None:
     fs.upload_file(payload, "blob.bin")
     assert fs.download_file("blob.bin") == payload
     process = Process("python", ProcessApi(client), httpx.Client(timeout=60))
-    result = process.exec("id -un; hostname; sha256sum blob.bin | cut -c1-16")
+    result = process.exec("id -un; hostname; cat /etc/hostname; sha256sum blob.bin | cut -c1-16")
     assert result.exit_code == 0
-    user, hostname, digest = result.result.split()
-    assert (user, hostname) == ("daytona", "sandbox")
+    user, hostname, etc_hostname, digest = result.result.split()
+    assert (user, hostname, etc_hostname) == ("daytona", "sandbox", "sandbox")
     import hashlib
 
     assert digest == hashlib.sha256(payload).hexdigest()[:16]
