@@ -304,8 +304,11 @@ class Runtime:
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
                       egress: str) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`."""
-        group = await asyncio.to_thread(
-            self.backend.create, f"{self._group_prefix}{os.urandom(5).hex()}", limits)
+        try:
+            group = await asyncio.to_thread(
+                self.backend.create, f"{self._group_prefix}{os.urandom(5).hex()}", limits)
+        except OSError as exc:
+            raise SandboxError(500, f"cannot set up the sandbox's cgroup: {exc}") from None
         argv = self.backend.launch_prefix(group, limits)
         argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
                            terminal_port=self.terminal_port,
