@@ -92,3 +92,33 @@ def test_regression_lone_surrogates_are_refused_not_500(daemon: RunningDaemon) -
             assert response.status_code == 400, response.text
             assert response.json()["code"] == "INVALID_REQUEST_BODY" and "surrogate" in response.json()["message"]
         assert http.post("/env", content='{"set": {"TOOLBOX_OK": "é \\u00e9 \\ud83d\\ude00"}}'.encode()).status_code == 200
+
+
+def test_undescribed_handlers_get_inputs_inferred_from_their_code() -> None:
+    from toolbox.http import parse_body, query_bool, query_int, query_required, query_str
+
+    async def listing(request: Request) -> JSONResponse:
+        path = query_required(request, "path")
+        depth = query_int(request, "depth", 1, minimum=1, maximum=10)
+        hidden = query_bool(request, "hidden")
+        sort = request.query_params.get("sort")
+        return JSONResponse([path, depth, hidden, sort, query_str(request, "filter", required=True)])
+
+    async def create(request: Request) -> JSONResponse:
+        body = await parse_body(request, Thing, optional=True)
+        return JSONResponse(body.wire())
+
+    app = Starlette(routes=[Route("/list", listing), Route("/things", create, methods=["POST"])])
+    doc = build_document(app.router.routes, version="1")
+    listed = doc["paths"]["/list"]["get"]
+    assert listed["x-inferred"] is True
+    assert {p["name"]: (p["required"], p["schema"]) for p in listed["parameters"]} == {
+        "path": (True, {"type": "string"}),
+        "depth": (False, {"type": "integer", "minimum": 1, "maximum": 10}),
+        "hidden": (False, {"type": "boolean"}),
+        "sort": (False, {"type": "string"}),
+        "filter": (True, {"type": "string"}),
+    }
+    created = doc["paths"]["/things"]["post"]
+    assert created["requestBody"]["required"] is False
+    assert created["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/Thing")

@@ -32,6 +32,7 @@ AREAS = (
     "toolbox.computeruse.routes",
     "toolbox.watch.routes",
     "toolbox.openapi.routes",
+    "toolbox.terminal.routes",
 )
 
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings) -> ASGIApp:
         lifespan=lifespan,
     )
     app.state.daemon = daemon
+    daemon.app = app
     segments = frozenset(s for s in map(_first_segment, routes) if s)
     return SandboxPrefix(forward_fast_path(app, daemon), settings.sandbox_id, segments)
 
