@@ -108,8 +108,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._head_bytes += len(data)
                 if self._head_bytes > self.max_header_bytes:
                     self._disarm()
-                    self._close_with(b"431 Request Header Fields Too Large",
-                                     f"The request line and headers exceed {self.max_header_bytes} bytes.")
+                    self._too_large()
             return
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not cycle.disconnected:
@@ -128,4 +127,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._disarm()
+        # Headers that arrived in one read are only measurable here, once parsed.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:
+            self._too_large()
+            return
         super().on_headers_complete()
+
+    def _too_large(self) -> None:
+        self._close_with(b"431 Request Header Fields Too Large",
+                         f"The request line and headers exceed {self.max_header_bytes} bytes.")
+
+    # After a refusal the parser still runs over the rest of the read: nothing to deliver.
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.transport.is_closing():
+            super().on_message_complete()
