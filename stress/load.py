@@ -1,7 +1,7 @@
 """Load through the preview proxy: many WebSockets and HTTP streams to several sandboxes.
 
     .venv/bin/python -m stress.load [--websockets 1000] [--streams 200] [--seconds 120]
-                                    [--sandboxes 3] [--settle 80]
+                                    [--sandboxes 3] [--settle 90]
 
 Starts N daemons (one per sandbox, each with a small upstream app on loopback), one proxy
 whose file registry names them, then for `--seconds`:
@@ -13,8 +13,9 @@ whose file registry names them, then for `--seconds`:
   each checked for its full length.
 Every failure (refused, reset, short body, wrong echo) counts as an error. File descriptors,
 RSS and threads of the proxy and every daemon are read from /proc before the load (after a
-warm-up), right after it, and after `--settle` s (pooled keep-alive connections expire: the
-proxy keeps them 60 s); then the same load runs `--second-round` s more and settles again.
+warm-up), right after it, and after `--settle` s (idle keep-alive connections close: the
+daemon drops them after 75 s); then the same load runs `--second-round` s more and settles
+again.
 Nothing leaked means: settled descriptors back to the warm figure after each round, and RSS
 flat from the first settled figure to the second (the allocator keeps the first round's
 peak, so the warm figure is not the comparison; a leak grows again in every round).
@@ -178,7 +179,8 @@ def main() -> int:
     parser.add_argument("--sandboxes", type=int, default=3)
     parser.add_argument("--ws-interval", type=float, default=2.0, help="seconds between a WebSocket's messages")
     parser.add_argument("--mib", type=int, default=2, help="size of each streamed response")
-    parser.add_argument("--settle", type=float, default=65, help="seconds for keep-alive pools to expire")
+    parser.add_argument("--settle", type=float, default=90,
+                        help="seconds for idle keep-alive connections to close (the daemon keeps them 75 s)")
     parser.add_argument("--second-round", type=float, default=30, help="seconds of the same load again")
     parser.add_argument("--rss-slack-mib", type=float, default=16,
                         help="RSS growth tolerated from the first round's settled figure to the second's")

@@ -152,6 +152,30 @@ def test_oversized_headers_get_431_and_normal_ones_pass(stack: Stack, target: st
     assert ok.startswith(b"HTTP/1.1 200 ")
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_deadlines_leave_honest_clients_alone(stack: Stack, target: str) -> None:
+    """Keep-alive idling, a slow app and a long upload all outlast the 1 s deadlines."""
+    with socket.create_connection(("127.0.0.1", stack.port(target))) as sock:
+        sock.settimeout(10)
+        for _ in range(2):
+            sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 ")
+            time.sleep(1.5)  # idle between requests is keep-alive time, not a header deadline
+    with httpx.Client(timeout=30) as client:
+        if target == "proxy":
+            base, headers = stack.proxy.url, {"Host": stack.preview_host.decode()}
+        else:
+            base, headers = f"{stack.daemon.url}/proxy/{stack.app.port}", {}
+        assert client.get(f"{base}/slow", params={"s": "2"}, headers=headers).text == "slow done"
+
+        def body() -> Iterator[bytes]:
+            for _ in range(32):
+                yield b"u" * (1 << 20)
+
+        counted = client.post(f"{base}/count", content=body(), headers=headers)
+        assert counted.json()["size"] == 32 << 20
+
+
 def test_slow_body_gets_408_and_no_file(stack: Stack) -> None:
     target = stack.daemon.workdir / "slow-body.bin"
     request = (b"POST /files/upload-v2?path=" + str(target).encode() + b" HTTP/1.1\r\nHost: x\r\n"
