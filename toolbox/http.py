@@ -63,6 +63,8 @@ def _loads(raw: bytes) -> Any:
         raise DaemonError(
             Code.INVALID_REQUEST_BODY, f"invalid body request: body is not valid JSON ({exc})"
         ) from None
+    except RecursionError:  # "[[[[..." a hundred thousand deep: Python's parser gives up
+        raise DaemonError(Code.INVALID_REQUEST_BODY, "invalid body request: JSON nested too deeply") from None
     if b"\\u" in raw:
         # JSON may escape lone UTF-16 surrogates ("\ud800") that no file name, environment
         # variable or response can carry; refuse them here instead of failing deep inside.
