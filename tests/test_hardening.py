@@ -349,6 +349,26 @@ def test_huge_json_body_is_413_not_500(stack: Stack) -> None:
         assert client.get("/version").status_code == 200
 
 
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"a":' * 50_000, b'{"command": "echo \xff\xfe"}',
+                                  b'{"command": 1e999999}', b'{"command": "\\ud800"}', b"\x00" * 1000])
+def test_hostile_json_is_400(stack: Stack, body: bytes) -> None:
+    with stack.daemon.client(timeout=30) as client:
+        response = client.post("/process/execute", content=body)
+        assert response.status_code == 400 and response.json()["code"] == "INVALID_REQUEST_BODY"
+        assert client.get("/version").status_code == 200
+
+
+def test_deeply_nested_json_in_an_interpreter_frame_is_a_clean_close(stack: Stack) -> None:
+    async def send_nested() -> int | None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{stack.daemon.url}/process/interpreter/execute") as ws:
+                await ws.send_str("[" * 100_000)
+                await asyncio.wait_for(ws.receive(), 10)
+                return ws.close_code
+
+    assert asyncio.run(send_nested()) == 1002
+
+
 def test_invalid_utf8_names_are_listed_not_500(stack: Stack) -> None:
     folder = stack.daemon.workdir / "latin1"
     folder.mkdir()
