@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -307,6 +308,27 @@ def test_client_leaves_mid_download_through_the_proxy(stack: Stack) -> None:
     assert wait_until(lambda: len(fd_targets(pid)) <= baseline + 1)  # +1: a pooled proxy connection
     with stack.proxy.client() as client:
         assert client.get("/toolbox/sbx-test/version", headers=AUTH).status_code == 200
+
+
+def test_disk_full_during_upload_through_the_proxy(stack: Stack) -> None:
+    mount_point = stack.daemon.workdir / "full-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs: {mounted.stderr.strip()}")
+    try:
+        (mount_point / "keep.txt").write_bytes(b"old content")
+        with stack.proxy.client() as client:
+            response = client.post("/toolbox/sbx-test/files/upload-v2", params={"path": str(mount_point / "keep.txt")},
+                                   content=os.urandom(3 << 20), headers=AUTH)
+            assert response.status_code == 507 and response.json()["code"] == "INSUFFICIENT_STORAGE"
+            assert "no space left" in response.json()["message"].lower()
+            assert client.get("/toolbox/sbx-test/version", headers=AUTH).status_code == 200
+        assert (mount_point / "keep.txt").read_bytes() == b"old content"
+        assert os.listdir(mount_point) == ["keep.txt"]
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_output_at_full_speed_with_a_stalled_reader(stack: Stack) -> None:
