@@ -14,10 +14,9 @@ whose file registry names them, then for `--seconds`:
 Every failure (refused, reset, short body, wrong echo) counts as an error. File descriptors,
 RSS and threads of the proxy and every daemon are read from /proc before the load (after a
 warm-up), right after it, and after `--settle` s (idle keep-alive connections close: the
-daemon drops them after 75 s); then the same load runs `--second-round` s more and settles
-again.
-Nothing leaked means: settled descriptors back to the warm figure after each round, and RSS
-flat from the first settled figure to the second (the allocator keeps the first round's
+daemon drops them after 75 s); then `--rounds` - 1 more rounds of `--second-round` s, each
+settled the same way. Nothing leaked means: settled descriptors back to the warm figure
+after every round, and RSS flat over the last round (the allocator keeps the first round's
 peak, so the warm figure is not the comparison; a leak grows again in every round).
 Loopback only. Exit status 1 if any error or leak is found. Prints a JSON summary last.
 """
@@ -181,9 +180,10 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=2, help="size of each streamed response")
     parser.add_argument("--settle", type=float, default=90,
                         help="seconds for idle keep-alive connections to close (the daemon keeps them 75 s)")
-    parser.add_argument("--second-round", type=float, default=30, help="seconds of the same load again")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of load; RSS must be flat over the last")
+    parser.add_argument("--second-round", type=float, default=30, help="seconds of each round after the first")
     parser.add_argument("--rss-slack-mib", type=float, default=16,
-                        help="RSS growth tolerated from the first round's settled figure to the second's")
+                        help="RSS growth tolerated between the last two rounds' settled figures")
     args = parser.parse_args()
 
     limit = raise_fd_limit()
@@ -213,10 +213,15 @@ def main() -> int:
         time.sleep(args.settle)
         settled = snapshot(proxy, sandboxes)
         # The allocator keeps the first round's peak; a leak grows again with every round.
-        print(f"second round: {args.second_round:g} s, same load", flush=True)
-        elapsed_again = asyncio.run(run_load(args, proxy, sandboxes, tally, args.second_round))
-        time.sleep(args.settle)
-        settled_again = snapshot(proxy, sandboxes)
+        rounds = [settled]
+        elapsed_again = 0.0
+        for number in range(2, args.rounds + 1):
+            print(f"round {number}: {args.second_round:g} s, same load", flush=True)
+            elapsed_again += asyncio.run(run_load(args, proxy, sandboxes, tally, args.second_round))
+            time.sleep(args.settle)
+            rounds.append(snapshot(proxy, sandboxes))
+            print("  settled: " + json.dumps(rounds[-1]), flush=True)
+        settled_again = rounds[-1]
         alive = all(p.poll() is None for p in [proxy.process, *(d.process for _, d, _ in sandboxes)])
     finally:
         for _, daemon, app in sandboxes:
@@ -227,24 +232,26 @@ def main() -> int:
 
     leaks = []
     for key in before:
-        for stage in (settled, settled_again):
+        for stage in rounds:
             if stage[key]["fds"] > before[key]["fds"] + FD_SLACK:
                 leaks.append(f"{key}: fds {before[key]['fds']} -> {stage[key]['fds']}")
-        growth = (settled_again[key]["rss_kib"] - settled[key]["rss_kib"]) / 1024
-        if growth > args.rss_slack_mib:
-            leaks.append(f"{key}: RSS +{growth:.0f} MiB in the second round")
+        if len(rounds) > 1:
+            growth = (rounds[-1][key]["rss_kib"] - rounds[-2][key]["rss_kib"]) / 1024
+            if growth > args.rss_slack_mib:
+                leaks.append(f"{key}: RSS +{growth:.0f} MiB in the last round")
     summary = {
         "seconds": round(elapsed, 1), "second_round_seconds": round(elapsed_again, 1),
         "websockets": args.websockets, "ws_opened": tally.ws_opened,
         "ws_messages": tally.ws_messages, "streams": args.streams, "streams_completed": tally.streams,
         "stream_mib": tally.stream_bytes >> 20, "errors": dict(tally.errors), "first_errors": tally.first_errors,
-        "before": before, "right_after": right_after, "settled": settled, "settled_again": settled_again,
+        "before": before, "right_after": right_after, "settled": settled, "settled_last": settled_again,
+        "rss_mib_per_round": {key: [round(stage[key]["rss_kib"] / 1024, 1) for stage in rounds] for key in before},
         "leaks": leaks, "all_alive": alive,
     }
-    for stage in ("before", "right_after", "settled", "settled_again"):  # one line per process
+    for stage in ("before", "right_after", "settled", "settled_last"):  # one line per process
         summary[stage] = {key: json.dumps(value) for key, value in summary[stage].items()}
     print(json.dumps(summary, indent=1))
-    ok = not tally.errors and not leaks and alive and tally.ws_opened == 2 * args.websockets
+    ok = not tally.errors and not leaks and alive and tally.ws_opened == args.rounds * args.websockets
     print("PASS" if ok else "FAIL", flush=True)
     return 0 if ok else 1
 
