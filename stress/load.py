@@ -163,8 +163,21 @@ async def run_load(args: argparse.Namespace, proxy: Proxy, sandboxes: list[tuple
         return time.monotonic() - started
 
 
+def proxy_gauges(proxy: Proxy) -> dict[str, int]:
+    """Bridged WebSockets and live asyncio tasks, from the proxy's /metrics."""
+    import httpx
+
+    wanted = {"proxy_websockets_open": "websockets_open", "proxy_asyncio_tasks": "tasks"}
+    out = {}
+    for line in httpx.get(f"{proxy.url}/metrics", timeout=10).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in wanted:
+            out[wanted[name]] = int(float(value))
+    return out
+
+
 def snapshot(proxy: Proxy, sandboxes: list[tuple[str, RunningDaemon, App]]) -> dict[str, dict[str, int]]:
-    out = {"proxy": sample(proxy.process.pid)}
+    out = {"proxy": {**sample(proxy.process.pid), **proxy_gauges(proxy)}}
     for name, daemon, _ in sandboxes:
         out[f"daemon:{name}"] = sample(daemon.process.pid)
     return out
@@ -235,6 +248,10 @@ def main() -> int:
         for stage in rounds:
             if stage[key]["fds"] > before[key]["fds"] + FD_SLACK:
                 leaks.append(f"{key}: fds {before[key]['fds']} -> {stage[key]['fds']}")
+            if stage[key].get("tasks", 0) > before[key].get("tasks", 0) + 2:
+                leaks.append(f"{key}: asyncio tasks {before[key]['tasks']} -> {stage[key]['tasks']}")
+            if stage[key].get("websockets_open", 0):
+                leaks.append(f"{key}: {stage[key]['websockets_open']} WebSockets still bridged")
         if len(rounds) > 1:
             growth = (rounds[-1][key]["rss_kib"] - rounds[-2][key]["rss_kib"]) / 1024
             if growth > args.rss_slack_mib:
