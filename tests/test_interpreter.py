@@ -152,11 +152,11 @@ def test_executions_in_one_context_run_fifo(interpreter: CodeInterpreter) -> Non
             results[index] = interpreter.run_code(code, context=context).stdout
 
         threads = []
-        for index, delay in enumerate((0.4, 0.0, 0.0)):
+        for index, delay in enumerate((1.5, 0.0, 0.0)):
             thread = threading.Thread(target=run, args=(index, delay))
             thread.start()
             threads.append(thread)
-            time.sleep(0.15)  # arrival order 0, 1, 2
+            time.sleep(0.4)  # arrival order 0, 1, 2 (1 and 2 queue behind the running 0)
         for thread in threads:
             thread.join(20)
         assert results == {0: "[0]\n", 1: "[0, 1]\n", 2: "[0, 1, 2]\n"}
