@@ -236,8 +236,16 @@ class Rlimits(Backend):
     """No writable cgroups: per-uid process count and per-process address space."""
 
     name = "rlimit"
-    description = ("rlimits (RLIMIT_NPROC per sandbox uid, RLIMIT_AS per process); "
-                   "no CPU cap: no writable cgroup hierarchy on this machine")
+
+    def __init__(self, own_uids: bool | None = None) -> None:
+        # RLIMIT_NPROC counts every process of the real uid: a per-sandbox limit only when
+        # each sandbox has a uid of its own (we run as root); otherwise it would count the
+        # user's whole session, so it is left off.
+        self.own_uids = os.geteuid() == 0 if own_uids is None else own_uids
+        nproc = "RLIMIT_NPROC per sandbox uid, " if self.own_uids else ""
+        self.description = (f"rlimits ({nproc}RLIMIT_AS per process); no CPU cap"
+                            f"{'' if self.own_uids else ', no process cap'}: "
+                            "no writable cgroup hierarchy on this machine")
 
     def launch_prefix(self, group: Group, limits: Limits) -> list[str]:
         prlimit = shutil.which("prlimit")
@@ -245,7 +253,8 @@ class Rlimits(Backend):
             return []
         # Address space, not resident memory: Python reserves far more than it touches,
         # so allow headroom over the memory limit.
-        return [prlimit, f"--nproc={limits.pids}", f"--as={limits.memory_bytes * 4}", "--"]
+        nproc = [f"--nproc={limits.pids}"] if self.own_uids else []
+        return [prlimit, *nproc, f"--as={limits.memory_bytes * 4}", "--"]
 
     def launch_env(self, group: Group) -> dict[str, str]:
         return {}

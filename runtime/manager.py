@@ -34,6 +34,8 @@ log = logging.getLogger("runtime")
 UID_BASE = 200_000  # sandbox uids when we run as root: far from real users
 READY_LINE = b"Starting toolbox server"
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
+# Called with a sandbox id once it is in the registry; returns when the proxy routes it.
+VisibleCheck = Callable[[str], Awaitable[None]]
 
 
 def _tail(path: Path, size: int = 600) -> str:
@@ -74,6 +76,7 @@ class Runtime:
         limits: Limits | None = None,
         idle_timeout: float = 15 * 60,
         activity: ActivitySource | None = None,
+        visible: VisibleCheck | None = None,
         terminal_port: int = TERMINAL_PORT,
         python: str = sys.executable,
         start_timeout: float = 30.0,
@@ -86,6 +89,7 @@ class Runtime:
         self.default_limits = limits or Limits()
         self.idle_timeout = idle_timeout
         self.activity = activity
+        self.visible = visible
         self.terminal_port = terminal_port
         self.python = python
         self.start_timeout = start_timeout
@@ -196,7 +200,7 @@ class Runtime:
             if sandbox_id in self.specs:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
-            pooled = self.pool.pop(0) if egress == "none" and self.pool else None
+            pooled = self._take_pooled() if egress == "none" else None
             if pooled is not None:
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
@@ -224,10 +228,26 @@ class Runtime:
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            await self._until_visible(spec.id)
             # Refill only now: the next pooled sandbox's imports would compete for CPU
             # with this claim.
             self._pool_wakeup.set()
             return spec
+
+    def _take_pooled(self) -> Running | None:
+        while self.pool:
+            candidate = self.pool.pop(0)
+            if candidate.process.returncode is None:
+                return candidate
+            log.warning("dropping a pooled sandbox that exited (code %s)", candidate.process.returncode)
+            self._spawn(self._discard(candidate))
+        return None
+
+    async def _discard(self, running: Running) -> None:
+        await self._kill(running)
+        running.dir.remove()
+        self._uids.discard(running.uid)
+        self._pool_wakeup.set()
 
     async def start(self, sandbox_id: str) -> SandboxSpec:
         async with self._lock(sandbox_id):
@@ -245,6 +265,7 @@ class Runtime:
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            await self._until_visible(spec.id)
             return spec
 
     async def stop(self, sandbox_id: str) -> SandboxSpec:
@@ -364,6 +385,14 @@ class Runtime:
         if running.pump is not None and running.pump is not asyncio.current_task():
             await asyncio.gather(running.pump, return_exceptions=True)
         await asyncio.to_thread(running.group.remove)
+
+    async def _until_visible(self, sandbox_id: str) -> None:
+        if self.visible is None:
+            return
+        try:
+            await self.visible(sandbox_id)
+        except Exception as exc:  # the sandbox is up either way; the proxy catches up
+            log.warning("proxy did not confirm %s: %s", sandbox_id, exc)
 
     def _register(self, spec: SandboxSpec) -> None:
         socket = self.sandboxes_dir / spec.id / "run" / "toolbox.sock"

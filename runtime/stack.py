@@ -73,7 +73,8 @@ class Stack:
         os.chmod(control_dir, 0o700)  # uvicorn makes the socket 0666; the directory guards it
         self.control_socket = control_dir / "runtime.sock"
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
-                               idle_timeout=config.idle_timeout, activity=self.read_activity)
+                               idle_timeout=config.idle_timeout, activity=self.read_activity,
+                               visible=self.wait_routed)
         self.proxy: asyncio.subprocess.Process | None = None
         self._http = httpx.AsyncClient(timeout=5)
 
@@ -107,6 +108,20 @@ class Stack:
         response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}"})
         response.raise_for_status()
         return parse_activity(response.text)
+
+    async def wait_routed(self, sandbox_id: str, timeout: float = 2.0) -> None:
+        """Return once the proxy routes `sandbox_id`, so `create` hands out a sandbox whose
+        first call through the proxy succeeds (the proxy re-reads the registry file at most
+        every 0.25 s). The probe also opens the proxy's connection to the new daemon."""
+        url = f"http://{self.config.host}:{self.config.port}/toolbox/{sandbox_id}/version"
+        headers = {"host": f"{self.config.domain}:{self.config.port}",
+                   "authorization": f"Bearer {self.api_key}"}
+        async with asyncio.timeout(timeout):
+            while True:
+                response = await self._http.get(url, headers=headers)
+                if response.headers.get("x-proxy-error") != "sandbox-not-found":
+                    return
+                await asyncio.sleep(0.02)
 
     async def start(self) -> None:
         await self.runtime.open()

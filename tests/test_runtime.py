@@ -193,7 +193,7 @@ def test_lifecycle_stop_start_delete_update_the_proxy(stack: Stack) -> None:
         assert client.get("/version").status_code == 404
     started = stack.cli("start", "cycle")
     assert started["state"] == "started"
-    time.sleep(0.4)
+    # start (like create) returns once the proxy routes the sandbox: no waiting here.
     assert stack.execute("cycle", "cat state.txt") == (0, "kept\n")
     stack.cli("delete", "cycle")
     assert "cycle" not in [s["id"] for s in stack.cli("list")]

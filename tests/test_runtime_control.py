@@ -101,6 +101,11 @@ def test_spec_round_trips(tmp_path: Path) -> None:
 def test_limit_backend_is_detected_and_rlimits_are_the_fallback() -> None:
     backend = detect()
     assert backend.name in ("cgroup2", "cgroup1", "rlimit") and backend.description
-    prefix = Rlimits().launch_prefix(Group(Rlimits(), "x"), Limits(pids=64, memory_mib=128))
+    own = Rlimits(own_uids=True)
+    prefix = own.launch_prefix(Group(own, "x"), Limits(pids=64, memory_mib=128))
     if prefix:  # prlimit installed
         assert prefix[1:] == ["--nproc=64", f"--as={4 * 128 << 20}", "--"]
+        # Sharing the user's uid, a process cap would count the user's whole session.
+        shared = Rlimits(own_uids=False)
+        assert shared.launch_prefix(Group(shared, "x"), Limits())[1:] == [f"--as={4 << 30}", "--"]
+        assert "no process cap" in shared.description

@@ -3,6 +3,7 @@ typing into it through the proxy."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def terminal_daemon(tmp_path: Path) -> Iterator[tuple[RunningDaemon, int]]:
 def test_terminal_port_serves_the_page_assets_and_only_the_pty_api(terminal_daemon: tuple[RunningDaemon, int]) -> None:
     daemon, port = terminal_daemon
     base = f"http://127.0.0.1:{port}"
+    assert _listening_ports(daemon.process.pid) == {int(daemon.url.rsplit(":", 1)[1]), port}
     page = httpx.get(base + "/")
     assert page.status_code == 200 and "assets/vendor/xterm.js" in page.text
     for asset in ("vendor/xterm.js", "vendor/xterm.css", "vendor/addon-fit.js", "terminal.js"):
@@ -58,13 +60,29 @@ def test_terminal_port_serves_the_page_assets_and_only_the_pty_api(terminal_daem
         assert [s["id"] for s in client.get("/process/pty").json()["sessions"]] == ["t1"]
 
 
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports the process listens on (its socket inodes matched in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def test_terminal_is_off_unless_configured(tmp_path: Path) -> None:
     running = start_daemon(tmp_path)
     try:
         with running.client() as client:
             assert client.get("/version").status_code == 200
-        with pytest.raises(httpx.ConnectError):
-            httpx.get("http://127.0.0.1:22222/", timeout=2)
+        port = int(running.url.rsplit(":", 1)[1])
+        assert _listening_ports(running.process.pid) == {port}
     finally:
         running.stop()
 
