@@ -260,6 +260,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert pids_before
     assert own.stop() == 0
     assert _bwrap_pids(own.state_dir) == set()
+    assert _leftover_cgroups(own.state_dir) == []
     assert not (own.state_dir / "pool").exists() or not any((own.state_dir / "pool").iterdir())
     assert json.loads((own.state_dir / "sandboxes" / sandbox_id / "sandbox.json").read_text())["state"] == "stopped"
     # The next start brings the same sandbox back, files intact.
@@ -287,6 +288,13 @@ def test_idle_sandbox_is_stopped_automatically(tmp_path: Path) -> None:
         assert sandbox_id not in json.loads((idle.state_dir / "registry.json").read_text())["sandboxes"]
     finally:
         idle.stop()
+
+
+def _leftover_cgroups(state_dir: Path) -> list[Path]:
+    import hashlib
+
+    prefix = "sbx-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8] + "-"
+    return [d for d in Path("/sys/fs/cgroup").glob("*/sandbox-toolbox/*") if d.name.startswith(prefix)]
 
 
 def _bwrap_pids(state_dir: Path) -> set[int]:
@@ -340,3 +348,4 @@ def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "is the port free?" in result.stderr
     assert not _bwrap_pids(tmp_path / "state")
+    assert _leftover_cgroups(tmp_path / "state") == []
