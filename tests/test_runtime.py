@@ -349,3 +349,27 @@ def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> 
     assert "is the port free?" in result.stderr
     assert not _bwrap_pids(tmp_path / "state")
     assert _leftover_cgroups(tmp_path / "state") == []
+
+
+def test_the_proxy_is_restarted_if_it_dies(stack: Stack) -> None:
+    import signal
+
+    proxies = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()
+               and b"proxy\0serve" in _cmdline(e) and f"\0{stack.port}\0".encode() in _cmdline(e)]
+    assert len(proxies) == 1
+    os.kill(proxies[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if stack.execute(stack.first_id, "echo back") == (0, "back\n"):
+                break
+        except (httpx.TransportError, AssertionError):
+            time.sleep(0.2)
+    assert stack.execute(stack.first_id, "echo back") == (0, "back\n")
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""
