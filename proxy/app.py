@@ -43,6 +43,8 @@ _DROP_UPSTREAM = frozenset({
 _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
 _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
 _UNSEEN: Any = object()
+# X-Proxy-Error codes the daemon's /proxy/{port} route emits.
+_DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket"})
 
 
 def _json(status: int, payload: object) -> tuple[int, Headers, bytes]:
@@ -272,7 +274,7 @@ class ProxyApp:
             raw = prefix + path + (b"?" + query if query else b"")
             filter_ = _location_rewriter(location_prefix) if location_prefix else None
             await relay.http(scope, receive, send, Target(relay.pool, host, port, raw), headers, filter_,
-                             intercept=self._interceptor_for(scope, send))
+                             on_traffic=touch, intercept=self._interceptor_for(scope, send))
         except UpstreamUnavailable as exc:
             raise ProxyError(502, "sandbox-unreachable",
                              f"The sandbox '{sandbox.id}' is registered but its daemon does not answer "
@@ -292,6 +294,8 @@ class ProxyApp:
             code = next((v.decode("latin-1") for k, v in response.headers if k.lower() == b"x-proxy-error"), None)
             if code is None:
                 return False
+            # The daemon runs inside the sandbox: never let it invent metric labels.
+            code = code if code in _DAEMON_ERRORS else "upstream-error"
             metrics.errors[code] += 1
             if not wants_html(scope):
                 return False

@@ -9,6 +9,9 @@
   GET  /crash         the process exits mid-response
   GET  /slow?s=N      answers after N seconds
   GET  /spoof         answers with an X-Proxy-Error header of its own
+  GET  /redirect?to=L 302 to L
+  GET  /hop           response with hop-by-hop headers (Connection: x-internal, Keep-Alive)
+  GET  /last-close    code and reason of the last WebSocket the client closed
   WS   /ws            echo (text and binary); picks the last offered subprotocol;
                       a text "close:CODE:REASON" closes with that code and reason
 """
@@ -25,6 +28,7 @@ from urllib.parse import parse_qs
 
 import uvicorn
 
+LAST_CLOSE: dict[str, object] = {}
 GZIP_BODY = gzip.compress(b"compressed hello " * 100, mtime=0)
 
 
@@ -87,6 +91,17 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     elif path == "/slow":
         await asyncio.sleep(float(query.get("s", ["1"])[0]))
         await respond(send, 200, b"slow done", b"text/plain")
+    elif path == "/last-close":
+        await respond(send, 200, json.dumps(LAST_CLOSE).encode(), b"application/json")
+    elif path == "/hop":
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"connection", b"x-internal"), (b"x-internal", b"secret"), (b"keep-alive", b"timeout=5"),
+            (b"x-kept", b"yes"), (b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+    elif path == "/redirect":
+        await send({"type": "http.response.start", "status": 302,
+                    "headers": [(b"location", query.get("to", ["/"])[0].encode()), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/spoof":
         await send({"type": "http.response.start", "status": 404,
                     "headers": [(b"x-proxy-error", b"sandbox-not-found"), (b"content-length", b"3")]})
@@ -108,6 +123,7 @@ async def websocket(scope, receive, send):  # type: ignore[no-untyped-def]
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
+            LAST_CLOSE.update(code=message.get("code"), reason=message.get("reason", ""))
             return
         text = message.get("text")
         if text is not None and text.startswith("close:"):

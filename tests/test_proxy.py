@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, DOMAIN, App, Proxy, start_app, start_proxy
+from tests.proxy_helpers import API_KEY, App, Proxy, start_app, start_proxy
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -330,3 +330,52 @@ def test_shutdown_closes_websockets_within_the_drain_time(tmp_path: Path, daemon
         assert proxy.process.wait(10) is not None
     finally:
         proxy.stop()
+
+
+def test_toolbox_path_redirects_stay_under_the_prefix(proxy: Proxy, app: App) -> None:
+    with proxy.client() as client:
+        base = f"/toolbox/sbx-test/proxy/{app.port}/redirect"
+        relative = client.get(base, params={"to": "/next"}, headers=AUTH)
+        absolute = client.get(base, params={"to": "https://example.com/x"}, headers=AUTH)
+        protocol_relative = client.get(base, params={"to": "//evil.example/x"}, headers=AUTH)
+    assert relative.headers["location"] == "/toolbox/sbx-test/next"
+    assert absolute.headers["location"] == "https://example.com/x"
+    assert protocol_relative.headers["location"] == "//evil.example/x"
+
+
+def test_websocket_over_the_toolbox_path(proxy: Proxy, app: App) -> None:
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            url = f"ws://127.0.0.1:{proxy.port}/toolbox/sbx-test/proxy/{app.port}/ws"
+            async with session.ws_connect(url, headers=AUTH) as ws:
+                await ws.send_bytes(b"via toolbox")
+                assert (await ws.receive()).data == b"via toolbox"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await session.ws_connect(url)
+            assert info.value.status == 401
+
+    asyncio.run(run())
+
+
+def test_daemon_on_a_unix_socket(tmp_path: Path, app: App) -> None:
+    from tests.helpers import start_daemon
+
+    uds_daemon = start_daemon(tmp_path / "d", sandbox_id="sbx-uds", uds=True)
+    proxy = start_proxy(tmp_path, {"uds": {"url": f"unix:{uds_daemon.uds}", "public": True}})
+    try:
+        with proxy.client() as client:
+            seen = client.get("/info/a%2Fb?q=1", headers={"Host": proxy.host(app.port, "uds")}).json()
+            assert (seen["raw_path"], seen["query"]) == ("/info/a%2Fb", "q=1")
+            assert client.get("/toolbox/uds/version", headers=AUTH).status_code == 200
+
+        async def ws() -> None:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"ws://127.0.0.1:{proxy.port}/ws",
+                                              headers={"Host": proxy.host(app.port, "uds")}) as socket_:
+                    await socket_.send_str("over uds")
+                    assert (await socket_.receive()).data == "over uds"
+
+        asyncio.run(ws())
+    finally:
+        proxy.stop()
+        uds_daemon.stop()

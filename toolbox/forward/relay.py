@@ -1,10 +1,12 @@
-"""Relay one ASGI request or WebSocket to an upstream server over aiohttp.
+"""Relay one ASGI request or WebSocket to an upstream server.
 
 Shared by the daemon's `/proxy/{port}` route and the preview proxy. Bodies stream both
 ways chunk by chunk (never buffered, no size limit, compressed bytes untouched); the raw
 path and query reach the upstream byte for byte; WebSockets are bridged frame by frame.
 
-aiohttp, not httpx, on the hot path: architecture.md §5 measured ~6,900 vs 585 req/s.
+HTTP goes over `pool.py` (asyncio Protocol + httptools): httpx managed 585 req/s per hop
+(architecture.md §5), aiohttp's client ~3,200 through the daemon, this pool ~10,000+.
+WebSockets go over aiohttp's client (UnixConnector for daemons on Unix sockets).
 """
 
 from __future__ import annotations
@@ -76,15 +78,6 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], extra: frozenset[by
     if named:
         out = [(k, v) for k, v in out if k not in named]
     return out
-
-
-def has_request_body(headers: Headers) -> bool:
-    for key, value in headers:
-        if key == b"transfer-encoding":
-            return True
-        if key == b"content-length":
-            return value.strip() not in (b"0", b"")
-    return False
 
 
 class LoopbackResolver(AbstractResolver):
@@ -254,14 +247,13 @@ class Relay:
                 conn.abort()
                 if sender is not None:
                     sender.cancel()
+                    sender.add_done_callback(_consume)
                 # A kept-alive connection the upstream closed just as we reused it.
                 if conn.reused and idempotent and not stale_retried:
                     stale_retried = True
                     continue
                 raise UpstreamUnavailable(str(exc) or "the upstream closed the connection") from exc
 
-        if on_traffic is not None:
-            on_traffic()
         status = conn.status
         watcher: asyncio.Task[None] | None = None
         try:
@@ -285,6 +277,8 @@ class Relay:
                 chunk = await conn.next_chunk()
                 if chunk is None:
                     break
+                if on_traffic is not None:
+                    on_traffic()  # a long download or SSE stream is activity all along
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             if sender is not None and not sender.done():
@@ -297,8 +291,11 @@ class Relay:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if sender is not None and not sender.done():
-                sender.cancel()
+            if sender is not None:
+                if not sender.done():
+                    sender.cancel()
+                elif not sender.cancelled():
+                    sender.exception()  # seen: the client or upstream left mid-upload
         return status
 
     async def websocket(
@@ -327,6 +324,11 @@ class Relay:
         async with upstream:
             await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
             await _bridge(receive, send, upstream, on_traffic)
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _close_on_disconnect(receive: Receive, conn: UpstreamConnection) -> None:
