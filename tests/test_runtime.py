@@ -239,6 +239,21 @@ def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack) -> None:
 
 
 @needs_root
+def test_cpu_cap_holds(stack: Stack) -> None:
+    stack.cli("create", "--id", "spinner", "--cpus", "0.2")
+    try:
+        # Two busy loops for 1.5 s each would use ~3 CPU-seconds uncapped (or whatever the
+        # shared machine gives); at 0.2 CPU they get ~0.3 s.
+        code, out = stack.execute("spinner", "bash -c 'for i in 1 2; do timeout 1.5 sh -c \"while :; do :; done\" & done; "
+                                             "wait; times'", timeout=20)
+        children = out.strip().splitlines()[-1].split()  # "0m0.301s 0m0.002s" user, sys of children
+        seconds = sum(float(part.split("m")[0]) * 60 + float(part.split("m")[1].rstrip("s")) for part in children)
+        assert seconds < 0.7, out
+    finally:
+        stack.cli("delete", "spinner")
+
+
+@needs_root
 def test_memory_hog_is_killed_inside_its_sandbox_only(stack: Stack) -> None:
     stack.cli("create", "--id", "hog", "--memory", "128")
     try:
