@@ -89,7 +89,7 @@ class Stack:
             "proxy_url": self.proxy_url,
             "domain": self.config.domain,
             "toolbox_url": f"{self.proxy_url}/toolbox",
-            "api_key_file": str(self.api_key_file),
+            "api_key_file": None if self.config.api_key else str(self.api_key_file),
             "limits_backend": self.runtime.backend.description,
             "pool_size": self.config.pool_size,
             "pool_ready": len(self.runtime.pool),
