@@ -130,6 +130,15 @@ class Backend:
         return {"RUNTIME_CGROUP_PROCS": " ".join(str(p) for p in group.procs_files)}
 
 
+def _probe(parents: list[Path]) -> None:
+    """Raise OSError unless we may create (and remove) groups under every parent: the
+    parents may exist already, made by root, while we are not."""
+    for parent in parents:
+        probe = parent / f"probe-{os.getpid()}"
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+
+
 class CgroupV2(Backend):
     name = "cgroup2"
 
@@ -145,6 +154,7 @@ class CgroupV2(Backend):
         controllers = "+cpu +memory +pids"
         _write(self.parent.parent / "cgroup.subtree_control", controllers)
         _write(self.parent / "cgroup.subtree_control", controllers)
+        _probe([self.parent])
 
     def create(self, name: str, limits: Limits) -> Group:
         d = self.parent / name
@@ -195,6 +205,7 @@ class CgroupV1(Backend):
                 _write(use_hierarchy, "1")
             except OSError:
                 pass
+        _probe(self.parents)
 
     def create(self, name: str, limits: Limits) -> Group:
         dirs = []

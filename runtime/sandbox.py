@@ -126,6 +126,7 @@ class SandboxDir:
             f"{USER}:x:{uid}:{gid}:sandbox user:{HOME_INSIDE}:/bin/bash\n"
             f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
+        (self.path / "etc" / "hostname").write_text("sandbox\n")
         (self.path / "etc" / "group").write_text(
             f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n"
         )
@@ -223,6 +224,7 @@ def bwrap_argv(
         "--bind", str(sandbox.run), RUN_INSIDE,
         "--ro-bind", str(sandbox.path / "etc" / "passwd"), "/etc/passwd",
         "--ro-bind", str(sandbox.path / "etc" / "group"), "/etc/group",
+        "--ro-bind", str(sandbox.path / "etc" / "hostname"), "/etc/hostname",
     ]
     argv += _expose(python, hidden=[state_root, Path("/home"), Path("/run"), Path("/tmp")])
     argv += [

@@ -220,3 +220,32 @@ def test_network_policy_isolates_sandboxes_and_admits_only_the_proxy() -> None:
     (peer,) = rule["from"]
     assert peer["podSelector"]["matchLabels"].items() <= proxy_labels.items()
     assert peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "sandbox-proxy"
+
+
+def test_the_files_the_images_copy_build_a_wheel_with_the_terminal_assets(tmp_path: Path) -> None:
+    """What `pip install /opt/toolbox-src` does in both images, from exactly the COPY set."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    context = tmp_path / "src"
+    context.mkdir()
+    for copy in dockerfile("sandbox")["COPY"]:
+        *sources, _ = shlex.split(copy)
+        for source in sources:
+            path = REPO / source
+            if path.is_dir():
+                shutil.copytree(path, context / source, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(path, context / source)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "out"),
+                             str(context)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (wheel,) = (tmp_path / "out").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for needed in ("toolbox/cli.py", "proxy/cli.py", "runtime/entry.py", "toolbox/terminal/static/index.html",
+                   "toolbox/terminal/static/terminal.js", "toolbox/terminal/static/vendor/xterm.js",
+                   "toolbox/terminal/static/vendor/xterm.css", "toolbox/terminal/static/vendor/addon-fit.js",
+                   "toolbox/terminal/static/vendor/LICENSE.xterm.txt"):
+        assert needed in names, needed

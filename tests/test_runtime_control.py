@@ -109,3 +109,16 @@ def test_limit_backend_is_detected_and_rlimits_are_the_fallback() -> None:
         shared = Rlimits(own_uids=False)
         assert shared.launch_prefix(Group(shared, "x"), Limits())[1:] == [f"--as={4 << 30}", "--"]
         assert "no process cap" in shared.description
+
+
+def test_cli_says_how_to_start_the_runtime_when_none_is_running(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path), "list"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "no runtime is running" in result.stderr and "python -m runtime up" in result.stderr
+    bad = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path), "create", "-e", "NOEQUALS"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
