@@ -49,6 +49,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Uploads: let a few reads' worth queue up before making the client wait (the
+        # 64 KiB default turns every upload into a pause/resume ping-pong).
+        transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         try:
