@@ -144,6 +144,11 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def write_chunk(self, data: bytes) -> None:
+        """One chunk of a chunked body, framed without copying the data."""
+        assert self.transport is not None
+        self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
     async def drain(self) -> None:
         if self.lost:
             raise ConnectionResetError("the upstream closed the connection")

@@ -181,7 +181,10 @@ class Relay:
                 raise _ClientGone()
             chunk = message.get("body", b"")
             if chunk:
-                conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if chunked:
+                    conn.write_chunk(chunk)
+                else:
+                    conn.write(chunk)
                 await conn.drain()
             if not message.get("more_body", False):
                 if chunked:
