@@ -202,7 +202,9 @@ class ConnectionPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.lost and now - conn.idle_since < self.keepalive:
+            # Anything that arrived while idle (an unsolicited response) would desync it.
+            unsolicited = conn.headers_done.done() or conn.chunks or conn.error is not None
+            if not conn.lost and not unsolicited and now - conn.idle_since < self.keepalive:
                 conn.reused = True
                 return conn
             conn.close()
