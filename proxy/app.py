@@ -11,7 +11,6 @@ Other hosts (bare domain, IP, LB):
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -30,10 +29,8 @@ from proxy.hosts import SANDBOX_ID, BadToolboxPath, PreviewHost, parse_preview_h
 from proxy.metrics import Metrics
 from proxy.registry import Registry, RegistryError, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
-from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop,
-                                   upstream_url)
-
-log = logging.getLogger("proxy")
+from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, UpstreamUnknownHost,
+                                   strip_hop_by_hop, upstream_url)
 
 # Client-sent values of these never reach a sandbox: the proxy sets its own or none.
 _DROP_UPSTREAM = frozenset({
@@ -275,6 +272,10 @@ class ProxyApp:
             filter_ = _location_rewriter(location_prefix) if location_prefix else None
             await relay.http(scope, receive, send, Target(relay.pool, host, port, raw), headers, filter_,
                              on_traffic=touch, intercept=self._interceptor_for(scope, send))
+        except UpstreamUnknownHost as exc:
+            # A template registry cannot know ids; an address that does not resolve means none.
+            raise ProxyError(404, "sandbox-not-found",
+                             f"No sandbox '{sandbox.id}' is reachable here ({exc.reason}).") from exc
         except UpstreamUnavailable as exc:
             raise ProxyError(502, "sandbox-unreachable",
                              f"The sandbox '{sandbox.id}' is registered but its daemon does not answer "

@@ -82,6 +82,16 @@ def test_template_registry(tmp_path: Path, daemon: RunningDaemon, app: App) -> N
             assert preview.json()["raw_path"] == "/info/t"
     finally:
         proxy.stop()
+    # With no such host (a deleted sandbox's Service), the answer is a fast, clear 404.
+    dns = start_proxy(tmp_path / "dns", registry="template:http://sbx-{id}.invalid:2280")
+    try:
+        with dns.client() as client:
+            started = time.monotonic()
+            missing = client.get("/toolbox/gone/version", headers=AUTH)
+            assert missing.status_code == 404 and missing.headers["x-proxy-error"] == "sandbox-not-found"
+            assert time.monotonic() - started < 5
+    finally:
+        dns.stop()
     with pytest.raises(ValueError):
         TemplateRegistry("http://no-placeholder:2280")
     with pytest.raises(ValueError):
