@@ -104,6 +104,28 @@ def main() -> None:
                     f"/process/session/bench/command/{cmd_id}/logs", params={"offset": size}
                 ).headers["x-output-offset"]
                 print(f"log size on disk (with stream markers): {int(end) / 1024**3:.3f} GiB")
+
+                # The same again, with a WebSocket client following the log as it grows.
+                from websockets.sync.client import connect
+
+                before = peak = rss_kib(pid)
+                started = time.monotonic()
+                cmd_id = client.post(
+                    "/process/session/bench/exec",
+                    json={"command": f"head -c {size} /dev/zero | tr '\\0' x", "runAsync": True},
+                ).json()["cmdId"]
+                url = daemon.url.replace("http://", "ws://") + f"/process/session/bench/command/{cmd_id}/logs?follow=true"
+                received = 0
+                with connect(url, max_size=None) as ws:
+                    for count, frame in enumerate(ws):
+                        received += len(frame)
+                        if count % 256 == 0:
+                            peak = max(peak, rss_kib(pid))
+                elapsed = time.monotonic() - started
+                print(
+                    f"{args.gib:g} GiB followed over WebSocket {elapsed:5.1f} s ({received / 1024**2 / elapsed:5.0f} MiB/s), "
+                    f"daemon RSS growth {(peak - before) / 1024:.1f} MiB"
+                )
                 client.delete("/process/session/bench")
         finally:
             daemon.stop()

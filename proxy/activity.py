@@ -1,5 +1,5 @@
-"""Last activity per sandbox, from real traffic (requests, response starts, WebSocket data
-frames; not pings), written to the registry at most once per `interval` per sandbox."""
+"""Last activity per sandbox, from real traffic (requests, streamed response chunks, WebSocket
+data frames; not pings), written to the registry at most once per `interval` per sandbox."""
 
 from __future__ import annotations
 

@@ -11,12 +11,12 @@ Other hosts (bare domain, IP, LB):
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
@@ -28,10 +28,9 @@ from proxy.errors import ProxyError, header, send_error, wants_html
 from proxy.hosts import SANDBOX_ID, BadToolboxPath, PreviewHost, parse_preview_host, parse_toolbox_path, under_domain
 from proxy.metrics import Metrics
 from proxy.registry import Registry, RegistryError, Sandbox, open_registry
-from toolbox.forward.relay import (Headers, Relay, UpstreamRejected, UpstreamUnavailable, new_session,
+from toolbox.forward.pool import UpstreamConnection
+from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, UpstreamUnknownHost,
                                    strip_hop_by_hop, upstream_url)
-
-log = logging.getLogger("proxy")
 
 # Client-sent values of these never reach a sandbox: the proxy sets its own or none.
 _DROP_UPSTREAM = frozenset({
@@ -40,6 +39,9 @@ _DROP_UPSTREAM = frozenset({
 })
 _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
 _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
+_UNSEEN: Any = object()
+# X-Proxy-Error codes the daemon's /proxy/{port} route emits.
+_DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket"})
 
 
 def _json(status: int, payload: object) -> tuple[int, Headers, bytes]:
@@ -59,32 +61,41 @@ class ProxyApp:
         self.auth = Auth(config.secret, config.api_keys)
         self.metrics = Metrics()
         self.activity = ActivityTracker(self.registry, config.activity_interval)
-        self._tcp: Relay | None = None
+        self._tcp = Relay(keepalive=60.0)
         self._unix: dict[str, Relay] = {}
+        self._addresses: dict[str, tuple[Relay, str, int, bytes, str]] = {}
+        self._hosts: dict[str, PreviewHost | None] = {}  # parsed Host headers, bounded
         https = config.public_scheme == "https"
         self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
         self._xf_proto = config.public_scheme.encode()
         self._xf_port = str(config.public_port).encode()
 
     # -- plumbing -------------------------------------------------------------------------
-    def _relay(self, address: str) -> tuple[Relay, str]:
+    def _upstream(self, address: str) -> tuple[Relay, str, int, bytes, str]:
+        """(relay, host, port, path prefix, base URL for WebSockets) of a daemon address."""
+        cached = self._addresses.get(address)
+        if cached is not None:
+            return cached
         if address.startswith("unix:"):
             path = address[len("unix:"):]
             relay = self._unix.get(path)
             if relay is None:
-                relay = self._unix[path] = Relay(new_session(unix_path=path, keepalive=60.0))
-            return relay, "http://localhost"
-        if self._tcp is None:
+                relay = self._unix[path] = Relay(unix_path=path, keepalive=60.0)
+            result = (relay, "localhost", 0, b"", "http://localhost")
+        else:
+            parts = urlsplit(address)
             # The daemon keeps connections 75 s; reuse them for 60.
-            self._tcp = Relay(new_session(keepalive=60.0))
-        return self._tcp, address
+            result = (self._tcp, parts.hostname or "", parts.port or 80, parts.path.rstrip("/").encode(), address)
+        if len(self._addresses) > 10_000:
+            self._addresses.clear()
+        self._addresses[address] = result
+        return result
 
     async def close(self) -> None:
         await self.activity.flush()
-        for relay in [*self._unix.values(), *([self._tcp] if self._tcp else [])]:
-            await relay.session.close()
+        for relay in [*self._unix.values(), self._tcp]:
+            await relay.close()
         self._unix.clear()
-        self._tcp = None
         await self.registry.close()
 
     async def _lookup(self, sandbox_id: str) -> Sandbox | None:
@@ -108,10 +119,10 @@ class ProxyApp:
             if key in _DROP_UPSTREAM or (key == b"authorization" and drop_authorization):
                 continue
             if key == b"cookie" and not keep_cookie_header:
-                if cookie:
-                    out.append((key, cookie))
-                continue
+                continue  # replaced below by the jar without the proxy's cookies
             out.append((key, value))
+        if cookie and not keep_cookie_header:
+            out.append((b"cookie", cookie))
         client = scope.get("client")
         if client:
             out.append((b"x-forwarded-for", client[0].encode()))
@@ -129,7 +140,12 @@ class ProxyApp:
             await receive()  # websocket.connect: answered by accept or by a denial response
         host = (header(scope, b"host") or b"").decode("latin-1")
         try:
-            preview = parse_preview_host(host, self.config.domain)
+            preview = self._hosts.get(host, _UNSEEN)
+            if preview is _UNSEEN:
+                preview = parse_preview_host(host, self.config.domain)
+                if len(self._hosts) >= 4096:
+                    self._hosts.clear()
+                self._hosts[host] = preview
             if preview is not None:
                 self.metrics.requests["preview"] += 1
                 await self._preview(scope, receive, send, preview)
@@ -179,10 +195,16 @@ class ProxyApp:
         query_token: str | None = None
         if _QUERY_PARAM_BYTES in query:
             query, query_token = strip_query_param(query, QUERY_PARAM)
-        cookie_header = header(scope, b"cookie")
+        cookie_header = header_token = authorization = None
+        for key, value in scope["headers"]:
+            if key == b"cookie":
+                cookie_header = value if cookie_header is None else cookie_header + b"; " + value
+            elif key == PREVIEW_HEADER:
+                header_token = value
+            elif key == b"authorization":
+                authorization = value
         cookies, other_cookies = split_cookies(cookie_header) if cookie_header else ({}, None)
-        header_token = header(scope, PREVIEW_HEADER)
-        api_key = self.auth.bearer_is_api_key(header(scope, b"authorization"))
+        api_key = authorization is not None and self.auth.bearer_is_api_key(authorization)
 
         via: str | None = "signed" if signed else None
         if via is None and header_token is not None and self.auth.check_preview_token(sandbox, header_token.decode("latin-1")):
@@ -215,10 +237,8 @@ class ProxyApp:
                                   cookie=other_cookies, keep_cookie_header=False)
         if self.config.preserve_host:
             headers.append((b"x-toolbox-preserve-host", b"1"))
-        relay, base = self._relay(sandbox.url)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        url = upstream_url(f"{base}/proxy/{target.port}", raw_path, query)
-        await self._forward(scope, receive, send, relay, url, headers, sandbox, None)
+        await self._forward(scope, receive, send, sandbox, b"/proxy/%d" % target.port + raw_path, query, headers, None)
 
     async def _bootstrap_cookie(self, scope: Scope, send: Send, sandbox: Sandbox, port: int, query: bytes) -> None:
         """Swap the query token for a host-only cookie and send the browser to the clean URL."""
@@ -233,22 +253,29 @@ class ProxyApp:
                                    (b"cache-control", b"no-store"), (b"referrer-policy", b"no-referrer"),
                                    (b"content-length", b"0")], b"")
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, relay: Relay, url: object,
-                       headers: Headers, sandbox: Sandbox, location_prefix: bytes | None) -> None:
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, path: bytes,
+                       query: bytes, headers: Headers, location_prefix: bytes | None) -> None:
+        relay, host, port, prefix, base = self._upstream(sandbox.url)
         touch = self.activity.toucher(sandbox.id)
         touch()
         try:
             if scope["type"] == "websocket":
                 self.metrics.websockets_open += 1
                 try:
-                    await relay.websocket(scope, receive, send, url, headers, on_traffic=touch,  # type: ignore[arg-type]
+                    url = upstream_url(base.rstrip("/"), path, query)
+                    await relay.websocket(scope, receive, send, url, headers, on_traffic=touch,
                                           handshake_received=True)
                 finally:
                     self.metrics.websockets_open -= 1
                 return
+            raw = prefix + path + (b"?" + query if query else b"")
             filter_ = _location_rewriter(location_prefix) if location_prefix else None
-            await relay.http(scope, receive, send, url, headers, filter_,  # type: ignore[arg-type]
+            await relay.http(scope, receive, send, Target(relay.pool, host, port, raw), headers, filter_,
                              on_traffic=touch, intercept=self._interceptor_for(scope, send))
+        except UpstreamUnknownHost as exc:
+            # A template registry cannot know ids; an address that does not resolve means none.
+            raise ProxyError(404, "sandbox-not-found",
+                             f"No sandbox '{sandbox.id}' is reachable here ({exc.reason}).") from exc
         except UpstreamUnavailable as exc:
             raise ProxyError(502, "sandbox-unreachable",
                              f"The sandbox '{sandbox.id}' is registered but its daemon does not answer "
@@ -261,18 +288,25 @@ class ProxyApp:
         started = time.perf_counter()
         metrics = self.metrics
 
-        async def intercept(response: aiohttp.ClientResponse) -> bool:
+        async def intercept(response: UpstreamConnection) -> bool:
             metrics.observe_upstream(time.perf_counter() - started)
-            code = response.headers.get("x-proxy-error")
+            if response.status < 400:
+                return False
+            code = next((v.decode("latin-1") for k, v in response.headers if k.lower() == b"x-proxy-error"), None)
             if code is None:
                 return False
+            # The daemon runs inside the sandbox: never let it invent metric labels.
+            code = code if code in _DAEMON_ERRORS else "upstream-error"
             metrics.errors[code] += 1
             if not wants_html(scope):
                 return False
             # The daemon's own error (port not open, ...): a page for people, same code.
+            body = b""
             try:
-                message = json.loads(await response.content.read(65536)).get("message", "")
-            except (ValueError, AttributeError):
+                while len(body) < 65536 and (chunk := await response.next_chunk()) is not None:
+                    body += chunk
+                message = json.loads(body).get("message", "")
+            except (ValueError, AttributeError, ConnectionError):
                 message = ""
             await send_error(scope, send, ProxyError(response.status, code, message or code))
             return True
@@ -325,9 +359,7 @@ class ProxyApp:
             sandbox = await self._known(sandbox_id)
         headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=api_key,
                                   cookie=None, keep_cookie_header=True)
-        relay, base = self._relay(sandbox.url)
-        url = upstream_url(base, rest, scope.get("query_string", b""))
-        await self._forward(scope, receive, send, relay, url, headers, sandbox,
+        await self._forward(scope, receive, send, sandbox, rest, scope.get("query_string", b""), headers,
                             b"/toolbox/" + sandbox_id.encode())
 
     async def _mint(self, scope: Scope, send: Send, sandbox_id: str, port_text: str, kind: str) -> None:

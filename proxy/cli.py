@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="apps see the public Host instead of localhost:{port} (env PROXY_PRESERVE_HOST)")
     serve.add_argument("--drain-seconds", type=float, default=float(_env("PROXY_DRAIN_SECONDS", "10") or 10),
                        help="on SIGTERM, wait this long for open requests and WebSockets (env PROXY_DRAIN_SECONDS)")
+    serve.add_argument("--forwarded-allow-ips", default=_env("PROXY_FORWARDED_ALLOW_IPS", ""),
+                       help="comma-separated addresses of load balancers whose X-Forwarded-For/Proto are "
+                            "believed (the client address the proxy forwards); none by default "
+                            "(env PROXY_FORWARDED_ALLOW_IPS)")
     serve.add_argument("--log-level", default=_env("PROXY_LOG_LEVEL", "warning"),
                        choices=["critical", "error", "warning", "info", "debug"], help="(env PROXY_LOG_LEVEL)")
     url = commands.add_parser("preview-url", help="print a preview URL for a sandbox port",
@@ -79,15 +83,19 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["PROXY_DOMAIN"] = args.domain
     os.environ["PROXY_REGISTRY"] = args.registry
     os.environ["PROXY_PUBLIC_URL"] = args.public_url or f"http://{args.domain}:{args.port}"
+    if not args.secret:
+        print("warning: no PROXY_SECRET: derived preview tokens, signed URLs and cookies stop working "
+              "at the next restart and differ between replicas", file=sys.stderr, flush=True)
     os.environ["PROXY_SECRET"] = args.secret or secrets.token_hex(32)
     os.environ["PROXY_PRESERVE_HOST"] = "1" if args.preserve_host else ""
     if args.api_keys_file:
         os.environ["PROXY_API_KEYS_FILE"] = args.api_keys_file
     common = dict(
-        host=args.host, port=args.port, loop="uvloop", http="httptools", ws="websockets-sansio",
+        host=args.host, port=args.port, loop="uvloop", http="toolbox.protocol:GuardedHttpToolsProtocol", ws="websockets-sansio",
         ws_max_size=64 * 1024 * 1024, ws_per_message_deflate=False, timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=args.drain_seconds, log_level=args.log_level, access_log=False,
-        server_header=False, proxy_headers=False, lifespan="on",
+        server_header=False, lifespan="on",
+        proxy_headers=bool(args.forwarded_allow_ips), forwarded_allow_ips=args.forwarded_allow_ips or None,
     )
     if args.workers > 1:
         print(f"Starting proxy on {args.host}:{args.port} with {args.workers} workers", flush=True)

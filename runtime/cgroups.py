@@ -109,6 +109,16 @@ class Backend:
     def stats(self, group: Group) -> dict[str, int]:
         return {}
 
+    def parents_dirs(self) -> list[Path]:
+        return []
+
+    def sweep(self, prefix: str) -> None:
+        """Remove leftover groups whose name starts with `prefix`, killing what is in them."""
+        names = {d.name for p in self.parents_dirs() if p.is_dir()
+                 for d in p.iterdir() if d.is_dir() and d.name.startswith(prefix)}
+        for name in names:
+            Group(self, name, [p / name for p in self.parents_dirs() if (p / name).is_dir()]).remove()
+
     def launch_prefix(self, group: Group, limits: Limits) -> list[str]:
         """Argv prefix that puts the launched process into `group` before it execs."""
         if not group.dirs:
@@ -120,6 +130,15 @@ class Backend:
         return {"RUNTIME_CGROUP_PROCS": " ".join(str(p) for p in group.procs_files)}
 
 
+def _probe(parents: list[Path]) -> None:
+    """Raise OSError unless we may create (and remove) groups under every parent: the
+    parents may exist already, made by root, while we are not."""
+    for parent in parents:
+        probe = parent / f"probe-{os.getpid()}"
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+
+
 class CgroupV2(Backend):
     name = "cgroup2"
 
@@ -127,11 +146,15 @@ class CgroupV2(Backend):
         self.parent = root / PARENT_NAME
         self.description = f"cgroup v2 at {self.parent} (cpu.max, memory.max, pids.max)"
 
+    def parents_dirs(self) -> list[Path]:
+        return [self.parent]
+
     def setup(self) -> None:
         self.parent.mkdir(exist_ok=True)
         controllers = "+cpu +memory +pids"
         _write(self.parent.parent / "cgroup.subtree_control", controllers)
         _write(self.parent / "cgroup.subtree_control", controllers)
+        _probe([self.parent])
 
     def create(self, name: str, limits: Limits) -> Group:
         d = self.parent / name
@@ -169,6 +192,9 @@ class CgroupV1(Backend):
             "(cpu.cfs_quota_us, memory.limit_in_bytes, pids.max)"
         )
 
+    def parents_dirs(self) -> list[Path]:
+        return list(self.parents)
+
     def setup(self) -> None:
         for p in self.parents:
             p.mkdir(exist_ok=True)
@@ -179,6 +205,7 @@ class CgroupV1(Backend):
                 _write(use_hierarchy, "1")
             except OSError:
                 pass
+        _probe(self.parents)
 
     def create(self, name: str, limits: Limits) -> Group:
         dirs = []
@@ -220,8 +247,16 @@ class Rlimits(Backend):
     """No writable cgroups: per-uid process count and per-process address space."""
 
     name = "rlimit"
-    description = ("rlimits (RLIMIT_NPROC per sandbox uid, RLIMIT_AS per process); "
-                   "no CPU cap: no writable cgroup hierarchy on this machine")
+
+    def __init__(self, own_uids: bool | None = None) -> None:
+        # RLIMIT_NPROC counts every process of the real uid: a per-sandbox limit only when
+        # each sandbox has a uid of its own (we run as root); otherwise it would count the
+        # user's whole session, so it is left off.
+        self.own_uids = os.geteuid() == 0 if own_uids is None else own_uids
+        nproc = "RLIMIT_NPROC per sandbox uid, " if self.own_uids else ""
+        self.description = (f"rlimits ({nproc}RLIMIT_AS per process); no CPU cap"
+                            f"{'' if self.own_uids else ', no process cap'}: "
+                            "no writable cgroup hierarchy on this machine")
 
     def launch_prefix(self, group: Group, limits: Limits) -> list[str]:
         prlimit = shutil.which("prlimit")
@@ -229,7 +264,8 @@ class Rlimits(Backend):
             return []
         # Address space, not resident memory: Python reserves far more than it touches,
         # so allow headroom over the memory limit.
-        return [prlimit, f"--nproc={limits.pids}", f"--as={limits.memory_bytes * 4}", "--"]
+        nproc = [f"--nproc={limits.pids}"] if self.own_uids else []
+        return [prlimit, *nproc, f"--as={limits.memory_bytes * 4}", "--"]
 
     def launch_env(self, group: Group) -> dict[str, str]:
         return {}

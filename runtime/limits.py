@@ -34,8 +34,17 @@ class Limits:
         if unknown:
             raise ValueError(f"unknown limit(s): {', '.join(sorted(unknown))}")
         default = cls()
+
+        def number(name: str, kind: type, fallback: float) -> Any:
+            value = data.get(name, fallback)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    kind is int and value != int(value)):
+                raise ValueError(f"limits.{name} must be {'an integer' if kind is int else 'a number'}, "
+                                 f"got {value!r}")
+            return kind(value)
+
         return cls(
-            cpus=float(data.get("cpus", default.cpus)),
-            memory_mib=int(data.get("memory_mib", default.memory_mib)),
-            pids=int(data.get("pids", default.pids)),
+            cpus=number("cpus", float, default.cpus),
+            memory_mib=number("memory_mib", int, default.memory_mib),
+            pids=number("pids", int, default.pids),
         )

@@ -10,6 +10,8 @@ in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +35,8 @@ log = logging.getLogger("runtime")
 UID_BASE = 200_000  # sandbox uids when we run as root: far from real users
 READY_LINE = b"Starting toolbox server"
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
+# Called with a sandbox id once it is in the registry; returns when the proxy routes it.
+VisibleCheck = Callable[[str], Awaitable[None]]
 
 
 def _tail(path: Path, size: int = 600) -> str:
@@ -73,6 +77,7 @@ class Runtime:
         limits: Limits | None = None,
         idle_timeout: float = 15 * 60,
         activity: ActivitySource | None = None,
+        visible: VisibleCheck | None = None,
         terminal_port: int = TERMINAL_PORT,
         python: str = sys.executable,
         start_timeout: float = 30.0,
@@ -85,6 +90,7 @@ class Runtime:
         self.default_limits = limits or Limits()
         self.idle_timeout = idle_timeout
         self.activity = activity
+        self.visible = visible
         self.terminal_port = terminal_port
         self.python = python
         self.start_timeout = start_timeout
@@ -98,6 +104,11 @@ class Runtime:
         self._pool_wakeup = asyncio.Event()
         self._closed = False
 
+    @property
+    def _group_prefix(self) -> str:
+        # Runtimes with different state dirs share the cgroup parent; each owns its prefix.
+        return "sbx-" + hashlib.sha256(str(self.root).encode()).hexdigest()[:8] + "-"
+
     # ---- start and stop the runtime -------------------------------------------------
 
     async def open(self) -> None:
@@ -108,6 +119,8 @@ class Runtime:
         os.chmod(self.root, 0o755)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
+        # Groups left by a runtime on this state dir that died without cleaning up.
+        await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
         self.pool_dir.mkdir()
         for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
@@ -164,6 +177,7 @@ class Runtime:
         if running is not None:
             data["started_at"] = running.started_at
             data["usage"] = running.group.stats()
+            data["cgroups"] = [str(d) for d in running.group.dirs]
         return data
 
     async def create(
@@ -187,9 +201,8 @@ class Runtime:
             if sandbox_id in self.specs:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
-            pooled = self.pool.pop(0) if egress == "none" and self.pool else None
+            pooled = self._take_pooled() if egress == "none" else None
             if pooled is not None:
-                self._pool_wakeup.set()
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
                 if limits != self.default_limits:
@@ -210,12 +223,32 @@ class Runtime:
                 del self.specs[sandbox_id]
                 target.remove()
                 self._uids.discard(spec.uid)
+                self._pool_wakeup.set()
                 raise
             self.running[sandbox_id] = running
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            await self._until_visible(spec.id)
+            # Refill only now: the next pooled sandbox's imports would compete for CPU
+            # with this claim.
+            self._pool_wakeup.set()
             return spec
+
+    def _take_pooled(self) -> Running | None:
+        while self.pool:
+            candidate = self.pool.pop(0)
+            if candidate.process.returncode is None:
+                return candidate
+            log.warning("dropping a pooled sandbox that exited (code %s)", candidate.process.returncode)
+            self._spawn(self._discard(candidate))
+        return None
+
+    async def _discard(self, running: Running) -> None:
+        await self._kill(running)
+        running.dir.remove()
+        self._uids.discard(running.uid)
+        self._pool_wakeup.set()
 
     async def start(self, sandbox_id: str) -> SandboxSpec:
         async with self._lock(sandbox_id):
@@ -223,6 +256,8 @@ class Runtime:
             if sandbox_id in self.running:
                 return spec
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            # Idempotent: also brings a sandbox made by an older version up to today's layout.
+            await asyncio.to_thread(target.create, spec.uid, spec.gid)
             running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
             try:
                 await self._claim(running, spec)
@@ -233,6 +268,7 @@ class Runtime:
             spec.state = "started"
             target.save(spec)
             self._register(spec)
+            await self._until_visible(spec.id)
             return spec
 
     async def stop(self, sandbox_id: str) -> SandboxSpec:
@@ -268,24 +304,40 @@ class Runtime:
 
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
                       egress: str) -> Running:
-        """Start bwrap around the pre-importing entry; returns once it reports `pooled`."""
-        group = await asyncio.to_thread(
-            self.backend.create, f"sbx-{os.urandom(5).hex()}", limits)
-        argv = self.backend.launch_prefix(group, limits)
-        argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
-                           terminal_port=self.terminal_port,
-                           run_as=(uid, gid) if os.geteuid() == 0 else None)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.backend.launch_env(group)}
-        with open(target.log, "ab") as logfile:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=logfile, env=env, start_new_session=True,
-            )
-        running = Running(process, group, target, uid, gid)
+        """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
+
+        Whatever happens (errors, cancellation when the runtime stops), a sandbox that did
+        not come up leaves no cgroup and no process behind."""
+        name = f"{self._group_prefix}{os.urandom(5).hex()}"
+        creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
+            group = await asyncio.shield(creating)
+        except OSError as exc:
+            raise SandboxError(500, f"cannot set up the sandbox's cgroup: {exc}") from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread((await creating).remove)
+            raise
+        process: asyncio.subprocess.Process | None = None
+        try:
+            argv = self.backend.launch_prefix(group, limits)
+            argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
+                               terminal_port=self.terminal_port,
+                               run_as=(uid, gid) if os.geteuid() == 0 else None)
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                   **self.backend.launch_env(group)}
+            with open(target.log, "ab") as logfile:
+                process = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=logfile, env=env, start_new_session=True,
+                )
+            running = Running(process, group, target, uid, gid)
             await self._expect(running, b"pooled")
         except BaseException:
-            await self._kill(running)
+            if process is not None:
+                await asyncio.shield(self._kill(Running(process, group, target, uid, gid)))
+            else:
+                await asyncio.shield(asyncio.to_thread(group.remove))
             raise
         return running
 
@@ -313,16 +365,21 @@ class Runtime:
         running.process.stdin.close()
         await self._expect(running, READY_LINE)
         running.started_at = time.time()
-        running.pump = asyncio.ensure_future(self._pump(running))
+        running.pump = asyncio.ensure_future(self._pump(running, spec.id))
         self._protect_daemon(running)
 
-    async def _pump(self, running: Running) -> None:
-        """Keep draining the daemon's stdout into its log (it must never block on it)."""
+    async def _pump(self, running: Running, sandbox_id: str) -> None:
+        """Keep draining the daemon's stdout into its log (it must never block on it); when
+        the sandbox dies on its own, mark it stopped and take it out of the registry."""
         assert running.process.stdout is not None
         with open(running.dir.path / "daemon.log", "ab") as logfile:
             while chunk := await running.process.stdout.read(65536):
                 logfile.write(chunk)
                 logfile.flush()
+        await running.process.wait()
+        if self.running.get(sandbox_id) is running and not self._closed:
+            log.warning("sandbox %s exited on its own (code %s)", sandbox_id, running.process.returncode)
+            self._spawn(self.stop(sandbox_id))
 
     def _protect_daemon(self, running: Running) -> None:
         """Make the OOM killer pick a memory hog before the sandbox's own daemon."""
@@ -344,9 +401,17 @@ class Runtime:
         except ProcessLookupError:
             pass
         await running.process.wait()
-        if running.pump is not None:
+        if running.pump is not None and running.pump is not asyncio.current_task():
             await asyncio.gather(running.pump, return_exceptions=True)
         await asyncio.to_thread(running.group.remove)
+
+    async def _until_visible(self, sandbox_id: str) -> None:
+        if self.visible is None:
+            return
+        try:
+            await self.visible(sandbox_id)
+        except Exception as exc:  # the sandbox is up either way; the proxy catches up
+            log.warning("proxy did not confirm %s: %s", sandbox_id, exc)
 
     def _register(self, spec: SandboxSpec) -> None:
         socket = self.sandboxes_dir / spec.id / "run" / "toolbox.sock"

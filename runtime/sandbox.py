@@ -117,6 +117,7 @@ class SandboxDir:
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o755)
         os.chmod(self.tmp, 0o1777)
+        os.chmod(self.home, 0o700)
         for d in (self.home, self.tmp, self.run):
             if os.geteuid() == 0:
                 os.chown(d, uid, gid)
@@ -125,6 +126,7 @@ class SandboxDir:
             f"{USER}:x:{uid}:{gid}:sandbox user:{HOME_INSIDE}:/bin/bash\n"
             f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
+        (self.path / "etc" / "hostname").write_text("sandbox\n")
         (self.path / "etc" / "group").write_text(
             f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n"
         )
@@ -174,6 +176,12 @@ def _expose(python: str, hidden: list[Path]) -> list[str]:
         argv += ["--tmpfs", str(mask)]
     # Shortest first, so a nested path is mounted on top of its parent's bind.
     for path in sorted(set(binds), key=lambda p: len(p.parts)):
+        for mask in masks:
+            if mask in path.parents:
+                # bwrap would create the directories in between as 0700 root.
+                for between in reversed(path.parents):
+                    if mask in between.parents:
+                        argv += ["--perms", "0755", "--dir", str(between)]
         argv += ["--ro-bind", str(path), str(path)]
     return argv
 
@@ -216,6 +224,7 @@ def bwrap_argv(
         "--bind", str(sandbox.run), RUN_INSIDE,
         "--ro-bind", str(sandbox.path / "etc" / "passwd"), "/etc/passwd",
         "--ro-bind", str(sandbox.path / "etc" / "group"), "/etc/group",
+        "--ro-bind", str(sandbox.path / "etc" / "hostname"), "/etc/hostname",
     ]
     argv += _expose(python, hidden=[state_root, Path("/home"), Path("/run"), Path("/tmp")])
     argv += [

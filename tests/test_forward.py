@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import RunningDaemon, free_port, start_daemon
 from tests.proxy_apps import GZIP_BODY
-from tests.proxy_helpers import App, start_app
+from tests.proxy_helpers import App, ipv6_loopback, start_app
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,7 @@ def test_app_cannot_forge_proxy_errors(daemon: RunningDaemon, app: App) -> None:
     assert "x-proxy-error" not in response.headers
 
 
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_only_app(daemon: RunningDaemon) -> None:
     v6 = start_app(host="::1")
     try:
@@ -202,3 +203,40 @@ def test_forward_over_unix_socket_daemon(tmp_path: Path, app: App) -> None:
         assert json.loads(response.text)["query"] == "x=1"
     finally:
         uds_daemon.stop()
+
+
+def test_response_hop_by_hop_headers_removed(daemon: RunningDaemon, app: App) -> None:
+    with daemon.client() as client:
+        response = client.get(f"/proxy/{app.port}/hop")
+    assert response.headers["x-kept"] == "yes"
+    assert "x-internal" not in response.headers and "keep-alive" not in response.headers
+
+
+def test_client_close_code_reaches_the_app(daemon: RunningDaemon, app: App) -> None:
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{daemon.url.replace('http', 'ws')}/proxy/{app.port}/ws") as ws:
+                await ws.send_str("x")
+                await ws.receive()
+                await ws.close(code=4005, message=b"client leaves")
+            await asyncio.sleep(0.3)
+            async with session.get(f"{daemon.url}/proxy/{app.port}/last-close") as response:
+                assert await response.json() == {"code": 4005, "reason": "client leaves"}
+
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_websocket_to_ipv6_only_app(daemon: RunningDaemon) -> None:
+    v6 = start_app(host="::1")
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{daemon.url.replace('http', 'ws')}/proxy/{v6.port}/ws") as ws:
+                await ws.send_str("six")
+                assert (await ws.receive()).data == "six"
+
+    try:
+        asyncio.run(run())
+    finally:
+        v6.stop()

@@ -11,8 +11,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.helpers import RunningDaemon
-from toolbox.app import create_app
+from toolbox.app import build_routes
 from toolbox.config import Settings
+from toolbox.context import Daemon
 from toolbox.http import WireModel
 from toolbox.openapi.document import build_document, iter_endpoints
 from toolbox.openapi.registry import operation
@@ -27,8 +28,8 @@ def test_document_lists_every_route_the_daemon_serves(daemon: RunningDaemon, tmp
     doc = response.json()
     assert doc["openapi"].startswith("3.1")
 
-    app = create_app(Settings(workdir=tmp_path, home=tmp_path)).app  # type: ignore[attr-defined]
-    served = {(e.method.lower(), e.path) for e in iter_endpoints(app.router.routes)}
+    routes = build_routes(Daemon(Settings(workdir=tmp_path, home=tmp_path)))
+    served = {(e.method.lower(), e.path) for e in iter_endpoints(routes)}
     documented = {(method, path) for path, item in doc["paths"].items() for method in item}
     assert served and served == documented
 
@@ -92,3 +93,33 @@ def test_regression_lone_surrogates_are_refused_not_500(daemon: RunningDaemon) -
             assert response.status_code == 400, response.text
             assert response.json()["code"] == "INVALID_REQUEST_BODY" and "surrogate" in response.json()["message"]
         assert http.post("/env", content='{"set": {"TOOLBOX_OK": "é \\u00e9 \\ud83d\\ude00"}}'.encode()).status_code == 200
+
+
+def test_undescribed_handlers_get_inputs_inferred_from_their_code() -> None:
+    from toolbox.http import parse_body, query_bool, query_int, query_required, query_str
+
+    async def listing(request: Request) -> JSONResponse:
+        path = query_required(request, "path")
+        depth = query_int(request, "depth", 1, minimum=1, maximum=10)
+        hidden = query_bool(request, "hidden")
+        sort = request.query_params.get("sort")
+        return JSONResponse([path, depth, hidden, sort, query_str(request, "filter", required=True)])
+
+    async def create(request: Request) -> JSONResponse:
+        body = await parse_body(request, Thing, optional=True)
+        return JSONResponse(body.wire())
+
+    app = Starlette(routes=[Route("/list", listing), Route("/things", create, methods=["POST"])])
+    doc = build_document(app.router.routes, version="1")
+    listed = doc["paths"]["/list"]["get"]
+    assert listed["x-inferred"] is True
+    assert {p["name"]: (p["required"], p["schema"]) for p in listed["parameters"]} == {
+        "path": (True, {"type": "string"}),
+        "depth": (False, {"type": "integer", "minimum": 1, "maximum": 10}),
+        "hidden": (False, {"type": "boolean"}),
+        "sort": (False, {"type": "string"}),
+        "filter": (True, {"type": "string"}),
+    }
+    created = doc["paths"]["/things"]["post"]
+    assert created["requestBody"]["required"] is False
+    assert created["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/Thing")

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, DOMAIN, App, Proxy, start_app, start_proxy
+from tests.proxy_helpers import API_KEY, App, Proxy, start_app, start_proxy
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -247,3 +247,166 @@ def test_preserve_host_workers_and_graceful_drain(tmp_path: Path, daemon: Runnin
         assert proxy.process.wait(10) is not None
     finally:
         proxy.stop()
+
+
+def test_uploads_stream_through_both_hops(proxy: Proxy, app: App) -> None:
+    block = bytes(range(256)) * 4096  # 1 MiB
+
+    def chunked() -> Iterator[bytes]:
+        for _ in range(16):
+            yield block
+
+    with proxy.client() as client:
+        host = {"Host": proxy.host(app.port, "pub")}
+        by_chunks = client.post("/count", content=chunked(), headers=host).json()
+        by_length = client.post("/count", content=block * 16, headers=host).json()
+    assert by_chunks == by_length
+    assert by_chunks["size"] == 16 << 20
+
+
+def test_head_and_reuse_after_it(proxy: Proxy, app: App) -> None:
+    with proxy.client() as client:
+        host = {"Host": proxy.host(app.port, "pub")}
+        head = client.head("/big?mb=3", headers=host)
+        assert head.status_code == 200 and head.headers["content-length"] == str(3 << 20) and head.content == b""
+        for _ in range(3):
+            assert client.get("/info/again", headers=host).json()["method"] == "GET"
+
+
+def test_close_delimited_response(proxy: Proxy, daemon: RunningDaemon) -> None:
+    # An HTTP/1.0-style app: no Content-Length, the body ends when the connection closes.
+    port = free_port()
+    ready = threading.Event()
+
+    def serve() -> None:
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            ready.set()
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(5)
+    with proxy.client() as client:
+        response = client.get("/", headers={"Host": proxy.host(port, "pub")})
+    assert (response.status_code, response.text) == (200, "until the end")
+    thread.join(5)
+
+
+def test_client_leaving_mid_stream_leaves_the_proxy_healthy(proxy: Proxy, app: App) -> None:
+    with proxy.client() as client:
+        host = {"Host": proxy.host(app.port, "pub")}
+        for _ in range(3):
+            with client.stream("GET", "/big?mb=512", headers=host) as response:
+                next(response.iter_raw())  # read a little, then hang up
+        with client.stream("GET", "/sse", headers=host) as response:
+            next(response.iter_raw())
+        assert client.get("/info/still-fine", headers=host).status_code == 200
+
+
+def test_shutdown_closes_websockets_within_the_drain_time(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
+    proxy = start_proxy(tmp_path, {"pub": {"url": daemon.url, "public": True}}, extra_args=["--drain-seconds", "1"])
+
+    async def run() -> tuple[aiohttp.WSMsgType, float]:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"ws://127.0.0.1:{proxy.port}/ws",
+                                          headers={"Host": proxy.host(app.port, "pub")}) as ws:
+                await ws.send_str("x")
+                await ws.receive()
+                started = time.monotonic()
+                proxy.process.send_signal(signal.SIGTERM)
+                message = await ws.receive(timeout=10)
+                return message.type, time.monotonic() - started
+
+    try:
+        kind, waited = asyncio.run(run())
+        assert kind in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+        assert waited < 5
+        assert proxy.process.wait(10) is not None
+    finally:
+        proxy.stop()
+
+
+def test_toolbox_path_redirects_stay_under_the_prefix(proxy: Proxy, app: App) -> None:
+    with proxy.client() as client:
+        base = f"/toolbox/sbx-test/proxy/{app.port}/redirect"
+        relative = client.get(base, params={"to": "/next"}, headers=AUTH)
+        absolute = client.get(base, params={"to": "https://example.com/x"}, headers=AUTH)
+        protocol_relative = client.get(base, params={"to": "//evil.example/x"}, headers=AUTH)
+    assert relative.headers["location"] == "/toolbox/sbx-test/next"
+    assert absolute.headers["location"] == "https://example.com/x"
+    assert protocol_relative.headers["location"] == "//evil.example/x"
+
+
+def test_websocket_over_the_toolbox_path(proxy: Proxy, app: App) -> None:
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            url = f"ws://127.0.0.1:{proxy.port}/toolbox/sbx-test/proxy/{app.port}/ws"
+            async with session.ws_connect(url, headers=AUTH) as ws:
+                await ws.send_bytes(b"via toolbox")
+                assert (await ws.receive()).data == b"via toolbox"
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await session.ws_connect(url)
+            assert info.value.status == 401
+
+    asyncio.run(run())
+
+
+def test_daemon_on_a_unix_socket(tmp_path: Path, app: App) -> None:
+    from tests.helpers import start_daemon
+
+    uds_daemon = start_daemon(tmp_path / "d", sandbox_id="sbx-uds", uds=True)
+    proxy = start_proxy(tmp_path, {"uds": {"url": f"unix:{uds_daemon.uds}", "public": True}})
+    try:
+        with proxy.client() as client:
+            seen = client.get("/info/a%2Fb?q=1", headers={"Host": proxy.host(app.port, "uds")}).json()
+            assert (seen["raw_path"], seen["query"]) == ("/info/a%2Fb", "q=1")
+            assert client.get("/toolbox/uds/version", headers=AUTH).status_code == 200
+
+        async def ws() -> None:
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"ws://127.0.0.1:{proxy.port}/ws",
+                                              headers={"Host": proxy.host(app.port, "uds")}) as socket_:
+                    await socket_.send_str("over uds")
+                    assert (await socket_.receive()).data == "over uds"
+
+        asyncio.run(ws())
+    finally:
+        proxy.stop()
+        uds_daemon.stop()
+
+
+def test_trusted_load_balancer_client_address(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
+    proxy = start_proxy(tmp_path, {"pub": {"url": daemon.url, "public": True}},
+                        extra_args=["--forwarded-allow-ips", "127.0.0.1"])
+    try:
+        with proxy.client() as client:
+            seen = client.get("/info/x", headers={"Host": proxy.host(app.port, "pub"),
+                                                  "X-Forwarded-For": "9.9.9.9"}).json()
+        values = [v for k, v in seen["headers"] if k == "x-forwarded-for"]
+        assert values == ["9.9.9.9"]  # the LB's view of the client, set once
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_hanging_up_stops_the_upstream_stream(proxy: Proxy, app: App, method: str) -> None:
+    name = f"hangup-{method}"
+    with proxy.client() as client:
+        host = {"Host": proxy.host(app.port, "pub")}
+        body = b"payload" if method == "POST" else None
+        with client.stream(method, f"/stream?id={name}", headers=host, content=body) as response:
+            assert next(response.iter_raw()).startswith(b"tick")
+        deadline = time.monotonic() + 5
+        state = ""
+        while time.monotonic() < deadline:
+            state = client.get("/stream-state", headers=host).json().get(name, "")
+            if state == "client gone":
+                break
+            time.sleep(0.1)
+    assert state == "client gone"

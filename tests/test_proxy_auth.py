@@ -8,6 +8,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -233,3 +234,24 @@ def test_cli_prints_a_working_preview_url(proxy: Proxy, app: App) -> None:
         # Either the cookie bootstrap, or the app itself answering (its own 404 for "/").
         assert response.status_code == 302 or response.text == "app 404", (output, response.text)
         assert "x-proxy-error" not in response.headers
+
+
+def test_https_cookie_and_api_keys_file(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("# one key per line\nfile-key-1\n")
+    proxy = start_proxy(tmp_path, {"priv": {"url": daemon.url, "public": False}},
+                        extra_args=["--public-url", "https://preview.test", "--api-keys-file", str(keys)])
+    try:
+        with proxy.client() as client:
+            minted_url = client.get(f"/sandbox/priv/ports/{app.port}/preview-url",
+                                    headers={"Authorization": "Bearer file-key-1"})
+            assert minted_url.status_code == 200
+            assert minted_url.json()["url"] == f"https://{app.port}-priv.preview.test"
+            token = minted_url.json()["token"]
+            bootstrap = client.get(f"/?DAYTONA_SANDBOX_AUTH_KEY={token}",
+                                   headers={"Host": f"{app.port}-priv.preview.test"})
+        cookie = bootstrap.headers["set-cookie"]
+        assert cookie.startswith("__Host-sbx-preview-auth=")
+        assert "Secure" in cookie and "HttpOnly" in cookie and "Domain" not in cookie
+    finally:
+        proxy.stop()

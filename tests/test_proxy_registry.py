@@ -13,7 +13,7 @@ import redis
 
 from proxy.registry import FileRegistry, RedisRegistry, RegistryError, Sandbox, TemplateRegistry, open_registry
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, App, RedisServer, start_app, start_proxy, start_redis, write_registry
+from tests.proxy_helpers import API_KEY, App, RedisServer, start_app, start_proxy, start_redis
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -82,6 +82,16 @@ def test_template_registry(tmp_path: Path, daemon: RunningDaemon, app: App) -> N
             assert preview.json()["raw_path"] == "/info/t"
     finally:
         proxy.stop()
+    # With no such host (a deleted sandbox's Service), the answer is a fast, clear 404.
+    dns = start_proxy(tmp_path / "dns", registry="template:http://sbx-{id}.invalid:2280")
+    try:
+        with dns.client() as client:
+            started = time.monotonic()
+            missing = client.get("/toolbox/gone/version", headers=AUTH)
+            assert missing.status_code == 404 and missing.headers["x-proxy-error"] == "sandbox-not-found"
+            assert time.monotonic() - started < 5
+    finally:
+        dns.stop()
     with pytest.raises(ValueError):
         TemplateRegistry("http://no-placeholder:2280")
     with pytest.raises(ValueError):
@@ -156,3 +166,29 @@ def test_redis_down_is_a_clear_503(tmp_path: Path) -> None:
         proxy.stop()
 
 
+
+
+def test_activity_is_throttled_per_sandbox() -> None:
+    from proxy.activity import ActivityTracker
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[tuple[str, float]] = []
+
+        async def record_activity(self, sandbox_id: str, when: float) -> None:
+            self.writes.append((sandbox_id, when))
+
+    async def run() -> Recorder:
+        recorder = Recorder()
+        tracker = ActivityTracker(recorder, interval=0.2)  # type: ignore[arg-type]
+        for _ in range(100):
+            tracker.touch("a")
+        tracker.touch("b")
+        await asyncio.sleep(0.25)
+        tracker.touch("a")
+        await tracker.flush()
+        assert set(tracker.last_seen) == {"a", "b"}
+        return recorder
+
+    recorder = asyncio.run(run())
+    assert [sandbox for sandbox, _ in recorder.writes] == ["a", "b", "a"]

@@ -184,6 +184,10 @@ def test_session_errors(process) -> None:  # type: ignore[no-untyped-def]
         process.create_session("entrypoint")
     with pytest.raises(DaytonaBadRequestError):
         process.delete_session("entrypoint")
+    with pytest.raises(DaytonaBadRequestError, match="must not contain '/'"):
+        process.create_session("a/b")
+    with pytest.raises(DaytonaBadRequestError, match="too long"):
+        process.create_session("x" * 300)
     process.create_session("dup")
     try:
         with pytest.raises(DaytonaConflictError):

@@ -165,3 +165,10 @@ def test_slow_reader_gets_an_explicit_overflow(tmp_path: Path) -> None:
         assert events[0]["dropped"] + len(events) - 1 == body["cursor"]
     finally:
         running.stop()
+
+
+def test_recursive_watch_of_a_huge_tree_is_refused(daemon: RunningDaemon) -> None:
+    with daemon.client(timeout=60) as http:
+        response = http.post("/watch", json={"path": "/", "recursive": True})
+    assert response.status_code == 400
+    assert "too many" in response.json()["message"] and "subdirectory" in response.json()["message"]

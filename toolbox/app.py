@@ -13,6 +13,7 @@ from starlette.types import ASGIApp
 from toolbox.config import Settings
 from toolbox.context import Daemon
 from toolbox.errors import EXCEPTION_HANDLERS
+from toolbox.forward.routes import fast_path as forward_fast_path
 from toolbox.prefix import SandboxPrefix
 
 # One module per API area; each exposes `build(daemon) -> list[BaseRoute]`.
@@ -31,6 +32,7 @@ AREAS = (
     "toolbox.computeruse.routes",
     "toolbox.watch.routes",
     "toolbox.openapi.routes",
+    "toolbox.terminal.routes",
 )
 
 
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> ASGIApp:
         lifespan=lifespan,
     )
     app.state.daemon = daemon
+    daemon.app = app
     segments = frozenset(s for s in map(_first_segment, routes) if s)
-    return SandboxPrefix(app, settings.sandbox_id, segments)
+    return SandboxPrefix(forward_fast_path(app, daemon), settings.sandbox_id, segments)
 

@@ -64,7 +64,8 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         uds=args.uds,
         loop="uvloop",
-        http="httptools",
+        # httptools plus header/body deadlines, a header size cap, no CL+TE (toolbox/protocol.py)
+        http="toolbox.protocol:GuardedHttpToolsProtocol",
         ws="websockets-sansio",
         ws_max_size=64 * 1024 * 1024,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,

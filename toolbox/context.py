@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from toolbox.config import Settings
 
@@ -21,6 +22,8 @@ class Daemon:
     settings: Settings
     startup: list[Hook] = field(default_factory=list)
     shutdown: list[Hook] = field(default_factory=list)
+    # The daemon's Starlette app, set by create_app: for in-process calls (the terminal).
+    app: Any = None
 
     def on_startup(self, hook: Hook) -> None:
         self.startup.append(hook)

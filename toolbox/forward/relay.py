@@ -1,24 +1,27 @@
-"""Relay one ASGI request or WebSocket to an upstream server over aiohttp.
+"""Relay one ASGI request or WebSocket to an upstream server.
 
 Shared by the daemon's `/proxy/{port}` route and the preview proxy. Bodies stream both
 ways chunk by chunk (never buffered, no size limit, compressed bytes untouched); the raw
 path and query reach the upstream byte for byte; WebSockets are bridged frame by frame.
 
-aiohttp, not httpx, on the hot path: architecture.md §5 measured ~6,900 vs 585 req/s.
+HTTP goes over `pool.py` (asyncio Protocol + httptools): httpx managed 585 req/s per hop
+(architecture.md §5), aiohttp's client ~3,200 through the daemon, this pool ~10,000+.
+WebSockets go over aiohttp's client (UnixConnector for daemons on Unix sockets).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from starlette.types import Message, Receive, Scope, Send
 from yarl import URL
+
+from toolbox.forward.pool import ConnectionPool, UpstreamConnection
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -38,6 +41,8 @@ RETRY_DELAYS = (0.1, 0.2, 0.3, 0.4)
 WS_MAX_MESSAGE = 64 * 1024 * 1024
 READ_BUFFER = 256 * 1024
 _OWN_RESPONSE_HEADERS = frozenset({b"date"})
+# Framing is rebuilt per hop; Expect was answered by our own server already.
+_NOT_FORWARDED = frozenset({b"content-length", b"transfer-encoding", b"expect"})
 # Close codes that may not be sent on the wire (RFC 6455 §7.4.1).
 _UNSENDABLE_CLOSE = frozenset({1005, 1006, 1015})
 
@@ -50,6 +55,10 @@ class UpstreamUnavailable(Exception):
         self.reason = reason
 
 
+class UpstreamUnknownHost(UpstreamUnavailable):
+    """The upstream's host name does not resolve (e.g. no such Service for this sandbox)."""
+
+
 class UpstreamRejected(Exception):
     """The upstream answered a WebSocket handshake with a non-101 status."""
 
@@ -60,22 +69,19 @@ class UpstreamRejected(Exception):
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], extra: frozenset[bytes] = frozenset()) -> Headers:
-    """Drop hop-by-hop headers and every header the Connection header names."""
-    pairs = [(k.lower(), v) for k, v in headers]
-    named: set[bytes] = set()
-    for key, value in pairs:
-        if key == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return [(k, v) for k, v in pairs if k not in HOP_BY_HOP and k not in named and k not in extra]
-
-
-def has_request_body(headers: Headers) -> bool:
+    """Drop hop-by-hop headers and every header the Connection header names (names lowercased)."""
+    out: Headers = []
+    named: set[bytes] | None = None
     for key, value in headers:
-        if key == b"transfer-encoding":
-            return True
-        if key == b"content-length":
-            return value.strip() not in (b"0", b"")
-    return False
+        key = key.lower()
+        if key in HOP_BY_HOP or key in extra:
+            if key == b"connection":
+                named = {token.strip().lower() for token in value.split(b",")}
+            continue
+        out.append((key, value))
+    if named:
+        out = [(k, v) for k, v in out if k not in named]
+    return out
 
 
 class LoopbackResolver(AbstractResolver):
@@ -125,38 +131,71 @@ def _str_headers(headers: Headers) -> list[tuple[str, str]]:
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
+class Target:
+    """Where an HTTP request goes: a pool, host and port, and the raw path and query."""
+
+    __slots__ = ("pool", "host", "port", "path")
+
+    def __init__(self, pool: ConnectionPool, host: str, port: int, path: bytes) -> None:
+        self.pool = pool
+        self.host = host
+        self.port = port
+        self.path = path  # byte for byte, as the client sent it
+
+
+class _ClientGone(Exception):
+    pass
+
+
 @dataclass
 class Relay:
-    """One upstream session plus the hooks the caller wants on real traffic."""
+    """HTTP over the lean pool, WebSockets over an aiohttp session made on first use."""
 
-    session: aiohttp.ClientSession
+    unix_path: str | None = None
+    loopback: bool = False
+    keepalive: float = 30.0
     retry_refused: bool = True
     ws_max_message: int = WS_MAX_MESSAGE
+    pool: ConnectionPool = field(init=False)
+    _session: aiohttp.ClientSession | None = field(init=False, default=None)
 
-    async def _open(self, method: str, url: URL, headers: Headers, data: Any, retry: bool) -> aiohttp.ClientResponse:
-        delays: tuple[float, ...] = RETRY_DELAYS if retry else ()
-        attempt = 0
+    def __post_init__(self) -> None:
+        self.pool = ConnectionPool(unix_path=self.unix_path, keepalive=self.keepalive)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = new_session(unix_path=self.unix_path, loopback=self.loopback, keepalive=self.keepalive)
+        return self._session
+
+    async def close(self) -> None:
+        self.pool.close()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _send_body(self, conn: UpstreamConnection, receive: Receive, chunked: bool) -> None:
         while True:
-            try:
-                return await self.session.request(
-                    method, url, headers=_str_headers(headers), data=data,
-                    allow_redirects=False, compress=None, chunked=None,
-                )
-            except aiohttp.ClientConnectorError as exc:
-                if attempt >= len(delays):
-                    raise UpstreamUnavailable("connection refused") from exc
-            except aiohttp.ServerDisconnectedError as exc:
-                # A pooled keep-alive connection the upstream closed as we reused it.
-                if not retry or attempt >= 1:
-                    raise UpstreamUnavailable("the upstream closed the connection") from exc
-            await asyncio.sleep(delays[attempt] if attempt < len(delays) else 0)
-            attempt += 1
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone()
+            chunk = message.get("body", b"")
+            if chunk:
+                if chunked:
+                    conn.write_chunk(chunk)
+                else:
+                    conn.write(chunk)
+                await conn.drain()
+            if not message.get("more_body", False):
+                if chunked:
+                    conn.write(b"0\r\n\r\n")
+                return
 
     async def http(
-        self, scope: Scope, receive: Receive, send: Send, url: URL, headers: Headers,
+        self, scope: Scope, receive: Receive, send: Send, target: Target, headers: Headers,
         response_headers_filter: Callable[[Headers], Headers] | None = None,
         on_traffic: Callable[[], None] | None = None,
-        intercept: Callable[[aiohttp.ClientResponse], Awaitable[bool]] | None = None,
+        intercept: Callable[[UpstreamConnection], Awaitable[bool]] | None = None,
     ) -> int:
         """Relay one HTTP exchange; returns the upstream status.
 
@@ -164,55 +203,109 @@ class Relay:
         sees the upstream response first and may answer the client itself (returns True).
         """
         method: str = scope["method"]
-        with_body = has_request_body(scope["headers"])
-        body_done = not with_body
-        disconnected = False
+        length: bytes | None = None
+        chunked = False
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"transfer-encoding":
+                chunked = True
+        with_body = chunked or (length is not None and length.strip() not in (b"0", b""))
+        lines = [method.encode(), b" ", target.path, b" HTTP/1.1\r\n"]
+        for key, value in headers:
+            if key not in _NOT_FORWARDED:
+                lines += (key, b": ", value, b"\r\n")
+        if chunked:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        elif length is not None:
+            lines.append(b"content-length: %s\r\n" % length)
+        lines.append(b"\r\n")
+        head = b"".join(lines)
 
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal body_done, disconnected
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    disconnected = True
-                    raise ConnectionResetError("client disconnected during the upload")
-                chunk = message.get("body", b"")
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    body_done = True
-                    return
+        idempotent = method in IDEMPOTENT and not with_body
+        delays: tuple[float, ...] = RETRY_DELAYS if (self.retry_refused and idempotent) else ()
+        attempt = 0
+        stale_retried = False
+        while True:
+            try:
+                conn = await target.pool.acquire(target.host, target.port)
+            except socket.gaierror as exc:
+                raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc
+            except OSError as exc:
+                if attempt >= len(delays):
+                    raise UpstreamUnavailable("connection refused") from exc
+                await asyncio.sleep(delays[attempt])
+                attempt += 1
+                continue
+            conn.head_request = method == "HEAD"
+            sender: asyncio.Task[None] | None = None
+            try:
+                conn.write(head)
+                if with_body:
+                    # Concurrently: an upstream may answer (and stream) before reading it all.
+                    sender = asyncio.ensure_future(self._send_body(conn, receive, chunked))
+                    await asyncio.wait((sender, conn.headers_done), return_when=asyncio.FIRST_COMPLETED)
+                    if sender.done() and sender.exception() is not None:
+                        raise sender.exception()  # type: ignore[misc]
+                await conn.headers_done
+                break
+            except _ClientGone:
+                conn.abort()  # the client left mid-upload: nobody to answer
+                return 499
+            except (ConnectionError, OSError) as exc:
+                conn.abort()
+                if sender is not None:
+                    sender.cancel()
+                    sender.add_done_callback(_consume)
+                # A kept-alive connection the upstream closed just as we reused it.
+                if conn.reused and idempotent and not stale_retried:
+                    stale_retried = True
+                    continue
+                raise UpstreamUnavailable(str(exc) or "the upstream closed the connection") from exc
 
-        retry = self.retry_refused and method in IDEMPOTENT and not with_body
-        try:
-            response = await self._open(method, url, headers, body() if with_body else None, retry)
-        except aiohttp.ClientError as exc:
-            if disconnected:
-                raise asyncio.CancelledError() from exc
-            raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
-        if on_traffic is not None:
-            on_traffic()
+        status = conn.status
         watcher: asyncio.Task[None] | None = None
         try:
-            if intercept is not None and await intercept(response):
-                return response.status
+            if intercept is not None and await intercept(conn):
+                conn.abort()
+                return status
             # Our server adds its own Date; two would confuse caches.
-            out_headers = strip_hop_by_hop(response.raw_headers, _OWN_RESPONSE_HEADERS)
+            out_headers = strip_hop_by_hop(conn.headers, _OWN_RESPONSE_HEADERS)
             if response_headers_filter is not None:
                 out_headers = response_headers_filter(out_headers)
-            await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
-            if body_done:
-                watcher = asyncio.create_task(_close_on_disconnect(receive, response))
-            async for chunk in response.content.iter_any():
+            if conn.complete and sender is None:
+                # The whole (small) body is already here: one write for the client.
+                await send({"type": "http.response.start", "status": status, "headers": out_headers})
+                await send({"type": "http.response.body", "body": conn.take(), "more_body": False})
+                target.pool.release(conn, target.host, target.port)
+                return status
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            # Once the upload is over, a client hanging up must stop the upstream stream.
+            watcher = asyncio.ensure_future(_close_on_disconnect(receive, conn, sender))
+            while True:
+                chunk = await conn.next_chunk()
+                if chunk is None:
+                    break
+                if on_traffic is not None:
+                    on_traffic()  # a long download or SSE stream is activity all along
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+            if sender is not None and not sender.done():
+                conn.abort()  # the upstream answered without reading the whole body
+            else:
+                target.pool.release(conn, target.host, target.port)
+        except (ConnectionError, OSError):
             # Headers are out: all we can do is cut the client's response short.
-            response.close()
+            conn.abort()
         finally:
             if watcher is not None:
                 watcher.cancel()
-            response.release()
-        return response.status
+            if sender is not None:
+                if not sender.done():
+                    sender.cancel()
+                elif not sender.cancelled():
+                    sender.exception()  # seen: the client or upstream left mid-upload
+        return status
 
     async def websocket(
         self, scope: Scope, receive: Receive, send: Send, url: URL, headers: Headers,
@@ -233,6 +326,8 @@ class Relay:
         except aiohttp.WSServerHandshakeError as exc:
             raise UpstreamRejected(exc.status, [(k.lower().encode("latin-1"), v.encode("latin-1"))
                                                 for k, v in (exc.headers or {}).items()]) from exc
+        except aiohttp.ClientConnectorDNSError as exc:
+            raise UpstreamUnknownHost(f"{url.host} does not resolve") from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamUnavailable("connection refused") from exc
         except aiohttp.ClientError as exc:
@@ -242,12 +337,22 @@ class Relay:
             await _bridge(receive, send, upstream, on_traffic)
 
 
-async def _close_on_disconnect(receive: Receive, response: aiohttp.ClientResponse) -> None:
+def _consume(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _close_on_disconnect(receive: Receive, conn: UpstreamConnection,
+                               upload: asyncio.Future[None] | None = None) -> None:
     """Stop reading the upstream once the client hangs up (a 10 GiB download, an SSE stream)."""
+    if upload is not None:
+        await asyncio.wait((upload,))  # receive() belongs to the upload until it ends
+        if upload.cancelled() or upload.exception() is not None:
+            return
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            response.close()
+            conn.abort()
             return
 
 

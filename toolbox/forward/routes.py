@@ -10,16 +10,15 @@ headers are kept rather than appended to.
 from __future__ import annotations
 
 import json
-import re
 
 from starlette.routing import BaseRoute, Match, NoMatchFound
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolbox.context import Daemon
 from toolbox.errors import Code, error_body
-from toolbox.forward.relay import Headers, Relay, UpstreamRejected, UpstreamUnavailable, new_session, strip_hop_by_hop, upstream_url
+from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop,
+                                   upstream_url)
 
-_PORT = re.compile(rb"[0-9]{1,5}")
 # Sent by the preview proxy when the app should see the public Host instead of localhost:{port}.
 PRESERVE_HOST = b"x-toolbox-preserve-host"
 PROXY_ERROR = b"x-proxy-error"
@@ -29,7 +28,7 @@ def parse_target(raw_path: bytes) -> tuple[int, bytes] | None:
     """`/proxy/{port}{rest}` -> (port, rest with a leading slash), None if the port is bad."""
     tail = raw_path[len(b"/proxy/"):]
     port_text, slash, rest = tail.partition(b"/")
-    if not _PORT.fullmatch(port_text):
+    if not (0 < len(port_text) <= 5 and port_text.isdigit()):
         return None
     port = int(port_text)
     if not 1 <= port <= 65535:
@@ -38,28 +37,33 @@ def parse_target(raw_path: bytes) -> tuple[int, bytes] | None:
 
 
 def upstream_headers(scope: Scope, port: int) -> Headers:
-    headers = strip_hop_by_hop(scope["headers"])
-    preserve = any(k == PRESERVE_HOST for k, _ in headers)
     out: Headers = []
-    seen: set[bytes] = set()
-    for key, value in headers:
-        if key == PRESERVE_HOST or (key == b"host" and not preserve):
+    preserve = False
+    host: bytes | None = None
+    forwarded_for = forwarded_proto = forwarded_host = False
+    for key, value in strip_hop_by_hop(scope["headers"]):
+        if key == b"host":
+            host = value
             continue
-        seen.add(key)
+        if key == PRESERVE_HOST:
+            preserve = True
+            continue
+        if key == b"x-forwarded-for":
+            forwarded_for = True
+        elif key == b"x-forwarded-proto":
+            forwarded_proto = True
+        elif key == b"x-forwarded-host":
+            forwarded_host = True
         out.append((key, value))
-    if not preserve or b"host" not in seen:
-        out.append((b"host", b"localhost:%d" % port))
+    out.append((b"host", host if preserve and host else b"localhost:%d" % port))
     # The preview proxy sets these (and is trusted to); a direct caller gets them set here.
     client = scope.get("client")
-    if b"x-forwarded-for" not in seen and client:
+    if not forwarded_for and client:
         out.append((b"x-forwarded-for", client[0].encode()))
-    if b"x-forwarded-proto" not in seen:
+    if not forwarded_proto:
         out.append((b"x-forwarded-proto", b"https" if scope.get("scheme") in ("https", "wss") else b"http"))
-    if b"x-forwarded-host" not in seen:
-        for key, value in headers:
-            if key == b"host":
-                out.append((b"x-forwarded-host", value))
-                break
+    if not forwarded_host and host:
+        out.append((b"x-forwarded-host", host))
     return out
 
 
@@ -87,19 +91,11 @@ class PortForwarder:
     """Owns the loopback connection pool; one per daemon."""
 
     def __init__(self) -> None:
-        self._relay: Relay | None = None
-
-    @property
-    def relay(self) -> Relay:
-        if self._relay is None:
-            # Apps commonly close idle connections after 5 s (uvicorn, node): stay below it.
-            self._relay = Relay(new_session(loopback=True, keepalive=4.0))
-        return self._relay
+        # Apps commonly close idle connections after 5 s (uvicorn, node): stay below it.
+        self.relay = Relay(loopback=True, keepalive=4.0)
 
     async def close(self) -> None:
-        if self._relay is not None:
-            await self._relay.session.close()
-            self._relay = None
+        await self.relay.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -111,13 +107,15 @@ class PortForwarder:
                          "the port in /proxy/{port}/ must be a number from 1 to 65535")
             return
         port, rest = target
-        url = upstream_url(f"http://localhost:{port}", rest, scope.get("query_string", b""))
+        query: bytes = scope.get("query_string", b"")
         headers = upstream_headers(scope, port)
         try:
             if scope["type"] == "websocket":
+                url = upstream_url(f"http://localhost:{port}", rest, query)
                 await self.relay.websocket(scope, receive, send, url, headers)
             else:
-                await self.relay.http(scope, receive, send, url, headers, _without_proxy_error)
+                target = Target(self.relay.pool, "localhost", port, rest + b"?" + query if query else rest)
+                await self.relay.http(scope, receive, send, target, headers, _without_proxy_error)
         except UpstreamUnavailable as exc:
             await _error(scope, send, 502, Code.BAD_GATEWAY, "port-not-open",
                          f"nothing is listening on port {port} inside the sandbox ({exc.reason}); "
@@ -152,4 +150,23 @@ class ForwardRoute(BaseRoute):
 def build(daemon: Daemon) -> list[BaseRoute]:
     forwarder = PortForwarder()
     daemon.on_shutdown(forwarder.close)
+    daemon.port_forwarder = forwarder  # type: ignore[attr-defined]  # for fast_path()
     return [ForwardRoute(forwarder)]
+
+
+def fast_path(app: ASGIApp, daemon: Daemon) -> ASGIApp:
+    """Send `/proxy/...` straight to the forwarder, ahead of the router's ~100 route regexes.
+
+    Preview traffic is the daemon's hottest path; the router would cost more than the relay.
+    """
+    forwarder: PortForwarder | None = getattr(daemon, "port_forwarder", None)
+    if forwarder is None:
+        return app
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/proxy/"):
+            await forwarder(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return dispatch

@@ -1,1 +1,1 @@
-
+"""Language servers per (language, project): JSON-RPC over stdio, off the event loop."""

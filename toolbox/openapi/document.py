@@ -15,6 +15,7 @@ from starlette.convertors import FloatConvertor, IntegerConvertor
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
 from toolbox.openapi.models import ErrorResponse
+from toolbox.openapi.infer import infer
 from toolbox.openapi.registry import Operation, lookup
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -46,13 +47,21 @@ def iter_endpoints(routes: Sequence[BaseRoute], prefix: str = "") -> Iterator[En
             yield from iter_endpoints(route.routes, prefix + route.path)
         elif isinstance(route, WebSocketRoute):
             path = _CONVERTER.sub(r"{\1}", prefix + route.path)
-            yield Endpoint("GET", path, route, lookup(route.endpoint, "GET"), websocket=True)
+            yield Endpoint("GET", path, route, _described(route.endpoint, "GET"), websocket=True)
         elif isinstance(route, Route) and route.include_in_schema:
             path = _CONVERTER.sub(r"{\1}", prefix + route.path)
             for method in sorted(route.methods or {"GET"}):
                 if method == "HEAD":
                     continue
-                yield Endpoint(method, path, route, lookup(_handler(route.endpoint, method), method))
+                yield Endpoint(method, path, route, _described(_handler(route.endpoint, method), method))
+
+
+def _described(handler: Any, method: str) -> Operation | None:
+    """The area's own description, else what the handler's code shows (see infer.py)."""
+    found = lookup(handler, method)
+    if found is None and handler is not None and callable(handler):
+        found = infer(handler)
+    return found
 
 
 def _path_parameters(route: BaseRoute) -> list[dict[str, Any]]:
@@ -160,6 +169,9 @@ def _render(endpoint: Endpoint, schemas: _Schemas, used_ids: set[str]) -> dict[s
     parameters = _path_parameters(endpoint.route)
     if op and op.query is not None:
         parameters += _query_parameters(op.query, schemas)
+    if op and op.parameters:
+        taken = {p["name"] for p in parameters}
+        parameters += [dict(p) for p in op.parameters if p["name"] not in taken]
     if parameters:
         rendered["parameters"] = parameters
 
@@ -174,7 +186,8 @@ def _render(endpoint: Endpoint, schemas: _Schemas, used_ids: set[str]) -> dict[s
         rendered["x-websocket"] = True
         responses["101"] = {"description": "Switching Protocols: the WebSocket stream"}
     else:
-        success: dict[str, Any] = {"description": "Success" if op else "Success (body not described)"}
+        described = op is not None and not op.extensions.get("inferred")
+        success: dict[str, Any] = {"description": "Success" if described else "Success (body not described)"}
         if op:
             content = schemas.body(op.response, "serialization")
             if content:

@@ -39,6 +39,8 @@ class Operation:
     tags: tuple[str, ...] = ()
     # Query parameters as a model: one parameter per field (alias = wire name).
     query: type[BaseModel] | None = None
+    # Further parameters as ready OpenAPI parameter objects (headers, or inferred ones).
+    parameters: tuple[dict[str, Any], ...] = ()
     # JSON request body model; `body_required=False` when an empty body is accepted.
     request: type[BaseModel] | None = None
     body_required: bool = True

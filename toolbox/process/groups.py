@@ -59,7 +59,13 @@ _PREFERRED_SHELLS = ("/usr/bin/zsh", "/bin/zsh", "/usr/bin/bash", "/bin/bash")
 
 @lru_cache(maxsize=1)
 def default_shell() -> str:
-    """Daytona's choice: zsh, then bash (as listed in /etc/shells), then $SHELL, then sh."""
+    """Daytona's choice: zsh, then bash (as listed in /etc/shells), then $SHELL, then sh.
+
+    `TOOLBOX_SHELL` (an executable path) overrides the choice.
+    """
+    forced = os.environ.get("TOOLBOX_SHELL")
+    if forced and os.access(forced, os.X_OK):
+        return forced
     try:
         with open("/etc/shells", encoding="utf-8", errors="replace") as fh:
             listed = {line.strip() for line in fh if line.strip() and not line.startswith("#")}

@@ -27,7 +27,7 @@ class OutputStore:
         self._tail_start = 0  # absolute offset of self._tail[0]
         self._size = 0
         self._closed = False
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = anyio.Event()
         self._fd: int | None = None
         if spill_path is not None:
             spill_path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +42,7 @@ class OutputStore:
         store.spill_path = spill_path
         store._size = store._tail_start = spill_path.stat().st_size
         store._closed = True
+        store._changed = None
         return store
 
     # -- writing ---------------------------------------------------------------------------
@@ -87,7 +88,11 @@ class OutputStore:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        self._wake()
+        # Wake followers; then no event at all: nothing changes any more, and a finished
+        # store keeps no loop objects (a session may hold thousands of them).
+        changed, self._changed = self._changed, None
+        if changed is not None:
+            changed.set()
 
     def release_memory(self) -> None:
         """Drop the in-memory tail of a finished, spilled store: reads go to the file.
@@ -99,7 +104,8 @@ class OutputStore:
             self._tail_start = self._size
 
     def _wake(self) -> None:
-        self._changed.set()
+        if self._changed is not None:
+            self._changed.set()
         self._changed = anyio.Event()
 
     # -- reading ---------------------------------------------------------------------------
@@ -158,7 +164,7 @@ class OutputStore:
                     yield offset, chunk
                     offset += len(chunk)
                 continue
-            if self._closed:
+            if self._closed or changed is None:
                 return
             await changed.wait()
 

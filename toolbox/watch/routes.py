@@ -90,7 +90,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         request=WatchRequest,
         response=Watcher,
         status=201,
-        errors={404: "path does not exist"},
+        errors={400: "recursive watch of a tree with too many directories", 404: "path does not exist",
+                503: "too many watchers (TOOLBOX_MAX_WATCHERS, default 16)"},
     )
     async def create(request: Request) -> JSONResponse:
         body = await parse_body(request, WatchRequest)
@@ -126,6 +127,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         query=StreamQuery,
         response=WatchEvent,
         websocket=True,
+        errors={404: "path does not exist", 503: "too many watchers"},
     )
     async def stream(websocket: WebSocket) -> None:
         try:

@@ -9,11 +9,14 @@ kept up to date from events), so memory stays bounded on huge trees.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat as stat_module
+import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,7 +31,12 @@ from toolbox.watch.events import Event, EventRing
 INODE_CACHE = 50_000
 # At most this many entries are reported from the scan of one batch's new directories.
 NEW_DIR_SCAN_LIMIT = 10_000
-MAX_WATCHERS = 64
+# Every watcher is one inotify instance, and the kernel allows a user only 128 of them
+# (fs.inotify.max_user_instances) across all of the user's processes.
+MAX_WATCHERS = int(os.environ.get("TOOLBOX_MAX_WATCHERS", "16"))
+# A recursive watch costs one inotify watch per directory, from a per-user pool as well.
+MAX_RECURSIVE_DIRS = 20_000
+READY_TIMEOUT = 10.0
 # A polled watcher nobody has read for this long is stopped (its client went away).
 IDLE_EXPIRY = 600.0
 _KIND = {Change.added: "create", Change.modified: "modify", Change.deleted: "delete"}
@@ -52,6 +60,20 @@ def stat_entry(path: str) -> dict[str, Any] | None:
     }
 
 
+def count_directories(root: Path, limit: int) -> int:
+    """Blocking: directories under `root` (itself included), counting stops past `limit`."""
+    count, pending = 0, [str(root)]
+    while pending and count <= limit:
+        directory = pending.pop()
+        count += 1
+        try:
+            with os.scandir(directory) as entries:
+                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            continue
+    return count
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -63,7 +85,8 @@ class Watcher:
     recursive: bool
     ring: EventRing
     last_read: float = field(default_factory=time.monotonic)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Read by watchfiles' Rust thread (it only calls is_set), so a thread-safe event.
+    stop: threading.Event = field(default_factory=threading.Event)
     # Set once the kernel watches are in place: changes after this are never missed.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
@@ -164,50 +187,76 @@ class Watcher:
         return found
 
     async def run(self) -> None:
-        batches = None
+        """Watch in a thread of its own, with its own event loop, until stopped.
+
+        watchfiles builds its kernel watches (a walk of the whole tree when recursive)
+        synchronously and then waits for changes in a worker thread; giving every watcher
+        its own thread keeps both off the daemon's event loop and out of its shared pool
+        of worker threads, however many watchers there are.
+        """
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def publish(events: list[Event]) -> None:
+            asyncio.run_coroutine_threadsafe(self.ring.publish(events), loop)
+
+        def main() -> None:
+            try:
+                asyncio.run(self._watch(publish, lambda: loop.call_soon_threadsafe(self.ready.set)))
+            except Exception as exc:  # noqa: BLE001 - reported to readers, never a daemon crash
+                publish([{"type": "error", "path": str(self.path), "timestamp": _now(), "message": str(exc)}])
+            finally:
+                loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=main, name=f"watch {self.path}", daemon=True).start()
         try:
-            await anyio.to_thread.run_sync(self.scan)
-            batches = awatch(
-                self.path,
-                watch_filter=None,
-                recursive=self.recursive,
-                stop_event=self.stop,
-                debounce=200,
-                step=20,
-                rust_timeout=5_000,
-                yield_on_timeout=True,
-                ignore_permission_denied=True,
-            )
-            next_batch = asyncio.ensure_future(batches.__anext__())
-            # One step into awatch: it registers the kernel watches (RustNotify) before its
-            # first await, so from here on no change can slip by unreported.
-            await asyncio.sleep(0)
+            await done.wait()
+        finally:
+            self.stop.set()
             self.ready.set()
+            await asyncio.sleep(0)  # let the last publish land before closing
+            await self.ring.close()
+
+    async def _watch(self, publish: Callable[[list[Event]], None], armed: Callable[[], None]) -> None:
+        """Runs in the watcher's own thread and event loop: blocking calls are fine here."""
+        self.scan()
+        batches = awatch(
+            self.path,
+            watch_filter=None,
+            recursive=self.recursive,
+            stop_event=self.stop,
+            debounce=200,
+            step=20,
+            rust_timeout=5_000,
+            yield_on_timeout=True,
+            ignore_permission_denied=True,
+        )
+        next_batch = asyncio.ensure_future(batches.__anext__())
+        # One step into awatch: it registers the kernel watches (RustNotify) before its
+        # first await, so from here on no change can slip by unreported.
+        await asyncio.sleep(0)
+        armed()
+        try:
             while True:
                 try:
                     changes = await next_batch
                 except StopAsyncIteration:
                     break
                 if changes:
-                    await self.ring.publish(await anyio.to_thread.run_sync(self.to_events, changes))
-                if not await anyio.to_thread.run_sync(self.path.exists):
+                    publish(self.to_events(changes))
+                if not self.path.exists():
                     # The watched path itself went away; nothing more will come.
-                    await self.ring.publish([{"type": "delete", "path": str(self.path), "timestamp": _now(), "stat": None}])
+                    publish([{"type": "delete", "path": str(self.path), "timestamp": _now(), "stat": None}])
                     break
                 if time.monotonic() - self.last_read > IDLE_EXPIRY:
                     break  # a polled watcher whose client went away
                 next_batch = asyncio.ensure_future(batches.__anext__())
-        except Exception as exc:  # noqa: BLE001 - reported to readers, never a daemon crash
-            await self.ring.publish([{"type": "error", "path": str(self.path), "timestamp": _now(), "message": str(exc)}])
         finally:
             self.stop.set()
-            self.ready.set()
-            if batches is not None:
-                try:
-                    await batches.aclose()
-                except (RuntimeError, asyncio.CancelledError):
-                    pass  # the generator was mid-step when we were cancelled
-            await self.ring.close()
+            if not next_batch.done():
+                next_batch.cancel()
+            with contextlib.suppress(BaseException):
+                await batches.aclose()
 
 
 class WatchService:
@@ -227,12 +276,21 @@ class WatchService:
             await anyio.to_thread.run_sync(os.stat, path)
         except OSError as exc:
             raise from_os_error(exc, str(path)) from None
+        if recursive and await anyio.to_thread.run_sync(count_directories, path, MAX_RECURSIVE_DIRS) > MAX_RECURSIVE_DIRS:
+            raise DaemonError(
+                Code.BAD_REQUEST,
+                f"{path} holds more than {MAX_RECURSIVE_DIRS} directories, too many to watch recursively: "
+                "watch a subdirectory, or without recursive",
+            )
         watcher = Watcher(uuid.uuid4().hex, path, recursive, EventRing(self.ring_capacity))
         if not expires:
             watcher.last_read = float("inf")
         watcher.task = asyncio.create_task(watcher.run(), name=f"watch {path}")
         self.watchers[watcher.id] = watcher
-        await watcher.ready.wait()
+        # Answer once the kernel watches are in place (a huge recursive tree may take long:
+        # then answer anyway, and events start once it is armed).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(watcher.ready.wait(), READY_TIMEOUT)
         return watcher
 
     def get(self, watcher_id: str) -> Watcher:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from functools import lru_cache
@@ -65,27 +66,40 @@ def _node_major_minor() -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def typescript_runner(workdir: Path) -> str | None:
-    """A command that runs one .ts file, or None. Checked in this order: tsx, ts-node
-    (on PATH or in the work dir's node_modules), then Node's own type stripping (>= 22.6).
-    Never `npx <pkg>` for a missing package: it would try to download it."""
+def typescript_runner(workdir: Path, env_path: str | None = None) -> str | None:
+    """A shell function body that runs the .ts file "$1" with arguments, or None.
+
+    Checked in this order: tsx, ts-node (on PATH or in the work dir's node_modules), Node's
+    own type stripping (>= 22.6), then tsc (transpile, ignore type errors as `ts-node -T`
+    does, run with node). Never `npx <pkg>` for a missing package: it would download it.
+    """
     local_bin = workdir / "node_modules" / ".bin"
-    search = f"{local_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    search = f"{local_bin}{os.pathsep}{env_path if env_path is not None else os.environ.get('PATH', '')}"
     tsx = shutil.which("tsx", path=search)
     if tsx:
-        return f"'{tsx}'"
+        return f'{shlex.quote(tsx)} "$@"'
     ts_node = shutil.which("ts-node", path=search)
     if ts_node:
-        return f"npm_config_loglevel=error '{ts_node}' -T --ignore-diagnostics 5107 -O '{{\"module\":\"CommonJS\"}}'"
+        return (
+            f"npm_config_loglevel=error {shlex.quote(ts_node)} -T --ignore-diagnostics 5107 "
+            f"-O '{{\"module\":\"CommonJS\"}}' \"$@\""
+        )
     version = _node_major_minor()
     if version and version >= (23, 6):
-        return "node --no-warnings"
+        return 'node --no-warnings "$@"'
     if version and version >= (22, 6):
-        return "node --experimental-strip-types --no-warnings"
+        return 'node --experimental-strip-types --no-warnings "$@"'
+    tsc = shutil.which("tsc", path=search)
+    if tsc and version:
+        return (
+            'dtn_js="${1%.ts}.js"; '
+            f'{shlex.quote(tsc)} --module commonjs --target es2020 --skipLibCheck --outDir "$(dirname "$1")" "$1" > /dev/null; '
+            'shift; node "$dtn_js" "$@"; dtn_js_rc=$?; rm -f "$dtn_js"; return $dtn_js_rc'
+        )
     return None
 
 
-def build_script(language: str, code: str, argv: list[str], workdir: Path) -> str:
+def build_script(language: str, code: str, argv: list[str], workdir: Path, env_path: str | None = None) -> str:
     args = " ".join(argv)
     if language == "python":
         return f"{_pipe(python_code(code))} | python3 -u - {args}\n"
@@ -93,18 +107,19 @@ def build_script(language: str, code: str, argv: list[str], workdir: Path) -> st
     if language == "javascript":
         return f"{_pipe(js)} | node - {args}\n"
     if language == "typescript":
-        runner = typescript_runner(workdir)
+        runner = typescript_runner(workdir, env_path)
         if runner is None:
             message = (
-                "typescript: no TypeScript runner found: install tsx (npm install -g tsx) or "
-                "ts-node, or use Node.js >= 22.6 (it runs .ts files itself)"
+                "typescript: no TypeScript runner found: install tsx (npm install -g tsx), "
+                "ts-node or typescript (tsc), or use Node.js >= 22.6 (it runs .ts files itself)"
             )
             return f"printf '%s\\n' '{message}' >&2\nexit {NO_TS_RUNNER}\n"
         # As Daytona: a temp .ts file, removed afterwards; the runner's exit code is kept.
         return (
+            f"dtn_run_ts() {{ {runner}; }}\n"
             'dtn_ts="/tmp/dtn_$$.ts"\n'
             f'{_pipe(js)} > "$dtn_ts"\n'
-            f'{runner} "$dtn_ts" {args}\n'
+            f'dtn_run_ts "$dtn_ts" {args}\n'
             'dtn_rc=$?\nrm -f "$dtn_ts"\nexit $dtn_rc\n'
         )
     raise DaemonError(Code.BAD_REQUEST, f"unsupported language: {language}")

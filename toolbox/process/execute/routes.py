@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from pydantic import Field
 from starlette.background import BackgroundTask
@@ -14,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError
 from toolbox.http import WireModel, parse_body
+from toolbox.openapi.registry import operation
 from toolbox.process import jsonstream
 from toolbox.process.execute.artifacts import ArtifactFilter
 from toolbox.process.execute.coderun import LANGUAGES, build_script
@@ -37,6 +39,21 @@ class CodeRunRequest(WireModel):
     timeout: int | None = Field(default=None, ge=0, le=MAX_TIMEOUT)
 
 
+class ExecuteResponse(WireModel):
+    exit_code: int = Field(alias="exitCode")
+    result: str
+
+
+class CodeRunArtifacts(WireModel):
+    charts: list[dict[str, Any]]
+
+
+class CodeRunResponse(WireModel):
+    exit_code: int = Field(alias="exitCode")
+    result: str = Field(description="output without artifact lines")
+    artifacts: CodeRunArtifacts | None = Field(default=None, description="omitted when there are no charts")
+
+
 async def _finish(finished: Finished, fields: list[tuple[str, object]], size: int) -> Response:
     """Render the response, then close the output file once the body has been sent."""
     try:
@@ -54,6 +71,13 @@ async def _finish(finished: Finished, fields: list[tuple[str, object]], size: in
 def build(daemon: Daemon) -> list[BaseRoute]:
     settings = daemon.settings
 
+    @operation(
+        summary="Run a shell script to completion; stdout and stderr merged in `result`",
+        request=ExecuteRequest,
+        response=ExecuteResponse,
+        errors={400: "empty command, bad env name, cwd not a directory", 404: "cwd does not exist",
+                408: "timeout: the whole process group was killed"},
+    )
     async def execute(request: Request) -> Response:
         body = await parse_body(request, ExecuteRequest)
         if not body.command.strip():
@@ -68,6 +92,12 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             size,
         )
 
+    @operation(
+        summary="Run python, javascript or typescript code in the work dir; charts in `artifacts`",
+        request=CodeRunRequest,
+        response=CodeRunResponse,
+        errors={400: "unsupported language, empty code, bad env name", 408: "timeout"},
+    )
     async def code_run(request: Request) -> Response:
         body = await parse_body(request, CodeRunRequest)
         if not body.code.strip():
@@ -78,7 +108,9 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                 f"unsupported language: {body.language} (supported: {', '.join(LANGUAGES)})",
             )
         envs = validate_env(body.envs)
-        script = build_script(body.language, body.code, body.argv or [], settings.workdir)
+        # The runner is looked up on the PATH the code will run with.
+        path = envs.get("PATH")
+        script = build_script(body.language, body.code, body.argv or [], settings.workdir, path)
         finished = await run_script(script, cwd=settings.workdir, envs=envs, timeout=body.timeout)
         size = finished.output.size
         artifacts = ArtifactFilter()

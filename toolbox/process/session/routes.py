@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError, error_response
 from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int
+from toolbox.openapi.registry import operation
 from toolbox.process import jsonstream
 from toolbox.process.groups import parse_signal
 from toolbox.process.output import OutputStore, byte_chunks
@@ -50,6 +51,45 @@ class SignalRequest(WireModel):
     signal: str = Field(min_length=1)
 
 
+class CommandInfo(WireModel):
+    id: str
+    command: str
+    exit_code: int | None = Field(default=None, alias="exitCode", description="absent while running")
+
+
+class SessionInfo(WireModel):
+    session_id: str = Field(alias="sessionId")
+    commands: list[CommandInfo]
+
+
+class SessionExecuteResponse(WireModel):
+    cmd_id: str = Field(alias="cmdId")
+    output: str | None = Field(default=None, description="raw log with \\x01\\x01\\x01 / \\x02\\x02\\x02 markers")
+    stdout: str | None = None
+    stderr: str | None = None
+    exit_code: int | None = Field(default=None, alias="exitCode")
+
+
+class LogsResponse(WireModel):
+    output: str
+    stdout: str
+    stderr: str
+
+
+class LogsQuery(WireModel):
+    follow: bool | None = Field(default=None, description="WebSocket only: wait for more until the command ends")
+    offset: int | None = Field(default=None, ge=0, description="start at this byte of the raw log (beyond Daytona)")
+
+
+class SignalQuery(WireModel):
+    signal: str | None = Field(default=None, description="INT, TERM, KILL, HUP, QUIT, STOP, CONT, USR1, USR2")
+
+
+class SignalResponse(WireModel):
+    signal: str
+    processes: int
+
+
 def _log_fields(store: OutputStore, start: int, end: int) -> list[tuple[str, object]]:
     """`output` (raw, with markers), `stdout`, `stderr`: three passes over the log, each
     streamed from the store, so no copy of the whole log is ever held."""
@@ -73,24 +113,38 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     daemon.on_startup(manager.startup)
     daemon.on_shutdown(manager.shutdown)
 
+    @operation(summary="Create a session: one persistent shell", request=CreateSessionRequest, status=201,
+               errors={400: "reserved or invalid id", 409: "session already exists"})
     async def create_session(request: Request) -> Response:
         body = await parse_body(request, CreateSessionRequest)
         await manager.create(body.session_id)
         return Response(status_code=201)
 
+    @operation(summary="Sessions (the entrypoint session excluded)", response=list[SessionInfo])
     async def list_sessions(request: Request) -> JSONResponse:
         return json_response([s.wire() for s in manager.list()])
 
+    @operation(summary="A session and its commands", response=SessionInfo, errors={404: "session not found"})
     async def get_session(request: Request) -> JSONResponse:
         return json_response(manager.get(path_param(request, "session_id")).wire())
 
+    @operation(summary="The entrypoint session (empty when the daemon has no entrypoint)", response=SessionInfo)
     async def get_entrypoint(request: Request) -> JSONResponse:
         return json_response(manager.entrypoint().wire())
 
+    @operation(summary="Delete a session, killing everything it started", status=204,
+               errors={400: "the entrypoint session", 404: "session not found"})
     async def delete_session(request: Request) -> Response:
         await manager.delete(path_param(request, "session_id"))
         return Response(status_code=204)
 
+    @operation(
+        summary="Run a command in the session shell (after the ones before it); runAsync → 202 {cmdId}",
+        request=SessionExecuteRequest,
+        response=SessionExecuteResponse,
+        errors={400: "empty command, entrypoint, or session deleted while waiting", 404: "session not found",
+                410: "session shell has exited"},
+    )
     async def execute(request: Request) -> Response:
         session_id = path_param(request, "session_id")
         body = await parse_body(request, SessionExecuteRequest)
@@ -106,10 +160,15 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         fields: list[tuple[str, object]] = [("cmdId", command.id), *_log_fields(store, 0, end), ("exitCode", command.exit_code)]
         return await jsonstream.json_response(fields, size_hint=3 * end)
 
+    @operation(summary="A command; exitCode appears once all its output is logged", response=CommandInfo,
+               errors={404: "session or command not found"})
     async def get_command(request: Request) -> JSONResponse:
         _session, command = manager.command(path_param(request, "session_id"), path_param(request, "command_id"))
         return json_response(command.wire())
 
+    @operation(summary="Write a line to a running async command's stdin", request=InputRequest, status=204,
+               errors={404: "not found", 409: "synchronous or still queued command",
+                       410: "command completed or session ended"})
     async def send_input(request: Request) -> Response:
         session_id = path_param(request, "session_id")
         command_id = path_param(request, "command_id")
@@ -117,6 +176,14 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         await manager.send_input(session_id, command_id, body.data)
         return Response(status_code=204)
 
+    @operation(
+        summary="Signal the processes a running command started (beyond Daytona)",
+        query=SignalQuery,
+        request=SignalRequest,
+        body_required=False,
+        response=SignalResponse,
+        errors={400: "unknown signal", 404: "not found", 409: "nothing to signal yet", 410: "command completed"},
+    )
     async def send_signal(request: Request) -> JSONResponse:
         session_id = path_param(request, "session_id")
         command_id = path_param(request, "command_id")
@@ -136,6 +203,12 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             return manager.entrypoint().commands.get(ENTRYPOINT_COMMAND)
         return manager.command(session_id, path_param(conn, "command_id"))[1]
 
+    @operation(
+        summary="A command's logs from `offset`; header X-Output-Offset = offset reached",
+        query=LogsQuery,
+        response=LogsResponse,
+        errors={404: "session or command not found"},
+    )
     async def logs(request: Request) -> Response:
         command = logs_command(request)
         offset = query_int(request, "offset", 0, minimum=0) or 0
@@ -150,6 +223,13 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             headers={OFFSET_HEADER: str(end)},
         )
 
+    @operation(
+        summary="WebSocket: raw log bytes (binary frames, stream markers) from `offset`; close 1000 "
+        'with reason {"offset": end} once the command has finished',
+        query=LogsQuery,
+        response=bytes,
+        websocket=True,
+    )
     async def logs_ws(websocket: WebSocket) -> None:
         try:
             command = logs_command(websocket)  # type: ignore[arg-type]

@@ -41,6 +41,22 @@ def _write_json(path: Path, data: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
+class _Done:
+    """Stands in for the `done` event of a finished command."""
+
+    def is_set(self) -> bool:
+        return True
+
+    def set(self) -> None:
+        pass
+
+    async def wait(self) -> None:
+        return None
+
+
+DONE = _Done()
+
+
 @dataclass(eq=False)
 class Command:
     id: str
@@ -53,8 +69,14 @@ class Command:
     seq: int = 0  # position in the session, to list commands in order after a restart
     started_ticks: int | None = None  # /proc start-time units; None while queued
     stdin_fd: int | None = None  # daemon's end of the stdin FIFO (async commands)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    input_lock: anyio.Lock = field(default_factory=anyio.Lock)
+    done: anyio.Event | "_Done" = field(default_factory=anyio.Event)
+    _input_lock: anyio.Lock | None = None
+
+    @property
+    def input_lock(self) -> anyio.Lock:
+        if self._input_lock is None:
+            self._input_lock = anyio.Lock()
+        return self._input_lock
 
     @property
     def finished(self) -> bool:
@@ -76,6 +98,10 @@ class Command:
         self.output.close()
         self.output.release_memory()
         self.done.set()
+        # Waiters are woken; a finished command keeps no loop objects (sessions may run
+        # hundreds of thousands of commands).
+        self.done = DONE
+        self._input_lock = None
 
     def wire(self) -> dict[str, object]:
         data: dict[str, object] = {"id": self.id, "command": self.command}
@@ -220,7 +246,7 @@ class SessionManager:
                 # A command cut off by the restart never got its exit code: -1, as for a
                 # command whose wait failed.
                 command.exit_code = int(data["exitCode"]) if "exitCode" in data else -1
-                command.done.set()
+                command.done = DONE
                 session.commands[command.id] = command
             session.stop_accepting()
             self.sessions[session.id] = session
@@ -246,8 +272,11 @@ class SessionManager:
             raise DaemonError(Code.BAD_REQUEST, f"session id '{ENTRYPOINT}' is reserved")
         if session_id in self.sessions:
             raise DaemonError(Code.CONFLICT, "session already exists")
-        if "\x00" in session_id or len(self._session_dir(session_id).name) > 240:
-            raise DaemonError(Code.BAD_REQUEST, "session id must be shorter and contain no NUL byte")
+        if "\x00" in session_id or "/" in session_id:
+            # A "/" could never be addressed again: routes split the path on it.
+            raise DaemonError(Code.BAD_REQUEST, "session id must not contain '/' or NUL bytes")
+        if len(self._session_dir(session_id).name) > 240:
+            raise DaemonError(Code.BAD_REQUEST, "session id is too long (at most ~80 characters when not ASCII)")
         return await self._start_session(session_id)
 
     async def _start_session(self, session_id: str) -> Session:

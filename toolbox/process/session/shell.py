@@ -54,8 +54,12 @@ def _close(fd: int | None) -> None:
 class SessionShell:
     """The shell process of a session: started once, fed one command at a time."""
 
-    def __init__(self, process: anyio.abc.Process) -> None:
+    def __init__(self, process: anyio.abc.Process, shell: str = "sh") -> None:
         self.process = process
+        # POSIX shells (dash, bash --posix) exit on a syntax error in a `.` file; `command .`
+        # takes away `.`'s special-builtin status, so a bad command cannot end the session.
+        # zsh's `command` means "external command", and its `.` does not exit anyway.
+        self._source = "." if os.path.basename(shell).startswith("zsh") else "command ."
         self.pid = process.pid
         self._nonce = secrets.token_hex(8)
         self._buffer = b""
@@ -63,15 +67,16 @@ class SessionShell:
 
     @classmethod
     async def start(cls, cwd: Path, env: dict[str, str]) -> "SessionShell":
+        shell = groups.default_shell()
         process = await groups.open_group_process(
-            [groups.default_shell()],
+            [shell],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=str(cwd),
             env=env,
         )
-        return cls(process)
+        return cls(process, shell)
 
     @property
     def alive(self) -> bool:
@@ -120,7 +125,7 @@ class SessionShell:
             stdin = shlex.quote(str(stdin_fifo)) if stdin_fifo else "/dev/null"
             q = shlex.quote
             wrapper = (
-                f"{{ . {q(str(script))}\n}} < {stdin} > {q(str(workdir / 'stdout'))} "
+                f"{{ {self._source} {q(str(script))}\n}} < {stdin} > {q(str(workdir / 'stdout'))} "
                 f"2> {q(str(workdir / 'stderr'))}\n"
                 f"printf '\\n%s:%s:%d\\n' '{self._nonce}' {q(cmd_id)} \"$?\"\n"
             )

@@ -1,0 +1,115 @@
+"""Sandbox start-up and idle memory, through the real main job (`python -m runtime up`).
+
+Prints:
+- create-to-first-call: `POST /sandboxes` on the control socket until the new sandbox
+  answers `GET /toolbox/{id}/version` through the proxy (warm pool, then an empty pool);
+- idle memory of a started sandbox and of a pooled one (cgroup usage and daemon RSS).
+
+Usage: .venv/bin/python benchmarks/runtime_bench.py [--runs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.runtime_helpers import Stack, start_stack  # noqa: E402
+
+
+def control(stack: Stack) -> httpx.Client:
+    sock = stack.state_dir / "control" / "runtime.sock"
+    return httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://runtime", timeout=60)
+
+
+def wait_pool(ctl: httpx.Client, size: int) -> None:
+    deadline = time.monotonic() + 60
+    while ctl.get("/info").json()["pool_ready"] < size:
+        if time.monotonic() > deadline:
+            raise SystemExit("pool did not fill")
+        time.sleep(0.02)
+
+
+def measure(stack: Stack, runs: int, pool: int) -> list[float]:
+    figures = []
+    with control(stack) as ctl, httpx.Client(base_url=stack.url, timeout=30,
+                                             headers={"Authorization": f"Bearer {stack.api_key}"}) as proxy:
+        proxy.get("/health", headers={"Host": f"localhost:{stack.port}"})  # open the keep-alive connection
+        for i in range(runs):
+            if pool:
+                wait_pool(ctl, pool)
+                time.sleep(0.3)  # let the refill's import finish and the proxy's registry check lapse
+            else:
+                time.sleep(0.3)
+            started = time.perf_counter()
+            created = ctl.post("/sandboxes", json={"id": f"bench-{pool}-{i}"})
+            assert created.status_code == 201, created.text
+            response = proxy.get(f"/toolbox/bench-{pool}-{i}/version")
+            # create returns once the proxy routes the new id: the first call must succeed.
+            assert response.status_code == 200, response.text
+            figures.append((time.perf_counter() - started) * 1000)
+    return figures
+
+
+def rss_of(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def memory(stack: Stack) -> None:
+    with control(stack) as ctl:
+        listed = ctl.get("/sandboxes").json()
+        sandbox = next(s for s in listed if s["state"] == "started")
+        time.sleep(1)
+        sandbox = ctl.get(f"/sandboxes/{sandbox['id']}").json()
+    procs = Path(sandbox["cgroups"][0]) / "cgroup.procs"
+    pids = [int(p) for p in procs.read_text().split()]
+    print(f"idle started sandbox: cgroup memory {sandbox['usage'].get('memory_bytes', 0) / 2**20:.1f} MiB, "
+          f"RSS of its {len(pids)} processes {rss_of(pids) / 2**20:.1f} MiB")
+    pooled = [d for d in (stack.state_dir / "pool").iterdir()]
+    print(f"pooled sandboxes waiting: {len(pooled)}")
+
+
+def report(name: str, figures: list[float]) -> None:
+    figures.sort()
+    p50 = statistics.median(figures)
+    p90 = figures[int(len(figures) * 0.9) - 1] if len(figures) >= 10 else figures[-1]
+    print(f"{name}: p50 {p50:.1f} ms, p90 {p90:.1f} ms, min {figures[0]:.1f} ms, max {figures[-1]:.1f} ms (n={len(figures)})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = start_stack(Path(tmp) / "warm", pool_size=1)
+        try:
+            report("create-to-first-call, warm pool (1)", measure(warm, args.runs, pool=1))
+            memory(warm)
+        finally:
+            warm.stop()
+        cold = start_stack(Path(tmp) / "cold", pool_size=0)
+        try:
+            report("create-to-first-call, cold (empty pool)", measure(cold, max(5, args.runs // 2), pool=0))
+        finally:
+            cold.stop()
+    print(f"cpus: {os.cpu_count()}, load: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""`python -m runtime up`: the proxy, the runtime and its control API in one process tree.
+
+The proxy runs as a child process (`python -m proxy serve ... --registry file:...`) so a
+crash or overload of one sandbox's traffic never takes the runtime with it; the runtime
+reads the proxy's last-activity records from its `/metrics` for idle auto-stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from runtime.limits import Limits
+from runtime.manager import Runtime, SandboxError
+
+_ACTIVITY = re.compile(r'^proxy_sandbox_last_activity_seconds\{sandbox="([^"]+)"\} ([0-9.eE+]+)$',
+                       re.MULTILINE)
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "sandbox-toolbox"
+
+
+def parse_activity(metrics_text: str) -> dict[str, float]:
+    return {m.group(1): float(m.group(2)) for m in _ACTIVITY.finditer(metrics_text)}
+
+
+def _secret_file(path: Path, nbytes: int = 24) -> str:
+    """A secret kept in the state dir, so URLs and keys survive a restart."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8080
+    domain: str = "localhost"
+    pool_size: int = 1
+    idle_timeout: float = 15 * 60
+    limits: Limits = Limits()
+    api_key: str | None = None
+
+
+class Stack:
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        state = config.state_dir.resolve()
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o755)
+        self.api_key_file = state / "api-key"
+        if config.api_key:
+            self.api_key = config.api_key
+        else:
+            self.api_key = _secret_file(self.api_key_file)
+        self.secret = _secret_file(state / "proxy-secret", 32)
+        control_dir = state / "control"
+        control_dir.mkdir(exist_ok=True)
+        os.chmod(control_dir, 0o700)  # uvicorn makes the socket 0666; the directory guards it
+        self.control_socket = control_dir / "runtime.sock"
+        self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
+                               idle_timeout=config.idle_timeout, activity=self.read_activity,
+                               visible=self.wait_routed)
+        self.proxy: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._http = httpx.AsyncClient(timeout=5)
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://{self.config.domain}:{self.config.port}"
+
+    def info(self) -> dict[str, object]:
+        return {
+            "proxy_url": self.proxy_url,
+            "domain": self.config.domain,
+            "toolbox_url": f"{self.proxy_url}/toolbox",
+            "api_key_file": None if self.config.api_key else str(self.api_key_file),
+            "limits_backend": self.runtime.backend.description,
+            "pool_size": self.config.pool_size,
+            "pool_ready": len(self.runtime.pool),
+            "idle_timeout": self.config.idle_timeout,
+        }
+
+    def urls(self, sandbox_id: str, token: str) -> dict[str, str]:
+        domain, port = self.config.domain, self.config.port
+        return {
+            "toolbox": f"{self.proxy_url}/toolbox/{sandbox_id}",
+            "preview": f"http://{{port}}-{sandbox_id}.{domain}:{port}/",
+            "example_preview": f"http://3000-{sandbox_id}.{domain}:{port}/",
+            "terminal": f"http://22222-{sandbox_id}.{domain}:{port}/?DAYTONA_SANDBOX_AUTH_KEY={token}",
+        }
+
+    async def read_activity(self) -> dict[str, float]:
+        url = f"http://{self.config.host}:{self.config.port}/metrics"
+        response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}"})
+        response.raise_for_status()
+        return parse_activity(response.text)
+
+    async def wait_routed(self, sandbox_id: str, timeout: float = 2.0) -> None:
+        """Return once the proxy routes `sandbox_id`, so `create` hands out a sandbox whose
+        first call through the proxy succeeds (the proxy re-reads the registry file at most
+        every 0.25 s). The probe also opens the proxy's connection to the new daemon."""
+        url = f"http://{self.config.host}:{self.config.port}/toolbox/{sandbox_id}/version"
+        headers = {"host": f"{self.config.domain}:{self.config.port}",
+                   "authorization": f"Bearer {self.api_key}"}
+        async with asyncio.timeout(timeout):
+            while True:
+                response = await self._http.get(url, headers=headers)
+                if response.headers.get("x-proxy-error") != "sandbox-not-found":
+                    return
+                await asyncio.sleep(0.02)
+
+    async def start(self) -> None:
+        await self.runtime.open()
+        await self._start_proxy()
+
+    async def _start_proxy(self) -> None:
+        registry = self.runtime.registry.path
+        env = dict(os.environ, PROXY_API_KEYS=self.api_key, PROXY_SECRET=self.secret)
+        self.proxy = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "serve", "--host", self.config.host,
+            "--port", str(self.config.port), "--domain", self.config.domain,
+            "--registry", f"file:{registry}", "--public-url", self.proxy_url,
+            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+        )
+        assert self.proxy.stdout is not None
+        try:
+            async with asyncio.timeout(30):
+                while True:
+                    line = await self.proxy.stdout.readline()
+                    if not line:
+                        raise SandboxError(500, f"the proxy exited (code {await self.proxy.wait()}); "
+                                                "is the port free?")
+                    if line.startswith(b"Starting proxy"):
+                        break
+        except TimeoutError:
+            raise SandboxError(500, "the proxy did not start within 30 s") from None
+        self._watch = asyncio.ensure_future(self._watch_proxy(self.proxy))
+
+    async def _watch_proxy(self, proxy: asyncio.subprocess.Process) -> None:
+        """Drain the proxy's stdout; if it dies while we run, start it again."""
+        assert proxy.stdout is not None
+        while await proxy.stdout.read(65536):
+            pass
+        code = await proxy.wait()
+        delay = 0.5
+        while not self._stopping:
+            print(f"the proxy exited (code {code}); restarting it", file=sys.stderr, flush=True)
+            try:
+                await self._start_proxy()
+                return
+            except SandboxError as exc:
+                print(f"error: {exc.message}", file=sys.stderr, flush=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+        await self.runtime.close()
+        if self.proxy is not None and self.proxy.returncode is None:
+            self.proxy.terminate()
+            try:
+                async with asyncio.timeout(15):
+                    await self.proxy.wait()
+            except TimeoutError:
+                self.proxy.kill()
+                await self.proxy.wait()
+        await self._http.aclose()

@@ -1,0 +1,122 @@
+"""Start the main job (`./scripts/start`, i.e. `python -m runtime up`) for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import REPO_ROOT, free_port
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+@dataclass
+class Stack:
+    process: subprocess.Popen[str]
+    state_dir: Path
+    port: int
+    banner: dict[str, str]
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        return (self.state_dir / "api-key").read_text().strip()
+
+    @property
+    def first_id(self) -> str:
+        return self.banner["Sandbox"]
+
+    def cli(self, *args: str, check: bool = True) -> Any:
+        result = subprocess.run([sys.executable, "-m", "runtime", *args], env=self.env,
+                                capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        if check and result.returncode != 0:
+            raise AssertionError(f"runtime {' '.join(args)} failed: {result.stderr}")
+        if result.returncode != 0:
+            return result
+        return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def toolbox(self, sandbox_id: str, timeout: float = 30) -> httpx.Client:
+        return httpx.Client(base_url=f"{self.url}/toolbox/{sandbox_id}", timeout=timeout,
+                            headers={"Authorization": f"Bearer {self.api_key}"})
+
+    def execute(self, sandbox_id: str, command: str, timeout: float = 30) -> tuple[int, str]:
+        with self.toolbox(sandbox_id, timeout=timeout + 10) as client:
+            response = client.post("/process/execute", json={"command": command, "timeout": int(timeout)})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        return body["exitCode"], body["result"]
+
+    def preview(self, sandbox_id: str, port: int, path: str = "/", token: str | None = None,
+                **kwargs: Any) -> httpx.Response:
+        headers = {"Host": f"{port}-{sandbox_id}.localhost:{self.port}"}
+        if token:
+            headers["X-Daytona-Preview-Token"] = token
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
+                timeout: float = 60) -> Stack:
+    """Run ./scripts/start exactly as the README says, with its state under `state_dir`."""
+    port = free_port()
+    env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
+               RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
+               PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([str(REPO_ROOT / "scripts" / "start"), *extra], env=env,
+                               stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO_ROOT)
+    assert process.stdout is not None
+    banner: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        match = re.match(r"^([A-Z][\w ]+):\s+(\S+)", line)
+        if match:
+            banner[match.group(1).strip()] = match.group(2)
+        if line.startswith("Press Ctrl-C"):
+            break
+    if "Proxy" not in banner:
+        process.kill()
+        raise RuntimeError(f"the main job did not start (exit {process.poll()}): {banner}")
+    # Keep draining its output so it never blocks on a full pipe.
+    import threading
+
+    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
+    return Stack(process, state_dir, port, banner, env)
+
+
+def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None):  # type: ignore[no-untyped-def]
+    """A WebSocket to a preview, with the Host the proxy routes on."""
+    from websockets.sync.client import connect
+
+    sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    headers = {"X-Daytona-Preview-Token": token} if token else {}
+    return connect(f"ws://{port}-{sandbox_id}.localhost:{stack.port}{path}", sock=sock,
+                   additional_headers=headers, open_timeout=10)

@@ -1,0 +1,390 @@
+"""The main job end to end: `./scripts/start` brings up the proxy, the runtime and a first
+sandbox; the official SDK drives sandboxes through the proxy; previews work over HTTP and
+WebSocket; sandboxes are isolated and limited; lifecycle commands update the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.runtime_helpers import Stack, needs_bwrap, start_stack, ws_connect
+
+pytestmark = needs_bwrap
+
+PREVIEW_APP = r'''
+from aiohttp import web
+
+async def index(request):
+    return web.Response(text="hello from " + request.app["id"])
+
+async def echo(request):
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    async for message in ws:
+        await ws.send_str("echo:" + message.data)
+    return ws
+
+import os
+app = web.Application()
+app["id"] = os.environ["DAYTONA_SANDBOX_ID"]
+app.add_routes([web.get("/", index), web.get("/ws", echo)])
+web.run_app(app, host="127.0.0.1", port=3000, print=None)
+'''
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("runtime"), pool_size=1)
+    yield running
+    running.stop()
+
+
+def sdk_client(stack: Stack, sandbox_id: str):  # type: ignore[no-untyped-def]
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client import ApiClient, Configuration
+
+    api_client = ApiClient(Configuration(host=stack.url))
+    api_client.default_headers["Authorization"] = f"Bearer {stack.api_key}"
+    return ToolboxApiClientProxy(api_client, sandbox_id, stack.url + "/toolbox")
+
+
+def token_of(stack: Stack, sandbox_id: str) -> str:
+    return stack.cli("get", sandbox_id)["token"]
+
+
+def test_main_job_prints_the_toolbox_and_preview_urls(stack: Stack) -> None:
+    sandbox_id = stack.first_id
+    assert stack.banner["Toolbox URL"] == f"http://localhost:{stack.port}/toolbox/{sandbox_id}"
+    assert stack.banner["Preview URL"] == f"http://3000-{sandbox_id}.localhost:{stack.port}/"
+    assert httpx.get(f"{stack.url}/health", headers={"Host": f"localhost:{stack.port}"}).status_code == 200
+    listed = stack.cli("list")
+    assert [s["id"] for s in listed] == [sandbox_id]
+    assert listed[0]["state"] == "started"
+    registry = json.loads((stack.state_dir / "registry.json").read_text())
+    assert registry["sandboxes"][sandbox_id]["url"].startswith("unix:")
+
+
+def test_official_sdk_drives_a_sandbox_through_the_proxy(stack: Stack) -> None:
+    from daytona._sync.filesystem import FileSystem
+    from daytona._sync.process import Process
+    from daytona_toolbox_api_client import FileSystemApi, InfoApi, ProcessApi
+
+    client = sdk_client(stack, stack.first_id)
+    assert InfoApi(client).get_work_dir().dir == "/home/daytona"
+    fs = FileSystem(FileSystemApi(client), httpx.Client(timeout=60))
+    payload = os.urandom(300_000)
+    fs.upload_file(payload, "blob.bin")
+    assert fs.download_file("blob.bin") == payload
+    process = Process("python", ProcessApi(client), httpx.Client(timeout=60))
+    result = process.exec("id -un; hostname; cat /etc/hostname; sha256sum blob.bin | cut -c1-16")
+    assert result.exit_code == 0
+    user, hostname, etc_hostname, digest = result.result.split()
+    assert (user, hostname, etc_hostname) == ("daytona", "sandbox", "sandbox")
+    import hashlib
+
+    assert digest == hashlib.sha256(payload).hexdigest()[:16]
+    # The file is in the sandbox's own home on the host, owned by the sandbox's uid.
+    home_file = stack.state_dir / "sandboxes" / stack.first_id / "home" / "blob.bin"
+    assert home_file.read_bytes() == payload
+
+
+def test_preview_of_a_server_inside_the_sandbox_over_http_and_websocket(stack: Stack) -> None:
+    from daytona._sync.process import Process
+    from daytona_toolbox_api_client import ProcessApi, SessionExecuteRequest
+
+    sandbox_id = stack.first_id
+    token = token_of(stack, sandbox_id)
+    with stack.toolbox(sandbox_id) as client:
+        assert client.post("/files/upload", params={"path": "app.py"},
+                           files={"file": ("app.py", PREVIEW_APP.encode())}).status_code == 200
+    process = Process("python", ProcessApi(sdk_client(stack, sandbox_id)), httpx.Client(timeout=60))
+    process.create_session("preview-app")
+    process.execute_session_command("preview-app", SessionExecuteRequest(command="python app.py", run_async=True))
+
+    deadline = time.monotonic() + 20
+    response = stack.preview(sandbox_id, 3000, token=token)
+    while response.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        response = stack.preview(sandbox_id, 3000, token=token)
+    assert response.status_code == 200, response.text
+    assert response.text == f"hello from {sandbox_id}"
+    # Without credentials a private sandbox's preview is refused.
+    assert stack.preview(sandbox_id, 3000).status_code in (401, 403)
+
+    with ws_connect(stack, sandbox_id, 3000, "/ws", token=token) as ws:
+        ws.send("ping")
+        assert ws.recv(timeout=10) == "echo:ping"
+
+
+def test_sandbox_has_no_network_beyond_its_own_loopback(stack: Stack) -> None:
+    # The proxy listens on the host's loopback; other host addresses too.
+    host_ips = {"127.0.0.1"}
+    try:
+        host_ips.add(socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        pass
+    probe = ("import socket,sys\n"
+             "for ip in sys.argv[2:]:\n"
+             "    s = socket.socket(); s.settimeout(2)\n"
+             "    try: s.connect((ip, int(sys.argv[1]))); print('open', ip)\n"
+             "    except OSError as e: print('closed', ip, e.errno)\n")
+    code, out = stack.execute(stack.first_id, f"python -c \"{probe}\" {stack.port} {' '.join(host_ips)}")
+    assert code == 0, out
+    assert "open" not in out.split(), out
+    code, out = stack.execute(stack.first_id, "cat /proc/net/dev | tail -n +3 | cut -d: -f1")
+    assert out.split() == ["lo"], out
+
+
+def test_host_egress_is_opt_in(stack: Stack) -> None:
+    stack.cli("create", "--id", "online", "--egress", "host")
+    try:
+        probe = (f"import socket; s = socket.create_connection(('127.0.0.1', {stack.port}), timeout=2); "
+                 "print('reached')")
+        assert stack.execute("online", f'python -c "{probe}"') == (0, "reached\n")
+    finally:
+        stack.cli("delete", "online")
+
+
+def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> None:
+    other = stack.cli("create", "--id", "neighbour", "-e", "GREETING=hi there")
+    try:
+        assert other["state"] == "started"
+        code, out = stack.execute("neighbour", "echo \"$GREETING\"; echo $DAYTONA_SANDBOX_ID")
+        assert out.split("\n")[:2] == ["hi there", "neighbour"]
+        stack.execute(stack.first_id, "echo secret > mine.txt")
+        first_home = stack.state_dir / "sandboxes" / stack.first_id / "home"
+        assert (first_home / "mine.txt").read_text() == "secret\n"
+        code, out = stack.execute("neighbour", f"cat {first_home}/mine.txt; ls {stack.state_dir}; "
+                                               f"ls /home; ps -e -o comm= | sort -u")
+        assert "secret" not in out
+        listing = out.split()
+        assert "sandboxes" not in listing and "registry.json" not in listing and "api-key" not in listing
+        # Only its own processes: no other daemon, no proxy.
+        code, out = stack.execute("neighbour", "ps -e -o args=")
+        assert "proxy" not in out and stack.first_id not in out, out
+        # Writing anywhere outside home and /tmp fails: the host is read-only.
+        code, out = stack.execute("neighbour", f"touch /usr/x {REPO_ROOT_STR}/x 2>&1; echo done")
+        assert out.count("Read-only file system") == 2, out
+    finally:
+        stack.cli("delete", "neighbour")
+    assert not (stack.state_dir / "sandboxes" / "neighbour").exists()
+
+
+REPO_ROOT_STR = str(Path(__file__).resolve().parent.parent)
+
+
+def test_lifecycle_stop_start_delete_update_the_proxy(stack: Stack) -> None:
+    created = stack.cli("create", "--id", "cycle")
+    assert created["state"] == "started"
+    stack.execute("cycle", "echo kept > state.txt")
+    stopped = stack.cli("stop", "cycle")
+    assert stopped["state"] == "stopped"
+    registry = json.loads((stack.state_dir / "registry.json").read_text())
+    assert "cycle" not in registry["sandboxes"]
+    time.sleep(0.4)  # the proxy re-reads the registry file at most every 0.25 s
+    with stack.toolbox("cycle") as client:
+        assert client.get("/version").status_code == 404
+    started = stack.cli("start", "cycle")
+    assert started["state"] == "started"
+    # start (like create) returns once the proxy routes the sandbox: no waiting here.
+    assert stack.execute("cycle", "cat state.txt") == (0, "kept\n")
+    stack.cli("delete", "cycle")
+    assert "cycle" not in [s["id"] for s in stack.cli("list")]
+    failed = stack.cli("get", "cycle", check=False)
+    assert failed.returncode == 1 and "not found" in failed.stderr
+    bad = stack.cli("create", "--id", "Bad_Id", check=False)
+    assert bad.returncode == 1 and "invalid sandbox id" in bad.stderr
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="cgroup limits need root (CI runs as root)")
+
+
+@needs_root
+def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack) -> None:
+    stack.cli("create", "--id", "forky", "--pids", "64", "--cpus", "0.5")
+    try:
+        with stack.toolbox("forky") as client:
+            # A fork bomb in a session, so this call returns at once; it keeps respawning
+            # until the sandbox is stopped, bounded by the pid limit (64) and 0.5 CPU.
+            assert client.post("/process/session", json={"sessionId": "bomb"}).status_code in (200, 201)
+            assert client.post("/process/session/bomb/exec", json={
+                "command": "b() { b | b & }; b", "runAsync": True}).status_code in (200, 202)
+            deadline = time.monotonic() + 10
+            peak = 0
+            while time.monotonic() < deadline and peak < 48:
+                described = stack.cli("get", "forky")
+                usage, cgroups = described["usage"], described["cgroups"]
+                peak = max(peak, usage["pids"])
+                assert usage["pids"] <= 64, usage  # never beyond the limit
+                time.sleep(0.2)
+            assert peak >= 48, f"the bomb never reached its limit: peak {peak}"
+            # The bombed sandbox's own daemon still answers simple calls.
+            assert client.get("/version").status_code == 200
+        # Other sandboxes and the proxy answer promptly meanwhile.
+        for _ in range(3):
+            started = time.monotonic()
+            assert stack.execute(stack.first_id, "echo alive") == (0, "alive\n")
+            assert time.monotonic() - started < 3
+    finally:
+        stack.cli("delete", "forky")
+    # Deleting it killed every process of the bomb: its cgroups could be removed.
+    assert cgroups and not any(Path(d).exists() for d in cgroups)
+
+
+@needs_root
+def test_cpu_cap_holds(stack: Stack) -> None:
+    stack.cli("create", "--id", "spinner", "--cpus", "0.2")
+    try:
+        # Two busy loops for 1.5 s each would use ~3 CPU-seconds uncapped (or whatever the
+        # shared machine gives); at 0.2 CPU they get ~0.3 s.
+        code, out = stack.execute("spinner", "bash -c 'for i in 1 2; do timeout 1.5 sh -c \"while :; do :; done\" & done; "
+                                             "wait; times'", timeout=20)
+        children = out.strip().splitlines()[-1].split()  # "0m0.301s 0m0.002s" user, sys of children
+        seconds = sum(float(part.split("m")[0]) * 60 + float(part.split("m")[1].rstrip("s")) for part in children)
+        assert seconds < 0.7, out
+    finally:
+        stack.cli("delete", "spinner")
+
+
+@needs_root
+def test_memory_hog_is_killed_inside_its_sandbox_only(stack: Stack) -> None:
+    stack.cli("create", "--id", "hog", "--memory", "128")
+    try:
+        code, out = stack.execute("hog", "python -c \"b = bytearray(512 * 1024 * 1024); print('survived')\"; "
+                                         "echo exit=$?", timeout=30)
+        assert "\nsurvived" not in out and not out.startswith("survived") and "exit=137" in out, out
+        # Its daemon was protected from the OOM killer and keeps serving.
+        assert stack.execute("hog", "echo still here") == (0, "still here\n")
+        assert stack.execute(stack.first_id, "echo alive") == (0, "alive\n")
+    finally:
+        stack.cli("delete", "hog")
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    own = start_stack(tmp_path / "state", pool_size=1)
+    sandbox_id = own.first_id
+    assert own.execute(sandbox_id, "echo up") == (0, "up\n")
+    pids_before = _bwrap_pids(own.state_dir)
+    assert pids_before
+    assert own.stop() == 0
+    assert _bwrap_pids(own.state_dir) == set()
+    assert _leftover_cgroups(own.state_dir) == []
+    assert not (own.state_dir / "pool").exists() or not any((own.state_dir / "pool").iterdir())
+    assert json.loads((own.state_dir / "sandboxes" / sandbox_id / "sandbox.json").read_text())["state"] == "stopped"
+    # The next start brings the same sandbox back, files intact.
+    again = start_stack(tmp_path / "state", pool_size=0)
+    try:
+        assert again.first_id == sandbox_id
+    finally:
+        assert again.stop() == 0
+
+
+def test_idle_sandbox_is_stopped_automatically(tmp_path: Path) -> None:
+    idle = start_stack(tmp_path / "state", pool_size=0, idle_timeout=2)
+    try:
+        sandbox_id = idle.first_id
+        # Traffic through the proxy keeps it alive past the idle interval...
+        for _ in range(6):
+            assert idle.execute(sandbox_id, "true")[0] == 0
+            time.sleep(0.5)
+        assert idle.cli("get", sandbox_id)["state"] == "started"
+        # ...and silence stops it.
+        deadline = time.monotonic() + 10
+        while idle.cli("get", sandbox_id)["state"] != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert idle.cli("get", sandbox_id)["state"] == "stopped"
+        assert sandbox_id not in json.loads((idle.state_dir / "registry.json").read_text())["sandboxes"]
+    finally:
+        idle.stop()
+
+
+def _leftover_cgroups(state_dir: Path) -> list[Path]:
+    import hashlib
+
+    prefix = "sbx-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8] + "-"
+    return [d for d in Path("/sys/fs/cgroup").glob("*/sandbox-toolbox/*") if d.name.startswith(prefix)]
+
+
+def _bwrap_pids(state_dir: Path) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"bwrap\0") and str(state_dir).encode() in cmdline:
+            found.add(int(entry.name))
+    return found
+
+
+def test_a_sandbox_that_dies_is_marked_stopped_and_unregistered(stack: Stack) -> None:
+    stack.cli("create", "--id", "fragile")
+    try:
+        procs = Path(stack.cli("get", "fragile")["cgroups"][0]) / "cgroup.procs" if os.geteuid() == 0 else None
+        if procs is None:
+            pytest.skip("needs the cgroup backend to find the sandbox's processes")
+        for pid in procs.read_text().split():
+            try:
+                if b"runtime.entry" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(int(pid), 9)
+            except (OSError, ProcessLookupError):
+                pass
+        deadline = time.monotonic() + 10
+        while stack.cli("get", "fragile")["state"] != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert stack.cli("get", "fragile")["state"] == "stopped"
+        assert "fragile" not in json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"]
+        assert stack.cli("start", "fragile")["state"] == "started"
+    finally:
+        stack.cli("delete", "fragile")
+
+
+def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers import REPO_ROOT
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = dict(os.environ, RUNTIME_STATE_DIR=str(tmp_path / "state"), RUNTIME_PROXY_PORT=str(port))
+        result = subprocess.run([str(REPO_ROOT / "scripts" / "start")], env=env, capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode != 0
+    assert "is the port free?" in result.stderr
+    assert not _bwrap_pids(tmp_path / "state")
+    assert _leftover_cgroups(tmp_path / "state") == []
+
+
+def test_the_proxy_is_restarted_if_it_dies(stack: Stack) -> None:
+    import signal
+
+    proxies = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()
+               and b"proxy\0serve" in _cmdline(e) and f"\0{stack.port}\0".encode() in _cmdline(e)]
+    assert len(proxies) == 1
+    os.kill(proxies[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if stack.execute(stack.first_id, "echo back") == (0, "back\n"):
+                break
+        except (httpx.TransportError, AssertionError):
+            time.sleep(0.2)
+    assert stack.execute(stack.first_id, "echo back") == (0, "back\n")
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -1,0 +1,140 @@
+"""The browser terminal: its own port, the PTY API behind it, and a real headless Chromium
+typing into it through the proxy."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from tests.cdp import Browser, chromium_path
+from tests.helpers import RunningDaemon, free_port, start_daemon
+from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+
+SCREEN = "Array.from(document.querySelectorAll('.xterm-rows > div')).map(r => r.textContent.trimEnd())"
+
+
+@pytest.fixture
+def terminal_daemon(tmp_path: Path) -> Iterator[tuple[RunningDaemon, int]]:
+    port = free_port()
+    running = start_daemon(tmp_path, extra_env={"TOOLBOX_TERMINAL_PORT": str(port)})
+    yield running, port
+    running.stop()
+
+
+def test_terminal_port_serves_the_page_assets_and_only_the_pty_api(terminal_daemon: tuple[RunningDaemon, int]) -> None:
+    daemon, port = terminal_daemon
+    base = f"http://127.0.0.1:{port}"
+    assert _listening_ports(daemon.process.pid) == {int(daemon.url.rsplit(":", 1)[1]), port}
+    page = httpx.get(base + "/")
+    assert page.status_code == 200 and "assets/vendor/xterm.js" in page.text
+    for asset in ("vendor/xterm.js", "vendor/xterm.css", "vendor/addon-fit.js", "terminal.js"):
+        assert httpx.get(f"{base}/assets/{asset}").status_code == 200, asset
+    assert httpx.get(base + "/api/pty").json() == {"sessions": []}
+    # The rest of the Toolbox API is not reachable on the terminal port.
+    assert httpx.get(base + "/version").status_code == 404
+    assert httpx.get(base + "/files", params={"path": "."}).status_code == 404
+
+    with connect(f"ws://127.0.0.1:{port}/api/pty/create-connect?id=t1&cols=100&rows=30",
+                 subprotocols=["X-Daytona-Pty-Exit-Control"], open_timeout=10) as ws:
+        assert "connected" in ws.recv(timeout=10)
+        ws.send(b"echo hi-$((40+2))\n")
+        out = b""
+        while b"hi-42\r\n" not in out:
+            frame = ws.recv(timeout=10)
+            out += frame if isinstance(frame, bytes) else frame.encode()
+    resized = httpx.post(base + "/api/pty/t1/resize", json={"cols": 120, "rows": 40})
+    assert resized.status_code == 200 and resized.json()["cols"] == 120
+    # Re-attach: the scrollback comes back.
+    with connect(f"ws://127.0.0.1:{port}/api/pty/t1/connect", open_timeout=10) as ws:
+        out = b""
+        while b"hi-42" not in out:
+            frame = ws.recv(timeout=10)
+            out += frame if isinstance(frame, bytes) else frame.encode()
+    # The daemon's own API is unaffected.
+    with daemon.client() as client:
+        assert [s["id"] for s in client.get("/process/pty").json()["sessions"]] == ["t1"]
+
+
+def _listening_ports(pid: int) -> set[int]:
+    """TCP ports the process listens on (its socket inodes matched in /proc/net/tcp*)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A = LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_terminal_is_off_unless_configured(tmp_path: Path) -> None:
+    running = start_daemon(tmp_path)
+    try:
+        with running.client() as client:
+            assert client.get("/version").status_code == 200
+        port = int(running.url.rsplit(":", 1)[1])
+        assert _listening_ports(running.process.pid) == {port}
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("terminal"), pool_size=0)
+    yield running
+    running.stop()
+
+
+@needs_bwrap
+def test_terminal_always_needs_credentials_even_on_a_public_sandbox(stack: Stack) -> None:
+    stack.cli("create", "--id", "open", "--public")
+    try:
+        token = stack.cli("get", "open")["token"]
+        assert stack.preview("open", 22222).status_code in (401, 403)
+        assert stack.preview("open", 22222, token=token).status_code == 200
+    finally:
+        stack.cli("delete", "open")
+
+
+@needs_bwrap
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
+def test_echo_hi_in_headless_chromium_through_the_proxy(stack: Stack) -> None:
+    sandbox_id = stack.first_id
+    token = stack.cli("get", sandbox_id)["token"]
+    url = f"http://22222-{sandbox_id}.localhost:{stack.port}/?DAYTONA_SANDBOX_AUTH_KEY={token}"
+    browser = Browser()
+    try:
+        browser.navigate(url)
+        browser.wait_for("window.sandboxTerminal && document.querySelector('.xterm-rows') !== null")
+        # Wait for the shell prompt before typing.
+        browser.wait_for(f"{SCREEN}.some(line => line.includes('$'))")
+        browser.evaluate("window.sandboxTerminal.focus()")
+        browser.type_text("echo hi")
+        browser.press_enter()
+        screen = browser.wait_for(f"{SCREEN}.includes('hi') && {SCREEN}")
+        assert "hi" in screen and any(line.endswith("echo hi") for line in screen)
+
+        # Resize: the browser window shrinks, the PTY follows.
+        session = browser.evaluate("sessionStorage.getItem('terminal-session')")
+        cols_before = browser.evaluate("window.sandboxTerminal.cols")
+        browser.send("Emulation.setDeviceMetricsOverride", width=500, height=400, deviceScaleFactor=1, mobile=False)
+        browser.wait_for(f"window.sandboxTerminal.cols < {cols_before}")
+        cols = browser.evaluate("window.sandboxTerminal.cols")
+        browser.wait_for(f"fetch('api/pty/{session}').then(r => r.json()).then(i => i.cols === {cols})")
+
+        # Reload: the page re-attaches to the same PTY and replays its scrollback.
+        browser.send("Page.reload")
+        browser.wait_for("document.readyState === 'complete' && window.sandboxTerminal !== undefined")
+        assert browser.evaluate("sessionStorage.getItem('terminal-session')") == session
+        browser.wait_for(f"{SCREEN}.includes('hi')")
+    finally:
+        browser.close()
