@@ -83,6 +83,9 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["PROXY_DOMAIN"] = args.domain
     os.environ["PROXY_REGISTRY"] = args.registry
     os.environ["PROXY_PUBLIC_URL"] = args.public_url or f"http://{args.domain}:{args.port}"
+    if not args.secret:
+        print("warning: no PROXY_SECRET: derived preview tokens, signed URLs and cookies stop working "
+              "at the next restart and differ between replicas", file=sys.stderr, flush=True)
     os.environ["PROXY_SECRET"] = args.secret or secrets.token_hex(32)
     os.environ["PROXY_PRESERVE_HOST"] = "1" if args.preserve_host else ""
     if args.api_keys_file:

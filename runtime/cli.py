@@ -142,7 +142,8 @@ async def _first_sandbox(stack: Any, wanted: str | None) -> None:
 def _print_banner(stack: Any, spec: Any) -> None:
     info = stack.info()
     lines = [
-        f"Proxy:        {info['proxy_url']}  (API key in {info['api_key_file']})",
+        f"Proxy:        {info['proxy_url']}  (API key "
+        f"{'in ' + str(info['api_key_file']) if info['api_key_file'] else 'from --api-key'})",
         f"Limits:       {info['limits_backend']}",
         f"Control:      python -m runtime --state-dir {stack.config.state_dir} list|create|stop|start|delete",
     ]

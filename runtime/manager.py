@@ -10,6 +10,7 @@ in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -303,27 +304,40 @@ class Runtime:
 
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
                       egress: str) -> Running:
-        """Start bwrap around the pre-importing entry; returns once it reports `pooled`."""
+        """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
+
+        Whatever happens (errors, cancellation when the runtime stops), a sandbox that did
+        not come up leaves no cgroup and no process behind."""
+        name = f"{self._group_prefix}{os.urandom(5).hex()}"
+        creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
-            group = await asyncio.to_thread(
-                self.backend.create, f"{self._group_prefix}{os.urandom(5).hex()}", limits)
+            group = await asyncio.shield(creating)
         except OSError as exc:
             raise SandboxError(500, f"cannot set up the sandbox's cgroup: {exc}") from None
-        argv = self.backend.launch_prefix(group, limits)
-        argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
-                           terminal_port=self.terminal_port,
-                           run_as=(uid, gid) if os.geteuid() == 0 else None)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.backend.launch_env(group)}
-        with open(target.log, "ab") as logfile:
-            process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=logfile, env=env, start_new_session=True,
-            )
-        running = Running(process, group, target, uid, gid)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread((await creating).remove)
+            raise
+        process: asyncio.subprocess.Process | None = None
         try:
+            argv = self.backend.launch_prefix(group, limits)
+            argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
+                               terminal_port=self.terminal_port,
+                               run_as=(uid, gid) if os.geteuid() == 0 else None)
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                   **self.backend.launch_env(group)}
+            with open(target.log, "ab") as logfile:
+                process = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=logfile, env=env, start_new_session=True,
+                )
+            running = Running(process, group, target, uid, gid)
             await self._expect(running, b"pooled")
         except BaseException:
-            await self._kill(running)
+            if process is not None:
+                await asyncio.shield(self._kill(Running(process, group, target, uid, gid)))
+            else:
+                await asyncio.shield(asyncio.to_thread(group.remove))
             raise
         return running
 

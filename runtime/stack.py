@@ -76,6 +76,8 @@ class Stack:
                                idle_timeout=config.idle_timeout, activity=self.read_activity,
                                visible=self.wait_routed)
         self.proxy: asyncio.subprocess.Process | None = None
+        self._watch: asyncio.Future[None] | None = None
+        self._stopping = False
         self._http = httpx.AsyncClient(timeout=5)
 
     @property
@@ -87,7 +89,7 @@ class Stack:
             "proxy_url": self.proxy_url,
             "domain": self.config.domain,
             "toolbox_url": f"{self.proxy_url}/toolbox",
-            "api_key_file": str(self.api_key_file),
+            "api_key_file": None if self.config.api_key else str(self.api_key_file),
             "limits_backend": self.runtime.backend.description,
             "pool_size": self.config.pool_size,
             "pool_ready": len(self.runtime.pool),
@@ -148,13 +150,29 @@ class Stack:
                         break
         except TimeoutError:
             raise SandboxError(500, "the proxy did not start within 30 s") from None
-        asyncio.ensure_future(self._drain(self.proxy.stdout))
+        self._watch = asyncio.ensure_future(self._watch_proxy(self.proxy))
 
-    async def _drain(self, stream: asyncio.StreamReader) -> None:
-        while await stream.read(65536):
+    async def _watch_proxy(self, proxy: asyncio.subprocess.Process) -> None:
+        """Drain the proxy's stdout; if it dies while we run, start it again."""
+        assert proxy.stdout is not None
+        while await proxy.stdout.read(65536):
             pass
+        code = await proxy.wait()
+        delay = 0.5
+        while not self._stopping:
+            print(f"the proxy exited (code {code}); restarting it", file=sys.stderr, flush=True)
+            try:
+                await self._start_proxy()
+                return
+            except SandboxError as exc:
+                print(f"error: {exc.message}", file=sys.stderr, flush=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
 
     async def stop(self) -> None:
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:
             self.proxy.terminate()

@@ -11,6 +11,7 @@
   GET  /spoof         answers with an X-Proxy-Error header of its own
   GET  /redirect?to=L 302 to L
   GET  /hop           response with hop-by-hop headers (Connection: x-internal, Keep-Alive)
+  ANY  /stream?id=N   a chunk every 0.1 s for 30 s; /stream-state says if the client left
   GET  /last-close    code and reason of the last WebSocket the client closed
   WS   /ws            echo (text and binary); picks the last offered subprotocol;
                       a text "close:CODE:REASON" closes with that code and reason
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs
 import uvicorn
 
 LAST_CLOSE: dict[str, object] = {}
+STREAM: dict[str, str] = {}
 GZIP_BODY = gzip.compress(b"compressed hello " * 100, mtime=0)
 
 
@@ -91,6 +93,10 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
     elif path == "/slow":
         await asyncio.sleep(float(query.get("s", ["1"])[0]))
         await respond(send, 200, b"slow done", b"text/plain")
+    elif path == "/stream":
+        await stream(query.get("id", [""])[0], receive, send)
+    elif path == "/stream-state":
+        await respond(send, 200, json.dumps(STREAM).encode(), b"application/json")
     elif path == "/last-close":
         await respond(send, 200, json.dumps(LAST_CLOSE).encode(), b"application/json")
     elif path == "/hop":
@@ -108,6 +114,31 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await send({"type": "http.response.body", "body": b"app"})
     else:
         await respond(send, 404, b"app 404", b"text/plain")
+
+
+async def stream(name: str, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """A chunk every 0.1 s for up to 30 s; records whether the client hung up."""
+    while (await receive()).get("more_body"):
+        pass
+    STREAM[name] = "streaming"
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    watcher = asyncio.create_task(watch())
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    for _ in range(300):
+        if gone.is_set():
+            STREAM[name] = "client gone"
+            return
+        await send({"type": "http.response.body", "body": b"tick\n", "more_body": True})
+        await asyncio.sleep(0.1)
+    watcher.cancel()
+    STREAM[name] = "finished"
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def respond(send, status: int, body: bytes, content_type: bytes) -> None:  # type: ignore[no-untyped-def]

@@ -28,6 +28,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+def ipv6_loopback() -> bool:
+    """Some CI containers run without IPv6; the IPv6 tests skip there."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

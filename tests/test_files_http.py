@@ -476,3 +476,12 @@ def test_fifo_is_refused_not_hung(daemon: RunningDaemon, http: httpx.Client) -> 
     _error(http.get("/files/download", params={"path": "a.fifo"}), 400, "BAD_REQUEST")
     bulk = http.post("/files/bulk-download", json={"paths": ["a.fifo"]})
     assert b'"code": "INVALID_FILE_PATH"' in bulk.content
+
+
+def test_huge_listing_is_refused_quickly(http: httpx.Client) -> None:
+    # A whole-filesystem listing at unbounded depth must end with an actionable 400, not hang.
+    response = http.get("/files", params={"path": "/", "depth": "1000"}, timeout=120)
+    if response.status_code == 200:
+        assert len(response.json()) < 100_000  # a tiny root file system: nothing to refuse
+    else:
+        assert "smaller depth" in str(_error(response, 400, "BAD_REQUEST")["message"])

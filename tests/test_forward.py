@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import RunningDaemon, free_port, start_daemon
 from tests.proxy_apps import GZIP_BODY
-from tests.proxy_helpers import App, start_app
+from tests.proxy_helpers import App, ipv6_loopback, start_app
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +153,7 @@ def test_app_cannot_forge_proxy_errors(daemon: RunningDaemon, app: App) -> None:
     assert "x-proxy-error" not in response.headers
 
 
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_ipv6_only_app(daemon: RunningDaemon) -> None:
     v6 = start_app(host="::1")
     try:
@@ -225,6 +226,7 @@ def test_client_close_code_reaches_the_app(daemon: RunningDaemon, app: App) -> N
     asyncio.run(run())
 
 
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
 def test_websocket_to_ipv6_only_app(daemon: RunningDaemon) -> None:
     v6 = start_app(host="::1")
 

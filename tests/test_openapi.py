@@ -11,8 +11,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.helpers import RunningDaemon
-from toolbox.app import create_app
+from toolbox.app import build_routes
 from toolbox.config import Settings
+from toolbox.context import Daemon
 from toolbox.http import WireModel
 from toolbox.openapi.document import build_document, iter_endpoints
 from toolbox.openapi.registry import operation
@@ -27,8 +28,8 @@ def test_document_lists_every_route_the_daemon_serves(daemon: RunningDaemon, tmp
     doc = response.json()
     assert doc["openapi"].startswith("3.1")
 
-    app = create_app(Settings(workdir=tmp_path, home=tmp_path)).app  # type: ignore[attr-defined]
-    served = {(e.method.lower(), e.path) for e in iter_endpoints(app.router.routes)}
+    routes = build_routes(Daemon(Settings(workdir=tmp_path, home=tmp_path)))
+    served = {(e.method.lower(), e.path) for e in iter_endpoints(routes)}
     documented = {(method, path) for path, item in doc["paths"].items() for method in item}
     assert served and served == documented
 

@@ -392,3 +392,21 @@ def test_trusted_load_balancer_client_address(tmp_path: Path, daemon: RunningDae
         assert values == ["9.9.9.9"]  # the LB's view of the client, set once
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_hanging_up_stops_the_upstream_stream(proxy: Proxy, app: App, method: str) -> None:
+    name = f"hangup-{method}"
+    with proxy.client() as client:
+        host = {"Host": proxy.host(app.port, "pub")}
+        body = b"payload" if method == "POST" else None
+        with client.stream(method, f"/stream?id={name}", headers=host, content=body) as response:
+            assert next(response.iter_raw()).startswith(b"tick")
+        deadline = time.monotonic() + 5
+        state = ""
+        while time.monotonic() < deadline:
+            state = client.get("/stream-state", headers=host).json().get(name, "")
+            if state == "client gone":
+                break
+            time.sleep(0.1)
+    assert state == "client gone"

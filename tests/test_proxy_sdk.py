@@ -64,9 +64,6 @@ def test_sdk_filesystem_through_the_proxy(proxy: Proxy, daemon: RunningDaemon, t
     from daytona._sync.filesystem import FileSystem
     from daytona_toolbox_api_client import FileSystemApi
 
-    with daemon.client() as probe:
-        if probe.get("/files", params={"path": "."}).status_code == 404:
-            pytest.skip("the files area is not on this branch yet")
     fs = FileSystem(FileSystemApi(sdk_client(proxy, "sbx-test")), httpx.Client(timeout=60))
     payload = bytes(range(256)) * 4096
     fs.upload_file(payload, "via-proxy.bin")

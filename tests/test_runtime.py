@@ -239,6 +239,21 @@ def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack) -> None:
 
 
 @needs_root
+def test_cpu_cap_holds(stack: Stack) -> None:
+    stack.cli("create", "--id", "spinner", "--cpus", "0.2")
+    try:
+        # Two busy loops for 1.5 s each would use ~3 CPU-seconds uncapped (or whatever the
+        # shared machine gives); at 0.2 CPU they get ~0.3 s.
+        code, out = stack.execute("spinner", "bash -c 'for i in 1 2; do timeout 1.5 sh -c \"while :; do :; done\" & done; "
+                                             "wait; times'", timeout=20)
+        children = out.strip().splitlines()[-1].split()  # "0m0.301s 0m0.002s" user, sys of children
+        seconds = sum(float(part.split("m")[0]) * 60 + float(part.split("m")[1].rstrip("s")) for part in children)
+        assert seconds < 0.7, out
+    finally:
+        stack.cli("delete", "spinner")
+
+
+@needs_root
 def test_memory_hog_is_killed_inside_its_sandbox_only(stack: Stack) -> None:
     stack.cli("create", "--id", "hog", "--memory", "128")
     try:
@@ -260,6 +275,7 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     assert pids_before
     assert own.stop() == 0
     assert _bwrap_pids(own.state_dir) == set()
+    assert _leftover_cgroups(own.state_dir) == []
     assert not (own.state_dir / "pool").exists() or not any((own.state_dir / "pool").iterdir())
     assert json.loads((own.state_dir / "sandboxes" / sandbox_id / "sandbox.json").read_text())["state"] == "stopped"
     # The next start brings the same sandbox back, files intact.
@@ -287,6 +303,13 @@ def test_idle_sandbox_is_stopped_automatically(tmp_path: Path) -> None:
         assert sandbox_id not in json.loads((idle.state_dir / "registry.json").read_text())["sandboxes"]
     finally:
         idle.stop()
+
+
+def _leftover_cgroups(state_dir: Path) -> list[Path]:
+    import hashlib
+
+    prefix = "sbx-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8] + "-"
+    return [d for d in Path("/sys/fs/cgroup").glob("*/sandbox-toolbox/*") if d.name.startswith(prefix)]
 
 
 def _bwrap_pids(state_dir: Path) -> set[int]:
@@ -340,3 +363,28 @@ def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> 
     assert result.returncode != 0
     assert "is the port free?" in result.stderr
     assert not _bwrap_pids(tmp_path / "state")
+    assert _leftover_cgroups(tmp_path / "state") == []
+
+
+def test_the_proxy_is_restarted_if_it_dies(stack: Stack) -> None:
+    import signal
+
+    proxies = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()
+               and b"proxy\0serve" in _cmdline(e) and f"\0{stack.port}\0".encode() in _cmdline(e)]
+    assert len(proxies) == 1
+    os.kill(proxies[0], signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if stack.execute(stack.first_id, "echo back") == (0, "back\n"):
+                break
+        except (httpx.TransportError, AssertionError):
+            time.sleep(0.2)
+    assert stack.execute(stack.first_id, "echo back") == (0, "back\n")
+
+
+def _cmdline(entry: Path) -> bytes:
+    try:
+        return (entry / "cmdline").read_bytes()
+    except OSError:
+        return b""

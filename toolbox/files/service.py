@@ -41,6 +41,11 @@ def parse_mode(raw: str) -> int:
     return mode
 
 
+# A deep listing of a big tree (say `/` at depth 50) would take minutes and hundreds of MiB
+# of JSON; past this many entries the client is told to narrow the request.
+MAX_LIST_ENTRIES = 100_000
+
+
 class FileService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -56,6 +61,11 @@ class FileService:
                 raise bad_request(f"not a directory: {display_root} (use /files/info for a single file)")
             infos = []
             for entry in walk(root, display_root, max_depth=depth):
+                if len(infos) >= MAX_LIST_ENTRIES:
+                    raise bad_request(
+                        f"listing {display_root} at depth {depth} exceeds {MAX_LIST_ENTRIES} entries: "
+                        "ask for a smaller depth or a subdirectory"
+                    )
                 try:
                     # Entries are stat'ed through symlinks; dangling ones are skipped.
                     infos.append(file_info(entry.name, os.stat(entry.path), entry.display))

@@ -49,6 +49,9 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Uploads: let a few reads' worth queue up before making the client wait (the
+        # 64 KiB default turns every upload into a pause/resume ping-pong).
+        transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -141,6 +144,11 @@ class UpstreamConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
+    def write_chunk(self, data: bytes) -> None:
+        """One chunk of a chunked body, framed without copying the data."""
+        assert self.transport is not None
+        self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+
     async def drain(self) -> None:
         if self.lost:
             raise ConnectionResetError("the upstream closed the connection")
@@ -194,7 +202,9 @@ class ConnectionPool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.lost and now - conn.idle_since < self.keepalive:
+            # Anything that arrived while idle (an unsolicited response) would desync it.
+            unsolicited = conn.headers_done.done() or conn.chunks or conn.error is not None
+            if not conn.lost and not unsolicited and now - conn.idle_since < self.keepalive:
                 conn.reused = True
                 return conn
             conn.close()

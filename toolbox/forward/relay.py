@@ -181,7 +181,10 @@ class Relay:
                 raise _ClientGone()
             chunk = message.get("body", b"")
             if chunk:
-                conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+                if chunked:
+                    conn.write_chunk(chunk)
+                else:
+                    conn.write(chunk)
                 await conn.drain()
             if not message.get("more_body", False):
                 if chunked:
@@ -277,8 +280,8 @@ class Relay:
                 target.pool.release(conn, target.host, target.port)
                 return status
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
-            if sender is None:
-                watcher = asyncio.ensure_future(_close_on_disconnect(receive, conn))
+            # Once the upload is over, a client hanging up must stop the upstream stream.
+            watcher = asyncio.ensure_future(_close_on_disconnect(receive, conn, sender))
             while True:
                 chunk = await conn.next_chunk()
                 if chunk is None:
@@ -339,8 +342,13 @@ def _consume(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
-async def _close_on_disconnect(receive: Receive, conn: UpstreamConnection) -> None:
+async def _close_on_disconnect(receive: Receive, conn: UpstreamConnection,
+                               upload: asyncio.Future[None] | None = None) -> None:
     """Stop reading the upstream once the client hangs up (a 10 GiB download, an SSE stream)."""
+    if upload is not None:
+        await asyncio.wait((upload,))  # receive() belongs to the upload until it ends
+        if upload.cancelled() or upload.exception() is not None:
+            return
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":

@@ -112,6 +112,8 @@ class OutputStore:
 
     def tail(self, max_bytes: int | None = None) -> tuple[int, bytes]:
         """(offset, bytes) of the most recent output held in memory."""
+        if max_bytes is not None and max_bytes <= 0:
+            return self._size, b""  # (a [-0:] slice would be the whole tail)
         data = bytes(self._tail if max_bytes is None else self._tail[-max_bytes:])
         return self._size - len(data), data
 

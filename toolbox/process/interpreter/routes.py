@@ -76,11 +76,12 @@ def parse_execute_request(message: dict[str, Any]) -> tuple[str, str, dict[str, 
 async def stream_frames(websocket: WebSocket, execution: Execution) -> None:
     """Send each stored JSON line as one text frame, then close with the outcome's code."""
     pending = b""
-    async for _, chunk in execution.store.follow(0):
+    async for offset, chunk in execution.store.follow(0):
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
             await websocket.send_text(line.decode("utf-8"))
+        execution.mark_sent(offset + len(chunk) - len(pending))
     code, reason = execution.close
     await websocket.close(code, reason)
 

@@ -14,6 +14,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from toolbox.config import Settings
 from toolbox.errors import Code, DaemonError, timestamp
@@ -23,6 +24,9 @@ from toolbox.process.output import OutputStore
 DEFAULT_CONTEXT = "default"
 DEFAULT_TIMEOUT = 600.0
 INTERRUPT_GRACE = 2.0
+# Frames the client has not received yet beyond which the worker is no longer read (it then
+# blocks on its own prints): a flood runs at the client's pace instead of filling the disk.
+SEND_WINDOW = 1024 * 1024
 LANGUAGES = ("python",)
 
 # How an execution ended -> (WebSocket close code, reason) (toolbox-api.md §10.2).
@@ -86,6 +90,17 @@ class Execution:
         self._abort: asyncio.Queue[None] | None = None
         self.abandoned = False
         self._holders = 2  # the running job and the connection streaming its frames
+        self.sent = 0  # store offset up to which frames reached the client
+        self._progress = asyncio.Event()
+
+    def mark_sent(self, offset: int) -> None:
+        self.sent = offset
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    @property
+    def lagging(self) -> bool:
+        return not self.abandoned and self.store.size - self.sent > SEND_WINDOW
 
     def release(self) -> None:
         """Called once by the job and once by the connection; the last one removes the spill file."""
@@ -199,28 +214,44 @@ class InterpreterService:
         aborted: asyncio.Task[None] | None = None
         try:
             while True:
-                if next_event is None:
-                    next_event = loop.create_task(worker.events.get())
+                # Deadlines are checked on every turn, not only when the worker is quiet: a
+                # flood of output must not outrun its own timeout.
+                now = loop.time()
+                if kill_at is not None and now >= kill_at:  # the grace period is over: state goes too
+                    await worker.stop()
+                    context.worker = None
+                    return TIMED_OUT if timed_out else COMPLETED
+                if deadline is not None and now >= deadline and not timed_out:
+                    timed_out = True
+                    if kill_at is None:
+                        worker.interrupt()
+                        kill_at = now + INTERRUPT_GRACE
                 if aborted is None:
                     aborted = loop.create_task(abort.get())
-                wake_at = kill_at if kill_at is not None else deadline
+                waiting: set[asyncio.Future[Any]] = {aborted}
+                progress: asyncio.Task[bool] | None = None
+                if execution.lagging and not timed_out:
+                    progress = loop.create_task(execution._progress.wait())
+                    waiting.add(progress)
+                else:
+                    if next_event is None:
+                        next_event = loop.create_task(worker.events.get())
+                    waiting.add(next_event)
+                wake_at = kill_at if kill_at is not None else (None if timed_out else deadline)
                 wait = None if wake_at is None else max(0.0, wake_at - loop.time())
-                done, _ = await asyncio.wait({next_event, aborted}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                if progress is not None:
+                    progress.cancel()
+                    if progress in done:
+                        continue
                 if aborted in done:
                     aborted = None
                     if kill_at is None:
                         worker.interrupt()
                         kill_at = loop.time() + INTERRUPT_GRACE
                     continue
-                if next_event not in done:
-                    if kill_at is not None:  # the grace period is over: the state goes with it
-                        await worker.stop()
-                        context.worker = None
-                        return TIMED_OUT if timed_out else COMPLETED
-                    timed_out = True
-                    worker.interrupt()
-                    kill_at = loop.time() + INTERRUPT_GRACE
-                    continue
+                if next_event is None or next_event not in done:
+                    continue  # a deadline passed: handled at the top
                 event = next_event.result()
                 next_event = None
                 if event is None:

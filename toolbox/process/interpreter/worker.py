@@ -20,9 +20,15 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
+import types
 
 FLUSH_AT = 1024
+# A line is sent at once unless another flush happened less than LINGER seconds ago; then
+# it waits (at most LINGER) to travel with the lines after it: a tight print loop becomes
+# a few hundred frames a second instead of one frame per line.
+LINGER = 0.02
 # One huge write still leaves as frames of at most this many characters.
 MAX_FRAME_TEXT = 4096
 # Error fields are cut to keep every frame below the SDK's 64 KiB WebSocket message limit.
@@ -56,12 +62,64 @@ class Channel:
         return None if body is None else json.loads(body.decode("utf-8"))
 
     def send(self, message):
+        global main_sending, interrupt_pending
         body = json.dumps(message).encode("utf-8")
         frame = struct.pack(">I", len(body)) + body
+        in_main = threading.get_ident() == MAIN_THREAD
         with self.lock:
-            view = memoryview(frame)
-            while view:
-                view = view[os.write(self.write_fd, view):]
+            # A KeyboardInterrupt halfway through a frame would corrupt the stream: while
+            # the main thread writes one, SIGINT is only noted, and raised right after.
+            if in_main:
+                main_sending = True
+            try:
+                view = memoryview(frame)
+                while view:
+                    view = view[os.write(self.write_fd, view):]
+            finally:
+                if in_main:
+                    main_sending = False
+        if in_main and interrupt_pending and executing:
+            interrupt_pending = False
+            raise KeyboardInterrupt
+
+
+class Output:
+    """Pending stdout and stderr text in write order, sent as frames in that same order."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.lock = threading.RLock()
+        self.segments = []  # [name, [parts]]; consecutive writes to one stream share a segment
+        self.size = 0
+        self.last_flush = 0.0
+
+    def write(self, name, text):
+        with self.lock:
+            if self.segments and self.segments[-1][0] == name:
+                self.segments[-1][1].append(text)
+            else:
+                self.segments.append([name, [text]])
+            self.size += len(text)
+            if self.size >= FLUSH_AT or ("\n" in text and time.monotonic() - self.last_flush >= LINGER):
+                self.flush()
+
+    def flush(self):
+        with self.lock:
+            segments, self.segments, self.size = self.segments, [], 0
+            self.last_flush = time.monotonic()
+            for name, parts in segments:
+                text = "".join(parts)
+                for start in range(0, len(text), MAX_FRAME_TEXT):
+                    self.channel.send({"type": name, "text": text[start : start + MAX_FRAME_TEXT]})
+
+    def flush_lingering_forever(self):
+        # SIGINT must reach the main thread (the user's code), never this one.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        while True:
+            time.sleep(LINGER)
+            with self.lock:
+                if self.segments and time.monotonic() - self.last_flush >= LINGER:
+                    self.flush()
 
 
 class BinaryWriter(io.RawIOBase):
@@ -83,14 +141,11 @@ class BinaryWriter(io.RawIOBase):
 
 
 class StreamWriter(io.TextIOBase):
-    """sys.stdout/sys.stderr replacement: flushes on newline or FLUSH_AT buffered chars."""
+    """sys.stdout/sys.stderr replacement writing into the shared, ordered Output."""
 
-    def __init__(self, channel, name):
-        self.channel = channel
+    def __init__(self, output, name):
+        self.output = output
         self.name = name
-        self.buffer_parts = []
-        self.size = 0
-        self.lock = threading.RLock()
         self.buffer = BinaryWriter(self)
 
     def writable(self):
@@ -106,22 +161,19 @@ class StreamWriter(io.TextIOBase):
     def write(self, text):
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        with self.lock:
-            self.buffer_parts.append(text)
-            self.size += len(text)
-            if "\n" in text or self.size >= FLUSH_AT:
-                self.flush()
+        if text:
+            self.output.write(self.name, text)
         return len(text)
 
     def flush(self):
-        with self.lock:
-            if not self.buffer_parts:
-                return
-            text = "".join(self.buffer_parts)
-            self.buffer_parts = []
-            self.size = 0
-        for start in range(0, len(text), MAX_FRAME_TEXT):
-            self.channel.send({"type": self.name, "text": text[start : start + MAX_FRAME_TEXT]})
+        self.output.flush()
+
+
+def after_fork_in_child():
+    """A forked child (multiprocessing) must not write frames into the parent's channel:
+    its prints go to fds 1/2, which the daemon forwards as stdout/stderr too."""
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
 
 def clean_traceback(exc):
@@ -132,16 +184,25 @@ def clean_traceback(exc):
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
+MAIN_THREAD = threading.get_ident()
 executing = False
+main_sending = False
+interrupt_pending = False
 
 
 def on_sigint(signum, frame):
-    if executing:
-        raise KeyboardInterrupt
+    global interrupt_pending
+    if not executing:
+        return
+    if main_sending:
+        interrupt_pending = True
+        return
+    raise KeyboardInterrupt
 
 
-def run(channel, namespace, request):
-    global executing
+def run(channel, output, namespace, request):
+    global executing, interrupt_pending
+    interrupt_pending = False
     saved_env = dict(os.environ)
     for key, value in (request.get("envs") or {}).items():
         os.environ[key] = value
@@ -158,8 +219,7 @@ def run(channel, namespace, request):
     except SystemExit:
         pass
     except BaseException as exc:  # noqa: BLE001 - every user error is reported, none kills the worker
-        sys.stdout.flush()
-        sys.stderr.flush()
+        output.flush()
         channel.send({"type": "error", "name": type(exc).__name__, "value": clip(str(exc)),
                       "traceback": clip(clean_traceback(exc))})
     finally:
@@ -170,26 +230,32 @@ def run(channel, namespace, request):
 
 def main():
     channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
-    sys.stdout = StreamWriter(channel, "stdout")
-    sys.stderr = StreamWriter(channel, "stderr")
+    output = Output(channel)
+    stdout, stderr = StreamWriter(output, "stdout"), StreamWriter(output, "stderr")
+    sys.stdout, sys.stderr = stdout, stderr
     sys.stdin = io.StringIO("")
+    os.register_at_fork(after_in_child=after_fork_in_child)
+    threading.Thread(target=output.flush_lingering_forever, name="output-flusher", daemon=True).start()
     signal.signal(signal.SIGINT, on_sigint)
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+    # The user's globals are the __main__ module's, as in `python -i`: pickle (multiprocessing)
+    # finds functions defined by earlier executions under __main__.
+    user_main = types.ModuleType("__main__")
+    user_main.__dict__["__builtins__"] = __builtins__
+    sys.modules["__main__"] = user_main
+    namespace = user_main.__dict__
     while True:
         try:
             request = channel.receive()
             if request is None:
                 return
-            status = run(channel, namespace, request)
-            for stream in (sys.stdout, sys.stderr):
+            status = run(channel, output, namespace, request)
+            for stream in (sys.stdout, sys.stderr):  # user code may have wrapped them
                 try:
                     stream.flush()
-                except Exception:  # noqa: BLE001 - user code may have replaced the stream
+                except Exception:  # noqa: BLE001
                     pass
-            sys.stdout, sys.stderr = (
-                sys.stdout if isinstance(sys.stdout, StreamWriter) else StreamWriter(channel, "stdout"),
-                sys.stderr if isinstance(sys.stderr, StreamWriter) else StreamWriter(channel, "stderr"),
-            )
+            sys.stdout, sys.stderr = stdout, stderr
+            output.flush()
             channel.send({"type": "done", "status": status})
         except KeyboardInterrupt:
             continue  # a late interrupt between requests: nothing to stop

@@ -32,7 +32,9 @@ class WorkerProcess:
     def __init__(self, process: asyncio.subprocess.Process, requests: int, events: asyncio.StreamReader) -> None:
         self.process = process
         self._requests = requests
-        self.events: asyncio.Queue[dict[str, str] | None] = asyncio.Queue()
+        # Bounded: when the execution stops taking events (its client lags), the readers
+        # stop reading the pipes and the worker blocks on its own output.
+        self.events: asyncio.Queue[dict[str, str] | None] = asyncio.Queue(maxsize=256)
         loop = asyncio.get_running_loop()
         self._readers = [
             loop.create_task(self._read_events(events)),
@@ -61,7 +63,9 @@ class WorkerProcess:
         os.close(request_read)
         os.close(event_write)
         loop = asyncio.get_running_loop()
-        events = asyncio.StreamReader(limit=64 * 1024 * 1024)
+        # A small limit: the reader pauses the pipe above 2x this, so a worker whose output
+        # is not being taken blocks instead of filling the daemon's memory.
+        events = asyncio.StreamReader(limit=64 * 1024)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(events), os.fdopen(event_read, "rb", 0))
         os.set_blocking(request_write, False)
         return cls(process, request_write, events)
