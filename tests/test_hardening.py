@@ -120,15 +120,22 @@ def test_slow_headers_get_408(stack: Stack, target: str) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_dripped_headers_do_not_extend_the_deadline(stack: Stack, target: str) -> None:
     started = time.monotonic()
+    closed = False
     with socket.create_connection(("127.0.0.1", stack.port(target))) as sock:
         sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\nX-Drip: ")
-        with pytest.raises(OSError):  # reset or broken pipe once the server gave up
-            for _ in range(40):
+        for _ in range(40):
+            try:
                 sock.sendall(b"a")
                 time.sleep(0.2)
-                if sock.recv(1024, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b"":
-                    raise ConnectionResetError("closed")
-    assert time.monotonic() - started < 4
+                sock.recv(1024, socket.MSG_DONTWAIT | socket.MSG_PEEK)  # the 408, or b"" at close
+                closed = True
+                break
+            except BlockingIOError:  # nothing from the server yet
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                closed = True
+                break
+    assert closed and time.monotonic() - started < 4
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -137,14 +144,18 @@ def test_oversized_headers_get_431_and_normal_ones_pass(stack: Stack, target: st
     before = rss_kib(pid)
     received, _ = exchange(stack.port(target), b"GET /version HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")  # one read
     assert received.startswith(b"HTTP/1.1 431 ")
+    hung_up = False
     with socket.create_connection(("127.0.0.1", stack.port(target))) as sock:  # a long stream of headers
         sock.settimeout(5)
         sock.sendall(b"GET /version HTTP/1.1\r\nHost: x\r\n")
-        with pytest.raises(OSError):
+        try:
             for _ in range(1000):
                 sock.sendall(b"X-More: " + b"b" * 1000 + b"\r\n")
-            sock.recv(1)  # the server must have hung up by now
-            raise ConnectionResetError
+            reply = sock.recv(65536)  # a timeout here fails the test: the server kept reading
+            hung_up = reply == b"" or reply.startswith(b"HTTP/1.1 431 ")
+        except (ConnectionResetError, BrokenPipeError):
+            hung_up = True
+    assert hung_up
     assert rss_kib(pid) - before < 8 * 1024
     host = stack.preview_host if target == "proxy" else b"x"
     path = b"/info/ok" if target == "proxy" else b"/version"
