@@ -16,8 +16,9 @@ RSS and threads of the proxy and every daemon are read from /proc before the loa
 warm-up), right after it, and after `--settle` s (idle keep-alive connections close: the
 daemon drops them after 75 s); then `--rounds` - 1 more rounds of `--second-round` s, each
 settled the same way. Nothing leaked means: settled descriptors back to the warm figure
-after every round, and RSS flat over the last round (the allocator keeps the first round's
-peak, so the warm figure is not the comparison; a leak grows again in every round).
+after every round, and the last round's settled RSS no higher than every earlier round's
+(the allocator keeps the first round's peak, so the warm figure is not the comparison;
+a leak sets a new high in every round).
 Loopback only. Exit status 1 if any error or leak is found. Prints a JSON summary last.
 """
 
@@ -193,10 +194,10 @@ def main() -> int:
     parser.add_argument("--mib", type=int, default=2, help="size of each streamed response")
     parser.add_argument("--settle", type=float, default=90,
                         help="seconds for idle keep-alive connections to close (the daemon keeps them 75 s)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of load; RSS must be flat over the last")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of load; the last may not set a new RSS high")
     parser.add_argument("--second-round", type=float, default=30, help="seconds of each round after the first")
     parser.add_argument("--rss-slack-mib", type=float, default=16,
-                        help="RSS growth tolerated between the last two rounds' settled figures")
+                        help="last round's settled RSS may exceed the highest earlier one by this much")
     args = parser.parse_args()
 
     limit = raise_fd_limit()
@@ -253,9 +254,12 @@ def main() -> int:
             if stage[key].get("websockets_open", 0):
                 leaks.append(f"{key}: {stage[key]['websockets_open']} WebSockets still bridged")
         if len(rounds) > 1:
-            growth = (rounds[-1][key]["rss_kib"] - rounds[-2][key]["rss_kib"]) / 1024
+            # Daemon RSS moves ±20 MiB between rounds, both ways (a malloc arena per worker
+            # thread); a leak makes every round a new high, so compare with the best so far.
+            high = max(stage[key]["rss_kib"] for stage in rounds[:-1])
+            growth = (rounds[-1][key]["rss_kib"] - high) / 1024
             if growth > args.rss_slack_mib:
-                leaks.append(f"{key}: RSS +{growth:.0f} MiB in the last round")
+                leaks.append(f"{key}: RSS {growth:+.0f} MiB above every earlier round")
     summary = {
         "seconds": round(elapsed, 1), "second_round_seconds": round(elapsed_again, 1),
         "websockets": args.websockets, "ws_opened": tally.ws_opened,
