@@ -196,11 +196,16 @@ def main() -> int:
                         help="seconds for idle keep-alive connections to close (the daemon keeps them 75 s)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of load; the last may not set a new RSS high")
     parser.add_argument("--second-round", type=float, default=30, help="seconds of each round after the first")
+    parser.add_argument("--malloc-arenas", type=int, default=0,
+                        help="MALLOC_ARENA_MAX for the servers (0: glibc's default, 8 per core); "
+                             "fewer arenas make RSS follow live memory more closely")
     parser.add_argument("--rss-slack-mib", type=float, default=16,
                         help="last round's settled RSS may exceed the highest earlier one by this much")
     args = parser.parse_args()
 
     limit = raise_fd_limit()
+    if args.malloc_arenas:
+        os.environ["MALLOC_ARENA_MAX"] = str(args.malloc_arenas)  # the servers inherit it
     print(f"fd limit {limit}; {args.sandboxes} sandboxes, {args.websockets} WebSockets, "
           f"{args.streams} streams of {args.mib} MiB for {args.seconds:g} s", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="stress-load-"))
