@@ -52,7 +52,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from toolbox.app import create_app
     from toolbox.config import Settings
-    from toolbox.server import ReadyServer
+    from toolbox.server import ReadyServer, websocket_protocol
 
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
@@ -66,7 +66,7 @@ def serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         # httptools plus header/body deadlines, a header size cap, no CL+TE (toolbox/protocol.py)
         http="toolbox.protocol:GuardedHttpToolsProtocol",
-        ws="websockets-sansio",
+        ws=websocket_protocol,  # websockets-sansio, imported on the first upgrade
         ws_max_size=64 * 1024 * 1024,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=args.log_level,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from typing import Any
 
 import uvicorn
 
@@ -18,3 +20,14 @@ class ReadyServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             print(f"Starting toolbox server on {self.where}", flush=True)
+
+
+def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:
+    """uvicorn's websockets-sansio protocol, imported on the first WebSocket upgrade.
+
+    uvicorn takes any callable as `ws` and calls it once per upgrade, so the `websockets`
+    package (~2 MiB) loads only in daemons that serve a WebSocket (docs/footprint.md).
+    """
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return WebSocketsSansIOProtocol(**kwargs)
