@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -52,4 +53,7 @@ class Metrics:
                   "# TYPE proxy_sandbox_last_activity_seconds gauge"]
         lines += [f'proxy_sandbox_last_activity_seconds{{sandbox="{_escape(k)}"}} {v:.3f}'
                   for k, v in sorted(last_activity.items())]
+        # Leak detection under load (stress/load.py): flat once the traffic stops.
+        lines += ["# HELP proxy_asyncio_tasks Tasks alive in this worker's event loop.",
+                  "# TYPE proxy_asyncio_tasks gauge", f"proxy_asyncio_tasks {len(asyncio.all_tasks())}"]
         return ("\n".join(lines) + "\n").encode()

@@ -63,6 +63,8 @@ def _loads(raw: bytes) -> Any:
         raise DaemonError(
             Code.INVALID_REQUEST_BODY, f"invalid body request: body is not valid JSON ({exc})"
         ) from None
+    except RecursionError:  # "[[[[..." a hundred thousand deep: Python's parser gives up
+        raise DaemonError(Code.INVALID_REQUEST_BODY, "invalid body request: JSON nested too deeply") from None
     if b"\\u" in raw:
         # JSON may escape lone UTF-16 surrogates ("\ud800") that no file name, environment
         # variable or response can carry; refuse them here instead of failing deep inside.
@@ -151,7 +153,21 @@ def path_param(conn: HTTPConnection, name: str) -> str:
     return value
 
 
+class _NameSafeJSONResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            # A file name that is not UTF-8 (os.fsdecode's surrogate escapes): one U+FFFD per
+            # bad byte, as Go's encoding/json answers for Daytona's daemon; never a 500.
+            text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            try:
+                return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode("utf-8")
+            except UnicodeEncodeError:
+                return text.encode("utf-8", "replace")
+
+
 def json_response(content: Any, status_code: int = 200) -> JSONResponse:
     if isinstance(content, BaseModel):
         content = content.model_dump(by_alias=True, exclude_none=True)
-    return JSONResponse(content, status_code=status_code)
+    return _NameSafeJSONResponse(content, status_code=status_code)

@@ -47,6 +47,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     _guarding_body = False
     _in_head = True  # between a message's (or the connection's) start and its headers' end
     _head_bytes = 0
+    _last_body_data = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -66,6 +67,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._guard is not None:
             self._guard.cancel()
             self._guard = None
+        self._guarding_body = False
 
     def _close_with(self, status: bytes, message: str) -> None:
         if not self.transport.is_closing():
@@ -84,11 +86,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_idle(self) -> None:
         self._guard = None
+        self._guarding_body = False
         cycle = self.cycle
         if cycle is None or not cycle.more_body or cycle.disconnected or self.transport.is_closing():
             return
         if self.flow.read_paused:  # the app is not reading: wait for it, not for the client
             self._arm(self.body_timeout, self._body_idle)
+            return
+        quiet = self.loop.time() - self._last_body_data
+        if quiet < self.body_timeout:  # bytes came since the timer was set: wait the rest
+            self._arm(self.body_timeout - quiet, self._body_idle)
             return
         if cycle.response_started:
             self.transport.close()
@@ -108,12 +115,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self._head_bytes += len(data)
                 if self._head_bytes > self.max_header_bytes:
                     self._disarm()
-                    self._close_with(b"431 Request Header Fields Too Large",
-                                     f"The request line and headers exceed {self.max_header_bytes} bytes.")
+                    self._too_large()
             return
         cycle = self.cycle
         if cycle is not None and cycle.more_body and not cycle.disconnected:
-            self._arm(self.body_timeout, self._body_idle)
+            # One timer per body, not one per read: it checks this stamp when it fires.
+            self._last_body_data = self.loop.time()
+            if not self._guarding_body:
+                self._arm(self.body_timeout, self._body_idle)
         elif self._guarding_body:
             self._disarm()
 
@@ -128,4 +137,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         self._disarm()
+        # Headers that arrived in one read are only measurable here, once parsed.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self.max_header_bytes:
+            self._too_large()
+            return
         super().on_headers_complete()
+
+    def _too_large(self) -> None:
+        self._close_with(b"431 Request Header Fields Too Large",
+                         f"The request line and headers exceed {self.max_header_bytes} bytes.")
+
+    # After a refusal the parser still runs over the rest of the read: nothing to deliver.
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.transport.is_closing():
+            super().on_message_complete()

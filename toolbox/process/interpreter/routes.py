@@ -47,7 +47,7 @@ def parse_execute_request(message: dict[str, Any]) -> tuple[str, str, dict[str, 
         raise Rejected(1002, "failed to read first message")
     try:
         request = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise Rejected(1002, "invalid JSON payload") from None
     if not isinstance(request, dict):
         raise Rejected(1002, "invalid JSON payload")

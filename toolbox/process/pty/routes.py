@@ -47,7 +47,7 @@ def decode_envs_protocol(token: str) -> dict[str, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         envs = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError, RecursionError) as exc:
         raise DaemonError(Code.BAD_REQUEST, f"invalid X-Daytona-Pty-Envs subprotocol: {exc}") from None
     if not isinstance(envs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in envs.items()):
         raise DaemonError(Code.BAD_REQUEST, "invalid X-Daytona-Pty-Envs subprotocol: expected a JSON object of strings")
