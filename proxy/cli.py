@@ -9,25 +9,22 @@ import secrets
 import sys
 import time
 
+from toolbox.options import env
+
 # Above common load-balancer idle timeouts (60 s), as Daytona's 70 s.
 KEEP_ALIVE_SECONDS = 75
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--domain", default=_env("PROXY_DOMAIN"),
+    parser.add_argument("--domain", default=env("PROXY_DOMAIN"),
                         help="preview domain: hosts are {port}-{sandboxId}.{domain} (env PROXY_DOMAIN)")
-    parser.add_argument("--registry", default=_env("PROXY_REGISTRY"),
+    parser.add_argument("--registry", default=env("PROXY_REGISTRY"),
                         help="sandbox registry: file:PATH, template:URL with {id}, or redis://HOST:PORT/DB "
                              "(env PROXY_REGISTRY)")
-    parser.add_argument("--public-url", default=_env("PROXY_PUBLIC_URL"),
+    parser.add_argument("--public-url", default=env("PROXY_PUBLIC_URL"),
                         help="scheme://domain[:port] as clients reach the proxy, used in minted URLs "
                              "(env PROXY_PUBLIC_URL; default http://{domain}:{port})")
-    parser.add_argument("--secret", default=_env("PROXY_SECRET"),
+    parser.add_argument("--secret", default=env("PROXY_SECRET"),
                         help="HMAC secret for preview tokens, signed URLs and cookies; every replica needs "
                              "the same one (env PROXY_SECRET; default: random per start)")
 
@@ -37,25 +34,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve previews and the toolbox path",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    serve.add_argument("--host", default=_env("PROXY_HOST", "127.0.0.1"), help="listen address (env PROXY_HOST)")
-    serve.add_argument("--port", type=int, default=int(_env("PROXY_PORT", "8080") or 8080),
+    serve.add_argument("--host", default=env("PROXY_HOST", "127.0.0.1"), help="listen address (env PROXY_HOST)")
+    serve.add_argument("--port", type=int, default=int(env("PROXY_PORT", "8080") or 8080),
                        help="listen port (env PROXY_PORT)")
     _common(serve)
-    serve.add_argument("--api-keys-file", default=_env("PROXY_API_KEYS_FILE"),
+    serve.add_argument("--api-keys-file", default=env("PROXY_API_KEYS_FILE"),
                        help="file with one API key per line, in addition to env PROXY_API_KEYS "
                             "(comma-separated) (env PROXY_API_KEYS_FILE)")
-    serve.add_argument("--workers", type=int, default=int(_env("PROXY_WORKERS", "1") or 1),
+    serve.add_argument("--workers", type=int, default=int(env("PROXY_WORKERS", "1") or 1),
                        help="worker processes (env PROXY_WORKERS)")
     serve.add_argument("--preserve-host", action="store_true",
-                       default=(_env("PROXY_PRESERVE_HOST", "") or "").lower() in ("1", "true", "yes"),
+                       default=(env("PROXY_PRESERVE_HOST", "") or "").lower() in ("1", "true", "yes"),
                        help="apps see the public Host instead of localhost:{port} (env PROXY_PRESERVE_HOST)")
-    serve.add_argument("--drain-seconds", type=float, default=float(_env("PROXY_DRAIN_SECONDS", "10") or 10),
+    serve.add_argument("--drain-seconds", type=float, default=float(env("PROXY_DRAIN_SECONDS", "10") or 10),
                        help="on SIGTERM, wait this long for open requests and WebSockets (env PROXY_DRAIN_SECONDS)")
-    serve.add_argument("--forwarded-allow-ips", default=_env("PROXY_FORWARDED_ALLOW_IPS", ""),
+    serve.add_argument("--forwarded-allow-ips", default=env("PROXY_FORWARDED_ALLOW_IPS", ""),
                        help="comma-separated addresses of load balancers whose X-Forwarded-For/Proto are "
                             "believed (the client address the proxy forwards); none by default "
                             "(env PROXY_FORWARDED_ALLOW_IPS)")
-    serve.add_argument("--log-level", default=_env("PROXY_LOG_LEVEL", "warning"),
+    serve.add_argument("--log-level", default=env("PROXY_LOG_LEVEL", "warning"),
                        choices=["critical", "error", "warning", "info", "debug"], help="(env PROXY_LOG_LEVEL)")
     url = commands.add_parser("preview-url", help="print a preview URL for a sandbox port",
                               description="Print a browser-ready preview URL: signed and expiring with "
@@ -77,7 +74,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import app_from_environment
-    from proxy.server import ReadyServer
+    from toolbox.server import ReadyServer
 
     # Workers are separate processes: hand every option over through the environment.
     os.environ["PROXY_DOMAIN"] = args.domain
@@ -102,7 +99,7 @@ def serve(args: argparse.Namespace) -> int:
         uvicorn.run("proxy.app:app_from_environment", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
         return 0
     config = uvicorn.Config(app_from_environment(), **common)  # type: ignore[arg-type]
-    server = ReadyServer(config, where=f"{args.host}:{args.port}")
+    server = ReadyServer(config, banner=f"Starting proxy on {args.host}:{args.port}")
     server.run()
     return 0 if server.started else 1
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,43 +15,39 @@ from pathlib import Path
 from typing import Any
 
 from runtime.limits import Limits
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
+from toolbox.options import env
 
 
 def _limits_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
     d = Limits()
-    parser.add_argument("--cpus", type=float, default=float(_env("RUNTIME_CPUS", str(d.cpus))) if defaults else None,
+    parser.add_argument("--cpus", type=float, default=float(env("RUNTIME_CPUS", str(d.cpus))) if defaults else None,
                         help="CPU cap per sandbox, in CPUs (env RUNTIME_CPUS)")
-    parser.add_argument("--memory", type=int, default=int(_env("RUNTIME_MEMORY_MIB", str(d.memory_mib))) if defaults else None,
+    parser.add_argument("--memory", type=int, default=int(env("RUNTIME_MEMORY_MIB", str(d.memory_mib))) if defaults else None,
                         help="memory cap per sandbox, MiB (env RUNTIME_MEMORY_MIB)")
-    parser.add_argument("--pids", type=int, default=int(_env("RUNTIME_PIDS", str(d.pids))) if defaults else None,
+    parser.add_argument("--pids", type=int, default=int(env("RUNTIME_PIDS", str(d.pids))) if defaults else None,
                         help="process/thread cap per sandbox (env RUNTIME_PIDS)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime",
                                      description="Local sandbox runtime: toolbox daemons in Linux namespaces behind the preview proxy.")
-    parser.add_argument("--state-dir", default=_env("RUNTIME_STATE_DIR"),
+    parser.add_argument("--state-dir", default=env("RUNTIME_STATE_DIR"),
                         help="where sandboxes, the registry and the control socket live "
                              "(env RUNTIME_STATE_DIR; default $XDG_STATE_HOME/sandbox-toolbox)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("up", help="start the proxy, the runtime and a first sandbox; Ctrl-C stops all",
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    up.add_argument("--host", default=_env("RUNTIME_PROXY_HOST", "127.0.0.1"), help="proxy listen address (env RUNTIME_PROXY_HOST)")
-    up.add_argument("--port", type=int, default=int(_env("RUNTIME_PROXY_PORT", "8080") or 8080), help="proxy port (env RUNTIME_PROXY_PORT)")
-    up.add_argument("--domain", default=_env("RUNTIME_DOMAIN", "localhost"), help="preview domain (env RUNTIME_DOMAIN)")
-    up.add_argument("--pool-size", type=int, default=int(_env("RUNTIME_POOL_SIZE", "1") or 1),
+    up.add_argument("--host", default=env("RUNTIME_PROXY_HOST", "127.0.0.1"), help="proxy listen address (env RUNTIME_PROXY_HOST)")
+    up.add_argument("--port", type=int, default=int(env("RUNTIME_PROXY_PORT", "8080") or 8080), help="proxy port (env RUNTIME_PROXY_PORT)")
+    up.add_argument("--domain", default=env("RUNTIME_DOMAIN", "localhost"), help="preview domain (env RUNTIME_DOMAIN)")
+    up.add_argument("--pool-size", type=int, default=int(env("RUNTIME_POOL_SIZE", "1") or 1),
                     help="pre-started sandboxes kept warm for fast create (env RUNTIME_POOL_SIZE)")
-    up.add_argument("--idle-timeout", type=float, default=float(_env("RUNTIME_IDLE_TIMEOUT", "900") or 900),
+    up.add_argument("--idle-timeout", type=float, default=float(env("RUNTIME_IDLE_TIMEOUT", "900") or 900),
                     help="stop a sandbox after this many seconds without proxy traffic; 0 disables (env RUNTIME_IDLE_TIMEOUT)")
-    up.add_argument("--api-key", default=_env("RUNTIME_API_KEY"),
+    up.add_argument("--api-key", default=env("RUNTIME_API_KEY"),
                     help="API key for the proxy (env RUNTIME_API_KEY; default: generated once into STATE/api-key)")
-    up.add_argument("--sandbox", default=_env("RUNTIME_SANDBOX"),
+    up.add_argument("--sandbox", default=env("RUNTIME_SANDBOX"),
                     help="id of the first sandbox (created if missing); default: the newest existing one, else a new one")
     up.add_argument("--no-sandbox", action="store_true", help="do not start a first sandbox")
     _limits_args(up, defaults=True)

@@ -225,15 +225,19 @@ class Runtime:
                 self._uids.discard(spec.uid)
                 self._pool_wakeup.set()
                 raise
-            self.running[sandbox_id] = running
-            spec.state = "started"
-            target.save(spec)
-            self._register(spec)
-            await self._until_visible(spec.id)
+            await self._activate(spec, target, running)
             # Refill only now: the next pooled sandbox's imports would compete for CPU
             # with this claim.
             self._pool_wakeup.set()
             return spec
+
+    async def _activate(self, spec: SandboxSpec, target: SandboxDir, running: Running) -> None:
+        """Record a claimed sandbox as started and return once the proxy routes its id."""
+        self.running[spec.id] = running
+        spec.state = "started"
+        target.save(spec)
+        self._register(spec)
+        await self._until_visible(spec.id)
 
     def _take_pooled(self) -> Running | None:
         while self.pool:
@@ -264,11 +268,7 @@ class Runtime:
             except BaseException:
                 await self._kill(running)
                 raise
-            self.running[sandbox_id] = running
-            spec.state = "started"
-            target.save(spec)
-            self._register(spec)
-            await self._until_visible(spec.id)
+            await self._activate(spec, target, running)
             return spec
 
     async def stop(self, sandbox_id: str) -> SandboxSpec:

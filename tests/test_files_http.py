@@ -485,3 +485,11 @@ def test_huge_listing_is_refused_quickly(http: httpx.Client) -> None:
         assert len(response.json()) < 100_000  # a tiny root file system: nothing to refuse
     else:
         assert "smaller depth" in str(_error(response, 400, "BAD_REQUEST")["message"])
+
+
+@pytest.mark.parametrize("field", ["owner", "group"])
+def test_permissions_with_unicode_digits_are_a_clear_400(http: httpx.Client, daemon: RunningDaemon, field: str) -> None:
+    # "²".isdigit() is True but int("²") fails: found by the OpenAPI fuzzer as a 500.
+    (daemon.workdir / "perm-digits.txt").write_bytes(b"x")
+    response = http.post("/files/permissions", params={"path": "perm-digits.txt", field: "²"})
+    assert "not found" in str(_error(response, 400, "BAD_REQUEST")["message"])

@@ -6,15 +6,12 @@ import argparse
 import os
 import sys
 
+from toolbox.options import env
+
 DEFAULT_PORT = 2280
 # Above Daytona's 70 s idle timeout: the SDK pools connections and only some of its
 # transports retry a request on a connection the server closed (toolbox-api.md §1.6).
 KEEP_ALIVE_SECONDS = 75
-
-
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,19 +26,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the Toolbox API on a TCP port or a Unix socket.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    serve.add_argument("--host", default=_env("TOOLBOX_HOST", "127.0.0.1"),
+    serve.add_argument("--host", default=env("TOOLBOX_HOST", "127.0.0.1"),
                        help="address to listen on (env TOOLBOX_HOST)")
-    serve.add_argument("--port", type=int, default=int(_env("TOOLBOX_PORT", str(DEFAULT_PORT))),
+    serve.add_argument("--port", type=int, default=int(env("TOOLBOX_PORT", str(DEFAULT_PORT))),
                        help="TCP port to listen on (env TOOLBOX_PORT)")
-    serve.add_argument("--uds", default=_env("TOOLBOX_UDS"),
+    serve.add_argument("--uds", default=env("TOOLBOX_UDS"),
                        help="listen on this Unix socket path instead of TCP (env TOOLBOX_UDS)")
-    serve.add_argument("--workdir", default=_env("TOOLBOX_WORKDIR"),
+    serve.add_argument("--workdir", default=env("TOOLBOX_WORKDIR"),
                        help="work directory for relative paths, commands and sessions; "
                             "default: the directory the daemon starts in (env TOOLBOX_WORKDIR)")
-    serve.add_argument("--sandbox-id", default=_env("DAYTONA_SANDBOX_ID"),
+    serve.add_argument("--sandbox-id", default=env("DAYTONA_SANDBOX_ID"),
                        help="this sandbox's id; routes are also served under /{id}/... "
                             "(env DAYTONA_SANDBOX_ID)")
-    serve.add_argument("--log-level", default=_env("TOOLBOX_LOG_LEVEL", "warning"),
+    serve.add_argument("--log-level", default=env("TOOLBOX_LOG_LEVEL", "warning"),
                        choices=["critical", "error", "warning", "info", "debug"],
                        help="log level (env TOOLBOX_LOG_LEVEL)")
     return parser
@@ -52,7 +49,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from toolbox.app import create_app
     from toolbox.config import Settings
-    from toolbox.server import ReadyServer
+    from toolbox.server import ReadyServer, websocket_protocol
 
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
@@ -66,14 +63,14 @@ def serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         # httptools plus header/body deadlines, a header size cap, no CL+TE (toolbox/protocol.py)
         http="toolbox.protocol:GuardedHttpToolsProtocol",
-        ws="websockets-sansio",
+        ws=websocket_protocol,  # websockets-sansio, imported on the first upgrade
         ws_max_size=64 * 1024 * 1024,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=args.log_level,
         access_log=False,
         server_header=False,
     )
-    server = ReadyServer(config, where=args.uds or f"{args.host}:{args.port}")
+    server = ReadyServer(config, banner=f"Starting toolbox server on {args.uds or f'{args.host}:{args.port}'}")
     server.run()
     return 0 if server.started else 1
 

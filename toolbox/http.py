@@ -23,7 +23,7 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 class WireModel(BaseModel):
     """Base for request/response models: field names exactly as on the wire."""
 
-    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", defer_build=True)
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True)

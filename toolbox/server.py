@@ -1,8 +1,10 @@
-"""uvicorn server that announces readiness once its socket is bound."""
+"""uvicorn server pieces shared by the daemon and the proxy."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from typing import Any
 
 import uvicorn
 
@@ -10,11 +12,22 @@ import uvicorn
 class ReadyServer(uvicorn.Server):
     """Prints one line when it is ready to serve, so supervisors and tests can wait for it."""
 
-    def __init__(self, config: uvicorn.Config, where: str) -> None:
+    def __init__(self, config: uvicorn.Config, banner: str) -> None:
         super().__init__(config)
-        self.where = where
+        self.banner = banner
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            print(f"Starting toolbox server on {self.where}", flush=True)
+            print(self.banner, flush=True)
+
+
+def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:
+    """uvicorn's websockets-sansio protocol, imported on the first WebSocket upgrade.
+
+    uvicorn takes any callable as `ws` and calls it once per upgrade, so the `websockets`
+    package (~2 MiB) loads only in daemons that serve a WebSocket (docs/footprint.md).
+    """
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return WebSocketsSansIOProtocol(**kwargs)

@@ -14,6 +14,7 @@ import posixpath
 import pwd
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -172,26 +173,25 @@ class FileService:
 _MAX_ID = 2**32 - 2
 
 
-def _numeric_id(text: str, what: str) -> int:
-    number = int(text)
-    if number > _MAX_ID:
-        raise bad_request(f"{what} {text} is out of range")
-    return number
-
-
 def _user_id(owner: str) -> int:
-    if owner.isdigit():
-        return _numeric_id(owner, "uid")
-    try:
-        return pwd.getpwnam(owner).pw_uid
-    except KeyError:
-        raise bad_request(f"user not found: {owner!r} (give a user name or a numeric uid)") from None
+    return _account_id(owner, "uid", "user", lambda name: pwd.getpwnam(name).pw_uid)
 
 
 def _group_id(group: str) -> int:
-    if group.isdigit():
-        return _numeric_id(group, "gid")
+    return _account_id(group, "gid", "group", lambda name: grp.getgrnam(name).gr_gid)
+
+
+def _account_id(text: str, number_kind: str, name_kind: str, lookup: Callable[[str], int]) -> int:
+    """A numeric id as given, or the id of a named account."""
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        if number > _MAX_ID:
+            raise bad_request(f"{number_kind} {text} is out of range")
+        return number
     try:
-        return grp.getgrnam(group).gr_gid
+        return lookup(text)
     except KeyError:
-        raise bad_request(f"group not found: {group!r} (give a group name or a numeric gid)") from None
+        raise bad_request(
+            f"{name_kind} not found: {text!r} (give a {name_kind} name or a numeric {number_kind})"
+        ) from None

@@ -6,7 +6,8 @@ path and query reach the upstream byte for byte; WebSockets are bridged frame by
 
 HTTP goes over `pool.py` (asyncio Protocol + httptools): httpx managed 585 req/s per hop
 (architecture.md §5), aiohttp's client ~3,200 through the daemon, this pool ~10,000+.
-WebSockets go over aiohttp's client (UnixConnector for daemons on Unix sockets).
+WebSockets go over aiohttp's client (UnixConnector for daemons on Unix sockets), which
+is imported on the first WebSocket (`wsclient.py`), not at start.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 from starlette.types import Message, Receive, Scope, Send
-from yarl import URL
 
 from toolbox.forward.pool import ConnectionPool, UpstreamConnection
+
+if TYPE_CHECKING:
+    import aiohttp
+    from yarl import URL
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -39,7 +42,6 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Connection refused while an app starts: E2B retries its dial 5 times over ~1 s.
 RETRY_DELAYS = (0.1, 0.2, 0.3, 0.4)
 WS_MAX_MESSAGE = 64 * 1024 * 1024
-READ_BUFFER = 256 * 1024
 _OWN_RESPONSE_HEADERS = frozenset({b"date"})
 # Framing is rebuilt per hop; Expect was answered by our own server already.
 _NOT_FORWARDED = frozenset({b"content-length", b"transfer-encoding", b"expect"})
@@ -84,43 +86,10 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], extra: frozenset[by
     return out
 
 
-class LoopbackResolver(AbstractResolver):
-    """`localhost` is both 127.0.0.1 and ::1, tried in that order, without a DNS thread hop."""
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
-        return [
-            ResolveResult(hostname=host, host="127.0.0.1", port=port, family=socket.AF_INET, proto=0, flags=0),
-            ResolveResult(hostname=host, host="::1", port=port, family=socket.AF_INET6, proto=0, flags=0),
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-def new_session(*, unix_path: str | None = None, loopback: bool = False, keepalive: float = 30.0) -> aiohttp.ClientSession:
-    """A pooled session tuned for relaying: no decompression, no timeouts on streams."""
-    connector: aiohttp.BaseConnector
-    if unix_path is not None:
-        connector = aiohttp.UnixConnector(path=unix_path, limit=0, keepalive_timeout=keepalive)
-    else:
-        connector = aiohttp.TCPConnector(
-            limit=0, keepalive_timeout=keepalive, resolver=LoopbackResolver() if loopback else None,
-            use_dns_cache=True, ttl_dns_cache=10,
-        )
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None),
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        read_bufsize=READ_BUFFER,
-        max_field_size=65536,
-        max_line_size=65536,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    )
-
-
 def upstream_url(base: str, raw_path: bytes, query: bytes) -> URL:
     """`base` + the raw (still percent-encoded) path and query, not re-quoted."""
+    from yarl import URL  # with aiohttp, only on the WebSocket path
+
     text = base + raw_path.decode("latin-1")
     if query:
         text += "?" + query.decode("latin-1")
@@ -165,6 +134,8 @@ class Relay:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            from toolbox.forward.wsclient import new_session  # aiohttp: loaded on the first WebSocket
+
             self._session = new_session(unix_path=self.unix_path, loopback=self.loopback, keepalive=self.keepalive)
         return self._session
 
@@ -312,6 +283,8 @@ class Relay:
         on_traffic: Callable[[], None] | None = None, handshake_received: bool = False,
     ) -> None:
         """Connect upstream first, then accept the client with the upstream's subprotocol."""
+        import aiohttp  # loaded on the first WebSocket (wsclient.py), not at start
+
         if not handshake_received:
             message = await receive()
             if message["type"] != "websocket.connect":
@@ -364,6 +337,8 @@ def _sendable(code: int | None) -> int:
 
 async def _bridge(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse,
                   on_traffic: Callable[[], None] | None) -> None:
+    import aiohttp  # already loaded by Relay.websocket
+
     async def client_to_upstream() -> None:
         while True:
             message: Message = await receive()

@@ -10,11 +10,22 @@ from toolbox.context import Daemon
 from toolbox.git import models
 from toolbox.git.service import GitService
 from toolbox.http import json_response, parse_body, query_required, query_str
+from toolbox.openapi.registry import operation
+
+# What talking to a remote can answer, besides bad input (toolbox-api.md §3.2).
+_REMOTE_ERRORS = {
+    401: "GIT_AUTH_FAILED: the remote refused the credentials",
+    404: "GIT_REPO_NOT_FOUND / GIT_BRANCH_NOT_FOUND",
+    409: "GIT_PUSH_REJECTED, GIT_MERGE_CONFLICT or GIT_DIRTY_WORKTREE",
+    422: "GIT_REMOTE_REJECTED: a hook or branch protection refused the update",
+    502: "GIT_TRANSPORT_FAILED: the remote could not be reached (DNS, TLS, connection)",
+}
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
     git = GitService(daemon.settings)
 
+    @operation(summary="Clone a repository", request=models.CloneRequest, errors=_REMOTE_ERRORS)
     async def clone(request: Request) -> Response:
         await git.clone(await parse_body(request, models.CloneRequest))
         return Response(status_code=200)
@@ -48,10 +59,12 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     async def history(request: Request) -> JSONResponse:
         return json_response(await git.history(query_required(request, "path")))
 
+    @operation(summary="Pull the current branch", request=models.PullRequest, errors=_REMOTE_ERRORS)
     async def pull(request: Request) -> Response:
         await git.pull(await parse_body(request, models.PullRequest))
         return Response(status_code=200)
 
+    @operation(summary="Push the current branch", request=models.PushRequest, errors=_REMOTE_ERRORS)
     async def push(request: Request) -> Response:
         await git.push(await parse_body(request, models.PushRequest))
         return Response(status_code=200)

@@ -10,7 +10,6 @@ from starlette.routing import BaseRoute, Route
 
 from toolbox import __version__
 from toolbox.context import Daemon
-from toolbox.openapi.document import build_document
 from toolbox.openapi.registry import operation
 
 
@@ -21,6 +20,9 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     async def openapi_json(request: Request) -> JSONResponse:
         # The route table is fixed once the app is built, so one rendering serves all.
         if "doc" not in cache:
+            # The generator (pydantic.json_schema, ast, inspect) loads on the first ask.
+            from toolbox.openapi.document import build_document
+
             cache["doc"] = build_document(
                 request.app.router.routes, version=__version__, sandbox_id=daemon.settings.sandbox_id
             )

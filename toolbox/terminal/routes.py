@@ -29,13 +29,14 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     async def start() -> None:
         import uvicorn
 
+        from toolbox.server import websocket_protocol
         from toolbox.terminal.app import TerminalApp
 
         app = daemon.app
         assert app is not None, "create_app sets daemon.app before startup"
         config = uvicorn.Config(
             TerminalApp(app), host=host, port=port, lifespan="off", loop="none",
-            http="httptools", ws="websockets-sansio", log_level="warning", access_log=False,
+            http="httptools", ws=websocket_protocol, log_level="warning", access_log=False,
             server_header=False, timeout_keep_alive=75,
         )
         server = uvicorn.Server(config)

@@ -20,13 +20,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-from watchfiles import Change, awatch
 
 from toolbox.errors import Code, DaemonError, from_os_error
 from toolbox.watch.events import Event, EventRing
+
+if TYPE_CHECKING:
+    from watchfiles import Change
 
 INODE_CACHE = 50_000
 # At most this many entries are reported from the scan of one batch's new directories.
@@ -39,7 +41,7 @@ MAX_RECURSIVE_DIRS = 20_000
 READY_TIMEOUT = 10.0
 # A polled watcher nobody has read for this long is stopped (its client went away).
 IDLE_EXPIRY = 600.0
-_KIND = {Change.added: "create", Change.modified: "modify", Change.deleted: "delete"}
+_KIND = {"added": "create", "modified": "modify", "deleted": "delete"}  # by watchfiles.Change name
 
 
 def stat_entry(path: str) -> dict[str, Any] | None:
@@ -124,8 +126,8 @@ class Watcher:
         stamp = _now()
         deleted: dict[tuple[int, int], str] = {}
         rows: list[tuple[str, str, dict[str, Any] | None]] = []
-        for change, path in sorted(changes, key=lambda c: (c[0] != Change.deleted, c[1])):
-            kind = _KIND[change]
+        for change, path in sorted(changes, key=lambda c: (c[0].name != "deleted", c[1])):
+            kind = _KIND[change.name]
             if kind == "delete":
                 inode = self._inodes.pop(path, None)
                 if inode is not None:
@@ -219,6 +221,8 @@ class Watcher:
 
     async def _watch(self, publish: Callable[[list[Event]], None], armed: Callable[[], None]) -> None:
         """Runs in the watcher's own thread and event loop: blocking calls are fine here."""
+        from watchfiles import awatch  # (and multiprocessing) loaded on the first watch
+
         self.scan()
         batches = awatch(
             self.path,
