@@ -61,7 +61,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         uds=args.uds,
         loop="uvloop",
-        # httptools plus header/body deadlines, a header size cap, no CL+TE (toolbox/protocol.py)
+        # httptools plus header/body deadlines and a header size cap (toolbox/protocol.py)
         http="toolbox.protocol:GuardedHttpToolsProtocol",
         ws=websocket_protocol,  # websockets-sansio, imported on the first upgrade
         ws_max_size=64 * 1024 * 1024,
