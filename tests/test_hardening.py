@@ -280,6 +280,9 @@ def test_daemon_killed_and_restarted_behind_the_proxy(tmp_path: Path) -> None:
         with pytest.raises(DaytonaError) as meanwhile:
             process.get_session_command_logs("kept", done.cmd_id)
         assert "does not answer" in str(meanwhile.value) and "phoenix" in str(meanwhile.value)
+        with pytest.raises(DaytonaError) as direct:  # the SDK pointed at the daemon itself
+            sdk_process(first).get_session("kept")
+        assert "Connection refused" in str(direct.value)
         second = start_daemon(tmp_path / "sbx", sandbox_id="phoenix", extra_args=["--port", str(port)])
         logs = process.get_session_command_logs("kept", done.cmd_id)
         assert logs.stdout == "persisted\n"
