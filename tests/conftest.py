@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import RunningDaemon, start_daemon
+from tests.proxy_helpers import App, start_app
 
 
 @pytest.fixture(scope="module")
@@ -20,5 +21,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
 def fresh_daemon(tmp_path: Path) -> Iterator[RunningDaemon]:
     """A daemon of the test's own, for tests that change process-wide state."""
     running = start_daemon(tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[App]:
+    """A small upstream app on a free port (HTTP, SSE, WebSocket echo, slow and crashing routes)."""
+    running = start_app()
     yield running
     running.stop()

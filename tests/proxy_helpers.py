@@ -19,6 +19,7 @@ from tests.helpers import REPO_ROOT, free_port
 DOMAIN = "preview.test"
 API_KEY = "test-api-key-1"
 SECRET = "test-secret"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def _env() -> dict[str, str]:

@@ -21,13 +21,6 @@ from tests.proxy_apps import GZIP_BODY
 from tests.proxy_helpers import App, ipv6_loopback, start_app
 
 
-@pytest.fixture(scope="module")
-def app() -> Iterator[App]:
-    running = start_app()
-    yield running
-    running.stop()
-
-
 def test_raw_path_query_and_headers_reach_the_app(daemon: RunningDaemon, app: App) -> None:
     with daemon.client() as client:
         response = client.get(f"/proxy/{app.port}/info/a%2Fb%20c/(local)/%40x?q=%41+b&z&q=2",

@@ -23,10 +23,9 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon, free_port, sdk_process, start_daemon
-from tests.proxy_helpers import API_KEY, App, Proxy, start_app, start_proxy
+from tests.proxy_helpers import API_KEY, AUTH, App, Proxy, start_app, start_proxy
 
 FAST = {"TOOLBOX_HTTP_HEADER_TIMEOUT": "1", "TOOLBOX_HTTP_BODY_TIMEOUT": "1"}
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @dataclass

@@ -15,16 +15,8 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, App, Proxy, start_app, start_proxy
+from tests.proxy_helpers import API_KEY, AUTH, App, Proxy, start_proxy
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[App]:
-    running = start_app()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

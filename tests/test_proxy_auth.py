@@ -18,17 +18,9 @@ import pytest
 from proxy.auth import Auth
 from proxy.registry import Sandbox
 from tests.helpers import REPO_ROOT, RunningDaemon
-from tests.proxy_helpers import API_KEY, DOMAIN, SECRET, App, Proxy, start_app, start_proxy
+from tests.proxy_helpers import AUTH, DOMAIN, SECRET, App, Proxy, start_proxy
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
 REGISTRY_TOKEN = "registry-token-abc"
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[App]:
-    running = start_app()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

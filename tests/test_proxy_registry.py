@@ -13,16 +13,8 @@ import redis
 
 from proxy.registry import FileRegistry, RedisRegistry, RegistryError, Sandbox, TemplateRegistry, open_registry
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, App, RedisServer, start_app, start_proxy, start_redis
+from tests.proxy_helpers import AUTH, App, RedisServer, start_proxy, start_redis
 
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-@pytest.fixture(scope="module")
-def app() -> Iterator[App]:
-    running = start_app()
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
