@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
-from starlette.testclient import TestClient  # noqa: I001
+import uvicorn
 
 from runtime.cgroups import Group, Rlimits, detect
 from runtime.control import build_app
@@ -17,9 +21,24 @@ from runtime.stack import parse_activity
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> TestClient:
+def client(tmp_path: Path) -> Iterator[httpx.Client]:
+    """The control API served by uvicorn on a Unix socket, as `runtime up` serves it."""
     runtime = Runtime(tmp_path / "state", pool_size=0, idle_timeout=0)
-    return TestClient(build_app(runtime, lambda: {"pool_ready": 0}))
+    socket_path = tmp_path / "control.sock"
+    server = uvicorn.Server(uvicorn.Config(
+        build_app(runtime, lambda: {"pool_ready": 0}), uds=str(socket_path), log_level="warning", lifespan="off",
+    ))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "control API did not start"
+        time.sleep(0.01)
+    transport = httpx.HTTPTransport(uds=str(socket_path))
+    with httpx.Client(transport=transport, base_url="http://runtime") as http:
+        yield http
+    server.should_exit = True
+    thread.join(10)
 
 
 @pytest.mark.parametrize("body, message", [
@@ -38,13 +57,13 @@ def client(tmp_path: Path) -> TestClient:
     (b'{"limits": 5}', "limits must be an object"),
     (b'{"name": "x"}', "unknown field"),
 ])
-def test_create_rejects_bad_input_with_a_message(client: TestClient, body: bytes, message: str) -> None:
+def test_create_rejects_bad_input_with_a_message(client: httpx.Client, body: bytes, message: str) -> None:
     response = client.post("/sandboxes", content=body)
     assert response.status_code == 400, response.text
     assert message in response.json()["error"]
 
 
-def test_unknown_sandboxes_are_404(client: TestClient) -> None:
+def test_unknown_sandboxes_are_404(client: httpx.Client) -> None:
     for method, path in (("GET", "/sandboxes/nope"), ("POST", "/sandboxes/nope/stop"),
                          ("POST", "/sandboxes/nope/start"), ("DELETE", "/sandboxes/nope")):
         response = client.request(method, path)
