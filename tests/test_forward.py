@@ -233,3 +233,66 @@ def test_websocket_to_ipv6_only_app(daemon: RunningDaemon) -> None:
         asyncio.run(run())
     finally:
         v6.stop()
+
+
+class KeepAliveForever:
+    """A raw HTTP/1.1 upstream that never closes an idle keep-alive connection itself and
+    counts the connections it holds open: only the forwarder can bring the count down."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.open = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.open += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    _, buffer = buffer.split(b"\r\n\r\n", 1)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        except OSError:
+            return
+        finally:
+            conn.close()
+            with self.lock:
+                self.open -= 1
+
+
+def test_idle_upstream_connections_are_closed_within_the_bound(tmp_path: Path) -> None:
+    upstream = KeepAliveForever()
+    daemon = start_daemon(tmp_path, extra_env={"TOOLBOX_FORWARD_KEEPALIVE": "1"})
+    try:
+        async def burst() -> None:  # concurrent requests: several pooled connections
+            async with httpx.AsyncClient(base_url=daemon.url) as client:
+                responses = await asyncio.gather(*(client.get(f"/proxy/{upstream.port}/") for _ in range(4)))
+                assert all(r.text == "ok" for r in responses)
+
+        asyncio.run(burst())
+        assert upstream.open >= 1
+        # Nobody calls this upstream again: keepalive 1 s, so the sweep closes them by 1.5 s.
+        deadline = time.monotonic() + 5
+        while upstream.open and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert upstream.open == 0
+        # And the pool still works afterwards (a fresh connection).
+        assert httpx.get(f"{daemon.url}/proxy/{upstream.port}/").text == "ok"
+    finally:
+        daemon.stop()
+        upstream.server.close()

@@ -189,13 +189,21 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class ConnectionPool:
-    """Idle keep-alive connections per (host, port), or to one Unix socket."""
+    """Idle keep-alive connections per (host, port), or to one Unix socket.
+
+    A connection idle for `keepalive` seconds is closed: on the next acquire for its
+    target, or by one sweep timer per pool (armed while anything is idle, every
+    keepalive/2 seconds), so an idle socket to a target nobody calls again lives at most
+    1.5 x keepalive. One timer per pool, not per connection: the hot path only checks
+    whether it is armed.
+    """
 
     def __init__(self, *, unix_path: str | None = None, keepalive: float = 30.0, max_idle: int = 256) -> None:
         self.unix_path = unix_path
         self.keepalive = keepalive
         self.max_idle = max_idle
         self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def acquire(self, host: str, port: int) -> UpstreamConnection:
         idle = self._idle.get((host, port))
@@ -238,8 +246,29 @@ class ConnectionPool:
         conn.reset()
         conn.idle_since = time.monotonic()
         idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = conn.loop.call_later(self.keepalive / 2, self._sweep, conn.loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close connections idle too long (or closed by the upstream); re-arm while any remain."""
+        self._sweeper = None
+        expired = time.monotonic() - self.keepalive
+        for key, idle in list(self._idle.items()):
+            fresh = [conn for conn in idle if not conn.lost and conn.idle_since > expired]
+            if len(fresh) < len(idle):
+                for conn in idle:
+                    if conn.lost or conn.idle_since <= expired:
+                        conn.close()
+                idle[:] = fresh
+            if not idle:
+                del self._idle[key]  # targets nobody calls any more are forgotten too
+        if self._idle:
+            self._sweeper = loop.call_later(self.keepalive / 2, self._sweep, loop)
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()

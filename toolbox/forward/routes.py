@@ -10,6 +10,7 @@ headers are kept rather than appended to.
 from __future__ import annotations
 
 import json
+import os
 
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -92,7 +93,12 @@ class PortForwarder:
 
     def __init__(self) -> None:
         # Apps commonly close idle connections after 5 s (uvicorn, node): stay below it.
-        self.relay = Relay(loopback=True, keepalive=4.0)
+        # TOOLBOX_FORWARD_KEEPALIVE (seconds) overrides it; idle sockets close within 1.5x.
+        try:
+            keepalive = float(os.environ.get("TOOLBOX_FORWARD_KEEPALIVE") or 4.0)
+        except ValueError:
+            keepalive = 4.0
+        self.relay = Relay(loopback=True, keepalive=keepalive if keepalive > 0 else 4.0)
 
     async def close(self) -> None:
         await self.relay.close()
