@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,15 @@ def join_display(root: str, relative: str) -> str:
     return posixpath.normpath(posixpath.join(root, relative)) if relative else root
 
 
+class Cancelled(Exception):
+    """The request a walk or grep worked for is gone (its client disconnected)."""
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
 @dataclass(frozen=True)
 class WalkEntry:
     path: Path  # absolute, for the OS
@@ -45,12 +55,13 @@ class WalkEntry:
     is_file: bool  # a regular file (symlinks are not followed)
 
 
-def walk(root: Path, display_root: str, max_depth: int | None = None) -> Iterator[WalkEntry]:
+def walk(root: Path, display_root: str, max_depth: int | None = None,
+         cancel: threading.Event | None = None) -> Iterator[WalkEntry]:
     """Entries below `root` in `filepath.WalkDir` order: pre-order, names sorted bytewise.
 
     Symlinks are listed but never followed; unreadable subdirectories are skipped (the
     root itself must be readable: its error propagates). `max_depth` 1 means the root's
-    own entries only.
+    own entries only. Setting `cancel` stops the walk at the next entry (raises Cancelled).
     """
     stack: list[tuple[Path, str, Iterator[os.DirEntry[str]], int]] = []
 
@@ -61,6 +72,7 @@ def walk(root: Path, display_root: str, max_depth: int | None = None) -> Iterato
 
     open_dir(root, display_root, 1)
     while stack:
+        check_cancel(cancel)
         _, display, entries, depth = stack[-1]
         entry = next(entries, None)
         if entry is None:

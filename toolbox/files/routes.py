@@ -6,8 +6,10 @@ shape the reply exactly as Daytona's daemon does.
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +51,43 @@ class DownloadRequest(WireModel):
 
 async def run(func: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(func, *args)
+
+
+async def run_while_connected(request: Request, func: Callable[..., T], *args: Any) -> T | None:
+    """`func(*args, cancel=event)` in a worker thread; None if the client went away first.
+
+    Starlette does not cancel a handler whose client disconnects, and cancelling the
+    await alone would leave the thread walking: a watcher waits for `http.disconnect`
+    and sets `event`, which the walk checks at every entry, so the thread stops too.
+    """
+    cancel = threading.Event()
+    result: list[T] = []
+    error: Exception | None = None
+
+    async def watch_disconnect(scope: anyio.CancelScope) -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancel.set()
+        scope.cancel()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch_disconnect, group.cancel_scope)
+            try:
+                call = functools.partial(func, *args, cancel=cancel)
+                result.append(await anyio.to_thread.run_sync(call, abandon_on_cancel=True))
+            except Exception as exc:  # re-raised below, not wrapped in an ExceptionGroup
+                error = exc
+            group.cancel_scope.cancel()
+    finally:
+        cancel.set()  # also when the handler itself is cancelled (shutdown)
+    if error is not None:
+        raise error
+    return result[0] if result else None
+
+
+def _gone() -> Response:
+    return Response(status_code=499)  # the client left: nobody reads this
 
 
 def _multipart_boundary(request: Request) -> bytes | None:
@@ -143,7 +182,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         path = query_str(request, "path", default="") or ""
         depth = query_int(request, "depth", 1, minimum=1)
         assert depth is not None
-        return json_response(await run(service.list, path, depth))
+        infos = await run_while_connected(request, service.list, path, depth)
+        return json_response(infos) if infos is not None else _gone()
 
     async def file_info(request: Request) -> Response:
         return json_response(await run(service.info, query_required(request, "path")))
@@ -175,11 +215,13 @@ def build(daemon: Daemon) -> list[BaseRoute]:
 
     async def find_in_files(request: Request) -> Response:
         path, pattern = query_required(request, "path"), query_required(request, "pattern")
-        return json_response(await run(search.find_in_files, settings, path, pattern))
+        matches = await run_while_connected(request, search.find_in_files, settings, path, pattern)
+        return json_response(matches) if matches is not None else _gone()
 
     async def search_files(request: Request) -> Response:
         path, pattern = query_required(request, "path"), query_required(request, "pattern")
-        return json_response({"files": await run(search.search_files, settings, path, pattern)})
+        files = await run_while_connected(request, search.search_files, settings, path, pattern)
+        return json_response({"files": files}) if files is not None else _gone()
 
     async def replace_in_files(request: Request) -> Response:
         body = await parse_body(request, ReplaceRequest)

@@ -10,12 +10,13 @@ import os
 import re
 import secrets
 import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 from toolbox.config import Settings
 from toolbox.errors import DaemonError, bad_request, from_os_error
-from toolbox.files.paths import check_path, resolve, walk
+from toolbox.files.paths import check_cancel, check_path, resolve, walk
 
 # Daytona skips files whose first 512 bytes contain a NUL (binary files).
 _SNIFF_BYTES = 512
@@ -28,7 +29,8 @@ def _decode(line: bytes) -> str:
     return line.decode("utf-8", errors="replace")
 
 
-def grep_file(path: Path, display: str, needle: bytes) -> list[dict[str, Any]]:
+def grep_file(path: Path, display: str, needle: bytes,
+              cancel: threading.Event | None = None) -> list[dict[str, Any]]:
     """Matches of the literal `needle` in one file, line by line (1-based line numbers)."""
     matches: list[dict[str, Any]] = []
     with open(path, "rb") as handle:
@@ -42,6 +44,8 @@ def grep_file(path: Path, display: str, needle: bytes) -> list[dict[str, Any]]:
             if not piece:
                 break
             number += 1
+            if number & 0xFFF == 0:  # a huge file: notice a gone client every 4096 lines
+                check_cancel(cancel)
             head = piece
             found = needle in piece
             tail = piece[-overlap:] if overlap else b""
@@ -61,7 +65,8 @@ def grep_file(path: Path, display: str, needle: bytes) -> list[dict[str, Any]]:
     return matches
 
 
-def find_in_files(settings: Settings, raw_path: str, pattern: str) -> list[dict[str, Any]]:
+def find_in_files(settings: Settings, raw_path: str, pattern: str,
+                  cancel: threading.Event | None = None) -> list[dict[str, Any]]:
     root = resolve(settings, raw_path)
     if pattern == "":
         raise bad_request("query parameter 'pattern' is required (the literal text to search for)")
@@ -72,15 +77,15 @@ def find_in_files(settings: Settings, raw_path: str, pattern: str) -> list[dict[
         raise from_os_error(exc, raw_path) from None
     if stat.S_ISREG(root_stat.st_mode):
         try:
-            return grep_file(root, raw_path, needle)
+            return grep_file(root, raw_path, needle, cancel)
         except OSError as exc:
             raise from_os_error(exc, raw_path) from None
     matches: list[dict[str, Any]] = []
     try:
-        for entry in walk(root, raw_path):
+        for entry in walk(root, raw_path, cancel=cancel):
             if entry.is_file:
                 try:
-                    matches.extend(grep_file(entry.path, entry.display, needle))
+                    matches.extend(grep_file(entry.path, entry.display, needle, cancel))
                 except OSError:
                     continue  # unreadable files are skipped, as in Daytona
     except OSError as exc:
@@ -149,7 +154,8 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out), re.DOTALL)
 
 
-def search_files(settings: Settings, raw_path: str, pattern: str) -> list[str]:
+def search_files(settings: Settings, raw_path: str, pattern: str,
+                 cancel: threading.Event | None = None) -> list[str]:
     root = resolve(settings, raw_path)
     if pattern == "":
         raise bad_request("query parameter 'pattern' is required (a glob such as *.py)")
@@ -165,7 +171,7 @@ def search_files(settings: Settings, raw_path: str, pattern: str) -> list[str]:
     if not root.is_dir():
         return found
     try:
-        for entry in walk(root, raw_path):
+        for entry in walk(root, raw_path, cancel=cancel):
             if regex.fullmatch(entry.name):
                 found.append(entry.display)
     except OSError as exc:

@@ -14,6 +14,7 @@ import posixpath
 import pwd
 import shutil
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ class FileService:
 
     # -- read ------------------------------------------------------------------------------
 
-    def list(self, raw_path: str, depth: int = 1) -> list[dict[str, Any]]:
+    def list(self, raw_path: str, depth: int = 1, cancel: threading.Event | None = None) -> list[dict[str, Any]]:
         display_root = raw_path or "."
         root = resolve(self.settings, display_root)
         try:
@@ -61,7 +62,7 @@ class FileService:
             if not stat.S_ISDIR(root_stat.st_mode):
                 raise bad_request(f"not a directory: {display_root} (use /files/info for a single file)")
             infos = []
-            for entry in walk(root, display_root, max_depth=depth):
+            for entry in walk(root, display_root, max_depth=depth, cancel=cancel):
                 if len(infos) >= MAX_LIST_ENTRIES:
                     raise bad_request(
                         f"listing {display_root} at depth {depth} exceeds {MAX_LIST_ENTRIES} entries: "
