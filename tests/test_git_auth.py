@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from daytona._sync.git import Git
-from daytona.common.errors import DaytonaGitAuthFailedError
+from daytona.common.errors import DaytonaError, DaytonaGitAuthFailedError
 from daytona_toolbox_api_client import GitApi
 
 from tests.git_server import GitHttpServer, make_origin, run_git
-from tests.helpers import RunningDaemon, sdk_api_client
+from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
 
 USER = "alice"
 PASSWORD = f"pw-{uuid.uuid4().hex}"
@@ -181,3 +181,45 @@ def test_daemon_stays_responsive_during_a_slow_clone_and_argv_has_no_secret(
     assert time.monotonic() - started >= 3  # the clone really was slow
     assert saw_clone_process
     assert len(latencies) >= 10 and max(latencies) < 1.0, latencies
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    """A daemon whose git transfers fail after 1 s without receiving a byte."""
+    running = start_daemon(tmp_path_factory.mktemp("impatient"), extra_env={"TOOLBOX_GIT_STALL_TIMEOUT": "1"})
+    yield running
+    running.stop()
+
+
+def test_stalled_clone_and_pull_fail_fast_with_transport_error_and_leave_nothing(
+    impatient: RunningDaemon, tmp_path: Path
+) -> None:
+    make_origin(tmp_path, "stalling.git")
+    stalling = GitHttpServer(tmp_path, USER, PASSWORD, delay=20.0)
+    git = sdk_git(impatient)
+    kept = impatient.workdir / f"empty-{uuid.uuid4().hex[:8]}"
+    kept.mkdir()
+    try:
+        for target in (f"stalled-{uuid.uuid4().hex[:8]}", kept.name):
+            started = time.monotonic()
+            with pytest.raises(DaytonaError) as caught:
+                git.clone(url=stalling.url("stalling.git"), path=target, username=USER, password=PASSWORD)
+            assert time.monotonic() - started < 10  # not the server's 20 s
+            assert caught.value.status_code == 502 and caught.value.code == "GIT_TRANSPORT_FAILED"
+            assert "stalled" in str(caught.value) and "TOOLBOX_GIT_STALL_TIMEOUT" in str(caught.value)
+        # No half-made clone: a new destination is gone, an existing empty one stays empty.
+        assert list(impatient.workdir.glob("stalled-*")) == []
+        assert kept.is_dir() and list(kept.iterdir()) == []
+
+        # A pull from a remote that stalls after a good clone fails the same way.
+        stalling.delay = 0.0
+        repo = f"pulled-{uuid.uuid4().hex[:8]}"
+        git.clone(url=stalling.url("stalling.git"), path=repo, username=USER, password=PASSWORD)
+        stalling.delay = 20.0
+        started = time.monotonic()
+        with pytest.raises(DaytonaError) as caught:
+            git.pull(repo, username=USER, password=PASSWORD)
+        assert time.monotonic() - started < 10
+        assert caught.value.status_code == 502 and caught.value.code == "GIT_TRANSPORT_FAILED"
+    finally:
+        stalling.close()

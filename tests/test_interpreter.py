@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 from daytona._sync.code_interpreter import CodeInterpreter
 from daytona.common.errors import (
     DaytonaBadRequestError,
+    DaytonaConflictError,
     DaytonaConnectionError,
     DaytonaError,
     DaytonaNotFoundError,
@@ -20,7 +23,7 @@ from daytona_toolbox_api_client import InterpreterApi, InterpreterContext
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.helpers import RunningDaemon, sdk_api_client
+from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
 
 
 @pytest.fixture
@@ -316,3 +319,58 @@ def test_interrupting_a_print_loop_keeps_the_worker_usable(daemon: RunningDaemon
         assert interpreter.run_code("print(kept)", context=context).stdout == "still here\n"
     finally:
         interpreter.delete_context(context)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_context_cap_answers_409_until_one_is_deleted(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, extra_env={"TOOLBOX_INTERPRETER_MAX_CONTEXTS": "2"})
+    try:
+        interpreter = CodeInterpreter(InterpreterApi(sdk_api_client(daemon)), httpx.Client())
+        first, second = interpreter.create_context(), interpreter.create_context()
+        with pytest.raises(DaytonaConflictError) as caught:
+            interpreter.create_context()
+        assert caught.value.status_code == 409
+        assert "TOOLBOX_INTERPRETER_MAX_CONTEXTS" in str(caught.value) and "delete" in str(caught.value)
+        assert {c.id for c in interpreter.list_contexts()} == {first.id, second.id}
+        # The implicit default context is not one of them and still runs code.
+        assert interpreter.run_code("print(1)").stdout == "1\n"
+        interpreter.delete_context(first)
+        third = interpreter.create_context()
+        assert interpreter.run_code("print(3)", context=third).stdout == "3\n"
+    finally:
+        daemon.stop()
+
+
+def test_idle_contexts_are_reaped_but_never_while_running(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, extra_env={"TOOLBOX_INTERPRETER_IDLE_TIMEOUT": "2"})
+    try:
+        interpreter = CodeInterpreter(InterpreterApi(sdk_api_client(daemon)), httpx.Client())
+        idle, busy = interpreter.create_context(), interpreter.create_context()
+        idle_pid = int(interpreter.run_code("import os; print(os.getpid())", context=idle).stdout)
+        assert interpreter.run_code("kept = 'state'").error is None  # in the default context
+        # Runs for 2 idle timeouts: the running context stays, the idle one goes.
+        result = interpreter.run_code("import time\nkept = 7\ntime.sleep(4)\nprint(kept)", context=busy)
+        assert result.stdout == "7\n" and result.error is None
+        assert {c.id for c in interpreter.list_contexts()} == {busy.id}
+        assert not _alive(idle_pid)
+        with pytest.raises(DaytonaConnectionError, match="context not found"):
+            interpreter.run_code("print(1)", context=idle)
+        assert interpreter.run_code("print(kept)", context=busy).stdout == "7\n"  # used just now: kept
+
+        deadline = time.monotonic() + 10
+        while interpreter.list_contexts() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert interpreter.list_contexts() == []
+        # The default context is never deleted: its idle worker was stopped, a new one runs
+        # the next code, without the old state.
+        fresh = interpreter.run_code("print('kept' in globals())")
+        assert fresh.stdout == "False\n" and fresh.error is None
+    finally:
+        daemon.stop()

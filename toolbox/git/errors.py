@@ -73,6 +73,8 @@ _RULES: tuple[tuple[Code, tuple[str, ...]], ...] = (
         "couldn't connect to server",
         "connection refused",
         "connection timed out",
+        "operation too slow",  # curl's low-speed abort: the stall timeout
+        "not responding",  # ssh: "Timeout, server ... not responding."
         "operation timed out",
         "network is unreachable",
         "name or service not known",
@@ -130,6 +132,12 @@ def classify(output: str) -> Code:
     return Code.BAD_REQUEST
 
 
+_STALLED = re.compile(r"operation too slow|server .* not responding", re.IGNORECASE)
+_STALL_HINT = (
+    "(the transfer stalled: the remote sent no data for longer than the stall timeout; "
+    "the daemon's TOOLBOX_GIT_STALL_TIMEOUT sets it, in seconds, 0 = no limit)"
+)
+
 _AUTH_HINT = (
     "(the remote needs credentials: pass username and password/token with this call, "
     "or store them once with dangerously_authenticate)"
@@ -149,4 +157,6 @@ def git_error(operation: str, result: GitResult, code: Code | None = None) -> Da
         output += "\n(another git operation is running in this repository; retry when it has finished)"
     if code is Code.GIT_AUTH_FAILED:
         output += "\n" + _AUTH_HINT
+    if _STALLED.search(output):
+        output += "\n" + _STALL_HINT
     return DaemonError(code, f"{operation} failed: {output}")

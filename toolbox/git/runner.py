@@ -8,6 +8,7 @@ they never appear in argv, in `.git/config`, in a remote URL or in the credentia
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -40,6 +41,39 @@ _BASE_CONFIG = (
 # Output kept for error messages; git's last lines are the ones that say what went wrong.
 _TAIL_CHARS = 4000
 
+# Seconds a network transfer may go without receiving a byte before it fails; 0 = never.
+STALL_TIMEOUT_ENV = "TOOLBOX_GIT_STALL_TIMEOUT"
+DEFAULT_STALL_TIMEOUT = 60
+# ssh probes a silent server this often (seconds) once the stall timeout allows it.
+_SSH_ALIVE_INTERVAL = 15
+
+
+def stall_timeout_from_env() -> int:
+    """`TOOLBOX_GIT_STALL_TIMEOUT` in whole seconds (default 60; 0 or negative = off)."""
+    raw = os.environ.get(STALL_TIMEOUT_ENV, "").strip()
+    try:
+        return max(0, math.ceil(float(raw))) if raw else DEFAULT_STALL_TIMEOUT
+    except ValueError:
+        return DEFAULT_STALL_TIMEOUT
+
+
+def _stall_config(timeout: int) -> tuple[str, ...]:
+    # curl's low-speed check: below 1 byte/s for `timeout` seconds aborts the transfer
+    # (curl error 28), while a slow transfer that keeps moving is never cut off.
+    if timeout <= 0:
+        return ()
+    return ("http.lowSpeedLimit=1", f"http.lowSpeedTime={timeout}")
+
+
+def _ssh_command(timeout: int) -> str:
+    command = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=30"
+    if timeout <= 0:
+        return command
+    # ssh gives up on a server that stops answering keepalives for about `timeout` seconds.
+    interval = min(_SSH_ALIVE_INTERVAL, timeout)
+    count = max(1, math.ceil(timeout / interval))
+    return f"{command} -o ServerAliveInterval={interval} -o ServerAliveCountMax={count}"
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -69,7 +103,7 @@ class GitResult:
         return text[-_TAIL_CHARS:]
 
 
-def _non_interactive_env() -> dict[str, str]:
+def _non_interactive_env(stall: int) -> dict[str, str]:
     never = shutil.which("false") or "/bin/false"
     env = {
         "GIT_TERMINAL_PROMPT": "0",
@@ -87,12 +121,19 @@ def _non_interactive_env() -> dict[str, str]:
         "GIT_OPTIONAL_LOCKS": "0",
     }
     if not os.environ.get("GIT_SSH_COMMAND") and not os.environ.get("GIT_SSH"):
-        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -o ConnectTimeout=30"
+        env["GIT_SSH_COMMAND"] = _ssh_command(stall)
     return env
 
 
 class GitRunner:
-    """Runs one git command in a worker thread and returns its exit status and output."""
+    """Runs one git command in a worker thread and returns its exit status and output.
+
+    `stall_timeout` (seconds, 0 = off) bounds how long an HTTP(S) or ssh transfer may
+    receive nothing; it defaults to `TOOLBOX_GIT_STALL_TIMEOUT`.
+    """
+
+    def __init__(self, stall_timeout: int | None = None) -> None:
+        self.stall_timeout = stall_timeout_from_env() if stall_timeout is None else max(0, stall_timeout)
 
     async def run(
         self,
@@ -105,9 +146,9 @@ class GitRunner:
         stdin: bytes | None = None,
     ) -> GitResult:
         argv = ["git"]
-        for item in (*_BASE_CONFIG, *config):
+        for item in (*_BASE_CONFIG, *_stall_config(self.stall_timeout), *config):
             argv += ["-c", item]
-        child_env = _non_interactive_env()
+        child_env = _non_interactive_env(self.stall_timeout)
         if credentials is not None:
             # An empty value resets the helper list: stored credentials neither answer
             # nor get overwritten by this call's credentials.

@@ -168,12 +168,14 @@ class GitService:
         commit = _no_option(request.commit_id, "commit_id") if request.commit_id else None
         args += ["--", url, str(dest)]
         config = ("http.sslVerify=false",) if request.insecure_skip_tls else ()
-        existed = dest.exists()
-        if existed and (not dest.is_dir() or any(dest.iterdir())):
-            raise DaemonError(
-                Code.CONFLICT, f"clone failed: destination {dest} already exists and is not an empty directory"
-            )
         async with self._lock(str(dest)):
+            # Checked under the lock: a failed clone is cleaned up below, which must never
+            # touch a concurrent clone's finished work.
+            existed = dest.exists()
+            if existed and (not dest.is_dir() or any(dest.iterdir())):
+                raise DaemonError(
+                    Code.CONFLICT, f"clone failed: destination {dest} already exists and is not an empty directory"
+                )
             result = await self.runner.run(
                 args,
                 cwd=self._neutral_cwd(),
@@ -181,6 +183,10 @@ class GitService:
                 config=config,
             )
             if not result.ok:
+                # git removes what it made when it fails cleanly; this also covers a git
+                # that died half-way (killed, crashed) so no partial clone stays behind.
+                if dest.exists():
+                    await anyio.to_thread.run_sync(_discard, dest, existed)
                 raise git_error("git clone", result)
             if commit is None:
                 return

@@ -91,12 +91,14 @@ def build(daemon: Daemon) -> list[BaseRoute]:
 
     async def startup() -> None:
         await anyio.to_thread.run_sync(service.remove_stale_runs)
+        service.start_reaper()
 
     daemon.on_startup(startup)
     daemon.on_shutdown(service.shutdown)
 
     @operation(summary="Create an interpreter context (its own Python worker)", request=CreateContextRequest,
-               body_required=False, response=InterpreterContext, errors={400: "language other than python, or bad cwd"})
+               body_required=False, response=InterpreterContext, errors={400: "language other than python, or bad cwd",
+                       409: "too many contexts (TOOLBOX_INTERPRETER_MAX_CONTEXTS): delete one first"})
     async def create_context(request: Request) -> Response:
         body = await parse_body(request, CreateContextRequest, optional=True)
         context = await service.create_context(body.cwd, body.language)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +29,28 @@ INTERRUPT_GRACE = 2.0
 # blocks on its own prints): a flood runs at the client's pace instead of filling the disk.
 SEND_WINDOW = 1024 * 1024
 LANGUAGES = ("python",)
+# Limits on workers (daemon environment, read when the service starts).
+MAX_CONTEXTS_ENV = "TOOLBOX_INTERPRETER_MAX_CONTEXTS"
+DEFAULT_MAX_CONTEXTS = 32
+IDLE_TIMEOUT_ENV = "TOOLBOX_INTERPRETER_IDLE_TIMEOUT"
+DEFAULT_IDLE_TIMEOUT = 3600.0
+# The reaper looks this often at most; often enough that a context outlives its idle
+# timeout by a small fraction of it.
+REAP_INTERVAL = 30.0
 
 # How an execution ended -> (WebSocket close code, reason) (toolbox-api.md §10.2).
 COMPLETED = (1000, "")
 TIMED_OUT = (4008, "execution timed out")
 WORKER_ENDED = (1001, "worker process ended")
 CONTEXT_SHUTDOWN = (1001, "context shutdown")
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return max(0.0, float(raw)) if raw else default
+    except ValueError:
+        return default
 
 
 def frame(kind: str, text: str = "", name: str = "", value: str = "", traceback: str = "") -> bytes:
@@ -53,6 +70,11 @@ class Context:
         self.worker: WorkerProcess | None = None
         self.lock = asyncio.Lock()  # FIFO: executions run one at a time, in arrival order
         self.closed = False
+        self.pending = 0  # executions queued or running: a busy context is never reaped
+        self.last_used = time.monotonic()
+
+    def idle_for(self, now: float) -> float:
+        return 0.0 if self.pending else now - self.last_used
 
     @property
     def active(self) -> bool:
@@ -118,11 +140,25 @@ class Execution:
 
 
 class InterpreterService:
-    def __init__(self, settings: Settings) -> None:
+    """Contexts and their runs.
+
+    `max_contexts` caps the user-created contexts (each is a worker process; 0 = no cap);
+    a context not used for `idle_timeout` seconds (0 = never) is deleted, except the
+    implicit `default`, whose worker is only stopped (its state is lost; the next run
+    starts a fresh one). Both default to the daemon's environment.
+    """
+
+    def __init__(self, settings: Settings, max_contexts: int | None = None, idle_timeout: float | None = None) -> None:
         self.settings = settings
         self.runs_dir = settings.state_dir / "interpreter"
         self.contexts: dict[str, Context] = {DEFAULT_CONTEXT: Context(DEFAULT_CONTEXT, settings.workdir)}
         self._jobs: set[asyncio.Task[None]] = set()
+        self.max_contexts = (
+            int(_env_number(MAX_CONTEXTS_ENV, DEFAULT_MAX_CONTEXTS)) if max_contexts is None else max(0, max_contexts)
+        )
+        self.idle_timeout = _env_number(IDLE_TIMEOUT_ENV, DEFAULT_IDLE_TIMEOUT) if idle_timeout is None else idle_timeout
+        self._starting = 0  # contexts whose worker is starting: they count against the cap
+        self._reaper: asyncio.Task[None] | None = None
 
     # -- contexts ----------------------------------------------------------------------------
 
@@ -133,11 +169,21 @@ class InterpreterService:
         workdir = self.settings.resolve(cwd) if cwd else self.settings.workdir
         if not workdir.is_dir():
             raise DaemonError(Code.BAD_REQUEST, f"cwd is not an existing directory: {workdir}")
+        if self.max_contexts and len(self.contexts) - 1 + self._starting >= self.max_contexts:
+            raise DaemonError(
+                Code.CONFLICT,
+                f"too many interpreter contexts (limit {self.max_contexts}, set by {MAX_CONTEXTS_ENV}): "
+                "delete one you no longer need (DELETE /process/interpreter/context/{id}) and retry",
+            )
         context = Context(str(uuid.uuid4()), workdir, language)
+        self._starting += 1
         try:
             await context.ensure_worker()
         except OSError as exc:
             raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start interpreter worker: {exc}") from None
+        finally:
+            self._starting -= 1
+        context.last_used = time.monotonic()
         self.contexts[context.id] = context
         return context
 
@@ -162,7 +208,36 @@ class InterpreterService:
                 with contextlib.suppress(OSError):
                     stale.unlink()
 
+    def start_reaper(self) -> None:
+        if self.idle_timeout > 0 and self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        interval = min(REAP_INTERVAL, max(0.05, self.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(interval)
+            await self.reap_idle()
+
+    async def reap_idle(self) -> None:
+        """Deletes contexts idle for longer than `idle_timeout`; stops the idle default's worker."""
+        now = time.monotonic()
+        for context in list(self.contexts.values()):
+            if context.pending or context.idle_for(now) < self.idle_timeout:
+                continue
+            if context.id == DEFAULT_CONTEXT:
+                if context.worker is not None and not context.lock.locked():
+                    async with context.lock:  # a run arriving meanwhile waits, then starts a new worker
+                        if context.worker is not None:
+                            await context.worker.stop()
+                            context.worker = None
+                continue
+            # Removed before the first await: a run submitted from now on finds no context.
+            self.contexts.pop(context.id, None)
+            await context.close()
+
     async def shutdown(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
         for context in list(self.contexts.values()):
             await context.close()
         for job in list(self._jobs):
@@ -174,6 +249,7 @@ class InterpreterService:
         """Queue `code` on the context (FIFO) and return at once; the run goes on in the background."""
         spill = self.runs_dir / f"{uuid.uuid4()}.jsonl"
         execution = Execution(OutputStore(spill_path=spill))
+        context.pending += 1
         job = asyncio.get_running_loop().create_task(self._run(context, execution, code, envs, timeout))
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
@@ -192,6 +268,8 @@ class InterpreterService:
             execution.store.append(frame("error", name="WorkerError", value=f"interpreter worker failed: {exc}"))
             execution.close = WORKER_ENDED
         finally:
+            context.pending -= 1
+            context.last_used = time.monotonic()
             execution.store.close()
             execution.release()
 
