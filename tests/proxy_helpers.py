@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +164,26 @@ def start_redis() -> RedisServer:
                                stdout=subprocess.DEVNULL, start_new_session=True)
     wait_for_port("127.0.0.1", port)
     return RedisServer(port, process)
+
+
+def one_shot_upstream(port: int, response: bytes, *, delay: float = 0.0) -> threading.Event:
+    """A bare HTTP responder on `port` for a single request, listening after `delay` seconds.
+
+    Returns an event set once it listens.
+    """
+    listening = threading.Event()
+
+    def serve() -> None:
+        time.sleep(delay)
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(("127.0.0.1", port))
+            server.listen()
+            listening.set()
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(response)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listening

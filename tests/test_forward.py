@@ -18,7 +18,7 @@ import pytest
 
 from tests.helpers import RunningDaemon, free_port, start_daemon
 from tests.proxy_apps import GZIP_BODY
-from tests.proxy_helpers import App, ipv6_loopback, start_app
+from tests.proxy_helpers import App, ipv6_loopback, one_shot_upstream, start_app
 
 
 def test_raw_path_query_and_headers_reach_the_app(daemon: RunningDaemon, app: App) -> None:
@@ -59,32 +59,12 @@ def test_closed_port_is_a_502_that_says_so(daemon: RunningDaemon) -> None:
     assert "nothing is listening on port" in response.json()["message"]
 
 
-def late_listener(port: int, delay: float) -> threading.Thread:
-    """A bare HTTP responder that starts listening only after `delay` seconds."""
-
-    def run() -> None:
-        time.sleep(delay)
-        with socket.socket() as server:
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", port))
-            server.listen()
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate")
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_app_starting_late_is_waited_for(daemon: RunningDaemon) -> None:
     port = free_port()
-    thread = late_listener(port, 0.4)
+    one_shot_upstream(port, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate", delay=0.4)
     with daemon.client(timeout=30) as client:
         response = client.get(f"/proxy/{port}/")
     assert (response.status_code, response.text) == (200, "late")
-    thread.join(5)
 
 
 def test_post_is_not_retried_on_a_closed_port(daemon: RunningDaemon) -> None:

@@ -213,15 +213,20 @@ def test_branches_create_checkout_delete(git: Git, space: Path, origin: Path) ->
         git.delete_branch(repo, "main")  # checked out
 
 
+def _commit_readme_on_branch(git: Git, repo: str, work: Path, branch: str, text: str) -> None:
+    """Commit README.md with `text` on a new `branch`, then go back to main."""
+    git.create_branch(repo, branch)
+    (work / "README.md").write_text(text)
+    git.add(repo, ["README.md"])
+    git.commit(repo, f"on {branch}", **AUTHOR)
+    git.checkout_branch(repo, "main")
+
+
 def test_checkout_refuses_to_overwrite_local_changes(git: Git, space: Path, origin: Path) -> None:
     repo = f"{space.name}/repo"
     git.clone(url=f"file://{origin}", path=repo)
     work = space / "repo"
-    git.create_branch(repo, "other")
-    (work / "README.md").write_text("other branch\n")
-    git.add(repo, ["."])
-    git.commit(repo, "on other", **AUTHOR)
-    git.checkout_branch(repo, "main")
+    _commit_readme_on_branch(git, repo, work, "other", "other branch\n")
     (work / "README.md").write_text("uncommitted\n")
     with pytest.raises(DaytonaConflictError) as caught:
         git.checkout_branch(repo, "other")
@@ -549,11 +554,7 @@ def test_status_of_a_merge_conflict_and_odd_file_names(git: Git, space: Path, or
     repo = f"{space.name}/repo"
     git.clone(url=f"file://{origin}", path=repo)
     work = space / "repo"
-    git.create_branch(repo, "left")
-    (work / "README.md").write_text("left\n")
-    git.add(repo, ["README.md"])
-    git.commit(repo, "left", **AUTHOR)
-    git.checkout_branch(repo, "main")
+    _commit_readme_on_branch(git, repo, work, "left", "left\n")
     (work / "README.md").write_text("right\n")
     git.add(repo, ["README.md"])
     git.commit(repo, "right", **AUTHOR)

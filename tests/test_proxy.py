@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon, free_port
-from tests.proxy_helpers import API_KEY, AUTH, App, Proxy, start_proxy
+from tests.proxy_helpers import API_KEY, AUTH, App, Proxy, one_shot_upstream, start_proxy
 
 
 
@@ -268,26 +268,10 @@ def test_head_and_reuse_after_it(proxy: Proxy, app: App) -> None:
 def test_close_delimited_response(proxy: Proxy, daemon: RunningDaemon) -> None:
     # An HTTP/1.0-style app: no Content-Length, the body ends when the connection closes.
     port = free_port()
-    ready = threading.Event()
-
-    def serve() -> None:
-        with socket.socket() as server:
-            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            server.bind(("127.0.0.1", port))
-            server.listen()
-            ready.set()
-            conn, _ = server.accept()
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(5)
+    one_shot_upstream(port, b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end").wait(5)
     with proxy.client() as client:
         response = client.get("/", headers={"Host": proxy.host(port, "pub")})
     assert (response.status_code, response.text) == (200, "until the end")
-    thread.join(5)
 
 
 def test_client_leaving_mid_stream_leaves_the_proxy_healthy(proxy: Proxy, app: App) -> None:
