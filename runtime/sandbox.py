@@ -150,9 +150,17 @@ def _world_traversable(path: Path) -> bool:
         return False
 
 
+# What a sandbox runs of this project: the daemon and the runtime's entry point.
+SANDBOX_PACKAGES = ("toolbox", "runtime")
+
+
 def _needed(python: str) -> list[Path]:
+    # The packages rather than the checkout itself: a checkout in a private directory
+    # (mktemp -d makes it 0700) would stay closed to the sandbox uid if bound whole,
+    # while its packages bound into a fresh tmpfs are reachable.
     return sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
-                   Path(python).resolve().parent.parent, REPO_ROOT})
+                   Path(python).resolve().parent.parent,
+                   *(REPO_ROOT / name for name in SANDBOX_PACKAGES)})
 
 
 def _blocked(path: Path) -> list[Path]:
