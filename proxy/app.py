@@ -30,7 +30,7 @@ from proxy.metrics import Metrics
 from proxy.registry import Registry, RegistryError, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
 from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, UpstreamUnknownHost,
-                                   strip_hop_by_hop, upstream_url)
+                                   strip_hop_by_hop)
 
 # Client-sent values of these never reach a sandbox: the proxy sets its own or none.
 _DROP_UPSTREAM = frozenset({
@@ -63,7 +63,7 @@ class ProxyApp:
         self.activity = ActivityTracker(self.registry, config.activity_interval)
         self._tcp = Relay(keepalive=60.0)
         self._unix: dict[str, Relay] = {}
-        self._addresses: dict[str, tuple[Relay, str, int, bytes, str]] = {}
+        self._addresses: dict[str, tuple[Relay, str, int, bytes]] = {}
         self._hosts: dict[str, PreviewHost | None] = {}  # parsed Host headers, bounded
         https = config.public_scheme == "https"
         self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
@@ -71,8 +71,8 @@ class ProxyApp:
         self._xf_port = str(config.public_port).encode()
 
     # -- plumbing -------------------------------------------------------------------------
-    def _upstream(self, address: str) -> tuple[Relay, str, int, bytes, str]:
-        """(relay, host, port, path prefix, base URL for WebSockets) of a daemon address."""
+    def _upstream(self, address: str) -> tuple[Relay, str, int, bytes]:
+        """(relay, host, port, path prefix) of a daemon address."""
         cached = self._addresses.get(address)
         if cached is not None:
             return cached
@@ -81,11 +81,11 @@ class ProxyApp:
             relay = self._unix.get(path)
             if relay is None:
                 relay = self._unix[path] = Relay(unix_path=path, keepalive=60.0)
-            result = (relay, "localhost", 0, b"", "http://localhost")
+            result = (relay, "localhost", 0, b"")
         else:
             parts = urlsplit(address)
             # The daemon keeps connections 75 s; reuse them for 60.
-            result = (self._tcp, parts.hostname or "", parts.port or 80, parts.path.rstrip("/").encode(), address)
+            result = (self._tcp, parts.hostname or "", parts.port or 80, parts.path.rstrip("/").encode())
         if len(self._addresses) > 10_000:
             self._addresses.clear()
         self._addresses[address] = result
@@ -255,22 +255,20 @@ class ProxyApp:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, path: bytes,
                        query: bytes, headers: Headers, location_prefix: bytes | None) -> None:
-        relay, host, port, prefix, base = self._upstream(sandbox.url)
+        relay, host, port, prefix = self._upstream(sandbox.url)
         touch = self.activity.toucher(sandbox.id)
         touch()
+        target = Target(relay.pool, host, port, prefix + path + (b"?" + query if query else b""))
+        filter_ = _location_rewriter(location_prefix) if location_prefix else None
         try:
             if scope["type"] == "websocket":
                 self.metrics.websockets_open += 1
                 try:
-                    url = upstream_url(base.rstrip("/"), path, query)
-                    await relay.websocket(scope, receive, send, url, headers, on_traffic=touch,
-                                          handshake_received=True)
+                    await relay.websocket(scope, send, target, headers, on_traffic=touch, response_headers_filter=filter_)
                 finally:
                     self.metrics.websockets_open -= 1
                 return
-            raw = prefix + path + (b"?" + query if query else b"")
-            filter_ = _location_rewriter(location_prefix) if location_prefix else None
-            await relay.http(scope, receive, send, Target(relay.pool, host, port, raw), headers, filter_,
+            await relay.http(scope, receive, send, target, headers, filter_,
                              on_traffic=touch, intercept=self._interceptor_for(scope, send))
         except UpstreamUnknownHost as exc:
             # A template registry cannot know ids; an address that does not resolve means none.

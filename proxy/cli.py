@@ -74,7 +74,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import app_from_environment
-    from toolbox.server import ReadyServer
+    from toolbox.server import ReadyServer, websocket_protocol
 
     # Workers are separate processes: hand every option over through the environment.
     os.environ["PROXY_DOMAIN"] = args.domain
@@ -88,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.api_keys_file:
         os.environ["PROXY_API_KEYS_FILE"] = args.api_keys_file
     common = dict(
-        host=args.host, port=args.port, loop="uvloop", http="toolbox.protocol:GuardedHttpToolsProtocol", ws="websockets-sansio",
+        host=args.host, port=args.port, loop="uvloop", http="toolbox.protocol:GuardedHttpToolsProtocol", ws=websocket_protocol,
         ws_max_size=64 * 1024 * 1024, ws_per_message_deflate=False, timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=args.drain_seconds, log_level=args.log_level, access_log=False,
         server_header=False, lifespan="on",

@@ -15,6 +15,10 @@
   GET  /last-close    code and reason of the last WebSocket the client closed
   WS   /ws            echo (text and binary); picks the last offered subprotocol;
                       a text "close:CODE:REASON" closes with that code and reason
+  WS   /ws-hello      as /ws, but sends "hello" right after accepting
+  WS   /ws-slow       as /ws, but accepts after 1 s
+  WS   /ws-sink?s=N   accepts, never reads (backpressure test), hangs up after N s
+  WS   /ws-flood?mb=N sends N MiB in 1 MiB messages as fast as it can, then hangs up
 """
 
 from __future__ import annotations
@@ -149,8 +153,20 @@ async def respond(send, status: int, body: bytes, content_type: bytes) -> None: 
 
 async def websocket(scope, receive, send):  # type: ignore[no-untyped-def]
     await receive()
+    path = scope["path"]
+    if path == "/ws-slow":
+        await asyncio.sleep(1)
     offered = scope.get("subprotocols") or []
     await send({"type": "websocket.accept", "subprotocol": offered[-1] if offered else None})
+    if path == "/ws-sink":
+        await asyncio.sleep(float(parse_qs(scope["query_string"].decode()).get("s", ["60"])[0]))
+        return
+    if path == "/ws-flood":
+        for _ in range(int(parse_qs(scope["query_string"].decode()).get("mb", ["1"])[0])):
+            await send({"type": "websocket.send", "bytes": b"f" * (1 << 20)})
+        return
+    if path == "/ws-hello":
+        await send({"type": "websocket.send", "text": "hello"})
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":

@@ -9,3 +9,11 @@ def env(name: str, default: str | None = None) -> str | None:
     """The variable's value, or `default` when it is unset or empty."""
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def env_float(name: str, default: float) -> float:
+    """A number from the environment; `default` when unset, empty or not a number."""
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default

@@ -20,16 +20,10 @@ TOOLBOX_HTTP_MAX_HEADER_BYTES (default 65536).
 from __future__ import annotations
 
 import asyncio
-import os
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name) or default)
-    except ValueError:
-        return default
+from toolbox.options import env_float
 
 
 def _reply(status: bytes, message: str) -> bytes:
@@ -39,9 +33,9 @@ def _reply(status: bytes, message: str) -> bytes:
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    header_timeout = _env_float("TOOLBOX_HTTP_HEADER_TIMEOUT", 30.0)
-    body_timeout = _env_float("TOOLBOX_HTTP_BODY_TIMEOUT", 120.0)
-    max_header_bytes = int(_env_float("TOOLBOX_HTTP_MAX_HEADER_BYTES", 65536))
+    header_timeout = env_float("TOOLBOX_HTTP_HEADER_TIMEOUT", 30.0)
+    body_timeout = env_float("TOOLBOX_HTTP_BODY_TIMEOUT", 120.0)
+    max_header_bytes = int(env_float("TOOLBOX_HTTP_MAX_HEADER_BYTES", 65536))
 
     _guard: asyncio.TimerHandle | None = None
     _guarding_body = False

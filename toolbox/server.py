@@ -23,11 +23,12 @@ class ReadyServer(uvicorn.Server):
 
 
 def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:
-    """uvicorn's websockets-sansio protocol, imported on the first WebSocket upgrade.
+    """uvicorn's websockets-sansio protocol that can splice, imported on the first upgrade.
 
     uvicorn takes any callable as `ws` and calls it once per upgrade, so the `websockets`
-    package (~2 MiB) loads only in daemons that serve a WebSocket (docs/footprint.md).
+    package (~2 MiB) loads only in processes that serve a WebSocket (docs/footprint.md).
+    Relayed WebSockets need it: see toolbox/forward/wsserver.py.
     """
-    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from toolbox.forward.wsserver import SplicingWebSocketProtocol
 
-    return WebSocketsSansIOProtocol(**kwargs)
+    return SplicingWebSocketProtocol(**kwargs)

@@ -4,7 +4,7 @@ aiohttp's client costs ~100 us of Python per request; a relay needs far less (wr
 header block, parse with httptools, hand chunks on). This pool keeps idle keep-alive
 connections per target (LIFO), streams bodies both ways with backpressure, and reports a
 connection that dies before answering so an idempotent request can be retried on a fresh
-one. WebSockets stay on aiohttp.
+one. WebSockets are spliced as raw bytes after their handshake (`splice.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import httptools
 
@@ -188,6 +190,27 @@ class UpstreamConnection(asyncio.Protocol):
         return self.complete and self.keep_alive and not self.lost and self.error is None and not self.chunks
 
 
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def open_connection(factory: Callable[[], P], unix_path: str | None, host: str, port: int) -> P:
+    """Connect to a Unix socket, or to host:port; `localhost` is tried as IPv4 then IPv6,
+    without a resolver round trip."""
+    loop = asyncio.get_running_loop()
+    if unix_path is not None:
+        _, protocol = await loop.create_unix_connection(factory, unix_path)
+        return protocol
+    last: OSError | None = None
+    for candidate in ("127.0.0.1", "::1") if host == "localhost" else (host,):
+        try:
+            _, protocol = await loop.create_connection(factory, candidate, port)
+            return protocol
+        except OSError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
 class ConnectionPool:
     """Idle keep-alive connections per (host, port), or to one Unix socket.
 
@@ -220,20 +243,7 @@ class ConnectionPool:
 
     async def _connect(self, host: str, port: int) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        if self.unix_path is not None:
-            _, conn = await loop.create_unix_connection(lambda: UpstreamConnection(loop), self.unix_path)
-            return conn
-        # `localhost` is tried as IPv4 then IPv6, without a resolver round trip.
-        hosts = ("127.0.0.1", "::1") if host == "localhost" else (host,)
-        last: OSError | None = None
-        for candidate in hosts:
-            try:
-                _, conn = await loop.create_connection(lambda: UpstreamConnection(loop), candidate, port)
-                return conn
-            except OSError as exc:
-                last = exc
-        assert last is not None
-        raise last
+        return await open_connection(lambda: UpstreamConnection(loop), self.unix_path, host, port)
 
     def release(self, conn: UpstreamConnection, host: str, port: int) -> None:
         if not conn.reusable:

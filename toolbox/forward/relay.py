@@ -2,12 +2,12 @@
 
 Shared by the daemon's `/proxy/{port}` route and the preview proxy. Bodies stream both
 ways chunk by chunk (never buffered, no size limit, compressed bytes untouched); the raw
-path and query reach the upstream byte for byte; WebSockets are bridged frame by frame.
+path and query reach the upstream byte for byte.
 
 HTTP goes over `pool.py` (asyncio Protocol + httptools): httpx managed 585 req/s per hop
 (architecture.md §5), aiohttp's client ~3,200 through the daemon, this pool ~10,000+.
-WebSockets go over aiohttp's client (UnixConnector for daemons on Unix sockets), which
-is imported on the first WebSocket (`wsclient.py`), not at start.
+WebSockets are spliced: the handshake goes upstream, and after its 101 the two
+connections are joined as raw byte streams (`splice.py`).
 """
 
 from __future__ import annotations
@@ -16,15 +16,11 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from toolbox.forward.pool import ConnectionPool, UpstreamConnection
-
-if TYPE_CHECKING:
-    import aiohttp
-    from yarl import URL
+from toolbox.forward.splice import SPLICE, Splice, UpstreamRejected, open_upgrade
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -33,20 +29,12 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
     b"transfer-encoding", b"upgrade", b"proxy-authorization", b"proxy-authenticate",
 })
-# The WebSocket handshake is per hop: each side negotiates its own key and extensions.
-WS_HANDSHAKE = frozenset({
-    b"sec-websocket-key", b"sec-websocket-version", b"sec-websocket-extensions",
-    b"sec-websocket-protocol", b"sec-websocket-accept",
-})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Connection refused while an app starts: E2B retries its dial 5 times over ~1 s.
 RETRY_DELAYS = (0.1, 0.2, 0.3, 0.4)
-WS_MAX_MESSAGE = 64 * 1024 * 1024
 _OWN_RESPONSE_HEADERS = frozenset({b"date"})
 # Framing is rebuilt per hop; Expect was answered by our own server already.
 _NOT_FORWARDED = frozenset({b"content-length", b"transfer-encoding", b"expect"})
-# Close codes that may not be sent on the wire (RFC 6455 §7.4.1).
-_UNSENDABLE_CLOSE = frozenset({1005, 1006, 1015})
 
 
 class UpstreamUnavailable(Exception):
@@ -59,15 +47,6 @@ class UpstreamUnavailable(Exception):
 
 class UpstreamUnknownHost(UpstreamUnavailable):
     """The upstream's host name does not resolve (e.g. no such Service for this sandbox)."""
-
-
-class UpstreamRejected(Exception):
-    """The upstream answered a WebSocket handshake with a non-101 status."""
-
-    def __init__(self, status: int, headers: Headers) -> None:
-        super().__init__(f"upstream answered {status}")
-        self.status = status
-        self.headers = headers
 
 
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], extra: frozenset[bytes] = frozenset()) -> Headers:
@@ -86,22 +65,8 @@ def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], extra: frozenset[by
     return out
 
 
-def upstream_url(base: str, raw_path: bytes, query: bytes) -> URL:
-    """`base` + the raw (still percent-encoded) path and query, not re-quoted."""
-    from yarl import URL  # with aiohttp, only on the WebSocket path
-
-    text = base + raw_path.decode("latin-1")
-    if query:
-        text += "?" + query.decode("latin-1")
-    return URL(text, encoded=True)
-
-
-def _str_headers(headers: Headers) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
-
-
 class Target:
-    """Where an HTTP request goes: a pool, host and port, and the raw path and query."""
+    """Where a request goes: a pool, host and port, and the raw path and query."""
 
     __slots__ = ("pool", "host", "port", "path")
 
@@ -118,32 +83,18 @@ class _ClientGone(Exception):
 
 @dataclass
 class Relay:
-    """HTTP over the lean pool, WebSockets over an aiohttp session made on first use."""
+    """HTTP over the lean keep-alive pool, WebSockets spliced over a connection of their own."""
 
     unix_path: str | None = None
-    loopback: bool = False
     keepalive: float = 30.0
     retry_refused: bool = True
-    ws_max_message: int = WS_MAX_MESSAGE
     pool: ConnectionPool = field(init=False)
-    _session: aiohttp.ClientSession | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.pool = ConnectionPool(unix_path=self.unix_path, keepalive=self.keepalive)
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            from toolbox.forward.wsclient import new_session  # aiohttp: loaded on the first WebSocket
-
-            self._session = new_session(unix_path=self.unix_path, loopback=self.loopback, keepalive=self.keepalive)
-        return self._session
-
     async def close(self) -> None:
         self.pool.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     async def _send_body(self, conn: UpstreamConnection, receive: Receive, chunked: bool) -> None:
         while True:
@@ -279,35 +230,49 @@ class Relay:
         return status
 
     async def websocket(
-        self, scope: Scope, receive: Receive, send: Send, url: URL, headers: Headers,
-        on_traffic: Callable[[], None] | None = None, handshake_received: bool = False,
+        self, scope: Scope, send: Send, target: Target, headers: Headers,
+        on_traffic: Callable[[], None] | None = None,
+        response_headers_filter: Callable[[Headers], Headers] | None = None,
     ) -> None:
-        """Connect upstream first, then accept the client with the upstream's subprotocol."""
-        import aiohttp  # loaded on the first WebSocket (wsclient.py), not at start
+        """Connect upstream first; on its 101, splice the client to it as raw bytes.
 
-        if not handshake_received:
-            message = await receive()
-            if message["type"] != "websocket.connect":
-                return
-        protocols = tuple(scope.get("subprotocols") or ())
+        The client's handshake (key, version, offered subprotocols and extensions) goes
+        upstream as it came, and the upstream's answer comes back as it went, so the two
+        ends negotiate with each other. Raises UpstreamUnavailable/UpstreamUnknownHost when
+        nothing answers, UpstreamRejected for a non-101; both before the client is answered.
+        """
+        if SPLICE not in scope.get("extensions", {}):
+            raise RuntimeError("WebSocket relaying needs the server protocol from "
+                               "toolbox.server.websocket_protocol (python -m toolbox/proxy serve use it)")
+        lines = [b"GET ", target.path, b" HTTP/1.1\r\n"]
+        for key, value in headers:
+            lines += (key, b": ", value, b"\r\n")
+        lines.append(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n")
         try:
-            upstream = await self.session.ws_connect(
-                url, headers=_str_headers(strip_hop_by_hop(headers, WS_HANDSHAKE)), protocols=protocols,
-                autoclose=True, autoping=True, max_msg_size=self.ws_max_message, compress=0,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=10.0),
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            raise UpstreamRejected(exc.status, [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                                for k, v in (exc.headers or {}).items()]) from exc
-        except aiohttp.ClientConnectorDNSError as exc:
-            raise UpstreamUnknownHost(f"{url.host} does not resolve") from exc
-        except aiohttp.ClientConnectorError as exc:
+            upstream, status_line, response_headers = await open_upgrade(
+                unix_path=self.unix_path, host=target.host, port=target.port, head=b"".join(lines),
+                retry_delays=RETRY_DELAYS if self.retry_refused else ())
+        except socket.gaierror as exc:
+            raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc
+        except ConnectionRefusedError as exc:
             raise UpstreamUnavailable("connection refused") from exc
-        except aiohttp.ClientError as exc:
+        except OSError as exc:
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
-        async with upstream:
-            await send({"type": "websocket.accept", "subprotocol": upstream.protocol})
-            await _bridge(receive, send, upstream, on_traffic)
+        # Connection and Upgrade are this hop's, and exactly what the client needs to see.
+        kept = [(k, v) for k, v in response_headers if k not in _OWN_RESPONSE_HEADERS]
+        if response_headers_filter is not None:
+            kept = response_headers_filter(kept)
+        answer = [status_line, b"\r\n"]
+        for key, value in kept:
+            answer += (key, b": ", value, b"\r\n")
+        answer.append(b"\r\n")
+        splice = Splice(upstream, on_traffic)
+        try:
+            await send({"type": SPLICE, "splice": splice, "response": b"".join(answer)})
+            await splice.done
+        except BaseException:
+            splice.abort()  # cancelled (drain time over) or the client is gone
+            raise
 
 
 def _consume(task: asyncio.Future[None]) -> None:
@@ -327,62 +292,3 @@ async def _close_on_disconnect(receive: Receive, conn: UpstreamConnection,
         if message["type"] == "http.disconnect":
             conn.abort()
             return
-
-
-def _sendable(code: int | None) -> int:
-    if code is None or code in _UNSENDABLE_CLOSE or code < 1000:
-        return 1000
-    return code
-
-
-async def _bridge(receive: Receive, send: Send, upstream: aiohttp.ClientWebSocketResponse,
-                  on_traffic: Callable[[], None] | None) -> None:
-    import aiohttp  # already loaded by Relay.websocket
-
-    async def client_to_upstream() -> None:
-        while True:
-            message: Message = await receive()
-            kind = message["type"]
-            if kind == "websocket.receive":
-                if on_traffic is not None:
-                    on_traffic()
-                text = message.get("text")
-                if text is not None:
-                    await upstream.send_str(text)
-                else:
-                    await upstream.send_bytes(message.get("bytes") or b"")
-            elif kind == "websocket.disconnect":
-                reason = message.get("reason") or ""
-                await upstream.close(code=_sendable(message.get("code")), message=reason.encode())
-                return
-
-    async def upstream_to_client() -> None:
-        code, reason = 1011, ""
-        while True:
-            msg = await upstream.receive()
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                if on_traffic is not None:
-                    on_traffic()
-                await send({"type": "websocket.send", "text": msg.data})
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                if on_traffic is not None:
-                    on_traffic()
-                await send({"type": "websocket.send", "bytes": msg.data})
-            elif msg.type == aiohttp.WSMsgType.CLOSE:
-                code, reason = _sendable(msg.data), msg.extra or ""
-                break
-            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                break
-        await send({"type": "websocket.close", "code": code, "reason": reason})
-
-    tasks = [asyncio.create_task(client_to_upstream()), asyncio.create_task(upstream_to_client())]
-    try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        exc = task.exception()
-        if exc is not None and not isinstance(exc, (ConnectionError, aiohttp.ClientError, OSError)):
-            raise exc

@@ -10,15 +10,14 @@ headers are kept rather than appended to.
 from __future__ import annotations
 
 import json
-import os
 
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolbox.context import Daemon
 from toolbox.errors import Code, error_body
-from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop,
-                                   upstream_url)
+from toolbox.options import env_float
+from toolbox.forward.relay import Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop
 
 # Sent by the preview proxy when the app should see the public Host instead of localhost:{port}.
 PRESERVE_HOST = b"x-toolbox-preserve-host"
@@ -94,11 +93,8 @@ class PortForwarder:
     def __init__(self) -> None:
         # Apps commonly close idle connections after 5 s (uvicorn, node): stay below it.
         # TOOLBOX_FORWARD_KEEPALIVE (seconds) overrides it; idle sockets close within 1.5x.
-        try:
-            keepalive = float(os.environ.get("TOOLBOX_FORWARD_KEEPALIVE") or 4.0)
-        except ValueError:
-            keepalive = 4.0
-        self.relay = Relay(loopback=True, keepalive=keepalive if keepalive > 0 else 4.0)
+        keepalive = env_float("TOOLBOX_FORWARD_KEEPALIVE", 4.0)
+        self.relay = Relay(keepalive=keepalive if keepalive > 0 else 4.0)
 
     async def close(self) -> None:
         await self.relay.close()
@@ -115,12 +111,11 @@ class PortForwarder:
         port, rest = target
         query: bytes = scope.get("query_string", b"")
         headers = upstream_headers(scope, port)
+        target = Target(self.relay.pool, "localhost", port, rest + b"?" + query if query else rest)
         try:
             if scope["type"] == "websocket":
-                url = upstream_url(f"http://localhost:{port}", rest, query)
-                await self.relay.websocket(scope, receive, send, url, headers)
+                await self.relay.websocket(scope, send, target, headers, response_headers_filter=_without_proxy_error)
             else:
-                target = Target(self.relay.pool, "localhost", port, rest + b"?" + query if query else rest)
                 await self.relay.http(scope, receive, send, target, headers, _without_proxy_error)
         except UpstreamUnavailable as exc:
             await _error(scope, send, 502, Code.BAD_GATEWAY, "port-not-open",
