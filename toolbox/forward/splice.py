@@ -239,7 +239,7 @@ class Splice:
 
     # -- bytes ----------------------------------------------------------------------------
     def from_client(self, data: bytes) -> None:
-        if self._stopping:
+        if self._stopping or not self._upstream_open:
             return
         self.to_upstream.feed(data)
         self.upstream.transport.write(data)  # type: ignore[union-attr]
@@ -247,7 +247,7 @@ class Splice:
             self.on_traffic()
 
     def from_upstream(self, data: bytes) -> None:
-        if self._stopping:
+        if self._stopping or not self._client_open:
             return
         self.to_client.feed(data)
         self.client.write(data)
