@@ -38,7 +38,7 @@ class Metrics:
         lines += ["# HELP proxy_errors_total Errors the proxy answered itself, by X-Proxy-Error code.",
                   "# TYPE proxy_errors_total counter"]
         lines += [f'proxy_errors_total{{code="{_escape(k)}"}} {v}' for k, v in sorted(self.errors.items())]
-        lines += ["# HELP proxy_websockets_open WebSocket connections being bridged now.",
+        lines += ["# HELP proxy_websockets_open WebSocket connections being relayed now.",
                   "# TYPE proxy_websockets_open gauge", f"proxy_websockets_open {self.websockets_open}",
                   "# HELP proxy_upstream_latency_seconds Time until the daemon answered with headers.",
                   "# TYPE proxy_upstream_latency_seconds histogram"]

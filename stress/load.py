@@ -257,7 +257,7 @@ def main() -> int:
             if stage[key].get("tasks", 0) > before[key].get("tasks", 0) + 2:
                 leaks.append(f"{key}: asyncio tasks {before[key]['tasks']} -> {stage[key]['tasks']}")
             if stage[key].get("websockets_open", 0):
-                leaks.append(f"{key}: {stage[key]['websockets_open']} WebSockets still bridged")
+                leaks.append(f"{key}: {stage[key]['websockets_open']} WebSockets still relayed")
         if len(rounds) > 1:
             # Daemon RSS moves ±20 MiB between rounds, both ways (a malloc arena per worker
             # thread); a leak makes every round a new high, so compare with the best so far.
