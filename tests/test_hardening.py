@@ -466,3 +466,30 @@ def test_websocket_frame_far_above_the_limit_is_closed_1009(stack: Stack, target
     with httpx.Client(timeout=10) as client:
         assert client.get(f"{stack.daemon.url}/version").status_code == 200
         assert client.get(f"{stack.proxy.url}/health").status_code == 200
+
+
+def test_a_killed_daemons_upload_temp_files_are_removed_at_its_next_start(tmp_path: Path) -> None:
+    first = start_daemon(tmp_path, sandbox_id=None)
+    folder = first.workdir / "killed-upload"
+    folder.mkdir()
+    decoy = folder / ".notes.txt.0123456789ab.upload"  # looks like a temp file, but the user's own
+    decoy.write_bytes(b"mine")
+    second = None
+    try:
+        port = int(first.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /files/upload-v2?path=killed-upload/big.bin HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: 50000000\r\n\r\n" + os.urandom(1 << 20))
+            assert wait_until(lambda: any(p.name.startswith(".big.bin.") for p in folder.iterdir()), 5)
+            os.kill(first.process.pid, signal.SIGKILL)
+            first.process.wait()
+        assert len(list(folder.iterdir())) == 2  # the temp file outlived its daemon
+        second = start_daemon(tmp_path, sandbox_id=None)
+        assert sorted(p.name for p in folder.iterdir()) == [decoy.name]
+        with second.client() as client:  # uploads work as before, and leave nothing behind
+            assert client.post("/files/upload-v2", params={"path": "killed-upload/big.bin"}, content=b"x").status_code == 200
+        assert sorted(p.name for p in folder.iterdir()) == [decoy.name, "big.bin"]
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()

@@ -29,6 +29,7 @@ from toolbox.files import search
 from toolbox.files.download import BulkDownload, FileDownload, RangeNotSatisfiable, open_for_download
 from toolbox.files.paths import resolve
 from toolbox.files.service import FileService
+from toolbox.files.journal import UploadJournal
 from toolbox.files.upload import MultipartUpload, PendingFile, upload_error
 from toolbox.http import WireModel, json_response, parse_body, query_bool, query_int, query_required, query_str
 
@@ -174,6 +175,8 @@ def _upload_reply(request: Request, receiver: MultipartUpload) -> JSONResponse:
 def build(daemon: Daemon) -> list[BaseRoute]:
     settings = daemon.settings
     service = FileService(settings)
+    journal = UploadJournal(settings.state_dir / "uploads-in-flight")
+    journal.sweep()  # temp files of uploads a killed daemon left behind
 
     def resolve_path(raw: str) -> Path:
         return resolve(settings, raw)
@@ -252,7 +255,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                 raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: Content-Type must be multipart/form-data")
         except DaemonError as exc:
             return _upload_failure(request, [exc], [])
-        receiver = MultipartUpload(boundary, resolve_path)
+        receiver = MultipartUpload(boundary, resolve_path, journal=journal)
         try:
             await _pump(request, receiver.feed, receiver.finish, receiver.abort)
         except DaemonError as exc:
@@ -267,7 +270,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         boundary = _multipart_boundary(request)
         try:
             if boundary is not None:
-                receiver = MultipartUpload(boundary, resolve_path, fixed=(destination, raw))
+                receiver = MultipartUpload(boundary, resolve_path, fixed=(destination, raw), journal=journal)
                 await _pump(request, receiver.feed, receiver.finish, receiver.abort)
                 if receiver.failures:
                     raise receiver.failures[0]
@@ -284,7 +287,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
 
     async def _upload_raw(request: Request, destination: Path, raw: str) -> None:
         try:
-            target = await run(PendingFile, destination)
+            target = await run(PendingFile, destination, journal)
         except OSError as exc:
             raise upload_error(exc, raw) from None
 

@@ -22,6 +22,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from toolbox.errors import Code, DaemonError, from_os_error
+from toolbox.files.journal import UploadJournal
 
 # Path parts are short text; anything bigger is not a path.
 _MAX_TEXT_PART = 64 * 1024
@@ -31,7 +32,7 @@ _MAX_PART_HEADERS = 16 * 1024
 class PendingFile:
     """A new version of `destination`, invisible until `commit()` renames it into place."""
 
-    def __init__(self, destination: Path) -> None:
+    def __init__(self, destination: Path, journal: UploadJournal | None = None) -> None:
         if destination.is_symlink():
             # Writing to a symlink updates its target (as open(2) would); the link stays.
             destination = Path(os.path.realpath(destination))
@@ -43,6 +44,8 @@ class PendingFile:
             raise IsADirectoryError(errno.EISDIR, "destination is a directory", str(destination))
         self.temp = parent / f".{destination.name}.{secrets.token_hex(6)}.upload"
         self.fd: int | None = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        # Listed so that a daemon killed mid-upload removes the temp file at its next start.
+        self._journal = journal if journal is not None and journal.opened(self.temp) else None
 
     def write(self, data: bytes | memoryview) -> None:
         assert self.fd is not None
@@ -72,6 +75,7 @@ class PendingFile:
         except OSError:
             self._remove_temp()
             raise
+        self._unlist()
 
     def abort(self) -> None:
         if self.fd is not None:
@@ -84,6 +88,12 @@ class PendingFile:
             os.unlink(self.temp)
         except OSError:
             pass
+        self._unlist()
+
+    def _unlist(self) -> None:
+        if self._journal is not None:
+            journal, self._journal = self._journal, None
+            journal.closed()
 
 
 def upload_error(exc: OSError, display: str) -> DaemonError:
@@ -114,9 +124,11 @@ class MultipartUpload:
     Each file is committed when its part ends; errors are collected per file.
     """
 
-    def __init__(self, boundary: bytes, resolve: Callable[[str], Path], fixed: tuple[Path, str] | None = None) -> None:
+    def __init__(self, boundary: bytes, resolve: Callable[[str], Path], fixed: tuple[Path, str] | None = None,
+                 journal: UploadJournal | None = None) -> None:
         self.resolve = resolve
         self.fixed = fixed
+        self.journal = journal
         self.paths: dict[int, str] = {}
         self.files: list[dict[str, Any]] = []
         self.failures: list[DaemonError] = []
@@ -222,7 +234,7 @@ class MultipartUpload:
 
     def _open(self, path: Path) -> None:
         try:
-            self.part.target = PendingFile(path)
+            self.part.target = PendingFile(path, self.journal)
             self.part.kind = "file"
         except OSError as exc:
             self._os_error(exc, self.part.display)
