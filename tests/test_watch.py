@@ -172,3 +172,17 @@ def test_recursive_watch_of_a_huge_tree_is_refused(daemon: RunningDaemon) -> Non
         response = http.post("/watch", json={"path": "/", "recursive": True})
     assert response.status_code == 400
     assert "too many" in response.json()["message"] and "subdirectory" in response.json()["message"]
+
+
+def test_watcher_cap_is_a_409_that_says_what_to_do(tmp_path: Path) -> None:
+    capped = start_daemon(tmp_path, sandbox_id=None, extra_env={"TOOLBOX_MAX_WATCHERS": "2"})
+    try:
+        with capped.client() as http:
+            ids = [http.post("/watch", json={"path": "."}).json()["id"] for _ in range(2)]
+            refused = http.post("/watch", json={"path": "."})
+            assert refused.status_code == 409 and refused.json()["code"] == "CONFLICT"
+            assert "TOOLBOX_MAX_WATCHERS" in refused.json()["message"]
+            assert http.delete(f"/watch/{ids[0]}").status_code == 204
+            assert http.post("/watch", json={"path": "."}).status_code in (200, 201)
+    finally:
+        capped.stop()

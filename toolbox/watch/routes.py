@@ -91,7 +91,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         response=Watcher,
         status=201,
         errors={400: "recursive watch of a tree with too many directories", 404: "path does not exist",
-                503: "too many watchers (TOOLBOX_MAX_WATCHERS, default 16)"},
+                409: "too many watchers (TOOLBOX_MAX_WATCHERS, default 16): delete one first"},
     )
     async def create(request: Request) -> JSONResponse:
         body = await parse_body(request, WatchRequest)
@@ -127,7 +127,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         query=StreamQuery,
         response=WatchEvent,
         websocket=True,
-        errors={404: "path does not exist", 503: "too many watchers"},
+        errors={404: "path does not exist", 409: "too many watchers: delete one first"},
     )
     async def stream(websocket: WebSocket) -> None:
         try:

@@ -274,7 +274,8 @@ class WatchService:
         self._expire_idle()
         if len(self.watchers) >= MAX_WATCHERS:
             raise DaemonError(
-                Code.SERVICE_UNAVAILABLE, f"too many watchers ({MAX_WATCHERS}): delete some with DELETE /watch/{{id}}"
+                Code.CONFLICT, f"too many watchers (limit {MAX_WATCHERS}, set by TOOLBOX_MAX_WATCHERS): "
+                "delete one with DELETE /watch/{id} first"
             )
         try:
             await anyio.to_thread.run_sync(os.stat, path)
