@@ -188,6 +188,35 @@ def test_client_leaving_during_the_handshake_leaves_nothing_open(proxy: Proxy, a
         assert client.get("/info/fine", headers={"Host": proxy.host(app.port, "pub")}).status_code == 200
 
 
+def test_a_quiet_websocket_gets_heartbeats(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
+    # Load balancers cut idle connections; the proxy keeps a quiet one warm with unsolicited
+    # pongs (which need no answer), as uvicorn's own pings did before splicing.
+    proxy = start_proxy(tmp_path, {"pub": {"url": daemon.url, "public": True}},
+                        extra_env={"TOOLBOX_WS_HEARTBEAT": "0.5"})
+
+    async def run() -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(_ws_url(proxy, "/ws"), autoping=False,
+                                          headers={"Host": proxy.host(app.port, "pub")}) as ws:
+                beats = 0
+                deadline = time.monotonic() + 2.2
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        message = await ws.receive(timeout=left)
+                    except asyncio.TimeoutError:
+                        break
+                    assert message.type == aiohttp.WSMsgType.PONG and message.data == b""
+                    beats += 1
+                assert 2 <= beats <= 5
+                await ws.send_str("still here")
+                assert (await ws.receive(timeout=5)).data == "still here"
+
+    try:
+        asyncio.run(run())
+    finally:
+        proxy.stop()
+
+
 def test_shutdown_sends_1012_to_the_client_and_the_app(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
     proxy = start_proxy(tmp_path, {"pub": {"url": daemon.url, "public": True}}, extra_args=["--drain-seconds", "1"])
 

@@ -36,6 +36,11 @@ LINGER = 5.0
 # A direction held back this long by a peer that reads nothing is cut, like nginx's
 # proxy_send_timeout: a paused transport cannot even see that its peer has gone.
 STALL_TIMEOUT = env_float("TOOLBOX_WS_STALL_TIMEOUT", 60.0)
+# A WebSocket quiet this long gets an unsolicited pong toward the client (RFC 6455 §5.5.3:
+# a heartbeat that expects no answer), as uvicorn's pings did before splicing: load
+# balancers and NATs on the way cut idle connections, often after 60 s.
+HEARTBEAT = env_float("TOOLBOX_WS_HEARTBEAT", 20.0)
+_HEARTBEAT_FRAME = b"\x8a\x00"
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -216,6 +221,9 @@ class Splice:
         self._linger: asyncio.TimerHandle | None = None
         self._held = 0  # directions paused because the receiving side is not reading
         self._stall: asyncio.TimerHandle | None = None
+        self._chunks = 0  # chunks relayed either way, for the heartbeat
+        self._chunks_seen = 0
+        self._beat: asyncio.TimerHandle | None = None
 
     def start(self, client: asyncio.Transport, response_head: bytes) -> None:
         """Answer the client with the upstream's 101 and start copying (by the server protocol)."""
@@ -230,6 +238,8 @@ class Splice:
             self.upstream_lost()
         else:
             upstream.transport.resume_reading()
+            if HEARTBEAT > 0:
+                self._beat = upstream.loop.call_later(HEARTBEAT, self._heartbeat)
 
     def refuse(self) -> None:
         """The client left before the splice could start."""
@@ -243,6 +253,7 @@ class Splice:
             return
         self.to_upstream.feed(data)
         self.upstream.transport.write(data)  # type: ignore[union-attr]
+        self._chunks += 1
         if self.on_traffic is not None:
             self.on_traffic()
 
@@ -251,6 +262,7 @@ class Splice:
             return
         self.to_client.feed(data)
         self.client.write(data)
+        self._chunks += 1
         if self.on_traffic is not None:
             self.on_traffic()
 
@@ -285,6 +297,15 @@ class Splice:
             self._stall.cancel()
             self._stall = None
 
+    def _heartbeat(self) -> None:
+        self._beat = None
+        if self._stopping or not (self._client_open and self._upstream_open):
+            return
+        if self._chunks == self._chunks_seen and self._held == 0 and self.to_client.at_boundary:
+            self.client.write(_HEARTBEAT_FRAME)
+        self._chunks_seen = self._chunks
+        self._beat = self.upstream.loop.call_later(HEARTBEAT, self._heartbeat)
+
     # -- ends -----------------------------------------------------------------------------
     def client_lost(self) -> None:
         self._client_open = False
@@ -302,7 +323,7 @@ class Splice:
             if self._linger is None:
                 self._linger = self.upstream.loop.call_later(LINGER, self.abort)
             return
-        for timer in (self._linger, self._stall):
+        for timer in (self._linger, self._stall, self._beat):
             if timer is not None:
                 timer.cancel()
         if not self.done.done():
