@@ -197,8 +197,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of load; the last may not set a new RSS high")
     parser.add_argument("--second-round", type=float, default=30, help="seconds of each round after the first")
     parser.add_argument("--malloc-arenas", type=int, default=0,
-                        help="MALLOC_ARENA_MAX for the servers (0: glibc's default, 8 per core); "
-                             "fewer arenas make RSS follow live memory more closely")
+                        help="MALLOC_ARENA_MAX for the servers (0: glibc's default, 8 per core; the daemon "
+                             "caps itself at TOOLBOX_MALLOC_ARENAS=2 anyway); fewer arenas make RSS follow "
+                             "live memory more closely")
     parser.add_argument("--rss-slack-mib", type=float, default=16,
                         help="last round's settled RSS may exceed the highest earlier one by this much")
     args = parser.parse_args()

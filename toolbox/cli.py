@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from toolbox.options import env
+from toolbox.options import env, env_float
 
 DEFAULT_PORT = 2280
 # Above Daytona's 70 s idle timeout: the SDK pools connections and only some of its
@@ -49,8 +49,9 @@ def serve(args: argparse.Namespace) -> int:
 
     from toolbox.app import create_app
     from toolbox.config import Settings
-    from toolbox.server import ReadyServer, websocket_protocol
+    from toolbox.server import ReadyServer, limit_malloc_arenas, websocket_protocol
 
+    limit_malloc_arenas(int(env_float("TOOLBOX_MALLOC_ARENAS", 2)))
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
         os.chdir(args.workdir)
