@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,6 +42,18 @@ _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
 _UNSEEN: Any = object()
 # X-Proxy-Error codes the daemon's /proxy/{port} route emits.
 _DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket"})
+
+
+def _preflight_reply(send: Send) -> Callable[[UpstreamConnection], Awaitable[bool]]:
+    """Answer an unauthenticated preflight with the app's status and CORS headers only."""
+
+    async def reply(response: UpstreamConnection) -> bool:
+        kept = [(name, value) for name, value in ((k.lower(), v) for k, v in response.headers)
+                if name.startswith(b"access-control-") or name == b"vary"]
+        await _respond(send, response.status, [*kept, (b"content-length", b"0")], b"")
+        return True
+
+    return reply
 
 
 def _json(status: int, payload: object) -> tuple[int, Headers, bytes]:
@@ -217,7 +229,10 @@ class ProxyApp:
             value = cookies.get(self.cookie_name)
             if value is not None and self.auth.check_cookie(value, sandbox, target.port):
                 via = "cookie"
+        preflight = False
         if via is None and (not sandbox.public or target.port in self.config.private_ports):
+            preflight = self._sibling_preflight(scope, sandbox)
+        if not preflight and via is None and (not sandbox.public or target.port in self.config.private_ports):
             if header_token is not None or query_token is not None:
                 raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
             raise ProxyError(401, "preview-auth-required",
@@ -238,7 +253,34 @@ class ProxyApp:
         if self.config.preserve_host:
             headers.append((b"x-toolbox-preserve-host", b"1"))
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        await self._forward(scope, receive, send, sandbox, b"/proxy/%d" % target.port + raw_path, query, headers, None)
+        await self._forward(scope, receive, send, sandbox, b"/proxy/%d" % target.port + raw_path, query, headers, None,
+                            preflight=preflight)
+
+    def _sibling_preflight(self, scope: Scope, sandbox: Sandbox) -> bool:
+        """A CORS preflight to a private preview from a preview origin of the same sandbox.
+
+        Browsers send preflights without credentials, so a frontend on one port calling
+        its API on another (with the preview-token header, or a cookie the API's host
+        set) fails at the preflight unless it gets through unauthenticated (coder/coder#5706).
+        Only the app's CORS headers come back (`_preflight_reply`): the app's policy
+        decides, and an unauthenticated caller learns nothing else.
+        """
+        if scope["type"] != "http" or scope["method"] != "OPTIONS":
+            return False
+        origin = header(scope, b"origin")
+        if origin is None or header(scope, b"access-control-request-method") is None:
+            return False
+        scheme, separator, host = origin.decode("latin-1").lower().partition("://")
+        if not separator or scheme != self.config.public_scheme:
+            return False
+        source = parse_preview_host(host, self.config.domain)
+        if source is None:
+            return False
+        if source.label == sandbox.id:
+            return True
+        signed = self.auth.decode_signed_label(source.label)
+        return (signed is not None and signed.sandbox_id == sandbox.id and signed.expires_at >= time.time()
+                and self.auth.verify_signed_label(signed, sandbox, source.port))
 
     async def _bootstrap_cookie(self, scope: Scope, send: Send, sandbox: Sandbox, port: int, query: bytes) -> None:
         """Swap the query token for a host-only cookie and send the browser to the clean URL."""
@@ -254,7 +296,7 @@ class ProxyApp:
                                    (b"content-length", b"0")], b"")
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, path: bytes,
-                       query: bytes, headers: Headers, location_prefix: bytes | None) -> None:
+                       query: bytes, headers: Headers, location_prefix: bytes | None, *, preflight: bool = False) -> None:
         relay, host, port, prefix = self._upstream(sandbox.url)
         touch = self.activity.toucher(sandbox.id)
         touch()
@@ -268,8 +310,8 @@ class ProxyApp:
                 finally:
                     self.metrics.websockets_open -= 1
                 return
-            await relay.http(scope, receive, send, target, headers, filter_,
-                             on_traffic=touch, intercept=self._interceptor_for(scope, send))
+            intercept = _preflight_reply(send) if preflight else self._interceptor_for(scope, send)
+            await relay.http(scope, receive, send, target, headers, filter_, on_traffic=touch, intercept=intercept)
         except UpstreamUnknownHost as exc:
             # A template registry cannot know ids; an address that does not resolve means none.
             raise ProxyError(404, "sandbox-not-found",

@@ -13,6 +13,8 @@
   GET  /hop           response with hop-by-hop headers (Connection: x-internal, Keep-Alive)
   ANY  /stream?id=N   a chunk every 0.1 s for 30 s; /stream-state says if the client left
   GET  /last-close    code and reason of the last WebSocket the client closed
+  OPTIONS /cors       a CORS preflight answer allowing the request's Origin, plus a header
+                      and a body that must not reach an unauthenticated caller
   WS   /ws            echo (text and binary); picks the last offered subprotocol;
                       a text "close:CODE:REASON" closes with that code and reason
   WS   /ws-hello      as /ws, but sends "hello" right after accepting
@@ -103,6 +105,13 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await respond(send, 200, json.dumps(STREAM).encode(), b"application/json")
     elif path == "/last-close":
         await respond(send, 200, json.dumps(LAST_CLOSE).encode(), b"application/json")
+    elif path == "/cors" and scope["method"] == "OPTIONS":
+        origin = dict(scope["headers"]).get(b"origin", b"")
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"access-control-allow-origin", origin), (b"access-control-allow-credentials", b"true"),
+            (b"access-control-allow-methods", b"GET, POST"), (b"access-control-allow-headers", b"x-daytona-preview-token"),
+            (b"vary", b"Origin"), (b"x-app-secret", b"leaked"), (b"content-length", b"11")]})
+        await send({"type": "http.response.body", "body": b"secret body"})
     elif path == "/hop":
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"connection", b"x-internal"), (b"x-internal", b"secret"), (b"keep-alive", b"timeout=5"),

@@ -247,3 +247,47 @@ def test_https_cookie_and_api_keys_file(tmp_path: Path, daemon: RunningDaemon, a
         assert "Secure" in cookie and "HttpOnly" in cookie and "Domain" not in cookie
     finally:
         proxy.stop()
+
+
+def _preflight(proxy: Proxy, host: str, origin: str, method: str | None = "POST") -> httpx.Response:
+    headers = {"Host": host, "Origin": origin}
+    if method is not None:
+        headers["Access-Control-Request-Method"] = method
+        headers["Access-Control-Request-Headers"] = "x-daytona-preview-token"
+    with proxy.client() as client:
+        return client.options("/cors", headers=headers)
+
+
+def test_cors_preflight_from_a_sibling_preview_reaches_the_app(proxy: Proxy, app: App) -> None:
+    # A frontend on port 3000 of a private sandbox calls its API on another port: the
+    # browser's preflight carries no credentials, so it passes only from the same sandbox's
+    # preview origins, and only the app's CORS headers come back.
+    api = proxy.host(app.port, "priv")
+    sibling = f"http://3000-priv.{DOMAIN}:{proxy.port}"
+    answer = _preflight(proxy, api, sibling)
+    assert answer.status_code == 200
+    assert answer.headers["access-control-allow-origin"] == sibling
+    assert answer.headers["access-control-allow-credentials"] == "true"
+    assert answer.headers["vary"] == "Origin"
+    assert "x-app-secret" not in answer.headers and answer.content == b""
+
+    link = signed(proxy, "priv", 3000, 60)  # a signed preview of the same sandbox is a sibling too
+    signed_origin = str(link["url"]).rstrip("/")
+    assert _preflight(proxy, api, signed_origin).headers["access-control-allow-origin"] == signed_origin
+
+    token = minted(proxy, "priv", app.port)["token"]  # the real request then carries the token
+    with proxy.client() as client:
+        real = client.get("/info/x", headers={"Host": api, "Origin": sibling, "X-Daytona-Preview-Token": token})
+    assert real.status_code == 200
+
+
+@pytest.mark.parametrize("origin, method", [
+    (f"http://3000-other.{DOMAIN}", "POST"),  # another sandbox's preview
+    ("http://evil.example", "POST"),  # not a preview at all
+    (f"https://3000-priv.{DOMAIN}", "POST"),  # wrong scheme for this proxy
+    (f"http://3000-priv.{DOMAIN}", None),  # an OPTIONS request that is not a preflight
+])
+def test_other_preflights_to_a_private_preview_need_credentials(proxy: Proxy, app: App, origin: str,
+                                                                method: str | None) -> None:
+    answer = _preflight(proxy, proxy.host(app.port, "priv"), origin, method)
+    assert answer.status_code == 401 and answer.headers["x-proxy-error"] == "preview-auth-required"
