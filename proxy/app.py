@@ -286,9 +286,13 @@ class ProxyApp:
         """Swap the query token for a host-only cookie and send the browser to the clean URL."""
         expires_at = int(time.time()) + self.config.cookie_max_age
         value = self.auth.cookie_value(sandbox, port, expires_at)
-        cookie = f"{self.cookie_name}={value}; Path=/; Max-Age={self.config.cookie_max_age}; HttpOnly; SameSite=Lax"
-        if self.config.public_scheme == "https":
-            cookie += "; Secure"
+        cookie = f"{self.cookie_name}={value}; Path=/; Max-Age={self.config.cookie_max_age}; HttpOnly"
+        if self.config.cookie_samesite == "none":
+            # Embedded previews: sent in cross-site iframes, but Partitioned (CHIPS), so it
+            # is kept per embedding site and a page on another site never carries it.
+            cookie += "; SameSite=None; Secure; Partitioned"
+        else:
+            cookie += "; SameSite=Lax" + ("; Secure" if self.config.public_scheme == "https" else "")
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         location = raw_path + (b"?" + query if query else b"")
         await _respond(send, 302, [(b"location", location), (b"set-cookie", cookie.encode()),

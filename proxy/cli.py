@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated addresses of load balancers whose X-Forwarded-For/Proto are "
                             "believed (the client address the proxy forwards); none by default "
                             "(env PROXY_FORWARDED_ALLOW_IPS)")
+    serve.add_argument("--cookie-samesite", default=(env("PROXY_COOKIE_SAMESITE", "lax") or "lax").lower(),
+                       choices=["lax", "none"],
+                       help="SameSite of the preview cookie: 'none' lets private previews work inside another "
+                            "site's iframe (https public URL only; the cookie is Partitioned) "
+                            "(env PROXY_COOKIE_SAMESITE)")
     serve.add_argument("--log-level", default=env("PROXY_LOG_LEVEL", "warning"),
                        choices=["critical", "error", "warning", "info", "debug"], help="(env PROXY_LOG_LEVEL)")
     url = commands.add_parser("preview-url", help="print a preview URL for a sandbox port",
@@ -80,6 +85,11 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["PROXY_DOMAIN"] = args.domain
     os.environ["PROXY_REGISTRY"] = args.registry
     os.environ["PROXY_PUBLIC_URL"] = args.public_url or f"http://{args.domain}:{args.port}"
+    os.environ["PROXY_COOKIE_SAMESITE"] = args.cookie_samesite
+    if args.cookie_samesite == "none" and not os.environ["PROXY_PUBLIC_URL"].startswith("https://"):
+        print("error: --cookie-samesite none needs an https --public-url: browsers drop SameSite=None "
+              "cookies that are not Secure", file=sys.stderr, flush=True)
+        return 2
     if not args.secret:
         print("warning: no PROXY_SECRET: derived preview tokens, signed URLs and cookies stop working "
               "at the next restart and differ between replicas", file=sys.stderr, flush=True)

@@ -20,6 +20,9 @@ class ProxyConfig:
     preserve_host: bool = False
     private_ports: frozenset[int] = DEFAULT_PRIVATE_PORTS
     cookie_max_age: int = 3600
+    # "lax", or "none" for previews embedded in another site's iframe (https only; the
+    # cookie is then Partitioned: a separate jar per embedding site, see docs/proxy.md).
+    cookie_samesite: str = "lax"
     cache_ttl: float = 2.0
     activity_interval: float = 5.0
 
@@ -28,6 +31,11 @@ class ProxyConfig:
         if not self.public_url:
             self.public_url = f"http://{self.domain}"
         self.public_url = self.public_url.rstrip("/")
+        self.cookie_samesite = self.cookie_samesite.lower()
+        if self.cookie_samesite not in ("lax", "none"):
+            raise ValueError(f"cookie SameSite must be 'lax' or 'none', not {self.cookie_samesite!r}")
+        if self.cookie_samesite == "none" and self.public_scheme != "https":
+            raise ValueError("SameSite=None cookies need an https public URL: browsers drop them over http")
 
     @property
     def public_scheme(self) -> str:
@@ -62,6 +70,7 @@ class ProxyConfig:
             preserve_host=env.get("PROXY_PRESERVE_HOST", "").lower() in ("1", "true", "yes"),
             private_ports=frozenset(int(p) for p in ports.split(",") if p.strip()) if ports else DEFAULT_PRIVATE_PORTS,
             cookie_max_age=int(env.get("PROXY_COOKIE_MAX_AGE", "3600")),
+            cookie_samesite=env.get("PROXY_COOKIE_SAMESITE") or "lax",
             cache_ttl=float(env.get("PROXY_CACHE_TTL", "2")),
             activity_interval=float(env.get("PROXY_ACTIVITY_INTERVAL", "5")),
         )

@@ -291,3 +291,32 @@ def test_other_preflights_to_a_private_preview_need_credentials(proxy: Proxy, ap
                                                                 method: str | None) -> None:
     answer = _preflight(proxy, proxy.host(app.port, "priv"), origin, method)
     assert answer.status_code == 401 and answer.headers["x-proxy-error"] == "preview-auth-required"
+
+
+def test_samesite_none_cookie_for_embedded_previews_is_partitioned(tmp_path: Path, daemon: RunningDaemon,
+                                                                   app: App) -> None:
+    proxy = start_proxy(tmp_path, {"priv": {"url": daemon.url, "public": False}},
+                        extra_args=["--public-url", "https://preview.test", "--cookie-samesite", "none"])
+    host = f"{app.port}-priv.preview.test"
+    try:
+        with proxy.client() as client:
+            token = client.get(f"/sandbox/priv/ports/{app.port}/preview-url", headers=AUTH).json()["token"]
+            bootstrap = client.get(f"/?DAYTONA_SANDBOX_AUTH_KEY={token}", headers={"Host": host})
+            cookie = bootstrap.headers["set-cookie"]
+            attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")[1:]}
+            assert cookie.startswith("__Host-sbx-preview-auth=")
+            assert {"samesite", "secure", "partitioned", "httponly"} <= attributes and "domain" not in attributes
+            assert "SameSite=None" in cookie
+            authed = client.get("/info/x", headers={"Host": host, "Cookie": cookie.split(";", 1)[0]})
+            assert authed.status_code == 200
+    finally:
+        proxy.stop()
+
+
+def test_samesite_none_over_http_is_refused_at_start(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"sandboxes": {}}')
+    result = subprocess.run([sys.executable, "-m", "proxy", "serve", "--domain", DOMAIN, "--registry", f"file:{registry}",
+                             "--cookie-samesite", "none", "--port", "0"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "https" in result.stderr
