@@ -29,8 +29,8 @@ from proxy.hosts import SANDBOX_ID, BadToolboxPath, PreviewHost, parse_preview_h
 from proxy.metrics import Metrics
 from proxy.registry import Registry, RegistryError, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
-from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, UpstreamUnknownHost,
-                                   strip_hop_by_hop)
+from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
+                                   UpstreamUnknownHost, strip_hop_by_hop)
 
 # Client-sent values of these never reach a sandbox: the proxy sets its own or none.
 _DROP_UPSTREAM = frozenset({
@@ -41,7 +41,7 @@ _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-
 _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
 _UNSEEN: Any = object()
 # X-Proxy-Error codes the daemon's /proxy/{port} route emits.
-_DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket"})
+_DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket", "upstream-timeout"})
 
 
 def _preflight_reply(send: Send) -> Callable[[UpstreamConnection], Awaitable[bool]]:
@@ -320,6 +320,8 @@ class ProxyApp:
             # A template registry cannot know ids; an address that does not resolve means none.
             raise ProxyError(404, "sandbox-not-found",
                              f"No sandbox '{sandbox.id}' is reachable here ({exc.reason}).") from exc
+        except UpstreamTimeout as exc:
+            raise ProxyError(504, "upstream-timeout", f"The sandbox did not answer the WebSocket upgrade ({exc.reason}).") from exc
         except UpstreamUnavailable as exc:
             raise ProxyError(502, "sandbox-unreachable",
                              f"The sandbox '{sandbox.id}' is registered but its daemon does not answer "

@@ -276,3 +276,23 @@ def test_idle_upstream_connections_are_closed_within_the_bound(tmp_path: Path) -
     finally:
         daemon.stop()
         upstream.server.close()
+
+
+def test_websocket_upstream_that_never_answers_is_a_504(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, sandbox_id=None, extra_env={"TOOLBOX_WS_HANDSHAKE_TIMEOUT": "0.5"})
+    port = free_port()
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", port))
+        silent.listen()
+
+        async def attempt() -> None:
+            async with aiohttp.ClientSession() as session:
+                with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                    await session.ws_connect(f"{daemon.url.replace('http', 'ws')}/proxy/{port}/ws")
+                assert info.value.status == 504
+                assert info.value.headers["x-proxy-error"] == "upstream-timeout"
+
+        try:
+            asyncio.run(attempt())
+        finally:
+            daemon.stop()

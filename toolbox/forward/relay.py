@@ -49,6 +49,10 @@ class UpstreamUnknownHost(UpstreamUnavailable):
     """The upstream's host name does not resolve (e.g. no such Service for this sandbox)."""
 
 
+class UpstreamTimeout(UpstreamUnavailable):
+    """The upstream accepted the connection but did not answer a WebSocket handshake in time."""
+
+
 def strip_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], extra: frozenset[bytes] = frozenset()) -> Headers:
     """Drop hop-by-hop headers and every header the Connection header names (names lowercased)."""
     out: Headers = []
@@ -254,6 +258,8 @@ class Relay:
                 retry_delays=RETRY_DELAYS if self.retry_refused else ())
         except socket.gaierror as exc:
             raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout(str(exc)) from exc
         except ConnectionRefusedError as exc:
             raise UpstreamUnavailable("connection refused") from exc
         except OSError as exc:

@@ -17,7 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from toolbox.context import Daemon
 from toolbox.errors import Code, error_body
 from toolbox.options import env_float
-from toolbox.forward.relay import Headers, Relay, Target, UpstreamRejected, UpstreamUnavailable, strip_hop_by_hop
+from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
+                                   strip_hop_by_hop)
 
 # Sent by the preview proxy when the app should see the public Host instead of localhost:{port}.
 PRESERVE_HOST = b"x-toolbox-preserve-host"
@@ -117,6 +118,9 @@ class PortForwarder:
                 await self.relay.websocket(scope, send, target, headers, response_headers_filter=_without_proxy_error)
             else:
                 await self.relay.http(scope, receive, send, target, headers, _without_proxy_error)
+        except UpstreamTimeout as exc:
+            await _error(scope, send, 504, Code.BAD_GATEWAY, "upstream-timeout",
+                         f"the app on port {port} accepted the connection but did not answer ({exc.reason})")
         except UpstreamUnavailable as exc:
             await _error(scope, send, 502, Code.BAD_GATEWAY, "port-not-open",
                          f"nothing is listening on port {port} inside the sandbox ({exc.reason}); "

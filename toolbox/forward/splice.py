@@ -27,7 +27,7 @@ from toolbox.options import env_float
 
 # The ASGI scope extension (and send message type) offered by `wsserver.py`.
 SPLICE = "toolbox.websocket.splice"
-HANDSHAKE_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = env_float("TOOLBOX_WS_HANDSHAKE_TIMEOUT", 30.0)
 MAX_RESPONSE_HEAD = 65536
 GOING_AWAY = 1012  # "service restart": clients reconnect
 # Once one side has gone, bytes still buffered for the other get this long to drain
@@ -175,7 +175,8 @@ async def open_upgrade(
 
     Returns the connection, the status line and the response headers. Raises OSError
     when nothing listens (after the `retry_delays`), ConnectionError when the upstream
-    hangs up or does not answer within HANDSHAKE_TIMEOUT, UpstreamRejected for a non-101.
+    hangs up, TimeoutError when it does not answer within HANDSHAKE_TIMEOUT, UpstreamRejected
+    for a non-101.
     """
     loop = asyncio.get_running_loop()
     attempt = 0
@@ -196,7 +197,7 @@ async def open_upgrade(
         try:
             status, status_line, headers = await asyncio.wait_for(asyncio.shield(upstream.answer), HANDSHAKE_TIMEOUT)
         except asyncio.TimeoutError:
-            raise ConnectionError(f"no answer to the WebSocket handshake within {HANDSHAKE_TIMEOUT:g} s") from None
+            raise TimeoutError(f"no answer to the WebSocket handshake within {HANDSHAKE_TIMEOUT:g} s") from None
         if status != 101:
             raise UpstreamRejected(status, headers)
     except BaseException:
