@@ -17,7 +17,12 @@ from typing import TypeVar
 
 import httptools
 
-_HIGH_WATER = 1 << 20  # pause reading the upstream above 1 MiB not yet sent on
+# Response bodies: pause reading the upstream above this much not yet sent on. Per slow
+# client the proxy holds about this plus one read and what its transport buffers.
+_READ_HIGH_WATER = 256 << 10
+# Uploads: let a few reads' worth queue up before making the client wait (the 64 KiB
+# default turns every upload into a pause/resume ping-pong).
+_HIGH_WATER = 1 << 20
 _LOW_WATER = 256 << 10
 
 
@@ -51,8 +56,6 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        # Uploads: let a few reads' worth queue up before making the client wait (the
-        # 64 KiB default turns every upload into a pause/resume ping-pong).
         transport.set_write_buffer_limits(high=_HIGH_WATER, low=_LOW_WATER)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
@@ -106,7 +109,7 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > _HIGH_WATER and not self._read_paused and self.transport is not None:
+        if self.buffered > _READ_HIGH_WATER and not self._read_paused and self.transport is not None:
             self._read_paused = True
             self.transport.pause_reading()
         self._wake()
