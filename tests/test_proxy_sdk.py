@@ -69,3 +69,21 @@ def test_sdk_filesystem_through_the_proxy(proxy: Proxy, daemon: RunningDaemon, t
     fs.upload_file(payload, "via-proxy.bin")
     assert fs.download_file("via-proxy.bin") == payload
     assert (daemon.workdir / "via-proxy.bin").read_bytes() == payload
+
+
+@pytest.mark.parametrize("sandbox_id", ["sbx-test", "sbx-uds"])
+def test_sdk_pty_through_the_proxy(proxy: Proxy, sandbox_id: str) -> None:
+    # The SDK's PTY WebSocket crosses both spliced hops (proxy, then daemon routes it to
+    # its own PTY endpoint): control messages, output, input and the exit code all pass.
+    import uuid
+
+    from daytona._sync.process import Process
+    from daytona_toolbox_api_client import ProcessApi
+
+    process = Process("python", ProcessApi(sdk_client(proxy, sandbox_id)), httpx.Client(timeout=30))
+    handle = process.create_pty_session(f"pty-{uuid.uuid4().hex[:8]}")
+    handle.send_input("echo spliced-$((6*7)); exit 5\n")
+    collected = b"".join(handle)  # iteration ends when the PTY exits
+    handle.disconnect()
+    assert b"spliced-42" in collected
+    assert handle.exit_code == 5
