@@ -229,15 +229,16 @@ class ProxyApp:
             value = cookies.get(self.cookie_name)
             if value is not None and self.auth.check_cookie(value, sandbox, target.port):
                 via = "cookie"
-        preflight = False
         if via is None and (not sandbox.public or target.port in self.config.private_ports):
-            preflight = self._sibling_preflight(scope, sandbox)
-        if not preflight and via is None and (not sandbox.public or target.port in self.config.private_ports):
-            if header_token is not None or query_token is not None:
+            if self._sibling_preflight(scope, sandbox):
+                via = "preflight"
+            elif header_token is not None or query_token is not None:
                 raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
-            raise ProxyError(401, "preview-auth-required",
-                             "This preview is private: open it with a preview URL that carries a token "
-                             f"(?{QUERY_PARAM}=...), send the X-Daytona-Preview-Token header, or use a signed preview URL.")
+            else:
+                raise ProxyError(401, "preview-auth-required",
+                                 "This preview is private: open it with a preview URL that carries a token "
+                                 f"(?{QUERY_PARAM}=...), send the X-Daytona-Preview-Token header, or use a signed "
+                                 "preview URL.")
 
         if via == "query" and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
             await self._bootstrap_cookie(scope, send, sandbox, target.port, query)
@@ -254,7 +255,7 @@ class ProxyApp:
             headers.append((b"x-toolbox-preserve-host", b"1"))
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         await self._forward(scope, receive, send, sandbox, b"/proxy/%d" % target.port + raw_path, query, headers, None,
-                            preflight=preflight)
+                            preflight=via == "preflight")
 
     def _sibling_preflight(self, scope: Scope, sandbox: Sandbox) -> bool:
         """A CORS preflight to a private preview from a preview origin of the same sandbox.

@@ -79,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import app_from_environment
+    from proxy.config import ProxyConfig
     from toolbox.server import ReadyServer, websocket_protocol
 
     # Workers are separate processes: hand every option over through the environment.
@@ -86,10 +87,6 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["PROXY_REGISTRY"] = args.registry
     os.environ["PROXY_PUBLIC_URL"] = args.public_url or f"http://{args.domain}:{args.port}"
     os.environ["PROXY_COOKIE_SAMESITE"] = args.cookie_samesite
-    if args.cookie_samesite == "none" and not os.environ["PROXY_PUBLIC_URL"].startswith("https://"):
-        print("error: --cookie-samesite none needs an https --public-url: browsers drop SameSite=None "
-              "cookies that are not Secure", file=sys.stderr, flush=True)
-        return 2
     if not args.secret:
         print("warning: no PROXY_SECRET: derived preview tokens, signed URLs and cookies stop working "
               "at the next restart and differ between replicas", file=sys.stderr, flush=True)
@@ -97,6 +94,11 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["PROXY_PRESERVE_HOST"] = "1" if args.preserve_host else ""
     if args.api_keys_file:
         os.environ["PROXY_API_KEYS_FILE"] = args.api_keys_file
+    try:  # what every worker will read, checked once here for a clear error at start
+        ProxyConfig.from_environment()
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     common = dict(
         host=args.host, port=args.port, loop="uvloop", http="toolbox.protocol:GuardedHttpToolsProtocol", ws=websocket_protocol,
         ws_max_size=64 * 1024 * 1024, ws_per_message_deflate=False, timeout_keep_alive=KEEP_ALIVE_SECONDS,

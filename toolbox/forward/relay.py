@@ -137,16 +137,10 @@ class Relay:
             elif key == b"transfer-encoding":
                 chunked = True
         with_body = chunked or (length is not None and length.strip() not in (b"0", b""))
-        lines = [method.encode(), b" ", target.path, b" HTTP/1.1\r\n"]
-        for key, value in headers:
-            if key not in _NOT_FORWARDED:
-                lines += (key, b": ", value, b"\r\n")
-        if chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        elif length is not None:
-            lines.append(b"content-length: %s\r\n" % length)
-        lines.append(b"\r\n")
-        head = b"".join(lines)
+        framing = b"transfer-encoding: chunked\r\n" if chunked else (
+            b"content-length: %s\r\n" % length if length is not None else b"")
+        head = _head(method.encode() + b" " + target.path + b" HTTP/1.1",
+                     [(k, v) for k, v in headers if k not in _NOT_FORWARDED], framing)
 
         idempotent = method in IDEMPOTENT and not with_body
         delays: tuple[float, ...] = RETRY_DELAYS if (self.retry_refused and idempotent) else ()
@@ -246,15 +240,12 @@ class Relay:
         nothing answers, UpstreamRejected for a non-101; both before the client is answered.
         """
         if SPLICE not in scope.get("extensions", {}):
-            raise RuntimeError("WebSocket relaying needs the server protocol from "
-                               "toolbox.server.websocket_protocol (python -m toolbox/proxy serve use it)")
-        lines = [b"GET ", target.path, b" HTTP/1.1\r\n"]
-        for key, value in headers:
-            lines += (key, b": ", value, b"\r\n")
-        lines.append(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n")
+            raise RuntimeError("WebSocket relaying needs uvicorn's ws protocol from toolbox.server.websocket_protocol, "
+                               "as `python -m toolbox serve` and `python -m proxy serve` use")
+        request = _head(b"GET " + target.path + b" HTTP/1.1", headers, b"connection: Upgrade\r\nupgrade: websocket\r\n")
         try:
             upstream, status_line, response_headers = await open_upgrade(
-                unix_path=self.unix_path, host=target.host, port=target.port, head=b"".join(lines),
+                unix_path=self.unix_path, host=target.host, port=target.port, head=request,
                 retry_delays=RETRY_DELAYS if self.retry_refused else ())
         except socket.gaierror as exc:
             raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc
@@ -268,17 +259,22 @@ class Relay:
         kept = [(k, v) for k, v in response_headers if k not in _OWN_RESPONSE_HEADERS]
         if response_headers_filter is not None:
             kept = response_headers_filter(kept)
-        answer = [status_line, b"\r\n"]
-        for key, value in kept:
-            answer += (key, b": ", value, b"\r\n")
-        answer.append(b"\r\n")
         splice = Splice(upstream, on_traffic)
         try:
-            await send({"type": SPLICE, "splice": splice, "response": b"".join(answer)})
+            await send({"type": SPLICE, "splice": splice, "response": _head(status_line, kept)})
             await splice.done
         except BaseException:
             splice.abort()  # cancelled (drain time over) or the client is gone
             raise
+
+
+def _head(start_line: bytes, headers: Headers, extra_lines: bytes = b"") -> bytes:
+    """An HTTP/1.1 message head: the start line, the headers, `extra_lines` (CRLF-ended), a blank line."""
+    parts = [start_line, b"\r\n"]
+    for key, value in headers:
+        parts += (key, b": ", value, b"\r\n")
+    parts += (extra_lines, b"\r\n")
+    return b"".join(parts)
 
 
 def _consume(task: asyncio.Future[None]) -> None:

@@ -16,9 +16,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from toolbox.context import Daemon
 from toolbox.errors import Code, error_body
-from toolbox.options import env_float
 from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
                                    strip_hop_by_hop)
+from toolbox.options import env_float
 
 # Sent by the preview proxy when the app should see the public Host instead of localhost:{port}.
 PRESERVE_HOST = b"x-toolbox-preserve-host"

@@ -15,8 +15,6 @@ Imported on the first WebSocket upgrade (`toolbox.server.websocket_protocol`), s
 
 from __future__ import annotations
 
-from typing import Any
-
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
@@ -29,9 +27,8 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        scope: Any = getattr(self, "scope", None)
-        if scope is not None and not self.handshake_complete:
-            scope["extensions"][SPLICE] = {}
+        if not self.handshake_complete:  # a valid upgrade: the scope exists and goes to the app
+            self.scope["extensions"][SPLICE] = {}  # type: ignore[index]
 
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] != SPLICE:
