@@ -157,15 +157,22 @@ def test_websocket_bridge(daemon: RunningDaemon, app: App) -> None:
     asyncio.run(_ws_roundtrip(f"{daemon.url.replace('http', 'ws')}/proxy/{app.port}/ws"))
 
 
-def test_websocket_to_closed_port_is_refused(daemon: RunningDaemon) -> None:
-    async def attempt() -> None:
+def _refused_upgrade(url: str) -> aiohttp.WSServerHandshakeError:
+    """The handshake error of a WebSocket upgrade that must be refused."""
+
+    async def attempt() -> aiohttp.WSServerHandshakeError:
         async with aiohttp.ClientSession() as session:
             with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-                await session.ws_connect(f"{daemon.url.replace('http', 'ws')}/proxy/{free_port()}/ws")
-            assert info.value.status == 502
-            assert info.value.headers["x-proxy-error"] == "port-not-open"
+                await session.ws_connect(url)
+            return info.value
 
-    asyncio.run(attempt())
+    return asyncio.run(attempt())
+
+
+def test_websocket_to_closed_port_is_refused(daemon: RunningDaemon) -> None:
+    refused = _refused_upgrade(f"{daemon.url.replace('http', 'ws')}/proxy/{free_port()}/ws")
+    assert refused.status == 502
+    assert refused.headers["x-proxy-error"] == "port-not-open"
 
 
 def test_forward_over_unix_socket_daemon(tmp_path: Path, app: App) -> None:
@@ -284,15 +291,9 @@ def test_websocket_upstream_that_never_answers_is_a_504(tmp_path: Path) -> None:
     with socket.socket() as silent:  # accepts connections (the kernel does), never answers
         silent.bind(("127.0.0.1", port))
         silent.listen()
-
-        async def attempt() -> None:
-            async with aiohttp.ClientSession() as session:
-                with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-                    await session.ws_connect(f"{daemon.url.replace('http', 'ws')}/proxy/{port}/ws")
-                assert info.value.status == 504
-                assert info.value.headers["x-proxy-error"] == "upstream-timeout"
-
         try:
-            asyncio.run(attempt())
+            refused = _refused_upgrade(f"{daemon.url.replace('http', 'ws')}/proxy/{port}/ws")
         finally:
             daemon.stop()
+    assert refused.status == 504
+    assert refused.headers["x-proxy-error"] == "upstream-timeout"
