@@ -495,6 +495,9 @@ def test_wire_shapes_and_bad_bodies(daemon: RunningDaemon, git: Git, space: Path
             http.post("/git/add", content=b"not json"),
             http.get("/git/status"),
             http.post("/git/credentials", json={"username": "u", "password": "p\nhost=evil"}),
+            # NUL bytes in any git argument (found by the schema fuzzer: was a 500)
+            http.post("/git/restore", json={"path": repo, "files": ["a\u0000b"]}),
+            http.post("/git/add", json={"path": repo, "files": ["a\u0000b"]}),
         ]
         for response in bad:
             assert response.status_code == 400, response.text

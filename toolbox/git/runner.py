@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from toolbox.errors import Code, DaemonError
+from toolbox.errors import Code, DaemonError, bad_request
 
 # Where the per-call credentials travel: names only ever appear in argv, values in env.
 USERNAME_ENV = "TOOLBOX_GIT_USERNAME"
@@ -145,6 +145,9 @@ class GitRunner:
         env: dict[str, str] | None = None,
         stdin: bytes | None = None,
     ) -> GitResult:
+        if any("\x00" in arg for arg in args):
+            # One check for every call (paths, refs, messages): exec would fail with a 500.
+            raise bad_request("git arguments (paths, names, messages) must not contain NUL bytes")
         argv = ["git"]
         for item in (*_BASE_CONFIG, *_stall_config(self.stall_timeout), *config):
             argv += ["-c", item]
