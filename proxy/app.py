@@ -331,7 +331,7 @@ class ProxyApp:
             raise ProxyError(exc.status if 400 <= exc.status < 600 else 502, "websocket-rejected",
                              f"The sandbox refused the WebSocket upgrade with status {exc.status}.") from exc
 
-    def _interceptor_for(self, scope: Scope, send: Send):  # type: ignore[no-untyped-def]
+    def _interceptor_for(self, scope: Scope, send: Send) -> Callable[[UpstreamConnection], Awaitable[bool]]:
         started = time.perf_counter()
         metrics = self.metrics
 
@@ -419,7 +419,7 @@ class ProxyApp:
         port = int(port_text)
         sandbox = await self._known(sandbox_id)
         if kind == "preview-url":
-            payload = {"sandboxId": sandbox.id, "url": self.config.preview_url(sandbox.id, port),
+            payload: dict[str, object] = {"sandboxId": sandbox.id, "url": self.config.preview_url(sandbox.id, port),
                        "token": self.auth.preview_token(sandbox)}
             await _respond(send, *_json(200, payload))
             return

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import anyio
@@ -179,7 +179,8 @@ class RedisRegistry:
             data = await self._client.hgetall(self.prefix + sandbox_id)
         except Exception as exc:  # redis raises many classes; all mean "cannot ask now"
             raise RegistryError(f"the Redis registry is unreachable: {exc}") from exc
-        return _entry(sandbox_id, data) if data else None
+        # decode_responses=True: keys and values are str (the client's annotation allows bytes)
+        return _entry(sandbox_id, cast("dict[str, object]", data)) if data else None
 
     async def get(self, sandbox_id: str) -> Sandbox | None:
         now = time.monotonic()

@@ -9,8 +9,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:  # the functions below import the SDK only when called
+    from daytona._sync.filesystem import FileSystem
+    from daytona._sync.process import Process
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client import ApiClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,7 +119,7 @@ def start_daemon(
     return RunningDaemon(process, url, workdir, home, sandbox_id, uds_path, env)
 
 
-def sdk_api_client(daemon: RunningDaemon, *, via_prefix: bool = False):  # type: ignore[no-untyped-def]
+def sdk_api_client(daemon: RunningDaemon, *, via_prefix: bool = False) -> ApiClient | ToolboxApiClientProxy[ApiClient]:
     """The SDK's generated ApiClient pointed at the daemon.
 
     `via_prefix` wraps it in the SDK's own ToolboxApiClientProxy, which puts `/{sandboxId}`
@@ -128,14 +135,14 @@ def sdk_api_client(daemon: RunningDaemon, *, via_prefix: bool = False):  # type:
     return api_client
 
 
-def sdk_filesystem(daemon: RunningDaemon, *, via_prefix: bool = False):  # type: ignore[no-untyped-def]
+def sdk_filesystem(daemon: RunningDaemon, *, via_prefix: bool = False) -> FileSystem:
     from daytona._sync.filesystem import FileSystem
     from daytona_toolbox_api_client import FileSystemApi
 
     return FileSystem(FileSystemApi(sdk_api_client(daemon, via_prefix=via_prefix)), httpx.Client(timeout=60))
 
 
-def sdk_process(daemon: RunningDaemon, *, via_prefix: bool = False, language: str = "python"):  # type: ignore[no-untyped-def]
+def sdk_process(daemon: RunningDaemon, *, via_prefix: bool = False, language: str = "python") -> Process:
     from daytona._sync.process import Process
     from daytona_toolbox_api_client import ProcessApi
 

@@ -13,12 +13,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tests.helpers import REPO_ROOT, free_port
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -112,7 +115,7 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     return Stack(process, state_dir, port, banner, env)
 
 
-def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None):  # type: ignore[no-untyped-def]
+def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None) -> ClientConnection:
     """A WebSocket to a preview, with the Host the proxy routes on."""
     from websockets.sync.client import connect
 

@@ -152,7 +152,7 @@ def test_a_client_that_stops_reading_is_cut_after_the_stall_timeout(tmp_path: Pa
             async with session.ws_connect(_ws_url(proxy, "/ws-flood?mb=256"), max_msg_size=0,
                                           headers={"Host": proxy.host(app.port, "pub")}) as ws:
                 await asyncio.sleep(1)
-                assert "proxy_websockets_open 1" in httpx.get(f"{proxy.url}/metrics").text
+                assert "proxy_websockets_open 1" in (await asyncio.to_thread(httpx.get, f"{proxy.url}/metrics")).text
                 await asyncio.to_thread(_wait_for_no_open_websockets, proxy, 10)
                 while (message := await ws.receive(timeout=10)).type == aiohttp.WSMsgType.BINARY:
                     pass  # what was already on its way

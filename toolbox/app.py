@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> ASGIApp:
 
     app = Starlette(
         routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.daemon = daemon

@@ -64,7 +64,9 @@ def serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         # httptools plus header/body deadlines and a header size cap (toolbox/protocol.py)
         http="toolbox.protocol:GuardedHttpToolsProtocol",
-        ws=websocket_protocol,  # websockets-sansio, imported on the first upgrade
+        # websockets-sansio, imported on the first upgrade; uvicorn calls any factory
+        # (its annotation says a Protocol class)
+        ws=websocket_protocol,  # type: ignore[arg-type]
         ws_max_size=64 * 1024 * 1024,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=args.log_level,

@@ -28,7 +28,7 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if not self.handshake_complete:  # a valid upgrade: the scope exists and goes to the app
-            self.scope["extensions"][SPLICE] = {}  # type: ignore[index]
+            self.scope["extensions"][SPLICE] = {}
 
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] != SPLICE:

@@ -36,7 +36,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         assert app is not None, "create_app sets daemon.app before startup"
         config = uvicorn.Config(
             TerminalApp(app), host=host, port=port, lifespan="off", loop="none",
-            http="httptools", ws=websocket_protocol, log_level="warning", access_log=False,
+            # uvicorn calls any factory as `ws` (its annotation says a Protocol class)
+            http="httptools", ws=websocket_protocol, log_level="warning", access_log=False,  # type: ignore[arg-type]
             server_header=False, timeout_keep_alive=75,
         )
         server = uvicorn.Server(config)

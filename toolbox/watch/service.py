@@ -219,7 +219,7 @@ class Watcher:
             await asyncio.sleep(0)  # let the last publish land before closing
             await self.ring.close()
 
-    async def _watch(self, publish: Callable[[list[Event]], None], armed: Callable[[], None]) -> None:
+    async def _watch(self, publish: Callable[[list[Event]], None], armed: Callable[[], object]) -> None:
         """Runs in the watcher's own thread and event loop: blocking calls are fine here."""
         from watchfiles import awatch  # (and multiprocessing) loaded on the first watch
 

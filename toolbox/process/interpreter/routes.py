@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -38,7 +39,7 @@ def close_reason(text: str) -> str:
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
-def parse_execute_request(message: dict[str, Any]) -> tuple[str, str, dict[str, str], float]:
+def parse_execute_request(message: Mapping[str, Any]) -> tuple[str, str, dict[str, str], float]:
     """(code, context id, envs, timeout seconds; 0 = none) from the first client frame."""
     raw = message.get("text")
     if raw is None:

@@ -232,9 +232,9 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     )
     async def logs_ws(websocket: WebSocket) -> None:
         try:
-            command = logs_command(websocket)  # type: ignore[arg-type]
-            follow = query_bool(websocket, "follow")  # type: ignore[arg-type]
-            offset = query_int(websocket, "offset", 0, minimum=0) or 0  # type: ignore[arg-type]
+            command = logs_command(websocket)
+            follow = query_bool(websocket, "follow")
+            offset = query_int(websocket, "offset", 0, minimum=0) or 0
         except DaemonError as exc:
             await websocket.send_denial_response(error_response(websocket, exc))
             return

@@ -15,8 +15,10 @@ import os
 import shutil
 import signal
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import anyio
@@ -184,9 +186,9 @@ class SessionManager:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # Sessions outlive requests: their workers run on the loop, tracked here.
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -153,8 +153,8 @@ class SessionShell:
             out_r = err_r = None
             return code
         finally:
-            for fd in (out_r, out_w, err_r, err_w):
-                _close(fd)
+            for leftover in (out_r, out_w, err_r, err_w):
+                _close(leftover)
             for name in ("stdout", "stderr", "cmd.sh"):
                 try:
                     os.unlink(workdir / name)
