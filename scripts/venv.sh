@@ -8,7 +8,7 @@ stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "Installing the project into .venv (once; log in .venv/install.log) ..." >&2
   if ! { .venv/bin/python -m pip install -q --upgrade pip \
-         && .venv/bin/python -m pip install -q -e '.[test]'; } > .venv/install.log 2>&1; then
+         && .venv/bin/python -m pip install -q -e '.[test,dev]'; } > .venv/install.log 2>&1; then
     cat .venv/install.log >&2
     echo "Installing the project failed; the log above says why." >&2
     exit 1
