@@ -147,15 +147,17 @@ class RedisServer:
             stop(self.process)
 
 
-def start_redis() -> RedisServer:
-    """The CI's redis on 6379 if it answers, else a private redis-server on a free port."""
+def start_redis(private: bool = False) -> RedisServer:
+    """The CI's redis on 6379 if it answers, else (or when `private`: for a test that
+    pauses the server) a redis-server of its own on a free port."""
     import redis
 
-    try:
-        redis.Redis(port=6379, socket_connect_timeout=0.5).ping()
-        return RedisServer(6379, None)
-    except redis.RedisError:
-        pass
+    if not private:
+        try:
+            redis.Redis(port=6379, socket_connect_timeout=0.5).ping()
+            return RedisServer(6379, None)
+        except redis.RedisError:
+            pass
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
