@@ -185,6 +185,29 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
 REPO_ROOT_STR = str(Path(__file__).resolve().parent.parent)
 
 
+def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: Stack) -> None:
+    """The daemon, its interpreter and its packages are at /opt/sandbox-toolbox; nothing a
+    sandbox sees names the checkout or the host's interpreter (a pyenv under 0700 /root)."""
+    import sys
+
+    probe = "import sys, toolbox, starlette; print(sys.prefix, toolbox.__file__, starlette.__file__)"
+    # The daemon's own command line and environment (bwrap's pid 1 keeps its host-side
+    # arguments, the mount sources, in its cmdline: that is bwrap's, not ours).
+    daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'python -m runtime.entry' | tail -1)/cmdline"
+    code, out = stack.execute(stack.first_id, f"python3 -c '{probe}'; {daemon}; echo; env")
+    assert code == 0, out
+    prefix, toolbox_file, starlette_file = out.splitlines()[0].split()
+    assert out.splitlines()[1] == "/opt/sandbox-toolbox/venv/bin/python -m runtime.entry ", out
+    assert prefix == "/opt/sandbox-toolbox/venv"
+    assert toolbox_file == "/opt/sandbox-toolbox/lib/toolbox/__init__.py"
+    assert starlette_file.startswith("/opt/sandbox-toolbox/venv/lib/")
+    for host_path in {REPO_ROOT_STR, sys.prefix, str(Path(sys.executable).resolve().parent.parent)}:
+        assert host_path not in out, (host_path, out)
+    # Read-only, like the rest of the host.
+    code, out = stack.execute(stack.first_id, "touch /opt/sandbox-toolbox/lib/toolbox/x 2>&1")
+    assert code != 0 and "Read-only file system" in out, out
+
+
 def test_lifecycle_stop_start_delete_update_the_proxy(stack: Stack) -> None:
     created = stack.cli("create", "--id", "cycle")
     assert created["state"] == "started"
