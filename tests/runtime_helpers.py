@@ -82,10 +82,10 @@ class Stack:
 
 
 def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
-                timeout: float = 60, checkout: Path = REPO_ROOT) -> Stack:
+                timeout: float = 60, checkout: Path = REPO_ROOT, port: int | None = None) -> Stack:
     """Run ./scripts/start exactly as the README says, with its state under `state_dir`
     (options as RUNTIME_* variables, which every version of the CLI reads)."""
-    port = free_port()
+    port = port or free_port()
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
                PYTHONUNBUFFERED="1")

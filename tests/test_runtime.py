@@ -416,3 +416,49 @@ def _cmdline(entry: Path) -> bytes:
         return (entry / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _proxy_pids(port: int) -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()
+            and b"proxy\0serve" in _cmdline(e) and f"\0{port}\0".encode() in _cmdline(e)]
+
+
+def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp_path: Path) -> None:
+    import signal
+
+    state = tmp_path / "state"
+    first = start_stack(state, pool_size=1)
+    try:
+        first.cli("create", "--id", "survivor")
+        first.execute("survivor", "echo kept > kept.txt")
+        first.cli("create", "--id", "resting")
+        first.cli("stop", "resting")
+        first.cli("create", "--id", "newest")  # what the next `up` starts anyway
+        assert len(_proxy_pids(first.port)) == 1
+        # Power loss / OOM killer: no chance to clean up.
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        deadline = time.monotonic() + 10
+        while (_proxy_pids(first.port) or _bwrap_pids(state)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _proxy_pids(first.port) == [], "the proxy outlived the runtime"
+        assert _bwrap_pids(state) == set(), "sandboxes outlived the runtime"
+    finally:
+        first.stop()
+        for pid in _proxy_pids(first.port):  # only when the test failed: leave no stray proxy
+            os.kill(pid, signal.SIGKILL)
+    # The same port and state: starts, and what ran before runs again.
+    second = start_stack(state, pool_size=1, port=first.port)
+    try:
+        deadline = time.monotonic() + 30
+        while second.cli("get", "survivor")["state"] != "started" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert second.cli("get", "survivor")["state"] == "started"
+        assert second.execute("survivor", "cat kept.txt") == (0, "kept\n")
+        assert second.cli("get", "resting")["state"] == "stopped"  # it was stopped before the crash
+        assert second.first_id == "newest"
+        assert second.execute(second.first_id, "echo up") == (0, "up\n")
+    finally:
+        assert second.stop() == 0
+    assert _proxy_pids(first.port) == [] and _bwrap_pids(state) == set()
+    assert _leftover_cgroups(state) == []
