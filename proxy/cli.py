@@ -82,6 +82,10 @@ def serve(args: argparse.Namespace) -> int:
     from proxy.config import ProxyConfig
     from toolbox.server import ReadyServer, websocket_protocol
 
+    if parent := os.environ.get("PROXY_PARENT_PID"):
+        from toolbox.lifeline import die_with_parent
+
+        die_with_parent(int(parent))  # the runtime's child: never outlive it, nor keep its port
     # Workers are separate processes: hand every option over through the environment.
     os.environ["PROXY_DOMAIN"] = args.domain
     os.environ["PROXY_REGISTRY"] = args.registry

@@ -124,12 +124,15 @@ class Runtime:
         await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
         self.pool_dir.mkdir()
+        crashed: list[str] = []
         for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
             try:
                 spec = SandboxDir(meta.parent).load()
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("ignoring %s: %s", meta, exc)
                 continue
+            if spec.state == "started":
+                crashed.append(spec.id)
             spec.state = "stopped"
             self.specs[spec.id] = spec
             self._uids.add(spec.uid)
@@ -137,6 +140,20 @@ class Runtime:
         self._spawn(self._pool_loop())
         if self.idle_timeout > 0:
             self._spawn(self._idle_loop())
+        if crashed:
+            self._spawn(self._recover(crashed))
+
+    async def _recover(self, sandbox_ids: list[str]) -> None:
+        """Start again the sandboxes that were running when a previous runtime died without
+        stopping them (SIGKILL, OOM killer, power loss); a clean stop saves them stopped.
+        One after the other: forty cold starts at once would starve everything else."""
+        log.warning("restarting %d sandbox(es) left running by a runtime that died: %s",
+                    len(sandbox_ids), " ".join(sandbox_ids))
+        for sandbox_id in sandbox_ids:
+            try:
+                await self.start(sandbox_id)
+            except SandboxError as exc:
+                log.warning("could not restart %s: %s", sandbox_id, exc.message)
 
     async def close(self) -> None:
         """Stop every sandbox and drain the pool; sandboxes stay on disk, stopped."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.limits import Limits
 
 USER = "daytona"
@@ -31,7 +32,6 @@ RUN_INSIDE = "/run/toolbox"
 SOCKET_INSIDE = f"{RUN_INSIDE}/toolbox.sock"
 TERMINAL_PORT = 22222
 EGRESS = ("none", "host")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def new_id() -> str:
@@ -127,6 +127,7 @@ class SandboxDir:
             f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
         (self.path / "etc" / "hostname").write_text("sandbox\n")
+        (self.path / "etc" / "pyvenv.cfg").write_text(PYVENV_CFG)
         (self.path / "etc" / "group").write_text(
             f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n"
         )
@@ -141,57 +142,6 @@ class SandboxDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _world_traversable(path: Path) -> bool:
-    try:
-        return bool(path.stat().st_mode & 0o001)
-    except OSError:
-        return False
-
-
-# What a sandbox runs of this project: the daemon and the runtime's entry point.
-SANDBOX_PACKAGES = ("toolbox", "runtime")
-
-
-def _needed(python: str) -> list[Path]:
-    # The packages rather than the checkout itself: a checkout in a private directory
-    # (mktemp -d makes it 0700) would stay closed to the sandbox uid if bound whole,
-    # while its packages bound into a fresh tmpfs are reachable.
-    return sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
-                   Path(python).resolve().parent.parent,
-                   *(REPO_ROOT / name for name in SANDBOX_PACKAGES)})
-
-
-def _blocked(path: Path) -> list[Path]:
-    return [a for a in reversed(path.parents) if a != Path("/") and not _world_traversable(a)]
-
-
-def _expose(python: str, hidden: list[Path]) -> list[str]:
-    """Mounts that make the interpreter, its packages and this project visible to the
-    sandbox uid even where they live under a hidden tree (/home, /tmp) or a private
-    directory such as /root."""
-    masks: list[Path] = []
-    binds: list[Path] = []
-    for path in _needed(python):
-        blocked = _blocked(path)
-        if blocked and blocked[0] not in masks:
-            masks.append(blocked[0])
-        if blocked or any(path == h or h in path.parents for h in hidden):
-            binds.append(path)
-    argv: list[str] = []
-    for mask in masks:
-        argv += ["--tmpfs", str(mask)]
-    # Shortest first, so a nested path is mounted on top of its parent's bind.
-    for path in sorted(set(binds), key=lambda p: len(p.parts)):
-        for mask in masks:
-            if mask in path.parents:
-                # bwrap would create the directories in between as 0700 root.
-                for between in reversed(path.parents):
-                    if mask in between.parents:
-                        argv += ["--perms", "0755", "--dir", str(between)]
-        argv += ["--ro-bind", str(path), str(path)]
-    return argv
 
 
 def bwrap_argv(
@@ -234,7 +184,8 @@ def bwrap_argv(
         "--ro-bind", str(sandbox.path / "etc" / "group"), "/etc/group",
         "--ro-bind", str(sandbox.path / "etc" / "hostname"), "/etc/hostname",
     ]
-    argv += _expose(python, hidden=[state_root, Path("/home"), Path("/run"), Path("/tmp")])
+    code = code_mount(python, sandbox.path / "etc" / "pyvenv.cfg")
+    argv += code.argv
     argv += [
         "--chdir", HOME_INSIDE,
         "--clearenv",
@@ -244,12 +195,13 @@ def bwrap_argv(
         "--setenv", "SHELL", "/bin/bash",
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "PATH", os.pathsep.join(
-            [str(Path(python).parent), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+            [code.bin_dir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
              "/usr/bin", "/sbin", "/bin"]),
-        "--setenv", "PYTHONPATH", str(REPO_ROOT),
         "--setenv", "PYTHONUNBUFFERED", "1",
         "--setenv", "TOOLBOX_UDS", SOCKET_INSIDE,
     ]
+    for key, value in code.env.items():
+        argv += ["--setenv", key, value]
     if egress == "none":
         argv.append("--unshare-net")
     else:
@@ -268,5 +220,5 @@ def bwrap_argv(
                  "--inh-caps=-all", "--bounding-set=-all", "--"]
     else:
         argv[1:1] = ["--unshare-user"]
-    argv += [python, "-m", "runtime.entry"]
+    argv += [code.python, "-m", "runtime.entry"]
     return argv

@@ -131,7 +131,8 @@ class Stack:
 
     async def _start_proxy(self) -> None:
         registry = self.runtime.registry.path
-        env = dict(os.environ, PROXY_API_KEYS=self.api_key, PROXY_SECRET=self.secret)
+        env = dict(os.environ, PROXY_API_KEYS=self.api_key, PROXY_SECRET=self.secret,
+                   PROXY_PARENT_PID=str(os.getpid()))
         self.proxy = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "serve", "--host", self.config.host,
             "--port", str(self.config.port), "--domain", self.config.domain,

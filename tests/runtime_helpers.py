@@ -85,14 +85,15 @@ class Stack:
 
 
 def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
-                timeout: float = 60) -> Stack:
-    """Run ./scripts/start exactly as the README says, with its state under `state_dir`."""
-    port = free_port()
+                timeout: float = 60, checkout: Path = REPO_ROOT, port: int | None = None) -> Stack:
+    """Run ./scripts/start exactly as the README says, with its state under `state_dir`
+    (options as RUNTIME_* variables, which every version of the CLI reads)."""
+    port = port or free_port()
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
                PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([str(REPO_ROOT / "scripts" / "start"), *extra], env=env,
-                               stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO_ROOT)
+    process = subprocess.Popen([str(checkout / "scripts" / "start"), *extra], env=env,
+                               stdout=subprocess.PIPE, stderr=None, text=True, cwd=checkout)
     assert process.stdout is not None
     banner: dict[str, str] = {}
     deadline = time.monotonic() + timeout

@@ -185,6 +185,29 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
 REPO_ROOT_STR = str(Path(__file__).resolve().parent.parent)
 
 
+def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: Stack) -> None:
+    """The daemon, its interpreter and its packages are at /opt/sandbox-toolbox; nothing a
+    sandbox sees names the checkout or the host's interpreter (a pyenv under 0700 /root)."""
+    import sys
+
+    probe = "import sys, toolbox, starlette; print(sys.prefix, toolbox.__file__, starlette.__file__)"
+    # The daemon's own command line and environment (bwrap's pid 1 keeps its host-side
+    # arguments, the mount sources, in its cmdline: that is bwrap's, not ours).
+    daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'python -m runtime.entry' | tail -1)/cmdline"
+    code, out = stack.execute(stack.first_id, f"python3 -c '{probe}'; {daemon}; echo; env")
+    assert code == 0, out
+    prefix, toolbox_file, starlette_file = out.splitlines()[0].split()
+    assert out.splitlines()[1] == "/opt/sandbox-toolbox/venv/bin/python -m runtime.entry ", out
+    assert prefix == "/opt/sandbox-toolbox/venv"
+    assert toolbox_file == "/opt/sandbox-toolbox/lib/toolbox/__init__.py"
+    assert starlette_file.startswith("/opt/sandbox-toolbox/venv/lib/")
+    for host_path in {REPO_ROOT_STR, sys.prefix, str(Path(sys.executable).resolve().parent.parent)}:
+        assert host_path not in out, (host_path, out)
+    # Read-only, like the rest of the host.
+    code, out = stack.execute(stack.first_id, "touch /opt/sandbox-toolbox/lib/toolbox/x 2>&1")
+    assert code != 0 and "Read-only file system" in out, out
+
+
 def test_lifecycle_stop_start_delete_update_the_proxy(stack: Stack) -> None:
     created = stack.cli("create", "--id", "cycle")
     assert created["state"] == "started"
@@ -393,3 +416,49 @@ def _cmdline(entry: Path) -> bytes:
         return (entry / "cmdline").read_bytes()
     except OSError:
         return b""
+
+
+def _proxy_pids(port: int) -> list[int]:
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()
+            and b"proxy\0serve" in _cmdline(e) and f"\0{port}\0".encode() in _cmdline(e)]
+
+
+def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp_path: Path) -> None:
+    import signal
+
+    state = tmp_path / "state"
+    first = start_stack(state, pool_size=1)
+    try:
+        first.cli("create", "--id", "survivor")
+        first.execute("survivor", "echo kept > kept.txt")
+        first.cli("create", "--id", "resting")
+        first.cli("stop", "resting")
+        first.cli("create", "--id", "newest")  # what the next `up` starts anyway
+        assert len(_proxy_pids(first.port)) == 1
+        # Power loss / OOM killer: no chance to clean up.
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait(10)
+        deadline = time.monotonic() + 10
+        while (_proxy_pids(first.port) or _bwrap_pids(state)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _proxy_pids(first.port) == [], "the proxy outlived the runtime"
+        assert _bwrap_pids(state) == set(), "sandboxes outlived the runtime"
+    finally:
+        first.stop()
+        for pid in _proxy_pids(first.port):  # only when the test failed: leave no stray proxy
+            os.kill(pid, signal.SIGKILL)
+    # The same port and state: starts, and what ran before runs again.
+    second = start_stack(state, pool_size=1, port=first.port)
+    try:
+        deadline = time.monotonic() + 30
+        while second.cli("get", "survivor")["state"] != "started" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert second.cli("get", "survivor")["state"] == "started"
+        assert second.execute("survivor", "cat kept.txt") == (0, "kept\n")
+        assert second.cli("get", "resting")["state"] == "stopped"  # it was stopped before the crash
+        assert second.first_id == "newest"
+        assert second.execute(second.first_id, "echo up") == (0, "up\n")
+    finally:
+        assert second.stop() == 0
+    assert _proxy_pids(first.port) == [] and _bwrap_pids(state) == set()
+    assert _leftover_cgroups(state) == []

@@ -1,0 +1,411 @@
+"""A warm `python3` per daemon that forks a clean child for each Python code run.
+
+Starting `python3` costs 50-125 ms (more through a pyenv shim), more than the whole
+budget of a code run. So the daemon keeps one interpreter (the script
+`zygote_main.py`) that has done its start-up and waits on a private socketpair; each run
+is a fork of it with the run's stdio, environment, cwd, argv and a fresh `__main__`
+(see that script for what the child resets).
+
+The zygote is started through the same shell, with the same environment and work dir,
+as a code run's `python3 -u -`, so it is the same interpreter with the same start-up.
+A run only takes this path when it would behave the same as through the shell;
+otherwise (`run` answers None) the caller runs it the old way:
+- argv the shell would do more with than split on blanks (quotes, `$`, globs, ...);
+- a run's `envs` changing a variable read at start-up (PATH, PYTHON*, LC_*, ...);
+- no zygote (no `python3`, or it failed to start: retried after RETRY_AFTER seconds).
+When the daemon's own environment or the `python3` on its PATH changes, the zygote is
+replaced. `TOOLBOX_CODERUN_ZYGOTE=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+
+from toolbox.errors import Code, DaemonError
+from toolbox.process import groups
+from toolbox.process.execute.runner import CapturedOutput, Finished
+
+log = logging.getLogger("toolbox.process")
+
+SOURCE = Path(__file__).with_name("zygote_main.py")
+ENABLED_ENV = "TOOLBOX_CODERUN_ZYGOTE"
+READY_TIMEOUT = 30.0  # seconds for a new zygote to report ready (start-up under load)
+RETRY_AFTER = 30.0  # after a zygote failed to start, runs take the shell path this long
+MAX_READY_MESSAGE = 4 * 1024 * 1024
+_SHLVL = "DTN_ZYGOTE_SHLVL"
+
+# Environment variables that shape the interpreter or the shell at start-up: a run that
+# changes one of them needs a fresh `python3`, and a daemon whose own values changed needs
+# a new zygote.
+_STARTUP_NAMES = frozenset({
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "VIRTUAL_ENV",
+    "BASH_ENV", "ENV", "ZDOTDIR", "TOOLBOX_SHELL",
+})
+_STARTUP_PREFIXES = ("LC_", "PYTHON", "PYENV")
+# A word the shell passes through unchanged: no quoting, expansion, globbing, comment,
+# redirection or zsh `=cmd` expansion can apply to it.
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:,+@%-][A-Za-z0-9_./:,+@%=-]*")
+_BLANKS = re.compile(r"[ \t]+")
+
+
+def enabled() -> bool:
+    return os.environ.get(ENABLED_ENV, "1") != "0"
+
+
+def startup_env(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k in _STARTUP_NAMES or k.startswith(_STARTUP_PREFIXES)}
+
+
+def plain_argv(argv: list[str]) -> list[str] | None:
+    """The words the shell makes of `python3 -u - <argv joined by spaces>`, or None when
+    it would do more than split them on blanks."""
+    words = [word for word in _BLANKS.split(" ".join(argv)) if word]
+    return words if all(_PLAIN_WORD.fullmatch(word) for word in words) else None
+
+
+def _python3(env: Mapping[str, str]) -> str | None:
+    return shutil.which("python3", path=env.get("PATH", os.defpath))
+
+
+class _Gone(Exception):
+    """The zygote is not there any more (it died or was replaced)."""
+
+
+@dataclass
+class _Zygote:
+    popen: subprocess.Popen[bytes]
+    sock: socket.socket
+    spawn_env: dict[str, str]
+    launcher: str | None  # the `python3` the shell finds (a pyenv shim, a venv's, ...)
+    cwd: Path
+    ready: bool | None = None  # None until its ready message was read
+    # How the shell and launcher changed the environment: applied to every run's.
+    changed: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def startup(self) -> dict[str, str]:
+        return startup_env(self.spawn_env)
+
+    def usable(self) -> bool:
+        return self.ready is not False and self.popen.poll() is None
+
+    def environment(self, env: dict[str, str]) -> dict[str, str]:
+        """`env` as the interpreter would see it after the shell and the launcher."""
+        for name, value in self.changed.items():
+            if env.get(name) == self.spawn_env.get(name):
+                env[name] = value
+        for name in self.removed:
+            if env.get(name) == self.spawn_env.get(name):
+                env.pop(name, None)
+        return env
+
+    def close(self) -> None:
+        self.ready = False
+        self.sock.close()  # it exits on EOF; the kill is for one that is stuck
+        if self.popen.poll() is None:
+            groups.signal_group(self.popen.pid, signal.SIGKILL)
+            self.popen.poll()
+
+
+def spawn(cwd: Path) -> _Zygote:
+    """Start a zygote (does not wait for it: its start-up runs while the daemon goes on)."""
+    env = dict(os.environ)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    # `exec` makes bash lower SHLVL again; a run's `python3` sees the shell's own level.
+    script = (
+        f'{_SHLVL}="$SHLVL" exec python3 -u -c {shlex.quote(SOURCE.read_text())} {theirs.fileno()}\n'
+    ).encode()
+    stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
+    try:
+        popen = subprocess.Popen(
+            [groups.default_shell()], stdin=stdin_read, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, cwd=str(cwd), env=env, pass_fds=(theirs.fileno(),),
+            start_new_session=True,
+        )
+        # Smaller than a pipe's buffer: this never blocks.
+        os.write(stdin_write, script)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        os.close(stdin_read)
+        os.close(stdin_write)
+        theirs.close()
+    ours.setblocking(False)
+    return _Zygote(popen, ours, env, _python3(env), cwd)
+
+
+async def _read_ready(zygote: _Zygote) -> bool:
+    message = b""
+    with anyio.move_on_after(READY_TIMEOUT):
+        while True:
+            try:
+                message = zygote.sock.recv(MAX_READY_MESSAGE)
+                break
+            except BlockingIOError:
+                await anyio.wait_readable(zygote.sock)
+            except OSError:
+                break
+    if not message.startswith(b"ready\0"):
+        return False
+    env: dict[str, str] = {}
+    for item in message.split(b"\0")[2:]:
+        name, sep, value = item.partition(b"=")
+        if sep:
+            env[os.fsdecode(name)] = os.fsdecode(value)
+    shell_level = env.pop(_SHLVL, "")
+    if shell_level:
+        env["SHLVL"] = shell_level
+    zygote.changed = {k: v for k, v in env.items() if zygote.spawn_env.get(k) != v}
+    zygote.removed = [k for k in zygote.spawn_env if k not in env]
+    return True
+
+
+def payload(cwd: Path, argv: list[str], env: Mapping[str, str], code: bytes) -> bytes:
+    """What the child reads on stdin: NUL-separated header fields, then the code. The
+    code's length comes last, so a run cut short is never executed."""
+    fields = [b"dtn1", os.fsencode(str(cwd)), b"%d" % len(argv), *map(os.fsencode, argv), b"%d" % len(env)]
+    fields += [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    fields.append(b"%d" % len(code))
+    return b"\0".join(fields) + b"\0" + code
+
+
+async def _send(sock: socket.socket, fds: Iterable[int]) -> None:
+    while True:
+        try:
+            socket.send_fds(sock, [b"run"], list(fds))
+            return
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+        except OSError as exc:  # EPIPE, ECONNRESET, EBADF (closed): it is gone
+            raise _Gone() from exc
+
+
+class _Status:
+    """The zygote's report on one run: `pid N`, then `exit <wait status>` (EOF without
+    it: the zygote died)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self.pid: int | None = None
+        self.wait_status: int | None = None
+        self.eof = False
+        self._buffer = b""
+
+    def _take(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            kind, _sep, value = line.partition(b" ")
+            if kind == b"pid":
+                self.pid = int(value)
+            elif kind == b"exit":
+                self.wait_status = int(value)
+
+    def _read_now(self) -> bool:
+        """Read what is there; False when the read would block."""
+        try:
+            chunk = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return False
+        if chunk:
+            self._take(chunk)
+        else:
+            self.eof = True
+        return True
+
+    async def _more(self) -> None:
+        if not self._read_now():
+            await anyio.wait_readable(self.fd)
+
+    async def started(self) -> None:
+        while self.pid is None and not self.eof:
+            await self._more()
+
+    async def finished(self) -> None:
+        while self.wait_status is None and not self.eof:
+            await self._more()
+
+    def kill(self) -> None:
+        """SIGKILL the run's whole tree, unless it has already exited."""
+        while self.wait_status is None and not self.eof and self._read_now():
+            pass
+        if self.pid is not None and self.wait_status is None:
+            groups.kill_tree_now(self.pid)
+
+
+def exit_code(status: _Status, output: CapturedOutput) -> int:
+    """The exit code the shell reported for `python3`: 128 + the signal when killed by one,
+    with the signal's name on stderr as the shell prints it (but for SIGINT and SIGPIPE)."""
+    if status.wait_status is None:
+        return -1  # the zygote died before it could tell
+    wait_status = status.wait_status
+    if os.WIFSIGNALED(wait_status):
+        number = os.WTERMSIG(wait_status)
+        if number not in (signal.SIGINT, signal.SIGPIPE):
+            name = signal.strsignal(number) or f"signal {number}"
+            core = " (core dumped)" if os.WCOREDUMP(wait_status) else ""
+            os.write(output.fd, f"{name}{core}\n".encode())
+        return 128 + number
+    return os.waitstatus_to_exitcode(wait_status)
+
+
+async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finished:
+    output = CapturedOutput()
+    code_read, code_write = os.pipe2(os.O_CLOEXEC)
+    status_read, status_write = os.pipe2(os.O_CLOEXEC)
+    status = _Status(status_read)
+    try:
+        try:
+            await _send(zygote.sock, (code_read, output.fd, status_write))
+        finally:
+            os.close(code_read)
+            os.close(status_write)
+        os.set_blocking(code_write, False)
+
+        async def feed() -> None:
+            nonlocal code_write
+            await groups.write_all(code_write, data)  # False: the child is gone, fine
+            os.close(code_write)
+            code_write = -1
+
+        try:
+            with anyio.move_on_after(timeout if timeout else math.inf) as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(feed)
+                    await status.finished()
+                    tg.cancel_scope.cancel()
+        except BaseException:
+            # Cancelled (client gone, daemon stopping): leave nothing running behind.
+            with anyio.CancelScope(shield=True), anyio.move_on_after(1):
+                await status.started()
+            status.kill()
+            raise
+        if scope.cancelled_caught:
+            if code_write >= 0:  # a child still reading gets a cut-short run: it runs nothing
+                os.close(code_write)
+                code_write = -1
+            with anyio.CancelScope(shield=True):
+                await status.started()
+                status.kill()
+                await status.finished()
+            raise DaemonError(Code.PROCESS_EXECUTION_TIMEOUT, "command execution timeout")
+        if status.wait_status is None:  # the zygote died during the run
+            zygote.close()
+            status.kill()
+        return Finished(exit_code(status, output), output)
+    except BaseException:
+        output.close()
+        raise
+    finally:
+        if code_write >= 0:
+            os.close(code_write)
+        os.close(status_read)
+
+
+_prestarted: _Zygote | None = None
+
+
+def prestart(cwd: Path) -> None:
+    """Start a zygote before the daemon is built (a pooled sandbox, before its claim)."""
+    global _prestarted
+    if enabled() and _prestarted is None and _python3(os.environ):
+        try:
+            _prestarted = spawn(cwd)
+        except OSError as exc:
+            log.warning("could not start the code-run zygote: %s", exc)
+
+
+class CodeRunZygote:
+    """The daemon's zygote: started early, replaced when stale or dead."""
+
+    def __init__(self, workdir: Path) -> None:
+        global _prestarted
+        self.workdir = workdir
+        self._zygote, _prestarted = _prestarted, None
+        self._lock = anyio.Lock()
+        self._failed: tuple[object, float] | None = None
+
+    async def start(self) -> None:
+        """Startup hook: spawn now, so the first run finds it warm (never waits for it)."""
+        if enabled():
+            self._current()
+
+    async def stop(self) -> None:
+        if self._zygote is not None:
+            self._zygote.close()
+            self._zygote = None
+
+    def _current(self) -> _Zygote | None:
+        """The zygote for the daemon's environment now, spawned if need be."""
+        zygote = self._zygote
+        startup, launcher = startup_env(os.environ), _python3(os.environ)
+        if zygote is not None and not (
+            zygote.usable() and zygote.startup == startup and zygote.launcher == launcher
+            and zygote.cwd == self.workdir
+        ):
+            zygote.close()
+            self._zygote = zygote = None
+        if zygote is None:
+            key = (startup, launcher, self.workdir)
+            if launcher is None:
+                return None  # no python3: the shell path reports it as before
+            if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < RETRY_AFTER:
+                return None
+            try:
+                zygote = self._zygote = spawn(self.workdir)
+            except OSError as exc:
+                log.warning("could not start the code-run zygote: %s", exc)
+                self._failed = (key, time.monotonic())
+                return None
+        return zygote
+
+    async def _ready(self, zygote: _Zygote) -> bool:
+        if zygote.ready is None:
+            async with self._lock:
+                if zygote.ready is None:
+                    zygote.ready = await _read_ready(zygote)
+                    if not zygote.ready:
+                        log.warning("the code-run zygote did not start; code runs use the shell")
+                        self._failed = ((zygote.startup, zygote.launcher, zygote.cwd), time.monotonic())
+        return zygote.ready
+
+    async def run(self, code: str, argv: list[str], envs: Mapping[str, str],
+                  timeout: float | None) -> Finished | None:
+        """Run Python `code` in a fork of the zygote; None: run it through the shell."""
+        if not enabled():
+            return None
+        words = plain_argv(argv)
+        if words is None:
+            return None
+        env = dict(os.environ)
+        env.update(envs)
+        if startup_env(env) != startup_env(os.environ):
+            return None
+        code_bytes = code.encode()
+        for _attempt in range(2):  # a zygote that died since the last run is replaced once
+            zygote = self._current()
+            if zygote is None or not await self._ready(zygote):
+                return None
+            data = payload(self.workdir, words, zygote.environment(dict(env)), code_bytes)
+            try:
+                return await _execute(zygote, data, timeout)
+            except _Gone:
+                zygote.close()
+        return None
