@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import cgroups
+from runtime import cgroups, sockets
 from runtime.limits import Limits
 from runtime.registry import FileRegistry
 from runtime.sandbox import (
@@ -66,6 +66,7 @@ class Running:
     gid: int
     started_at: float = field(default_factory=time.time)
     pump: asyncio.Task[None] | None = None
+    socket: Path | None = None  # where its listening socket is bound (runtime/sockets.py)
 
 
 class Runtime:
@@ -117,6 +118,10 @@ class Runtime:
         for d in (self.root, self.sandboxes_dir, self.pool_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
+        sockets.ensure_sockets_dir(self.root)
+        # Nothing runs yet, so every socket left there is stale.
+        for stale in sockets.sockets_dir(self.root).iterdir():
+            sockets.remove(stale)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
         # Groups left by a runtime on this state dir that died without cleaning up.
@@ -148,6 +153,8 @@ class Runtime:
         await asyncio.gather(*(self._kill(r) for r in pool), return_exceptions=True)
         for r in pool:
             r.dir.remove()
+            if r.socket is not None:
+                sockets.remove(r.socket)
             self._uids.discard(r.uid)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -172,7 +179,7 @@ class Runtime:
     def describe(self, spec: SandboxSpec) -> dict[str, object]:
         data = spec.to_json()
         running = self.running.get(spec.id)
-        data["socket"] = str(self.sandboxes_dir / spec.id / "run" / "toolbox.sock")
+        data["socket"] = str(self.socket_path(spec.id))
         data["dir"] = str(self.sandboxes_dir / spec.id)
         if running is not None:
             data["started_at"] = running.started_at
@@ -205,6 +212,10 @@ class Runtime:
             if pooled is not None:
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
+                # Renaming a bound socket keeps it bound: the daemon keeps listening on it.
+                assert pooled.socket is not None
+                os.rename(pooled.socket, self.socket_path(sandbox_id))
+                pooled.socket = self.socket_path(sandbox_id)
                 if limits != self.default_limits:
                     await asyncio.to_thread(pooled.group.apply, limits)
                 running = pooled
@@ -214,7 +225,8 @@ class Runtime:
                 uid, gid = self._allocate_uid()
                 spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
                 await asyncio.to_thread(target.create, uid, gid)
-                running = await self._launch(target, spec.uid, spec.gid, limits, egress)
+                running = await self._launch(target, spec.uid, spec.gid, limits, egress,
+                                             self.socket_path(sandbox_id))
             self.specs[sandbox_id] = spec
             try:
                 await self._claim(running, spec)
@@ -222,6 +234,7 @@ class Runtime:
                 await self._kill(running)
                 del self.specs[sandbox_id]
                 target.remove()
+                sockets.remove(self.socket_path(sandbox_id))
                 self._uids.discard(spec.uid)
                 self._pool_wakeup.set()
                 raise
@@ -251,6 +264,8 @@ class Runtime:
     async def _discard(self, running: Running) -> None:
         await self._kill(running)
         running.dir.remove()
+        if running.socket is not None:
+            sockets.remove(running.socket)
         self._uids.discard(running.uid)
         self._pool_wakeup.set()
 
@@ -262,7 +277,8 @@ class Runtime:
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             # Idempotent: also brings a sandbox made by an older version up to today's layout.
             await asyncio.to_thread(target.create, spec.uid, spec.gid)
-            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
+            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,
+                                         self.socket_path(sandbox_id))
             try:
                 await self._claim(running, spec)
             except BaseException:
@@ -278,6 +294,7 @@ class Runtime:
             self.registry.remove(sandbox_id)
             if running is not None:
                 await self._kill(running)
+            sockets.remove(self.socket_path(sandbox_id))
             spec.state = "stopped"
             SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
             return spec
@@ -302,9 +319,15 @@ class Runtime:
         self._uids.add(uid)
         return uid, uid
 
+    def socket_path(self, sandbox_id: str) -> Path:
+        return sockets.socket_path(self.root, sandbox_id)
+
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
-                      egress: str) -> Running:
+                      egress: str, socket_path: Path) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
+
+        The daemon's socket is bound here, at `socket_path` in the runtime's private
+        sockets dir, and inherited by the daemon as a descriptor (runtime/sockets.py).
 
         Whatever happens (errors, cancellation when the runtime stops), a sandbox that did
         not come up leaves no cgroup and no process behind."""
@@ -320,20 +343,27 @@ class Runtime:
             raise
         process: asyncio.subprocess.Process | None = None
         try:
-            argv = self.backend.launch_prefix(group, limits)
-            argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
-                               terminal_port=self.terminal_port,
-                               run_as=(uid, gid) if os.geteuid() == 0 else None)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                   **self.backend.launch_env(group)}
-            with open(target.log, "ab") as logfile:
-                process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=logfile, env=env, start_new_session=True,
-                )
-            running = Running(process, group, target, uid, gid)
+            listener = sockets.bind_unlistened(socket_path)
+            try:
+                argv = self.backend.launch_prefix(group, limits)
+                argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
+                                   terminal_port=self.terminal_port,
+                                   run_as=(uid, gid) if os.geteuid() == 0 else None,
+                                   listen_fd=listener.fileno())
+                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                       **self.backend.launch_env(group)}
+                with open(target.log, "ab") as logfile:
+                    process = await asyncio.create_subprocess_exec(
+                        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                        stderr=logfile, env=env, start_new_session=True,
+                        pass_fds=(listener.fileno(),),
+                    )
+            finally:
+                listener.close()  # the daemon holds its own copy
+            running = Running(process, group, target, uid, gid, socket=socket_path)
             await self._expect(running, b"pooled")
         except BaseException:
+            sockets.remove(socket_path)
             if process is not None:
                 await asyncio.shield(self._kill(Running(process, group, target, uid, gid)))
             else:
@@ -414,7 +444,7 @@ class Runtime:
             log.warning("proxy did not confirm %s: %s", sandbox_id, exc)
 
     def _register(self, spec: SandboxSpec) -> None:
-        socket = self.sandboxes_dir / spec.id / "run" / "toolbox.sock"
+        socket = self.socket_path(spec.id)
         self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public)
 
     # ---- background loops -----------------------------------------------------------
@@ -432,10 +462,12 @@ class Runtime:
 
     async def _new_pooled(self) -> Running:
         uid, gid = self._allocate_uid()
-        target = SandboxDir(self.pool_dir / f"pool-{os.urandom(5).hex()}")
+        name = f"pool-{os.urandom(5).hex()}"
+        target = SandboxDir(self.pool_dir / name)
         await asyncio.to_thread(target.create, uid, gid)
         try:
-            return await self._launch(target, uid, gid, self.default_limits, "none")
+            return await self._launch(target, uid, gid, self.default_limits, "none",
+                                      sockets.pooled_socket_path(self.root, name))
         except BaseException:
             target.remove()
             self._uids.discard(uid)

@@ -5,8 +5,8 @@ Layout of a sandbox directory (under the runtime's state root):
     sandbox.json   id, uid, env, limits, egress, token, state
     home/          the writable home and work dir, /home/daytona inside
     tmp/           the writable /tmp inside
-    run/           bind-mounted at /run/toolbox: the daemon's Unix socket lives here,
-                   so the proxy reaches the daemon though the sandbox has no network
+    (no socket: the daemon's socket is in STATE/sockets/, out of the sandbox's reach,
+     and handed to it as a descriptor; see runtime/sockets.py)
     etc/passwd, etc/group   a user entry for the sandbox uid
     daemon.log     the daemon's stderr
 """
@@ -27,8 +27,6 @@ from runtime.limits import Limits
 
 USER = "daytona"
 HOME_INSIDE = "/home/daytona"
-RUN_INSIDE = "/run/toolbox"
-SOCKET_INSIDE = f"{RUN_INSIDE}/toolbox.sock"
 TERMINAL_PORT = 22222
 EGRESS = ("none", "host")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -97,14 +95,6 @@ class SandboxDir:
         return self.path / "tmp"
 
     @property
-    def run(self) -> Path:
-        return self.path / "run"
-
-    @property
-    def socket(self) -> Path:
-        return self.run / "toolbox.sock"
-
-    @property
     def log(self) -> Path:
         return self.path / "daemon.log"
 
@@ -113,12 +103,12 @@ class SandboxDir:
         return self.path / "sandbox.json"
 
     def create(self, uid: int, gid: int) -> None:
-        for d in (self.path, self.home, self.tmp, self.run, self.path / "etc"):
+        for d in (self.path, self.home, self.tmp, self.path / "etc"):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o755)
         os.chmod(self.tmp, 0o1777)
         os.chmod(self.home, 0o700)
-        for d in (self.home, self.tmp, self.run):
+        for d in (self.home, self.tmp):
             if os.geteuid() == 0:
                 os.chown(d, uid, gid)
         (self.path / "etc" / "passwd").write_text(
@@ -203,6 +193,7 @@ def bwrap_argv(
     terminal_port: int = TERMINAL_PORT,
     bwrap: str = "bwrap",
     run_as: tuple[int, int] | None = None,
+    listen_fd: int | None = None,
 ) -> list[str]:
     """The bubblewrap command that starts the pooled daemon entry in fresh namespaces.
 
@@ -210,8 +201,8 @@ def bwrap_argv(
     sandbox's own); otherwise bwrap makes a user namespace and the sandbox keeps our uid.
 
     The host file system is visible read-only; /home, /run, /tmp and the runtime's state
-    root are replaced, so a sandbox sees its own home, tmp and socket dir and nothing of
-    other sandboxes.
+    root are replaced, so a sandbox sees its own home and tmp and nothing of other
+    sandboxes. `listen_fd` is the daemon's bound socket, inherited through bwrap.
     """
     argv = [
         bwrap,
@@ -229,7 +220,6 @@ def bwrap_argv(
         "--tmpfs", "/var/tmp",
         "--bind", str(sandbox.home), HOME_INSIDE,
         "--bind", str(sandbox.tmp), "/tmp",
-        "--bind", str(sandbox.run), RUN_INSIDE,
         "--ro-bind", str(sandbox.path / "etc" / "passwd"), "/etc/passwd",
         "--ro-bind", str(sandbox.path / "etc" / "group"), "/etc/group",
         "--ro-bind", str(sandbox.path / "etc" / "hostname"), "/etc/hostname",
@@ -248,8 +238,9 @@ def bwrap_argv(
              "/usr/bin", "/sbin", "/bin"]),
         "--setenv", "PYTHONPATH", str(REPO_ROOT),
         "--setenv", "PYTHONUNBUFFERED", "1",
-        "--setenv", "TOOLBOX_UDS", SOCKET_INSIDE,
     ]
+    if listen_fd is not None:
+        argv += ["--setenv", "TOOLBOX_FD", str(listen_fd)]
     if egress == "none":
         argv.append("--unshare-net")
     else:

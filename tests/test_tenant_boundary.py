@@ -1,0 +1,84 @@
+"""Attacks on the tenant boundary (issue 13), each performed against the real main job from
+code running inside a sandbox or from the network, and each asserted to fail now."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+
+pytestmark = needs_bwrap
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = start_stack(tmp_path_factory.mktemp("tenants"), pool_size=1)
+    running.cli("create", "--id", "victim")
+    yield running
+    running.stop()
+
+
+def whoami_via_token(stack: Stack, sandbox_id: str) -> str:
+    """Which sandbox a request carrying only `sandbox_id`'s preview token executes in."""
+    import httpx
+
+    token = stack.cli("get", sandbox_id)["token"]
+    response = httpx.post(f"{stack.url}/toolbox/{sandbox_id}/process/execute",
+                          headers={"X-Daytona-Preview-Token": token, "Host": f"localhost:{stack.port}"},
+                          json={"command": "printenv DAYTONA_SANDBOX_ID"}, timeout=30)
+    assert response.status_code == 200, response.text
+    return str(response.json()["result"]).strip()
+
+
+def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> None:
+    attacker, victim = stack.first_id, "victim"
+    victim_socket = stack.cli("get", victim)["socket"]
+    control_socket = str(stack.state_dir / "control" / "runtime.sock")
+    # The old attack: swap the daemon's socket for a link to another tenant's socket, in
+    # every place the sandbox can write (its /run/toolbox was the host's socket dir).
+    attack = (
+        "for d in /run/toolbox $HOME /tmp " + str(stack.state_dir / "sockets") + "; do "
+        f"  mkdir -p $d 2>/dev/null; mv $d/toolbox.sock $d/real.sock 2>/dev/null; "
+        f"  ln -sf {victim_socket} $d/toolbox.sock 2>&1; "
+        f"  ln -sf {victim_socket} $d/{attacker}.sock 2>&1; "
+        f"  ln -sf {control_socket} $d/runtime.sock 2>&1; "
+        "done; ls -la /run; ls -la " + str(stack.state_dir) + "; echo done"
+    )
+    code, out = stack.execute(attacker, attack)
+    assert out.rstrip().endswith("done"), out
+    # Nothing the sandbox wrote is on the host path the proxy connects to.
+    registry = json.loads((stack.state_dir / "registry.json").read_text())
+    path = Path(registry["sandboxes"][attacker]["url"].removeprefix("unix:"))
+    assert path == stack.state_dir / "sockets" / f"{attacker}.sock"
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    sockets_dir = os.lstat(path.parent)
+    assert sockets_dir.st_uid == os.geteuid() and stat.S_IMODE(sockets_dir.st_mode) == 0o700
+    # Fresh connections (new proxy connections each time: stop/start drops the pool too).
+    for _ in range(3):
+        assert whoami_via_token(stack, attacker) == attacker
+    assert whoami_via_token(stack, victim) == victim
+
+
+def test_sandbox_sees_no_socket_of_the_host(stack: Stack) -> None:
+    # Real sockets only (-type s): links the sandbox made in its own /tmp do not count.
+    code, out = stack.execute(stack.first_id, "find / -type s 2>/dev/null | grep -v ^/proc; echo end")
+    assert out.split() == ["end"], out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes get their own uid only as root")
+def test_daemon_socket_peer_is_the_sandbox_uid(stack: Stack) -> None:
+    """The daemon listens itself, so SO_PEERCRED names the sandbox's uid, not root's."""
+    described = stack.cli("get", stack.first_id)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(described["socket"])
+        _pid, uid, _gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                               struct.calcsize("3i")))
+    assert uid == described["uid"] != 0
