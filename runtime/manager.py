@@ -25,6 +25,7 @@ from pathlib import Path
 
 from runtime import cgroups, sockets
 from runtime.limits import Limits
+from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
 from runtime.sandbox import (
     EGRESS, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv, new_id, valid_id,
@@ -116,8 +117,8 @@ class Runtime:
         if shutil.which("bwrap") is None:
             raise SandboxError(500, "bubblewrap is not installed: apt-get install bubblewrap")
         for d in (self.root, self.sandboxes_dir, self.pool_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
+            d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(d, DIR_MODE)  # tokens inside: no other local user may look
         sockets.ensure_sockets_dir(self.root)
         # Nothing runs yet, so every socket left there is stale.
         for stale in sockets.sockets_dir(self.root).iterdir():
@@ -127,7 +128,7 @@ class Runtime:
         # Groups left by a runtime on this state dir that died without cleaning up.
         await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
-        self.pool_dir.mkdir()
+        self.pool_dir.mkdir(mode=DIR_MODE)
         for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
             try:
                 spec = SandboxDir(meta.parent).load()
@@ -352,7 +353,7 @@ class Runtime:
                                    listen_fd=listener.fileno())
                 env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                        **self.backend.launch_env(group)}
-                with open(target.log, "ab") as logfile:
+                with open(open_private_append(target.log), "ab") as logfile:
                     process = await asyncio.create_subprocess_exec(
                         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                         stderr=logfile, env=env, start_new_session=True,
@@ -402,7 +403,7 @@ class Runtime:
         """Keep draining the daemon's stdout into its log (it must never block on it); when
         the sandbox dies on its own, mark it stopped and take it out of the registry."""
         assert running.process.stdout is not None
-        with open(running.dir.path / "daemon.log", "ab") as logfile:
+        with open(open_private_append(running.dir.log), "ab") as logfile:
             while chunk := await running.process.stdout.read(65536):
                 logfile.write(chunk)
                 logfile.flush()

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.limits import Limits
+from runtime.private import DIR_MODE, write_private
 
 USER = "daytona"
 HOME_INSIDE = "/home/daytona"
@@ -105,7 +106,9 @@ class SandboxDir:
     def create(self, uid: int, gid: int) -> None:
         for d in (self.path, self.home, self.tmp, self.path / "etc"):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path, 0o755)
+        # Only root (bwrap mounts as root) and the runtime need the way in: its files hold
+        # the token, and inside the sandbox its home and tmp are reached by bind mounts.
+        os.chmod(self.path, DIR_MODE)
         os.chmod(self.tmp, 0o1777)
         os.chmod(self.home, 0o700)
         for d in (self.home, self.tmp):
@@ -122,9 +125,7 @@ class SandboxDir:
         )
 
     def save(self, spec: SandboxSpec) -> None:
-        tmp = self.meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec.to_json(), indent=1))
-        os.replace(tmp, self.meta)
+        write_private(self.meta, json.dumps(spec.to_json(), indent=1).encode())
 
     def load(self) -> SandboxSpec:
         return SandboxSpec.from_json(json.loads(self.meta.read_text()))

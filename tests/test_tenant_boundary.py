@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,11 +21,18 @@ pytestmark = needs_bwrap
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("tenants"), pool_size=1)
-    running.cli("create", "--id", "victim")
-    yield running
-    running.stop()
+def stack() -> Iterator[Stack]:
+    # A parent any local user may traverse (pytest's own tmp dirs are 0700), so the
+    # state dir's own modes are what keeps other users out.
+    base = Path(tempfile.mkdtemp(prefix="tenants-"))
+    os.chmod(base, 0o755)
+    running = start_stack(base / "state", pool_size=1)
+    try:
+        running.cli("create", "--id", "victim")
+        yield running
+    finally:
+        running.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def whoami_via_token(stack: Stack, sandbox_id: str) -> str:
@@ -82,3 +91,26 @@ def test_daemon_socket_peer_is_the_sandbox_uid(stack: Stack) -> None:
         _pid, uid, _gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                struct.calcsize("3i")))
     assert uid == described["uid"] != 0
+
+
+def test_state_files_are_private(stack: Stack) -> None:
+    state = stack.state_dir
+    sandbox_dir = state / "sandboxes" / stack.first_id
+    for directory in (state, state / "sandboxes", state / "pool", state / "sockets", sandbox_dir):
+        assert stat.S_IMODE(os.lstat(directory).st_mode) == 0o700, directory
+    for path in (state / "registry.json", sandbox_dir / "sandbox.json", sandbox_dir / "daemon.log",
+                 state / "api-key", state / "proxy-secret"):
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600, path
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another local user")
+def test_other_local_users_cannot_read_tokens(stack: Stack) -> None:
+    import subprocess
+
+    token = stack.cli("get", stack.first_id)["token"]
+    for path in (stack.state_dir / "registry.json",
+                 stack.state_dir / "sandboxes" / stack.first_id / "sandbox.json"):
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
+                                capture_output=True, text=True, timeout=10)
+        assert result.returncode != 0 and token not in result.stdout
+        assert "Permission denied" in result.stderr
