@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import cgroups, sockets
+from runtime.uids import UidRange, UidsExhausted
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
@@ -33,7 +34,6 @@ from runtime.sandbox import (
 
 log = logging.getLogger("runtime")
 
-UID_BASE = 200_000  # sandbox uids when we run as root: far from real users
 READY_LINE = b"Starting toolbox server"
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
 # Called with a sandbox id once it is in the registry; returns when the proxy routes it.
@@ -100,7 +100,8 @@ class Runtime:
         self.specs: dict[str, SandboxSpec] = {}
         self.running: dict[str, Running] = {}
         self.pool: list[Running] = []
-        self._uids: set[int] = set()  # reserved by sandboxes, pooled or being started
+        self._uids: set[int] = set()  # held by sandboxes, pooled or being started
+        self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pool_wakeup = asyncio.Event()
@@ -120,6 +121,8 @@ class Runtime:
             d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             os.chmod(d, DIR_MODE)  # tokens inside: no other local user may look
         sockets.ensure_sockets_dir(self.root)
+        if os.geteuid() == 0:
+            self.uid_range = await asyncio.to_thread(UidRange.open, self.root)
         # Nothing runs yet, so every socket left there is stale.
         for stale in sockets.sockets_dir(self.root).iterdir():
             sockets.remove(stale)
@@ -138,6 +141,8 @@ class Runtime:
             spec.state = "stopped"
             self.specs[spec.id] = spec
             self._uids.add(spec.uid)
+        if self.uid_range is not None:
+            self.uid_range.skip_past(self._uids)
         self.registry.flush()
         self._spawn(self._pool_loop())
         if self.idle_timeout > 0:
@@ -223,7 +228,7 @@ class Runtime:
                 spec = SandboxSpec(sandbox_id, running.uid, running.gid, env, limits, egress,
                                    public=public)
             else:
-                uid, gid = self._allocate_uid()
+                uid, gid = await self._allocate_uid()
                 spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
                 await asyncio.to_thread(target.create, uid, gid)
                 running = await self._launch(target, spec.uid, spec.gid, limits, egress,
@@ -304,19 +309,20 @@ class Runtime:
         await self.stop(sandbox_id)
         async with self._lock(sandbox_id):
             spec = self.specs.pop(sandbox_id, None)
-            if spec is not None and spec.uid >= UID_BASE:
-                self._uids.discard(spec.uid)
+            if spec is not None:
+                self._uids.discard(spec.uid)  # bookkeeping only: a uid is never handed out again
             await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
         self._locks.pop(sandbox_id, None)
 
     # ---- processes ------------------------------------------------------------------
 
-    def _allocate_uid(self) -> tuple[int, int]:
-        if os.geteuid() != 0:
+    async def _allocate_uid(self) -> tuple[int, int]:
+        if self.uid_range is None:
             return os.getuid(), os.getgid()
-        uid = UID_BASE
-        while uid in self._uids:
-            uid += 1
+        try:
+            uid = await asyncio.to_thread(self.uid_range.allocate)
+        except UidsExhausted as exc:
+            raise SandboxError(507, str(exc)) from None
         self._uids.add(uid)
         return uid, uid
 
@@ -462,7 +468,7 @@ class Runtime:
             await self._pool_wakeup.wait()
 
     async def _new_pooled(self) -> Running:
-        uid, gid = self._allocate_uid()
+        uid, gid = await self._allocate_uid()
         name = f"pool-{os.urandom(5).hex()}"
         target = SandboxDir(self.pool_dir / name)
         await asyncio.to_thread(target.create, uid, gid)

@@ -114,3 +114,57 @@ def test_other_local_users_cannot_read_tokens(stack: Stack) -> None:
                                 capture_output=True, text=True, timeout=10)
         assert result.returncode != 0 and token not in result.stdout
         assert "Permission denied" in result.stderr
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes get uids of their own only as root")
+
+
+def uid_range(state_dir: Path) -> range:
+    recorded = json.loads((state_dir / "uids.json").read_text())
+    return range(recorded["base"], recorded["base"] + recorded["size"])
+
+
+@needs_root
+def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_path: Path) -> None:
+    used = {s["uid"] for s in stack.cli("list")}
+    gone = stack.cli("create", "--id", "short-lived")["uid"]
+    stack.cli("delete", "short-lived")
+    later = stack.cli("create", "--id", "later")["uid"]
+    stack.cli("delete", "later")
+    assert later != gone and gone not in used
+    mine = uid_range(stack.state_dir)
+    assert {gone, later, *used} <= set(mine)
+
+    other = start_stack(tmp_path / "other", pool_size=0)
+    try:
+        theirs = uid_range(other.state_dir)
+        assert set(theirs).isdisjoint(mine)
+        first = other.cli("get", other.first_id)["uid"]
+        assert first in theirs
+    finally:
+        other.stop()
+    # The high-water mark outlives a restart: the restarted runtime hands out a new uid.
+    again = start_stack(tmp_path / "other", pool_size=0)
+    try:
+        assert uid_range(again.state_dir) == theirs
+        assert again.cli("create", "--id", "after-restart")["uid"] > first
+    finally:
+        again.stop()
+
+
+def test_uid_ranges_are_recorded_host_wide(tmp_path: Path) -> None:
+    from runtime.uids import UidRange
+
+    host = tmp_path / "host" / "uid-ranges.json"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = UidRange.open(tmp_path / "a", host)
+    b = UidRange.open(tmp_path / "b", host)
+    assert a.base + a.size <= b.base
+    assert [a.allocate(), a.allocate()] == [a.base, a.base + 1]
+    reopened = UidRange.open(tmp_path / "a", host)
+    assert (reopened.base, reopened.next) == (a.base, a.base + 2)
+    reopened.skip_past({a.base + 10})  # a sandbox on disk already has this one
+    assert reopened.allocate() == a.base + 11
+    assert stat.S_IMODE(os.stat(host).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / "a" / "uids.json").st_mode) == 0o600
