@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import cgroups, sockets
+from runtime import cgroups, seccomp, sockets
 from runtime.uids import UidRange, UidsExhausted
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
@@ -351,22 +351,24 @@ class Runtime:
         process: asyncio.subprocess.Process | None = None
         try:
             listener = sockets.bind_unlistened(socket_path)
+            syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
             try:
                 argv = self.backend.launch_prefix(group, limits)
                 argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
                                    terminal_port=self.terminal_port,
                                    run_as=(uid, gid) if os.geteuid() == 0 else None,
-                                   listen_fd=listener.fileno())
+                                   listen_fd=listener.fileno(), seccomp_fd=syscall_filter)
                 env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                        **self.backend.launch_env(group)}
                 with open(open_private_append(target.log), "ab") as logfile:
                     process = await asyncio.create_subprocess_exec(
                         *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                         stderr=logfile, env=env, start_new_session=True,
-                        pass_fds=(listener.fileno(),),
+                        pass_fds=(listener.fileno(), syscall_filter),
                     )
             finally:
                 listener.close()  # the daemon holds its own copy
+                os.close(syscall_filter)
             running = Running(process, group, target, uid, gid, socket=socket_path)
             await self._expect(running, b"pooled")
         except BaseException:

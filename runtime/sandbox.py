@@ -195,6 +195,7 @@ def bwrap_argv(
     bwrap: str = "bwrap",
     run_as: tuple[int, int] | None = None,
     listen_fd: int | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The bubblewrap command that starts the pooled daemon entry in fresh namespaces.
 
@@ -203,7 +204,8 @@ def bwrap_argv(
 
     The host file system is visible read-only; /home, /run, /tmp and the runtime's state
     root are replaced, so a sandbox sees its own home and tmp and nothing of other
-    sandboxes. `listen_fd` is the daemon's bound socket, inherited through bwrap.
+    sandboxes. `listen_fd` is the daemon's bound socket, inherited through bwrap;
+    `seccomp_fd` holds the compiled syscall filter (runtime/seccomp.py).
     """
     argv = [
         bwrap,
@@ -213,7 +215,9 @@ def bwrap_argv(
         "--hostname", "sandbox",
         "--ro-bind", "/", "/",
         "--dev", "/dev",
-        "--tmpfs", "/dev/shm",
+        # POSIX semaphores and shared memory (multiprocessing.Lock) need a sticky,
+        # world-writable /dev/shm, as on any host; its pages count against the cgroup.
+        "--perms", "1777", "--tmpfs", "/dev/shm",
         "--proc", "/proc",
         "--tmpfs", str(state_root),
         "--tmpfs", "/home",
@@ -242,6 +246,8 @@ def bwrap_argv(
     ]
     if listen_fd is not None:
         argv += ["--setenv", "TOOLBOX_FD", str(listen_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     if egress == "none":
         argv.append("--unshare-net")
     else:

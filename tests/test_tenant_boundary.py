@@ -168,3 +168,75 @@ def test_uid_ranges_are_recorded_host_wide(tmp_path: Path) -> None:
     assert reopened.allocate() == a.base + 11
     assert stat.S_IMODE(os.stat(host).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "a" / "uids.json").st_mode) == 0o600
+
+
+SYSCALL_PROBE = r'''
+import ctypes, errno, json
+libc = ctypes.CDLL(None, use_errno=True)
+calls = {"io_uring_setup": (425, 8, 0), "keyctl": (250, 0, 0), "add_key": (248, 0, 0),
+         "request_key": (249, 0, 0), "bpf": (321, 0, 0), "perf_event_open": (298, 0, 0),
+         "userfaultfd": (323, 0), "unshare": (272, 0x10000000), "mount": (165, 0, 0, 0),
+         "init_module": (175, 0, 0, 0), "kexec_load": (246, 0, 0, 0, 0), "setns": (308, 0, 0),
+         "clone_newuser": (56, 0x10000000 | 17, 0, 0, 0, 0)}
+out = {}
+for name, (number, *args) in calls.items():
+    ctypes.set_errno(0)
+    result = libc.syscall(number, *[ctypes.c_long(a) for a in args])
+    out[name] = errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno())) if result == -1 else "ok"
+print(json.dumps(out))
+'''
+
+
+def test_dangerous_syscalls_fail_with_eperm_inside_a_sandbox(stack: Stack) -> None:
+    with stack.toolbox(stack.first_id) as client:
+        assert client.post("/files/upload", params={"path": "probe.py"},
+                           files={"file": ("probe.py", SYSCALL_PROBE.encode())}).status_code == 200
+    code, out = stack.execute(stack.first_id, "python probe.py")
+    assert code == 0, out
+    results = json.loads(out)
+    assert results == {name: "EPERM" for name in results}, results
+    # The keyring attack of issue 13: a key added in one sandbox for a later one to read.
+    code, out = stack.execute(stack.first_id, "python -c \"import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
+                                              "print(libc.syscall(248, b'user', b'planted', b'x', 1, -3), ctypes.get_errno())\"")
+    assert out.split() == ["-1", "1"], out  # add_key(..., KEY_SPEC_USER_KEYRING): EPERM
+
+
+NORMAL_WORK = r'''
+set -e
+stat -c %a /dev/shm
+python - <<'PY'
+import multiprocessing, threading, concurrent.futures, os, pty, subprocess
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    assert sum(pool.map(lambda x: x * 2, range(100))) == 9900
+lock = multiprocessing.Lock()
+with lock:
+    pass
+with multiprocessing.Pool(2) as procs:
+    assert procs.map(abs, [-1, -2]) == [1, 2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp("sh", ["sh", "-c", "tty; echo pty-ok"])
+data = b""
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    data += chunk
+os.waitpid(pid, 0)
+assert b"pty-ok" in data and b"/dev/pts/" in data, data
+print("python-ok")
+PY
+git init -q work && cd work && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m one && git log --oneline | wc -l
+python -m pip --version >/dev/null && echo pip-ok
+'''
+
+
+def test_normal_work_still_runs_under_the_filter(stack: Stack) -> None:
+    with stack.toolbox(stack.first_id) as client:
+        assert client.post("/files/upload", params={"path": "work.sh"},
+                           files={"file": ("work.sh", NORMAL_WORK.encode())}).status_code == 200
+    code, out = stack.execute(stack.first_id, "bash work.sh", timeout=60)
+    assert code == 0 and out.split() == ["1777", "python-ok", "1", "pip-ok"], out
