@@ -3,8 +3,9 @@
 Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time, reports
 ``pooled`` on stdout and blocks on stdin for one JSON line, the claim:
 ``{"id": "...", "env": {...}}``. It then applies the environment and serves the Toolbox
-API on the Unix socket in $TOOLBOX_UDS; the daemon's readiness line on stdout tells the
-runtime that the sandbox answers.
+API on the Unix socket the runtime bound and passed as descriptor $TOOLBOX_FD (the socket
+file lives where no sandbox can reach it: runtime/sockets.py); the daemon's readiness line
+on stdout tells the runtime that the sandbox answers.
 """
 
 from __future__ import annotations
@@ -44,12 +45,9 @@ def main() -> int:
 
     from toolbox import cli
 
-    uds = os.environ.get("TOOLBOX_UDS", "/run/toolbox/toolbox.sock")
-    try:
-        os.unlink(uds)  # a socket left by a previous run of this sandbox
-    except FileNotFoundError:
-        pass
-    return cli.main(["serve", "--uds", uds, "--workdir", os.environ.get("HOME", os.getcwd()),
+    fd = os.environ.pop("TOOLBOX_FD")  # not inherited by the sandbox's own processes
+    os.set_inheritable(int(fd), False)
+    return cli.main(["serve", "--fd", fd, "--workdir", os.environ.get("HOME", os.getcwd()),
                      "--sandbox-id", sandbox_id])
 
 

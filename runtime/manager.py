@@ -24,8 +24,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import cgroups
+from runtime import cgroups, seccomp, sockets
+from runtime.uids import UidRange, UidsExhausted
 from runtime.limits import Limits
+from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
 from runtime.sandbox import (
     EGRESS, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv, new_id, valid_id,
@@ -33,7 +35,6 @@ from runtime.sandbox import (
 
 log = logging.getLogger("runtime")
 
-UID_BASE = 200_000  # sandbox uids when we run as root: far from real users
 READY_LINE = b"Starting toolbox server"
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
 # Called with a sandbox id once it is in the registry; returns when the proxy routes it.
@@ -67,6 +68,7 @@ class Running:
     gid: int
     started_at: float = field(default_factory=time.time)
     pump: asyncio.Task[None] | None = None
+    socket: Path | None = None  # where its listening socket is bound (runtime/sockets.py)
 
 
 class Runtime:
@@ -99,7 +101,8 @@ class Runtime:
         self.specs: dict[str, SandboxSpec] = {}
         self.running: dict[str, Running] = {}
         self.pool: list[Running] = []
-        self._uids: set[int] = set()  # reserved by sandboxes, pooled or being started
+        self._uids: set[int] = set()  # held by sandboxes, pooled or being started
+        self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[object]] = set()
         self._pool_wakeup = asyncio.Event()
@@ -116,14 +119,20 @@ class Runtime:
         if shutil.which("bwrap") is None:
             raise SandboxError(500, "bubblewrap is not installed: apt-get install bubblewrap")
         for d in (self.root, self.sandboxes_dir, self.pool_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
+            d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(d, DIR_MODE)  # tokens inside: no other local user may look
+        sockets.ensure_sockets_dir(self.root)
+        if os.geteuid() == 0:
+            self.uid_range = await asyncio.to_thread(UidRange.open, self.root)
+        # Nothing runs yet, so every socket left there is stale.
+        for stale in sockets.sockets_dir(self.root).iterdir():
+            sockets.remove(stale)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
         # Groups left by a runtime on this state dir that died without cleaning up.
         await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
-        self.pool_dir.mkdir()
+        self.pool_dir.mkdir(mode=DIR_MODE)
         crashed: list[str] = []
         for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
             try:
@@ -136,6 +145,8 @@ class Runtime:
             spec.state = "stopped"
             self.specs[spec.id] = spec
             self._uids.add(spec.uid)
+        if self.uid_range is not None:
+            self.uid_range.skip_past(self._uids)
         self.registry.flush()
         self._spawn(self._pool_loop())
         if self.idle_timeout > 0:
@@ -166,6 +177,8 @@ class Runtime:
         await asyncio.gather(*(self._kill(r) for r in pool), return_exceptions=True)
         for r in pool:
             r.dir.remove()
+            if r.socket is not None:
+                sockets.remove(r.socket)
             self._uids.discard(r.uid)
 
     def _spawn(self, coro: Awaitable[object]) -> None:
@@ -190,7 +203,7 @@ class Runtime:
     def describe(self, spec: SandboxSpec) -> dict[str, object]:
         data = spec.to_json()
         running = self.running.get(spec.id)
-        data["socket"] = str(self.sandboxes_dir / spec.id / "run" / "toolbox.sock")
+        data["socket"] = str(self.socket_path(spec.id))
         data["dir"] = str(self.sandboxes_dir / spec.id)
         if running is not None:
             data["started_at"] = running.started_at
@@ -223,16 +236,21 @@ class Runtime:
             if pooled is not None:
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
+                # Renaming a bound socket keeps it bound: the daemon keeps listening on it.
+                assert pooled.socket is not None
+                os.rename(pooled.socket, self.socket_path(sandbox_id))
+                pooled.socket = self.socket_path(sandbox_id)
                 if limits != self.default_limits:
                     await asyncio.to_thread(pooled.group.apply, limits)
                 running = pooled
                 spec = SandboxSpec(sandbox_id, running.uid, running.gid, env, limits, egress,
                                    public=public)
             else:
-                uid, gid = self._allocate_uid()
+                uid, gid = await self._allocate_uid()
                 spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
                 await asyncio.to_thread(target.create, uid, gid)
-                running = await self._launch(target, spec.uid, spec.gid, limits, egress)
+                running = await self._launch(target, spec.uid, spec.gid, limits, egress,
+                                             self.socket_path(sandbox_id))
             self.specs[sandbox_id] = spec
             try:
                 await self._claim(running, spec)
@@ -240,6 +258,7 @@ class Runtime:
                 await self._kill(running)
                 del self.specs[sandbox_id]
                 target.remove()
+                sockets.remove(self.socket_path(sandbox_id))
                 self._uids.discard(spec.uid)
                 self._pool_wakeup.set()
                 raise
@@ -269,6 +288,8 @@ class Runtime:
     async def _discard(self, running: Running) -> None:
         await self._kill(running)
         running.dir.remove()
+        if running.socket is not None:
+            sockets.remove(running.socket)
         self._uids.discard(running.uid)
         self._pool_wakeup.set()
 
@@ -280,7 +301,8 @@ class Runtime:
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             # Idempotent: also brings a sandbox made by an older version up to today's layout.
             await asyncio.to_thread(target.create, spec.uid, spec.gid)
-            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
+            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,
+                                         self.socket_path(sandbox_id))
             try:
                 await self._claim(running, spec)
             except BaseException:
@@ -296,6 +318,7 @@ class Runtime:
             self.registry.remove(sandbox_id)
             if running is not None:
                 await self._kill(running)
+            sockets.remove(self.socket_path(sandbox_id))
             spec.state = "stopped"
             SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
             return spec
@@ -304,25 +327,32 @@ class Runtime:
         await self.stop(sandbox_id)
         async with self._lock(sandbox_id):
             spec = self.specs.pop(sandbox_id, None)
-            if spec is not None and spec.uid >= UID_BASE:
-                self._uids.discard(spec.uid)
+            if spec is not None:
+                self._uids.discard(spec.uid)  # bookkeeping only: a uid is never handed out again
             await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
         self._locks.pop(sandbox_id, None)
 
     # ---- processes ------------------------------------------------------------------
 
-    def _allocate_uid(self) -> tuple[int, int]:
-        if os.geteuid() != 0:
+    async def _allocate_uid(self) -> tuple[int, int]:
+        if self.uid_range is None:
             return os.getuid(), os.getgid()
-        uid = UID_BASE
-        while uid in self._uids:
-            uid += 1
+        try:
+            uid = await asyncio.to_thread(self.uid_range.allocate)
+        except UidsExhausted as exc:
+            raise SandboxError(507, str(exc)) from None
         self._uids.add(uid)
         return uid, uid
 
+    def socket_path(self, sandbox_id: str) -> Path:
+        return sockets.socket_path(self.root, sandbox_id)
+
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
-                      egress: str) -> Running:
+                      egress: str, socket_path: Path) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
+
+        The daemon's socket is bound here, at `socket_path` in the runtime's private
+        sockets dir, and inherited by the daemon as a descriptor (runtime/sockets.py).
 
         Whatever happens (errors, cancellation when the runtime stops), a sandbox that did
         not come up leaves no cgroup and no process behind."""
@@ -338,20 +368,29 @@ class Runtime:
             raise
         process: asyncio.subprocess.Process | None = None
         try:
-            argv = self.backend.launch_prefix(group, limits)
-            argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
-                               terminal_port=self.terminal_port,
-                               run_as=(uid, gid) if os.geteuid() == 0 else None)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                   **self.backend.launch_env(group)}
-            with open(target.log, "ab") as logfile:  # noqa: ASYNC230 - a local file, opened once
-                process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=logfile, env=env, start_new_session=True,
-                )
-            running = Running(process, group, target, uid, gid)
+            listener = sockets.bind_unlistened(socket_path)
+            syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
+            try:
+                argv = self.backend.launch_prefix(group, limits)
+                argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
+                                   terminal_port=self.terminal_port,
+                                   run_as=(uid, gid) if os.geteuid() == 0 else None,
+                                   listen_fd=listener.fileno(), seccomp_fd=syscall_filter)
+                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                       **self.backend.launch_env(group)}
+                with open(open_private_append(target.log), "ab") as logfile:  # noqa: ASYNC230 - a local file, opened once
+                    process = await asyncio.create_subprocess_exec(
+                        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                        stderr=logfile, env=env, start_new_session=True,
+                        pass_fds=(listener.fileno(), syscall_filter),
+                    )
+            finally:
+                listener.close()  # the daemon holds its own copy
+                os.close(syscall_filter)
+            running = Running(process, group, target, uid, gid, socket=socket_path)
             await self._expect(running, b"pooled")
         except BaseException:
+            sockets.remove(socket_path)
             if process is not None:
                 await asyncio.shield(self._kill(Running(process, group, target, uid, gid)))
             else:
@@ -391,7 +430,7 @@ class Runtime:
         the sandbox dies on its own, mark it stopped and take it out of the registry."""
         assert running.process.stdout is not None
         # A local file: appends of at most 64 KiB do not stall the loop for long.
-        with open(running.dir.path / "daemon.log", "ab") as logfile:  # noqa: ASYNC230
+        with open(open_private_append(running.dir.log), "ab") as logfile:  # noqa: ASYNC230
             while chunk := await running.process.stdout.read(65536):
                 logfile.write(chunk)
                 logfile.flush()
@@ -433,7 +472,7 @@ class Runtime:
             log.warning("proxy did not confirm %s: %s", sandbox_id, exc)
 
     def _register(self, spec: SandboxSpec) -> None:
-        socket = self.sandboxes_dir / spec.id / "run" / "toolbox.sock"
+        socket = self.socket_path(spec.id)
         self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public)
 
     # ---- background loops -----------------------------------------------------------
@@ -450,11 +489,13 @@ class Runtime:
             await self._pool_wakeup.wait()
 
     async def _new_pooled(self) -> Running:
-        uid, gid = self._allocate_uid()
-        target = SandboxDir(self.pool_dir / f"pool-{os.urandom(5).hex()}")
+        uid, gid = await self._allocate_uid()
+        name = f"pool-{os.urandom(5).hex()}"
+        target = SandboxDir(self.pool_dir / name)
         await asyncio.to_thread(target.create, uid, gid)
         try:
-            return await self._launch(target, uid, gid, self.default_limits, "none")
+            return await self._launch(target, uid, gid, self.default_limits, "none",
+                                      sockets.pooled_socket_path(self.root, name))
         except BaseException:
             target.remove()
             self._uids.discard(uid)

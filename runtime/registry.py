@@ -2,15 +2,17 @@
 
 Format (the proxy reloads it when it changes):
 ``{"sandboxes": {"<id>": {"url": "unix:/path/toolbox.sock", "public": false, "token": "..."}}}``
-Written to a temporary file and renamed, so the proxy never reads half a file.
+Written 0600 to a temporary file and renamed, so the proxy never reads half a file and
+no other local user reads a token.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from runtime.private import write_private
 
 
 class FileRegistry:
@@ -28,6 +30,4 @@ class FileRegistry:
 
     def flush(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"sandboxes": self.entries}, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps({"sandboxes": self.entries}, indent=1, sort_keys=True).encode())

@@ -5,8 +5,8 @@ Layout of a sandbox directory (under the runtime's state root):
     sandbox.json   id, uid, env, limits, egress, token, state
     home/          the writable home and work dir, /home/daytona inside
     tmp/           the writable /tmp inside
-    run/           bind-mounted at /run/toolbox: the daemon's Unix socket lives here,
-                   so the proxy reaches the daemon though the sandbox has no network
+    (no socket: the daemon's socket is in STATE/sockets/, out of the sandbox's reach,
+     and handed to it as a descriptor; see runtime/sockets.py)
     etc/passwd, etc/group   a user entry for the sandbox uid
     daemon.log     the daemon's stderr
 """
@@ -25,11 +25,10 @@ from typing import Any
 
 from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.limits import Limits
+from runtime.private import DIR_MODE, write_private
 
 USER = "daytona"
 HOME_INSIDE = "/home/daytona"
-RUN_INSIDE = "/run/toolbox"
-SOCKET_INSIDE = f"{RUN_INSIDE}/toolbox.sock"
 TERMINAL_PORT = 22222
 EGRESS = ("none", "host")
 
@@ -97,14 +96,6 @@ class SandboxDir:
         return self.path / "tmp"
 
     @property
-    def run(self) -> Path:
-        return self.path / "run"
-
-    @property
-    def socket(self) -> Path:
-        return self.run / "toolbox.sock"
-
-    @property
     def log(self) -> Path:
         return self.path / "daemon.log"
 
@@ -113,12 +104,14 @@ class SandboxDir:
         return self.path / "sandbox.json"
 
     def create(self, uid: int, gid: int) -> None:
-        for d in (self.path, self.home, self.tmp, self.run, self.path / "etc"):
+        for d in (self.path, self.home, self.tmp, self.path / "etc"):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path, 0o755)
+        # Only root (bwrap mounts as root) and the runtime need the way in: its files hold
+        # the token, and inside the sandbox its home and tmp are reached by bind mounts.
+        os.chmod(self.path, DIR_MODE)
         os.chmod(self.tmp, 0o1777)
         os.chmod(self.home, 0o700)
-        for d in (self.home, self.tmp, self.run):
+        for d in (self.home, self.tmp):
             if os.geteuid() == 0:
                 os.chown(d, uid, gid)
         (self.path / "etc" / "passwd").write_text(
@@ -133,9 +126,7 @@ class SandboxDir:
         )
 
     def save(self, spec: SandboxSpec) -> None:
-        tmp = self.meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec.to_json(), indent=1))
-        os.replace(tmp, self.meta)
+        write_private(self.meta, json.dumps(spec.to_json(), indent=1).encode())
 
     def load(self) -> SandboxSpec:
         return SandboxSpec.from_json(json.loads(self.meta.read_text()))
@@ -153,6 +144,8 @@ def bwrap_argv(
     terminal_port: int = TERMINAL_PORT,
     bwrap: str = "bwrap",
     run_as: tuple[int, int] | None = None,
+    listen_fd: int | None = None,
+    seccomp_fd: int | None = None,
 ) -> list[str]:
     """The bubblewrap command that starts the pooled daemon entry in fresh namespaces.
 
@@ -160,8 +153,9 @@ def bwrap_argv(
     sandbox's own); otherwise bwrap makes a user namespace and the sandbox keeps our uid.
 
     The host file system is visible read-only; /home, /run, /tmp and the runtime's state
-    root are replaced, so a sandbox sees its own home, tmp and socket dir and nothing of
-    other sandboxes.
+    root are replaced, so a sandbox sees its own home and tmp and nothing of other
+    sandboxes. `listen_fd` is the daemon's bound socket, inherited through bwrap;
+    `seccomp_fd` holds the compiled syscall filter (runtime/seccomp.py).
     """
     argv = [
         bwrap,
@@ -171,7 +165,9 @@ def bwrap_argv(
         "--hostname", "sandbox",
         "--ro-bind", "/", "/",
         "--dev", "/dev",
-        "--tmpfs", "/dev/shm",
+        # POSIX semaphores and shared memory (multiprocessing.Lock) need a sticky,
+        # world-writable /dev/shm, as on any host; its pages count against the cgroup.
+        "--perms", "1777", "--tmpfs", "/dev/shm",
         "--proc", "/proc",
         "--tmpfs", str(state_root),
         "--tmpfs", "/home",
@@ -179,7 +175,6 @@ def bwrap_argv(
         "--tmpfs", "/var/tmp",
         "--bind", str(sandbox.home), HOME_INSIDE,
         "--bind", str(sandbox.tmp), "/tmp",
-        "--bind", str(sandbox.run), RUN_INSIDE,
         "--ro-bind", str(sandbox.path / "etc" / "passwd"), "/etc/passwd",
         "--ro-bind", str(sandbox.path / "etc" / "group"), "/etc/group",
         "--ro-bind", str(sandbox.path / "etc" / "hostname"), "/etc/hostname",
@@ -198,10 +193,13 @@ def bwrap_argv(
             [code.bin_dir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
              "/usr/bin", "/sbin", "/bin"]),
         "--setenv", "PYTHONUNBUFFERED", "1",
-        "--setenv", "TOOLBOX_UDS", SOCKET_INSIDE,
     ]
     for key, value in code.env.items():
         argv += ["--setenv", key, value]
+    if listen_fd is not None:
+        argv += ["--setenv", "TOOLBOX_FD", str(listen_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     if egress == "none":
         argv.append("--unshare-net")
     else:

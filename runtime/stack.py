@@ -61,7 +61,7 @@ class Stack:
         self.config = config
         state = config.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o755)
+        os.chmod(state, 0o700)  # registry.json and every sandbox.json hold preview tokens
         self.api_key_file = state / "api-key"
         if config.api_key:
             self.api_key = config.api_key
