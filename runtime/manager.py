@@ -36,6 +36,7 @@ from runtime.sandbox import (
 log = logging.getLogger("runtime")
 
 READY_LINE = b"Starting toolbox server"
+DAEMON_OOM_SCORE_ADJ = -900
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
 # Called with a sandbox id once it is in the registry; returns when the proxy routes it.
 VisibleCheck = Callable[[str], Awaitable[None]]
@@ -48,6 +49,15 @@ def _tail(path: Path, size: int = 600) -> str:
             return f.read().decode(errors="replace").strip()
     except OSError:
         return "(no log)"
+
+
+def _oom_score_adj(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 class SandboxError(Exception):
@@ -69,6 +79,7 @@ class Running:
     started_at: float = field(default_factory=time.time)
     pump: asyncio.Task[None] | None = None
     socket: Path | None = None  # where its listening socket is bound (runtime/sockets.py)
+    daemon_pid: int | None = None  # the daemon's pid on the host, once claimed
 
 
 class Runtime:
@@ -107,6 +118,7 @@ class Runtime:
         self._tasks: set[asyncio.Future[object]] = set()
         self._pool_wakeup = asyncio.Event()
         self._closed = False
+        self._oom_warned = False
 
     @property
     def _group_prefix(self) -> str:
@@ -209,6 +221,8 @@ class Runtime:
             data["started_at"] = running.started_at
             data["usage"] = running.group.stats()
             data["cgroups"] = [str(d) for d in running.group.dirs]
+            data["daemon_pid"] = running.daemon_pid
+            data["daemon_oom_score_adj"] = _oom_score_adj(running.daemon_pid)
         return data
 
     async def create(
@@ -372,10 +386,12 @@ class Runtime:
             syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
             try:
                 argv = self.backend.launch_prefix(group, limits)
-                argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
-                                   terminal_port=self.terminal_port,
-                                   run_as=(uid, gid) if os.geteuid() == 0 else None,
-                                   listen_fd=listener.fileno(), seccomp_fd=syscall_filter)
+                # A thread: the command line lists the host's /etc (sandbox.etc_mounts).
+                argv += await asyncio.to_thread(
+                    bwrap_argv, target, state_root=self.root, egress=egress, python=self.python,
+                    terminal_port=self.terminal_port,
+                    run_as=(uid, gid) if os.geteuid() == 0 else None,
+                    listen_fd=listener.fileno(), seccomp_fd=syscall_filter)
                 env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                        **self.backend.launch_env(group)}
                 with open(open_private_append(target.log), "ab") as logfile:  # noqa: ASYNC230 - a local file, opened once
@@ -440,16 +456,32 @@ class Runtime:
             self._spawn(self.stop(sandbox_id))
 
     def _protect_daemon(self, running: Running) -> None:
-        """Make the OOM killer pick a memory hog before the sandbox's own daemon."""
-        if os.geteuid() != 0:
-            return
+        """Make the OOM killer pick a memory hog before the sandbox's own daemon.
+
+        Lowering oom_score_adj below 0 needs CAP_SYS_RESOURCE even as root; containers
+        often drop it (this CI machine does), and then the daemon stays at 0: said once,
+        loudly, and visible as `daemon_oom_score_adj` in `runtime get`."""
         for pid in running.group.pids():
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b"runtime.entry" in cmdline:
-                    Path(f"/proc/{pid}/oom_score_adj").write_text("-900")
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
-                pass
+                continue  # exited meanwhile
+            # The daemon itself, not the bwrap processes whose arguments name it too.
+            if argv[1:3] != [b"-m", b"runtime.entry"]:
+                continue
+            running.daemon_pid = pid
+            if os.geteuid() != 0:
+                return
+            try:
+                Path(f"/proc/{pid}/oom_score_adj").write_text(str(DAEMON_OOM_SCORE_ADJ))
+            except OSError as exc:
+                level = logging.DEBUG if self._oom_warned else logging.WARNING
+                self._oom_warned = True
+                log.log(level, "cannot set the sandbox daemon's oom_score_adj to %d (%s): below 0 "
+                        "needs CAP_SYS_RESOURCE, which this runtime lacks (a container that drops "
+                        "it?); the OOM killer may pick the daemon before a memory hog",
+                        DAEMON_OOM_SCORE_ADJ, exc)
+            return
 
     async def _kill(self, running: Running) -> None:
         # Killing bwrap kills the sandbox's pid 1 (--die-with-parent), and with it the

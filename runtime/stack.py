@@ -107,7 +107,8 @@ class Stack:
 
     async def read_activity(self) -> dict[str, float]:
         url = f"http://{self.config.host}:{self.config.port}/metrics"
-        response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}"})
+        response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}",
+                                                      "authorization": f"Bearer {self.api_key}"})
         response.raise_for_status()
         return parse_activity(response.text)
 

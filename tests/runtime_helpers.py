@@ -85,14 +85,16 @@ class Stack:
 
 
 def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
-                timeout: float = 60, checkout: Path = REPO_ROOT, port: int | None = None) -> Stack:
+                timeout: float = 60, checkout: Path = REPO_ROOT, port: int | None = None,
+                prefix: tuple[str, ...] = ()) -> Stack:
     """Run ./scripts/start exactly as the README says, with its state under `state_dir`
-    (options as RUNTIME_* variables, which every version of the CLI reads)."""
+    (options as RUNTIME_* variables, which every version of the CLI reads; `prefix`: a
+    command to run it under, such as nsenter)."""
     port = port or free_port()
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
                PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([str(checkout / "scripts" / "start"), *extra], env=env,
+    process = subprocess.Popen([*prefix, str(checkout / "scripts" / "start"), *extra], env=env,
                                stdout=subprocess.PIPE, stderr=None, text=True, cwd=checkout)
     assert process.stdout is not None
     banner: dict[str, str] = {}

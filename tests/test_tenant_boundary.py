@@ -231,6 +231,7 @@ print("python-ok")
 PY
 git init -q work && cd work && git -c user.email=a@b -c user.name=a commit -q --allow-empty -m one && git log --oneline | wc -l
 python -m pip --version >/dev/null && echo pip-ok
+getent hosts localhost >/dev/null && cat /etc/nsswitch.conf /etc/os-release >/dev/null && echo etc-ok
 '''
 
 
@@ -239,4 +240,61 @@ def test_normal_work_still_runs_under_the_filter(stack: Stack) -> None:
         assert client.post("/files/upload", params={"path": "work.sh"},
                            files={"file": ("work.sh", NORMAL_WORK.encode())}).status_code == 200
     code, out = stack.execute(stack.first_id, "bash work.sh", timeout=60)
-    assert code == 0 and out.split() == ["1777", "python-ok", "1", "pip-ok"], out
+    assert code == 0 and out.split() == ["1777", "python-ok", "1", "pip-ok", "etc-ok"], out
+
+
+def _has_cap_sys_resource() -> bool:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) & (1 << 24))
+    return False
+
+
+@needs_root
+def test_daemon_oom_score_adj_is_the_real_value(stack: Stack) -> None:
+    described = stack.cli("get", stack.first_id)
+    pid = described["daemon_pid"]
+    assert pid is not None
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"runtime.entry"]
+    real = int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+    assert described["daemon_oom_score_adj"] == real
+    # Below 0 needs CAP_SYS_RESOURCE, which some containers drop (the runtime logs it).
+    assert real == (-900 if _has_cap_sys_resource() else 0)
+
+
+@needs_root
+def test_host_replacing_etc_passwd_does_not_break_a_running_sandbox(tmp_path: Path) -> None:
+    """What a package install does to /etc/passwd (a new file renamed into place), done in
+    a mount namespace of the test's own so the real host's /etc is never touched."""
+    import subprocess
+
+    etc_copy = tmp_path / "etc"
+    subprocess.run(["cp", "-a", "/etc", str(etc_copy)], check=True)
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               f"mount --bind {etc_copy} /etc && echo ready && exec sleep 600"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        enter = ("nsenter", f"--mount=/proc/{holder.pid}/ns/mnt", "--")
+        isolated = start_stack(tmp_path / "state", pool_size=0, prefix=enter)
+        try:
+            sandbox = isolated.first_id
+            assert isolated.execute(sandbox, "whoami") == (0, "daytona\n")
+            replacement = etc_copy / ".passwd.new"
+            replacement.write_text((etc_copy / "passwd").read_text())
+            os.rename(replacement, etc_copy / "passwd")
+            group = etc_copy / ".group.new"
+            group.write_text((etc_copy / "group").read_text())
+            os.rename(group, etc_copy / "group")
+            assert isolated.execute(sandbox, "whoami; id -gn; getent passwd daytona | cut -d: -f6") == (
+                0, "daytona\ndaytona\n/home/daytona\n")
+            # The rest of /etc still follows the host, live.
+            (etc_copy / "sandbox-probe.conf").write_text("old\n")
+            os.chmod(etc_copy / "sandbox-probe.conf", 0o644)
+            os.rename(etc_copy / "sandbox-probe.conf", etc_copy / "hosts")
+            assert isolated.execute(sandbox, "cat /etc/hosts") == (0, "old\n")
+        finally:
+            isolated.stop()
+    finally:
+        holder.kill()
+        holder.wait()
