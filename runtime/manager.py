@@ -237,6 +237,7 @@ class Runtime:
                 else:
                     await asyncio.to_thread(target.create, uid, gid)
                     running = await self._launch(target, uid, gid, limits, egress)
+                assert running is not None  # set by either branch
                 self.specs[sandbox_id] = spec
                 await self._claim(running, spec)
             except BaseException:
@@ -250,6 +251,7 @@ class Runtime:
                 self._uids.discard(uid)
                 self._pool_wakeup.set()
                 raise
+            assert running is not None
             await self._activate(spec, target, running)
             # Refill only now: the next pooled sandbox's imports would compete for CPU
             # with this claim.

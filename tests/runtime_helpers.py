@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,8 +18,9 @@ import httpx
 import pytest
 
 from tests.helpers import REPO_ROOT, free_port
+from tests.system import requires
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+needs_bwrap = requires("bwrap")
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO_ROOT, free_port
+from tests.runtime_helpers import needs_bwrap
 
 
 def _path_without(tmp_path: Path, *tools: str) -> str:
@@ -34,7 +35,7 @@ def _start(tmp_path: Path, path: str) -> tuple[subprocess.CompletedProcess[str],
                RUNTIME_PROXY_PORT=str(free_port()))
     began = time.monotonic()
     result = subprocess.run([str(REPO_ROOT / "scripts" / "start")], env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, check=False)
     return result, time.monotonic() - began
 
 
@@ -49,6 +50,7 @@ def test_start_without_bubblewrap_names_the_package_at_once(tmp_path: Path) -> N
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="setpriv is only needed as root")
+@needs_bwrap
 def test_start_without_setpriv_names_util_linux(tmp_path: Path) -> None:
     result, _ = _start(tmp_path, _path_without(tmp_path, "setpriv"))
     assert result.returncode == 1
@@ -76,9 +78,27 @@ def test_venv_without_python3_names_the_packages(tmp_path: Path) -> None:
     shutil.copy(REPO_ROOT / "pyproject.toml", checkout)
     path = _path_without(tmp_path, "python3")
     result = subprocess.run(["bash", "-c", "set -eu; . scripts/venv.sh"], cwd=checkout,
-                            env=dict(os.environ, PATH=path), capture_output=True, text=True, timeout=30)
+                            env=dict(os.environ, PATH=path), capture_output=True, text=True, timeout=30,
+                            check=False)
     assert result.returncode == 1
     sudo = "" if os.geteuid() == 0 else "sudo "
     assert result.stderr.strip() == (f"error: python3 (3.11 or newer) is not installed: "
                                      f"{sudo}apt-get install python3 python3-venv")
     assert not (checkout / ".venv").exists()
+
+
+def test_a_test_run_without_a_system_tool_skips_and_names_the_package(tmp_path: Path) -> None:
+    import sys
+
+    # git's tests, on a machine without git: skipped (not failed, not errors), and the run's
+    # last line says what to install.
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_git_auth.py"], cwd=REPO_ROOT, capture_output=True, text=True,
+                            env=dict(os.environ, PATH=_path_without(tmp_path, "git")), timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "failed" not in lines[-2] and "error" not in lines[-2] and "skipped" in lines[-2], lines[-2]
+    assert lines[-1] == ("Skipped for missing system packages; to run them: apt-get install git "
+                         "(or `bash .ci/run`, which installs everything and runs the suite)")
+    assert "SKIPPED" in result.stdout and "git not installed (apt-get install git)" in result.stdout

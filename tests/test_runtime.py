@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack, ws_connect
+from tests.system import requires
 
 pytestmark = needs_bwrap
 
@@ -152,6 +153,7 @@ def test_host_egress_is_opt_in(stack: Stack) -> None:
         stack.cli("delete", "online")
 
 
+@requires("ps")
 def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> None:
     other = stack.cli("create", "--id", "neighbour", "-e", "GREETING=hi there")
     try:
@@ -185,6 +187,7 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
 REPO_ROOT_STR = str(Path(__file__).resolve().parent.parent)
 
 
+@requires("pgrep")
 def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: Stack) -> None:
     """The daemon, its interpreter and its packages are at /opt/sandbox-toolbox; nothing a
     sandbox sees names the checkout or the host's interpreter (a pyenv under 0700 /root)."""

@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 from tests.cdp import Browser, chromium_path
 from tests.helpers import RunningDaemon, free_port, start_daemon
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.system import reason
 
 SCREEN = "Array.from(document.querySelectorAll('.xterm-rows > div')).map(r => r.textContent.trimEnd())"
 
@@ -106,7 +107,7 @@ def test_terminal_always_needs_credentials_even_on_a_public_sandbox(stack: Stack
 
 
 @needs_bwrap
-@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
+@pytest.mark.skipif(chromium_path() is None, reason=reason("chromium"))
 def test_echo_hi_in_headless_chromium_through_the_proxy(stack: Stack) -> None:
     sandbox_id = stack.first_id
     token = stack.cli("get", sandbox_id)["token"]
