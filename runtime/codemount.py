@@ -46,7 +46,7 @@ class Interpreter:
     venv: Path | None  # the virtual environment around it, if any
 
     @classmethod
-    def of(cls, python: str) -> "Interpreter":
+    def of(cls, python: str) -> Interpreter:
         """Describe the environment of `python` (a venv's bin/python or a plain install)."""
         executable = Path(python).absolute()
         real = executable.resolve()

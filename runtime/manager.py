@@ -60,6 +60,12 @@ def _oom_score_adj(pid: int | None) -> int | None:
         return None
 
 
+def _last_line(path: Path) -> str:
+    """The line of a log that usually says why (a traceback's last line), for one-line errors."""
+    lines = [line for line in _tail(path, 4096).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(empty log)"
+
+
 class SandboxError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -247,40 +253,54 @@ class Runtime:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             pooled = self._take_pooled() if egress == "none" else None
-            if pooled is not None:
-                os.rename(pooled.dir.path, target.path)
-                pooled.dir = target
-                # Renaming a bound socket keeps it bound: the daemon keeps listening on it.
-                assert pooled.socket is not None
-                os.rename(pooled.socket, self.socket_path(sandbox_id))
-                pooled.socket = self.socket_path(sandbox_id)
-                if limits != self.default_limits:
-                    await asyncio.to_thread(pooled.group.apply, limits)
-                running = pooled
-                spec = SandboxSpec(sandbox_id, running.uid, running.gid, env, limits, egress,
-                                   public=public)
-            else:
-                uid, gid = await self._allocate_uid()
-                spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
-                await asyncio.to_thread(target.create, uid, gid)
-                running = await self._launch(target, spec.uid, spec.gid, limits, egress,
-                                             self.socket_path(sandbox_id))
-            self.specs[sandbox_id] = spec
+            uid, gid = ((pooled.uid, pooled.gid) if pooled is not None
+                        else await self._allocate_uid())
+            spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
+            running: Running | None = pooled
             try:
+                if pooled is not None:
+                    os.rename(pooled.dir.path, target.path)
+                    pooled.dir = target
+                    # Renaming a bound socket keeps it bound: the daemon keeps listening on it.
+                    assert pooled.socket is not None
+                    os.rename(pooled.socket, self.socket_path(sandbox_id))
+                    pooled.socket = self.socket_path(sandbox_id)
+                    if limits != self.default_limits:
+                        await asyncio.to_thread(self._apply_limits, pooled, limits)
+                else:
+                    await asyncio.to_thread(target.create, uid, gid)
+                    running = await self._launch(target, uid, gid, limits, egress,
+                                                 self.socket_path(sandbox_id))
+                assert running is not None  # set by either branch
+                self.specs[sandbox_id] = spec
                 await self._claim(running, spec)
             except BaseException:
-                await self._kill(running)
-                del self.specs[sandbox_id]
-                target.remove()
+                # A create that failed leaves nothing behind: no process, no cgroup, no
+                # socket, no directory that `list` would not show.
+                if running is not None:
+                    await asyncio.shield(self._kill(running))
+                    await asyncio.shield(asyncio.to_thread(running.dir.remove))
+                await asyncio.shield(asyncio.to_thread(target.remove))
                 sockets.remove(self.socket_path(sandbox_id))
-                self._uids.discard(spec.uid)
+                self.specs.pop(sandbox_id, None)
+                self._uids.discard(uid)
                 self._pool_wakeup.set()
                 raise
+            assert running is not None
             await self._activate(spec, target, running)
             # Refill only now: the next pooled sandbox's imports would compete for CPU
             # with this claim.
             self._pool_wakeup.set()
             return spec
+
+    @staticmethod
+    def _apply_limits(running: Running, limits: Limits) -> None:
+        try:
+            running.group.apply(limits)
+        except OSError as exc:
+            raise SandboxError(400, f"cannot apply the limits {limits.to_json()} to the sandbox: "
+                                    f"{exc.strerror} (a memory limit below what its daemon "
+                                    "already uses?)") from None
 
     async def _activate(self, spec: SandboxSpec, target: SandboxDir, running: Running) -> None:
         """Record a claimed sandbox as started and return once the proxy routes its id."""
@@ -422,8 +442,10 @@ class Runtime:
                     line = await running.process.stdout.readline()
                     if not line:
                         code = await running.process.wait()
-                        raise SandboxError(500, f"sandbox exited during start-up (exit {code}): "
-                                                f"{_tail(running.dir.log)}")
+                        why = _last_line(running.dir.log)
+                        if code in (137, -9) and why == "(empty log)":
+                            why = "killed, likely by its memory limit (--memory); try a larger one"
+                        raise SandboxError(500, f"sandbox exited during start-up (exit {code}): {why}")
                     if line.startswith(marker):
                         return
         except TimeoutError:

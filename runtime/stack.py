@@ -11,6 +11,7 @@ import asyncio
 import os
 import re
 import secrets
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,21 @@ class Stack:
                 await asyncio.sleep(0.02)
 
     async def start(self) -> None:
+        self._check_port()
         await self.runtime.open()
         await self._start_proxy()
+
+    def _check_port(self) -> None:
+        """Fail in milliseconds, before any sandbox starts, when the proxy could not listen."""
+        host, port = self.config.host, self.config.port
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                probe.bind((host, port))
+        except OSError as exc:
+            raise SandboxError(500, f"the proxy cannot listen on {host}:{port} ({exc.strerror}); "
+                                    "stop what uses it or pick another port with --port "
+                                    "or RUNTIME_PROXY_PORT") from None
 
     async def _start_proxy(self) -> None:
         registry = self.runtime.registry.path
@@ -147,7 +161,7 @@ class Stack:
                     line = await self.proxy.stdout.readline()
                     if not line:
                         raise SandboxError(500, f"the proxy exited (code {await self.proxy.wait()}); "
-                                                "is the port free?")
+                                                f"is port {self.config.port} free?")
                     if line.startswith(b"Starting proxy"):
                         break
         except TimeoutError:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,11 +18,12 @@ import httpx
 import pytest
 
 from tests.helpers import REPO_ROOT, free_port
+from tests.system import requires
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+needs_bwrap = requires("bwrap")
 
 
 @dataclass

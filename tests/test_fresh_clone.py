@@ -81,3 +81,24 @@ def _start_use_stop_warm(checkout: Path, state_dir: Path) -> float:
     finally:
         assert stack.stop() == 0
     return banner_after
+
+
+def test_start_from_a_checkout_in_a_private_0700_directory(clone: Path, tmp_path: Path) -> None:
+    # mkdtemp's 0700: the sandbox uid cannot traverse it, yet sandboxes get the code at
+    # /opt/sandbox-toolbox. The venv is the first clone's, so no second install is needed.
+    subprocess.run(["bash", "-c", ". scripts/venv.sh"], cwd=clone, check=True, timeout=600)
+    private = Path(tempfile.mkdtemp(prefix="newcomer-private-", dir="/tmp"))
+    try:
+        assert private.stat().st_mode & 0o777 == 0o700
+        checkout = private / "sandbox-toolbox"
+        subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(checkout)], check=True, timeout=120)
+        (checkout / ".venv").symlink_to(clone / ".venv")
+        stack = start_stack(tmp_path / "state", checkout=checkout, pool_size=1)
+        try:
+            probe = "import toolbox, runtime.codemount as c; print(toolbox.__file__, c.REPO_ROOT)"
+            assert stack.execute(stack.first_id, f"python3 -c '{probe}'") == (
+                0, "/opt/sandbox-toolbox/lib/toolbox/__init__.py /opt/sandbox-toolbox\n")
+        finally:
+            assert stack.stop() == 0
+    finally:
+        shutil.rmtree(private, ignore_errors=True)

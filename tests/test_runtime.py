@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack, ws_connect
+from tests.system import requires
 
 pytestmark = needs_bwrap
 
@@ -152,6 +153,7 @@ def test_host_egress_is_opt_in(stack: Stack) -> None:
         stack.cli("delete", "online")
 
 
+@requires("ps")
 def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> None:
     other = stack.cli("create", "--id", "neighbour", "-e", "GREETING=hi there")
     try:
@@ -185,6 +187,7 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
 REPO_ROOT_STR = str(Path(__file__).resolve().parent.parent)
 
 
+@requires("pgrep")
 def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: Stack) -> None:
     """The daemon, its interpreter and its packages are at /opt/sandbox-toolbox; nothing a
     sandbox sees names the checkout or the host's interpreter (a pyenv under 0700 /root)."""
@@ -389,7 +392,10 @@ def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> 
         result = subprocess.run([str(REPO_ROOT / "scripts" / "start")], env=env, capture_output=True,
                                 text=True, timeout=60)
     assert result.returncode != 0
-    assert "is the port free?" in result.stderr
+    # One line that says what failed and what to do; no lifespan traceback.
+    assert result.stderr.strip().splitlines() == [
+        f"error: the proxy cannot listen on 127.0.0.1:{port} (Address already in use); stop what "
+        "uses it or pick another port with --port or RUNTIME_PROXY_PORT"], result.stderr
     assert not _bwrap_pids(tmp_path / "state")
     assert _leftover_cgroups(tmp_path / "state") == []
 
@@ -462,3 +468,37 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
         assert second.stop() == 0
     assert _proxy_pids(first.port) == [] and _bwrap_pids(state) == set()
     assert _leftover_cgroups(state) == []
+
+
+def test_a_failed_create_leaves_nothing_behind(stack: Stack) -> None:
+    before = {s["id"] for s in stack.cli("list")}
+    # 16 MiB passes validation but cannot hold the daemon: a pre-started sandbox refuses the
+    # limit (it already uses more), a cold one is killed while it imports.
+    for extra in ((), ("--egress", "host")):
+        result = stack.cli("create", "--id", "doomed", "--memory", "16", *extra, check=False)
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (stack.state_dir / "sandboxes" / "doomed").exists()
+        assert {s["id"] for s in stack.cli("list")} == before
+        assert "doomed" not in json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"]
+    # The id is free again and the pool still serves.
+    assert stack.cli("create", "--id", "doomed")["state"] == "started"
+    stack.cli("delete", "doomed")
+    assert sorted(p.name for p in (stack.state_dir / "sandboxes").iterdir()) == sorted(before)
+
+
+def test_a_first_sandbox_that_cannot_start_is_one_line_and_no_orphan(tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers import REPO_ROOT, free_port
+
+    state = tmp_path / "state"
+    env = dict(os.environ, RUNTIME_STATE_DIR=str(state), RUNTIME_PROXY_PORT=str(free_port()),
+               RUNTIME_MEMORY_MIB="16")
+    result = subprocess.run([str(REPO_ROOT / "scripts" / "start")], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "startup failed" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: sandbox exited during start-up"), result.stderr
+    assert list((state / "sandboxes").iterdir()) == []
+    assert not _bwrap_pids(state) and _leftover_cgroups(state) == []
