@@ -1,6 +1,7 @@
 """The process bubblewrap starts inside a sandbox: a pre-imported daemon waiting for its id.
 
-Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time, reports
+Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time (and starts
+the interpreter that code runs fork, toolbox/process/execute/zygote.py), reports
 ``pooled`` on stdout and blocks on stdin for one JSON line, the claim:
 ``{"id": "...", "env": {...}}``. It then applies the environment and serves the Toolbox
 API on the Unix socket in $TOOLBOX_UDS; the daemon's readiness line on stdout tells the
@@ -13,6 +14,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def preload() -> None:
@@ -26,6 +28,11 @@ def preload() -> None:
 
     for name in app.AREAS:
         importlib.import_module(name)
+
+    # The warm interpreter code runs fork: its start-up happens now, not in the first run.
+    from toolbox.process.execute import zygote
+
+    zygote.prestart(Path(os.environ.get("HOME", os.getcwd())).resolve())
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ The zygote is started through the same shell, with the same environment and work
 as a code run's `python3 -u -`, so it is the same interpreter with the same start-up.
 A run only takes this path when it would behave the same as through the shell;
 otherwise (`run` answers None) the caller runs it the old way:
+- source with a NUL byte or a non-UTF-8 encoding declaration (errors of their own);
 - argv the shell would do more with than split on blanks (quotes, `$`, globs, ...);
 - a run's `envs` changing a variable read at start-up (PATH, PYTHON*, LC_*, ...);
 - no zygote (no `python3`, or it failed to start: retried after RETRY_AFTER seconds).
@@ -60,6 +61,7 @@ _STARTUP_PREFIXES = ("LC_", "PYTHON", "PYENV")
 # redirection or zsh `=cmd` expansion can apply to it.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:,+@%-][A-Za-z0-9_./:,+@%=-]*")
 _BLANKS = re.compile(r"[ \t]+")
+_CODING = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)", re.ASCII)  # PEP 263
 
 
 def enabled() -> bool:
@@ -75,6 +77,28 @@ def plain_argv(argv: list[str]) -> list[str] | None:
     it would do more than split them on blanks."""
     words = [word for word in _BLANKS.split(" ".join(argv)) if word]
     return words if all(_PLAIN_WORD.fullmatch(word) for word in words) else None
+
+
+def _normal_encoding(name: str) -> str:
+    """CPython's tokenizer's get_normal_name."""
+    head = name[:12].lower().replace("_", "-")
+    if head == "utf-8" or head.startswith("utf-8-"):
+        return "utf-8"
+    if head in ("latin-1", "iso-8859-1", "iso-latin-1") or head.startswith(("latin-1-", "iso-8859-1-", "iso-latin-1-")):
+        return "iso-8859-1"
+    return name
+
+
+def source_needs_shell(code: str) -> bool:
+    """Source that `python3 -` rejects in its own way: NUL bytes, and an encoding
+    declaration other than UTF-8 (on a pipe the tokenizer cannot re-read it)."""
+    if "\x00" in code:
+        return True
+    for line in code.split("\n", 2)[:2]:
+        match = _CODING.match(line)
+        if match and _normal_encoding(match.group(1)) != "utf-8":
+            return True
+    return False
 
 
 def _python3(env: Mapping[str, str]) -> str | None:
@@ -161,6 +185,22 @@ async def _read_ready(zygote: _Zygote) -> bool:
                 await anyio.wait_readable(zygote.sock)
             except OSError:
                 break
+    return _take_ready(zygote, message)
+
+
+def _wait_ready(zygote: _Zygote, timeout: float) -> bool:
+    """Blocking `_read_ready`, for before the event loop runs."""
+    zygote.sock.settimeout(timeout)
+    try:
+        message = zygote.sock.recv(MAX_READY_MESSAGE)
+    except OSError:  # timeout included
+        message = b""
+    finally:
+        zygote.sock.setblocking(False)
+    return _take_ready(zygote, message)
+
+
+def _take_ready(zygote: _Zygote, message: bytes) -> bool:
     if not message.startswith(b"ready\0"):
         return False
     env: dict[str, str] = {}
@@ -322,14 +362,17 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
 _prestarted: _Zygote | None = None
 
 
-def prestart(cwd: Path) -> None:
-    """Start a zygote before the daemon is built (a pooled sandbox, before its claim)."""
+def prestart(cwd: Path, wait: float = READY_TIMEOUT) -> None:
+    """Start a zygote before the daemon is built and wait until it is ready (a pooled
+    sandbox, before its claim: it is then warm when the claim comes)."""
     global _prestarted
     if enabled() and _prestarted is None and _python3(os.environ):
         try:
             _prestarted = spawn(cwd)
         except OSError as exc:
             log.warning("could not start the code-run zygote: %s", exc)
+            return
+        _prestarted.ready = _wait_ready(_prestarted, wait)
 
 
 class CodeRunZygote:
@@ -392,7 +435,7 @@ class CodeRunZygote:
         if not enabled():
             return None
         words = plain_argv(argv)
-        if words is None:
+        if words is None or source_needs_shell(code):
             return None
         env = dict(os.environ)
         env.update(envs)

@@ -17,7 +17,7 @@
 import sys
 
 _dtn_fresh_modules = frozenset(sys.modules)  # what a fresh `python3 -u -` has loaded
-_dtn_loader = __loader__
+_dtn_loader = globals()["__loader__"]
 
 
 def _dtn_serve(channel: int):
@@ -28,9 +28,15 @@ def _dtn_serve(channel: int):
     sock = socket.socket(fileno=channel)
     env = b"\0".join(key + b"=" + value for key, value in os.environb.items())
     sock.send(b"ready\0" + os.fsencode(sys.executable) + b"\0" + env)
+    import gc
+
+    # Start-up objects move to the permanent generation: a child's collections (and the
+    # one at exit) then skip them instead of writing to, and so copying, every page.
+    gc.collect()
+    gc.freeze()
     poller = select.poll()
     poller.register(channel, select.POLLIN)
-    running = {}  # pidfd -> (pid, status fd)
+    running: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status fd)
     while True:
         for fd, _events in poller.poll():
             if fd != channel:
@@ -89,36 +95,27 @@ def _dtn_child(code_fd: int, output_fd: int):
             break
         chunks.append(chunk)
     data = b"".join(chunks)
-    start = 0
-
-    def field():
-        nonlocal start
-        end = data.index(b"\0", start)
-        value = data[start:end]
-        start = end + 1
-        return value
-
+    del chunks
     try:
-        if field() != b"dtn1":
-            raise ValueError("bad magic")
-        cwd = field()
-        argv = [os.fsdecode(field()) for _ in range(int(field()))]
-        env = [field() for _ in range(int(field()))]
-        size = int(field())
-        code = data[start:]
-        if len(code) != size:
-            raise ValueError("truncated")  # the daemon gave up while sending: run nothing
+        magic, cwd, count, rest = data.split(b"\0", 3)
+        argv = rest.split(b"\0", int(count))
+        count, rest = argv.pop().split(b"\0", 1)
+        env = rest.split(b"\0", int(count))
+        size, code = env.pop().split(b"\0", 1)
+        if magic != b"dtn1" or len(code) != int(size):
+            raise ValueError("cut short")  # the daemon gave up while sending: run nothing
     except ValueError:
         os._exit(255)
-    del chunks, data
+    del data, rest
     os.chdir(cwd)
     for key in list(os.environb):
         del os.environb[key]
     for item in env:
         key, _sep, value = item.partition(b"=")
         os.environb[key] = value
-    sys.argv = ["-", *argv]
-    sys.orig_argv = [sys.orig_argv[0], "-u", "-", *argv]
+    words = [os.fsdecode(word) for word in argv]
+    sys.argv = ["-", *words]
+    sys.orig_argv = [sys.orig_argv[0], "-u", "-", *words]
     for name in list(sys.modules):
         if name not in _dtn_fresh_modules:
             del sys.modules[name]
@@ -133,10 +130,10 @@ def _dtn_child(code_fd: int, output_fd: int):
 
 _dtn_code, _dtn_main = _dtn_child(*_dtn_serve(int(sys.argv[1])))
 try:
-    exec(compile(_dtn_code, "<stdin>", "exec", dont_inherit=True), _dtn_main.__dict__)
+    exec(compile(_dtn_code, "<stdin>", "exec", dont_inherit=True), _dtn_main.__dict__)  # noqa: S102 (the point)
 except SystemExit:
     raise
-except BaseException as _dtn_error:
+except BaseException as _dtn_error:  # noqa: BLE001 (reported as the interpreter would)
     # As the interpreter reports an uncaught exception, without this file's frame.
     # (The hook prints the exception's own __traceback__, so that is what is cut.)
     _dtn_tb = _dtn_error.__traceback__
