@@ -245,6 +245,7 @@ class _Status:
         os.set_blocking(fd, False)
         self.pid: int | None = None
         self.wait_status: int | None = None
+        self.fork_error: int | None = None  # an errno: the zygote could not fork
         self.eof = False
         self._buffer = b""
 
@@ -257,6 +258,8 @@ class _Status:
                 self.pid = int(value)
             elif kind == b"exit":
                 self.wait_status = int(value)
+            elif kind == b"fail":
+                self.fork_error = int(value)
 
     def _read_now(self) -> bool:
         """Read what is there; False when the read would block."""
@@ -274,12 +277,16 @@ class _Status:
         if not self._read_now():
             await anyio.wait_readable(self.fd)
 
+    @property
+    def over(self) -> bool:
+        return self.eof or self.wait_status is not None or self.fork_error is not None
+
     async def started(self) -> None:
-        while self.pid is None and not self.eof:
+        while self.pid is None and not self.over:
             await self._more()
 
     async def finished(self) -> None:
-        while self.wait_status is None and not self.eof:
+        while not self.over:
             await self._more()
 
     def kill(self) -> None:
@@ -293,6 +300,11 @@ class _Status:
 def exit_code(status: _Status, output: CapturedOutput) -> int:
     """The exit code the shell reported for `python3`: 128 + the signal when killed by one,
     with the signal's name on stderr as the shell prints it (but for SIGINT and SIGPIPE)."""
+    if status.fork_error is not None:
+        # As the shell path reports a shell that could not start.
+        error = OSError(status.fork_error, os.strerror(status.fork_error))
+        os.write(output.fd, f"failed to start shell: {error}".encode())
+        return -1
     if status.wait_status is None:
         return -1  # the zygote died before it could tell
     wait_status = status.wait_status
@@ -346,7 +358,7 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
                 status.kill()
                 await status.finished()
             raise DaemonError(Code.PROCESS_EXECUTION_TIMEOUT, "command execution timeout")
-        if status.wait_status is None:  # the zygote died during the run
+        if status.eof and status.wait_status is None and status.fork_error is None:  # it died
             zygote.close()
             status.kill()
         return Finished(exit_code(status, output), output)

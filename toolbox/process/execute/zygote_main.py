@@ -10,7 +10,8 @@
 # - per run, daemon -> zygote: b"run" with three file descriptors: the read end of a pipe
 #   carrying the run (header, then the code), the output file (stdout and stderr), and
 #   the write end of a status pipe. The zygote forks; it writes b"pid N\n" to the status
-#   pipe at once and b"exit S\n" (the raw wait status) when the child has exited.
+#   pipe at once and b"exit S\n" (the raw wait status) when the child has exited, or
+#   b"fail E\n" (an errno) when it could not fork.
 # The child starts its own session, takes the pipe as stdin and the output as stdout and
 # stderr, reads the run to EOF (as `python3 -` reads its program), forgets every module
 # this file imported, and runs the code in a fresh __main__ at the top level below.
@@ -61,7 +62,10 @@ def _dtn_serve(channel: int):
                     os.close(extra)
                 continue
             code_fd, output_fd, status_fd = fds
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # out of pids or memory: this run fails, the zygote stays
+                pid = -(exc.errno or 1)
             if pid == 0:
                 for pidfd, (_pid, other_status) in running.items():
                     os.close(pidfd)
@@ -71,7 +75,20 @@ def _dtn_serve(channel: int):
                 return code_fd, output_fd
             os.close(code_fd)
             os.close(output_fd)
-            pidfd = os.pidfd_open(pid)
+            try:
+                if pid < 0:
+                    raise OSError(-pid, "fork failed")
+                pidfd = os.pidfd_open(pid)
+            except OSError as exc:
+                if pid > 0:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                try:
+                    os.write(status_fd, b"fail %d\n" % (exc.errno or 0))
+                except OSError:
+                    pass
+                os.close(status_fd)
+                continue
             try:
                 os.write(status_fd, b"pid %d\n" % pid)
             except OSError:
