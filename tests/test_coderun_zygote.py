@@ -41,18 +41,24 @@ def parent_of_run(daemon: RunningDaemon, argv: list[str] | None = None) -> tuple
     return int(pid), ast.literal_eval(cmdline)
 
 
+def _ppid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0
+
+
 def zygotes_of(daemon: RunningDaemon) -> list[int]:
+    """The zygotes below the daemon (they run under a shell the daemon started)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == daemon.process.pid and ZYGOTE_MARK in cmdline:
+        if ZYGOTE_MARK in cmdline and _ppid(_ppid(int(entry.name))) == daemon.process.pid:
             found.append(int(entry.name))
     return found
 

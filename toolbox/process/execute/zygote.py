@@ -47,7 +47,6 @@ ENABLED_ENV = "TOOLBOX_CODERUN_ZYGOTE"
 READY_TIMEOUT = 30.0  # seconds for a new zygote to report ready (start-up under load)
 RETRY_AFTER = 30.0  # after a zygote failed to start, runs take the shell path this long
 MAX_READY_MESSAGE = 4 * 1024 * 1024
-_SHLVL = "DTN_ZYGOTE_SHLVL"
 
 # Environment variables that shape the interpreter or the shell at start-up: a run that
 # changes one of them needs a fresh `python3`, and a daemon whose own values changed needs
@@ -111,7 +110,7 @@ class _Gone(Exception):
 
 @dataclass
 class _Zygote:
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes]  # the shell the zygote runs under, in its own session
     sock: socket.socket
     spawn_env: dict[str, str]
     launcher: str | None  # the `python3` the shell finds (a pyenv shim, a venv's, ...)
@@ -150,10 +149,9 @@ def spawn(cwd: Path) -> _Zygote:
     """Start a zygote (does not wait for it: its start-up runs while the daemon goes on)."""
     env = dict(os.environ)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    # `exec` makes bash lower SHLVL again; a run's `python3` sees the shell's own level.
-    script = (
-        f'{_SHLVL}="$SHLVL" exec python3 -u -c {shlex.quote(SOURCE.read_text())} {theirs.fileno()}\n'
-    ).encode()
+    # Not `exec`: a command the shell forks gets the environment a run's `python3` got
+    # (bash sets `_` and keeps SHLVL raised only for those). The idle shell costs ~1 MiB.
+    script = f"python3 -u -c {shlex.quote(SOURCE.read_text())} {theirs.fileno()}\n".encode()
     stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
     try:
         popen = subprocess.Popen(
@@ -208,9 +206,6 @@ def _take_ready(zygote: _Zygote, message: bytes) -> bool:
         name, sep, value = item.partition(b"=")
         if sep:
             env[os.fsdecode(name)] = os.fsdecode(value)
-    shell_level = env.pop(_SHLVL, "")
-    if shell_level:
-        env["SHLVL"] = shell_level
     zygote.changed = {k: v for k, v in env.items() if zygote.spawn_env.get(k) != v}
     zygote.removed = [k for k in zygote.spawn_env if k not in env]
     return True

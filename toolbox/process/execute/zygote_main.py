@@ -1,6 +1,6 @@
 # The warm interpreter behind /process/code-run (a "zygote", like multiprocessing's fork
 # server). Not imported by the daemon: this file is a script. The daemon runs its text as
-# `exec python3 -u -c '<this text>' <fd>` through the same shell as a code run, so the
+# `python3 -u -c '<this text>' <fd>` through the same shell as a code run, so the
 # interpreter, its start-up and its environment are exactly the ones a run would get.
 #
 # Protocol, on the SOCK_SEQPACKET socket <fd> inherited from the daemon:
