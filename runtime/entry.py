@@ -29,9 +29,12 @@ def preload() -> None:
     for name in app.AREAS:
         importlib.import_module(name)
 
-    # The warm interpreter code runs fork: its start-up happens now, not in the first run.
+    # Code runs: their models built and the interpreter they fork started now, not in
+    # the first run after the claim.
+    from toolbox.process.execute import routes as execute_routes
     from toolbox.process.execute import zygote
 
+    execute_routes.preload()
     zygote.prestart(Path(os.environ.get("HOME", os.getcwd())).resolve())
 
 

@@ -396,6 +396,8 @@ class CodeRunZygote:
         """Startup hook: spawn now, so the first run finds it warm (never waits for it)."""
         if enabled():
             self._current()
+        else:
+            await self.stop()  # a pooled sandbox claimed with TOOLBOX_CODERUN_ZYGOTE=0
 
     async def stop(self) -> None:
         if self._zygote is not None:
