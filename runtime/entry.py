@@ -1,6 +1,7 @@
 """The process bubblewrap starts inside a sandbox: a pre-imported daemon waiting for its id.
 
-Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time, reports
+Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time (and starts
+the interpreter that code runs fork, toolbox/process/execute/zygote.py), reports
 ``pooled`` on stdout and blocks on stdin for one JSON line, the claim:
 ``{"id": "...", "env": {...}}``. It then applies the environment and serves the Toolbox
 API on the Unix socket the runtime bound and passed as descriptor $TOOLBOX_FD (the socket
@@ -14,6 +15,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def preload() -> None:
@@ -27,6 +29,14 @@ def preload() -> None:
 
     for name in app.AREAS:
         importlib.import_module(name)
+
+    # Code runs: their models built and the interpreter they fork started now, not in
+    # the first run after the claim.
+    from toolbox.process.execute import routes as execute_routes
+    from toolbox.process.execute import zygote
+
+    execute_routes.preload()
+    zygote.prestart(Path(os.environ.get("HOME", os.getcwd())).resolve())
 
 
 def main() -> int:

@@ -10,6 +10,7 @@ The zygote is started through the same shell, with the same environment and work
 as a code run's `python3 -u -`, so it is the same interpreter with the same start-up.
 A run only takes this path when it would behave the same as through the shell;
 otherwise (`run` answers None) the caller runs it the old way:
+- source with a NUL byte or a non-UTF-8 encoding declaration (errors of their own);
 - argv the shell would do more with than split on blanks (quotes, `$`, globs, ...);
 - a run's `envs` changing a variable read at start-up (PATH, PYTHON*, LC_*, ...);
 - no zygote (no `python3`, or it failed to start: retried after RETRY_AFTER seconds).
@@ -46,7 +47,6 @@ ENABLED_ENV = "TOOLBOX_CODERUN_ZYGOTE"
 READY_TIMEOUT = 30.0  # seconds for a new zygote to report ready (start-up under load)
 RETRY_AFTER = 30.0  # after a zygote failed to start, runs take the shell path this long
 MAX_READY_MESSAGE = 4 * 1024 * 1024
-_SHLVL = "DTN_ZYGOTE_SHLVL"
 
 # Environment variables that shape the interpreter or the shell at start-up: a run that
 # changes one of them needs a fresh `python3`, and a daemon whose own values changed needs
@@ -60,6 +60,7 @@ _STARTUP_PREFIXES = ("LC_", "PYTHON", "PYENV")
 # redirection or zsh `=cmd` expansion can apply to it.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_./:,+@%-][A-Za-z0-9_./:,+@%=-]*")
 _BLANKS = re.compile(r"[ \t]+")
+_CODING = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)", re.ASCII)  # PEP 263
 
 
 def enabled() -> bool:
@@ -77,6 +78,28 @@ def plain_argv(argv: list[str]) -> list[str] | None:
     return words if all(_PLAIN_WORD.fullmatch(word) for word in words) else None
 
 
+def _normal_encoding(name: str) -> str:
+    """CPython's tokenizer's get_normal_name."""
+    head = name[:12].lower().replace("_", "-")
+    if head == "utf-8" or head.startswith("utf-8-"):
+        return "utf-8"
+    if head in ("latin-1", "iso-8859-1", "iso-latin-1") or head.startswith(("latin-1-", "iso-8859-1-", "iso-latin-1-")):
+        return "iso-8859-1"
+    return name
+
+
+def source_needs_shell(code: str) -> bool:
+    """Source that `python3 -` rejects in its own way: NUL bytes, and an encoding
+    declaration other than UTF-8 (on a pipe the tokenizer cannot re-read it)."""
+    if "\x00" in code:
+        return True
+    for line in code.split("\n", 2)[:2]:
+        match = _CODING.match(line)
+        if match and _normal_encoding(match.group(1)) != "utf-8":
+            return True
+    return False
+
+
 def _python3(env: Mapping[str, str]) -> str | None:
     return shutil.which("python3", path=env.get("PATH", os.defpath))
 
@@ -87,7 +110,7 @@ class _Gone(Exception):
 
 @dataclass
 class _Zygote:
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes]  # the shell the zygote runs under, in its own session
     sock: socket.socket
     spawn_env: dict[str, str]
     launcher: str | None  # the `python3` the shell finds (a pyenv shim, a venv's, ...)
@@ -126,10 +149,9 @@ def spawn(cwd: Path) -> _Zygote:
     """Start a zygote (does not wait for it: its start-up runs while the daemon goes on)."""
     env = dict(os.environ)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    # `exec` makes bash lower SHLVL again; a run's `python3` sees the shell's own level.
-    script = (
-        f'{_SHLVL}="$SHLVL" exec python3 -u -c {shlex.quote(SOURCE.read_text())} {theirs.fileno()}\n'
-    ).encode()
+    # Not `exec`: a command the shell forks gets the environment a run's `python3` got
+    # (bash sets `_` and keeps SHLVL raised only for those). The idle shell costs ~1 MiB.
+    script = f"python3 -u -c {shlex.quote(SOURCE.read_text())} {theirs.fileno()}\n".encode()
     stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
     try:
         popen = subprocess.Popen(
@@ -161,6 +183,22 @@ async def _read_ready(zygote: _Zygote) -> bool:
                 await anyio.wait_readable(zygote.sock)
             except OSError:
                 break
+    return _take_ready(zygote, message)
+
+
+def _wait_ready(zygote: _Zygote, timeout: float) -> bool:
+    """Blocking `_read_ready`, for before the event loop runs."""
+    zygote.sock.settimeout(timeout)
+    try:
+        message = zygote.sock.recv(MAX_READY_MESSAGE)
+    except OSError:  # timeout included
+        message = b""
+    finally:
+        zygote.sock.setblocking(False)
+    return _take_ready(zygote, message)
+
+
+def _take_ready(zygote: _Zygote, message: bytes) -> bool:
     if not message.startswith(b"ready\0"):
         return False
     env: dict[str, str] = {}
@@ -168,9 +206,6 @@ async def _read_ready(zygote: _Zygote) -> bool:
         name, sep, value = item.partition(b"=")
         if sep:
             env[os.fsdecode(name)] = os.fsdecode(value)
-    shell_level = env.pop(_SHLVL, "")
-    if shell_level:
-        env["SHLVL"] = shell_level
     zygote.changed = {k: v for k, v in env.items() if zygote.spawn_env.get(k) != v}
     zygote.removed = [k for k in zygote.spawn_env if k not in env]
     return True
@@ -205,6 +240,7 @@ class _Status:
         os.set_blocking(fd, False)
         self.pid: int | None = None
         self.wait_status: int | None = None
+        self.fork_error: int | None = None  # an errno: the zygote could not fork
         self.eof = False
         self._buffer = b""
 
@@ -217,6 +253,8 @@ class _Status:
                 self.pid = int(value)
             elif kind == b"exit":
                 self.wait_status = int(value)
+            elif kind == b"fail":
+                self.fork_error = int(value)
 
     def _read_now(self) -> bool:
         """Read what is there; False when the read would block."""
@@ -234,12 +272,16 @@ class _Status:
         if not self._read_now():
             await anyio.wait_readable(self.fd)
 
+    @property
+    def over(self) -> bool:
+        return self.eof or self.wait_status is not None or self.fork_error is not None
+
     async def started(self) -> None:
-        while self.pid is None and not self.eof:
+        while self.pid is None and not self.over:
             await self._more()
 
     async def finished(self) -> None:
-        while self.wait_status is None and not self.eof:
+        while not self.over:
             await self._more()
 
     def kill(self) -> None:
@@ -253,6 +295,11 @@ class _Status:
 def exit_code(status: _Status, output: CapturedOutput) -> int:
     """The exit code the shell reported for `python3`: 128 + the signal when killed by one,
     with the signal's name on stderr as the shell prints it (but for SIGINT and SIGPIPE)."""
+    if status.fork_error is not None:
+        # As the shell path reports a shell that could not start.
+        error = OSError(status.fork_error, os.strerror(status.fork_error))
+        os.write(output.fd, f"failed to start shell: {error}".encode())
+        return -1
     if status.wait_status is None:
         return -1  # the zygote died before it could tell
     wait_status = status.wait_status
@@ -306,7 +353,7 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
                 status.kill()
                 await status.finished()
             raise DaemonError(Code.PROCESS_EXECUTION_TIMEOUT, "command execution timeout")
-        if status.wait_status is None:  # the zygote died during the run
+        if status.eof and status.wait_status is None and status.fork_error is None:  # it died
             zygote.close()
             status.kill()
         return Finished(exit_code(status, output), output)
@@ -322,14 +369,17 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
 _prestarted: _Zygote | None = None
 
 
-def prestart(cwd: Path) -> None:
-    """Start a zygote before the daemon is built (a pooled sandbox, before its claim)."""
+def prestart(cwd: Path, wait: float = READY_TIMEOUT) -> None:
+    """Start a zygote before the daemon is built and wait until it is ready (a pooled
+    sandbox, before its claim: it is then warm when the claim comes)."""
     global _prestarted
     if enabled() and _prestarted is None and _python3(os.environ):
         try:
             _prestarted = spawn(cwd)
         except OSError as exc:
             log.warning("could not start the code-run zygote: %s", exc)
+            return
+        _prestarted.ready = _wait_ready(_prestarted, wait)
 
 
 class CodeRunZygote:
@@ -346,6 +396,8 @@ class CodeRunZygote:
         """Startup hook: spawn now, so the first run finds it warm (never waits for it)."""
         if enabled():
             self._current()
+        else:
+            await self.stop()  # a pooled sandbox claimed with TOOLBOX_CODERUN_ZYGOTE=0
 
     async def stop(self) -> None:
         if self._zygote is not None:
@@ -392,7 +444,7 @@ class CodeRunZygote:
         if not enabled():
             return None
         words = plain_argv(argv)
-        if words is None:
+        if words is None or source_needs_shell(code):
             return None
         env = dict(os.environ)
         env.update(envs)

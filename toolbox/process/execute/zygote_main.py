@@ -1,6 +1,6 @@
 # The warm interpreter behind /process/code-run (a "zygote", like multiprocessing's fork
 # server). Not imported by the daemon: this file is a script. The daemon runs its text as
-# `exec python3 -u -c '<this text>' <fd>` through the same shell as a code run, so the
+# `python3 -u -c '<this text>' <fd>` through the same shell as a code run, so the
 # interpreter, its start-up and its environment are exactly the ones a run would get.
 #
 # Protocol, on the SOCK_SEQPACKET socket <fd> inherited from the daemon:
@@ -10,14 +10,15 @@
 # - per run, daemon -> zygote: b"run" with three file descriptors: the read end of a pipe
 #   carrying the run (header, then the code), the output file (stdout and stderr), and
 #   the write end of a status pipe. The zygote forks; it writes b"pid N\n" to the status
-#   pipe at once and b"exit S\n" (the raw wait status) when the child has exited.
+#   pipe at once and b"exit S\n" (the raw wait status) when the child has exited, or
+#   b"fail E\n" (an errno) when it could not fork.
 # The child starts its own session, takes the pipe as stdin and the output as stdout and
 # stderr, reads the run to EOF (as `python3 -` reads its program), forgets every module
 # this file imported, and runs the code in a fresh __main__ at the top level below.
 import sys
 
 _dtn_fresh_modules = frozenset(sys.modules)  # what a fresh `python3 -u -` has loaded
-_dtn_loader = __loader__
+_dtn_loader = globals()["__loader__"]
 
 
 def _dtn_serve(channel: int):
@@ -28,9 +29,15 @@ def _dtn_serve(channel: int):
     sock = socket.socket(fileno=channel)
     env = b"\0".join(key + b"=" + value for key, value in os.environb.items())
     sock.send(b"ready\0" + os.fsencode(sys.executable) + b"\0" + env)
+    import gc
+
+    # Start-up objects move to the permanent generation: a child's collections (and the
+    # one at exit) then skip them instead of writing to, and so copying, every page.
+    gc.collect()
+    gc.freeze()
     poller = select.poll()
     poller.register(channel, select.POLLIN)
-    running = {}  # pidfd -> (pid, status fd)
+    running: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, status fd)
     while True:
         for fd, _events in poller.poll():
             if fd != channel:
@@ -55,7 +62,10 @@ def _dtn_serve(channel: int):
                     os.close(extra)
                 continue
             code_fd, output_fd, status_fd = fds
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # out of pids or memory: this run fails, the zygote stays
+                pid = -(exc.errno or 1)
             if pid == 0:
                 for pidfd, (_pid, other_status) in running.items():
                     os.close(pidfd)
@@ -65,7 +75,20 @@ def _dtn_serve(channel: int):
                 return code_fd, output_fd
             os.close(code_fd)
             os.close(output_fd)
-            pidfd = os.pidfd_open(pid)
+            try:
+                if pid < 0:
+                    raise OSError(-pid, "fork failed")
+                pidfd = os.pidfd_open(pid)
+            except OSError as exc:
+                if pid > 0:
+                    os.kill(pid, 9)
+                    os.waitpid(pid, 0)
+                try:
+                    os.write(status_fd, b"fail %d\n" % (exc.errno or 0))
+                except OSError:
+                    pass
+                os.close(status_fd)
+                continue
             try:
                 os.write(status_fd, b"pid %d\n" % pid)
             except OSError:
@@ -89,36 +112,27 @@ def _dtn_child(code_fd: int, output_fd: int):
             break
         chunks.append(chunk)
     data = b"".join(chunks)
-    start = 0
-
-    def field():
-        nonlocal start
-        end = data.index(b"\0", start)
-        value = data[start:end]
-        start = end + 1
-        return value
-
+    del chunks
     try:
-        if field() != b"dtn1":
-            raise ValueError("bad magic")
-        cwd = field()
-        argv = [os.fsdecode(field()) for _ in range(int(field()))]
-        env = [field() for _ in range(int(field()))]
-        size = int(field())
-        code = data[start:]
-        if len(code) != size:
-            raise ValueError("truncated")  # the daemon gave up while sending: run nothing
+        magic, cwd, count, rest = data.split(b"\0", 3)
+        argv = rest.split(b"\0", int(count))
+        count, rest = argv.pop().split(b"\0", 1)
+        env = rest.split(b"\0", int(count))
+        size, code = env.pop().split(b"\0", 1)
+        if magic != b"dtn1" or len(code) != int(size):
+            raise ValueError("cut short")  # the daemon gave up while sending: run nothing
     except ValueError:
         os._exit(255)
-    del chunks, data
+    del data, rest
     os.chdir(cwd)
     for key in list(os.environb):
         del os.environb[key]
     for item in env:
         key, _sep, value = item.partition(b"=")
         os.environb[key] = value
-    sys.argv = ["-", *argv]
-    sys.orig_argv = [sys.orig_argv[0], "-u", "-", *argv]
+    words = [os.fsdecode(word) for word in argv]
+    sys.argv = ["-", *words]
+    sys.orig_argv = [sys.orig_argv[0], "-u", "-", *words]
     for name in list(sys.modules):
         if name not in _dtn_fresh_modules:
             del sys.modules[name]
@@ -133,10 +147,10 @@ def _dtn_child(code_fd: int, output_fd: int):
 
 _dtn_code, _dtn_main = _dtn_child(*_dtn_serve(int(sys.argv[1])))
 try:
-    exec(compile(_dtn_code, "<stdin>", "exec", dont_inherit=True), _dtn_main.__dict__)
+    exec(compile(_dtn_code, "<stdin>", "exec", dont_inherit=True), _dtn_main.__dict__)  # noqa: S102 (the point)
 except SystemExit:
     raise
-except BaseException as _dtn_error:
+except BaseException as _dtn_error:  # noqa: BLE001 (reported as the interpreter would)
     # As the interpreter reports an uncaught exception, without this file's frame.
     # (The hook prints the exception's own __traceback__, so that is what is cut.)
     _dtn_tb = _dtn_error.__traceback__
