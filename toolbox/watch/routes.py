@@ -82,7 +82,7 @@ class StreamQuery(WireModel):
 def build(daemon: Daemon) -> list[BaseRoute]:
     settings = daemon.settings
     capacity = int(os.environ.get("TOOLBOX_WATCH_BUFFER", "4096"))
-    service = WatchService(ring_capacity=max(capacity, 1))
+    service = WatchService(daemon.spawn, ring_capacity=max(capacity, 1))
     daemon.on_shutdown(service.close)
 
     @operation(

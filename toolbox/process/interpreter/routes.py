@@ -88,7 +88,7 @@ async def stream_frames(websocket: WebSocket, execution: Execution) -> None:
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    service = InterpreterService(daemon.settings)
+    service = InterpreterService(daemon.settings, daemon.spawn)
 
     async def startup() -> None:
         await anyio.to_thread.run_sync(service.remove_stale_runs)

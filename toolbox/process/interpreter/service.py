@@ -21,6 +21,7 @@ from toolbox.config import Settings
 from toolbox.errors import Code, DaemonError, timestamp
 from toolbox.process.interpreter.worker_process import WorkerProcess
 from toolbox.process.output import OutputStore
+from toolbox.tasks import BackgroundTask, Spawn
 
 DEFAULT_CONTEXT = "default"
 DEFAULT_TIMEOUT = 600.0
@@ -148,17 +149,22 @@ class InterpreterService:
     starts a fresh one). Both default to the daemon's environment.
     """
 
-    def __init__(self, settings: Settings, max_contexts: int | None = None, idle_timeout: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, spawn: Spawn, max_contexts: int | None = None, idle_timeout: float | None = None
+    ) -> None:
         self.settings = settings
         self.runs_dir = settings.state_dir / "interpreter"
         self.contexts: dict[str, Context] = {DEFAULT_CONTEXT: Context(DEFAULT_CONTEXT, settings.workdir)}
-        self._jobs: set[asyncio.Task[None]] = set()
+        # Runs outlive the request that submitted them: they, and the reaper, run in the
+        # daemon's task group, which cancels and awaits them when it stops.
+        self._spawn = spawn
+        self._jobs: dict[Execution, BackgroundTask] = {}
         self.max_contexts = (
             int(_env_number(MAX_CONTEXTS_ENV, DEFAULT_MAX_CONTEXTS)) if max_contexts is None else max(0, max_contexts)
         )
         self.idle_timeout = _env_number(IDLE_TIMEOUT_ENV, DEFAULT_IDLE_TIMEOUT) if idle_timeout is None else idle_timeout
         self._starting = 0  # contexts whose worker is starting: they count against the cap
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper: BackgroundTask | None = None
 
     # -- contexts ----------------------------------------------------------------------------
 
@@ -210,7 +216,7 @@ class InterpreterService:
 
     def start_reaper(self) -> None:
         if self.idle_timeout > 0 and self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+            self._reaper = self._spawn(self._reap_forever(), name="interpreter context reaper")
 
     async def _reap_forever(self) -> None:
         interval = min(REAP_INTERVAL, max(0.05, self.idle_timeout / 4))
@@ -240,7 +246,7 @@ class InterpreterService:
             self._reaper.cancel()
         for context in list(self.contexts.values()):
             await context.close()
-        for job in list(self._jobs):
+        for job in list(self._jobs.values()):
             job.cancel()
 
     # -- executions --------------------------------------------------------------------------
@@ -250,9 +256,8 @@ class InterpreterService:
         spill = self.runs_dir / f"{uuid.uuid4()}.jsonl"
         execution = Execution(OutputStore(spill_path=spill))
         context.pending += 1
-        job = asyncio.get_running_loop().create_task(self._run(context, execution, code, envs, timeout))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        job = self._spawn(self._run(context, execution, code, envs, timeout), name=f"interpreter run in {context.id}")
+        self._jobs[execution] = job
         return execution
 
     async def _run(self, context: Context, execution: Execution, code: str, envs: dict[str, str], timeout: float) -> None:
@@ -272,6 +277,7 @@ class InterpreterService:
             context.last_used = time.monotonic()
             execution.store.close()
             execution.release()
+            self._jobs.pop(execution, None)
 
     async def _execute(
         self, context: Context, execution: Execution, code: str, envs: dict[str, str], timeout: float

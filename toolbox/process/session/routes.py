@@ -109,7 +109,7 @@ def _version_subprotocol(websocket: WebSocket) -> str | None:
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    manager = SessionManager(daemon.settings)
+    manager = SessionManager(daemon.settings, daemon.spawn)
     daemon.on_startup(manager.startup)
     daemon.on_shutdown(manager.shutdown)
 
