@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,8 +27,10 @@ from runtime import cgroups
 from runtime.limits import Limits
 from runtime.registry import FileRegistry
 from runtime.sandbox import (
-    EGRESS, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv, new_id, valid_id,
+    EGRESS, HOME_INSIDE, RUN_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
+    new_id, valid_id,
 )
+from runtime.volumes import Mount, MountError, close_all, open_source, validate_target
 
 log = logging.getLogger("runtime")
 
@@ -188,6 +190,7 @@ class Runtime:
         limits: Limits | None = None,
         egress: str = "none",
         public: bool = False,
+        mounts: Sequence[Mount] = (),
     ) -> SandboxSpec:
         sandbox_id = sandbox_id or new_id()
         if not valid_id(sandbox_id):
@@ -197,11 +200,13 @@ class Runtime:
             raise SandboxError(400, f"invalid egress {egress!r}: one of {', '.join(EGRESS)}")
         env = {str(k): str(v) for k, v in (env or {}).items()}
         limits = limits or self.default_limits
+        mounts = self._check_mounts(mounts)
         async with self._lock(sandbox_id):
             if sandbox_id in self.specs:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
-            pooled = self._take_pooled() if egress == "none" else None
+            # A pooled sandbox was launched without volumes: they are bound at launch.
+            pooled = self._take_pooled() if egress == "none" and not mounts else None
             if pooled is not None:
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
@@ -212,9 +217,17 @@ class Runtime:
                                    public=public)
             else:
                 uid, gid = self._allocate_uid()
-                spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
+                spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public,
+                                   mounts=mounts)
                 await asyncio.to_thread(target.create, uid, gid)
-                running = await self._launch(target, spec.uid, spec.gid, limits, egress)
+                try:
+                    running = await self._launch(target, spec.uid, spec.gid, limits, egress,
+                                                 mounts)
+                except BaseException:
+                    # Nothing half-made: no directory without a sandbox.json, no uid held.
+                    await asyncio.to_thread(target.remove)
+                    self._uids.discard(uid)
+                    raise
             self.specs[sandbox_id] = spec
             try:
                 await self._claim(running, spec)
@@ -262,7 +275,8 @@ class Runtime:
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             # Idempotent: also brings a sandbox made by an older version up to today's layout.
             await asyncio.to_thread(target.create, spec.uid, spec.gid)
-            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
+            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,
+                                         spec.mounts)
             try:
                 await self._claim(running, spec)
             except BaseException:
@@ -302,12 +316,72 @@ class Runtime:
         self._uids.add(uid)
         return uid, uid
 
+    def _check_mounts(self, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
+        """Validate targets and make sure every source opens safely now, so a bad mount is
+        a 400 before anything is created."""
+        checked: list[Mount] = []
+        for mount in mounts:
+            if not isinstance(mount, Mount):
+                raise SandboxError(400, f"mounts must be Mount objects, got {type(mount).__name__}")
+            try:
+                target = validate_target(mount.target, reserved=(HOME_INSIDE, "/tmp"),
+                                         sealed=(RUN_INSIDE,))
+            except MountError as exc:
+                raise SandboxError(400, str(exc)) from None
+            if any(m.target == target for m in checked):
+                raise SandboxError(400, f"two mounts at {target!r}")
+            if not self._mountable(target):
+                raise SandboxError(400, f"mount path {target!r} does not exist in the sandbox's "
+                                        "read-only root and cannot be created there: mount under "
+                                        f"{HOME_INSIDE} or /tmp, or at a directory that exists")
+            checked.append(Mount(mount.source, target, mount.read_only))
+        fds, _, _ = self._open_mounts(checked)
+        close_all(fds)
+        return tuple(checked)
+
+    def _mountable(self, target: str) -> bool:
+        """bwrap creates a missing mount point only inside what is writable while it sets
+        up (the sandbox's binds and tmpfs); the host root is bound read-only."""
+        writable = (HOME_INSIDE, "/tmp", "/home", "/run", "/var/tmp", str(self.root))
+        return any(target.startswith(w + "/") for w in writable) or os.path.isdir(target)
+
+    @staticmethod
+    def _open_mounts(mounts: Sequence[Mount]) -> tuple[list[int], list[tuple[int, str, bool]], list[int]]:
+        """Open every mount's source without following symlinks: fds, bwrap's (fd, target,
+        read-only) triples, and the volume gids the sandbox's uid must join."""
+        fds: list[int] = []
+        binds: list[tuple[int, str, bool]] = []
+        groups: list[int] = []
+        try:
+            for mount in mounts:
+                fd, gid = open_source(mount.source)
+                fds.append(fd)
+                binds.append((fd, mount.target, mount.read_only))
+                if gid is not None and gid not in groups:
+                    groups.append(gid)
+        except MountError as exc:
+            close_all(fds)
+            raise SandboxError(400, str(exc)) from None
+        except BaseException:
+            close_all(fds)
+            raise
+        return fds, binds, groups
+
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
-                      egress: str) -> Running:
+                      egress: str, mounts: Sequence[Mount] = ()) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
 
         Whatever happens (errors, cancellation when the runtime stops), a sandbox that did
         not come up leaves no cgroup and no process behind."""
+        fds, binds, groups = self._open_mounts(mounts)
+        try:
+            return await self._launch_with(target, uid, gid, limits, egress, fds, binds, groups)
+        finally:
+            close_all(fds)  # bwrap holds its own copies once started
+
+    async def _launch_with(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
+                           egress: str, fds: list[int], binds: list[tuple[int, str, bool]],
+                           groups: list[int]) -> Running:
         name = f"{self._group_prefix}{os.urandom(5).hex()}"
         creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
@@ -323,13 +397,14 @@ class Runtime:
             argv = self.backend.launch_prefix(group, limits)
             argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
                                terminal_port=self.terminal_port,
-                               run_as=(uid, gid) if os.geteuid() == 0 else None)
+                               run_as=(uid, gid) if os.geteuid() == 0 else None,
+                               mounts=binds, groups=groups)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                    **self.backend.launch_env(group)}
             with open(target.log, "ab") as logfile:
                 process = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=logfile, env=env, start_new_session=True,
+                    stderr=logfile, env=env, start_new_session=True, pass_fds=fds,
                 )
             running = Running(process, group, target, uid, gid)
             await self._expect(running, b"pooled")
