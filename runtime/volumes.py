@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 VOLUME_GID_BASE = 900_000  # far above the sandboxes' own uids/gids (200000 + n)
@@ -50,7 +51,7 @@ class Mount:
         return {"source": str(self.source), "target": self.target, "read_only": self.read_only}
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> "Mount":
+    def from_json(cls, data: dict[str, object]) -> Mount:
         return cls(Path(str(data["source"])), str(data["target"]), bool(data.get("read_only", False)))
 
 
@@ -198,7 +199,35 @@ def is_volume_gid(gid: int) -> bool:
     return VOLUME_GID_BASE <= gid <= VOLUME_GID_MAX
 
 
-def close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+@dataclass
+class OpenedMounts:
+    """Mount sources opened for one bwrap launch: bwrap's (fd, target, read-only) binds
+    and the volume gids the sandbox's uid joins. Close once bwrap has started."""
+
+    binds: list[tuple[int, str, bool]] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+
+    @property
+    def fds(self) -> list[int]:
+        return [fd for fd, _, _ in self.binds]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.binds.clear()
+
+
+def open_mounts(mounts: Sequence[Mount]) -> OpenedMounts:
+    """Open every mount's source with `open_source`; all or nothing."""
+    opened = OpenedMounts()
+    try:
+        for mount in mounts:
+            fd, gid = open_source(mount.source)
+            opened.binds.append((fd, mount.target, mount.read_only))
+            if gid is not None and gid not in opened.groups:
+                opened.groups.append(gid)
+    except BaseException:
+        opened.close()
+        raise
+    return opened

@@ -12,7 +12,12 @@ import pytest
 
 from runtime.manager import SandboxError
 from runtime.volumes import (
-    VOLUME_GID_BASE, Mount, MountError, make_subpath, make_volume, validate_subpath,
+    VOLUME_GID_BASE,
+    Mount,
+    MountError,
+    make_subpath,
+    make_volume,
+    validate_subpath,
     validate_target,
 )
 from tests.runtime_direct import DirectRuntime
