@@ -111,7 +111,9 @@ async def unpack(archive: Path, sandbox_dir: Path) -> None:
     staging = sandbox_dir / STAGING
     await asyncio.to_thread(shutil.rmtree, staging, True)
     staging.mkdir(mode=0o700)
-    await _run_tar(["--extract", f"--file={archive}", *COMMON, "--same-owner", "--same-permissions",
+    # Owners come back exact only as root; otherwise every file is ours anyway.
+    owners = ["--same-owner"] if os.geteuid() == 0 else ["--no-same-owner"]
+    await _run_tar(["--extract", f"--file={archive}", *COMMON, *owners, "--same-permissions",
                     f"--directory={staging}"])
     for name in PACKED:
         old = sandbox_dir / name
