@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,17 @@ def make_volume(path: Path) -> None:
         raise MountError("no free volume gid left")
     os.chown(path, 0, gid)
     os.chmod(path, 0o2770)
+
+
+def remove_volume(path: Path) -> None:
+    """Delete a volume directory and everything in it. `shutil.rmtree` works on fds here
+    (`rmtree.avoids_symlink_attacks`), so a symlink a sandbox left inside is removed, never
+    followed; the caller makes sure no sandbox mounts the volume any more."""
+    if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - Linux has openat
+        raise MountError("this platform cannot delete a volume without following symlinks")
+    if path.is_symlink() or not path.is_dir():
+        raise MountError(f"volume directory {str(path)!r} is not a directory")
+    shutil.rmtree(path)
 
 
 def is_volume_gid(gid: int) -> bool:
