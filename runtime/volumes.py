@@ -179,8 +179,10 @@ def _used_gids(parent: Path) -> set[int]:
 def make_volume(path: Path) -> None:
     """Create a volume directory: root:<own gid> 2770 under a 0700 parent when we are root
     (see the module docstring); a plain 0700 directory of ours otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_mode & 0o077:
+        # Sandboxes reach volumes through their binds only; the host's users not at all.
+        raise MountError(f"the volumes directory {str(path.parent)!r} must be mode 0700")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
