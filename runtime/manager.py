@@ -497,8 +497,7 @@ class Runtime:
             if not isinstance(mount, Mount):
                 raise SandboxError(400, f"mounts must be Mount objects, got {type(mount).__name__}")
             try:
-                target = validate_target(mount.target, reserved=(HOME_INSIDE, "/tmp"),
-                                         sealed=())
+                target = validate_target(mount.target, reserved=(HOME_INSIDE, "/tmp"))
             except MountError as exc:
                 raise SandboxError(400, str(exc)) from None
             if any(m.target == target for m in checked):

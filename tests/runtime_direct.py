@@ -30,7 +30,7 @@ class DirectRuntime:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def socket(self, sandbox_id: str) -> Path:
-        return self.runtime.sandboxes_dir / sandbox_id / "run" / "toolbox.sock"
+        return self.runtime.socket_path(sandbox_id)
 
     def execute(self, sandbox_id: str, command: str, timeout: int = 30) -> tuple[int, str]:
         transport = httpx.HTTPTransport(uds=str(self.socket(sandbox_id)))

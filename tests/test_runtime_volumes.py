@@ -152,8 +152,6 @@ def test_mounts_survive_stop_and_start_and_read_only_is_read_only(direct: Direct
     ("/home", "cover"),
     ("/home/daytona", "cover"),
     ("/tmp", "cover"),
-    ("/run", "cover"),
-    ("/run/toolbox/x", "under /run/toolbox"),
     ("/usr/no-such-dir", "read-only root"),
 ])
 def test_bad_mount_paths_are_a_400_and_create_nothing(direct: DirectRuntime, volume: Path,
