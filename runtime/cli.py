@@ -79,7 +79,8 @@ def up(args: argparse.Namespace) -> int:
     import uvicorn
     from starlette.applications import Starlette
 
-    from runtime.control import build_app
+    from controlplane.app import build_app
+    from controlplane.errors import ApiError
     from runtime.manager import SandboxError
     from runtime.stack import Stack, StackConfig
 
@@ -89,27 +90,27 @@ def up(args: argparse.Namespace) -> int:
         limits=Limits(cpus=args.cpus, memory_mib=args.memory, pids=args.pids), api_key=args.api_key,
     )
     stack = Stack(config)
-    control = build_app(stack.runtime, stack.info)
+    control = build_app(stack.plane)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             try:
                 await stack.start()
-            except SandboxError as exc:
+                if args.no_sandbox:
+                    _print_banner(stack, None)
+                else:
+                    await _first_sandbox(stack, args.sandbox)
+            except (SandboxError, ApiError) as exc:
                 print(f"error: {exc.message}", file=sys.stderr, flush=True)
                 raise
-            if not args.no_sandbox:
-                await _first_sandbox(stack, args.sandbox)
-            else:
-                _print_banner(stack, None)
             yield
         finally:
             print("Stopping sandboxes and the proxy...", flush=True)
             await stack.stop()
 
     control.router.lifespan_context = lifespan
-    if stack.control_socket.exists():
+    if stack.control_socket.exists() or stack.control_socket.is_symlink():
         stack.control_socket.unlink()
     server = uvicorn.Server(uvicorn.Config(control, uds=str(stack.control_socket), log_level="warning",
                                            access_log=False, lifespan="on", timeout_graceful_shutdown=5))
@@ -121,34 +122,49 @@ def up(args: argparse.Namespace) -> int:
 
 
 async def _first_sandbox(stack: Any, wanted: str | None) -> None:
-    runtime = stack.runtime
-    if wanted and wanted in runtime.specs:
-        spec = await runtime.start(wanted)
-    elif wanted:
-        spec = await runtime.create(wanted)
-    elif runtime.specs:
-        newest = max(runtime.specs.values(), key=lambda s: s.created_at)
-        spec = await runtime.start(newest.id)
+    """The sandbox named `wanted` (created if missing), else the newest one, else a new one,
+    in the default organization, started."""
+    from controlplane.auth import Principal
+    from controlplane.errors import NotFound
+    from controlplane.sandboxes.dto import CreateSandbox
+
+    plane = stack.plane
+    who = Principal(plane.default_organization, "main-job")
+    record = None
+    if wanted:
+        try:
+            record = await plane.sandboxes.get(who, wanted)
+        except NotFound:
+            record = None
     else:
-        spec = await runtime.create()
-    _print_banner(stack, spec)
+        page = await plane.sandboxes.list(who, limit=1)
+        record = page.items[0] if page.items else None
+    if record is None:
+        body = CreateSandbox(name=wanted, labels={"code-toolbox-language": "python"})
+        record = await plane.sandboxes.create(who, body)
+    elif record.state != "started":
+        record = await plane.sandboxes.start(who, record.id)
+    _print_banner(stack, record)
 
 
-def _print_banner(stack: Any, spec: Any) -> None:
+def _print_banner(stack: Any, record: Any) -> None:
     info = stack.info()
     lines = [
-        f"Proxy:        {info['proxy_url']}  (API key "
+        f"Proxy:        {info['proxy_url']}",
+        f"API:          {info['api_url']}  (Daytona's REST API; key "
         f"{'in ' + str(info['api_key_file']) if info['api_key_file'] else 'from --api-key'})",
+        f"DAYTONA_API_URL={info['api_url']}",
+        f"DAYTONA_API_KEY={stack.api_key}",
         f"Limits:       {info['limits_backend']}",
         f"Control:      python -m runtime --state-dir {stack.config.state_dir} list|create|stop|start|delete",
     ]
-    if spec is not None:
-        urls = stack.urls(spec.id, spec.token)
+    if record is not None:
+        urls = stack.urls(record.id, record.preview_token)
         lines += [
-            f"Sandbox:      {spec.id}",
+            f"Sandbox:      {record.id}",
             f"Toolbox URL:  {urls['toolbox']}   (Authorization: Bearer <API key>)",
             f"Preview URL:  {urls['example_preview']}   (any port: {urls['preview']})",
-            f"Preview auth: X-Daytona-Preview-Token: {spec.token}",
+            f"Preview auth: X-Daytona-Preview-Token: {record.preview_token}",
             f"Terminal:     {urls['terminal']}",
         ]
     lines.append("Press Ctrl-C to stop.")

@@ -1,8 +1,11 @@
-"""`python -m runtime up`: the proxy, the runtime and its control API in one process tree.
+"""`python -m runtime up`: the proxy, the runtime and the control plane in one process tree.
 
-The proxy runs as a child process (`python -m proxy serve ... --registry file:...`) so a
-crash or overload of one sandbox's traffic never takes the runtime with it; the runtime
-reads the proxy's last-activity records from its `/metrics` for idle auto-stop.
+The control plane (Daytona's REST API, `controlplane/`) is served on a Unix socket in a
+0700 directory (`STATE/control/api.sock`); the proxy runs as a child process (`python -m
+proxy serve ... --registry file:... --api-upstream unix:...`) and forwards
+`http://{domain}:{port}/api/...` there, so a crash or overload of one sandbox's traffic
+never takes the control plane with it. The control plane writes the proxy's registry and
+reads its last-activity records from `/metrics`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from pathlib import Path
 
 import httpx
 
+from controlplane.auth import DEFAULT_ORGANIZATION, new_key
+from controlplane.plane import ControlPlane, PlaneConfig
+from controlplane.sandboxes.routes import PublicUrls
+from runtime.backend import LocalBackend
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 
@@ -33,11 +40,11 @@ def parse_activity(metrics_text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in _ACTIVITY.finditer(metrics_text)}
 
 
-def _secret_file(path: Path, nbytes: int = 24) -> str:
-    """A secret kept in the state dir, so URLs and keys survive a restart."""
+def _secret_file(path: Path, nbytes: int = 24, value: str | None = None) -> str:
+    """A secret kept in the state dir (0600), so URLs and keys survive a restart."""
     if path.exists():
         return path.read_text().strip()
-    value = secrets.token_urlsafe(nbytes)
+    value = value or secrets.token_urlsafe(nbytes)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
@@ -63,18 +70,27 @@ class Stack:
         state.mkdir(parents=True, exist_ok=True)
         os.chmod(state, 0o755)
         self.api_key_file = state / "api-key"
+        # The default organization's key (shown in the banner), kept in plain text 0600.
         if config.api_key:
             self.api_key = config.api_key
         else:
-            self.api_key = _secret_file(self.api_key_file)
+            self.api_key = _secret_file(self.api_key_file, value=new_key())
+        # A static proxy key for the main job's own probes; valid for every sandbox.
+        self.internal_key = _secret_file(state / "internal-key", 32)
         self.secret = _secret_file(state / "proxy-secret", 32)
         control_dir = state / "control"
         control_dir.mkdir(exist_ok=True)
         os.chmod(control_dir, 0o700)  # uvicorn makes the socket 0666; the directory guards it
-        self.control_socket = control_dir / "runtime.sock"
+        self.control_socket = control_dir / "api.sock"
+        # TODO(policies): idle auto-stop moves into the control plane.
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
-                               idle_timeout=config.idle_timeout, activity=self.read_activity,
-                               visible=self.wait_routed)
+                               idle_timeout=0, write_registry=False)
+        self.backend = LocalBackend(self.runtime)
+        self.registry_path = state / "registry.json"
+        self.plane = ControlPlane(
+            PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),
+                        registry_path=self.registry_path),
+            self.backend, visible=self.wait_routed)
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None
         self._stopping = False
@@ -84,11 +100,16 @@ class Stack:
     def proxy_url(self) -> str:
         return f"http://{self.config.domain}:{self.config.port}"
 
+    @property
+    def api_url(self) -> str:
+        return f"{self.proxy_url}/api"
+
     def info(self) -> dict[str, object]:
         return {
             "proxy_url": self.proxy_url,
             "domain": self.config.domain,
             "toolbox_url": f"{self.proxy_url}/toolbox",
+            "api_url": self.api_url,
             "api_key_file": None if self.config.api_key else str(self.api_key_file),
             "limits_backend": self.runtime.backend.description,
             "pool_size": self.config.pool_size,
@@ -117,7 +138,7 @@ class Stack:
         every 0.25 s). The probe also opens the proxy's connection to the new daemon."""
         url = f"http://{self.config.host}:{self.config.port}/toolbox/{sandbox_id}/version"
         headers = {"host": f"{self.config.domain}:{self.config.port}",
-                   "authorization": f"Bearer {self.api_key}"}
+                   "authorization": f"Bearer {self.internal_key}"}
         async with asyncio.timeout(timeout):
             while True:
                 response = await self._http.get(url, headers=headers)
@@ -127,15 +148,17 @@ class Stack:
 
     async def start(self) -> None:
         await self.runtime.open()
+        await self.plane.open()
+        await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
 
     async def _start_proxy(self) -> None:
-        registry = self.runtime.registry.path
-        env = dict(os.environ, PROXY_API_KEYS=self.api_key, PROXY_SECRET=self.secret)
+        env = dict(os.environ, PROXY_API_KEYS=self.internal_key, PROXY_SECRET=self.secret)
         self.proxy = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "serve", "--host", self.config.host,
             "--port", str(self.config.port), "--domain", self.config.domain,
-            "--registry", f"file:{registry}", "--public-url", self.proxy_url,
+            "--registry", f"file:{self.registry_path}", "--public-url", self.proxy_url,
+            "--api-upstream", f"unix:{self.control_socket}",
             stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
         )
         assert self.proxy.stdout is not None
@@ -174,6 +197,7 @@ class Stack:
         if self._watch is not None:
             self._watch.cancel()
         await self.runtime.close()
+        await self.plane.close()
         if self.proxy is not None and self.proxy.returncode is None:
             self.proxy.terminate()
             try:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Stack:
     port: int
     banner: dict[str, str]
     env: dict[str, str]
+    banner_lines: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -92,11 +93,13 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
                                stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO_ROOT)
     assert process.stdout is not None
     banner: dict[str, str] = {}
+    lines: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
+        lines.append(line.rstrip("\n"))
         match = re.match(r"^([A-Z][\w ]+):\s+(\S+)", line)
         if match:
             banner[match.group(1).strip()] = match.group(2)
@@ -109,7 +112,7 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     import threading
 
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-    return Stack(process, state_dir, port, banner, env)
+    return Stack(process, state_dir, port, banner, env, lines)
 
 
 def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None):  # type: ignore[no-untyped-def]

@@ -1,0 +1,80 @@
+"""Make the records and the backend agree (at start, and periodically).
+
+- A record still being created (the main job died mid-create): whatever the backend made
+  is destroyed and the record removed, so no orphan and no ghost remain.
+- A record left pending by a crash: its state becomes what the backend really has.
+- A record whose sandbox is gone from the backend: `error` with a reason (destroyed-ness
+  is never assumed; the user decides).
+- A sandbox the backend has without a record (made before the control plane existed, or
+  by a runtime whose database was lost): adopted into the default organization, stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from controlplane.backend import Existence
+from controlplane.sandboxes.records import SandboxRecord
+from controlplane.sandboxes.states import State
+
+if TYPE_CHECKING:
+    from controlplane.plane import ControlPlane
+
+log = logging.getLogger("controlplane.reconcile")
+
+
+async def reconcile(plane: ControlPlane) -> list[str]:
+    """Returns a line per change made, for logs and tests."""
+    from controlplane.sandboxes import service as sandbox_service
+
+    changes: list[str] = []
+    records = {r.id: r for r in await anyio.to_thread.run_sync(plane.records.all)}
+    existing = await plane.backend.status()
+    for record in records.values():
+        have = existing.get(record.id)
+        if record.state == State.UNKNOWN:
+            if have is not None:
+                await plane.backend.destroy(record.id)
+            await anyio.to_thread.run_sync(plane.records.remove, record.id)
+            changes.append(f"{record.id}: removed an unfinished create")
+            continue
+        if have is None:
+            if record.state != State.ERROR or record.pending:
+                await anyio.to_thread.run_sync(lambda r=record: plane.records.finish(  # type: ignore[misc]
+                    r.id, State.ERROR.value, "the sandbox is gone from the backend"))
+                changes.append(f"{record.id}: gone from the backend, now error")
+            continue
+        if record.pending and record.desired_state == State.DESTROYED:
+            await plane.backend.destroy(record.id)
+            await anyio.to_thread.run_sync(plane.records.remove, record.id)
+            changes.append(f"{record.id}: finished an interrupted delete")
+            continue
+        if record.pending or record.state != have.value:
+            await anyio.to_thread.run_sync(lambda r=record, h=have: plane.records.finish(  # type: ignore[misc]
+                r.id, h.value))
+            changes.append(f"{record.id}: {record.state} -> {have.value}")
+    for sandbox_id, have in existing.items():
+        if sandbox_id in records:
+            continue
+        now = time.time()
+        adopted = SandboxRecord(
+            id=sandbox_id, organization_id=plane.default_organization, name=sandbox_id,
+            state=have.value if have != Existence.STARTED else State.STARTED.value,
+            desired_state=have.value, pending=False, os_user=sandbox_service.DEFAULT_USER, env={},
+            labels={sandbox_service.LANGUAGE_LABEL: "python"}, public=False, target=sandbox_service.DEFAULT_TARGET,
+            cpu=1, gpu=0, memory=1, disk=3, auto_stop_interval=sandbox_service.DEFAULT_AUTO_STOP,
+            auto_archive_interval=sandbox_service.DEFAULT_AUTO_ARCHIVE,
+            auto_delete_interval=sandbox_service.DEFAULT_AUTO_DELETE, network_block_all=False,
+            preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
+            snapshot=sandbox_service.DEFAULT_SNAPSHOT, extra={"adopted": True},
+        )
+        await anyio.to_thread.run_sync(plane.records.insert, adopted)
+        changes.append(f"{sandbox_id}: adopted into the default organization")
+    for line in changes:
+        log.warning("reconcile: %s", line)
+    return changes
