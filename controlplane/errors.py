@@ -10,7 +10,7 @@ Services raise `ApiError` (they know nothing of HTTP beyond the status number).
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
@@ -67,7 +67,7 @@ def envelope(status: int, message: str, code: str, path: str) -> dict[str, objec
         "code": code,
         "source": SOURCE,
         "path": path,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
 
 

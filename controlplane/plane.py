@@ -4,6 +4,7 @@ reconciles records with what the backend really has."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import anyio
 
 from controlplane.auth import DEFAULT_ORGANIZATION, Keys, NewKey, key_hash
 from controlplane.backend import SandboxBackend
+from controlplane.policies import ActivitySource, Policies
 from controlplane.proxyview import ProxyView, VisibleCheck
 from controlplane.reconcile import reconcile
 from controlplane.sandboxes.records import SandboxRecords
@@ -24,6 +26,7 @@ from runtime.registry import FileRegistry
 log = logging.getLogger("controlplane")
 
 DATABASE_URL_ENV = "CONTROLPLANE_DATABASE_URL"
+MINUTE_ENV = "CONTROLPLANE_MINUTE_SECONDS"
 
 
 @dataclass
@@ -32,6 +35,9 @@ class PlaneConfig:
     urls: PublicUrls
     registry_path: Path
     database_url: str | None = None  # default: SQLite at STATE/controlplane.db
+    default_auto_stop: int = 15  # minutes, for sandboxes created without autoStopInterval
+    # Seconds in a policy minute: 60, except where a test or demo wants policies to act fast.
+    minute: float = float(os.environ.get(MINUTE_ENV) or 60)
 
     @property
     def url(self) -> str:
@@ -40,7 +46,8 @@ class PlaneConfig:
 
 
 class ControlPlane:
-    def __init__(self, config: PlaneConfig, backend: SandboxBackend, visible: VisibleCheck | None = None) -> None:
+    def __init__(self, config: PlaneConfig, backend: SandboxBackend, visible: VisibleCheck | None = None,
+                 activity: ActivitySource | None = None) -> None:
         self.config = config
         self.urls = config.urls
         self.backend = backend
@@ -48,8 +55,12 @@ class ControlPlane:
         self.keys = Keys(self.engine)
         self.records = SandboxRecords(self.engine)
         self.view = ProxyView(FileRegistry(config.registry_path), self.records, self.keys, backend, visible)
-        self.sandboxes = SandboxService(self.records, backend, self.view)
+        self.sandboxes = SandboxService(self.records, backend, self.view,
+                                        default_auto_stop=config.default_auto_stop)
+        self.policies = Policies(self, activity, minute=config.minute,
+                                 interval=max(0.2, min(5.0, config.minute / 4)))
         self.default_organization = ""
+        self._policy_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         await anyio.to_thread.run_sync(migrate, self.engine)
@@ -58,7 +69,14 @@ class ControlPlane:
         await reconcile(self)
         await self.view.publish()
 
+    def run_policies(self) -> None:
+        """Auto-stop, auto-archive, auto-delete and periodic reconcile, in the background."""
+        self._policy_task = asyncio.ensure_future(self.policies.run())
+
     async def close(self) -> None:
+        if self._policy_task is not None:
+            self._policy_task.cancel()
+            await asyncio.gather(self._policy_task, return_exceptions=True)
         await anyio.to_thread.run_sync(self.engine.dispose)
 
     async def create_key(self, organization: str = DEFAULT_ORGANIZATION) -> NewKey:

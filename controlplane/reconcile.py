@@ -28,8 +28,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("controlplane.reconcile")
 
 
-async def reconcile(plane: ControlPlane) -> list[str]:
-    """Returns a line per change made, for logs and tests."""
+async def _settle(plane: ControlPlane, record: SandboxRecord, state: str, reason: str | None = None) -> bool:
+    return await anyio.to_thread.run_sync(plane.records.settle, record.id, record.updated_at, state, reason)
+
+
+async def reconcile(plane: ControlPlane, *, at_start: bool = True) -> list[str]:
+    """Returns a line per change made, for logs and tests.
+
+    After start (`at_start=False`) only settled records are compared, never one that a
+    request is changing right now, and nothing is adopted (a create in flight has its
+    backend sandbox before its record is final)."""
     from controlplane.sandboxes import service as sandbox_service
 
     changes: list[str] = []
@@ -37,6 +45,8 @@ async def reconcile(plane: ControlPlane) -> list[str]:
     existing = await plane.backend.status()
     for record in records.values():
         have = existing.get(record.id)
+        if not at_start and (record.pending or record.state == State.UNKNOWN):
+            continue
         if record.state == State.UNKNOWN:
             if have is not None:
                 await plane.backend.destroy(record.id)
@@ -44,9 +54,8 @@ async def reconcile(plane: ControlPlane) -> list[str]:
             changes.append(f"{record.id}: removed an unfinished create")
             continue
         if have is None:
-            if record.state != State.ERROR or record.pending:
-                await anyio.to_thread.run_sync(lambda r=record: plane.records.finish(  # type: ignore[misc]
-                    r.id, State.ERROR.value, "the sandbox is gone from the backend"))
+            if ((record.state != State.ERROR or record.pending)
+                    and await _settle(plane, record, State.ERROR.value, "the sandbox is gone from the backend")):
                 changes.append(f"{record.id}: gone from the backend, now error")
             continue
         if record.pending and record.desired_state == State.DESTROYED:
@@ -54,12 +63,10 @@ async def reconcile(plane: ControlPlane) -> list[str]:
             await anyio.to_thread.run_sync(plane.records.remove, record.id)
             changes.append(f"{record.id}: finished an interrupted delete")
             continue
-        if record.pending or record.state != have.value:
-            await anyio.to_thread.run_sync(lambda r=record, h=have: plane.records.finish(  # type: ignore[misc]
-                r.id, h.value))
+        if (record.pending or record.state != have.value) and await _settle(plane, record, have.value):
             changes.append(f"{record.id}: {record.state} -> {have.value}")
     for sandbox_id, have in existing.items():
-        if sandbox_id in records:
+        if sandbox_id in records or not at_start:
             continue
         now = time.time()
         adopted = SandboxRecord(

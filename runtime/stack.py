@@ -11,6 +11,7 @@ reads its last-activity records from `/metrics`.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import secrets
@@ -82,15 +83,16 @@ class Stack:
         control_dir.mkdir(exist_ok=True)
         os.chmod(control_dir, 0o700)  # uvicorn makes the socket 0666; the directory guards it
         self.control_socket = control_dir / "api.sock"
-        # TODO(policies): idle auto-stop moves into the control plane.
+        # Idle auto-stop is the control plane's (autoStopInterval, from the proxy's activity).
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
                                idle_timeout=0, write_registry=False)
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
             PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),
-                        registry_path=self.registry_path),
-            self.backend, visible=self.wait_routed)
+                        registry_path=self.registry_path,
+                        default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
+            self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None
         self._stopping = False
@@ -151,6 +153,7 @@ class Stack:
         await self.plane.open()
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
+        self.plane.run_policies()
 
     async def _start_proxy(self) -> None:
         env = dict(os.environ, PROXY_API_KEYS=self.internal_key, PROXY_SECRET=self.secret)
@@ -196,8 +199,8 @@ class Stack:
         self._stopping = True
         if self._watch is not None:
             self._watch.cancel()
+        await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
-        await self.plane.close()
         if self.proxy is not None and self.proxy.returncode is None:
             self.proxy.terminate()
             try:

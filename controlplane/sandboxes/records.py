@@ -80,7 +80,7 @@ class SandboxRecords:
         by_id = [r for r in rows if r.id == id_or_name]
         return _record(by_id[0] if by_id else rows[0])
 
-    def list(self, organization_id: str) -> list[SandboxRecord]:
+    def of_organization(self, organization_id: str) -> list[SandboxRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(table).where(table.c.organization_id == organization_id)
                                 .order_by(table.c.created_at.desc(), table.c.id.desc())).all()
@@ -102,6 +102,15 @@ class SandboxRecords:
             conn.execute(update(table).where(table.c.id == sandbox_id).values(
                 state=state, desired_state=state if state != "error" else "started", pending=False,
                 error_reason=error_reason, updated_at=time.time(), **changes))
+
+    def settle(self, sandbox_id: str, seen_updated_at: float, state: str, error_reason: str | None = None) -> bool:
+        """`finish`, but only if nobody changed the row since it was read at `seen_updated_at`."""
+        with self.engine.begin() as conn:
+            result = conn.execute(update(table).where(and_(
+                table.c.id == sandbox_id, table.c.updated_at == seen_updated_at,
+            )).values(state=state, desired_state=state if state != "error" else "started", pending=False,
+                      error_reason=error_reason, updated_at=time.time()))
+        return result.rowcount == 1
 
     def change(self, organization_id: str, sandbox_id: str, **changes: Any) -> bool:
         with self.engine.begin() as conn:

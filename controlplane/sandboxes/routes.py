@@ -5,8 +5,9 @@ full Sandbox, setters whose reply the SDK ignores answer a full Sandbox too."""
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,11 +46,11 @@ class PublicUrls:
 def _iso(when: float | None) -> str | None:
     if when is None:
         return None
-    return datetime.fromtimestamp(when, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _fields(record: SandboxRecord, urls: PublicUrls) -> dict[str, object]:
-    return dict(
+    return dict(  # noqa: C408 -- keyword form: field names as the wire spells them
         id=record.id, organizationId=record.organization_id, name=record.name, target=record.target,
         user=record.os_user, public=record.public, networkBlockAll=record.network_block_all, cpu=record.cpu,
         gpu=record.gpu, memory=record.memory, disk=record.disk, labels=record.labels,
@@ -124,6 +125,36 @@ def routes(service: SandboxService, urls: PublicUrls) -> list[Route]:
         record = await service.set_labels(who, request.path_params["id"], parsed.labels)
         return JSONResponse({"labels": record.labels})
 
+    async def archive(request: Request) -> Response:
+        return one(await service.archive(await principal(request), request.path_params["id"]))
+
+    async def recover(request: Request) -> Response:
+        return one(await service.recover(await principal(request), request.path_params["id"]))
+
+    def interval(which: str) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            who = await principal(request)
+            minutes = int_param(request.path_params["minutes"], "interval")
+            return one(await service.set_interval(who, request.path_params["id"], which, minutes))
+
+        return handler
+
+    async def public(request: Request) -> Response:
+        who = await principal(request)
+        value = bool_param(request.path_params["value"], "isPublic")
+        return one(await service.update(who, request.path_params["id"], public=value))
+
+    async def resize(request: Request) -> Response:
+        who = await principal(request)
+        parsed = await body(request, dto.ResizeSandbox, empty_ok=True)
+        if parsed.gpu:
+            raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
+        return one(await service.resize(who, request.path_params["id"], parsed.cpu, parsed.memory, parsed.disk))
+
+    async def last_activity(request: Request) -> Response:
+        await service.touch(await principal(request), request.path_params["id"])
+        return Response(status_code=204)
+
     async def toolbox_proxy_url(request: Request) -> Response:
         await service.get(await principal(request), request.path_params["id"])
         return JSONResponse({"url": urls.toolbox})
@@ -144,6 +175,13 @@ def routes(service: SandboxService, urls: PublicUrls) -> list[Route]:
         Route("/sandbox/{id}/start", start, methods=["POST"]),
         Route("/sandbox/{id}/stop", stop, methods=["POST"]),
         Route("/sandbox/{id}/labels", labels, methods=["PUT"]),
+        Route("/sandbox/{id}/archive", archive, methods=["POST"]),
+        Route("/sandbox/{id}/recover", recover, methods=["POST"]),
+        *[Route(f"/sandbox/{{id}}/{which}/{{minutes}}", interval(which), methods=["POST"])
+          for which in ("autostop", "autoarchive", "autodelete", "autopause", "ttl")],
+        Route("/sandbox/{id}/public/{value}", public, methods=["POST"]),
+        Route("/sandbox/{id}/resize", resize, methods=["POST"]),
+        Route("/sandbox/{id}/last-activity", last_activity, methods=["POST"]),
         Route("/sandbox/{id}/toolbox-proxy-url", toolbox_proxy_url, methods=["GET"]),
         Route("/sandbox/{id}/ports/{port}/preview-url", preview_url, methods=["GET"]),
     ]

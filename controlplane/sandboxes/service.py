@@ -57,7 +57,8 @@ class ListPage:
 
 async def _shielded(fn: Callable[[], Awaitable[T]]) -> T:
     with anyio.CancelScope(shield=True):
-        return await fn()
+        result = await fn()
+    return result
 
 
 def _resources(cpu: int | None, memory: int | None, disk: int | None, base: Resources = DEFAULTS) -> Resources:
@@ -112,10 +113,12 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class SandboxService:
-    def __init__(self, records: SandboxRecords, backend: SandboxBackend, view: ProxyView) -> None:
+    def __init__(self, records: SandboxRecords, backend: SandboxBackend, view: ProxyView, *,
+                 default_auto_stop: int = DEFAULT_AUTO_STOP) -> None:
         self.records = records
         self.backend = backend
         self.view = view
+        self.default_auto_stop = default_auto_stop
 
     # -- reads --------------------------------------------------------------------------
     async def get(self, principal: Principal, id_or_name: str) -> SandboxRecord:
@@ -129,7 +132,7 @@ class SandboxService:
         if not 1 <= limit <= 200:
             raise BadRequest("limit must be from 1 to 200", "INVALID_LIMIT")
         after = _decode_cursor(cursor) if cursor else None
-        rows = await anyio.to_thread.run_sync(self.records.list, principal.organization_id)
+        rows = await anyio.to_thread.run_sync(self.records.of_organization, principal.organization_id)
         # Newest first; filters on labels (every pair must match) and states.
         selected: list[SandboxRecord] = []
         for record in rows:
@@ -161,13 +164,16 @@ class SandboxService:
             raise NotImplementedYet("Volumes are not available on this server yet", "VOLUMES_UNAVAILABLE")
         if body.kvm:
             raise BadRequest("KVM sandboxes are not available on this server", "KVM_UNAVAILABLE")
+        if body.networkBlockAll is False:
+            raise BadRequest("sandboxes on this server have no outbound network (loopback only): "
+                             "networkBlockAll cannot be false", "NETWORK_UNAVAILABLE")
         resources = _resources(body.cpu, body.memory, body.disk)
         _check_labels(body.labels)
         _check_env(body.env)
         if body.name is not None and not _NAME.fullmatch(body.name):
             raise BadRequest(f"invalid sandbox name {body.name!r}: 1 to 255 letters, digits, '.', '_' or '-', "
                              "starting with a letter or digit", "INVALID_NAME")
-        auto_stop = _interval("autoStopInterval", body.autoStopInterval, DEFAULT_AUTO_STOP)
+        auto_stop = _interval("autoStopInterval", body.autoStopInterval, self.default_auto_stop)
         auto_archive = _interval("autoArchiveInterval", body.autoArchiveInterval, DEFAULT_AUTO_ARCHIVE)
         auto_delete = _interval("autoDeleteInterval", body.autoDeleteInterval, DEFAULT_AUTO_DELETE,
                                 allow_negative=True)
@@ -180,7 +186,7 @@ class SandboxService:
             public=bool(body.public), target=body.target or DEFAULT_TARGET, cpu=resources.cpu, gpu=0,
             memory=resources.memory, disk=resources.disk, auto_stop_interval=auto_stop,
             auto_archive_interval=min(auto_archive or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE),
-            auto_delete_interval=auto_delete, network_block_all=bool(body.networkBlockAll),
+            auto_delete_interval=auto_delete, network_block_all=True,
             network_allow_list=body.networkAllowList, domain_allow_list=body.domainAllowList,
             preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
             snapshot=DEFAULT_SNAPSHOT, volumes=[], last_activity_at=now, extra={},
@@ -196,7 +202,7 @@ class SandboxService:
             # Nothing half-created: whatever the backend made goes, and so does the record.
             try:
                 await self.backend.destroy(record.id)
-            except Exception as cleanup:
+            except Exception as cleanup:  # noqa: BLE001 -- the original error matters more
                 log.warning("could not clean up sandbox %s after a failed create: %s", record.id, cleanup)
             await anyio.to_thread.run_sync(self.records.remove, record.id)
             if isinstance(exc, BackendError):
@@ -297,3 +303,82 @@ class SandboxService:
     async def set_labels(self, principal: Principal, id_or_name: str, labels: dict[str, str]) -> SandboxRecord:
         _check_labels(labels)
         return await self.update(principal, id_or_name, labels=dict(labels))
+
+    async def set_interval(self, principal: Principal, id_or_name: str, which: str, minutes: int) -> SandboxRecord:
+        """autostop (0 = never), autoarchive (0 = the maximum), autodelete (< 0 never, 0 on
+        stop), autopause and ttl (kept; pausing and TTLs are not enforced yet)."""
+        if which == "autodelete":
+            return await self.update(principal, id_or_name, auto_delete_interval=minutes)
+        if minutes < 0:
+            raise BadRequest(f"the {which} interval must be 0 or more minutes, got {minutes}", "INVALID_INTERVAL")
+        if which == "autostop":
+            return await self.update(principal, id_or_name, auto_stop_interval=minutes)
+        if which == "autoarchive":
+            return await self.update(principal, id_or_name,
+                                     auto_archive_interval=min(minutes or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE))
+        record = await self.get(principal, id_or_name)
+        key = {"autopause": "autoPauseInterval", "ttl": "ttlMinutes"}[which]
+        return await self.update(principal, record.id, extra={**record.extra, key: minutes})
+
+    async def touch(self, principal: Principal, id_or_name: str) -> None:
+        await self.update(principal, id_or_name, last_activity_at=time.time())
+
+    async def archive(self, principal: Principal, id_or_name: str) -> SandboxRecord:
+        record = await self._begin(principal, id_or_name, "archive")
+        if record is None:
+            return await self.get(principal, id_or_name)
+
+        async def work() -> None:
+            try:
+                await self.backend.archive(record.id)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "archive") from None
+            await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.ARCHIVED.value))
+
+        await _shielded(work)
+        return await self.get(principal, record.id)
+
+    async def recover(self, principal: Principal, id_or_name: str) -> SandboxRecord:
+        record = await self._begin(principal, id_or_name, "recover")
+        if record is None:
+            return await self.get(principal, id_or_name)
+
+        async def work() -> None:
+            if record.id not in await self.backend.status():
+                await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.ERROR.value,
+                                                                           record.error_reason))
+                raise BadRequest(f"Sandbox {record.id} cannot be recovered: it is gone from the backend "
+                                 "(delete it and create a new one)", "NOT_RECOVERABLE")
+            try:
+                await self.backend.start(record.id)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "recover") from None
+            await anyio.to_thread.run_sync(
+                lambda: self.records.finish(record.id, State.STARTED.value, last_activity_at=time.time()))
+            await self.view.publish()
+            await self.view.until_routed(record.id)
+
+        await _shielded(work)
+        return await self.get(principal, record.id)
+
+    async def resize(self, principal: Principal, id_or_name: str, cpu: int | None, memory: int | None,
+                     disk: int | None) -> SandboxRecord:
+        current = await self.get(principal, id_or_name)
+        resources = _resources(cpu, memory, disk, Resources(current.cpu, current.memory, current.disk))
+        if resources.disk < current.disk:
+            raise BadRequest(f"disk can only grow (now {current.disk} GiB)", "INVALID_RESOURCES")
+        record = await self._begin(principal, id_or_name, "resize")
+        assert record is not None
+        before = record.state
+
+        async def work() -> None:
+            try:
+                await self.backend.resize(record.id, resources)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "resize") from None
+            await anyio.to_thread.run_sync(lambda: self.records.finish(
+                record.id, before, cpu=resources.cpu, memory=resources.memory, disk=resources.disk))
+            await self.view.publish()
+
+        await _shielded(work)
+        return await self.get(principal, record.id)
