@@ -166,8 +166,14 @@ def test_another_organizations_sandbox_is_a_404_everywhere(stack: Stack) -> None
 
 
 def test_bad_input_raises_the_sdks_precise_exceptions_and_creates_nothing(stack: Stack) -> None:
-    from daytona import (CreateSandboxFromImageParams, CreateSandboxFromSnapshotParams, DaytonaConflictError,
-                         DaytonaError, DaytonaNotFoundError, DaytonaValidationError)
+    from daytona import (
+        CreateSandboxFromImageParams,
+        CreateSandboxFromSnapshotParams,
+        DaytonaConflictError,
+        DaytonaError,
+        DaytonaNotFoundError,
+        DaytonaValidationError,
+    )
 
     d = daytona(stack)
     before = {s.id for s in d.list()}
