@@ -2,6 +2,7 @@
 
 Host `{port}-{label}.{domain}`      -> daemon `/proxy/{port}{path}` (preview)
 Other hosts (bare domain, IP, LB):
+  `/api/{path}`                     -> the control plane (`--api-upstream`), path unchanged
   `/toolbox/{id}/{path}`            -> daemon `/{path}` (API key or preview token)
   `GET /health`, `GET /metrics`
   `GET /sandbox/{id}/ports/{port}/preview-url`           (API key) Daytona's PortPreviewUrl
@@ -10,6 +11,7 @@ Other hosts (bare domain, IP, LB):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -41,6 +43,7 @@ _DROP_UPSTREAM = frozenset({
 _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
 _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
 _UNSEEN: Any = object()
+ALL_SANDBOXES = "*all*"  # what a static (PROXY_API_KEYS) key may reach
 # X-Proxy-Error codes the daemon's /proxy/{port} route emits.
 _DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket", "upstream-timeout"})
 
@@ -103,6 +106,14 @@ class ProxyApp:
         self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
         self._xf_proto = config.public_scheme.encode()
         self._xf_port = str(config.public_port).encode()
+        self._api: tuple[Relay, str, int, bytes] | None = None
+        if config.api_upstream:
+            if config.api_upstream.startswith("unix:"):
+                self._api = (Relay(unix_path=config.api_upstream[len("unix:"):], keepalive=60.0), "localhost", 0, b"")
+            else:
+                parts = urlsplit(config.api_upstream)
+                self._api = (Relay(keepalive=60.0), parts.hostname or "", parts.port or 80,
+                             parts.path.rstrip("/").encode())
 
     # -- plumbing -------------------------------------------------------------------------
     def _upstream(self, address: str) -> tuple[Relay, str, int, bytes]:
@@ -127,7 +138,7 @@ class ProxyApp:
 
     async def close(self) -> None:
         await self.activity.flush()
-        for relay in [*self._unix.values(), self._tcp]:
+        for relay in [*self._unix.values(), self._tcp, *([self._api[0]] if self._api else [])]:
             await relay.close()
         self._unix.clear()
         await self.registry.close()
@@ -138,13 +149,35 @@ class ProxyApp:
         except RegistryError as exc:
             raise ProxyError(503, "registry-unavailable", str(exc)) from exc
 
+    @staticmethod
+    def _not_found(sandbox_id: str) -> ProxyError:
+        return ProxyError(404, "sandbox-not-found",
+                          f"No sandbox '{sandbox_id}' is registered with this proxy: it may have been "
+                          "deleted or not started yet.")
+
     async def _known(self, sandbox_id: str) -> Sandbox:
         sandbox = await self._lookup(sandbox_id)
         if sandbox is None:
-            raise ProxyError(404, "sandbox-not-found",
-                             f"No sandbox '{sandbox_id}' is registered with this proxy: it may have been "
-                             "deleted or not started yet.")
+            raise self._not_found(sandbox_id)
         return sandbox
+
+    async def _key_access(self, authorization: bytes | None) -> str | None:
+        """`ALL_SANDBOXES` for a static key, an organization id for a tenant's key, else None."""
+        if not authorization or authorization[:7].lower() != b"bearer ":
+            return None
+        presented = authorization[7:].strip()
+        if self.auth.is_api_key(presented.decode("latin-1")):
+            return ALL_SANDBOXES
+        try:
+            return await self.registry.key_organization(hashlib.sha256(presented).hexdigest())
+        except RegistryError as exc:
+            raise ProxyError(503, "registry-unavailable", str(exc)) from exc
+
+    @staticmethod
+    def _key_reaches(access: str | None, sandbox: Sandbox) -> bool:
+        if access is None:
+            return False
+        return access is ALL_SANDBOXES or sandbox.organization is None or access == sandbox.organization
 
     def _forwarded(self, scope: Scope, host: bytes, *, drop_authorization: bool,
                    cookie: bytes | None, keep_cookie_header: bool) -> Headers:
@@ -238,7 +271,8 @@ class ProxyApp:
             elif key == b"authorization":
                 authorization = value
         cookies, other_cookies = split_cookies(cookie_header) if cookie_header else ({}, None)
-        api_key = authorization is not None and self.auth.bearer_is_api_key(authorization)
+        # Another organization's key does not count here at all.
+        api_key = self._key_reaches(await self._key_access(authorization), sandbox)
 
         via: str | None = "signed" if signed else None
         if via is None and header_token is not None and self.auth.check_preview_token(sandbox, header_token.decode("latin-1")):
@@ -405,6 +439,10 @@ class ProxyApp:
     # -- bare-domain routes ---------------------------------------------------------------
     async def _bare(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if self._api is not None and (raw_path == b"/api" or raw_path.startswith(b"/api/")):
+            self.metrics.requests["api"] += 1
+            await self._control_plane(scope, receive, send, raw_path)
+            return
         if raw_path.startswith(b"/toolbox/"):
             self.metrics.requests["toolbox"] += 1
             await self._toolbox(scope, receive, send, raw_path)
@@ -433,12 +471,39 @@ class ProxyApp:
                          f"Nothing at {path} on the proxy's own host: previews live at "
                          f"{{port}}-{{sandboxId}}.{self.config.domain}, the toolbox at /toolbox/{{sandboxId}}/...")
 
+    async def _control_plane(self, scope: Scope, receive: Receive, send: Send, raw_path: bytes) -> None:
+        """Daytona's REST API (and its Socket.IO): the control plane authenticates itself."""
+        assert self._api is not None
+        relay, host, port, prefix = self._api
+        headers = self._forwarded(scope, header(scope, b"host") or b"", drop_authorization=False, cookie=None,
+                                  keep_cookie_header=True)
+        query: bytes = scope.get("query_string", b"")
+        target = Target(relay.pool, host, port, prefix + raw_path + (b"?" + query if query else b""))
+        try:
+            if scope["type"] == "websocket":
+                self.metrics.websockets_open += 1
+                try:
+                    await relay.websocket(scope, send, target, headers)
+                finally:
+                    self.metrics.websockets_open -= 1
+                return
+            await relay.http(scope, receive, send, target, headers)
+        except UpstreamTimeout as exc:
+            raise ProxyError(504, "api-timeout", f"The control plane did not answer ({exc.reason}).") from exc
+        except UpstreamUnavailable as exc:
+            raise ProxyError(502, "api-unavailable",
+                             f"The control plane does not answer ({exc.reason}); is the main job running?") from exc
+        except UpstreamRejected as exc:
+            raise ProxyError(exc.status if 400 <= exc.status < 600 else 502, "websocket-rejected",
+                             f"The control plane refused the WebSocket upgrade with status {exc.status}.") from exc
+
     async def _toolbox(self, scope: Scope, receive: Receive, send: Send, raw_path: bytes) -> None:
         try:
             sandbox_id, rest = parse_toolbox_path(raw_path)
         except BadToolboxPath as exc:
             raise ProxyError(400, "invalid-toolbox-path", str(exc)) from exc
-        api_key = self.auth.bearer_is_api_key(header(scope, b"authorization"))
+        access = await self._key_access(header(scope, b"authorization"))
+        api_key = access is not None
         if not api_key:
             token = header(scope, PREVIEW_HEADER)
             if token is None:
@@ -449,6 +514,9 @@ class ProxyApp:
                 raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
         else:
             sandbox = await self._known(sandbox_id)
+            if not self._key_reaches(access, sandbox):
+                # Another organization's sandbox is answered exactly like an unknown one.
+                raise self._not_found(sandbox_id)
         # The proxy's credentials never reach the sandbox (its /proxy/{port} routes hand
         # requests to the app): neither its cookies nor the query token.
         cookie_header = b"; ".join(v for k, v in scope["headers"] if k == b"cookie")
@@ -462,7 +530,8 @@ class ProxyApp:
                             _toolbox_filter(b"/toolbox/" + sandbox_id.encode()))
 
     async def _mint(self, scope: Scope, send: Send, sandbox_id: str, port_text: str, kind: str) -> None:
-        if not self.auth.bearer_is_api_key(header(scope, b"authorization")):
+        access = await self._key_access(header(scope, b"authorization"))
+        if access is None:
             raise ProxyError(401, "api-key-required", "Minting preview URLs needs 'Authorization: Bearer <API key>'.")
         if not SANDBOX_ID.fullmatch(sandbox_id):
             raise ProxyError(400, "invalid-sandbox-id", f"'{sandbox_id}' is not a valid sandbox id.")
@@ -470,6 +539,8 @@ class ProxyApp:
             raise ProxyError(400, "invalid-port", "The port must be a number from 1 to 65535.")
         port = int(port_text)
         sandbox = await self._known(sandbox_id)
+        if not self._key_reaches(access, sandbox):
+            raise self._not_found(sandbox_id)
         if kind == "preview-url":
             payload: dict[str, object] = {"sandboxId": sandbox.id, "url": self.config.preview_url(sandbox.id, port),
                        "token": self.auth.preview_token(sandbox)}

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-keys-file", default=env("PROXY_API_KEYS_FILE"),
                        help="file with one API key per line, in addition to env PROXY_API_KEYS "
                             "(comma-separated) (env PROXY_API_KEYS_FILE)")
+    serve.add_argument("--api-upstream", default=env("PROXY_API_UPSTREAM"),
+                       help="forward /api/... on the proxy's own host (HTTP and WebSocket, streamed) to this "
+                            "control plane: unix:PATH or http://host:port (env PROXY_API_UPSTREAM)")
     serve.add_argument("--workers", type=int, default=int(env("PROXY_WORKERS", "1") or 1),
                        help="worker processes (env PROXY_WORKERS)")
     serve.add_argument("--preserve-host", action="store_true",
@@ -98,6 +101,7 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["PROXY_PRESERVE_HOST"] = "1" if args.preserve_host else ""
     if args.api_keys_file:
         os.environ["PROXY_API_KEYS_FILE"] = args.api_keys_file
+    os.environ["PROXY_API_UPSTREAM"] = args.api_upstream or ""
     try:  # what every worker will read, checked once here for a clear error at start
         ProxyConfig.from_environment()
     except (ValueError, OSError) as exc:

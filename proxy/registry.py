@@ -1,8 +1,10 @@
 """Registries map a sandbox id to its daemon address, preview token and public flag.
 
 Chosen by a URL-like spec:
-- `file:PATH`      JSON `{"sandboxes": {"<id>": {"url": ..., "public": false, "token": ...}}}`,
-                   reloaded when the file changes (the local runtime writes it).
+- `file:PATH`      JSON `{"sandboxes": {"<id>": {"url": ..., "public": false, "token": ...,
+                   "organization": ...}}, "api_keys": {"<sha256 hex>": "<organization>"}}`,
+                   reloaded when the file changes (the control plane writes it); an
+                   organization's key is good for that organization's sandboxes only.
 - `template:URL`   the address is computed from the id (`http://sbx-{id}.svc:2280`).
 - `redis://...`    a hash per sandbox (`HSET sandbox:<id> url ... token ... public true`),
                    written by any control plane; lookups cached briefly with single-flight;
@@ -31,6 +33,7 @@ class Sandbox:
     url: str  # http://host:port or unix:/path/toolbox.sock
     token: str | None = None
     public: bool = False
+    organization: str | None = None  # None: any valid API key may use it (as before tenancy)
 
 
 class RegistryError(Exception):
@@ -41,6 +44,9 @@ class Registry(Protocol):
     async def get(self, sandbox_id: str) -> Sandbox | None: ...
 
     async def record_activity(self, sandbox_id: str, when: float) -> None: ...
+
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
+        """The organization of a tenant's API key, by its SHA-256; None if unknown."""
 
     async def close(self) -> None: ...
 
@@ -63,8 +69,10 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
     if not isinstance(url, str) or not valid_address(url):
         return None
     token = data.get("token")
+    organization = data.get("organization")
     return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
-                   _truthy(data.get("public", False)))
+                   _truthy(data.get("public", False)),
+                   organization if isinstance(organization, str) and organization else None)
 
 
 class FileRegistry:
@@ -75,15 +83,16 @@ class FileRegistry:
     def __init__(self, path: str) -> None:
         self.path = path
         self._entries: dict[str, Sandbox] = {}
+        self._key_orgs: dict[str, str] = {}
         self._signature: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._lock = asyncio.Lock()
 
-    def _load(self) -> tuple[tuple[int, int, int] | None, dict[str, Sandbox] | None]:
+    def _load(self) -> tuple[tuple[int, int, int] | None, tuple[dict[str, Sandbox], dict[str, str]] | None]:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return None, {}
+            return None, ({}, {})
         signature = (st.st_mtime_ns, st.st_size, st.st_ino)
         if signature == self._signature:
             return signature, None
@@ -93,10 +102,14 @@ class FileRegistry:
             raw = document.get("sandboxes", {})
             if not isinstance(raw, dict):
                 raise ValueError("'sandboxes' is not an object")
+            raw_keys = document.get("api_keys", {})
+            if not isinstance(raw_keys, dict):
+                raise ValueError("'api_keys' is not an object")
         except (OSError, ValueError) as exc:
             # A half-written file (the runtime should rename into place): keep the last good map.
             log.warning("registry file %s unreadable, keeping the previous entries: %s", self.path, exc)
             return self._signature, None
+        keys = {str(k).lower(): v for k, v in raw_keys.items() if isinstance(v, str) and v}
         entries = {}
         for sandbox_id, data in raw.items():
             entry = _entry(str(sandbox_id), data) if isinstance(data, dict) else None
@@ -104,7 +117,7 @@ class FileRegistry:
                 log.warning("registry file %s: entry %r has no valid url", self.path, sandbox_id)
                 continue
             entries[entry.id] = entry
-        return signature, entries
+        return signature, (entries, keys)
 
     async def _refresh(self) -> None:
         now = time.monotonic()
@@ -113,9 +126,9 @@ class FileRegistry:
         async with self._lock:
             if time.monotonic() - self._checked < self.CHECK_INTERVAL:
                 return
-            signature, entries = await anyio.to_thread.run_sync(self._load)
-            if entries is not None:
-                self._entries = entries
+            signature, loaded = await anyio.to_thread.run_sync(self._load)
+            if loaded is not None:
+                self._entries, self._key_orgs = loaded
             self._signature = signature
             self._checked = time.monotonic()
 
@@ -126,6 +139,10 @@ class FileRegistry:
     async def record_activity(self, sandbox_id: str, when: float) -> None:
         # The runtime owns the file; activity is exposed through /metrics instead.
         return None
+
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
+        await self._refresh()
+        return self._key_orgs.get(key_sha256_hex)
 
     async def close(self) -> None:
         return None
@@ -141,6 +158,9 @@ class TemplateRegistry:
         return Sandbox(sandbox_id, self.template.replace("{id}", sandbox_id))
 
     async def record_activity(self, sandbox_id: str, when: float) -> None:
+        return None
+
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
         return None
 
     async def close(self) -> None:
@@ -208,6 +228,9 @@ class RedisRegistry:
             self._cache.clear()
         self._cache[sandbox_id] = (time.monotonic() + (self.ttl if entry else self.negative_ttl), entry)
         return entry
+
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
+        return None  # tenant keys live in file: registries (the control plane) for now
 
     async def record_activity(self, sandbox_id: str, when: float) -> None:
         try:

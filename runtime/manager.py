@@ -103,12 +103,15 @@ class Runtime:
         terminal_port: int = TERMINAL_PORT,
         python: str = sys.executable,
         start_timeout: float = 30.0,
+        write_registry: bool = True,
     ) -> None:
         self.root = root.resolve()
         self.sandboxes_dir = self.root / "sandboxes"
         self.pool_dir = self.root / "pool"
         self.archives_dir = self.root / "archives"
-        self.registry = FileRegistry(self.root / "registry.json")
+        # Under the control plane, it writes the proxy's registry (with organizations);
+        # the runtime then keeps none of its own.
+        self.registry: FileRegistry | None = FileRegistry(self.root / "registry.json") if write_registry else None
         self.pool_size = pool_size
         self.default_limits = limits or Limits()
         self.idle_timeout = idle_timeout
@@ -170,7 +173,8 @@ class Runtime:
         if self.uid_range is not None:
             self.uid_range.skip_past(self._uids)
         await asyncio.to_thread(self._sweep_disk)
-        self.registry.flush()
+        if self.registry is not None:
+            self.registry.flush()
         self._spawn(self._pool_loop())
         if self.idle_timeout > 0:
             self._spawn(self._idle_loop())
@@ -374,7 +378,8 @@ class Runtime:
         async with self._lock(sandbox_id):
             spec = self.get(sandbox_id)
             running = self.running.pop(sandbox_id, None)
-            self.registry.remove(sandbox_id)
+            if self.registry is not None:
+                self.registry.remove(sandbox_id)
             if running is not None:
                 await self._kill(running)
             sockets.remove(self.socket_path(sandbox_id))
@@ -677,6 +682,8 @@ class Runtime:
             log.warning("proxy did not confirm %s: %s", sandbox_id, exc)
 
     def _register(self, spec: SandboxSpec) -> None:
+        if self.registry is None:
+            return
         socket = self.socket_path(spec.id)
         self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public)
 
