@@ -112,4 +112,4 @@ class LocalBackend:
         return out
 
     def address(self, sandbox_id: str) -> str:
-        return f"unix:{self.runtime.sandboxes_dir / sandbox_id / 'run' / 'toolbox.sock'}"
+        return f"unix:{self.runtime.socket_path(sandbox_id)}"

@@ -150,6 +150,7 @@ def up(args: argparse.Namespace) -> int:
                     _print_banner(stack, None)
                 else:
                     await _first_sandbox(stack, args.sandbox)
+                stack.restart_interrupted()
             except (SandboxError, ApiError, OSError) as exc:
                 # One line that says what failed and what to do; raising here would make
                 # Starlette and uvicorn print the traceback of a lifespan failure instead.

@@ -104,6 +104,7 @@ class Runtime:
         python: str = sys.executable,
         start_timeout: float = 30.0,
         write_registry: bool = True,
+        restart_crashed: bool = True,
     ) -> None:
         self.root = root.resolve()
         self.sandboxes_dir = self.root / "sandboxes"
@@ -120,6 +121,9 @@ class Runtime:
         self.terminal_port = terminal_port
         self.python = python
         self.start_timeout = start_timeout
+        # A bare runtime restarts what a crash interrupted itself; under the control plane,
+        # the control plane decides (controlplane/reconcile.py), so both never race.
+        self.restart_crashed = restart_crashed
         self.backend: cgroups.Backend = cgroups.Backend()
         self.specs: dict[str, SandboxSpec] = {}
         self.running: dict[str, Running] = {}
@@ -178,7 +182,7 @@ class Runtime:
         self._spawn(self._pool_loop())
         if self.idle_timeout > 0:
             self._spawn(self._idle_loop())
-        if crashed:
+        if crashed and self.restart_crashed:
             self._spawn(self._recover(crashed))
 
     async def _recover(self, sandbox_ids: list[str]) -> None:

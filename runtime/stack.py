@@ -95,7 +95,7 @@ class Stack:
         self.control_socket = control_dir / "api.sock"
         # Idle auto-stop is the control plane's (autoStopInterval, from the proxy's activity).
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
-                               idle_timeout=0, write_registry=False)
+                               idle_timeout=0, write_registry=False, restart_crashed=False)
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
@@ -105,6 +105,7 @@ class Stack:
             self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None
+        self._restarting: asyncio.Future[None] | None = None
         self._stopping = False
         self._http = httpx.AsyncClient(timeout=5)
 
@@ -141,7 +142,7 @@ class Stack:
     async def read_activity(self) -> dict[str, float]:
         url = f"http://{self.config.host}:{self.config.port}/metrics"
         response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}",
-                                                      "authorization": f"Bearer {self.api_key}"})
+                                                      "authorization": f"Bearer {self.internal_key}"})
         response.raise_for_status()
         return parse_activity(response.text)
 
@@ -220,10 +221,17 @@ class Stack:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
+    def restart_interrupted(self) -> None:
+        """In the background: start again what a crash of the previous main job stopped."""
+        self._restarting = asyncio.ensure_future(self.plane.restart_interrupted())
+
     async def stop(self) -> None:
         self._stopping = True
         if self._watch is not None:
             self._watch.cancel()
+        if self._restarting is not None:
+            self._restarting.cancel()
+            await asyncio.gather(self._restarting, return_exceptions=True)
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:

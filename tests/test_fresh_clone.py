@@ -49,10 +49,10 @@ def _start_use_stop(checkout: Path, state_dir: Path, timeout: float) -> float:
     stack = start_stack(state_dir, checkout=checkout, pool_size=1, timeout=timeout)
     banner_after = time.monotonic() - began
     try:
-        created = stack.cli("create", "--id", "fresh")
-        assert created["state"] == "started"
-        assert stack.execute("fresh", "echo hello from $DAYTONA_SANDBOX_ID; python3 -c 'print(6*7)'") \
-            == (0, "hello from fresh\n42\n")
+        created = stack.cli("create", "--name", "fresh")
+        assert created["state"] == "started" and created["name"] == "fresh"
+        assert stack.execute(created["id"], "echo hello from $DAYTONA_SANDBOX_ID; python3 -c 'print(6*7)'") \
+            == (0, f"hello from {created['id']}\n42\n")
         assert stack.execute(stack.first_id, "pwd") == (0, "/home/daytona\n")
     finally:
         assert stack.stop() == 0

@@ -473,11 +473,11 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
     state = tmp_path / "state"
     first = start_stack(state, pool_size=1)
     try:
-        first.cli("create", "--id", "survivor")
-        first.execute("survivor", "echo kept > kept.txt")
-        first.cli("create", "--id", "resting")
+        survivor = first.cli("create", "--name", "survivor")["id"]
+        first.execute(survivor, "echo kept > kept.txt")
+        first.cli("create", "--name", "resting")
         first.cli("stop", "resting")
-        first.cli("create", "--id", "newest")  # what the next `up` starts anyway
+        newest = first.cli("create", "--name", "newest")["id"]  # what the next `up` starts anyway
         assert len(_proxy_pids(first.port)) == 1
         # Power loss / OOM killer: no chance to clean up.
         os.kill(first.process.pid, signal.SIGKILL)
@@ -498,9 +498,9 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
         while second.cli("get", "survivor")["state"] != "started" and time.monotonic() < deadline:
             time.sleep(0.2)
         assert second.cli("get", "survivor")["state"] == "started"
-        assert second.execute("survivor", "cat kept.txt") == (0, "kept\n")
+        assert second.execute(survivor, "cat kept.txt") == (0, "kept\n")
         assert second.cli("get", "resting")["state"] == "stopped"  # it was stopped before the crash
-        assert second.first_id == "newest"
+        assert second.first_id == newest
         assert second.execute(second.first_id, "echo up") == (0, "up\n")
     finally:
         assert second.stop() == 0
@@ -508,21 +508,32 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
     assert _leftover_cgroups(state) == []
 
 
-def test_a_failed_create_leaves_nothing_behind(stack: Stack) -> None:
-    before = {s["id"] for s in stack.cli("list")}
-    # 16 MiB passes validation but cannot hold the daemon: a pre-started sandbox refuses the
-    # limit (it already uses more), a cold one is killed while it imports.
-    for extra in ((), ("--egress", "host")):
-        result = stack.cli("create", "--id", "doomed", "--memory", "16", *extra, check=False)
-        assert result.returncode == 1, result
-        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert not (stack.state_dir / "sandboxes" / "doomed").exists()
-        assert {s["id"] for s in stack.cli("list")} == before
-        assert "doomed" not in json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"]
-    # The id is free again and the pool still serves.
-    assert stack.cli("create", "--id", "doomed")["state"] == "started"
-    stack.cli("delete", "doomed")
-    assert sorted(p.name for p in (stack.state_dir / "sandboxes").iterdir()) == sorted(before)
+def test_a_failed_create_leaves_nothing_behind(tmp_path: Path) -> None:
+    """The runtime's half of "nothing half-created" (the control plane's half, its records,
+    is tests/test_controlplane_sandbox.py): no directory, socket, process or cgroup."""
+    from runtime.limits import Limits
+    from runtime.manager import SandboxError
+    from tests.runtime_direct import DirectRuntime
+
+    direct = DirectRuntime(tmp_path / "state", pool_size=1)
+    try:
+        direct.run(direct.runtime.wait_pool_ready())
+        # 16 MiB passes validation but cannot hold the daemon: a pre-started sandbox refuses
+        # the limit (it already uses more), a cold one is killed while it imports.
+        for egress in ("none", "host"):
+            with pytest.raises(SandboxError):
+                direct.run(direct.runtime.create("doomed", limits=Limits(memory_mib=16), egress=egress))
+            assert not (direct.runtime.sandboxes_dir / "doomed").exists()
+            assert not direct.runtime.socket_path("doomed").exists()
+            assert "doomed" not in direct.runtime.specs
+        # The id is free again and the pool still serves.
+        assert direct.run(direct.runtime.create("doomed")).state == "started"
+        direct.run(direct.runtime.delete("doomed"))
+        assert list(direct.runtime.sandboxes_dir.iterdir()) == []
+    finally:
+        direct.close()
+    assert _bwrap_pids(tmp_path / "state") == set()
+    assert _leftover_cgroups(tmp_path / "state") == []
 
 
 def test_a_first_sandbox_that_cannot_start_is_one_line_and_no_orphan(tmp_path: Path) -> None:
@@ -537,6 +548,7 @@ def test_a_first_sandbox_that_cannot_start_is_one_line_and_no_orphan(tmp_path: P
                             text=True, timeout=60)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "startup failed" not in result.stderr, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: sandbox exited during start-up"), result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "sandbox exited during start-up" in last, result.stderr
     assert list((state / "sandboxes").iterdir()) == []
     assert not _bwrap_pids(state) and _leftover_cgroups(state) == []
