@@ -19,7 +19,7 @@ from typing import Any
 
 from toolbox.config import Settings
 from toolbox.errors import Code, DaemonError, timestamp
-from toolbox.process.interpreter.worker_process import WorkerProcess
+from toolbox.process.interpreter.worker_process import Event, WorkerProcess
 from toolbox.process.output import OutputStore
 from toolbox.tasks import BackgroundTask, Spawn
 
@@ -58,6 +58,19 @@ def frame(kind: str, text: str = "", name: str = "", value: str = "", traceback:
     """One wire frame: every key present, unused ones empty (the SDK reads them blindly)."""
     body = {"type": kind, "text": text, "name": name, "value": value, "traceback": traceback}
     return json.dumps(body).encode("utf-8") + b"\n"
+
+
+def _record(store: OutputStore, event: dict[str, str] | bytes) -> None:
+    """Store an output or error event as the frame the client gets."""
+    if isinstance(event, bytes):  # an output frame the worker built whole (worker_process.py)
+        store.append(event + b"\n")
+        return
+    kind = event.get("type")
+    if kind in ("stdout", "stderr"):
+        store.append(frame(kind, text=event.get("text", "")))
+    elif kind == "error":
+        store.append(frame("error", name=event.get("name", ""), value=event.get("value", ""),
+                           traceback=event.get("traceback", "")))
 
 
 @dataclass(eq=False)
@@ -294,7 +307,7 @@ class InterpreterService:
         kill_at: float | None = None
         timed_out = False
         store = execution.store
-        next_event: asyncio.Task[dict[str, str] | None] | None = None
+        next_event: asyncio.Task[Event] | None = None
         aborted: asyncio.Task[None] | None = None
         try:
             while True:
@@ -338,24 +351,24 @@ class InterpreterService:
                     continue  # a deadline passed: handled at the top
                 event = next_event.result()
                 next_event = None
-                if event is None:
-                    return CONTEXT_SHUTDOWN if context.closed else (TIMED_OUT if timed_out else WORKER_ENDED)
-                kind = event.get("type")
-                if kind in ("stdout", "stderr"):
-                    store.append(frame(kind, text=event.get("text", "")))
-                elif kind == "error":
-                    store.append(frame("error", name=event.get("name", ""), value=event.get("value", ""),
-                                       traceback=event.get("traceback", "")))
-                elif kind == "done":
-                    # Output the code's subprocesses wrote to fds 1/2 may be a loop turn behind.
-                    for _ in range(3):
-                        await asyncio.sleep(0)
-                    while not worker.events.empty():
-                        late = worker.events.get_nowait()
-                        if late is not None and late.get("type") in ("stdout", "stderr"):
-                            store.append(frame(late["type"], text=late.get("text", "")))
-                    store.append(frame("control", text=event.get("status", "completed")))
-                    return TIMED_OUT if timed_out else COMPLETED
+                # Then whatever else is queued already, without a task and a wait each.
+                while True:
+                    if event is None:
+                        return CONTEXT_SHUTDOWN if context.closed else (TIMED_OUT if timed_out else WORKER_ENDED)
+                    if isinstance(event, dict) and event.get("type") == "done":
+                        # Output the code's subprocesses wrote to fds 1/2 may be a loop turn behind.
+                        for _ in range(3):
+                            await asyncio.sleep(0)
+                        while not worker.events.empty():
+                            late = worker.events.get_nowait()
+                            if isinstance(late, bytes) or (late is not None and late.get("type") in ("stdout", "stderr")):
+                                _record(store, late)
+                        store.append(frame("control", text=event.get("status", "completed")))
+                        return TIMED_OUT if timed_out else COMPLETED
+                    _record(store, event)
+                    if execution.lagging or worker.events.empty():
+                        break
+                    event = worker.events.get_nowait()
         finally:
             for task in (next_event, aborted):
                 if task is not None:
