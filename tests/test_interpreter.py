@@ -259,10 +259,15 @@ def test_client_leaving_interrupts_the_run(daemon: RunningDaemon, interpreter: C
         interpreter.delete_context(context)
 
 
-def test_huge_error_message_stays_within_the_sdk_frame_limit(interpreter: CodeInterpreter) -> None:
-    result = interpreter.run_code("raise ValueError('v' * 200000)")
+@pytest.mark.parametrize("unit", ["v", "😀", "\x01"], ids=["ascii", "astral", "control"])
+def test_huge_error_message_stays_within_the_sdk_frame_limit(interpreter: CodeInterpreter, unit: str) -> None:
+    # Clipped by encoded size: 16 Ki emoji would be 192 KiB of JSON in one field.
+    result = interpreter.run_code(f"raise ValueError({unit!r} * 200000)")
     assert result.error is not None and result.error.name == "ValueError"
     assert result.error.value.endswith("[truncated]") and len(result.error.value) <= 16 * 1024
+    assert result.error.value.startswith(unit * 100)
+    # Both fields as the frame carries them: well below the SDK's 64 KiB message limit.
+    assert len(json.dumps(result.error.value)) + len(json.dumps(result.error.traceback)) <= 40 * 1024
 
 
 def test_worker_exit_is_reported_and_the_context_restarts(interpreter: CodeInterpreter) -> None:

@@ -34,8 +34,10 @@ LINGER = 0.02
 # WebSocket message stays below the SDK's 64 KiB limit. Budgeting bytes rather than
 # characters makes a 10 MB print ~170 frames instead of 2,444 of 4,096 characters.
 MAX_FRAME_BYTES = 60 * 1024
-# Error fields are cut to keep every frame below the SDK's 64 KiB WebSocket message limit.
+# Error fields are cut to at most this many characters and JSON-encoded bytes, to keep every
+# frame below the SDK's 64 KiB WebSocket message limit.
 MAX_ERROR_FIELD = 16 * 1024
+TRUNCATED = "... [truncated]"
 
 
 # The keys an output frame has besides type and text (toolbox/process/interpreter/service.py
@@ -57,7 +59,9 @@ def split_for_frames(text, budget=MAX_FRAME_BYTES):
 
 
 def clip(text):
-    return text if len(text) <= MAX_ERROR_FIELD else text[: MAX_ERROR_FIELD - 15] + "... [truncated]"
+    if len(text) <= MAX_ERROR_FIELD and len(json.dumps(text)) <= MAX_ERROR_FIELD:
+        return text
+    return next(split_for_frames(text, MAX_ERROR_FIELD - len(TRUNCATED) - 2)) + TRUNCATED
 
 
 class Channel:
