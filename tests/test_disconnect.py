@@ -57,3 +57,19 @@ def test_what_starlette_raises_after_a_disconnect_is_one() -> None:
         await listen_for_disconnect(websocket)  # returns at once (nothing left to read)
 
     asyncio.run(run())
+
+
+def test_a_task_groups_exception_group_is_sifted() -> None:
+    # anyio wraps even the host's own exception in an ExceptionGroup: a disconnect inside
+    # one is quiet, a fault next to it still propagates.
+    async def run() -> None:
+        websocket = _websocket([{"type": "websocket.connect"}])
+        await websocket.accept()
+        with unless_gone(websocket):
+            raise ExceptionGroup("task group", [WebSocketDisconnect(1006)])
+        with pytest.raises(ExceptionGroup) as raised:
+            with unless_gone(websocket):
+                raise ExceptionGroup("task group", [WebSocketDisconnect(1006), RuntimeError("output store is closed")])
+        assert [str(e) for e in raised.value.exceptions] == ["output store is closed"]
+
+    asyncio.run(run())

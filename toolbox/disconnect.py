@@ -23,14 +23,24 @@ def went_away(websocket: WebSocket, exc: BaseException) -> bool:
     return gone and isinstance(exc, (RuntimeError, OSError))
 
 
+def raise_unless_gone(websocket: WebSocket, exc: BaseException) -> None:
+    """Re-raise what in `exc` is not the client going away. A task group's ExceptionGroup
+    (anyio wraps even its host's own exception in one) is sifted: the faults in it go on."""
+    if isinstance(exc, BaseExceptionGroup):
+        faults = exc.subgroup(lambda e: not isinstance(e, BaseExceptionGroup) and not went_away(websocket, e))
+        if faults is not None:
+            raise faults from None
+    elif not went_away(websocket, exc):
+        raise exc
+
+
 @contextmanager
 def unless_gone(websocket: WebSocket) -> Iterator[None]:
     """Ends the block quietly when the client went away; anything else propagates."""
     try:
         yield
     except Exception as exc:
-        if not went_away(websocket, exc):
-            raise
+        raise_unless_gone(websocket, exc)
 
 
 async def listen_for_disconnect(websocket: WebSocket) -> None:

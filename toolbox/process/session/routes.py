@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
-from toolbox.disconnect import listen_for_disconnect, went_away
+from toolbox.disconnect import listen_for_disconnect, raise_unless_gone
 from toolbox.errors import Code, DaemonError, error_response
 from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int
 from toolbox.openapi.registry import operation
@@ -276,10 +276,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stream, tg.cancel_scope)
                 tg.start_soon(watch_disconnect, tg.cancel_scope)
-        except BaseExceptionGroup as group:
-            faults = group.subgroup(lambda exc: not isinstance(exc, BaseExceptionGroup) and not went_away(websocket, exc))
-            if faults is not None:
-                raise faults from None
+        except Exception as exc:
+            raise_unless_gone(websocket, exc)
             gone = True  # the client went away mid-send
         if gone:
             return
