@@ -10,9 +10,10 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
+from toolbox.disconnect import listen_for_disconnect, went_away
 from toolbox.http import json_response, parse_body, path_param
 from toolbox.openapi.registry import operation
 from toolbox.process.interpreter.models import (
@@ -146,17 +147,15 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                 async def send() -> None:
                     try:
                         await stream_frames(websocket, execution)
-                    except (WebSocketDisconnect, OSError, RuntimeError):
+                    except Exception as exc:
+                        if not went_away(websocket, exc):
+                            raise
                         execution.abandon()
                     tasks.cancel_scope.cancel()
 
                 async def watch() -> None:
                     # Keep reading (pings are answered by the server) to notice a client that left.
-                    try:
-                        while (await websocket.receive())["type"] != "websocket.disconnect":
-                            pass
-                    except (WebSocketDisconnect, OSError, RuntimeError):
-                        pass
+                    await listen_for_disconnect(websocket)
                     execution.abandon()
                     tasks.cancel_scope.cancel()
 
