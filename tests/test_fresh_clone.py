@@ -97,7 +97,7 @@ def test_start_from_a_checkout_in_a_private_0700_directory(clone: Path, tmp_path
         try:
             probe = "import toolbox, runtime.codemount as c; print(toolbox.__file__, c.REPO_ROOT)"
             assert stack.execute(stack.first_id, f"python3 -c '{probe}'") == (
-                0, "/opt/sandbox-toolbox/lib/toolbox/__init__.py /opt/sandbox-toolbox\n")
+                0, "/opt/sandbox-toolbox/lib/toolbox/__init__.py /opt/sandbox-toolbox/lib\n")
         finally:
             assert stack.stop() == 0
     finally:

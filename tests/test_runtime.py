@@ -183,10 +183,11 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
         # Writing anywhere outside home and /tmp fails: the host is read-only.
         code, out = stack.execute(neighbour, f"touch /usr/x {REPO_ROOT_STR}/x 2>&1; echo done")
         assert "/usr/x': Read-only file system" in out, out
-        # The checkout is a read-only bind, or (when it lives in a private directory) a
-        # root-owned tmpfs holding read-only binds of its packages: not writable either way.
+        # The checkout is read-only where the sandbox sees the host's tree, unreachable in a
+        # private directory, absent under /tmp or /home (the sandbox's own): never writable.
         repo_line = next(line for line in out.splitlines() if f"{REPO_ROOT_STR}/x" in line)
-        assert "Read-only file system" in repo_line or "Permission denied" in repo_line, out
+        assert any(why in repo_line for why in ("Read-only file system", "Permission denied",
+                                                "No such file or directory")), out
         assert not Path(REPO_ROOT_STR, "x").exists()
     finally:
         stack.cli("delete", neighbour)
@@ -482,7 +483,7 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
         # Power loss / OOM killer: no chance to clean up.
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20  # the proxy gets SIGTERM: a graceful, short drain
         while (_proxy_pids(first.port) or _bwrap_pids(state)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _proxy_pids(first.port) == [], "the proxy outlived the runtime"
@@ -494,10 +495,10 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
     # The same port and state: starts, and what ran before runs again.
     second = start_stack(state, pool_size=1, port=first.port)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # cold starts, one after the other, on a busy machine
         while second.cli("get", "survivor")["state"] != "started" and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert second.cli("get", "survivor")["state"] == "started"
+        assert second.cli("get", "survivor")["state"] == "started", second.cli("list")
         assert second.execute(survivor, "cat kept.txt") == (0, "kept\n")
         assert second.cli("get", "resting")["state"] == "stopped"  # it was stopped before the crash
         assert second.first_id == newest
