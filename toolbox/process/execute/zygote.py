@@ -186,18 +186,6 @@ async def _read_ready(zygote: _Zygote) -> bool:
     return _take_ready(zygote, message)
 
 
-def _wait_ready(zygote: _Zygote, timeout: float) -> bool:
-    """Blocking `_read_ready`, for before the event loop runs."""
-    zygote.sock.settimeout(timeout)
-    try:
-        message = zygote.sock.recv(MAX_READY_MESSAGE)
-    except OSError:  # timeout included
-        message = b""
-    finally:
-        zygote.sock.setblocking(False)
-    return _take_ready(zygote, message)
-
-
 def _take_ready(zygote: _Zygote, message: bytes) -> bool:
     if not message.startswith(b"ready\0"):
         return False
@@ -369,17 +357,16 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
 _prestarted: _Zygote | None = None
 
 
-def prestart(cwd: Path, wait: float = READY_TIMEOUT) -> None:
-    """Start a zygote before the daemon is built and wait until it is ready (a pooled
-    sandbox, before its claim: it is then warm when the claim comes)."""
+def prestart(cwd: Path) -> None:
+    """Start a zygote before the daemon is built (a pooled sandbox, before its claim: it
+    is warm when the claim comes). Not waited for: an empty pool's create must not pay
+    for it; its ready message waits in the socket for the first run."""
     global _prestarted
     if enabled() and _prestarted is None and _python3(os.environ):
         try:
             _prestarted = spawn(cwd)
         except OSError as exc:
             log.warning("could not start the code-run zygote: %s", exc)
-            return
-        _prestarted.ready = _wait_ready(_prestarted, wait)
 
 
 class CodeRunZygote:
