@@ -6,7 +6,8 @@ warm interpreter (the zygote, toolbox/process/execute/zygote.py) and without it
 
 Prints:
 - (a) p50/p90 of `Process.code_run('print(1)')` against a started daemon
-  (`python -m toolbox serve`), through the SDK's own toolbox client;
+  (`python -m toolbox serve`), through the SDK's own toolbox client, and the CPU time a
+  run costs (the figure that does not depend on the machine's load);
 - (b) p50/p90 of create → result of the first `code_run('print(1)')`: `POST /sandboxes` on
   the runtime's control socket (warm pool of 1; there is no Daytona control plane on this
   branch, so `daytona.create()` cannot be used), then `code_run` through the SDK's toolbox
@@ -47,6 +48,30 @@ def report(name: str, figures: list[float]) -> None:
           f"max {figures[-1]:.1f} ms (n={len(figures)})", flush=True)
 
 
+def cpu_seconds(root: int) -> float:
+    """CPU time of a process, its reaped children and its live descendants (the zygote and
+    what it reaped): the work a run costs, whatever the machine's load."""
+    ticks = 0
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                pass
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, fields in stats.items():
+            if int(fields[1]) == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    for pid in tree:
+        if pid in stats:
+            ticks += sum(int(v) for v in stats[pid][11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def started_daemons(runs: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         daemons = {mode: start_daemon(Path(tmp) / str(i), extra_env=env) for i, (mode, env) in enumerate(MODES.items())}
@@ -57,14 +82,18 @@ def started_daemons(runs: int) -> None:
                 for _ in range(5):  # warm-up: connections, page cache
                     assert process.code_run("print(1)").result == "1\n"
             figures: dict[str, list[float]] = {mode: [] for mode in MODES}
+            cpu = {mode: cpu_seconds(daemon.process.pid) for mode, daemon in daemons.items()}
             for _ in range(runs):
                 for mode, process in processes.items():
                     started = time.perf_counter()
                     response = process.code_run("print(1)")
                     figures[mode].append((time.perf_counter() - started) * 1000)
                     assert response.exit_code == 0 and response.result == "1\n", response
+            for mode, daemon in daemons.items():
+                cpu[mode] = (cpu_seconds(daemon.process.pid) - cpu[mode]) / runs * 1000
             for mode, values in figures.items():
                 report(f"(a) code_run('print(1)') on a started daemon, {mode}", values)
+                print(f"    CPU time per run (daemon, shell or zygote, python): {cpu[mode]:.1f} ms", flush=True)
         finally:
             for daemon in daemons.values():
                 daemon.stop()

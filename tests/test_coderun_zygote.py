@@ -269,3 +269,18 @@ def test_source_the_tokenizer_treats_its_own_way_takes_the_shell() -> None:
     assert not source_needs_shell("# coding: UTF-8\nprint(1)")
     assert not source_needs_shell("# coding=utf_8-unix\n")
     assert not source_needs_shell("x = 1\ny = 2\n# coding: cp1252\n")  # only the first two lines count
+
+
+def test_a_stopped_zygote_is_replaced(fresh_daemon: RunningDaemon) -> None:
+    # A run can stop its zygote (SIGSTOP to its parent): the next run must not hang on it.
+    stopped, _cmdline = parent_of_run(fresh_daemon)
+    started = time.monotonic()
+    stopper = code_run(fresh_daemon, "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nprint('stopped it')")
+    # Its exit is seen, but a stopped zygote cannot report the status: -1, output kept.
+    assert stopper == {"exitCode": -1, "result": "stopped it\n"}
+    assert time.monotonic() - started < 15
+    started = time.monotonic()
+    replaced, cmdline = parent_of_run(fresh_daemon)
+    assert replaced != stopped and ZYGOTE_MARK in cmdline
+    assert time.monotonic() - started < 15  # the 5 s it is given to answer, and a new start-up
+    assert wait_until(lambda: gone(stopped), 5)  # the stuck one was killed, not left behind

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import re
+import select
 import shlex
 import shutil
 import signal
@@ -47,6 +48,8 @@ ENABLED_ENV = "TOOLBOX_CODERUN_ZYGOTE"
 READY_TIMEOUT = 30.0  # seconds for a new zygote to report ready (start-up under load)
 RETRY_AFTER = 30.0  # after a zygote failed to start, runs take the shell path this long
 MAX_READY_MESSAGE = 4 * 1024 * 1024
+STUCK_AFTER = 5.0  # seconds for a zygote to answer a run, or to report a child's exit
+WATCH_EVERY = 0.5  # seconds between checks that a running child is still there
 
 # Environment variables that shape the interpreter or the shell at start-up: a run that
 # changes one of them needs a fresh `python3`, and a daemon whose own values changed needs
@@ -186,18 +189,6 @@ async def _read_ready(zygote: _Zygote) -> bool:
     return _take_ready(zygote, message)
 
 
-def _wait_ready(zygote: _Zygote, timeout: float) -> bool:
-    """Blocking `_read_ready`, for before the event loop runs."""
-    zygote.sock.settimeout(timeout)
-    try:
-        message = zygote.sock.recv(MAX_READY_MESSAGE)
-    except OSError:  # timeout included
-        message = b""
-    finally:
-        zygote.sock.setblocking(False)
-    return _take_ready(zygote, message)
-
-
 def _take_ready(zygote: _Zygote, message: bytes) -> bool:
     if not message.startswith(b"ready\0"):
         return False
@@ -242,6 +233,8 @@ class _Status:
         self.wait_status: int | None = None
         self.fork_error: int | None = None  # an errno: the zygote could not fork
         self.eof = False
+        self.stuck = False
+        self._pidfd: int | None = None
         self._buffer = b""
 
     def _take(self, chunk: bytes) -> None:
@@ -280,9 +273,37 @@ class _Status:
         while self.pid is None and not self.over:
             await self._more()
 
+    def _child_exited(self) -> bool:
+        """Whether the child is gone, seen through a pidfd of our own (a zygote that is
+        stopped would never tell)."""
+        if self.pid is None:
+            return False
+        if self._pidfd is None:
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except OSError:  # already reaped: the zygote's report is on its way
+                return True
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
+
     async def finished(self) -> None:
+        """Until the zygote reports, or (`stuck`) the child has exited and the zygote
+        still says nothing STUCK_AFTER seconds later."""
         while not self.over:
-            await self._more()
+            with anyio.move_on_after(WATCH_EVERY):
+                await self._more()
+            if not self.over and self._child_exited():
+                with anyio.move_on_after(STUCK_AFTER):
+                    while not self.over:
+                        await self._more()
+                self.stuck = not self.over
+                return
+
+    def close(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+        os.close(self.fd)
 
     def kill(self) -> None:
         """SIGKILL the run's whole tree, unless it has already exited."""
@@ -332,11 +353,18 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
             os.close(code_write)
             code_write = -1
 
+        stuck = False
         try:
             with anyio.move_on_after(timeout if timeout else math.inf) as scope:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(feed)
-                    await status.finished()
+                    # It answers at once: one that does not is stuck (stopped, say). No
+                    # answer means no fork, so the run can go to another zygote.
+                    with anyio.move_on_after(STUCK_AFTER):
+                        await status.started()
+                    stuck = status.pid is None and not status.over
+                    if not stuck:
+                        await status.finished()
                     tg.cancel_scope.cancel()
         except BaseException:
             # Cancelled (client gone, daemon stopping): leave nothing running behind.
@@ -344,18 +372,26 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
                 await status.started()
             status.kill()
             raise
+        if stuck:
+            log.warning("the code-run zygote did not answer in %.0f s: replacing it", STUCK_AFTER)
+            raise _Gone()
         if scope.cancelled_caught:
             if code_write >= 0:  # a child still reading gets a cut-short run: it runs nothing
                 os.close(code_write)
                 code_write = -1
             with anyio.CancelScope(shield=True):
-                await status.started()
+                with anyio.move_on_after(STUCK_AFTER):
+                    await status.started()
                 status.kill()
-                await status.finished()
+                with anyio.move_on_after(STUCK_AFTER):
+                    await status.finished()
+                if not status.over or status.stuck:  # killed, but no word from the zygote
+                    zygote.close()
             raise DaemonError(Code.PROCESS_EXECUTION_TIMEOUT, "command execution timeout")
-        if status.eof and status.wait_status is None and status.fork_error is None:  # it died
-            zygote.close()
+        if status.stuck or (status.eof and status.wait_status is None and status.fork_error is None):
+            # The zygote died or is stuck: the run's processes go, then the zygote.
             status.kill()
+            zygote.close()
         return Finished(exit_code(status, output), output)
     except BaseException:
         output.close()
@@ -363,23 +399,22 @@ async def _execute(zygote: _Zygote, data: bytes, timeout: float | None) -> Finis
     finally:
         if code_write >= 0:
             os.close(code_write)
-        os.close(status_read)
+        status.close()
 
 
 _prestarted: _Zygote | None = None
 
 
-def prestart(cwd: Path, wait: float = READY_TIMEOUT) -> None:
-    """Start a zygote before the daemon is built and wait until it is ready (a pooled
-    sandbox, before its claim: it is then warm when the claim comes)."""
+def prestart(cwd: Path) -> None:
+    """Start a zygote before the daemon is built (a pooled sandbox, before its claim: it
+    is warm when the claim comes). Not waited for: an empty pool's create must not pay
+    for it; its ready message waits in the socket for the first run."""
     global _prestarted
     if enabled() and _prestarted is None and _python3(os.environ):
         try:
             _prestarted = spawn(cwd)
         except OSError as exc:
             log.warning("could not start the code-run zygote: %s", exc)
-            return
-        _prestarted.ready = _wait_ready(_prestarted, wait)
 
 
 class CodeRunZygote:

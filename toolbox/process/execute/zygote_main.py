@@ -22,6 +22,7 @@ _dtn_loader = globals()["__loader__"]
 
 
 def _dtn_serve(channel: int):
+    import gc
     import os
     import select
     import socket
@@ -29,8 +30,6 @@ def _dtn_serve(channel: int):
     sock = socket.socket(fileno=channel)
     env = b"\0".join(key + b"=" + value for key, value in os.environb.items())
     sock.send(b"ready\0" + os.fsencode(sys.executable) + b"\0" + env)
-    import gc
-
     # Start-up objects move to the permanent generation: a child's collections (and the
     # one at exit) then skip them instead of writing to, and so copying, every page.
     gc.collect()
