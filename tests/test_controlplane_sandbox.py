@@ -251,3 +251,26 @@ def test_async_sdk_front_door(stack: Stack) -> None:
             await sandbox.delete()
 
     asyncio.run(main())
+
+
+def test_concurrent_creates_all_succeed_with_unique_ids_and_names(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daytona import CreateSandboxFromSnapshotParams
+
+    d = daytona(stack)
+
+    def create(i: int):  # type: ignore[no-untyped-def]
+        return d.create(CreateSandboxFromSnapshotParams(name=f"parallel-{i}"), timeout=120)
+
+    with ThreadPoolExecutor(6) as pool:
+        sandboxes = list(pool.map(create, range(6)))
+    try:
+        assert all(s.state == "started" for s in sandboxes)
+        assert len({s.id for s in sandboxes}) == 6
+        results = [s.process.exec("echo $DAYTONA_SANDBOX_ID").result.strip() for s in sandboxes]
+        assert results == [s.id for s in sandboxes]
+    finally:
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda s: s.delete(), sandboxes))
+    assert not any(s.name.startswith("parallel-") for s in d.list())
