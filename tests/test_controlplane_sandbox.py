@@ -216,8 +216,10 @@ def test_labels_intervals_public_preview_and_pagination(stack: Stack) -> None:
         assert a.auto_stop_interval == 30 and a.labels == {"team": "red", "code-toolbox-language": "python"}
         assert b.public is True
         assert [s.id for s in d.list(ListSandboxesQuery(labels={"team": "red"}))] == [a.id]
-        a.set_labels({"team": "green", "code-toolbox-language": "python"})
-        assert d.get(a.id).labels["team"] == "green"
+        a.set_labels({"team": "green"})
+        # Replaced, but the language label the SDK reads on every get is kept.
+        assert d.get(a.id).labels == {"team": "green", "code-toolbox-language": "python"}
+        assert a.labels == {"team": "green", "code-toolbox-language": "python"}
         a.set_autostop_interval(0)
         a.set_auto_archive_interval(60)
         a.set_auto_delete_interval(-1)
@@ -274,3 +276,21 @@ def test_concurrent_creates_all_succeed_with_unique_ids_and_names(stack: Stack) 
         with ThreadPoolExecutor(6) as pool:
             list(pool.map(lambda s: s.delete(), sandboxes))
     assert not any(s.name.startswith("parallel-") for s in d.list())
+
+
+def test_websocket_upgrades_under_api_reach_the_control_plane(stack: Stack) -> None:
+    """The proxy relays /api WebSockets (Socket.IO will use them); the control plane answers
+    this one itself, refusing it until events are served, and the SDK falls back to polling."""
+    import socket
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://localhost:{stack.port}/api/socket.io/?EIO=4&transport=websocket", sock=sock,
+                open_timeout=10)
+    response = refused.value.response
+    assert response.status_code == 403
+    assert response.headers["x-proxy-error"] == "websocket-rejected"
+    assert b"control plane" in response.body
