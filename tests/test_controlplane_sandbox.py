@@ -294,3 +294,38 @@ def test_websocket_upgrades_under_api_reach_the_control_plane(stack: Stack) -> N
     assert response.status_code == 403
     assert response.headers["x-proxy-error"] == "websocket-rejected"
     assert b"control plane" in response.body
+
+
+def test_a_sandbox_cannot_point_the_proxy_at_a_host_socket(stack: Stack) -> None:
+    """The attack: replace the daemon's socket, in the directory the sandbox can write,
+    with a symlink to the control plane's socket. The proxy must not follow it."""
+    import threading
+    import time
+
+    sandbox = daytona(stack).create()
+    try:
+        control = stack.state_dir / "control" / "api.sock"
+        swap = (f"ln -s {control} /run/toolbox/evil && mv -T -f /run/toolbox/evil /run/toolbox/toolbox.sock "
+                "&& echo swapped")
+        assert sandbox.process.exec(swap).result.strip() == "swapped"
+        # Keep the proxy's pooled connections to the (now unlinked) daemon socket busy, so
+        # the next request needs a new connection through the symlink.
+        def sleep() -> None:
+            import contextlib
+
+            # One without a pooled connection is refused too.
+            with contextlib.suppress(Exception):
+                sandbox.process.exec("sleep 3")
+
+        sleepers = [threading.Thread(target=sleep) for _ in range(3)]
+        for thread in sleepers:
+            thread.start()
+        time.sleep(0.8)
+        response = toolbox_get(stack, sandbox.id, stack.api_key)
+        for thread in sleepers:
+            thread.join()
+        assert response.status_code == 502, response.text
+        assert response.headers["x-proxy-error"] == "sandbox-unreachable"
+        assert response.json().get("source") != "DAYTONA_API"  # the control plane never saw it
+    finally:
+        sandbox.delete()
