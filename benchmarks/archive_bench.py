@@ -80,7 +80,7 @@ def main() -> None:
                 direct.run(rt.delete(spec.id))
         finally:
             direct.close()
-    med = [statistics.median(col) for col in zip(*rows)]
+    med = [statistics.median(col) for col in zip(*rows, strict=True)]
     print(f"median: on disk {med[1] / 2**20:.0f} MiB, archive {med[2]:.2f} s -> {med[3] / 2**20:.0f} MiB, "
           f"left on disk {med[4] / 2**20:.2f} MiB, restore+start {med[5]:.2f} s (plain start {med[6]:.2f} s, "
           f"cp -a {med[7]:.2f} s)")

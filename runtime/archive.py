@@ -81,7 +81,8 @@ async def pack(sandbox_dir: Path, dest: Path) -> int:
     partial = dest.with_name(f".{dest.name}.{os.urandom(4).hex()}.partial")
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        members = [name for name in PACKED if os.path.lexists(sandbox_dir / name)]
+        members = await asyncio.to_thread(
+            lambda: [name for name in PACKED if os.path.lexists(sandbox_dir / name)])
         await _run_tar(["--create", "--file=-", *COMMON, "--sparse", "--one-file-system",
                         f"--directory={sandbox_dir}", "--", *members], stdout=fd)
         await asyncio.to_thread(os.fsync, fd)
