@@ -29,6 +29,10 @@ def preload() -> None:
 
 
 def main() -> int:
+    # Group-writable by default, so sandboxes sharing a volume (through its shared gid,
+    # see runtime.volumes) can change each other's files there; the sandbox's own group
+    # has no other member, so its private files stay private.
+    os.umask(0o002)
     preload()
     print("pooled", flush=True)
     line = sys.stdin.readline()

@@ -19,16 +19,18 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import cgroups
+from runtime import archive, cgroups
 from runtime.limits import Limits
 from runtime.registry import FileRegistry
 from runtime.sandbox import (
-    EGRESS, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv, new_id, valid_id,
+    EGRESS, HOME_INSIDE, RUN_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
+    new_id, valid_id,
 )
+from runtime.volumes import Mount, MountError, OpenedMounts, open_mounts, validate_target
 
 log = logging.getLogger("runtime")
 
@@ -86,6 +88,7 @@ class Runtime:
         self.root = root.resolve()
         self.sandboxes_dir = self.root / "sandboxes"
         self.pool_dir = self.root / "pool"
+        self.archives_dir = self.root / "archives"
         # Under the control plane, it writes the proxy's registry (with organizations);
         # the runtime then keeps none of its own.
         self.registry: FileRegistry | None = FileRegistry(self.root / "registry.json") if write_registry else None
@@ -117,9 +120,10 @@ class Runtime:
     async def open(self) -> None:
         if shutil.which("bwrap") is None:
             raise SandboxError(500, "bubblewrap is not installed: apt-get install bubblewrap")
-        for d in (self.root, self.sandboxes_dir, self.pool_dir):
+        for d in (self.root, self.sandboxes_dir, self.pool_dir, self.archives_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)
+        os.chmod(self.archives_dir, 0o700)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
         # Groups left by a runtime on this state dir that died without cleaning up.
@@ -132,9 +136,11 @@ class Runtime:
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("ignoring %s: %s", meta, exc)
                 continue
-            spec.state = "stopped"
+            if spec.state != "archived":
+                spec.state = "stopped"
             self.specs[spec.id] = spec
             self._uids.add(spec.uid)
+        await asyncio.to_thread(self._sweep_disk)
         if self.registry is not None:
             self.registry.flush()
         self._spawn(self._pool_loop())
@@ -153,6 +159,20 @@ class Runtime:
         for r in pool:
             r.dir.remove()
             self._uids.discard(r.uid)
+
+    def _sweep_disk(self) -> None:
+        """Repair what a crash left: a sandbox directory without a spec (a create that
+        never finished), partial or unclaimed archives, originals an archive replaced."""
+        for path in self.sandboxes_dir.iterdir():
+            if path.is_dir() and not (path / "sandbox.json").exists():
+                log.warning("removing %s: a create that never finished", path)
+                shutil.rmtree(path, ignore_errors=True)
+        not_archived = [i for i, s in self.specs.items() if s.state != "archived"]
+        for stale in archive.sweep(self.archives_dir, self.sandboxes_dir, not_archived):
+            log.warning("removed a stale archive %s", stale)
+        for spec in self.specs.values():
+            if spec.state == "archived":
+                archive.drop_unpacked(self.sandboxes_dir / spec.id)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -192,6 +212,7 @@ class Runtime:
         limits: Limits | None = None,
         egress: str = "none",
         public: bool = False,
+        mounts: Sequence[Mount] = (),
     ) -> SandboxSpec:
         sandbox_id = sandbox_id or new_id()
         if not valid_id(sandbox_id):
@@ -201,11 +222,13 @@ class Runtime:
             raise SandboxError(400, f"invalid egress {egress!r}: one of {', '.join(EGRESS)}")
         env = {str(k): str(v) for k, v in (env or {}).items()}
         limits = limits or self.default_limits
+        mounts = self._check_mounts(mounts)
         async with self._lock(sandbox_id):
             if sandbox_id in self.specs:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
-            pooled = self._take_pooled() if egress == "none" else None
+            # A pooled sandbox was launched without volumes: they are bound at launch.
+            pooled = self._take_pooled() if egress == "none" and not mounts else None
             if pooled is not None:
                 os.rename(pooled.dir.path, target.path)
                 pooled.dir = target
@@ -216,9 +239,17 @@ class Runtime:
                                    public=public)
             else:
                 uid, gid = self._allocate_uid()
-                spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
+                spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public,
+                                   mounts=mounts)
                 await asyncio.to_thread(target.create, uid, gid)
-                running = await self._launch(target, spec.uid, spec.gid, limits, egress)
+                try:
+                    running = await self._launch(target, spec.uid, spec.gid, limits, egress,
+                                                 mounts)
+                except BaseException:
+                    # Nothing half-made: no directory without a sandbox.json, no uid held.
+                    await asyncio.to_thread(target.remove)
+                    self._uids.discard(uid)
+                    raise
             self.specs[sandbox_id] = spec
             try:
                 await self._claim(running, spec)
@@ -264,9 +295,12 @@ class Runtime:
             if sandbox_id in self.running:
                 return spec
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            if spec.state == "archived":
+                await self._restore(spec, target)
             # Idempotent: also brings a sandbox made by an older version up to today's layout.
             await asyncio.to_thread(target.create, spec.uid, spec.gid)
-            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
+            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,
+                                         spec.mounts)
             try:
                 await self._claim(running, spec)
             except BaseException:
@@ -283,6 +317,8 @@ class Runtime:
                 self.registry.remove(sandbox_id)
             if running is not None:
                 await self._kill(running)
+            elif spec.state == "archived":
+                return spec  # stays archived: its files are in the archive only
             spec.state = "stopped"
             SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
             return spec
@@ -293,8 +329,89 @@ class Runtime:
             spec = self.specs.pop(sandbox_id, None)
             if spec is not None and spec.uid >= UID_BASE:
                 self._uids.discard(spec.uid)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._archive_path(sandbox_id))
             await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
         self._locks.pop(sandbox_id, None)
+
+    # ---- archive, resize, status -----------------------------------------------------
+
+    def _archive_path(self, sandbox_id: str) -> Path:
+        return self.archives_dir / f"{sandbox_id}{archive.SUFFIX}"
+
+    async def archive(self, sandbox_id: str) -> SandboxSpec:
+        """Pack a stopped sandbox's files into one tar + zstd archive and free their disk;
+        `start` restores them. See runtime.archive for the order that makes it crash-safe."""
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            if spec.state == "archived":
+                return spec
+            if sandbox_id in self.running:
+                raise SandboxError(409, f"sandbox {sandbox_id!r} is started: stop it before archiving")
+            target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            began = time.monotonic()
+            try:
+                size = await archive.pack(target.path, self._archive_path(sandbox_id))
+            except archive.ArchiveError as exc:
+                raise SandboxError(500, f"could not archive sandbox {sandbox_id!r}: {exc}") from None
+            spec.state = "archived"
+            self._save_durably(target, spec)
+            await asyncio.to_thread(archive.drop_unpacked, target.path)
+            log.info("archived %s: %d bytes in %.2f s", sandbox_id, size, time.monotonic() - began)
+            return spec
+
+    async def _restore(self, spec: SandboxSpec, target: SandboxDir) -> None:
+        path = self._archive_path(spec.id)
+        if not path.exists():
+            raise SandboxError(500, f"sandbox {spec.id!r} is archived but its archive {path} is missing")
+        try:
+            await archive.unpack(path, target.path)
+        except archive.ArchiveError as exc:
+            raise SandboxError(500, f"could not restore sandbox {spec.id!r}: {exc}") from None
+        spec.state = "stopped"
+        self._save_durably(target, spec)
+        os.unlink(path)
+
+    @staticmethod
+    def _save_durably(target: SandboxDir, spec: SandboxSpec) -> None:
+        target.save(spec)
+        archive.fsync_path(target.meta)
+        archive.fsync_path(target.path, directory=True)
+
+    async def resize(self, sandbox_id: str, limits: Limits) -> SandboxSpec:
+        """Apply new limits to a started sandbox's cgroup at once, or record them for the
+        next start; a memory limit below what the sandbox uses now is refused."""
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            running = self.running.get(sandbox_id)
+            if running is not None:
+                used = (await asyncio.to_thread(running.group.stats)).get("memory_bytes")
+                if used is not None and limits.memory_bytes < used:
+                    raise SandboxError(409, f"cannot lower memory of sandbox {sandbox_id!r} to "
+                                            f"{limits.memory_mib} MiB: it uses {used / 2**20:.0f} MiB now")
+                try:
+                    await asyncio.to_thread(running.group.apply, limits)
+                except OSError as exc:
+                    # The kernel refuses (e.g. EBUSY) when usage grew past it meanwhile; put
+                    # back what held before, so the group is never left half-changed.
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(running.group.apply, spec.limits)
+                    raise SandboxError(409, f"cannot resize sandbox {sandbox_id!r}: {exc}") from None
+            spec.limits = limits
+            SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
+            return spec
+
+    def status(self) -> dict[str, str]:
+        """Every sandbox on disk and its state (`started`, `stopped` or `archived`), for
+        the control plane to reconcile its records with."""
+        out: dict[str, str] = {}
+        for sandbox_id, spec in self.specs.items():
+            running = self.running.get(sandbox_id)
+            if running is not None and running.process.returncode is None:
+                out[sandbox_id] = "started"
+            else:
+                out[sandbox_id] = "archived" if spec.state == "archived" else "stopped"
+        return out
 
     # ---- processes ------------------------------------------------------------------
 
@@ -307,12 +424,55 @@ class Runtime:
         self._uids.add(uid)
         return uid, uid
 
+    def _check_mounts(self, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
+        """Validate targets and make sure every source opens safely now, so a bad mount is
+        a 400 before anything is created."""
+        checked: list[Mount] = []
+        for mount in mounts:
+            if not isinstance(mount, Mount):
+                raise SandboxError(400, f"mounts must be Mount objects, got {type(mount).__name__}")
+            try:
+                target = validate_target(mount.target, reserved=(HOME_INSIDE, "/tmp"),
+                                         sealed=(RUN_INSIDE,))
+            except MountError as exc:
+                raise SandboxError(400, str(exc)) from None
+            if any(m.target == target for m in checked):
+                raise SandboxError(400, f"two mounts at {target!r}")
+            if not self._mountable(target):
+                raise SandboxError(400, f"mount path {target!r} does not exist in the sandbox's "
+                                        "read-only root and cannot be created there: mount under "
+                                        f"{HOME_INSIDE} or /tmp, or at a directory that exists")
+            checked.append(Mount(mount.source, target, mount.read_only))
+        self._open_mounts(checked).close()
+        return tuple(checked)
+
+    def _mountable(self, target: str) -> bool:
+        """bwrap creates a missing mount point only inside what is writable while it sets
+        up (the sandbox's binds and tmpfs); the host root is bound read-only."""
+        writable = (HOME_INSIDE, "/tmp", "/home", "/run", "/var/tmp", str(self.root))
+        return any(target.startswith(w + "/") for w in writable) or os.path.isdir(target)
+
+    @staticmethod
+    def _open_mounts(mounts: Sequence[Mount]) -> OpenedMounts:
+        try:
+            return open_mounts(mounts)
+        except MountError as exc:
+            raise SandboxError(400, str(exc)) from None
+
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
-                      egress: str) -> Running:
+                      egress: str, mounts: Sequence[Mount] = ()) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
 
         Whatever happens (errors, cancellation when the runtime stops), a sandbox that did
         not come up leaves no cgroup and no process behind."""
+        opened = self._open_mounts(mounts)
+        try:
+            return await self._launch_with(target, uid, gid, limits, egress, opened)
+        finally:
+            opened.close()  # bwrap holds its own copies once started
+
+    async def _launch_with(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
+                           egress: str, opened: OpenedMounts) -> Running:
         name = f"{self._group_prefix}{os.urandom(5).hex()}"
         creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
@@ -328,13 +488,15 @@ class Runtime:
             argv = self.backend.launch_prefix(group, limits)
             argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
                                terminal_port=self.terminal_port,
-                               run_as=(uid, gid) if os.geteuid() == 0 else None)
+                               run_as=(uid, gid) if os.geteuid() == 0 else None,
+                               mounts=opened.binds, groups=opened.groups)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                    **self.backend.launch_env(group)}
             with open(target.log, "ab") as logfile:
                 process = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                     stderr=logfile, env=env, start_new_session=True,
+                    pass_fds=opened.fds,
                 )
             running = Running(process, group, target, uid, gid)
             await self._expect(running, b"pooled")

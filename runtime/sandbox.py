@@ -2,7 +2,7 @@
 
 Layout of a sandbox directory (under the runtime's state root):
 
-    sandbox.json   id, uid, env, limits, egress, token, state
+    sandbox.json   id, uid, env, limits, egress, token, state, mounts
     home/          the writable home and work dir, /home/daytona inside
     tmp/           the writable /tmp inside
     run/           bind-mounted at /run/toolbox: the daemon's Unix socket lives here,
@@ -19,11 +19,13 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runtime.limits import Limits
+from runtime.volumes import Mount
 
 USER = "daytona"
 HOME_INSIDE = "/home/daytona"
@@ -61,14 +63,16 @@ class SandboxSpec:
     egress: str = "none"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     public: bool = False
-    state: str = "stopped"
+    state: str = "stopped"  # stopped, started or archived
     created_at: float = field(default_factory=time.time)
+    mounts: tuple[Mount, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "uid": self.uid, "gid": self.gid, "env": self.env,
             "limits": self.limits.to_json(), "egress": self.egress, "token": self.token,
             "public": self.public, "state": self.state, "created_at": self.created_at,
+            "mounts": [m.to_json() for m in self.mounts],
         }
 
     @classmethod
@@ -79,6 +83,7 @@ class SandboxSpec:
             egress=data.get("egress", "none"), token=data["token"],
             public=bool(data.get("public", False)), state=data.get("state", "stopped"),
             created_at=float(data.get("created_at", time.time())),
+            mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
         )
 
 
@@ -203,6 +208,8 @@ def bwrap_argv(
     terminal_port: int = TERMINAL_PORT,
     bwrap: str = "bwrap",
     run_as: tuple[int, int] | None = None,
+    mounts: Sequence[tuple[int, str, bool]] = (),
+    groups: Sequence[int] = (),
 ) -> list[str]:
     """The bubblewrap command that starts the pooled daemon entry in fresh namespaces.
 
@@ -211,7 +218,8 @@ def bwrap_argv(
 
     The host file system is visible read-only; /home, /run, /tmp and the runtime's state
     root are replaced, so a sandbox sees its own home, tmp and socket dir and nothing of
-    other sandboxes.
+    other sandboxes. `mounts` are volumes as (O_PATH fd, target, read-only): bwrap binds
+    the fd it inherits, never a path (see runtime.volumes); `groups` are the volumes' gids.
     """
     argv = [
         bwrap,
@@ -235,6 +243,9 @@ def bwrap_argv(
         "--ro-bind", str(sandbox.path / "etc" / "hostname"), "/etc/hostname",
     ]
     argv += _expose(python, hidden=[state_root, Path("/home"), Path("/run"), Path("/tmp")])
+    # Shortest target first, so a nested volume is mounted on top of its parent.
+    for fd, target, read_only in sorted(mounts, key=lambda m: m[1].count("/")):
+        argv += ["--ro-bind-fd" if read_only else "--bind-fd", str(fd), target]
     argv += [
         "--chdir", HOME_INSIDE,
         "--clearenv",
@@ -264,7 +275,8 @@ def bwrap_argv(
         # pyenv under /root); drop to the sandbox's own uid with no capabilities at all
         # before any sandbox code runs (bwrap already set no_new_privs).
         uid, gid = run_as
-        argv += ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+        group_args = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+        argv += ["setpriv", f"--reuid={uid}", f"--regid={gid}", *group_args,
                  "--inh-caps=-all", "--bounding-set=-all", "--"]
     else:
         argv[1:1] = ["--unshare-user"]
