@@ -47,6 +47,7 @@ def api_routes(plane: ControlPlane) -> list[BaseRoute]:
         Route("/config", config, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         *sandbox_routes.routes(plane.sandboxes, plane.urls),
+        *plane.resources.routes(),
         # Socket.IO events are not served yet: the SDK falls back to polling.
         WebSocketRoute("/{path:path}", no_websocket),
     ]

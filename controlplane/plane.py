@@ -38,6 +38,8 @@ class PlaneConfig:
     default_auto_stop: int = 15  # minutes, for sandboxes created without autoStopInterval
     # Seconds in a policy minute: 60, except where a test or demo wants policies to act fast.
     minute: float = float(os.environ.get(MINUTE_ENV) or 60)
+    # The proxy's secret, to mint signed preview URLs the proxy verifies (None: 501).
+    preview_secret: bytes | None = None
 
     @property
     def url(self) -> str:
@@ -60,6 +62,11 @@ class ControlPlane:
         self.policies = Policies(self, activity, minute=config.minute,
                                  interval=max(0.2, min(5.0, config.minute / 4)))
         self.default_organization = ""
+        from controlplane.resources import (
+            ResourcePlane,  # after the services it hooks into
+        )
+
+        self.resources = ResourcePlane(self)
         self._policy_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -67,6 +74,7 @@ class ControlPlane:
         self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
                                                                    DEFAULT_ORGANIZATION)
         await reconcile(self)
+        await self.resources.open()
         await self.view.publish()
 
     def run_policies(self) -> None:

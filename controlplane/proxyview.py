@@ -31,12 +31,16 @@ class ProxyView:
         self.backend = backend
         self.visible = visible
         self._lock = anyio.Lock()
+        # Other resources' additions to the entries (signing keys, revoked preview labels).
+        self.decorators: list[Callable[[dict[str, dict[str, Any]]], None]] = []
 
     def _build(self) -> None:
         entries: dict[str, dict[str, Any]] = {}
         for sandbox_id, organization, token, public in self.records.routed():
             entries[sandbox_id] = {"url": self.backend.address(sandbox_id), "token": token,
                                    "public": public, "organization": organization}
+        for decorate in self.decorators:
+            decorate(entries)
         self.registry.replace(entries, self.keys.hashes())
 
     async def publish(self) -> None:

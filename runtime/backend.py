@@ -8,11 +8,19 @@ pool stays the runtime's. Disk is recorded by the control plane but not enforced
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
-from controlplane.backend import BackendError, CreateRequest, Existence, Resources, Unsupported
+from controlplane.backend import (
+    BackendError,
+    CreateRequest,
+    Existence,
+    Resources,
+    Unsupported,
+)
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
+from runtime.volumes import Mount
 
 
 def _limits(runtime: Runtime, resources: Resources) -> Limits:
@@ -26,6 +34,7 @@ def _limits(runtime: Runtime, resources: Resources) -> Limits:
 class LocalBackend:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.initial_pool_size = runtime.pool_size  # the warm pools' floor
 
     def _supports(self, method: str, parameter: str | None = None) -> bool:
         fn = getattr(self.runtime, method, None)
@@ -36,13 +45,6 @@ class LocalBackend:
     async def create(self, request: CreateRequest) -> None:
         kwargs: dict[str, Any] = {}
         if request.mounts:
-            # TODO(runtime mounts): Runtime.create(..., mounts=[Mount(source, target, read_only)]).
-            if not self._supports("create", "mounts"):
-                raise Unsupported("mount volumes")
-            from runtime.manager import Mount  # type: ignore[attr-defined]
-
-            from pathlib import Path
-
             kwargs["mounts"] = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
                                 for m in request.mounts]
         limits = _limits(self.runtime, request.resources)
@@ -96,3 +98,19 @@ class LocalBackend:
 
     def address(self, sandbox_id: str) -> str:
         return f"unix:{self.runtime.sandboxes_dir / sandbox_id / 'run' / 'toolbox.sock'}"
+
+    # -- beyond the SandboxBackend protocol: optional capabilities the resources use ----
+    async def set_env(self, sandbox_id: str, env: dict[str, str]) -> None:
+        """The environment of the sandbox's next start (secrets changed while it exists)."""
+        try:
+            await self.runtime.set_env(sandbox_id, env)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    def set_pool_size(self, size: int) -> None:
+        """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""
+        self.runtime.resize_pool(size)
+
+    def pool_ready(self) -> int:
+        """Warm sandboxes ready right now."""
+        return sum(1 for r in self.runtime.pool if r.process.returncode is None)

@@ -1,0 +1,36 @@
+"""Where volumes' files live: one directory per volume under `STATE/volumes/`.
+
+The directories are made by `runtime.volumes` (a gid of their own per volume, setgid,
+0700 parent), and subpaths are created without following anything a sandbox planted; the
+backend later binds them by file descriptor. Deleting uses `shutil.rmtree`, which on
+Linux walks by file descriptor and never follows a symlink out of the volume.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from runtime.volumes import MountError, make_subpath, make_volume
+
+
+class VolumeStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, volume_id: str) -> Path:
+        return self.root / volume_id
+
+    def create(self, volume_id: str) -> None:
+        make_volume(self.path(volume_id))
+
+    def source(self, volume_id: str, subpath: str) -> Path:
+        """The host directory to mount for `subpath` of the volume (created if missing).
+        Raises `MountError` (a 400) when the subpath cannot be made safely."""
+        return make_subpath(self.path(volume_id), subpath)
+
+    def delete(self, volume_id: str) -> None:
+        shutil.rmtree(self.path(volume_id), ignore_errors=True)
+
+
+__all__ = ["MountError", "VolumeStorage"]
