@@ -41,7 +41,7 @@ class ResourcePlane:
         backend = plane.backend
         pools: PoolBackend | None = backend if hasattr(backend, "set_pool_size") else None  # type: ignore[assignment]
         self.warm_pools = WarmPoolService(plane.engine, pools, getattr(backend, "initial_pool_size", 0))
-        plane.sandboxes.hooks.extend([self.volumes, self.secrets])
+        plane.sandboxes.hooks.extend([self.volumes, self.secrets, self.previews])
         plane.view.decorators.append(self.previews.decorate)
 
     async def open(self) -> None:

@@ -22,7 +22,9 @@ import anyio
 from controlplane.auth import Principal
 from controlplane.errors import BadRequest, NotFound, NotImplementedYet
 from controlplane.proxyview import ProxyView
-from controlplane.sandboxes.records import SandboxRecords
+from controlplane.sandboxes.dto import CreateSandbox
+from controlplane.sandboxes.hooks import Prepared
+from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.service import SandboxService
 from proxy.auth import SIGNED_MAX_SECONDS, SIGNED_MIN_SECONDS, Auth, SignedLabelError
 from proxy.registry import Sandbox
@@ -30,6 +32,9 @@ from proxy.registry import Sandbox
 SIGNING_KEY = "signingKey"  # keys in the sandbox record's extra
 REVOKED = "revokedPreviews"  # {label: expires_at}
 DEFAULT_EXPIRY = 60
+# The proxy re-reads its registry file at most this often (proxy/registry.py CHECK_INTERVAL);
+# a new key or a revocation is answered only once the proxy acts on it.
+PROXY_REFRESH = 0.3
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class PreviewService:
             if signed.expires_at >= now:
                 revoked[token] = signed.expires_at
             await self._save(principal, record.id, {**fresh.extra, REVOKED: revoked})
+        await anyio.sleep(PROXY_REFRESH)
 
     async def signing_key(self, principal: Principal, id_or_name: str, *, rotate: bool = False) -> str:
         record = await self.sandboxes.get(principal, id_or_name)
@@ -98,7 +104,16 @@ class PreviewService:
                 return key
             key = secrets.token_urlsafe(32)
             await self._save(principal, record.id, {**fresh.extra, SIGNING_KEY: key})
-            return key
+        await anyio.sleep(PROXY_REFRESH)
+        return key
+
+    # -- the sandbox create hook: a signing key from the start, in the registry before
+    # the sandbox is routed, so its first signed URL needs no wait ----------------------
+    async def prepare(self, principal: Principal, body: CreateSandbox, prepared: Prepared) -> None:
+        prepared.extra[SIGNING_KEY] = secrets.token_urlsafe(32)
+
+    async def confirm(self, principal: Principal, record: SandboxRecord) -> None:
+        return None
 
     async def _save(self, principal: Principal, sandbox_id: str, extra: dict[str, Any]) -> None:
         await anyio.to_thread.run_sync(lambda: self.records.change(principal.organization_id, sandbox_id,
