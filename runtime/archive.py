@@ -1,7 +1,8 @@
 """Archive a stopped sandbox's files into one tar + zstd file, and restore them.
 
-What is packed: everything of a sandbox the sandbox can write, `home/` and `tmp/` (its
-`run/` holds only the daemon's socket, `etc/` is regenerated at every start). The archive
+What is packed: everything of a sandbox the sandbox can write, `home/`, `tmp/` and `run/`
+(the daemon's socket dir; tar skips the socket itself). `etc/` is regenerated at every
+start, and `daemon.log` is the host's. The archive
 goes to `STATE/archives/<id>.tar.zst`, 0600 in a 0700 root directory the sandbox never
 sees (the state root is a tmpfs inside every sandbox).
 
@@ -37,7 +38,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-PACKED = ("home", "tmp")
+PACKED = ("home", "tmp", "run")  # everything the sandbox's uid may write; sockets are skipped
 SUFFIX = ".tar.zst"
 STAGING = ".restore"
 # posix (pax) keeps nanosecond mtimes, long names and xattrs; --sparse keeps holes.
@@ -111,7 +112,9 @@ async def unpack(archive: Path, sandbox_dir: Path) -> None:
     staging = sandbox_dir / STAGING
     await asyncio.to_thread(shutil.rmtree, staging, True)
     staging.mkdir(mode=0o700)
-    await _run_tar(["--extract", f"--file={archive}", *COMMON, "--same-owner", "--same-permissions",
+    # Owners come back exact only as root; otherwise every file is ours anyway.
+    owners = ["--same-owner"] if os.geteuid() == 0 else ["--no-same-owner"]
+    await _run_tar(["--extract", f"--file={archive}", *COMMON, *owners, "--same-permissions",
                     f"--directory={staging}"])
     for name in PACKED:
         old = sandbox_dir / name

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -178,8 +179,10 @@ def _used_gids(parent: Path) -> set[int]:
 def make_volume(path: Path) -> None:
     """Create a volume directory: root:<own gid> 2770 under a 0700 parent when we are root
     (see the module docstring); a plain 0700 directory of ours otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_mode & 0o077:
+        # Sandboxes reach volumes through their binds only; the host's users not at all.
+        raise MountError(f"the volumes directory {str(path.parent)!r} must be mode 0700")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -193,6 +196,17 @@ def make_volume(path: Path) -> None:
         raise MountError("no free volume gid left")
     os.chown(path, 0, gid)
     os.chmod(path, 0o2770)
+
+
+def remove_volume(path: Path) -> None:
+    """Delete a volume directory and everything in it. `shutil.rmtree` works on fds here
+    (`rmtree.avoids_symlink_attacks`), so a symlink a sandbox left inside is removed, never
+    followed; the caller makes sure no sandbox mounts the volume any more."""
+    if not shutil.rmtree.avoids_symlink_attacks:  # pragma: no cover - Linux has openat
+        raise MountError("this platform cannot delete a volume without following symlinks")
+    if path.is_symlink() or not path.is_dir():
+        raise MountError(f"volume directory {str(path)!r} is not a directory")
+    shutil.rmtree(path)
 
 
 def is_volume_gid(gid: int) -> bool:

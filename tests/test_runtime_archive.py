@@ -156,8 +156,9 @@ asyncio.run(main())
 """
 
 
-def test_a_sigkill_mid_archive_loses_nothing_and_the_partial_is_swept(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+def test_a_sigkill_mid_archive_loses_nothing_and_the_partial_is_swept(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    state = tmp_path_factory.mktemp("killed") / "state"  # short: the socket path has a limit
     first = DirectRuntime(state)
     spec = first.run(first.runtime.create())
     code, out = first.sh(spec.id, "head -c 150000000 /dev/urandom > data.bin && sha256sum data.bin", timeout=120)
@@ -191,8 +192,9 @@ def test_a_sigkill_mid_archive_loses_nothing_and_the_partial_is_swept(tmp_path: 
         second.close()
 
 
-def test_an_interrupted_removal_is_finished_and_restore_uses_the_archive(tmp_path: Path) -> None:
-    state = tmp_path / "state"
+def test_an_interrupted_removal_is_finished_and_restore_uses_the_archive(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    state = tmp_path_factory.mktemp("removal") / "state"
     first = DirectRuntime(state)
     spec = first.run(first.runtime.create())
     assert first.sh(spec.id, "echo kept > kept")[0] == 0

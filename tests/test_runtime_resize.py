@@ -5,7 +5,6 @@ sandbox uses now is refused without changing anything."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -81,7 +80,7 @@ def test_a_memory_limit_below_current_usage_is_refused_and_changes_nothing(direc
         direct.run(rt.delete(spec.id))
 
 
-def test_resize_of_a_stopped_sandbox_holds_from_its_next_start(direct: DirectRuntime, tmp_path: Path) -> None:
+def test_resize_of_a_stopped_sandbox_holds_from_its_next_start(direct: DirectRuntime) -> None:
     rt = direct.runtime
     spec = direct.run(rt.create())
     try:

@@ -17,6 +17,7 @@ from runtime.volumes import (
     MountError,
     make_subpath,
     make_volume,
+    remove_volume,
     validate_subpath,
     validate_target,
 )
@@ -181,3 +182,23 @@ def test_missing_or_non_directory_sources_are_a_400(direct: DirectRuntime, volum
             direct.run(direct.runtime.create(mounts=[Mount(source, "/home/daytona/v")]))
     with pytest.raises(SandboxError, match="two mounts"):
         direct.run(direct.runtime.create(mounts=[Mount(volume, "/home/daytona/v"), Mount(volume, "/home/daytona/v/")]))
+
+
+@needs_bwrap
+def test_removing_a_volume_removes_planted_symlinks_not_what_they_point_to(
+        direct: DirectRuntime, volume: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("keep")
+    spec = direct.run(direct.runtime.create(mounts=[Mount(volume, "/home/daytona/vol")]))
+    try:
+        code, out = direct.sh(spec.id, "mkdir -p /home/daytona/vol/a && echo x > /home/daytona/vol/a/f")
+        assert code == 0, out
+    finally:
+        direct.run(direct.runtime.delete(spec.id))
+    (volume / "a" / "link").symlink_to(outside)  # as a sandbox would (its view of the path differs)
+    (volume / "top").symlink_to(outside)
+    remove_volume(volume)
+    assert not volume.exists() and (outside / "precious").read_text() == "keep"
+    with pytest.raises(MountError):
+        remove_volume(volume)
