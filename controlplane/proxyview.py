@@ -33,6 +33,7 @@ class ProxyView:
         self._lock = anyio.Lock()
         # Other resources' additions to the entries (signing keys, revoked preview labels).
         self.decorators: list[Callable[[dict[str, dict[str, Any]]], None]] = []
+        self._written: tuple[dict[str, dict[str, Any]], dict[str, str]] | None = None
 
     def _build(self) -> None:
         entries: dict[str, dict[str, Any]] = {}
@@ -41,7 +42,11 @@ class ProxyView:
                                    "public": public, "organization": organization}
         for decorate in self.decorators:
             decorate(entries)
-        self.registry.replace(entries, self.keys.hashes())
+        keys = self.keys.hashes()
+        if self._written == (entries, keys):
+            return  # unchanged: the proxy need not re-read anything
+        self.registry.replace(entries, keys)
+        self._written = (entries, keys)
 
     async def publish(self) -> None:
         async with self._lock:

@@ -52,6 +52,15 @@ def _secret_file(path: Path, nbytes: int = 24, value: str | None = None) -> str:
     return value
 
 
+def _die_with_parent() -> None:
+    """In the proxy's child process: SIGTERM when the main job dies, even by SIGKILL, so a
+    crashed main job never leaves a proxy holding its port."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, 15)
+
+
 @dataclass
 class StackConfig:
     state_dir: Path
@@ -162,7 +171,7 @@ class Stack:
             "--port", str(self.config.port), "--domain", self.config.domain,
             "--registry", f"file:{self.registry_path}", "--public-url", self.proxy_url,
             "--api-upstream", f"unix:{self.control_socket}",
-            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         assert self.proxy.stdout is not None
         try:

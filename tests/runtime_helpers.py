@@ -83,12 +83,12 @@ class Stack:
 
 
 def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
-                timeout: float = 60) -> Stack:
+                timeout: float = 60, extra_env: dict[str, str] | None = None) -> Stack:
     """Run ./scripts/start exactly as the README says, with its state under `state_dir`."""
     port = free_port()
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **(extra_env or {}))
     process = subprocess.Popen([str(REPO_ROOT / "scripts" / "start"), *extra], env=env,
                                stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO_ROOT)
     assert process.stdout is not None

@@ -313,11 +313,13 @@ def test_network_settings_ssh_and_telemetry(stack: Stack) -> None:
     d = daytona(stack)
     sandbox = d.create()
     try:
-        sandbox.update_network_settings(network_allow_list="10.0.0.0/8", domain_allow_list="example.com")
-        again = d.get(sandbox.id)
-        assert again.network_allow_list == "10.0.0.0/8" and again.domain_allow_list == "example.com"
-        with pytest.raises(DaytonaValidationError, match="networkBlockAll"):
+        sandbox.update_network_settings(network_block_all=True)  # what it has: fine
+        assert sandbox.network_block_all is True
+        with pytest.raises(DaytonaValidationError, match="allow lists are not available"):
+            sandbox.update_network_settings(network_allow_list="10.0.0.0/8")
+        with pytest.raises(DaytonaValidationError, match="fixed at create"):
             sandbox.update_network_settings(network_block_all=False)
+        assert d.get(sandbox.id).network_allow_list is None
         with pytest.raises(DaytonaError, match="SSH access is not available") as ssh:
             sandbox.create_ssh_access()
         assert ssh.value.status_code == 501

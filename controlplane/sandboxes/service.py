@@ -164,9 +164,9 @@ class SandboxService:
             raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
         if body.kvm:
             raise BadRequest("KVM sandboxes are not available on this server", "KVM_UNAVAILABLE")
-        if body.networkBlockAll is False:
-            raise BadRequest("sandboxes on this server have no outbound network (loopback only): "
-                             "networkBlockAll cannot be false", "NETWORK_UNAVAILABLE")
+        if body.networkAllowList or body.domainAllowList:
+            raise BadRequest("network allow lists are not available on this server: sandboxes have loopback only, "
+                             "or the host's network with networkBlockAll=false", "NETWORK_UNAVAILABLE")
         resources = _resources(body.cpu, body.memory, body.disk)
         _check_labels(body.labels)
         _check_env(body.env)
@@ -191,7 +191,7 @@ class SandboxService:
             public=bool(body.public), target=body.target or DEFAULT_TARGET, cpu=resources.cpu, gpu=0,
             memory=resources.memory, disk=resources.disk, auto_stop_interval=auto_stop,
             auto_archive_interval=min(auto_archive or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE),
-            auto_delete_interval=auto_delete, network_block_all=True,
+            auto_delete_interval=auto_delete, network_block_all=body.networkBlockAll is not False,
             network_allow_list=body.networkAllowList, domain_allow_list=body.domainAllowList,
             preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
             snapshot=DEFAULT_SNAPSHOT, volumes=prepared.volumes, last_activity_at=now, extra=dict(prepared.extra),
@@ -204,7 +204,7 @@ class SandboxService:
             await anyio.to_thread.run_sync(self.records.remove, record.id)
             raise
         request = CreateRequest(sandbox_id, env={**prepared.env, **body.env}, resources=resources,
-                                mounts=tuple(prepared.mounts))
+                                mounts=tuple(prepared.mounts), network=body.networkBlockAll is False)
         return await _shielded(lambda: self._bring_up(record, request))
 
     async def _bring_up(self, record: SandboxRecord, request: CreateRequest) -> SandboxRecord:

@@ -2,16 +2,15 @@
 
 The directories are made by `runtime.volumes` (a gid of their own per volume, setgid,
 0700 parent), and subpaths are created without following anything a sandbox planted; the
-backend later binds them by file descriptor. Deleting uses `shutil.rmtree`, which on
-Linux walks by file descriptor and never follows a symlink out of the volume.
+backend later binds them by file descriptor. Deleting uses `remove_volume`, which walks
+by file descriptor and never follows a symlink a sandbox left in the volume.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from runtime.volumes import MountError, make_subpath, make_volume
+from runtime.volumes import MountError, make_subpath, make_volume, remove_volume
 
 
 class VolumeStorage:
@@ -30,7 +29,9 @@ class VolumeStorage:
         return make_subpath(self.path(volume_id), subpath)
 
     def delete(self, volume_id: str) -> None:
-        shutil.rmtree(self.path(volume_id), ignore_errors=True)
+        path = self.path(volume_id)
+        if path.exists() or path.is_symlink():
+            remove_volume(path)
 
 
 __all__ = ["MountError", "VolumeStorage"]
