@@ -5,6 +5,7 @@ into the proxy's registry, and hands its routes to the app."""
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from starlette.routing import BaseRoute
@@ -28,6 +29,8 @@ from controlplane.warmpools.service import PoolBackend, WarmPoolService
 if TYPE_CHECKING:
     from controlplane.plane import ControlPlane
 
+log = logging.getLogger("controlplane.resources")
+
 
 class ResourcePlane:
     def __init__(self, plane: ControlPlane) -> None:
@@ -43,8 +46,12 @@ class ResourcePlane:
         self.warm_pools = WarmPoolService(plane.engine, pools, getattr(backend, "initial_pool_size", 0))
         plane.sandboxes.hooks.extend([self.volumes, self.secrets, self.previews])
         plane.view.decorators.append(self.previews.decorate)
+        self.secrets.listeners.append(self.settings.reapply)
 
     async def open(self) -> None:
+        orphans = await self.volumes.sweep()
+        if orphans:
+            log.warning("removed %d volume directories without a record: %s", len(orphans), ", ".join(orphans))
         await self.warm_pools.open()
 
     def routes(self) -> list[BaseRoute]:

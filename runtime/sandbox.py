@@ -76,7 +76,7 @@ class SandboxSpec:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SandboxSpec":
+    def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
         return cls(
             id=data["id"], uid=int(data["uid"]), gid=int(data["gid"]),
             env=dict(data.get("env") or {}), limits=Limits.from_json(data.get("limits")),
@@ -138,7 +138,11 @@ class SandboxDir:
 
     def save(self, spec: SandboxSpec) -> None:
         tmp = self.meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec.to_json(), indent=1))
+        # 0600: the environment in it may carry secrets (the control plane injects them).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(spec.to_json(), indent=1))
+        os.chmod(tmp, 0o600)
         os.replace(tmp, self.meta)
 
     def load(self) -> SandboxSpec:

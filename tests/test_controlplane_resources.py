@@ -266,6 +266,15 @@ def test_secrets_are_stored_never_returned_and_injected(stack: Stack, other_key:
         sandbox.start()
         assert sandbox.process.exec("printenv OTHER").result.strip() == "second-value"
         assert sandbox.process.exec("printenv API_TOKEN").exit_code != 0
+        # A new value of a named secret reaches the sandbox at its next start too.
+        other_id = next(s["id"] for s in api(stack, "GET", "/secret/paginated").json()["items"]
+                        if s["name"] == "other-token")
+        assert api(stack, "PATCH", f"/secret/{other_id}", json={"value": "rotated-value"}).status_code == 200
+        sandbox.stop()
+        sandbox.start()
+        assert sandbox.process.exec("printenv OTHER").result.strip() == "rotated-value"
+        state = stack.state_dir / "sandboxes" / sandbox.id / "sandbox.json"
+        assert oct(state.stat().st_mode & 0o777) == "0o600"  # it holds the injected value
     finally:
         sandbox.delete()
     with pytest.raises(DaytonaNotFoundError, match="no-such-secret"):
@@ -330,3 +339,33 @@ def test_network_settings_ssh_and_telemetry(stack: Stack) -> None:
     assert api(stack, "POST", "/sandbox/no-such-sandbox/ssh-access").status_code == 404
     with pytest.raises(DaytonaNotFoundError):
         d.get(sandbox.id)
+
+
+def test_config_names_this_servers_proxy(stack: Stack) -> None:
+    from daytona_api_client.models.daytona_configuration import DaytonaConfiguration
+
+    response = httpx.get(f"{stack.url}/api/config", headers={"Host": f"localhost:{stack.port}"})
+    assert response.status_code == 200
+    config = DaytonaConfiguration.from_dict(response.json())
+    assert config is not None and config.default_snapshot == "default"
+    assert config.proxy_toolbox_url == f"http://localhost:{stack.port}/toolbox"
+    assert config.proxy_template_url == f"http://{{{{PORT}}}}-{{{{sandboxId}}}}.localhost:{stack.port}"
+    assert config.analytics_api_url is None  # so get_metrics asks the control plane
+
+
+def test_a_volume_directory_without_a_record_is_swept_at_restart(tmp_path: Any) -> None:
+    first = start_stack(tmp_path / "s", "--no-sandbox", pool_size=0)
+    try:
+        kept = daytona(first).volume.create("kept")
+    finally:
+        first.stop()
+    orphan = tmp_path / "s" / "volumes" / "0f0f0f0f-dead-beef-0000-000000000000"
+    orphan.mkdir()
+    (orphan / "left-over").write_text("from a crash between the directory and its row")
+    again = start_stack(tmp_path / "s", "--no-sandbox", pool_size=0)
+    try:
+        assert not orphan.exists()
+        assert (tmp_path / "s" / "volumes" / kept.id).is_dir()
+        assert daytona(again).volume.get("kept").id == kept.id
+    finally:
+        again.stop()

@@ -60,6 +60,19 @@ class SandboxSettings:
                                                                    extra=extra))
         return await self.sandboxes.get(principal, record.id)
 
+    async def reapply(self, principal: Principal) -> None:
+        """After a secret of the organization changed value or went: every sandbox naming
+        one gets the current values at its next start (a deleted secret drops out)."""
+        set_env = getattr(self.backend, "set_env", None)
+        if set_env is None:
+            return
+        for record in await anyio.to_thread.run_sync(self.records.of_organization, principal.organization_id):
+            wanted = record.extra.get(EXTRA_KEY)
+            if not isinstance(wanted, dict) or not wanted:
+                continue
+            injected = await self.secrets.environment(principal, wanted, skip_missing=True)
+            await set_env(record.id, {**record.env, **injected})
+
     async def ssh(self, principal: Principal, id_or_name: str | None) -> None:
         if id_or_name is not None:
             await self.sandboxes.get(principal, id_or_name)  # an unknown sandbox is still a 404

@@ -17,6 +17,7 @@ import builtins
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -85,9 +86,19 @@ def _offset(cursor: str | None) -> int:
         raise BadRequest("cursor is not one this server handed out", "INVALID_CURSOR") from None
 
 
+# Called with the organization after a secret's value changes or a secret goes, so the
+# sandboxes that name it get the new environment at their next start.
+ChangeListener = Callable[[Principal], Awaitable[None]]
+
+
 class SecretService:
     def __init__(self, records: SecretRecords) -> None:
         self.records = records
+        self.listeners: builtins.list[ChangeListener] = []
+
+    async def _changed(self, principal: Principal) -> None:
+        for listener in self.listeners:
+            await listener(principal)
 
     async def create(self, principal: Principal, name: str, value: str, description: str | None,
                      hosts: list[str]) -> SecretRecord:
@@ -138,20 +149,24 @@ class SecretService:
             _check_hosts(hosts)
             changes["hosts"] = list(hosts)
         await anyio.to_thread.run_sync(lambda: self.records.change(principal.organization_id, secret_id, **changes))
+        if value is not None:
+            await self._changed(principal)
         return await self.get(principal, secret_id)
 
     async def delete(self, principal: Principal, secret_id: str) -> None:
         if not await anyio.to_thread.run_sync(self.records.remove, principal.organization_id, secret_id):
             raise NotFound(f"Secret {secret_id} not found")
+        await self._changed(principal)
 
-    async def environment(self, principal: Principal, wanted: dict[str, str]) -> dict[str, str]:
-        """{ENV: value} for {ENV: secret name}; an unknown name is a 404."""
+    async def environment(self, principal: Principal, wanted: dict[str, str], *,
+                          skip_missing: bool = False) -> dict[str, str]:
+        """{ENV: value} for {ENV: secret name}; an unknown name is a 404 (or left out)."""
         found = await anyio.to_thread.run_sync(self.records.values_for, principal.organization_id,
                                                sorted(set(wanted.values())))
         missing = sorted(set(wanted.values()) - set(found))
-        if missing:
+        if missing and not skip_missing:
             raise NotFound(f"Secret {missing[0]} not found")
-        return {env: found[name][1] for env, name in wanted.items()}
+        return {env: found[name][1] for env, name in wanted.items() if name in found}
 
     # -- the sandbox create hook ----------------------------------------------------------
     async def prepare(self, principal: Principal, body: CreateSandbox, prepared: Prepared) -> None:

@@ -79,3 +79,8 @@ class VolumeRecords:
     def remove(self, volume_id: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(delete(table).where(table.c.id == volume_id))
+
+    def all_ids(self) -> set[str]:
+        """Every volume of every organization (for the sweep at start only)."""
+        with self.engine.connect() as conn:
+            return {r.id for r in conn.execute(select(table.c.id))}

@@ -103,6 +103,17 @@ class VolumeService:
 
         await anyio.to_thread.run_sync(work)
 
+    async def sweep(self) -> builtins.list[str]:
+        """At start: remove volume directories without a row (a crash between making the
+        directory and storing the row); returns their ids."""
+        def work() -> list[str]:
+            orphans = sorted(self.storage.ids() - self.records.all_ids())
+            for volume_id in orphans:
+                self.storage.delete(volume_id)
+            return orphans
+
+        return await anyio.to_thread.run_sync(work)
+
     # -- the sandbox create hook ----------------------------------------------------------
     async def prepare(self, principal: Principal, body: CreateSandbox, prepared: Prepared) -> None:
         seen: set[str] = set()

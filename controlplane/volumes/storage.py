@@ -33,5 +33,10 @@ class VolumeStorage:
         if path.exists() or path.is_symlink():
             remove_volume(path)
 
+    def ids(self) -> set[str]:
+        if not self.root.is_dir():
+            return set()
+        return {entry.name for entry in self.root.iterdir() if not entry.name.startswith(".")}
+
 
 __all__ = ["MountError", "VolumeStorage"]
