@@ -71,12 +71,17 @@ def eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
 
 @pytest.fixture(scope="module")
 def other_key(stack: Stack) -> str:
+    """A key of a second organization, made in the database the main job uses."""
+    import os
+
     from controlplane.auth import Keys
+    from controlplane.plane import DATABASE_URL_ENV
     from controlplane.store.db import open_engine, sqlite_url
 
-    engine = open_engine(sqlite_url(stack.state_dir / "controlplane.db"))
+    url = os.environ.get(DATABASE_URL_ENV) or sqlite_url(stack.state_dir / "controlplane.db")
+    engine = open_engine(url)
     try:
-        return Keys(engine).create_key("other-org").key
+        return Keys(engine).create_key(f"other-org-{stack.port}").key
     finally:
         engine.dispose()
 
