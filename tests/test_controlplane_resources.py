@@ -373,3 +373,44 @@ def test_a_volume_directory_without_a_record_is_swept_at_restart(tmp_path: Any) 
         assert daytona(again).volume.get("kept").id == kept.id
     finally:
         again.stop()
+
+
+def test_async_sdk_volumes_snapshots_secrets_and_signed_urls(stack: Stack) -> None:
+    import asyncio
+
+    from daytona import (
+        AsyncDaytona,
+        CreateSandboxFromSnapshotParams,
+        CreateSecretParams,
+        DaytonaConfig,
+        DaytonaConflictError,
+        VolumeMount,
+    )
+
+    async def scenario() -> None:
+        async with AsyncDaytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api",
+                                              api_key=stack.api_key)) as d:
+            volume = await d.volume.get("vol-async", create=True)
+            assert volume.state == "ready"
+            assert (await d.snapshot.get("default")).general
+            await d.secret.create(CreateSecretParams(name="async-token", value="async-value"))
+            sandbox = await d.create(CreateSandboxFromSnapshotParams(
+                secrets={"TOKEN": "async-token"},
+                volumes=[VolumeMount(volume_id="vol-async", mount_path="/home/daytona/v")]))
+            try:
+                assert (await sandbox.process.exec("printenv TOKEN")).result.strip() == "async-value"
+                await sandbox.process.exec("echo async > /home/daytona/v/f")
+                url = await sandbox.download_url("/home/daytona/v/f", ttl_seconds=60)
+                async with httpx.AsyncClient(timeout=30) as client:
+                    response = await client.get(url)
+                assert response.status_code == 200 and response.content == b"async\n"
+                try:
+                    await d.volume.delete(volume)
+                    raise AssertionError("a mounted volume was deleted")
+                except DaytonaConflictError:
+                    pass
+            finally:
+                await sandbox.delete()
+            await d.volume.delete(volume)
+
+    asyncio.run(scenario())
