@@ -204,7 +204,9 @@ def test_the_default_snapshot_is_listed_gettable_and_cannot_be_deleted(stack: St
         d.snapshot.activate(default)
     assert d.snapshot.list(page=2, limit=1).items == []
     assert api(stack, "GET", "/snapshots?limit=0").status_code == 400
-    sandbox = d.create()
+    from daytona import CreateSandboxFromSnapshotParams
+
+    sandbox = d.create(CreateSandboxFromSnapshotParams(snapshot=default.id))  # by id as well as by name
     try:
         assert sandbox.snapshot == "default"
     finally:

@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ log = logging.getLogger("controlplane.sandboxes")
 T = TypeVar("T")
 
 DEFAULT_SNAPSHOT = "default"
+# Its id in GET /snapshots (controlplane/snapshots/service.py): a client may name it by id.
+DEFAULT_SNAPSHOT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox-toolbox:snapshot:default"))
 DEFAULT_USER = "daytona"
 DEFAULT_TARGET = "local"
 LANGUAGE_LABEL = "code-toolbox-language"
@@ -157,7 +160,7 @@ class SandboxService:
             raise NotImplementedYet("Building sandboxes from images (CreateSandboxFromImageParams, Image.*) is "
                                     "not available yet on this server: create from the default snapshot",
                                     "IMAGE_BUILDS_UNAVAILABLE")
-        if body.snapshot not in (None, "", DEFAULT_SNAPSHOT):
+        if body.snapshot not in (None, "", DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID):
             raise BadRequest(f"Snapshot {body.snapshot} not found: the snapshots here are: {DEFAULT_SNAPSHOT}",
                              "SNAPSHOT_NOT_FOUND")
         if body.gpu or body.gpuType:

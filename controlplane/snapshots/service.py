@@ -8,14 +8,17 @@ then `create` is a 501 that says so, and nothing is recorded.
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
 
 from controlplane.errors import ApiError, BadRequest, NotFound, NotImplementedYet
-from controlplane.sandboxes.service import DEFAULT_SNAPSHOT, DEFAULTS
 
 # A stable UUID, so clients that cache it (and the SDK's UUID-first lookup) keep working.
-DEFAULT_SNAPSHOT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox-toolbox:snapshot:default"))
+from controlplane.sandboxes.service import (
+    DEFAULT_SNAPSHOT,
+    DEFAULT_SNAPSHOT_ID,
+    DEFAULTS,
+)
+
 BUILT_AT = 1_764_547_200.0  # 2025-12-01T00:00:00Z: the built-in snapshot has no real build time
 IMAGE_BUILDS = ("Building snapshots from images (snapshot.create, Image.*, CreateSandboxFromImageParams) is not "
                 f"available yet on this server: create sandboxes from the built-in '{DEFAULT_SNAPSHOT}' snapshot")
