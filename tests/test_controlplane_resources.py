@@ -3,6 +3,7 @@ SDK (`Daytona(DaytonaConfig(...))`) against the real main job (`./scripts/start`
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -359,12 +360,23 @@ def test_config_names_this_servers_proxy(stack: Stack) -> None:
     assert config.analytics_api_url is None  # so get_metrics asks the control plane
 
 
-def test_a_volume_directory_without_a_record_is_swept_at_restart(tmp_path: Any) -> None:
+def test_what_a_crash_in_a_volume_create_or_delete_left_is_settled_at_restart(tmp_path: Any) -> None:
+    if os.environ.get("CONTROLPLANE_DATABASE_URL"):
+        pytest.skip("reads the SQLite file of its own state directory")
     first = start_stack(tmp_path / "s", "--no-sandbox", pool_size=0)
     try:
         kept = daytona(first).volume.create("kept")
     finally:
         first.stop()
+    # A delete interrupted after it marked the volume (files still there): ready again.
+    from controlplane.store.db import open_engine, sqlite_url
+    from controlplane.volumes.records import PENDING_DELETE, READY, VolumeRecords
+
+    engine = open_engine(sqlite_url(tmp_path / "s" / "controlplane.db"))
+    try:
+        assert VolumeRecords(engine).set_state(kept.id, PENDING_DELETE, only_from=READY)
+    finally:
+        engine.dispose()
     orphan = tmp_path / "s" / "volumes" / "0f0f0f0f-dead-beef-0000-000000000000"
     orphan.mkdir()
     (orphan / "left-over").write_text("from a crash between the directory and its row")
@@ -372,7 +384,8 @@ def test_a_volume_directory_without_a_record_is_swept_at_restart(tmp_path: Any) 
     try:
         assert not orphan.exists()
         assert (tmp_path / "s" / "volumes" / kept.id).is_dir()
-        assert daytona(again).volume.get("kept").id == kept.id
+        assert daytona(again).volume.get("kept").state == "ready"
+        daytona(again).volume.delete(kept)
     finally:
         again.stop()
 

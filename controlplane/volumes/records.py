@@ -84,3 +84,7 @@ class VolumeRecords:
         """Every volume of every organization (for the sweep at start only)."""
         with self.engine.connect() as conn:
             return {r.id for r in conn.execute(select(table.c.id))}
+
+    def pending_deletes(self) -> list[VolumeRecord]:
+        with self.engine.connect() as conn:
+            return [_record(r) for r in conn.execute(select(table).where(table.c.state == PENDING_DELETE))]

@@ -104,9 +104,16 @@ class VolumeService:
         await anyio.to_thread.run_sync(work)
 
     async def sweep(self) -> builtins.list[str]:
-        """At start: remove volume directories without a row (a crash between making the
-        directory and storing the row); returns their ids."""
-        def work() -> list[str]:
+        """At start: settle what a crash left: volume directories without a row (between
+        making the directory and storing the row) go; returns their ids."""
+        def work() -> builtins.list[str]:
+            # A delete interrupted after marking the volume: finish it if its files are
+            # already gone, else the volume is ready again (the delete can be retried).
+            for pending in self.records.pending_deletes():
+                if self.storage.path(pending.id).is_dir():
+                    self.records.set_state(pending.id, READY, only_from=PENDING_DELETE)
+                else:
+                    self.records.remove(pending.id)
             orphans = sorted(self.storage.ids() - self.records.all_ids())
             for volume_id in orphans:
                 self.storage.delete(volume_id)
