@@ -93,7 +93,7 @@ async def pack(sandbox_dir: Path, dest: Path) -> int:
         raise
     os.close(fd)
     os.rename(partial, dest)
-    fsync_path(dest.parent, directory=True)
+    await asyncio.to_thread(fsync_path, dest.parent, True)
     return size
 
 
@@ -123,7 +123,7 @@ async def unpack(archive: Path, sandbox_dir: Path) -> None:
         if (staging / name).exists():
             os.rename(staging / name, old)
     staging.rmdir()
-    fsync_path(sandbox_dir, directory=True)
+    await asyncio.to_thread(fsync_path, sandbox_dir, True)
 
 
 def sweep(archives_dir: Path, sandboxes_dir: Path, not_archived: Iterable[str]) -> list[Path]:

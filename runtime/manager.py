@@ -368,7 +368,7 @@ class Runtime:
             except archive.ArchiveError as exc:
                 raise SandboxError(500, f"could not archive sandbox {sandbox_id!r}: {exc}") from None
             spec.state = "archived"
-            self._save_durably(target, spec)
+            await asyncio.to_thread(self._save_durably, target, spec)
             await asyncio.to_thread(archive.drop_unpacked, target.path)
             log.info("archived %s: %d bytes in %.2f s", sandbox_id, size, time.monotonic() - began)
             return spec
@@ -382,7 +382,7 @@ class Runtime:
         except archive.ArchiveError as exc:
             raise SandboxError(500, f"could not restore sandbox {spec.id!r}: {exc}") from None
         spec.state = "stopped"
-        self._save_durably(target, spec)
+        await asyncio.to_thread(self._save_durably, target, spec)
         os.unlink(path)
 
     @staticmethod

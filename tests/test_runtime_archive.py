@@ -228,6 +228,10 @@ def test_status_lists_every_sandbox_with_its_state(direct: DirectRuntime) -> Non
         direct.run(rt.stop(stopped.id))
         direct.run(rt.stop(archived.id))
         direct.run(rt.archive(archived.id))
+        # Another sandbox cannot see the archive (the state root is an empty tmpfs inside).
+        code, out = direct.sh(started.id, f"ls {rt.archives_dir}; ls {rt.archives_dir}/{archived.id}.tar.zst")
+        assert code != 0 and "No such file" in out
+        assert (rt.archives_dir / f"{archived.id}.tar.zst").exists()
         status = rt.status()
         assert {k: status[k] for k in (started.id, stopped.id, archived.id)} == {
             started.id: "started", stopped.id: "stopped", archived.id: "archived"}

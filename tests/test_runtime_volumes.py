@@ -202,3 +202,30 @@ def test_removing_a_volume_removes_planted_symlinks_not_what_they_point_to(
     assert not volume.exists() and (outside / "precious").read_text() == "keep"
     with pytest.raises(MountError):
         remove_volume(volume)
+
+
+@needs_bwrap
+def test_mounts_survive_archive_and_a_runtime_restart_and_the_volume_is_not_archived(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    state = tmp_path_factory.mktemp("restart") / "state"
+    first = DirectRuntime(state)
+    volume = first.runtime.root / "volumes" / "v1"
+    make_volume(volume)
+    spec = first.run(first.runtime.create(mounts=[Mount(volume, "/home/daytona/vol")]))
+    code, out = first.sh(spec.id, "head -c 5000000 /dev/urandom > vol/big && echo mine > own")
+    assert code == 0, out
+    first.run(first.runtime.stop(spec.id))
+    first.run(first.runtime.archive(spec.id))
+    # The volume's data stays where it is and is not packed with the sandbox's files.
+    assert (state / "archives" / f"{spec.id}.tar.zst").stat().st_size < 1_000_000
+    assert (volume / "big").stat().st_size == 5_000_000
+    first.close()
+
+    second = DirectRuntime(state)
+    try:
+        second.run(second.runtime.start(spec.id))
+        assert second.runtime.get(spec.id).mounts == (Mount(volume, "/home/daytona/vol"),)
+        assert second.sh(spec.id, "cat own && wc -c < vol/big") == (0, "mine\n5000000\n")
+    finally:
+        second.run(second.runtime.delete(spec.id))
+        second.close()
