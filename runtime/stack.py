@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -69,7 +69,7 @@ class StackConfig:
     domain: str = "localhost"
     pool_size: int = 1
     idle_timeout: float = 15 * 60
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
 
 

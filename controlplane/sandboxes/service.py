@@ -49,7 +49,11 @@ DEFAULT_AUTO_DELETE = -1
 MAX_AUTO_ARCHIVE = 30 * 24 * 60
 LIMITS = {"cpu": (1, 256), "memory": (1, 1024), "disk": (1, 1024)}
 DEFAULTS = Resources()
+# States a record stores and reports as they are when settled.
+STORED_STATES = frozenset({"started", "stopped", "archived", "error"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# States a record stores and reports as they are when settled.
+STORED_STATES = frozenset({"started", "stopped", "archived", "error"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -137,21 +141,18 @@ class SandboxService:
         if not 1 <= limit <= 200:
             raise BadRequest("limit must be from 1 to 200", "INVALID_LIMIT")
         after = _decode_cursor(cursor) if cursor else None
-        rows = await anyio.to_thread.run_sync(self.records.of_organization, principal.organization_id)
-        # Newest first; filters on labels (every pair must match) and states.
-        selected: list[SandboxRecord] = []
-        for record in rows:
-            if after is not None and (record.created_at, record.id) >= after:
-                continue
-            if labels and any(record.labels.get(k) != v for k, v in labels.items()):
-                continue
-            if states_in and states.reported(record.state, record.desired_state, record.pending) not in states_in:
-                continue
-            selected.append(record)
-            if len(selected) > limit:
-                break
-        more = len(selected) > limit
-        page = selected[:limit]
+        # Filters run in the database (indexed on organization and created_at); one row
+        # more than asked says whether there is a next page. `states` match what clients
+        # see, so transitional ones are matched after the query.
+        stored = None
+        if states_in and all(s in STORED_STATES for s in states_in):
+            stored = list(states_in)
+        rows = await anyio.to_thread.run_sync(lambda: self.records.page(
+            principal.organization_id, limit=limit + 1, before=after, labels=labels, states=stored))
+        if states_in and stored is None:
+            rows = [r for r in rows if states.reported(r.state, r.desired_state, r.pending) in states_in]
+        more = len(rows) > limit
+        page = rows[:limit]
         return ListPage(page, _encode_cursor(page[-1]) if more else None)
 
     # -- create -------------------------------------------------------------------------
@@ -316,8 +317,14 @@ class SandboxService:
         return await self.get(principal, record.id)
 
     async def set_labels(self, principal: Principal, id_or_name: str, labels: dict[str, str]) -> SandboxRecord:
+        """Replaces the labels, but keeps `code-toolbox-language`: the SDK picks the
+        sandbox's language from it on every get."""
         _check_labels(labels)
-        return await self.update(principal, id_or_name, labels=dict(labels))
+        record = await self.get(principal, id_or_name)
+        new = dict(labels)
+        if LANGUAGE_LABEL not in new and LANGUAGE_LABEL in record.labels:
+            new[LANGUAGE_LABEL] = record.labels[LANGUAGE_LABEL]
+        return await self.update(principal, record.id, labels=new)
 
     async def set_interval(self, principal: Principal, id_or_name: str, which: str, minutes: int) -> SandboxRecord:
         """autostop (0 = never), autoarchive (0 = the maximum), autodelete (< 0 never, 0 on
