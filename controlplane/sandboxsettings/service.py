@@ -5,6 +5,7 @@ sandbox names (applied at its next start), SSH access (not available: 501) and t
 from __future__ import annotations
 
 import anyio
+from sqlalchemy import select
 
 from controlplane.auth import Principal
 from controlplane.backend import SandboxBackend
@@ -12,6 +13,7 @@ from controlplane.errors import BadRequest, NotImplementedYet
 from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.service import SandboxService
 from controlplane.secrets.service import EXTRA_KEY, SecretService, mapping
+from controlplane.store.schema import sandboxes
 
 SSH = ("SSH access is not available on this server yet: use sandbox.process.exec(...) or the PTY API "
        "(sandbox.process.create_pty_session) for a shell")
@@ -66,12 +68,17 @@ class SandboxSettings:
         set_env = getattr(self.backend, "set_env", None)
         if set_env is None:
             return
-        for record in await anyio.to_thread.run_sync(self.records.of_organization, principal.organization_id):
-            wanted = record.extra.get(EXTRA_KEY)
-            if not isinstance(wanted, dict) or not wanted:
-                continue
+        def named() -> list[tuple[str, dict[str, str], dict[str, str]]]:
+            query = select(sandboxes.c.id, sandboxes.c.env, sandboxes.c.extra).where(
+                sandboxes.c.organization_id == principal.organization_id)
+            with self.records.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            return [(r.id, r.env or {}, r.extra[EXTRA_KEY]) for r in rows
+                    if isinstance(r.extra, dict) and isinstance(r.extra.get(EXTRA_KEY), dict) and r.extra[EXTRA_KEY]]
+
+        for sandbox_id, env, wanted in await anyio.to_thread.run_sync(named):
             injected = await self.secrets.environment(principal, wanted, skip_missing=True)
-            await set_env(record.id, {**record.env, **injected})
+            await set_env(sandbox_id, {**env, **injected})
 
     async def ssh(self, principal: Principal, id_or_name: str | None) -> None:
         if id_or_name is not None:

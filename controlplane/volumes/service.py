@@ -14,6 +14,7 @@ import time
 import uuid
 
 import anyio
+from sqlalchemy import select
 
 from controlplane.auth import Principal
 from controlplane.backend import Mount
@@ -22,6 +23,7 @@ from controlplane.sandboxes.dto import CreateSandbox
 from controlplane.sandboxes.hooks import Prepared
 from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.states import State
+from controlplane.store.schema import sandboxes
 from controlplane.volumes.records import (
     PENDING_DELETE,
     READY,
@@ -82,8 +84,13 @@ class VolumeService:
         return record
 
     def _users(self, organization_id: str, volume_id: str) -> builtins.list[str]:
-        return [s.id for s in self.sandboxes.of_organization(organization_id)
-                if s.state != State.DESTROYED.value and any(v.get("volumeId") == volume_id for v in s.volumes)]
+        """The organization's sandboxes (any state but destroyed) that mount the volume."""
+        query = select(sandboxes.c.id, sandboxes.c.state, sandboxes.c.volumes).where(
+            sandboxes.c.organization_id == organization_id)
+        with self.sandboxes.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [r.id for r in rows
+                if r.state != State.DESTROYED.value and any(v.get("volumeId") == volume_id for v in r.volumes or [])]
 
     async def delete(self, principal: Principal, volume_id: str) -> None:
         record = await self.get(principal, volume_id)
