@@ -39,6 +39,8 @@ class PlaneConfig:
     default_auto_stop: int = 15  # minutes, for sandboxes created without autoStopInterval
     # Seconds in a policy minute: 60, except where a test or demo wants policies to act fast.
     minute: float = float(os.environ.get(MINUTE_ENV) or 60)
+    # The proxy's secret, to mint signed preview URLs the proxy verifies (None: 501).
+    preview_secret: bytes | None = None
 
     @property
     def url(self) -> str:
@@ -63,6 +65,11 @@ class ControlPlane:
         self.default_organization = ""
         # (organization, sandbox id) of sandboxes a crash stopped; see reconcile.
         self.interrupted: list[tuple[str, str]] = []
+        from controlplane.resources import (
+            ResourcePlane,  # after the services it hooks into
+        )
+
+        self.resources = ResourcePlane(self)
         self._policy_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -70,6 +77,7 @@ class ControlPlane:
         self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
                                                                    DEFAULT_ORGANIZATION)
         await reconcile(self)
+        await self.resources.open()
         await self.view.publish()
 
     async def restart_interrupted(self) -> None:

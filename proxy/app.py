@@ -23,17 +23,44 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
 from proxy.activity import ActivityTracker
-from proxy.auth import (COOKIE_HTTP, COOKIE_HTTPS, PREVIEW_HEADER, QUERY_PARAM, SIGNED_MAX_SECONDS,
-                        SIGNED_MIN_SECONDS, Auth, SignedLabelError, split_cookies, strip_query_param)
+from proxy.auth import (
+    COOKIE_HTTP,
+    COOKIE_HTTPS,
+    PREVIEW_HEADER,
+    QUERY_PARAM,
+    SIGNED_MAX_SECONDS,
+    SIGNED_MIN_SECONDS,
+    Auth,
+    SignedLabelError,
+    split_cookies,
+    strip_query_param,
+)
 from proxy.config import ProxyConfig
 from proxy.cookies import filter_set_cookies
 from proxy.errors import ProxyError, header, send_error, wants_html
-from proxy.hosts import SANDBOX_ID, BadToolboxPath, PreviewHost, parse_preview_host, parse_toolbox_path, under_domain
+from proxy.fileurls import FileUrlError, is_signed_file_request
+from proxy.fileurls import verify as verify_file_url
+from proxy.hosts import (
+    SANDBOX_ID,
+    BadToolboxPath,
+    PreviewHost,
+    parse_preview_host,
+    parse_toolbox_path,
+    under_domain,
+)
 from proxy.metrics import Metrics
 from proxy.registry import Registry, RegistryError, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
-from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
-                                   UpstreamUnknownHost, strip_hop_by_hop)
+from toolbox.forward.relay import (
+    Headers,
+    Relay,
+    Target,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnknownHost,
+    strip_hop_by_hop,
+)
 
 # Client-sent values of these never reach a sandbox: the proxy sets its own or none.
 _DROP_UPSTREAM = frozenset({
@@ -243,7 +270,7 @@ class ProxyApp:
         if signed is not None:
             candidate = await self._lookup(signed.sandbox_id)
             if candidate is not None and self.auth.verify_signed_label(signed, candidate, target.port):
-                if signed.expires_at < time.time():
+                if signed.expires_at < time.time() or target.label in candidate.revoked:
                     raise ProxyError(403, "signed-url-expired",
                                      "This signed preview URL has expired: ask for a new one.")
                 return candidate, True
@@ -357,7 +384,7 @@ class ProxyApp:
             return True
         signed = self.auth.decode_signed_label(source.label)
         return (signed is not None and signed.sandbox_id == sandbox.id and signed.expires_at >= time.time()
-                and self.auth.verify_signed_label(signed, sandbox, source.port))
+                and source.label not in sandbox.revoked and self.auth.verify_signed_label(signed, sandbox, source.port))
 
     async def _bootstrap_cookie(self, scope: Scope, send: Send, sandbox: Sandbox, port: int, query: bytes) -> None:
         """Swap the query token for a host-only cookie and send the browser to the clean URL."""
@@ -504,6 +531,19 @@ class ProxyApp:
             raise ProxyError(400, "invalid-toolbox-path", str(exc)) from exc
         access = await self._key_access(header(scope, b"authorization"))
         api_key = access is not None
+        query: bytes = scope.get("query_string", b"")
+        if not api_key and header(scope, PREVIEW_HEADER) is None and is_signed_file_request(rest, query):
+            # Daytona's signed file URL: it is the credential, for exactly this request.
+            sandbox = await self._known(sandbox_id)
+            try:
+                signed_file = verify_file_url(sandbox.files_key, scope.get("method", "GET"), rest, query)
+            except FileUrlError as exc:
+                raise ProxyError(401, "invalid-signed-url", str(exc)) from exc
+            headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=True,
+                                      cookie=None, keep_cookie_header=False)
+            await self._forward(scope, receive, send, sandbox, rest, signed_file.query, headers,
+                                b"/toolbox/" + sandbox_id.encode())
+            return
         if not api_key:
             token = header(scope, PREVIEW_HEADER)
             if token is None:

@@ -34,6 +34,8 @@ class Sandbox:
     token: str | None = None
     public: bool = False
     organization: str | None = None  # None: any valid API key may use it (as before tenancy)
+    files_key: str | None = None  # the key of Daytona's signed file URLs (proxy/fileurls.py)
+    revoked: frozenset[str] = frozenset()  # signed preview labels expired early
 
 
 class RegistryError(Exception):
@@ -70,9 +72,13 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
         return None
     token = data.get("token")
     organization = data.get("organization")
+    files_key = data.get("files_key")
+    revoked = data.get("revoked")
     return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
                    _truthy(data.get("public", False)),
-                   organization if isinstance(organization, str) and organization else None)
+                   organization if isinstance(organization, str) and organization else None,
+                   files_key if isinstance(files_key, str) and files_key else None,
+                   frozenset(r for r in revoked if isinstance(r, str)) if isinstance(revoked, list) else frozenset())
 
 
 class FileRegistry:

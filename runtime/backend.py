@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from pathlib import Path
 from typing import Any
 
 from controlplane.backend import (
@@ -21,6 +22,7 @@ from controlplane.backend import (
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.sandbox import SandboxDir
+from runtime.volumes import Mount
 
 
 def _limits(runtime: Runtime, resources: Resources) -> Limits:
@@ -38,6 +40,7 @@ def _limits(runtime: Runtime, resources: Resources) -> Limits:
 class LocalBackend:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.initial_pool_size = runtime.pool_size  # the warm pools' floor
 
     def _supports(self, method: str, parameter: str | None = None) -> bool:
         fn = getattr(self.runtime, method, None)
@@ -48,13 +51,6 @@ class LocalBackend:
     async def create(self, request: CreateRequest) -> None:
         kwargs: dict[str, Any] = {}
         if request.mounts:
-            # TODO(runtime mounts): Runtime.create(..., mounts=[Mount(source, target, read_only)]).
-            if not self._supports("create", "mounts"):
-                raise Unsupported("mount volumes")
-            from pathlib import Path
-
-            from runtime.manager import Mount  # type: ignore[attr-defined]
-
             kwargs["mounts"] = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
                                 for m in request.mounts]
         limits = _limits(self.runtime, request.resources)
@@ -113,3 +109,19 @@ class LocalBackend:
 
     def address(self, sandbox_id: str) -> str:
         return f"unix:{self.runtime.socket_path(sandbox_id)}"
+
+    # -- beyond the SandboxBackend protocol: optional capabilities the resources use ----
+    async def set_env(self, sandbox_id: str, env: dict[str, str]) -> None:
+        """The environment of the sandbox's next start (secrets changed while it exists)."""
+        try:
+            await self.runtime.set_env(sandbox_id, env)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    def set_pool_size(self, size: int) -> None:
+        """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""
+        self.runtime.resize_pool(size)
+
+    def pool_ready(self) -> int:
+        """Warm sandboxes ready right now."""
+        return sum(1 for r in self.runtime.pool if r.process.returncode is None)

@@ -717,6 +717,24 @@ class Runtime:
             self._uids.discard(uid)
             raise
 
+    def resize_pool(self, size: int) -> None:
+        """Keep `size` sandboxes warm from now on (the control plane's warm pools); pooled
+        sandboxes beyond it are stopped and removed."""
+        if size < 0:
+            raise SandboxError(400, f"pool size must be 0 or more, got {size}")
+        self.pool_size = size
+        while len(self.pool) > size:
+            self._spawn(self._discard(self.pool.pop()))
+        self._pool_wakeup.set()
+
+    async def set_env(self, sandbox_id: str, env: dict[str, str]) -> SandboxSpec:
+        """Replace a sandbox's environment; it applies at the sandbox's next start."""
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            spec.env = {str(k): str(v) for k, v in env.items()}
+            await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).save, spec)
+            return spec
+
     async def wait_pool_ready(self, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
             while len(self.pool) < self.pool_size:

@@ -75,7 +75,7 @@ class SandboxSpec:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SandboxSpec":
+    def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
         return cls(
             id=data["id"], uid=int(data["uid"]), gid=int(data["gid"]),
             env=dict(data.get("env") or {}), limits=Limits.from_json(data.get("limits")),
@@ -131,6 +131,7 @@ class SandboxDir:
         )
 
     def save(self, spec: SandboxSpec) -> None:
+        # 0600: the environment in it may carry secrets (the control plane injects them).
         write_private(self.meta, json.dumps(spec.to_json(), indent=1).encode())
 
     def load(self) -> SandboxSpec:

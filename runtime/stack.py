@@ -100,7 +100,7 @@ class Stack:
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
             PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),
-                        registry_path=self.registry_path,
+                        registry_path=self.registry_path, preview_secret=self.secret.encode(),
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
