@@ -61,6 +61,6 @@ def api_routes(plane: ControlPlane) -> list[BaseRoute]:
 
 def build_app(plane: ControlPlane) -> Starlette:
     app = Starlette(routes=[Mount(API_PREFIX, routes=api_routes(plane))],
-                    exception_handlers=errors.HANDLERS)  # type: ignore[arg-type]
+                    exception_handlers=errors.HANDLERS)
     app.state.keys = plane.keys
     return app

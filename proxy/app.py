@@ -542,7 +542,7 @@ class ProxyApp:
             headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=True,
                                       cookie=None, keep_cookie_header=False)
             await self._forward(scope, receive, send, sandbox, rest, signed_file.query, headers,
-                                b"/toolbox/" + sandbox_id.encode())
+                                _toolbox_filter(b"/toolbox/" + sandbox_id.encode()))
             return
         if not api_key:
             token = header(scope, PREVIEW_HEADER)
@@ -561,7 +561,6 @@ class ProxyApp:
         # requests to the app): neither its cookies nor the query token.
         cookie_header = b"; ".join(v for k, v in scope["headers"] if k == b"cookie")
         other_cookies = split_cookies(cookie_header)[1] if cookie_header else None
-        query: bytes = scope.get("query_string", b"")
         if _QUERY_PARAM_BYTES in query:
             query = strip_query_param(query, QUERY_PARAM)[0]
         headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=api_key,

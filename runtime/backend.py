@@ -8,16 +8,13 @@ pool stays the runtime's. Disk is recorded by the control plane but not enforced
 from __future__ import annotations
 
 import asyncio
-import inspect
 from pathlib import Path
-from typing import Any
 
 from controlplane.backend import (
     BackendError,
     CreateRequest,
     Existence,
     Resources,
-    Unsupported,
 )
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
@@ -42,21 +39,13 @@ class LocalBackend:
         self.runtime = runtime
         self.initial_pool_size = runtime.pool_size  # the warm pools' floor
 
-    def _supports(self, method: str, parameter: str | None = None) -> bool:
-        fn = getattr(self.runtime, method, None)
-        if fn is None:
-            return False
-        return parameter is None or parameter in inspect.signature(fn).parameters
-
     async def create(self, request: CreateRequest) -> None:
-        kwargs: dict[str, Any] = {}
-        if request.mounts:
-            kwargs["mounts"] = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
-                                for m in request.mounts]
+        mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
+                  for m in request.mounts]
         limits = _limits(self.runtime, request.resources)
         try:
             await self.runtime.create(request.sandbox_id, env=request.env, limits=limits,
-                                      egress="host" if request.network else "none", **kwargs)
+                                      egress="host" if request.network else "none", mounts=mounts)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
@@ -79,20 +68,14 @@ class LocalBackend:
         await self.runtime.delete(sandbox_id)
 
     async def archive(self, sandbox_id: str) -> None:
-        # TODO(runtime archive): Runtime.archive(id) packs the files into tar.zst.
-        if not self._supports("archive"):
-            raise Unsupported("archive sandboxes")
         try:
-            await self.runtime.archive(sandbox_id)  # type: ignore[attr-defined]
+            await self.runtime.archive(sandbox_id)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
     async def resize(self, sandbox_id: str, resources: Resources) -> None:
-        # TODO(runtime resize): Runtime.resize(id, limits).
-        if not self._supports("resize"):
-            raise Unsupported("resize sandboxes")
         try:
-            await self.runtime.resize(sandbox_id, _limits(self.runtime, resources))  # type: ignore[attr-defined]
+            await self.runtime.resize(sandbox_id, _limits(self.runtime, resources))
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
