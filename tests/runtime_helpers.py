@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.helpers import REPO_ROOT, free_port
 from tests.system import requires
