@@ -433,8 +433,8 @@ def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> 
     assert result.returncode != 0
     # One line that says what failed and what to do; no lifespan traceback.
     assert result.stderr.strip().splitlines() == [
-        f"error: the proxy cannot listen on 127.0.0.1:{port} (Address already in use); stop what "
-        "uses it or pick another port with --port or RUNTIME_PROXY_PORT"], result.stderr
+        (f"error: the proxy cannot listen on 127.0.0.1:{port} (Address already in use); stop what "
+         "uses it or pick another port with --port or RUNTIME_PROXY_PORT")], result.stderr
     assert not _bwrap_pids(tmp_path / "state")
     assert _leftover_cgroups(tmp_path / "state") == []
 
@@ -546,7 +546,7 @@ def test_a_first_sandbox_that_cannot_start_is_one_line_and_no_orphan(tmp_path: P
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state), RUNTIME_PROXY_PORT=str(free_port()),
                RUNTIME_MEMORY_MIB="16")
     result = subprocess.run([str(REPO_ROOT / "scripts" / "start")], env=env, capture_output=True,
-                            text=True, timeout=60)
+                            text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "startup failed" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
