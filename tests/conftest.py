@@ -31,3 +31,16 @@ def app() -> Iterator[App]:
     running = start_app()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[object]:
+    """One PostgreSQL server for the session (tests/postgres_helpers.py); skipped with the
+    reason when PostgreSQL or psycopg is missing."""
+    from tests import postgres_helpers
+
+    reason = postgres_helpers.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_helpers.cluster() as running:
+        yield running
