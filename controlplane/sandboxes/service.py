@@ -132,19 +132,15 @@ class SandboxService:
         if not 1 <= limit <= 200:
             raise BadRequest("limit must be from 1 to 200", "INVALID_LIMIT")
         after = _decode_cursor(cursor) if cursor else None
-        rows = await anyio.to_thread.run_sync(self.records.of_organization, principal.organization_id)
-        # Newest first; filters on labels (every pair must match) and states.
-        selected: list[SandboxRecord] = []
-        for record in rows:
-            if after is not None and (record.created_at, record.id) >= after:
-                continue
-            if labels and any(record.labels.get(k) != v for k, v in labels.items()):
-                continue
-            if states_in and states.reported(record.state, record.desired_state, record.pending) not in states_in:
-                continue
-            selected.append(record)
-            if len(selected) > limit:
-                break
+        keep = None
+        if labels or states_in:
+            def keep(row: Any) -> bool:  # every label pair must match, and one of the states
+                if labels and any((row.labels or {}).get(k) != v for k, v in labels.items()):
+                    return False
+                return not states_in or states.reported(row.state, row.desired_state, row.pending) in states_in
+        # One more than asked: whether there is a next page.
+        selected = await anyio.to_thread.run_sync(
+            lambda: self.records.page(principal.organization_id, limit=limit + 1, after=after, keep=keep))
         more = len(selected) > limit
         page = selected[:limit]
         return ListPage(page, _encode_cursor(page[-1]) if more else None)
