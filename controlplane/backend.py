@@ -35,6 +35,8 @@ class CreateRequest:
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
     mounts: tuple[Mount, ...] = ()
+    # Outbound network beyond loopback (Daytona's networkBlockAll=false); off by default.
+    network: bool = False
 
 
 class Existence(str, Enum):

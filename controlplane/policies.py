@@ -86,8 +86,9 @@ class Policies:
         while True:
             await anyio.sleep(self.interval)
             try:
-                if await reconcile(self.plane, at_start=False):
-                    await self.plane.view.publish()
+                await reconcile(self.plane, at_start=False)
                 await self.check()
+                # Also picks up keys made by `python -m runtime api-key create`.
+                await self.plane.view.publish()
             except Exception:
                 log.exception("policy pass failed")

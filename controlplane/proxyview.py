@@ -31,13 +31,18 @@ class ProxyView:
         self.backend = backend
         self.visible = visible
         self._lock = anyio.Lock()
+        self._written: tuple[dict[str, dict[str, Any]], dict[str, str]] | None = None
 
     def _build(self) -> None:
         entries: dict[str, dict[str, Any]] = {}
         for sandbox_id, organization, token, public in self.records.routed():
             entries[sandbox_id] = {"url": self.backend.address(sandbox_id), "token": token,
                                    "public": public, "organization": organization}
-        self.registry.replace(entries, self.keys.hashes())
+        keys = self.keys.hashes()
+        if self._written == (entries, keys):
+            return  # unchanged: the proxy need not re-read anything
+        self.registry.replace(entries, keys)
+        self._written = (entries, keys)
 
     async def publish(self) -> None:
         async with self._lock:

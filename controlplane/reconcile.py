@@ -48,8 +48,9 @@ async def reconcile(plane: ControlPlane, *, at_start: bool = True) -> list[str]:
         if not at_start and (record.pending or record.state == State.UNKNOWN):
             continue
         if record.state == State.UNKNOWN:
-            if have is not None:
-                await plane.backend.destroy(record.id)
+            # Always: a create cut short may have left something the backend does not list
+            # yet (a directory without its metadata); destroy is idempotent.
+            await plane.backend.destroy(record.id)
             await anyio.to_thread.run_sync(plane.records.remove, record.id)
             changes.append(f"{record.id}: removed an unfinished create")
             continue

@@ -7,15 +7,27 @@ pool stays the runtime's. Disk is recorded by the control plane but not enforced
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
-from controlplane.backend import BackendError, CreateRequest, Existence, Resources, Unsupported
+from controlplane.backend import (
+    BackendError,
+    CreateRequest,
+    Existence,
+    Resources,
+    Unsupported,
+)
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
+from runtime.sandbox import SandboxDir
 
 
 def _limits(runtime: Runtime, resources: Resources) -> Limits:
+    if resources == Resources():
+        # Nothing asked for: the runtime's own defaults (`up --cpus/--memory`), which
+        # its warm pool was started with.
+        return runtime.default_limits
     try:
         return Limits(cpus=float(resources.cpu), memory_mib=resources.memory * 1024,
                       pids=runtime.default_limits.pids)
@@ -39,15 +51,16 @@ class LocalBackend:
             # TODO(runtime mounts): Runtime.create(..., mounts=[Mount(source, target, read_only)]).
             if not self._supports("create", "mounts"):
                 raise Unsupported("mount volumes")
-            from runtime.manager import Mount  # type: ignore[attr-defined]
-
             from pathlib import Path
+
+            from runtime.manager import Mount  # type: ignore[attr-defined]
 
             kwargs["mounts"] = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
                                 for m in request.mounts]
         limits = _limits(self.runtime, request.resources)
         try:
-            await self.runtime.create(request.sandbox_id, env=request.env, limits=limits, **kwargs)
+            await self.runtime.create(request.sandbox_id, env=request.env, limits=limits,
+                                      egress="host" if request.network else "none", **kwargs)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
@@ -63,6 +76,10 @@ class LocalBackend:
         await self.runtime.stop(sandbox_id)
 
     async def destroy(self, sandbox_id: str) -> None:
+        if sandbox_id not in self.runtime.specs:
+            # Idempotent, and it also sweeps what a create that failed half-way left on disk.
+            await asyncio.to_thread(SandboxDir(self.runtime.sandboxes_dir / sandbox_id).remove)
+            return
         await self.runtime.delete(sandbox_id)
 
     async def archive(self, sandbox_id: str) -> None:

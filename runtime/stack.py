@@ -16,7 +16,7 @@ import os
 import re
 import secrets
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -52,6 +52,15 @@ def _secret_file(path: Path, nbytes: int = 24, value: str | None = None) -> str:
     return value
 
 
+def _die_with_parent() -> None:
+    """In the proxy's child process: SIGTERM when the main job dies, even by SIGKILL, so a
+    crashed main job never leaves a proxy holding its port."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, 15)
+
+
 @dataclass
 class StackConfig:
     state_dir: Path
@@ -60,7 +69,7 @@ class StackConfig:
     domain: str = "localhost"
     pool_size: int = 1
     idle_timeout: float = 15 * 60
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
 
 
@@ -162,7 +171,7 @@ class Stack:
             "--port", str(self.config.port), "--domain", self.config.domain,
             "--registry", f"file:{self.registry_path}", "--public-url", self.proxy_url,
             "--api-upstream", f"unix:{self.control_socket}",
-            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         assert self.proxy.stdout is not None
         try:

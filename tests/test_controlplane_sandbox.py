@@ -11,7 +11,7 @@ import stat
 import httpx
 import pytest
 
-from tests.controlplane_helpers import daytona, stack_fixture
+from tests.controlplane_helpers import api_url, daytona, stack_fixture
 from tests.runtime_helpers import Stack, needs_bwrap
 
 pytestmark = needs_bwrap
@@ -81,3 +81,160 @@ def test_the_proxy_learns_started_sandboxes_and_key_hashes_from_the_control_plan
         sandbox.delete()
     registry = json.loads((stack.state_dir / "registry.json").read_text())
     assert sandbox.id not in registry["sandboxes"]
+
+
+def new_key(stack: Stack, organization: str) -> str:
+    """`python -m runtime api-key create --organization NAME`, as a user would run it."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    result = subprocess.run([sys.executable, "-m", "runtime", "api-key", "create", "--organization", organization],
+                            env=stack.env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=True)
+    line = result.stdout.strip()
+    assert line.startswith("DAYTONA_API_KEY=dtn_"), result.stdout
+    return line.split("=", 1)[1]
+
+
+def toolbox_get(stack: Stack, sandbox_id: str, key: str) -> httpx.Response:
+    return httpx.get(f"{stack.url}/toolbox/{sandbox_id}/version", timeout=10,
+                     headers={"Authorization": f"Bearer {key}", "Host": f"localhost:{stack.port}"})
+
+
+def wait_for_toolbox(stack: Stack, sandbox_id: str, key: str, timeout: float = 15) -> httpx.Response:
+    """The proxy learns a key made by the CLI at the control plane's next policy pass."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    response = toolbox_get(stack, sandbox_id, key)
+    while response.status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        response = toolbox_get(stack, sandbox_id, key)
+    return response
+
+
+def test_another_organizations_sandbox_is_a_404_everywhere(stack: Stack) -> None:
+    from daytona import DaytonaNotFoundError
+
+    mine = daytona(stack).create()
+    other_key = new_key(stack, "other-team")
+    theirs_client = daytona(stack, other_key)
+    theirs = theirs_client.create()
+    try:
+        assert theirs.organization_id != mine.organization_id
+        # Their own sandbox works for them, through the proxy's toolbox path too.
+        assert theirs.process.exec("echo ours").result.strip() == "ours"
+        assert wait_for_toolbox(stack, theirs.id, other_key).status_code == 200
+        # Mine does not exist for them: the SDK, the REST API and the proxy all say 404.
+        with pytest.raises(DaytonaNotFoundError, match="not found"):
+            theirs_client.get(mine.id)
+        with pytest.raises(DaytonaNotFoundError):
+            theirs_client.get(mine.name)
+        assert mine.id not in [s.id for s in theirs_client.list()]
+        assert theirs.id not in [s.id for s in daytona(stack).list()]
+        headers = {"Authorization": f"Bearer {other_key}", "Host": f"localhost:{stack.port}"}
+        for method, path in (("DELETE", ""), ("POST", "/stop"), ("POST", "/start"), ("POST", "/autostop/1"),
+                             ("GET", "/ports/3000/preview-url"), ("PUT", "/labels")):
+            response = httpx.request(method, f"{stack.url}/api/sandbox/{mine.id}{path}", headers=headers,
+                                     json={"labels": {"x": "y"}} if method == "PUT" else None, timeout=30)
+            assert response.status_code == 404, (method, path, response.text)
+        foreign = toolbox_get(stack, mine.id, other_key)
+        unknown = toolbox_get(stack, "0123456789ab", other_key)
+        assert foreign.status_code == unknown.status_code == 404
+        assert foreign.headers["x-proxy-error"] == unknown.headers["x-proxy-error"] == "sandbox-not-found"
+        assert foreign.json()["message"].replace(mine.id, "ID") == unknown.json()["message"].replace("0123456789ab", "ID")
+        # ... and the sandbox was not touched.
+        assert mine.process.exec("echo still mine").result.strip() == "still mine"
+        assert daytona(stack).get(mine.id).labels == mine.labels
+    finally:
+        mine.delete()
+        theirs.delete()
+
+
+def test_bad_input_raises_the_sdks_precise_exceptions_and_creates_nothing(stack: Stack) -> None:
+    from daytona import (
+        CreateSandboxFromImageParams,
+        CreateSandboxFromSnapshotParams,
+        DaytonaConflictError,
+        DaytonaError,
+        DaytonaNotFoundError,
+        DaytonaValidationError,
+    )
+
+    d = daytona(stack)
+    before = {s.id for s in d.list()}
+    with pytest.raises(DaytonaValidationError, match="Snapshot no-such-snapshot not found"):
+        d.create(CreateSandboxFromSnapshotParams(snapshot="no-such-snapshot"))
+    with pytest.raises(DaytonaError, match="not available yet"):
+        d.create(CreateSandboxFromImageParams(image="debian:12"))
+    named = d.create(CreateSandboxFromSnapshotParams(name="only-one"))
+    try:
+        with pytest.raises(DaytonaConflictError, match="already exists"):
+            d.create(CreateSandboxFromSnapshotParams(name="only-one"))
+        named.stop()
+        with pytest.raises(DaytonaValidationError, match="Cannot stop"):
+            named.stop()
+        # The SDK refuses a negative auto-stop itself; the server does too.
+        raw = httpx.post(f"{stack.url}/api/sandbox/{named.id}/autostop/-1", timeout=10,
+                         headers={"Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"})
+        assert raw.status_code == 400 and "must be 0 or more" in raw.json()["message"]
+    finally:
+        named.delete()
+    with pytest.raises(DaytonaNotFoundError):
+        d.get("no-such-sandbox")
+    headers = {"Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"}
+    for body in ({"cpu": -1}, {"memory": 0}, {"disk": 10_000}, {"cpu": 1.5}, {"labels": {"a": 1}},
+                 {"env": "A=1"}, {"public": "yes"}, {"name": ""}):
+        response = httpx.post(f"{stack.url}/api/sandbox", json=body, headers=headers, timeout=10)
+        assert response.status_code == 400, (body, response.text)
+        assert response.json()["source"] == "DAYTONA_API"
+    assert {s.id for s in d.list()} == before
+    assert sorted(p.name for p in (stack.state_dir / "sandboxes").iterdir()) == sorted(before)
+
+
+def test_labels_intervals_public_preview_and_pagination(stack: Stack) -> None:
+    from daytona import CreateSandboxFromSnapshotParams, ListSandboxesQuery
+
+    d = daytona(stack)
+    a = d.create(CreateSandboxFromSnapshotParams(labels={"team": "red"}, auto_stop_interval=30))
+    b = d.create(CreateSandboxFromSnapshotParams(labels={"team": "blue"}, public=True))
+    try:
+        assert a.auto_stop_interval == 30 and a.labels == {"team": "red", "code-toolbox-language": "python"}
+        assert b.public is True
+        assert [s.id for s in d.list(ListSandboxesQuery(labels={"team": "red"}))] == [a.id]
+        a.set_labels({"team": "green", "code-toolbox-language": "python"})
+        assert d.get(a.id).labels["team"] == "green"
+        a.set_autostop_interval(0)
+        a.set_auto_archive_interval(60)
+        a.set_auto_delete_interval(-1)
+        fresh = d.get(a.id)
+        assert (fresh.auto_stop_interval, fresh.auto_archive_interval, fresh.auto_delete_interval) == (0, 60, -1)
+        a.set_public(True)
+        assert d.get(a.id).public is True
+        link = a.get_preview_link(3000)
+        assert link.url == f"http://3000-{a.id}.localhost:{stack.port}" and link.token
+        a.refresh_activity()
+        # Pages of one: the SDK follows nextCursor and sees both, newest first.
+        assert [s.id for s in d.list(ListSandboxesQuery(limit=1))][:2] == [b.id, a.id]
+    finally:
+        a.delete()
+        b.delete()
+
+
+def test_async_sdk_front_door(stack: Stack) -> None:
+    import asyncio
+
+    from daytona import AsyncDaytona, DaytonaConfig
+
+    async def main() -> None:
+        async with AsyncDaytona(DaytonaConfig(api_url=api_url(stack), api_key=stack.api_key)) as d:
+            sandbox = await d.create()
+            assert sandbox.state == "started"
+            assert (await sandbox.process.code_run("print(6 * 7)")).result.strip() == "42"
+            await sandbox.stop()
+            await sandbox.start()
+            assert (await d.get(sandbox.id)).state == "started"
+            await sandbox.delete()
+
+    asyncio.run(main())

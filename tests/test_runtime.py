@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack, ws_connect
+from tests.runtime_helpers import Stack, cgroup_dirs, needs_bwrap, start_stack, ws_connect
 
 pytestmark = needs_bwrap
 
@@ -56,12 +56,18 @@ def sdk_client(stack: Stack, sandbox_id: str):  # type: ignore[no-untyped-def]
 
 
 def token_of(stack: Stack, sandbox_id: str) -> str:
-    return stack.cli("get", sandbox_id)["token"]
+    return stack.preview_token(sandbox_id)
 
 
 def test_main_job_prints_the_toolbox_and_preview_urls(stack: Stack) -> None:
     sandbox_id = stack.first_id
-    assert stack.banner["Toolbox URL"] == f"http://localhost:{stack.port}/toolbox/{sandbox_id}"
+    assert stack.banner["Toolbox URL"] == f"http://localhost:{stack.port}/toolbox/{sandbox_id}/version"
+    # The banner's URL answers, with the key the banner's curl line uses.
+    curl = next(line for line in stack.banner_lines if line.startswith("Try:"))
+    assert f"curl -H 'Authorization: Bearer {stack.api_key}' {stack.banner['Toolbox URL']}" in curl
+    answer = httpx.get(stack.banner["Toolbox URL"].replace("localhost", "127.0.0.1"),
+                       headers={"Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"})
+    assert answer.status_code == 200 and "version" in answer.json()
     assert stack.banner["Preview URL"] == f"http://3000-{sandbox_id}.localhost:{stack.port}/"
     assert httpx.get(f"{stack.url}/health", headers={"Host": f"localhost:{stack.port}"}).status_code == 200
     listed = stack.cli("list")
@@ -143,34 +149,37 @@ def test_sandbox_has_no_network_beyond_its_own_loopback(stack: Stack) -> None:
 
 
 def test_host_egress_is_opt_in(stack: Stack) -> None:
-    stack.cli("create", "--id", "online", "--egress", "host")
+    online = stack.cli("create", "--name", "online", "--egress", "host")["id"]
     try:
+        assert stack.cli("get", online)["networkBlockAll"] is False
         probe = (f"import socket; s = socket.create_connection(('127.0.0.1', {stack.port}), timeout=2); "
                  "print('reached')")
-        assert stack.execute("online", f'python -c "{probe}"') == (0, "reached\n")
+        assert stack.execute(online, f'python -c "{probe}"') == (0, "reached\n")
     finally:
-        stack.cli("delete", "online")
+        stack.cli("delete", online)
 
 
 def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> None:
-    other = stack.cli("create", "--id", "neighbour", "-e", "GREETING=hi there")
+    other = stack.cli("create", "--name", "neighbour", "-e", "GREETING=hi there")
+    neighbour = other["id"]
     try:
-        assert other["state"] == "started"
-        code, out = stack.execute("neighbour", "echo \"$GREETING\"; echo $DAYTONA_SANDBOX_ID")
-        assert out.split("\n")[:2] == ["hi there", "neighbour"]
+        assert other["state"] == "started" and other["name"] == "neighbour"
+        code, out = stack.execute(neighbour, "echo \"$GREETING\"; echo $DAYTONA_SANDBOX_ID")
+        assert out.split("\n")[:2] == ["hi there", neighbour]
         stack.execute(stack.first_id, "echo secret > mine.txt")
         first_home = stack.state_dir / "sandboxes" / stack.first_id / "home"
         assert (first_home / "mine.txt").read_text() == "secret\n"
-        code, out = stack.execute("neighbour", f"cat {first_home}/mine.txt; ls {stack.state_dir}; "
-                                               f"ls /home; ps -e -o comm= | sort -u")
+        code, out = stack.execute(neighbour, f"cat {first_home}/mine.txt; ls {stack.state_dir}; "
+                                             f"ls /home; ps -e -o comm= | sort -u")
         assert "secret" not in out
         listing = out.split()
-        assert "sandboxes" not in listing and "registry.json" not in listing and "api-key" not in listing
+        for private in ("sandboxes", "registry.json", "api-key", "controlplane.db", "control", "internal-key"):
+            assert private not in listing, out
         # Only its own processes: no other daemon, no proxy.
-        code, out = stack.execute("neighbour", "ps -e -o args=")
+        code, out = stack.execute(neighbour, "ps -e -o args=")
         assert "proxy" not in out and stack.first_id not in out, out
         # Writing anywhere outside home and /tmp fails: the host is read-only.
-        code, out = stack.execute("neighbour", f"touch /usr/x {REPO_ROOT_STR}/x 2>&1; echo done")
+        code, out = stack.execute(neighbour, f"touch /usr/x {REPO_ROOT_STR}/x 2>&1; echo done")
         assert "/usr/x': Read-only file system" in out, out
         # The checkout is a read-only bind, or (when it lives in a private directory) a
         # root-owned tmpfs holding read-only binds of its packages: not writable either way.
@@ -178,56 +187,78 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
         assert "Read-only file system" in repo_line or "Permission denied" in repo_line, out
         assert not Path(REPO_ROOT_STR, "x").exists()
     finally:
-        stack.cli("delete", "neighbour")
-    assert not (stack.state_dir / "sandboxes" / "neighbour").exists()
+        stack.cli("delete", neighbour)
+    assert not (stack.state_dir / "sandboxes" / neighbour).exists()
 
 
 REPO_ROOT_STR = str(Path(__file__).resolve().parent.parent)
 
 
 def test_lifecycle_stop_start_delete_update_the_proxy(stack: Stack) -> None:
-    created = stack.cli("create", "--id", "cycle")
+    created = stack.cli("create", "--name", "cycle")
+    cycle = created["id"]
     assert created["state"] == "started"
-    stack.execute("cycle", "echo kept > state.txt")
-    stopped = stack.cli("stop", "cycle")
+    stack.execute(cycle, "echo kept > state.txt")
+    stopped = stack.cli("stop", "cycle")  # by name
     assert stopped["state"] == "stopped"
     registry = json.loads((stack.state_dir / "registry.json").read_text())
-    assert "cycle" not in registry["sandboxes"]
+    assert cycle not in registry["sandboxes"]
     time.sleep(0.4)  # the proxy re-reads the registry file at most every 0.25 s
-    with stack.toolbox("cycle") as client:
+    with stack.toolbox(cycle) as client:
         assert client.get("/version").status_code == 404
-    started = stack.cli("start", "cycle")
+    started = stack.cli("start", cycle)
     assert started["state"] == "started"
     # start (like create) returns once the proxy routes the sandbox: no waiting here.
-    assert stack.execute("cycle", "cat state.txt") == (0, "kept\n")
-    stack.cli("delete", "cycle")
-    assert "cycle" not in [s["id"] for s in stack.cli("list")]
+    assert stack.execute(cycle, "cat state.txt") == (0, "kept\n")
+    deleted = stack.cli("delete", cycle)
+    assert deleted["id"] == cycle and deleted["state"] == "destroyed"
+    assert cycle not in [s["id"] for s in stack.cli("list")]
     failed = stack.cli("get", "cycle", check=False)
     assert failed.returncode == 1 and "not found" in failed.stderr
-    bad = stack.cli("create", "--id", "Bad_Id", check=False)
-    assert bad.returncode == 1 and "invalid sandbox id" in bad.stderr
+    bad = stack.cli("create", "--name", "Bad/Name", check=False)
+    assert bad.returncode == 1 and "invalid sandbox name" in bad.stderr
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="cgroup limits need root (CI runs as root)")
 
 
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A main job whose sandboxes get small default limits (`up --cpus 0.2 --pids 64 --memory
+    128`): Daytona's API speaks whole CPUs and GiB, the runtime's defaults go finer."""
+    running = start_stack(tmp_path_factory.mktemp("limited"), "--no-sandbox", "--cpus", "0.2", "--pids", "64",
+                          "--memory", "128", pool_size=0)
+    yield running
+    running.stop()
+
+
+def _pids_in(groups: list[Path]) -> int:
+    for group in groups:
+        for name in ("pids.current",):
+            if (group / name).exists():
+                return int((group / name).read_text())
+    return max(len((g / "cgroup.procs").read_text().split()) for g in groups)
+
+
 @needs_root
-def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack) -> None:
-    stack.cli("create", "--id", "forky", "--pids", "64", "--cpus", "0.5")
+def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack, limited: Stack) -> None:
+    # Whole CPUs (Daytona's unit) so the bomb grows fast; the pid cap is the stack's 64.
+    forky = limited.cli("create", "--name", "forky", "--cpu", "2")["id"]
+    cgroups = cgroup_dirs(limited, forky)
+    assert cgroups
     try:
-        with stack.toolbox("forky") as client:
+        with limited.toolbox(forky) as client:
             # A fork bomb in a session, so this call returns at once; it keeps respawning
-            # until the sandbox is stopped, bounded by the pid limit (64) and 0.5 CPU.
+            # until the sandbox is stopped, bounded by the pid limit (64) and 2 CPUs.
             assert client.post("/process/session", json={"sessionId": "bomb"}).status_code in (200, 201)
             assert client.post("/process/session/bomb/exec", json={
                 "command": "b() { b | b & }; b", "runAsync": True}).status_code in (200, 202)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 20
             peak = 0
             while time.monotonic() < deadline and peak < 48:
-                described = stack.cli("get", "forky")
-                usage, cgroups = described["usage"], described["cgroups"]
-                peak = max(peak, usage["pids"])
-                assert usage["pids"] <= 64, usage  # never beyond the limit
+                pids = _pids_in(cgroups)
+                peak = max(peak, pids)
+                assert pids <= 64, pids  # never beyond the limit
                 time.sleep(0.2)
             assert peak >= 48, f"the bomb never reached its limit: peak {peak}"
             # The bombed sandbox's own daemon still answers simple calls.
@@ -238,38 +269,42 @@ def test_fork_bomb_is_contained_by_its_pid_limit(stack: Stack) -> None:
             assert stack.execute(stack.first_id, "echo alive") == (0, "alive\n")
             assert time.monotonic() - started < 3
     finally:
-        stack.cli("delete", "forky")
+        limited.cli("delete", forky)
     # Deleting it killed every process of the bomb: its cgroups could be removed.
-    assert cgroups and not any(Path(d).exists() for d in cgroups)
+    deadline = time.monotonic() + 5
+    while any(d.exists() for d in cgroups) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(d.exists() for d in cgroups), [(d, (d / "cgroup.procs").read_text()) for d in cgroups
+                                                   if d.exists()]
 
 
 @needs_root
-def test_cpu_cap_holds(stack: Stack) -> None:
-    stack.cli("create", "--id", "spinner", "--cpus", "0.2")
+def test_cpu_cap_holds(limited: Stack) -> None:
+    spinner = limited.cli("create", "--name", "spinner")["id"]
     try:
         # Two busy loops for 1.5 s each would use ~3 CPU-seconds uncapped (or whatever the
         # shared machine gives); at 0.2 CPU they get ~0.3 s.
-        code, out = stack.execute("spinner", "bash -c 'for i in 1 2; do timeout 1.5 sh -c \"while :; do :; done\" & done; "
-                                             "wait; times'", timeout=20)
+        code, out = limited.execute(spinner, "bash -c 'for i in 1 2; do timeout 1.5 sh -c \"while :; do :; done\" & "
+                                             "done; wait; times'", timeout=20)
         children = out.strip().splitlines()[-1].split()  # "0m0.301s 0m0.002s" user, sys of children
         seconds = sum(float(part.split("m")[0]) * 60 + float(part.split("m")[1].rstrip("s")) for part in children)
         assert seconds < 0.7, out
     finally:
-        stack.cli("delete", "spinner")
+        limited.cli("delete", spinner)
 
 
 @needs_root
-def test_memory_hog_is_killed_inside_its_sandbox_only(stack: Stack) -> None:
-    stack.cli("create", "--id", "hog", "--memory", "128")
+def test_memory_hog_is_killed_inside_its_sandbox_only(stack: Stack, limited: Stack) -> None:
+    hog = limited.cli("create", "--name", "hog")["id"]
     try:
-        code, out = stack.execute("hog", "python -c \"b = bytearray(512 * 1024 * 1024); print('survived')\"; "
+        code, out = limited.execute(hog, "python -c \"b = bytearray(512 * 1024 * 1024); print('survived')\"; "
                                          "echo exit=$?", timeout=30)
         assert "\nsurvived" not in out and not out.startswith("survived") and "exit=137" in out, out
         # Its daemon was protected from the OOM killer and keeps serving.
-        assert stack.execute("hog", "echo still here") == (0, "still here\n")
+        assert limited.execute(hog, "echo still here") == (0, "still here\n")
         assert stack.execute(stack.first_id, "echo alive") == (0, "alive\n")
     finally:
-        stack.cli("delete", "hog")
+        limited.cli("delete", hog)
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -292,16 +327,18 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
 
 
 def test_idle_sandbox_is_stopped_automatically(tmp_path: Path) -> None:
-    idle = start_stack(tmp_path / "state", pool_size=0, idle_timeout=2)
+    # The default auto-stop is 1 minute (--idle-timeout 60 s), and a policy minute lasts 5 s here.
+    idle = start_stack(tmp_path / "state", pool_size=0, idle_timeout=60,
+                       extra_env={"CONTROLPLANE_MINUTE_SECONDS": "5"})
     try:
         sandbox_id = idle.first_id
         # Traffic through the proxy keeps it alive past the idle interval...
-        for _ in range(6):
+        for _ in range(14):
             assert idle.execute(sandbox_id, "true")[0] == 0
             time.sleep(0.5)
         assert idle.cli("get", sandbox_id)["state"] == "started"
         # ...and silence stops it.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 20
         while idle.cli("get", sandbox_id)["state"] != "stopped" and time.monotonic() < deadline:
             time.sleep(0.25)
         assert idle.cli("get", sandbox_id)["state"] == "stopped"
@@ -332,25 +369,26 @@ def _bwrap_pids(state_dir: Path) -> set[int]:
 
 
 def test_a_sandbox_that_dies_is_marked_stopped_and_unregistered(stack: Stack) -> None:
-    stack.cli("create", "--id", "fragile")
+    fragile = stack.cli("create", "--name", "fragile")["id"]
     try:
-        procs = Path(stack.cli("get", "fragile")["cgroups"][0]) / "cgroup.procs" if os.geteuid() == 0 else None
-        if procs is None:
+        groups = cgroup_dirs(stack, fragile) if os.geteuid() == 0 else []
+        if not groups:
             pytest.skip("needs the cgroup backend to find the sandbox's processes")
-        for pid in procs.read_text().split():
+        for pid in (groups[0] / "cgroup.procs").read_text().split():
             try:
                 if b"runtime.entry" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(int(pid), 9)
             except (OSError, ProcessLookupError):
                 pass
-        deadline = time.monotonic() + 10
-        while stack.cli("get", "fragile")["state"] != "stopped" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert stack.cli("get", "fragile")["state"] == "stopped"
-        assert "fragile" not in json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"]
-        assert stack.cli("start", "fragile")["state"] == "started"
+        # The control plane's periodic reconcile notices (every 5 s).
+        deadline = time.monotonic() + 15
+        while stack.cli("get", fragile)["state"] != "stopped" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stack.cli("get", fragile)["state"] == "stopped"
+        assert fragile not in json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"]
+        assert stack.cli("start", fragile)["state"] == "started"
     finally:
-        stack.cli("delete", "fragile")
+        stack.cli("delete", fragile)
 
 
 def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> None:

@@ -96,20 +96,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @needs_bwrap
 def test_terminal_always_needs_credentials_even_on_a_public_sandbox(stack: Stack) -> None:
-    stack.cli("create", "--id", "open", "--public")
+    sandbox_id = stack.cli("create", "--name", "open", "--public")["id"]
     try:
-        token = stack.cli("get", "open")["token"]
-        assert stack.preview("open", 22222).status_code in (401, 403)
-        assert stack.preview("open", 22222, token=token).status_code == 200
+        token = stack.preview_token(sandbox_id)
+        assert stack.preview(sandbox_id, 22222).status_code in (401, 403)
+        assert stack.preview(sandbox_id, 22222, token=token).status_code == 200
     finally:
-        stack.cli("delete", "open")
+        stack.cli("delete", sandbox_id)
 
 
 @needs_bwrap
 @pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
 def test_echo_hi_in_headless_chromium_through_the_proxy(stack: Stack) -> None:
     sandbox_id = stack.first_id
-    token = stack.cli("get", sandbox_id)["token"]
+    token = stack.preview_token(sandbox_id)
     url = f"http://22222-{sandbox_id}.localhost:{stack.port}/?DAYTONA_SANDBOX_AUTH_KEY={token}"
     browser = Browser()
     try:

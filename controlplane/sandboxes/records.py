@@ -103,40 +103,22 @@ class SandboxRecords:
         by_id = [r for r in rows if r.id == id_or_name]
         return _record(by_id[0] if by_id else rows[0])
 
-    def of_organization(self, organization_id: str) -> list[SandboxRecord]:
+    def page(self, organization_id: str, *, limit: int, before: tuple[float, str] | None = None,
+             labels: dict[str, str] | None = None, states: list[str] | None = None) -> list[SandboxRecord]:
+        """Newest first, at most `limit` rows older than the cursor `before` (created_at, id);
+        every label pair must match; `states` are stored states."""
+        query = select(table).where(table.c.organization_id == organization_id)
+        if before is not None:
+            created_at, sandbox_id = before
+            query = query.where(or_(table.c.created_at < created_at,
+                                    and_(table.c.created_at == created_at, table.c.id < sandbox_id)))
+        for key, value in (labels or {}).items():
+            query = query.where(table.c.labels[key].as_string() == value)
+        if states:
+            query = query.where(table.c.state.in_(states))
+        query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(table).where(table.c.organization_id == organization_id)
-                                .order_by(table.c.created_at.desc(), table.c.id.desc())).all()
-        return [_record(r) for r in rows]
-
-    def page(self, organization_id: str, *, limit: int, after: tuple[float, str] | None = None,
-             keep: Callable[[Any], bool] | None = None) -> list[SandboxRecord]:
-        """Up to `limit` rows, newest first, strictly after the cursor `after` (created_at,
-        id). Without `keep` the database pages; with it (label and state filters, which
-        need JSON and derived states) only the few columns `keep` reads are scanned, and
-        full rows are loaded for the page alone: decoding every row's JSON was most of
-        a list's time over 1,000 sandboxes."""
-        conditions = [table.c.organization_id == organization_id]
-        if after is not None:
-            created_at, sandbox_id = after
-            conditions.append(or_(table.c.created_at < created_at,
-                                  and_(table.c.created_at == created_at, table.c.id < sandbox_id)))
-        order = (table.c.created_at.desc(), table.c.id.desc())
-        with self.engine.connect() as conn:
-            if keep is None:
-                rows = conn.execute(select(table).where(*conditions).order_by(*order).limit(limit)).all()
-                return [_record(r) for r in rows]
-            ids: list[str] = []
-            light = select(table.c.id, table.c.labels, table.c.state, table.c.desired_state, table.c.pending)
-            for row in conn.execute(light.where(*conditions).order_by(*order)):
-                if keep(row):
-                    ids.append(row.id)
-                    if len(ids) >= limit:
-                        break
-            if not ids:
-                return []
-            rows = conn.execute(select(table).where(table.c.id.in_(ids)).order_by(*order)).all()
-        return [_record(r) for r in rows]
+            return [_record(r) for r in conn.execute(query)]
 
     def begin(self, organization_id: str, sandbox_id: str, desired: str, allowed: list[str]) -> bool:
         """Atomically mark a change in progress; False if another request got there first

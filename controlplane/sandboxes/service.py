@@ -45,7 +45,11 @@ DEFAULT_AUTO_DELETE = -1
 MAX_AUTO_ARCHIVE = 30 * 24 * 60
 LIMITS = {"cpu": (1, 256), "memory": (1, 1024), "disk": (1, 1024)}
 DEFAULTS = Resources()
+# States a record stores and reports as they are when settled.
+STORED_STATES = frozenset({"started", "stopped", "archived", "error"})
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# States a record stores and reports as they are when settled.
+STORED_STATES = frozenset({"started", "stopped", "archived", "error"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -132,17 +136,18 @@ class SandboxService:
         if not 1 <= limit <= 200:
             raise BadRequest("limit must be from 1 to 200", "INVALID_LIMIT")
         after = _decode_cursor(cursor) if cursor else None
-        keep = None
-        if labels or states_in:
-            def keep(row: Any) -> bool:  # every label pair must match, and one of the states
-                if labels and any((row.labels or {}).get(k) != v for k, v in labels.items()):
-                    return False
-                return not states_in or states.reported(row.state, row.desired_state, row.pending) in states_in
-        # One more than asked: whether there is a next page.
-        selected = await anyio.to_thread.run_sync(
-            lambda: self.records.page(principal.organization_id, limit=limit + 1, after=after, keep=keep))
-        more = len(selected) > limit
-        page = selected[:limit]
+        # Filters run in the database (indexed on organization and created_at); one row
+        # more than asked says whether there is a next page. `states` match what clients
+        # see, so transitional ones are matched after the query.
+        stored = None
+        if states_in and all(s in STORED_STATES for s in states_in):
+            stored = list(states_in)
+        rows = await anyio.to_thread.run_sync(lambda: self.records.page(
+            principal.organization_id, limit=limit + 1, before=after, labels=labels, states=stored))
+        if states_in and stored is None:
+            rows = [r for r in rows if states.reported(r.state, r.desired_state, r.pending) in states_in]
+        more = len(rows) > limit
+        page = rows[:limit]
         return ListPage(page, _encode_cursor(page[-1]) if more else None)
 
     # -- create -------------------------------------------------------------------------
@@ -160,9 +165,9 @@ class SandboxService:
             raise NotImplementedYet("Volumes are not available on this server yet", "VOLUMES_UNAVAILABLE")
         if body.kvm:
             raise BadRequest("KVM sandboxes are not available on this server", "KVM_UNAVAILABLE")
-        if body.networkBlockAll is False:
-            raise BadRequest("sandboxes on this server have no outbound network (loopback only): "
-                             "networkBlockAll cannot be false", "NETWORK_UNAVAILABLE")
+        if body.networkAllowList or body.domainAllowList:
+            raise BadRequest("network allow lists are not available on this server: sandboxes have loopback only, "
+                             "or the host's network with networkBlockAll=false", "NETWORK_UNAVAILABLE")
         resources = _resources(body.cpu, body.memory, body.disk)
         _check_labels(body.labels)
         _check_env(body.env)
@@ -182,13 +187,14 @@ class SandboxService:
             public=bool(body.public), target=body.target or DEFAULT_TARGET, cpu=resources.cpu, gpu=0,
             memory=resources.memory, disk=resources.disk, auto_stop_interval=auto_stop,
             auto_archive_interval=min(auto_archive or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE),
-            auto_delete_interval=auto_delete, network_block_all=True,
+            auto_delete_interval=auto_delete, network_block_all=body.networkBlockAll is not False,
             network_allow_list=body.networkAllowList, domain_allow_list=body.domainAllowList,
             preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
             snapshot=DEFAULT_SNAPSHOT, volumes=[], last_activity_at=now, extra={},
         )
         await anyio.to_thread.run_sync(self.records.insert, record)
-        request = CreateRequest(sandbox_id, env=dict(body.env), resources=resources)
+        request = CreateRequest(sandbox_id, env=dict(body.env), resources=resources,
+                                network=body.networkBlockAll is False)
         return await _shielded(lambda: self._bring_up(record, request))
 
     async def _bring_up(self, record: SandboxRecord, request: CreateRequest) -> SandboxRecord:
