@@ -83,9 +83,9 @@ def bench_code_run(stack: Stack, runs: int, pause: float) -> None:
     report("  first code_run", first)
 
 
-def bench_concurrent(stack: Stack, count: int, pool: int) -> None:
+def bench_concurrent(stack: Stack, count: int, pool: int, fill: float) -> None:
     clients = [daytona(stack) for _ in range(count)]
-    settle(3.0)
+    settle(fill)  # the pool refills one sandbox at a time after the earlier runs
 
     def one(client: Any) -> tuple[float, Any]:
         started = time.perf_counter()
@@ -160,6 +160,8 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=20)
     parser.add_argument("--records", type=int, default=1000)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs, for the pool to refill")
+    parser.add_argument("--fill", type=float, default=None,
+                        help="seconds to let the pool fill before the concurrent run (default: 1.5 s a sandbox)")
     parser.add_argument("--only", default="create,code_run,concurrent,list")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -173,7 +175,8 @@ def main() -> None:
             if "code_run" in only:
                 bench_code_run(stack, args.runs, args.pause)
             if "concurrent" in only:
-                bench_concurrent(stack, args.concurrent, args.pool)
+                bench_concurrent(stack, args.concurrent, args.pool,
+                                 args.fill if args.fill is not None else max(3.0, 1.5 * args.pool))
             if "list" in only:
                 bench_list(stack, args.records, args.runs)
         finally:
