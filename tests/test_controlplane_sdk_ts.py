@@ -41,6 +41,7 @@ def test_the_typescript_sdk_front_door(stack: Stack) -> None:
     assert seen["download"] == "hello from typescript\n"
     assert seen["preview"] == {"url": f"http://3000-{seen['id']}.localhost:{stack.port}", "hasToken": True}
     assert seen["found"] == seen["id"] and seen["listed"] == [seen["id"]]
+    assert seen["eventsConnected"] is True  # its Socket.IO client authenticated at /api/socket.io
     assert seen["stoppedState"] == "stopped" and seen["startedState"] == "started"
     assert seen["afterRestart"] == "hello from typescript\n"
     assert seen["afterDelete"] == "DaytonaNotFoundError"

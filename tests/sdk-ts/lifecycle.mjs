@@ -27,7 +27,13 @@ try {
   out.listed = []
   for await (const item of daytona.list({ labels: { suite: 'sdk-ts' } })) out.listed.push(item.id)
 
+  // The SDK's Socket.IO client (private field: the SDK offers no public accessor) should be
+  // connected, so the stop wait below ends on the state event rather than on polling.
+  for (let i = 0; i < 50 && !daytona.eventDispatcher?.isConnected; i++) await new Promise((r) => setTimeout(r, 100))
+  out.eventsConnected = Boolean(daytona.eventDispatcher?.isConnected)
+  const stopStarted = Date.now()
   await sandbox.stop()
+  out.stopMs = Date.now() - stopStarted
   out.stoppedState = sandbox.state
   await sandbox.start()
   out.startedState = sandbox.state
