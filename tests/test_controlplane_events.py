@@ -74,7 +74,8 @@ def test_lifecycle_events_carry_full_sandboxes_and_old_and_new_states(stack: Sta
     events = listener.of(sandbox.id)
     created = [data for name, data in events if name == "sandbox.created"]
     assert len(created) == 1 and created[0]["state"] == "creating"
-    assert SandboxDto.from_dict(created[0]).id == sandbox.id  # a full Sandbox, as the SDK parses it
+    parsed = SandboxDto.from_dict(created[0])  # a full Sandbox, as the SDK parses it
+    assert parsed is not None and parsed.id == sandbox.id
     moves = [(data["oldState"], data["newState"]) for name, data in events if name == "sandbox.state.updated"]
     assert moves == [("creating", "started"), ("started", "stopping"), ("stopping", "stopped"),
                      ("stopped", "destroying"), ("destroying", "destroyed")]
