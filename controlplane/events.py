@@ -77,6 +77,12 @@ class Events:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
+    def seed(self, records: list[SandboxRecord]) -> None:
+        """The states clients see at start, so the first event after a restart carries the
+        right oldState."""
+        for record in records:
+            self._shown[record.id] = states.reported(record.state, record.desired_state, record.pending)
+
     def changed(self, record: SandboxRecord, removed: bool) -> None:
         """A record was written (or removed). Called from any thread; never blocks."""
         loop = self._loop

@@ -70,6 +70,7 @@ class ControlPlane:
         await anyio.to_thread.run_sync(migrate, self.engine)
         self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
                                                                    DEFAULT_ORGANIZATION)
+        self.events.seed(await anyio.to_thread.run_sync(self.records.all))
         await reconcile(self)
         await self.view.publish()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 import socketio  # type: ignore[import-untyped]
 
 from tests.controlplane_helpers import api_url, daytona, stack_fixture
-from tests.runtime_helpers import Stack, needs_bwrap
+from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
 
@@ -25,12 +26,12 @@ stack = stack_fixture("events")
 class Listener:
     """A raw Socket.IO client, connected as the SDK connects (websocket, auth.token)."""
 
-    def __init__(self, stack: Stack, key: str) -> None:
+    def __init__(self, stack: Stack, key: str, query: str = "") -> None:
         self.events: list[tuple[str, Any, float]] = []
         self.client = socketio.Client(reconnection=False)
         for name in ("sandbox.created", "sandbox.state.updated"):
             self.client.on(name, self._handler(name))
-        self.client.connect(f"http://localhost:{stack.port}", socketio_path="/api/socket.io/",
+        self.client.connect(f"http://localhost:{stack.port}{query}", socketio_path="/api/socket.io/",
                             auth={"token": key}, transports=["websocket"], wait_timeout=5)
 
     def _handler(self, name: str) -> Any:
@@ -139,6 +140,30 @@ def test_an_event_for_one_organization_never_reaches_another(stack: Stack, liste
         other.close()
 
 
+def test_naming_another_organization_in_the_query_does_not_join_its_room(stack: Stack) -> None:
+    """The SDK sends ?organizationId=...; a key's socket still hears only its key's own
+    organization, whatever the query names."""
+    other_key = stack_extra_key(stack, "org-c")
+    victim = daytona(stack, other_key).create()
+    try:
+        spy = Listener(stack, stack.api_key, f"?organizationId={victim.organization_id}&source=sdk-python")
+        witness = Listener(stack, other_key)
+        try:
+            victim.stop()
+            witness.wait_for(victim.id, "stopped")
+            time.sleep(0.3)
+            assert spy.of(victim.id) == []
+            spy.client.emit("sandbox.state.updated", {"sandbox": {"id": victim.id, "state": "error"}})
+            time.sleep(0.2)  # what a client sends is ignored: nothing relayed, nothing changed
+            assert witness.of(victim.id)[-1][1]["newState"] == "stopped"
+            assert daytona(stack, other_key).get(victim.id).state == "stopped"
+        finally:
+            spy.close()
+            witness.close()
+    finally:
+        victim.delete()
+
+
 @pytest.mark.parametrize("auth", [{"token": "dtn_" + "0" * 64}, {"token": ""}, {}, None])
 def test_a_socket_with_a_bad_or_missing_key_is_refused(stack: Stack, auth: Any) -> None:
     client = socketio.Client(reconnection=False)
@@ -181,3 +206,26 @@ def stack_extra_key(stack: Stack, organization: str) -> str:
     from tests.controlplane_helpers import extra_key
 
     return extra_key(stack, organization)
+
+
+def test_the_first_event_after_a_restart_carries_the_state_before_it(tmp_path: Path) -> None:
+    first = start_stack(tmp_path, "--no-sandbox", pool_size=0)
+    try:
+        sandbox = daytona(first).create()
+        sandbox.stop()
+    finally:
+        first.stop()
+    again = start_stack(tmp_path, "--no-sandbox", pool_size=0)
+    try:
+        listener = Listener(again, again.api_key)
+        try:
+            d = daytona(again)
+            assert d.get(sandbox.id).state == "stopped"
+            d.get(sandbox.id).start()
+            listener.wait_for(sandbox.id, "started")
+            moves = [(data["oldState"], data["newState"]) for _, data in listener.of(sandbox.id)]
+            assert moves == [("stopped", "starting"), ("starting", "started")]
+        finally:
+            listener.close()
+    finally:
+        again.stop()
