@@ -40,7 +40,8 @@ def test_banner_prints_ready_to_copy_daytona_settings(stack: Stack) -> None:
     assert f"DAYTONA_API_KEY={key}" in stack.banner_lines
     assert key.startswith("dtn_") and len(key) == 4 + 64
     assert stat.S_IMODE(os.stat(stack.state_dir / "api-key").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(stack.state_dir / "controlplane.db").st_mode) == 0o600
+    if not os.environ.get("CONTROLPLANE_DATABASE_URL"):  # the default SQLite store
+        assert stat.S_IMODE(os.stat(stack.state_dir / "controlplane.db").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(stack.state_dir / "control").st_mode) == 0o700
 
 
