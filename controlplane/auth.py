@@ -46,11 +46,17 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# A key's lookup is remembered this long: every request authenticates, and a listing of
+# 1,000 sandboxes is 10 requests. Keys are never revoked yet; when they are, clear it.
+AUTH_CACHE_SECONDS = 5.0
+
+
 class Keys:
     """Blocking database calls: run them in a worker thread (`anyio.to_thread`)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._cache: dict[str, tuple[float, Principal]] = {}
 
     def organization_id(self, name: str) -> str | None:
         with self.engine.connect() as conn:
@@ -91,14 +97,21 @@ class Keys:
         if not key:
             return None
         digest = key_hash(key)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         with self.engine.connect() as conn:
             row = conn.execute(select(api_keys.c.id, api_keys.c.organization_id, api_keys.c.key_hash)
                                .where(api_keys.c.key_hash == digest)).first()
         # The lookup found the row by its hash; compare again in constant time so the
         # answer never depends on how much of a guess matched.
         if row is None or not hmac.compare_digest(row.key_hash, digest):
-            return None
-        return Principal(row.organization_id, row.id)
+            return None  # unknown keys are not cached: a key made a moment ago works at once
+        principal = Principal(row.organization_id, row.id)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
+        return principal
 
     def hashes(self) -> dict[str, str]:
         """Every key's hash and its organization: the proxy's view (registry `api_keys`)."""

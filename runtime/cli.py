@@ -162,7 +162,7 @@ async def _first_sandbox(stack: Any, wanted: str | None) -> None:
     """The sandbox named `wanted` (created if missing), else the newest one, else a new one,
     in the default organization, started."""
     from controlplane.auth import Principal
-    from controlplane.errors import NotFound
+    from controlplane.errors import ApiError, NotFound
     from controlplane.sandboxes.dto import CreateSandbox
 
     plane = stack.plane
@@ -176,11 +176,19 @@ async def _first_sandbox(stack: Any, wanted: str | None) -> None:
     else:
         page = await plane.sandboxes.list(who, limit=1)
         record = page.items[0] if page.items else None
+    if record is not None and record.state != "started":
+        try:
+            record = await plane.sandboxes.start(who, record.id)
+        except ApiError as exc:
+            if wanted:
+                raise
+            # The newest one cannot start (in error, gone from the backend): a new one instead.
+            print(f"warning: cannot start sandbox {record.id} ({exc.message}); creating a new one",
+                  file=sys.stderr, flush=True)
+            record = None
     if record is None:
         body = CreateSandbox(name=wanted, labels={"code-toolbox-language": "python"})
         record = await plane.sandboxes.create(who, body)
-    elif record.state != "started":
-        record = await plane.sandboxes.start(who, record.id)
     _print_banner(stack, record)
 
 

@@ -75,3 +75,23 @@ def test_sigkill_in_the_middle_of_a_create_leaves_no_orphan_and_no_ghost(tmp_pat
         assert started.status_code == 200 and started.json()["state"] == "started"
     finally:
         assert again.stop() == 0
+
+
+def test_a_sandbox_lost_from_disk_is_an_error_record_and_the_main_job_still_starts(tmp_path: Path) -> None:
+    import shutil
+
+    state = tmp_path / "state"
+    first = start_stack(state, pool_size=0)
+    lost = first.first_id
+    assert first.stop() == 0
+    shutil.rmtree(state / "sandboxes" / lost)  # the backend no longer has it
+    again = start_stack(state, pool_size=0)
+    try:
+        assert again.first_id != lost  # a new first sandbox instead of failing to start
+        record = _api(again, "GET", f"/sandbox/{lost}").json()
+        assert record["state"] == "error" and "gone from the backend" in record["errorReason"]
+        # Not a ghost: it says what happened, and deleting it works.
+        assert _api(again, "DELETE", f"/sandbox/{lost}").status_code == 200
+        assert _api(again, "GET", f"/sandbox/{lost}").status_code == 404
+    finally:
+        assert again.stop() == 0

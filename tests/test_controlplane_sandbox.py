@@ -203,8 +203,10 @@ def test_labels_intervals_public_preview_and_pagination(stack: Stack) -> None:
         assert a.auto_stop_interval == 30 and a.labels == {"team": "red", "code-toolbox-language": "python"}
         assert b.public is True
         assert [s.id for s in d.list(ListSandboxesQuery(labels={"team": "red"}))] == [a.id]
-        a.set_labels({"team": "green", "code-toolbox-language": "python"})
-        assert d.get(a.id).labels["team"] == "green"
+        a.set_labels({"team": "green"})
+        # Replaced, but the language label the SDK reads on every get is kept.
+        assert d.get(a.id).labels == {"team": "green", "code-toolbox-language": "python"}
+        assert a.labels == {"team": "green", "code-toolbox-language": "python"}
         a.set_autostop_interval(0)
         a.set_auto_archive_interval(60)
         a.set_auto_delete_interval(-1)
@@ -238,3 +240,80 @@ def test_async_sdk_front_door(stack: Stack) -> None:
             await sandbox.delete()
 
     asyncio.run(main())
+
+
+def test_concurrent_creates_all_succeed_with_unique_ids_and_names(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from daytona import CreateSandboxFromSnapshotParams
+
+    d = daytona(stack)
+
+    def create(i: int):  # type: ignore[no-untyped-def]
+        return d.create(CreateSandboxFromSnapshotParams(name=f"parallel-{i}"), timeout=120)
+
+    with ThreadPoolExecutor(6) as pool:
+        sandboxes = list(pool.map(create, range(6)))
+    try:
+        assert all(s.state == "started" for s in sandboxes)
+        assert len({s.id for s in sandboxes}) == 6
+        results = [s.process.exec("echo $DAYTONA_SANDBOX_ID").result.strip() for s in sandboxes]
+        assert results == [s.id for s in sandboxes]
+    finally:
+        with ThreadPoolExecutor(6) as pool:
+            list(pool.map(lambda s: s.delete(), sandboxes))
+    assert not any(s.name.startswith("parallel-") for s in d.list())
+
+
+def test_websocket_upgrades_under_api_reach_the_control_plane(stack: Stack) -> None:
+    """The proxy relays /api WebSockets to the control plane, which answers them itself: it
+    serves Socket.IO at /api/socket.io (tests/test_controlplane_events.py) and refuses a
+    WebSocket anywhere else under /api."""
+    import socket
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://localhost:{stack.port}/api/sandbox?EIO=4&transport=websocket", sock=sock,
+                open_timeout=10)
+    response = refused.value.response
+    assert response.status_code == 403
+    assert response.headers["x-proxy-error"] == "websocket-rejected"
+    assert b"control plane" in response.body
+
+
+def test_a_sandbox_cannot_point_the_proxy_at_a_host_socket(stack: Stack) -> None:
+    """The attack: replace the daemon's socket, in the directory the sandbox can write,
+    with a symlink to the control plane's socket. The proxy must not follow it."""
+    import threading
+    import time
+
+    sandbox = daytona(stack).create()
+    try:
+        control = stack.state_dir / "control" / "api.sock"
+        swap = (f"ln -s {control} /run/toolbox/evil && mv -T -f /run/toolbox/evil /run/toolbox/toolbox.sock "
+                "&& echo swapped")
+        assert sandbox.process.exec(swap).result.strip() == "swapped"
+        # Keep the proxy's pooled connections to the (now unlinked) daemon socket busy, so
+        # the next request needs a new connection through the symlink.
+        def sleep() -> None:
+            import contextlib
+
+            # One without a pooled connection is refused too.
+            with contextlib.suppress(Exception):
+                sandbox.process.exec("sleep 3")
+
+        sleepers = [threading.Thread(target=sleep) for _ in range(3)]
+        for thread in sleepers:
+            thread.start()
+        time.sleep(0.8)
+        response = toolbox_get(stack, sandbox.id, stack.api_key)
+        for thread in sleepers:
+            thread.join()
+        assert response.status_code == 502, response.text
+        assert response.headers["x-proxy-error"] == "sandbox-unreachable"
+        assert response.json().get("source") != "DAYTONA_API"  # the control plane never saw it
+    finally:
+        sandbox.delete()

@@ -181,3 +181,46 @@ def test_cli_says_how_to_start_the_runtime_when_none_is_running(tmp_path: Path) 
     bad = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path), "create", "-e", "NOEQUALS"],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_state_machine_reports_transitions_and_refuses_conflicting_changes(tmp_path: Path) -> None:
+    from controlplane.errors import BadRequest, Conflict
+    from controlplane.sandboxes import states
+    from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
+    from controlplane.store.db import migrate, open_engine, sqlite_url
+
+    assert states.reported("started", "stopped", True) == "stopping"
+    assert states.reported("stopped", "started", True) == "starting"
+    assert states.reported("stopped", "archived", True) == "archiving"
+    assert states.reported("archived", "started", True) == "restoring"
+    assert states.reported("unknown", "started", True) == "creating"
+    assert states.reported("started", "destroyed", True) == "destroying"
+    assert states.reported("stopped", "stopped", False) == "stopped"
+    with pytest.raises(Conflict, match="state change in progress"):
+        states.check("start", "x", "stopped", pending=True)
+    with pytest.raises(BadRequest, match="Cannot stop sandbox x in state 'stopped'"):
+        states.check("stop", "x", "stopped", pending=False)
+    with pytest.raises(BadRequest, match="Cannot archive"):
+        states.check("archive", "x", "started", pending=False)
+    assert states.check("start", "x", "started", pending=False) is False  # already there
+
+    engine = open_engine(sqlite_url(tmp_path / "cp.db"))
+    migrate(engine)
+    migrate(engine)  # idempotent at every start
+    from controlplane.auth import Keys
+
+    org = Keys(engine).ensure_organization("o")
+    records = SandboxRecords(engine)
+    records.insert(SandboxRecord(
+        id="abc", organization_id=org, name="abc", state="started", desired_state="started", pending=False,
+        os_user="daytona", env={}, labels={}, public=False, target="local", cpu=1, gpu=0, memory=1, disk=3,
+        auto_stop_interval=0, auto_archive_interval=0, auto_delete_interval=-1, network_block_all=True,
+        preview_token="t", created_at=1.0, updated_at=1.0))
+    # Two racing requests: exactly one marks the change; the other sees it pending.
+    assert records.begin(org, "abc", "stopped", ["started"]) is True
+    assert records.begin(org, "abc", "destroyed", ["started", "stopped"]) is False
+    assert records.begin("another-org", "abc", "stopped", ["started"]) is False
+    row = records.find(org, "abc")
+    assert row is not None and row.pending and row.desired_state == "stopped"
+    assert records.find("another-org", "abc") is None
+    engine.dispose()

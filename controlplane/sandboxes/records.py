@@ -53,10 +53,16 @@ class SandboxRecord:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(SandboxRecord)]
+# What a list item shows: everything but the JSON a listing never returns.
+_LISTED = [c for c in table.c if c.name not in ("env", "extra", "volumes")]
 
 
 def _record(row: Any) -> SandboxRecord:
     return SandboxRecord(**{name: getattr(row, name) for name in _COLUMNS})
+
+
+def _listed(row: Any) -> SandboxRecord:
+    return SandboxRecord(**{c.name: getattr(row, c.name) for c in _LISTED}, env={})
 
 
 # Told about every write, with the row as it now is (or was, when `removed`): the one
@@ -106,8 +112,9 @@ class SandboxRecords:
     def page(self, organization_id: str, *, limit: int, before: tuple[float, str] | None = None,
              labels: dict[str, str] | None = None, states: list[str] | None = None) -> list[SandboxRecord]:
         """Newest first, at most `limit` rows older than the cursor `before` (created_at, id);
-        every label pair must match; `states` are stored states."""
-        query = select(table).where(table.c.organization_id == organization_id)
+        every label pair must match; `states` are stored states. Rows carry no env, extra
+        or volumes (a list item shows none of them)."""
+        query = select(*_LISTED).where(table.c.organization_id == organization_id)
         if before is not None:
             created_at, sandbox_id = before
             query = query.where(or_(table.c.created_at < created_at,
@@ -118,7 +125,7 @@ class SandboxRecords:
             query = query.where(table.c.state.in_(states))
         query = query.order_by(table.c.created_at.desc(), table.c.id.desc()).limit(limit)
         with self.engine.connect() as conn:
-            return [_record(r) for r in conn.execute(query)]
+            return [_listed(r) for r in conn.execute(query)]
 
     def begin(self, organization_id: str, sandbox_id: str, desired: str, allowed: list[str]) -> bool:
         """Atomically mark a change in progress; False if another request got there first

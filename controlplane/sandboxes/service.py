@@ -303,8 +303,14 @@ class SandboxService:
         return await self.get(principal, record.id)
 
     async def set_labels(self, principal: Principal, id_or_name: str, labels: dict[str, str]) -> SandboxRecord:
+        """Replaces the labels, but keeps `code-toolbox-language`: the SDK picks the
+        sandbox's language from it on every get."""
         _check_labels(labels)
-        return await self.update(principal, id_or_name, labels=dict(labels))
+        record = await self.get(principal, id_or_name)
+        new = dict(labels)
+        if LANGUAGE_LABEL not in new and LANGUAGE_LABEL in record.labels:
+            new[LANGUAGE_LABEL] = record.labels[LANGUAGE_LABEL]
+        return await self.update(principal, record.id, labels=new)
 
     async def set_interval(self, principal: Principal, id_or_name: str, which: str, minutes: int) -> SandboxRecord:
         """autostop (0 = never), autoarchive (0 = the maximum), autodelete (< 0 never, 0 on
