@@ -46,7 +46,7 @@ def api_routes(plane: ControlPlane) -> list[BaseRoute]:
         return JSONResponse({"status": "ok"})
 
     async def no_websocket(websocket: WebSocket) -> None:
-        # Refused before the handshake completes (a 403 to the client); the SDK then polls.
+        # Refused before the handshake completes (a 403 to the client).
         await websocket.close(code=1008)
 
     return [
@@ -54,13 +54,15 @@ def api_routes(plane: ControlPlane) -> list[BaseRoute]:
         Route("/health", health, methods=["GET"]),
         *sandbox_routes.routes(plane.sandboxes, plane.urls),
         *plane.resources.routes(),
-        # Socket.IO events are not served yet: the SDK falls back to polling.
+        # Socket.IO lives at /api/socket.io (controlplane/events.py); other WebSockets are refused.
         WebSocketRoute("/{path:path}", no_websocket),
     ]
 
 
 def build_app(plane: ControlPlane) -> Starlette:
-    app = Starlette(routes=[Mount(API_PREFIX, routes=api_routes(plane))],
+    # Socket.IO first: its WebSockets would otherwise meet the API's refusing catch-all.
+    app = Starlette(routes=[Mount(f"{API_PREFIX}/socket.io", app=plane.events.app),
+                            Mount(API_PREFIX, routes=api_routes(plane))],
                     exception_handlers=errors.HANDLERS)
     app.state.keys = plane.keys
     return app

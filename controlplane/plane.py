@@ -15,6 +15,7 @@ import anyio
 from controlplane.auth import DEFAULT_ORGANIZATION, Keys, NewKey, Principal, key_hash
 from controlplane.backend import SandboxBackend
 from controlplane.errors import ApiError
+from controlplane.events import Events
 from controlplane.policies import ActivitySource, Policies
 from controlplane.proxyview import ProxyView, VisibleCheck
 from controlplane.reconcile import reconcile
@@ -57,6 +58,8 @@ class ControlPlane:
         self.engine = open_engine(config.url)
         self.keys = Keys(self.engine)
         self.records = SandboxRecords(self.engine)
+        self.events = Events(self.keys, config.urls)
+        self.records.listeners.append(self.events.changed)
         self.view = ProxyView(FileRegistry(config.registry_path), self.records, self.keys, backend, visible)
         self.sandboxes = SandboxService(self.records, backend, self.view,
                                         default_auto_stop=config.default_auto_stop)
@@ -73,9 +76,11 @@ class ControlPlane:
         self._policy_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
+        self.events.start()
         await anyio.to_thread.run_sync(migrate, self.engine)
         self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
                                                                    DEFAULT_ORGANIZATION)
+        self.events.seed(await anyio.to_thread.run_sync(self.records.all))
         await reconcile(self)
         await self.resources.open()
         await self.view.publish()
@@ -101,6 +106,7 @@ class ControlPlane:
         if self._policy_task is not None:
             self._policy_task.cancel()
             await asyncio.gather(self._policy_task, return_exceptions=True)
+        await self.events.close()
         await anyio.to_thread.run_sync(self.engine.dispose)
 
     async def create_key(self, organization: str = DEFAULT_ORGANIZATION) -> NewKey:

@@ -34,6 +34,18 @@ def app() -> Iterator[App]:
     running.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[object]:
+    """One PostgreSQL server for the session (tests/postgres_helpers.py); skipped with the
+    reason when PostgreSQL or psycopg is missing."""
+    from tests import postgres_helpers
+
+    reason = postgres_helpers.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with postgres_helpers.cluster() as running:
+        yield running
+
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The run's last line: the system packages whose absence skipped tests, if any."""

@@ -7,31 +7,17 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.controlplane_helpers import api_url, daytona, stack_fixture
+from tests.runtime_helpers import Stack, needs_bwrap
 
 pytestmark = needs_bwrap
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("cp"), "--no-sandbox", pool_size=1)
-    yield running
-    running.stop()
-
-
-def api_url(stack: Stack) -> str:
-    return f"http://localhost:{stack.port}/api"
-
-
-def daytona(stack: Stack, key: str | None = None):  # type: ignore[no-untyped-def]
-    from daytona import Daytona, DaytonaConfig
-
-    return Daytona(DaytonaConfig(api_url=api_url(stack), api_key=key or stack.api_key))
+stack = stack_fixture("cp")  # on SQLite and on PostgreSQL
 
 
 def test_banner_prints_ready_to_copy_daytona_settings(stack: Stack) -> None:
@@ -40,7 +26,8 @@ def test_banner_prints_ready_to_copy_daytona_settings(stack: Stack) -> None:
     assert f"DAYTONA_API_KEY={key}" in stack.banner_lines
     assert key.startswith("dtn_") and len(key) == 4 + 64
     assert stat.S_IMODE(os.stat(stack.state_dir / "api-key").st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(stack.state_dir / "controlplane.db").st_mode) == 0o600
+    if "CONTROLPLANE_DATABASE_URL" not in stack.env:  # SQLite, the default store
+        assert stat.S_IMODE(os.stat(stack.state_dir / "controlplane.db").st_mode) == 0o600
     assert stat.S_IMODE(os.stat(stack.state_dir / "control").st_mode) == 0o700
 
 
@@ -279,8 +266,9 @@ def test_concurrent_creates_all_succeed_with_unique_ids_and_names(stack: Stack) 
 
 
 def test_websocket_upgrades_under_api_reach_the_control_plane(stack: Stack) -> None:
-    """The proxy relays /api WebSockets (Socket.IO will use them); the control plane answers
-    this one itself, refusing it until events are served, and the SDK falls back to polling."""
+    """The proxy relays /api WebSockets to the control plane, which answers them itself: it
+    serves Socket.IO at /api/socket.io (tests/test_controlplane_events.py) and refuses a
+    WebSocket anywhere else under /api."""
     import socket
 
     from websockets.exceptions import InvalidStatus
@@ -288,7 +276,7 @@ def test_websocket_upgrades_under_api_reach_the_control_plane(stack: Stack) -> N
 
     sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
     with pytest.raises(InvalidStatus) as refused:
-        connect(f"ws://localhost:{stack.port}/api/socket.io/?EIO=4&transport=websocket", sock=sock,
+        connect(f"ws://localhost:{stack.port}/api/sandbox?EIO=4&transport=websocket", sock=sock,
                 open_timeout=10)
     response = refused.value.response
     assert response.status_code == 403

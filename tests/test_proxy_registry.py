@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from proxy.registry import FileRegistry, RedisRegistry, RegistryError, Sandbox, TemplateRegistry, open_registry
+from proxy.registry import (
+    FileRegistry,
+    RedisRegistry,
+    RegistryError,
+    Sandbox,
+    TemplateRegistry,
+    open_registry,
+)
 from tests.helpers import RunningDaemon, free_port
 from tests.proxy_helpers import AUTH, App, RedisServer, start_proxy, start_redis
-
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +68,32 @@ def test_file_registry_format_and_bad_entries(tmp_path: Path) -> None:
     assert a == Sandbox("a", "http://127.0.0.1:2280", "t", False)
     assert b == Sandbox("b", "unix:/run/b/toolbox.sock", None, False)
     assert c is None and d is None
+
+
+def test_file_registry_finds_a_new_id_at_once_but_rereads_known_ones_at_most_every_quarter_second(
+        tmp_path: Path) -> None:
+    """A just-created sandbox is routed as soon as the file names it (the control plane's
+    create waits for that), while lookups of known ids keep the 0.25 s re-read interval."""
+    path = tmp_path / "registry.json"
+    path.write_text(json.dumps({"sandboxes": {"a": {"url": "http://127.0.0.1:2280"}}}))
+    registry = FileRegistry(str(path))
+
+    async def scenario() -> tuple[Sandbox | None, Sandbox | None, Sandbox | None, float]:
+        assert await registry.get("a") is not None
+        assert await registry.get("new") is None
+        path.write_text(json.dumps({"sandboxes": {"b": {"url": "http://127.0.0.1:2281"},
+                                                   "new": {"url": "http://127.0.0.1:2282"}}}))
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        known = await registry.get("a")  # within 0.25 s of the last full check: not re-read
+        new = await registry.get("new")  # unknown: re-read now
+        gone = await registry.get("a")
+        return known, new, gone, time.monotonic() - started
+
+    known, new, gone, took = asyncio.run(scenario())
+    assert known is not None and known.url == "http://127.0.0.1:2280"
+    assert new == Sandbox("new", "http://127.0.0.1:2282", None, False)
+    assert gone is None and took < 0.2
 
 
 def test_template_registry(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:

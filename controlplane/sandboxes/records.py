@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +65,29 @@ def _listed(row: Any) -> SandboxRecord:
     return SandboxRecord(**{c.name: getattr(row, c.name) for c in _LISTED}, env={})
 
 
+# Told about every write, with the row as it now is (or was, when `removed`): the one
+# place state changes, which the Socket.IO events (controlplane/events.py) hang on.
+RecordListener = Callable[[SandboxRecord, bool], None]
+
+
 class SandboxRecords:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.listeners: list[RecordListener] = []
+
+    def _changed(self, sandbox_id: str) -> None:
+        if not self.listeners:
+            return
+        record = self.by_id(sandbox_id)
+        if record is not None:
+            for listener in self.listeners:
+                listener(record, False)
+
+    def by_id(self, sandbox_id: str) -> SandboxRecord | None:
+        """Across organizations: for listeners only, never for a request."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(table).where(table.c.id == sandbox_id)).first()
+        return None if row is None else _record(row)
 
     def insert(self, record: SandboxRecord) -> None:
         try:
@@ -74,6 +95,8 @@ class SandboxRecords:
                 conn.execute(insert(table).values(**record.values()))
         except IntegrityError:
             raise Conflict(f"Sandbox with name {record.name} already exists", "NAME_TAKEN") from None
+        for listener in self.listeners:
+            listener(record, False)
 
     def find(self, organization_id: str, id_or_name: str) -> SandboxRecord | None:
         """By id first, then by name, as Daytona's API looks sandboxes up."""
@@ -112,6 +135,8 @@ class SandboxRecords:
                 table.c.id == sandbox_id, table.c.organization_id == organization_id,
                 table.c.pending.is_(False), table.c.state.in_(allowed),
             )).values(pending=True, desired_state=desired, updated_at=time.time()))
+        if result.rowcount == 1:
+            self._changed(sandbox_id)
         return result.rowcount == 1
 
     def finish(self, sandbox_id: str, state: str, error_reason: str | None = None, **changes: Any) -> None:
@@ -120,6 +145,7 @@ class SandboxRecords:
             conn.execute(update(table).where(table.c.id == sandbox_id).values(
                 state=state, desired_state=state if state != "error" else "started", pending=False,
                 error_reason=error_reason, updated_at=time.time(), **changes))
+        self._changed(sandbox_id)
 
     def settle(self, sandbox_id: str, seen_updated_at: float, state: str, error_reason: str | None = None) -> bool:
         """`finish`, but only if nobody changed the row since it was read at `seen_updated_at`."""
@@ -128,6 +154,8 @@ class SandboxRecords:
                 table.c.id == sandbox_id, table.c.updated_at == seen_updated_at,
             )).values(state=state, desired_state=state if state != "error" else "started", pending=False,
                       error_reason=error_reason, updated_at=time.time()))
+        if result.rowcount == 1:
+            self._changed(sandbox_id)
         return result.rowcount == 1
 
     def change(self, organization_id: str, sandbox_id: str, **changes: Any) -> bool:
@@ -135,11 +163,17 @@ class SandboxRecords:
             result = conn.execute(update(table).where(and_(
                 table.c.id == sandbox_id, table.c.organization_id == organization_id,
             )).values(updated_at=time.time(), **changes))
+        if result.rowcount == 1 and "state" in changes:
+            self._changed(sandbox_id)
         return result.rowcount == 1
 
     def remove(self, sandbox_id: str) -> None:
+        before = self.by_id(sandbox_id) if self.listeners else None
         with self.engine.begin() as conn:
             conn.execute(delete(table).where(table.c.id == sandbox_id))
+        if before is not None:
+            for listener in self.listeners:
+                listener(before, True)
 
     # -- across organizations: reconcile and the proxy's view only ----------------------
     def all(self) -> list[SandboxRecord]:
