@@ -40,7 +40,7 @@ def missing_reason() -> str | None:
     if os.environ.get(URL_ENV):
         return None
     if _binary("initdb") is None or _binary("pg_ctl") is None:
-        return "PostgreSQL is not installed (apt-get install postgresql; .ci/run does it)"
+        return "PostgreSQL is not installed (apt-get install postgresql)"
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "running as root without runuser, and PostgreSQL refuses to run as root"
     return None
