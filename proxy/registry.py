@@ -31,6 +31,8 @@ class Sandbox:
     url: str  # http://host:port or unix:/path/toolbox.sock
     token: str | None = None
     public: bool = False
+    # unix: only: the uid the daemon must run as (checked with SO_PEERCRED on connect)
+    uid: int | None = None
 
 
 class RegistryError(Exception):
@@ -63,8 +65,15 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
     if not isinstance(url, str) or not valid_address(url):
         return None
     token = data.get("token")
+    uid = data.get("uid")
+    peer_uid: int | None = None
+    if uid not in (None, "", b""):
+        try:
+            peer_uid = int(uid)  # type: ignore[call-overload]  # str, bytes (Redis) or int (JSON)
+        except (TypeError, ValueError):
+            return None  # a malformed uid must not silently switch the check off
     return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
-                   _truthy(data.get("public", False)))
+                   _truthy(data.get("public", False)), peer_uid)
 
 
 class FileRegistry:

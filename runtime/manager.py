@@ -486,7 +486,7 @@ class Runtime:
 
     def _register(self, spec: SandboxSpec) -> None:
         socket = self.socket_path(spec.id)
-        self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public)
+        self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public, spec.uid)
 
     # ---- background loops -----------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The proxy's `file:` registry, written by the runtime.
 
 Format (the proxy reloads it when it changes):
-``{"sandboxes": {"<id>": {"url": "unix:/path/toolbox.sock", "public": false, "token": "..."}}}``
+``{"sandboxes": {"<id>": {"url": "unix:/path/toolbox.sock", "public": false, "token": "...", "uid": 1000000}}}``
+(`uid`: the sandbox's, which the proxy checks with SO_PEERCRED on every new connection)
 Written 0600 to a temporary file and renamed, so the proxy never reads half a file and
 no other local user reads a token.
 """
@@ -20,8 +21,10 @@ class FileRegistry:
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
 
-    def set(self, sandbox_id: str, url: str, token: str, public: bool = False) -> None:
+    def set(self, sandbox_id: str, url: str, token: str, public: bool = False, uid: int | None = None) -> None:
         self.entries[sandbox_id] = {"url": url, "public": public, "token": token}
+        if uid is not None:
+            self.entries[sandbox_id]["uid"] = uid
         self.flush()
 
     def remove(self, sandbox_id: str) -> None:

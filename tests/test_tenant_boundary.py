@@ -67,6 +67,8 @@ def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> Non
     registry = json.loads((stack.state_dir / "registry.json").read_text())
     path = Path(registry["sandboxes"][attacker]["url"].removeprefix("unix:"))
     assert path == stack.state_dir / "sockets" / f"{attacker}.sock"
+    # ... and the proxy checks the daemon's SO_PEERCRED against this uid on every connection.
+    assert registry["sandboxes"][attacker]["uid"] == stack.cli("get", attacker)["uid"]
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     sockets_dir = os.lstat(path.parent)
     assert sockets_dir.st_uid == os.geteuid() and stat.S_IMODE(sockets_dir.st_mode) == 0o700
