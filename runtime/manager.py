@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import cgroups, seccomp, sockets
-from runtime.uids import UidRange, UidsExhausted
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
 from runtime.sandbox import (
     EGRESS, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv, new_id, valid_id,
 )
+from runtime.uids import UidRange, UidsExhausted
 
 log = logging.getLogger("runtime")
 

@@ -39,7 +39,7 @@ class UidRange:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
-    def open(cls, state_root: Path, host_ranges: Path = HOST_RANGES) -> "UidRange":
+    def open(cls, state_root: Path, host_ranges: Path = HOST_RANGES) -> UidRange:
         path = state_root / "uids.json"
         mine: dict[str, int] | None = None
         if path.exists():

@@ -207,7 +207,7 @@ class WrongPeer(ConnectionRefusedError):
     """The process listening on a Unix socket is not the one we meant to reach."""
 
 
-def _check_peer(transport: asyncio.BaseTransport, unix_path: str, peer_uid: int) -> None:
+def _check_peer(transport: asyncio.Transport, unix_path: str, peer_uid: int) -> None:
     sock: socket.socket = transport.get_extra_info("socket")
     pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     if uid != peer_uid:
