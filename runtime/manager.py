@@ -245,8 +245,12 @@ class Runtime:
                 uid, gid = await self._allocate_uid()
                 spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
                 await asyncio.to_thread(target.create, uid, gid)
-                running = await self._launch(target, spec.uid, spec.gid, limits, egress,
-                                             self.socket_path(sandbox_id))
+                try:
+                    running = await self._launch(target, spec.uid, spec.gid, limits, egress,
+                                                 self.socket_path(sandbox_id))
+                except BaseException:
+                    await asyncio.to_thread(target.remove)  # nothing half-made stays behind
+                    raise
             self.specs[sandbox_id] = spec
             try:
                 await self._claim(running, spec)
@@ -364,7 +368,11 @@ class Runtime:
             raise
         process: asyncio.subprocess.Process | None = None
         try:
-            listener = sockets.bind_unlistened(socket_path)
+            try:
+                listener = sockets.bind_unlistened(socket_path)
+            except OSError as exc:
+                raise SandboxError(500, f"cannot bind the daemon's socket {socket_path}: {exc} (a Unix "
+                                        "socket path has at most 107 bytes: use a shorter state dir)") from None
             syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
             try:
                 argv = self.backend.launch_prefix(group, limits)

@@ -300,3 +300,23 @@ def test_host_replacing_etc_passwd_does_not_break_a_running_sandbox(tmp_path: Pa
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_socket_path_too_long_is_an_actionable_error(tmp_path: Path) -> None:
+    import asyncio
+
+    from runtime.manager import Runtime, SandboxError
+
+    async def attempt() -> tuple[SandboxError, Runtime]:
+        runtime = Runtime(tmp_path / ("deep" * 25), pool_size=0, idle_timeout=0)
+        await runtime.open()
+        try:
+            with pytest.raises(SandboxError) as caught:
+                await runtime.create("x")
+        finally:
+            await runtime.close()
+        return caught.value, runtime
+
+    error, runtime = asyncio.run(attempt())
+    assert "use a shorter state dir" in error.message
+    assert runtime.specs == {} and not (runtime.sandboxes_dir / "x").exists()
