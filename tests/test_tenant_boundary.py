@@ -201,6 +201,10 @@ def test_dangerous_syscalls_fail_with_eperm_inside_a_sandbox(stack: Stack) -> No
     code, out = stack.execute(stack.first_id, "python -c \"import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
                                               "print(libc.syscall(248, b'user', b'planted', b'x', 1, -3), ctypes.get_errno())\"")
     assert out.split() == ["-1", "1"], out  # add_key(..., KEY_SPEC_USER_KEYRING): EPERM
+    # A call through the x32 ABI (another way into the syscall table) kills the caller: SIGSYS.
+    code, out = stack.execute(stack.first_id, "python -c \"import ctypes; ctypes.CDLL(None).syscall(0x40000000 + 39)\"; "
+                                              "echo status=$?")
+    assert out.strip().endswith("status=159"), out
 
 
 NORMAL_WORK = r'''
