@@ -324,3 +324,20 @@ def test_a_socket_path_too_long_is_an_actionable_error(tmp_path: Path) -> None:
     error, runtime = asyncio.run(attempt())
     assert "use a shorter state dir" in error.message
     assert runtime.specs == {} and not (runtime.sandboxes_dir / "x").exists()
+
+
+def test_bwrap_command_binds_no_socket_dir_and_loads_the_filter(tmp_path: Path) -> None:
+    from runtime.sandbox import SandboxDir, bwrap_argv
+
+    sandbox = SandboxDir(tmp_path / "state" / "sandboxes" / "x")
+    sandbox.create(os.getuid(), os.getgid())
+    argv = bwrap_argv(sandbox, state_root=tmp_path / "state", egress="none", listen_fd=5, seccomp_fd=6)
+    joined = " ".join(argv)
+    assert "--setenv TOOLBOX_FD 5" in joined and "--seccomp 6" in joined
+    assert "/run/toolbox" not in joined and "TOOLBOX_UDS" not in joined
+    assert "--perms 1777 --tmpfs /dev/shm" in joined
+    assert f"--ro-bind {sandbox.path / 'etc' / 'passwd'} /etc/passwd" in joined
+    assert "--ro-bind /etc /run/host/etc" in joined and "--tmpfs /etc" in joined
+    # Writable binds: the sandbox's home and tmp only.
+    writable = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--bind"]
+    assert writable == [str(sandbox.home), str(sandbox.tmp)]
