@@ -170,6 +170,12 @@ def test_uid_ranges_are_recorded_host_wide(tmp_path: Path) -> None:
     assert reopened.allocate() == a.base + 11
     assert stat.S_IMODE(os.stat(host).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "a" / "uids.json").st_mode) == 0o600
+    # A range comes back only once its state dir is gone and none of its uids runs a process.
+    shutil.rmtree(tmp_path / "a")
+    (tmp_path / "c").mkdir()
+    assert UidRange.open(tmp_path / "c", host).base == a.base
+    (tmp_path / "d").mkdir()
+    assert UidRange.open(tmp_path / "d", host).base > b.base  # b's state dir still exists
 
 
 SYSCALL_PROBE = r'''
