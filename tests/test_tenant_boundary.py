@@ -154,8 +154,12 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
         again.stop()
 
 
-def test_uid_ranges_are_recorded_host_wide(tmp_path: Path) -> None:
+def test_uid_ranges_are_recorded_host_wide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import uids
     from runtime.uids import UidRange
+
+    # A private list, and uids no real sandbox on this host runs as (/proc is host-wide).
+    monkeypatch.setattr(uids, "FIRST_UID", 2_100_000_000)
 
     host = tmp_path / "host" / "uid-ranges.json"
     (tmp_path / "a").mkdir()
