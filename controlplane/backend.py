@@ -84,3 +84,7 @@ class SandboxBackend(Protocol):
 
     def address(self, sandbox_id: str) -> str:
         """The toolbox upstream for the proxy's registry: `unix:/path` or `http://host:port`."""
+
+    def peer_uid(self, sandbox_id: str) -> int | None:
+        """For a `unix:` address, the uid that must be listening there (the proxy checks it
+        with SO_PEERCRED); None where the address itself is trusted."""

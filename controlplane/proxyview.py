@@ -40,6 +40,9 @@ class ProxyView:
         for sandbox_id, organization, token, public in self.records.routed():
             entries[sandbox_id] = {"url": self.backend.address(sandbox_id), "token": token,
                                    "public": public, "organization": organization}
+            uid = self.backend.peer_uid(sandbox_id)
+            if uid is not None:
+                entries[sandbox_id]["uid"] = uid
         for decorate in self.decorators:
             decorate(entries)
         keys = self.keys.hashes()

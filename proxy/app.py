@@ -143,16 +143,18 @@ class ProxyApp:
                              parts.path.rstrip("/").encode())
 
     # -- plumbing -------------------------------------------------------------------------
-    def _upstream(self, address: str) -> tuple[Relay, str, int, bytes]:
-        """(relay, host, port, path prefix) of a daemon address."""
-        cached = self._addresses.get(address)
+    def _upstream(self, address: str, peer_uid: int | None = None) -> tuple[Relay, str, int, bytes]:
+        """(relay, host, port, path prefix) of a daemon address; a Unix socket's relay
+        refuses a listener that does not run as `peer_uid` (when the registry names one)."""
+        key = address if peer_uid is None else f"{address}\0{peer_uid}"
+        cached = self._addresses.get(key)
         if cached is not None:
             return cached
         if address.startswith("unix:"):
             path = address[len("unix:"):]
-            relay = self._unix.get(path)
+            relay = self._unix.get(key)
             if relay is None:
-                relay = self._unix[path] = Relay(unix_path=path, keepalive=60.0)
+                relay = self._unix[key] = Relay(unix_path=path, keepalive=60.0, peer_uid=peer_uid)
             result = (relay, "localhost", 0, b"")
         else:
             parts = urlsplit(address)
@@ -160,7 +162,7 @@ class ProxyApp:
             result = (self._tcp, parts.hostname or "", parts.port or 80, parts.path.rstrip("/").encode())
         if len(self._addresses) > 10_000:
             self._addresses.clear()
-        self._addresses[address] = result
+        self._addresses[key] = result
         return result
 
     async def close(self) -> None:
@@ -406,7 +408,7 @@ class ProxyApp:
     async def _forward(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, path: bytes,
                        query: bytes, headers: Headers, filter_: Callable[[Headers], Headers] | None, *,
                        preflight: bool = False) -> None:
-        relay, host, port, prefix = self._upstream(sandbox.url)
+        relay, host, port, prefix = self._upstream(sandbox.url, sandbox.uid)
         touch = self.activity.toucher(sandbox.id)
         touch()
         target = Target(relay.pool, host, port, prefix + path + (b"?" + query if query else b""))

@@ -36,6 +36,8 @@ class Sandbox:
     organization: str | None = None  # None: any valid API key may use it (as before tenancy)
     files_key: str | None = None  # the key of Daytona's signed file URLs (proxy/fileurls.py)
     revoked: frozenset[str] = frozenset()  # signed preview labels expired early
+    # unix: only: the uid the daemon must run as (checked with SO_PEERCRED on connect)
+    uid: int | None = None
 
 
 class RegistryError(Exception):
@@ -74,11 +76,19 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
     organization = data.get("organization")
     files_key = data.get("files_key")
     revoked = data.get("revoked")
+    uid = data.get("uid")
+    peer_uid: int | None = None
+    if uid not in (None, "", b""):
+        try:
+            peer_uid = int(uid)  # type: ignore[call-overload]  # str, bytes (Redis) or int (JSON)
+        except (TypeError, ValueError):
+            return None  # a malformed uid must not silently switch the check off
     return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
                    _truthy(data.get("public", False)),
                    organization if isinstance(organization, str) and organization else None,
                    files_key if isinstance(files_key, str) and files_key else None,
-                   frozenset(r for r in revoked if isinstance(r, str)) if isinstance(revoked, list) else frozenset())
+                   frozenset(r for r in revoked if isinstance(r, str)) if isinstance(revoked, list) else frozenset(),
+                   peer_uid)
 
 
 class FileRegistry:

@@ -93,6 +93,10 @@ class LocalBackend:
     def address(self, sandbox_id: str) -> str:
         return f"unix:{self.runtime.socket_path(sandbox_id)}"
 
+    def peer_uid(self, sandbox_id: str) -> int | None:
+        spec = self.runtime.specs.get(sandbox_id)
+        return spec.uid if spec is not None else None
+
     # -- beyond the SandboxBackend protocol: optional capabilities the resources use ----
     async def set_env(self, sandbox_id: str, env: dict[str, str]) -> None:
         """The environment of the sandbox's next start (secrets changed while it exists)."""

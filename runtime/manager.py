@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import archive, cgroups, seccomp, sockets
-from runtime.uids import UidRange, UidsExhausted
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
@@ -33,6 +32,7 @@ from runtime.sandbox import (
     EGRESS, HOME_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
     new_id, valid_id,
 )
+from runtime.uids import UidRange, UidsExhausted
 from runtime.volumes import Mount, MountError, OpenedMounts, open_mounts, validate_target
 
 log = logging.getLogger("runtime")
@@ -561,7 +561,11 @@ class Runtime:
             raise
         process: asyncio.subprocess.Process | None = None
         try:
-            listener = sockets.bind_unlistened(socket_path)
+            try:
+                listener = sockets.bind_unlistened(socket_path)
+            except OSError as exc:
+                raise SandboxError(500, f"cannot bind the daemon's socket {socket_path}: {exc} (a Unix "
+                                        "socket path has at most 107 bytes: use a shorter state dir)") from None
             syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
             try:
                 argv = self.backend.launch_prefix(group, limits)
@@ -689,7 +693,7 @@ class Runtime:
         if self.registry is None:
             return
         socket = self.socket_path(spec.id)
-        self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public)
+        self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public, spec.uid)
 
     # ---- background loops -----------------------------------------------------------
 

@@ -2,10 +2,11 @@
 
 Format (the proxy reloads it when it changes):
 ``{"sandboxes": {"<id>": {"url": "unix:/path/toolbox.sock", "public": false, "token": "...",
-"organization": "<org id>"}}, "api_keys": {"<sha256 hex>": "<org id>"}}``
+"organization": "<org id>", "uid": 1000000}}, "api_keys": {"<sha256 hex>": "<org id>"}}``
 `organization` and `api_keys` let the proxy accept an organization's API key for that
-organization's sandboxes only. Written 0600 to a temporary file and renamed, so the proxy
-never reads half a file and no other local user reads a token.
+organization's sandboxes only; `uid` is the sandbox's, which the proxy checks with
+SO_PEERCRED on every new connection. Written 0600 to a temporary file and renamed, so the
+proxy never reads half a file and no other local user reads a token.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ class FileRegistry:
         self.api_keys: dict[str, str] = {}
 
     def set(self, sandbox_id: str, url: str, token: str, public: bool = False,
-            organization: str | None = None) -> None:
+            uid: int | None = None, organization: str | None = None) -> None:
         entry: dict[str, Any] = {"url": url, "public": public, "token": token}
+        if uid is not None:
+            entry["uid"] = uid
         if organization is not None:
             entry["organization"] = organization
         self.entries[sandbox_id] = entry

@@ -5,7 +5,9 @@ given an earlier one's uid could reach whatever of it outlived the sandbox (its 
 keyring did, issue 13). So uids are never handed out twice: each runtime records the
 next free uid of its range in `STATE/uids.json` (a high-water mark, saved before the uid
 is used), and ranges come from a host-wide list (`/var/lib/sandbox-toolbox/uid-ranges.json`,
-under an exclusive lock) so two runtimes on one host never share one.
+under an exclusive lock) so two runtimes on one host never share one. A range goes back to the pool only when
+nothing of its sandboxes can remain: its state dir (their homes and tmps, the only places
+a sandbox can write on the host) is gone and no process runs as any of its uids.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class UidRange:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
-    def open(cls, state_root: Path, host_ranges: Path = HOST_RANGES) -> "UidRange":
+    def open(cls, state_root: Path, host_ranges: Path = HOST_RANGES) -> UidRange:
         path = state_root / "uids.json"
         mine: dict[str, int] | None = None
         if path.exists():
@@ -76,7 +78,8 @@ class UidRange:
 
 def _reserve(host_ranges: Path, state_root: Path, base: int | None) -> int:
     """The base of `state_root`'s range in the host-wide list: `base` (re-recorded if the
-    list lost it) or the first range after every range ever given out."""
+    list lost it), else an abandoned range (see the module doc), else the first range
+    after every range given out."""
     private_dir(host_ranges.parent)
     lock_fd = os.open(host_ranges.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -87,7 +90,13 @@ def _reserve(host_ranges: Path, state_root: Path, base: int | None) -> int:
             ranges = []
         taken = [int(str(r["base"])) for r in ranges]
         if base is None:
-            base = max([FIRST_UID - RANGE_SIZE, *taken]) + RANGE_SIZE
+            abandoned = _abandoned(ranges)
+            if abandoned:
+                ranges = [r for r in ranges if int(str(r["base"])) != abandoned]
+                taken.remove(abandoned)
+                base = abandoned
+            else:
+                base = max([FIRST_UID - RANGE_SIZE, *taken]) + RANGE_SIZE
             if base + RANGE_SIZE - 1 > LAST_UID:
                 raise UidsExhausted(f"no uid range left in {host_ranges}")
         if base not in taken:
@@ -96,3 +105,28 @@ def _reserve(host_ranges: Path, state_root: Path, base: int | None) -> int:
         return base
     finally:
         os.close(lock_fd)
+
+
+def _abandoned(ranges: list[dict[str, object]]) -> int | None:
+    """The base of a range whose state dir is gone and whose uids own no process."""
+    gone = [int(str(r["base"])) for r in ranges if not Path(str(r["state"])).exists()]
+    if not gone:
+        return None
+    alive = _process_uids()
+    for base in sorted(gone):
+        if not any(base <= uid < base + RANGE_SIZE for uid in alive):
+            return base
+    return None
+
+
+def _process_uids() -> set[int]:
+    uids: set[int] = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("Uid:"):
+                    uids.update(int(field) for field in line.split()[1:])
+                    break
+        except (OSError, ValueError):
+            continue  # exited meanwhile
+    return uids

@@ -111,3 +111,33 @@ def test_toolbox_proxy_route_strips_the_proxys_credentials(proxy: Proxy, app: Ap
             assert headers.get("cookie") == "other=1"
             assert "x-daytona-preview-token" not in headers and "authorization" not in headers
             assert TOKEN not in response.text
+
+
+def test_proxy_refuses_a_unix_socket_served_by_another_uid(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Defence in depth behind the private socket dir: the registry records the sandbox's
+    uid and the proxy checks SO_PEERCRED, so a socket served by anyone else (a link to
+    another tenant's daemon, the runtime's control socket) is refused and logged."""
+    import os
+
+    from tests.helpers import start_daemon
+
+    daemon = start_daemon(tmp_path_factory.mktemp("uds"), uds=True)
+    try:
+        assert daemon.uds is not None
+        url = f"unix:{daemon.uds}"
+        running = start_proxy(tmp_path_factory.mktemp("peer"), {
+            "right": {"url": url, "public": True, "uid": os.getuid()},
+            "wrong": {"url": url, "public": True, "uid": os.getuid() + 4242},
+            "bad": {"url": url, "public": True, "uid": "not-a-number"},
+        })
+        try:
+            with running.client() as client:
+                assert client.get("/toolbox/right/version", headers=AUTH).status_code == 200
+                refused = client.get("/toolbox/wrong/version", headers=AUTH)
+                assert refused.status_code == 502 and refused.headers["x-proxy-error"] == "sandbox-unreachable"
+                # An entry whose uid cannot be read is no sandbox at all, not an unchecked one.
+                assert client.get("/toolbox/bad/version", headers=AUTH).status_code == 404
+        finally:
+            running.stop()
+    finally:
+        daemon.stop()

@@ -61,12 +61,14 @@ def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> Non
         f"  ln -sf {control_socket} $d/runtime.sock 2>&1; "
         "done; ls -la /run; ls -la " + str(stack.state_dir) + "; echo done"
     )
-    code, out = stack.execute(attacker, attack)
+    _code, out = stack.execute(attacker, attack)
     assert out.rstrip().endswith("done"), out
     # Nothing the sandbox wrote is on the host path the proxy connects to.
     registry = json.loads((stack.state_dir / "registry.json").read_text())
     path = Path(registry["sandboxes"][attacker]["url"].removeprefix("unix:"))
     assert path == stack.state_dir / "sockets" / f"{attacker}.sock"
+    # ... and the proxy checks the daemon's SO_PEERCRED against this uid on every connection.
+    assert registry["sandboxes"][attacker]["uid"] == stack.cli("get", attacker)["uid"]
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     sockets_dir = os.lstat(path.parent)
     assert sockets_dir.st_uid == os.geteuid() and stat.S_IMODE(sockets_dir.st_mode) == 0o700
@@ -78,7 +80,7 @@ def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> Non
 
 def test_sandbox_sees_no_socket_of_the_host(stack: Stack) -> None:
     # Real sockets only (-type s): links the sandbox made in its own /tmp do not count.
-    code, out = stack.execute(stack.first_id, "find / -type s 2>/dev/null | grep -v ^/proc; echo end")
+    _code, out = stack.execute(stack.first_id, "find / -type s 2>/dev/null | grep -v ^/proc; echo end")
     assert out.split() == ["end"], out
 
 
@@ -110,7 +112,7 @@ def test_other_local_users_cannot_read_tokens(stack: Stack) -> None:
     token = stack.cli("get", stack.first_id)["token"]
     for path in (stack.state_dir / "registry.json",
                  stack.state_dir / "sandboxes" / stack.first_id / "sandbox.json"):
-        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
+        result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)], check=False,
                                 capture_output=True, text=True, timeout=10)
         assert result.returncode != 0 and token not in result.stdout
         assert "Permission denied" in result.stderr
@@ -152,8 +154,12 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
         again.stop()
 
 
-def test_uid_ranges_are_recorded_host_wide(tmp_path: Path) -> None:
+def test_uid_ranges_are_recorded_host_wide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import uids
     from runtime.uids import UidRange
+
+    # A private list, and uids no real sandbox on this host runs as (/proc is host-wide).
+    monkeypatch.setattr(uids, "FIRST_UID", 2_100_000_000)
 
     host = tmp_path / "host" / "uid-ranges.json"
     (tmp_path / "a").mkdir()
@@ -168,6 +174,12 @@ def test_uid_ranges_are_recorded_host_wide(tmp_path: Path) -> None:
     assert reopened.allocate() == a.base + 11
     assert stat.S_IMODE(os.stat(host).st_mode) == 0o600
     assert stat.S_IMODE(os.stat(tmp_path / "a" / "uids.json").st_mode) == 0o600
+    # A range comes back only once its state dir is gone and none of its uids runs a process.
+    shutil.rmtree(tmp_path / "a")
+    (tmp_path / "c").mkdir()
+    assert UidRange.open(tmp_path / "c", host).base == a.base
+    (tmp_path / "d").mkdir()
+    assert UidRange.open(tmp_path / "d", host).base > b.base  # b's state dir still exists
 
 
 SYSCALL_PROBE = r'''
@@ -199,6 +211,10 @@ def test_dangerous_syscalls_fail_with_eperm_inside_a_sandbox(stack: Stack) -> No
     code, out = stack.execute(stack.first_id, "python -c \"import ctypes; libc = ctypes.CDLL(None, use_errno=True); "
                                               "print(libc.syscall(248, b'user', b'planted', b'x', 1, -3), ctypes.get_errno())\"")
     assert out.split() == ["-1", "1"], out  # add_key(..., KEY_SPEC_USER_KEYRING): EPERM
+    # A call through the x32 ABI (another way into the syscall table) kills the caller: SIGSYS.
+    code, out = stack.execute(stack.first_id, "python -c \"import ctypes; ctypes.CDLL(None).syscall(0x40000000 + 39)\"; "
+                                              "echo status=$?")
+    assert out.strip().endswith("status=159"), out
 
 
 NORMAL_WORK = r'''
@@ -298,3 +314,40 @@ def test_host_replacing_etc_passwd_does_not_break_a_running_sandbox(tmp_path: Pa
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_socket_path_too_long_is_an_actionable_error(tmp_path: Path) -> None:
+    import asyncio
+
+    from runtime.manager import Runtime, SandboxError
+
+    async def attempt() -> tuple[SandboxError, Runtime]:
+        runtime = Runtime(tmp_path / ("deep" * 25), pool_size=0, idle_timeout=0)
+        await runtime.open()
+        try:
+            with pytest.raises(SandboxError) as caught:
+                await runtime.create("x")
+        finally:
+            await runtime.close()
+        return caught.value, runtime
+
+    error, runtime = asyncio.run(attempt())
+    assert "use a shorter state dir" in error.message
+    assert runtime.specs == {} and not (runtime.sandboxes_dir / "x").exists()
+
+
+def test_bwrap_command_binds_no_socket_dir_and_loads_the_filter(tmp_path: Path) -> None:
+    from runtime.sandbox import SandboxDir, bwrap_argv
+
+    sandbox = SandboxDir(tmp_path / "state" / "sandboxes" / "x")
+    sandbox.create(os.getuid(), os.getgid())
+    argv = bwrap_argv(sandbox, state_root=tmp_path / "state", egress="none", listen_fd=5, seccomp_fd=6)
+    joined = " ".join(argv)
+    assert "--setenv TOOLBOX_FD 5" in joined and "--seccomp 6" in joined
+    assert "/run/toolbox" not in joined and "TOOLBOX_UDS" not in joined
+    assert "--perms 1777 --tmpfs /dev/shm" in joined
+    assert f"--ro-bind {sandbox.path / 'etc' / 'passwd'} /etc/passwd" in joined
+    assert "--ro-bind /etc /run/host/etc" in joined and "--tmpfs /etc" in joined
+    # Writable binds: the sandbox's home and tmp only.
+    writable = [argv[i + 1] for i, arg in enumerate(argv) if arg == "--bind"]
+    assert writable == [str(sandbox.home), str(sandbox.tmp)]

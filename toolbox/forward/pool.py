@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import logging
 import os
+import socket
 import stat
+import struct
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -199,13 +202,31 @@ class UpstreamConnection(asyncio.Protocol):
 P = TypeVar("P", bound=asyncio.Protocol)
 
 
+log = logging.getLogger("toolbox.forward")
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class WrongPeer(ConnectionRefusedError):
+    """The process listening on a Unix socket is not the one we meant to reach."""
+
+
+def _check_peer(transport: asyncio.BaseTransport, unix_path: str, peer_uid: int) -> None:
+    sock: socket.socket = transport.get_extra_info("socket")
+    pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    if uid != peer_uid:
+        transport.abort()  # type: ignore[attr-defined]
+        log.warning("refused %s: it is served by uid %d (pid %d), not by the expected uid %d",
+                    unix_path, uid, pid, peer_uid)
+        raise WrongPeer(f"{unix_path} is not served by uid {peer_uid}")
+
+
 def _open_socket_file(path: str) -> int:
     """An O_PATH descriptor of the socket at `path`, never following a symlink there.
 
-    A sandbox can write the directory its daemon's socket lives in: a symlink put in its
-    place (to the control plane's socket, a container engine's, any host socket) must not
-    be followed by the host side. Connecting through /proc/self/fd/N then reaches exactly
-    the inode checked here."""
+    Defence in depth: the runtime keeps daemon sockets where no sandbox can write, but a
+    symlink put in a socket's place (to the control plane's socket, a container engine's,
+    any host socket) must never be followed by the host side. Connecting through
+    /proc/self/fd/N then reaches exactly the inode checked here."""
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
@@ -216,16 +237,21 @@ def _open_socket_file(path: str) -> int:
     return fd
 
 
-async def open_connection(factory: Callable[[], P], unix_path: str | None, host: str, port: int) -> P:
+async def open_connection(factory: Callable[[], P], unix_path: str | None, host: str, port: int,
+                          peer_uid: int | None = None) -> P:
     """Connect to a Unix socket (never through a symlink), or to host:port; `localhost` is
-    tried as IPv4 then IPv6, without a resolver round trip."""
+    tried as IPv4 then IPv6, without a resolver round trip. With `peer_uid`, a Unix socket
+    whose listening process runs as another uid is refused (WrongPeer): one getsockopt per
+    new connection."""
     loop = asyncio.get_running_loop()
     if unix_path is not None:
         fd = _open_socket_file(unix_path)
         try:
-            _, protocol = await loop.create_unix_connection(factory, f"/proc/self/fd/{fd}")
+            transport, protocol = await loop.create_unix_connection(factory, f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
+        if peer_uid is not None:
+            _check_peer(transport, unix_path, peer_uid)
         return protocol
     last: OSError | None = None
     for candidate in ("127.0.0.1", "::1") if host == "localhost" else (host,):
@@ -248,8 +274,10 @@ class ConnectionPool:
     whether it is armed.
     """
 
-    def __init__(self, *, unix_path: str | None = None, keepalive: float = 30.0, max_idle: int = 256) -> None:
+    def __init__(self, *, unix_path: str | None = None, keepalive: float = 30.0, max_idle: int = 256,
+                 peer_uid: int | None = None) -> None:
         self.unix_path = unix_path
+        self.peer_uid = peer_uid
         self.keepalive = keepalive
         self.max_idle = max_idle
         self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
@@ -270,7 +298,7 @@ class ConnectionPool:
 
     async def _connect(self, host: str, port: int) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        return await open_connection(lambda: UpstreamConnection(loop), self.unix_path, host, port)
+        return await open_connection(lambda: UpstreamConnection(loop), self.unix_path, host, port, self.peer_uid)
 
     def release(self, conn: UpstreamConnection, host: str, port: int) -> None:
         if not conn.reusable:

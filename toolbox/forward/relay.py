@@ -92,10 +92,11 @@ class Relay:
     unix_path: str | None = None
     keepalive: float = 30.0
     retry_refused: bool = True
+    peer_uid: int | None = None  # with unix_path: the uid the listening process must have
     pool: ConnectionPool = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pool = ConnectionPool(unix_path=self.unix_path, keepalive=self.keepalive)
+        self.pool = ConnectionPool(unix_path=self.unix_path, keepalive=self.keepalive, peer_uid=self.peer_uid)
 
     async def close(self) -> None:
         self.pool.close()
@@ -245,7 +246,7 @@ class Relay:
         request = _head(b"GET " + target.path + b" HTTP/1.1", headers, b"connection: Upgrade\r\nupgrade: websocket\r\n")
         try:
             upstream, status_line, response_headers = await open_upgrade(
-                unix_path=self.unix_path, host=target.host, port=target.port, head=request,
+                unix_path=self.unix_path, host=target.host, port=target.port, head=request, peer_uid=self.peer_uid,
                 retry_delays=RETRY_DELAYS if self.retry_refused else ())
         except socket.gaierror as exc:
             raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc

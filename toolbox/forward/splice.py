@@ -170,6 +170,7 @@ class UpstreamSide(asyncio.Protocol):
 
 async def open_upgrade(
     *, unix_path: str | None, host: str, port: int, head: bytes, retry_delays: tuple[float, ...] = (),
+    peer_uid: int | None = None,
 ) -> tuple[UpstreamSide, bytes, Headers]:
     """Connect, send the upgrade request `head`, wait for a 101.
 
@@ -182,7 +183,7 @@ async def open_upgrade(
     attempt = 0
     while True:
         try:
-            upstream = await open_connection(lambda: UpstreamSide(loop), unix_path, host, port)
+            upstream = await open_connection(lambda: UpstreamSide(loop), unix_path, host, port, peer_uid)
             break
         except socket.gaierror:
             raise
