@@ -69,7 +69,7 @@ def compile_filter() -> bytes:
 
 
 def _build() -> bytes:
-    import pyseccomp as seccomp  # type: ignore[import-untyped]  # ctypes binding without stubs
+    import pyseccomp as seccomp  # ctypes binding without stubs
 
     flt = seccomp.SyscallFilter(defaction=seccomp.ALLOW)
     unknown = []
