@@ -119,6 +119,39 @@ def test_a_stop_wait_ends_on_the_event_not_on_the_one_second_poll(stack: Stack) 
     assert max(lags) < 0.25, lags
 
 
+def test_an_async_sdk_wait_ends_on_the_event_too(stack: Stack) -> None:
+    """AsyncDaytona has its own Socket.IO client (python-socketio's AsyncClient)."""
+    import asyncio
+
+    from daytona import AsyncDaytona, DaytonaConfig
+
+    async def scenario() -> float:
+        async with AsyncDaytona(DaytonaConfig(api_url=api_url(stack), api_key=stack.api_key)) as d:
+            for _ in range(250):
+                if d._event_dispatcher is not None and d._event_dispatcher.is_connected:
+                    break
+                await asyncio.sleep(0.02)
+            assert d._event_dispatcher is not None and d._event_dispatcher.is_connected
+            sandbox = await d.create()
+            try:
+                waiting = asyncio.ensure_future(sandbox.wait_for_sandbox_stop(timeout=20))
+                await asyncio.sleep(0.3)
+                async with httpx.AsyncClient(timeout=30) as client:
+                    response = await client.post(f"{api_url(stack)}/sandbox/{sandbox.id}/stop",
+                                                 headers={"Authorization": f"Bearer {stack.api_key}"})
+                stopped_at = time.monotonic()
+                assert response.status_code == 200, response.text
+                await asyncio.wait_for(waiting, 20)
+                lag = time.monotonic() - stopped_at
+                assert sandbox.state == "stopped"
+            finally:
+                await d.delete(sandbox)
+            return lag
+
+    lag = asyncio.run(scenario())
+    assert lag < 0.25, lag
+
+
 def test_an_event_for_one_organization_never_reaches_another(stack: Stack, listener: Listener) -> None:
     other_key = stack_extra_key(stack, "org-b")
     other = Listener(stack, other_key)
