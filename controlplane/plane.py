@@ -12,8 +12,9 @@ from pathlib import Path
 
 import anyio
 
-from controlplane.auth import DEFAULT_ORGANIZATION, Keys, NewKey, key_hash
+from controlplane.auth import DEFAULT_ORGANIZATION, Keys, NewKey, Principal, key_hash
 from controlplane.backend import SandboxBackend
+from controlplane.errors import ApiError
 from controlplane.policies import ActivitySource, Policies
 from controlplane.proxyview import ProxyView, VisibleCheck
 from controlplane.reconcile import reconcile
@@ -38,6 +39,8 @@ class PlaneConfig:
     default_auto_stop: int = 15  # minutes, for sandboxes created without autoStopInterval
     # Seconds in a policy minute: 60, except where a test or demo wants policies to act fast.
     minute: float = float(os.environ.get(MINUTE_ENV) or 60)
+    # The proxy's secret, to mint signed preview URLs the proxy verifies (None: 501).
+    preview_secret: bytes | None = None
 
     @property
     def url(self) -> str:
@@ -60,6 +63,13 @@ class ControlPlane:
         self.policies = Policies(self, activity, minute=config.minute,
                                  interval=max(0.2, min(5.0, config.minute / 4)))
         self.default_organization = ""
+        # (organization, sandbox id) of sandboxes a crash stopped; see reconcile.
+        self.interrupted: list[tuple[str, str]] = []
+        from controlplane.resources import (
+            ResourcePlane,  # after the services it hooks into
+        )
+
+        self.resources = ResourcePlane(self)
         self._policy_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -67,7 +77,21 @@ class ControlPlane:
         self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
                                                                    DEFAULT_ORGANIZATION)
         await reconcile(self)
+        await self.resources.open()
         await self.view.publish()
+
+    async def restart_interrupted(self) -> None:
+        """Start again, one after the other, the sandboxes that were running when a previous
+        main job died; forty cold starts at once would starve everything else."""
+        interrupted, self.interrupted = self.interrupted, []
+        if interrupted:
+            log.warning("restarting %d sandbox(es) a crash stopped: %s", len(interrupted),
+                        " ".join(i for _, i in interrupted))
+        for organization, sandbox_id in interrupted:
+            try:
+                await self.sandboxes.start(Principal(organization, "reconcile"), sandbox_id)
+            except ApiError as exc:
+                log.warning("could not restart %s: %s", sandbox_id, exc.message)
 
     def run_policies(self) -> None:
         """Auto-stop, auto-archive, auto-delete and periodic reconcile, in the background."""

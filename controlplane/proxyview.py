@@ -31,6 +31,8 @@ class ProxyView:
         self.backend = backend
         self.visible = visible
         self._lock = anyio.Lock()
+        # Other resources' additions to the entries (signing keys, revoked preview labels).
+        self.decorators: list[Callable[[dict[str, dict[str, Any]]], None]] = []
         self._written: tuple[dict[str, dict[str, Any]], dict[str, str]] | None = None
 
     def _build(self) -> None:
@@ -38,6 +40,8 @@ class ProxyView:
         for sandbox_id, organization, token, public in self.records.routed():
             entries[sandbox_id] = {"url": self.backend.address(sandbox_id), "token": token,
                                    "public": public, "organization": organization}
+        for decorate in self.decorators:
+            decorate(entries)
         keys = self.keys.hashes()
         if self._written == (entries, keys):
             return  # unchanged: the proxy need not re-read anything

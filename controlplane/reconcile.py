@@ -3,6 +3,9 @@
 - A record still being created (the main job died mid-create): whatever the backend made
   is destroyed and the record removed, so no orphan and no ghost remain.
 - A record left pending by a crash: its state becomes what the backend really has.
+- A sandbox that was started when the main job died (SIGKILL, OOM killer, power loss) is
+  recorded stopped and queued in `plane.interrupted`, which the main job starts again once
+  the proxy is up (`ControlPlane.restart_interrupted`).
 - A record whose sandbox is gone from the backend: `error` with a reason (destroyed-ness
   is never assumed; the user decides).
 - A sandbox the backend has without a record (made before the control plane existed, or
@@ -64,6 +67,9 @@ async def reconcile(plane: ControlPlane, *, at_start: bool = True) -> list[str]:
             await anyio.to_thread.run_sync(plane.records.remove, record.id)
             changes.append(f"{record.id}: finished an interrupted delete")
             continue
+        if (at_start and not record.pending and record.state == State.STARTED
+                and have == Existence.STOPPED):
+            plane.interrupted.append((record.organization_id, record.id))
         if (record.pending or record.state != have.value) and await _settle(plane, record, have.value):
             changes.append(f"{record.id}: {record.state} -> {have.value}")
     for sandbox_id, have in existing.items():

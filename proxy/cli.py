@@ -85,6 +85,10 @@ def serve(args: argparse.Namespace) -> int:
     from proxy.config import ProxyConfig
     from toolbox.server import ReadyServer, websocket_protocol
 
+    if parent := os.environ.get("PROXY_PARENT_PID"):
+        from toolbox.lifeline import die_with_parent
+
+        die_with_parent(int(parent))  # the runtime's child: never outlive it, nor keep its port
     # Workers are separate processes: hand every option over through the environment.
     os.environ["PROXY_DOMAIN"] = args.domain
     os.environ["PROXY_REGISTRY"] = args.registry
@@ -112,9 +116,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         print(f"Starting proxy on {args.host}:{args.port} with {args.workers} workers", flush=True)
-        uvicorn.run("proxy.app:app_from_environment", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+        uvicorn.run("proxy.app:app_from_environment", factory=True, workers=args.workers, **common)
         return 0
-    config = uvicorn.Config(app_from_environment(), **common)  # type: ignore[arg-type]
+    config = uvicorn.Config(app_from_environment(), **common)
     server = ReadyServer(config, banner=f"Starting proxy on {args.host}:{args.port}")
     server.run()
     return 0 if server.started else 1
@@ -123,13 +127,13 @@ def serve(args: argparse.Namespace) -> int:
 def preview_url(args: argparse.Namespace) -> int:
     from proxy.auth import QUERY_PARAM, Auth, SignedLabelError
     from proxy.config import ProxyConfig
-    from proxy.registry import open_registry
+    from proxy.registry import Sandbox, open_registry
 
     config = ProxyConfig(domain=args.domain, registry=args.registry, public_url=args.public_url or "",
                          secret=args.secret.encode())
     auth = Auth(config.secret, ())
 
-    async def lookup():  # type: ignore[no-untyped-def]
+    async def lookup() -> Sandbox | None:
         registry = open_registry(config.registry)
         try:
             return await registry.get(args.sandbox_id)

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import anyio
@@ -34,6 +34,8 @@ class Sandbox:
     token: str | None = None
     public: bool = False
     organization: str | None = None  # None: any valid API key may use it (as before tenancy)
+    files_key: str | None = None  # the key of Daytona's signed file URLs (proxy/fileurls.py)
+    revoked: frozenset[str] = frozenset()  # signed preview labels expired early
 
 
 class RegistryError(Exception):
@@ -70,9 +72,13 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
         return None
     token = data.get("token")
     organization = data.get("organization")
+    files_key = data.get("files_key")
+    revoked = data.get("revoked")
     return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
                    _truthy(data.get("public", False)),
-                   organization if isinstance(organization, str) and organization else None)
+                   organization if isinstance(organization, str) and organization else None,
+                   files_key if isinstance(files_key, str) and files_key else None,
+                   frozenset(r for r in revoked if isinstance(r, str)) if isinstance(revoked, list) else frozenset())
 
 
 class FileRegistry:
@@ -176,7 +182,12 @@ return 0
 
 
 class RedisRegistry:
-    """Cached lookups (positive `ttl`, negative `negative_ttl`) with one in-flight query per id."""
+    """Cached lookups (positive `ttl`, negative `negative_ttl`) with one in-flight query per id.
+
+    The query runs as a task the registry owns, and every caller waits on it through
+    `asyncio.shield`: a caller that is cancelled (its client went away) stops waiting, but
+    the query goes on for the others, and its CancelledError is never handed to them.
+    """
 
     def __init__(self, url: str, ttl: float = 2.0, negative_ttl: float = 1.0) -> None:
         import redis.asyncio as redis
@@ -189,7 +200,7 @@ class RedisRegistry:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self._cache: dict[str, tuple[float, Sandbox | None]] = {}
-        self._inflight: dict[str, asyncio.Future[Sandbox | None]] = {}
+        self._inflight: dict[str, asyncio.Task[Sandbox | None]] = {}
         self._record = self._client.register_script(_RECORD_ACTIVITY)
         self.lookups = 0  # queries actually sent to Redis (for tests and metrics)
 
@@ -199,32 +210,30 @@ class RedisRegistry:
             data = await self._client.hgetall(self.prefix + sandbox_id)
         except Exception as exc:  # redis raises many classes; all mean "cannot ask now"
             raise RegistryError(f"the Redis registry is unreachable: {exc}") from exc
-        return _entry(sandbox_id, data) if data else None
+        # decode_responses=True: keys and values are str (the client's annotation allows bytes)
+        return _entry(sandbox_id, cast("dict[str, object]", data)) if data else None
 
     async def get(self, sandbox_id: str) -> Sandbox | None:
         now = time.monotonic()
         cached = self._cache.get(sandbox_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        pending = self._inflight.get(sandbox_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Sandbox | None] = asyncio.get_running_loop().create_future()
-        self._inflight[sandbox_id] = future
+        task = self._inflight.get(sandbox_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._lookup(sandbox_id), name=f"registry lookup {sandbox_id}")
+            self._inflight[sandbox_id] = task
+            task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _lookup(self, sandbox_id: str) -> Sandbox | None:
         try:
             entry = await self._query(sandbox_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(entry)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[sandbox_id] = (time.monotonic() + (self.ttl if entry else self.negative_ttl), entry)
-            return entry
         finally:
             del self._inflight[sandbox_id]
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[sandbox_id] = (time.monotonic() + (self.ttl if entry else self.negative_ttl), entry)
+        return entry
 
     async def key_organization(self, key_sha256_hex: str) -> str | None:
         return None  # tenant keys live in file: registries (the control plane) for now
@@ -236,7 +245,19 @@ class RedisRegistry:
             log.warning("could not record activity of %s in Redis: %s", sandbox_id, exc)
 
     async def close(self) -> None:
+        # Queries still in flight have no one left to answer: end them before the client.
+        pending = list(self._inflight.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._inflight.clear()  # (a task cancelled before it ran never removed itself)
         await self._client.aclose()
+
+
+def _retrieve(task: asyncio.Task[Sandbox | None]) -> None:
+    """Mark a lookup's exception as seen: when every caller was cancelled, nobody else does."""
+    if not task.cancelled():
+        task.exception()
 
 
 def open_registry(spec: str, cache_ttl: float = 2.0) -> Registry:

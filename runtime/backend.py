@@ -8,19 +8,18 @@ pool stays the runtime's. Disk is recorded by the control plane but not enforced
 from __future__ import annotations
 
 import asyncio
-import inspect
-from typing import Any
+from pathlib import Path
 
 from controlplane.backend import (
     BackendError,
     CreateRequest,
     Existence,
     Resources,
-    Unsupported,
 )
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.sandbox import SandboxDir
+from runtime.volumes import Mount
 
 
 def _limits(runtime: Runtime, resources: Resources) -> Limits:
@@ -38,29 +37,15 @@ def _limits(runtime: Runtime, resources: Resources) -> Limits:
 class LocalBackend:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-
-    def _supports(self, method: str, parameter: str | None = None) -> bool:
-        fn = getattr(self.runtime, method, None)
-        if fn is None:
-            return False
-        return parameter is None or parameter in inspect.signature(fn).parameters
+        self.initial_pool_size = runtime.pool_size  # the warm pools' floor
 
     async def create(self, request: CreateRequest) -> None:
-        kwargs: dict[str, Any] = {}
-        if request.mounts:
-            # TODO(runtime mounts): Runtime.create(..., mounts=[Mount(source, target, read_only)]).
-            if not self._supports("create", "mounts"):
-                raise Unsupported("mount volumes")
-            from pathlib import Path
-
-            from runtime.manager import Mount  # type: ignore[attr-defined]
-
-            kwargs["mounts"] = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
-                                for m in request.mounts]
+        mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
+                  for m in request.mounts]
         limits = _limits(self.runtime, request.resources)
         try:
             await self.runtime.create(request.sandbox_id, env=request.env, limits=limits,
-                                      egress="host" if request.network else "none", **kwargs)
+                                      egress="host" if request.network else "none", mounts=mounts)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
@@ -83,20 +68,14 @@ class LocalBackend:
         await self.runtime.delete(sandbox_id)
 
     async def archive(self, sandbox_id: str) -> None:
-        # TODO(runtime archive): Runtime.archive(id) packs the files into tar.zst.
-        if not self._supports("archive"):
-            raise Unsupported("archive sandboxes")
         try:
-            await self.runtime.archive(sandbox_id)  # type: ignore[attr-defined]
+            await self.runtime.archive(sandbox_id)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
     async def resize(self, sandbox_id: str, resources: Resources) -> None:
-        # TODO(runtime resize): Runtime.resize(id, limits).
-        if not self._supports("resize"):
-            raise Unsupported("resize sandboxes")
         try:
-            await self.runtime.resize(sandbox_id, _limits(self.runtime, resources))  # type: ignore[attr-defined]
+            await self.runtime.resize(sandbox_id, _limits(self.runtime, resources))
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
@@ -112,4 +91,20 @@ class LocalBackend:
         return out
 
     def address(self, sandbox_id: str) -> str:
-        return f"unix:{self.runtime.sandboxes_dir / sandbox_id / 'run' / 'toolbox.sock'}"
+        return f"unix:{self.runtime.socket_path(sandbox_id)}"
+
+    # -- beyond the SandboxBackend protocol: optional capabilities the resources use ----
+    async def set_env(self, sandbox_id: str, env: dict[str, str]) -> None:
+        """The environment of the sandbox's next start (secrets changed while it exists)."""
+        try:
+            await self.runtime.set_env(sandbox_id, env)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    def set_pool_size(self, size: int) -> None:
+        """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""
+        self.runtime.resize_pool(size)
+
+    def pool_ready(self) -> int:
+        """Warm sandboxes ready right now."""
+        return sum(1 for r in self.runtime.pool if r.process.returncode is None)

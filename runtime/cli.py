@@ -121,13 +121,25 @@ def up(args: argparse.Namespace) -> int:
     from runtime.manager import SandboxError
     from runtime.stack import Stack, StackConfig
 
+    try:
+        limits = Limits(cpus=args.cpus, memory_mib=args.memory, pids=args.pids)
+    except ValueError as exc:
+        print(f"error: invalid limit: {exc} (--cpus/--memory/--pids, RUNTIME_CPUS/RUNTIME_MEMORY_MIB/"
+              "RUNTIME_PIDS)", file=sys.stderr, flush=True)
+        return 2
     config = StackConfig(
         state_dir=_state_dir(args), host=args.host, port=args.port, domain=args.domain,
         pool_size=max(0, args.pool_size), idle_timeout=args.idle_timeout,
-        limits=Limits(cpus=args.cpus, memory_mib=args.memory, pids=args.pids), api_key=args.api_key,
+        limits=limits, api_key=args.api_key,
     )
-    stack = Stack(config)
+    try:
+        stack = Stack(config)
+    except OSError as exc:
+        print(f"error: cannot use the state directory {config.state_dir}: {exc.strerror or exc}; "
+              "pick another with --state-dir or RUNTIME_STATE_DIR", file=sys.stderr, flush=True)
+        return 1
     control = build_app(stack.plane)
+    failed: list[str] = []
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -138,12 +150,17 @@ def up(args: argparse.Namespace) -> int:
                     _print_banner(stack, None)
                 else:
                     await _first_sandbox(stack, args.sandbox)
-            except (SandboxError, ApiError) as exc:
-                print(f"error: {exc.message}", file=sys.stderr, flush=True)
-                raise
+                stack.restart_interrupted()
+            except (SandboxError, ApiError, OSError) as exc:
+                # One line that says what failed and what to do; raising here would make
+                # Starlette and uvicorn print the traceback of a lifespan failure instead.
+                failed.append(exc.message if isinstance(exc, (SandboxError, ApiError)) else str(exc))
+                print(f"error: {failed[-1]}", file=sys.stderr, flush=True)
+                server.should_exit = True
             yield
         finally:
-            print("Stopping sandboxes and the proxy...", flush=True)
+            if not failed:
+                print("Stopping sandboxes and the proxy...", flush=True)
             await stack.stop()
 
     control.router.lifespan_context = lifespan
@@ -155,7 +172,7 @@ def up(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:
         pass
-    return 0 if server.started else 1
+    return 0 if server.started and not failed else 1
 
 
 async def _first_sandbox(stack: Any, wanted: str | None) -> None:

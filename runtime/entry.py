@@ -1,10 +1,12 @@
 """The process bubblewrap starts inside a sandbox: a pre-imported daemon waiting for its id.
 
-Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time, reports
+Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time (and starts
+the interpreter that code runs fork, toolbox/process/execute/zygote.py), reports
 ``pooled`` on stdout and blocks on stdin for one JSON line, the claim:
 ``{"id": "...", "env": {...}}``. It then applies the environment and serves the Toolbox
-API on the Unix socket in $TOOLBOX_UDS; the daemon's readiness line on stdout tells the
-runtime that the sandbox answers.
+API on the Unix socket the runtime bound and passed as descriptor $TOOLBOX_FD (the socket
+file lives where no sandbox can reach it: runtime/sockets.py); the daemon's readiness line
+on stdout tells the runtime that the sandbox answers.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import importlib
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def preload() -> None:
@@ -27,8 +30,20 @@ def preload() -> None:
     for name in app.AREAS:
         importlib.import_module(name)
 
+    # Code runs: their models built and the interpreter they fork started now, not in
+    # the first run after the claim.
+    from toolbox.process.execute import routes as execute_routes
+    from toolbox.process.execute import zygote
+
+    execute_routes.preload()
+    zygote.prestart(Path(os.environ.get("HOME", os.getcwd())).resolve())
+
 
 def main() -> int:
+    # Group-writable by default, so sandboxes sharing a volume (through its shared gid,
+    # see runtime.volumes) can change each other's files there; the sandbox's own group
+    # has no other member, so its private files stay private.
+    os.umask(0o002)
     preload()
     print("pooled", flush=True)
     line = sys.stdin.readline()
@@ -44,12 +59,9 @@ def main() -> int:
 
     from toolbox import cli
 
-    uds = os.environ.get("TOOLBOX_UDS", "/run/toolbox/toolbox.sock")
-    try:
-        os.unlink(uds)  # a socket left by a previous run of this sandbox
-    except FileNotFoundError:
-        pass
-    return cli.main(["serve", "--uds", uds, "--workdir", os.environ.get("HOME", os.getcwd()),
+    fd = os.environ.pop("TOOLBOX_FD")  # not inherited by the sandbox's own processes
+    os.set_inheritable(int(fd), False)
+    return cli.main(["serve", "--fd", fd, "--workdir", os.environ.get("HOME", os.getcwd()),
                      "--sandbox-id", sandbox_id])
 
 

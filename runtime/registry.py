@@ -5,15 +5,16 @@ Format (the proxy reloads it when it changes):
 "organization": "<org id>"}}, "api_keys": {"<sha256 hex>": "<org id>"}}``
 `organization` and `api_keys` let the proxy accept an organization's API key for that
 organization's sandboxes only. Written 0600 to a temporary file and renamed, so the proxy
-never reads half a file.
+never reads half a file and no other local user reads a token.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from runtime.private import write_private
 
 
 class FileRegistry:
@@ -41,12 +42,7 @@ class FileRegistry:
 
     def flush(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         document: dict[str, Any] = {"sandboxes": self.entries}
         if self.api_keys:
             document["api_keys"] = self.api_keys
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(document, indent=1, sort_keys=True))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        write_private(self.path, json.dumps(document, indent=1, sort_keys=True).encode())

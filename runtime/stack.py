@@ -15,6 +15,7 @@ import math
 import os
 import re
 import secrets
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ class Stack:
         self.config = config
         state = config.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o755)
+        os.chmod(state, 0o700)  # registry.json and every sandbox.json hold preview tokens
         self.api_key_file = state / "api-key"
         # The default organization's key (shown in the banner), kept in plain text 0600.
         if config.api_key:
@@ -94,16 +95,17 @@ class Stack:
         self.control_socket = control_dir / "api.sock"
         # Idle auto-stop is the control plane's (autoStopInterval, from the proxy's activity).
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
-                               idle_timeout=0, write_registry=False)
+                               idle_timeout=0, write_registry=False, restart_crashed=False)
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
             PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),
-                        registry_path=self.registry_path,
+                        registry_path=self.registry_path, preview_secret=self.secret.encode(),
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None
+        self._restarting: asyncio.Future[None] | None = None
         self._stopping = False
         self._http = httpx.AsyncClient(timeout=5)
 
@@ -139,7 +141,8 @@ class Stack:
 
     async def read_activity(self) -> dict[str, float]:
         url = f"http://{self.config.host}:{self.config.port}/metrics"
-        response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}"})
+        response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}",
+                                                      "authorization": f"Bearer {self.internal_key}"})
         response.raise_for_status()
         return parse_activity(response.text)
 
@@ -158,14 +161,28 @@ class Stack:
                 await asyncio.sleep(0.02)
 
     async def start(self) -> None:
+        self._check_port()
         await self.runtime.open()
         await self.plane.open()
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
         self.plane.run_policies()
 
+    def _check_port(self) -> None:
+        """Fail in milliseconds, before any sandbox starts, when the proxy could not listen."""
+        host, port = self.config.host, self.config.port
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                probe.bind((host, port))
+        except OSError as exc:
+            raise SandboxError(500, f"the proxy cannot listen on {host}:{port} ({exc.strerror}); "
+                                    "stop what uses it or pick another port with --port "
+                                    "or RUNTIME_PROXY_PORT") from None
+
     async def _start_proxy(self) -> None:
-        env = dict(os.environ, PROXY_API_KEYS=self.internal_key, PROXY_SECRET=self.secret)
+        env = dict(os.environ, PROXY_API_KEYS=self.internal_key, PROXY_SECRET=self.secret,
+                   PROXY_PARENT_PID=str(os.getpid()))
         self.proxy = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "serve", "--host", self.config.host,
             "--port", str(self.config.port), "--domain", self.config.domain,
@@ -180,7 +197,7 @@ class Stack:
                     line = await self.proxy.stdout.readline()
                     if not line:
                         raise SandboxError(500, f"the proxy exited (code {await self.proxy.wait()}); "
-                                                "is the port free?")
+                                                f"is port {self.config.port} free?")
                     if line.startswith(b"Starting proxy"):
                         break
         except TimeoutError:
@@ -204,10 +221,17 @@ class Stack:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
+    def restart_interrupted(self) -> None:
+        """In the background: start again what a crash of the previous main job stopped."""
+        self._restarting = asyncio.ensure_future(self.plane.restart_interrupted())
+
     async def stop(self) -> None:
         self._stopping = True
         if self._watch is not None:
             self._watch.cancel()
+        if self._restarting is not None:
+            self._restarting.cancel()
+            await asyncio.gather(self._restarting, return_exceptions=True)
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:

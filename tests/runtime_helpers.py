@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,14 +12,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
 from tests.helpers import REPO_ROOT, free_port
+from tests.system import requires
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
+
+needs_bwrap = requires("bwrap")
 
 
 @dataclass
@@ -94,14 +96,17 @@ class Stack:
 
 
 def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
-                timeout: float = 60, extra_env: dict[str, str] | None = None) -> Stack:
-    """Run ./scripts/start exactly as the README says, with its state under `state_dir`."""
-    port = free_port()
+                timeout: float = 60, checkout: Path = REPO_ROOT, port: int | None = None,
+                prefix: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> Stack:
+    """Run ./scripts/start exactly as the README says, with its state under `state_dir`
+    (options as RUNTIME_* variables, which every version of the CLI reads; `prefix`: a
+    command to run it under, such as nsenter)."""
+    port = port or free_port()
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
                PYTHONUNBUFFERED="1", **(extra_env or {}))
-    process = subprocess.Popen([str(REPO_ROOT / "scripts" / "start"), *extra], env=env,
-                               stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO_ROOT)
+    process = subprocess.Popen([*prefix, str(checkout / "scripts" / "start"), *extra], env=env,
+                               stdout=subprocess.PIPE, stderr=None, text=True, cwd=checkout)
     assert process.stdout is not None
     banner: dict[str, str] = {}
     lines: list[str] = []
@@ -126,7 +131,7 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     return Stack(process, state_dir, port, banner, env, lines)
 
 
-def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None):  # type: ignore[no-untyped-def]
+def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None) -> ClientConnection:
     """A WebSocket to a preview, with the Host the proxy routes on."""
     from websockets.sync.client import connect
 

@@ -14,6 +14,7 @@ import logging
 import re
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from controlplane.errors import ApiError, BadRequest, NotFound, NotImplementedYe
 from controlplane.proxyview import ProxyView
 from controlplane.sandboxes import states
 from controlplane.sandboxes.dto import CreateSandbox
+from controlplane.sandboxes.hooks import CreateHook, Prepared
 from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.states import State
 from runtime.sandbox import new_id
@@ -35,6 +37,8 @@ log = logging.getLogger("controlplane.sandboxes")
 T = TypeVar("T")
 
 DEFAULT_SNAPSHOT = "default"
+# Its id in GET /snapshots (controlplane/snapshots/service.py): a client may name it by id.
+DEFAULT_SNAPSHOT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox-toolbox:snapshot:default"))
 DEFAULT_USER = "daytona"
 DEFAULT_TARGET = "local"
 LANGUAGE_LABEL = "code-toolbox-language"
@@ -123,6 +127,7 @@ class SandboxService:
         self.backend = backend
         self.view = view
         self.default_auto_stop = default_auto_stop
+        self.hooks: list[CreateHook] = []  # other resources' part of a create (controlplane/sandboxes/hooks.py)
 
     # -- reads --------------------------------------------------------------------------
     async def get(self, principal: Principal, id_or_name: str) -> SandboxRecord:
@@ -156,13 +161,11 @@ class SandboxService:
             raise NotImplementedYet("Building sandboxes from images (CreateSandboxFromImageParams, Image.*) is "
                                     "not available yet on this server: create from the default snapshot",
                                     "IMAGE_BUILDS_UNAVAILABLE")
-        if body.snapshot not in (None, "", DEFAULT_SNAPSHOT):
+        if body.snapshot not in (None, "", DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID):
             raise BadRequest(f"Snapshot {body.snapshot} not found: the snapshots here are: {DEFAULT_SNAPSHOT}",
                              "SNAPSHOT_NOT_FOUND")
         if body.gpu or body.gpuType:
             raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
-        if body.volumes:
-            raise NotImplementedYet("Volumes are not available on this server yet", "VOLUMES_UNAVAILABLE")
         if body.kvm:
             raise BadRequest("KVM sandboxes are not available on this server", "KVM_UNAVAILABLE")
         if body.networkAllowList or body.domainAllowList:
@@ -178,6 +181,11 @@ class SandboxService:
         auto_archive = _interval("autoArchiveInterval", body.autoArchiveInterval, DEFAULT_AUTO_ARCHIVE)
         auto_delete = _interval("autoDeleteInterval", body.autoDeleteInterval, DEFAULT_AUTO_DELETE,
                                 allow_negative=True)
+        prepared = Prepared()
+        for hook in self.hooks:  # volumes, secrets, ...: each validates before anything exists
+            await hook.prepare(principal, body, prepared)
+        if body.volumes and not prepared.mounts:
+            raise NotImplementedYet("Volumes are not available on this server yet", "VOLUMES_UNAVAILABLE")
         sandbox_id = new_id()
         now = time.time()
         record = SandboxRecord(
@@ -190,11 +198,17 @@ class SandboxService:
             auto_delete_interval=auto_delete, network_block_all=body.networkBlockAll is not False,
             network_allow_list=body.networkAllowList, domain_allow_list=body.domainAllowList,
             preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
-            snapshot=DEFAULT_SNAPSHOT, volumes=[], last_activity_at=now, extra={},
+            snapshot=DEFAULT_SNAPSHOT, volumes=prepared.volumes, last_activity_at=now, extra=dict(prepared.extra),
         )
         await anyio.to_thread.run_sync(self.records.insert, record)
-        request = CreateRequest(sandbox_id, env=dict(body.env), resources=resources,
-                                network=body.networkBlockAll is False)
+        try:
+            for hook in self.hooks:
+                await hook.confirm(principal, record)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.records.remove, record.id)
+            raise
+        request = CreateRequest(sandbox_id, env={**prepared.env, **body.env}, resources=resources,
+                                mounts=tuple(prepared.mounts), network=body.networkBlockAll is False)
         return await _shielded(lambda: self._bring_up(record, request))
 
     async def _bring_up(self, record: SandboxRecord, request: CreateRequest) -> SandboxRecord:

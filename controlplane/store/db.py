@@ -55,4 +55,5 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        # "heads": resource tables come on a branch of their own (0100), beside the core's revisions.
+        command.upgrade(config, "heads")

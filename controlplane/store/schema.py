@@ -80,3 +80,43 @@ sandboxes = Table(
     Index("ix_sandboxes_organization_state", "organization_id", "state"),
     Index("ix_sandboxes_organization_created", "organization_id", "created_at"),
 )
+
+# -- resources (migration 0100): volumes, secrets, warm pools -------------------------
+
+volumes = Table(
+    "volumes", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("state", String(32), nullable=False),  # ready, pending_delete (while a delete checks usage)
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    UniqueConstraint("organization_id", "name", name="uq_volumes_organization_name"),
+)
+
+secrets = Table(
+    "secrets", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("description", Text),
+    # The value is only ever read to inject it into a sandbox; no response carries it.
+    Column("value", Text, nullable=False),
+    Column("hosts", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("organization_id", "name", name="uq_secrets_organization_name"),
+)
+
+warm_pools = Table(
+    "warm_pools", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("snapshot", String(255), nullable=False),
+    Column("target", String(64), nullable=False),
+    Column("pool", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("organization_id", "snapshot", "target", name="uq_warm_pools_organization_snapshot"),
+)
