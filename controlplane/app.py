@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -59,8 +60,10 @@ def api_routes(plane: ControlPlane) -> list[BaseRoute]:
     ]
 
 
-def build_app(plane: ControlPlane) -> Starlette:
-    app = Starlette(routes=[Mount(API_PREFIX, routes=api_routes(plane))],
+def build_app(plane: ControlPlane, host_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """`host_routes` live outside `/api`: the proxy forwards only `/api/...`, so they are
+    reachable on the control socket alone (root-only diagnostics of the backend)."""
+    app = Starlette(routes=[Mount(API_PREFIX, routes=api_routes(plane)), *host_routes],
                     exception_handlers=errors.HANDLERS)
     app.state.keys = plane.keys
     return app

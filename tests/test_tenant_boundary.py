@@ -28,7 +28,7 @@ def stack() -> Iterator[Stack]:
     os.chmod(base, 0o755)
     running = start_stack(base / "state", pool_size=1)
     try:
-        running.cli("create", "--id", "victim")
+        running.victim = running.cli("create", "--name", "victim")["id"]  # type: ignore[attr-defined]
         yield running
     finally:
         running.stop()
@@ -39,7 +39,7 @@ def whoami_via_token(stack: Stack, sandbox_id: str) -> str:
     """Which sandbox a request carrying only `sandbox_id`'s preview token executes in."""
     import httpx
 
-    token = stack.cli("get", sandbox_id)["token"]
+    token = stack.preview_token(sandbox_id)
     response = httpx.post(f"{stack.url}/toolbox/{sandbox_id}/process/execute",
                           headers={"X-Daytona-Preview-Token": token, "Host": f"localhost:{stack.port}"},
                           json={"command": "printenv DAYTONA_SANDBOX_ID"}, timeout=30)
@@ -48,8 +48,8 @@ def whoami_via_token(stack: Stack, sandbox_id: str) -> str:
 
 
 def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> None:
-    attacker, victim = stack.first_id, "victim"
-    victim_socket = stack.cli("get", victim)["socket"]
+    attacker, victim = stack.first_id, stack.victim  # type: ignore[attr-defined]
+    victim_socket = stack.cli("inspect", victim)["socket"]
     control_socket = str(stack.state_dir / "control" / "runtime.sock")
     # The old attack: swap the daemon's socket for a link to another tenant's socket, in
     # every place the sandbox can write (its /run/toolbox was the host's socket dir).
@@ -85,7 +85,7 @@ def test_sandbox_sees_no_socket_of_the_host(stack: Stack) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes get their own uid only as root")
 def test_daemon_socket_peer_is_the_sandbox_uid(stack: Stack) -> None:
     """The daemon listens itself, so SO_PEERCRED names the sandbox's uid, not root's."""
-    described = stack.cli("get", stack.first_id)
+    described = stack.cli("inspect", stack.first_id)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(described["socket"])
         _pid, uid, _gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -107,8 +107,8 @@ def test_state_files_are_private(stack: Stack) -> None:
 def test_other_local_users_cannot_read_tokens(stack: Stack) -> None:
     import subprocess
 
-    token = stack.cli("get", stack.first_id)["token"]
-    for path in (stack.state_dir / "registry.json",
+    token = stack.preview_token(stack.first_id)
+    for path in (stack.state_dir / "registry.json", stack.state_dir / "controlplane.db",
                  stack.state_dir / "sandboxes" / stack.first_id / "sandbox.json"):
         result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)],
                                 capture_output=True, text=True, timeout=10)
@@ -126,11 +126,13 @@ def uid_range(state_dir: Path) -> range:
 
 @needs_root
 def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_path: Path) -> None:
-    used = {s["uid"] for s in stack.cli("list")}
-    gone = stack.cli("create", "--id", "short-lived")["uid"]
-    stack.cli("delete", "short-lived")
-    later = stack.cli("create", "--id", "later")["uid"]
-    stack.cli("delete", "later")
+    used = {stack.cli("inspect", s["id"])["uid"] for s in stack.cli("list")}
+    short_lived = stack.cli("create", "--name", "short-lived")["id"]
+    gone = stack.cli("inspect", short_lived)["uid"]
+    stack.cli("delete", short_lived)
+    later_id = stack.cli("create", "--name", "later")["id"]
+    later = stack.cli("inspect", later_id)["uid"]
+    stack.cli("delete", later_id)
     assert later != gone and gone not in used
     mine = uid_range(stack.state_dir)
     assert {gone, later, *used} <= set(mine)
@@ -139,7 +141,7 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     try:
         theirs = uid_range(other.state_dir)
         assert set(theirs).isdisjoint(mine)
-        first = other.cli("get", other.first_id)["uid"]
+        first = other.cli("inspect", other.first_id)["uid"]
         assert first in theirs
     finally:
         other.stop()
@@ -147,7 +149,7 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     again = start_stack(tmp_path / "other", pool_size=0)
     try:
         assert uid_range(again.state_dir) == theirs
-        assert again.cli("create", "--id", "after-restart")["uid"] > first
+        assert again.cli("inspect", again.cli("create", "--name", "after-restart")["id"])["uid"] > first
     finally:
         again.stop()
 
@@ -252,7 +254,7 @@ def _has_cap_sys_resource() -> bool:
 
 @needs_root
 def test_daemon_oom_score_adj_is_the_real_value(stack: Stack) -> None:
-    described = stack.cli("get", stack.first_id)
+    described = stack.cli("inspect", stack.first_id)
     pid = described["daemon_pid"]
     assert pid is not None
     assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"runtime.entry"]
