@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -59,10 +60,12 @@ def api_routes(plane: ControlPlane) -> list[BaseRoute]:
     ]
 
 
-def build_app(plane: ControlPlane) -> Starlette:
-    # Socket.IO first: its WebSockets would otherwise meet the API's refusing catch-all.
+def build_app(plane: ControlPlane, host_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """`host_routes` live outside `/api`: the proxy forwards only `/api/...`, so they are
+    reachable on the control socket alone (root-only diagnostics of the backend).
+    Socket.IO comes first: its WebSockets would otherwise meet the API's refusing catch-all."""
     app = Starlette(routes=[Mount(f"{API_PREFIX}/socket.io", app=plane.events.app),
-                            Mount(API_PREFIX, routes=api_routes(plane))],
+                            Mount(API_PREFIX, routes=api_routes(plane)), *host_routes],
                     exception_handlers=errors.HANDLERS)
     app.state.keys = plane.keys
     return app

@@ -48,6 +48,8 @@ class LocalBackend:
                                       egress="host" if request.network else "none", mounts=mounts)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
+        except OSError as exc:  # the host side (state dir, sockets): say which, not just the class
+            raise BackendError(500, f"the runtime cannot set the sandbox up: {exc}") from None
 
     async def start(self, sandbox_id: str) -> None:
         try:

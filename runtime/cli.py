@@ -90,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--auto-stop", type=int, metavar="MINUTES", help="auto-stop interval (0 = never)")
     listing = commands.add_parser("list", help="list sandboxes (GET /api/sandbox)")
     _state_arg(listing, top=False)
-    for name, text in (("get", "show one sandbox"), ("stop", "stop a sandbox (files stay)"),
+    for name, text in (("get", "show one sandbox"), ("inspect", "what the runtime knows of a sandbox "
+                                                                "(uid, socket, cgroups, usage; by id)"),
+                       ("stop", "stop a sandbox (files stay)"),
                        ("start", "start a stopped sandbox"), ("delete", "stop and remove a sandbox")):
         sub = commands.add_parser(name, help=text)
         _state_arg(sub, top=False)
@@ -138,7 +140,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"error: cannot use the state directory {config.state_dir}: {exc.strerror or exc}; "
               "pick another with --state-dir or RUNTIME_STATE_DIR", file=sys.stderr, flush=True)
         return 1
-    control = build_app(stack.plane)
+    control = build_app(stack.plane, host_routes=_host_routes(stack))
     failed: list[str] = []
 
     @asynccontextmanager
@@ -166,13 +168,38 @@ def up(args: argparse.Namespace) -> int:
     control.router.lifespan_context = lifespan
     if stack.control_socket.exists() or stack.control_socket.is_symlink():
         stack.control_socket.unlink()
+    from toolbox.server import websocket_protocol
+
+    # The project's WebSocket protocol: a refused upgrade (Socket.IO before it is served)
+    # is then not logged as an error (toolbox/forward/wsserver.py).
     server = uvicorn.Server(uvicorn.Config(control, uds=str(stack.control_socket), log_level="warning",
-                                           access_log=False, lifespan="on", timeout_graceful_shutdown=5))
+                                           access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                                           ws=websocket_protocol))  # type: ignore[arg-type]
     try:
         server.run()
     except KeyboardInterrupt:
         pass
     return 0 if server.started and not failed else 1
+
+
+def _host_routes(stack: Any) -> list[Any]:
+    """`GET /runtime/sandboxes/{id}` on the control socket only (never forwarded by the
+    proxy): what the runtime knows of a sandbox (uid, socket, cgroups, usage, daemon pid),
+    for `python -m runtime inspect` and the tests of the tenant boundary."""
+    import anyio
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from controlplane.errors import NotFound
+
+    async def inspect(request: Request) -> JSONResponse:
+        spec = stack.runtime.specs.get(request.path_params["id"])
+        if spec is None:
+            raise NotFound(f"Sandbox with ID {request.path_params['id']} not found in the runtime")
+        return JSONResponse(await anyio.to_thread.run_sync(stack.runtime.describe, spec))
+
+    return [Route("/runtime/sandboxes/{id}", inspect, methods=["GET"])]
 
 
 async def _first_sandbox(stack: Any, wanted: str | None) -> None:
@@ -242,7 +269,7 @@ def _fail(message: str) -> int:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
-          params: dict[str, str] | None = None) -> tuple[int, Any]:
+          params: dict[str, str] | None = None, base: str = "/api") -> tuple[int, Any]:
     """(exit code, decoded JSON) of one API call; errors are printed."""
     import os
 
@@ -259,7 +286,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
             key = (state / "api-key").read_text().strip()
         except OSError as exc:
             return _fail(f"no API key: set DAYTONA_API_KEY or make {state / 'api-key'} readable ({exc})"), None
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://controlplane/api",
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url=f"http://controlplane{base}",
                       headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
         try:
             response = client.request(method, path, json=body, params=params)
@@ -342,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                     "networkBlockAll": False if args.egress == "host" else None}
         body.update({k: v for k, v in optional.items() if v is not None})
         code, data = _call(args, "POST", "/sandbox", body)
+    elif args.command == "inspect":
+        code, data = _call(args, "GET", f"/runtime/sandboxes/{args.id}", base="")
     elif args.command in ("get", "delete"):
         code, data = _call(args, "GET" if args.command == "get" else "DELETE", f"/sandbox/{args.id}")
     elif args.command in ("stop", "start"):

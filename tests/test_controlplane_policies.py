@@ -75,3 +75,19 @@ def test_auto_delete_after_a_stop_and_ephemeral_sandboxes(stack: Stack) -> None:
     ephemeral.stop()  # gone at once: the SDK's wait sees the 404 as destroyed
     assert state_of(stack, ephemeral.id) is None
     assert not (stack.state_dir / "sandboxes" / ephemeral.id).exists()
+
+
+def test_auto_archive_after_a_stop_and_start_restores(stack: Stack) -> None:
+    from daytona import CreateSandboxFromSnapshotParams
+
+    d = daytona(stack)
+    sandbox = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0, auto_archive_interval=2))
+    try:
+        sandbox.process.exec("echo kept > note.txt")
+        sandbox.stop()
+        assert eventually(lambda: state_of(stack, sandbox.id) == "archived")
+        assert not (stack.state_dir / "sandboxes" / sandbox.id / "home" / "note.txt").exists()
+        sandbox.start()
+        assert sandbox.process.exec("cat note.txt").result.strip() == "kept"
+    finally:
+        sandbox.delete()

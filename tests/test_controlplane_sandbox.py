@@ -285,25 +285,23 @@ def test_websocket_upgrades_under_api_reach_the_control_plane(stack: Stack) -> N
 
 
 def test_a_sandbox_cannot_point_the_proxy_at_a_host_socket(stack: Stack) -> None:
-    """The attack: replace the daemon's socket with a symlink to the control plane's
-    socket, so the proxy (root) connects there. The daemon's socket lives in the runtime's
-    root-only STATE/sockets, which no sandbox sees, and the daemon got it as an inherited
-    descriptor: nothing inside names it, so there is no path to replace
-    (tests/test_tenant_boundary.py performs the swap against a neighbour's socket)."""
-    import json
-
+    """The attack: replace the daemon's socket, where the proxy connects, with a symlink to
+    the control plane's socket (or any host socket). The socket lives in STATE/sockets
+    (0700, the state root is a tmpfs inside every sandbox), so there is nowhere to plant
+    it; and the proxy never follows a symlink to a Unix upstream anyway
+    (tests/test_unix_upstream.py)."""
     sandbox = daytona(stack).create()
     try:
+        registry = json.loads((stack.state_dir / "registry.json").read_text())
+        socket_path = registry["sandboxes"][sandbox.id]["url"][len("unix:"):]
         control = stack.state_dir / "control" / "api.sock"
-        attempt = (f"ln -sf {control} /run/toolbox/toolbox.sock 2>&1; "
-                   f"ls {stack.state_dir}/sockets 2>&1; ls /run; echo done")
-        out = sandbox.process.exec(attempt).result
-        assert out.count("No such file or directory") == 2 and out.strip().endswith("done"), out
-        url = json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"][sandbox.id]["url"]
-        assert url.startswith(f"unix:{stack.state_dir.resolve()}/sockets/"), url
-        # The proxy still reaches this sandbox's own daemon, and only it.
+        attempt = sandbox.process.exec(
+            f"ls -la {os.path.dirname(socket_path)} 2>&1; ln -s {control} {socket_path}.evil 2>&1 && "
+            f"mv -T -f {socket_path}.evil {socket_path} 2>&1 && echo swapped; ls /run/toolbox 2>&1").result
+        assert "swapped" not in attempt, attempt
+        assert sandbox.process.exec("echo still served").result.strip() == "still served"
         response = toolbox_get(stack, sandbox.id, stack.api_key)
-        assert response.status_code == 200 and "version" in response.json(), response.text
-        assert sandbox.process.exec("echo $DAYTONA_SANDBOX_ID").result.strip() == sandbox.id
+        assert response.status_code == 200 and response.json().get("source") != "DAYTONA_API"
+        assert os.path.realpath(socket_path) == socket_path  # still the daemon's own socket
     finally:
         sandbox.delete()

@@ -23,6 +23,7 @@ from runtime.cgroups import Group, Rlimits, detect
 from runtime.limits import Limits
 from runtime.manager import Runtime
 from runtime.sandbox import SandboxDir, SandboxSpec, bwrap_argv, valid_id
+from runtime.sockets import ensure_sockets_dir
 from runtime.stack import parse_activity
 
 
@@ -33,6 +34,8 @@ def client(tmp_path: Path) -> Iterator[httpx.Client]:
     as starting a sandbox fails there."""
     runtime = Runtime(tmp_path / "state", pool_size=0, idle_timeout=0, write_registry=False,
                       python=str(tmp_path / "no-such-python"))
+    runtime.root.mkdir(parents=True)
+    ensure_sockets_dir(runtime.root)  # what Runtime.open would make (it is not opened)
     plane = ControlPlane(PlaneConfig(state_dir=tmp_path / "state", urls=PublicUrls("http", "localhost", 8080),
                                      registry_path=tmp_path / "state" / "registry.json"), LocalBackend(runtime))
     anyio.run(plane.open)

@@ -28,27 +28,18 @@ def stack() -> Iterator[Stack]:
     os.chmod(base, 0o755)
     running = start_stack(base / "state", pool_size=1)
     try:
-        running.cli("create", "--name", "victim")
+        running.victim = running.cli("create", "--name", "victim")["id"]  # type: ignore[attr-defined]
         yield running
     finally:
         running.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
-def host_side(stack: Stack, sandbox_id: str) -> dict[str, object]:
-    """What the host knows of a sandbox and the SDK's view leaves out: its uid (the
-    runtime's sandbox.json), its daemon socket and its preview token (the proxy's registry)."""
-    spec = json.loads((stack.state_dir / "sandboxes" / sandbox_id / "sandbox.json").read_text())
-    entry = json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"].get(sandbox_id, {})
-    return {"uid": spec["uid"], "socket": str(stack.state_dir / "sockets" / f"{sandbox_id}.sock"),
-            "token": entry.get("token")}
-
-
 def whoami_via_token(stack: Stack, sandbox_id: str) -> str:
     """Which sandbox a request carrying only `sandbox_id`'s preview token executes in."""
     import httpx
 
-    token = host_side(stack, sandbox_id)["token"]
+    token = stack.preview_token(sandbox_id)
     response = httpx.post(f"{stack.url}/toolbox/{sandbox_id}/process/execute",
                           headers={"X-Daytona-Preview-Token": token, "Host": f"localhost:{stack.port}"},
                           json={"command": "printenv DAYTONA_SANDBOX_ID"}, timeout=30)
@@ -57,8 +48,8 @@ def whoami_via_token(stack: Stack, sandbox_id: str) -> str:
 
 
 def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> None:
-    attacker, victim = stack.first_id, stack.cli("get", "victim")["id"]
-    victim_socket = host_side(stack, victim)["socket"]
+    attacker, victim = stack.first_id, stack.victim  # type: ignore[attr-defined]
+    victim_socket = stack.cli("inspect", victim)["socket"]
     control_socket = str(stack.state_dir / "control" / "api.sock")
     # The old attack: swap the daemon's socket for a link to another tenant's socket, in
     # every place the sandbox can write (its /run/toolbox was the host's socket dir).
@@ -77,7 +68,7 @@ def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> Non
     path = Path(registry["sandboxes"][attacker]["url"].removeprefix("unix:"))
     assert path == stack.state_dir / "sockets" / f"{attacker}.sock"
     # ... and the proxy checks the daemon's SO_PEERCRED against this uid on every connection.
-    assert registry["sandboxes"][attacker]["uid"] == host_side(stack, attacker)["uid"]
+    assert registry["sandboxes"][attacker]["uid"] == stack.cli("inspect", attacker)["uid"]
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     sockets_dir = os.lstat(path.parent)
     assert sockets_dir.st_uid == os.geteuid() and stat.S_IMODE(sockets_dir.st_mode) == 0o700
@@ -96,7 +87,7 @@ def test_sandbox_sees_no_socket_of_the_host(stack: Stack) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes get their own uid only as root")
 def test_daemon_socket_peer_is_the_sandbox_uid(stack: Stack) -> None:
     """The daemon listens itself, so SO_PEERCRED names the sandbox's uid, not root's."""
-    described = host_side(stack, stack.first_id)
+    described = stack.cli("inspect", stack.first_id)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(str(described["socket"]))
         _pid, uid, _gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -118,8 +109,8 @@ def test_state_files_are_private(stack: Stack) -> None:
 def test_other_local_users_cannot_read_tokens(stack: Stack) -> None:
     import subprocess
 
-    token = str(host_side(stack, stack.first_id)["token"])
-    for path in (stack.state_dir / "registry.json",
+    token = stack.preview_token(stack.first_id)
+    for path in (stack.state_dir / "registry.json", stack.state_dir / "controlplane.db",
                  stack.state_dir / "sandboxes" / stack.first_id / "sandbox.json"):
         result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)], check=False,
                                 capture_output=True, text=True, timeout=10)
@@ -137,15 +128,12 @@ def uid_range(state_dir: Path) -> range:
 
 @needs_root
 def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_path: Path) -> None:
-    def uid(stack: Stack, sandbox_id: str) -> int:
-        return int(host_side(stack, sandbox_id)["uid"])  # type: ignore[call-overload]
-
-    used = {uid(stack, s["id"]) for s in stack.cli("list")}
+    used = {stack.cli("inspect", s["id"])["uid"] for s in stack.cli("list")}
     short_lived = stack.cli("create", "--name", "short-lived")["id"]
-    gone = uid(stack, short_lived)
+    gone = stack.cli("inspect", short_lived)["uid"]
     stack.cli("delete", short_lived)
     later_id = stack.cli("create", "--name", "later")["id"]
-    later = uid(stack, later_id)
+    later = stack.cli("inspect", later_id)["uid"]
     stack.cli("delete", later_id)
     assert later != gone and gone not in used
     mine = uid_range(stack.state_dir)
@@ -155,7 +143,7 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     try:
         theirs = uid_range(other.state_dir)
         assert set(theirs).isdisjoint(mine)
-        first = uid(other, other.first_id)
+        first = other.cli("inspect", other.first_id)["uid"]
         assert first in theirs
     finally:
         other.stop()
@@ -163,7 +151,7 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     again = start_stack(tmp_path / "other", pool_size=0)
     try:
         assert uid_range(again.state_dir) == theirs
-        assert uid(again, again.cli("create", "--name", "after-restart")["id"]) > first
+        assert again.cli("inspect", again.cli("create", "--name", "after-restart")["id"])["uid"] > first
     finally:
         again.stop()
 
@@ -282,18 +270,12 @@ def _has_cap_sys_resource() -> bool:
 
 @needs_root
 def test_daemon_oom_score_adj_is_the_real_value(stack: Stack) -> None:
-    uid = host_side(stack, stack.first_id)["uid"]
-    daemons = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            owner = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
-        except (OSError, IndexError, ValueError):
-            continue
-        if cmdline[1:3] == [b"-m", b"runtime.entry"] and owner == uid:
-            daemons.append(entry.name)
-    assert len(daemons) == 1, daemons
-    real = int(Path(f"/proc/{daemons[0]}/oom_score_adj").read_text())
+    described = stack.cli("inspect", stack.first_id)
+    pid = described["daemon_pid"]
+    assert pid is not None
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"runtime.entry"]
+    real = int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+    assert described["daemon_oom_score_adj"] == real
     # Below 0 needs CAP_SYS_RESOURCE, which some containers drop (the runtime logs it).
     assert real == (-900 if _has_cap_sys_resource() else 0)
 

@@ -155,7 +155,7 @@ def test_a_terminal_session_leaves_the_logs_clean(stack: Stack, capfd: pytest.Ca
     from tests.runtime_helpers import ws_connect
 
     sandbox_id = stack.first_id
-    token = stack.cli("get", sandbox_id)["token"]
+    token = stack.preview_token(sandbox_id)
     host = f"22222-{sandbox_id}.localhost:{stack.port}"
     log = stack.state_dir / "sandboxes" / sandbox_id / "daemon.log"
     log_before = log.read_text()
