@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
-from httpx_ws import connect_ws
+from httpx_ws import WebSocketSession, connect_ws
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import start_daemon  # noqa: E402
@@ -70,6 +70,7 @@ def main() -> None:
             folder.mkdir()
             latencies = []
             ws_url = daemon.url.replace("http", "ws", 1) + f"/watch/stream?path={folder}"
+            ws: WebSocketSession  # connect_ws's session type variable defaults to it; mypy cannot tell
             with httpx.Client() as ws_http, connect_ws(ws_url, ws_http) as ws:
                 json.loads(ws.receive_text())  # ready
                 for i in range(30):

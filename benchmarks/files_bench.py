@@ -48,7 +48,7 @@ def reset_peak(pid: int) -> bool:
         return False
 
 
-def timed(label: str, size: int, action: Callable[[], None], runs: int = 3) -> float:
+def timed(label: str, size: int, action: Callable[[], object], runs: int = 3) -> float:
     best = float("inf")
     for _ in range(runs):
         start = time.perf_counter()

@@ -36,7 +36,7 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50:6.2f} ms   p90 {p90:6.2f} ms   (n={len(samples)})"
 
 
-def timed(call, runs: int) -> list[float]:  # type: ignore[no-untyped-def]
+def timed(call, runs: int) -> list[float]:
     for _ in range(10):  # warm-up: connections, imports, page cache
         call()
     samples = []

@@ -67,13 +67,13 @@ class Daemon:
                 self.proc.wait()
 
 
-def ours_adapter(base_url: str):  # type: ignore[no-untyped-def]
+def ours_adapter(base_url: str):
     """A harness PtyAdapter for our create-connect WebSocket (binary output frames)."""
     import aiohttp
     from adapters import HttpRoute, PtyAdapter, PtySession
 
     class Session(PtySession):
-        def __init__(self, pty_id: str, ws) -> None:  # type: ignore[no-untyped-def]
+        def __init__(self, pty_id: str, ws) -> None:
             self.pty_id, self.ws = pty_id, ws
             self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
@@ -151,7 +151,7 @@ def main() -> int:
             adapters["ours"] = ours_adapter(daemon.url)
 
         class Target:
-            def __init__(self, name: str, pty) -> None:  # type: ignore[no-untyped-def]
+            def __init__(self, name: str, pty) -> None:
                 self.name, self.pty = name, pty
 
         # The server process whose CPU a scenario costs (the local PTY has no server).

@@ -1,8 +1,9 @@
 """Sandbox start-up and idle memory, through the real main job (`python -m runtime up`).
 
 Prints:
-- create-to-first-call: `POST /sandboxes` on the control socket until the new sandbox
-  answers `GET /toolbox/{id}/version` through the proxy (warm pool, then an empty pool);
+- create-to-first-call: `POST /api/sandbox` (Daytona's REST API, through the proxy) until
+  the new sandbox answers `GET /toolbox/{id}/version` through the proxy (warm pool, then
+  an empty pool);
 - idle memory of a started sandbox and of a pooled one (cgroup usage and daemon RSS).
 
 Usage: .venv/bin/python benchmarks/runtime_bench.py [--runs 15]
@@ -22,37 +23,31 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.runtime_helpers import Stack, start_stack  # noqa: E402
+from tests.runtime_helpers import Stack, cgroup_dirs, pool_ready, start_stack
 
 
-def control(stack: Stack) -> httpx.Client:
-    sock = stack.state_dir / "control" / "runtime.sock"
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://runtime", timeout=60)
-
-
-def wait_pool(ctl: httpx.Client, size: int) -> None:
+def wait_pool(stack: Stack, size: int) -> None:
     deadline = time.monotonic() + 60
-    while ctl.get("/info").json()["pool_ready"] < size:
+    while pool_ready(stack) < size:
         if time.monotonic() > deadline:
             raise SystemExit("pool did not fill")
         time.sleep(0.02)
+    time.sleep(1.0)  # a pooled directory appears at launch; give its imports time to finish
 
 
 def measure(stack: Stack, runs: int, pool: int) -> list[float]:
     figures = []
-    with control(stack) as ctl, httpx.Client(base_url=stack.url, timeout=30,
-                                             headers={"Authorization": f"Bearer {stack.api_key}"}) as proxy:
-        proxy.get("/health", headers={"Host": f"localhost:{stack.port}"})  # open the keep-alive connection
+    with httpx.Client(base_url=stack.url, timeout=60, headers={"Authorization": f"Bearer {stack.api_key}",
+                                                                "Host": f"localhost:{stack.port}"}) as proxy:
+        proxy.get("/health")  # open the keep-alive connection
         for i in range(runs):
             if pool:
-                wait_pool(ctl, pool)
-                time.sleep(0.3)  # let the refill's import finish and the proxy's registry check lapse
-            else:
-                time.sleep(0.3)
+                wait_pool(stack, pool)
+            time.sleep(0.3)  # let the proxy's registry check lapse
             started = time.perf_counter()
-            created = ctl.post("/sandboxes", json={"id": f"bench-{pool}-{i}"})
-            assert created.status_code == 201, created.text
-            response = proxy.get(f"/toolbox/bench-{pool}-{i}/version")
+            created = proxy.post("/api/sandbox", json={"name": f"bench-{pool}-{i}"})
+            assert created.status_code == 200, created.text
+            response = proxy.get(f"/toolbox/{created.json()['id']}/version")
             # create returns once the proxy routes the new id: the first call must succeed.
             assert response.status_code == 200, response.text
             figures.append((time.perf_counter() - started) * 1000)
@@ -72,14 +67,14 @@ def rss_of(pids: list[int]) -> int:
 
 
 def memory(stack: Stack) -> None:
-    with control(stack) as ctl:
-        listed = ctl.get("/sandboxes").json()
-        sandbox = next(s for s in listed if s["state"] == "started")
-        time.sleep(1)
-        sandbox = ctl.get(f"/sandboxes/{sandbox['id']}").json()
-    procs = Path(sandbox["cgroups"][0]) / "cgroup.procs"
-    pids = [int(p) for p in procs.read_text().split()]
-    print(f"idle started sandbox: cgroup memory {sandbox['usage'].get('memory_bytes', 0) / 2**20:.1f} MiB, "
+    listed = stack.api("GET", "/sandbox").json()["items"]
+    sandbox = next(s for s in listed if s["state"] == "started")
+    time.sleep(1)
+    groups = cgroup_dirs(stack, sandbox["id"])
+    pids = [int(p) for p in (groups[0] / "cgroup.procs").read_text().split()]
+    usage = next((int((g / n).read_text()) for g in groups for n in ("memory.current", "memory.usage_in_bytes")
+                  if (g / n).exists()), 0)
+    print(f"idle started sandbox: cgroup memory {usage / 2**20:.1f} MiB, "
           f"RSS of its {len(pids)} processes {rss_of(pids) / 2**20:.1f} MiB")
     pooled = [d for d in (stack.state_dir / "pool").iterdir()]
     print(f"pooled sandboxes waiting: {len(pooled)}")

@@ -2,6 +2,7 @@
 
 Host `{port}-{label}.{domain}`      -> daemon `/proxy/{port}{path}` (preview)
 Other hosts (bare domain, IP, LB):
+  `/api/{path}`                     -> the control plane (`--api-upstream`), path unchanged
   `/toolbox/{id}/{path}`            -> daemon `/{path}` (API key or preview token)
   `GET /health`, `GET /metrics`
   `GET /sandbox/{id}/ports/{port}/preview-url`           (API key) Daytona's PortPreviewUrl
@@ -10,6 +11,7 @@ Other hosts (bare domain, IP, LB):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -21,16 +23,44 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
 from proxy.activity import ActivityTracker
-from proxy.auth import (COOKIE_HTTP, COOKIE_HTTPS, PREVIEW_HEADER, QUERY_PARAM, SIGNED_MAX_SECONDS,
-                        SIGNED_MIN_SECONDS, Auth, SignedLabelError, split_cookies, strip_query_param)
+from proxy.auth import (
+    COOKIE_HTTP,
+    COOKIE_HTTPS,
+    PREVIEW_HEADER,
+    QUERY_PARAM,
+    SIGNED_MAX_SECONDS,
+    SIGNED_MIN_SECONDS,
+    Auth,
+    SignedLabelError,
+    split_cookies,
+    strip_query_param,
+)
 from proxy.config import ProxyConfig
+from proxy.cookies import filter_set_cookies
 from proxy.errors import ProxyError, header, send_error, wants_html
-from proxy.hosts import SANDBOX_ID, BadToolboxPath, PreviewHost, parse_preview_host, parse_toolbox_path, under_domain
+from proxy.fileurls import FileUrlError, is_signed_file_request
+from proxy.fileurls import verify as verify_file_url
+from proxy.hosts import (
+    SANDBOX_ID,
+    BadToolboxPath,
+    PreviewHost,
+    parse_preview_host,
+    parse_toolbox_path,
+    under_domain,
+)
 from proxy.metrics import Metrics
 from proxy.registry import Registry, RegistryError, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
-from toolbox.forward.relay import (Headers, Relay, Target, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable,
-                                   UpstreamUnknownHost, strip_hop_by_hop)
+from toolbox.forward.relay import (
+    Headers,
+    Relay,
+    Target,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    UpstreamUnknownHost,
+    strip_hop_by_hop,
+)
 
 # Client-sent values of these never reach a sandbox: the proxy sets its own or none.
 _DROP_UPSTREAM = frozenset({
@@ -40,20 +70,42 @@ _DROP_UPSTREAM = frozenset({
 _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
 _QUERY_PARAM_BYTES = QUERY_PARAM.encode()
 _UNSEEN: Any = object()
+ALL_SANDBOXES = "*all*"  # what a static (PROXY_API_KEYS) key may reach
 # X-Proxy-Error codes the daemon's /proxy/{port} route emits.
 _DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket", "upstream-timeout"})
 
 
+# An unauthenticated preflight always gets this status: the app's own (or the daemon's
+# "port not open") would tell a stranger which ports answer.
+PREFLIGHT_STATUS = 204
+_PREFLIGHT_EMPTY: Headers = [(b"vary", b"origin"), (b"content-length", b"0")]
+
+
 def _preflight_reply(send: Send) -> Callable[[UpstreamConnection], Awaitable[bool]]:
-    """Answer an unauthenticated preflight with the app's status and CORS headers only."""
+    """Answer an unauthenticated preflight with a fixed status and, when the app accepted
+    it, the app's CORS headers; nothing else of the app's answer."""
 
     async def reply(response: UpstreamConnection) -> bool:
+        if response.status >= 400:
+            await _respond(send, PREFLIGHT_STATUS, _PREFLIGHT_EMPTY, b"")
+            return True
         kept = [(name, value) for name, value in ((k.lower(), v) for k, v in response.headers)
                 if name.startswith(b"access-control-") or name == b"vary"]
-        await _respond(send, response.status, [*kept, (b"content-length", b"0")], b"")
+        await _respond(send, PREFLIGHT_STATUS, [*kept, (b"content-length", b"0")], b"")
         return True
 
     return reply
+
+
+def _preflight_headers(scope: Scope) -> Headers:
+    """What of a preflight reaches the app: its host, origin and what it asks for."""
+    return [(k, v) for k, v in scope["headers"]
+            if k in (b"host", b"origin") or k.startswith(b"access-control-request-")]
+
+
+def _toolbox_filter(prefix: bytes) -> Callable[[Headers], Headers]:
+    rewrite = _location_rewriter(prefix)
+    return lambda headers: filter_set_cookies(rewrite(headers))
 
 
 def _json(status: int, payload: object) -> tuple[int, Headers, bytes]:
@@ -81,6 +133,14 @@ class ProxyApp:
         self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
         self._xf_proto = config.public_scheme.encode()
         self._xf_port = str(config.public_port).encode()
+        self._api: tuple[Relay, str, int, bytes] | None = None
+        if config.api_upstream:
+            if config.api_upstream.startswith("unix:"):
+                self._api = (Relay(unix_path=config.api_upstream[len("unix:"):], keepalive=60.0), "localhost", 0, b"")
+            else:
+                parts = urlsplit(config.api_upstream)
+                self._api = (Relay(keepalive=60.0), parts.hostname or "", parts.port or 80,
+                             parts.path.rstrip("/").encode())
 
     # -- plumbing -------------------------------------------------------------------------
     def _upstream(self, address: str) -> tuple[Relay, str, int, bytes]:
@@ -105,7 +165,7 @@ class ProxyApp:
 
     async def close(self) -> None:
         await self.activity.flush()
-        for relay in [*self._unix.values(), self._tcp]:
+        for relay in [*self._unix.values(), self._tcp, *([self._api[0]] if self._api else [])]:
             await relay.close()
         self._unix.clear()
         await self.registry.close()
@@ -116,13 +176,35 @@ class ProxyApp:
         except RegistryError as exc:
             raise ProxyError(503, "registry-unavailable", str(exc)) from exc
 
+    @staticmethod
+    def _not_found(sandbox_id: str) -> ProxyError:
+        return ProxyError(404, "sandbox-not-found",
+                          f"No sandbox '{sandbox_id}' is registered with this proxy: it may have been "
+                          "deleted or not started yet.")
+
     async def _known(self, sandbox_id: str) -> Sandbox:
         sandbox = await self._lookup(sandbox_id)
         if sandbox is None:
-            raise ProxyError(404, "sandbox-not-found",
-                             f"No sandbox '{sandbox_id}' is registered with this proxy: it may have been "
-                             "deleted or not started yet.")
+            raise self._not_found(sandbox_id)
         return sandbox
+
+    async def _key_access(self, authorization: bytes | None) -> str | None:
+        """`ALL_SANDBOXES` for a static key, an organization id for a tenant's key, else None."""
+        if not authorization or authorization[:7].lower() != b"bearer ":
+            return None
+        presented = authorization[7:].strip()
+        if self.auth.is_api_key(presented.decode("latin-1")):
+            return ALL_SANDBOXES
+        try:
+            return await self.registry.key_organization(hashlib.sha256(presented).hexdigest())
+        except RegistryError as exc:
+            raise ProxyError(503, "registry-unavailable", str(exc)) from exc
+
+    @staticmethod
+    def _key_reaches(access: str | None, sandbox: Sandbox) -> bool:
+        if access is None:
+            return False
+        return access is ALL_SANDBOXES or sandbox.organization is None or access == sandbox.organization
 
     def _forwarded(self, scope: Scope, host: bytes, *, drop_authorization: bool,
                    cookie: bytes | None, keep_cookie_header: bool) -> Headers:
@@ -188,7 +270,7 @@ class ProxyApp:
         if signed is not None:
             candidate = await self._lookup(signed.sandbox_id)
             if candidate is not None and self.auth.verify_signed_label(signed, candidate, target.port):
-                if signed.expires_at < time.time():
+                if signed.expires_at < time.time() or target.label in candidate.revoked:
                     raise ProxyError(403, "signed-url-expired",
                                      "This signed preview URL has expired: ask for a new one.")
                 return candidate, True
@@ -216,7 +298,8 @@ class ProxyApp:
             elif key == b"authorization":
                 authorization = value
         cookies, other_cookies = split_cookies(cookie_header) if cookie_header else ({}, None)
-        api_key = authorization is not None and self.auth.bearer_is_api_key(authorization)
+        # Another organization's key does not count here at all.
+        api_key = self._key_reaches(await self._key_access(authorization), sandbox)
 
         via: str | None = "signed" if signed else None
         if via is None and header_token is not None and self.auth.check_preview_token(sandbox, header_token.decode("latin-1")):
@@ -230,7 +313,8 @@ class ProxyApp:
             if value is not None and self.auth.check_cookie(value, sandbox, target.port):
                 via = "cookie"
         if via is None and (not sandbox.public or target.port in self.config.private_ports):
-            if self._sibling_preflight(scope, sandbox):
+            # Never on ports that always need credentials (the terminal, the toolbox).
+            if target.port not in self.config.private_ports and self._sibling_preflight(scope, sandbox):
                 via = "preflight"
             elif header_token is not None or query_token is not None:
                 raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
@@ -249,13 +333,32 @@ class ProxyApp:
                 raise ProxyError(403, "cross-origin-websocket",
                                  "A WebSocket authenticated by cookie must come from the preview's own origin.")
 
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = b"/proxy/%d" % target.port + raw_path
+        if via == "preflight":
+            await self._preflight(scope, receive, send, sandbox, target, path, query)
+            return
         headers = self._forwarded(scope, target.host.encode(), drop_authorization=api_key,
                                   cookie=other_cookies, keep_cookie_header=False)
         if self.config.preserve_host:
             headers.append((b"x-toolbox-preserve-host", b"1"))
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        await self._forward(scope, receive, send, sandbox, b"/proxy/%d" % target.port + raw_path, query, headers, None,
-                            preflight=via == "preflight")
+        await self._forward(scope, receive, send, sandbox, path, query, headers, filter_set_cookies)
+
+    async def _preflight(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, target: PreviewHost,
+                         path: bytes, query: bytes) -> None:
+        """Relay an unauthenticated sibling preflight: no body, no cookies or other headers,
+        and the same status whether the app, the daemon or nothing answered."""
+        headers = _preflight_headers(scope)
+        # No framing headers in the scope either: the relay then sends no body at all.
+        bare = {**scope, "headers": headers}
+        headers += [(b"x-forwarded-host", target.host.encode()), (b"x-forwarded-proto", self._xf_proto),
+                    (b"x-forwarded-port", self._xf_port)]
+        if self.config.preserve_host:
+            headers.append((b"x-toolbox-preserve-host", b"1"))
+        try:
+            await self._forward(bare, receive, send, sandbox, path, query, headers, None, preflight=True)
+        except ProxyError:
+            await _respond(send, PREFLIGHT_STATUS, _PREFLIGHT_EMPTY, b"")
 
     def _sibling_preflight(self, scope: Scope, sandbox: Sandbox) -> bool:
         """A CORS preflight to a private preview from a preview origin of the same sandbox.
@@ -281,7 +384,7 @@ class ProxyApp:
             return True
         signed = self.auth.decode_signed_label(source.label)
         return (signed is not None and signed.sandbox_id == sandbox.id and signed.expires_at >= time.time()
-                and self.auth.verify_signed_label(signed, sandbox, source.port))
+                and source.label not in sandbox.revoked and self.auth.verify_signed_label(signed, sandbox, source.port))
 
     async def _bootstrap_cookie(self, scope: Scope, send: Send, sandbox: Sandbox, port: int, query: bytes) -> None:
         """Swap the query token for a host-only cookie and send the browser to the clean URL."""
@@ -301,12 +404,12 @@ class ProxyApp:
                                    (b"content-length", b"0")], b"")
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, path: bytes,
-                       query: bytes, headers: Headers, location_prefix: bytes | None, *, preflight: bool = False) -> None:
+                       query: bytes, headers: Headers, filter_: Callable[[Headers], Headers] | None, *,
+                       preflight: bool = False) -> None:
         relay, host, port, prefix = self._upstream(sandbox.url)
         touch = self.activity.toucher(sandbox.id)
         touch()
         target = Target(relay.pool, host, port, prefix + path + (b"?" + query if query else b""))
-        filter_ = _location_rewriter(location_prefix) if location_prefix else None
         try:
             if scope["type"] == "websocket":
                 self.metrics.websockets_open += 1
@@ -331,7 +434,7 @@ class ProxyApp:
             raise ProxyError(exc.status if 400 <= exc.status < 600 else 502, "websocket-rejected",
                              f"The sandbox refused the WebSocket upgrade with status {exc.status}.") from exc
 
-    def _interceptor_for(self, scope: Scope, send: Send):  # type: ignore[no-untyped-def]
+    def _interceptor_for(self, scope: Scope, send: Send) -> Callable[[UpstreamConnection], Awaitable[bool]]:
         started = time.perf_counter()
         metrics = self.metrics
 
@@ -363,6 +466,10 @@ class ProxyApp:
     # -- bare-domain routes ---------------------------------------------------------------
     async def _bare(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        if self._api is not None and (raw_path == b"/api" or raw_path.startswith(b"/api/")):
+            self.metrics.requests["api"] += 1
+            await self._control_plane(scope, receive, send, raw_path)
+            return
         if raw_path.startswith(b"/toolbox/"):
             self.metrics.requests["toolbox"] += 1
             await self._toolbox(scope, receive, send, raw_path)
@@ -376,6 +483,9 @@ class ProxyApp:
             await _respond(send, *_json(200, {"status": "ok", "version": __version__}))
             return
         if path == "/metrics" and method in ("GET", "HEAD"):
+            # It names every sandbox: for operators (and the runtime's idle check) only.
+            if not self.auth.bearer_is_api_key(header(scope, b"authorization")):
+                raise ProxyError(401, "api-key-required", "/metrics needs 'Authorization: Bearer <API key>'.")
             body = self.metrics.render(self.activity.last_seen)
             await _respond(send, 200, [(b"content-type", b"text/plain; version=0.0.4"),
                                        (b"content-length", str(len(body)).encode())], body)
@@ -388,12 +498,52 @@ class ProxyApp:
                          f"Nothing at {path} on the proxy's own host: previews live at "
                          f"{{port}}-{{sandboxId}}.{self.config.domain}, the toolbox at /toolbox/{{sandboxId}}/...")
 
+    async def _control_plane(self, scope: Scope, receive: Receive, send: Send, raw_path: bytes) -> None:
+        """Daytona's REST API (and its Socket.IO): the control plane authenticates itself."""
+        assert self._api is not None
+        relay, host, port, prefix = self._api
+        headers = self._forwarded(scope, header(scope, b"host") or b"", drop_authorization=False, cookie=None,
+                                  keep_cookie_header=True)
+        query: bytes = scope.get("query_string", b"")
+        target = Target(relay.pool, host, port, prefix + raw_path + (b"?" + query if query else b""))
+        try:
+            if scope["type"] == "websocket":
+                self.metrics.websockets_open += 1
+                try:
+                    await relay.websocket(scope, send, target, headers)
+                finally:
+                    self.metrics.websockets_open -= 1
+                return
+            await relay.http(scope, receive, send, target, headers)
+        except UpstreamTimeout as exc:
+            raise ProxyError(504, "api-timeout", f"The control plane did not answer ({exc.reason}).") from exc
+        except UpstreamUnavailable as exc:
+            raise ProxyError(502, "api-unavailable",
+                             f"The control plane does not answer ({exc.reason}); is the main job running?") from exc
+        except UpstreamRejected as exc:
+            raise ProxyError(exc.status if 400 <= exc.status < 600 else 502, "websocket-rejected",
+                             f"The control plane refused the WebSocket upgrade with status {exc.status}.") from exc
+
     async def _toolbox(self, scope: Scope, receive: Receive, send: Send, raw_path: bytes) -> None:
         try:
             sandbox_id, rest = parse_toolbox_path(raw_path)
         except BadToolboxPath as exc:
             raise ProxyError(400, "invalid-toolbox-path", str(exc)) from exc
-        api_key = self.auth.bearer_is_api_key(header(scope, b"authorization"))
+        access = await self._key_access(header(scope, b"authorization"))
+        api_key = access is not None
+        query: bytes = scope.get("query_string", b"")
+        if not api_key and header(scope, PREVIEW_HEADER) is None and is_signed_file_request(rest, query):
+            # Daytona's signed file URL: it is the credential, for exactly this request.
+            sandbox = await self._known(sandbox_id)
+            try:
+                signed_file = verify_file_url(sandbox.files_key, scope.get("method", "GET"), rest, query)
+            except FileUrlError as exc:
+                raise ProxyError(401, "invalid-signed-url", str(exc)) from exc
+            headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=True,
+                                      cookie=None, keep_cookie_header=False)
+            await self._forward(scope, receive, send, sandbox, rest, signed_file.query, headers,
+                                _toolbox_filter(b"/toolbox/" + sandbox_id.encode()))
+            return
         if not api_key:
             token = header(scope, PREVIEW_HEADER)
             if token is None:
@@ -404,13 +554,23 @@ class ProxyApp:
                 raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
         else:
             sandbox = await self._known(sandbox_id)
+            if not self._key_reaches(access, sandbox):
+                # Another organization's sandbox is answered exactly like an unknown one.
+                raise self._not_found(sandbox_id)
+        # The proxy's credentials never reach the sandbox (its /proxy/{port} routes hand
+        # requests to the app): neither its cookies nor the query token.
+        cookie_header = b"; ".join(v for k, v in scope["headers"] if k == b"cookie")
+        other_cookies = split_cookies(cookie_header)[1] if cookie_header else None
+        if _QUERY_PARAM_BYTES in query:
+            query = strip_query_param(query, QUERY_PARAM)[0]
         headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=api_key,
-                                  cookie=None, keep_cookie_header=True)
-        await self._forward(scope, receive, send, sandbox, rest, scope.get("query_string", b""), headers,
-                            b"/toolbox/" + sandbox_id.encode())
+                                  cookie=other_cookies, keep_cookie_header=False)
+        await self._forward(scope, receive, send, sandbox, rest, query, headers,
+                            _toolbox_filter(b"/toolbox/" + sandbox_id.encode()))
 
     async def _mint(self, scope: Scope, send: Send, sandbox_id: str, port_text: str, kind: str) -> None:
-        if not self.auth.bearer_is_api_key(header(scope, b"authorization")):
+        access = await self._key_access(header(scope, b"authorization"))
+        if access is None:
             raise ProxyError(401, "api-key-required", "Minting preview URLs needs 'Authorization: Bearer <API key>'.")
         if not SANDBOX_ID.fullmatch(sandbox_id):
             raise ProxyError(400, "invalid-sandbox-id", f"'{sandbox_id}' is not a valid sandbox id.")
@@ -418,8 +578,10 @@ class ProxyApp:
             raise ProxyError(400, "invalid-port", "The port must be a number from 1 to 65535.")
         port = int(port_text)
         sandbox = await self._known(sandbox_id)
+        if not self._key_reaches(access, sandbox):
+            raise self._not_found(sandbox_id)
         if kind == "preview-url":
-            payload = {"sandboxId": sandbox.id, "url": self.config.preview_url(sandbox.id, port),
+            payload: dict[str, object] = {"sandboxId": sandbox.id, "url": self.config.preview_url(sandbox.id, port),
                        "token": self.auth.preview_token(sandbox)}
             await _respond(send, *_json(200, payload))
             return

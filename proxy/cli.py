@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-keys-file", default=env("PROXY_API_KEYS_FILE"),
                        help="file with one API key per line, in addition to env PROXY_API_KEYS "
                             "(comma-separated) (env PROXY_API_KEYS_FILE)")
+    serve.add_argument("--api-upstream", default=env("PROXY_API_UPSTREAM"),
+                       help="forward /api/... on the proxy's own host (HTTP and WebSocket, streamed) to this "
+                            "control plane: unix:PATH or http://host:port (env PROXY_API_UPSTREAM)")
     serve.add_argument("--workers", type=int, default=int(env("PROXY_WORKERS", "1") or 1),
                        help="worker processes (env PROXY_WORKERS)")
     serve.add_argument("--preserve-host", action="store_true",
@@ -82,6 +85,10 @@ def serve(args: argparse.Namespace) -> int:
     from proxy.config import ProxyConfig
     from toolbox.server import ReadyServer, websocket_protocol
 
+    if parent := os.environ.get("PROXY_PARENT_PID"):
+        from toolbox.lifeline import die_with_parent
+
+        die_with_parent(int(parent))  # the runtime's child: never outlive it, nor keep its port
     # Workers are separate processes: hand every option over through the environment.
     os.environ["PROXY_DOMAIN"] = args.domain
     os.environ["PROXY_REGISTRY"] = args.registry
@@ -94,6 +101,7 @@ def serve(args: argparse.Namespace) -> int:
     os.environ["PROXY_PRESERVE_HOST"] = "1" if args.preserve_host else ""
     if args.api_keys_file:
         os.environ["PROXY_API_KEYS_FILE"] = args.api_keys_file
+    os.environ["PROXY_API_UPSTREAM"] = args.api_upstream or ""
     try:  # what every worker will read, checked once here for a clear error at start
         ProxyConfig.from_environment()
     except (ValueError, OSError) as exc:
@@ -108,9 +116,9 @@ def serve(args: argparse.Namespace) -> int:
     )
     if args.workers > 1:
         print(f"Starting proxy on {args.host}:{args.port} with {args.workers} workers", flush=True)
-        uvicorn.run("proxy.app:app_from_environment", factory=True, workers=args.workers, **common)  # type: ignore[arg-type]
+        uvicorn.run("proxy.app:app_from_environment", factory=True, workers=args.workers, **common)
         return 0
-    config = uvicorn.Config(app_from_environment(), **common)  # type: ignore[arg-type]
+    config = uvicorn.Config(app_from_environment(), **common)
     server = ReadyServer(config, banner=f"Starting proxy on {args.host}:{args.port}")
     server.run()
     return 0 if server.started else 1
@@ -119,13 +127,13 @@ def serve(args: argparse.Namespace) -> int:
 def preview_url(args: argparse.Namespace) -> int:
     from proxy.auth import QUERY_PARAM, Auth, SignedLabelError
     from proxy.config import ProxyConfig
-    from proxy.registry import open_registry
+    from proxy.registry import Sandbox, open_registry
 
     config = ProxyConfig(domain=args.domain, registry=args.registry, public_url=args.public_url or "",
                          secret=args.secret.encode())
     auth = Auth(config.secret, ())
 
-    async def lookup():  # type: ignore[no-untyped-def]
+    async def lookup() -> Sandbox | None:
         registry = open_registry(config.registry)
         try:
             return await registry.get(args.sandbox_id)

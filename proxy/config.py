@@ -25,6 +25,9 @@ class ProxyConfig:
     cookie_samesite: str = "lax"
     cache_ttl: float = 2.0
     activity_interval: float = 5.0
+    # Where `/api/...` on the proxy's bare host goes (the control plane): `unix:PATH` or
+    # `http://host:port`; empty: nothing is served there.
+    api_upstream: str = ""
 
     def __post_init__(self) -> None:
         self.domain = self.domain.strip().lower().rstrip(".")
@@ -36,6 +39,10 @@ class ProxyConfig:
             raise ValueError(f"cookie SameSite must be 'lax' or 'none', not {self.cookie_samesite!r}")
         if self.cookie_samesite == "none" and self.public_scheme != "https":
             raise ValueError("SameSite=None cookies need an https public URL: browsers drop them over http")
+        if self.api_upstream and not (
+                (self.api_upstream.startswith("unix:") and len(self.api_upstream) > len("unix:"))
+                or (urlsplit(self.api_upstream).scheme == "http" and urlsplit(self.api_upstream).hostname)):
+            raise ValueError(f"the API upstream must be unix:PATH or http://host:port, not {self.api_upstream!r}")
 
     @property
     def public_scheme(self) -> str:
@@ -73,4 +80,5 @@ class ProxyConfig:
             cookie_samesite=env.get("PROXY_COOKIE_SAMESITE") or "lax",
             cache_ttl=float(env.get("PROXY_CACHE_TTL", "2")),
             activity_interval=float(env.get("PROXY_ACTIVITY_INTERVAL", "5")),
+            api_upstream=env.get("PROXY_API_UPSTREAM", ""),
         )

@@ -43,7 +43,7 @@ class Metrics:
                   "# HELP proxy_upstream_latency_seconds Time until the daemon answered with headers.",
                   "# TYPE proxy_upstream_latency_seconds histogram"]
         cumulative = 0
-        for bound, count in zip(_BUCKETS, self._latency_buckets):
+        for bound, count in zip(_BUCKETS, self._latency_buckets, strict=True):
             cumulative += count
             lines.append(f'proxy_upstream_latency_seconds_bucket{{le="{bound}"}} {cumulative}')
         lines += [f'proxy_upstream_latency_seconds_bucket{{le="+Inf"}} {self._latency_count}',

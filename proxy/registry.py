@@ -1,8 +1,10 @@
 """Registries map a sandbox id to its daemon address, preview token and public flag.
 
 Chosen by a URL-like spec:
-- `file:PATH`      JSON `{"sandboxes": {"<id>": {"url": ..., "public": false, "token": ...}}}`,
-                   reloaded when the file changes (the local runtime writes it).
+- `file:PATH`      JSON `{"sandboxes": {"<id>": {"url": ..., "public": false, "token": ...,
+                   "organization": ...}}, "api_keys": {"<sha256 hex>": "<organization>"}}`,
+                   reloaded when the file changes (the control plane writes it); an
+                   organization's key is good for that organization's sandboxes only.
 - `template:URL`   the address is computed from the id (`http://sbx-{id}.svc:2280`).
 - `redis://...`    a hash per sandbox (`HSET sandbox:<id> url ... token ... public true`),
                    written by any control plane; lookups cached briefly with single-flight;
@@ -17,7 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import anyio
@@ -31,6 +33,9 @@ class Sandbox:
     url: str  # http://host:port or unix:/path/toolbox.sock
     token: str | None = None
     public: bool = False
+    organization: str | None = None  # None: any valid API key may use it (as before tenancy)
+    files_key: str | None = None  # the key of Daytona's signed file URLs (proxy/fileurls.py)
+    revoked: frozenset[str] = frozenset()  # signed preview labels expired early
 
 
 class RegistryError(Exception):
@@ -41,6 +46,9 @@ class Registry(Protocol):
     async def get(self, sandbox_id: str) -> Sandbox | None: ...
 
     async def record_activity(self, sandbox_id: str, when: float) -> None: ...
+
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
+        """The organization of a tenant's API key, by its SHA-256; None if unknown."""
 
     async def close(self) -> None: ...
 
@@ -63,8 +71,14 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
     if not isinstance(url, str) or not valid_address(url):
         return None
     token = data.get("token")
+    organization = data.get("organization")
+    files_key = data.get("files_key")
+    revoked = data.get("revoked")
     return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
-                   _truthy(data.get("public", False)))
+                   _truthy(data.get("public", False)),
+                   organization if isinstance(organization, str) and organization else None,
+                   files_key if isinstance(files_key, str) and files_key else None,
+                   frozenset(r for r in revoked if isinstance(r, str)) if isinstance(revoked, list) else frozenset())
 
 
 class FileRegistry:
@@ -75,15 +89,16 @@ class FileRegistry:
     def __init__(self, path: str) -> None:
         self.path = path
         self._entries: dict[str, Sandbox] = {}
+        self._key_orgs: dict[str, str] = {}
         self._signature: tuple[int, int, int] | None = None
         self._checked = 0.0
         self._lock = asyncio.Lock()
 
-    def _load(self) -> tuple[tuple[int, int, int] | None, dict[str, Sandbox] | None]:
+    def _load(self) -> tuple[tuple[int, int, int] | None, tuple[dict[str, Sandbox], dict[str, str]] | None]:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
-            return None, {}
+            return None, ({}, {})
         signature = (st.st_mtime_ns, st.st_size, st.st_ino)
         if signature == self._signature:
             return signature, None
@@ -93,10 +108,14 @@ class FileRegistry:
             raw = document.get("sandboxes", {})
             if not isinstance(raw, dict):
                 raise ValueError("'sandboxes' is not an object")
+            raw_keys = document.get("api_keys", {})
+            if not isinstance(raw_keys, dict):
+                raise ValueError("'api_keys' is not an object")
         except (OSError, ValueError) as exc:
             # A half-written file (the runtime should rename into place): keep the last good map.
             log.warning("registry file %s unreadable, keeping the previous entries: %s", self.path, exc)
             return self._signature, None
+        keys = {str(k).lower(): v for k, v in raw_keys.items() if isinstance(v, str) and v}
         entries = {}
         for sandbox_id, data in raw.items():
             entry = _entry(str(sandbox_id), data) if isinstance(data, dict) else None
@@ -104,7 +123,7 @@ class FileRegistry:
                 log.warning("registry file %s: entry %r has no valid url", self.path, sandbox_id)
                 continue
             entries[entry.id] = entry
-        return signature, entries
+        return signature, (entries, keys)
 
     async def _refresh(self) -> None:
         now = time.monotonic()
@@ -113,9 +132,9 @@ class FileRegistry:
         async with self._lock:
             if time.monotonic() - self._checked < self.CHECK_INTERVAL:
                 return
-            signature, entries = await anyio.to_thread.run_sync(self._load)
-            if entries is not None:
-                self._entries = entries
+            signature, loaded = await anyio.to_thread.run_sync(self._load)
+            if loaded is not None:
+                self._entries, self._key_orgs = loaded
             self._signature = signature
             self._checked = time.monotonic()
 
@@ -126,6 +145,10 @@ class FileRegistry:
     async def record_activity(self, sandbox_id: str, when: float) -> None:
         # The runtime owns the file; activity is exposed through /metrics instead.
         return None
+
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
+        await self._refresh()
+        return self._key_orgs.get(key_sha256_hex)
 
     async def close(self) -> None:
         return None
@@ -143,6 +166,9 @@ class TemplateRegistry:
     async def record_activity(self, sandbox_id: str, when: float) -> None:
         return None
 
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
+        return None
+
     async def close(self) -> None:
         return None
 
@@ -156,7 +182,12 @@ return 0
 
 
 class RedisRegistry:
-    """Cached lookups (positive `ttl`, negative `negative_ttl`) with one in-flight query per id."""
+    """Cached lookups (positive `ttl`, negative `negative_ttl`) with one in-flight query per id.
+
+    The query runs as a task the registry owns, and every caller waits on it through
+    `asyncio.shield`: a caller that is cancelled (its client went away) stops waiting, but
+    the query goes on for the others, and its CancelledError is never handed to them.
+    """
 
     def __init__(self, url: str, ttl: float = 2.0, negative_ttl: float = 1.0) -> None:
         import redis.asyncio as redis
@@ -169,7 +200,7 @@ class RedisRegistry:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self._cache: dict[str, tuple[float, Sandbox | None]] = {}
-        self._inflight: dict[str, asyncio.Future[Sandbox | None]] = {}
+        self._inflight: dict[str, asyncio.Task[Sandbox | None]] = {}
         self._record = self._client.register_script(_RECORD_ACTIVITY)
         self.lookups = 0  # queries actually sent to Redis (for tests and metrics)
 
@@ -179,32 +210,33 @@ class RedisRegistry:
             data = await self._client.hgetall(self.prefix + sandbox_id)
         except Exception as exc:  # redis raises many classes; all mean "cannot ask now"
             raise RegistryError(f"the Redis registry is unreachable: {exc}") from exc
-        return _entry(sandbox_id, data) if data else None
+        # decode_responses=True: keys and values are str (the client's annotation allows bytes)
+        return _entry(sandbox_id, cast("dict[str, object]", data)) if data else None
 
     async def get(self, sandbox_id: str) -> Sandbox | None:
         now = time.monotonic()
         cached = self._cache.get(sandbox_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        pending = self._inflight.get(sandbox_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[Sandbox | None] = asyncio.get_running_loop().create_future()
-        self._inflight[sandbox_id] = future
+        task = self._inflight.get(sandbox_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._lookup(sandbox_id), name=f"registry lookup {sandbox_id}")
+            self._inflight[sandbox_id] = task
+            task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    async def _lookup(self, sandbox_id: str) -> Sandbox | None:
         try:
             entry = await self._query(sandbox_id)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(entry)
-            if len(self._cache) > 100_000:
-                self._cache.clear()
-            self._cache[sandbox_id] = (time.monotonic() + (self.ttl if entry else self.negative_ttl), entry)
-            return entry
         finally:
             del self._inflight[sandbox_id]
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[sandbox_id] = (time.monotonic() + (self.ttl if entry else self.negative_ttl), entry)
+        return entry
+
+    async def key_organization(self, key_sha256_hex: str) -> str | None:
+        return None  # tenant keys live in file: registries (the control plane) for now
 
     async def record_activity(self, sandbox_id: str, when: float) -> None:
         try:
@@ -213,7 +245,19 @@ class RedisRegistry:
             log.warning("could not record activity of %s in Redis: %s", sandbox_id, exc)
 
     async def close(self) -> None:
+        # Queries still in flight have no one left to answer: end them before the client.
+        pending = list(self._inflight.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._inflight.clear()  # (a task cancelled before it ran never removed itself)
         await self._client.aclose()
+
+
+def _retrieve(task: asyncio.Task[Sandbox | None]) -> None:
+    """Mark a lookup's exception as seen: when every caller was cancelled, nobody else does."""
+    if not task.cancelled():
+        task.exception()
 
 
 def open_registry(spec: str, cache_ttl: float = 2.0) -> Registry:

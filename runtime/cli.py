@@ -1,7 +1,8 @@
-"""`python -m runtime up|create|list|get|stop|start|delete`.
+"""`python -m runtime up|create|list|get|stop|start|delete|api-key create`.
 
-`up` runs everything (proxy, runtime, control API) in the foreground until Ctrl-C; the
-other commands talk to a running `up` over its control socket and print JSON.
+`up` runs everything (proxy, control plane, runtime) in the foreground until Ctrl-C; the
+sandbox commands are clients of its Daytona REST API (`/api`, reached over the control
+socket) and print the Sandbox JSON; `api-key create` writes a key into the database.
 """
 
 from __future__ import annotations
@@ -18,52 +19,88 @@ from runtime.limits import Limits
 from toolbox.options import env
 
 
-def _limits_args(parser: argparse.ArgumentParser, defaults: bool) -> None:
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once, and only when there is one (not `None`, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        # A help text that names its default itself, "(env X; default: ...)", keeps its own.
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text.partition("(env")[2]:
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _limits_args(parser: argparse.ArgumentParser) -> None:
     d = Limits()
-    parser.add_argument("--cpus", type=float, default=float(env("RUNTIME_CPUS", str(d.cpus))) if defaults else None,
-                        help="CPU cap per sandbox, in CPUs (env RUNTIME_CPUS)")
-    parser.add_argument("--memory", type=int, default=int(env("RUNTIME_MEMORY_MIB", str(d.memory_mib))) if defaults else None,
-                        help="memory cap per sandbox, MiB (env RUNTIME_MEMORY_MIB)")
-    parser.add_argument("--pids", type=int, default=int(env("RUNTIME_PIDS", str(d.pids))) if defaults else None,
+    parser.add_argument("--cpus", type=float, default=float(env("RUNTIME_CPUS", str(d.cpus)) or d.cpus),
+                        help="default CPU cap per sandbox, in CPUs (env RUNTIME_CPUS)")
+    parser.add_argument("--memory", type=int, default=int(env("RUNTIME_MEMORY_MIB", str(d.memory_mib)) or d.memory_mib),
+                        help="default memory cap per sandbox, MiB (env RUNTIME_MEMORY_MIB)")
+    parser.add_argument("--pids", type=int, default=int(env("RUNTIME_PIDS", str(d.pids)) or d.pids),
                         help="process/thread cap per sandbox (env RUNTIME_PIDS)")
+
+
+def _state_arg(parser: argparse.ArgumentParser, top: bool) -> None:
+    # Accepted before and after the command (`./scripts/start --state-dir X` is `up --state-dir X`).
+    parser.add_argument("--state-dir", default=env("RUNTIME_STATE_DIR") if top else argparse.SUPPRESS,
+                        help="where sandboxes, the database and the control socket live "
+                             "(env RUNTIME_STATE_DIR; default $XDG_STATE_HOME/sandbox-toolbox)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m runtime",
-                                     description="Local sandbox runtime: toolbox daemons in Linux namespaces behind the preview proxy.")
-    parser.add_argument("--state-dir", default=env("RUNTIME_STATE_DIR"),
-                        help="where sandboxes, the registry and the control socket live "
-                             "(env RUNTIME_STATE_DIR; default $XDG_STATE_HOME/sandbox-toolbox)")
+                                     description="Local sandbox runtime: toolbox daemons in Linux namespaces behind "
+                                                 "the preview proxy, managed through Daytona's REST API.")
+    _state_arg(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("up", help="start the proxy, the runtime and a first sandbox; Ctrl-C stops all",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    up = commands.add_parser("up", help="start the proxy, the control plane, the runtime and a first sandbox; "
+                                        "Ctrl-C stops all", formatter_class=_HelpFormatter)
+    _state_arg(up, top=False)
     up.add_argument("--host", default=env("RUNTIME_PROXY_HOST", "127.0.0.1"), help="proxy listen address (env RUNTIME_PROXY_HOST)")
     up.add_argument("--port", type=int, default=int(env("RUNTIME_PROXY_PORT", "8080") or 8080), help="proxy port (env RUNTIME_PROXY_PORT)")
     up.add_argument("--domain", default=env("RUNTIME_DOMAIN", "localhost"), help="preview domain (env RUNTIME_DOMAIN)")
     up.add_argument("--pool-size", type=int, default=int(env("RUNTIME_POOL_SIZE", "1") or 1),
                     help="pre-started sandboxes kept warm for fast create (env RUNTIME_POOL_SIZE)")
     up.add_argument("--idle-timeout", type=float, default=float(env("RUNTIME_IDLE_TIMEOUT", "900") or 900),
-                    help="stop a sandbox after this many seconds without proxy traffic; 0 disables (env RUNTIME_IDLE_TIMEOUT)")
+                    help="default auto-stop of sandboxes created without autoStopInterval, in seconds "
+                         "(rounded up to minutes); 0 disables (env RUNTIME_IDLE_TIMEOUT)")
     up.add_argument("--api-key", default=env("RUNTIME_API_KEY"),
-                    help="API key for the proxy (env RUNTIME_API_KEY; default: generated once into STATE/api-key)")
+                    help="the default organization's API key (env RUNTIME_API_KEY; "
+                         "default: generated once into STATE/api-key)")
     up.add_argument("--sandbox", default=env("RUNTIME_SANDBOX"),
-                    help="id of the first sandbox (created if missing); default: the newest existing one, else a new one")
+                    help="name of the first sandbox (created if missing); default: the newest existing one, "
+                         "else a new one")
     up.add_argument("--no-sandbox", action="store_true", help="do not start a first sandbox")
-    _limits_args(up, defaults=True)
+    _limits_args(up)
 
-    create = commands.add_parser("create", help="create and start a sandbox")
-    create.add_argument("--id", help="sandbox id (default: random)")
-    create.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE", help="environment variable (repeatable)")
-    create.add_argument("--egress", choices=["none", "host"], default="none",
-                        help="network: none (loopback only) or the host's network")
+    create = commands.add_parser("create", help="create and start a sandbox (POST /api/sandbox)",
+                                 formatter_class=_HelpFormatter)
+    _state_arg(create, top=False)
+    create.add_argument("--name", help="sandbox name (default: its id)")
+    create.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment variable (repeatable)")
+    create.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE", help="label (repeatable)")
     create.add_argument("--public", action="store_true", help="previews reachable without credentials")
-    _limits_args(create, defaults=False)
-    commands.add_parser("list", help="list sandboxes")
+    create.add_argument("--egress", choices=["none", "host"], default="none",
+                        help="network: none (loopback only) or the host's network (networkBlockAll=false)")
+    create.add_argument("--cpu", type=int, help="CPUs")
+    create.add_argument("--memory", type=int, help="memory, GiB")
+    create.add_argument("--disk", type=int, help="disk, GiB (recorded, not enforced)")
+    create.add_argument("--auto-stop", type=int, metavar="MINUTES", help="auto-stop interval (0 = never)")
+    listing = commands.add_parser("list", help="list sandboxes (GET /api/sandbox)")
+    _state_arg(listing, top=False)
     for name, text in (("get", "show one sandbox"), ("stop", "stop a sandbox (files stay)"),
                        ("start", "start a stopped sandbox"), ("delete", "stop and remove a sandbox")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("id")
+        _state_arg(sub, top=False)
+        sub.add_argument("id", help="sandbox id or name")
+    keys = commands.add_parser("api-key", help="API keys")
+    key_commands = keys.add_subparsers(dest="key_command", required=True)
+    key_create = key_commands.add_parser("create", help="create an API key and print it (shown once)")
+    _state_arg(key_create, top=False)
+    key_create.add_argument("--organization", default="default",
+                            help="the organization it belongs to, created if new")
     return parser
 
 
@@ -79,37 +116,55 @@ def up(args: argparse.Namespace) -> int:
     import uvicorn
     from starlette.applications import Starlette
 
-    from runtime.control import build_app
+    from controlplane.app import build_app
+    from controlplane.errors import ApiError
     from runtime.manager import SandboxError
     from runtime.stack import Stack, StackConfig
 
+    try:
+        limits = Limits(cpus=args.cpus, memory_mib=args.memory, pids=args.pids)
+    except ValueError as exc:
+        print(f"error: invalid limit: {exc} (--cpus/--memory/--pids, RUNTIME_CPUS/RUNTIME_MEMORY_MIB/"
+              "RUNTIME_PIDS)", file=sys.stderr, flush=True)
+        return 2
     config = StackConfig(
         state_dir=_state_dir(args), host=args.host, port=args.port, domain=args.domain,
         pool_size=max(0, args.pool_size), idle_timeout=args.idle_timeout,
-        limits=Limits(cpus=args.cpus, memory_mib=args.memory, pids=args.pids), api_key=args.api_key,
+        limits=limits, api_key=args.api_key,
     )
-    stack = Stack(config)
-    control = build_app(stack.runtime, stack.info)
+    try:
+        stack = Stack(config)
+    except OSError as exc:
+        print(f"error: cannot use the state directory {config.state_dir}: {exc.strerror or exc}; "
+              "pick another with --state-dir or RUNTIME_STATE_DIR", file=sys.stderr, flush=True)
+        return 1
+    control = build_app(stack.plane)
+    failed: list[str] = []
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         try:
             try:
                 await stack.start()
-            except SandboxError as exc:
-                print(f"error: {exc.message}", file=sys.stderr, flush=True)
-                raise
-            if not args.no_sandbox:
-                await _first_sandbox(stack, args.sandbox)
-            else:
-                _print_banner(stack, None)
+                if args.no_sandbox:
+                    _print_banner(stack, None)
+                else:
+                    await _first_sandbox(stack, args.sandbox)
+                stack.restart_interrupted()
+            except (SandboxError, ApiError, OSError) as exc:
+                # One line that says what failed and what to do; raising here would make
+                # Starlette and uvicorn print the traceback of a lifespan failure instead.
+                failed.append(exc.message if isinstance(exc, (SandboxError, ApiError)) else str(exc))
+                print(f"error: {failed[-1]}", file=sys.stderr, flush=True)
+                server.should_exit = True
             yield
         finally:
-            print("Stopping sandboxes and the proxy...", flush=True)
+            if not failed:
+                print("Stopping sandboxes and the proxy...", flush=True)
             await stack.stop()
 
     control.router.lifespan_context = lifespan
-    if stack.control_socket.exists():
+    if stack.control_socket.exists() or stack.control_socket.is_symlink():
         stack.control_socket.unlink()
     server = uvicorn.Server(uvicorn.Config(control, uds=str(stack.control_socket), log_level="warning",
                                            access_log=False, lifespan="on", timeout_graceful_shutdown=5))
@@ -117,68 +172,155 @@ def up(args: argparse.Namespace) -> int:
         server.run()
     except KeyboardInterrupt:
         pass
-    return 0 if server.started else 1
+    return 0 if server.started and not failed else 1
 
 
 async def _first_sandbox(stack: Any, wanted: str | None) -> None:
-    runtime = stack.runtime
-    if wanted and wanted in runtime.specs:
-        spec = await runtime.start(wanted)
-    elif wanted:
-        spec = await runtime.create(wanted)
-    elif runtime.specs:
-        newest = max(runtime.specs.values(), key=lambda s: s.created_at)
-        spec = await runtime.start(newest.id)
+    """The sandbox named `wanted` (created if missing), else the newest one, else a new one,
+    in the default organization, started."""
+    from controlplane.auth import Principal
+    from controlplane.errors import ApiError, NotFound
+    from controlplane.sandboxes.dto import CreateSandbox
+
+    plane = stack.plane
+    who = Principal(plane.default_organization, "main-job")
+    record = None
+    if wanted:
+        try:
+            record = await plane.sandboxes.get(who, wanted)
+        except NotFound:
+            record = None
     else:
-        spec = await runtime.create()
-    _print_banner(stack, spec)
+        page = await plane.sandboxes.list(who, limit=1)
+        record = page.items[0] if page.items else None
+    if record is not None and record.state != "started":
+        try:
+            record = await plane.sandboxes.start(who, record.id)
+        except ApiError as exc:
+            if wanted:
+                raise
+            # The newest one cannot start (in error, gone from the backend): a new one instead.
+            print(f"warning: cannot start sandbox {record.id} ({exc.message}); creating a new one",
+                  file=sys.stderr, flush=True)
+            record = None
+    if record is None:
+        body = CreateSandbox(name=wanted, labels={"code-toolbox-language": "python"})
+        record = await plane.sandboxes.create(who, body)
+    _print_banner(stack, record)
 
 
-def _print_banner(stack: Any, spec: Any) -> None:
+def _print_banner(stack: Any, record: Any) -> None:
     info = stack.info()
+    key_source = f"in {info['api_key_file']}" if info["api_key_file"] else "from --api-key"
     lines = [
-        f"Proxy:        {info['proxy_url']}  (API key "
-        f"{'in ' + str(info['api_key_file']) if info['api_key_file'] else 'from --api-key'})",
+        f"Proxy:        {info['proxy_url']}",
+        f"API:          {info['api_url']}   (Daytona's REST API; the key is {key_source})",
+        f"DAYTONA_API_URL={info['api_url']}",
+        f"DAYTONA_API_KEY={stack.api_key}",
         f"Limits:       {info['limits_backend']}",
-        f"Control:      python -m runtime --state-dir {stack.config.state_dir} list|create|stop|start|delete",
+        f"Control:      python -m runtime --state-dir {stack.config.state_dir} list|create|get|stop|start|delete",
     ]
-    if spec is not None:
-        urls = stack.urls(spec.id, spec.token)
+    if record is not None:
+        urls = stack.urls(record.id, record.preview_token)
         lines += [
-            f"Sandbox:      {spec.id}",
-            f"Toolbox URL:  {urls['toolbox']}   (Authorization: Bearer <API key>)",
+            f"Sandbox:      {record.id}",
+            f"Toolbox URL:  {urls['toolbox']}/version   (Authorization: Bearer $DAYTONA_API_KEY)",
+            f"Try:          curl -H 'Authorization: Bearer {stack.api_key}' {urls['toolbox']}/version",
             f"Preview URL:  {urls['example_preview']}   (any port: {urls['preview']})",
-            f"Preview auth: X-Daytona-Preview-Token: {spec.token}",
+            f"Preview auth: X-Daytona-Preview-Token: {record.preview_token}",
             f"Terminal:     {urls['terminal']}",
         ]
     lines.append("Press Ctrl-C to stop.")
     print("\n".join(lines), flush=True)
 
 
-# ---- client commands ---------------------------------------------------------------------
+# ---- client commands: Daytona's REST API over the control socket ---------------------------
 
-def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
+          params: dict[str, str] | None = None) -> tuple[int, Any]:
+    """(exit code, decoded JSON) of one API call; errors are printed."""
+    import os
+
     import httpx
 
-    socket = _state_dir(args) / "control" / "runtime.sock"
+    state = _state_dir(args)
+    socket = state / "control" / "api.sock"
     if not socket.exists():
-        print(f"error: no runtime is running (no {socket}); start one with: python -m runtime up",
-              file=sys.stderr)
-        return 1
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://runtime",
-                      timeout=120) as client:
+        return _fail(f"no main job is running (no {socket}); start one with: ./scripts/start "
+                     f"--state-dir {state}  (or python -m runtime up)"), None
+    key = os.environ.get("DAYTONA_API_KEY") or ""
+    if not key:
         try:
-            response = client.request(method, path, json=body)
+            key = (state / "api-key").read_text().strip()
+        except OSError as exc:
+            return _fail(f"no API key: set DAYTONA_API_KEY or make {state / 'api-key'} readable ({exc})"), None
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://controlplane/api",
+                      headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        try:
+            response = client.request(method, path, json=body, params=params)
         except httpx.TransportError as exc:
-            print(f"error: cannot reach the runtime at {socket}: {exc}", file=sys.stderr)
-            return 1
-    if response.status_code == 204:
-        return 0
-    data = response.json()
+            return _fail(f"cannot reach the control plane at {socket}: {exc}"), None
+    data = response.json() if response.content else None
     if response.is_error:
-        print(f"error: {data.get('error', data)}", file=sys.stderr)
-        return 1
+        message = data.get("message", data) if isinstance(data, dict) else response.text
+        return _fail(f"{message} (HTTP {response.status_code})"), None
+    return 0, data
+
+
+def _pairs(parser: argparse.ArgumentParser, items: list[str], what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--{what} wants KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _print(data: Any) -> int:
     print(json.dumps(data, indent=2))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    items: list[Any] = []
+    cursor: str | None = None
+    while True:
+        code, page = _call(args, "GET", "/sandbox", params={"limit": "200", **({"cursor": cursor} if cursor else {})})
+        if code:
+            return code
+        items += page["items"]
+        cursor = page.get("nextCursor")
+        if not cursor:
+            return _print(items)
+
+
+def _create_key(args: argparse.Namespace) -> int:
+    from controlplane.auth import Keys
+    from controlplane.errors import ApiError
+    from controlplane.plane import PlaneConfig
+    from controlplane.sandboxes.routes import PublicUrls
+    from controlplane.store.db import migrate, open_engine
+
+    state = _state_dir(args)
+    config = PlaneConfig(state_dir=state, urls=PublicUrls("http", "localhost", 8080),
+                         registry_path=state / "registry.json")
+    engine = open_engine(config.url)
+    try:
+        migrate(engine)
+        created = Keys(engine).create_key(args.organization)
+    except ApiError as exc:
+        return _fail(exc.message)
+    finally:
+        engine.dispose()
+    print(f"DAYTONA_API_KEY={created.key}")
+    print(f"# organization {created.organization_name} ({created.organization_id}); shown once, stored hashed; "
+          "the proxy accepts it within a few seconds", file=sys.stderr)
     return 0
 
 
@@ -188,26 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         return up(args)
     if args.command == "list":
-        return _call(args, "GET", "/sandboxes")
+        return _list(args)
+    if args.command == "api-key":
+        return _create_key(args)
     if args.command == "create":
-        env = {}
-        for item in args.env:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                parser.error(f"--env wants KEY=VALUE, got {item!r}")
-            env[key] = value
-        limits = {k: v for k, v in (("cpus", args.cpus), ("memory_mib", args.memory), ("pids", args.pids))
-                  if v is not None}
-        body: dict[str, Any] = {"env": env, "egress": args.egress, "public": args.public}
-        if args.id:
-            body["id"] = args.id
-        if limits:
-            body["limits"] = limits
-        return _call(args, "POST", "/sandboxes", body)
-    if args.command == "get":
-        return _call(args, "GET", f"/sandboxes/{args.id}")
-    if args.command in ("stop", "start"):
-        return _call(args, "POST", f"/sandboxes/{args.id}/{args.command}")
-    if args.command == "delete":
-        return _call(args, "DELETE", f"/sandboxes/{args.id}")
-    return 2
+        body: dict[str, Any] = {"env": _pairs(parser, args.env, "env"),
+                                "labels": {"code-toolbox-language": "python", **_pairs(parser, args.label, "label")},
+                                "volumes": []}
+        optional = {"name": args.name, "cpu": args.cpu, "memory": args.memory, "disk": args.disk,
+                    "autoStopInterval": args.auto_stop, "public": True if args.public else None,
+                    "networkBlockAll": False if args.egress == "host" else None}
+        body.update({k: v for k, v in optional.items() if v is not None})
+        code, data = _call(args, "POST", "/sandbox", body)
+    elif args.command in ("get", "delete"):
+        code, data = _call(args, "GET" if args.command == "get" else "DELETE", f"/sandbox/{args.id}")
+    elif args.command in ("stop", "start"):
+        code, data = _call(args, "POST", f"/sandbox/{args.id}/{args.command}")
+    else:
+        return 2
+    return code or _print(data)

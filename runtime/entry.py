@@ -4,8 +4,9 @@ Importing the daemon costs ~150 ms, so a pooled sandbox does it ahead of time (a
 the interpreter that code runs fork, toolbox/process/execute/zygote.py), reports
 ``pooled`` on stdout and blocks on stdin for one JSON line, the claim:
 ``{"id": "...", "env": {...}}``. It then applies the environment and serves the Toolbox
-API on the Unix socket in $TOOLBOX_UDS; the daemon's readiness line on stdout tells the
-runtime that the sandbox answers.
+API on the Unix socket the runtime bound and passed as descriptor $TOOLBOX_FD (the socket
+file lives where no sandbox can reach it: runtime/sockets.py); the daemon's readiness line
+on stdout tells the runtime that the sandbox answers.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def preload() -> None:
 
 
 def main() -> int:
+    # Group-writable by default, so sandboxes sharing a volume (through its shared gid,
+    # see runtime.volumes) can change each other's files there; the sandbox's own group
+    # has no other member, so its private files stay private.
+    os.umask(0o002)
     preload()
     print("pooled", flush=True)
     line = sys.stdin.readline()
@@ -54,12 +59,9 @@ def main() -> int:
 
     from toolbox import cli
 
-    uds = os.environ.get("TOOLBOX_UDS", "/run/toolbox/toolbox.sock")
-    try:
-        os.unlink(uds)  # a socket left by a previous run of this sandbox
-    except FileNotFoundError:
-        pass
-    return cli.main(["serve", "--uds", uds, "--workdir", os.environ.get("HOME", os.getcwd()),
+    fd = os.environ.pop("TOOLBOX_FD")  # not inherited by the sandbox's own processes
+    os.set_inheritable(int(fd), False)
+    return cli.main(["serve", "--fd", fd, "--workdir", os.environ.get("HOME", os.getcwd()),
                      "--sandbox-id", sandbox_id])
 
 

@@ -10,6 +10,7 @@ in the background.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import json
@@ -19,21 +20,25 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime import cgroups
+from runtime import archive, cgroups, seccomp, sockets
+from runtime.uids import UidRange, UidsExhausted
 from runtime.limits import Limits
+from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
 from runtime.sandbox import (
-    EGRESS, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv, new_id, valid_id,
+    EGRESS, HOME_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
+    new_id, valid_id,
 )
+from runtime.volumes import Mount, MountError, OpenedMounts, open_mounts, validate_target
 
 log = logging.getLogger("runtime")
 
-UID_BASE = 200_000  # sandbox uids when we run as root: far from real users
 READY_LINE = b"Starting toolbox server"
+DAEMON_OOM_SCORE_ADJ = -900
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
 # Called with a sandbox id once it is in the registry; returns when the proxy routes it.
 VisibleCheck = Callable[[str], Awaitable[None]]
@@ -46,6 +51,21 @@ def _tail(path: Path, size: int = 600) -> str:
             return f.read().decode(errors="replace").strip()
     except OSError:
         return "(no log)"
+
+
+def _oom_score_adj(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        return int(Path(f"/proc/{pid}/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _last_line(path: Path) -> str:
+    """The line of a log that usually says why (a traceback's last line), for one-line errors."""
+    lines = [line for line in _tail(path, 4096).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(empty log)"
 
 
 class SandboxError(Exception):
@@ -66,6 +86,8 @@ class Running:
     gid: int
     started_at: float = field(default_factory=time.time)
     pump: asyncio.Task[None] | None = None
+    socket: Path | None = None  # where its listening socket is bound (runtime/sockets.py)
+    daemon_pid: int | None = None  # the daemon's pid on the host, once claimed
 
 
 class Runtime:
@@ -81,11 +103,16 @@ class Runtime:
         terminal_port: int = TERMINAL_PORT,
         python: str = sys.executable,
         start_timeout: float = 30.0,
+        write_registry: bool = True,
+        restart_crashed: bool = True,
     ) -> None:
         self.root = root.resolve()
         self.sandboxes_dir = self.root / "sandboxes"
         self.pool_dir = self.root / "pool"
-        self.registry = FileRegistry(self.root / "registry.json")
+        self.archives_dir = self.root / "archives"
+        # Under the control plane, it writes the proxy's registry (with organizations);
+        # the runtime then keeps none of its own.
+        self.registry: FileRegistry | None = FileRegistry(self.root / "registry.json") if write_registry else None
         self.pool_size = pool_size
         self.default_limits = limits or Limits()
         self.idle_timeout = idle_timeout
@@ -94,15 +121,20 @@ class Runtime:
         self.terminal_port = terminal_port
         self.python = python
         self.start_timeout = start_timeout
+        # A bare runtime restarts what a crash interrupted itself; under the control plane,
+        # the control plane decides (controlplane/reconcile.py), so both never race.
+        self.restart_crashed = restart_crashed
         self.backend: cgroups.Backend = cgroups.Backend()
         self.specs: dict[str, SandboxSpec] = {}
         self.running: dict[str, Running] = {}
         self.pool: list[Running] = []
-        self._uids: set[int] = set()  # reserved by sandboxes, pooled or being started
+        self._uids: set[int] = set()  # held by sandboxes, pooled or being started
+        self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[object]] = set()
         self._pool_wakeup = asyncio.Event()
         self._closed = False
+        self._oom_warned = False
 
     @property
     def _group_prefix(self) -> str:
@@ -114,28 +146,56 @@ class Runtime:
     async def open(self) -> None:
         if shutil.which("bwrap") is None:
             raise SandboxError(500, "bubblewrap is not installed: apt-get install bubblewrap")
-        for d in (self.root, self.sandboxes_dir, self.pool_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o755)
+        for d in (self.root, self.sandboxes_dir, self.pool_dir, self.archives_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(d, DIR_MODE)  # tokens inside: no other local user may look
+        sockets.ensure_sockets_dir(self.root)
+        if os.geteuid() == 0:
+            self.uid_range = await asyncio.to_thread(UidRange.open, self.root)
+        # Nothing runs yet, so every socket left there is stale.
+        for stale in sockets.sockets_dir(self.root).iterdir():
+            sockets.remove(stale)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
         # Groups left by a runtime on this state dir that died without cleaning up.
         await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
-        self.pool_dir.mkdir()
+        self.pool_dir.mkdir(mode=DIR_MODE)
+        crashed: list[str] = []
         for meta in sorted(self.sandboxes_dir.glob("*/sandbox.json")):
             try:
                 spec = SandboxDir(meta.parent).load()
             except (OSError, ValueError, KeyError) as exc:
                 log.warning("ignoring %s: %s", meta, exc)
                 continue
-            spec.state = "stopped"
+            if spec.state == "started":
+                crashed.append(spec.id)
+            if spec.state != "archived":
+                spec.state = "stopped"
             self.specs[spec.id] = spec
             self._uids.add(spec.uid)
-        self.registry.flush()
+        if self.uid_range is not None:
+            self.uid_range.skip_past(self._uids)
+        await asyncio.to_thread(self._sweep_disk)
+        if self.registry is not None:
+            self.registry.flush()
         self._spawn(self._pool_loop())
         if self.idle_timeout > 0:
             self._spawn(self._idle_loop())
+        if crashed and self.restart_crashed:
+            self._spawn(self._recover(crashed))
+
+    async def _recover(self, sandbox_ids: list[str]) -> None:
+        """Start again the sandboxes that were running when a previous runtime died without
+        stopping them (SIGKILL, OOM killer, power loss); a clean stop saves them stopped.
+        One after the other: forty cold starts at once would starve everything else."""
+        log.warning("restarting %d sandbox(es) left running by a runtime that died: %s",
+                    len(sandbox_ids), " ".join(sandbox_ids))
+        for sandbox_id in sandbox_ids:
+            try:
+                await self.start(sandbox_id)
+            except SandboxError as exc:
+                log.warning("could not restart %s: %s", sandbox_id, exc.message)
 
     async def close(self) -> None:
         """Stop every sandbox and drain the pool; sandboxes stay on disk, stopped."""
@@ -148,9 +208,25 @@ class Runtime:
         await asyncio.gather(*(self._kill(r) for r in pool), return_exceptions=True)
         for r in pool:
             r.dir.remove()
+            if r.socket is not None:
+                sockets.remove(r.socket)
             self._uids.discard(r.uid)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
+    def _sweep_disk(self) -> None:
+        """Repair what a crash left: a sandbox directory without a spec (a create that
+        never finished), partial or unclaimed archives, originals an archive replaced."""
+        for path in self.sandboxes_dir.iterdir():
+            if path.is_dir() and not (path / "sandbox.json").exists():
+                log.warning("removing %s: a create that never finished", path)
+                shutil.rmtree(path, ignore_errors=True)
+        not_archived = [i for i, s in self.specs.items() if s.state != "archived"]
+        for stale in archive.sweep(self.archives_dir, self.sandboxes_dir, not_archived):
+            log.warning("removed a stale archive %s", stale)
+        for spec in self.specs.values():
+            if spec.state == "archived":
+                archive.drop_unpacked(self.sandboxes_dir / spec.id)
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -172,12 +248,14 @@ class Runtime:
     def describe(self, spec: SandboxSpec) -> dict[str, object]:
         data = spec.to_json()
         running = self.running.get(spec.id)
-        data["socket"] = str(self.sandboxes_dir / spec.id / "run" / "toolbox.sock")
+        data["socket"] = str(self.socket_path(spec.id))
         data["dir"] = str(self.sandboxes_dir / spec.id)
         if running is not None:
             data["started_at"] = running.started_at
             data["usage"] = running.group.stats()
             data["cgroups"] = [str(d) for d in running.group.dirs]
+            data["daemon_pid"] = running.daemon_pid
+            data["daemon_oom_score_adj"] = _oom_score_adj(running.daemon_pid)
         return data
 
     async def create(
@@ -188,6 +266,7 @@ class Runtime:
         limits: Limits | None = None,
         egress: str = "none",
         public: bool = False,
+        mounts: Sequence[Mount] = (),
     ) -> SandboxSpec:
         sandbox_id = sandbox_id or new_id()
         if not valid_id(sandbox_id):
@@ -197,39 +276,62 @@ class Runtime:
             raise SandboxError(400, f"invalid egress {egress!r}: one of {', '.join(EGRESS)}")
         env = {str(k): str(v) for k, v in (env or {}).items()}
         limits = limits or self.default_limits
+        mounts = self._check_mounts(mounts)
         async with self._lock(sandbox_id):
             if sandbox_id in self.specs:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
-            pooled = self._take_pooled() if egress == "none" else None
-            if pooled is not None:
-                os.rename(pooled.dir.path, target.path)
-                pooled.dir = target
-                if limits != self.default_limits:
-                    await asyncio.to_thread(pooled.group.apply, limits)
-                running = pooled
-                spec = SandboxSpec(sandbox_id, running.uid, running.gid, env, limits, egress,
-                                   public=public)
-            else:
-                uid, gid = self._allocate_uid()
-                spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public)
-                await asyncio.to_thread(target.create, uid, gid)
-                running = await self._launch(target, spec.uid, spec.gid, limits, egress)
-            self.specs[sandbox_id] = spec
+            # A pooled sandbox was launched without volumes: they are bound at launch.
+            pooled = self._take_pooled() if egress == "none" and not mounts else None
+            uid, gid = ((pooled.uid, pooled.gid) if pooled is not None
+                        else await self._allocate_uid())
+            spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public,
+                               mounts=mounts)
+            running: Running | None = pooled
             try:
+                if pooled is not None:
+                    os.rename(pooled.dir.path, target.path)
+                    pooled.dir = target
+                    # Renaming a bound socket keeps it bound: the daemon keeps listening on it.
+                    assert pooled.socket is not None
+                    os.rename(pooled.socket, self.socket_path(sandbox_id))
+                    pooled.socket = self.socket_path(sandbox_id)
+                    if limits != self.default_limits:
+                        await asyncio.to_thread(self._apply_limits, pooled, limits)
+                else:
+                    await asyncio.to_thread(target.create, uid, gid)
+                    running = await self._launch(target, uid, gid, limits, egress,
+                                                 self.socket_path(sandbox_id), mounts)
+                assert running is not None  # set by either branch
+                self.specs[sandbox_id] = spec
                 await self._claim(running, spec)
             except BaseException:
-                await self._kill(running)
-                del self.specs[sandbox_id]
-                target.remove()
-                self._uids.discard(spec.uid)
+                # A create that failed leaves nothing behind: no process, no cgroup, no
+                # socket, no directory that `list` would not show.
+                if running is not None:
+                    await asyncio.shield(self._kill(running))
+                    await asyncio.shield(asyncio.to_thread(running.dir.remove))
+                await asyncio.shield(asyncio.to_thread(target.remove))
+                sockets.remove(self.socket_path(sandbox_id))
+                self.specs.pop(sandbox_id, None)
+                self._uids.discard(uid)
                 self._pool_wakeup.set()
                 raise
+            assert running is not None
             await self._activate(spec, target, running)
             # Refill only now: the next pooled sandbox's imports would compete for CPU
             # with this claim.
             self._pool_wakeup.set()
             return spec
+
+    @staticmethod
+    def _apply_limits(running: Running, limits: Limits) -> None:
+        try:
+            running.group.apply(limits)
+        except OSError as exc:
+            raise SandboxError(400, f"cannot apply the limits {limits.to_json()} to the sandbox: "
+                                    f"{exc.strerror} (a memory limit below what its daemon "
+                                    "already uses?)") from None
 
     async def _activate(self, spec: SandboxSpec, target: SandboxDir, running: Running) -> None:
         """Record a claimed sandbox as started and return once the proxy routes its id."""
@@ -251,6 +353,8 @@ class Runtime:
     async def _discard(self, running: Running) -> None:
         await self._kill(running)
         running.dir.remove()
+        if running.socket is not None:
+            sockets.remove(running.socket)
         self._uids.discard(running.uid)
         self._pool_wakeup.set()
 
@@ -260,9 +364,12 @@ class Runtime:
             if sandbox_id in self.running:
                 return spec
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            if spec.state == "archived":
+                await self._restore(spec, target)
             # Idempotent: also brings a sandbox made by an older version up to today's layout.
             await asyncio.to_thread(target.create, spec.uid, spec.gid)
-            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress)
+            running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,
+                                         self.socket_path(sandbox_id), spec.mounts)
             try:
                 await self._claim(running, spec)
             except BaseException:
@@ -275,9 +382,13 @@ class Runtime:
         async with self._lock(sandbox_id):
             spec = self.get(sandbox_id)
             running = self.running.pop(sandbox_id, None)
-            self.registry.remove(sandbox_id)
+            if self.registry is not None:
+                self.registry.remove(sandbox_id)
             if running is not None:
                 await self._kill(running)
+            sockets.remove(self.socket_path(sandbox_id))
+            if running is None and spec.state == "archived":
+                return spec  # stays archived: its files are in the archive only
             spec.state = "stopped"
             SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
             return spec
@@ -286,28 +397,158 @@ class Runtime:
         await self.stop(sandbox_id)
         async with self._lock(sandbox_id):
             spec = self.specs.pop(sandbox_id, None)
-            if spec is not None and spec.uid >= UID_BASE:
-                self._uids.discard(spec.uid)
+            if spec is not None:
+                self._uids.discard(spec.uid)  # bookkeeping only: a uid is never handed out again
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._archive_path(sandbox_id))
             await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
         self._locks.pop(sandbox_id, None)
 
+    # ---- archive, resize, status -----------------------------------------------------
+
+    def _archive_path(self, sandbox_id: str) -> Path:
+        return self.archives_dir / f"{sandbox_id}{archive.SUFFIX}"
+
+    async def archive(self, sandbox_id: str) -> SandboxSpec:
+        """Pack a stopped sandbox's files into one tar + zstd archive and free their disk;
+        `start` restores them. See runtime.archive for the order that makes it crash-safe."""
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            if spec.state == "archived":
+                return spec
+            if sandbox_id in self.running:
+                raise SandboxError(409, f"sandbox {sandbox_id!r} is started: stop it before archiving")
+            target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            began = time.monotonic()
+            try:
+                size = await archive.pack(target.path, self._archive_path(sandbox_id))
+            except archive.ArchiveError as exc:
+                raise SandboxError(500, f"could not archive sandbox {sandbox_id!r}: {exc}") from None
+            spec.state = "archived"
+            await asyncio.to_thread(self._save_durably, target, spec)
+            await asyncio.to_thread(archive.drop_unpacked, target.path)
+            log.info("archived %s: %d bytes in %.2f s", sandbox_id, size, time.monotonic() - began)
+            return spec
+
+    async def _restore(self, spec: SandboxSpec, target: SandboxDir) -> None:
+        path = self._archive_path(spec.id)
+        if not path.exists():
+            raise SandboxError(500, f"sandbox {spec.id!r} is archived but its archive {path} is missing")
+        try:
+            await archive.unpack(path, target.path)
+        except archive.ArchiveError as exc:
+            raise SandboxError(500, f"could not restore sandbox {spec.id!r}: {exc}") from None
+        spec.state = "stopped"
+        await asyncio.to_thread(self._save_durably, target, spec)
+        os.unlink(path)
+
+    @staticmethod
+    def _save_durably(target: SandboxDir, spec: SandboxSpec) -> None:
+        target.save(spec)
+        archive.fsync_path(target.meta)
+        archive.fsync_path(target.path, directory=True)
+
+    async def resize(self, sandbox_id: str, limits: Limits) -> SandboxSpec:
+        """Apply new limits to a started sandbox's cgroup at once, or record them for the
+        next start; a memory limit below what the sandbox uses now is refused."""
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            running = self.running.get(sandbox_id)
+            if running is not None:
+                used = (await asyncio.to_thread(running.group.stats)).get("memory_bytes")
+                if used is not None and limits.memory_bytes < used:
+                    raise SandboxError(409, f"cannot lower memory of sandbox {sandbox_id!r} to "
+                                            f"{limits.memory_mib} MiB: it uses {used / 2**20:.0f} MiB now")
+                try:
+                    await asyncio.to_thread(running.group.apply, limits)
+                except OSError as exc:
+                    # The kernel refuses (e.g. EBUSY) when usage grew past it meanwhile; put
+                    # back what held before, so the group is never left half-changed.
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(running.group.apply, spec.limits)
+                    raise SandboxError(409, f"cannot resize sandbox {sandbox_id!r}: {exc}") from None
+            spec.limits = limits
+            SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
+            return spec
+
+    def status(self) -> dict[str, str]:
+        """Every sandbox on disk and its state (`started`, `stopped` or `archived`), for
+        the control plane to reconcile its records with."""
+        out: dict[str, str] = {}
+        for sandbox_id, spec in self.specs.items():
+            running = self.running.get(sandbox_id)
+            if running is not None and running.process.returncode is None:
+                out[sandbox_id] = "started"
+            else:
+                out[sandbox_id] = "archived" if spec.state == "archived" else "stopped"
+        return out
+
     # ---- processes ------------------------------------------------------------------
 
-    def _allocate_uid(self) -> tuple[int, int]:
-        if os.geteuid() != 0:
+    async def _allocate_uid(self) -> tuple[int, int]:
+        if self.uid_range is None:
             return os.getuid(), os.getgid()
-        uid = UID_BASE
-        while uid in self._uids:
-            uid += 1
+        try:
+            uid = await asyncio.to_thread(self.uid_range.allocate)
+        except UidsExhausted as exc:
+            raise SandboxError(507, str(exc)) from None
         self._uids.add(uid)
         return uid, uid
 
+    def socket_path(self, sandbox_id: str) -> Path:
+        return sockets.socket_path(self.root, sandbox_id)
+
+    def _check_mounts(self, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
+        """Validate targets and make sure every source opens safely now, so a bad mount is
+        a 400 before anything is created."""
+        checked: list[Mount] = []
+        for mount in mounts:
+            if not isinstance(mount, Mount):
+                raise SandboxError(400, f"mounts must be Mount objects, got {type(mount).__name__}")
+            try:
+                target = validate_target(mount.target, reserved=(HOME_INSIDE, "/tmp"))
+            except MountError as exc:
+                raise SandboxError(400, str(exc)) from None
+            if any(m.target == target for m in checked):
+                raise SandboxError(400, f"two mounts at {target!r}")
+            if not self._mountable(target):
+                raise SandboxError(400, f"mount path {target!r} does not exist in the sandbox's "
+                                        "read-only root and cannot be created there: mount under "
+                                        f"{HOME_INSIDE} or /tmp, or at a directory that exists")
+            checked.append(Mount(mount.source, target, mount.read_only))
+        self._open_mounts(checked).close()
+        return tuple(checked)
+
+    def _mountable(self, target: str) -> bool:
+        """bwrap creates a missing mount point only inside what is writable while it sets
+        up (the sandbox's binds and tmpfs); the host root is bound read-only."""
+        writable = (HOME_INSIDE, "/tmp", "/home", "/run", "/var/tmp", str(self.root))
+        return any(target.startswith(w + "/") for w in writable) or os.path.isdir(target)
+
+    @staticmethod
+    def _open_mounts(mounts: Sequence[Mount]) -> OpenedMounts:
+        try:
+            return open_mounts(mounts)
+        except MountError as exc:
+            raise SandboxError(400, str(exc)) from None
+
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
-                      egress: str) -> Running:
+                      egress: str, socket_path: Path, mounts: Sequence[Mount] = ()) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
+
+        The daemon's socket is bound here, at `socket_path` in the runtime's private
+        sockets dir, and inherited by the daemon as a descriptor (runtime/sockets.py).
 
         Whatever happens (errors, cancellation when the runtime stops), a sandbox that did
         not come up leaves no cgroup and no process behind."""
+        opened = self._open_mounts(mounts)
+        try:
+            return await self._launch_with(target, uid, gid, limits, egress, socket_path, opened)
+        finally:
+            opened.close()  # bwrap holds its own copies once started
+
+    async def _launch_with(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
+                           egress: str, socket_path: Path, opened: OpenedMounts) -> Running:
         name = f"{self._group_prefix}{os.urandom(5).hex()}"
         creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
@@ -320,20 +561,32 @@ class Runtime:
             raise
         process: asyncio.subprocess.Process | None = None
         try:
-            argv = self.backend.launch_prefix(group, limits)
-            argv += bwrap_argv(target, state_root=self.root, egress=egress, python=self.python,
-                               terminal_port=self.terminal_port,
-                               run_as=(uid, gid) if os.geteuid() == 0 else None)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                   **self.backend.launch_env(group)}
-            with open(target.log, "ab") as logfile:
-                process = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=logfile, env=env, start_new_session=True,
-                )
-            running = Running(process, group, target, uid, gid)
+            listener = sockets.bind_unlistened(socket_path)
+            syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
+            try:
+                argv = self.backend.launch_prefix(group, limits)
+                # A thread: the command line lists the host's /etc (sandbox.etc_mounts).
+                argv += await asyncio.to_thread(
+                    bwrap_argv, target, state_root=self.root, egress=egress, python=self.python,
+                    terminal_port=self.terminal_port,
+                    run_as=(uid, gid) if os.geteuid() == 0 else None,
+                    listen_fd=listener.fileno(), seccomp_fd=syscall_filter,
+                    mounts=opened.binds, groups=opened.groups)
+                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                       **self.backend.launch_env(group)}
+                with open(open_private_append(target.log), "ab") as logfile:  # noqa: ASYNC230 - a local file, opened once
+                    process = await asyncio.create_subprocess_exec(
+                        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                        stderr=logfile, env=env, start_new_session=True,
+                        pass_fds=(listener.fileno(), syscall_filter, *opened.fds),
+                    )
+            finally:
+                listener.close()  # the daemon holds its own copy
+                os.close(syscall_filter)
+            running = Running(process, group, target, uid, gid, socket=socket_path)
             await self._expect(running, b"pooled")
         except BaseException:
+            sockets.remove(socket_path)
             if process is not None:
                 await asyncio.shield(self._kill(Running(process, group, target, uid, gid)))
             else:
@@ -349,8 +602,10 @@ class Runtime:
                     line = await running.process.stdout.readline()
                     if not line:
                         code = await running.process.wait()
-                        raise SandboxError(500, f"sandbox exited during start-up (exit {code}): "
-                                                f"{_tail(running.dir.log)}")
+                        why = _last_line(running.dir.log)
+                        if code in (137, -9) and why == "(empty log)":
+                            why = "killed, likely by its memory limit (--memory); try a larger one"
+                        raise SandboxError(500, f"sandbox exited during start-up (exit {code}): {why}")
                     if line.startswith(marker):
                         return
         except TimeoutError:
@@ -372,7 +627,8 @@ class Runtime:
         """Keep draining the daemon's stdout into its log (it must never block on it); when
         the sandbox dies on its own, mark it stopped and take it out of the registry."""
         assert running.process.stdout is not None
-        with open(running.dir.path / "daemon.log", "ab") as logfile:
+        # A local file: appends of at most 64 KiB do not stall the loop for long.
+        with open(open_private_append(running.dir.log), "ab") as logfile:  # noqa: ASYNC230
             while chunk := await running.process.stdout.read(65536):
                 logfile.write(chunk)
                 logfile.flush()
@@ -382,16 +638,32 @@ class Runtime:
             self._spawn(self.stop(sandbox_id))
 
     def _protect_daemon(self, running: Running) -> None:
-        """Make the OOM killer pick a memory hog before the sandbox's own daemon."""
-        if os.geteuid() != 0:
-            return
+        """Make the OOM killer pick a memory hog before the sandbox's own daemon.
+
+        Lowering oom_score_adj below 0 needs CAP_SYS_RESOURCE even as root; containers
+        often drop it (this CI machine does), and then the daemon stays at 0: said once,
+        loudly, and visible as `daemon_oom_score_adj` in `runtime get`."""
         for pid in running.group.pids():
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                if b"runtime.entry" in cmdline:
-                    Path(f"/proc/{pid}/oom_score_adj").write_text("-900")
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
-                pass
+                continue  # exited meanwhile
+            # The daemon itself, not the bwrap processes whose arguments name it too.
+            if argv[1:3] != [b"-m", b"runtime.entry"]:
+                continue
+            running.daemon_pid = pid
+            if os.geteuid() != 0:
+                return
+            try:
+                Path(f"/proc/{pid}/oom_score_adj").write_text(str(DAEMON_OOM_SCORE_ADJ))
+            except OSError as exc:
+                level = logging.DEBUG if self._oom_warned else logging.WARNING
+                self._oom_warned = True
+                log.log(level, "cannot set the sandbox daemon's oom_score_adj to %d (%s): below 0 "
+                        "needs CAP_SYS_RESOURCE, which this runtime lacks (a container that drops "
+                        "it?); the OOM killer may pick the daemon before a memory hog",
+                        DAEMON_OOM_SCORE_ADJ, exc)
+            return
 
     async def _kill(self, running: Running) -> None:
         # Killing bwrap kills the sandbox's pid 1 (--die-with-parent), and with it the
@@ -414,7 +686,9 @@ class Runtime:
             log.warning("proxy did not confirm %s: %s", sandbox_id, exc)
 
     def _register(self, spec: SandboxSpec) -> None:
-        socket = self.sandboxes_dir / spec.id / "run" / "toolbox.sock"
+        if self.registry is None:
+            return
+        socket = self.socket_path(spec.id)
         self.registry.set(spec.id, f"unix:{socket}", spec.token, spec.public)
 
     # ---- background loops -----------------------------------------------------------
@@ -431,22 +705,42 @@ class Runtime:
             await self._pool_wakeup.wait()
 
     async def _new_pooled(self) -> Running:
-        uid, gid = self._allocate_uid()
-        target = SandboxDir(self.pool_dir / f"pool-{os.urandom(5).hex()}")
+        uid, gid = await self._allocate_uid()
+        name = f"pool-{os.urandom(5).hex()}"
+        target = SandboxDir(self.pool_dir / name)
         await asyncio.to_thread(target.create, uid, gid)
         try:
-            return await self._launch(target, uid, gid, self.default_limits, "none")
+            return await self._launch(target, uid, gid, self.default_limits, "none",
+                                      sockets.pooled_socket_path(self.root, name))
         except BaseException:
             target.remove()
             self._uids.discard(uid)
             raise
+
+    def resize_pool(self, size: int) -> None:
+        """Keep `size` sandboxes warm from now on (the control plane's warm pools); pooled
+        sandboxes beyond it are stopped and removed."""
+        if size < 0:
+            raise SandboxError(400, f"pool size must be 0 or more, got {size}")
+        self.pool_size = size
+        while len(self.pool) > size:
+            self._spawn(self._discard(self.pool.pop()))
+        self._pool_wakeup.set()
+
+    async def set_env(self, sandbox_id: str, env: dict[str, str]) -> SandboxSpec:
+        """Replace a sandbox's environment; it applies at the sandbox's next start."""
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            spec.env = {str(k): str(v) for k, v in env.items()}
+            await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).save, spec)
+            return spec
 
     async def wait_pool_ready(self, timeout: float = 60.0) -> None:
         async with asyncio.timeout(timeout):
             while len(self.pool) < self.pool_size:
                 await asyncio.sleep(0.02)
 
-    async def idle_check(self) -> list[str]:
+    async def idle_check(self) -> builtins.list[str]:  # `list` here is Runtime.list
         """Stop every started sandbox idle for longer than `idle_timeout`; returns their ids."""
         if self.idle_timeout <= 0:
             return []

@@ -2,12 +2,12 @@
 
 Layout of a sandbox directory (under the runtime's state root):
 
-    sandbox.json   id, uid, env, limits, egress, token, state
+    sandbox.json   id, uid, env, limits, egress, token, state, mounts
     home/          the writable home and work dir, /home/daytona inside
     tmp/           the writable /tmp inside
-    run/           bind-mounted at /run/toolbox: the daemon's Unix socket lives here,
-                   so the proxy reaches the daemon though the sandbox has no network
-    etc/passwd, etc/group   a user entry for the sandbox uid
+    (no socket: the daemon's socket is in STATE/sockets/, out of the sandbox's reach,
+     and handed to it as a descriptor; see runtime/sockets.py)
+    etc/passwd, etc/group, etc/hostname   the sandbox's own, mounted into a generated /etc
     daemon.log     the daemon's stderr
 """
 
@@ -19,19 +19,20 @@ import secrets
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.limits import Limits
+from runtime.private import DIR_MODE, write_private
+from runtime.volumes import Mount
 
 USER = "daytona"
 HOME_INSIDE = "/home/daytona"
-RUN_INSIDE = "/run/toolbox"
-SOCKET_INSIDE = f"{RUN_INSIDE}/toolbox.sock"
 TERMINAL_PORT = 22222
 EGRESS = ("none", "host")
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def new_id() -> str:
@@ -61,24 +62,27 @@ class SandboxSpec:
     egress: str = "none"
     token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
     public: bool = False
-    state: str = "stopped"
+    state: str = "stopped"  # stopped, started or archived
     created_at: float = field(default_factory=time.time)
+    mounts: tuple[Mount, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "uid": self.uid, "gid": self.gid, "env": self.env,
             "limits": self.limits.to_json(), "egress": self.egress, "token": self.token,
             "public": self.public, "state": self.state, "created_at": self.created_at,
+            "mounts": [m.to_json() for m in self.mounts],
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "SandboxSpec":
+    def from_json(cls, data: dict[str, Any]) -> SandboxSpec:
         return cls(
             id=data["id"], uid=int(data["uid"]), gid=int(data["gid"]),
             env=dict(data.get("env") or {}), limits=Limits.from_json(data.get("limits")),
             egress=data.get("egress", "none"), token=data["token"],
             public=bool(data.get("public", False)), state=data.get("state", "stopped"),
             created_at=float(data.get("created_at", time.time())),
+            mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
         )
 
 
@@ -97,14 +101,6 @@ class SandboxDir:
         return self.path / "tmp"
 
     @property
-    def run(self) -> Path:
-        return self.path / "run"
-
-    @property
-    def socket(self) -> Path:
-        return self.run / "toolbox.sock"
-
-    @property
     def log(self) -> Path:
         return self.path / "daemon.log"
 
@@ -113,12 +109,14 @@ class SandboxDir:
         return self.path / "sandbox.json"
 
     def create(self, uid: int, gid: int) -> None:
-        for d in (self.path, self.home, self.tmp, self.run, self.path / "etc"):
+        for d in (self.path, self.home, self.tmp, self.path / "etc"):
             d.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path, 0o755)
+        # Only root (bwrap mounts as root) and the runtime need the way in: its files hold
+        # the token, and inside the sandbox its home and tmp are reached by bind mounts.
+        os.chmod(self.path, DIR_MODE)
         os.chmod(self.tmp, 0o1777)
         os.chmod(self.home, 0o700)
-        for d in (self.home, self.tmp, self.run):
+        for d in (self.home, self.tmp):
             if os.geteuid() == 0:
                 os.chown(d, uid, gid)
         (self.path / "etc" / "passwd").write_text(
@@ -127,14 +125,14 @@ class SandboxDir:
             f"nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
         )
         (self.path / "etc" / "hostname").write_text("sandbox\n")
+        (self.path / "etc" / "pyvenv.cfg").write_text(PYVENV_CFG)
         (self.path / "etc" / "group").write_text(
             f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n"
         )
 
     def save(self, spec: SandboxSpec) -> None:
-        tmp = self.meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(spec.to_json(), indent=1))
-        os.replace(tmp, self.meta)
+        # 0600: the environment in it may carry secrets (the control plane injects them).
+        write_private(self.meta, json.dumps(spec.to_json(), indent=1).encode())
 
     def load(self) -> SandboxSpec:
         return SandboxSpec.from_json(json.loads(self.meta.read_text()))
@@ -143,54 +141,35 @@ class SandboxDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def _world_traversable(path: Path) -> bool:
-    try:
-        return bool(path.stat().st_mode & 0o001)
-    except OSError:
-        return False
+# The sandbox's own versions of these replace the host's (runtime/sandbox.py create()).
+GENERATED_ETC = ("passwd", "group", "hostname")
+HOST_ETC_INSIDE = "/run/host/etc"
 
 
-# What a sandbox runs of this project: the daemon and the runtime's entry point.
-SANDBOX_PACKAGES = ("toolbox", "runtime")
+def etc_mounts(generated: Path, host_etc: Path = Path("/etc")) -> list[str]:
+    """A tmpfs /etc of symlinks into the host's /etc (bound whole, read-only, at
+    /run/host/etc), with the sandbox's generated passwd, group and hostname in place.
 
-
-def _needed(python: str) -> list[Path]:
-    # The packages rather than the checkout itself: a checkout in a private directory
-    # (mktemp -d makes it 0700) would stay closed to the sandbox uid if bound whole,
-    # while its packages bound into a fresh tmpfs are reachable.
-    return sorted({Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
-                   Path(python).resolve().parent.parent,
-                   *(REPO_ROOT / name for name in SANDBOX_PACKAGES)})
-
-
-def _blocked(path: Path) -> list[Path]:
-    return [a for a in reversed(path.parents) if a != Path("/") and not _world_traversable(a)]
-
-
-def _expose(python: str, hidden: list[Path]) -> list[str]:
-    """Mounts that make the interpreter, its packages and this project visible to the
-    sandbox uid even where they live under a hidden tree (/home, /tmp) or a private
-    directory such as /root."""
-    masks: list[Path] = []
-    binds: list[Path] = []
-    for path in _needed(python):
-        blocked = _blocked(path)
-        if blocked and blocked[0] not in masks:
-            masks.append(blocked[0])
-        if blocked or any(path == h or h in path.parents for h in hidden):
-            binds.append(path)
-    argv: list[str] = []
-    for mask in masks:
-        argv += ["--tmpfs", str(mask)]
-    # Shortest first, so a nested path is mounted on top of its parent's bind.
-    for path in sorted(set(binds), key=lambda p: len(p.parts)):
-        for mask in masks:
-            if mask in path.parents:
-                # bwrap would create the directories in between as 0700 root.
-                for between in reversed(path.parents):
-                    if mask in between.parents:
-                        argv += ["--perms", "0755", "--dir", str(between)]
-        argv += ["--ro-bind", str(path), str(path)]
+    A bind of a single file over the host's /etc/passwd is attached to that file: when a
+    package install renames a new /etc/passwd into place, the sandbox would see the new
+    host file instead of its own (`whoami` fails). Here /etc is the sandbox's own
+    directory and never changes; host renames only swap entries of the host's directory,
+    which the symlinks follow live. Symlinks rather than a bind per entry: ~140 binds
+    made bwrap ~220 ms slower, the symlinks cost nothing measurable."""
+    # bwrap would create /run/host 0700 root: closed to the sandbox uid.
+    argv = ["--perms", "0755", "--dir", str(Path(HOST_ETC_INSIDE).parent),
+            "--ro-bind", str(host_etc), HOST_ETC_INSIDE, "--tmpfs", "/etc"]
+    with os.scandir(host_etc) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name in GENERATED_ETC:
+                continue
+            inside = f"/etc/{entry.name}"
+            if entry.is_symlink():
+                argv += ["--symlink", os.readlink(entry.path), inside]  # relative ones still resolve
+            else:
+                argv += ["--symlink", f"{HOST_ETC_INSIDE}/{entry.name}", inside]
+    for name in GENERATED_ETC:
+        argv += ["--ro-bind", str(generated / name), f"/etc/{name}"]
     return argv
 
 
@@ -203,6 +182,10 @@ def bwrap_argv(
     terminal_port: int = TERMINAL_PORT,
     bwrap: str = "bwrap",
     run_as: tuple[int, int] | None = None,
+    listen_fd: int | None = None,
+    seccomp_fd: int | None = None,
+    mounts: Sequence[tuple[int, str, bool]] = (),
+    groups: Sequence[int] = (),
 ) -> list[str]:
     """The bubblewrap command that starts the pooled daemon entry in fresh namespaces.
 
@@ -210,8 +193,11 @@ def bwrap_argv(
     sandbox's own); otherwise bwrap makes a user namespace and the sandbox keeps our uid.
 
     The host file system is visible read-only; /home, /run, /tmp and the runtime's state
-    root are replaced, so a sandbox sees its own home, tmp and socket dir and nothing of
-    other sandboxes.
+    root are replaced, so a sandbox sees its own home and tmp and nothing of other
+    sandboxes. `listen_fd` is the daemon's bound socket, inherited through bwrap;
+    `seccomp_fd` holds the compiled syscall filter (runtime/seccomp.py). `mounts` are
+    volumes as (O_PATH fd, target, read-only): bwrap binds the fd it inherits, never a
+    path (see runtime.volumes); `groups` are the volumes' gids.
     """
     argv = [
         bwrap,
@@ -221,7 +207,9 @@ def bwrap_argv(
         "--hostname", "sandbox",
         "--ro-bind", "/", "/",
         "--dev", "/dev",
-        "--tmpfs", "/dev/shm",
+        # POSIX semaphores and shared memory (multiprocessing.Lock) need a sticky,
+        # world-writable /dev/shm, as on any host; its pages count against the cgroup.
+        "--perms", "1777", "--tmpfs", "/dev/shm",
         "--proc", "/proc",
         "--tmpfs", str(state_root),
         "--tmpfs", "/home",
@@ -229,12 +217,13 @@ def bwrap_argv(
         "--tmpfs", "/var/tmp",
         "--bind", str(sandbox.home), HOME_INSIDE,
         "--bind", str(sandbox.tmp), "/tmp",
-        "--bind", str(sandbox.run), RUN_INSIDE,
-        "--ro-bind", str(sandbox.path / "etc" / "passwd"), "/etc/passwd",
-        "--ro-bind", str(sandbox.path / "etc" / "group"), "/etc/group",
-        "--ro-bind", str(sandbox.path / "etc" / "hostname"), "/etc/hostname",
     ]
-    argv += _expose(python, hidden=[state_root, Path("/home"), Path("/run"), Path("/tmp")])
+    argv += etc_mounts(sandbox.path / "etc")
+    code = code_mount(python, sandbox.path / "etc" / "pyvenv.cfg")
+    argv += code.argv
+    # Shortest target first, so a nested volume is mounted on top of its parent.
+    for fd, target, read_only in sorted(mounts, key=lambda m: m[1].count("/")):
+        argv += ["--ro-bind-fd" if read_only else "--bind-fd", str(fd), target]
     argv += [
         "--chdir", HOME_INSIDE,
         "--clearenv",
@@ -244,12 +233,16 @@ def bwrap_argv(
         "--setenv", "SHELL", "/bin/bash",
         "--setenv", "LANG", "C.UTF-8",
         "--setenv", "PATH", os.pathsep.join(
-            [str(Path(python).parent), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+            [code.bin_dir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
              "/usr/bin", "/sbin", "/bin"]),
-        "--setenv", "PYTHONPATH", str(REPO_ROOT),
         "--setenv", "PYTHONUNBUFFERED", "1",
-        "--setenv", "TOOLBOX_UDS", SOCKET_INSIDE,
     ]
+    for key, value in code.env.items():
+        argv += ["--setenv", key, value]
+    if listen_fd is not None:
+        argv += ["--setenv", "TOOLBOX_FD", str(listen_fd)]
+    if seccomp_fd is not None:
+        argv += ["--seccomp", str(seccomp_fd)]
     if egress == "none":
         argv.append("--unshare-net")
     else:
@@ -264,9 +257,10 @@ def bwrap_argv(
         # pyenv under /root); drop to the sandbox's own uid with no capabilities at all
         # before any sandbox code runs (bwrap already set no_new_privs).
         uid, gid = run_as
-        argv += ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
+        group_args = [f"--groups={','.join(map(str, groups))}"] if groups else ["--clear-groups"]
+        argv += ["setpriv", f"--reuid={uid}", f"--regid={gid}", *group_args,
                  "--inh-caps=-all", "--bounding-set=-all", "--"]
     else:
         argv[1:1] = ["--unshare-user"]
-    argv += [python, "-m", "runtime.entry"]
+    argv += [code.python, "-m", "runtime.entry"]
     return argv

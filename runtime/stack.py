@@ -1,22 +1,31 @@
-"""`python -m runtime up`: the proxy, the runtime and its control API in one process tree.
+"""`python -m runtime up`: the proxy, the runtime and the control plane in one process tree.
 
-The proxy runs as a child process (`python -m proxy serve ... --registry file:...`) so a
-crash or overload of one sandbox's traffic never takes the runtime with it; the runtime
-reads the proxy's last-activity records from its `/metrics` for idle auto-stop.
+The control plane (Daytona's REST API, `controlplane/`) is served on a Unix socket in a
+0700 directory (`STATE/control/api.sock`); the proxy runs as a child process (`python -m
+proxy serve ... --registry file:... --api-upstream unix:...`) and forwards
+`http://{domain}:{port}/api/...` there, so a crash or overload of one sandbox's traffic
+never takes the control plane with it. The control plane writes the proxy's registry and
+reads its last-activity records from `/metrics`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import secrets
+import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from controlplane.auth import DEFAULT_ORGANIZATION, new_key
+from controlplane.plane import ControlPlane, PlaneConfig
+from controlplane.sandboxes.routes import PublicUrls
+from runtime.backend import LocalBackend
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 
@@ -33,15 +42,24 @@ def parse_activity(metrics_text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in _ACTIVITY.finditer(metrics_text)}
 
 
-def _secret_file(path: Path, nbytes: int = 24) -> str:
-    """A secret kept in the state dir, so URLs and keys survive a restart."""
+def _secret_file(path: Path, nbytes: int = 24, value: str | None = None) -> str:
+    """A secret kept in the state dir (0600), so URLs and keys survive a restart."""
     if path.exists():
         return path.read_text().strip()
-    value = secrets.token_urlsafe(nbytes)
+    value = value or secrets.token_urlsafe(nbytes)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
     return value
+
+
+def _die_with_parent() -> None:
+    """In the proxy's child process: SIGTERM when the main job dies, even by SIGKILL, so a
+    crashed main job never leaves a proxy holding its port."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, 15)
 
 
 @dataclass
@@ -52,7 +70,7 @@ class StackConfig:
     domain: str = "localhost"
     pool_size: int = 1
     idle_timeout: float = 15 * 60
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
 
 
@@ -61,22 +79,33 @@ class Stack:
         self.config = config
         state = config.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o755)
+        os.chmod(state, 0o700)  # registry.json and every sandbox.json hold preview tokens
         self.api_key_file = state / "api-key"
+        # The default organization's key (shown in the banner), kept in plain text 0600.
         if config.api_key:
             self.api_key = config.api_key
         else:
-            self.api_key = _secret_file(self.api_key_file)
+            self.api_key = _secret_file(self.api_key_file, value=new_key())
+        # A static proxy key for the main job's own probes; valid for every sandbox.
+        self.internal_key = _secret_file(state / "internal-key", 32)
         self.secret = _secret_file(state / "proxy-secret", 32)
         control_dir = state / "control"
         control_dir.mkdir(exist_ok=True)
         os.chmod(control_dir, 0o700)  # uvicorn makes the socket 0666; the directory guards it
-        self.control_socket = control_dir / "runtime.sock"
+        self.control_socket = control_dir / "api.sock"
+        # Idle auto-stop is the control plane's (autoStopInterval, from the proxy's activity).
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
-                               idle_timeout=config.idle_timeout, activity=self.read_activity,
-                               visible=self.wait_routed)
+                               idle_timeout=0, write_registry=False, restart_crashed=False)
+        self.backend = LocalBackend(self.runtime)
+        self.registry_path = state / "registry.json"
+        self.plane = ControlPlane(
+            PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),
+                        registry_path=self.registry_path, preview_secret=self.secret.encode(),
+                        default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
+            self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None
+        self._restarting: asyncio.Future[None] | None = None
         self._stopping = False
         self._http = httpx.AsyncClient(timeout=5)
 
@@ -84,11 +113,16 @@ class Stack:
     def proxy_url(self) -> str:
         return f"http://{self.config.domain}:{self.config.port}"
 
+    @property
+    def api_url(self) -> str:
+        return f"{self.proxy_url}/api"
+
     def info(self) -> dict[str, object]:
         return {
             "proxy_url": self.proxy_url,
             "domain": self.config.domain,
             "toolbox_url": f"{self.proxy_url}/toolbox",
+            "api_url": self.api_url,
             "api_key_file": None if self.config.api_key else str(self.api_key_file),
             "limits_backend": self.runtime.backend.description,
             "pool_size": self.config.pool_size,
@@ -107,7 +141,8 @@ class Stack:
 
     async def read_activity(self) -> dict[str, float]:
         url = f"http://{self.config.host}:{self.config.port}/metrics"
-        response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}"})
+        response = await self._http.get(url, headers={"host": f"{self.config.domain}:{self.config.port}",
+                                                      "authorization": f"Bearer {self.internal_key}"})
         response.raise_for_status()
         return parse_activity(response.text)
 
@@ -117,7 +152,7 @@ class Stack:
         every 0.25 s). The probe also opens the proxy's connection to the new daemon."""
         url = f"http://{self.config.host}:{self.config.port}/toolbox/{sandbox_id}/version"
         headers = {"host": f"{self.config.domain}:{self.config.port}",
-                   "authorization": f"Bearer {self.api_key}"}
+                   "authorization": f"Bearer {self.internal_key}"}
         async with asyncio.timeout(timeout):
             while True:
                 response = await self._http.get(url, headers=headers)
@@ -126,17 +161,34 @@ class Stack:
                 await asyncio.sleep(0.02)
 
     async def start(self) -> None:
+        self._check_port()
         await self.runtime.open()
+        await self.plane.open()
+        await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
+        self.plane.run_policies()
+
+    def _check_port(self) -> None:
+        """Fail in milliseconds, before any sandbox starts, when the proxy could not listen."""
+        host, port = self.config.host, self.config.port
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                probe.bind((host, port))
+        except OSError as exc:
+            raise SandboxError(500, f"the proxy cannot listen on {host}:{port} ({exc.strerror}); "
+                                    "stop what uses it or pick another port with --port "
+                                    "or RUNTIME_PROXY_PORT") from None
 
     async def _start_proxy(self) -> None:
-        registry = self.runtime.registry.path
-        env = dict(os.environ, PROXY_API_KEYS=self.api_key, PROXY_SECRET=self.secret)
+        env = dict(os.environ, PROXY_API_KEYS=self.internal_key, PROXY_SECRET=self.secret,
+                   PROXY_PARENT_PID=str(os.getpid()))
         self.proxy = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy", "serve", "--host", self.config.host,
             "--port", str(self.config.port), "--domain", self.config.domain,
-            "--registry", f"file:{registry}", "--public-url", self.proxy_url,
-            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True,
+            "--registry", f"file:{self.registry_path}", "--public-url", self.proxy_url,
+            "--api-upstream", f"unix:{self.control_socket}",
+            stdout=asyncio.subprocess.PIPE, env=env, start_new_session=True, preexec_fn=_die_with_parent,
         )
         assert self.proxy.stdout is not None
         try:
@@ -145,7 +197,7 @@ class Stack:
                     line = await self.proxy.stdout.readline()
                     if not line:
                         raise SandboxError(500, f"the proxy exited (code {await self.proxy.wait()}); "
-                                                "is the port free?")
+                                                f"is port {self.config.port} free?")
                     if line.startswith(b"Starting proxy"):
                         break
         except TimeoutError:
@@ -169,10 +221,18 @@ class Stack:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
 
+    def restart_interrupted(self) -> None:
+        """In the background: start again what a crash of the previous main job stopped."""
+        self._restarting = asyncio.ensure_future(self.plane.restart_interrupted())
+
     async def stop(self) -> None:
         self._stopping = True
         if self._watch is not None:
             self._watch.cancel()
+        if self._restarting is not None:
+            self._restarting.cancel()
+            await asyncio.gather(self._restarting, return_exceptions=True)
+        await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:
             self.proxy.terminate()

@@ -42,7 +42,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.helpers import RunningDaemon, start_daemon  # noqa: E402
-from tests.proxy_helpers import API_KEY, DOMAIN, App, Proxy, start_app, start_proxy  # noqa: E402
+from tests.proxy_helpers import API_KEY, App, Proxy, start_app, start_proxy  # noqa: E402
 
 FD_SLACK = 8  # a log file, the registry watcher, ... may open lazily during the run
 
@@ -275,8 +275,8 @@ def main() -> int:
         "rss_mib_per_round": {key: [round(stage[key]["rss_kib"] / 1024, 1) for stage in rounds] for key in before},
         "leaks": leaks, "all_alive": alive,
     }
-    for stage in ("before", "right_after", "settled", "settled_last"):  # one line per process
-        summary[stage] = {key: json.dumps(value) for key, value in summary[stage].items()}
+    for name in ("before", "right_after", "settled", "settled_last"):  # one line per process
+        summary[name] = {key: json.dumps(value) for key, value in summary[name].items()}
     print(json.dumps(summary, indent=1))
     ok = not tally.errors and not leaks and alive and tally.ws_opened == args.rounds * args.websockets
     print("PASS" if ok else "FAIL", flush=True)

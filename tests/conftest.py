@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import system
 from tests.helpers import RunningDaemon, start_daemon
 from tests.proxy_helpers import App, start_app
 
@@ -31,3 +32,21 @@ def app() -> Iterator[App]:
     running = start_app()
     yield running
     running.stop()
+
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's last line: the system packages whose absence skipped tests, if any."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    reasons = []
+    for report in reporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            reasons.append(str(longrepr[2]))
+    packages = system.packages_in(reasons)
+    if packages:
+        reporter.write_line(
+            f"Skipped for missing system packages; to run them: apt-get install {' '.join(packages)} "
+            "(or `bash .ci/run`, which installs everything and runs the suite)", yellow=True)

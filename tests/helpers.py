@@ -9,8 +9,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+
+from toolbox.server import STOPPED_CLEANLY
+
+if TYPE_CHECKING:  # the functions below import the SDK only when called
+    from daytona._sync.filesystem import FileSystem
+    from daytona._sync.process import Process
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client import ApiClient
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,6 +28,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def stopped_line(process: subprocess.Popen[bytes]) -> str:
+    """The closing line a stopped server printed (toolbox/server.py), '' if none.
+
+    Read without blocking: the sandbox's own processes may still hold the pipe open."""
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    try:
+        rest = process.stdout.read() or b""
+    except BlockingIOError:
+        rest = b""
+    lines = [line for line in rest.decode("utf-8", "replace").splitlines() if line.startswith("Stopped")]
+    return lines[-1] if lines else ""
 
 
 @dataclass
@@ -32,6 +55,7 @@ class RunningDaemon:
     sandbox_id: str | None
     uds: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    closing_line: str = ""  # what it printed as it stopped (set by stop())
 
     def client(self, **kwargs: object) -> httpx.Client:
         if self.uds is not None:
@@ -39,13 +63,19 @@ class RunningDaemon:
         return httpx.Client(base_url=self.url, **kwargs)  # type: ignore[arg-type]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM, as a supervisor stops it; a daemon that then stops must say that no
+        task of its own was left pending (toolbox/server.py)."""
+        if self.process.poll() is not None:
+            return  # stopped already, or ended on its own (a test killed it)
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return
+        self.closing_line = stopped_line(self.process)
+        assert self.closing_line == STOPPED_CLEANLY, f"the daemon stopped, but: {self.closing_line or 'said nothing'}"
 
 
 def start_daemon(
@@ -112,7 +142,7 @@ def start_daemon(
     return RunningDaemon(process, url, workdir, home, sandbox_id, uds_path, env)
 
 
-def sdk_api_client(daemon: RunningDaemon, *, via_prefix: bool = False):  # type: ignore[no-untyped-def]
+def sdk_api_client(daemon: RunningDaemon, *, via_prefix: bool = False) -> ApiClient | ToolboxApiClientProxy[ApiClient]:
     """The SDK's generated ApiClient pointed at the daemon.
 
     `via_prefix` wraps it in the SDK's own ToolboxApiClientProxy, which puts `/{sandboxId}`
@@ -128,14 +158,14 @@ def sdk_api_client(daemon: RunningDaemon, *, via_prefix: bool = False):  # type:
     return api_client
 
 
-def sdk_filesystem(daemon: RunningDaemon, *, via_prefix: bool = False):  # type: ignore[no-untyped-def]
+def sdk_filesystem(daemon: RunningDaemon, *, via_prefix: bool = False) -> FileSystem:
     from daytona._sync.filesystem import FileSystem
     from daytona_toolbox_api_client import FileSystemApi
 
     return FileSystem(FileSystemApi(sdk_api_client(daemon, via_prefix=via_prefix)), httpx.Client(timeout=60))
 
 
-def sdk_process(daemon: RunningDaemon, *, via_prefix: bool = False, language: str = "python"):  # type: ignore[no-untyped-def]
+def sdk_process(daemon: RunningDaemon, *, via_prefix: bool = False, language: str = "python") -> Process:
     from daytona._sync.process import Process
     from daytona_toolbox_api_client import ProcessApi
 

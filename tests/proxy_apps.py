@@ -14,7 +14,11 @@
   ANY  /stream?id=N   a chunk every 0.1 s for 30 s; /stream-state says if the client left
   GET  /last-close    code and reason of the last WebSocket the client closed
   OPTIONS /cors       a CORS preflight answer allowing the request's Origin, plus a header
-                      and a body that must not reach an unauthenticated caller
+                      and a body that must not reach an unauthenticated caller; it records
+                      what it received (headers, query, body) for GET /last-preflight
+  OPTIONS /no-cors    a 405, as from an app that does not do CORS (also recorded)
+  GET  /cookies       Set-Cookie headers planting cookies on the parent domain and under
+                      the proxy's own cookie names
   WS   /ws            echo (text and binary); picks the last offered subprotocol;
                       a text "close:CODE:REASON" closes with that code and reason
   WS   /ws-hello      as /ws, but sends "hello" right after accepting
@@ -36,6 +40,7 @@ from urllib.parse import parse_qs
 import uvicorn
 
 LAST_CLOSE: dict[str, object] = {}
+LAST_PREFLIGHT: dict[str, object] = {}
 STREAM: dict[str, str] = {}
 GZIP_BODY = gzip.compress(b"compressed hello " * 100, mtime=0)
 
@@ -105,13 +110,35 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await respond(send, 200, json.dumps(STREAM).encode(), b"application/json")
     elif path == "/last-close":
         await respond(send, 200, json.dumps(LAST_CLOSE).encode(), b"application/json")
-    elif path == "/cors" and scope["method"] == "OPTIONS":
+    elif path in ("/cors", "/no-cors") and scope["method"] == "OPTIONS":
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        LAST_PREFLIGHT.clear()
+        LAST_PREFLIGHT.update(headers=[[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+                              query=scope["query_string"].decode("latin-1"), body=body.decode("latin-1"))
+        if path == "/no-cors":
+            await respond(send, 405, b"no", b"text/plain")
+            return
         origin = dict(scope["headers"]).get(b"origin", b"")
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"access-control-allow-origin", origin), (b"access-control-allow-credentials", b"true"),
             (b"access-control-allow-methods", b"GET, POST"), (b"access-control-allow-headers", b"x-daytona-preview-token"),
             (b"vary", b"Origin"), (b"x-app-secret", b"leaked"), (b"content-length", b"11")]})
         await send({"type": "http.response.body", "body": b"secret body"})
+    elif path == "/last-preflight":
+        await respond(send, 200, json.dumps(LAST_PREFLIGHT).encode(), b"application/json")
+    elif path == "/cookies":
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"set-cookie", b"planted=1; Domain=.preview.test; Path=/"),
+            (b"set-cookie", b"own=2; Path=/; domain=preview.test; HttpOnly"),
+            (b"set-cookie", b"sbx-preview-auth=forged; Path=/"),
+            (b"set-cookie", b"__HOST-sbx-preview-auth=forged; Path=/; Secure"),
+            (b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
     elif path == "/hop":
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"connection", b"x-internal"), (b"x-internal", b"secret"), (b"keep-alive", b"timeout=5"),

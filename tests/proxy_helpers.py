@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from tests.helpers import REPO_ROOT, free_port
+from tests.system import skip_unless
 
 DOMAIN = "preview.test"
 API_KEY = "test-api-key-1"
@@ -147,18 +148,20 @@ class RedisServer:
             stop(self.process)
 
 
-def start_redis() -> RedisServer:
-    """The CI's redis on 6379 if it answers, else a private redis-server on a free port."""
+def start_redis(private: bool = False) -> RedisServer:
+    """The CI's redis on 6379 if it answers, else (or when `private`: for a test that
+    pauses the server) a redis-server of its own on a free port."""
     import redis
 
-    try:
-        redis.Redis(port=6379, socket_connect_timeout=0.5).ping()
-        return RedisServer(6379, None)
-    except redis.RedisError:
-        pass
+    if not private:
+        try:
+            redis.Redis(port=6379, socket_connect_timeout=0.5).ping()
+            return RedisServer(6379, None)
+        except redis.RedisError:
+            pass
+    skip_unless("redis-server")
     binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    assert binary is not None
     port = free_port()
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
                                stdout=subprocess.DEVNULL, start_new_session=True)

@@ -5,22 +5,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 
 from tests.helpers import REPO_ROOT, free_port
+from tests.system import requires
 
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
+
+needs_bwrap = requires("bwrap")
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Stack:
     port: int
     banner: dict[str, str]
     env: dict[str, str]
+    banner_lines: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -51,6 +54,17 @@ class Stack:
         if result.returncode != 0:
             return result
         return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """Daytona's REST API of the main job, through the proxy, with the default key."""
+        return httpx.request(method, f"{self.url}/api{path}", timeout=kwargs.pop("timeout", 60),
+                             headers={"Authorization": f"Bearer {self.api_key}", "Host": f"localhost:{self.port}"},
+                             **kwargs)
+
+    def preview_token(self, sandbox_id: str) -> str:
+        response = self.api("GET", f"/sandbox/{sandbox_id}/ports/3000/preview-url")
+        assert response.status_code == 200, response.text
+        return str(response.json()["token"])
 
     def toolbox(self, sandbox_id: str, timeout: float = 30) -> httpx.Client:
         return httpx.Client(base_url=f"{self.url}/toolbox/{sandbox_id}", timeout=timeout,
@@ -82,21 +96,26 @@ class Stack:
 
 
 def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
-                timeout: float = 60) -> Stack:
-    """Run ./scripts/start exactly as the README says, with its state under `state_dir`."""
-    port = free_port()
+                timeout: float = 60, checkout: Path = REPO_ROOT, port: int | None = None,
+                prefix: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> Stack:
+    """Run ./scripts/start exactly as the README says, with its state under `state_dir`
+    (options as RUNTIME_* variables, which every version of the CLI reads; `prefix`: a
+    command to run it under, such as nsenter)."""
+    port = port or free_port()
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
-               PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([str(REPO_ROOT / "scripts" / "start"), *extra], env=env,
-                               stdout=subprocess.PIPE, stderr=None, text=True, cwd=REPO_ROOT)
+               PYTHONUNBUFFERED="1", **(extra_env or {}))
+    process = subprocess.Popen([*prefix, str(checkout / "scripts" / "start"), *extra], env=env,
+                               stdout=subprocess.PIPE, stderr=None, text=True, cwd=checkout)
     assert process.stdout is not None
     banner: dict[str, str] = {}
+    lines: list[str] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line:
             break
+        lines.append(line.rstrip("\n"))
         match = re.match(r"^([A-Z][\w ]+):\s+(\S+)", line)
         if match:
             banner[match.group(1).strip()] = match.group(2)
@@ -109,10 +128,10 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     import threading
 
     threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-    return Stack(process, state_dir, port, banner, env)
+    return Stack(process, state_dir, port, banner, env, lines)
 
 
-def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None):  # type: ignore[no-untyped-def]
+def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None) -> ClientConnection:
     """A WebSocket to a preview, with the Host the proxy routes on."""
     from websockets.sync.client import connect
 
@@ -120,3 +139,35 @@ def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token:
     headers = {"X-Daytona-Preview-Token": token} if token else {}
     return connect(f"ws://{port}-{sandbox_id}.localhost:{stack.port}{path}", sock=sock,
                    additional_headers=headers, open_timeout=10)
+
+
+def cgroup_dirs(stack: Stack, sandbox_id: str) -> list[Path]:
+    """The cgroup directories holding the sandbox's bwrap, found by the sandbox's own uid
+    (the owner of its home; bwrap's command line drops to it with `setpriv --reuid=`)."""
+    import hashlib
+
+    uid = (stack.state_dir / "sandboxes" / sandbox_id / "home").stat().st_uid
+    marker = f"\0--reuid={uid}\0".encode()
+    # Every runtime numbers its uids from the same base: only this main job's groups count.
+    prefix = "sbx-" + hashlib.sha256(str(stack.state_dir.resolve()).encode()).hexdigest()[:8] + "-"
+    found = []
+    for group in Path("/sys/fs/cgroup").glob(f"**/sandbox-toolbox/{prefix}*"):
+        try:
+            pids = (group / "cgroup.procs").read_text().split()
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(group)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def pool_ready(stack: Stack) -> int:
+    """Pooled sandboxes waiting for a claim: their daemon has imported and said `pooled`
+    (bwrap is running and the pool directory exists; a launch in progress counts too)."""
+    pool = stack.state_dir / "pool"
+    return sum(1 for d in pool.iterdir() if d.is_dir()) if pool.exists() else 0

@@ -23,11 +23,9 @@ from daytona.common.errors import DaytonaError
 from daytona_toolbox_api_client import ComputerUseApi
 
 from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
+from tests.system import requires
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("Xvfb", "xdotool", "import", "xev")),
-    reason="needs xvfb, xdotool, imagemagick and x11-utils (.ci/run installs them)",
-)
+pytestmark = requires("Xvfb", "xdotool", "import", "xev")
 WIDTH, HEIGHT = 800, 600
 
 

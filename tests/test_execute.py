@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 
@@ -15,6 +14,7 @@ from daytona.common.errors import (
 from daytona.common.process import CodeRunParams
 
 from tests.helpers import RunningDaemon, sdk_process
+from tests.system import requires
 
 ARTIFACT = "dtn_artifact_k39fd2:"
 
@@ -140,7 +140,7 @@ def test_code_run_drops_charts_the_sdk_cannot_parse(daemon: RunningDaemon) -> No
     assert body == {"exitCode": 0, "result": "x\n"}
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@requires("node")
 def test_code_run_javascript(daemon: RunningDaemon) -> None:
     process = sdk_process(daemon, language="javascript")
     response = process.code_run(

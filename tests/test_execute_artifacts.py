@@ -44,5 +44,5 @@ def test_filter_matches_reference_for_any_chunking() -> None:
         if rng.random() < 0.5:
             output += b"\n"
         cuts = sorted(rng.sample(range(1, len(output)), min(len(output) - 1, rng.randint(0, 6)))) if len(output) > 1 else []
-        chunks = [output[a:b] for a, b in zip([0, *cuts], [*cuts, len(output)])]
+        chunks = [output[a:b] for a, b in zip([0, *cuts], [*cuts, len(output)], strict=True)]
         assert anyio.run(run_filter, chunks) == daytona_reference(output), chunks

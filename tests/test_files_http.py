@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon, sdk_filesystem, start_daemon
+from tests.system import skip_unless
 
 
 @pytest.fixture
@@ -359,9 +360,8 @@ def test_interrupted_uploads_leave_old_file_and_no_temp(daemon: RunningDaemon, h
 @pytest.fixture(scope="module")
 def unprivileged_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     """A daemon that is root but without CAP_DAC_OVERRIDE, so file permissions apply to it."""
+    skip_unless("setpriv")  # to drop CAP_DAC_OVERRIDE
     setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to drop CAP_DAC_OVERRIDE")
     running = start_daemon(
         tmp_path_factory.mktemp("unprivileged"),
         command_prefix=[setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"],

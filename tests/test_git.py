@@ -20,6 +20,9 @@ from daytona_toolbox_api_client import GitApi
 
 from tests.git_server import make_origin, push_commit, run_git
 from tests.helpers import RunningDaemon, sdk_api_client
+from tests.system import requires
+
+pytestmark = requires("git")
 
 AUTHOR = {"author": "Ada Lovelace", "email": "ada@example.com"}
 
@@ -606,7 +609,7 @@ def test_async_sdk_git(daemon: RunningDaemon, space: Path, origin: Path) -> None
     asyncio.run(scenario())
 
 
-@pytest.mark.skipif(not __import__("shutil").which("ssh"), reason="no ssh client installed")
+@requires("ssh")
 def test_ssh_remote_fails_fast_without_prompting(git: Git, space: Path) -> None:
     import time
 

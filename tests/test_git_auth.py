@@ -18,6 +18,9 @@ from daytona_toolbox_api_client import GitApi
 
 from tests.git_server import GitHttpServer, make_origin, run_git
 from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
+from tests.system import requires
+
+pytestmark = requires("git")
 
 USER = "alice"
 PASSWORD = f"pw-{uuid.uuid4().hex}"

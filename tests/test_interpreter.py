@@ -186,9 +186,41 @@ def test_raw_frames_carry_all_keys_and_end_with_control(daemon: RunningDaemon) -
     assert all(set(f) == {"type", "text", "name", "value", "traceback"} for f in frames)
     assert all(all(isinstance(v, str) for v in f.values()) for f in frames)
     assert "".join(f["text"] for f in frames if f["type"] == "stdout") == "x" * 9000 + "\n"
-    assert max(len(f["text"]) for f in frames if f["type"] == "stdout") <= 4096  # big writes leave in bounded frames
     assert [f["type"] for f in frames][-2:] == ["error", "control"]
     assert frames[-1]["text"] == "completed"
+
+
+# The SDK reads with httpx-ws, whose default message limit is 64 KiB.
+SDK_MESSAGE_LIMIT = 64 * 1024
+
+
+@pytest.mark.parametrize("unit", ["x", "\x01", "é", "😀", "a\"\\😀\x1f"], ids=["ascii", "control", "latin", "astral", "mixed"])
+def test_big_writes_leave_in_few_frames_each_within_the_sdks_message_limit(
+    daemon: RunningDaemon, interpreter: CodeInterpreter, unit: str
+) -> None:
+    # Frames are budgeted in bytes as sent, escapes included: a control character is 6
+    # bytes of JSON, an emoji 12, so a character budget would overflow the SDK's limit.
+    count = 2_000_000 // len(unit)
+    code = f"print({unit!r} * {count}, end='')"
+    url = daemon.url.replace("http://", "ws://") + "/process/interpreter/execute"
+    sizes: list[int] = []
+    text: list[str] = []
+    with connect(url, compression=None, proxy=None, max_size=None) as ws:
+        ws.send(json.dumps({"code": code}))
+        try:
+            while True:
+                message = ws.recv(timeout=20)
+                sizes.append(len(message.encode() if isinstance(message, str) else message))
+                frame = json.loads(message)
+                if frame["type"] == "stdout":
+                    text.append(frame["text"])
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 1000
+    assert "".join(text) == unit * count
+    assert max(sizes) <= SDK_MESSAGE_LIMIT
+    encoded = len(json.dumps(unit * count))
+    assert len(sizes) <= encoded // (SDK_MESSAGE_LIMIT // 2) + 3  # frames are mostly full
+    assert interpreter.run_code(code).stdout == unit * count  # and the SDK takes them all
 
 
 def test_raw_interrupted_control_frame_then_4008(daemon: RunningDaemon) -> None:
@@ -227,10 +259,15 @@ def test_client_leaving_interrupts_the_run(daemon: RunningDaemon, interpreter: C
         interpreter.delete_context(context)
 
 
-def test_huge_error_message_stays_within_the_sdk_frame_limit(interpreter: CodeInterpreter) -> None:
-    result = interpreter.run_code("raise ValueError('v' * 200000)")
+@pytest.mark.parametrize("unit", ["v", "😀", "\x01"], ids=["ascii", "astral", "control"])
+def test_huge_error_message_stays_within_the_sdk_frame_limit(interpreter: CodeInterpreter, unit: str) -> None:
+    # Clipped by encoded size: 16 Ki emoji would be 192 KiB of JSON in one field.
+    result = interpreter.run_code(f"raise ValueError({unit!r} * 200000)")
     assert result.error is not None and result.error.name == "ValueError"
     assert result.error.value.endswith("[truncated]") and len(result.error.value) <= 16 * 1024
+    assert result.error.value.startswith(unit * 100)
+    # Both fields as the frame carries them: well below the SDK's 64 KiB message limit.
+    assert len(json.dumps(result.error.value)) + len(json.dumps(result.error.traceback)) <= 40 * 1024
 
 
 def test_worker_exit_is_reported_and_the_context_restarts(interpreter: CodeInterpreter) -> None:

@@ -29,6 +29,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from tests.helpers import REPO_ROOT, RunningDaemon, start_daemon
+from tests.system import skip_unless
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
@@ -90,8 +91,7 @@ def _sandboxed(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def sandboxed_daemon() -> Iterator[RunningDaemon]:
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap (bwrap) is needed to fuzz the daemon safely; .ci/run installs it")
+    skip_unless("bwrap")  # the fuzzer's inputs must not touch the host
     root = Path(tempfile.mkdtemp(prefix="toolbox-fuzz-"))
     running = start_daemon(root, uds=True, command_prefix=_sandboxed(root), extra_env={"DISPLAY": ""})
     yield running

@@ -162,7 +162,7 @@ def test_health_and_metrics(proxy: Proxy, app: App) -> None:
         client.get("/x", headers={"Host": proxy.host(app.port, "nope")})
         assert client.get("/health").json()["status"] == "ok"
         assert client.get("/health", headers={"Host": "10.0.0.7"}).status_code == 200  # an IP is a bare host
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=AUTH).text
     assert 'proxy_requests_total{kind="preview"}' in metrics
     assert 'proxy_errors_total{code="sandbox-not-found"}' in metrics
     assert "proxy_websockets_open 0" in metrics
@@ -177,7 +177,7 @@ async def _ws_echo(proxy: Proxy, port: int) -> None:
             assert ws.protocol == "two"
             await ws.send_str("hi")
             assert (await ws.receive()).data == "hi"
-            async with session.get(f"http://127.0.0.1:{proxy.port}/metrics") as response:
+            async with session.get(f"http://127.0.0.1:{proxy.port}/metrics", headers=AUTH) as response:
                 assert "proxy_websockets_open 1" in await response.text()
             big = bytes(range(256)) * (20 << 12)  # 20 MiB in one message
             await ws.send_bytes(big)

@@ -139,6 +139,54 @@ def test_redis_lookups_are_cached_and_single_flight(redis_server: RedisServer) -
     assert after is not None and after.public  # expired cache entries are re-read
 
 
+def test_a_cancelled_caller_does_not_cancel_the_others_lookup() -> None:
+    # Two requests for one sandbox share a single Redis query. The first one's client goes
+    # away while the query is on the wire: the second must still get its answer, not the
+    # first one's CancelledError. A private server, paused, holds the query on the wire.
+    server = start_redis(private=True)
+    client = redis.Redis(port=server.port)
+    client.hset("sandbox:x", mapping={"url": "http://127.0.0.1:1", "token": "tk"})
+
+    async def run() -> None:
+        registry = RedisRegistry(server.url, ttl=5)
+        try:
+            client.client_pause(500)  # ms; every command waits, ours included
+            first = asyncio.create_task(registry.get("x"))
+            second = asyncio.create_task(registry.get("x"))
+            await asyncio.sleep(0.1)
+            assert not first.done() and not second.done() and registry.lookups == 1
+            first.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert await asyncio.wait_for(second, 5) == Sandbox("x", "http://127.0.0.1:1", "tk", False)
+            # The answer was cached for whoever asks next, though the first caller left.
+            assert await registry.get("x") == Sandbox("x", "http://127.0.0.1:1", "tk", False)
+            assert registry.lookups == 1
+
+            # Every caller gone: the query still finishes (and is cached), no error logged.
+            client.client_pause(300)
+            alone = asyncio.create_task(registry.get("y"))
+            await asyncio.sleep(0.05)
+            alone.cancel()
+            await asyncio.sleep(0.5)
+            assert registry.lookups == 2 and await registry.get("y") is None and registry.lookups == 2
+
+            # A query in flight at close is ended with it: no task of the registry's is left.
+            client.client_pause(300)
+            waiting = asyncio.create_task(registry.get("z"))
+            await asyncio.sleep(0.05)
+        finally:
+            await registry.close()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("registry lookup")]
+
+    try:
+        asyncio.run(run())
+    finally:
+        server.stop()
+
+
 def test_redis_down_is_a_clear_503(tmp_path: Path) -> None:
     async def run() -> None:
         registry = RedisRegistry(f"redis://127.0.0.1:{free_port()}/0")

@@ -1,5 +1,7 @@
-"""The runtime's control API and building blocks, without starting sandboxes: bad input is a
-4xx with a message, never a 500; ids, limits and activity records parse as documented."""
+"""The control API (Daytona's REST API, served by the control plane) and the runtime's
+building blocks, without starting sandboxes: bad input is a 4xx in Daytona's envelope with
+a message, never a 500, and creates nothing; ids, limits and activity records parse as
+documented."""
 
 from __future__ import annotations
 
@@ -8,12 +10,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import uvicorn
 
+from controlplane.app import build_app
+from controlplane.plane import ControlPlane, PlaneConfig
+from controlplane.sandboxes.routes import PublicUrls
+from runtime.backend import LocalBackend
 from runtime.cgroups import Group, Rlimits, detect
-from runtime.control import build_app
 from runtime.limits import Limits
 from runtime.manager import Runtime
 from runtime.sandbox import SandboxDir, SandboxSpec, bwrap_argv, valid_id
@@ -22,12 +28,18 @@ from runtime.stack import parse_activity
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[httpx.Client]:
-    """The control API served by uvicorn on a Unix socket, as `runtime up` serves it."""
-    runtime = Runtime(tmp_path / "state", pool_size=0, idle_timeout=0)
+    """The control plane served by uvicorn on a Unix socket, as `runtime up` serves it, over a
+    runtime whose sandboxes cannot start (no such interpreter): any request that got as far
+    as starting a sandbox fails there."""
+    runtime = Runtime(tmp_path / "state", pool_size=0, idle_timeout=0, write_registry=False,
+                      python=str(tmp_path / "no-such-python"))
+    plane = ControlPlane(PlaneConfig(state_dir=tmp_path / "state", urls=PublicUrls("http", "localhost", 8080),
+                                     registry_path=tmp_path / "state" / "registry.json"), LocalBackend(runtime))
+    anyio.run(plane.open)
+    key = anyio.run(plane.create_key).key
     socket_path = tmp_path / "control.sock"
-    server = uvicorn.Server(uvicorn.Config(
-        build_app(runtime, lambda: {"pool_ready": 0}), uds=str(socket_path), log_level="warning", lifespan="off",
-    ))
+    server = uvicorn.Server(uvicorn.Config(build_app(plane), uds=str(socket_path), log_level="warning",
+                                           lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -35,7 +47,8 @@ def client(tmp_path: Path) -> Iterator[httpx.Client]:
         assert time.monotonic() < deadline and thread.is_alive(), "control API did not start"
         time.sleep(0.01)
     transport = httpx.HTTPTransport(uds=str(socket_path))
-    with httpx.Client(transport=transport, base_url="http://runtime") as http:
+    with httpx.Client(transport=transport, base_url="http://controlplane/api",
+                      headers={"Authorization": f"Bearer {key}"}) as http:
         yield http
     server.should_exit = True
     thread.join(10)
@@ -44,33 +57,59 @@ def client(tmp_path: Path) -> Iterator[httpx.Client]:
 @pytest.mark.parametrize("body, message", [
     (b"{not json", "not JSON"),
     (b"[1, 2]", "JSON object"),
-    (b'{"id": "UPPER"}', "invalid sandbox id"),
-    (b'{"id": "a.b"}', "invalid sandbox id"),
-    (b'{"id": 7}', "id must be a string"),
-    (b'{"egress": "internet"}', "invalid egress"),
-    (b'{"env": ["A=1"]}', "env must be an object"),
-    (b'{"limits": {"cpus": 0}}', "cpus must be between"),
-    (b'{"limits": {"memory_mib": 4}}', "memory_mib must be between"),
-    (b'{"limits": {"gpus": 1}}', "unknown limit"),
-    (b'{"limits": {"pids": "many"}}', "limits.pids must be an integer"),
-    (b'{"limits": {"memory_mib": 1.5}}', "limits.memory_mib must be an integer"),
-    (b'{"limits": 5}', "limits must be an object"),
-    (b'{"name": "x"}', "unknown field"),
+    (b'{"name": "a b"}', "invalid sandbox name"),
+    (b'{"name": "a/b"}', "invalid sandbox name"),
+    (b'{"name": 7}', "name: Input should be a valid string"),
+    (b'{"env": ["A=1"]}', "env: Input should be a valid dictionary"),
+    (b'{"env": {"A": 1}}', "env.A: Input should be a valid string"),
+    (b'{"env": {"1A": "x"}}', "environment variable name"),
+    (b'{"labels": {"code-toolbox-language": "cobol"}}', "must be one of python"),
+    (b'{"cpu": 0}', "cpu must be a whole number from 1"),
+    (b'{"cpu": -1}', "cpu must be a whole number from 1"),
+    (b'{"cpu": 1.0}', "cpu: Input should be a valid integer"),
+    (b'{"memory": 4096}', "memory must be a whole number from 1 to 1024 GiB"),
+    (b'{"disk": "3"}', "disk: Input should be a valid integer"),
+    (b'{"public": "true"}', "public: Input should be a valid boolean"),
+    (b'{"autoStopInterval": -5}', "autoStopInterval must be 0 or more"),
+    (b'{"snapshot": "ubuntu:22.04"}', "Snapshot ubuntu:22.04 not found"),
+    (b'{"gpu": 1}', "GPUs are not available"),
 ])
 def test_create_rejects_bad_input_with_a_message(client: httpx.Client, body: bytes, message: str) -> None:
-    response = client.post("/sandboxes", content=body)
+    response = client.post("/sandbox", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text
-    assert message in response.json()["error"]
+    error = response.json()
+    assert message in error["message"], error
+    assert error["statusCode"] == 400 and error["source"] == "DAYTONA_API" and error["path"] == "/api/sandbox"
+    assert client.get("/sandbox").json() == {"items": [], "nextCursor": None}  # nothing half-created
+
+
+def test_image_builds_are_refused_clearly(client: httpx.Client) -> None:
+    response = client.post("/sandbox", json={"buildInfo": {"dockerfileContent": "FROM debian:12\n"}})
+    assert response.status_code == 501
+    assert "not available yet" in response.json()["message"]
 
 
 def test_unknown_sandboxes_are_404(client: httpx.Client) -> None:
-    for method, path in (("GET", "/sandboxes/nope"), ("POST", "/sandboxes/nope/stop"),
-                         ("POST", "/sandboxes/nope/start"), ("DELETE", "/sandboxes/nope")):
-        response = client.request(method, path)
+    for method, path in (("GET", "/sandbox/nope"), ("POST", "/sandbox/nope/stop"),
+                         ("POST", "/sandbox/nope/start"), ("DELETE", "/sandbox/nope"),
+                         ("PUT", "/sandbox/nope/labels"), ("POST", "/sandbox/nope/autostop/5")):
+        response = client.request(method, path, json={"labels": {}} if method == "PUT" else None)
         assert response.status_code == 404, (method, path, response.text)
-        assert "not found" in response.json()["error"]
-    assert client.get("/sandboxes").json() == []
-    assert client.get("/info").json() == {"pool_ready": 0}
+        assert response.json()["message"] == "Sandbox with ID or name nope not found"
+    assert client.get("/sandbox").json() == {"items": [], "nextCursor": None}
+    assert client.get("/nothing-here").status_code == 404
+    assert client.get("/config").json()["defaultSnapshot"] == "default"
+
+
+def test_a_failing_backend_leaves_no_record(client: httpx.Client, tmp_path: Path) -> None:
+    # The sandbox's interpreter does not exist, so its start fails: the record goes with it.
+    response = client.post("/sandbox", json={"name": "doomed"})
+    assert response.status_code >= 500, response.text
+    assert response.json()["source"] == "DAYTONA_API"
+    assert "sandbox exited during start-up" in response.json()["message"]
+    assert client.get("/sandbox").json()["items"] == []
+    assert client.get("/sandbox/doomed").status_code == 404
+    assert list((tmp_path / "state" / "sandboxes").glob("*")) == []  # nor a directory
 
 
 def test_sandbox_ids_are_single_dns_labels() -> None:
@@ -134,10 +173,54 @@ def test_cli_says_how_to_start_the_runtime_when_none_is_running(tmp_path: Path) 
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path), "list"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "no runtime is running" in result.stderr and "python -m runtime up" in result.stderr
+    for argv in (["--state-dir", str(tmp_path), "list"], ["list", "--state-dir", str(tmp_path)]):
+        result = subprocess.run([sys.executable, "-m", "runtime", *argv], capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert result.returncode == 1
+        assert "no main job is running" in result.stderr and "./scripts/start --state-dir" in result.stderr
     bad = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path), "create", "-e", "NOEQUALS"],
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_state_machine_reports_transitions_and_refuses_conflicting_changes(tmp_path: Path) -> None:
+    from controlplane.errors import BadRequest, Conflict
+    from controlplane.sandboxes import states
+    from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
+    from controlplane.store.db import migrate, open_engine, sqlite_url
+
+    assert states.reported("started", "stopped", True) == "stopping"
+    assert states.reported("stopped", "started", True) == "starting"
+    assert states.reported("stopped", "archived", True) == "archiving"
+    assert states.reported("archived", "started", True) == "restoring"
+    assert states.reported("unknown", "started", True) == "creating"
+    assert states.reported("started", "destroyed", True) == "destroying"
+    assert states.reported("stopped", "stopped", False) == "stopped"
+    with pytest.raises(Conflict, match="state change in progress"):
+        states.check("start", "x", "stopped", pending=True)
+    with pytest.raises(BadRequest, match="Cannot stop sandbox x in state 'stopped'"):
+        states.check("stop", "x", "stopped", pending=False)
+    with pytest.raises(BadRequest, match="Cannot archive"):
+        states.check("archive", "x", "started", pending=False)
+    assert states.check("start", "x", "started", pending=False) is False  # already there
+
+    engine = open_engine(sqlite_url(tmp_path / "cp.db"))
+    migrate(engine)
+    migrate(engine)  # idempotent at every start
+    from controlplane.auth import Keys
+
+    org = Keys(engine).ensure_organization("o")
+    records = SandboxRecords(engine)
+    records.insert(SandboxRecord(
+        id="abc", organization_id=org, name="abc", state="started", desired_state="started", pending=False,
+        os_user="daytona", env={}, labels={}, public=False, target="local", cpu=1, gpu=0, memory=1, disk=3,
+        auto_stop_interval=0, auto_archive_interval=0, auto_delete_interval=-1, network_block_all=True,
+        preview_token="t", created_at=1.0, updated_at=1.0))
+    # Two racing requests: exactly one marks the change; the other sees it pending.
+    assert records.begin(org, "abc", "stopped", ["started"]) is True
+    assert records.begin(org, "abc", "destroyed", ["started", "stopped"]) is False
+    assert records.begin("another-org", "abc", "stopped", ["started"]) is False
+    row = records.find(org, "abc")
+    assert row is not None and row.pending and row.desired_state == "stopped"
+    assert records.find("another-org", "abc") is None
+    engine.dispose()

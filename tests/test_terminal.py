@@ -4,16 +4,19 @@ typing into it through the proxy."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.cdp import Browser, chromium_path
 from tests.helpers import RunningDaemon, free_port, start_daemon
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.system import reason
 
 SCREEN = "Array.from(document.querySelectorAll('.xterm-rows > div')).map(r => r.textContent.trimEnd())"
 
@@ -96,20 +99,20 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @needs_bwrap
 def test_terminal_always_needs_credentials_even_on_a_public_sandbox(stack: Stack) -> None:
-    stack.cli("create", "--id", "open", "--public")
+    sandbox_id = stack.cli("create", "--name", "open", "--public")["id"]
     try:
-        token = stack.cli("get", "open")["token"]
-        assert stack.preview("open", 22222).status_code in (401, 403)
-        assert stack.preview("open", 22222, token=token).status_code == 200
+        token = stack.preview_token(sandbox_id)
+        assert stack.preview(sandbox_id, 22222).status_code in (401, 403)
+        assert stack.preview(sandbox_id, 22222, token=token).status_code == 200
     finally:
-        stack.cli("delete", "open")
+        stack.cli("delete", sandbox_id)
 
 
 @needs_bwrap
-@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
+@pytest.mark.skipif(chromium_path() is None, reason=reason("chromium"))
 def test_echo_hi_in_headless_chromium_through_the_proxy(stack: Stack) -> None:
     sandbox_id = stack.first_id
-    token = stack.cli("get", sandbox_id)["token"]
+    token = stack.preview_token(sandbox_id)
     url = f"http://22222-{sandbox_id}.localhost:{stack.port}/?DAYTONA_SANDBOX_AUTH_KEY={token}"
     browser = Browser()
     try:
@@ -138,3 +141,61 @@ def test_echo_hi_in_headless_chromium_through_the_proxy(stack: Stack) -> None:
         browser.wait_for(f"{SCREEN}.includes('hi')")
     finally:
         browser.close()
+
+
+@needs_bwrap
+def test_a_terminal_session_leaves_the_logs_clean(stack: Stack, capfd: pytest.CaptureFixture[str]) -> None:
+    """What the page does (page, assets, create-connect, re-attach, resize), plus the two
+    refusals a session meets (an attach to a PTY that has gone, a WebSocket without
+    credentials): the daemon's log and the main job's output gain no ERROR line. uvicorn's
+    sansio protocol used to log "ASGI callable returned without completing handshake." for
+    every refused upgrade, in the terminal server, the daemon's forwarder and the proxy."""
+    import socket
+
+    from tests.runtime_helpers import ws_connect
+
+    sandbox_id = stack.first_id
+    token = stack.cli("get", sandbox_id)["token"]
+    host = f"22222-{sandbox_id}.localhost:{stack.port}"
+    log = stack.state_dir / "sandboxes" / sandbox_id / "daemon.log"
+    log_before = log.read_text()
+    capfd.readouterr()
+    with httpx.Client(base_url=stack.url, headers={"Host": host}, timeout=30) as browser:
+        opened = browser.get("/", params={"DAYTONA_SANDBOX_AUTH_KEY": token})
+        assert opened.status_code == 302
+        cookie = opened.headers["set-cookie"].split(";")[0]
+        browser.headers["Cookie"] = cookie
+        assert browser.get("/").status_code == 200
+        assert browser.get("/assets/terminal.js").status_code == 200
+        assert browser.get("/api/pty/web-clean").status_code == 404  # the page's existence check
+        cookie_header = {"Cookie": cookie, "Origin": f"http://{host}"}
+        sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+        with connect(f"ws://{host}/api/pty/create-connect?id=web-clean&cols=80&rows=24", sock=sock,
+                     subprotocols=["X-Daytona-Pty-Exit-Control"], additional_headers=cookie_header,
+                     open_timeout=10) as ws:
+            assert "connected" in ws.recv(timeout=10)
+            ws.send(b"echo clean-$((6*7))\n")
+            out = b""
+            while b"clean-42\r\n" not in out:
+                frame = ws.recv(timeout=10)
+                out += frame if isinstance(frame, bytes) else frame.encode()
+        assert browser.get("/api/pty/web-clean").status_code == 200
+        sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+        with connect(f"ws://{host}/api/pty/web-clean/connect", sock=sock, open_timeout=10,
+                     subprotocols=["X-Daytona-Pty-Exit-Control"], additional_headers=cookie_header) as ws:
+            assert browser.post("/api/pty/web-clean/resize", json={"cols": 100, "rows": 30}).status_code == 200
+        # Refused upgrades: a PTY that has gone (404 from the daemon), no credentials (proxy).
+        assert browser.delete("/api/pty/web-clean").status_code == 200
+        sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://{host}/api/pty/web-clean/connect", sock=sock, open_timeout=10,
+                    additional_headers=cookie_header)
+        assert refused.value.response.status_code == 404
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(stack, sandbox_id, 22222, "/api/pty/create-connect?id=x")
+    assert refused.value.response.status_code in (401, 403)
+    time.sleep(0.5)  # a log line would follow the refusal at once
+    new_log = log.read_text()[len(log_before):]
+    assert "ERROR" not in new_log and "Traceback" not in new_log, new_log
+    output = capfd.readouterr()
+    assert "ERROR" not in output.err and "Traceback" not in output.err, output.err

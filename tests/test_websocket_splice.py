@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from tests.helpers import RunningDaemon
-from tests.proxy_helpers import App, Proxy, start_proxy
+from tests.proxy_helpers import AUTH, App, Proxy, start_proxy
 from toolbox.forward.splice import LINGER, FrameCursor, close_frame
 
 
@@ -152,7 +152,8 @@ def test_a_client_that_stops_reading_is_cut_after_the_stall_timeout(tmp_path: Pa
             async with session.ws_connect(_ws_url(proxy, "/ws-flood?mb=256"), max_msg_size=0,
                                           headers={"Host": proxy.host(app.port, "pub")}) as ws:
                 await asyncio.sleep(1)
-                assert "proxy_websockets_open 1" in httpx.get(f"{proxy.url}/metrics").text
+                assert "proxy_websockets_open 1" in (await asyncio.to_thread(
+                    httpx.get, f"{proxy.url}/metrics", headers=AUTH)).text
                 await asyncio.to_thread(_wait_for_no_open_websockets, proxy, 10)
                 while (message := await ws.receive(timeout=10)).type == aiohttp.WSMsgType.BINARY:
                     pass  # what was already on its way
@@ -167,7 +168,7 @@ def test_a_client_that_stops_reading_is_cut_after_the_stall_timeout(tmp_path: Pa
 def _wait_for_no_open_websockets(proxy: Proxy, within: float) -> None:
     deadline = time.monotonic() + within
     while True:
-        metrics = httpx.get(f"{proxy.url}/metrics").text
+        metrics = httpx.get(f"{proxy.url}/metrics", headers=AUTH).text
         if "proxy_websockets_open 0" in metrics:
             return
         assert time.monotonic() < deadline, [line for line in metrics.splitlines() if "websockets_open" in line]

@@ -58,17 +58,12 @@ def create_app(settings: Settings) -> ASGIApp:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        for hook in daemon.startup:
-            await hook()
-        try:
+        async with daemon.running():
             yield
-        finally:
-            for hook in reversed(daemon.shutdown):
-                await hook()
 
     app = Starlette(
         routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.daemon = daemon

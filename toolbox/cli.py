@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="TCP port to listen on (env TOOLBOX_PORT)")
     serve.add_argument("--uds", default=env("TOOLBOX_UDS"),
                        help="listen on this Unix socket path instead of TCP (env TOOLBOX_UDS)")
+    serve.add_argument("--fd", type=int, default=int(env("TOOLBOX_FD", "-1") or -1),
+                       help="serve on this inherited, bound Unix socket descriptor instead "
+                            "(the local runtime binds it where the sandbox cannot reach; "
+                            "env TOOLBOX_FD; -1: none)")
     serve.add_argument("--workdir", default=env("TOOLBOX_WORKDIR"),
                        help="work directory for relative paths, commands and sessions; "
                             "default: the directory the daemon starts in (env TOOLBOX_WORKDIR)")
@@ -60,20 +64,29 @@ def serve(args: argparse.Namespace) -> int:
         create_app(settings),
         host=args.host,
         port=args.port,
-        uds=args.uds,
+        uds=None if args.fd >= 0 else args.uds,
+        fd=args.fd if args.fd >= 0 else None,
         loop="uvloop",
         # httptools plus header/body deadlines and a header size cap (toolbox/protocol.py)
         http="toolbox.protocol:GuardedHttpToolsProtocol",
-        ws=websocket_protocol,  # websockets-sansio, imported on the first upgrade
+        # websockets-sansio, imported on the first upgrade; uvicorn calls any factory
+        # (its annotation says a Protocol class)
+        ws=websocket_protocol,  # type: ignore[arg-type]
         ws_max_size=64 * 1024 * 1024,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         log_level=args.log_level,
         access_log=False,
         server_header=False,
     )
-    server = ReadyServer(config, banner=f"Starting toolbox server on {args.uds or f'{args.host}:{args.port}'}")
+    server = ReadyServer(config, banner=f"Starting toolbox server on {_where(args)}")
     server.run()
     return 0 if server.started else 1
+
+
+def _where(args: argparse.Namespace) -> str:
+    if args.fd >= 0:
+        return f"inherited socket fd {args.fd}"
+    return str(args.uds or f"{args.host}:{args.port}")
 
 
 def main(argv: list[str] | None = None) -> int:

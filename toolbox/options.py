@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from typing import overload
 
 
+@overload
+def env(name: str, default: str) -> str: ...
+@overload
+def env(name: str, default: None = None) -> str | None: ...
 def env(name: str, default: str | None = None) -> str | None:
     """The variable's value, or `default` when it is unset or empty."""
     value = os.environ.get(name)
-    return value if value not in (None, "") else default
+    return value or default
 
 
 def env_float(name: str, default: float) -> float:

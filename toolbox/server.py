@@ -8,9 +8,13 @@ from typing import Any
 
 import uvicorn
 
+STOPPED_CLEANLY = "Stopped: no task left pending"
+
 
 class ReadyServer(uvicorn.Server):
-    """Prints one line when it is ready to serve, so supervisors and tests can wait for it."""
+    """Prints one line when it is ready to serve, so supervisors and tests can wait for it,
+    and one when it has stopped, saying whether any task was left pending (none should:
+    every background task has an owner that ends it; tests assert that line)."""
 
     def __init__(self, config: uvicorn.Config, banner: str) -> None:
         super().__init__(config)
@@ -20,6 +24,24 @@ class ReadyServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             print(self.banner, flush=True)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        print(await pending_tasks_line(), flush=True)
+
+
+async def pending_tasks_line() -> str:
+    """`Stopped: no task left pending`, or which tasks still are, after the app has stopped."""
+    # uvicorn's lifespan task is still returning from sending "shutdown complete".
+    for _ in range(3):
+        await asyncio.sleep(0)
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    if not left:
+        return STOPPED_CLEANLY
+    names = sorted(f"{task.get_name()} ({task.get_coro()!r:.120})" for task in left)
+    return f"Stopped with {len(left)} task(s) left pending: " + "; ".join(names)
+
 
 
 def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:

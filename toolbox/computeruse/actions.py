@@ -98,7 +98,7 @@ async def windows(x11: X11, limit: int = 200) -> list[dict[str, Any]]:
     except (DaemonError, ValueError):  # no focus without a window manager
         focused = 0
     out = []
-    for window in [w for w in found if w not in root][:limit]:
+    for window in [w.decode() for w in found if w not in root][:limit]:
         try:
             geometry = (await x11.run("xdotool", "getwindowgeometry", "--shell", window)).decode()
             title = (await x11.run("xdotool", "getwindowname", window)).decode("utf-8", "replace").strip()

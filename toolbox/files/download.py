@@ -15,7 +15,7 @@ import re
 import secrets
 import stat
 from contextlib import aclosing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import format_datetime, parsedate_to_datetime
 from datetime import datetime, timezone
@@ -337,7 +337,7 @@ class BulkDownload:
 
         await stream_until_disconnect(receive, body)
 
-    async def _pieces(self) -> AsyncIterator[bytes]:
+    async def _pieces(self) -> AsyncGenerator[bytes, None]:
         delimiter = f"--{self.boundary}\r\n".encode()
         for index, raw_path in enumerate(self.paths):
             boundary_line = delimiter if index == 0 else b"\r\n" + delimiter

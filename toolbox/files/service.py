@@ -61,7 +61,7 @@ class FileService:
             root_stat = os.stat(root)
             if not stat.S_ISDIR(root_stat.st_mode):
                 raise bad_request(f"not a directory: {display_root} (use /files/info for a single file)")
-            infos = []
+            infos: list[dict[str, Any]] = []
             for entry in walk(root, display_root, max_depth=depth, cancel=cancel):
                 if len(infos) >= MAX_LIST_ENTRIES:
                     raise bad_request(

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
+import os
+import stat
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -196,12 +199,33 @@ class UpstreamConnection(asyncio.Protocol):
 P = TypeVar("P", bound=asyncio.Protocol)
 
 
+def _open_socket_file(path: str) -> int:
+    """An O_PATH descriptor of the socket at `path`, never following a symlink there.
+
+    A sandbox can write the directory its daemon's socket lives in: a symlink put in its
+    place (to the control plane's socket, a container engine's, any host socket) must not
+    be followed by the host side. Connecting through /proc/self/fd/N then reaches exactly
+    the inode checked here."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"{path} is not a socket (a symlink or another file)")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 async def open_connection(factory: Callable[[], P], unix_path: str | None, host: str, port: int) -> P:
-    """Connect to a Unix socket, or to host:port; `localhost` is tried as IPv4 then IPv6,
-    without a resolver round trip."""
+    """Connect to a Unix socket (never through a symlink), or to host:port; `localhost` is
+    tried as IPv4 then IPv6, without a resolver round trip."""
     loop = asyncio.get_running_loop()
     if unix_path is not None:
-        _, protocol = await loop.create_unix_connection(factory, unix_path)
+        fd = _open_socket_file(unix_path)
+        try:
+            _, protocol = await loop.create_unix_connection(factory, f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
         return protocol
     last: OSError | None = None
     for candidate in ("127.0.0.1", "::1") if host == "localhost" else (host,):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from starlette.types import Receive, Scope, Send
 
 from toolbox.forward.pool import ConnectionPool, UpstreamConnection
-from toolbox.forward.splice import SPLICE, Splice, UpstreamRejected, open_upgrade
+from toolbox.forward.splice import SPLICE, Splice, UpstreamRejected, open_upgrade  # noqa: F401 - UpstreamRejected is re-exported
 
 Headers = list[tuple[bytes, bytes]]
 

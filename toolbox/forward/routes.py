@@ -10,6 +10,7 @@ headers are kept rather than appended to.
 from __future__ import annotations
 
 import json
+from typing import NoReturn
 
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -102,14 +103,14 @@ class PortForwarder:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        target = parse_target(raw_path)
-        if target is None:
+        parsed = parse_target(raw_path)
+        if parsed is None:
             if scope["type"] == "websocket":
                 await receive()
             await _error(scope, send, 400, Code.BAD_REQUEST, "invalid-port",
                          "the port in /proxy/{port}/ must be a number from 1 to 65535")
             return
-        port, rest = target
+        port, rest = parsed
         query: bytes = scope.get("query_string", b"")
         headers = upstream_headers(scope, port)
         target = Target(self.relay.pool, "localhost", port, rest + b"?" + query if query else rest)
@@ -145,7 +146,7 @@ class ForwardRoute(BaseRoute):
                 return Match.FULL, {}
         return Match.NONE, {}
 
-    def url_path_for(self, name: str, /, **path_params: object) -> object:
+    def url_path_for(self, name: str, /, **path_params: object) -> NoReturn:
         raise NoMatchFound(name, path_params)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

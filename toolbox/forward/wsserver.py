@@ -28,11 +28,17 @@ class SplicingWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if not self.handshake_complete:  # a valid upgrade: the scope exists and goes to the app
-            self.scope["extensions"][SPLICE] = {}  # type: ignore[index]
+            self.scope["extensions"][SPLICE] = {}
 
     async def send(self, message: ASGISendEvent) -> None:
         if message["type"] != SPLICE:
             await super().send(message)
+            if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+                # A denial response (404 for an unknown PTY, 401 at the proxy) is a complete
+                # answer to the upgrade; uvicorn's sansio protocol does not count it as one
+                # and logs "ASGI callable returned without completing handshake." for every
+                # refused upgrade (fixed upstream by Kludex/uvicorn#3138, not yet released).
+                self.handshake_complete = True
             return
         splice: Splice = message["splice"]  # type: ignore[typeddict-item]
         if self.disconnected or self.transport.is_closing():  # the client left while the upstream answered

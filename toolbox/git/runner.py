@@ -199,7 +199,7 @@ def _execute(argv: list[str], cwd: str | None, env: dict[str, str], stdin: bytes
     return GitResult(int(status), _valid_text(stdout), _valid_text(stderr))
 
 
-def _valid_text(value: object) -> str:
+def _valid_text(value: str | bytes) -> str:
     """GitPython decodes with surrogateescape; JSON needs valid UTF-8 (like Go, use U+FFFD)."""
-    text = value if isinstance(value, str) else bytes(value).decode("utf-8", "surrogateescape")  # type: ignore[arg-type]
+    text = value if isinstance(value, str) else value.decode("utf-8", "surrogateescape")
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import sys
@@ -30,8 +31,11 @@ _TS_DOCUMENT_IDS = {".ts": "typescript", ".tsx": "typescriptreact", ".js": "java
 def _command(language: str) -> list[str]:
     """The language server to run; the SDK's `javascript` uses the TypeScript server."""
     if language == "python":
-        beside = Path(sys.executable).parent / "jedi-language-server"
-        found = str(beside) if beside.exists() else shutil.which("jedi-language-server")
+        if importlib.util.find_spec("jedi_language_server") is not None:
+            # Our own interpreter rather than the console script: the script's shebang names
+            # the host's venv path, which a sandbox (code at /opt/sandbox-toolbox) lacks.
+            return [sys.executable, "-c", "import sys; from jedi_language_server.cli import cli; sys.exit(cli())"]
+        found = shutil.which("jedi-language-server")
         if not found:
             raise DaemonError(Code.SERVICE_UNAVAILABLE, "jedi-language-server is not installed: pip install jedi-language-server")
         return [found]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from starlette.convertors import FloatConvertor, IntegerConvertor
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
@@ -88,7 +88,7 @@ class _Schemas:
     """Collects every model used anywhere, then renders them once into components."""
 
     def __init__(self, endpoints: list[Endpoint]) -> None:
-        wanted: set[tuple[type[BaseModel], str]] = {(ErrorResponse, "serialization")}
+        wanted: set[tuple[type[BaseModel], JsonSchemaMode]] = {(ErrorResponse, "serialization")}
         for endpoint in endpoints:
             op = endpoint.operation
             if op is None:
@@ -98,17 +98,17 @@ class _Schemas:
             for model in _models_of(op.response):
                 wanted.add((model, "serialization"))
         keys = sorted(wanted, key=lambda k: (k[0].__module__, k[0].__qualname__, k[1]))
-        self.refs, top = models_json_schema(keys, by_alias=True, ref_template=REF_TEMPLATE)  # type: ignore[arg-type]
+        self.refs, top = models_json_schema(keys, by_alias=True, ref_template=REF_TEMPLATE)
         self.components: dict[str, Any] = dict(top.get("$defs", {}))
 
-    def ref(self, model: type[BaseModel], mode: str) -> dict[str, Any]:
+    def ref(self, model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
         return dict(self.refs[(model, mode)])
 
     def resolve(self, ref: dict[str, Any]) -> dict[str, Any]:
         name = ref["$ref"].rsplit("/", 1)[-1]
         return self.components[name]
 
-    def body(self, body: Any, mode: str) -> dict[str, Any] | None:
+    def body(self, body: Any, mode: JsonSchemaMode) -> dict[str, Any] | None:
         """`content` of a request/response body, or None for no body."""
         if body is None:
             return None
@@ -120,7 +120,7 @@ class _Schemas:
             return {"application/json": {"schema": body}}
         return {"application/json": {"schema": self.schema(body, mode)}}
 
-    def schema(self, body: Any, mode: str) -> dict[str, Any]:
+    def schema(self, body: Any, mode: JsonSchemaMode) -> dict[str, Any]:
         if inspect.isclass(body) and issubclass(body, BaseModel):
             return self.ref(body, mode)
         origin, args = typing.get_origin(body), typing.get_args(body)
@@ -189,9 +189,9 @@ def _render(endpoint: Endpoint, schemas: _Schemas, used_ids: set[str]) -> dict[s
         described = op is not None and not op.extensions.get("inferred")
         success: dict[str, Any] = {"description": "Success" if described else "Success (body not described)"}
         if op:
-            content = schemas.body(op.response, "serialization")
-            if content:
-                success["content"] = content
+            body_content = schemas.body(op.response, "serialization")
+            if body_content:
+                success["content"] = body_content
         responses[str(op.status if op else 200)] = success
     for status, description in sorted((op.errors if op else {}).items()):
         responses[str(status)] = {"description": description, "content": {"application/json": {"schema": ERROR_REF}}}

@@ -12,9 +12,11 @@ import asyncio
 import logging
 import os
 
+import anyio
 from starlette.routing import BaseRoute
 
 from toolbox.context import Daemon
+from toolbox.tasks import BackgroundTask
 
 log = logging.getLogger("toolbox.terminal")
 
@@ -36,7 +38,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         assert app is not None, "create_app sets daemon.app before startup"
         config = uvicorn.Config(
             TerminalApp(app), host=host, port=port, lifespan="off", loop="none",
-            http="httptools", ws=websocket_protocol, log_level="warning", access_log=False,
+            # uvicorn calls any factory as `ws` (its annotation says a Protocol class)
+            http="httptools", ws=websocket_protocol, log_level="warning", access_log=False,  # type: ignore[arg-type]
             server_header=False, timeout_keep_alive=75,
         )
         server = uvicorn.Server(config)
@@ -48,20 +51,19 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             except SystemExit:  # uvicorn exits when it cannot bind
                 log.warning("browser terminal not started: cannot listen on %s:%d", host, port)
 
-        task = asyncio.get_running_loop().create_task(serve())
+        task = daemon.spawn(serve(), name="browser terminal server")
         state.update(server=server, task=task)
         while not server.started and not task.done():
             await asyncio.sleep(0.005)
 
     async def stop() -> None:
         server, task = state.get("server"), state.get("task")
-        if server is None or not isinstance(task, asyncio.Task):
+        if server is None or not isinstance(task, BackgroundTask):
             return
         server.should_exit = True  # type: ignore[attr-defined]
-        try:
-            await asyncio.wait_for(task, 5)
-        except asyncio.TimeoutError:
-            task.cancel()
+        with anyio.move_on_after(5):
+            await task.wait()
+        task.cancel()  # (a no-op once it has ended)
 
     daemon.on_startup(start)
     daemon.on_shutdown(stop)

@@ -11,10 +11,11 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from toolbox.config import Settings
 from toolbox.context import Daemon
+from toolbox.disconnect import listen_for_disconnect, raise_unless_gone
 from toolbox.errors import DaemonError, bad_request, error_body
 from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int, query_required
 from toolbox.openapi.registry import operation
@@ -82,7 +83,7 @@ class StreamQuery(WireModel):
 def build(daemon: Daemon) -> list[BaseRoute]:
     settings = daemon.settings
     capacity = int(os.environ.get("TOOLBOX_WATCH_BUFFER", "4096"))
-    service = WatchService(ring_capacity=max(capacity, 1))
+    service = WatchService(daemon.spawn, ring_capacity=max(capacity, 1))
     daemon.on_shutdown(service.close)
 
     @operation(
@@ -147,10 +148,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                 async def drain_client() -> None:
                     # Nothing is expected from the client; reading notices it going away.
                     try:
-                        while True:
-                            message = await websocket.receive()
-                            if message["type"] == "websocket.disconnect":
-                                break
+                        await listen_for_disconnect(websocket)
                     finally:
                         group.cancel_scope.cancel()
 
@@ -164,8 +162,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                         await websocket.close(1000)
                         group.cancel_scope.cancel()
                         break
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client left mid-send
+        except Exception as exc:  # (anyio's task group wraps it in an ExceptionGroup)
+            raise_unless_gone(websocket, exc)  # the client left mid-send
         finally:
             if watcher.id in service.watchers:
                 await service.delete(watcher.id)

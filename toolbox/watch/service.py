@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from toolbox.errors import Code, DaemonError, from_os_error
+from toolbox.tasks import BackgroundTask, Spawn
 from toolbox.watch.events import Event, EventRing
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class Watcher:
     stop: threading.Event = field(default_factory=threading.Event)
     # Set once the kernel watches are in place: changes after this are never missed.
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
+    task: BackgroundTask | None = None
     _inodes: OrderedDict[str, tuple[int, int]] = field(default_factory=OrderedDict)
 
     def describe(self) -> dict[str, Any]:
@@ -219,7 +220,7 @@ class Watcher:
             await asyncio.sleep(0)  # let the last publish land before closing
             await self.ring.close()
 
-    async def _watch(self, publish: Callable[[list[Event]], None], armed: Callable[[], None]) -> None:
+    async def _watch(self, publish: Callable[[list[Event]], None], armed: Callable[[], object]) -> None:
         """Runs in the watcher's own thread and event loop: blocking calls are fine here."""
         from watchfiles import awatch  # (and multiprocessing) loaded on the first watch
 
@@ -266,8 +267,9 @@ class Watcher:
 class WatchService:
     """Every active watcher, by id; the daemon stops them all on shutdown."""
 
-    def __init__(self, ring_capacity: int = 4096) -> None:
+    def __init__(self, spawn: Spawn, ring_capacity: int = 4096) -> None:
         self.ring_capacity = ring_capacity
+        self._spawn = spawn  # watchers run in the daemon's task group
         self.watchers: dict[str, Watcher] = {}
 
     async def create(self, path: Path, recursive: bool, *, expires: bool = True) -> Watcher:
@@ -290,7 +292,7 @@ class WatchService:
         watcher = Watcher(uuid.uuid4().hex, path, recursive, EventRing(self.ring_capacity))
         if not expires:
             watcher.last_read = float("inf")
-        watcher.task = asyncio.create_task(watcher.run(), name=f"watch {path}")
+        watcher.task = self._spawn(watcher.run(), name=f"watch {path}")
         self.watchers[watcher.id] = watcher
         # Answer once the kernel watches are in place (a huge recursive tree may take long:
         # then answer anyway, and events start once it is armed).
@@ -315,10 +317,9 @@ class WatchService:
     async def _stop(self, watcher: Watcher) -> None:
         watcher.stop.set()
         if watcher.task is not None:
-            try:
-                await asyncio.wait_for(watcher.task, 10)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
-                watcher.task.cancel()
+            with anyio.move_on_after(10):
+                await watcher.task.wait()
+            watcher.task.cancel()  # (a no-op once it has ended)
 
     def _expire_idle(self) -> None:
         now = time.monotonic()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
+from toolbox.disconnect import listen_for_disconnect, went_away
 from toolbox.http import json_response, parse_body, path_param
 from toolbox.openapi.registry import operation
 from toolbox.process.interpreter.models import (
@@ -38,7 +40,7 @@ def close_reason(text: str) -> str:
     return text.encode("utf-8")[:123].decode("utf-8", "ignore")
 
 
-def parse_execute_request(message: dict[str, Any]) -> tuple[str, str, dict[str, str], float]:
+def parse_execute_request(message: Mapping[str, Any]) -> tuple[str, str, dict[str, str], float]:
     """(code, context id, envs, timeout seconds; 0 = none) from the first client frame."""
     raw = message.get("text")
     if raw is None:
@@ -87,7 +89,7 @@ async def stream_frames(websocket: WebSocket, execution: Execution) -> None:
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    service = InterpreterService(daemon.settings)
+    service = InterpreterService(daemon.settings, daemon.spawn)
 
     async def startup() -> None:
         await anyio.to_thread.run_sync(service.remove_stale_runs)
@@ -145,17 +147,15 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                 async def send() -> None:
                     try:
                         await stream_frames(websocket, execution)
-                    except (WebSocketDisconnect, OSError, RuntimeError):
+                    except Exception as exc:
+                        if not went_away(websocket, exc):
+                            raise
                         execution.abandon()
                     tasks.cancel_scope.cancel()
 
                 async def watch() -> None:
                     # Keep reading (pings are answered by the server) to notice a client that left.
-                    try:
-                        while (await websocket.receive())["type"] != "websocket.disconnect":
-                            pass
-                    except (WebSocketDisconnect, OSError, RuntimeError):
-                        pass
+                    await listen_for_disconnect(websocket)
                     execution.abandon()
                     tasks.cancel_scope.cancel()
 

@@ -15,12 +15,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import anyio
 
 from toolbox.config import Settings
 from toolbox.errors import Code, DaemonError, timestamp
 from toolbox.process.interpreter.worker_process import WorkerProcess
 from toolbox.process.output import OutputStore
+from toolbox.tasks import BackgroundTask, Spawn
 
 DEFAULT_CONTEXT = "default"
 DEFAULT_TIMEOUT = 600.0
@@ -57,6 +59,19 @@ def frame(kind: str, text: str = "", name: str = "", value: str = "", traceback:
     """One wire frame: every key present, unused ones empty (the SDK reads them blindly)."""
     body = {"type": kind, "text": text, "name": name, "value": value, "traceback": traceback}
     return json.dumps(body).encode("utf-8") + b"\n"
+
+
+def _record(store: OutputStore, event: dict[str, str] | bytes) -> None:
+    """Store an output or error event as the frame the client gets."""
+    if isinstance(event, bytes):  # an output frame the worker built whole (worker_process.py)
+        store.append(event + b"\n")
+        return
+    kind = event.get("type")
+    if kind in ("stdout", "stderr"):
+        store.append(frame(kind, text=event.get("text", "")))
+    elif kind == "error":
+        store.append(frame("error", name=event.get("name", ""), value=event.get("value", ""),
+                           traceback=event.get("traceback", "")))
 
 
 @dataclass(eq=False)
@@ -109,7 +124,7 @@ class Execution:
     def __init__(self, store: OutputStore) -> None:
         self.store = store
         self.close: tuple[int, str] = COMPLETED
-        self._abort: asyncio.Queue[None] | None = None
+        self._stop: anyio.CancelScope | None = None  # the running code's, while it runs
         self.abandoned = False
         self._holders = 2  # the running job and the connection streaming its frames
         self.sent = 0  # store offset up to which frames reached the client
@@ -119,6 +134,10 @@ class Execution:
         self.sent = offset
         self._progress.set()
         self._progress = asyncio.Event()
+
+    async def progress(self) -> None:
+        """Until the client has taken more frames."""
+        await self._progress.wait()
 
     @property
     def lagging(self) -> bool:
@@ -135,8 +154,8 @@ class Execution:
     def abandon(self) -> None:
         """The client went away: interrupt the code (nobody reads its output)."""
         self.abandoned = True
-        if self._abort is not None:
-            self._abort.put_nowait(None)
+        if self._stop is not None:
+            self._stop.cancel()
 
 
 class InterpreterService:
@@ -148,17 +167,22 @@ class InterpreterService:
     starts a fresh one). Both default to the daemon's environment.
     """
 
-    def __init__(self, settings: Settings, max_contexts: int | None = None, idle_timeout: float | None = None) -> None:
+    def __init__(
+        self, settings: Settings, spawn: Spawn, max_contexts: int | None = None, idle_timeout: float | None = None
+    ) -> None:
         self.settings = settings
         self.runs_dir = settings.state_dir / "interpreter"
         self.contexts: dict[str, Context] = {DEFAULT_CONTEXT: Context(DEFAULT_CONTEXT, settings.workdir)}
-        self._jobs: set[asyncio.Task[None]] = set()
+        # Runs outlive the request that submitted them: they, and the reaper, run in the
+        # daemon's task group, which cancels and awaits them when it stops.
+        self._spawn = spawn
+        self._jobs: dict[Execution, BackgroundTask] = {}
         self.max_contexts = (
             int(_env_number(MAX_CONTEXTS_ENV, DEFAULT_MAX_CONTEXTS)) if max_contexts is None else max(0, max_contexts)
         )
         self.idle_timeout = _env_number(IDLE_TIMEOUT_ENV, DEFAULT_IDLE_TIMEOUT) if idle_timeout is None else idle_timeout
         self._starting = 0  # contexts whose worker is starting: they count against the cap
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper: BackgroundTask | None = None
 
     # -- contexts ----------------------------------------------------------------------------
 
@@ -210,7 +234,7 @@ class InterpreterService:
 
     def start_reaper(self) -> None:
         if self.idle_timeout > 0 and self._reaper is None:
-            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+            self._reaper = self._spawn(self._reap_forever(), name="interpreter context reaper")
 
     async def _reap_forever(self) -> None:
         interval = min(REAP_INTERVAL, max(0.05, self.idle_timeout / 4))
@@ -240,7 +264,7 @@ class InterpreterService:
             self._reaper.cancel()
         for context in list(self.contexts.values()):
             await context.close()
-        for job in list(self._jobs):
+        for job in list(self._jobs.values()):
             job.cancel()
 
     # -- executions --------------------------------------------------------------------------
@@ -250,9 +274,8 @@ class InterpreterService:
         spill = self.runs_dir / f"{uuid.uuid4()}.jsonl"
         execution = Execution(OutputStore(spill_path=spill))
         context.pending += 1
-        job = asyncio.get_running_loop().create_task(self._run(context, execution, code, envs, timeout))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        job = self._spawn(self._run(context, execution, code, envs, timeout), name=f"interpreter run in {context.id}")
+        self._jobs[execution] = job
         return execution
 
     async def _run(self, context: Context, execution: Execution, code: str, envs: dict[str, str], timeout: float) -> None:
@@ -272,6 +295,7 @@ class InterpreterService:
             context.last_used = time.monotonic()
             execution.store.close()
             execution.release()
+            self._jobs.pop(execution, None)
 
     async def _execute(
         self, context: Context, execution: Execution, code: str, envs: dict[str, str], timeout: float
@@ -280,78 +304,51 @@ class InterpreterService:
         while not worker.events.empty():  # leftovers of an earlier run (background threads)
             if worker.events.get_nowait() is None:
                 worker = await context.ensure_worker()
-        loop = asyncio.get_running_loop()
-        abort: asyncio.Queue[None] = asyncio.Queue()
-        execution._abort = abort
         await worker.send({"code": code, "envs": envs})
-        deadline = loop.time() + timeout if timeout > 0 else None
-        kill_at: float | None = None
+        # Until the code is done, its deadline passes or its client leaves (abandon()
+        # cancels the scope). Deadlines hold however much output the code floods.
+        with anyio.move_on_after(timeout if timeout > 0 else None) as running:
+            execution._stop = running
+            if execution.abandoned:
+                running.cancel()
+            last = await self._take_events(worker, execution, keep_window=True)
+        execution._stop = None
         timed_out = False
-        store = execution.store
-        next_event: asyncio.Task[dict[str, str] | None] | None = None
-        aborted: asyncio.Task[None] | None = None
-        try:
+        if running.cancelled_caught:
+            timed_out = not execution.abandoned
+            worker.interrupt()  # KeyboardInterrupt: the state survives if the code stops in time
+            with anyio.move_on_after(INTERRUPT_GRACE) as grace:
+                last = await self._take_events(worker, execution, keep_window=False)
+            if grace.cancelled_caught:  # the grace period is over: the state goes too
+                await worker.stop()
+                context.worker = None
+                return TIMED_OUT if timed_out else COMPLETED
+        if last is None:
+            return CONTEXT_SHUTDOWN if context.closed else (TIMED_OUT if timed_out else WORKER_ENDED)
+        # Output the code's subprocesses wrote to fds 1/2 may be a loop turn behind.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        while not worker.events.empty():
+            late = worker.events.get_nowait()
+            if isinstance(late, bytes) or (late is not None and late.get("type") in ("stdout", "stderr")):
+                _record(execution.store, late)
+        execution.store.append(frame("control", text=last.get("status", "completed")))
+        return TIMED_OUT if timed_out else COMPLETED
+
+    @staticmethod
+    async def _take_events(worker: WorkerProcess, execution: Execution, keep_window: bool) -> dict[str, str] | None:
+        """Store the worker's output until its `done` event (returned), or None when it has
+        gone away. With `keep_window`, the worker is not read while the client lags behind."""
+        while True:
+            if keep_window and execution.lagging:
+                await execution.progress()
+                continue
+            event = await worker.events.get()
+            # Then whatever else is queued already, without waiting again for each.
             while True:
-                # Deadlines are checked on every turn, not only when the worker is quiet: a
-                # flood of output must not outrun its own timeout.
-                now = loop.time()
-                if kill_at is not None and now >= kill_at:  # the grace period is over: state goes too
-                    await worker.stop()
-                    context.worker = None
-                    return TIMED_OUT if timed_out else COMPLETED
-                if deadline is not None and now >= deadline and not timed_out:
-                    timed_out = True
-                    if kill_at is None:
-                        worker.interrupt()
-                        kill_at = now + INTERRUPT_GRACE
-                if aborted is None:
-                    aborted = loop.create_task(abort.get())
-                waiting: set[asyncio.Future[Any]] = {aborted}
-                progress: asyncio.Task[bool] | None = None
-                if execution.lagging and not timed_out:
-                    progress = loop.create_task(execution._progress.wait())
-                    waiting.add(progress)
-                else:
-                    if next_event is None:
-                        next_event = loop.create_task(worker.events.get())
-                    waiting.add(next_event)
-                wake_at = kill_at if kill_at is not None else (None if timed_out else deadline)
-                wait = None if wake_at is None else max(0.0, wake_at - loop.time())
-                done, _ = await asyncio.wait(waiting, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-                if progress is not None:
-                    progress.cancel()
-                    if progress in done:
-                        continue
-                if aborted in done:
-                    aborted = None
-                    if kill_at is None:
-                        worker.interrupt()
-                        kill_at = loop.time() + INTERRUPT_GRACE
-                    continue
-                if next_event is None or next_event not in done:
-                    continue  # a deadline passed: handled at the top
-                event = next_event.result()
-                next_event = None
-                if event is None:
-                    return CONTEXT_SHUTDOWN if context.closed else (TIMED_OUT if timed_out else WORKER_ENDED)
-                kind = event.get("type")
-                if kind in ("stdout", "stderr"):
-                    store.append(frame(kind, text=event.get("text", "")))
-                elif kind == "error":
-                    store.append(frame("error", name=event.get("name", ""), value=event.get("value", ""),
-                                       traceback=event.get("traceback", "")))
-                elif kind == "done":
-                    # Output the code's subprocesses wrote to fds 1/2 may be a loop turn behind.
-                    for _ in range(3):
-                        await asyncio.sleep(0)
-                    while not worker.events.empty():
-                        late = worker.events.get_nowait()
-                        if late is not None and late.get("type") in ("stdout", "stderr"):
-                            store.append(frame(late["type"], text=late.get("text", "")))
-                    store.append(frame("control", text=event.get("status", "completed")))
-                    return TIMED_OUT if timed_out else COMPLETED
-        finally:
-            for task in (next_event, aborted):
-                if task is not None:
-                    task.cancel()
-            execution._abort = None
+                if event is None or (isinstance(event, dict) and event.get("type") == "done"):
+                    return event
+                _record(execution.store, event)
+                if (keep_window and execution.lagging) or worker.events.empty():
+                    break
+                event = worker.events.get_nowait()

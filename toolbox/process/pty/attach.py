@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 
 import anyio
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
+from toolbox.disconnect import went_away
 from toolbox.process.pty.scrollback import safe_start
 from toolbox.process.pty.terminal import Reader, Terminal, exit_reason
 
@@ -75,8 +76,10 @@ async def serve_client(
 
             tasks.start_soon(send_output)
             tasks.start_soon(receive_input)
-    except (WebSocketDisconnect, OSError, RuntimeError):
-        pass  # the client went away: it only detaches, the PTY keeps running
+    except Exception as exc:
+        if not went_away(websocket, exc):
+            raise
+        # the client went away: it only detaches, the PTY keeps running
     finally:
         terminal.detach(reader)
 
@@ -99,15 +102,18 @@ async def _send_output(websocket: WebSocket, terminal: Terminal, reader: Reader,
                 exited["exitReason"] = reason
             await websocket.send_text(json.dumps(exited))
         await websocket.close(1000 if exit_code == 0 else 1011, close_reason(exit_code))
-    except (WebSocketDisconnect, OSError, RuntimeError):
-        return
+    except Exception as exc:
+        if not went_away(websocket, exc):
+            raise
 
 
 async def _receive_input(websocket: WebSocket, terminal: Terminal) -> None:
     while True:
         try:
             message = await websocket.receive()
-        except (WebSocketDisconnect, OSError, RuntimeError):
+        except Exception as exc:
+            if not went_away(websocket, exc):
+                raise
             return
         if message["type"] == "websocket.disconnect":
             return

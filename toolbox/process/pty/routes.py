@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -28,6 +27,7 @@ from toolbox.process.pty.models import (
     PtyResizeRequest,
     PtySessionInfo,
 )
+from toolbox.tasks import BackgroundTask
 
 ENVS_PROTOCOL_PREFIX = "X-Daytona-Pty-Envs~"
 SDK_VERSION_PROTOCOL_PREFIX = "X-Daytona-SDK-Version~"
@@ -65,10 +65,10 @@ async def deny(websocket: WebSocket, error: DaemonError) -> None:
 
 def build(daemon: Daemon) -> list[BaseRoute]:
     manager = PtyManager(daemon.settings)
-    reaper: list[asyncio.Task[None]] = []
+    reaper: list[BackgroundTask] = []
 
     async def start_reaper() -> None:
-        reaper.append(asyncio.get_running_loop().create_task(manager.reap_idle_forever()))
+        reaper.append(daemon.spawn(manager.reap_idle_forever(), name="pty reaper"))
 
     async def stop() -> None:
         for task in reaper:

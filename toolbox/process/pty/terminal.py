@@ -163,7 +163,7 @@ class Terminal:
     def _on_readable(self) -> None:
         assert self._master is not None
         got = 0
-        chunks = []
+        chunks: list[bytes] = []
         while got < READ_BUDGET:
             try:
                 data = os.read(self._master, READ_SIZE)

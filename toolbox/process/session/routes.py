@@ -16,9 +16,10 @@ from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
+from toolbox.disconnect import listen_for_disconnect, raise_unless_gone
 from toolbox.errors import Code, DaemonError, error_response
 from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int
 from toolbox.openapi.registry import operation
@@ -109,7 +110,7 @@ def _version_subprotocol(websocket: WebSocket) -> str | None:
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
-    manager = SessionManager(daemon.settings)
+    manager = SessionManager(daemon.settings, daemon.spawn)
     daemon.on_startup(manager.startup)
     daemon.on_shutdown(manager.shutdown)
 
@@ -232,9 +233,9 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     )
     async def logs_ws(websocket: WebSocket) -> None:
         try:
-            command = logs_command(websocket)  # type: ignore[arg-type]
-            follow = query_bool(websocket, "follow")  # type: ignore[arg-type]
-            offset = query_int(websocket, "offset", 0, minimum=0) or 0  # type: ignore[arg-type]
+            command = logs_command(websocket)
+            follow = query_bool(websocket, "follow")
+            offset = query_int(websocket, "offset", 0, minimum=0) or 0
         except DaemonError as exc:
             await websocket.send_denial_response(error_response(websocket, exc))
             return
@@ -267,18 +268,16 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         async def watch_disconnect(scope: anyio.CancelScope) -> None:
             # The client sends nothing; a receive returns only when it goes away.
             nonlocal gone
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    gone = True
-                    scope.cancel()
-                    return
+            await listen_for_disconnect(websocket)
+            gone = True
+            scope.cancel()
 
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(stream, tg.cancel_scope)
                 tg.start_soon(watch_disconnect, tg.cancel_scope)
-        except* (WebSocketDisconnect, OSError, RuntimeError):
+        except Exception as exc:
+            raise_unless_gone(websocket, exc)
             gone = True  # the client went away mid-send
         if gone:
             return

@@ -8,7 +8,6 @@ A restarted daemon reads them back: the shells are gone, the logs stay readable.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from toolbox.process import groups
 from toolbox.process.output import OutputStore
 from toolbox.process.session.logs import STDERR, STDOUT
 from toolbox.process.session.shell import SessionShell
+from toolbox.tasks import BackgroundTask, Spawn
 
 log = logging.getLogger("toolbox.process")
 
@@ -118,7 +118,7 @@ class Session:
         self.commands: dict[str, Command] = {}
         self.deleted = False
         self._queue_send, self._queue_receive = anyio.create_memory_object_stream[Command](1_000_000)
-        self.worker: asyncio.Task[None] | None = None
+        self.worker: BackgroundTask | None = None
 
     @property
     def ended(self) -> bool:
@@ -176,20 +176,15 @@ class Session:
 
 
 class SessionManager:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spawn: Spawn) -> None:
         self.settings = settings
         self.root = settings.state_dir / "sessions"
         self.sessions: dict[str, Session] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Sessions outlive requests: their workers, disposals and the zombie reaper run in
+        # the daemon's task group, which cancels and awaits them when it stops.
+        self._spawn = spawn
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def _spawn(self, coro: object) -> asyncio.Task[None]:
-        # Sessions outlive requests: their workers run on the loop, tracked here.
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     async def startup(self) -> None:
         await anyio.to_thread.run_sync(self._restore)
@@ -200,14 +195,13 @@ class SessionManager:
         if groups.reaping_wanted():
             if os.getpid() != 1:
                 groups.become_subreaper()
-            self._spawn(groups.ZombieReaper().run())
+            self._spawn(groups.ZombieReaper().run(), name="zombie reaper")
 
     async def shutdown(self) -> None:
+        # The shells die now; their workers and pumps are then cancelled with the task group.
         for session in list(self.sessions.values()):
             if session.shell is not None and session.shell.alive:
                 groups.kill_tree_now(session.shell.pid)
-        for task in list(self._tasks):
-            task.cancel()
 
     def _session_dir(self, session_id: str) -> Path:
         # Any id is allowed on the wire; on disk it is percent-encoded, behind a prefix
@@ -286,13 +280,13 @@ class SessionManager:
         (directory / "commands").mkdir(parents=True)
         _write_json(directory / "session.json", {"sessionId": session_id})
         try:
-            shell = await SessionShell.start(self.settings.workdir, dict(os.environ))
+            shell = await SessionShell.start(self.settings.workdir, dict(os.environ), self._spawn)
         except OSError as exc:
             shutil.rmtree(directory, ignore_errors=True)
             raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"cannot start the session shell: {exc}") from None
         session = Session(session_id, directory, shell)
         self.sessions[session_id] = session
-        session.worker = self._spawn(session.work())
+        session.worker = self._spawn(session.work(), name=f"session {session_id}")
         return session
 
     async def delete(self, session_id: str) -> None:
@@ -311,14 +305,14 @@ class SessionManager:
             log.warning("cannot move %s aside: %s", session.dir, exc)
         # Kill first (TERM, then KILL after the grace period), then forget the files; the
         # response does not wait for slow-dying processes (Daytona reaps in the background).
-        self._spawn(self._dispose(session))
+        self._spawn(self._dispose(session), name=f"dispose of session {session_id}")
 
     async def _dispose(self, session: Session) -> None:
         if session.shell is not None:
             await session.shell.kill()
         if session.worker is not None:
             with anyio.move_on_after(groups.DEFAULT_GRACE):
-                await asyncio.shield(session.worker)
+                await session.worker.wait()
         await anyio.to_thread.run_sync(shutil.rmtree, session.dir, True)
 
     # -- commands ----------------------------------------------------------------------------

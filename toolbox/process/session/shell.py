@@ -29,6 +29,7 @@ import anyio.abc
 from toolbox.process import groups
 from toolbox.process.output import OutputStore
 from toolbox.process.session.logs import STDERR, STDOUT
+from toolbox.tasks import Spawn
 
 log = logging.getLogger("toolbox.process")
 
@@ -54,8 +55,9 @@ def _close(fd: int | None) -> None:
 class SessionShell:
     """The shell process of a session: started once, fed one command at a time."""
 
-    def __init__(self, process: anyio.abc.Process, shell: str = "sh") -> None:
+    def __init__(self, process: anyio.abc.Process, spawn: Spawn, shell: str = "sh") -> None:
         self.process = process
+        self._spawn = spawn  # for drains that outlive a command (background children)
         # POSIX shells (dash, bash --posix) exit on a syntax error in a `.` file; `command .`
         # takes away `.`'s special-builtin status, so a bad command cannot end the session.
         # zsh's `command` means "external command", and its `.` does not exit anyway.
@@ -66,7 +68,7 @@ class SessionShell:
         self.exit_code: int | None = None  # set once the shell itself has exited
 
     @classmethod
-    async def start(cls, cwd: Path, env: dict[str, str]) -> "SessionShell":
+    async def start(cls, cwd: Path, env: dict[str, str], spawn: Spawn) -> "SessionShell":
         shell = groups.default_shell()
         process = await groups.open_group_process(
             [shell],
@@ -76,7 +78,7 @@ class SessionShell:
             cwd=str(cwd),
             env=env,
         )
-        return cls(process, shell)
+        return cls(process, spawn, shell)
 
     @property
     def alive(self) -> bool:
@@ -147,19 +149,25 @@ class SessionShell:
             err_open = _drain(err_r, STDERR, output)
             for fd, still_open in ((out_r, out_open), (err_r, err_open)):
                 if still_open:
-                    _discard_later(fd)
+                    self._discard_later(fd)
                 else:
                     _close(fd)
             out_r = err_r = None
             return code
         finally:
-            for fd in (out_r, out_w, err_r, err_w):
-                _close(fd)
+            for leftover in (out_r, out_w, err_r, err_w):
+                _close(leftover)
             for name in ("stdout", "stderr", "cmd.sh"):
                 try:
                     os.unlink(workdir / name)
                 except OSError:
                     pass
+
+    def _discard_later(self, fd: int) -> None:
+        try:
+            self._spawn(_discard(fd), name=f"discard what background children of shell {self.pid} write")
+        except RuntimeError:  # the daemon is stopping: no one is left to block
+            _close(fd)
 
     async def kill(self, grace: float = groups.DEFAULT_GRACE) -> None:
         await groups.kill_tree(self.pid, grace)
@@ -199,28 +207,19 @@ def _drain(fd: int, marker: bytes, output: OutputStore) -> bool:
         output.append(marker + data)
 
 
-_lingering: set[object] = set()
-
-
-def _discard_later(fd: int) -> None:
+async def _discard(fd: int) -> None:
     """Keep reading (and dropping) a FIFO that a background child still writes to, so it
-    never blocks or dies of SIGPIPE; closed at EOF (the child exited or was killed)."""
-    import asyncio
-
-    async def discard() -> None:
-        try:
-            while True:
-                try:
-                    if not os.read(fd, READ_SIZE):
-                        return
-                except BlockingIOError:
-                    await anyio.wait_readable(fd)
-                except OSError:
+    never blocks or dies of SIGPIPE; closed at EOF (the child exited or was killed) or
+    when the daemon stops."""
+    try:
+        while True:
+            try:
+                if not os.read(fd, READ_SIZE):
                     return
-        finally:
-            _close(fd)
-
-    task = asyncio.get_running_loop().create_task(discard())
-    _lingering.add(task)
-    task.add_done_callback(_lingering.discard)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+            except OSError:
+                return
+    finally:
+        _close(fd)
 

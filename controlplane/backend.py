@@ -1,0 +1,86 @@
+"""The seam between the control plane and what really runs sandboxes.
+
+Narrow on purpose: no bwrap, uids or cgroups cross it, only ids, environments and
+resources in Daytona's units (CPUs, memory and disk in GiB). The local runtime
+(`runtime/backend.py`) is the first implementation; a Kubernetes backend is another
+implementation of the same Protocol, not a rewrite of the control plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: int = 1
+    memory: int = 1  # GiB
+    disk: int = 3  # GiB
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory the backend binds into the sandbox (volumes)."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    sandbox_id: str
+    env: dict[str, str] = field(default_factory=dict)
+    resources: Resources = Resources()
+    mounts: tuple[Mount, ...] = ()
+    # Outbound network beyond loopback (Daytona's networkBlockAll=false); off by default.
+    network: bool = False
+
+
+class Existence(str, Enum):
+    """What the backend knows of a sandbox (for reconcile)."""
+
+    STARTED = "started"
+    STOPPED = "stopped"
+    ARCHIVED = "archived"
+
+
+class BackendError(Exception):
+    """The backend could not do it; `status` is the HTTP status to report."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Unsupported(BackendError):
+    def __init__(self, what: str) -> None:
+        super().__init__(501, f"this sandbox backend cannot {what} yet")
+
+
+class SandboxBackend(Protocol):
+    async def create(self, request: CreateRequest) -> None:
+        """Create and start; returns once the sandbox's toolbox answers at `address()`."""
+
+    async def start(self, sandbox_id: str) -> None:
+        """Start a stopped or archived sandbox (restoring an archived one first)."""
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop; the sandbox's files stay."""
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop and remove everything; idempotent (an unknown id is not an error)."""
+
+    async def archive(self, sandbox_id: str) -> None:
+        """A stopped sandbox's files packed away, its disk freed."""
+
+    async def resize(self, sandbox_id: str, resources: Resources) -> None: ...
+
+    async def status(self) -> dict[str, Existence]:
+        """Every sandbox that really exists, and whether it runs."""
+
+    def address(self, sandbox_id: str) -> str:
+        """The toolbox upstream for the proxy's registry: `unix:/path` or `http://host:port`."""

@@ -1,0 +1,118 @@
+"""The control plane assembled: database, keys, sandboxes and the proxy's view, over one
+backend. `open()` migrates the schema, makes sure the default organization has a key and
+reconciles records with what the backend really has."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from controlplane.auth import DEFAULT_ORGANIZATION, Keys, NewKey, Principal, key_hash
+from controlplane.backend import SandboxBackend
+from controlplane.errors import ApiError
+from controlplane.policies import ActivitySource, Policies
+from controlplane.proxyview import ProxyView, VisibleCheck
+from controlplane.reconcile import reconcile
+from controlplane.sandboxes.records import SandboxRecords
+from controlplane.sandboxes.routes import PublicUrls
+from controlplane.sandboxes.service import SandboxService
+from controlplane.store.db import migrate, open_engine, sqlite_url
+from runtime.registry import FileRegistry
+
+log = logging.getLogger("controlplane")
+
+DATABASE_URL_ENV = "CONTROLPLANE_DATABASE_URL"
+MINUTE_ENV = "CONTROLPLANE_MINUTE_SECONDS"
+
+
+@dataclass
+class PlaneConfig:
+    state_dir: Path
+    urls: PublicUrls
+    registry_path: Path
+    database_url: str | None = None  # default: SQLite at STATE/controlplane.db
+    default_auto_stop: int = 15  # minutes, for sandboxes created without autoStopInterval
+    # Seconds in a policy minute: 60, except where a test or demo wants policies to act fast.
+    minute: float = float(os.environ.get(MINUTE_ENV) or 60)
+    # The proxy's secret, to mint signed preview URLs the proxy verifies (None: 501).
+    preview_secret: bytes | None = None
+
+    @property
+    def url(self) -> str:
+        return self.database_url or os.environ.get(DATABASE_URL_ENV) or sqlite_url(
+            self.state_dir / "controlplane.db")
+
+
+class ControlPlane:
+    def __init__(self, config: PlaneConfig, backend: SandboxBackend, visible: VisibleCheck | None = None,
+                 activity: ActivitySource | None = None) -> None:
+        self.config = config
+        self.urls = config.urls
+        self.backend = backend
+        self.engine = open_engine(config.url)
+        self.keys = Keys(self.engine)
+        self.records = SandboxRecords(self.engine)
+        self.view = ProxyView(FileRegistry(config.registry_path), self.records, self.keys, backend, visible)
+        self.sandboxes = SandboxService(self.records, backend, self.view,
+                                        default_auto_stop=config.default_auto_stop)
+        self.policies = Policies(self, activity, minute=config.minute,
+                                 interval=max(0.2, min(5.0, config.minute / 4)))
+        self.default_organization = ""
+        # (organization, sandbox id) of sandboxes a crash stopped; see reconcile.
+        self.interrupted: list[tuple[str, str]] = []
+        from controlplane.resources import (
+            ResourcePlane,  # after the services it hooks into
+        )
+
+        self.resources = ResourcePlane(self)
+        self._policy_task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        await anyio.to_thread.run_sync(migrate, self.engine)
+        self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
+                                                                   DEFAULT_ORGANIZATION)
+        await reconcile(self)
+        await self.resources.open()
+        await self.view.publish()
+
+    async def restart_interrupted(self) -> None:
+        """Start again, one after the other, the sandboxes that were running when a previous
+        main job died; forty cold starts at once would starve everything else."""
+        interrupted, self.interrupted = self.interrupted, []
+        if interrupted:
+            log.warning("restarting %d sandbox(es) a crash stopped: %s", len(interrupted),
+                        " ".join(i for _, i in interrupted))
+        for organization, sandbox_id in interrupted:
+            try:
+                await self.sandboxes.start(Principal(organization, "reconcile"), sandbox_id)
+            except ApiError as exc:
+                log.warning("could not restart %s: %s", sandbox_id, exc.message)
+
+    def run_policies(self) -> None:
+        """Auto-stop, auto-archive, auto-delete and periodic reconcile, in the background."""
+        self._policy_task = asyncio.ensure_future(self.policies.run())
+
+    async def close(self) -> None:
+        if self._policy_task is not None:
+            self._policy_task.cancel()
+            await asyncio.gather(self._policy_task, return_exceptions=True)
+        await anyio.to_thread.run_sync(self.engine.dispose)
+
+    async def create_key(self, organization: str = DEFAULT_ORGANIZATION) -> NewKey:
+        created = await anyio.to_thread.run_sync(lambda: self.keys.create_key(organization))
+        await self.view.publish()
+        return created
+
+    async def adopt_key(self, key: str, organization: str = DEFAULT_ORGANIZATION) -> None:
+        """Make a key that already exists in plain text (STATE/api-key, --api-key) valid."""
+        def work() -> None:
+            if self.keys.authenticate(key) is None:
+                self.keys.add_hash(organization, key_hash(key))
+
+        await anyio.to_thread.run_sync(work)
+        await self.view.publish()

@@ -1,0 +1,1 @@
+"""Signed preview URLs and the signing key of signed file URLs."""

@@ -1,0 +1,57 @@
+"""What the proxy knows: the control plane rewrites the proxy's `file:` registry from the
+database whenever a sandbox starts or stops routing, or a key is added.
+
+Started sandboxes with their toolbox address (from the backend), preview token, public
+flag and organization, plus every API key's hash and organization, so the proxy accepts a
+key only for its own organization's sandboxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from controlplane.auth import Keys
+from controlplane.backend import SandboxBackend
+from controlplane.sandboxes.records import SandboxRecords
+from runtime.registry import FileRegistry
+
+# Returns once the proxy routes the sandbox id (the proxy re-reads its file at most every 0.25 s).
+VisibleCheck = Callable[[str], Awaitable[None]]
+
+
+class ProxyView:
+    def __init__(self, registry: FileRegistry, records: SandboxRecords, keys: Keys, backend: SandboxBackend,
+                 visible: VisibleCheck | None = None) -> None:
+        self.registry = registry
+        self.records = records
+        self.keys = keys
+        self.backend = backend
+        self.visible = visible
+        self._lock = anyio.Lock()
+        # Other resources' additions to the entries (signing keys, revoked preview labels).
+        self.decorators: list[Callable[[dict[str, dict[str, Any]]], None]] = []
+        self._written: tuple[dict[str, dict[str, Any]], dict[str, str]] | None = None
+
+    def _build(self) -> None:
+        entries: dict[str, dict[str, Any]] = {}
+        for sandbox_id, organization, token, public in self.records.routed():
+            entries[sandbox_id] = {"url": self.backend.address(sandbox_id), "token": token,
+                                   "public": public, "organization": organization}
+        for decorate in self.decorators:
+            decorate(entries)
+        keys = self.keys.hashes()
+        if self._written == (entries, keys):
+            return  # unchanged: the proxy need not re-read anything
+        self.registry.replace(entries, keys)
+        self._written = (entries, keys)
+
+    async def publish(self) -> None:
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._build)
+
+    async def until_routed(self, sandbox_id: str) -> None:
+        if self.visible is not None:
+            await self.visible(sandbox_id)

@@ -1,0 +1,1 @@
+"""Sandboxes: `/sandbox` and its sub-resources."""

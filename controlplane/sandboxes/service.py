@@ -1,0 +1,406 @@
+"""Sandbox lifecycle: validation, the state machine and the backend, no HTTP.
+
+Changes run synchronously (create and start answer `started`, the SDK's fast path, §2.3)
+but are recorded as pending first, so a concurrent conflicting request is a 409 and a
+crash in the middle leaves a record that reconcile can finish or undo. The backend work
+itself is shielded from cancellation: a client that hangs up does not leave it half-done.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import anyio
+
+from controlplane.auth import Principal
+from controlplane.backend import BackendError, CreateRequest, Resources, SandboxBackend
+from controlplane.errors import ApiError, BadRequest, NotFound, NotImplementedYet
+from controlplane.proxyview import ProxyView
+from controlplane.sandboxes import states
+from controlplane.sandboxes.dto import CreateSandbox
+from controlplane.sandboxes.hooks import CreateHook, Prepared
+from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
+from controlplane.sandboxes.states import State
+from runtime.sandbox import new_id
+
+log = logging.getLogger("controlplane.sandboxes")
+
+T = TypeVar("T")
+
+DEFAULT_SNAPSHOT = "default"
+# Its id in GET /snapshots (controlplane/snapshots/service.py): a client may name it by id.
+DEFAULT_SNAPSHOT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "sandbox-toolbox:snapshot:default"))
+DEFAULT_USER = "daytona"
+DEFAULT_TARGET = "local"
+LANGUAGE_LABEL = "code-toolbox-language"
+LANGUAGES = ("python", "typescript", "javascript")
+DEFAULT_AUTO_STOP = 15  # minutes, Daytona's defaults
+DEFAULT_AUTO_ARCHIVE = 7 * 24 * 60
+DEFAULT_AUTO_DELETE = -1
+MAX_AUTO_ARCHIVE = 30 * 24 * 60
+LIMITS = {"cpu": (1, 256), "memory": (1, 1024), "disk": (1, 1024)}
+DEFAULTS = Resources()
+# States a record stores and reports as they are when settled.
+STORED_STATES = frozenset({"started", "stopped", "archived", "error"})
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# States a record stores and reports as they are when settled.
+STORED_STATES = frozenset({"started", "stopped", "archived", "error"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class ListPage:
+    items: list[SandboxRecord]
+    next_cursor: str | None
+
+
+async def _shielded(fn: Callable[[], Awaitable[T]]) -> T:
+    with anyio.CancelScope(shield=True):
+        result = await fn()
+    return result
+
+
+def _resources(cpu: int | None, memory: int | None, disk: int | None, base: Resources = DEFAULTS) -> Resources:
+    values = {"cpu": base.cpu if cpu is None else cpu, "memory": base.memory if memory is None else memory,
+              "disk": base.disk if disk is None else disk}
+    for name, value in values.items():
+        low, high = LIMITS[name]
+        if not low <= value <= high:
+            unit = " GiB" if name != "cpu" else ""
+            raise BadRequest(f"{name} must be a whole number from {low} to {high}{unit}, got {value}",
+                             "INVALID_RESOURCES")
+    return Resources(**values)
+
+
+def _check_labels(labels: dict[str, str]) -> None:
+    language = labels.get(LANGUAGE_LABEL)
+    if language is not None and language not in LANGUAGES:
+        raise BadRequest(f"label {LANGUAGE_LABEL} must be one of {', '.join(LANGUAGES)}, got {language!r}",
+                         "INVALID_LABEL")
+    for key in labels:
+        if not key or len(key) > 255:
+            raise BadRequest("label keys are 1 to 255 characters", "INVALID_LABEL")
+
+
+def _check_env(env: dict[str, str]) -> None:
+    for key, value in env.items():
+        if not _ENV_NAME.fullmatch(key):
+            raise BadRequest(f"environment variable name {key!r} is not valid: use letters, digits and "
+                             "underscores, not starting with a digit", "INVALID_ENV")
+        if "\0" in value:
+            raise BadRequest(f"environment variable {key} contains a NUL byte", "INVALID_ENV")
+
+
+def _interval(name: str, value: int | None, default: int, allow_negative: bool = False) -> int:
+    if value is None:
+        return default
+    if value < 0 and not allow_negative:
+        raise BadRequest(f"{name} must be 0 or more minutes, got {value}", "INVALID_INTERVAL")
+    return value
+
+
+def _encode_cursor(record: SandboxRecord) -> str:
+    return base64.urlsafe_b64encode(json.dumps([record.created_at, record.id]).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        created_at, sandbox_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return float(created_at), str(sandbox_id)
+    except (ValueError, TypeError):
+        raise BadRequest("cursor is not one this server handed out", "INVALID_CURSOR") from None
+
+
+class SandboxService:
+    def __init__(self, records: SandboxRecords, backend: SandboxBackend, view: ProxyView, *,
+                 default_auto_stop: int = DEFAULT_AUTO_STOP) -> None:
+        self.records = records
+        self.backend = backend
+        self.view = view
+        self.default_auto_stop = default_auto_stop
+        self.hooks: list[CreateHook] = []  # other resources' part of a create (controlplane/sandboxes/hooks.py)
+
+    # -- reads --------------------------------------------------------------------------
+    async def get(self, principal: Principal, id_or_name: str) -> SandboxRecord:
+        record = await anyio.to_thread.run_sync(self.records.find, principal.organization_id, id_or_name)
+        if record is None or record.state == State.DESTROYED:
+            raise NotFound(f"Sandbox with ID or name {id_or_name} not found")
+        return record
+
+    async def list(self, principal: Principal, *, labels: dict[str, str] | None = None, limit: int = 100,
+                   cursor: str | None = None, states_in: list[str] | None = None) -> ListPage:
+        if not 1 <= limit <= 200:
+            raise BadRequest("limit must be from 1 to 200", "INVALID_LIMIT")
+        after = _decode_cursor(cursor) if cursor else None
+        # Filters run in the database (indexed on organization and created_at); one row
+        # more than asked says whether there is a next page. `states` match what clients
+        # see, so transitional ones are matched after the query.
+        stored = None
+        if states_in and all(s in STORED_STATES for s in states_in):
+            stored = list(states_in)
+        rows = await anyio.to_thread.run_sync(lambda: self.records.page(
+            principal.organization_id, limit=limit + 1, before=after, labels=labels, states=stored))
+        if states_in and stored is None:
+            rows = [r for r in rows if states.reported(r.state, r.desired_state, r.pending) in states_in]
+        more = len(rows) > limit
+        page = rows[:limit]
+        return ListPage(page, _encode_cursor(page[-1]) if more else None)
+
+    # -- create -------------------------------------------------------------------------
+    async def create(self, principal: Principal, body: CreateSandbox) -> SandboxRecord:
+        if body.buildInfo is not None:
+            raise NotImplementedYet("Building sandboxes from images (CreateSandboxFromImageParams, Image.*) is "
+                                    "not available yet on this server: create from the default snapshot",
+                                    "IMAGE_BUILDS_UNAVAILABLE")
+        if body.snapshot not in (None, "", DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID):
+            raise BadRequest(f"Snapshot {body.snapshot} not found: the snapshots here are: {DEFAULT_SNAPSHOT}",
+                             "SNAPSHOT_NOT_FOUND")
+        if body.gpu or body.gpuType:
+            raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
+        if body.kvm:
+            raise BadRequest("KVM sandboxes are not available on this server", "KVM_UNAVAILABLE")
+        if body.networkAllowList or body.domainAllowList:
+            raise BadRequest("network allow lists are not available on this server: sandboxes have loopback only, "
+                             "or the host's network with networkBlockAll=false", "NETWORK_UNAVAILABLE")
+        resources = _resources(body.cpu, body.memory, body.disk)
+        _check_labels(body.labels)
+        _check_env(body.env)
+        if body.name is not None and not _NAME.fullmatch(body.name):
+            raise BadRequest(f"invalid sandbox name {body.name!r}: 1 to 255 letters, digits, '.', '_' or '-', "
+                             "starting with a letter or digit", "INVALID_NAME")
+        auto_stop = _interval("autoStopInterval", body.autoStopInterval, self.default_auto_stop)
+        auto_archive = _interval("autoArchiveInterval", body.autoArchiveInterval, DEFAULT_AUTO_ARCHIVE)
+        auto_delete = _interval("autoDeleteInterval", body.autoDeleteInterval, DEFAULT_AUTO_DELETE,
+                                allow_negative=True)
+        prepared = Prepared()
+        for hook in self.hooks:  # volumes, secrets, ...: each validates before anything exists
+            await hook.prepare(principal, body, prepared)
+        if body.volumes and not prepared.mounts:
+            raise NotImplementedYet("Volumes are not available on this server yet", "VOLUMES_UNAVAILABLE")
+        sandbox_id = new_id()
+        now = time.time()
+        record = SandboxRecord(
+            id=sandbox_id, organization_id=principal.organization_id, name=body.name or sandbox_id,
+            state=State.UNKNOWN.value, desired_state=states.Desired.STARTED.value, pending=True,
+            os_user=body.user or DEFAULT_USER, env=dict(body.env), labels=dict(body.labels),
+            public=bool(body.public), target=body.target or DEFAULT_TARGET, cpu=resources.cpu, gpu=0,
+            memory=resources.memory, disk=resources.disk, auto_stop_interval=auto_stop,
+            auto_archive_interval=min(auto_archive or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE),
+            auto_delete_interval=auto_delete, network_block_all=body.networkBlockAll is not False,
+            network_allow_list=body.networkAllowList, domain_allow_list=body.domainAllowList,
+            preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
+            snapshot=DEFAULT_SNAPSHOT, volumes=prepared.volumes, last_activity_at=now, extra=dict(prepared.extra),
+        )
+        await anyio.to_thread.run_sync(self.records.insert, record)
+        try:
+            for hook in self.hooks:
+                await hook.confirm(principal, record)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.records.remove, record.id)
+            raise
+        request = CreateRequest(sandbox_id, env={**prepared.env, **body.env}, resources=resources,
+                                mounts=tuple(prepared.mounts), network=body.networkBlockAll is False)
+        return await _shielded(lambda: self._bring_up(record, request))
+
+    async def _bring_up(self, record: SandboxRecord, request: CreateRequest) -> SandboxRecord:
+        try:
+            await self.backend.create(request)
+        except BaseException as exc:
+            # Nothing half-created: whatever the backend made goes, and so does the record.
+            try:
+                await self.backend.destroy(record.id)
+            except Exception as cleanup:  # noqa: BLE001 -- the original error matters more
+                log.warning("could not clean up sandbox %s after a failed create: %s", record.id, cleanup)
+            await anyio.to_thread.run_sync(self.records.remove, record.id)
+            if isinstance(exc, BackendError):
+                raise ApiError(exc.status, f"Failed to create the sandbox: {exc.message}", "BACKEND_ERROR") from None
+            raise
+        await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.STARTED.value))
+        await self.view.publish()
+        await self.view.until_routed(record.id)
+        record.state, record.desired_state, record.pending = State.STARTED.value, State.STARTED.value, False
+        return record
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def _begin(self, principal: Principal, id_or_name: str, action: str) -> SandboxRecord | None:
+        """The record with its change marked pending, or None if there is nothing to do."""
+        record = await self.get(principal, id_or_name)
+        if not states.check(action, record.id, record.state, record.pending):
+            return None
+        transition = states.TRANSITIONS[action]
+        allowed = [s.value for s in transition.allowed_from]
+        won = await anyio.to_thread.run_sync(
+            self.records.begin, principal.organization_id, record.id, transition.desired.value, allowed)
+        if not won:  # another request changed it in between: report what it is now
+            fresh = await self.get(principal, record.id)
+            states.check(action, fresh.id, fresh.state, True)
+        record.pending, record.desired_state = True, transition.desired.value
+        return record
+
+    async def _fail(self, record: SandboxRecord, exc: BackendError, verb: str) -> ApiError:
+        existence = (await self.backend.status()).get(record.id)
+        state = existence.value if existence is not None else State.ERROR.value
+        reason = None if existence is not None else exc.message
+        await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, state, reason))
+        await self.view.publish()
+        return ApiError(exc.status, f"Failed to {verb} sandbox {record.id}: {exc.message}", "BACKEND_ERROR")
+
+    async def start(self, principal: Principal, id_or_name: str) -> SandboxRecord:
+        record = await self._begin(principal, id_or_name, "start")
+        if record is None:
+            return await self.get(principal, id_or_name)
+
+        async def work() -> None:
+            try:
+                await self.backend.start(record.id)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "start") from None
+            await anyio.to_thread.run_sync(
+                lambda: self.records.finish(record.id, State.STARTED.value, last_activity_at=time.time()))
+            await self.view.publish()
+            await self.view.until_routed(record.id)
+
+        await _shielded(work)
+        return await self.get(principal, record.id)
+
+    async def stop(self, principal: Principal, id_or_name: str, force: bool = False) -> SandboxRecord | None:
+        """The stopped sandbox, or None once an ephemeral one (autoDeleteInterval 0) is gone."""
+        record = await self._begin(principal, id_or_name, "stop")
+        if record is None:
+            return await self.get(principal, id_or_name)
+
+        async def work() -> None:
+            await self.view.publish()  # the proxy stops routing first
+            try:
+                await self.backend.stop(record.id)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "stop") from None
+            await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.STOPPED.value))
+
+        await _shielded(work)
+        if record.auto_delete_interval == 0:
+            await self.delete(principal, record.id)
+            return None
+        return await self.get(principal, record.id)
+
+    async def delete(self, principal: Principal, id_or_name: str) -> SandboxRecord:
+        record = await self._begin(principal, id_or_name, "destroy")
+        assert record is not None
+
+        async def work() -> None:
+            await self.view.publish()
+            try:
+                await self.backend.destroy(record.id)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "delete") from None
+            await anyio.to_thread.run_sync(self.records.remove, record.id)
+
+        await _shielded(work)
+        record.state, record.desired_state, record.pending = State.DESTROYED.value, State.DESTROYED.value, False
+        return record
+
+    # -- settings -----------------------------------------------------------------------
+    async def update(self, principal: Principal, id_or_name: str, **changes: Any) -> SandboxRecord:
+        record = await self.get(principal, id_or_name)
+        await anyio.to_thread.run_sync(lambda: self.records.change(principal.organization_id, record.id, **changes))
+        if "public" in changes:
+            await self.view.publish()
+        return await self.get(principal, record.id)
+
+    async def set_labels(self, principal: Principal, id_or_name: str, labels: dict[str, str]) -> SandboxRecord:
+        """Replaces the labels, but keeps `code-toolbox-language`: the SDK picks the
+        sandbox's language from it on every get."""
+        _check_labels(labels)
+        record = await self.get(principal, id_or_name)
+        new = dict(labels)
+        if LANGUAGE_LABEL not in new and LANGUAGE_LABEL in record.labels:
+            new[LANGUAGE_LABEL] = record.labels[LANGUAGE_LABEL]
+        return await self.update(principal, record.id, labels=new)
+
+    async def set_interval(self, principal: Principal, id_or_name: str, which: str, minutes: int) -> SandboxRecord:
+        """autostop (0 = never), autoarchive (0 = the maximum), autodelete (< 0 never, 0 on
+        stop), autopause and ttl (kept; pausing and TTLs are not enforced yet)."""
+        if which == "autodelete":
+            return await self.update(principal, id_or_name, auto_delete_interval=minutes)
+        if minutes < 0:
+            raise BadRequest(f"the {which} interval must be 0 or more minutes, got {minutes}", "INVALID_INTERVAL")
+        if which == "autostop":
+            return await self.update(principal, id_or_name, auto_stop_interval=minutes)
+        if which == "autoarchive":
+            return await self.update(principal, id_or_name,
+                                     auto_archive_interval=min(minutes or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE))
+        record = await self.get(principal, id_or_name)
+        key = {"autopause": "autoPauseInterval", "ttl": "ttlMinutes"}[which]
+        return await self.update(principal, record.id, extra={**record.extra, key: minutes})
+
+    async def touch(self, principal: Principal, id_or_name: str) -> None:
+        await self.update(principal, id_or_name, last_activity_at=time.time())
+
+    async def archive(self, principal: Principal, id_or_name: str) -> SandboxRecord:
+        record = await self._begin(principal, id_or_name, "archive")
+        if record is None:
+            return await self.get(principal, id_or_name)
+
+        async def work() -> None:
+            try:
+                await self.backend.archive(record.id)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "archive") from None
+            await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.ARCHIVED.value))
+
+        await _shielded(work)
+        return await self.get(principal, record.id)
+
+    async def recover(self, principal: Principal, id_or_name: str) -> SandboxRecord:
+        record = await self._begin(principal, id_or_name, "recover")
+        if record is None:
+            return await self.get(principal, id_or_name)
+
+        async def work() -> None:
+            if record.id not in await self.backend.status():
+                await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.ERROR.value,
+                                                                           record.error_reason))
+                raise BadRequest(f"Sandbox {record.id} cannot be recovered: it is gone from the backend "
+                                 "(delete it and create a new one)", "NOT_RECOVERABLE")
+            try:
+                await self.backend.start(record.id)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "recover") from None
+            await anyio.to_thread.run_sync(
+                lambda: self.records.finish(record.id, State.STARTED.value, last_activity_at=time.time()))
+            await self.view.publish()
+            await self.view.until_routed(record.id)
+
+        await _shielded(work)
+        return await self.get(principal, record.id)
+
+    async def resize(self, principal: Principal, id_or_name: str, cpu: int | None, memory: int | None,
+                     disk: int | None) -> SandboxRecord:
+        current = await self.get(principal, id_or_name)
+        resources = _resources(cpu, memory, disk, Resources(current.cpu, current.memory, current.disk))
+        if resources.disk < current.disk:
+            raise BadRequest(f"disk can only grow (now {current.disk} GiB)", "INVALID_RESOURCES")
+        record = await self._begin(principal, id_or_name, "resize")
+        assert record is not None
+        before = record.state
+
+        async def work() -> None:
+            try:
+                await self.backend.resize(record.id, resources)
+            except BackendError as exc:
+                raise await self._fail(record, exc, "resize") from None
+            await anyio.to_thread.run_sync(lambda: self.records.finish(
+                record.id, before, cpu=resources.cpu, memory=resources.memory, disk=resources.disk))
+            await self.view.publish()
+
+        await _shielded(work)
+        return await self.get(principal, record.id)

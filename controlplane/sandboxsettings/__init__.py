@@ -1,0 +1,1 @@
+"""Per-sandbox settings beyond the lifecycle: network settings, secrets, SSH, telemetry."""

@@ -1,0 +1,1 @@
+"""Secrets: organization-owned values, injected as environment into the sandboxes that name them."""

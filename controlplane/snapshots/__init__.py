@@ -1,0 +1,1 @@
+"""Snapshots: the built-in default snapshot; image builds are not available yet."""

@@ -1,0 +1,1 @@
+"""The control plane's database: SQLAlchemy Core tables, alembic migrations, the engine."""

@@ -1,0 +1,1 @@
+"""Volumes: persistent directories owned by an organization, bind-mounted into sandboxes."""

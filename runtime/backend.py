@@ -1,0 +1,110 @@
+"""`LocalBackend`: the control plane's `SandboxBackend` over the local bwrap runtime.
+
+Maps Daytona's units onto the runtime's limits (cpu -> cpus, memory GiB -> MiB); the warm
+pool stays the runtime's. Disk is recorded by the control plane but not enforced here
+(the runtime has no disk quota, docs/runtime.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from controlplane.backend import (
+    BackendError,
+    CreateRequest,
+    Existence,
+    Resources,
+)
+from runtime.limits import Limits
+from runtime.manager import Runtime, SandboxError
+from runtime.sandbox import SandboxDir
+from runtime.volumes import Mount
+
+
+def _limits(runtime: Runtime, resources: Resources) -> Limits:
+    if resources == Resources():
+        # Nothing asked for: the runtime's own defaults (`up --cpus/--memory`), which
+        # its warm pool was started with.
+        return runtime.default_limits
+    try:
+        return Limits(cpus=float(resources.cpu), memory_mib=resources.memory * 1024,
+                      pids=runtime.default_limits.pids)
+    except ValueError as exc:
+        raise BackendError(400, str(exc)) from None
+
+
+class LocalBackend:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.initial_pool_size = runtime.pool_size  # the warm pools' floor
+
+    async def create(self, request: CreateRequest) -> None:
+        mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
+                  for m in request.mounts]
+        limits = _limits(self.runtime, request.resources)
+        try:
+            await self.runtime.create(request.sandbox_id, env=request.env, limits=limits,
+                                      egress="host" if request.network else "none", mounts=mounts)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    async def start(self, sandbox_id: str) -> None:
+        try:
+            await self.runtime.start(sandbox_id)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    async def stop(self, sandbox_id: str) -> None:
+        if sandbox_id not in self.runtime.specs:
+            return
+        await self.runtime.stop(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        if sandbox_id not in self.runtime.specs:
+            # Idempotent, and it also sweeps what a create that failed half-way left on disk.
+            await asyncio.to_thread(SandboxDir(self.runtime.sandboxes_dir / sandbox_id).remove)
+            return
+        await self.runtime.delete(sandbox_id)
+
+    async def archive(self, sandbox_id: str) -> None:
+        try:
+            await self.runtime.archive(sandbox_id)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    async def resize(self, sandbox_id: str, resources: Resources) -> None:
+        try:
+            await self.runtime.resize(sandbox_id, _limits(self.runtime, resources))
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    async def status(self) -> dict[str, Existence]:
+        out: dict[str, Existence] = {}
+        for sandbox_id, spec in list(self.runtime.specs.items()):
+            if sandbox_id in self.runtime.running:
+                out[sandbox_id] = Existence.STARTED
+            elif spec.state == "archived":
+                out[sandbox_id] = Existence.ARCHIVED
+            else:
+                out[sandbox_id] = Existence.STOPPED
+        return out
+
+    def address(self, sandbox_id: str) -> str:
+        return f"unix:{self.runtime.socket_path(sandbox_id)}"
+
+    # -- beyond the SandboxBackend protocol: optional capabilities the resources use ----
+    async def set_env(self, sandbox_id: str, env: dict[str, str]) -> None:
+        """The environment of the sandbox's next start (secrets changed while it exists)."""
+        try:
+            await self.runtime.set_env(sandbox_id, env)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    def set_pool_size(self, size: int) -> None:
+        """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""
+        self.runtime.resize_pool(size)
+
+    def pool_ready(self) -> int:
+        """Warm sandboxes ready right now."""
+        return sum(1 for r in self.runtime.pool if r.process.returncode is None)
