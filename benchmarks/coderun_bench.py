@@ -8,10 +8,9 @@ Prints:
 - (a) p50/p90 of `Process.code_run('print(1)')` against a started daemon
   (`python -m toolbox serve`), through the SDK's own toolbox client, and the CPU time a
   run costs (the figure that does not depend on the machine's load);
-- (b) p50/p90 of create → result of the first `code_run('print(1)')`: `POST /sandboxes` on
-  the runtime's control socket (warm pool of 1; there is no Daytona control plane on this
-  branch, so `daytona.create()` cannot be used), then `code_run` through the SDK's toolbox
-  client via the proxy, as the README shows; the create alone is printed too;
+- (b) p50/p90 of `daytona.create()` → result of the first `sandbox.process.code_run('print(1)')`
+  through the official SDK's front door (`Daytona(DaytonaConfig(api_url, api_key))` against
+  the main job, warm pool of 1); the `create()` alone is printed too;
 - the cgroup memory and RSS of an idle started sandbox, with and without the zygote.
 
 Usage: .venv/bin/python benchmarks/coderun_bench.py [--runs 100] [--creates 15]
@@ -26,15 +25,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.runtime_bench import control, rss_of, wait_pool  # noqa: E402
+from benchmarks.runtime_bench import rss_of  # noqa: E402
 from tests.helpers import sdk_process, start_daemon  # noqa: E402
-from tests.runtime_helpers import Stack, start_stack  # noqa: E402
+from tests.runtime_helpers import Stack, cgroup_dirs, pool_ready, start_stack  # noqa: E402
 
 OFF = {"TOOLBOX_CODERUN_ZYGOTE": "0"}
 MODES = {"zygote": {}, "shell (before)": OFF}
@@ -99,50 +94,47 @@ def started_daemons(runs: int) -> None:
                 daemon.stop()
 
 
-def sdk_process_via_proxy(api: Any, stack: Stack, sandbox_id: str) -> Any:
-    """The SDK's Process over its own toolbox client, pointed at the proxy (README)."""
-    from daytona._sync.process import Process
-    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
-    from daytona_toolbox_api_client import ProcessApi
-
-    client = ToolboxApiClientProxy(api, sandbox_id, f"{stack.url}/toolbox")
-    return Process("python", ProcessApi(client), httpx.Client(timeout=60))
+def wait_pool(stack: Stack) -> None:
+    deadline = time.monotonic() + 60
+    while pool_ready(stack) < 1:
+        if time.monotonic() > deadline:
+            raise SystemExit("pool did not fill")
+        time.sleep(0.02)
+    time.sleep(1.0)  # a pooled directory appears at launch: let its imports (and zygote) finish
 
 
 def create_to_first_run(stack: Stack, runs: int) -> None:
-    from daytona_toolbox_api_client import ApiClient, Configuration
+    """`Daytona().create()` → `sandbox.process.code_run('print(1)')`, the SDK's front door."""
+    from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig
 
-    api = ApiClient(Configuration(host=stack.url))
-    api.default_headers["Authorization"] = f"Bearer {stack.api_key}"
-    sdk_process_via_proxy(api, stack, stack.first_id).code_run("print(1)")  # open the keep-alive connection
+    daytona = Daytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api", api_key=stack.api_key))
+    daytona.get(stack.first_id).process.code_run("print(1)")  # open the keep-alive connections
     total: dict[str, list[float]] = {mode: [] for mode in MODES}
     create: dict[str, list[float]] = {mode: [] for mode in MODES}
-    with control(stack) as ctl:
-        for i in range(runs):
-            for n, (mode, env) in enumerate(MODES.items()):
-                sandbox_id = f"coderun-{i}-{n}"
-                wait_pool(ctl, 1)
-                time.sleep(0.5)  # the refill's imports (and zygote) must be done
-                started = time.perf_counter()
-                created = ctl.post("/sandboxes", json={"id": sandbox_id, "env": env})
-                create[mode].append((time.perf_counter() - started) * 1000)
-                assert created.status_code == 201, created.text
-                response = sdk_process_via_proxy(api, stack, sandbox_id).code_run("print(1)")
-                total[mode].append((time.perf_counter() - started) * 1000)
-                assert response.exit_code == 0 and response.result == "1\n", response
-                if i == runs - 1:
-                    time.sleep(1)
-                    memory(ctl, sandbox_id, mode)
-                ctl.delete(f"/sandboxes/{sandbox_id}")
+    for i in range(runs):
+        for mode, env in MODES.items():
+            wait_pool(stack)
+            started = time.perf_counter()
+            sandbox = daytona.create(CreateSandboxFromSnapshotParams(env_vars=env))
+            create[mode].append((time.perf_counter() - started) * 1000)
+            response = sandbox.process.code_run("print(1)")
+            total[mode].append((time.perf_counter() - started) * 1000)
+            assert response.exit_code == 0 and response.result == "1\n", response
+            if i == runs - 1:
+                time.sleep(1)
+                memory(stack, sandbox.id, mode)
+            sandbox.delete()
     for mode in MODES:
-        report(f"(b) create -> first code_run('print(1)'), warm pool, {mode}", total[mode])
-        report(f"    of which create, {mode}", create[mode])
+        report(f"(b) daytona.create() -> first code_run('print(1)'), warm pool, {mode}", total[mode])
+        report(f"    of which create(), {mode}", create[mode])
 
 
-def memory(ctl: httpx.Client, sandbox_id: str, mode: str) -> None:
-    sandbox = ctl.get(f"/sandboxes/{sandbox_id}").json()
-    pids = [int(p) for p in (Path(sandbox["cgroups"][0]) / "cgroup.procs").read_text().split()]
-    print(f"idle started sandbox, {mode}: cgroup memory {sandbox['usage'].get('memory_bytes', 0) / 2**20:.1f} MiB, "
+def memory(stack: Stack, sandbox_id: str, mode: str) -> None:
+    groups = cgroup_dirs(stack, sandbox_id)
+    pids = [int(p) for p in (groups[0] / "cgroup.procs").read_text().split()]
+    usage = next((int((g / n).read_text()) for g in groups for n in ("memory.current", "memory.usage_in_bytes")
+                  if (g / n).exists()), 0)
+    print(f"idle started sandbox, {mode}: cgroup memory {usage / 2**20:.1f} MiB, "
           f"RSS of its {len(pids)} processes {rss_of(pids) / 2**20:.1f} MiB", flush=True)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import RunningDaemon
+from tests.helpers import RunningDaemon, start_daemon
 from toolbox.process.execute.zygote import plain_argv, source_needs_shell
 
 ZYGOTE_MARK = b"The warm interpreter behind /process/code-run"
@@ -284,3 +284,12 @@ def test_a_stopped_zygote_is_replaced(fresh_daemon: RunningDaemon) -> None:
     assert replaced != stopped and ZYGOTE_MARK in cmdline
     assert time.monotonic() - started < 15  # the 5 s it is given to answer, and a new start-up
     assert wait_until(lambda: gone(stopped), 5)  # the stuck one was killed, not left behind
+
+
+def test_the_zygote_can_be_turned_off(tmp_path: Path) -> None:
+    daemon = start_daemon(tmp_path, extra_env={"TOOLBOX_CODERUN_ZYGOTE": "0"})
+    try:
+        _pid, cmdline = parent_of_run(daemon)
+        assert ZYGOTE_MARK not in cmdline and zygotes_of(daemon) == []
+    finally:
+        daemon.stop()

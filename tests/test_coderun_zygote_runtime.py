@@ -1,14 +1,15 @@
-"""A pooled sandbox starts its code-run zygote before it is claimed (runtime/entry.py)."""
+"""A pooled sandbox starts its code-run zygote before it is claimed (runtime/entry.py),
+through the official SDK's front door (`Daytona().create()`, then `code_run`)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
-import httpx
 import pytest
 
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.runtime_helpers import Stack, needs_bwrap, pool_ready, start_stack
 
 pytestmark = needs_bwrap
 
@@ -30,39 +31,53 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running.stop()
 
 
+def daytona(stack: Stack) -> Any:
+    from daytona import Daytona, DaytonaConfig
+
+    return Daytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api", api_key=stack.api_key))
+
+
 def wait_for_pool(stack: Stack) -> None:
-    transport = httpx.HTTPTransport(uds=str(stack.state_dir / "control" / "runtime.sock"))
-    with httpx.Client(transport=transport, base_url="http://runtime", timeout=30) as ctl:
-        deadline = time.monotonic() + 60
-        while ctl.get("/info").json()["pool_ready"] < 1:
-            assert time.monotonic() < deadline, "the pool did not fill"
-            time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while pool_ready(stack) < 1:
+        assert time.monotonic() < deadline, "the pool did not fill"
+        time.sleep(0.05)
+    time.sleep(1.0)  # a pooled directory appears at launch: let its start-up finish
 
 
-def probe(stack: Stack, sandbox_id: str) -> list[str]:
-    with stack.toolbox(sandbox_id) as client:
-        response = client.post("/process/code-run", json={"language": "python", "code": PROBE})
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["exitCode"] == 0, body
-    words: list[str] = body["result"].split()
+def probe(sandbox: Any) -> list[str]:
+    response = sandbox.process.code_run(PROBE)
+    assert response.exit_code == 0, response.result
+    words: list[str] = response.result.split()
     return words
 
 
 def test_the_claimed_sandbox_forks_the_zygote_it_started_while_pooled(stack: Stack) -> None:
+    from daytona import CreateSandboxFromSnapshotParams
+
+    client = daytona(stack)
     wait_for_pool(stack)
     started = time.monotonic()
-    stack.cli("create", "--id", "warm", "-e", "GREETING=hi")
-    mark, age, greeting, no_bytecode = probe(stack, "warm")
-    assert mark == "True" and greeting == "hi" and no_bytecode == "False"
-    assert float(age) > time.monotonic() - started  # it was running before the create began
+    sandbox = client.create(CreateSandboxFromSnapshotParams(env_vars={"GREETING": "hi"}))
+    try:
+        mark, age, greeting, no_bytecode = probe(sandbox)
+        assert mark == "True" and greeting == "hi" and no_bytecode == "False"
+        assert float(age) > time.monotonic() - started  # it was running before the create began
+    finally:
+        sandbox.delete()
 
 
 def test_a_claim_that_changes_python_start_up_gets_a_new_zygote(stack: Stack) -> None:
+    from daytona import CreateSandboxFromSnapshotParams
+
+    client = daytona(stack)
     wait_for_pool(stack)
     started = time.monotonic()
-    stack.cli("create", "--id", "restarted", "-e", "PYTHONDONTWRITEBYTECODE=1")
-    mark, age, _greeting, no_bytecode = probe(stack, "restarted")
-    # The pooled zygote started without the variable: it was replaced by one started with it.
-    assert mark == "True" and no_bytecode == "True"
-    assert float(age) < time.monotonic() - started
+    sandbox = client.create(CreateSandboxFromSnapshotParams(env_vars={"PYTHONDONTWRITEBYTECODE": "1"}))
+    try:
+        mark, age, _greeting, no_bytecode = probe(sandbox)
+        # The pooled zygote started without the variable: it was replaced by one started with it.
+        assert mark == "True" and no_bytecode == "True"
+        assert float(age) < time.monotonic() - started
+    finally:
+        sandbox.delete()
