@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.runtime_helpers import pool_ready, Stack, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
 
@@ -31,12 +30,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def wait_for_pool(stack: Stack) -> None:
-    transport = httpx.HTTPTransport(uds=str(stack.state_dir / "control" / "runtime.sock"))
-    with httpx.Client(transport=transport, base_url="http://runtime", timeout=30) as ctl:
-        deadline = time.monotonic() + 60
-        while ctl.get("/info").json()["pool_ready"] < 1:
-            assert time.monotonic() < deadline, "the pool did not fill"
-            time.sleep(0.05)
+    # The runtime's JSON control API (and its /info) went with issue 12: the pool's
+    # directory appears at launch, so wait for it and then for its imports to finish.
+    deadline = time.monotonic() + 60
+    while pool_ready(stack) < 1:
+        assert time.monotonic() < deadline, "the pool did not fill"
+        time.sleep(0.05)
+    time.sleep(1.5)
 
 
 def probe(stack: Stack, sandbox_id: str) -> list[str]:
@@ -52,8 +52,8 @@ def probe(stack: Stack, sandbox_id: str) -> list[str]:
 def test_the_claimed_sandbox_forks_the_zygote_it_started_while_pooled(stack: Stack) -> None:
     wait_for_pool(stack)
     started = time.monotonic()
-    stack.cli("create", "--id", "warm", "-e", "GREETING=hi")
-    mark, age, greeting, no_bytecode = probe(stack, "warm")
+    warm = stack.cli("create", "--name", "warm", "-e", "GREETING=hi")["id"]
+    mark, age, greeting, no_bytecode = probe(stack, warm)
     assert mark == "True" and greeting == "hi" and no_bytecode == "False"
     assert float(age) > time.monotonic() - started  # it was running before the create began
 
@@ -61,8 +61,8 @@ def test_the_claimed_sandbox_forks_the_zygote_it_started_while_pooled(stack: Sta
 def test_a_claim_that_changes_python_start_up_gets_a_new_zygote(stack: Stack) -> None:
     wait_for_pool(stack)
     started = time.monotonic()
-    stack.cli("create", "--id", "restarted", "-e", "PYTHONDONTWRITEBYTECODE=1")
-    mark, age, _greeting, no_bytecode = probe(stack, "restarted")
+    restarted = stack.cli("create", "--name", "restarted", "-e", "PYTHONDONTWRITEBYTECODE=1")["id"]
+    mark, age, _greeting, no_bytecode = probe(stack, restarted)
     # The pooled zygote started without the variable: it was replaced by one started with it.
     assert mark == "True" and no_bytecode == "True"
     assert float(age) < time.monotonic() - started
