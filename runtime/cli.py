@@ -253,7 +253,9 @@ def _print_banner(stack: Any, record: Any) -> None:
             f"Sandbox:      {record.id}",
             f"Toolbox URL:  {urls['toolbox']}/version   (Authorization: Bearer $DAYTONA_API_KEY)",
             f"Try:          curl -H 'Authorization: Bearer {stack.api_key}' {urls['toolbox']}/version",
-            f"Preview URL:  {urls['example_preview']}   (any port: {urls['preview']})",
+            # Opens in a browser as printed: the token in the query becomes the proxy's cookie.
+            f"Preview URL:  {urls['example_preview']}?DAYTONA_SANDBOX_AUTH_KEY={record.preview_token}"
+            f"   (any port: {urls['preview']})",
             f"Preview auth: X-Daytona-Preview-Token: {record.preview_token}",
             f"Terminal:     {urls['terminal']}",
         ]

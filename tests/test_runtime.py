@@ -69,7 +69,14 @@ def test_main_job_prints_the_toolbox_and_preview_urls(stack: Stack) -> None:
     answer = httpx.get(stack.banner["Toolbox URL"].replace("localhost", "127.0.0.1"),
                        headers={"Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"})
     assert answer.status_code == 200 and "version" in answer.json()
-    assert stack.banner["Preview URL"] == f"http://3000-{sandbox_id}.localhost:{stack.port}/"
+    token = stack.preview_token(sandbox_id)
+    preview = stack.banner["Preview URL"]
+    assert preview == f"http://3000-{sandbox_id}.localhost:{stack.port}/?DAYTONA_SANDBOX_AUTH_KEY={token}"
+    # As a browser opens it: the proxy takes the token (nothing listens on 3000 yet, so the
+    # answer is the proxy's "nothing listening", never a credentials error).
+    opened = httpx.get(preview.replace(f"3000-{sandbox_id}.localhost", "127.0.0.1"),
+                       headers={"Host": f"3000-{sandbox_id}.localhost:{stack.port}", "Accept": "text/html"})
+    assert opened.status_code not in (401, 403, 404), (opened.status_code, opened.text[:200])
     assert httpx.get(f"{stack.url}/health", headers={"Host": f"localhost:{stack.port}"}).status_code == 200
     listed = stack.cli("list")
     assert [s["id"] for s in listed] == [sandbox_id]
