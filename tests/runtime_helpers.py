@@ -171,3 +171,18 @@ def pool_ready(stack: Stack) -> int:
     (bwrap is running and the pool directory exists; a launch in progress counts too)."""
     pool = stack.state_dir / "pool"
     return sum(1 for d in pool.iterdir() if d.is_dir()) if pool.exists() else 0
+
+
+def bwrap_pids(state_dir: Path) -> set[int]:
+    """The bwrap processes of the runtime on `state_dir` (its sandboxes), host-wide."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"bwrap\0") and str(state_dir).encode() in cmdline:
+            found.add(int(entry.name))
+    return found

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.controlplane_helpers import daytona
 from tests.runtime_helpers import Stack, needs_bwrap, pool_ready, start_stack
 
 pytestmark = needs_bwrap
@@ -30,11 +31,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield running
     running.stop()
 
-
-def daytona(stack: Stack) -> Any:
-    from daytona import Daytona, DaytonaConfig
-
-    return Daytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api", api_key=stack.api_key))
 
 
 def wait_for_pool(stack: Stack) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 import pytest
 
+from tests.controlplane_helpers import daytona
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
@@ -23,11 +24,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     yield running
     running.stop()
 
-
-def daytona(stack: Stack, key: str | None = None) -> Any:
-    from daytona import Daytona, DaytonaConfig
-
-    return Daytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api", api_key=key or stack.api_key))
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.runtime_helpers import Stack, bwrap_pids, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
 
@@ -21,20 +21,6 @@ def _api(stack: Stack, method: str, path: str, **kwargs: object) -> httpx.Respon
     return httpx.request(method, f"{stack.url}/api{path}", timeout=60,  # type: ignore[arg-type]
                          headers={"Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"},
                          **kwargs)
-
-
-def _bwrap_pids(state_dir: Path) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(b"bwrap\0") and str(state_dir).encode() in cmdline:
-            found.add(int(entry.name))
-    return found
 
 
 def test_sigkill_in_the_middle_of_a_create_leaves_no_orphan_and_no_ghost(tmp_path: Path) -> None:
@@ -58,9 +44,9 @@ def test_sigkill_in_the_middle_of_a_create_leaves_no_orphan_and_no_ghost(tmp_pat
         if stack.process.poll() is None:
             stack.stop()
     deadline = time.monotonic() + 10
-    while _bwrap_pids(state) and time.monotonic() < deadline:  # they die with their parent
+    while bwrap_pids(state) and time.monotonic() < deadline:  # they die with their parent
         time.sleep(0.1)
-    assert not _bwrap_pids(state)
+    assert not bwrap_pids(state)
 
     again = start_stack(state, "--no-sandbox", pool_size=0)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.runtime_helpers import Stack, cgroup_dirs, needs_bwrap, start_stack, ws_connect
+from tests.runtime_helpers import Stack, bwrap_pids, cgroup_dirs, needs_bwrap, start_stack, ws_connect
 from tests.system import requires
 
 pytestmark = needs_bwrap
@@ -345,10 +345,10 @@ def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
     own = start_stack(tmp_path / "state", pool_size=1)
     sandbox_id = own.first_id
     assert own.execute(sandbox_id, "echo up") == (0, "up\n")
-    pids_before = _bwrap_pids(own.state_dir)
+    pids_before = bwrap_pids(own.state_dir)
     assert pids_before
     assert own.stop() == 0
-    assert _bwrap_pids(own.state_dir) == set()
+    assert bwrap_pids(own.state_dir) == set()
     assert _leftover_cgroups(own.state_dir) == []
     assert not (own.state_dir / "pool").exists() or not any((own.state_dir / "pool").iterdir())
     assert json.loads((own.state_dir / "sandboxes" / sandbox_id / "sandbox.json").read_text())["state"] == "stopped"
@@ -386,20 +386,6 @@ def _leftover_cgroups(state_dir: Path) -> list[Path]:
 
     prefix = "sbx-" + hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8] + "-"
     return [d for d in Path("/sys/fs/cgroup").glob("*/sandbox-toolbox/*") if d.name.startswith(prefix)]
-
-
-def _bwrap_pids(state_dir: Path) -> set[int]:
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(b"bwrap\0") and str(state_dir).encode() in cmdline:
-            found.add(int(entry.name))
-    return found
 
 
 def test_a_sandbox_that_dies_is_marked_stopped_and_unregistered(stack: Stack) -> None:
@@ -442,7 +428,7 @@ def test_main_job_fails_clearly_when_the_proxy_port_is_taken(tmp_path: Path) -> 
     assert result.stderr.strip().splitlines() == [
         (f"error: the proxy cannot listen on 127.0.0.1:{port} (Address already in use); stop what "
          "uses it or pick another port with --port or RUNTIME_PROXY_PORT")], result.stderr
-    assert not _bwrap_pids(tmp_path / "state")
+    assert not bwrap_pids(tmp_path / "state")
     assert _leftover_cgroups(tmp_path / "state") == []
 
 
@@ -491,10 +477,10 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait(10)
         deadline = time.monotonic() + 20  # the proxy gets SIGTERM: a graceful, short drain
-        while (_proxy_pids(first.port) or _bwrap_pids(state)) and time.monotonic() < deadline:
+        while (_proxy_pids(first.port) or bwrap_pids(state)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _proxy_pids(first.port) == [], "the proxy outlived the runtime"
-        assert _bwrap_pids(state) == set(), "sandboxes outlived the runtime"
+        assert bwrap_pids(state) == set(), "sandboxes outlived the runtime"
     finally:
         first.stop()
         for pid in _proxy_pids(first.port):  # only when the test failed: leave no stray proxy
@@ -512,7 +498,7 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
         assert second.execute(second.first_id, "echo up") == (0, "up\n")
     finally:
         assert second.stop() == 0
-    assert _proxy_pids(first.port) == [] and _bwrap_pids(state) == set()
+    assert _proxy_pids(first.port) == [] and bwrap_pids(state) == set()
     assert _leftover_cgroups(state) == []
 
 
@@ -540,7 +526,7 @@ def test_a_failed_create_leaves_nothing_behind(tmp_path: Path) -> None:
         assert list(direct.runtime.sandboxes_dir.iterdir()) == []
     finally:
         direct.close()
-    assert _bwrap_pids(tmp_path / "state") == set()
+    assert bwrap_pids(tmp_path / "state") == set()
     assert _leftover_cgroups(tmp_path / "state") == []
 
 
@@ -559,4 +545,4 @@ def test_a_first_sandbox_that_cannot_start_is_one_line_and_no_orphan(tmp_path: P
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "sandbox exited during start-up" in last, result.stderr
     assert list((state / "sandboxes").iterdir()) == []
-    assert not _bwrap_pids(state) and _leftover_cgroups(state) == []
+    assert not bwrap_pids(state) and _leftover_cgroups(state) == []

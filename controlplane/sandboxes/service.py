@@ -259,18 +259,20 @@ class SandboxService:
         if record is None:
             return await self.get(principal, id_or_name)
 
-        async def work() -> None:
-            try:
-                await self.backend.start(record.id)
-            except BackendError as exc:
-                raise await self._fail(record, exc, "start") from None
-            await anyio.to_thread.run_sync(
-                lambda: self.records.finish(record.id, State.STARTED.value, last_activity_at=time.time()))
-            await self.view.publish()
-            await self.view.until_routed(record.id)
-
-        await _shielded(work)
+        await _shielded(lambda: self._bring_back(record, "start"))
         return await self.get(principal, record.id)
+
+    async def _bring_back(self, record: SandboxRecord, verb: str) -> None:
+        """Start an existing sandbox in the backend, record it started, and return once the
+        proxy routes it (start and recover)."""
+        try:
+            await self.backend.start(record.id)
+        except BackendError as exc:
+            raise await self._fail(record, exc, verb) from None
+        await anyio.to_thread.run_sync(
+            lambda: self.records.finish(record.id, State.STARTED.value, last_activity_at=time.time()))
+        await self.view.publish()
+        await self.view.until_routed(record.id)
 
     async def stop(self, principal: Principal, id_or_name: str, force: bool = False) -> SandboxRecord | None:
         """The stopped sandbox, or None once an ephemeral one (autoDeleteInterval 0) is gone."""
@@ -371,14 +373,7 @@ class SandboxService:
                                                                            record.error_reason))
                 raise BadRequest(f"Sandbox {record.id} cannot be recovered: it is gone from the backend "
                                  "(delete it and create a new one)", "NOT_RECOVERABLE")
-            try:
-                await self.backend.start(record.id)
-            except BackendError as exc:
-                raise await self._fail(record, exc, "recover") from None
-            await anyio.to_thread.run_sync(
-                lambda: self.records.finish(record.id, State.STARTED.value, last_activity_at=time.time()))
-            await self.view.publish()
-            await self.view.until_routed(record.id)
+            await self._bring_back(record, "recover")
 
         await _shielded(work)
         return await self.get(principal, record.id)
