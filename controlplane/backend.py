@@ -35,8 +35,10 @@ class CreateRequest:
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
     mounts: tuple[Mount, ...] = ()
-    # Outbound network beyond loopback (Daytona's networkBlockAll=false); off by default.
+    # Outbound network beyond loopback (Daytona's networkBlockAll=false); off unless asked.
     network: bool = False
+    # Daytona's networkAllowList as CIDRs: egress only to these (empty: no list).
+    allow_list: tuple[str, ...] = ()
 
 
 class Existence(str, Enum):
@@ -78,6 +80,13 @@ class SandboxBackend(Protocol):
         """A stopped sandbox's files packed away, its disk freed."""
 
     async def resize(self, sandbox_id: str, resources: Resources) -> None: ...
+
+    async def set_network(self, sandbox_id: str, block_all: bool, allow_list: tuple[str, ...]) -> None:
+        """Daytona's network settings, recorded and applied at once if the sandbox runs."""
+
+    @property
+    def default_network_block_all(self) -> bool:
+        """What `networkBlockAll` a create that does not say gets (Daytona: false)."""
 
     async def status(self) -> dict[str, Existence]:
         """Every sandbox that really exists, and whether it runs."""

@@ -38,6 +38,10 @@ class ProxyView:
         for sandbox_id, organization, token, public in self.records.routed():
             entries[sandbox_id] = {"url": self.backend.address(sandbox_id), "token": token,
                                    "public": public, "organization": organization}
+            # Its own address, where the backend gives one: previews in one hop (issue 16).
+            address = getattr(self.backend, "preview_address", lambda _id: None)(sandbox_id)
+            if address is not None:
+                entries[sandbox_id]["address"] = address
         keys = self.keys.hashes()
         if self._written == (entries, keys):
             return  # unchanged: the proxy need not re-read anything

@@ -14,6 +14,7 @@ Chosen by a URL-like spec:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -34,6 +35,8 @@ class Sandbox:
     token: str | None = None
     public: bool = False
     organization: str | None = None  # None: any valid API key may use it (as before tenancy)
+    # The sandbox's own IPv4 address (issue 16): previews connect to address:port in one hop.
+    address: str | None = None
 
 
 class RegistryError(Exception):
@@ -72,7 +75,18 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
     organization = data.get("organization")
     return Sandbox(sandbox_id, url.rstrip("/"), token if isinstance(token, str) and token else None,
                    _truthy(data.get("public", False)),
-                   organization if isinstance(organization, str) and organization else None)
+                   organization if isinstance(organization, str) and organization else None,
+                   _ipv4(data.get("address")))
+
+
+def _ipv4(value: object) -> str | None:
+    # Only an IPv4 literal: never a name the proxy would resolve, nor a URL with a path.
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        return None
 
 
 class FileRegistry:
