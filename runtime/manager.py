@@ -140,6 +140,7 @@ class Runtime:
         self.dns = dns
         self.net: Network | None = None
         self._slots: set[int] = set()  # address slots held by sandboxes and the pool
+        self._slot_lock = asyncio.Lock()
         self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[object]] = set()
@@ -254,13 +255,14 @@ class Runtime:
             return None
         return self.net.slot_of(spec.address)
 
-    def _allocate_slot(self) -> Slot:
+    async def _allocate_slot(self) -> Slot:
         assert self.net is not None
-        try:
-            slot = self.net.allocate(self._slots)
-        except NetworkError as exc:
-            raise SandboxError(exc.status, exc.message) from None
-        self._slots.add(slot.index)
+        async with self._slot_lock:  # the lookup of the host's routes runs in a thread
+            try:
+                slot = await asyncio.to_thread(self.net.allocate, set(self._slots))
+            except NetworkError as exc:
+                raise SandboxError(exc.status, exc.message) from None
+            self._slots.add(slot.index)
         return slot
 
     def _sweep_disk(self) -> None:
@@ -354,7 +356,7 @@ class Runtime:
             try:
                 # A pooled sandbox's address (slot) becomes the sandbox's own, for good.
                 slot = pooled.slot if pooled is not None else (
-                    self._allocate_slot() if egress == "nat" else None)
+                    await self._allocate_slot() if egress == "nat" else None)
                 spec.address = slot.address if slot is not None else None
                 if pooled is not None:
                     os.rename(pooled.dir.path, target.path)
@@ -854,7 +856,7 @@ class Runtime:
         name = f"pool-{os.urandom(5).hex()}"
         target = SandboxDir(self.pool_dir / name)
         await asyncio.to_thread(target.create, uid, gid)
-        slot = self._allocate_slot() if self.default_egress == "nat" else None
+        slot = await self._allocate_slot() if self.default_egress == "nat" else None
         try:
             # Blocked until claimed: the claim applies the sandbox's own policy.
             return await self._launch(target, uid, gid, self.default_limits, self.default_egress,

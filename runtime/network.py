@@ -258,15 +258,39 @@ table inet {self.table} {{
         return self.slot((int(ip) - int(self.range.network_address)) // 4)
 
     def allocate(self, taken: Iterable[int]) -> Slot:
+        """The lowest free slot, skipping subnets the host routes elsewhere (another runtime
+        on the same range, or a network of the host's own)."""
         used = set(taken)
+        foreign = self._foreign_routes()
         for index in range(self.capacity):
-            if index not in used:
-                return self.slot(index)
+            if index in used:
+                continue
+            slot = self.slot(index)
+            if not any(slot.subnet.overlaps(route) for route in foreign):
+                return slot
         raise NetworkError(f"no free address left in the sandbox network {self.range}", 507)
+
+    def _foreign_routes(self) -> list[ipaddress.IPv4Network]:
+        out = _run(["ip", "-json", "-4", "route", "show", "table", "all"], check=False).stdout.strip()
+        routes: list[ipaddress.IPv4Network] = []
+        for route in json.loads(out) if out else []:
+            dst, dev = route.get("dst", ""), route.get("dev", "")
+            if dev.startswith(self.prefix) or dst in ("", "default") or route.get("type") in ("local", "broadcast"):
+                continue
+            try:
+                network = ipaddress.IPv4Network(dst, strict=False)
+            except ValueError:
+                continue
+            if network.overlaps(self.range) and network.prefixlen >= self.range.prefixlen:
+                routes.append(network)
+        return routes
 
     def setup(self, slot: Slot, block_all: bool, allow_list: Sequence[str]) -> None:
         """Netns, veth and addresses for a slot, its policy set before anything runs."""
         self.teardown(slot)  # whatever a crash left of this slot
+        if any(slot.subnet.overlaps(route) for route in self._foreign_routes()):
+            raise NetworkError(f"the sandbox's address {slot.address} is in {slot.subnet}, which this host "
+                               "now routes elsewhere (another runtime on the same RUNTIME_SANDBOX_NETWORK?)", 409)
         try:
             self._set_policy(slot, block_all, allow_list, spoof_guard=True)
             host_if, ns = slot.name, slot.name

@@ -67,6 +67,19 @@ server.serve_forever()
 '''
 
 
+def dns_reply(query: bytes, answer: str) -> bytes:
+    """A DNS response answering a query's question with one A record (as SERVERS does)."""
+    import socket
+    import struct
+
+    end = 12
+    while query[end]:
+        end += query[end] + 1
+    header = query[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1, 0, 0)
+    record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(answer)
+    return header + query[12:end + 5] + record
+
+
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(list(argv), capture_output=True, text=True, timeout=30)
     if check and result.returncode != 0:

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from runtime.manager import SandboxError
-from runtime.network import Network
+from runtime.network import Network, NetworkError
 from tests.net_helpers import (
-    DNS_ANSWER, DNS_NAME, INTERNET_A, INTERNET_B, INTERNET_HOST, LAN_ADDRESS, Namespace,
+    DNS_ANSWER, DNS_NAME, dns_reply, INTERNET_A, INTERNET_B, INTERNET_HOST, LAN_ADDRESS, Namespace,
     internet, is_root, lan, probe, python_command, sh, wait_for,
 )
 from tests.runtime_direct import DirectRuntime
@@ -98,6 +98,23 @@ def test_own_address_kept_across_stop_start_and_released_on_delete(rt: DirectRun
         rt.run(rt.runtime.delete(again))
 
 
+def test_two_runtimes_on_one_range_never_share_an_address(rt: DirectRuntime, tmp_path: Path) -> None:
+    sid = _create(rt)
+    try:
+        assert rt.runtime.net is not None
+        taken = rt.runtime.net.slot_of(rt.runtime.get(sid).address)  # type: ignore[arg-type]
+        assert taken is not None
+        other = Network(tmp_path / "other", str(rt.runtime.net.range), resolver=INTERNET_A)
+        assert other.prefix != rt.runtime.net.prefix and other.table != rt.runtime.net.table
+        assert other.allocate(()).index != taken.index  # its own bookkeeping knows nothing of rt's
+        with pytest.raises(NetworkError) as info:
+            other.setup(other.slot(taken.index), False, ())
+        assert info.value.status == 409
+        assert _own_netns(other.prefix) == []
+    finally:
+        rt.run(rt.runtime.delete(sid))
+
+
 def test_egress_is_masqueraded_and_dns_works(rt: DirectRuntime) -> None:
     sid = _create(rt)
     try:
@@ -110,6 +127,48 @@ def test_egress_is_masqueraded_and_dns_works(rt: DirectRuntime) -> None:
         assert (code, out.strip()) == (0, DNS_ANSWER)
     finally:
         rt.run(rt.runtime.delete(sid))
+
+
+def test_dns_reaches_a_resolver_on_the_hosts_loopback(
+        nets: tuple[Namespace, Namespace], tmp_path: Path) -> None:
+    # As systemd-resolved's 127.0.0.53: a netns cannot reach the host's loopback by itself.
+    resolver = "127.0.0.77"
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind((resolver, 53))
+    server.settimeout(0.5)
+    stop = threading.Event()
+    asked: list[str] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                query, peer = server.recvfrom(512)
+            except OSError:
+                continue
+            asked.append(peer[0])
+            server.sendto(dns_reply(query, "203.0.113.77"), peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    direct = DirectRuntime(tmp_path / "state", network=_range(), dns=resolver)
+    try:
+        sid = _create(direct)
+        lookup = f"import socket; print(socket.gethostbyname('{DNS_NAME}'))"
+        code, out = direct.execute(sid, f'python3 -c "{lookup}"')
+        assert (code, out.strip()) == (0, "203.0.113.77")
+        assert asked and asked[0].startswith("10.213.")
+        # The loopback is open to DNS only: another port of the same address is not.
+        other = socket.create_server((resolver, 0))
+        try:
+            gateway = direct.runtime.net.slot_of(direct.runtime.get(sid).address).gateway  # type: ignore[union-attr, arg-type]
+            assert probe(direct, sid, f"{gateway}:{other.getsockname()[1]}")[0].startswith("closed")
+        finally:
+            other.close()
+    finally:
+        direct.close()
+        stop.set()
+        thread.join(5)
+        server.close()
 
 
 def test_block_all_blocks_egress_and_dns_and_a_live_change_opens_it(rt: DirectRuntime) -> None:

@@ -64,7 +64,7 @@ def inet() -> Iterator[Namespace]:
 
 def _env(**extra: str) -> dict[str, str]:
     return {"RUNTIME_SANDBOX_NETWORK": f"10.213.{random.randrange(128, 250)}.0/24",
-            "RUNTIME_SANDBOX_DNS": INTERNET_A, **extra}
+            "RUNTIME_SANDBOX_DNS": INTERNET_A, "RUNTIME_NETWORK_BLOCK_ALL": "0", **extra}
 
 
 @pytest.fixture(scope="module")
