@@ -147,6 +147,9 @@ class Network:
         self.prefix = f"sb{digest[:4]}-"
         self.resolver = resolver if resolver is not None else host_resolver()
         self.capacity = 2 ** (30 - self.range.prefixlen)
+        # Each slot's `allow` elements as loaded (this runtime is the table's only writer,
+        # and the table is made fresh at open), so a change deletes exactly those.
+        self._allowed: dict[int, tuple[str, ...]] = {}
 
     # ---- the runtime's table ---------------------------------------------------------
 
@@ -175,6 +178,7 @@ class Network:
         for name in self._own_links():
             _run(["ip", "link", "delete", name], check=False)
         _run(["nft", "delete", "table", "inet", self.table], check=False)
+        self._allowed.clear()
 
     def _own_netns(self) -> list[str]:
         out = _run(["ip", "-json", "netns", "list"], check=False).stdout.strip()
@@ -295,23 +299,22 @@ table inet {self.table} {{
             self._set_policy(slot, block_all, allow_list, spoof_guard=True)
             host_if, ns = slot.name, slot.name
             _run(["ip", "netns", "add", ns])
-            _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", SANDBOX_IF,
-                  "netns", ns])
+            _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", SANDBOX_IF, "netns", ns])
             # No IPv6 on either end: a link-local address would be an unfiltered way in.
-            for key in ("disable_ipv6",):
-                Path(f"/proc/sys/net/ipv6/conf/{host_if}/{key}").write_text("1\n")
+            Path(f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6").write_text("1\n")
             if self.resolver and ipaddress.IPv4Address(self.resolver).is_loopback:
                 # DNAT to the host's 127.0.0.x resolver needs this on the ingress interface.
                 Path(f"/proc/sys/net/ipv4/conf/{host_if}/route_localnet").write_text("1\n")
-            _run(["ip", "addr", "add", f"{slot.gateway}/30", "dev", host_if])
-            _run(["ip", "link", "set", host_if, "up"])
-            inside = ["ip", "netns", "exec", ns]
-            _run([*inside, "sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{SANDBOX_IF}/disable_ipv6"])
-            _run([*inside, "ip", "link", "set", SANDBOX_IF, "address", slot.mac])
-            _run([*inside, "ip", "addr", "add", f"{slot.address}/30", "dev", SANDBOX_IF])
-            _run([*inside, "ip", "link", "set", SANDBOX_IF, "up"])
-            _run([*inside, "ip", "link", "set", "lo", "up"])
-            _run([*inside, "ip", "route", "add", "default", "via", slot.gateway])
+            # Batches: a subprocess per step made a cold start ~160 ms slower.
+            _run(["ip", "-batch", "-"], stdin=f"addr add {slot.gateway}/30 dev {host_if}\n"
+                                               f"link set {host_if} up\n")
+            _run(["ip", "netns", "exec", ns, "sh", "-c",
+                  f"echo 1 > /proc/sys/net/ipv6/conf/{SANDBOX_IF}/disable_ipv6"])
+            _run(["ip", "-n", ns, "-batch", "-"], stdin=(
+                f"link set {SANDBOX_IF} address {slot.mac}\n"
+                f"addr add {slot.address}/30 dev {SANDBOX_IF}\n"
+                f"link set {SANDBOX_IF} up\nlink set lo up\n"
+                f"route add default via {slot.gateway}\n"))
         except BaseException:
             self.teardown(slot)
             raise
@@ -337,32 +340,16 @@ table inet {self.table} {{
             lines.append(f"add element inet {t} listed {{ {a} }}")
             lines.append(f"add element inet {t} allow {{ {', '.join(f'{a} . {c}' for c in allow_list)} }}")
         _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n")
+        self._allowed[slot.index] = () if block_all else tuple(allow_list)
 
     def _flush_policy(self, slot: Slot) -> str:
         """nft commands removing a slot's policy elements (none of them need exist)."""
         t, a = self.table, slot.address
         lines = [f"add element inet {t} block_all {{ {a} }}", f"delete element inet {t} block_all {{ {a} }}",
                  f"add element inet {t} listed {{ {a} }}", f"delete element inet {t} listed {{ {a} }}"]
-        for cidr in self._allowed(slot):
+        for cidr in self._allowed.get(slot.index, ()):
             lines.append(f"delete element inet {t} allow {{ {a} . {cidr} }}")
         return "\n".join(lines)
-
-    def _allowed(self, slot: Slot) -> list[str]:
-        out = _run(["nft", "-j", "list", "set", "inet", self.table, "allow"], check=False).stdout
-        found: list[str] = []
-        for item in json.loads(out).get("nftables", []) if out.strip() else []:
-            for element in item.get("set", {}).get("elem", []):
-                concat = element.get("concat") if isinstance(element, dict) else None
-                if not concat or concat[0] != slot.address:
-                    continue
-                right = concat[1]
-                if isinstance(right, dict) and "prefix" in right:
-                    found.append(f"{right['prefix']['addr']}/{right['prefix']['len']}")
-                elif isinstance(right, dict) and "range" in right:
-                    found.append(f"{right['range'][0]}-{right['range'][1]}")
-                else:
-                    found.append(f"{right}/32")
-        return found
 
     def _forget(self, slot: Slot) -> None:
         t, a = self.table, slot.address
@@ -372,6 +359,7 @@ table inet {self.table} {{
                  f'add element inet {t} ifmac {{ "{slot.name}" . {slot.mac} }}',
                  f'delete element inet {t} ifmac {{ "{slot.name}" . {slot.mac} }}']
         _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n", check=False)
+        self._allowed.pop(slot.index, None)
 
     def resolv_conf(self, slot: Slot) -> str:
         # The gateway answers DNS by DNAT to the host's resolver (which may be 127.0.0.53,
