@@ -97,6 +97,10 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--daemon-uds", action="store_true",
                         help="reach the daemon over a Unix socket (the local runtime's setup) instead of TCP")
+    parser.add_argument("--one-hop", action="store_true",
+                        help="register the sandbox's address (127.0.0.1, where the harness's upstream listens) "
+                             "so previews go proxy -> app directly, as with a root runtime's own sandbox "
+                             "addresses (issue 16; the veth itself is not in this path)")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
@@ -105,7 +109,10 @@ def main() -> int:
     registry = tmp / "registry.json"
     sock = tmp / "toolbox.sock"
     address = f"unix:{sock}" if args.daemon_uds else f"http://127.0.0.1:{daemon_port}"
-    registry.write_text(json.dumps({"sandboxes": {"sbx1": {"url": address, "public": True}}}))
+    entry: dict[str, object] = {"url": address, "public": True}
+    if args.one_hop:
+        entry["address"] = "127.0.0.1"
+    registry.write_text(json.dumps({"sandboxes": {"sbx1": entry}}))
     listen = f"--uds {sock}" if args.daemon_uds else f"--host 127.0.0.1 --port {daemon_port}"
     env = dict(os.environ, PYTHONPATH=str(REPO), PROXY_SECRET="bench")
     py = sys.executable
@@ -141,7 +148,8 @@ def main() -> int:
         sampler.stop_flag.set()
         sampler.join()
         peak = max((s for _, s in sampler.samples), default=rss_before)
-        print(f"\nours: proxy workers={args.workers} + daemon over {'a Unix socket' if args.daemon_uds else 'TCP'}; RSS before {rss_before:.0f} MiB, "
+        path = "one hop to the app" if args.one_hop else f"daemon over {'a Unix socket' if args.daemon_uds else 'TCP'}"
+        print(f"\nours: proxy workers={args.workers} + {path}; RSS before {rss_before:.0f} MiB, "
               f"peak during the run {peak:.0f} MiB, after {rss_mib(ours.pid):.0f} MiB")
         md = out.with_suffix(".md")
         if md.exists():

@@ -35,8 +35,10 @@ class CreateRequest:
     env: dict[str, str] = field(default_factory=dict)
     resources: Resources = Resources()
     mounts: tuple[Mount, ...] = ()
-    # Outbound network beyond loopback (Daytona's networkBlockAll=false); off by default.
+    # Outbound network beyond loopback (Daytona's networkBlockAll=false); off unless asked.
     network: bool = False
+    # Daytona's networkAllowList as CIDRs: egress only to these (empty: no list).
+    allow_list: tuple[str, ...] = ()
 
 
 class Existence(str, Enum):
@@ -79,6 +81,13 @@ class SandboxBackend(Protocol):
 
     async def resize(self, sandbox_id: str, resources: Resources) -> None: ...
 
+    async def set_network(self, sandbox_id: str, block_all: bool, allow_list: tuple[str, ...]) -> None:
+        """Daytona's network settings, recorded and applied at once if the sandbox runs."""
+
+    @property
+    def default_network_block_all(self) -> bool:
+        """What `networkBlockAll` a create that does not say gets (Daytona: false)."""
+
     async def status(self) -> dict[str, Existence]:
         """Every sandbox that really exists, and whether it runs."""
 
@@ -88,3 +97,7 @@ class SandboxBackend(Protocol):
     def peer_uid(self, sandbox_id: str) -> int | None:
         """For a `unix:` address, the uid that must be listening there (the proxy checks it
         with SO_PEERCRED); None where the address itself is trusted."""
+
+    def preview_address(self, sandbox_id: str) -> str | None:
+        """The sandbox's own IPv4 address, which the proxy connects to for previews in one
+        hop; None: previews go through the daemon's /proxy/{port} route."""

@@ -43,6 +43,10 @@ class ProxyView:
             uid = self.backend.peer_uid(sandbox_id)
             if uid is not None:
                 entries[sandbox_id]["uid"] = uid
+            # Its own address, where the backend gives one: previews in one hop (issue 16).
+            address = self.backend.preview_address(sandbox_id)
+            if address is not None:
+                entries[sandbox_id]["address"] = address
         for decorate in self.decorators:
             decorate(entries)
         keys = self.keys.hashes()

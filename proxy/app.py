@@ -126,6 +126,10 @@ class ProxyApp:
         self.metrics = Metrics()
         self.activity = ActivityTracker(self.registry, config.activity_interval)
         self._tcp = Relay(keepalive=60.0)
+        # Previews straight to a sandbox's own address (registry `address`): refused means
+        # the app listens on its loopback only, so no retries here; the daemon's route then
+        # does. Kept below the 5 s idle timeout apps commonly have (uvicorn, node).
+        self._direct = Relay(keepalive=4.0, retry_refused=False)
         self._unix: dict[str, Relay] = {}
         self._addresses: dict[str, tuple[Relay, str, int, bytes]] = {}
         self._hosts: dict[str, PreviewHost | None] = {}  # parsed Host headers, bounded
@@ -167,7 +171,7 @@ class ProxyApp:
 
     async def close(self) -> None:
         await self.activity.flush()
-        for relay in [*self._unix.values(), self._tcp, *([self._api[0]] if self._api else [])]:
+        for relay in [*self._unix.values(), self._tcp, self._direct, *([self._api[0]] if self._api else [])]:
             await relay.close()
         self._unix.clear()
         await self.registry.close()
@@ -342,9 +346,48 @@ class ProxyApp:
             return
         headers = self._forwarded(scope, target.host.encode(), drop_authorization=api_key,
                                   cookie=other_cookies, keep_cookie_header=False)
+        if sandbox.address is not None:
+            # One hop: the app sees what the daemon's route would have given it.
+            direct = [*(h for h in headers if h[0] != b"host"),
+                      (b"host", target.host.encode() if self.config.preserve_host else b"localhost:%d" % target.port)]
+            if await self._direct_preview(scope, receive, send, sandbox, target.port, raw_path, query, direct):
+                return
         if self.config.preserve_host:
             headers.append((b"x-toolbox-preserve-host", b"1"))
         await self._forward(scope, receive, send, sandbox, path, query, headers, filter_set_cookies)
+
+    async def _direct_preview(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, port: int,
+                              raw_path: bytes, query: bytes, headers: Headers) -> bool:
+        """Relay a preview to sandbox address:port; False (nothing sent, nothing read) when
+        the port refuses there, so the caller falls back to the daemon's /proxy route."""
+        assert sandbox.address is not None
+        relay = self._direct
+        touch = self.activity.toucher(sandbox.id)
+        touch()
+        target = Target(relay.pool, sandbox.address, port, raw_path + (b"?" + query if query else b""))
+        try:
+            if scope["type"] == "websocket":
+                self.metrics.websockets_open += 1
+                try:
+                    await relay.websocket(scope, send, target, headers, on_traffic=touch,
+                                          response_headers_filter=_direct_filter)
+                finally:
+                    self.metrics.websockets_open -= 1
+                return True
+            await relay.http(scope, receive, send, target, headers, _direct_filter, on_traffic=touch,
+                             intercept=self._timer())
+            return True
+        except UpstreamTimeout as exc:
+            raise ProxyError(504, "upstream-timeout", f"The sandbox did not answer the WebSocket upgrade ({exc.reason}).") from exc
+        except UpstreamUnavailable as exc:
+            if exc.reason == "connection refused":
+                return False  # refused at connect: nothing was sent or read yet
+            raise ProxyError(502, "sandbox-unreachable",
+                             f"The app on port {port} in sandbox '{sandbox.id}' dropped the connection "
+                             f"({exc.reason}).") from exc
+        except UpstreamRejected as exc:
+            raise ProxyError(exc.status if 400 <= exc.status < 600 else 502, "websocket-rejected",
+                             f"The sandbox refused the WebSocket upgrade with status {exc.status}.") from exc
 
     async def _preflight(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, target: PreviewHost,
                          path: bytes, query: bytes) -> None:
@@ -435,6 +478,17 @@ class ProxyApp:
         except UpstreamRejected as exc:
             raise ProxyError(exc.status if 400 <= exc.status < 600 else 502, "websocket-rejected",
                              f"The sandbox refused the WebSocket upgrade with status {exc.status}.") from exc
+
+    def _timer(self) -> Callable[[UpstreamConnection], Awaitable[bool]]:
+        """Upstream latency only: an app's own X-Proxy-Error means nothing to the proxy."""
+        started = time.perf_counter()
+        metrics = self.metrics
+
+        async def observe(response: UpstreamConnection) -> bool:
+            metrics.observe_upstream(time.perf_counter() - started)
+            return False
+
+        return observe
 
     def _interceptor_for(self, scope: Scope, send: Send) -> Callable[[UpstreamConnection], Awaitable[bool]]:
         started = time.perf_counter()
@@ -598,6 +652,12 @@ class ProxyApp:
             raise ProxyError(400, "sandbox-id-too-long", str(exc)) from exc
         payload = {"sandboxId": sandbox.id, "port": port, "token": token, "url": self.config.preview_url(token, port)}
         await _respond(send, *_json(200, payload))
+
+
+def _direct_filter(headers: Headers) -> Headers:
+    # As the daemon's route does: only the proxy may say an error is its own, and an app
+    # never sets the proxy's cookies.
+    return filter_set_cookies([(k, v) for k, v in headers if k.lower() != b"x-proxy-error"])
 
 
 def _parse_query(query: bytes) -> list[tuple[str, str]]:

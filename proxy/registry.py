@@ -14,6 +14,7 @@ Chosen by a URL-like spec:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -38,6 +39,8 @@ class Sandbox:
     revoked: frozenset[str] = frozenset()  # signed preview labels expired early
     # unix: only: the uid the daemon must run as (checked with SO_PEERCRED on connect)
     uid: int | None = None
+    # The sandbox's own IPv4 address (issue 16): previews connect to address:port in one hop.
+    address: str | None = None
 
 
 class RegistryError(Exception):
@@ -88,7 +91,17 @@ def _entry(sandbox_id: str, data: dict[str, object]) -> Sandbox | None:
                    organization if isinstance(organization, str) and organization else None,
                    files_key if isinstance(files_key, str) and files_key else None,
                    frozenset(r for r in revoked if isinstance(r, str)) if isinstance(revoked, list) else frozenset(),
-                   peer_uid)
+                   peer_uid, _ipv4(data.get("address")))
+
+
+def _ipv4(value: object) -> str | None:
+    # Only an IPv4 literal: never a name the proxy would resolve, nor a URL with a path.
+    if not isinstance(value, str):
+        return None
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        return None
 
 
 class FileRegistry:

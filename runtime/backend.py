@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from controlplane.backend import (
     BackendError,
@@ -43,13 +44,40 @@ class LocalBackend:
         mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
                   for m in request.mounts]
         limits = _limits(self.runtime, request.resources)
+        kwargs: dict[str, Any] = {}
+        if self.runtime.net is not None:
+            # Its own address with NAT egress (runtime/network.py); block-all is a policy.
+            kwargs.update(egress="nat", block_all=not request.network, allow_list=request.allow_list)
+        elif request.allow_list:
+            raise BackendError(400, "networkAllowList needs sandboxes with their own network, which "
+                                    "this runtime cannot give (it runs without root or nftables)")
+        else:
+            # Without root: loopback only, or the host's network when asked (docs/runtime.md).
+            kwargs["egress"] = "host" if request.network else "none"
         try:
-            await self.runtime.create(request.sandbox_id, env=request.env, limits=limits,
-                                      egress="host" if request.network else "none", mounts=mounts)
+            await self.runtime.create(request.sandbox_id, env=request.env, limits=limits, mounts=mounts,
+                                      **kwargs)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
         except OSError as exc:  # the host side (state dir, sockets): say which, not just the class
             raise BackendError(500, f"the runtime cannot set the sandbox up: {exc}") from None
+
+    @property
+    def default_network_block_all(self) -> bool:
+        # Daytona's default is egress on; without a network of their own sandboxes would get
+        # the host's network for it, so there block-all stays the default.
+        return self.runtime.network_block_all if self.runtime.net is not None else True
+
+    async def set_network(self, sandbox_id: str, block_all: bool, allow_list: tuple[str, ...]) -> None:
+        try:
+            await self.runtime.set_network(sandbox_id, block_all=block_all, allow_list=allow_list)
+        except SandboxError as exc:
+            raise BackendError(exc.status, exc.message) from None
+
+    def preview_address(self, sandbox_id: str) -> str | None:
+        """The sandbox's own address, for previews in one hop (None: through the daemon)."""
+        spec = self.runtime.specs.get(sandbox_id)
+        return spec.address if spec is not None and spec.egress == "nat" else None
 
     async def start(self, sandbox_id: str) -> None:
         try:

@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="name of the first sandbox (created if missing); default: the newest existing one, "
                          "else a new one")
     up.add_argument("--no-sandbox", action="store_true", help="do not start a first sandbox")
+    up.add_argument("--sandbox-network", default=env("RUNTIME_SANDBOX_NETWORK", "10.213.0.0/16"),
+                    help="as root: the range sandbox addresses come from (env RUNTIME_SANDBOX_NETWORK)")
+    up.add_argument("--network-block-all-default", action="store_true",
+                    default=env("RUNTIME_NETWORK_BLOCK_ALL", "") not in ("", "0", "false", "no"),
+                    help="sandboxes that do not say get networkBlockAll=true (env RUNTIME_NETWORK_BLOCK_ALL)")
+    up.add_argument("--sandbox-dns", default=env("RUNTIME_SANDBOX_DNS"),
+                    help="resolver sandboxes' DNS goes to (default: the host's first; env RUNTIME_SANDBOX_DNS)")
     _limits_args(up)
 
     create = commands.add_parser("create", help="create and start a sandbox (POST /api/sandbox)",
@@ -82,8 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="environment variable (repeatable)")
     create.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE", help="label (repeatable)")
     create.add_argument("--public", action="store_true", help="previews reachable without credentials")
-    create.add_argument("--egress", choices=["none", "host"], default="none",
-                        help="network: none (loopback only) or the host's network (networkBlockAll=false)")
+    create.add_argument("--egress", choices=["none", "host"], default=None,
+                        help="none: networkBlockAll=true; host: networkBlockAll=false (as root: NAT "
+                             "egress from the sandbox's own address; else the host's network). "
+                             "Default: the server's (egress on as root)")
+    create.add_argument("--allow-list", metavar="CIDR,...", help="networkAllowList: egress only to these")
     create.add_argument("--cpu", type=int, help="CPUs")
     create.add_argument("--memory", type=int, help="memory, GiB")
     create.add_argument("--disk", type=int, help="disk, GiB (recorded, not enforced)")
@@ -132,7 +142,8 @@ def up(args: argparse.Namespace) -> int:
     config = StackConfig(
         state_dir=_state_dir(args), host=args.host, port=args.port, domain=args.domain,
         pool_size=max(0, args.pool_size), idle_timeout=args.idle_timeout,
-        limits=limits, api_key=args.api_key,
+        limits=limits, api_key=args.api_key, network=args.sandbox_network,
+        network_block_all=args.network_block_all_default, dns=args.sandbox_dns,
     )
     try:
         stack = Stack(config)
@@ -368,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "volumes": []}
         optional = {"name": args.name, "cpu": args.cpu, "memory": args.memory, "disk": args.disk,
                     "autoStopInterval": args.auto_stop, "public": True if args.public else None,
-                    "networkBlockAll": False if args.egress == "host" else None}
+                    "networkBlockAll": {"host": False, "none": True}.get(args.egress or ""),
+                    "networkAllowList": args.allow_list}
         body.update({k: v for k, v in optional.items() if v is not None})
         code, data = _call(args, "POST", "/sandbox", body)
     elif args.command == "inspect":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import archive, cgroups, seccomp, sockets
+from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_allow_list
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
@@ -88,6 +89,7 @@ class Running:
     pump: asyncio.Task[None] | None = None
     socket: Path | None = None  # where its listening socket is bound (runtime/sockets.py)
     daemon_pid: int | None = None  # the daemon's pid on the host, once claimed
+    slot: Slot | None = None  # its netns, veth and address (egress "nat")
 
 
 class Runtime:
@@ -105,6 +107,9 @@ class Runtime:
         start_timeout: float = 30.0,
         write_registry: bool = True,
         restart_crashed: bool = True,
+        network: str | None = DEFAULT_RANGE,
+        network_block_all: bool = False,
+        dns: str | None = None,
     ) -> None:
         self.root = root.resolve()
         self.sandboxes_dir = self.root / "sandboxes"
@@ -129,6 +134,13 @@ class Runtime:
         self.running: dict[str, Running] = {}
         self.pool: list[Running] = []
         self._uids: set[int] = set()  # held by sandboxes, pooled or being started
+        # Sandbox networking (root only; None: loopback-only sandboxes, as without root).
+        self.network_range = network
+        self.network_block_all = network_block_all  # the default for new sandboxes
+        self.dns = dns
+        self.net: Network | None = None
+        self._slots: set[int] = set()  # address slots held by sandboxes and the pool
+        self._slot_lock = asyncio.Lock()
         self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[object]] = set()
@@ -157,6 +169,7 @@ class Runtime:
             sockets.remove(stale)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
+        await self._open_network()
         # Groups left by a runtime on this state dir that died without cleaning up.
         await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
@@ -174,6 +187,9 @@ class Runtime:
                 spec.state = "stopped"
             self.specs[spec.id] = spec
             self._uids.add(spec.uid)
+            slot = self._slot_of(spec)
+            if slot is not None:
+                self._slots.add(slot.index)
         if self.uid_range is not None:
             self.uid_range.skip_past(self._uids)
         await asyncio.to_thread(self._sweep_disk)
@@ -211,6 +227,43 @@ class Runtime:
             if r.socket is not None:
                 sockets.remove(r.socket)
             self._uids.discard(r.uid)
+        if self.net is not None:
+            await asyncio.to_thread(self.net.close)
+
+    async def _open_network(self) -> None:
+        if self.network_range is None:
+            return
+        why = Network.available()
+        if why is not None:
+            log.info("sandboxes get loopback only (no address of their own): %s", why)
+            return
+        try:
+            net = Network(self.root, self.network_range, resolver=self.dns)
+            await asyncio.to_thread(net.open)
+        except NetworkError as exc:
+            raise SandboxError(exc.status, f"cannot set up the sandbox network: {exc.message}") from None
+        self.net = net
+        log.info("sandbox network %s (nftables table inet %s), resolver %s", net.range, net.table,
+                 net.resolver or "none")
+
+    @property
+    def default_egress(self) -> str:
+        return "nat" if self.net is not None else "none"
+
+    def _slot_of(self, spec: SandboxSpec) -> Slot | None:
+        if self.net is None or spec.egress != "nat" or spec.address is None:
+            return None
+        return self.net.slot_of(spec.address)
+
+    async def _allocate_slot(self) -> Slot:
+        assert self.net is not None
+        async with self._slot_lock:  # the lookup of the host's routes runs in a thread
+            try:
+                slot = await asyncio.to_thread(self.net.allocate, set(self._slots))
+            except NetworkError as exc:
+                raise SandboxError(exc.status, exc.message) from None
+            self._slots.add(slot.index)
+        return slot
 
     def _sweep_disk(self) -> None:
         """Repair what a crash left: a sandbox directory without a spec (a create that
@@ -264,16 +317,27 @@ class Runtime:
         *,
         env: dict[str, str] | None = None,
         limits: Limits | None = None,
-        egress: str = "none",
+        egress: str | None = None,
         public: bool = False,
         mounts: Sequence[Mount] = (),
+        block_all: bool | None = None,
+        allow_list: str | Sequence[str] | None = None,
     ) -> SandboxSpec:
         sandbox_id = sandbox_id or new_id()
         if not valid_id(sandbox_id):
             raise SandboxError(400, f"invalid sandbox id {sandbox_id!r}: use 1-63 lower-case "
                                     "letters, digits and inner dashes")
+        egress = egress or self.default_egress
         if egress not in EGRESS:
             raise SandboxError(400, f"invalid egress {egress!r}: one of {', '.join(EGRESS)}")
+        if egress == "nat" and self.net is None:
+            raise SandboxError(400, "egress 'nat' needs the sandbox network (a runtime running as root "
+                                    "with iproute2 and nftables)")
+        block_all = self.network_block_all if block_all is None else block_all
+        try:
+            allowed = parse_allow_list(allow_list)
+        except NetworkError as exc:
+            raise SandboxError(exc.status, exc.message) from None
         env = {str(k): str(v) for k, v in (env or {}).items()}
         limits = limits or self.default_limits
         mounts = self._check_mounts(mounts)
@@ -282,13 +346,18 @@ class Runtime:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             # A pooled sandbox was launched without volumes: they are bound at launch.
-            pooled = self._take_pooled() if egress == "none" and not mounts else None
+            pooled = self._take_pooled() if egress == self.default_egress and not mounts else None
             uid, gid = ((pooled.uid, pooled.gid) if pooled is not None
                         else await self._allocate_uid())
             spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public,
-                               mounts=mounts)
+                               mounts=mounts, block_all=block_all, allow_list=allowed)
             running: Running | None = pooled
+            slot: Slot | None = None
             try:
+                # A pooled sandbox's address (slot) becomes the sandbox's own, for good.
+                slot = pooled.slot if pooled is not None else (
+                    await self._allocate_slot() if egress == "nat" else None)
+                spec.address = slot.address if slot is not None else None
                 if pooled is not None:
                     os.rename(pooled.dir.path, target.path)
                     pooled.dir = target
@@ -298,10 +367,13 @@ class Runtime:
                     pooled.socket = self.socket_path(sandbox_id)
                     if limits != self.default_limits:
                         await asyncio.to_thread(self._apply_limits, pooled, limits)
+                    if slot is not None:
+                        await self._apply_policy(slot, spec)
                 else:
                     await asyncio.to_thread(target.create, uid, gid)
                     running = await self._launch(target, uid, gid, limits, egress,
-                                                 self.socket_path(sandbox_id), mounts)
+                                                 self.socket_path(sandbox_id), mounts,
+                                                 slot=slot, spec=spec)
                 assert running is not None  # set by either branch
                 self.specs[sandbox_id] = spec
                 await self._claim(running, spec)
@@ -315,6 +387,8 @@ class Runtime:
                 sockets.remove(self.socket_path(sandbox_id))
                 self.specs.pop(sandbox_id, None)
                 self._uids.discard(uid)
+                if slot is not None:
+                    self._slots.discard(slot.index)
                 self._pool_wakeup.set()
                 raise
             assert running is not None
@@ -356,6 +430,8 @@ class Runtime:
         if running.socket is not None:
             sockets.remove(running.socket)
         self._uids.discard(running.uid)
+        if running.slot is not None:
+            self._slots.discard(running.slot.index)
         self._pool_wakeup.set()
 
     async def start(self, sandbox_id: str) -> SandboxSpec:
@@ -368,8 +444,13 @@ class Runtime:
                 await self._restore(spec, target)
             # Idempotent: also brings a sandbox made by an older version up to today's layout.
             await asyncio.to_thread(target.create, spec.uid, spec.gid)
+            slot = self._slot_of(spec)
+            if spec.egress == "nat" and slot is None:
+                raise SandboxError(409, f"sandbox {sandbox_id!r} has its own network, which this runtime "
+                                        "cannot give it (not root, no nftables, or another "
+                                        "RUNTIME_SANDBOX_NETWORK range)")
             running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,
-                                         self.socket_path(sandbox_id), spec.mounts)
+                                         self.socket_path(sandbox_id), spec.mounts, slot=slot, spec=spec)
             try:
                 await self._claim(running, spec)
             except BaseException:
@@ -399,6 +480,9 @@ class Runtime:
             spec = self.specs.pop(sandbox_id, None)
             if spec is not None:
                 self._uids.discard(spec.uid)  # bookkeeping only: a uid is never handed out again
+                slot = self._slot_of(spec)
+                if slot is not None:
+                    self._slots.discard(slot.index)  # the address is free again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._archive_path(sandbox_id))
             await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
@@ -483,6 +567,53 @@ class Runtime:
                 out[sandbox_id] = "archived" if spec.state == "archived" else "stopped"
         return out
 
+    async def set_network(self, sandbox_id: str, block_all: bool | None = None,
+                          allow_list: str | Sequence[str] | None = None) -> SandboxSpec:
+        """Daytona's network settings: recorded, and applied at once to a started sandbox
+        (live: established connections are cut too). `None` keeps what is set."""
+        async with self._lock(sandbox_id):
+            spec = self.get(sandbox_id)
+            try:
+                allowed = spec.allow_list if allow_list is None else parse_allow_list(allow_list)
+            except NetworkError as exc:
+                raise SandboxError(exc.status, exc.message) from None
+            new_block = spec.block_all if block_all is None else block_all
+            if spec.egress == "none" and (new_block is False or allowed):
+                raise SandboxError(400, f"sandbox {sandbox_id!r} has no network of its own (loopback only): "
+                                        "network settings cannot give it egress")
+            if spec.egress == "host" and (new_block or allowed):
+                raise SandboxError(400, f"sandbox {sandbox_id!r} shares the host's network (--egress host): "
+                                        "it cannot be restricted")
+            spec.block_all, spec.allow_list = new_block, allowed
+            running = self.running.get(sandbox_id)
+            if running is not None and running.slot is not None:
+                await self._apply_policy(running.slot, spec)
+            SandboxDir(self.sandboxes_dir / sandbox_id).save(spec)
+            return spec
+
+    async def _apply_policy(self, slot: Slot, spec: SandboxSpec) -> None:
+        assert self.net is not None
+        try:
+            await asyncio.to_thread(self.net.set_policy, slot, spec.block_all, spec.allow_list)
+        except NetworkError as exc:
+            raise SandboxError(exc.status, f"cannot apply the network policy: {exc.message}") from None
+
+    async def _network_up(self, target: SandboxDir, slot: Slot, spec: SandboxSpec | None) -> None:
+        """The slot's netns, veth and policy (a pooled slot: block all until claimed), and
+        the sandbox's resolv.conf naming its gateway."""
+        assert self.net is not None
+        net = self.net
+        block_all, allowed = (True, ()) if spec is None else (spec.block_all, spec.allow_list)
+        try:
+            await asyncio.to_thread(net.setup, slot, block_all, allowed)
+        except NetworkError as exc:
+            raise SandboxError(exc.status, f"cannot set up the sandbox's network: {exc.message}") from None
+        await asyncio.to_thread((target.path / "etc" / "resolv.conf").write_text, net.resolv_conf(slot))
+
+    async def _network_down(self, slot: Slot) -> None:
+        if self.net is not None:
+            await asyncio.to_thread(self.net.teardown, slot)
+
     # ---- processes ------------------------------------------------------------------
 
     async def _allocate_uid(self) -> tuple[int, int]:
@@ -533,7 +664,8 @@ class Runtime:
             raise SandboxError(400, str(exc)) from None
 
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
-                      egress: str, socket_path: Path, mounts: Sequence[Mount] = ()) -> Running:
+                      egress: str, socket_path: Path, mounts: Sequence[Mount] = (), *,
+                      slot: Slot | None = None, spec: SandboxSpec | None = None) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
 
         The daemon's socket is bound here, at `socket_path` in the runtime's private
@@ -543,12 +675,22 @@ class Runtime:
         not come up leaves no cgroup and no process behind."""
         opened = self._open_mounts(mounts)
         try:
-            return await self._launch_with(target, uid, gid, limits, egress, socket_path, opened)
+            if slot is not None:
+                await self._network_up(target, slot, spec)
+            try:
+                running = await self._launch_with(target, uid, gid, limits, egress, socket_path, opened, slot)
+            except BaseException:
+                if slot is not None:
+                    await asyncio.shield(self._network_down(slot))
+                raise
+            running.slot = slot
+            return running
         finally:
             opened.close()  # bwrap holds its own copies once started
 
     async def _launch_with(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
-                           egress: str, socket_path: Path, opened: OpenedMounts) -> Running:
+                           egress: str, socket_path: Path, opened: OpenedMounts,
+                           slot: Slot | None = None) -> Running:
         name = f"{self._group_prefix}{os.urandom(5).hex()}"
         creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
@@ -569,6 +711,9 @@ class Runtime:
             syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
             try:
                 argv = self.backend.launch_prefix(group, limits)
+                if slot is not None:
+                    # bwrap (and so the whole sandbox) lives in the slot's network namespace.
+                    argv += ["nsenter", f"--net={slot.netns_path}", "--"]
                 # A thread: the command line lists the host's /etc (sandbox.etc_mounts).
                 argv += await asyncio.to_thread(
                     bwrap_argv, target, state_root=self.root, egress=egress, python=self.python,
@@ -680,6 +825,8 @@ class Runtime:
         if running.pump is not None and running.pump is not asyncio.current_task():
             await asyncio.gather(running.pump, return_exceptions=True)
         await asyncio.to_thread(running.group.remove)
+        if running.slot is not None:
+            await self._network_down(running.slot)
 
     async def _until_visible(self, sandbox_id: str) -> None:
         if self.visible is None:
@@ -713,12 +860,16 @@ class Runtime:
         name = f"pool-{os.urandom(5).hex()}"
         target = SandboxDir(self.pool_dir / name)
         await asyncio.to_thread(target.create, uid, gid)
+        slot = await self._allocate_slot() if self.default_egress == "nat" else None
         try:
-            return await self._launch(target, uid, gid, self.default_limits, "none",
-                                      sockets.pooled_socket_path(self.root, name))
+            # Blocked until claimed: the claim applies the sandbox's own policy.
+            return await self._launch(target, uid, gid, self.default_limits, self.default_egress,
+                                      sockets.pooled_socket_path(self.root, name), slot=slot)
         except BaseException:
             target.remove()
             self._uids.discard(uid)
+            if slot is not None:
+                self._slots.discard(slot.index)
             raise
 
     def resize_pool(self, size: int) -> None:

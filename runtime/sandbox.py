@@ -32,7 +32,9 @@ from runtime.volumes import Mount
 USER = "daytona"
 HOME_INSIDE = "/home/daytona"
 TERMINAL_PORT = 22222
-EGRESS = ("none", "host")
+# none: loopback only; host: the host's network namespace; nat: its own netns, address and
+# NAT egress (runtime/network.py, root only).
+EGRESS = ("none", "host", "nat")
 
 
 def new_id() -> str:
@@ -65,13 +67,18 @@ class SandboxSpec:
     state: str = "stopped"  # stopped, started or archived
     created_at: float = field(default_factory=time.time)
     mounts: tuple[Mount, ...] = ()
+    # egress "nat": its own address (kept across stop/start) and Daytona's network policy.
+    address: str | None = None
+    block_all: bool = False
+    allow_list: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "uid": self.uid, "gid": self.gid, "env": self.env,
             "limits": self.limits.to_json(), "egress": self.egress, "token": self.token,
             "public": self.public, "state": self.state, "created_at": self.created_at,
-            "mounts": [m.to_json() for m in self.mounts],
+            "mounts": [m.to_json() for m in self.mounts], "address": self.address,
+            "block_all": self.block_all, "allow_list": list(self.allow_list),
         }
 
     @classmethod
@@ -83,6 +90,8 @@ class SandboxSpec:
             public=bool(data.get("public", False)), state=data.get("state", "stopped"),
             created_at=float(data.get("created_at", time.time())),
             mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
+            address=data.get("address"), block_all=bool(data.get("block_all", False)),
+            allow_list=tuple(data.get("allow_list") or ()),
         )
 
 
@@ -143,6 +152,8 @@ class SandboxDir:
 
 # The sandbox's own versions of these replace the host's (runtime/sandbox.py create()).
 GENERATED_ETC = ("passwd", "group", "hostname")
+# Generated only when the sandbox has a network of its own (its gateway is its resolver).
+OPTIONAL_ETC = ("resolv.conf",)
 HOST_ETC_INSIDE = "/run/host/etc"
 
 
@@ -159,16 +170,17 @@ def etc_mounts(generated: Path, host_etc: Path = Path("/etc")) -> list[str]:
     # bwrap would create /run/host 0700 root: closed to the sandbox uid.
     argv = ["--perms", "0755", "--dir", str(Path(HOST_ETC_INSIDE).parent),
             "--ro-bind", str(host_etc), HOST_ETC_INSIDE, "--tmpfs", "/etc"]
+    generated_names = [*GENERATED_ETC, *(n for n in OPTIONAL_ETC if (generated / n).exists())]
     with os.scandir(host_etc) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
-            if entry.name in GENERATED_ETC:
+            if entry.name in generated_names:
                 continue
             inside = f"/etc/{entry.name}"
             if entry.is_symlink():
                 argv += ["--symlink", os.readlink(entry.path), inside]  # relative ones still resolve
             else:
                 argv += ["--symlink", f"{HOST_ETC_INSIDE}/{entry.name}", inside]
-    for name in GENERATED_ETC:
+    for name in generated_names:
         argv += ["--ro-bind", str(generated / name), f"/etc/{name}"]
     return argv
 
@@ -245,6 +257,8 @@ def bwrap_argv(
         argv += ["--seccomp", str(seccomp_fd)]
     if egress == "none":
         argv.append("--unshare-net")
+    elif egress == "nat":
+        pass  # bwrap is started inside the sandbox's own netns (runtime/network.py)
     else:
         # Host network namespace: ports are shared with the host, so the unauthenticated
         # in-sandbox terminal must not listen (anyone on the host could reach it).

@@ -28,6 +28,7 @@ from controlplane.sandboxes.routes import PublicUrls
 from runtime.backend import LocalBackend
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
+from runtime.network import DEFAULT_RANGE
 
 _ACTIVITY = re.compile(r'^proxy_sandbox_last_activity_seconds\{sandbox="([^"]+)"\} ([0-9.eE+]+)$',
                        re.MULTILINE)
@@ -72,6 +73,10 @@ class StackConfig:
     idle_timeout: float = 15 * 60
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
+    # Sandbox networking (root): the address range, block-all by default, a resolver override.
+    network: str = DEFAULT_RANGE
+    network_block_all: bool = False
+    dns: str | None = None
 
 
 class Stack:
@@ -95,7 +100,9 @@ class Stack:
         self.control_socket = control_dir / "api.sock"
         # Idle auto-stop is the control plane's (autoStopInterval, from the proxy's activity).
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
-                               idle_timeout=0, write_registry=False, restart_crashed=False)
+                               idle_timeout=0, write_registry=False, restart_crashed=False,
+                               network=config.network, network_block_all=config.network_block_all,
+                               dns=config.dns)
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(

@@ -96,6 +96,22 @@ def test_file_registry_finds_a_new_id_at_once_but_rereads_known_ones_at_most_eve
     assert gone is None and took < 0.2
 
 
+def test_a_sandbox_address_is_an_ipv4_literal_or_nothing(tmp_path: Path) -> None:
+    # Previews connect to it directly: never a name the proxy would resolve, nor more.
+    path = tmp_path / "sandboxes.json"
+    entries = {"ok": "10.213.0.2", "name": "evil.example", "cidr": "10.213.0.2/30",
+               "port": "10.213.0.2:22", "v6": "::1", "number": 167968002}
+    path.write_text(json.dumps({"sandboxes": {
+        key: {"url": "unix:/run/x.sock", "address": value} for key, value in entries.items()}}))
+    registry = FileRegistry(str(path))
+
+    async def addresses() -> list[str | None]:
+        found = [await registry.get(key) for key in entries]
+        return [entry.address if entry is not None else "missing" for entry in found]
+
+    assert asyncio.run(addresses()) == ["10.213.0.2", None, None, None, None, None]
+
+
 def test_template_registry(tmp_path: Path, daemon: RunningDaemon, app: App) -> None:
     # The daemon serves every route under /{sandboxId} too, so the id can sit in the path.
     proxy = start_proxy(tmp_path, registry=f"template:{daemon.url}/{{id}}")

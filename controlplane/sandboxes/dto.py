@@ -56,6 +56,12 @@ class CreateSandbox(_Request):
     buildInfo: dict[str, object] | None = None
 
 
+class UpdateNetworkSettings(_Request):
+    networkBlockAll: StrictBool | None = None
+    networkAllowList: StrictStr | None = None
+    domainAllowList: StrictStr | None = None
+
+
 class SandboxLabels(_Request):
     labels: dict[StrictStr, StrictStr]
 

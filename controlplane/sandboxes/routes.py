@@ -156,6 +156,12 @@ def routes(service: SandboxService, urls: PublicUrls) -> list[Route]:
             raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
         return one(await service.resize(who, request.path_params["id"], parsed.cpu, parsed.memory, parsed.disk))
 
+    async def network_settings(request: Request) -> Response:
+        who = await principal(request)
+        parsed = await body(request, dto.UpdateNetworkSettings, empty_ok=True)
+        return one(await service.set_network(who, request.path_params["id"], parsed.networkBlockAll,
+                                             parsed.networkAllowList, parsed.domainAllowList))
+
     async def last_activity(request: Request) -> Response:
         await service.touch(await principal(request), request.path_params["id"])
         return Response(status_code=204)
@@ -187,6 +193,7 @@ def routes(service: SandboxService, urls: PublicUrls) -> list[Route]:
         Route("/sandbox/{id}/public/{value}", public, methods=["POST"]),
         Route("/sandbox/{id}/resize", resize, methods=["POST"]),
         Route("/sandbox/{id}/last-activity", last_activity, methods=["POST"]),
+        Route("/sandbox/{id}/network-settings", network_settings, methods=["POST"]),
         Route("/sandbox/{id}/toolbox-proxy-url", toolbox_proxy_url, methods=["GET"]),
         Route("/sandbox/{id}/ports/{port}/preview-url", preview_url, methods=["GET"]),
     ]

@@ -30,6 +30,7 @@ from controlplane.sandboxes.dto import CreateSandbox
 from controlplane.sandboxes.hooks import CreateHook, Prepared
 from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.states import State
+from runtime.network import NetworkError, parse_allow_list
 from runtime.sandbox import new_id
 
 log = logging.getLogger("controlplane.sandboxes")
@@ -79,6 +80,14 @@ def _resources(cpu: int | None, memory: int | None, disk: int | None, base: Reso
             raise BadRequest(f"{name} must be a whole number from {low} to {high}{unit}, got {value}",
                              "INVALID_RESOURCES")
     return Resources(**values)
+
+
+def _allow_list(value: str | None) -> tuple[str, ...]:
+    """Daytona's comma-separated networkAllowList (at most 10 IPv4 CIDRs), normalized."""
+    try:
+        return parse_allow_list(value)
+    except NetworkError as exc:
+        raise BadRequest(exc.message, "INVALID_NETWORK_ALLOW_LIST") from None
 
 
 def _check_labels(labels: dict[str, str]) -> None:
@@ -168,9 +177,12 @@ class SandboxService:
             raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
         if body.kvm:
             raise BadRequest("KVM sandboxes are not available on this server", "KVM_UNAVAILABLE")
-        if body.networkAllowList or body.domainAllowList:
-            raise BadRequest("network allow lists are not available on this server: sandboxes have loopback only, "
-                             "or the host's network with networkBlockAll=false", "NETWORK_UNAVAILABLE")
+        if body.domainAllowList:
+            raise BadRequest("domainAllowList is not available on this server yet: use networkAllowList (CIDRs)",
+                             "NETWORK_UNAVAILABLE")
+        allow_list = _allow_list(body.networkAllowList)
+        block_all = (self.default_network_block_all if body.networkBlockAll is None
+                     else body.networkBlockAll)
         resources = _resources(body.cpu, body.memory, body.disk)
         _check_labels(body.labels)
         _check_env(body.env)
@@ -195,8 +207,8 @@ class SandboxService:
             public=bool(body.public), target=body.target or DEFAULT_TARGET, cpu=resources.cpu, gpu=0,
             memory=resources.memory, disk=resources.disk, auto_stop_interval=auto_stop,
             auto_archive_interval=min(auto_archive or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE),
-            auto_delete_interval=auto_delete, network_block_all=body.networkBlockAll is not False,
-            network_allow_list=body.networkAllowList, domain_allow_list=body.domainAllowList,
+            auto_delete_interval=auto_delete, network_block_all=block_all,
+            network_allow_list=",".join(allow_list) or None, domain_allow_list=body.domainAllowList,
             preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
             snapshot=DEFAULT_SNAPSHOT, volumes=prepared.volumes, last_activity_at=now, extra=dict(prepared.extra),
         )
@@ -208,7 +220,8 @@ class SandboxService:
             await anyio.to_thread.run_sync(self.records.remove, record.id)
             raise
         request = CreateRequest(sandbox_id, env={**prepared.env, **body.env}, resources=resources,
-                                mounts=tuple(prepared.mounts), network=body.networkBlockAll is False)
+                                mounts=tuple(prepared.mounts), network=not block_all,
+                                allow_list=allow_list)
         return await _shielded(lambda: self._bring_up(record, request))
 
     async def _bring_up(self, record: SandboxRecord, request: CreateRequest) -> SandboxRecord:
@@ -317,6 +330,35 @@ class SandboxService:
         if "public" in changes:
             await self.view.publish()
         return await self.get(principal, record.id)
+
+    @property
+    def default_network_block_all(self) -> bool:
+        return bool(getattr(self.backend, "default_network_block_all", True))
+
+    async def set_network(self, principal: Principal, id_or_name: str, block_all: bool | None,
+                          allow_list: str | None, domain_allow_list: str | None) -> SandboxRecord:
+        """`POST /sandbox/{id}/network-settings`: what is not given stays; applied live."""
+        if domain_allow_list:
+            raise BadRequest("domainAllowList is not available on this server yet: use networkAllowList (CIDRs)",
+                             "NETWORK_UNAVAILABLE")
+        record = await self.get(principal, id_or_name)
+        # The SDK's meaning: an allow list implies not blocking all; networkBlockAll=false
+        # restores general egress and clears a stored list.
+        if allow_list is not None:
+            new_list = _allow_list(allow_list)
+            new_block = bool(block_all)
+        elif block_all is False:
+            new_list, new_block = (), False
+        else:
+            new_list = _allow_list(record.network_allow_list)
+            new_block = record.network_block_all if block_all is None else block_all
+        try:
+            await self.backend.set_network(record.id, new_block, new_list)
+        except BackendError as exc:
+            raise ApiError(exc.status, f"Failed to change the network settings: {exc.message}",
+                           "BACKEND_ERROR") from None
+        return await self.update(principal, record.id, network_block_all=new_block,
+                                 network_allow_list=",".join(new_list) or None)
 
     async def set_labels(self, principal: Principal, id_or_name: str, labels: dict[str, str]) -> SandboxRecord:
         """Replaces the labels, but keeps `code-toolbox-language`: the SDK picks the
