@@ -325,12 +325,11 @@ def test_network_settings_ssh_and_telemetry(stack: Stack) -> None:
     d = daytona(stack)
     sandbox = d.create()
     try:
-        sandbox.update_network_settings(network_block_all=True)  # what it has: fine
-        assert sandbox.network_block_all is True
-        with pytest.raises(DaytonaValidationError, match="allow lists are not available"):
-            sandbox.update_network_settings(network_allow_list="10.0.0.0/8")
-        with pytest.raises(DaytonaValidationError, match="fixed at create"):
-            sandbox.update_network_settings(network_block_all=False)
+        # Applied live and read back (what it does to traffic: tests/test_network_stack.py).
+        sandbox.update_network_settings(network_block_all=True)
+        assert sandbox.network_block_all is True and d.get(sandbox.id).network_block_all is True
+        with pytest.raises(DaytonaValidationError, match="domainAllowList is not available"):
+            sandbox.update_network_settings(domain_allow_list="example.com")
         assert d.get(sandbox.id).network_allow_list is None
         with pytest.raises(DaytonaError, match="SSH access is not available") as ssh:
             sandbox.create_ssh_access()

@@ -76,8 +76,9 @@ def _start_use_stop_warm(checkout: Path, state_dir: Path) -> float:
     stack = start_stack(state_dir, checkout=checkout, pool_size=1, timeout=60)
     banner_after = time.monotonic() - began
     try:
-        assert stack.cli("start", "fresh")["state"] == "started"
-        assert stack.execute("fresh", "cat /etc/hostname") == (0, "sandbox\n")
+        started = stack.cli("start", "fresh")  # by name, as a person would
+        assert started["state"] == "started"
+        assert stack.execute(started["id"], "cat /etc/hostname") == (0, "sandbox\n")
     finally:
         assert stack.stop() == 0
     return banner_after

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
+import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -28,7 +29,8 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from tests.helpers import REPO_ROOT, RunningDaemon, start_daemon
+from tests.helpers import REPO_ROOT, RunningDaemon, start_daemon, stopped_line
+from toolbox.server import STOPPED_CLEANLY
 from tests.system import skip_unless
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -95,8 +97,39 @@ def sandboxed_daemon() -> Iterator[RunningDaemon]:
     root = Path(tempfile.mkdtemp(prefix="toolbox-fuzz-"))
     running = start_daemon(root, uds=True, command_prefix=_sandboxed(root), extra_env={"DISPLAY": ""})
     yield running
+    # bwrap does not pass SIGTERM on (its child would die of --die-with-parent, unheard):
+    # stop the daemon inside it, as a supervisor in the sandbox would, and then bwrap.
+    daemon = _descendant(running.process.pid, b"-m\0toolbox\0serve")
+    if daemon is not None:
+        os.kill(daemon, signal.SIGTERM)
+        running.process.wait(15)
+        assert stopped_line(running.process) == STOPPED_CLEANLY
     running.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+def _descendant(pid: int, marker: bytes) -> int | None:
+    """The first process below `pid` whose command line contains `marker` (bwrap's own
+    processes, whose arguments name the command too, do not count)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    queue = list(children.get(pid, []))
+    while queue:
+        candidate = queue.pop(0)
+        try:
+            cmdline = Path(f"/proc/{candidate}/cmdline").read_bytes()
+            if marker in cmdline and not cmdline.startswith(b"bwrap\0"):
+                return candidate
+        except OSError:
+            pass
+        queue += children.get(candidate, [])
+    return None
 
 
 def _error_problem(response: Any) -> str | None:

@@ -1,8 +1,9 @@
-"""`/sandbox/{id}/network-settings`, `/secrets`, `/ssh-access`, `/telemetry/metrics`."""
+"""`/sandbox/{id}/secrets`, `/ssh-access`, `/telemetry/metrics` (network settings are the
+sandbox service's own: controlplane/sandboxes/routes.py)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictStr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -12,26 +13,12 @@ from controlplane.sandboxes.routes import PublicUrls, sandbox_dto
 from controlplane.sandboxsettings.service import SandboxSettings
 
 
-class NetworkSettings(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
-    networkBlockAll: StrictBool | None = None
-    networkAllowList: StrictStr | None = None
-    domainAllowList: StrictStr | None = None
-
-
 class SandboxSecrets(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     secrets: list[dict[StrictStr, StrictStr]]
 
 
 def routes(service: SandboxSettings, urls: PublicUrls) -> list[Route]:
-    async def network(request: Request) -> Response:
-        who = await principal(request)
-        parsed = await body(request, NetworkSettings, empty_ok=True)
-        record = await service.network(who, request.path_params["id"], parsed.networkBlockAll,
-                                       parsed.networkAllowList, parsed.domainAllowList)
-        return JSONResponse(sandbox_dto(record, urls))
-
     async def secrets(request: Request) -> Response:
         who = await principal(request)
         parsed = await body(request, SandboxSecrets)
@@ -47,7 +34,6 @@ def routes(service: SandboxSettings, urls: PublicUrls) -> list[Route]:
         return JSONResponse({"series": await service.metrics(who, request.path_params["id"])})
 
     return [
-        Route("/sandbox/{id}/network-settings", network, methods=["POST"]),
         Route("/sandbox/{id}/secrets", secrets, methods=["PUT"]),
         Route("/sandbox/ssh-access/validate", ssh, methods=["GET"]),
         Route("/sandbox/{id}/ssh-access", ssh, methods=["POST", "DELETE"]),

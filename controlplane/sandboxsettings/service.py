@@ -1,5 +1,4 @@
-"""Network settings (checked against what the sandbox has: no allow lists here), the secrets a
-sandbox names (applied at its next start), SSH access (not available: 501) and telemetry
+"""The secrets a sandbox names (applied at its next start), SSH access (not available: 501) and telemetry
 (no series recorded yet)."""
 
 from __future__ import annotations
@@ -26,22 +25,6 @@ class SandboxSettings:
         self.records = records
         self.secrets = secrets
         self.backend = backend
-
-    async def network(self, principal: Principal, id_or_name: str, block_all: bool | None,
-                      allow_list: str | None, domain_allow_list: str | None) -> SandboxRecord:
-        """As at create (controlplane/sandboxes/service.py): a sandbox has loopback only, or
-        the host's network when created with networkBlockAll=false; there are no allow
-        lists to store, and the mode is fixed once the sandbox exists. A request that asks
-        for what the sandbox already has succeeds; anything else is a 400, never ignored."""
-        record = await self.sandboxes.get(principal, id_or_name)
-        if allow_list or domain_allow_list:
-            raise BadRequest("network allow lists are not available on this server: sandboxes have loopback only, "
-                             "or the host's network with networkBlockAll=false", "NETWORK_UNAVAILABLE")
-        if block_all is not None and block_all != record.network_block_all:
-            now = "loopback only" if record.network_block_all else "the host's network"
-            raise BadRequest(f"sandbox {record.id} was created with {now}; the network mode is fixed at create: "
-                             "create a new sandbox with the networkBlockAll you need", "NETWORK_UNAVAILABLE")
-        return record
 
     async def set_secrets(self, principal: Principal, id_or_name: str,
                           entries: list[dict[str, str]]) -> SandboxRecord:
