@@ -156,6 +156,8 @@ def bench_list(stack: Stack, records: int, runs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--egress", action="store_true",
+                        help="sandboxes with NAT egress, Daytona's default (tests' main jobs block it)")
     parser.add_argument("--pool", type=int, default=4, help="warm pool size (RUNTIME_POOL_SIZE)")
     parser.add_argument("--concurrent", type=int, default=20)
     parser.add_argument("--records", type=int, default=1000)
@@ -166,7 +168,8 @@ def main() -> None:
     args = parser.parse_args()
     only = set(args.only.split(","))
     with tempfile.TemporaryDirectory(prefix="cp-bench-") as state:
-        stack = start_stack(Path(state), "--no-sandbox", pool_size=args.pool)
+        stack = start_stack(Path(state), "--no-sandbox", pool_size=args.pool,
+                            extra_env={"RUNTIME_NETWORK_BLOCK_ALL": "0"} if args.egress else None)
         try:
             print(f"main job at {api_url(stack)}, warm pool {args.pool}, store "
                   f"{'PostgreSQL' if os.environ.get('CONTROLPLANE_DATABASE_URL') else 'SQLite'}", flush=True)

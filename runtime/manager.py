@@ -353,6 +353,7 @@ class Runtime:
                                mounts=mounts, block_all=block_all, allow_list=allowed)
             running: Running | None = pooled
             slot: Slot | None = None
+            policy: asyncio.Future[None] | None = None
             try:
                 # A pooled sandbox's address (slot) becomes the sandbox's own, for good.
                 slot = pooled.slot if pooled is not None else (
@@ -368,7 +369,10 @@ class Runtime:
                     if limits != self.default_limits:
                         await asyncio.to_thread(self._apply_limits, pooled, limits)
                     if slot is not None:
-                        await self._apply_policy(slot, spec)
+                        # A pooled slot blocks all egress until claimed, so its own policy
+                        # (one nft call, ~10 ms) can be applied while the daemon takes its
+                        # claim; both are done before create returns.
+                        policy = asyncio.ensure_future(self._apply_policy(slot, spec))
                 else:
                     await asyncio.to_thread(target.create, uid, gid)
                     running = await self._launch(target, uid, gid, limits, egress,
@@ -377,7 +381,11 @@ class Runtime:
                 assert running is not None  # set by either branch
                 self.specs[sandbox_id] = spec
                 await self._claim(running, spec)
+                if policy is not None:
+                    await policy
             except BaseException:
+                if policy is not None:  # its nft call runs in a thread: let it finish first
+                    await asyncio.shield(asyncio.gather(policy, return_exceptions=True))
                 # A create that failed leaves nothing behind: no process, no cgroup, no
                 # socket, no directory that `list` would not show.
                 if running is not None:
