@@ -80,12 +80,25 @@ class _UnixAdapter(HTTPAdapter):
         super().close()
 
 
+HIDDEN_TREES = ("/home", "/work", "/srv", "/mnt")
+
+
+def _test_installs() -> list[Path]:
+    found = [*REPO_ROOT.glob(".venv-sdk-*"), REPO_ROOT / "tests" / "sdk-ts" / "node_modules"]
+    return [path for path in found if path.is_dir() and Path(sys.prefix).resolve() != path.resolve()]
+
+
 def _sandboxed(root: Path) -> list[str]:
     return [
         "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+        # Other people's trees (checkouts with their venvs) hidden too, for the same reason.
+        *(arg for tree in HIDDEN_TREES if os.path.isdir(tree) for arg in ("--tmpfs", tree)),
         "--bind", str(root), str(root),
         # The code and its interpreter may live under /tmp (CI clones anywhere): keep them visible.
         "--ro-bind", str(REPO_ROOT), str(REPO_ROOT), "--ro-bind", sys.prefix, sys.prefix,
+        # The other SDKs' test installs (~28,000 files) hidden: a fuzzed `find` or
+        # `search` from / would otherwise outlast REQUEST_TIMEOUT on a full machine.
+        *(arg for bulky in _test_installs() for arg in ("--tmpfs", str(bulky))),
         "--unshare-net", "--unshare-pid", "--unshare-ipc",
         "--die-with-parent", "--cap-drop", "ALL", "--",
     ]
