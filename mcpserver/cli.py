@@ -1,0 +1,89 @@
+"""`mcp start` (the server over stdio) and `mcp config` (the JSON agent apps take).
+
+Reachable as `python -m mcpserver start|config` and as `sandbox-toolbox mcp start|config`.
+Over stdio, stdout carries the protocol and nothing else: messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from mcpserver.connection import Connection
+
+SERVER_NAME = "sandbox-toolbox"
+DEFAULT_API_URL = "http://localhost:8080/api"
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    verbs = parser.add_subparsers(dest="mcp_command", required=True)
+    verbs.add_parser("start", help="serve MCP over stdio (what an agent app runs)",
+                     description="Serve the Model Context Protocol over stdin/stdout. The control plane and key "
+                                 "come from DAYTONA_API_URL and DAYTONA_API_KEY.")
+    config = verbs.add_parser("config", help="print the JSON snippet for Claude Code, Cursor or Windsurf",
+                              description="Print the mcpServers entry agent apps take: one that runs this "
+                                          "command over stdio, and one for the main job's HTTP endpoint.")
+    config.add_argument("--transport", choices=["stdio", "http", "both"], default="both",
+                        help="which snippet (default both)")
+    config.add_argument("--no-key", action="store_true",
+                        help="leave the API key out (write it in by hand)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.mcp_command == "start":
+        return start()
+    return print_config(args.transport, include_key=not args.no_key)
+
+
+def connection_from_env() -> Connection:
+    url = os.environ.get("DAYTONA_API_URL") or DEFAULT_API_URL
+    key = os.environ.get("DAYTONA_API_KEY", "")
+    return Connection(url, key)
+
+
+def start() -> int:
+    import anyio
+
+    from mcpserver.server import build_server
+
+    connection = connection_from_env()
+    if not connection.api_key:
+        print("error: DAYTONA_API_KEY is not set: the key printed by ./scripts/start, or one from "
+              "`python -m runtime api-key create`", file=sys.stderr, flush=True)
+        return 2
+    server = build_server(lambda ctx: connection)
+    try:
+        anyio.run(server.run_stdio_async)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def config_snippets(connection: Connection, include_key: bool = True) -> dict[str, dict[str, object]]:
+    env = {"DAYTONA_API_URL": connection.api_url}
+    if include_key:
+        env["DAYTONA_API_KEY"] = connection.api_key or "<your API key>"
+    key = connection.api_key if include_key and connection.api_key else "<your API key>"
+    stdio: dict[str, object] = {"command": sys.executable, "args": ["-m", "mcpserver", "start"], "env": env}
+    http: dict[str, object] = {"type": "http", "url": f"{connection.api_url.rstrip('/')}/mcp",
+            "headers": {"Authorization": f"Bearer {key}"}}
+    return {"stdio": stdio, "http": http}
+
+
+def print_config(transport: str, include_key: bool = True) -> int:
+    snippets = config_snippets(connection_from_env(), include_key)
+    if transport == "both":
+        out = {"mcpServers": {SERVER_NAME: snippets["stdio"], f"{SERVER_NAME}-http": snippets["http"]}}
+    else:
+        out = {"mcpServers": {SERVER_NAME: snippets[transport]}}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mcpserver", description="The sandbox-toolbox MCP server")
+    add_commands(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,126 @@
+"""Tool results sized for a model: long text cut with a note saying how to read more,
+binary content recognised and refused, session logs split into their two streams.
+
+Pure functions, no I/O: the tools (`mcpserver/sandboxes.py`) decide what the note says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# About 5-6k tokens: a model sees enough to act and the context window survives a noisy
+# command. Callers that can page (read_file, read_command_logs) use their own limits.
+MAX_TEXT = 20_000
+# Of a cut output, the head and the tail are kept: the command line and its first error
+# are often at the top, the summary and the exit reason at the bottom.
+HEAD_SHARE = 0.25
+MAX_LINE = 2_000
+SNIFF = 8192
+
+STDOUT_MARK = b"\x01\x01\x01"
+STDERR_MARK = b"\x02\x02\x02"
+
+
+def cut(text: str, limit: int = MAX_TEXT, how_to_read_more: str = "") -> str:
+    """`text` itself when it fits; else its head and tail with the omitted size in between
+    and, at the end, how to get the whole of it."""
+    if len(text) <= limit:
+        return text
+    head = int(limit * HEAD_SHARE)
+    tail = limit - head
+    omitted = len(text) - head - tail
+    note = f"\n[... {omitted} characters omitted ...]\n"
+    footer = f"\n[output cut to {limit} of {len(text)} characters"
+    footer += f"; {how_to_read_more}]" if how_to_read_more else "]"
+    return text[:head] + note + text[-tail:] + footer
+
+
+def looks_binary(data: bytes) -> bool:
+    """A NUL byte or bytes that are not UTF-8 in the first `SNIFF` bytes (a character cut at
+    the end of the sample does not count)."""
+    sample = data[:SNIFF]
+    if b"\x00" in sample:
+        return True
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start < len(sample) - 3  # a multi-byte character cut at the sample's end
+    return False
+
+
+def binary_refusal(path: str, size: int | None, head: bytes) -> str:
+    kind = sniff_kind(head)
+    sized = f"{size} bytes" if size is not None else "size unknown"
+    return (f"{path} is a binary file ({kind}, {sized}); binary content is not returned as text. "
+            "Inspect it with execute_command instead (e.g. `file`, `xxd -l 256`, `base64 -w0` of a small file), "
+            "or get_file_info for its size and mode.")
+
+
+_MAGIC = [
+    (b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF image"), (b"%PDF", "PDF document"),
+    (b"PK\x03\x04", "zip archive"), (b"\x1f\x8b", "gzip data"), (b"\x7fELF", "ELF executable"),
+    (b"SQLite format 3", "SQLite database"),
+]
+
+
+def sniff_kind(head: bytes) -> str:
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "not UTF-8 text"
+
+
+def safe_utf8_end(data: bytes) -> int:
+    """The length of the longest prefix of `data` that does not end inside a UTF-8 character."""
+    end = len(data)
+    back = 0
+    while back < 4 and end - back > 0 and (data[end - back - 1] & 0xC0) == 0x80:
+        back += 1
+    if end - back > 0:
+        lead = data[end - back - 1]
+        need = 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+        if need > back + 1:
+            return end - back - 1
+    return end
+
+
+@dataclass
+class Streams:
+    stdout: str
+    stderr: str
+
+
+def demux(raw: bytes, current: int = 1) -> Streams:
+    """A session log (lines prefixed with the stdout or stderr marker) as its two streams.
+    Bytes before the first marker belong to `current` (a page that starts mid-line)."""
+    out: list[bytes] = []
+    err: list[bytes] = []
+    position = 0
+    while position < len(raw):
+        next_out = raw.find(STDOUT_MARK, position)
+        next_err = raw.find(STDERR_MARK, position)
+        candidates = [i for i in (next_out, next_err) if i >= 0]
+        end = min(candidates) if candidates else len(raw)
+        (out if current == 1 else err).append(raw[position:end])
+        if end == len(raw):
+            break
+        current = 1 if end == next_out else 2
+        position = end + 3
+    return Streams(b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"))
+
+
+def page_end(raw: bytes, limit: int) -> int:
+    """Where a page of at most `limit` bytes of a session log ends: after its last complete
+    line when there is one (so a marker is never split), else on a character boundary."""
+    if len(raw) <= limit:
+        return len(raw)
+    newline = raw.rfind(b"\n", 0, limit)
+    if newline >= 0:
+        return newline + 1
+    return safe_utf8_end(raw[:limit])
+
+
+def clip_line(line: str, limit: int = MAX_LINE) -> str:
+    if len(line) <= limit:
+        return line
+    return line[:limit] + f" [... line cut, {len(line) - limit} more characters]"
