@@ -151,7 +151,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"error: cannot use the state directory {config.state_dir}: {exc.strerror or exc}; "
               "pick another with --state-dir or RUNTIME_STATE_DIR", file=sys.stderr, flush=True)
         return 1
-    control = build_app(stack.plane, host_routes=_host_routes(stack))
+    control = build_app(stack.plane, host_routes=_host_routes(stack), mcp=stack.mcp)
     failed: list[str] = []
 
     @asynccontextmanager

@@ -11,6 +11,7 @@ reads its last-activity records from `/metrics`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
@@ -20,11 +21,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx
 
 from controlplane.auth import DEFAULT_ORGANIZATION, new_key
 from controlplane.plane import ControlPlane, PlaneConfig
 from controlplane.sandboxes.routes import PublicUrls
+from mcpserver.http import McpEndpoint
 from runtime.backend import LocalBackend
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
@@ -52,6 +55,11 @@ def _secret_file(path: Path, nbytes: int = 24, value: str | None = None) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(value + "\n")
     return value
+
+
+def _dial_host(host: str) -> str:
+    """The address to reach a server listening on `host` (a wildcard is reached on loopback)."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
 
 def _die_with_parent() -> None:
@@ -110,6 +118,10 @@ class Stack:
                         registry_path=self.registry_path, preview_secret=self.secret.encode(),
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
+        # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
+        # proxy with the caller's own key, dialled at the proxy's listen address.
+        self.mcp = McpEndpoint(self._known_key, self.api_url, dial=(_dial_host(config.host), config.port))
+        self._mcp_running: contextlib.AsyncExitStack | None = None
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None
         self._restarting: asyncio.Future[None] | None = None
@@ -172,8 +184,13 @@ class Stack:
         await self.runtime.open()
         await self.plane.open()
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
+        self._mcp_running = contextlib.AsyncExitStack()
+        await self._mcp_running.enter_async_context(self.mcp.run())
         await self._start_proxy()
         self.plane.run_policies()
+
+    async def _known_key(self, key: str) -> bool:
+        return await anyio.to_thread.run_sync(self.plane.keys.authenticate, key) is not None
 
     def _check_port(self) -> None:
         """Fail in milliseconds, before any sandbox starts, when the proxy could not listen."""
@@ -239,6 +256,8 @@ class Stack:
         if self._restarting is not None:
             self._restarting.cancel()
             await asyncio.gather(self._restarting, return_exceptions=True)
+        if self._mcp_running is not None:  # MCP calls in flight end before their sandboxes do
+            await self._mcp_running.aclose()
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:
