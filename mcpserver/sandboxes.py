@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 import shlex
 from collections.abc import AsyncIterator
@@ -38,6 +39,10 @@ MAX_UPLOAD = 10 * 1024 * 1024
 # A JSON answer of the toolbox bigger than this is not read (a search of a huge tree).
 MAX_JSON = 16 * 1024 * 1024
 SESSION_PREFIX = "mcp-"
+# Of /process/execute's JSON answer, at most this much is held, whatever the command printed.
+EXECUTE_HEAD = 256 * 1024
+EXECUTE_TAIL = 256 * 1024
+_EXECUTE_PREFIX = re.compile(rb'^\{"exitCode":(-?\d+),"result":"')
 
 
 class ToolFailure(Exception):
@@ -205,17 +210,23 @@ class SandboxTools:
         body: dict[str, Any] = {"command": command, "timeout": timeout}
         if cwd:
             body["cwd"] = cwd
-        async with self._toolbox(sandbox_id, timeout=timeout + 10 if timeout else None) as toolbox:
-            response = await toolbox.post("/process/execute", json=body)
-        if response.status_code == 408:
-            raise ToolFailure(f"the command ran longer than {timeout} s and was killed. For servers and long jobs "
-                              "use start_command and read_command_logs; or pass a larger timeout.")
-        _check(response, "execute_command", sandbox_id)
-        result = response.json()
-        output = shaping.cut(result.get("result", ""),
-                             how_to_read_more="redirect the output to a file (cmd > /tmp/out.txt 2>&1) and page "
-                                              "through it with read_file")
-        return f"exit code: {result.get('exitCode', -1)}\n{output}"
+        # The output may be huge: only its head and tail are kept while it streams by.
+        kept = shaping.HeadTail(EXECUTE_HEAD, EXECUTE_TAIL)
+        async with self._toolbox(sandbox_id, timeout=timeout + 10) as toolbox:
+            async with toolbox.stream("POST", "/process/execute", json=body) as response:
+                if response.status_code == 408:
+                    raise ToolFailure(f"the command ran longer than {timeout} s and was killed. For servers and "
+                                      "long jobs use start_command and read_command_logs; or pass a larger timeout.")
+                if response.status_code >= 400:
+                    await response.aread()
+                    _check(response, "execute_command", sandbox_id)
+                async for chunk in response.aiter_bytes():
+                    kept.feed(chunk)
+        exit_code, output, tail = _execute_output(kept)
+        note = "redirect the output to a file (cmd > /tmp/out.txt 2>&1) and page through it with read_file"
+        if tail is None:
+            return f"exit code: {exit_code}\n{shaping.cut(output, how_to_read_more=note)}"
+        return f"exit code: {exit_code}\n{shaping.cut_huge(output, tail, kept.total, how_to_read_more=note)}"
 
     async def run_code(self, sandbox_id: str, code: str, context_id: str | None, timeout: int) -> str:
         if not code.strip():
@@ -355,7 +366,7 @@ class SandboxTools:
         exit_code = state.json().get("exitCode") if state.status_code == 200 else None
         ended = f"it exited with code {exit_code}" if exit_code is not None else (
             "it is still running after 5 s: stop_command again with signal KILL")
-        return (f"sent SIG{sent.get('signal', signal)} to {sent.get('processes', 0)} process(es); {ended}. "
+        return (f"sent {sent.get('signal', 'SIG' + signal)} to {sent.get('processes', 0)} process(es); {ended}. "
                 "Its logs stay readable with read_command_logs.")
 
     # ---- files -------------------------------------------------------------------------
@@ -535,6 +546,21 @@ class SandboxTools:
             response = await toolbox.post("/git/clone", json=body)
         _check(response, "git_clone", sandbox_id)
         return f"cloned {url} into {path}" + (f" (branch {branch})" if branch else "")
+
+
+def _execute_output(kept: shaping.HeadTail) -> tuple[int, str, str | None]:
+    """(exit code, output, None) from `{"exitCode":N,"result":"..."}` read whole, or
+    (exit code, start of the output, end of the output) from its head and tail."""
+    if kept.whole:
+        body = json.loads(bytes(kept.head + kept.tail))
+        return int(body.get("exitCode", -1)), str(body.get("result", "")), None
+    match = _EXECUTE_PREFIX.match(bytes(kept.head[:64]))
+    if match is None:
+        raise ToolFailure("execute_command got an answer it does not understand from the sandbox")
+    tail = bytes(kept.tail).rstrip()
+    tail = tail[:-2] if tail.endswith(b'"}') else tail
+    return (int(match.group(1)), shaping.json_string_head(bytes(kept.head[match.end():])),
+            shaping.json_string_tail(tail))
 
 
 def _check_id(sandbox_id: str) -> None:

@@ -6,6 +6,7 @@ Pure functions, no I/O: the tools (`mcpserver/sandboxes.py`) decide what the not
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 # About 5-6k tokens: a model sees enough to act and the context window survives a noisy
@@ -33,6 +34,15 @@ def cut(text: str, limit: int = MAX_TEXT, how_to_read_more: str = "") -> str:
     footer = f"\n[output cut to {limit} of {len(text)} characters"
     footer += f"; {how_to_read_more}]" if how_to_read_more else "]"
     return text[:head] + note + text[-tail:] + footer
+
+
+def cut_huge(head: str, tail: str, total_bytes: int, limit: int = MAX_TEXT, how_to_read_more: str = "") -> str:
+    """Like `cut` for an output of `total_bytes` of which only `head` and `tail` were read."""
+    keep_head = int(limit * HEAD_SHARE)
+    note = f"\n[... most of {total_bytes} bytes omitted ...]\n"
+    footer = f"\n[output cut to its first {keep_head} and last {limit - keep_head} characters"
+    footer += f"; {how_to_read_more}]" if how_to_read_more else "]"
+    return head[:keep_head] + note + tail[-(limit - keep_head):] + footer
 
 
 def looks_binary(data: bytes) -> bool:
@@ -124,3 +134,68 @@ def clip_line(line: str, limit: int = MAX_LINE) -> str:
     if len(line) <= limit:
         return line
     return line[:limit] + f" [... line cut, {len(line) - limit} more characters]"
+
+
+class HeadTail:
+    """The first `head` and the last `tail` bytes of a stream of any length, and its size:
+    what a model is shown of a huge output, read without holding the middle."""
+
+    def __init__(self, head: int, tail: int) -> None:
+        self.head_limit, self.tail_limit = head, tail
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.tail_limit:
+                del self.tail[: len(self.tail) - self.tail_limit]
+
+    @property
+    def whole(self) -> bool:
+        return self.total == len(self.head) + len(self.tail)
+
+
+def json_string_head(raw: bytes) -> str:
+    """The text of the start of a JSON string's inside (`raw` cut anywhere, even inside a
+    character or an escape)."""
+    text = raw[: safe_utf8_end(raw)].decode("utf-8", "replace")
+    for drop in range(13):  # the longest escape: a surrogate pair, \\uD83D\\uDE00
+        try:
+            return _clean(json.loads('"' + text[: len(text) - drop] + '"'))
+        except ValueError:
+            continue
+    return ""
+
+
+def json_string_tail(raw: bytes) -> str:
+    """The text of the end of a JSON string's inside (`raw` starts anywhere): decoding
+    starts after the first line break, so it never starts inside an escape."""
+    start = raw.find(b"\\n")
+    while start >= 0 and _escaped(raw, start):
+        start = raw.find(b"\\n", start + 1)
+    piece = raw[start + 2:] if start >= 0 else raw[min(len(raw), 12):]
+    text = piece.decode("utf-8", "replace")
+    try:
+        return _clean(json.loads('"' + text + '"'))
+    except ValueError:
+        return ""
+
+
+def _escaped(raw: bytes, backslash: int) -> bool:
+    """Whether the backslash at `backslash` is itself escaped (an odd run of them before it)."""
+    run = 0
+    while backslash - run - 1 >= 0 and raw[backslash - run - 1] == 0x5C:
+        run += 1
+    return run % 2 == 1
+
+
+def _clean(text: str) -> str:
+    # A surrogate pair cut in half decodes to a lone surrogate, which UTF-8 cannot carry.
+    return text.encode("utf-8", "replace").decode("utf-8")
