@@ -23,6 +23,7 @@ below is ever a path a sandbox can write.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -253,7 +254,7 @@ class SnapshotStore:
             raise KeyError(digest)
         return self.layers_dir / digest
 
-    def lower_dirs(self, layers: tuple[str, ...]) -> list[Path]:
+    def lower_dirs(self, layers: tuple[str, ...]) -> builtins.list[Path]:
         """The layers' directories in overlayfs `lowerdir=` order (top first); KeyError
         names a layer that is not here."""
         missing = [d for d in layers if not self.has_layer(d)]
