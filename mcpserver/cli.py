@@ -12,10 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mcpserver.connection import Connection
-
 SERVER_NAME = "sandbox-toolbox"
-DEFAULT_API_URL = "http://localhost:8080/api"
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -38,23 +35,20 @@ def run(args: argparse.Namespace) -> int:
     return print_config(args.transport, include_key=not args.no_key)
 
 
-def connection_from_env() -> Connection:
-    url = os.environ.get("DAYTONA_API_URL") or DEFAULT_API_URL
-    key = os.environ.get("DAYTONA_API_KEY", "")
-    return Connection(url, key)
-
-
 def start() -> int:
     import anyio
 
+    from client import Client, ConfigError, load_config
     from mcpserver.server import build_server
+    from mcpserver.transport import SharedTransport
 
-    connection = connection_from_env()
-    if not connection.api_key:
-        print("error: DAYTONA_API_KEY is not set: the key printed by ./scripts/start, or one from "
-              "`python -m runtime api-key create`", file=sys.stderr, flush=True)
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    server = build_server(lambda ctx: connection)
+    client = Client(config, transport=SharedTransport())
+    server = build_server(lambda ctx: client)
     try:
         anyio.run(server.run_stdio_async)
     except KeyboardInterrupt:
@@ -62,19 +56,28 @@ def start() -> int:
     return 0
 
 
-def config_snippets(connection: Connection, include_key: bool = True) -> dict[str, dict[str, object]]:
-    env = {"DAYTONA_API_URL": connection.api_url}
-    if include_key:
-        env["DAYTONA_API_KEY"] = connection.api_key or "<your API key>"
-    key = connection.api_key if include_key and connection.api_key else "<your API key>"
-    stdio: dict[str, object] = {"command": sys.executable, "args": ["-m", "mcpserver", "start"], "env": env}
-    http: dict[str, object] = {"type": "http", "url": f"{connection.api_url.rstrip('/')}/mcp",
-            "headers": {"Authorization": f"Bearer {key}"}}
+def _where() -> tuple[str, str]:
+    """(API URL, key or "") as `mcp start` would find them; no key is fine for a snippet."""
+    from client import ConfigError, load_config
+    from client.config import DEFAULT_API_URL
+
+    try:
+        config = load_config()
+    except ConfigError:
+        return (os.environ.get("DAYTONA_API_URL") or DEFAULT_API_URL).rstrip("/"), ""
+    return config.api_url, config.api_key
+
+
+def config_snippets(api_url: str, api_key: str, include_key: bool = True) -> dict[str, dict[str, object]]:
+    key = api_key if include_key and api_key else "<your API key>"
+    stdio: dict[str, object] = {"command": sys.executable, "args": ["-m", "mcpserver", "start"],
+                                "env": {"DAYTONA_API_URL": api_url, "DAYTONA_API_KEY": key}}
+    http: dict[str, object] = {"type": "http", "url": f"{api_url}/mcp", "headers": {"Authorization": f"Bearer {key}"}}
     return {"stdio": stdio, "http": http}
 
 
 def print_config(transport: str, include_key: bool = True) -> int:
-    snippets = config_snippets(connection_from_env(), include_key)
+    snippets = config_snippets(*_where(), include_key=include_key)
     if transport == "both":
         out = {"mcpServers": {SERVER_NAME: snippets["stdio"], f"{SERVER_NAME}-http": snippets["http"]}}
     else:

@@ -18,6 +18,7 @@ have, and its Host is whatever domain the operator serves.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,11 +29,13 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from mcpserver.connection import Connection
-from mcpserver.server import build_server
+from client import Client, Config
 from mcpserver.sandboxes import ToolFailure
+from mcpserver.server import build_server
+from mcpserver.transport import SharedTransport
 
 Authenticate = Callable[[str], Awaitable[bool]]
+MAX_CLIENTS = 64
 
 
 def bearer_key(authorization: str | None) -> str | None:
@@ -44,27 +47,39 @@ def bearer_key(authorization: str | None) -> str | None:
 
 
 class McpEndpoint:
-    def __init__(self, authenticate: Authenticate, api_url: str, dial: tuple[str, int] | None = None) -> None:
+    def __init__(self, authenticate: Authenticate, api_url: str) -> None:
         self._authenticate = authenticate
         self._api_url = api_url
-        self._dial = dial
-        self.server = build_server(self._connection)
+        self._transport = SharedTransport()
+        # One client per key in use (each is a few headers over the shared pool), newest last.
+        self._clients: OrderedDict[str, Client] = OrderedDict()
+        self.server = build_server(self._client)
         self.server.streamable_http_app(
             stateless_http=True, json_response=True,
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
         self._mcp = StreamableHTTPASGIApp(self.server.session_manager)
 
-    def _connection(self, ctx: Context) -> Connection:
+    def _client(self, ctx: Context) -> Client:
         key = bearer_key((ctx.headers or {}).get("authorization"))
         if key is None:  # the endpoint refuses such requests before MCP sees them
             raise ToolFailure("no API key on this request")
-        return Connection(self._api_url, key, self._dial)
+        client = self._clients.pop(key, None)
+        if client is None:
+            client = Client(Config(self._api_url, key, "Authorization"), transport=self._transport)
+            while len(self._clients) >= MAX_CLIENTS:
+                self._clients.popitem(last=False)
+        self._clients[key] = client
+        return client
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[None]:
         """The SDK's task group for requests in flight: open while the main job serves."""
-        async with self.server.session_manager.run():
-            yield
+        try:
+            async with self.server.session_manager.run():
+                yield
+        finally:
+            self._clients.clear()
+            self._transport.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,10 +1,12 @@
-"""What the MCP tools do, without MCP: calls of the control plane (`/api`) and of a
-sandbox's toolbox (through the proxy) with one API key, and results shaped for a model.
+"""What the MCP tools do, without MCP: calls of the control plane and of a sandbox's
+toolbox through `client.Client` (one API key, so one organization), results shaped for a
+model.
 
-Every failure is a `ToolFailure` whose message says what went wrong and what to do next;
-`mcpserver/server.py` turns it into an MCP tool error (`isError: true`). Nothing here
+Blocking (the shared client is sync): `mcpserver/server.py` runs each call in a worker
+thread. Every failure is a `ToolFailure` whose message says what went wrong and what to
+do next; the server turns it into an MCP tool error (`isError: true`). Nothing here
 trusts a sandbox: file content and command output are only ever text handed back, cut to
-size, and binary content is refused.
+size, with binary content refused, and no answer is read whole unless it is small.
 """
 
 from __future__ import annotations
@@ -15,34 +17,30 @@ import json
 import re
 import secrets
 import shlex
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import time
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
 
-import anyio
-import httpx
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
+from client import ApiError, Client, Toolbox
+from client.errors import UNREACHABLE
+from client.streams import STDERR, STDOUT_MARK, Demux
 from mcpserver import shaping
-from mcpserver.connection import Connection
 
 LANGUAGES = ("python", "typescript", "javascript")
 LANGUAGE_LABEL = "code-toolbox-language"
-READ_LIMIT_LINES = 200
-LOG_PAGE = 16_000
 MAX_LIST = 500
 MAX_MATCHES = 200
 MAX_DOWNLOAD = 100_000
 MAX_UPLOAD = 10 * 1024 * 1024
-# A JSON answer of the toolbox bigger than this is not read (a search of a huge tree).
-MAX_JSON = 16 * 1024 * 1024
+# A search answer bigger than this is not read (a search of a huge tree).
+MAX_SEARCH_ANSWER = 16 * 1024 * 1024
 SESSION_PREFIX = "mcp-"
 # Of /process/execute's JSON answer, at most this much is held, whatever the command printed.
 EXECUTE_HEAD = 256 * 1024
 EXECUTE_TAIL = 256 * 1024
 _EXECUTE_PREFIX = re.compile(rb'^\{"exitCode":(-?\d+),"result":"')
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 class ToolFailure(Exception):
@@ -51,103 +49,64 @@ class ToolFailure(Exception):
         self.message = message
 
 
-def _message(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:500] or response.reason_phrase
-    if isinstance(body, dict):
-        for key in ("message", "error", "errors"):
-            if body.get(key):
-                value = body[key]
-                return "; ".join(map(str, value)) if isinstance(value, list) else str(value)
-    return str(body)[:500]
-
-
-def _failure(response: httpx.Response, action: str, sandbox_id: str | None = None) -> ToolFailure:
-    status = response.status_code
-    message = _message(response)
-    if status == 401:
-        return ToolFailure(f"{action} failed: the API key was refused ({message}). Check DAYTONA_API_KEY "
-                           "(or the Bearer key of the MCP endpoint); `python -m runtime api-key create` makes one.")
-    if response.headers.get("x-proxy-error") == "sandbox-not-found" or (
-            status == 404 and sandbox_id is not None and "sandbox" in message.lower()):
-        return ToolFailure(f"{action} failed: sandbox {sandbox_id} was not found, or is not started. "
-                           "list_sandboxes shows your sandboxes and their states.")
-    return ToolFailure(f"{action} failed ({status}): {message}")
-
-
-def _check(response: httpx.Response, action: str, sandbox_id: str | None = None) -> None:
-    if response.status_code >= 400:
-        raise _failure(response, action, sandbox_id)
+def _failure(exc: ApiError, action: str, sandbox_id: str | None = None) -> ToolFailure:
+    if exc.status == UNREACHABLE:
+        return ToolFailure(f"{action} failed: {exc.message}; is the main job running (./scripts/start) and "
+                           "DAYTONA_API_URL right?")
+    if exc.status == 401:
+        return ToolFailure(f"{action} failed: the API key was refused ({exc.message}). Check DAYTONA_API_KEY (or "
+                           "the Bearer key of the MCP endpoint); `python -m runtime api-key create` makes one.")
+    if exc.status == 404 and sandbox_id is not None and (exc.path or "").startswith("/api/sandbox"):
+        return ToolFailure(f"{action} failed: sandbox {sandbox_id} was not found. list_sandboxes shows yours.")
+    return ToolFailure(f"{action} failed ({exc.status}): {exc.message}")
 
 
 def _dump(value: Any) -> str:
     return json.dumps(value, indent=1, ensure_ascii=False)
 
 
-def _sandbox_summary(sandbox: dict[str, Any]) -> dict[str, Any]:
+def _summary(sandbox: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "name", "state", "cpu", "memory", "disk", "labels", "public", "autoStopInterval", "createdAt",
             "errorReason")
     return {k: sandbox[k] for k in keys if sandbox.get(k) not in (None, "", {})}
 
 
+def _check_id(value: str, what: str = "sandbox_id") -> None:
+    # Ids go into URL paths: refuse what would name another route instead of a resource.
+    if not _ID.match(value or ""):
+        raise ToolFailure(f"{what} {value!r} is not a valid id")
+
+
 class SandboxTools:
-    """The tool set over one `Connection` (one API key, one organization)."""
+    """The tool set over one `Client` (one API key, one organization)."""
 
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
+    def __init__(self, client: Client) -> None:
+        self.client = client
 
-    # ---- transport ---------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _api(self) -> AsyncIterator[httpx.AsyncClient]:
-        async with self.connection.api_client() as client:
-            try:
-                yield client
-            except httpx.TimeoutException:
-                raise ToolFailure(f"the control plane at {self.connection.api_url} did not answer in time; "
-                                  "try again, or check that the main job is not overloaded") from None
-            except httpx.TransportError as exc:
-                raise ToolFailure(f"cannot reach the control plane at {self.connection.api_url} ({exc}); is the "
-                                  "main job running (./scripts/start) and DAYTONA_API_URL right?") from None
-
-    @asynccontextmanager
-    async def _toolbox(self, sandbox_id: str, timeout: float | None = 60) -> AsyncIterator[httpx.AsyncClient]:
-        _check_id(sandbox_id)
-        async with self.connection.toolbox_client(sandbox_id, timeout=timeout) as client:
-            try:
-                yield client
-            except httpx.TimeoutException:
-                raise ToolFailure(f"sandbox {sandbox_id} did not answer in time") from None
-            except httpx.TransportError as exc:
-                raise ToolFailure(f"cannot reach sandbox {sandbox_id} through the proxy at "
-                                  f"{self.connection.proxy_url} ({exc}); is the main job running?") from None
-
-    @asynccontextmanager
-    async def _websocket(self, sandbox_id: str, path: str) -> AsyncIterator[ClientConnection]:
-        _check_id(sandbox_id)
-        url, headers, kwargs = self.connection.toolbox_websocket(sandbox_id, path)
+    @contextmanager
+    def _calling(self, action: str, sandbox_id: str | None = None) -> Iterator[None]:
         try:
-            async with ws_connect(url, additional_headers=headers, open_timeout=30, max_size=2**24,
-                                  **kwargs) as websocket:
-                yield websocket
-        except InvalidStatus as exc:
-            response = exc.response
-            reason = response.body.decode("utf-8", "replace")[:300] if response.body else ""
-            if response.headers.get("x-proxy-error") == "sandbox-not-found":
-                raise ToolFailure(f"sandbox {sandbox_id} was not found, or is not started. "
-                                  "list_sandboxes shows your sandboxes and their states.") from None
-            raise ToolFailure(f"the sandbox refused the connection ({response.status_code}): {reason}") from None
-        except (OSError, InvalidHandshake, TimeoutError) as exc:
-            raise ToolFailure(f"cannot reach sandbox {sandbox_id} through the proxy at "
-                              f"{self.connection.proxy_url} ({exc}); is the main job running?") from None
+            yield
+        except ApiError as exc:
+            raise _failure(exc, action, sandbox_id) from None
+
+    @contextmanager
+    def _toolbox(self, sandbox_id: str, action: str, timeout: float | None = 60) -> Iterator[Toolbox]:
+        """The sandbox's toolbox, once the sandbox is known to be this key's and started."""
+        _check_id(sandbox_id)
+        with self._calling(action, sandbox_id):
+            record = self.client.get_sandbox(sandbox_id)
+            if record.get("state") != "started":
+                raise ToolFailure(f"{action} failed: sandbox {sandbox_id} is {record.get('state')}, not started; "
+                                  "start_sandbox starts it")
+            with self.client.toolbox(record, timeout=timeout) as toolbox:
+                yield toolbox
 
     # ---- sandboxes ---------------------------------------------------------------------
 
-    async def create_sandbox(self, name: str | None, language: str, env: dict[str, str] | None,
-                             labels: dict[str, str] | None, cpu: int | None, memory: int | None,
-                             auto_stop_minutes: int | None, public: bool) -> str:
+    def create_sandbox(self, name: str | None, language: str, env: dict[str, str] | None,
+                       labels: dict[str, str] | None, cpu: int | None, memory: int | None,
+                       auto_stop_minutes: int | None, public: bool) -> str:
         if language not in LANGUAGES:
             raise ToolFailure(f"language must be one of {', '.join(LANGUAGES)}, got {language!r}")
         body: dict[str, Any] = {"labels": {**(labels or {}), LANGUAGE_LABEL: language}, "public": public}
@@ -155,56 +114,51 @@ class SandboxTools:
                            ("autoStopInterval", auto_stop_minutes)):
             if value is not None:
                 body[key] = value
-        async with self._api() as api:
-            response = await api.post("/sandbox", json=body, timeout=300)
-        _check(response, "create_sandbox")
-        sandbox = response.json()
-        return _dump({**_sandbox_summary(sandbox),
-                      "next": "use this id as sandbox_id in the other tools; destroy_sandbox when done"})
+        with self._calling("create_sandbox"):
+            sandbox = self.client.create_sandbox(body)
+        return _dump({**_summary(sandbox), "next": "pass this id as sandbox_id to the other tools; "
+                                                   "destroy_sandbox when done"})
 
-    async def list_sandboxes(self) -> str:
-        async with self._api() as api:
-            response = await api.get("/sandbox", params={"limit": 100})
-        _check(response, "list_sandboxes")
-        body = response.json()
-        items = body.get("items", body) if isinstance(body, dict) else body
-        summary = [_sandbox_summary(s) for s in items]
-        text = _dump(summary)
-        if isinstance(body, dict) and body.get("nextCursor"):
-            text += "\n[the 100 newest are shown]"
+    def list_sandboxes(self) -> str:
+        with self._calling("list_sandboxes"):
+            items = self.client.list_sandboxes()
+        text = _dump([_summary(s) for s in items[:MAX_LIST]])
+        if len(items) > MAX_LIST:
+            text += f"\n[the {MAX_LIST} newest of {len(items)} are shown]"
         return text
 
-    async def destroy_sandbox(self, sandbox_id: str) -> str:
+    def start_sandbox(self, sandbox_id: str) -> str:
         _check_id(sandbox_id)
-        async with self._api() as api:
-            response = await api.delete(f"/sandbox/{sandbox_id}", timeout=120)
-        _check(response, "destroy_sandbox", sandbox_id)
+        with self._calling("start_sandbox", sandbox_id):
+            sandbox = self.client.start_sandbox(sandbox_id)
+        return _dump(_summary(sandbox))
+
+    def destroy_sandbox(self, sandbox_id: str) -> str:
+        _check_id(sandbox_id)
+        with self._calling("destroy_sandbox", sandbox_id):
+            self.client.delete_sandbox(sandbox_id)
         return f"sandbox {sandbox_id} destroyed"
 
-    async def preview_link(self, sandbox_id: str, port: int, expires_in_seconds: int) -> str:
+    def preview_link(self, sandbox_id: str, port: int, expires_in_seconds: int) -> str:
         _check_id(sandbox_id)
         if not 1 <= port <= 65535:
             raise ToolFailure(f"port must be from 1 to 65535, got {port}")
-        async with self._api() as api:
-            plain = await api.get(f"/sandbox/{sandbox_id}/ports/{port}/preview-url")
-            _check(plain, "preview_link", sandbox_id)
-            signed = await api.get(f"/sandbox/{sandbox_id}/ports/{port}/signed-preview-url",
-                                   params={"expiresInSeconds": expires_in_seconds})
-            _check(signed, "preview_link", sandbox_id)
-        preview, link = plain.json(), signed.json()
+        with self._calling("preview_link", sandbox_id):
+            plain = self.client.preview_url(sandbox_id, port)
+            signed = self.client.signed_preview_url(sandbox_id, port, expires_in_seconds)
         return _dump({
-            "url": link["url"],
+            "url": signed["url"],
             "expiresInSeconds": expires_in_seconds,
-            "note": "open url as is (the token is part of it). Without it, use plainUrl with the header "
-                    "X-Daytona-Preview-Token: token (public sandboxes need no token). Something must listen on "
+            "note": "open url as it is (its token is part of it). Or use plainUrl with the header "
+                    "X-Daytona-Preview-Token: <token> (a public sandbox needs none). Something must listen on "
                     f"port {port} inside the sandbox (start it with start_command).",
-            "plainUrl": preview["url"],
-            "token": preview["token"],
+            "plainUrl": plain["url"],
+            "token": plain["token"],
         })
 
-    # ---- commands ----------------------------------------------------------------------
+    # ---- commands and code -------------------------------------------------------------
 
-    async def execute_command(self, sandbox_id: str, command: str, cwd: str | None, timeout: int) -> str:
+    def execute_command(self, sandbox_id: str, command: str, cwd: str | None, timeout: int) -> str:
         if not command.strip():
             raise ToolFailure("command is empty")
         body: dict[str, Any] = {"command": command, "timeout": timeout}
@@ -212,56 +166,49 @@ class SandboxTools:
             body["cwd"] = cwd
         # The output may be huge: only its head and tail are kept while it streams by.
         kept = shaping.HeadTail(EXECUTE_HEAD, EXECUTE_TAIL)
-        async with self._toolbox(sandbox_id, timeout=timeout + 10) as toolbox:
-            async with toolbox.stream("POST", "/process/execute", json=body) as response:
-                if response.status_code == 408:
+        with self._toolbox(sandbox_id, "execute_command", timeout=timeout + 10) as toolbox:
+            try:
+                with toolbox.stream("POST", "/process/execute", json=body) as response:
+                    for chunk in response.iter_bytes():
+                        kept.feed(chunk)
+            except ApiError as exc:
+                if exc.status == 408:
                     raise ToolFailure(f"the command ran longer than {timeout} s and was killed. For servers and "
-                                      "long jobs use start_command and read_command_logs; or pass a larger timeout.")
-                if response.status_code >= 400:
-                    await response.aread()
-                    _check(response, "execute_command", sandbox_id)
-                async for chunk in response.aiter_bytes():
-                    kept.feed(chunk)
+                                      "long jobs use start_command and read_command_logs; or pass a larger "
+                                      "timeout.") from None
+                raise
         exit_code, output, tail = _execute_output(kept)
         note = "redirect the output to a file (cmd > /tmp/out.txt 2>&1) and page through it with read_file"
         if tail is None:
             return f"exit code: {exit_code}\n{shaping.cut(output, how_to_read_more=note)}"
         return f"exit code: {exit_code}\n{shaping.cut_huge(output, tail, kept.total, how_to_read_more=note)}"
 
-    async def run_code(self, sandbox_id: str, code: str, context_id: str | None, timeout: int) -> str:
+    def run_code(self, sandbox_id: str, code: str, context_id: str | None, timeout: int) -> str:
         if not code.strip():
             raise ToolFailure("code is empty")
-        request: dict[str, Any] = {"code": code, "timeout": timeout}
-        if context_id:
-            request["contextId"] = context_id
         stdout: list[str] = []
         stderr: list[str] = []
         error: dict[str, Any] | None = None
-        async with self._websocket(sandbox_id, "/process/interpreter/execute") as websocket:
-            await websocket.send(json.dumps(request))
+        with self._toolbox(sandbox_id, "run_code") as toolbox:
             try:
-                async for frame in websocket:
-                    chunk = json.loads(frame)
-                    kind = chunk.get("type")
+                for frame in toolbox.run_code(code, context_id, timeout):
+                    kind = frame.get("type")
                     if kind == "stdout":
-                        stdout.append(chunk.get("text", ""))
+                        stdout.append(frame.get("text", ""))
                     elif kind == "stderr":
-                        stderr.append(chunk.get("text", ""))
+                        stderr.append(frame.get("text", ""))
                     elif kind == "error":
-                        error = chunk
-            except ConnectionClosed:
-                pass
-            close = websocket.close_code, websocket.close_reason
-        if close[0] == 4008:
-            raise ToolFailure(f"the code ran longer than {timeout} s and was interrupted (the context keeps its "
-                              "state unless it had to be killed); pass a larger timeout, or use start_command")
-        if close[0] not in (1000, None):
-            raise ToolFailure(f"run_code failed: {close[1] or 'the interpreter closed the connection'} "
-                              f"(close code {close[0]})")
+                        error = frame
+            except ApiError as exc:
+                if exc.status == 408:
+                    raise ToolFailure(f"the code ran longer than {timeout} s and was interrupted (the context keeps "
+                                      "its state unless it had to be killed); pass a larger timeout, or use "
+                                      "start_command") from None
+                raise
         parts = []
         if stdout:
-            parts.append(shaping.cut("".join(stdout), how_to_read_more="print less, or write to a file and "
-                                                                       "use read_file"))
+            parts.append(shaping.cut("".join(stdout), how_to_read_more="print less, or write to a file and use "
+                                                                       "read_file"))
         if stderr:
             parts.append("stderr:\n" + shaping.cut("".join(stderr), limit=shaping.MAX_TEXT // 2))
         if error is not None:
@@ -269,150 +216,132 @@ class SandboxTools:
                          + shaping.cut(error.get("traceback", ""), limit=shaping.MAX_TEXT // 2))
         return "\n".join(parts) if parts else "(no output)"
 
-    async def create_code_context(self, sandbox_id: str, cwd: str | None) -> str:
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.post("/process/interpreter/context", json={"cwd": cwd} if cwd else {})
-        _check(response, "create_code_context", sandbox_id)
-        context = response.json()
+    def create_code_context(self, sandbox_id: str, cwd: str | None) -> str:
+        with self._toolbox(sandbox_id, "create_code_context") as toolbox:
+            context = toolbox.create_context(cwd)
         return _dump({"contextId": context["id"], "cwd": context.get("cwd"),
-                      "note": "pass contextId to run_code; variables persist within it"})
+                      "note": "pass contextId to run_code; its variables persist between calls"})
 
-    async def start_command(self, sandbox_id: str, command: str, cwd: str | None) -> str:
+    def start_command(self, sandbox_id: str, command: str, cwd: str | None) -> str:
         if not command.strip():
             raise ToolFailure("command is empty")
+        # A session of its own: commands of one session run one after another.
         session_id = SESSION_PREFIX + secrets.token_hex(6)
         script = f"cd {shlex.quote(cwd)} && {command}" if cwd else command
-        async with self._toolbox(sandbox_id) as toolbox:
-            created = await toolbox.post("/process/session", json={"sessionId": session_id})
-            _check(created, "start_command", sandbox_id)
-            response = await toolbox.post(f"/process/session/{session_id}/exec",
-                                          json={"command": script, "runAsync": True})
-            if response.status_code >= 400:
-                await toolbox.delete(f"/process/session/{session_id}")
-            _check(response, "start_command", sandbox_id)
-        command_id = response.json()["cmdId"]
-        return _dump({"sessionId": session_id, "commandId": command_id,
+        with self._toolbox(sandbox_id, "start_command") as toolbox:
+            toolbox.create_session(session_id)
+            try:
+                started = toolbox.session_exec(session_id, script, run_async=True)
+            except ApiError:
+                toolbox.delete_session(session_id)
+                raise
+        return _dump({"sessionId": session_id, "commandId": started["cmdId"],
                       "next": "read_command_logs with these ids (offset 0 first, then the nextOffset it returns); "
-                              "stop_command to stop it"})
+                              "stop_command stops it"})
 
-    async def read_command_logs(self, sandbox_id: str, session_id: str, command_id: str, offset: int,
-                                wait_seconds: float, max_bytes: int) -> str:
-        _check_name(session_id, "session_id")
-        _check_name(command_id, "command_id")
+    def read_command_logs(self, sandbox_id: str, session_id: str, command_id: str, offset: int,
+                          wait_seconds: float, max_bytes: int) -> str:
+        _check_id(session_id, "session_id")
+        _check_id(command_id, "command_id")
         if offset < 0:
             raise ToolFailure("offset must be 0 or more (the nextOffset of the previous read)")
         max_bytes = max(1000, min(max_bytes, 100_000))
-        path = f"/process/session/{session_id}/command/{command_id}"
-        async with self._toolbox(sandbox_id) as toolbox:
-            status = await toolbox.get(path)
-        if status.status_code == 404:
-            raise ToolFailure(f"no command {command_id} in session {session_id} of sandbox {sandbox_id} "
-                              "(start_command returns both ids)")
-        _check(status, "read_command_logs", sandbox_id)
         raw = bytearray()
-        start = offset
-        follow = wait_seconds > 0
-        async with self._websocket(sandbox_id, f"{path}/logs?offset={offset}&follow={str(follow).lower()}") as ws:
-            # Where the stream starts: the log keeps a bounded tail, so an old offset moves up.
-            header = ws.response.headers.get("x-output-offset") if ws.response else None
-            if header is not None and header.isdigit():
-                start = int(header)
-            with anyio.move_on_after(wait_seconds if follow else 30):
-                try:
-                    async for frame in ws:
-                        raw += frame if isinstance(frame, bytes) else frame.encode()
-                        if len(raw) > max_bytes:
-                            break
-                except ConnectionClosed:
-                    pass
+        start = [offset]
+        with self._toolbox(sandbox_id, "read_command_logs") as toolbox:
+            try:
+                toolbox.get_command(session_id, command_id)
+            except ApiError as exc:
+                if exc.status == 404:
+                    raise ToolFailure(f"no command {command_id} in session {session_id} of sandbox {sandbox_id} "
+                                      "(start_command returns both ids)") from None
+                raise
+            follow = wait_seconds > 0
+            chunks = cast(Generator[bytes, None, None], toolbox.follow_logs(
+                session_id, command_id, offset, follow=follow,
+                deadline=time.monotonic() + (wait_seconds if follow else 30),
+                on_start=lambda at: start.__setitem__(0, at)))
+            try:
+                for chunk in chunks:
+                    raw += chunk
+                    if len(raw) > max_bytes:
+                        break
+            finally:
+                chunks.close()  # hangs up the WebSocket once the page is full
+            exit_code = toolbox.get_command(session_id, command_id).get("exitCode")
         end = shaping.page_end(bytes(raw), max_bytes)
-        streams = shaping.demux(bytes(raw[:end]))
-        async with self._toolbox(sandbox_id) as toolbox:
-            status = await toolbox.get(path)
-        exit_code = status.json().get("exitCode") if status.status_code == 200 else None
-        more = end < len(raw)
-        result: dict[str, Any] = {
-            "running": exit_code is None,
-            "exitCode": exit_code,
-            "nextOffset": start + end,
-            "stdout": streams.stdout,
-        }
-        if streams.stderr:
-            result["stderr"] = streams.stderr
-        if start > offset:
-            result["skipped"] = f"bytes {offset}-{start} are no longer kept"
-        if more:
-            result["note"] = f"more output: call again with offset {start + end}"
+        stdout, stderr = _demux(bytes(raw[:end]))
+        next_offset = start[0] + end
+        result: dict[str, Any] = {"running": exit_code is None, "exitCode": exit_code, "nextOffset": next_offset,
+                                  "stdout": stdout}
+        if stderr:
+            result["stderr"] = stderr
+        if start[0] > offset:
+            result["skipped"] = f"bytes {offset}-{start[0]} are no longer kept"
+        if end < len(raw):
+            result["note"] = f"more output: call again with offset {next_offset}"
         elif exit_code is None:
-            result["note"] = f"still running: call again with offset {start + end} (wait_seconds to wait for output)"
+            result["note"] = f"still running: call again with offset {next_offset} (wait_seconds waits for output)"
         return _dump(result)
 
-    async def stop_command(self, sandbox_id: str, session_id: str, command_id: str, signal: str) -> str:
-        _check_name(session_id, "session_id")
-        _check_name(command_id, "command_id")
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.post(f"/process/session/{session_id}/command/{command_id}/signal",
-                                          json={"signal": signal})
-            if response.status_code == 410:
-                return f"command {command_id} had already finished"
-            _check(response, "stop_command", sandbox_id)
-            with anyio.move_on_after(5):
-                while True:
-                    state = await toolbox.get(f"/process/session/{session_id}/command/{command_id}")
-                    if state.status_code != 200 or state.json().get("exitCode") is not None:
-                        break
-                    await anyio.sleep(0.1)
-        sent = response.json()
-        exit_code = state.json().get("exitCode") if state.status_code == 200 else None
-        ended = f"it exited with code {exit_code}" if exit_code is not None else (
-            "it is still running after 5 s: stop_command again with signal KILL")
-        return (f"sent {sent.get('signal', 'SIG' + signal)} to {sent.get('processes', 0)} process(es); {ended}. "
+    def stop_command(self, sandbox_id: str, session_id: str, command_id: str, signal: str) -> str:
+        _check_id(session_id, "session_id")
+        _check_id(command_id, "command_id")
+        with self._toolbox(sandbox_id, "stop_command") as toolbox:
+            try:
+                sent = toolbox.signal_command(session_id, command_id, signal)
+            except ApiError as exc:
+                if exc.status == 410:
+                    return f"command {command_id} had already finished"
+                raise
+            deadline = time.monotonic() + 5
+            exit_code = None
+            while time.monotonic() < deadline:
+                exit_code = toolbox.get_command(session_id, command_id).get("exitCode")
+                if exit_code is not None:
+                    break
+                time.sleep(0.1)
+        ended = (f"it exited with code {exit_code}" if exit_code is not None
+                 else "it still runs after 5 s: stop_command again with signal KILL")
+        return (f"sent {sent.get('signal', signal)} to {sent.get('processes', 0)} process(es); {ended}. "
                 "Its logs stay readable with read_command_logs.")
 
     # ---- files -------------------------------------------------------------------------
 
-    async def list_files(self, sandbox_id: str, path: str, depth: int) -> str:
+    def list_files(self, sandbox_id: str, path: str, depth: int) -> str:
         if depth < 1:
             raise ToolFailure("depth must be 1 or more")
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.get("/files", params={"path": path, "depth": depth})
-        _check(response, "list_files", sandbox_id)
-        entries = response.json()
+        with self._toolbox(sandbox_id, "list_files") as toolbox:
+            entries = toolbox.list_files(path, depth)
+        if not entries:
+            return f"{path} is empty"
         lines = [f"{'d' if e.get('isDir') else '-'} {e.get('permissions', '')} {e.get('size', 0):>10} "
                  f"{e.get('modifiedAt') or ''} {e.get('path') or e.get('name')}{'/' if e.get('isDir') else ''}"
                  for e in entries[:MAX_LIST]]
-        if not lines:
-            return f"{path} is empty"
         if len(entries) > MAX_LIST:
-            lines.append(f"[{len(entries) - MAX_LIST} more entries not shown: list a subdirectory or use a "
-                         "smaller depth]")
+            lines.append(f"[{len(entries) - MAX_LIST} more entries not shown: list a subdirectory, or depth 1]")
         return "\n".join(lines)
 
-    async def get_file_info(self, sandbox_id: str, path: str) -> str:
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.get("/files/info", params={"path": path})
-        _check(response, "get_file_info", sandbox_id)
-        return _dump(response.json())
+    def get_file_info(self, sandbox_id: str, path: str) -> str:
+        with self._toolbox(sandbox_id, "get_file_info") as toolbox:
+            return _dump(toolbox.file_info(path))
 
-    async def create_folder(self, sandbox_id: str, path: str, mode: str) -> str:
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.post("/files/folder", params={"path": path, "mode": mode})
-        _check(response, "create_folder", sandbox_id)
+    def create_folder(self, sandbox_id: str, path: str, mode: str) -> str:
+        with self._toolbox(sandbox_id, "create_folder") as toolbox:
+            toolbox.make_folder(path, mode)
         return f"folder {path} exists (mode {mode})"
 
-    async def delete_file(self, sandbox_id: str, path: str, recursive: bool) -> str:
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.delete("/files", params={"path": path, "recursive": str(recursive).lower()})
-        _check(response, "delete_file", sandbox_id)
+    def delete_file(self, sandbox_id: str, path: str, recursive: bool) -> str:
+        with self._toolbox(sandbox_id, "delete_file") as toolbox:
+            toolbox.delete_file(path, recursive)
         return f"deleted {path}"
 
-    async def move_file(self, sandbox_id: str, source: str, destination: str) -> str:
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.post("/files/move", params={"source": source, "destination": destination})
-        _check(response, "move_file", sandbox_id)
+    def move_file(self, sandbox_id: str, source: str, destination: str) -> str:
+        with self._toolbox(sandbox_id, "move_file") as toolbox:
+            toolbox.move_file(source, destination)
         return f"moved {source} to {destination}"
 
-    async def upload_file(self, sandbox_id: str, path: str, content: str, encoding: str) -> str:
+    def upload_file(self, sandbox_id: str, path: str, content: str, encoding: str) -> str:
         if encoding == "text":
             data = content.encode("utf-8")
         elif encoding == "base64":
@@ -425,41 +354,31 @@ class SandboxTools:
         if len(data) > MAX_UPLOAD:
             raise ToolFailure(f"content is {len(data)} bytes; at most {MAX_UPLOAD} go through MCP. Fetch big files "
                               "inside the sandbox instead (execute_command with curl, git_clone)")
-        async with self._toolbox(sandbox_id) as toolbox:
-            response = await toolbox.post("/files/upload-v2", params={"path": path}, content=data,
-                                          headers={"content-type": "application/octet-stream"})
-        _check(response, "upload_file", sandbox_id)
+        with self._toolbox(sandbox_id, "upload_file") as toolbox:
+            toolbox.upload(path, data)
         return f"wrote {len(data)} bytes to {path}"
 
-    @asynccontextmanager
-    async def _download(self, sandbox_id: str, path: str) -> AsyncIterator[httpx.Response]:
-        async with self._toolbox(sandbox_id) as toolbox:
-            async with toolbox.stream("GET", "/files/download", params={"path": path}) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    _check(response, f"reading {path}", sandbox_id)
-                yield response
-
-    async def download_file(self, sandbox_id: str, path: str) -> str:
-        async with self._download(sandbox_id, path) as response:
-            size = response.headers.get("content-length")
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > MAX_DOWNLOAD:
-                    break
+    def download_file(self, sandbox_id: str, path: str) -> str:
+        data = bytearray()
+        with self._toolbox(sandbox_id, "download_file") as toolbox:
+            with toolbox.stream("GET", "/files/download", params={"path": path}) as response:
+                size = response.headers.get("content-length")
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > MAX_DOWNLOAD:
+                        break
         total = int(size) if size and size.isdigit() else None
         if shaping.looks_binary(bytes(data)):
             raise ToolFailure(shaping.binary_refusal(path, total, bytes(data[:16])))
-        if len(data) > MAX_DOWNLOAD:
-            end = shaping.safe_utf8_end(bytes(data[:MAX_DOWNLOAD]))
-            text = bytes(data[:end]).decode("utf-8", "replace")
-            lines = text.count("\n")
-            return (text + f"\n[file cut at {end} of {total if total is not None else 'more than ' + str(end)} "
-                           f"bytes; read the rest with read_file offset={lines + 1}]")
-        return bytes(data).decode("utf-8", "replace")
+        if len(data) <= MAX_DOWNLOAD:
+            return bytes(data).decode("utf-8", "replace")
+        end = shaping.safe_utf8_end(bytes(data[:MAX_DOWNLOAD]))
+        text = bytes(data[:end]).decode("utf-8", "replace")
+        whole = f"{total} bytes" if total is not None else "longer"
+        return text + (f"\n[file cut at {end} bytes of {whole}; read_file offset={text.count(chr(10)) + 1} "
+                       "reads on from here]")
 
-    async def read_file(self, sandbox_id: str, path: str, offset: int, limit: int) -> str:
+    def read_file(self, sandbox_id: str, path: str, offset: int, limit: int) -> str:
         if offset < 1:
             raise ToolFailure("offset is a line number and starts at 1")
         if limit < 1:
@@ -467,85 +386,85 @@ class SandboxTools:
         limit = min(limit, 2000)
         lines: list[str] = []
         number = 0
-        pending = b""
-        more = False
-        checked = False
         budget = shaping.MAX_TEXT * 2
-        async with self._download(sandbox_id, path) as response:
-            size = response.headers.get("content-length")
-            async for chunk in response.aiter_bytes():
-                if not checked:
-                    checked = True
-                    if shaping.looks_binary(chunk):
-                        total = int(size) if size and size.isdigit() else None
-                        raise ToolFailure(shaping.binary_refusal(path, total, chunk[:16]))
-                pending += chunk
-                *complete, pending = pending.split(b"\n")
-                for raw in complete:
-                    number += 1
-                    if number < offset:
-                        continue
-                    if len(lines) >= limit or budget <= 0:
-                        more = True
+        more = False
+        with self._toolbox(sandbox_id, "read_file") as toolbox:
+            with toolbox.stream("GET", "/files/download", params={"path": path}) as response:
+                size = response.headers.get("content-length")
+                pending = b""
+                first = True
+                for chunk in response.iter_bytes():
+                    if first:
+                        first = False
+                        if shaping.looks_binary(chunk):
+                            total = int(size) if size and size.isdigit() else None
+                            raise ToolFailure(shaping.binary_refusal(path, total, chunk[:16]))
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    for raw in complete:
+                        number += 1
+                        if number < offset:
+                            continue
+                        if len(lines) >= limit or budget <= 0:
+                            more = True
+                            break
+                        line = shaping.clip_line(raw.decode("utf-8", "replace"))
+                        budget -= len(line)
+                        lines.append(f"{number:>6}\t{line}")
+                    if more:
                         break
-                    line = shaping.clip_line(raw.decode("utf-8", "replace"))
-                    budget -= len(line)
-                    lines.append(f"{number:>6}\t{line}")
-                if more:
-                    break
-            else:
-                if pending:
+                if not more and pending:  # a last line without a newline
                     number += 1
-                    if number >= offset and len(lines) < limit and budget > 0:
-                        lines.append(f"{number:>6}\t{shaping.clip_line(pending.decode('utf-8', 'replace'))}")
-                    elif number >= offset:
-                        more = True
+                    if number >= offset:
+                        if len(lines) >= limit or budget <= 0:
+                            more = True
+                        else:
+                            lines.append(f"{number:>6}\t{shaping.clip_line(pending.decode('utf-8', 'replace'))}")
         if not lines:
-            if number == 0:
-                return f"{path} is empty"
-            return f"{path} has {number} lines; offset {offset} is past its end"
+            return f"{path} is empty" if number == 0 else f"{path} has {number} lines; offset {offset} is past its end"
         last = offset + len(lines) - 1
-        footer = (f"\n[lines {offset}-{last}; more follow: read_file offset={last + 1}]" if more
-                  else f"\n[lines {offset}-{last} of {number}; end of file]")
-        return "\n".join(lines) + footer
+        if more:
+            return "\n".join(lines) + f"\n[lines {offset}-{last}; more follow: read_file offset={last + 1}]"
+        return "\n".join(lines) + f"\n[lines {offset}-{last} of {number}; end of file]"
 
-    async def search_files(self, sandbox_id: str, pattern: str, path: str) -> str:
+    def search_files(self, sandbox_id: str, pattern: str, path: str) -> str:
         if not pattern:
             raise ToolFailure("pattern is empty (it is literal text, not a regular expression)")
-        async with self._toolbox(sandbox_id, timeout=120) as toolbox:
-            async with toolbox.stream("GET", "/files/find", params={"path": path, "pattern": pattern}) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    _check(response, "search_files", sandbox_id)
-                body = bytearray()
-                async for chunk in response.aiter_bytes():
+        body = bytearray()
+        with self._toolbox(sandbox_id, "search_files", timeout=120) as toolbox:
+            with toolbox.stream("GET", "/files/find", params={"path": path, "pattern": pattern}) as response:
+                for chunk in response.iter_bytes():
                     body += chunk
-                    if len(body) > MAX_JSON:
-                        raise ToolFailure(f"the search of {path} for {pattern!r} found too much to return; "
-                                          "search a smaller directory or a more specific pattern")
+                    if len(body) > MAX_SEARCH_ANSWER:
+                        raise ToolFailure(f"the search of {path} for {pattern!r} found too much to return; search "
+                                          "a smaller directory or a more specific pattern")
         matches = json.loads(body)
         if not matches:
             return f"no line under {path} contains {pattern!r}"
-        lines = [f"{m['file']}:{m['line']}: {shaping.clip_line(m['content'].strip(), 300)}"
-                 for m in matches[:MAX_MATCHES]]
-        text = "\n".join(lines)
+        text = "\n".join(f"{m['file']}:{m['line']}: {shaping.clip_line(m['content'].strip(), 300)}"
+                         for m in matches[:MAX_MATCHES])
         if len(matches) > MAX_MATCHES:
             files = len({m["file"] for m in matches})
             text += (f"\n[{len(matches)} matches in {files} files, the first {MAX_MATCHES} shown: search a "
                      "subdirectory or a more specific pattern]")
         return shaping.cut(text, how_to_read_more="search a subdirectory or a more specific pattern")
 
-    async def git_clone(self, sandbox_id: str, url: str, path: str, branch: str | None, commit_id: str | None,
-                        username: str | None, password: str | None, depth: int | None) -> str:
-        body: dict[str, Any] = {"url": url, "path": path}
-        for key, value in (("branch", branch), ("commit_id", commit_id), ("username", username),
-                           ("password", password), ("depth", depth)):
-            if value is not None:
-                body[key] = value
-        async with self._toolbox(sandbox_id, timeout=600) as toolbox:
-            response = await toolbox.post("/git/clone", json=body)
-        _check(response, "git_clone", sandbox_id)
+    def git_clone(self, sandbox_id: str, url: str, path: str, branch: str | None, commit_id: str | None,
+                  username: str | None, password: str | None) -> str:
+        with self._toolbox(sandbox_id, "git_clone", timeout=600) as toolbox:
+            toolbox.git_clone(url, path, branch=branch, commit_id=commit_id, username=username, password=password)
         return f"cloned {url} into {path}" + (f" (branch {branch})" if branch else "")
+
+
+def _demux(raw: bytes) -> tuple[str, str]:
+    """A page of a session log as (stdout, stderr). A page that starts mid-line (the last
+    one was cut inside a huge line) has no marker first: its bytes count as stdout."""
+    demux = Demux()
+    out: list[bytes] = []
+    err: list[bytes] = []
+    for stream, piece in [*demux.feed(STDOUT_MARK + raw), *demux.flush()]:
+        (err if stream == STDERR else out).append(piece)
+    return b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace")
 
 
 def _execute_output(kept: shaping.HeadTail) -> tuple[int, str, str | None]:
@@ -561,13 +480,3 @@ def _execute_output(kept: shaping.HeadTail) -> tuple[int, str, str | None]:
     tail = tail[:-2] if tail.endswith(b'"}') else tail
     return (int(match.group(1)), shaping.json_string_head(bytes(kept.head[match.end():])),
             shaping.json_string_tail(tail))
-
-
-def _check_id(sandbox_id: str) -> None:
-    _check_name(sandbox_id, "sandbox_id")
-
-
-def _check_name(value: str, what: str) -> None:
-    # Ids go into URL paths: refuse what would change the path instead of naming a resource.
-    if not value or any(c in value for c in "/?#%\\") or value in (".", ".."):
-        raise ToolFailure(f"{what} {value!r} is not a valid id")

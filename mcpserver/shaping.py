@@ -1,5 +1,5 @@
 """Tool results sized for a model: long text cut with a note saying how to read more,
-binary content recognised and refused, session logs split into their two streams.
+binary content recognised and refused, session logs cut into pages on line ends.
 
 Pure functions, no I/O: the tools (`mcpserver/sandboxes.py`) decide what the note says.
 """
@@ -7,7 +7,6 @@ Pure functions, no I/O: the tools (`mcpserver/sandboxes.py`) decide what the not
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 # About 5-6k tokens: a model sees enough to act and the context window survives a noisy
 # command. Callers that can page (read_file, read_command_logs) use their own limits.
@@ -18,8 +17,6 @@ HEAD_SHARE = 0.25
 MAX_LINE = 2_000
 SNIFF = 8192
 
-STDOUT_MARK = b"\x01\x01\x01"
-STDERR_MARK = b"\x02\x02\x02"
 
 
 def cut(text: str, limit: int = MAX_TEXT, how_to_read_more: str = "") -> str:
@@ -92,31 +89,6 @@ def safe_utf8_end(data: bytes) -> int:
         if need > back + 1:
             return end - back - 1
     return end
-
-
-@dataclass
-class Streams:
-    stdout: str
-    stderr: str
-
-
-def demux(raw: bytes, current: int = 1) -> Streams:
-    """A session log (lines prefixed with the stdout or stderr marker) as its two streams.
-    Bytes before the first marker belong to `current` (a page that starts mid-line)."""
-    out: list[bytes] = []
-    err: list[bytes] = []
-    position = 0
-    while position < len(raw):
-        next_out = raw.find(STDOUT_MARK, position)
-        next_err = raw.find(STDERR_MARK, position)
-        candidates = [i for i in (next_out, next_err) if i >= 0]
-        end = min(candidates) if candidates else len(raw)
-        (out if current == 1 else err).append(raw[position:end])
-        if end == len(raw):
-            break
-        current = 1 if end == next_out else 2
-        position = end + 3
-    return Streams(b"".join(out).decode("utf-8", "replace"), b"".join(err).decode("utf-8", "replace"))
 
 
 def page_end(raw: bytes, limit: int) -> int:

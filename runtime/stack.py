@@ -57,11 +57,6 @@ def _secret_file(path: Path, nbytes: int = 24, value: str | None = None) -> str:
     return value
 
 
-def _dial_host(host: str) -> str:
-    """The address to reach a server listening on `host` (a wildcard is reached on loopback)."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-
-
 def _die_with_parent() -> None:
     """In the proxy's child process: SIGTERM when the main job dies, even by SIGKILL, so a
     crashed main job never leaves a proxy holding its port."""
@@ -119,8 +114,8 @@ class Stack:
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
         # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
-        # proxy with the caller's own key, dialled at the proxy's listen address.
-        self.mcp = McpEndpoint(self._known_key, self.api_url, dial=(_dial_host(config.host), config.port))
+        # API and toolboxes through the proxy, with the caller's own key.
+        self.mcp = McpEndpoint(self._known_key, self.api_url)
         self._mcp_running: contextlib.AsyncExitStack | None = None
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None

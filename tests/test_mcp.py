@@ -235,9 +235,13 @@ def test_files_search_and_ranges(stack: Stack, sandbox_id: str) -> None:
                 assert "binary" in refusal and "PNG image" in refusal, refusal
 
             # Long output is cut with a note saying how to get all of it.
-            long = await call(client, "execute_command", **sid, command="seq 1 100000")
+            long = await call(client, "execute_command", **sid, command="seq 1 20000")
             assert long.startswith("exit code: 0\n1\n2\n") and long.rstrip().endswith("read_file]")
-            assert "100000" in long and len(long) < 21_000 and "characters omitted" in long
+            assert "\n20000\n" in long and len(long) < 21_000 and "characters omitted" in long
+            # A huge one (20 MB) is never held whole: its start and end still arrive.
+            huge = await call(client, "execute_command", **sid, command="seq 1 3000000; echo done >&2; exit 4")
+            assert huge.startswith("exit code: 4\n1\n2\n") and "\n2999999\n3000000\ndone\n" in huge, huge[-300:]
+            assert "bytes omitted" in huge and len(huge) < 21_000
             failed = await call(client, "execute_command", **sid, command="echo oops >&2; exit 3")
             assert failed == "exit code: 3\noops\n" or failed.startswith("exit code: 3\noops")
 

@@ -34,21 +34,22 @@ def test_safe_utf8_end_never_splits_a_character() -> None:
         assert data.startswith(cut) and len(cut) >= end - 3
 
 
-def test_demux_and_pages_of_a_session_log() -> None:
-    log = b"".join(shaping.STDOUT_MARK + f"out {n}\n".encode() + shaping.STDERR_MARK + f"err {n}\n".encode()
-                   for n in range(50))
-    streams = shaping.demux(log)
-    assert streams.stdout == "".join(f"out {n}\n" for n in range(50))
-    assert streams.stderr == "".join(f"err {n}\n" for n in range(50))
-    end = shaping.page_end(log, 100)
-    assert end <= 100 and log[:end].endswith(b"\n")
-    # Pages joined are the log, and each page starts on a marker.
+def test_pages_of_a_session_log_split_into_streams() -> None:
+    from client.streams import STDERR_MARK, STDOUT_MARK
+    from mcpserver.sandboxes import _demux
+
+    log = b"".join(STDOUT_MARK + f"out {n}\n".encode() + STDERR_MARK + f"err {n}\n".encode() for n in range(50))
+    assert _demux(log) == ("".join(f"out {n}\n" for n in range(50)), "".join(f"err {n}\n" for n in range(50)))
+    # Pages end on line ends, so joined they are the log and each starts on a marker.
     position, pages = 0, []
     while position < len(log):
         end = shaping.page_end(log[position:], 100)
+        assert 0 < end <= 100
         pages.append(log[position:position + end])
         position += end
-    assert b"".join(pages) == log and all(p.startswith((shaping.STDOUT_MARK, shaping.STDERR_MARK)) for p in pages)
+    assert b"".join(pages) == log and all(p.startswith((STDOUT_MARK, STDERR_MARK)) for p in pages)
+    # A page cut inside one huge line goes on as the stream it was in (stdout when unknown).
+    assert _demux(b"rest of a long line\n" + STDERR_MARK + b"e\n") == ("rest of a long line\n", "e\n")
 
 
 def test_json_string_head_and_tail_at_every_cut() -> None:
