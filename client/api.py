@@ -82,6 +82,10 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def server_config(self) -> Json:
+        """GET /config (no key needed): `proxyToolboxUrl`, `proxyTemplateUrl`, `defaultSnapshot`, ..."""
+        return self._http.json("GET", "/config")
+
     # ---- sandboxes ----------------------------------------------------------------------
 
     def create_sandbox(self, body: dict[str, Any]) -> Json:
