@@ -314,8 +314,7 @@ class Toolbox:
                                                       "User-Agent": USER_AGENT},
                              open_timeout=open_timeout, max_size=None, user_agent_header=None)
         except InvalidStatus as exc:
-            raise ApiError(exc.response.status_code, _denial_message(bytes(exc.response.body or b""), exc.response.status_code),
-                           None, path) from None
+            raise _denial(bytes(exc.response.body or b""), exc.response.status_code, path) from None
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise ApiError.unreachable(url, exc) from None
         with socket:
@@ -382,8 +381,7 @@ class Toolbox:
                                                       "User-Agent": USER_AGENT},
                              open_timeout=open_timeout, max_size=None, user_agent_header=None)
         except InvalidStatus as exc:
-            raise ApiError(exc.response.status_code, _denial_message(bytes(exc.response.body or b""), exc.response.status_code),
-                           None, path) from None
+            raise _denial(bytes(exc.response.body or b""), exc.response.status_code, path) from None
         except (OSError, TimeoutError, WebSocketException) as exc:
             raise ApiError.unreachable(url, exc) from None
         with socket:
@@ -462,11 +460,14 @@ class Toolbox:
         self._http.send("POST", "/git/clone", json=body, timeout=httpx.Timeout(600, connect=10))
 
 
-def _denial_message(body: bytes, status: int) -> str:
+def _denial(body: bytes, status: int, path: str) -> ApiError:
+    """The ApiError of a refused WebSocket upgrade, with the code of its JSON body (the
+    proxy's `sandbox-not-found`, the daemon's `NOT_FOUND`, ...)."""
     try:
         data = json.loads(body)
     except ValueError:
         data = None
+    code = data.get("code") if isinstance(data, dict) and isinstance(data.get("code"), str) else None
     if isinstance(data, dict) and data.get("message"):
-        return str(data["message"])
-    return body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
+        return ApiError(status, str(data["message"]), code, path)
+    return ApiError(status, body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}", code, path)
