@@ -40,6 +40,8 @@ SESSION_PREFIX = "mcp-"
 EXECUTE_HEAD = 256 * 1024
 EXECUTE_TAIL = 256 * 1024
 _EXECUTE_PREFIX = re.compile(rb'^\{"exitCode":(-?\d+),"result":"')
+# The toolbox URL of each API (its /config), found once per process.
+TOOLBOX_URLS: dict[str, str] = {}
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -92,15 +94,29 @@ class SandboxTools:
 
     @contextmanager
     def _toolbox(self, sandbox_id: str, action: str, timeout: float | None = 60) -> Iterator[Toolbox]:
-        """The sandbox's toolbox, once the sandbox is known to be this key's and started."""
+        """The sandbox's toolbox. Called straight (the proxy checks that the key may reach
+        the sandbox); only when the proxy does not route it is the sandbox looked up, to
+        say whether it is unknown or not started."""
         _check_id(sandbox_id)
+        record = {"id": sandbox_id, "toolboxProxyUrl": self._toolbox_url()}
         with self._calling(action, sandbox_id):
-            record = self.client.get_sandbox(sandbox_id)
-            if record.get("state") != "started":
-                raise ToolFailure(f"{action} failed: sandbox {sandbox_id} is {record.get('state')}, not started; "
-                                  "start_sandbox starts it")
-            with self.client.toolbox(record, timeout=timeout) as toolbox:
-                yield toolbox
+            try:
+                with self.client.toolbox(record, timeout=timeout) as toolbox:
+                    yield toolbox
+            except ApiError as exc:
+                if exc.code == "sandbox-not-found":
+                    state = self.client.get_sandbox(sandbox_id).get("state")  # 404 when it is not this key's
+                    raise ToolFailure(f"{action} failed: sandbox {sandbox_id} is {state}, not started; "
+                                      "start_sandbox starts it") from None
+                raise
+
+    def _toolbox_url(self) -> str:
+        url = TOOLBOX_URLS.get(self.client.config.api_url)
+        if url is None:
+            with self._calling("reading the server's configuration"):
+                url = str(self.client.server_config()["proxyToolboxUrl"])
+            TOOLBOX_URLS[self.client.config.api_url] = url
+        return url
 
     # ---- sandboxes ---------------------------------------------------------------------
 

@@ -111,8 +111,9 @@ def test_tools_have_schemas_that_validate(stack: Stack, transport: str) -> None:
             if schema.get("required"):
                 assert list(validator.iter_errors({})), tool.name
         by_name = {tool.name: tool for tool in tools}
-        assert by_name["destroy_sandbox"].annotations.destructive_hint is True
-        assert by_name["read_file"].annotations.read_only_hint is True
+        destroy, read = by_name["destroy_sandbox"].annotations, by_name["read_file"].annotations
+        assert destroy is not None and destroy.destructive_hint is True
+        assert read is not None and read.read_only_hint is True
         port = by_name["preview_link"].input_schema["properties"]["port"]
         assert list(jsonschema.Draft202012Validator(port).iter_errors(70000))
 
@@ -358,3 +359,22 @@ def test_config_prints_what_agent_apps_take(stack: Stack) -> None:
             assert "create_sandbox" in {t.name for t in (await client.list_tools()).tools}
 
     run(scenario)
+
+
+def test_a_stopped_sandbox_is_named_as_such_and_starts_again(stack: Stack) -> None:
+    created = stack.api("POST", "/sandbox", json={"labels": {"test": "mcp-stop"}})
+    assert created.status_code == 200, created.text
+    sandbox_id = created.json()["id"]
+    try:
+        assert stack.api("POST", f"/sandbox/{sandbox_id}/stop").status_code == 200
+
+        async def scenario() -> None:
+            async with session(stack, "http") as client:
+                stopped = await failure(client, "execute_command", sandbox_id=sandbox_id, command="true")
+                assert "is stopped" in stopped and "start_sandbox" in stopped, stopped
+                assert (await call_json(client, "start_sandbox", sandbox_id=sandbox_id))["state"] == "started"
+                assert "exit code: 0" in await call(client, "execute_command", sandbox_id=sandbox_id, command="true")
+
+        run(scenario)
+    finally:
+        stack.api("DELETE", f"/sandbox/{sandbox_id}")
