@@ -17,22 +17,23 @@ have, and its Host is whatever domain the operator serves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from mcp.server.mcpserver import Context
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
-from mcp.server.transport_security import TransportSecuritySettings
+import anyio
 from starlette.datastructures import Headers
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from client import Client, Config
 from mcpserver.sandboxes import ToolFailure
-from mcpserver.server import build_server
 from mcpserver.transport import SharedTransport
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver import Context, MCPServer
 
 Authenticate = Callable[[str], Awaitable[bool]]
 MAX_CLIENTS = 64
@@ -47,17 +48,19 @@ def bearer_key(authorization: str | None) -> str | None:
 
 
 class McpEndpoint:
+    """Built on the first request: importing the MCP SDK takes seconds here, which the main
+    job's start should not pay for an endpoint many deployments never call."""
+
     def __init__(self, authenticate: Authenticate, api_url: str) -> None:
         self._authenticate = authenticate
         self._api_url = api_url
         self._transport = SharedTransport()
         # One client per key in use (each is a few headers over the shared pool), newest last.
         self._clients: OrderedDict[str, Client] = OrderedDict()
-        self.server = build_server(self._client)
-        self.server.streamable_http_app(
-            stateless_http=True, json_response=True,
-            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
-        self._mcp = StreamableHTTPASGIApp(self.server.session_manager)
+        self._app: ASGIApp | None = None
+        self._starting: asyncio.Lock | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
 
     def _client(self, ctx: Context) -> Client:
         key = bearer_key((ctx.headers or {}).get("authorization"))
@@ -71,15 +74,57 @@ class McpEndpoint:
         self._clients[key] = client
         return client
 
-    @asynccontextmanager
-    async def run(self) -> AsyncIterator[None]:
-        """The SDK's task group for requests in flight: open while the main job serves."""
-        try:
-            async with self.server.session_manager.run():
-                yield
-        finally:
-            self._clients.clear()
-            self._transport.shutdown()
+    async def _ready(self) -> ASGIApp:
+        if self._app is not None:
+            return self._app
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._app is None:
+                self._app = await self._start()
+        return self._app
+
+    async def _start(self) -> ASGIApp:
+        server = await anyio.to_thread.run_sync(self._build)  # the SDK's imports, off the event loop
+        from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+
+        manager = server.session_manager
+        started = asyncio.Event()
+        stop = self._stop = asyncio.Event()
+
+        async def serve() -> None:
+            # The SDK's task group for requests in flight, open until `aclose()`.
+            async with manager.run():
+                started.set()
+                await stop.wait()
+
+        self._serving = asyncio.ensure_future(serve())
+        waiting = asyncio.ensure_future(started.wait())
+        await asyncio.wait([self._serving, waiting], return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if self._serving.done():
+            self._serving.result()  # raises what stopped it
+        return StreamableHTTPASGIApp(manager)
+
+    def _build(self) -> MCPServer:
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        from mcpserver.server import build_server
+
+        server = build_server(self._client)
+        server.streamable_http_app(
+            stateless_http=True, json_response=True,
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        return server
+
+    async def aclose(self) -> None:
+        """Let calls in flight end, close the SDK's task group and the connection pool."""
+        if self._stop is not None:
+            self._stop.set()
+        if self._serving is not None:
+            await asyncio.gather(self._serving, return_exceptions=True)
+        self._clients.clear()
+        self._transport.shutdown()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,12 +132,13 @@ class McpEndpoint:
         key = bearer_key(Headers(scope=scope).get("authorization"))
         if key is None:
             await _unauthorized(scope, send, "missing API key: send it as 'Authorization: Bearer <key>' "
-                                             "(DAYTONA_API_KEY; `sandbox-toolbox mcp config` prints the setup)")
+                                             "(DAYTONA_API_KEY; `python -m mcpserver config` prints the setup)")
             return
         if not await self._authenticate(key):
             await _unauthorized(scope, send, "Invalid credentials: the API key is unknown")
             return
-        await self._mcp(scope, receive, send)
+        app = await self._ready()
+        await app(scope, receive, send)
 
 
 async def _unauthorized(scope: Scope, send: Send, message: str) -> None:

@@ -11,7 +11,6 @@ reads its last-activity records from `/metrics`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import re
@@ -116,7 +115,6 @@ class Stack:
         # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
         # API and toolboxes through the proxy, with the caller's own key.
         self.mcp = McpEndpoint(self._known_key, self.api_url)
-        self._mcp_running: contextlib.AsyncExitStack | None = None
         self.proxy: asyncio.subprocess.Process | None = None
         self._watch: asyncio.Future[None] | None = None
         self._restarting: asyncio.Future[None] | None = None
@@ -179,8 +177,6 @@ class Stack:
         await self.runtime.open()
         await self.plane.open()
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
-        self._mcp_running = contextlib.AsyncExitStack()
-        await self._mcp_running.enter_async_context(self.mcp.run())
         await self._start_proxy()
         self.plane.run_policies()
 
@@ -251,8 +247,7 @@ class Stack:
         if self._restarting is not None:
             self._restarting.cancel()
             await asyncio.gather(self._restarting, return_exceptions=True)
-        if self._mcp_running is not None:  # MCP calls in flight end before their sandboxes do
-            await self._mcp_running.aclose()
+        await self.mcp.aclose()  # MCP calls in flight end before their sandboxes do
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:
