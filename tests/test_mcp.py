@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -338,7 +339,7 @@ def test_another_organization_cannot_see_the_sandbox(stack: Stack, sandbox_id: s
     run(scenario)
 
 
-def test_config_prints_what_agent_apps_take(stack: Stack) -> None:
+def test_config_prints_what_agent_apps_take(stack: Stack, tmp_path: Path) -> None:
     import subprocess
 
     env = {"PATH": "/usr/bin:/bin", "DAYTONA_API_URL": api_url(stack), "DAYTONA_API_KEY": stack.api_key}
@@ -351,9 +352,9 @@ def test_config_prints_what_agent_apps_take(stack: Stack) -> None:
     assert re.search(r"mcp", " ".join([stdio["command"], *stdio["args"]]))
     assert http["url"] == f"{api_url(stack)}/mcp" and http["headers"]["Authorization"] == f"Bearer {stack.api_key}"
 
-    # The stdio snippet is runnable as it stands: an agent app would spawn exactly this.
+    # The stdio snippet is runnable as it stands, from wherever the agent app runs it.
     async def scenario() -> None:
-        params = StdioServerParameters(command=stdio["command"], args=stdio["args"], env=stdio["env"], cwd=REPO_ROOT)
+        params = StdioServerParameters(command=stdio["command"], args=stdio["args"], env=stdio["env"], cwd=tmp_path)
         async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
             await client.initialize()
             assert "create_sandbox" in {t.name for t in (await client.list_tools()).tools}
