@@ -284,9 +284,13 @@ def test_tool_errors_are_results_not_crashes(stack: Stack, sandbox_id: str) -> N
             assert "port" in bad
             wrong = await failure(client, "read_file", sandbox_id=sandbox_id, path="/etc/hostname", offset="a")
             assert "offset" in wrong
+            # Ids never change which route is called: a path in one is refused before any request.
             escape = await failure(client, "read_command_logs", sandbox_id=sandbox_id, session_id="../x",
                                    command_id="y")
             assert "not a valid id" in escape
+            for sneaky in (f"{sandbox_id}/../{sandbox_id}", "..", f"{sandbox_id}?x=1", f"{sandbox_id}%2Fx"):
+                refused = await failure(client, "execute_command", sandbox_id=sneaky, command="true")
+                assert "not a valid id" in refused, refused
             timeout = await failure(client, "execute_command", sandbox_id=sandbox_id, command="sleep 5", timeout=1)
             assert "start_command" in timeout
             nothing = await failure(client, "no_such_tool")
