@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -111,7 +112,15 @@ class McpEndpoint:
 
         from mcpserver.server import build_server
 
-        server = build_server(self._client)
+        # Building a server runs the SDK's logging.basicConfig (a Rich handler on the root
+        # logger): the main job's logging is not the SDK's to change, so it is put back.
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            server = build_server(self._client)
+        finally:
+            root.handlers[:] = handlers
+            root.setLevel(level)
         server.streamable_http_app(
             stateless_http=True, json_response=True,
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
