@@ -236,6 +236,16 @@ def test_files_search_and_ranges(stack: Stack, sandbox_id: str) -> None:
                 refusal = await failure(client, tool, **sid, path="work/dot.png")
                 assert "binary" in refusal and "PNG image" in refusal, refusal
 
+            # git clone (of a repository made in the sandbox: test sandboxes have no egress).
+            made = await call(client, "execute_command", **sid, command=(
+                "git init -q /tmp/origin && cd /tmp/origin && echo hi > README && git add README && "
+                "git -c user.email=t@example.com -c user.name=t commit -q -m first && echo made"))
+            assert made.strip().endswith("made"), made
+            await call(client, "git_clone", **sid, url="file:///tmp/origin", path="work/clone")
+            assert "hi" in await call(client, "read_file", **sid, path="work/clone/README")
+            bad_clone = await failure(client, "git_clone", **sid, url="file:///tmp/no-such-repo", path="work/c2")
+            assert "git_clone failed" in bad_clone
+
             # Long output is cut with a note saying how to get all of it.
             long = await call(client, "execute_command", **sid, command="seq 1 20000")
             assert long.startswith("exit code: 0\n1\n2\n") and long.rstrip().endswith("read_file]")
