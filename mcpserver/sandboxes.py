@@ -300,6 +300,16 @@ class SandboxTools:
             result["note"] = f"still running: call again with offset {next_offset} (wait_seconds waits for output)"
         return _dump(result)
 
+    def list_commands(self, sandbox_id: str) -> str:
+        with self._toolbox(sandbox_id, "list_commands") as toolbox:
+            sessions = [s for s in toolbox.list_sessions() if str(s.get("sessionId", "")).startswith(SESSION_PREFIX)]
+        commands = [{"sessionId": s["sessionId"], "commandId": c.get("id"), "command": c.get("command"),
+                     "running": c.get("exitCode") is None, "exitCode": c.get("exitCode")}
+                    for s in sessions for c in s.get("commands", [])]
+        if not commands:
+            return f"no commands started with start_command in sandbox {sandbox_id}"
+        return _dump(commands[:MAX_LIST])
+
     def stop_command(self, sandbox_id: str, session_id: str, command_id: str, signal: str) -> str:
         _check_id(session_id, "session_id")
         _check_id(command_id, "command_id")

@@ -168,6 +168,10 @@ def build_server(resolve: Resolve) -> MCPServer:
         return await _call(resolve, ctx, lambda t: t.read_command_logs(
             sandbox_id, session_id, command_id, offset, wait_seconds, max_bytes), "read_command_logs")
 
+    @tool(READ_ONLY, "The commands start_command started in a sandbox, with their ids and whether they still run.")
+    async def list_commands(ctx: Context, sandbox_id: SandboxId) -> str:
+        return await _call(resolve, ctx, lambda t: t.list_commands(sandbox_id), "list_commands")
+
     @tool(DESTROYS, "Stop a started command: signal every process it started (TERM first; KILL if it stays).")
     async def stop_command(
         ctx: Context, sandbox_id: SandboxId,

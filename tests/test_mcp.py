@@ -170,6 +170,9 @@ def test_sandbox_code_server_preview_and_destroy(stack: Stack, transport: str) -
                     lambda: fetch_preview(stack, link["plainUrl"], headers={"X-Daytona-Preview-Token": link["token"]}))
                 assert with_token.status_code == 200
 
+                listed = await call_json(client, "list_commands", sandbox_id=sandbox_id)
+                assert [(c["sessionId"], c["commandId"], c["running"]) for c in listed] == \
+                    [(ids["session_id"], ids["command_id"], True)]
                 logs = await call_json(client, "read_command_logs", **ids, wait_seconds=2)
                 assert logs["running"] is True and "GET / " in logs["stderr"], logs
                 stopped = await call(client, "stop_command", **ids)
