@@ -104,11 +104,18 @@ class SandboxTools:
                 with self.client.toolbox(record, timeout=timeout) as toolbox:
                     yield toolbox
             except ApiError as exc:
-                if exc.code == "sandbox-not-found":
-                    state = self.client.get_sandbox(sandbox_id).get("state")  # 404 when it is not this key's
-                    raise ToolFailure(f"{action} failed: sandbox {sandbox_id} is {state}, not started; "
-                                      "start_sandbox starts it") from None
-                raise
+                if exc.code != "sandbox-not-found":
+                    raise
+                record = self.client.get_sandbox(sandbox_id)  # a 404 when it is not this key's
+                state, real_id = record.get("state"), record.get("id")
+                if real_id != sandbox_id:
+                    raise ToolFailure(f"{action} failed: {sandbox_id} is the name of sandbox {real_id}; pass its "
+                                      "id as sandbox_id") from None
+                if state == "started":  # the proxy learns a started sandbox within a moment
+                    raise ToolFailure(f"{action} failed: sandbox {sandbox_id} has just started and is not "
+                                      "reachable yet; try again in a second") from None
+                raise ToolFailure(f"{action} failed: sandbox {sandbox_id} is {state}, not started; "
+                                  "start_sandbox starts it") from None
 
     def _toolbox_url(self) -> str:
         url = TOOLBOX_URLS.get(self.client.config.api_url)

@@ -380,7 +380,7 @@ def test_config_prints_what_agent_apps_take(stack: Stack, tmp_path: Path) -> Non
 
 
 def test_a_stopped_sandbox_is_named_as_such_and_starts_again(stack: Stack) -> None:
-    created = stack.api("POST", "/sandbox", json={"labels": {"test": "mcp-stop"}})
+    created = stack.api("POST", "/sandbox", json={"name": "mcp-stopped", "labels": {"test": "mcp-stop"}})
     assert created.status_code == 200, created.text
     sandbox_id = created.json()["id"]
     try:
@@ -390,6 +390,8 @@ def test_a_stopped_sandbox_is_named_as_such_and_starts_again(stack: Stack) -> No
             async with session(stack, "http") as client:
                 stopped = await failure(client, "execute_command", sandbox_id=sandbox_id, command="true")
                 assert "is stopped" in stopped and "start_sandbox" in stopped, stopped
+                by_name = await failure(client, "execute_command", sandbox_id="mcp-stopped", command="true")
+                assert f"is the name of sandbox {sandbox_id}" in by_name, by_name
                 assert (await call_json(client, "start_sandbox", sandbox_id=sandbox_id))["state"] == "started"
                 assert "exit code: 0" in await call(client, "execute_command", sandbox_id=sandbox_id, command="true")
 
