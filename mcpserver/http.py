@@ -146,17 +146,27 @@ class McpEndpoint:
         if not await self._authenticate(key):
             await _unauthorized(scope, send, "Invalid credentials: the API key is unknown")
             return
+        if scope["method"] == "GET":
+            # A GET opens a stream for messages the server starts; a stateless server has none
+            # to send, and the spec's answer for "no stream here" is 405 (clients carry on).
+            await _respond(send, 405, {"error": "Method Not Allowed", "message": "this endpoint answers POSTs "
+                                       "only (stateless: no server-to-client stream)"}, [(b"allow", b"POST")])
+            return
         app = await self._ready()
         await app(scope, receive, send)
 
 
 async def _unauthorized(scope: Scope, send: Send, message: str) -> None:
-    body = json.dumps({
+    await _respond(send, 401, {
         "statusCode": 401, "error": "Unauthorized", "message": message, "code": "UNAUTHORIZED",
         "source": "DAYTONA_API", "path": scope.get("path", ""),
         "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    }).encode()
-    await send({"type": "http.response.start", "status": 401,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"www-authenticate", b'Bearer realm="sandbox-toolbox"')]})
-    await send({"type": "http.response.body", "body": body})
+    }, [(b"www-authenticate", b'Bearer realm="sandbox-toolbox"')])
+
+
+async def _respond(send: Send, status: int, body: dict[str, object], headers: list[tuple[bytes, bytes]]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": data})

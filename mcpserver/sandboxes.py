@@ -104,7 +104,7 @@ class SandboxTools:
                 with self.client.toolbox(record, timeout=timeout) as toolbox:
                     yield toolbox
             except ApiError as exc:
-                if exc.code != "sandbox-not-found":
+                if exc.code not in ("sandbox-not-found", "sandbox-unreachable"):
                     raise
                 record = self.client.get_sandbox(sandbox_id)  # a 404 when it is not this key's
                 state, real_id = record.get("state"), record.get("id")
@@ -112,6 +112,9 @@ class SandboxTools:
                     raise ToolFailure(f"{action} failed: {sandbox_id} is the name of sandbox {real_id}; pass its "
                                       "id as sandbox_id") from None
                 if state == "started":  # the proxy learns a started sandbox within a moment
+                    if exc.code == "sandbox-unreachable":
+                        raise ToolFailure(f"{action} failed: sandbox {sandbox_id} is started but its daemon does "
+                                          "not answer; try again, or stop and start it") from None
                     raise ToolFailure(f"{action} failed: sandbox {sandbox_id} has just started and is not "
                                       "reachable yet; try again in a second") from None
                 raise ToolFailure(f"{action} failed: sandbox {sandbox_id} is {state}, not started; "

@@ -320,6 +320,14 @@ def test_http_endpoint_needs_a_known_key(stack: Stack) -> None:
         response = httpx.post(f"{api_url(stack)}/mcp", json=body, headers=headers, timeout=30)
         assert response.status_code == 401, response.text
         assert response.json()["source"] == "DAYTONA_API" and "key" in response.json()["message"]
+    accept = {"Authorization": f"Bearer {stack.api_key}", "Accept": "application/json, text/event-stream"}
+    # Stateless: one POST is a whole exchange, even a tool call with no initialize before it...
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "list_sandboxes", "arguments": {}}}
+    answer = httpx.post(f"{api_url(stack)}/mcp", json=call, headers=accept, timeout=60)
+    assert answer.status_code == 200 and answer.json()["result"]["isError"] is False, answer.text
+    # ...and a GET (a server-to-client stream) is refused at once instead of held open.
+    refused = httpx.get(f"{api_url(stack)}/mcp", headers=accept, timeout=10)
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
 
 
 def test_stdio_without_a_key_says_what_to_set(stack: Stack) -> None:
