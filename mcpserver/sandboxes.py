@@ -172,15 +172,23 @@ class SandboxTools:
         with self._calling("preview_link", sandbox_id):
             plain = self.client.preview_url(sandbox_id, port)
             signed = self.client.signed_preview_url(sandbox_id, port, expires_in_seconds)
-        return _dump({
+        link: dict[str, Any] = {
             "url": signed["url"],
             "expiresInSeconds": expires_in_seconds,
             "note": "open url as it is (its token is part of it). Or use plainUrl with the header "
-                    "X-Daytona-Preview-Token: <token> (a public sandbox needs none). Something must listen on "
-                    f"port {port} inside the sandbox (start it with start_command).",
+                    "X-Daytona-Preview-Token: <token> (a public sandbox needs none).",
             "plainUrl": plain["url"],
             "token": plain["token"],
-        })
+        }
+        try:
+            with self._toolbox(sandbox_id, "preview_link") as toolbox:
+                listening = port in (toolbox.call("GET", "/port") or {}).get("ports", [])
+        except ToolFailure:
+            listening = False
+        if not listening:  # the daemon's port list (IPv4 listeners) does not have it yet
+            link["warning"] = (f"nothing listens on port {port} in the sandbox yet: start the server with "
+                               "start_command (bound to 0.0.0.0 or 127.0.0.1), then open the url")
+        return _dump(link)
 
     # ---- commands and code -------------------------------------------------------------
 

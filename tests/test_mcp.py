@@ -154,8 +154,13 @@ def test_sandbox_code_server_preview_and_destroy(stack: Stack, transport: str) -
                                           command=f"python3 -u -m http.server {port} --bind 127.0.0.1")
                 ids = {"sandbox_id": sandbox_id, "session_id": started["sessionId"],
                        "command_id": started["commandId"]}
-                link = await call_json(client, "preview_link", sandbox_id=sandbox_id, port=port)
+                early = await call_json(client, "preview_link", sandbox_id=sandbox_id, port=port + 1)
+                assert "nothing listens" in early["warning"]
                 deadline = time.monotonic() + 30
+                while "warning" in (link := await call_json(client, "preview_link", sandbox_id=sandbox_id,
+                                                            port=port)) and time.monotonic() < deadline:
+                    await anyio.sleep(0.2)
+                assert "warning" not in link, link
                 while True:
                     response = await anyio.to_thread.run_sync(fetch_preview, stack, link["url"])
                     if response.status_code == 200 or time.monotonic() > deadline:
