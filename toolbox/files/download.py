@@ -240,7 +240,7 @@ def open_for_download(path: Path, display: str) -> tuple[int, os.stat_result]:
     except IsADirectoryError:
         raise DaemonError(Code.BAD_REQUEST, f"path must be a file, not a directory: {display}") from None
     except OSError as exc:
-        raise from_os_error(exc, display) from None
+        raise from_os_error(exc, display) from exc
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)

@@ -32,6 +32,7 @@ from toolbox.files.service import FileService
 from toolbox.files.journal import UploadJournal
 from toolbox.files.upload import MultipartUpload, PendingFile, upload_error
 from toolbox.http import WireModel, json_response, parse_body, query_bool, query_int, query_required, query_str
+from toolbox.tasks import sole_exception
 
 T = TypeVar("T")
 
@@ -142,8 +143,9 @@ async def _pump(request: Request, feed: Callable[[bytes], None], finish: Callabl
                             size = 0
                             await sender.send(data)
         except BaseExceptionGroup as group_error:
-            # Only the receiving side can raise here (the writer keeps its errors).
-            raise group_error.exceptions[0] from None
+            # Only the receiving side raises here (the writer keeps its errors): a
+            # ClientDisconnect or a bad body, caught by type upstream.
+            raise sole_exception(group_error) from None
         if failures:
             raise failures[0]
         await run(finish, b"".join(batch))
@@ -161,7 +163,9 @@ def _upload_failure(request: Request, failures: list[DaemonError], files: list[d
     """
     status = 507 if any(failure.status == 507 for failure in failures) else 400
     first = failures[0]
-    body = error_body(status, "; ".join(f.message for f in failures), first.code, request.url.path, request.method)
+    cause = next((f for f in failures if f.status == status), first)
+    body = error_body(status, "; ".join(f.message for f in failures), first.code, request.url.path, request.method,
+                      cause=cause)
     body.update(errors=[f.message for f in failures], files=files)
     return JSONResponse(body, status_code=status)
 
@@ -289,21 +293,21 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         try:
             target = await run(PendingFile, destination, journal)
         except OSError as exc:
-            raise upload_error(exc, raw) from None
+            raise upload_error(exc, raw) from exc
 
         def write(data: bytes) -> None:
             try:
                 target.write(data)
             except OSError as exc:
                 target.abort()
-                raise upload_error(exc, raw) from None
+                raise upload_error(exc, raw) from exc
 
         def finish(data: bytes) -> None:
             write(data)
             try:
                 target.commit()
             except OSError as exc:
-                raise upload_error(exc, raw) from None
+                raise upload_error(exc, raw) from exc
 
         await _pump(request, write, finish, target.abort)
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from toolbox.errors import Code, DaemonError, from_os_error
+from toolbox.errors import Code, DaemonError, os_errors
 from toolbox.tasks import BackgroundTask, Spawn
 from toolbox.watch.events import Event, EventRing
 
@@ -279,10 +279,8 @@ class WatchService:
                 Code.CONFLICT, f"too many watchers (limit {MAX_WATCHERS}, set by TOOLBOX_MAX_WATCHERS): "
                 "delete one with DELETE /watch/{id} first"
             )
-        try:
+        with os_errors(str(path)):
             await anyio.to_thread.run_sync(os.stat, path)
-        except OSError as exc:
-            raise from_os_error(exc, str(path)) from None
         if recursive and await anyio.to_thread.run_sync(count_directories, path, MAX_RECURSIVE_DIRS) > MAX_RECURSIVE_DIRS:
             raise DaemonError(
                 Code.BAD_REQUEST,

@@ -204,7 +204,7 @@ class InterpreterService:
         try:
             await context.ensure_worker()
         except OSError as exc:
-            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start interpreter worker: {exc}") from None
+            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start interpreter worker: {exc}") from exc
         finally:
             self._starting -= 1
         context.last_used = time.monotonic()

@@ -283,7 +283,7 @@ class SessionManager:
             shell = await SessionShell.start(self.settings.workdir, dict(os.environ), self._spawn)
         except OSError as exc:
             shutil.rmtree(directory, ignore_errors=True)
-            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"cannot start the session shell: {exc}") from None
+            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"cannot start the session shell: {exc}") from exc
         session = Session(session_id, directory, shell)
         self.sessions[session_id] = session
         session.worker = self._spawn(session.work(), name=f"session {session_id}")
