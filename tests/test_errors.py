@@ -100,3 +100,15 @@ def test_5xx_is_logged_with_its_cause_and_4xx_is_not(caplog: pytest.LogCaptureFi
     assert "GET /full answered 507 INSUFFICIENT_STORAGE" in record.getMessage()
     assert bug.status_code == 500 and bug.json()["message"] == "KeyError: 'a bug of ours'"
     assert bug_record.exc_info is not None and "a bug of ours" in bug_record.getMessage()
+
+
+def test_timestamps_are_utc_with_a_z() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from toolbox.timestamps import iso_utc
+
+    assert iso_utc(0) == "1970-01-01T00:00:00Z"
+    assert iso_utc(1.5) == "1970-01-01T00:00:01.500000Z"
+    two_hours_east = datetime(2026, 12, 2, 16, 0, tzinfo=timezone(timedelta(hours=2)))
+    assert iso_utc(two_hours_east) == "2026-12-02T14:00:00Z"
+    assert iso_utc().endswith("Z") and "+" not in iso_utc()

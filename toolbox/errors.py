@@ -11,12 +11,13 @@ import errno
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from enum import Enum
 
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
+
+from toolbox.timestamps import iso_utc
 
 log = logging.getLogger("toolbox")
 
@@ -187,10 +188,6 @@ def os_errors(path: str | None = None) -> Iterator[None]:
         raise from_os_error(exc, path) from exc
 
 
-def timestamp() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def error_body(
     status: int, message: str, code: Code | str, path: str, method: str | None = None,
     cause: BaseException | None = None,
@@ -208,7 +205,7 @@ def error_body(
         "message": message if message.startswith(prefix) else prefix + message,
         "code": code.value if isinstance(code, Code) else code,
         "source": SOURCE,
-        "timestamp": timestamp(),
+        "timestamp": iso_utc(),
         "path": path,
     }
     if method:

@@ -25,6 +25,7 @@ from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError, bad_request
 from toolbox.http import WireModel, json_response, parse_body, path_param
 from toolbox.openapi.registry import operation
+from toolbox.timestamps import iso_utc
 
 LABEL = re.compile(r"^(?!\.)[A-Za-z0-9 ._-]{1,100}$")
 
@@ -54,10 +55,6 @@ class ListRecordingsResponse(WireModel):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _stamp(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -93,7 +90,7 @@ class Recordings:
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
-        record = {"id": recording_id, "fileName": name, "filePath": str(path), "startTime": _stamp(started), "status": "recording"}
+        record = {"id": recording_id, "fileName": name, "filePath": str(path), "startTime": iso_utc(started), "status": "recording"}
         self.records[recording_id] = record
         self.active[recording_id] = Active(record, process, started)
         return record
@@ -114,7 +111,7 @@ class Recordings:
             await active.process.wait()
         ended = _now()
         record = active.record
-        record.update(status="completed", endTime=_stamp(ended),
+        record.update(status="completed", endTime=iso_utc(ended),
                       durationSeconds=round((ended - active.started).total_seconds(), 3))
         with contextlib.suppress(OSError):
             record["sizeBytes"] = (await anyio.to_thread.run_sync(os.stat, record["filePath"])).st_size

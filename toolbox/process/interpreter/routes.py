@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
 from toolbox.disconnect import listen_for_disconnect, went_away
-from toolbox.http import json_response, parse_body, path_param
+from toolbox.http import json_response, offered_subprotocols, parse_body, path_param, sdk_version_subprotocol
 from toolbox.openapi.registry import operation
 from toolbox.process.interpreter.models import (
     CreateContextRequest,
@@ -123,10 +123,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         websocket=True,
     )
     async def execute(websocket: WebSocket) -> None:
-        # Browsers fail a handshake that offered subprotocols and got none back: echo the
-        # SDK version token the TypeScript SDK offers (the Python SDK offers none).
-        offered = websocket.scope.get("subprotocols", [])
-        await websocket.accept(subprotocol=next((p for p in offered if p.startswith("X-Daytona-SDK-Version~")), None))
+        await websocket.accept(subprotocol=sdk_version_subprotocol(offered_subprotocols(websocket)))
         try:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":

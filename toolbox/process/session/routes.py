@@ -21,7 +21,16 @@ from starlette.websockets import WebSocket
 from toolbox.context import Daemon
 from toolbox.disconnect import listen_for_disconnect, raise_unless_gone
 from toolbox.errors import Code, DaemonError, error_response
-from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int
+from toolbox.http import (
+    WireModel,
+    json_response,
+    offered_subprotocols,
+    parse_body,
+    path_param,
+    query_bool,
+    query_int,
+    sdk_version_subprotocol,
+)
 from toolbox.openapi.registry import operation
 from toolbox.process import jsonstream
 from toolbox.process.groups import parse_signal
@@ -99,14 +108,6 @@ def _log_fields(store: OutputStore, start: int, end: int) -> list[tuple[str, obj
         ("stdout", lambda: only_stream(byte_chunks(store, start, end), 1)),
         ("stderr", lambda: only_stream(byte_chunks(store, start, end), 2)),
     ]
-
-
-def _version_subprotocol(websocket: WebSocket) -> str | None:
-    """Browsers pass their SDK version as a subprotocol; Daytona echoes exactly that one."""
-    for offered in websocket.scope.get("subprotocols", []):
-        if offered.startswith("X-Daytona-SDK-Version~"):
-            return offered
-    return None
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
@@ -241,14 +242,14 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             return
         if command is None:
             await websocket.accept(
-                subprotocol=_version_subprotocol(websocket), headers=[(OFFSET_HEADER.lower().encode(), b"0")]
+                subprotocol=sdk_version_subprotocol(offered_subprotocols(websocket)), headers=[(OFFSET_HEADER.lower().encode(), b"0")]
             )
             await websocket.close(1000, json.dumps({"offset": 0}))
             return
         store = command.output
         position = min(max(offset, store.first_offset), store.size)
         await websocket.accept(
-            subprotocol=_version_subprotocol(websocket),
+            subprotocol=sdk_version_subprotocol(offered_subprotocols(websocket)),
             headers=[(OFFSET_HEADER.lower().encode(), str(position).encode())],
         )
 
