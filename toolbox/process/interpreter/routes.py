@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -19,6 +20,7 @@ from toolbox.openapi.registry import operation
 from toolbox.process.interpreter.models import (
     CreateContextRequest,
     ExecuteFrame,
+    ExecuteRequest,
     InterpreterContext,
     ListContextsResponse,
     Message,
@@ -53,26 +55,25 @@ def parse_execute_request(message: Mapping[str, Any]) -> tuple[str, str, dict[st
         raise Rejected(1002, "invalid JSON payload") from None
     if not isinstance(request, dict):
         raise Rejected(1002, "invalid JSON payload")
-    code = request.get("code")
-    if not isinstance(code, str) or not code:
-        raise Rejected(1008, "code is required")
-    context_id = request.get("contextId") or DEFAULT_CONTEXT
-    if not isinstance(context_id, str):
-        raise Rejected(1008, "contextId must be a string")
-    envs = request.get("envs") or {}
-    if not isinstance(envs, dict) or not all(
-        isinstance(k, str) and k and "=" not in k and "\x00" not in k and isinstance(v, str) and "\x00" not in v
-        for k, v in envs.items()
-    ):
-        raise Rejected(1008, "envs must be an object of environment variable names to string values")
-    timeout = request.get("timeout")
-    if timeout is None:
-        timeout = DEFAULT_TIMEOUT
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise Rejected(1008, "timeout must be a number of seconds")
-    if timeout < 0:
-        raise Rejected(1008, "timeout must be greater than or equal to 0")
-    return code, context_id, envs, float(timeout)
+    try:
+        body = ExecuteRequest.model_validate(request)
+    except ValidationError as exc:
+        first = exc.errors()[0]  # in field order: code, contextId, envs, timeout
+        field = str(first["loc"][0]) if first["loc"] else ""
+        reason = _REASONS.get((field, first["type"])) or _REASONS.get((field, ""), "invalid request")
+        raise Rejected(1008, reason) from None
+    timeout = DEFAULT_TIMEOUT if body.timeout is None else body.timeout
+    return body.code, body.context_id or DEFAULT_CONTEXT, body.envs or {}, timeout
+
+
+# The close reasons of the SDKs' checks: per field, and per field and pydantic error type.
+_REASONS = {
+    ("code", ""): "code is required",
+    ("contextId", ""): "contextId must be a string",
+    ("envs", ""): "envs must be an object of environment variable names to string values",
+    ("timeout", ""): "timeout must be a number of seconds",
+    ("timeout", "greater_than_equal"): "timeout must be greater than or equal to 0",
+}
 
 
 async def stream_frames(websocket: WebSocket, execution: Execution) -> None:

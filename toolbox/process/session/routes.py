@@ -19,7 +19,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
-from toolbox.disconnect import listen_for_disconnect, raise_unless_gone
+from toolbox.disconnect import listen_for_disconnect, raise_unless_gone, unless_gone
 from toolbox.errors import Code, DaemonError, error_response
 from toolbox.http import (
     WireModel,
@@ -36,7 +36,7 @@ from toolbox.process import jsonstream
 from toolbox.process.groups import parse_signal
 from toolbox.process.output import OutputStore, byte_chunks
 from toolbox.process.session.logs import only_stream
-from toolbox.process.session.service import ENTRYPOINT, ENTRYPOINT_COMMAND, Command, SessionManager
+from toolbox.process.session.service import Command, SessionManager
 
 OFFSET_HEADER = "X-Output-Offset"
 WS_FRAME = 32 * 1024
@@ -200,10 +200,9 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         return json_response({"signal": sig.name, "processes": count})
 
     def logs_command(conn: Request | WebSocket) -> Command | None:
-        session_id = conn.path_params.get("session_id", ENTRYPOINT)
-        if session_id == ENTRYPOINT and "command_id" not in conn.path_params:
-            return manager.entrypoint().commands.get(ENTRYPOINT_COMMAND)
-        return manager.command(session_id, path_param(conn, "command_id"))[1]
+        if "command_id" not in conn.path_params:  # /entrypoint/logs
+            return manager.entrypoint_command()
+        return manager.command(path_param(conn, "session_id"), path_param(conn, "command_id"))[1]
 
     @operation(
         summary="A command's logs from `offset`; header X-Output-Offset = offset reached",
@@ -282,10 +281,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             gone = True  # the client went away mid-send
         if gone:
             return
-        try:
+        with unless_gone(websocket):  # it may leave between the last frame and the close
             await websocket.close(1000, json.dumps({"offset": position}))
-        except (RuntimeError, OSError):
-            pass
 
     base = "/process/session"
     command_base = base + "/{session_id}/command/{command_id}"
