@@ -101,7 +101,7 @@ class ByteRange:
     end: int  # inclusive
 
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE | re.ASCII)  # ASCII: not "١"
 
 
 def parse_range(header: str, size: int) -> ByteRange | None:
