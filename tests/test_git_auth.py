@@ -4,7 +4,6 @@ or exposed, and the daemon staying responsive during a slow clone."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -16,6 +15,7 @@ from daytona._sync.git import Git
 from daytona.common.errors import DaytonaError, DaytonaGitAuthFailedError
 from daytona_toolbox_api_client import GitApi
 
+from tests import procfs
 from tests.git_server import GitHttpServer, make_origin, run_git
 from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
 from tests.system import requires
@@ -136,15 +136,7 @@ def test_dangerously_authenticate_stores_credentials_for_later_calls(
 
 
 def _command_lines() -> list[str]:
-    lines = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    lines.append(handle.read().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                pass
-    return lines
+    return [line.replace(b"\0", b" ").decode(errors="replace") for line in procfs.command_lines().values()]
 
 
 def test_daemon_stays_responsive_during_a_slow_clone_and_argv_has_no_secret(
