@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from toolbox.disconnect import listen_for_http_disconnect
 from toolbox.errors import Code, DaemonError, error_body, from_os_error
 
 # Large reads are what makes Python serve files fast (architecture.md: 64 KiB reads give
@@ -73,11 +74,8 @@ async def stream_until_disconnect(receive: Receive, body: Callable[[], Awaitable
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    group.cancel_scope.cancel()
-                    return
+            await listen_for_http_disconnect(receive)
+            group.cancel_scope.cancel()
 
         group.start_soon(watch)
         await body()

@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from toolbox.context import Daemon
+from toolbox.disconnect import listen_for_http_disconnect
 from toolbox.errors import Code, DaemonError, error_body, error_response
 from toolbox.files import search
 from toolbox.files.download import BulkDownload, FileDownload, RangeNotSatisfiable, open_for_download
@@ -61,8 +62,7 @@ async def run_while_connected(request: Request, func: Callable[..., T], *args: A
     error: Exception | None = None
 
     async def watch_disconnect(scope: anyio.CancelScope) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        await listen_for_http_disconnect(request.receive)
         cancel.set()
         scope.cancel()
 
