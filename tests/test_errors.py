@@ -70,12 +70,12 @@ def _app() -> Starlette:
         raise KeyError("a bug of ours")
 
     routes = [Route("/full", full), Route("/missing", missing), Route("/bug", bug)]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)  # type: ignore[arg-type]
+    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
 
 
 def _get(path: str) -> httpx.Response:
     async def get() -> httpx.Response:
-        transport = httpx.ASGITransport(_app(), raise_app_exceptions=False)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(_app(), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://toolbox") as client:
             return await client.get(path)
 

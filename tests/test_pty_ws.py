@@ -218,7 +218,7 @@ def test_a_stuck_client_does_not_stall_the_others(daemon: RunningDaemon, pty_id:
     create(daemon, pty_id)
     url = ws_url(daemon, f"/process/pty/{pty_id}/connect?scrollback=0")
     # max_queue=1: the client library stops reading the socket once one frame is waiting.
-    with connect(url, compression=None, max_size=None, proxy=None, max_queue=1) as stuck:  # type: ignore[arg-type]
+    with connect(url, compression=None, max_size=None, proxy=None, max_queue=1) as stuck:
         expect_connected(stuck)
         with open_ws(daemon, f"/process/pty/{pty_id}/connect?scrollback=0") as fast:
             expect_connected(fast)
