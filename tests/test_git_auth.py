@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from daytona._sync.git import Git
@@ -24,7 +25,14 @@ pytestmark = requires("git")
 
 USER = "alice"
 PASSWORD = f"pw-{uuid.uuid4().hex}"
-AUTHOR = {"author": "Ada Lovelace", "email": "ada@example.com"}
+
+
+class Author(TypedDict):
+    author: str
+    email: str
+
+
+AUTHOR: Author = {"author": "Ada Lovelace", "email": "ada@example.com"}
 
 
 @pytest.fixture(scope="module")
