@@ -19,6 +19,7 @@ from daytona.common.errors import (
     DaytonaNotFoundError,
     DaytonaTimeoutError,
 )
+from daytona.common.code_interpreter import ExecutionError
 from daytona_toolbox_api_client import InterpreterApi, InterpreterContext
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -58,7 +59,7 @@ def test_run_code_streams_stdout_stderr_and_keeps_state(interpreter: CodeInterpr
 
 
 def test_errors_are_reported_with_a_user_traceback(interpreter: CodeInterpreter) -> None:
-    errors = []
+    errors: list[ExecutionError] = []
     result = interpreter.run_code("print('before')\ndef f():\n    raise ValueError('bad value')\nf()", on_error=errors.append)
     assert result.stdout == "before\n"
     assert result.error is not None and errors == [result.error]

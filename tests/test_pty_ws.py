@@ -90,7 +90,7 @@ def test_subprotocols_connected_first_and_exited_message(daemon: RunningDaemon, 
                 frames.append(ws.recv(timeout=10))
         exited = [json.loads(f) for f in frames if isinstance(f, str)]
         assert exited == [{"type": "control", "status": "exited", "exitCode": 5, "exitReason": "non-zero exit"}]
-        assert closed.value.rcvd.code == 1011
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
         assert json.loads(closed.value.rcvd.reason) == {"exitCode": 5, "exitReason": "non-zero exit"}
 
 
@@ -102,7 +102,7 @@ def test_without_exit_control_only_the_close_frame(daemon: RunningDaemon, pty_id
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 assert isinstance(ws.recv(timeout=10), bytes)  # no control text frame at all
-        assert closed.value.rcvd.code == 1000
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
         assert json.loads(closed.value.rcvd.reason) == {"exitCode": 0}
 
 

@@ -117,7 +117,8 @@ def test_official_sdk_drives_a_sandbox_through_the_proxy(stack: Stack) -> None:
 
 def test_preview_of_a_server_inside_the_sandbox_over_http_and_websocket(stack: Stack) -> None:
     from daytona._sync.process import Process
-    from daytona_toolbox_api_client import ProcessApi, SessionExecuteRequest
+    from daytona.common.process import SessionExecuteRequest
+    from daytona_toolbox_api_client import ProcessApi
 
     sandbox_id = stack.first_id
     token = token_of(stack, sandbox_id)
