@@ -215,3 +215,13 @@ def test_a_daemon_with_work_in_flight_stops_cleanly(tmp_path: Path) -> None:
         assert time.monotonic() - started < 10
     finally:
         daemon.stop()
+
+
+def test_sole_exception_unwraps_only_a_group_of_one() -> None:
+    from toolbox.tasks import sole_exception
+
+    disconnect = ConnectionResetError("client left")
+    assert sole_exception(ExceptionGroup("g", [disconnect])) is disconnect
+    assert sole_exception(ExceptionGroup("g", [ExceptionGroup("inner", [disconnect])])) is disconnect
+    several = ExceptionGroup("g", [disconnect, ValueError("bad body")])
+    assert sole_exception(several) is several  # nothing is dropped
