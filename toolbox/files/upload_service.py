@@ -17,7 +17,7 @@ import anyio.abc
 
 from toolbox.errors import Code, DaemonError
 from toolbox.files.journal import UploadJournal
-from toolbox.files.upload import MultipartUpload, PendingFile, upload_error
+from toolbox.files.upload import MultipartUpload, PendingFile, upload_errors
 from toolbox.tasks import sole_exception
 
 T = TypeVar("T")
@@ -119,23 +119,16 @@ class UploadService:
             raise DaemonError(Code.BAD_REQUEST, "multipart body has no part named 'file'")
 
     async def _raw(self, destination: Path, raw: str, chunks: AsyncIterable[bytes]) -> None:
-        try:
+        with upload_errors(raw):
             target = await _run(PendingFile, destination, self.journal)
-        except OSError as exc:
-            raise upload_error(exc, raw) from exc
 
         def write(data: bytes) -> None:
-            try:
+            with upload_errors(raw):  # pump() then aborts: the temp file goes
                 target.write(data)
-            except OSError as exc:
-                target.abort()
-                raise upload_error(exc, raw) from exc
 
         def finish(data: bytes) -> None:
-            write(data)
-            try:
+            with upload_errors(raw):
+                target.write(data)
                 target.commit()
-            except OSError as exc:
-                raise upload_error(exc, raw) from exc
 
         await pump(chunks, write, finish, target.abort)
