@@ -192,11 +192,13 @@ def error_body(
     status: int, message: str, code: Code | str, path: str, method: str | None = None,
     cause: BaseException | None = None,
 ) -> dict[str, object]:
-    """The ErrorResponse. A 5xx is a fault of ours or of the machine (a full disk), so it is
-    logged here, where every error reply passes, with `cause` (and what caused that)."""
+    """The ErrorResponse. A 5xx is logged here, where every error reply passes, with `cause`
+    (and what caused that): a 500 is a fault of ours (ERROR); the others are the machine's
+    or an upstream's (a full disk, a port nobody listens on: WARNING)."""
     if status >= 500:
-        log.error("%s %s answered %d %s: %s", method or "", path, status,
-                  code.value if isinstance(code, Code) else code, message, exc_info=cause)
+        log.log(logging.ERROR if status == 500 else logging.WARNING, "%s %s answered %d %s: %s",
+                method or "", path, status, code.value if isinstance(code, Code) else code, message,
+                exc_info=cause)
     # Only Daytona's generic errors carry the prefix; domain codes have their own wording.
     generic = code in _CODE_OF_STATUS.values() and code != Code.INVALID_REQUEST_BODY
     prefix = _PREFIX_OF_STATUS.get(status, "") if generic else ""
