@@ -238,6 +238,15 @@ def test_raw_interrupted_control_frame_then_4008(daemon: RunningDaemon) -> None:
         (json.dumps({"code": "1", "timeout": -1}), 1008, "timeout must be greater than or equal to 0"),
         (json.dumps({"code": "1", "contextId": "nope"}), 1008, "context not found: nope"),
         (json.dumps({"code": "1", "envs": {"A": 1}}), 1008, "envs must be"),
+        ("[1]", 1002, "invalid JSON payload"),
+        (json.dumps({"code": 5}), 1008, "code is required"),
+        (json.dumps({"code": "1", "contextId": 5}), 1008, "contextId must be a string"),
+        (json.dumps({"code": "1", "envs": {"A=B": "1"}}), 1008, "envs must be"),
+        (json.dumps({"code": "1", "envs": {"A": "nul\x00"}}), 1008, "envs must be"),
+        (json.dumps({"code": "1", "envs": ["A"]}), 1008, "envs must be"),
+        (json.dumps({"code": "1", "timeout": True}), 1008, "timeout must be a number of seconds"),
+        (json.dumps({"code": "1", "timeout": "5"}), 1008, "timeout must be a number of seconds"),
+        ('{"code": "1", "timeout": NaN}', 1008, "timeout must be greater than or equal to 0"),
     ],
 )
 def test_raw_validation_failures_are_close_codes(daemon: RunningDaemon, payload: str, code: int, reason: str) -> None:
