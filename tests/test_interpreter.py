@@ -23,6 +23,7 @@ from daytona.common.code_interpreter import ExecutionError
 from daytona_toolbox_api_client import InterpreterApi, InterpreterContext
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
 
@@ -313,7 +314,7 @@ def test_deleting_a_context_ends_its_running_execution(interpreter: CodeInterpre
 
 def test_raw_echoes_only_the_sdk_version_subprotocol(daemon: RunningDaemon) -> None:
     url = daemon.url.replace("http://", "ws://") + "/process/interpreter/execute"
-    with connect(url, subprotocols=["X-Daytona-SDK-Version~1.0", "other"], proxy=None) as ws:  # type: ignore[list-item]
+    with connect(url, subprotocols=[Subprotocol("X-Daytona-SDK-Version~1.0"), Subprotocol("other")], proxy=None) as ws:
         assert ws.subprotocol == "X-Daytona-SDK-Version~1.0"
         ws.send(json.dumps({"code": "print(1)"}))
         assert json.loads(ws.recv(timeout=10))["text"] == "1\n"

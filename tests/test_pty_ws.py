@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from tests.helpers import RunningDaemon, start_daemon
 
@@ -29,7 +30,8 @@ def ws_url(daemon: RunningDaemon, path: str) -> str:
 
 
 def open_ws(daemon: RunningDaemon, path: str, subprotocols: list[str] | None = None) -> ClientConnection:
-    return connect(ws_url(daemon, path), subprotocols=subprotocols, compression=None, max_size=None, proxy=None)  # type: ignore[arg-type]
+    offered = [Subprotocol(p) for p in subprotocols] if subprotocols is not None else None
+    return connect(ws_url(daemon, path), subprotocols=offered, compression=None, max_size=None, proxy=None)
 
 
 def expect_connected(ws: ClientConnection) -> dict:

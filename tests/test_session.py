@@ -515,9 +515,10 @@ def test_daemon_stop_leaves_no_session_processes(tmp_path: Path) -> None:
 
 def test_websocket_echoes_the_sdk_version_subprotocol(daemon: RunningDaemon) -> None:
     from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
 
     url = daemon.url.replace("http://", "ws://") + "/process/session/entrypoint/logs?follow=true"
-    with connect(url, subprotocols=["X-Daytona-SDK-Version~0.226.1"], open_timeout=10) as ws:  # type: ignore[list-item]
+    with connect(url, subprotocols=[Subprotocol("X-Daytona-SDK-Version~0.226.1")], open_timeout=10) as ws:
         assert ws.subprotocol == "X-Daytona-SDK-Version~0.226.1"
         assert list(ws) == [] and ws.close_code == 1000
     with connect(url, open_timeout=10) as ws:
