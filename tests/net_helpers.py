@@ -29,11 +29,12 @@ DNS_ANSWER = INTERNET_A
 
 # Runs inside a namespace: an HTTP server on :80 naming the client's address (and, at
 # /udp, the datagrams a UDP sink on :9 received), and a DNS responder on :53 answering
-# every A query with DNS_ANSWER.
+# every A query with DNS_ANSWER, or with the address argv[2] (JSON) maps its name to.
 SERVERS = r'''
-import socket, struct, sys, threading
+import json, socket, struct, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 answer = socket.inet_aton(sys.argv[1])
+names = {k: socket.inet_aton(v) for k, v in json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}").items()}
 received = []  # UDP datagrams to :9, as "payload source"
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -48,11 +49,12 @@ def dns():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 53))
     while True:
         q, peer = s.recvfrom(512)
-        end = 12
-        while q[end]: end += q[end] + 1
+        end, labels = 12, []
+        while q[end]:
+            labels.append(q[end + 1:end + 1 + q[end]].decode().lower()); end += q[end] + 1
         question = q[12:end + 5]
         header = q[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1, 0, 0)
-        record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + answer
+        record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + names.get(".".join(labels), answer)
         s.sendto(header + question + record, peer)
 def sink():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9))
@@ -108,9 +110,11 @@ class Namespace:
             self.close()
             raise
 
-    def serve(self) -> None:
+    def serve(self, names: dict[str, str] | None = None) -> None:
+        import json
+
         self.servers = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", SERVERS,
-                                         DNS_ANSWER], stdout=subprocess.PIPE, text=True)
+                                         DNS_ANSWER, json.dumps(names or {})], stdout=subprocess.PIPE, text=True)
         assert self.servers.stdout is not None
         assert self.servers.stdout.readline().strip() == "ready"
 
@@ -128,9 +132,14 @@ class Namespace:
         sh("ip", "link", "delete", self.name, check=False)
 
 
-def internet() -> Namespace:
+def internet(names: dict[str, str] | None = None) -> Namespace:
+    """`names`: what its DNS responder answers for those names (others: DNS_ANSWER)."""
     ns = Namespace("inet", INTERNET_HOST, [INTERNET_A, INTERNET_B], 24)
-    ns.serve()
+    try:
+        ns.serve(names)
+    except BaseException:
+        ns.close()
+        raise
     return ns
 
 
