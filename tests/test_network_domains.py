@@ -20,7 +20,7 @@ import pytest
 
 from runtime.manager import SandboxError
 from tests.net_helpers import (
-    INTERNET_A, INTERNET_B, INTERNET_HOST, LAN_ADDRESS, Namespace, internet, is_root, lan, probe, python_command, sh,
+    INTERNET_A, INTERNET_B, INTERNET_HOST, INTERNET_LOW, LAN_ADDRESS, Namespace, internet, is_root, lan, probe, python_command, sh,
     wait_for,
 )
 from tests.runtime_direct import DirectRuntime
@@ -125,7 +125,7 @@ def test_a_domain_list_lets_exactly_its_domains_through_and_changes_live(rt: Dir
         assert probe(rt, sid, A, B) == [CLOSED, OPEN]
 
         # With CIDRs too, either lets a destination through.
-        rt.run(rt.runtime.set_network(sid, allow_list="203.0.113.0/25"))
+        rt.run(rt.runtime.set_network(sid, allow_list=INTERNET_LOW))
         assert probe(rt, sid, A) == [OPEN]
         assert lookup(rt, sid, "x.wild.test") == INTERNET_B
         assert probe(rt, sid, B) == [OPEN]
