@@ -223,7 +223,16 @@ def test_a_bad_domain_list_is_a_400_and_changes_nothing(rt: DirectRuntime, bad: 
         rt.run(rt.runtime.delete(sid))
 
 
-APP = "import http.server as h; h.ThreadingHTTPServer(('0.0.0.0', 3000), h.SimpleHTTPRequestHandler).serve_forever()"
+# Not http.server: it looks its own address up in DNS at start, which block-all stalls.
+APP = r'''
+import socketserver
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("0.0.0.0", 3000), Handler).serve_forever()
+'''
 FETCH = r'''
 import sys, urllib.request
 try:
