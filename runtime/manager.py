@@ -505,6 +505,25 @@ class Runtime:
                 os.unlink(self._archive_path(sandbox_id))
             await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
         self._locks.pop(sandbox_id, None)
+        await self._unlink_followers(sandbox_id)
+
+    async def _unlink_followers(self, owner_id: str) -> None:
+        """Followers of a deleted owner lose the link and its names at once (the control
+        plane deletes them too; a bare runtime keeps them)."""
+        for spec in [s for s in self.specs.values() if s.link_to == owner_id]:
+            async with self._lock(spec.id):
+                hosts = self._hosts(spec)  # the owner is gone: its line is not in it
+                spec.link_to, spec.link_names = None, ()
+                target = SandboxDir(self.sandboxes_dir / spec.id)
+                target.save(spec)
+                if hosts is not None:  # rewritten in place: the bind mount inside follows
+                    await asyncio.to_thread((target.path / "etc" / "hosts").write_text, hosts)
+                running = self.running.get(spec.id)
+                if running is not None and running.slot is not None and self.net is not None:
+                    try:
+                        await asyncio.to_thread(self.net.unlink, running.slot)
+                    except NetworkError as exc:
+                        log.warning("could not remove %s's link: %s", spec.id, exc.message)
 
     # ---- archive, resize, status -----------------------------------------------------
 

@@ -426,6 +426,12 @@ table inet {self.table} {{
                       f"delete element inet {t} own_dns {{ {a} . {slot.gateway} }}"]
         return "\n".join(lines)
 
+    def unlink(self, slot: Slot) -> None:
+        """A follower's link goes (its owner is deleted: the address may be handed out again)."""
+        owner = self._links.pop(slot.index, None)
+        if owner is not None:
+            _run(["nft", "delete", "element", "inet", self.table, "links", f"{{ {slot.address} . {owner} }}"])
+
     def _forget(self, slot: Slot) -> None:
         t, a = self.table, slot.address
         lines = [self._flush_policy(slot),

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,8 +24,9 @@ from tests.net_helpers import (
     INTERNET_A, INTERNET_B, INTERNET_HOST, INTERNET_LOW, LAN_ADDRESS, Namespace, internet, is_root, lan, probe, python_command, sh,
     wait_for,
 )
+from tests.controlplane_helpers import extra_key
 from tests.runtime_direct import DirectRuntime
-from tests.runtime_helpers import needs_bwrap
+from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 
 pytestmark = [needs_bwrap, pytest.mark.skipif(not is_root(), reason="sandbox networking needs root and nftables")]
 
@@ -304,3 +306,103 @@ def test_a_link_needs_an_owner_that_exists_and_is_not_itself_linked(rt: DirectRu
     finally:
         rt.run(rt.runtime.delete(follower))
         rt.run(rt.runtime.delete(owner))
+
+
+# -- through the official SDK against the real main job ------------------------------------
+
+@pytest.fixture(scope="module")
+def stack(inet: Namespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    env = {"RUNTIME_SANDBOX_NETWORK": _range(), "RUNTIME_SANDBOX_DNS": INTERNET_A, "RUNTIME_NETWORK_BLOCK_ALL": "0"}
+    running = start_stack(tmp_path_factory.mktemp("domstack"), "--no-sandbox", pool_size=1, extra_env=env)
+    yield running
+    running.stop()
+
+
+def _daytona(stack: Stack, key: str | None = None) -> Any:
+    from daytona import Daytona, DaytonaConfig
+
+    return Daytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api", api_key=key or stack.api_key))
+
+
+def _exec(sandbox: Any, script: str, *args: str) -> str:
+    result = sandbox.process.exec(python_command(script, *args), timeout=30)
+    assert result.exit_code == 0, result.result
+    return str(result.result).strip()
+
+
+SDK_PROBE = r'''
+import socket, sys
+name, port = sys.argv[1], int(sys.argv[2])
+try:
+    address = socket.gethostbyname(name)
+except OSError:
+    print("unresolved"); sys.exit()
+try:
+    socket.create_connection((address, port), timeout=1.5); print("open", address)
+except OSError:
+    print("closed", address)
+'''
+
+
+def test_sdk_domain_allow_list_is_stored_returned_and_applied_live(stack: Stack) -> None:
+    from daytona import CreateSandboxFromSnapshotParams
+
+    d = _daytona(stack)
+    sandbox = d.create(CreateSandboxFromSnapshotParams(domain_allow_list="Allowed.test"))
+    try:
+        assert sandbox.domain_allow_list == "allowed.test"  # normalized
+        assert sandbox.network_block_all is False and sandbox.network_allow_list is None
+        assert _exec(sandbox, SDK_PROBE, "allowed.test", "80") == f"open {INTERNET_A}"
+        assert _exec(sandbox, SDK_PROBE, "other.test", "80") == "unresolved"
+        assert _exec(sandbox, SDK_PROBE, INTERNET_B, "80") == f"closed {INTERNET_B}"
+        sandbox.update_network_settings(domain_allow_list="*.wild.test")
+        assert sandbox.domain_allow_list == "*.wild.test"
+        assert d.get(sandbox.id).domain_allow_list == "*.wild.test"
+        assert _exec(sandbox, SDK_PROBE, "x.wild.test", "80") == f"open {INTERNET_B}"
+        assert _exec(sandbox, SDK_PROBE, INTERNET_A, "80") == f"closed {INTERNET_A}"
+        sandbox.update_network_settings(network_block_all=False)  # clears both lists
+        assert (sandbox.domain_allow_list, sandbox.network_allow_list) == (None, None)
+        assert _exec(sandbox, SDK_PROBE, INTERNET_A, "80") == f"open {INTERNET_A}"
+    finally:
+        d.delete(sandbox)
+
+
+def test_sdk_linked_follower_reaches_its_owner_by_name(stack: Stack) -> None:
+    from daytona import CreateSandboxFromSnapshotParams, DaytonaError, DaytonaNotFoundError
+
+    d = _daytona(stack)
+    owner = d.create(CreateSandboxFromSnapshotParams(name=f"owner-{random.randrange(10**6)}"))
+    third = d.create()
+    try:
+        owner.fs.upload_file(APP.encode(), "app.py")
+        owner.process.exec("nohup python3 app.py >/dev/null 2>&1 &", timeout=10)
+        # Daytona's own example: the follower is ephemeral and curls the owner by name.
+        follower = d.create(CreateSandboxFromSnapshotParams(linked_sandbox=owner.id, ephemeral=True))
+        assert stack.api("GET", f"/sandbox/{follower.id}").json()["linkedSandboxId"] == owner.id
+        curl = f"curl -sS --max-time 5 --retry 10 --retry-connrefused --retry-delay 0 http://{owner.name}:3000/"
+        result = follower.process.exec(curl, timeout=30)
+        assert (result.exit_code, result.result) == (0, "ok"), result.result
+        assert third.process.exec(f"curl -sS --max-time 3 http://{owner.name}:3000/", timeout=20).exit_code != 0
+        # By name as well as by id; not ephemeral, or linked to a follower: a 400.
+        by_name = d.create(CreateSandboxFromSnapshotParams(linked_sandbox=owner.name, ephemeral=True))
+        with pytest.raises(DaytonaError, match="must be ephemeral") as info:
+            d.create(CreateSandboxFromSnapshotParams(linked_sandbox=owner.id))
+        assert info.value.status_code == 400
+        with pytest.raises(DaytonaError, match="itself linked") as info:
+            d.create(CreateSandboxFromSnapshotParams(linked_sandbox=follower.id, ephemeral=True))
+        assert info.value.status_code == 400
+        # Another organization's sandbox is a 404, as any of its sandboxes is.
+        other = _daytona(stack, extra_key(stack, "another-org"))
+        with pytest.raises(DaytonaNotFoundError):
+            other.create(CreateSandboxFromSnapshotParams(linked_sandbox=owner.id, ephemeral=True))
+        # The followers go with their owner.
+        d.delete(owner)
+        for gone in (follower, by_name):
+            with pytest.raises(DaytonaNotFoundError):
+                d.get(gone.id)
+    finally:
+        for sandbox in (third, owner):
+            try:
+                d.delete(sandbox)
+            except DaytonaNotFoundError:
+                pass

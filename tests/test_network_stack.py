@@ -118,7 +118,8 @@ def test_sdk_network_settings_apply_live(stack: Stack) -> None:
 
 @pytest.mark.parametrize("body", [{"networkAllowList": "10.0.0.0/40"}, {"networkAllowList": "nope"},
                                   {"networkAllowList": ",".join(f"{UNROUTED_NET}.{i}/32" for i in range(11))},
-                                  {"domainAllowList": "pypi.org"}])
+                                  {"domainAllowList": "not a domain"},
+                                  {"domainAllowList": "*.com"}])
 def test_bad_network_settings_are_a_400_and_change_nothing(stack: Stack, body: dict[str, str]) -> None:
     created = stack.api("POST", "/sandbox", json=body)
     assert created.status_code == 400, created.text
