@@ -383,8 +383,12 @@ def test_sdk_linked_follower_reaches_its_owner_by_name(stack: Stack) -> None:
         result = follower.process.exec(curl, timeout=30)
         assert (result.exit_code, result.result) == (0, "ok"), result.result
         assert third.process.exec(f"curl -sS --max-time 3 http://{owner.name}:3000/", timeout=20).exit_code != 0
-        # By name as well as by id; not ephemeral, or linked to a follower: a 400.
-        by_name = d.create(CreateSandboxFromSnapshotParams(linked_sandbox=owner.name, ephemeral=True))
+        # By name as well as by id (the CLI makes it ephemeral); not ephemeral, or linked to
+        # a follower: a 400.
+        by_name = d.get(stack.cli("create", "--linked-sandbox", owner.name, "--domain-allow-list", "allowed.test")["id"])
+        assert (by_name.auto_delete_interval, by_name.domain_allow_list) == (0, "allowed.test")
+        result = by_name.process.exec(curl, timeout=30)
+        assert (result.exit_code, result.result) == (0, "ok"), result.result
         with pytest.raises(DaytonaError, match="must be ephemeral") as info:
             d.create(CreateSandboxFromSnapshotParams(linked_sandbox=owner.id))
         assert info.value.status_code == 400
