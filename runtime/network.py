@@ -21,8 +21,10 @@ is one atomic `nft` transaction and the rules themselves never change:
   link-local, loopback, multicast, the sandbox range) drop, a listed sandbox reaches only
   its CIDRs (`allow`) and the addresses its domains resolved to (a set per sandbox that
   its own dnsmasq fills, runtime/dns.py), the rest is masqueraded.
-- DNS: to its gateway, DNAT to the host's resolver; a domain-listed sandbox's instead
-  stays on its gateway (`own_dns`), where its dnsmasq listens.
+- DNS: to its gateway, DNAT to the host's resolver; a domain-listed sandbox's is never
+  DNAT-ed (`resolving`: not to any host address either, which would reach the host's
+  resolver all the same) and only its own gateway's port 53 takes it (`own_dns`), where
+  its dnsmasq listens.
 - output: only the runtime's own uid (the proxy, the runtime) opens connections into a
   sandbox, not other local users.
 """
@@ -217,6 +219,7 @@ table inet {self.table} {{
   set listed {{ type ipv4_addr; }}
   set allow {{ type ipv4_addr . ipv4_addr; flags interval; }}
   set own_dns {{ type ipv4_addr . ipv4_addr; }}
+  set resolving {{ type ipv4_addr; }}
   set links {{ type ipv4_addr . ipv4_addr; }}
   map domains {{ type ipv4_addr : verdict; }}
   set private {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {private} }} }}
@@ -228,7 +231,7 @@ table inet {self.table} {{
   }}
   chain dns {{
     type nat hook prerouting priority -100; policy accept;
-    iifname {p} meta l4proto {{ udp, tcp }} th dport 53 ip saddr . ip daddr @own_dns accept
+    iifname {p} ip saddr @resolving accept
     {dnat}
   }}
   chain input {{
@@ -391,7 +394,8 @@ table inet {self.table} {{
                 lines.append(f"add element inet {t} allow {{ {', '.join(f'{a} . {c}' for c in allow_list)} }}")
             if active:
                 lines += [f"add element inet {t} domains {{ {a} : jump {dom} }}",
-                          f"add element inet {t} own_dns {{ {a} . {slot.gateway} }}"]
+                          f"add element inet {t} own_dns {{ {a} . {slot.gateway} }}",
+                          f"add element inet {t} resolving {{ {a} }}"]
         _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n")
         self._allowed[slot.index] = () if block_all else tuple(allow_list)
         if active:
@@ -423,7 +427,8 @@ table inet {self.table} {{
             lines.append(f"delete element inet {t} allow {{ {a} . {cidr} }}")
         if slot.index in self._domains:
             lines += [f"delete element inet {t} domains {{ {a} }}",
-                      f"delete element inet {t} own_dns {{ {a} . {slot.gateway} }}"]
+                      f"delete element inet {t} own_dns {{ {a} . {slot.gateway} }}",
+                      f"delete element inet {t} resolving {{ {a} }}"]
         return "\n".join(lines)
 
     def unlink(self, slot: Slot) -> None:

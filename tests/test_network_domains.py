@@ -78,6 +78,17 @@ def lookup(rt: DirectRuntime, sid: str, name: str) -> str | None:
     return None if answer == "none" else answer
 
 
+def ask_dns(rt: DirectRuntime, sid: str, server: str) -> str:
+    """A UDP query for other.test sent straight to `server`:53: "answered" or "blocked"."""
+    query = python_command(
+        "import socket,sys;s=socket.socket(2,2);s.settimeout(2);"
+        "s.sendto(bytes.fromhex('123401000001000000000000056f7468657204746573740000010001'),(sys.argv[1],53))\n"
+        "try: s.recv(512); print('answered')\nexcept OSError: print('blocked')", server)
+    code, out = rt.execute(sid, query, timeout=20)
+    assert code == 0, out
+    return out.strip()
+
+
 def _dnsmasq_pids(conf_dir: Path) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -106,11 +117,12 @@ def test_a_domain_list_lets_exactly_its_domains_through_and_changes_live(rt: Dir
         assert lookup(rt, sid, "other.test") is None
         assert probe(rt, sid, B) == [CLOSED]
         # Another resolver is no way round it: it is just another address, blocked.
-        query = python_command(
-            "import socket;s=socket.socket(2,2);s.settimeout(2);"
-            f"s.sendto(bytes.fromhex('123401000001000000000000056f7468657204746573740000010001'),('{INTERNET_B}',53))\n"
-            "try: s.recv(512); print('answered')\nexcept OSError: print('blocked')")
-        assert rt.execute(sid, query, timeout=20)[1].strip() == "blocked"
+        assert ask_dns(rt, sid, INTERNET_B) == "blocked"
+        # Nor is any other host address: to a sandbox without a list those are DNAT-ed to
+        # the host's resolver, which would answer any name (a way to tunnel data out).
+        gateway = rt.runtime.net.slot_of(spec.address).gateway  # type: ignore[union-attr, arg-type]
+        assert ask_dns(rt, sid, INTERNET_HOST) == "blocked"
+        assert ask_dns(rt, sid, gateway) == "answered"  # its own dnsmasq (NXDOMAIN for other.test)
         # An allowed name resolving into a private network (DNS rebinding) opens nothing
         # (the host itself reaches that network: the control).
         assert lookup(rt, sid, "rebind.allowed.test") == LAN_ADDRESS
