@@ -220,7 +220,9 @@ os._exit(0)  # no cleanup: as a SIGKILL would leave it
     assert _dnsmasq_pids(conf_dir) == []
 
 
+# Config injection into the sandbox's dnsmasq.conf among them ("/", "#", a new line).
 @pytest.mark.parametrize("bad", ["exa mple.com", "com", "-bad.example", "a..b", "*.", "x" * 64 + ".com",
+                                 "a.test/#/", "a.test\nserver=/#/198.51.100.1", "*.*.a.test",
                                  ",".join(f"d{i}.example" for i in range(101))])
 def test_a_bad_domain_list_is_a_400_and_changes_nothing(rt: DirectRuntime, bad: str) -> None:
     with pytest.raises(SandboxError) as info:
