@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 import httpx2
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]  # no stubs (as in test_images.py)
 import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
