@@ -72,11 +72,6 @@ class Auth:
             found |= hmac.compare_digest(digest, known)
         return found
 
-    def bearer_is_api_key(self, authorization: bytes | None) -> bool:
-        if not authorization or not authorization[:7].lower() == b"bearer ":
-            return False
-        return self.is_api_key(authorization[7:].strip().decode("latin-1"))
-
     # -- preview tokens -----------------------------------------------------------------
     def preview_token(self, sandbox: Sandbox) -> str:
         if sandbox.token:
