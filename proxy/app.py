@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from proxy.auth import (
 )
 from proxy.callers import Authenticator, Presented, ToolboxPath, not_found
 from proxy.config import ProxyConfig
-from proxy.cookies import filter_set_cookies
+from proxy.cookies import filter_set_cookies, sanitize_set_cookie
 from proxy.errors import ProxyError, header, send_error, wants_html
 from proxy.hosts import (
     SANDBOX_ID,
@@ -44,6 +45,7 @@ from proxy.hosts import (
 from proxy.metrics import Metrics
 from proxy.registry import Registry, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
+from toolbox.tasks import TaskOwner
 from toolbox.forward.relay import (
     Headers,
     Relay,
@@ -116,7 +118,8 @@ class ProxyApp:
         self.auth = Auth(config.secret, config.api_keys)
         self.authenticator = Authenticator(self.auth, self.registry, config)
         self.metrics = Metrics()
-        self.activity = ActivityTracker(self.registry, config.activity_interval)
+        self.tasks = TaskOwner()  # the proxy's background work (toolbox/tasks.py), opened by running()
+        self.activity = ActivityTracker(self.registry, self.tasks.spawn, config.activity_interval)
         self._tcp = Relay(keepalive=60.0)
         # Previews straight to a sandbox's own address (registry `address`): refused means
         # the app listens on its loopback only, so no retries here; the daemon's route then
@@ -160,12 +163,22 @@ class ProxyApp:
         self._addresses[key] = result
         return result
 
-    async def close(self) -> None:
-        await self.activity.flush()
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The proxy's lifetime (its lifespan): the task group that owns its background
+        work, and what it must close, unwound in reverse however it ends."""
+        async with AsyncExitStack() as stack:
+            # Entered first, so it closes last: what still runs then is cancelled and awaited.
+            await stack.enter_async_context(self.tasks.running())
+            stack.push_async_callback(self.registry.close)
+            stack.push_async_callback(self._close_relays)
+            stack.push_async_callback(self.activity.flush)  # writes still running go first
+            yield
+
+    async def _close_relays(self) -> None:
         for relay in [*self._unix.values(), self._tcp, self._direct, *([self._api[0]] if self._api else [])]:
             await relay.close()
         self._unix.clear()
-        await self.registry.close()
 
     def _forwarded(self, scope: Scope, host: bytes, *, drop_authorization: bool,
                    cookie: bytes | None, keep_cookie_header: bool, app_host: bytes | None = None) -> Headers:
@@ -220,14 +233,20 @@ class ProxyApp:
             await send_error(scope, send, error)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
+        """ASGI lifespan around `running()`: a failure is reported as startup.failed or
+        shutdown.failed (then raised, for uvicorn to log), after what started was unwound."""
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self.running():
                 await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException as exc:
+            phase = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{phase}.failed", "message": f"{type(exc).__name__}: {exc}"})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
     # -- preview hosts --------------------------------------------------------------------
     async def _preview(self, scope: Scope, receive: Receive, send: Send, target: PreviewHost) -> None:
@@ -508,9 +527,17 @@ class ProxyApp:
 
 
 def _direct_filter(headers: Headers) -> Headers:
-    # As the daemon's route does: only the proxy may say an error is its own, and an app
-    # never sets the proxy's cookies.
-    return filter_set_cookies([(k, v) for k, v in headers if k.lower() != b"x-proxy-error"])
+    """As the daemon's route does: only the proxy may say an error is its own, and an app
+    never sets the proxy's cookies. One pass; names arrive lowercased (strip_hop_by_hop)."""
+    out: Headers = []
+    for key, value in headers:
+        if key == b"set-cookie":
+            cleaned = sanitize_set_cookie(value)
+            if cleaned is not None:
+                out.append((key, cleaned))
+        elif key != b"x-proxy-error":
+            out.append((key, value))
+    return out
 
 
 def _parse_query(query: bytes) -> list[tuple[str, str]]:

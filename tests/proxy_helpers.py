@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, free_port, stopped_line
 from tests.system import skip_unless
+from toolbox.server import STOPPED_CLEANLY
 
 DOMAIN = "preview.test"
 API_KEY = "test-api-key-1"
@@ -85,6 +86,9 @@ class Proxy:
     process: subprocess.Popen[bytes]
     port: int
     registry_path: Path | None
+    # One worker prints whether a task was left pending as it stops (toolbox/server.py).
+    single_worker: bool = True
+    closing_line: str = ""  # what it printed as it stopped (set by stop())
 
     @property
     def url(self) -> str:
@@ -101,7 +105,20 @@ class Proxy:
         write_registry(self.registry_path, sandboxes)
 
     def stop(self) -> None:
-        stop(self.process)
+        """SIGTERM; a single-worker proxy that then stops must say that no task of its own
+        was left pending."""
+        if self.process.poll() is not None:
+            return  # stopped already (a test signalled it), or ended on its own
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError("the proxy did not stop within 15 s of SIGTERM") from None
+        if self.single_worker:
+            self.closing_line = stopped_line(self.process)
+            assert self.closing_line == STOPPED_CLEANLY, f"the proxy stopped, but: {self.closing_line or 'said nothing'}"
 
 
 def write_registry(path: Path, sandboxes: dict[str, dict[str, object]]) -> None:
@@ -131,7 +148,7 @@ def start_proxy(tmp: Path, sandboxes: dict[str, dict[str, object]] | None = None
         process.kill()
         raise RuntimeError(f"proxy did not start: {line!r}")
     wait_for_port("127.0.0.1", port)
-    return Proxy(process, port, registry_path)
+    return Proxy(process, port, registry_path, single_worker="--workers" not in (extra_args or []))
 
 
 @dataclass

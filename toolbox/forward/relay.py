@@ -304,11 +304,16 @@ class _Request:
             elif key == b"transfer-encoding":
                 chunked = True
         with_body = chunked or (length is not None and length.strip() not in (b"0", b""))
-        framing = b"transfer-encoding: chunked\r\n" if chunked else (
-            b"content-length: %s\r\n" % length if length is not None else b"")
-        head = _head(method.encode() + b" " + target.path + b" HTTP/1.1",
-                     [(k, v) for k, v in headers if k not in _NOT_FORWARDED], framing)
-        return cls(method, head, chunked, with_body)
+        parts = [method.encode(), b" ", target.path, b" HTTP/1.1\r\n"]
+        for key, value in headers:
+            if key not in _NOT_FORWARDED:
+                parts += (key, b": ", value, b"\r\n")
+        if chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif length is not None:
+            parts += (b"content-length: ", length, b"\r\n")
+        parts.append(b"\r\n")
+        return cls(method, b"".join(parts), chunked, with_body)
 
 
 async def _connect(target: Target, waits: Iterator[float]) -> UpstreamConnection:
