@@ -28,6 +28,7 @@ from proxy.auth import (
     SIGNED_MAX_SECONDS,
     SIGNED_MIN_SECONDS,
     Auth,
+    SignedExpiryError,
     SignedLabelError,
 )
 from proxy.callers import Authenticator, Presented, ToolboxPath, not_found
@@ -515,11 +516,13 @@ class ProxyApp:
             return
         query = dict(_parse_query(scope.get("query_string", b"")))
         expires_text = query.get("expiresInSeconds", "60")
-        if not expires_text.isdigit() or not SIGNED_MIN_SECONDS <= int(expires_text) <= SIGNED_MAX_SECONDS:
-            raise ProxyError(400, "invalid-expiry",
-                             f"expiresInSeconds must be a whole number from {SIGNED_MIN_SECONDS} to {SIGNED_MAX_SECONDS}.")
         try:
-            token = self.auth.mint_signed_label(sandbox, port, int(time.time()) + int(expires_text))
+            if not expires_text.isdigit() or len(expires_text) > 12:
+                raise SignedExpiryError(f"expiresInSeconds must be a whole number from {SIGNED_MIN_SECONDS} to "
+                                        f"{SIGNED_MAX_SECONDS}, got {expires_text!r}")
+            token = self.auth.sign_preview(sandbox, port, int(expires_text))
+        except SignedExpiryError as exc:
+            raise ProxyError(400, "invalid-expiry", str(exc)) from exc
         except SignedLabelError as exc:
             raise ProxyError(400, "sandbox-id-too-long", str(exc)) from exc
         payload = {"sandboxId": sandbox.id, "port": port, "token": token, "url": self.config.preview_url(token, port)}

@@ -231,9 +231,8 @@ class Authenticator:
             return False
         if source.label == sandbox.id:
             return True
-        signed = self.auth.decode_signed_label(source.label)
-        return (signed is not None and signed.sandbox_id == sandbox.id and signed.expires_at >= time.time()
-                and source.label not in sandbox.revoked and self.auth.verify_signed_label(signed, sandbox, source.port))
+        signed = self.auth.signed_label_for(source.label, sandbox, source.port)
+        return signed is not None and signed.expires_at >= time.time() and source.label not in sandbox.revoked
 
     async def _toolbox(self, scope: Scope, presented: Presented, target: ToolboxPath) -> Caller:
         key = await self._key(presented.authorization)
