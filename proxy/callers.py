@@ -41,7 +41,7 @@ _NO_COOKIES: dict[str, str] = {}
 Via = Literal["signed", "header", "query", "api-key", "cookie", "public", "preflight", "signed-file", "none"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built on every request, and frozen init costs ~1 µs more
 class Presented:
     """The credentials a request carries, read once from its scope."""
 
@@ -80,7 +80,7 @@ class ToolboxPath:
     rest: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Caller:
     via: Via
     sandbox: Sandbox | None  # None on the proxy's own routes
