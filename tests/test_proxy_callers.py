@@ -94,3 +94,4 @@ def test_the_proxys_own_routes(authenticator: Authenticator) -> None:
     assert tenant.reaches(asyncio.run(authenticator.known("priv")))
     assert not tenant.reaches(asyncio.run(authenticator.known("pub")))
     assert _call(authenticator, _scope({"Authorization": "Basic c3RhdGljLWtleQ=="})).via == "none"
+
