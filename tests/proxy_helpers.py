@@ -15,9 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.helpers import REPO_ROOT, free_port, stopped_line
+from tests.helpers import REPO_ROOT, free_port, stop_cleanly
 from tests.system import skip_unless
-from toolbox.server import STOPPED_CLEANLY
 
 DOMAIN = "preview.test"
 API_KEY = "test-api-key-1"
@@ -106,19 +105,11 @@ class Proxy:
 
     def stop(self) -> None:
         """SIGTERM; a single-worker proxy that then stops must say that no task of its own
-        was left pending."""
-        if self.process.poll() is not None:
-            return  # stopped already (a test signalled it), or ended on its own
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError("the proxy did not stop within 15 s of SIGTERM") from None
+        was left pending (several workers print nothing of the kind)."""
         if self.single_worker:
-            self.closing_line = stopped_line(self.process)
-            assert self.closing_line == STOPPED_CLEANLY, f"the proxy stopped, but: {self.closing_line or 'said nothing'}"
+            self.closing_line = stop_cleanly(self.process, "proxy", timeout=15)
+        else:
+            stop(self.process)
 
 
 def write_registry(path: Path, sandboxes: dict[str, dict[str, object]]) -> None:
