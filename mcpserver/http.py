@@ -36,7 +36,10 @@ from mcpserver.transport import SharedTransport
 if TYPE_CHECKING:
     from mcp.server.mcpserver import Context, MCPServer
 
+    from toolbox.tasks import BackgroundTask
+
 Authenticate = Callable[[str], Awaitable[bool]]
+Spawn = Callable[..., "BackgroundTask"]  # TaskOwner.spawn(coro, name=...)
 MAX_CLIENTS = 64
 
 
@@ -52,15 +55,17 @@ class McpEndpoint:
     """Built on the first request: importing the MCP SDK takes seconds here, which the main
     job's start should not pay for an endpoint many deployments never call."""
 
-    def __init__(self, authenticate: Authenticate, api_url: str) -> None:
+    def __init__(self, authenticate: Authenticate, api_url: str, spawn: Spawn) -> None:
+        """`spawn` starts background work in the owner's task group (the main job's)."""
         self._authenticate = authenticate
         self._api_url = api_url
+        self._spawn = spawn
         self._transport = SharedTransport()
         # One client per key in use (each is a few headers over the shared pool), newest last.
         self._clients: OrderedDict[str, Client] = OrderedDict()
         self._app: ASGIApp | None = None
         self._starting: asyncio.Lock | None = None
-        self._serving: asyncio.Task[None] | None = None
+        self._serving: BackgroundTask | None = None
         self._stop: asyncio.Event | None = None
 
     def _client(self, ctx: Context) -> Client:
@@ -92,19 +97,24 @@ class McpEndpoint:
         manager = server.session_manager
         started = asyncio.Event()
         stop = self._stop = asyncio.Event()
+        failed: list[BaseException] = []
 
         async def serve() -> None:
             # The SDK's task group for requests in flight, open until `aclose()`.
-            async with manager.run():
+            try:
+                async with manager.run():
+                    started.set()
+                    await stop.wait()
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            finally:
                 started.set()
-                await stop.wait()
 
-        self._serving = asyncio.ensure_future(serve())
-        waiting = asyncio.ensure_future(started.wait())
-        await asyncio.wait([self._serving, waiting], return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        if self._serving.done():
-            self._serving.result()  # raises what stopped it
+        self._serving = self._spawn(serve(), name="MCP endpoint")
+        await started.wait()
+        if failed:
+            raise RuntimeError("the MCP endpoint could not start") from failed[0]
         return StreamableHTTPASGIApp(manager)
 
     def _build(self) -> MCPServer:
@@ -131,7 +141,7 @@ class McpEndpoint:
         if self._stop is not None:
             self._stop.set()
         if self._serving is not None:
-            await asyncio.gather(self._serving, return_exceptions=True)
+            await self._serving.wait()
         self._clients.clear()
         self._transport.shutdown()
 

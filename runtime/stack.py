@@ -114,13 +114,13 @@ class Stack:
                         registry_path=self.registry_path, preview_secret=self.secret.encode(),
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
-        # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
-        # API and toolboxes through the proxy, with the caller's own key.
-        self.mcp = McpEndpoint(self._known_key, self.api_url)
         self.proxy: asyncio.subprocess.Process | None = None
         # The main job's background work (the proxy's watcher, restarting what a crash
         # stopped) runs in one task group, open from start() to the end of stop().
         self.tasks = TaskOwner()
+        # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
+        # API and toolboxes through the proxy, with the caller's own key.
+        self.mcp = McpEndpoint(self._known_key, self.api_url, spawn=self.tasks.spawn)
         self._lifetime = AsyncExitStack()
         self._watch: BackgroundTask | None = None
         self._restarting: BackgroundTask | None = None
