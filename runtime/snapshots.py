@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from runtime.private import private_dir, write_private
+from runtime.private import owned_dir, private_dir, write_private
 from toolbox.options import env as env_option
 
 DEFAULT = "default"
@@ -182,17 +182,10 @@ def remove_tree(path: Path) -> None:
 
 
 def _owned_dir(path: Path) -> Path:
-    """`path` as a 0700 directory of our own; refuses one someone else made (a shared
-    layers dir under /var/tmp) or a symlink in its place, which chmod would follow."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise SnapshotError(f"{path} is not a directory of uid {os.geteuid()}: it cannot hold layers; "
-                            f"remove it or pick another with {LAYERS_ENV}")
-    os.chmod(path, 0o700)
-    return path
+    try:
+        return owned_dir(path, "layers")
+    except PermissionError as exc:
+        raise SnapshotError(f"{exc} ({LAYERS_ENV})") from None
 
 
 # ---- the store ----------------------------------------------------------------------------
