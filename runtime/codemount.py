@@ -64,6 +64,7 @@ CACHE_ENV = "RUNTIME_CODE_CACHE"
 _SYSTEM_PREFIXES = (Path("/usr"), Path("/"))
 _LDD_LINE = re.compile(r"^\s*(\S+)\s+=>\s+(/\S+)\s+\(0x[0-9a-f]+\)$")
 _LDD_LOADER = re.compile(r"^\s*(/\S*ld-linux\S*)\s+\(0x[0-9a-f]+\)$")
+_DLOPENED = ("libgcc_s.so.1", "libnss_files.so.2", "libnss_dns.so.2", "libnss_compat.so.2")
 _ELF_MACHINES = {3: "i386", 62: "x86_64", 40: "arm", 183: "aarch64", 243: "riscv64", 8: "mips",
                  21: "ppc64", 22: "s390x"}
 
@@ -174,6 +175,13 @@ def host_libraries(interp: Interpreter, cache: Path) -> dict[str, Path]:
                     libs.setdefault(name, found)
             elif match := _LDD_LOADER.match(line):
                 libs.setdefault("ld.so", Path(match.group(1)))
+    # What glibc itself loads by name at run time (NSS for user and host lookups, libgcc_s
+    # for thread cancellation): from the host too, next to its libc.
+    if "libc.so.6" in libs:
+        for name in _DLOPENED:
+            candidate = libs["libc.so.6"].parent / name
+            if candidate.exists():
+                libs.setdefault(name, candidate)
     if "ld.so" not in libs:
         raise UnsupportedRoot(f"cannot find the dynamic loader of {interp.executable} (ldd found none): "
                               "the daemon needs a dynamically linked glibc interpreter on the host")

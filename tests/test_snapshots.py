@@ -196,3 +196,72 @@ def test_build_lock_serialises_processes(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, text=True) for i in range(3)]
     outputs = sorted(p.communicate(timeout=30)[0].strip() for p in procs)
     assert outputs == ["built", "cached", "cached"]
+
+
+# ---- the default snapshot (built once per machine: tests/layer_helpers.py) ----------------
+
+def test_default_snapshot_is_a_debian_root_with_the_daytona_user() -> None:
+    from tests.layer_helpers import default_snapshot
+
+    store, snapshot = default_snapshot()
+    assert snapshot.name == "default" and len(snapshot.layers) == 1
+    assert snapshot.user == "daytona" and snapshot.workdir == "/home/daytona"
+    layer = store.layer_path(snapshot.layers[0])
+    assert snapshot.size > 100_000_000
+    sudoers = layer / "etc" / "sudoers.d" / "daytona"
+    assert sudoers.read_text() == "daytona ALL=(ALL) NOPASSWD:ALL\n"
+    assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440 and sudoers.stat().st_uid == 0
+    home = (layer / "home" / "daytona").stat()
+    assert (home.st_uid, home.st_gid) == (1000, 1000)
+    assert not list((layer / "var" / "lib" / "apt" / "lists").glob("*")), "apt lists are cleaned"
+    assert not list((layer / "var" / "cache" / "apt" / "archives").glob("*.deb"))
+    assert (layer / "etc" / "resolv.conf").read_text() == "", "the host's resolver is not baked in"
+    script = ("id daytona; getent passwd daytona | cut -d: -f6,7; cat /etc/hostname; "
+              "python3 -c 'import venv, ensurepip; print(1)'; git --version; node --version; "
+              "for c in npm curl sudo pip3; do command -v $c; done")
+    out = subprocess.run(["bwrap", "--ro-bind", str(layer), "/", "--proc", "/proc", "--dev", "/dev",
+                          "--tmpfs", "/tmp", "--unshare-all", "--", "/bin/sh", "-c", script],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "uid=1000(daytona) gid=1000(daytona) groups=1000(daytona)"
+    assert lines[1] == "/home/daytona:/bin/bash"
+    assert lines[2] == "sandbox"
+    assert lines[3] == "1"
+    assert lines[4].startswith("git version 2.")
+    assert lines[5].startswith("v18.")
+    assert lines[6:] == ["/usr/bin/npm", "/usr/bin/curl", "/usr/bin/sudo", "/usr/bin/pip3"]
+
+
+def test_default_snapshot_is_found_not_rebuilt_from_another_state_dir(tmp_path: Path) -> None:
+    """A second store on the same layers dir (another state dir, another test stack) gets
+    the cached build: no build step runs, the same layer, its own 0600 record."""
+    from tests.layer_helpers import default_snapshot
+
+    shared, built = default_snapshot()
+    store = SnapshotStore(tmp_path / "state", layers_dir=shared.layers_dir)
+    said: list[str] = []
+    again = store.ensure_default(said.append)
+    assert said == [], "nothing was built"
+    assert again.layers == built.layers
+    assert stat.S_IMODE((store.snapshots_dir / "default.json").stat().st_mode) == 0o600
+    assert store.ensure_default(said.append) == again and said == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts /proc as root")
+def test_a_crashed_build_with_proc_mounted_is_removed_without_touching_proc(tmp_path: Path) -> None:
+    """debootstrap mounts /proc in its tree; a build killed there leaves a mount behind
+    (outside the private mount namespace the runtime uses, as here). The next build's
+    cleanup unmounts before it deletes, and never reaches into the real /proc."""
+    store = SnapshotStore(tmp_path / "state")
+    crashed = store.layers_dir / ".tmp-999999999-crashed"
+    (crashed / "proc").mkdir(parents=True)
+    (crashed / "etc").mkdir()
+    subprocess.run(["mount", "-t", "proc", "proc", str(crashed / "proc")], check=True)
+    try:
+        assert (crashed / "proc" / "self").exists()
+        store.clean_partial()
+    finally:
+        subprocess.run(["umount", "--lazy", str(crashed / "proc")], capture_output=True)
+    assert not crashed.exists()
+    assert Path("/proc/self/status").exists()
