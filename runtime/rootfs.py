@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import time
@@ -31,7 +30,8 @@ from collections.abc import Callable, Sequence
 from runtime.snapshots import DEFAULT, LAYERS_ENV, Progress, Snapshot, SnapshotError, SnapshotStore, remove_tree
 
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+MIRROR_ENV = "RUNTIME_DEBIAN_MIRROR"  # a local mirror or proxy, e.g. http://apt-cacher:3142/debian
 PACKAGES = ("python3", "python3-pip", "python3-venv", "git", "nodejs", "npm", "curl",
             "ca-certificates", "sudo")
 USER, UID, HOME = "daytona", 1000, "/home/daytona"
@@ -73,8 +73,12 @@ rm -f /usr/sbin/policy-rc.d
 _DEBOOTSTRAP_NOISE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) \S+$")
 
 
+def mirror() -> str:
+    return os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
+
+
 def recipe() -> dict[str, object]:
-    return {"version": RECIPE_VERSION, "suite": SUITE, "mirror": MIRROR, "packages": list(PACKAGES),
+    return {"version": RECIPE_VERSION, "suite": SUITE, "mirror": mirror(), "packages": list(PACKAGES),
             "user": USER, "uid": UID, "hostname": HOSTNAME, "script": _SETUP}
 
 
@@ -118,13 +122,13 @@ def _build(store: SnapshotStore, progress: Progress) -> str:
     tree = store.new_tree()
     started = time.monotonic()
     try:
-        progress(f"default snapshot: debootstrap --variant=minbase {SUITE} from {MIRROR} (first start only)")
+        progress(f"default snapshot: debootstrap --variant=minbase {SUITE} from {mirror()} (first start only)")
         _run(["unshare", "--mount", "--propagation", "private", "--",
-              "debootstrap", "--variant=minbase", SUITE, str(tree), MIRROR],
+              "debootstrap", "--variant=minbase", SUITE, str(tree), mirror()],
              progress, "debootstrap", lambda line: not _DEBOOTSTRAP_NOISE.match(line))
         stage1 = time.monotonic() - started
         progress(f"default snapshot: base system in {stage1:.1f} s; adding {' '.join(PACKAGES)}")
-        script = _SETUP.format(mirror=MIRROR, suite=SUITE, packages=" ".join(PACKAGES), user=USER,
+        script = _SETUP.format(mirror=mirror(), suite=SUITE, packages=" ".join(PACKAGES), user=USER,
                                uid=UID, home=HOME, hostname=HOSTNAME)
         _run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
               f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
@@ -161,6 +165,7 @@ def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[s
             process.wait()
             raise
     if code != 0:
-        joined = "\n".join(tail)
-        raise SnapshotError(f"building the default snapshot failed in {stage} (exit {code}; "
-                            f"{shlex.join(list(argv)[:8])}...):\n{joined}")
+        # One line: the step's errors (apt's and debootstrap's "E:" lines), else its last line.
+        errors = [line for line in tail if line.startswith(("E:", "dpkg: error"))] or list(tail)[-1:]
+        raise SnapshotError(f"building the default snapshot failed in {stage} (exit {code}): "
+                            f"{'; '.join(errors) or 'no output'}")
