@@ -143,7 +143,8 @@ def _build(store: SnapshotStore, progress: Progress) -> str:
     return digest
 
 
-def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[str], bool]) -> None:
+def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[str], bool],
+         what: str = "the default snapshot") -> None:
     """Run one build step, passing its interesting lines to `progress`; on failure, a
     SnapshotError with the step's last lines."""
     tail: collections.deque[str] = collections.deque(maxlen=15)
@@ -167,5 +168,78 @@ def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[s
     if code != 0:
         # One line: the step's errors (apt's and debootstrap's "E:" lines), else its last line.
         errors = [line for line in tail if line.startswith(("E:", "dpkg: error"))] or list(tail)[-1:]
-        raise SnapshotError(f"building the default snapshot failed in {stage} (exit {code}): "
+        raise SnapshotError(f"building {what} failed in {stage} (exit {code}): "
                             f"{'; '.join(errors) or 'no output'}")
+
+
+# ---- a snapshot layered on another: one more layer, from a script run in its root --------
+
+_LAYER_SETUP = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+{script}
+rm -f /usr/sbin/policy-rc.d
+"""
+_CLEAN = ("apt-get clean; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log "
+          "/var/log/alternatives.log /root/.cache")
+
+
+def apt_script(packages: Sequence[str]) -> str:
+    """The script that adds Debian `packages` (no recommends) and leaves no apt lists."""
+    names = " ".join(packages)
+    return (f"echo 'step: apt-get install {names}'\napt-get update -qq\n"
+            f"apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 {names}\n{_CLEAN}\n")
+
+
+def ensure_layered(store: SnapshotStore, name: str, base: Snapshot, script: str, progress: Progress) -> Snapshot:
+    """Snapshot `name`: `base`'s layers plus one made by running `script` (sh, as root) in
+    an overlay of them, cached by (base layers, script) like the default snapshot. The new
+    layer is the overlay's upper directory, so it is in overlayfs format as it stands
+    (deletions are whiteouts) and the base's layers are never written."""
+    encoded = json.dumps({"base": list(base.layers), "script": script}, sort_keys=True).encode()
+    key = f"layer-{hashlib.sha256(encoded).hexdigest()[:16]}"
+    with store.build_lock(key):
+        layers = store.cached_build(key)
+        if layers is None:
+            layers = (*base.layers, _build_layer(store, name, base, script, progress))
+            store.record_build(key, layers)
+        snapshot = store.snapshot_of(name, layers, user=base.user, env=dict(base.env), workdir=base.workdir,
+                                     entrypoint=base.entrypoint, cmd=base.cmd)
+        store.put(snapshot)
+        return snapshot
+
+
+def _build_layer(store: SnapshotStore, name: str, base: Snapshot, script: str, progress: Progress) -> str:
+    if os.geteuid() != 0:
+        raise SnapshotError(f"building snapshot {name!r} needs root (an overlay mount and chroot)")
+    store.clean_partial()
+    lower = ":".join(map(str, store.lower_dirs(base.layers)))
+    upper, scratch = store.new_tree(), store.new_tree()
+    work, merged = scratch / "work", scratch / "merged"
+    work.mkdir()
+    merged.mkdir()
+    started = time.monotonic()
+    # Everything mounted here lives in the step's own mount namespace and goes with it; the
+    # host's resolver is bound over the snapshot's (empty) one for apt, never copied in.
+    inner = (f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged} && "
+             f"mount -t proc proc {merged}/proc && "
+             f"{{ [ -e {merged}/etc/resolv.conf ] || touch {merged}/etc/resolv.conf; }} && "
+             f"mount --bind /etc/resolv.conf {merged}/etc/resolv.conf && "
+             f"exec chroot {merged} /bin/sh -c \"$0\"")
+    try:
+        progress(f"snapshot {name}: building a layer on {base.name}")
+        _run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--",
+              "/bin/sh", "-c", inner, _LAYER_SETUP.format(script=script)],
+             progress, "its script", lambda line: line.startswith("step:") or "newly installed" in line,
+             what=f"snapshot {name!r}")
+        digest = store.publish_layer(upper)
+    except BaseException:
+        remove_tree(upper)
+        raise
+    finally:
+        remove_tree(scratch)
+    progress(f"snapshot {name}: layer built in {time.monotonic() - started:.1f} s "
+             f"({store.layer_size(digest) / 1e6:.0f} MB)")
+    return digest

@@ -69,3 +69,26 @@ def overlay(lower_dirs: list[Path], scratch: Path) -> Iterator[Path]:
         yield merged
     finally:
         subprocess.run(["umount", "--lazy", str(merged)], check=False)
+
+
+# What the code-run chart tests (tests/test_execute_artifacts.py) need in a sandbox's own
+# python3, layered on the default snapshot once per machine rather than in every snapshot.
+MATPLOTLIB = "test-matplotlib"
+MATPLOTLIB_PACKAGES = ("python3-matplotlib",)
+
+
+@functools.lru_cache(maxsize=8)
+def shared_snapshot(name: str = MATPLOTLIB, packages: tuple[str, ...] = MATPLOTLIB_PACKAGES) -> Snapshot:
+    """Snapshot `name`: the default one plus Debian `packages`, built once per machine on
+    the shared layers dir (about 30 s for matplotlib) and cached there."""
+    from runtime.rootfs import apt_script, ensure_layered
+
+    store, base = shared_default()
+    return ensure_layered(store, name, base, apt_script(packages), lambda line: print(
+        f"[test layers] {line}", file=sys.stderr, flush=True))
+
+
+def install_snapshot(state_dir: Path, snapshot: Snapshot) -> None:
+    """Make a shared snapshot known to the stack on `state_dir` (its record in that state
+    dir's snapshots; the layers stay in the shared dir), before or while it runs."""
+    SnapshotStore(state_dir, layers_dir=shared_layers_dir()).put(snapshot)

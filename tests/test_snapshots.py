@@ -265,3 +265,40 @@ def test_a_crashed_build_with_proc_mounted_is_removed_without_touching_proc(tmp_
         subprocess.run(["umount", "--lazy", str(crashed / "proc")], capture_output=True)
     assert not crashed.exists()
     assert Path("/proc/self/status").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and chroot as root")
+def test_a_snapshot_layered_on_the_default_adds_one_layer_and_leaves_the_base_alone(tmp_path: Path) -> None:
+    from runtime.rootfs import ensure_layered
+    from tests.layer_helpers import default_snapshot, layer_checksum, overlay
+
+    shared, base = default_snapshot()
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    # Its own layers dir (so the test's layers are its own): the base layer is linked in.
+    base_layer = shared.layer_path(base.layers[0])
+    os.symlink(base_layer, store.layers_dir / base.layers[0])
+    before = layer_checksum(base_layer)
+    script = ("echo 'step: changing the root'; echo hello > /usr/local/hello; rm /etc/hostname; "
+              "rm -r /etc/apt/sources.list.d; mkdir /etc/apt/sources.list.d; "
+              "getent hosts localhost >/dev/null; id daytona")
+    said: list[str] = []
+    snap = ensure_layered(store, "with-hello", base, script, said.append)
+    assert snap.layers[:-1] == base.layers and len(snap.layers) == 2
+    assert any("step: changing the root" in line for line in said), said
+    top = store.layer_path(snap.layers[-1])
+    assert (top / "usr" / "local" / "hello").read_text() == "hello\n"
+    whiteout = os.lstat(top / "etc" / "hostname")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0, "a deletion is a whiteout"
+    assert os.getxattr(top / "etc" / "apt" / "sources.list.d", "trusted.overlay.opaque") == b"y"
+    assert not (top / "etc" / "resolv.conf").exists(), "the build's resolver is not in the layer"
+    assert not (top / "proc").exists() or not list((top / "proc").iterdir())
+    assert layer_checksum(base_layer) == before, "the base layer was written"
+    assert not list(store.layers_dir.glob(".tmp-*"))
+    with overlay(store.lower_dirs(snap.layers), tmp_path / "view") as merged:
+        assert (merged / "usr" / "local" / "hello").exists()
+        assert not (merged / "etc" / "hostname").exists()
+        assert (merged / "etc" / "passwd").exists()
+    # Cached: the same script on the same base builds nothing.
+    said.clear()
+    assert ensure_layered(store, "with-hello", base, script, said.append).layers == snap.layers
+    assert said == []
