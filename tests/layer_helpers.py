@@ -15,11 +15,14 @@ import functools
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.snapshots import Snapshot, SnapshotStore, tree_digest
 
 DEFAULT_DIR = Path("/var/tmp/sandbox-toolbox-test-layers")
@@ -69,6 +72,51 @@ def overlay(lower_dirs: list[Path], scratch: Path) -> Iterator[Path]:
         yield merged
     finally:
         subprocess.run(["umount", "--lazy", str(merged)], check=False)
+
+
+@contextlib.contextmanager
+def daemon_in(root: Path, tmp: Path) -> Iterator[httpx.Client]:
+    """The real toolbox daemon, started through code_mount's launcher with `root` as /,
+    serving on a Unix socket in a directory of the test's."""
+    control = tmp / "control"
+    control.mkdir()
+    cfg = tmp / "pyvenv.cfg"
+    cfg.write_text(PYVENV_CFG)
+    code = code_mount(sys.executable, cfg, host_root=False)
+    argv = ["bwrap", "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
+            "--perms", "1777", "--tmpfs", "/tmp", *code.argv,
+            "--bind", str(control), "/run/control", "--unshare-pid", "--die-with-parent",
+            "--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
+            "--setenv", "TOOLBOX_CODERUN_ZYGOTE", "0"]
+    for key, value in code.env.items():
+        argv += ["--setenv", key, value]
+    argv += ["--", code.python, "-m", "toolbox", "serve", "--uds", "/run/control/toolbox.sock",
+             "--workdir", "/tmp", "--sandbox-id", "sbx-root"]
+    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    sock = control / "toolbox.sock"
+    try:
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://toolbox", timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            assert process.poll() is None, (tmp / "daemon.log").read_text()
+            try:
+                if client.get("/version").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, (tmp / "daemon.log").read_text()
+            time.sleep(0.1)
+        yield client
+        client.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
 
 
 # What the code-run chart tests (tests/test_execute_artifacts.py) need in a sandbox's own

@@ -13,68 +13,20 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from runtime import launcher
-from runtime.codemount import PYVENV_CFG, UnsupportedRoot, check_root, code_mount, resolve_in_layers
+from runtime.codemount import UnsupportedRoot, check_root, resolve_in_layers
 from tests.helpers import REPO_ROOT
-from tests.layer_helpers import default_snapshot, layer_checksum, overlay
+from tests.layer_helpers import daemon_in, default_snapshot, layer_checksum, overlay
 from tests.system import requires
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts an overlay / binds as root")
 needs_x86_64 = pytest.mark.skipif(launcher.launcher() is None, reason="the launcher is x86-64 only")
 pytestmark = [requires("bwrap"), needs_x86_64]
-
-
-@contextmanager
-def daemon_in(root: Path, tmp: Path) -> Iterator[httpx.Client]:
-    """The real toolbox daemon, started through code_mount's launcher with `root` as /,
-    serving on a Unix socket in a directory of the test's."""
-    control = tmp / "control"
-    control.mkdir()
-    cfg = tmp / "pyvenv.cfg"
-    cfg.write_text(PYVENV_CFG)
-    code = code_mount(sys.executable, cfg, host_root=False)
-    argv = ["bwrap", "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--tmpfs", "/tmp", *code.argv,
-            "--bind", str(control), "/run/control", "--unshare-pid", "--die-with-parent",
-            "--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-            "--setenv", "TOOLBOX_CODERUN_ZYGOTE", "0"]
-    for key, value in code.env.items():
-        argv += ["--setenv", key, value]
-    argv += ["--", code.python, "-m", "toolbox", "serve", "--uds", "/run/control/toolbox.sock",
-             "--workdir", "/tmp", "--sandbox-id", "sbx-root"]
-    log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    sock = control / "toolbox.sock"
-    try:
-        client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://toolbox", timeout=30)
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (tmp / "daemon.log").read_text()
-            try:
-                if client.get("/version").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, (tmp / "daemon.log").read_text()
-            time.sleep(0.1)
-        yield client
-        client.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def _execute(client: httpx.Client, command: str) -> tuple[int, str]:
