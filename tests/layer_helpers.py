@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -33,14 +33,30 @@ def shared_layers_dir() -> Path:
     return Path(os.environ.get(ENV) or DEFAULT_DIR)
 
 
-@functools.lru_cache(maxsize=1)
-def shared_default() -> tuple[SnapshotStore, Snapshot]:
-    """The store on the shared layers dir (its snapshot records in a state dir of its own
-    there) and the default snapshot, built if this machine has none yet."""
+_built: tuple[SnapshotStore, Snapshot] | None = None
+
+
+def _store() -> SnapshotStore:
     layers = shared_layers_dir()
-    store = SnapshotStore(layers / ".test-state", layers_dir=layers)
-    snapshot = store.ensure_default(lambda line: print(f"[test layers] {line}", file=sys.stderr, flush=True))
-    return store, snapshot
+    return SnapshotStore(layers / ".test-state", layers_dir=layers)
+
+
+def default_is_built() -> bool:
+    from runtime.rootfs import build_key
+
+    return _store().cached_build(build_key()) is not None
+
+
+def shared_default(progress: Callable[[str], None] | None = None) -> tuple[SnapshotStore, Snapshot]:
+    """The store on the shared layers dir (its snapshot records in a state dir of its own
+    there) and the default snapshot, built if this machine has none yet (tests/conftest.py
+    does that before the first test)."""
+    global _built
+    if _built is None:
+        store = _store()
+        _built = store, store.ensure_default(progress or (
+            lambda line: print(f"[test layers] {line}", file=sys.stderr, flush=True)))
+    return _built
 
 
 def default_snapshot() -> tuple[SnapshotStore, Snapshot]:
