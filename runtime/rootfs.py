@@ -18,11 +18,13 @@ every other state dir on the same layers dir) reuses it and two starts never bui
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -70,6 +72,11 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/l
 rm -f /usr/sbin/policy-rc.d
 """
 
+# Every build step: its own mount namespace (what it mounts goes with it) and pid namespace,
+# whose init dies with unshare, which dies with us (PR_SET_PDEATHSIG both), so a runtime
+# killed mid-build leaves no step writing into a tree the next start removes.
+_ISOLATED = ("setpriv", "--pdeathsig", "KILL",
+             "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL")
 _DEBOOTSTRAP_NOISE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) \S+$")
 
 
@@ -111,7 +118,7 @@ def ensure_default(store: SnapshotStore, progress: Progress) -> Snapshot:
 
 
 def _build(store: SnapshotStore, progress: Progress) -> str:
-    missing = [tool for tool in ("debootstrap", "chroot", "unshare") if shutil.which(tool) is None]
+    missing = [tool for tool in ("debootstrap", "chroot", "unshare", "setpriv") if shutil.which(tool) is None]
     if missing:
         raise SnapshotError(f"building the default snapshot needs {', '.join(missing)} "
                             "(apt-get install debootstrap util-linux coreutils)")
@@ -123,15 +130,13 @@ def _build(store: SnapshotStore, progress: Progress) -> str:
     started = time.monotonic()
     try:
         progress(f"default snapshot: debootstrap --variant=minbase {SUITE} from {mirror()} (first start only)")
-        _run(["unshare", "--mount", "--propagation", "private", "--",
-              "debootstrap", "--variant=minbase", SUITE, str(tree), mirror()],
+        _run([*_ISOLATED, "--", "debootstrap", "--variant=minbase", SUITE, str(tree), mirror()],
              progress, "debootstrap", lambda line: not _DEBOOTSTRAP_NOISE.match(line))
         stage1 = time.monotonic() - started
         progress(f"default snapshot: base system in {stage1:.1f} s; adding {' '.join(PACKAGES)}")
         script = _SETUP.format(mirror=mirror(), suite=SUITE, packages=" ".join(PACKAGES), user=USER,
                                uid=UID, home=HOME, hostname=HOSTNAME)
-        _run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-              f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
+        _run([*_ISOLATED, f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
              progress, "packages", lambda line: line.startswith("step:") or "newly installed" in line)
         progress(f"default snapshot: packages in {time.monotonic() - started - stage1:.1f} s; publishing")
         digest = store.publish_layer(tree)
@@ -162,7 +167,9 @@ def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[s
                     progress(f"  {stage}: {line}")
             code = process.wait()
         except BaseException:
-            process.kill()
+            # The whole step (debootstrap's dpkg, apt's children) before its tree is removed.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             raise
     if code != 0:
@@ -230,8 +237,7 @@ def _build_layer(store: SnapshotStore, name: str, base: Snapshot, script: str, p
              f"exec chroot {merged} /bin/sh -c \"$0\"")
     try:
         progress(f"snapshot {name}: building a layer on {base.name}")
-        _run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--",
-              "/bin/sh", "-c", inner, _LAYER_SETUP.format(script=script)],
+        _run([*_ISOLATED, "--", "/bin/sh", "-c", inner, _LAYER_SETUP.format(script=script)],
              progress, "its script", lambda line: line.startswith("step:") or "newly installed" in line,
              what=f"snapshot {name!r}")
         digest = store.publish_layer(upper)

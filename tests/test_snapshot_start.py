@@ -49,3 +49,51 @@ class socket_nobody_listens_on:  # noqa: N801 - a context manager used like a fu
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_a_runtime_killed_mid_build_leaves_no_step_running_and_the_next_build_cleans_up(tmp_path: Path) -> None:
+    """SIGKILL of the process that builds (a main job killed while debootstrap waits on
+    the mirror): every build step dies with it, and the next build removes the tree."""
+    import signal
+    import socket
+    import sys
+    import time
+
+    from runtime.snapshots import SnapshotStore
+
+    layers = tmp_path / "layers"
+    with socket.socket() as mirror:  # accepts connections, never answers: debootstrap waits
+        mirror.bind(("127.0.0.1", 0))
+        mirror.listen(8)
+        env = dict(os.environ, RUNTIME_DEBIAN_MIRROR=f"http://127.0.0.1:{mirror.getsockname()[1]}/debian")
+        code = ("import sys; from pathlib import Path; from runtime.snapshots import SnapshotStore; "
+                f"SnapshotStore(Path({str(tmp_path / 'state')!r}), layers_dir=Path({str(layers)!r})).ensure_default()")
+        builder = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=REPO_ROOT)
+        try:
+            deadline = time.monotonic() + 60
+            while not _steps_in(layers):
+                assert builder.poll() is None and time.monotonic() < deadline, "debootstrap never started"
+                time.sleep(0.1)
+        finally:
+            builder.send_signal(signal.SIGKILL)
+            builder.wait()
+        deadline = time.monotonic() + 10
+        while _steps_in(layers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _steps_in(layers), "a build step outlived the process that ran it"
+    assert list(layers.glob(".tmp-*")), "the killed build's tree is there until the next build"
+    SnapshotStore(tmp_path / "state", layers_dir=layers).clean_partial()
+    assert not list(layers.glob(".tmp-*"))
+
+
+def _steps_in(layers: Path) -> list[int]:
+    """Processes whose command line names a build tree in `layers` (debootstrap, its helpers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"{layers}/.tmp-".encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
