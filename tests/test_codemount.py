@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from runtime import launcher
-from runtime.codemount import UnsupportedRoot, check_root, resolve_in_layers
+from runtime.codemount import PYVENV_CFG, UnsupportedRoot, check_root, code_mount, resolve_in_layers
 from tests.helpers import REPO_ROOT
 from tests.layer_helpers import daemon_in, default_snapshot, layer_checksum, overlay
 from tests.system import requires
@@ -165,3 +165,23 @@ def test_paths_resolve_through_layers_whiteouts_and_symlinks(tmp_path: Path) -> 
     # A symlink loop ends.
     (top / "loop").symlink_to("loop")
     assert resolve_in_layers(layers, "/loop/x") is None
+
+
+@needs_root
+def test_an_interpreter_without_a_venv_runs_on_a_bare_root_too(tmp_path: Path) -> None:
+    """A system python3 (no venv around it) gets the same launcher, with its own
+    site-packages kept (include-system-site-packages)."""
+    system_python = Path("/usr/bin/python3")
+    if not system_python.exists() or Path(sys.executable).resolve() == system_python.resolve():
+        pytest.skip("needs a /usr/bin/python3 other than the test's interpreter")
+    root = tmp_path / "bare"
+    root.mkdir()
+    cfg = tmp_path / "pyvenv.cfg"
+    cfg.write_text(PYVENV_CFG)
+    code = code_mount(str(system_python), cfg, host_root=False)
+    out = subprocess.run(["bwrap", "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev", *code.argv,
+                          "--clearenv", "--", code.python, "-c",
+                          "import sys, ssl, sqlite3; print(sys.executable); print(any('-packages' in p for p in sys.path))"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["/opt/sandbox-toolbox/venv/bin/python", "True"]
