@@ -78,6 +78,17 @@ def test_daemon_runs_in_the_default_snapshot_and_leaves_its_layer_alone(tmp_path
                                      "python3 -c 'import ssl; print(ssl.OPENSSL_VERSION)'")
         assert code == 0 and int(out.splitlines()[0]) > 0, out
         assert (merged / "usr/local/written").read_text() == "x\n"
+        # The daemon's own child interpreter (the Python language server: sys.executable,
+        # i.e. the launcher again) works in this root too.
+        _execute(client, "printf 'import os\\nos.pa' > /tmp/a.py")
+        lsp = {"languageId": "python", "pathToProject": "/tmp"}
+        assert client.post("/lsp/start", json=lsp).status_code == 200
+        document = {**lsp, "uri": "file:///tmp/a.py"}
+        assert client.post("/lsp/did-open", json=document).status_code == 200
+        completions = client.post("/lsp/completions", json={**document, "position": {"line": 1, "character": 5},
+                                                             "context": {"triggerKind": 1}})
+        assert completions.status_code == 200, completions.text
+        assert "path" in {item["label"] for item in completions.json()["items"]}, completions.text
     assert (tmp_path / "root" / "upper" / "usr" / "local" / "written").exists()
     assert layer_checksum(lower[0]) == before, "the shared lower layer was modified"
 
