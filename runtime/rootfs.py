@@ -181,6 +181,7 @@ def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[s
 
 # ---- a snapshot layered on another: one more layer, from a script run in its root --------
 
+_HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 _LAYER_SETUP = r"""
 set -eu
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -228,12 +229,14 @@ def _build_layer(store: SnapshotStore, name: str, base: Snapshot, script: str, p
     work.mkdir()
     merged.mkdir()
     started = time.monotonic()
-    # Everything mounted here lives in the step's own mount namespace and goes with it; the
-    # host's resolver is bound over the snapshot's (empty) one for apt, never copied in.
+    # Everything mounted here lives in the step's own mount namespace and goes with it. The
+    # step uses the host's resolver and trusted CAs (a host behind a TLS-intercepting proxy
+    # trusts its CA; pip needs that), bound over the snapshot's files, never copied in.
     inner = (f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged} && "
              f"mount -t proc proc {merged}/proc && "
              f"{{ [ -e {merged}/etc/resolv.conf ] || touch {merged}/etc/resolv.conf; }} && "
              f"mount --bind /etc/resolv.conf {merged}/etc/resolv.conf && "
+             f"{{ ! [ -f {_HOST_CA} ] || ! [ -f {merged}{_HOST_CA} ] || mount --bind {_HOST_CA} {merged}{_HOST_CA}; }} && "
              f"exec chroot {merged} /bin/sh -c \"$0\"")
     try:
         progress(f"snapshot {name}: building a layer on {base.name}")

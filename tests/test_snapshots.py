@@ -138,6 +138,20 @@ def test_collect_keeps_what_is_used(tmp_path: Path) -> None:
     assert not list(store.layers_dir.glob(".tmp-*"))
 
 
+def test_collect_on_a_shared_layers_dir_removes_nothing_unless_told(tmp_path: Path) -> None:
+    """Another state dir's snapshot (invisible to this store) keeps its layer."""
+    shared = tmp_path / "shared"
+    theirs = SnapshotStore(tmp_path / "theirs", layers_dir=shared)
+    digest = _layer(theirs, {"a": "theirs"})
+    theirs.put(theirs.snapshot_of("their-image", (digest,)))
+    mine = SnapshotStore(tmp_path / "mine", layers_dir=shared)
+    assert mine.shared and not SnapshotStore(tmp_path / "own").shared
+    mine.collect(set())
+    assert mine.has_layer(digest)
+    mine.collect(set(), everything=True)
+    assert not mine.has_layer(digest)
+
+
 def test_crashed_partial_trees_are_cleaned(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "state")
     mine = store.new_tree()
