@@ -140,7 +140,7 @@ def _check_unused(net: str) -> None:
     cut every download on the machine while the test runs."""
     for name in REGISTRIES:
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, socket.AF_INET)}
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, 443, socket.AF_INET)}
         except OSError:
             continue
         inside = sorted(a for a in addresses if a.startswith(f"{net}."))
