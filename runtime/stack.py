@@ -187,7 +187,10 @@ class Stack:
         """Build the default snapshot on the first start (a minute or so, its progress
         printed as it goes; in a thread, so the loop stays free), find it after that."""
         # The daemon's launcher and host libraries too (runtime/codemount.py): seconds once.
-        await asyncio.to_thread(codemount.prepare, self.runtime.python)
+        try:
+            await asyncio.to_thread(codemount.prepare, self.runtime.python)
+        except RuntimeError as exc:
+            raise SandboxError(500, str(exc)) from None
         if os.geteuid() != 0 and self.snapshots.cached_build(build_key()) is None:
             print("warning: the default snapshot is built as root (debootstrap); not building it",
                   file=sys.stderr, flush=True)

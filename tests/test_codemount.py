@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from runtime import launcher
-from runtime.codemount import PYVENV_CFG, UnsupportedRoot, check_root, code_mount, resolve_in_layers
+from runtime.codemount import PYVENV_CFG, code_mount
+from runtime.rootcheck import UnsupportedRoot, check_root, resolve_in_layers
 from tests.helpers import REPO_ROOT
 from tests.layer_helpers import daemon_in, default_snapshot, layer_checksum, overlay
 from tests.system import requires
