@@ -64,6 +64,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             "(or `bash .ci/run`, which installs everything and runs the suite)", yellow=True)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every main job a test starts (through start_stack or ./scripts/start directly) and
+    every SnapshotStore without a layers dir of its own use the machine's shared layers
+    dir, so the default snapshot is built once, not once per state dir."""
+    import os
+
+    from tests import layer_helpers
+
+    if os.geteuid() == 0:
+        os.environ.setdefault("RUNTIME_LAYERS_DIR", str(layer_helpers.shared_layers_dir()))
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build the machine's shared default snapshot (tests/layer_helpers.py) before the
     first test that needs one, outside every test's timeout: the first build on a machine

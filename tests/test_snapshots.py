@@ -15,6 +15,13 @@ from runtime.snapshots import Snapshot, SnapshotError, SnapshotStore, tree_diges
 from tests.helpers import REPO_ROOT
 
 
+@pytest.fixture(autouse=True)
+def _own_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests' stores keep their layers in their own state dirs, not the machine's
+    shared test layers (tests/conftest.py sets RUNTIME_LAYERS_DIR for the main jobs)."""
+    monkeypatch.delenv("RUNTIME_LAYERS_DIR", raising=False)
+
+
 def _layer(store: SnapshotStore, files: dict[str, str]) -> str:
     tree = store.new_tree()
     for rel, text in files.items():
