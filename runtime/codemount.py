@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import launcher
+from runtime.entry import DAEMON_ONLY_ENV
 from runtime.private import owned_dir
 from toolbox.options import env as env_option
 
@@ -120,7 +121,7 @@ class CodeMount:
     argv: list[str]  # bwrap options that build the fixed tree
     python: str  # the interpreter to run, inside (one executable path)
     bin_dir: str  # where that `python3` lives inside, for PATH on the host's root only
-    env: dict[str, str]  # PYTHONPATH (and LD_LIBRARY_PATH where there is no launcher)
+    env: dict[str, str]  # PYTHONPATH (daemon-only on a snapshot root; LD_LIBRARY_PATH without a launcher)
 
 
 def _is_elf(path: Path) -> bool:
@@ -286,6 +287,10 @@ def code_mount(python: str, pyvenv_cfg: Path, repo_root: Path = REPO_ROOT, host_
     for name in SANDBOX_PACKAGES:
         argv += ["--ro-bind", str(repo_root / name), f"{LIB_INSIDE}/{name}"]
     env = {"PYTHONPATH": LIB_INSIDE}
+    if not host_root:
+        # The snapshot's python3 is the user's: the daemon drops PYTHONPATH at start
+        # (runtime/entry.py) so no sandbox process imports our packages by accident.
+        env[DAEMON_ONLY_ENV] = "PYTHONPATH"
     prepared = prepare(python)
     if prepared is None:
         return _direct(interp, pyvenv_cfg, argv, env)

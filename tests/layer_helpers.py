@@ -91,28 +91,35 @@ def overlay(lower_dirs: list[Path], scratch: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def daemon_in(root: Path, tmp: Path) -> Iterator[httpx.Client]:
-    """The real toolbox daemon, started through code_mount's launcher with `root` as /,
-    serving on a Unix socket in a directory of the test's."""
-    control = tmp / "control"
-    control.mkdir()
+def daemon_in(root: Path, tmp: Path, env: dict[str, str] | None = None) -> Iterator[httpx.Client]:
+    """The real daemon, started as the runtime starts it (`runtime.entry` through
+    code_mount's launcher, claimed over stdin, serving on a socket bound here and passed
+    in as $TOOLBOX_FD) with `root` as /; a client of it."""
+    import json
+    import socket
+
     cfg = tmp / "pyvenv.cfg"
     cfg.write_text(PYVENV_CFG)
     code = code_mount(sys.executable, cfg, host_root=False)
+    path = tmp / "toolbox.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
     argv = ["bwrap", "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
-            "--perms", "1777", "--tmpfs", "/tmp", *code.argv,
-            "--bind", str(control), "/run/control", "--unshare-pid", "--die-with-parent",
+            "--perms", "1777", "--tmpfs", "/tmp", *code.argv, "--unshare-pid", "--die-with-parent",
             "--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin",
-            "--setenv", "TOOLBOX_CODERUN_ZYGOTE", "0"]
-    for key, value in code.env.items():
+            "--setenv", "TOOLBOX_FD", str(listener.fileno())]
+    for key, value in {**code.env, **(env or {})}.items():
         argv += ["--setenv", key, value]
-    argv += ["--", code.python, "-m", "toolbox", "serve", "--uds", "/run/control/toolbox.sock",
-             "--workdir", "/tmp", "--sandbox-id", "sbx-root"]
+    argv += ["--chdir", "/tmp", "--", code.python, "-m", "runtime.entry"]
     log = open(tmp / "daemon.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    sock = control / "toolbox.sock"
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                               pass_fds=[listener.fileno()])
+    assert process.stdin is not None and process.stdout is not None
     try:
-        client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://toolbox", timeout=30)
+        assert process.stdout.readline() == b"pooled\n", (tmp / "daemon.log").read_text()
+        process.stdin.write(json.dumps({"id": "sbx-root", "env": {}}).encode() + b"\n")
+        process.stdin.flush()
+        client = httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://toolbox", timeout=30)
         deadline = time.monotonic() + 30
         while True:
             assert process.poll() is None, (tmp / "daemon.log").read_text()
@@ -126,6 +133,7 @@ def daemon_in(root: Path, tmp: Path) -> Iterator[httpx.Client]:
         yield client
         client.close()
     finally:
+        listener.close()
         process.terminate()
         try:
             process.wait(10)

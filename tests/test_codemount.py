@@ -67,17 +67,22 @@ def test_daemon_runs_in_the_default_snapshot_and_leaves_its_layer_alone(tmp_path
         assert lines[1] == "/usr/bin/python3", "user code gets the snapshot's python3"
         assert lines[2].split() == ["interp", "lib", "python", "so", "venv"]
         assert lines[3].startswith("/opt/sandbox-toolbox/so/ld.so --library-path ")
+        assert lines[3].endswith(" -m runtime.entry ")
         # No host path in what the sandbox sees of its daemon (pid 2: pid 1 is bwrap, whose
         # arguments name its mount sources) or its environment.
         for host_path in (str(REPO_ROOT), sys.prefix, str(Path(sys.executable).resolve().parent.parent),
                           str(tmp_path), str(store.layers_dir)):
             assert host_path not in out, (host_path, out)
         assert "LD_LIBRARY_PATH" not in out
+        assert "PYTHONPATH" not in out, "the daemon's PYTHONPATH reached a sandbox process"
+        assert "RUNTIME_DAEMON_ONLY_ENV" not in out
         # The daemon's interpreter really runs on its own libc, the snapshot's python3 on
         # the snapshot's.
         code, out = _execute(client, "grep -c /opt/sandbox-toolbox/so/libc /proc/2/maps; "
-                                     "python3 -c 'import ssl; print(ssl.OPENSSL_VERSION)'")
+                                     "python3 -c 'import ssl; print(ssl.OPENSSL_VERSION)'; "
+                                     "python3 -c 'import toolbox' 2>&1 | tail -1")
         assert code == 0 and int(out.splitlines()[0]) > 0, out
+        assert out.splitlines()[-1] == "ModuleNotFoundError: No module named 'toolbox'", out
         assert (merged / "usr/local/written").read_text() == "x\n"
         # The daemon's own child interpreter (the Python language server: sys.executable,
         # i.e. the launcher again) works in this root too.
