@@ -411,3 +411,19 @@ def test_a_stopped_sandbox_is_named_as_such_and_starts_again(stack: Stack) -> No
         run(scenario)
     finally:
         stack.api("DELETE", f"/sandbox/{sandbox_id}")
+
+
+def test_an_unreachable_control_plane_is_a_tool_error_that_says_so() -> None:
+    async def scenario() -> None:
+        url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+        params = StdioServerParameters(command=sys.executable, args=["-m", "mcpserver", "start"], cwd=REPO_ROOT,
+                                       env={"DAYTONA_API_URL": url, "DAYTONA_API_KEY": "dtn_" + "1" * 64})
+        async with stdio_client(params) as (read, write), ClientSession(read, write) as client:
+            await client.initialize()
+            assert (await client.list_tools()).tools  # the server itself is up
+            for tool, arguments in (("create_sandbox", {}), ("execute_command", {"sandbox_id": "0123456789ab",
+                                                                                 "command": "true"})):
+                message = await failure(client, tool, **arguments)
+                assert "cannot reach" in message and "main job" in message, message
+
+    run(scenario)
