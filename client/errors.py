@@ -53,4 +53,5 @@ class ApiError(Exception):
     @classmethod
     def unreachable(cls, url: str, exc: Exception) -> ApiError:
         reason = str(exc) or type(exc).__name__
-        return cls(UNREACHABLE, f"cannot reach {url}: {reason}", "UNREACHABLE", None)
+        return cls(UNREACHABLE, f"cannot reach {url}: {reason} (is the server running, and DAYTONA_API_URL right?)",
+                   "UNREACHABLE", None)
