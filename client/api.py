@@ -26,8 +26,9 @@ Json = Any
 
 
 def _seg(value: str | int) -> str:
-    """One path segment: an id or name typed by a user never reaches another route."""
-    return quote(str(value), safe="")
+    """One path segment: an id or name typed by a user never reaches another route (`/`
+    escaped; dots too, since httpx would fold a `..` segment into the path before it)."""
+    return quote(str(value), safe="").replace(".", "%2E")
 
 
 class _Http:
