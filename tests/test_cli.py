@@ -25,7 +25,7 @@ from tests.runtime_helpers import CLI, Stack, needs_bwrap, start_stack
 pytestmark = needs_bwrap
 
 VERBS = [["create"], ["list"], ["info"], ["start"], ["stop"], ["archive"], ["delete"], ["exec"], ["logs"],
-         ["preview-url"], ["terminal"], ["volume"], ["volume", "create"], ["volume", "list"], ["volume", "info"],
+         ["preview-url"], ["terminal"], ["upload"], ["download"], ["volume"], ["volume", "create"], ["volume", "list"], ["volume", "info"],
          ["volume", "delete"], ["snapshot"], ["snapshot", "list"], ["snapshot", "delete"], ["login"], ["logout"]]
 
 
@@ -222,6 +222,42 @@ def test_logs_of_a_detached_command_and_follow(stack: Stack, box: str) -> None:
     assert run(stack, "exec", box, "--session", "work", "--", "pwd; echo $KEPT").stdout == "/tmp\n1\n"
     missing = run(stack, "logs", box, "no-session")
     assert missing.returncode == 1 and "session not found" in missing.stderr
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+def test_upload_and_download_stream_a_file_both_ways(stack: Stack, box: str, tmp_path: Path) -> None:
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(8 << 20))
+    assert run(stack, "upload", box, str(local), "big.bin").returncode == 0
+    assert stack.execute(box, "stat -c %s big.bin") == (0, f"{8 << 20}\n")
+    back = tmp_path / "back"
+    back.mkdir()
+    fetched = run(stack, "download", box, "big.bin", str(back))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (back / "big.bin").read_bytes() == local.read_bytes()
+    # Pipes both ways.
+    assert run(stack, "upload", box, "-", "note.txt", stdin="from stdin\n").returncode == 0
+    assert run(stack, "download", box, "note.txt", "-").stdout == "from stdin\n"
+    # A failed download is exit 1 and leaves nothing behind, not even a partial file.
+    missing = run(stack, "download", box, "no-such-file", str(back))
+    assert missing.returncode == 1 and "file not found" in missing.stderr
+    assert sorted(p.name for p in back.iterdir()) == ["big.bin"]
+    usage = run(stack, "upload", box, str(tmp_path / "absent"), "x")
+    assert usage.returncode == 2 and "is not a file" in usage.stderr
+
+
+def test_a_stopped_sandbox_says_so(stack: Stack) -> None:
+    sandbox_id = stack.cli("create", "--name", "resting")["id"]
+    try:
+        stack.cli("stop", sandbox_id)
+        for args in (["exec", "resting", "--", "true"], ["logs", "resting", "s"], ["download", "resting", "x", "-"]):
+            result = run(stack, *args)
+            assert result.returncode == 1
+            assert result.stderr.strip() == (f"error: sandbox resting ({sandbox_id}) is stopped, not started: "
+                                             "start it first (HTTP 409)"), args
+    finally:
+        stack.cli("delete", sandbox_id)
 
 
 # ---- previews, terminal --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import threading
 import uuid
 from typing import IO, Any
 
-from client.api import Client, Toolbox
+from client.api import ENTRYPOINT, ENTRYPOINT_COMMAND, Client, Toolbox
 from client.cli import output
 from client.cli.verbs import pairs
 from client.config import load_config
@@ -145,8 +145,8 @@ def _stop(toolbox: Toolbox, session: str, command_id: str, throwaway: bool) -> N
 def run_logs(args: argparse.Namespace) -> int:
     with Client(load_config()) as api, api.toolbox(args.sandbox, timeout=60) as toolbox:
         command_id = args.command_id
-        if command_id is None and args.session == "entrypoint":
-            command_id = "entrypoint_command"
+        if command_id is None and args.session == ENTRYPOINT:
+            command_id = ENTRYPOINT_COMMAND
         if command_id is None:
             commands = toolbox.get_session(args.session).get("commands") or []
             if not commands:

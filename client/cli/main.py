@@ -11,7 +11,7 @@ import argparse
 import sys
 from importlib import metadata
 
-from client.cli import execute, verbs
+from client.cli import execute, files, verbs
 from client.config import ConfigError
 from client.errors import ApiError
 
@@ -130,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     terminal = _sub(commands, "terminal", "print the browser terminal's URL (port 22222, with its token)")
     _sandbox_arg(terminal)
 
+    upload = _sub(commands, "upload", "copy a local file into a sandbox (streamed; `-` reads stdin)")
+    _sandbox_arg(upload)
+    upload.add_argument("local", metavar="LOCAL", help="local file, or - for stdin")
+    upload.add_argument("remote", metavar="REMOTE", help="path in the sandbox (relative: to its work dir)")
+    download = _sub(commands, "download", "copy a file out of a sandbox (streamed; `-` writes stdout)")
+    _sandbox_arg(download)
+    download.add_argument("remote", metavar="REMOTE", help="path in the sandbox")
+    download.add_argument("local", metavar="LOCAL", nargs="?",
+                          help="local file or directory, or - for stdout (default: the file's name here)")
+
     volume = _sub(commands, "volume", "volumes", fmt=False)
     volume_commands = volume.add_subparsers(dest="volume_command", metavar="COMMAND", required=True)
     volume_create = _sub(volume_commands, "create", "create a volume")
@@ -175,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             return execute.run_exec(parser, args)
         if args.command == "logs":
             return execute.run_logs(args)
+        if args.command == "upload":
+            return files.run_upload(parser, args)
+        if args.command == "download":
+            return files.run_download(args)
         return verbs.run(parser, args)
     except ApiError as exc:
         print(f"error: {exc}", file=sys.stderr)
