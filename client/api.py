@@ -94,13 +94,12 @@ class Client:
         items: list[Json] = []
         cursor: str | None = None
         while True:
-            params: dict[str, str] = {"limit": "200"}
+            params: list[tuple[str, str]] = [("limit", "200")]
             if labels:
-                params["labels"] = json.dumps(labels)
-            if states:
-                params["states"] = ",".join(states)
+                params.append(("labels", json.dumps(labels)))
+            params += [("states", state) for state in states]  # repeated, as the SDK sends a list
             if cursor:
-                params["cursor"] = cursor
+                params.append(("cursor", cursor))
             page = self._http.json("GET", "/sandbox", params=params)
             if isinstance(page, list):  # a server without cursors answers one array
                 return page

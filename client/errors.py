@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 UNREACHABLE = 0  # `status` of an error raised before any HTTP answer (connection refused, timeout)
 

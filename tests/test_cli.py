@@ -112,6 +112,8 @@ def test_create_info_list_stop_archive_start_delete(stack: Stack) -> None:
     assert sandbox_id in [s["id"] for s in stack.cli("list")]
     assert [s["id"] for s in stack.cli("list", "-l", "team=red")] == [sandbox_id]
     assert stack.cli("list", "-l", "team=blue") == []
+    assert sandbox_id in [s["id"] for s in stack.cli("list", "--state", "stopped", "--state", "started")]
+    assert sandbox_id not in [s["id"] for s in stack.cli("list", "--state", "stopped")]
 
     # For people: an aligned table with a header, no colour codes when stdout is a pipe.
     table = run(stack, "list", "-l", "team=red")

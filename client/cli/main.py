@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import metadata
 
-from client.cli import execute, files, verbs
 from client.config import ConfigError
-from client.errors import ApiError
 
 OK, API_ERROR, USAGE = 0, 1, 2
 
@@ -25,6 +22,21 @@ _EPILOG = ("Configuration: DAYTONA_API_URL and DAYTONA_API_KEY (as the Daytona S
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     def __init__(self, prog: str) -> None:
         super().__init__(prog, max_help_position=32)
+
+
+class _Version(argparse.Action):
+    """Reads the installed version only when asked (importlib.metadata scans every dist)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("sandbox-toolbox")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        print(f"sandbox-toolbox {version}")
+        parser.exit()
 
 
 def _format_arg(parser: argparse.ArgumentParser) -> None:
@@ -49,11 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandbox-toolbox", formatter_class=_Formatter, epilog=_EPILOG,
                                      description="Manage sandboxes through Daytona's REST API (this project's "
                                                  "control plane, or any Daytona-compatible one).")
-    try:
-        version = metadata.version("sandbox-toolbox")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    parser.add_argument("--version", "-v", action="version", version=f"sandbox-toolbox {version}")
+    parser.add_argument("--version", "-v", action=_Version, nargs=0, help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     create = _sub(commands, "create", "create a sandbox and wait until it is started")
@@ -180,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     words = sys.argv[1:] if argv is None else list(argv)
     args = parse(parser, words)
+    # After parsing: --help and usage errors never pay for httpx.
+    from client.cli import execute, files, verbs
+    from client.errors import ApiError
+
     try:
         if args.command == "exec":
             return execute.run_exec(parser, args)
