@@ -87,16 +87,20 @@ def test_an_unreachable_server_is_exit_1_with_the_url(tmp_path: Path) -> None:
     (["create", "--cpu", "two"], "invalid int value"),
     (["exec", "box"], "exec needs a command"),
     (["exec", "box", "--timeout", "0", "--", "true"], "--timeout must be more than 0"),
+    (["exec", "box", "-e", "NOEQUALS", "--", "true"], "--env wants KEY=VALUE"),
+    (["list", "-l", "nolabel"], "--label wants KEY=VALUE"),
+    (["logs", "box", "s", "--follow", "--format", "json"], "no --format json"),
     (["preview-url", "box"], "preview-url needs a PORT"),
     (["preview-url", "box", "70000"], "PORT must be from 1 to 65535"),
     (["list", "--format", "yaml"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
 ])
-def test_usage_errors_exit_2(args: list[str], message: str) -> None:
-    # A key is set, so these fail on the usage alone (a server is never asked).
-    result = run(None, *args, env={"DAYTONA_API_URL": "http://127.0.0.1:9/api", "DAYTONA_API_KEY": "dtn_x"})
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    assert message in result.stderr
+def test_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
+    # Usage comes first: exit 2 with or without a key, and no server is ever asked.
+    for env in ({"DAYTONA_API_URL": "http://127.0.0.1:9/api", "DAYTONA_API_KEY": "dtn_x"}, no_key_env(tmp_path)):
+        result = run(None, *args, env=env)
+        assert result.returncode == 2, (result.returncode, result.stderr)
+        assert message in result.stderr
 
 
 # ---- sandboxes --------------------------------------------------------------------------------

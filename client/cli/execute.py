@@ -142,7 +142,9 @@ def _stop(toolbox: Toolbox, session: str, command_id: str, throwaway: bool) -> N
         pass
 
 
-def run_logs(args: argparse.Namespace) -> int:
+def run_logs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.follow and args.format == "json":
+        parser.error("--follow streams raw output; it has no --format json")
     with Client(load_config()) as api, api.toolbox(args.sandbox, timeout=60) as toolbox:
         command_id = args.command_id
         if command_id is None and args.session == ENTRYPOINT:
@@ -153,9 +155,6 @@ def run_logs(args: argparse.Namespace) -> int:
                 raise ApiError(404, f"session {args.session} has run no command yet", "NOT_FOUND")
             command_id = commands[-1]["id"]
         if args.follow:
-            if args.format == "json":
-                print("error: --follow streams raw output; it has no --format json", file=sys.stderr)
-                return 2
             pump(toolbox.follow_logs(args.session, command_id), sys.stdout.buffer, sys.stderr.buffer)
             return 0
         logs, _offset = toolbox.command_logs(args.session, command_id)

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "exec":
             return execute.run_exec(parser, args)
         if args.command == "logs":
-            return execute.run_logs(args)
+            return execute.run_logs(parser, args)
         if args.command == "upload":
             return files.run_upload(parser, args)
         if args.command == "download":

@@ -36,18 +36,21 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         removed = remove_config()
         print(f"Removed {config_path()}" if removed else f"Not logged in ({config_path()} does not exist)")
         return 0
+    # Usage is checked before the configuration: a bad flag is exit 2 even without a key.
+    body, mounts = create_body(parser, args) if command == "create" else ({}, [])
+    labels = pairs(parser, args.label, "--label") if command == "list" else {}
+    port = preview_port(parser, args) if command in ("preview-url", "terminal") else 0
     with client() as api:
         if command == "create":
-            return create(parser, api, args)
+            return create(api, args, body, mounts)
         if command == "list":
-            labels = pairs(parser, args.label, "--label")
             return show_sandboxes(api.list_sandboxes(labels=labels or None, states=args.state), args.format)
         if command == "info":
             return show_sandbox(api.get_sandbox(args.sandbox), args.format)
         if command in ("start", "stop", "archive", "delete"):
             return lifecycle(api, args)
         if command in ("preview-url", "terminal"):
-            return preview(parser, api, args)
+            return preview(api, args, port)
         if command == "volume":
             return volume(api, args)
         if command == "snapshot":
@@ -58,7 +61,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 # ---- sandboxes ------------------------------------------------------------------------------
 
-def create(parser: argparse.ArgumentParser, api: Client, args: argparse.Namespace) -> int:
+def create_body(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The CreateSandbox body, and the (volume, mount path) pairs still to resolve."""
     labels = pairs(parser, args.label, "--label")
     if args.language:
         labels["code-toolbox-language"] = args.language
@@ -73,9 +77,13 @@ def create(parser: argparse.ArgumentParser, api: Client, args: argparse.Namespac
         name, sep, mount = item.partition(":")
         if not sep or not name or not mount.startswith("/"):
             parser.error(f"--volume wants VOLUME:/ABSOLUTE/MOUNT/PATH, got {item!r}")
-        mounts.append({"volumeId": api.get_volume(name)["id"], "mountPath": mount})
+        mounts.append((name, mount))
+    return body, mounts
+
+
+def create(api: Client, args: argparse.Namespace, body: dict[str, Any], mounts: list[tuple[str, str]]) -> int:
     if mounts:
-        body["volumes"] = mounts
+        body["volumes"] = [{"volumeId": api.get_volume(name)["id"], "mountPath": mount} for name, mount in mounts]
     with output.progress(f"Creating sandbox{' ' + args.name if args.name else ''}") as shown:
         sandbox = api.create_sandbox(body)
         if sandbox.get("state") != "started":
@@ -166,15 +174,18 @@ def show_sandbox(sandbox: Any, fmt: str) -> int:
     return 0
 
 
-def preview(parser: argparse.ArgumentParser, api: Client, args: argparse.Namespace) -> int:
+def preview_port(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "terminal":
-        port = 22222
-    else:
-        port = args.port if args.port is not None else args.port_flag
-        if port is None:
-            parser.error("preview-url needs a PORT")
-        if not 1 <= port <= 65535:
-            parser.error(f"PORT must be from 1 to 65535, got {port}")
+        return 22222
+    port: int | None = args.port if args.port is not None else args.port_flag
+    if port is None:
+        parser.error("preview-url needs a PORT")
+    if not 1 <= port <= 65535:
+        parser.error(f"PORT must be from 1 to 65535, got {port}")
+    return port
+
+
+def preview(api: Client, args: argparse.Namespace, port: int) -> int:
     link = api.preview_url(args.sandbox, port)
     public = bool(api.get_sandbox(link["sandboxId"]).get("public"))
     base = link["url"].rstrip("/") + "/"
