@@ -31,6 +31,16 @@ def _seg(value: str | int) -> str:
     return quote(str(value), safe="").replace(".", "%2E")
 
 
+ENTRYPOINT, ENTRYPOINT_COMMAND = "entrypoint", "entrypoint_command"
+
+
+def _logs_path(session_id: str, command_id: str) -> str:
+    """The image entrypoint's log has a route of its own (toolbox-api.md §8.7)."""
+    if session_id == ENTRYPOINT and command_id == ENTRYPOINT_COMMAND:
+        return "/process/session/entrypoint/logs"
+    return f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/logs"
+
+
 class _Http:
     def __init__(self, base_url: str, api_key: str, timeout: float, transport: httpx.BaseTransport | None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -385,16 +395,6 @@ class Toolbox:
             if value:
                 body[key] = value
         self._http.send("POST", "/git/clone", json=body, timeout=httpx.Timeout(600, connect=10))
-
-
-ENTRYPOINT, ENTRYPOINT_COMMAND = "entrypoint", "entrypoint_command"
-
-
-def _logs_path(session_id: str, command_id: str) -> str:
-    """The image entrypoint's log has a route of its own (toolbox-api.md §8.7)."""
-    if session_id == ENTRYPOINT and command_id == ENTRYPOINT_COMMAND:
-        return "/process/session/entrypoint/logs"
-    return f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/logs"
 
 
 def _denial_message(body: bytes, status: int) -> str:

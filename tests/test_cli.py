@@ -69,6 +69,17 @@ def test_every_verb_has_help(verb: list[str]) -> None:
     assert result.stdout.startswith("usage: sandbox-toolbox") and "options:" in result.stdout
 
 
+def test_mcp_verbs_are_the_mcp_servers_own() -> None:
+    """`sandbox-toolbox mcp start|config`, as the issue names them, are mcpserver/cli.py's."""
+    pytest.importorskip("mcpserver.cli")
+    assert run(None, "mcp", "--help").returncode == 0
+    snippet = run(None, "mcp", "config", "--no-key", "--transport", "stdio",
+                  env={"DAYTONA_API_URL": "http://localhost:8080/api"})
+    assert snippet.returncode == 0, snippet.stderr
+    server = json.loads(snippet.stdout)["mcpServers"]["sandbox-toolbox"]
+    assert server["env"]["DAYTONA_API_URL"] == "http://localhost:8080/api"
+
+
 def test_a_missing_key_is_a_clear_message(tmp_path: Path) -> None:
     result = run(None, "list", env=no_key_env(tmp_path))
     assert result.returncode == 1 and result.stdout == ""

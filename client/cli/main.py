@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from client.config import ConfigError
 
@@ -55,6 +56,16 @@ def _sub(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: st
 
 def _sandbox_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sandbox", metavar="SANDBOX", help="sandbox id or name")
+
+
+def _mcp_commands() -> Any:
+    """mcpserver.cli when the MCP server is installed alongside (it is its own package)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("mcpserver") is None:
+        return None
+    return importlib.import_module("mcpserver.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     snapshot_delete = _sub(snapshot_commands, "delete", "delete a snapshot")
     snapshot_delete.add_argument("snapshot", metavar="SNAPSHOT", help="snapshot id or name")
 
+    mcp = _mcp_commands()
+    if mcp is not None:
+        # The MCP server's own verbs (mcpserver/cli.py, i20mcp's package): `mcp start|config`.
+        mcp.add_commands(_sub(commands, "mcp", "the MCP server for coding agents: start (stdio) | config",
+                              fmt=False))
+
     login = _sub(commands, "login", "check an API key and save it (0600) for later commands", fmt=False)
     login.add_argument("--api-url", help="the API's URL (default: DAYTONA_API_URL, the saved one, or "
                                          "http://localhost:8080/api)")
@@ -193,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     from client.errors import ApiError
 
     try:
+        if args.command == "mcp":
+            return int(_mcp_commands().run(args))
         if args.command == "exec":
             return execute.run_exec(parser, args)
         if args.command == "logs":
