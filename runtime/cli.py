@@ -303,7 +303,8 @@ def _inspect(args: argparse.Namespace) -> int:
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://controlplane",
                       headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
         try:
-            response = client.get(f"/runtime/sandboxes/{quote(args.id, safe='')}")
+            # One escaped segment, dots too: httpx would fold a `..` id into another path.
+            response = client.get(f"/runtime/sandboxes/{quote(args.id, safe='').replace('.', '%2E')}")
         except httpx.TransportError as exc:
             return _fail(f"cannot reach the control plane at {socket}: {exc}")
     data = response.json() if response.content else None
