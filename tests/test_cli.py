@@ -373,6 +373,14 @@ def _on_a_tty(stack: Stack, *args: str, env: dict[str, str] | None = None) -> st
     return b"".join(chunks).decode()
 
 
+def test_progress_only_on_a_tty(stack: Stack) -> None:
+    shown = _on_a_tty(stack, "create", "--name", "watched", env={"NO_COLOR": "1"})
+    assert "Creating sandbox watched" in shown and re.search(r"^State:\s+started\r?$", shown, re.M)
+    quiet = run(stack, "stop", "watched")
+    assert quiet.returncode == 0 and quiet.stderr == ""  # stderr is a pipe: no spinner
+    stack.cli("delete", "watched")
+
+
 def test_colour_only_on_a_tty_and_never_with_no_color(stack: Stack, box: str) -> None:
     coloured = _on_a_tty(stack, "list")
     assert "\x1b[32mstarted" in coloured and "\x1b[1mID" in coloured

@@ -101,11 +101,13 @@ class Progress:
 
     def _run(self) -> None:
         frame = 0
-        while not self._stop.wait(0.1):
+        while True:  # drawn at once, then every 0.1 s: even a quick operation shows what it did
             elapsed = time.monotonic() - self._started
             self.stream.write(f"\r\x1b[2K{self.FRAMES[frame % 4]} {self.message} ({elapsed:.1f} s)")
             self.stream.flush()
             frame += 1
+            if self._stop.wait(0.1):
+                return
 
     def __enter__(self) -> Progress:
         if self.enabled:
