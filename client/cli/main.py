@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--network-block-all", action=argparse.BooleanOptionalAction, default=None,
                         help="block all egress (default: the server's)")
     create.add_argument("--network-allow-list", metavar="CIDR,...", help="egress only to these (IPv4 CIDRs)")
+    create.add_argument("--domain-allow-list", metavar="DOMAIN,...",
+                        help="egress only to these domains (and their subdomains)")
+    create.add_argument("--linked-sandbox", metavar="SANDBOX",
+                        help="reach that sandbox by its name (makes this one ephemeral)")
     create.add_argument("--timeout", type=float, default=300, metavar="SECONDS",
                         help="how long to wait for the sandbox to start (default 300)")
 

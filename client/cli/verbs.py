@@ -70,7 +70,10 @@ def create_body(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     optional = {"name": args.name, "snapshot": args.snapshot, "cpu": args.cpu, "memory": args.memory,
                 "disk": args.disk, "autoStopInterval": args.auto_stop, "autoArchiveInterval": args.auto_archive,
                 "autoDeleteInterval": args.auto_delete, "public": True if args.public else None,
-                "networkBlockAll": args.network_block_all, "networkAllowList": args.network_allow_list}
+                "networkBlockAll": args.network_block_all, "networkAllowList": args.network_allow_list,
+                "domainAllowList": args.domain_allow_list, "linkedSandbox": args.linked_sandbox}
+    if args.linked_sandbox and args.auto_delete is None:
+        optional["autoDeleteInterval"] = 0  # Daytona's rule: a linked sandbox is ephemeral
     body.update({k: v for k, v in optional.items() if v is not None})
     mounts = []
     for item in args.volume:

@@ -67,7 +67,7 @@ def _fields(record: SandboxRecord, urls: PublicUrls) -> dict[str, object]:
 
 def sandbox_dto(record: SandboxRecord, urls: PublicUrls) -> dict[str, object]:
     model = dto.Sandbox(**_fields(record, urls), env=record.env,  # type: ignore[arg-type]
-                        volumes=[dto.SandboxVolumeOut(**v) for v in record.volumes])
+                        linkedSandboxId=record.linked_sandbox_id, volumes=[dto.SandboxVolumeOut(**v) for v in record.volumes])
     return model.model_dump(exclude_none=True)
 
 
