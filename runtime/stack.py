@@ -17,6 +17,7 @@ import re
 import secrets
 import socket
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,14 @@ import httpx
 from controlplane.auth import DEFAULT_ORGANIZATION, new_key
 from controlplane.plane import ControlPlane, PlaneConfig
 from controlplane.sandboxes.routes import PublicUrls
+from runtime import codemount
 from runtime.backend import LocalBackend
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.network import DEFAULT_RANGE
+from runtime.rootfs import build_key
+from runtime.snapshots import Snapshot, SnapshotError, SnapshotStore
+from toolbox.tasks import BackgroundTask, TaskOwner
 
 _ACTIVITY = re.compile(r'^proxy_sandbox_last_activity_seconds\{sandbox="([^"]+)"\} ([0-9.eE+]+)$',
                        re.MULTILINE)
@@ -77,6 +82,8 @@ class StackConfig:
     network: str = DEFAULT_RANGE
     network_block_all: bool = False
     dns: str | None = None
+    # Snapshot layers (runtime/snapshots.py): STATE/layers unless shared.
+    layers_dir: Path | None = None
 
 
 class Stack:
@@ -103,6 +110,7 @@ class Stack:
                                idle_timeout=0, write_registry=False, restart_crashed=False,
                                network=config.network, network_block_all=config.network_block_all,
                                dns=config.dns)
+        self.snapshots = SnapshotStore(state, layers_dir=config.layers_dir)
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
@@ -111,8 +119,13 @@ class Stack:
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
-        self._watch: asyncio.Future[None] | None = None
-        self._restarting: asyncio.Future[None] | None = None
+        self.default_snapshot: Snapshot | None = None
+        # The main job's background work (the proxy's watcher, restarting what a crash
+        # stopped) runs in one task group, open from start() to the end of stop().
+        self.tasks = TaskOwner()
+        self._lifetime = AsyncExitStack()
+        self._watch: BackgroundTask | None = None
+        self._restarting: BackgroundTask | None = None
         self._stopping = False
         self._http = httpx.AsyncClient(timeout=5)
 
@@ -169,11 +182,32 @@ class Stack:
 
     async def start(self) -> None:
         self._check_port()
+        await self.ensure_default_snapshot()
+        await self._lifetime.enter_async_context(self.tasks.running())
         await self.runtime.open()
         await self.plane.open()
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
         self.plane.run_policies()
+
+    async def ensure_default_snapshot(self) -> None:
+        """Build the default snapshot on the first start (a minute or so, its progress
+        printed as it goes; in a thread, so the loop stays free), find it after that."""
+        # The daemon's launcher and host libraries too (runtime/codemount.py): seconds once.
+        try:
+            await asyncio.to_thread(codemount.prepare, self.runtime.python)
+        except RuntimeError as exc:
+            raise SandboxError(500, str(exc)) from None
+        if os.geteuid() != 0 and self.snapshots.cached_build(build_key()) is None:
+            print("warning: the default snapshot is built as root (debootstrap); not building it",
+                  file=sys.stderr, flush=True)
+            return
+        try:
+            snapshot = await asyncio.to_thread(self.snapshots.ensure_default,
+                                               lambda line: print(line, flush=True))
+        except SnapshotError as exc:
+            raise SandboxError(500, str(exc)) from None
+        self.default_snapshot = snapshot
 
     def _check_port(self) -> None:
         """Fail in milliseconds, before any sandbox starts, when the proxy could not listen."""
@@ -209,7 +243,7 @@ class Stack:
                         break
         except TimeoutError:
             raise SandboxError(500, "the proxy did not start within 30 s") from None
-        self._watch = asyncio.ensure_future(self._watch_proxy(self.proxy))
+        self._watch = self.tasks.spawn(self._watch_proxy(self.proxy), name="watch the proxy")
 
     async def _watch_proxy(self, proxy: asyncio.subprocess.Process) -> None:
         """Drain the proxy's stdout; if it dies while we run, start it again."""
@@ -230,7 +264,7 @@ class Stack:
 
     def restart_interrupted(self) -> None:
         """In the background: start again what a crash of the previous main job stopped."""
-        self._restarting = asyncio.ensure_future(self.plane.restart_interrupted())
+        self._restarting = self.tasks.spawn(self.plane.restart_interrupted(), name="restart interrupted sandboxes")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -238,7 +272,7 @@ class Stack:
             self._watch.cancel()
         if self._restarting is not None:
             self._restarting.cancel()
-            await asyncio.gather(self._restarting, return_exceptions=True)
+            await self._restarting.wait()
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:
@@ -250,3 +284,4 @@ class Stack:
                 self.proxy.kill()
                 await self.proxy.wait()
         await self._http.aclose()
+        await self._lifetime.aclose()  # cancels and awaits whatever of ours still runs

@@ -11,12 +11,17 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.runtime_helpers import Stack, bwrap_pids, cgroup_dirs, needs_bwrap, start_stack, ws_connect
 from tests.system import requires
+
+if TYPE_CHECKING:
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client import ApiClient
 
 pytestmark = needs_bwrap
 
@@ -48,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running.stop()
 
 
-def sdk_client(stack: Stack, sandbox_id: str):  # type: ignore[no-untyped-def]
+def sdk_client(stack: Stack, sandbox_id: str) -> ToolboxApiClientProxy[ApiClient]:
     from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
     from daytona_toolbox_api_client import ApiClient, Configuration
 
@@ -112,7 +117,8 @@ def test_official_sdk_drives_a_sandbox_through_the_proxy(stack: Stack) -> None:
 
 def test_preview_of_a_server_inside_the_sandbox_over_http_and_websocket(stack: Stack) -> None:
     from daytona._sync.process import Process
-    from daytona_toolbox_api_client import ProcessApi, SessionExecuteRequest
+    from daytona.common.process import SessionExecuteRequest
+    from daytona_toolbox_api_client import ProcessApi
 
     sandbox_id = stack.first_id
     token = token_of(stack, sandbox_id)
@@ -224,11 +230,14 @@ def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: St
     probe = "import sys, toolbox, starlette; print(sys.prefix, toolbox.__file__, starlette.__file__)"
     # The daemon's own command line and environment (bwrap's pid 1 keeps its host-side
     # arguments, the mount sources, in its cmdline: that is bwrap's, not ours).
-    daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'python -m runtime.entry' | tail -1)/cmdline"
+    daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'interp -m runtime.entry' | tail -1)/cmdline"
     code, out = stack.execute(stack.first_id, f"python3 -c '{probe}'; {daemon}; echo; env")
     assert code == 0, out
     prefix, toolbox_file, starlette_file = out.splitlines()[0].split()
-    assert out.splitlines()[1] == "/opt/sandbox-toolbox/venv/bin/python -m runtime.entry ", out
+    # Started by the launcher on the host's loader and libraries (runtime/launcher.py).
+    assert out.splitlines()[1] == ("/opt/sandbox-toolbox/so/ld.so --library-path /opt/sandbox-toolbox/so:"
+                                   "/opt/sandbox-toolbox/python/lib --argv0 /opt/sandbox-toolbox/venv/bin/python "
+                                   "/opt/sandbox-toolbox/interp -m runtime.entry "), out
     assert prefix == "/opt/sandbox-toolbox/venv"
     assert toolbox_file == "/opt/sandbox-toolbox/lib/toolbox/__init__.py"
     assert starlette_file.startswith("/opt/sandbox-toolbox/venv/lib/")
