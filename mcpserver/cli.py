@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 SERVER_NAME = "sandbox-toolbox"
 
@@ -68,10 +69,18 @@ def _where() -> tuple[str, str]:
     return config.api_url, config.api_key
 
 
+def _start_command() -> dict[str, object]:
+    """`sandbox-toolbox mcp start` by the absolute path of the installed command (agent apps
+    spawn it without the venv on PATH), else this interpreter with `-m mcpserver start`."""
+    script = Path(sys.executable).parent / "sandbox-toolbox"
+    if script.is_file() and os.access(script, os.X_OK):
+        return {"command": str(script), "args": ["mcp", "start"]}
+    return {"command": sys.executable, "args": ["-m", "mcpserver", "start"]}
+
+
 def config_snippets(api_url: str, api_key: str, include_key: bool = True) -> dict[str, dict[str, object]]:
     key = api_key if include_key and api_key else "<your API key>"
-    stdio: dict[str, object] = {"command": sys.executable, "args": ["-m", "mcpserver", "start"],
-                                "env": {"DAYTONA_API_URL": api_url, "DAYTONA_API_KEY": key}}
+    stdio: dict[str, object] = {**_start_command(), "env": {"DAYTONA_API_URL": api_url, "DAYTONA_API_KEY": key}}
     http: dict[str, object] = {"type": "http", "url": f"{api_url}/mcp", "headers": {"Authorization": f"Bearer {key}"}}
     return {"stdio": stdio, "http": http}
 

@@ -6,7 +6,6 @@ agent app runs it) and over streamable HTTP (the main job's `/api/mcp`, through 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -373,13 +372,18 @@ def test_config_prints_what_agent_apps_take(stack: Stack, tmp_path: Path) -> Non
     import subprocess
 
     env = {"PATH": "/usr/bin:/bin", "DAYTONA_API_URL": api_url(stack), "DAYTONA_API_KEY": stack.api_key}
-    result = subprocess.run([sys.executable, "-m", "mcpserver", "config"], env=env, cwd=REPO_ROOT,
+    command = Path(sys.executable).parent / "sandbox-toolbox"
+    assert command.exists(), "the package's sandbox-toolbox command is installed in the venv"
+    result = subprocess.run([str(command), "mcp", "config"], env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    same = subprocess.run([sys.executable, "-m", "mcpserver", "config"], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert same.stdout == result.stdout
     servers = json.loads(result.stdout)["mcpServers"]
     stdio, http = servers["sandbox-toolbox"], servers["sandbox-toolbox-http"]
     assert stdio["env"] == {"DAYTONA_API_URL": api_url(stack), "DAYTONA_API_KEY": stack.api_key}
-    assert re.search(r"mcp", " ".join([stdio["command"], *stdio["args"]]))
+    assert [stdio["command"], *stdio["args"]] == [str(command), "mcp", "start"]
     assert http["url"] == f"{api_url(stack)}/mcp" and http["headers"]["Authorization"] == f"Bearer {stack.api_key}"
 
     # The stdio snippet is runnable as it stands, from wherever the agent app runs it.
