@@ -319,6 +319,7 @@ def test_tool_errors_are_results_not_crashes(stack: Stack, sandbox_id: str) -> N
 
 
 def test_http_endpoint_needs_a_known_key(stack: Stack) -> None:
+    assert stack.banner["MCP"] == f"{api_url(stack)}/mcp"  # the main job says where it is
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     for headers in ({}, {"Authorization": "Bearer dtn_" + "0" * 64}, {"Authorization": "Basic eDp5"}):
         response = httpx.post(f"{api_url(stack)}/mcp", json=body, headers=headers, timeout=30)
