@@ -98,7 +98,8 @@ class SandboxTools:
         the sandbox); only when the proxy does not route it is the sandbox looked up, to
         say whether it is unknown or not started."""
         _check_id(sandbox_id)
-        record = {"id": sandbox_id, "toolboxProxyUrl": self._toolbox_url()}
+        # Taken as started: the proxy is the judge, and its refusal is explained below.
+        record = {"id": sandbox_id, "state": "started", "toolboxProxyUrl": self._toolbox_url()}
         with self._calling(action, sandbox_id):
             try:
                 with self.client.toolbox(record, timeout=timeout) as toolbox:
