@@ -14,13 +14,16 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
 from client.config import Config
 from client.errors import ApiError
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 USER_AGENT = "sandbox-toolbox-cli"
 Json = Any
@@ -317,22 +320,11 @@ class Toolbox:
         or at the current end. Each chunk is yielded as it arrives, nothing is buffered.
         `deadline` (time.monotonic()) ends it early; `on_start` gets the offset the stream
         really starts at (the log keeps a bounded tail, so an old offset moves up)."""
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-        from websockets.sync.client import connect
+        from websockets.exceptions import ConnectionClosed
 
         path = _logs_path(session_id, command_id)
         query = f"follow={'true' if follow else 'false'}" + (f"&offset={offset}" if offset else "")
-        parts = urlsplit(f"{self.base_url}{path}")
-        url = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path, query, ""))
-        try:
-            socket = connect(url, additional_headers={"Authorization": f"Bearer {self._http.api_key}",
-                                                      "User-Agent": USER_AGENT},
-                             open_timeout=open_timeout, max_size=None, user_agent_header=None)
-        except InvalidStatus as exc:
-            raise _denial(bytes(exc.response.body or b""), exc.response.status_code, path) from None
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            raise ApiError.unreachable(url, exc) from None
-        with socket:
+        with self._websocket(path, query, open_timeout) as socket:
             if on_start is not None:
                 started = socket.response.headers.get("x-output-offset") if socket.response else None
                 on_start(int(started) if started and started.isdigit() else offset)
@@ -352,6 +344,26 @@ class Toolbox:
             if code not in (1000, 1005):  # 1005: closed without a status, as the SDK accepts
                 raise ApiError(502, f"log stream closed: {socket.close_reason or 'unexpectedly'} "
                                     f"(close code {code})", "STREAM_CLOSED", path)
+
+    @contextmanager
+    def _websocket(self, path: str, query: str, open_timeout: float) -> Iterator[ClientConnection]:
+        """A WebSocket to a toolbox route with the key, closed on leaving; a refused upgrade
+        raises ApiError with the daemon's or the proxy's own error."""
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
+        parts = urlsplit(f"{self.base_url}{path}")
+        url = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path, query, ""))
+        try:
+            socket = connect(url, additional_headers={"Authorization": f"Bearer {self._http.api_key}",
+                                                      "User-Agent": USER_AGENT},
+                             open_timeout=open_timeout, max_size=None, user_agent_header=None)
+        except InvalidStatus as exc:
+            raise _denial(bytes(exc.response.body or b""), exc.response.status_code, path) from None
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise ApiError.unreachable(url, exc) from None
+        with socket:
+            yield socket
 
     @contextmanager
     def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
@@ -380,26 +392,15 @@ class Toolbox:
         toolbox's WebSocket: yields its frames `{type: stdout|stderr|error|control, text,
         name, value, traceback}` as they come. A timeout is ApiError 408; any other abnormal
         close ApiError 502 with the daemon's reason."""
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-        from websockets.sync.client import connect
+        from websockets.exceptions import ConnectionClosed
 
-        path = "/process/interpreter/execute"
-        parts = urlsplit(f"{self.base_url}{path}")
-        url = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path, "", ""))
         request: dict[str, Any] = {"code": code}
         if context_id:
             request["contextId"] = context_id
         if timeout is not None:
             request["timeout"] = timeout
-        try:
-            socket = connect(url, additional_headers={"Authorization": f"Bearer {self._http.api_key}",
-                                                      "User-Agent": USER_AGENT},
-                             open_timeout=open_timeout, max_size=None, user_agent_header=None)
-        except InvalidStatus as exc:
-            raise _denial(bytes(exc.response.body or b""), exc.response.status_code, path) from None
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            raise ApiError.unreachable(url, exc) from None
-        with socket:
+        path = "/process/interpreter/execute"
+        with self._websocket(path, "", open_timeout) as socket:
             socket.send(json.dumps(request))
             try:
                 for message in socket:
