@@ -119,8 +119,12 @@ def mount_root(cfg: dict[str, Any], userns: int) -> str:
         lowers.append(point)
     root = os.path.join(staging, "root")
     os.mkdir(root)
-    options = f"lowerdir={':'.join(lowers)},upperdir={disk}/upper,workdir={disk}/work"
-    linux.mount("overlay", root, "overlay", linux.MS_NODEV, options)
+    # Paths relative to the staging dir: the options show in the sandbox's mountinfo, and
+    # must not name the host's state dir.
+    os.chdir(staging)
+    options = (f"lowerdir={':'.join(os.path.basename(p) for p in lowers)},"
+               "upperdir=disk/upper,workdir=disk/work")
+    linux.mount("overlay", "root", "overlay", linux.MS_NODEV, options)
     return root
 
 

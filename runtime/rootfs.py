@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ HOME_INSIDE = "/home/daytona"
 DISK_IMAGE = "disk.img"
 STAGING = "mnt"
 GIB = 2**30
+MAX_DISK_GIB = 1024
 
 
 class DiskError(Exception):
@@ -65,6 +67,34 @@ def grow_disk(path: Path, gib: float) -> None:
     result = subprocess.run(["resize2fs", str(path)], capture_output=True, text=True)
     if result.returncode != 0:
         raise DiskError(f"resize2fs failed: {result.stderr.strip()}")
+
+
+def disk_in_use(path: Path) -> bool:
+    """Whether a loop device still holds `path` (a stopped sandbox's mount namespace is
+    torn down, and its loop device detached, by the kernel a moment after its last process)."""
+    try:
+        mine = os.stat(path)
+    except FileNotFoundError:
+        return False
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            name = backing.read_text().strip().removesuffix(" (deleted)")
+            st = os.stat(name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            return True
+    return False
+
+
+def wait_disk_free(path: Path, timeout: float = 10.0) -> None:
+    """Never mount one ext4 image twice (that corrupts it): wait for the last mount to go."""
+    deadline = time.monotonic() + timeout
+    while disk_in_use(path):
+        if time.monotonic() > deadline:
+            raise DiskError(f"the sandbox's disk {path} is still mounted by a process that outlived "
+                            "the sandbox")
+        time.sleep(0.02)
 
 
 def disk_usage(path: Path) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, write_private
+from runtime.rootfs import DISK_IMAGE, STAGING, make_disk
 from runtime.volumes import Mount
 
 USER = "daytona"
@@ -71,6 +72,17 @@ class SandboxSpec:
     address: str | None = None
     block_all: bool = False
     allow_list: tuple[str, ...] = ()
+    # Its own root (runtime/rootfs.py): the snapshot it was made from, that snapshot's layer
+    # digests then (so a deleted snapshot's sandboxes keep working), the base of its own
+    # 65536 host ids (uid above is base + 1000, its user and daemon) and its disk quota.
+    snapshot: str | None = None
+    layers: tuple[str, ...] = ()
+    id_base: int | None = None
+    disk_gib: float = 0
+
+    @property
+    def rooted(self) -> bool:
+        return self.id_base is not None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +91,8 @@ class SandboxSpec:
             "public": self.public, "state": self.state, "created_at": self.created_at,
             "mounts": [m.to_json() for m in self.mounts], "address": self.address,
             "block_all": self.block_all, "allow_list": list(self.allow_list),
+            "snapshot": self.snapshot, "layers": list(self.layers), "id_base": self.id_base,
+            "disk_gib": self.disk_gib,
         }
 
     @classmethod
@@ -92,6 +106,9 @@ class SandboxSpec:
             mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
             address=data.get("address"), block_all=bool(data.get("block_all", False)),
             allow_list=tuple(data.get("allow_list") or ()),
+            snapshot=data.get("snapshot"), layers=tuple(data.get("layers") or ()),
+            id_base=None if data.get("id_base") is None else int(data["id_base"]),
+            disk_gib=float(data.get("disk_gib") or 0),
         )
 
 
@@ -138,6 +155,20 @@ class SandboxDir:
         (self.path / "etc" / "group").write_text(
             f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n"
         )
+
+    @property
+    def disk(self) -> Path:
+        return self.path / DISK_IMAGE
+
+    def create_rooted(self, disk_gib: float) -> None:
+        """The directory of a sandbox with its own root: its disk image (made once), the
+        launcher's staging mount point and the venv config the code mount binds."""
+        for d in (self.path, self.path / STAGING, self.path / "etc"):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, DIR_MODE)
+        (self.path / "etc" / "pyvenv.cfg").write_text(PYVENV_CFG)
+        if not self.disk.exists():
+            make_disk(self.disk, disk_gib)
 
     def save(self, spec: SandboxSpec) -> None:
         # 0600: the environment in it may carry secrets (the control plane injects them).
