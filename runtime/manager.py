@@ -608,7 +608,13 @@ class Runtime:
                     self._slots.discard(slot.index)  # the address is free again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._archive_path(sandbox_id))
-            await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
+            target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            if spec is not None and spec.rooted:
+                # Its disk is free once the kernel has torn its mount namespaces down, i.e.
+                # once its last process is gone: then nothing of it is left but files.
+                with contextlib.suppress(rootfs.DiskError):
+                    await asyncio.to_thread(rootfs.wait_disk_free, target.disk)
+            await asyncio.to_thread(target.remove)
         self._locks.pop(sandbox_id, None)
 
     # ---- archive, resize, status -----------------------------------------------------
