@@ -196,6 +196,7 @@ def test_disk_quota_is_enospc_inside_and_507_through_the_toolbox(rt: DirectRunti
 
 def test_survives_stop_start_and_archive_and_delete_leaves_nothing(rt: DirectRuntime) -> None:
     spec = rt.run(rt.runtime.create())
+    assert spec.id_base is not None
     directory = rt.runtime.sandboxes_dir / spec.id
     code, out = rt.sh(spec.id, "echo kept | sudo -n tee /usr/local/kept >/dev/null && echo home > ~/note")
     assert code == 0, out
