@@ -527,6 +527,7 @@ class Runtime:
             try:
                 target.create_rooted(spec.disk_gib)
                 rootfs.wait_disk_free(target.disk)
+                rootfs.grow_disk(target.disk, spec.disk_gib)  # a resize recorded while started
             except rootfs.DiskError as exc:
                 raise SandboxError(500, str(exc)) from None
         else:
@@ -661,11 +662,19 @@ class Runtime:
         archive.fsync_path(target.meta)
         archive.fsync_path(target.path, directory=True)
 
-    async def resize(self, sandbox_id: str, limits: Limits) -> SandboxSpec:
+    async def resize(self, sandbox_id: str, limits: Limits, disk_gib: float | None = None) -> SandboxSpec:
         """Apply new limits to a started sandbox's cgroup at once, or record them for the
-        next start; a memory limit below what the sandbox uses now is refused."""
+        next start; a memory limit below what the sandbox uses now is refused. A sandbox
+        with its own root gets a larger disk (it only grows) at its next start."""
         async with self._lock(sandbox_id):
             spec = self.get(sandbox_id)
+            if spec.rooted and disk_gib is not None and disk_gib != spec.disk_gib:
+                if disk_gib < spec.disk_gib:
+                    raise SandboxError(400, f"the disk of sandbox {sandbox_id!r} can only grow "
+                                            f"(now {spec.disk_gib:g} GiB)")
+                if not disk_gib <= rootfs.MAX_DISK_GIB:
+                    raise SandboxError(400, f"invalid disk {disk_gib:g} GiB: at most {rootfs.MAX_DISK_GIB}")
+                spec.disk_gib = disk_gib
             running = self.running.get(sandbox_id)
             if running is not None:
                 used = (await asyncio.to_thread(running.group.stats)).get("memory_bytes")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from controlplane.backend import Resources
 from controlplane.auth import DEFAULT_ORGANIZATION, new_key
 from controlplane.plane import ControlPlane, PlaneConfig
 from controlplane.sandboxes.routes import PublicUrls
@@ -77,6 +78,8 @@ class StackConfig:
     network: str = DEFAULT_RANGE
     network_block_all: bool = False
     dns: str | None = None
+    # "host" (bwrap over the host's root) or "snapshot" (own roots); None: RUNTIME_ROOTFS.
+    rootfs: str | None = None
 
 
 class Stack:
@@ -102,7 +105,9 @@ class Stack:
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
                                idle_timeout=0, write_registry=False, restart_crashed=False,
                                network=config.network, network_block_all=config.network_block_all,
-                               dns=config.dns)
+                               dns=config.dns, rootfs_mode=config.rootfs,
+                               # The control plane's default disk: pooled sandboxes have it.
+                               disk_gib=float(Resources().disk))
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(

@@ -221,7 +221,7 @@ class SandboxService:
             raise
         request = CreateRequest(sandbox_id, env={**prepared.env, **body.env}, resources=resources,
                                 mounts=tuple(prepared.mounts), network=not block_all,
-                                allow_list=allow_list)
+                                allow_list=allow_list, snapshot=record.snapshot or DEFAULT_SNAPSHOT)
         return await _shielded(lambda: self._bring_up(record, request))
 
     async def _bring_up(self, record: SandboxRecord, request: CreateRequest) -> SandboxRecord:
