@@ -51,8 +51,8 @@ def fail(message: str) -> None:
 
 # ---- step 1: as host root ------------------------------------------------------------------
 
-def make_userns(base: int, count: int) -> int:
-    """An fd of a new user namespace mapping ids 0..count-1 onto base..base+count-1."""
+def make_userns(uid_map: str, gid_map: str) -> int:
+    """An fd of a new user namespace with these maps ("inside outside count" lines)."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
@@ -70,9 +70,9 @@ def make_userns(base: int, count: int) -> int:
     try:
         if os.read(ready_r, 1) != b"1":
             raise OSError(errno.EPERM, "could not create a user namespace")
-        for name in ("uid_map", "gid_map"):
+        for name, lines in (("uid_map", uid_map), ("gid_map", gid_map)):
             with open(f"/proc/{pid}/{name}", "w") as f:
-                f.write(f"0 {base} {count}\n")
+                f.write(lines)
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(go_w)
@@ -136,6 +136,39 @@ def open_host_trees(cfg: dict[str, Any]) -> tuple[list[tuple[int, str, bool]], d
         code.append((linux.open_tree(source), target, read_only))
     devices = {name: linux.open_tree(f"/dev/{name}") for name in DEVICES}
     return code, devices
+
+
+def volume_gid_map(base: int, count: int, first: int, gids: list[int]) -> str:
+    """The gid map of the volumes' ID-mapped mounts: ids on disk are ids inside (so every
+    sandbox's daytona is 1000 there), except each volume's shared gid (900000+, see
+    runtime/volumes.py), which appears as group `first`+i inside, a group the sandbox's
+    user is in."""
+    lines = [f"0 {base} {first}"]
+    lines += [f"{gid} {base + first + i} 1" for i, gid in enumerate(gids)]
+    rest = first + len(gids)
+    lines.append(f"{rest} {base + rest} {count - rest}")
+    return "".join(line + "\n" for line in lines)
+
+
+def open_volumes(cfg: dict[str, Any]) -> list[tuple[int, str, bool]]:
+    """ID-mapped, mountable copies of the volumes' directories, which the runtime opened
+    O_PATH one component at a time without following symlinks (runtime/volumes.py)."""
+    if not cfg["volumes"]:
+        return []
+    base, count = cfg["id_base"], cfg["id_count"]
+    idmap = make_userns(f"0 {base} {count}\n",
+                        volume_gid_map(base, count, cfg["volume_group_first"], cfg["volume_gids"]))
+    volumes = []
+    try:
+        for fd, target, read_only in cfg["volumes"]:
+            tree = linux.open_tree("", dirfd=fd)
+            os.close(fd)
+            linux.mount_setattr(tree, linux.MOUNT_ATTR_IDMAP | linux.MOUNT_ATTR_NODEV
+                                | (linux.MOUNT_ATTR_RDONLY if read_only else 0), userns_fd=idmap)
+            volumes.append((tree, target, False))
+    finally:
+        os.close(idmap)
+    return volumes
 
 
 # ---- step 3: pid 1, inside ------------------------------------------------------------------
@@ -282,19 +315,16 @@ def reap(daemon: int) -> None:
 def main(argv: list[str]) -> None:
     cfg = json.loads(argv[1])
     try:
+        # First: the volumes' descriptors name mounts of the host's namespace.
+        volumes = open_volumes(cfg)
         linux.unshare(linux.CLONE_NEWNS)
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        userns = make_userns(cfg["id_base"], cfg["id_count"])
+        whole = f"0 {cfg['id_base']} {cfg['id_count']}\n"
+        userns = make_userns(whole, whole)
         os.chdir(mount_root(cfg, userns))
         code, devices = open_host_trees(cfg)
         with open(cfg["seccomp_fd"], "rb") as f:
             seccomp_program = f.read()
-        # Mountable copies of the volumes' directories, which the runtime opened O_PATH
-        # one component at a time without following symlinks (runtime/volumes.py).
-        volumes = []
-        for fd, target, read_only in cfg["volumes"]:
-            volumes.append((linux.open_tree("", dirfd=fd), target, read_only))
-            os.close(fd)
         linux.setns(userns, linux.CLONE_NEWUSER)
         os.close(userns)
         os.setgroups([])

@@ -791,6 +791,8 @@ class Runtime:
     def _mountable(self, target: str) -> bool:
         """bwrap creates a missing mount point only inside what is writable while it sets
         up (the sandbox's binds and tmpfs); the host root is bound read-only."""
+        if self.rootfs_mode == "snapshot":
+            return True  # its own root is writable: the launcher makes the mount point
         writable = (HOME_INSIDE, "/tmp", "/home", "/run", "/var/tmp", str(self.root))
         return any(target.startswith(w + "/") for w in writable) or os.path.isdir(target)
 
@@ -896,7 +898,7 @@ class Runtime:
             sandbox_dir=target.path, layers=[self.snapshots.layer_path(d) for d in root.layers],
             id_base=root.id_base, egress=egress, listen_fd=listen_fd, seccomp_fd=seccomp_fd,
             python=self.python, terminal_port=0 if egress == "host" else self.terminal_port,
-            volumes=opened.binds, resolv_conf=resolv.read_text() if resolv.exists() else None)
+            volumes=opened.binds, volume_gids=opened.groups, resolv_conf=resolv.read_text() if resolv.exists() else None)
 
     async def _expect(self, running: Running, marker: bytes) -> None:
         assert running.process.stdout is not None

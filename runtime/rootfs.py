@@ -26,6 +26,8 @@ from runtime.codemount import CODE_ROOT, REPO_ROOT, code_mount
 IDS_PER_SANDBOX = 65_536
 USER_ID_INSIDE = 1000
 HOME_INSIDE = "/home/daytona"
+# Volumes' shared gids appear inside as these groups, one per volume (runtime/launcher.py).
+VOLUME_GROUPS_INSIDE = 60_000
 DISK_IMAGE = "disk.img"
 STAGING = "mnt"
 GIB = 2**30
@@ -151,6 +153,7 @@ def launcher_argv(
     python: str = sys.executable,
     terminal_port: int = 0,
     volumes: Sequence[tuple[int, str, bool]] = (),
+    volume_gids: Sequence[int] = (),
     resolv_conf: str | None = None,
     hostname: str = "sandbox",
 ) -> list[str]:
@@ -176,7 +179,9 @@ def launcher_argv(
         "id_count": IDS_PER_SANDBOX,
         "uid": USER_ID_INSIDE,
         "gid": USER_ID_INSIDE,
-        "groups": [],
+        "groups": [VOLUME_GROUPS_INSIDE + i for i in range(len(volume_gids))],
+        "volume_gids": list(volume_gids),
+        "volume_group_first": VOLUME_GROUPS_INSIDE,
         "own_network": egress == "none",
         "hostname": hostname,
         "etc": etc,

@@ -22,6 +22,7 @@ import pytest
 from runtime import rootfs
 from runtime.codemount import REPO_ROOT
 from runtime.sandbox import SandboxSpec
+from runtime.volumes import Mount, make_volume
 from tests.rootfs_helpers import default_snapshots
 from tests.runtime_direct import DirectRuntime
 
@@ -238,3 +239,24 @@ def test_ranges_are_disjoint_and_the_pool_hands_out_rooted_sandboxes(tmp_path: P
         assert code == 0 and out.split()[:2] == ["sandbox", "sandbox"], out
     finally:
         runtime.close()
+
+
+def test_volumes_are_shared_between_sandboxes_with_their_own_ids(rt: DirectRuntime, tmp_path: Path) -> None:
+    volume = tmp_path / "vol"
+    make_volume(volume)
+    a = rt.run(rt.runtime.create(mounts=[Mount(volume, "/srv/data")]))
+    b = rt.run(rt.runtime.create(mounts=[Mount(volume, "/home/daytona/data"), Mount(volume, "/ro", read_only=True)]))
+    try:
+        code, out = rt.sh(a.id, "echo from-a > /srv/data/f && mkdir /srv/data/d && stat -c '%U %a' /srv/data/f")
+        assert code == 0 and out.split() == ["daytona", "664"], out
+        code, out = rt.sh(b.id, "cat ~/data/f && echo from-b >> ~/data/f && touch ~/data/d/x && "
+                                "echo no > /ro/g; cat /ro/f")
+        assert "from-a" in out and "Read-only file system" in out and out.endswith("from-a\nfrom-b\n"), out
+        # On the host, the files carry the ids inside (daytona = 1000) and the volume's gid.
+        st = (volume / "f").stat()
+        assert (st.st_uid, st.st_gid) == (rootfs.USER_ID_INSIDE, volume.stat().st_gid)
+        code, out = rt.sh(a.id, "sudo -n touch /srv/data/by-root && stat -c %u /srv/data/by-root")
+        assert code == 0 and out.strip() == "0" and (volume / "by-root").stat().st_uid == 0
+    finally:
+        rt.run(rt.runtime.delete(a.id))
+        rt.run(rt.runtime.delete(b.id))
