@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from runtime import archive, cgroups, rootfs, seccomp, sockets
+from runtime import archive, cgroups, ownroot, seccomp, sockets
 from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_allow_list
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
@@ -419,7 +419,7 @@ class Runtime:
                 uid, gid, root = pooled.uid, pooled.gid, pooled.root
             elif wanted is not None:
                 root = await self._allocate_root(*wanted)
-                uid = gid = root.id_base + rootfs.USER_ID_INSIDE
+                uid = gid = root.id_base + ownroot.USER_ID_INSIDE
                 self._uids.add(uid)
             else:
                 uid, gid = await self._allocate_uid()
@@ -509,8 +509,8 @@ class Runtime:
                                         "(start the runtime with RUNTIME_ROOTFS=snapshot)")
             return None
         disk = self.default_disk_gib if disk_gib is None else float(disk_gib)
-        if not 0 < disk <= rootfs.MAX_DISK_GIB:
-            raise SandboxError(400, f"invalid disk {disk_gib!r} GiB: between 1 and {rootfs.MAX_DISK_GIB}")
+        if not 0 < disk <= ownroot.MAX_DISK_GIB:
+            raise SandboxError(400, f"invalid disk {disk_gib!r} GiB: between 1 and {ownroot.MAX_DISK_GIB}")
         name, layers = self._root_for(snapshot or DEFAULT_SNAPSHOT)
         return name, layers, disk
 
@@ -526,9 +526,9 @@ class Runtime:
         if spec.rooted:
             try:
                 target.create_rooted(spec.disk_gib)
-                rootfs.wait_disk_free(target.disk)
-                rootfs.grow_disk(target.disk, spec.disk_gib)  # a resize recorded while started
-            except rootfs.DiskError as exc:
+                ownroot.wait_disk_free(target.disk)
+                ownroot.grow_disk(target.disk, spec.disk_gib)  # a resize recorded while started
+            except ownroot.DiskError as exc:
                 raise SandboxError(500, str(exc)) from None
         else:
             target.create(spec.uid, spec.gid)
@@ -613,8 +613,8 @@ class Runtime:
             if spec is not None and spec.rooted:
                 # Its disk is free once the kernel has torn its mount namespaces down, i.e.
                 # once its last process is gone: then nothing of it is left but files.
-                with contextlib.suppress(rootfs.DiskError):
-                    await asyncio.to_thread(rootfs.wait_disk_free, target.disk)
+                with contextlib.suppress(ownroot.DiskError):
+                    await asyncio.to_thread(ownroot.wait_disk_free, target.disk)
             await asyncio.to_thread(target.remove)
         self._locks.pop(sandbox_id, None)
 
@@ -672,8 +672,8 @@ class Runtime:
                 if disk_gib < spec.disk_gib:
                     raise SandboxError(400, f"the disk of sandbox {sandbox_id!r} can only grow "
                                             f"(now {spec.disk_gib:g} GiB)")
-                if not disk_gib <= rootfs.MAX_DISK_GIB:
-                    raise SandboxError(400, f"invalid disk {disk_gib:g} GiB: at most {rootfs.MAX_DISK_GIB}")
+                if not disk_gib <= ownroot.MAX_DISK_GIB:
+                    raise SandboxError(400, f"invalid disk {disk_gib:g} GiB: at most {ownroot.MAX_DISK_GIB}")
                 spec.disk_gib = disk_gib
             running = self.running.get(sandbox_id)
             if running is not None:
@@ -894,7 +894,7 @@ class Runtime:
                        seccomp_fd: int, opened: OpenedMounts) -> builtins.list[str]:
         assert self.snapshots is not None
         resolv = target.path / "etc" / "resolv.conf"  # written by _network_up (egress "nat")
-        return rootfs.launcher_argv(
+        return ownroot.launcher_argv(
             sandbox_dir=target.path, layers=[self.snapshots.layer_path(d) for d in root.layers],
             id_base=root.id_base, egress=egress, listen_fd=listen_fd, seccomp_fd=seccomp_fd,
             python=self.python, terminal_port=0 if egress == "host" else self.terminal_port,
@@ -1017,7 +1017,7 @@ class Runtime:
         wanted = self._wanted_root(None, None)
         if wanted is not None:
             root = await self._allocate_root(*wanted)
-            uid = gid = root.id_base + rootfs.USER_ID_INSIDE
+            uid = gid = root.id_base + ownroot.USER_ID_INSIDE
             self._uids.add(uid)
         else:
             uid, gid = await self._allocate_uid()

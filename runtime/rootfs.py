@@ -1,202 +1,166 @@
-"""The host side of a sandbox with its own root: its disk image and the launcher's command.
+"""The default snapshot: a Debian bookworm root built here with debootstrap, once.
 
-A sandbox of a snapshot (runtime/snapshots.py) runs under `runtime.launcher` instead of
-bwrap; see that module for why and how. Here: the per-sandbox disk (a sparse ext4 image,
-its size the quota) and the launcher's configuration.
+Two steps, both as host root, in a fresh temporary tree on the layers' file system
+(LAYERS/.tmp-*, inside the 0700 layers dir: no sandbox can reach or write it):
 
-    STATE/sandboxes/<id>/disk.img   sparse ext4, `disk` GiB; upper/ and work/ of the overlay
-    STATE/sandboxes/<id>/mnt/       the launcher's staging mount point (in its own mount
-                                    namespace only; empty on the host)
+1. `debootstrap --variant=minbase bookworm` from Debian's mirror;
+2. in a chroot: the packages a Daytona sandbox is expected to have (no recommends), the
+   `daytona` user (uid/gid 1000, passwordless sudo), hostname and locale basics, apt's
+   lists and caches removed.
+
+Each runs in a mount (and, for the chroot, pid) namespace of its own, so a crash leaves
+no /proc mounted in the tree; the half-built tree is never published and is removed by
+the next build. The finished tree becomes one layer and the `default` snapshot. The build
+is cached by its recipe's hash in LAYERS/.builds, under a lock, so every later start (and
+every other state dir on the same layers dir) reuses it and two starts never build twice.
 """
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import json
 import os
+import re
+import shlex
+import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
-from runtime.codemount import CODE_ROOT, REPO_ROOT, code_mount
+from runtime.snapshots import DEFAULT, LAYERS_ENV, Progress, Snapshot, SnapshotError, SnapshotStore, remove_tree
 
-# Inside every sandbox: root is id 0 of its range, the sandbox's user (and daemon) 1000.
-IDS_PER_SANDBOX = 65_536
-USER_ID_INSIDE = 1000
-HOME_INSIDE = "/home/daytona"
-# Volumes' shared gids appear inside as these groups, one per volume (runtime/launcher.py).
-VOLUME_GROUPS_INSIDE = 60_000
-DISK_IMAGE = "disk.img"
-STAGING = "mnt"
-GIB = 2**30
-MAX_DISK_GIB = 1024
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ("python3", "python3-pip", "python3-venv", "git", "nodejs", "npm", "curl",
+            "ca-certificates", "sudo")
+USER, UID, HOME = "daytona", 1000, "/home/daytona"
+HOSTNAME = "sandbox"
+ENV = {"LANG": "C.UTF-8"}
+# Bumped when the script below changes meaning, so a cached build of the old recipe is
+# not reused.
+RECIPE_VERSION = 1
+
+# What runs in the chroot after debootstrap. Services never start in a build (policy-rc.d).
+_SETUP = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+echo "deb {mirror} {suite} main" > /etc/apt/sources.list
+echo "step: apt-get update"
+apt-get update -qq
+echo "step: apt-get install {packages}"
+apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 {packages}
+echo "step: user {user}"
+groupadd --gid {uid} {user}
+useradd --uid {uid} --gid {uid} --create-home --home-dir {home} --shell /bin/bash {user}
+echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user}
+chmod 0440 /etc/sudoers.d/{user}
+echo {hostname} > /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+echo 'LANG=C.UTF-8' > /etc/default/locale
+# The host's resolver and identity do not belong in a snapshot; the runtime provides them.
+: > /etc/resolv.conf
+: > /etc/machine-id
+echo "step: clean"
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/log/apt/* \
+       /var/log/dpkg.log /var/log/alternatives.log /root/.cache /tmp/* /var/tmp/*
+rm -f /usr/sbin/policy-rc.d
+"""
+
+_DEBOOTSTRAP_NOISE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) \S+$")
 
 
-class DiskError(Exception):
-    pass
+def recipe() -> dict[str, object]:
+    return {"version": RECIPE_VERSION, "suite": SUITE, "mirror": MIRROR, "packages": list(PACKAGES),
+            "user": USER, "uid": UID, "hostname": HOSTNAME, "script": _SETUP}
 
 
-def make_disk(path: Path, gib: float) -> None:
-    """A sparse ext4 image of `gib` GiB (it takes only what is written). No reserved blocks:
-    the quota is what the sandbox gets. Written to a temporary name, renamed when complete."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.truncate(int(gib * GIB))
+def build_key() -> str:
+    encoded = json.dumps(recipe(), sort_keys=True).encode()
+    return f"{DEFAULT}-{hashlib.sha256(encoded).hexdigest()[:16]}"
+
+
+def default_snapshot(store: SnapshotStore, layers: tuple[str, ...]) -> Snapshot:
+    return store.snapshot_of(DEFAULT, layers, user=USER, env=dict(ENV), workdir=HOME)
+
+
+def ensure_default(store: SnapshotStore, progress: Progress) -> Snapshot:
+    """The store's `default` snapshot; built (or taken from the layers dir's cache) first."""
+    key = build_key()
     try:
-        # lazy_itable_init: the kernel zeroes inode tables later, on first mount, instead of
-        # mkfs writing them now; no journal discard pass over an empty sparse file.
-        result = subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-m", "0", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-             "-O", "^has_journal" if gib < 0.1 else "has_journal", str(tmp)],
-            capture_output=True, text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
-        if result.returncode != 0:
-            raise DiskError(f"mkfs.ext4 failed: {result.stderr.strip()}")
-        os.replace(tmp, path)
+        current = store.get(DEFAULT)
+        if current.layers == store.cached_build(key):
+            return current
+    except KeyError:
+        pass
+    with store.build_lock(key):
+        layers = store.cached_build(key)
+        if layers is None:
+            layers = (_build(store, progress),)
+            store.record_build(key, layers)
+        snapshot = default_snapshot(store, layers)
+        store.put(snapshot)
+        return snapshot
+
+
+def _build(store: SnapshotStore, progress: Progress) -> str:
+    missing = [tool for tool in ("debootstrap", "chroot", "unshare") if shutil.which(tool) is None]
+    if missing:
+        raise SnapshotError(f"building the default snapshot needs {', '.join(missing)} "
+                            "(apt-get install debootstrap util-linux coreutils)")
+    if os.geteuid() != 0:
+        raise SnapshotError("building the default snapshot needs root (debootstrap); run the runtime as "
+                            f"root once, or point {LAYERS_ENV} at a layers dir holding a built one")
+    store.clean_partial()
+    tree = store.new_tree()
+    started = time.monotonic()
+    try:
+        progress(f"default snapshot: debootstrap --variant=minbase {SUITE} from {MIRROR} (first start only)")
+        _run(["unshare", "--mount", "--propagation", "private", "--",
+              "debootstrap", "--variant=minbase", SUITE, str(tree), MIRROR],
+             progress, "debootstrap", lambda line: not _DEBOOTSTRAP_NOISE.match(line))
+        stage1 = time.monotonic() - started
+        progress(f"default snapshot: base system in {stage1:.1f} s; adding {' '.join(PACKAGES)}")
+        script = _SETUP.format(mirror=MIRROR, suite=SUITE, packages=" ".join(PACKAGES), user=USER,
+                               uid=UID, home=HOME, hostname=HOSTNAME)
+        _run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+              f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
+             progress, "packages", lambda line: line.startswith("step:") or "newly installed" in line)
+        progress(f"default snapshot: packages in {time.monotonic() - started - stage1:.1f} s; publishing")
+        digest = store.publish_layer(tree)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        remove_tree(tree)
         raise
+    progress(f"default snapshot: built in {time.monotonic() - started:.1f} s "
+             f"({store.layer_size(digest) / 1e6:.0f} MB), layer {digest[:12]}")
+    return digest
 
 
-def grow_disk(path: Path, gib: float) -> None:
-    """Raise the quota of a stopped sandbox: extend the image and its file system."""
-    if path.stat().st_size >= int(gib * GIB):
-        return
-    with open(path, "r+b") as f:
-        f.truncate(int(gib * GIB))
-    subprocess.run(["e2fsck", "-f", "-p", str(path)], capture_output=True, check=False)
-    result = subprocess.run(["resize2fs", str(path)], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise DiskError(f"resize2fs failed: {result.stderr.strip()}")
-
-
-def disk_in_use(path: Path) -> bool:
-    """Whether a loop device still holds `path` (a stopped sandbox's mount namespace is
-    torn down, and its loop device detached, by the kernel a moment after its last process)."""
-    try:
-        mine = os.stat(path)
-    except FileNotFoundError:
-        return False
-    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[str], bool]) -> None:
+    """Run one build step, passing its interesting lines to `progress`; on failure, a
+    SnapshotError with the step's last lines."""
+    tail: collections.deque[str] = collections.deque(maxlen=15)
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          text=True, errors="replace", env=env, start_new_session=True) as process:
+        assert process.stdout is not None
         try:
-            name = backing.read_text().strip().removesuffix(" (deleted)")
-            st = os.stat(name)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
-            return True
-    return False
-
-
-def wait_disk_free(path: Path, timeout: float = 10.0) -> None:
-    """Never mount one ext4 image twice (that corrupts it): wait for the last mount to go."""
-    deadline = time.monotonic() + timeout
-    while disk_in_use(path):
-        if time.monotonic() > deadline:
-            raise DiskError(f"the sandbox's disk {path} is still mounted by a process that outlived "
-                            "the sandbox")
-        time.sleep(0.02)
-
-
-def disk_usage(path: Path) -> int:
-    """Bytes of the host's disk the image takes (its allocated blocks)."""
-    return os.stat(path).st_blocks * 512
-
-
-@dataclass(frozen=True)
-class CodePlan:
-    binds: list[tuple[str, str, bool]]  # host source, target inside, read-only
-    dirs: list[str]
-    symlinks: list[tuple[str, str]]  # link target, path inside
-    python: str
-    bin_dir: str
-    env: dict[str, str]
-
-
-def code_plan(python: str, pyvenv_cfg: Path) -> CodePlan:
-    """runtime.codemount's tree at CODE_ROOT, as the launcher builds it: the same binds,
-    directories and symlinks, without the host's /opt (the snapshot has its own)."""
-    code = code_mount(python, pyvenv_cfg)
-    binds: list[tuple[str, str, bool]] = []
-    dirs: list[str] = []
-    symlinks: list[tuple[str, str]] = []
-    args = iter(code.argv)
-    for arg in args:
-        if arg == "--perms":
-            next(args)
-        elif arg in ("--tmpfs", "--dir"):
-            path = next(args)
-            if path.startswith(CODE_ROOT + "/"):
-                dirs.append(path)
-        elif arg in ("--ro-bind", "--ro-bind-try", "--bind"):
-            source, target = next(args), next(args)
-            if target.startswith(CODE_ROOT + "/") and (arg != "--ro-bind-try" or os.path.exists(source)):
-                binds.append((source, target, arg != "--bind"))
-        elif arg == "--symlink":
-            link, path = next(args), next(args)
-            if path.startswith(CODE_ROOT + "/"):
-                symlinks.append((link, path))
-        else:
-            raise ValueError(f"runtime.codemount uses {arg!r}, which the launcher does not know")
-    return CodePlan(binds, dirs, symlinks, code.python, code.bin_dir, code.env)
-
-
-def launcher_argv(
-    *,
-    sandbox_dir: Path,
-    layers: Sequence[Path],
-    id_base: int,
-    egress: str,
-    listen_fd: int,
-    seccomp_fd: int,
-    python: str = sys.executable,
-    terminal_port: int = 0,
-    volumes: Sequence[tuple[int, str, bool]] = (),
-    volume_gids: Sequence[int] = (),
-    resolv_conf: str | None = None,
-    hostname: str = "sandbox",
-) -> list[str]:
-    """The command (run as root on the host, in the sandbox's cgroup) that starts the
-    pooled daemon entry in a sandbox rooted in `layers` + its disk."""
-    plan = code_plan(python, sandbox_dir / "etc" / "pyvenv.cfg")
-    path = os.pathsep.join([plan.bin_dir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
-                            "/usr/bin", "/sbin", "/bin"])
-    env = {"HOME": HOME_INSIDE, "USER": "daytona", "LOGNAME": "daytona", "SHELL": "/bin/bash",
-           "LANG": "C.UTF-8", "PATH": path, "PYTHONUNBUFFERED": "1", **plan.env,
-           "TOOLBOX_FD": str(listen_fd)}
-    if terminal_port:
-        env["TOOLBOX_TERMINAL_PORT"] = str(terminal_port)
-    etc = {"hostname": f"{hostname}\n",
-           "hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"}
-    if resolv_conf is not None:
-        etc["resolv.conf"] = resolv_conf
-    config = {
-        "staging": str(sandbox_dir / STAGING),
-        "disk": str(sandbox_dir / DISK_IMAGE),
-        "layers": [str(p) for p in layers],
-        "id_base": id_base,
-        "id_count": IDS_PER_SANDBOX,
-        "uid": USER_ID_INSIDE,
-        "gid": USER_ID_INSIDE,
-        "groups": [VOLUME_GROUPS_INSIDE + i for i in range(len(volume_gids))],
-        "volume_gids": list(volume_gids),
-        "volume_group_first": VOLUME_GROUPS_INSIDE,
-        "own_network": egress == "none",
-        "hostname": hostname,
-        "etc": etc,
-        "code_root": CODE_ROOT,
-        "code_dirs": plan.dirs,
-        "binds": plan.binds,
-        "code_symlinks": plan.symlinks,
-        "volumes": [list(v) for v in volumes],
-        "seccomp_fd": seccomp_fd,
-        "cwd": HOME_INSIDE,
-        "env": env,
-        "argv": [plan.python, "-m", "runtime.entry"],
-    }
-    # -I: the launcher runs as host root; nothing from the environment or cwd may shadow
-    # this checkout's modules.
-    bootstrap = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
-                 "from runtime.launcher import main; main(sys.argv)")
-    return [sys.executable, "-I", "-c", bootstrap, json.dumps(config)]
+            for raw in process.stdout:
+                line = raw.rstrip()
+                if not line:
+                    continue
+                tail.append(line)
+                if shown(line):
+                    progress(f"  {stage}: {line}")
+            code = process.wait()
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    if code != 0:
+        joined = "\n".join(tail)
+        raise SnapshotError(f"building the default snapshot failed in {stage} (exit {code}; "
+                            f"{shlex.join(list(argv)[:8])}...):\n{joined}")

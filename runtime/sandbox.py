@@ -27,7 +27,7 @@ from typing import Any
 from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, write_private
-from runtime.rootfs import DISK_IMAGE, STAGING, make_disk
+from runtime.ownroot import DISK_IMAGE, STAGING, make_disk
 from runtime.volumes import Mount
 
 USER = "daytona"
@@ -72,7 +72,7 @@ class SandboxSpec:
     address: str | None = None
     block_all: bool = False
     allow_list: tuple[str, ...] = ()
-    # Its own root (runtime/rootfs.py): the snapshot it was made from, that snapshot's layer
+    # Its own root (runtime/ownroot.py): the snapshot it was made from, that snapshot's layer
     # digests then (so a deleted snapshot's sandboxes keep working), the base of its own
     # 65536 host ids (uid above is base + 1000, its user and daemon) and its disk quota.
     snapshot: str | None = None

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime import rootfs
+from runtime import ownroot
 from runtime.codemount import REPO_ROOT
 from runtime.sandbox import SandboxSpec
 from runtime.volumes import Mount, make_volume
@@ -94,7 +94,7 @@ def processes_in_range(base: int) -> list[int]:
             uids = next(line for line in status.read_text().splitlines() if line.startswith("Uid:"))
         except (OSError, StopIteration):
             continue
-        if any(base <= int(u) < base + rootfs.IDS_PER_SANDBOX for u in uids.split()[1:]):
+        if any(base <= int(u) < base + ownroot.IDS_PER_SANDBOX for u in uids.split()[1:]):
             pids.append(int(status.parent.name))
     return pids
 
@@ -127,7 +127,7 @@ def test_sudo_apt_install_and_useradd_stay_in_the_sandbox(rt: DirectRuntime, tmp
         assert code != 0 and "hello-i15core" not in out and "no such user" in out, out
         # Root inside is root of its own namespace only: the host's ids it has are its range.
         code, out = rt.sh(a.id, "cat /proc/self/uid_map")
-        assert out.split() == ["0", str(a.id_base), str(rootfs.IDS_PER_SANDBOX)], out
+        assert out.split() == ["0", str(a.id_base), str(ownroot.IDS_PER_SANDBOX)], out
         code, out = rt.sh(a.id, "sudo -n mount -t tmpfs none /mnt; sudo -n unshare -U true")
         assert code != 0 and "ermission denied" in out or "not permitted" in out, out
     finally:
@@ -139,7 +139,7 @@ def test_sudo_apt_install_and_useradd_stay_in_the_sandbox(rt: DirectRuntime, tmp
     assert [tree_hash(p) for p in layers] == before
     for layer in layers:
         assert not (layer / "usr/local/bin/hello-i15core").exists()
-    image = rt.runtime.sandboxes_dir / a.id / rootfs.DISK_IMAGE
+    image = rt.runtime.sandboxes_dir / a.id / ownroot.DISK_IMAGE
     listing = subprocess.run(["debugfs", "-R", "ls -l /upper/usr/local/bin", str(image)],
                              capture_output=True, text=True, check=True).stdout
     assert "hello-i15core" in listing
@@ -172,13 +172,13 @@ def test_etc_passwd_is_the_snapshots_and_no_host_path_is_visible(rt: DirectRunti
 def test_disk_quota_is_enospc_inside_and_507_through_the_toolbox(rt: DirectRuntime) -> None:
     small = rt.run(rt.runtime.create(disk_gib=1))
     other = rt.run(rt.runtime.create())
-    image = rt.runtime.sandboxes_dir / small.id / rootfs.DISK_IMAGE
+    image = rt.runtime.sandboxes_dir / small.id / ownroot.DISK_IMAGE
     try:
         code, out = rt.sh(small.id, "dd if=/dev/zero of=/home/daytona/big bs=1M count=1400 2>&1",
                           timeout=120)
         assert code != 0 and "No space left on device" in out, out
         # The host's disk took at most the quota; other sandboxes still write.
-        assert rootfs.disk_usage(image) <= 1.05 * rootfs.GIB
+        assert ownroot.disk_usage(image) <= 1.05 * ownroot.GIB
         code, out = rt.sh(other.id, "dd if=/dev/zero of=/home/daytona/ok bs=1M count=20 2>&1 && echo fine")
         assert code == 0 and "fine" in out, out
         transport = httpx.HTTPTransport(uds=str(rt.socket(small.id)))
@@ -201,13 +201,13 @@ def test_survives_stop_start_and_archive_and_delete_leaves_nothing(rt: DirectRun
     directory = rt.runtime.sandboxes_dir / spec.id
     code, out = rt.sh(spec.id, "echo kept | sudo -n tee /usr/local/kept >/dev/null && echo home > ~/note")
     assert code == 0, out
-    assert peer_uid(rt.socket(spec.id)) == spec.uid == spec.id_base + rootfs.USER_ID_INSIDE
+    assert peer_uid(rt.socket(spec.id)) == spec.uid == spec.id_base + ownroot.USER_ID_INSIDE
     rt.run(rt.runtime.stop(spec.id))
     rt.run(rt.runtime.start(spec.id))
     assert rt.sh(spec.id, "cat /usr/local/kept ~/note") == (0, "kept\nhome\n")
     rt.run(rt.runtime.stop(spec.id))
     rt.run(rt.runtime.archive(spec.id))
-    assert not (directory / rootfs.DISK_IMAGE).exists()
+    assert not (directory / ownroot.DISK_IMAGE).exists()
     rt.run(rt.runtime.start(spec.id))
     assert rt.sh(spec.id, "cat /usr/local/kept ~/note; stat -c %U /usr/local/kept") == (0, "kept\nhome\nroot\n")
     rt.run(rt.runtime.delete(spec.id))
@@ -229,7 +229,7 @@ def test_ranges_are_disjoint_and_the_pool_hands_out_rooted_sandboxes(tmp_path: P
         a = runtime.run(runtime.runtime.create())
         b = runtime.run(runtime.runtime.create(disk_gib=2))  # not the pool's disk: started cold
         assert a.id_base is not None and b.id_base is not None
-        assert abs(a.id_base - b.id_base) >= rootfs.IDS_PER_SANDBOX
+        assert abs(a.id_base - b.id_base) >= ownroot.IDS_PER_SANDBOX
         assert a.disk_gib == 1 and b.disk_gib == 2
         assert runtime.sh(a.id, "df -B1 --output=size / | tail -1")[1].strip() != \
             runtime.sh(b.id, "df -B1 --output=size / | tail -1")[1].strip()
@@ -254,7 +254,7 @@ def test_volumes_are_shared_between_sandboxes_with_their_own_ids(rt: DirectRunti
         assert "from-a" in out and "Read-only file system" in out and out.endswith("from-a\nfrom-b\n"), out
         # On the host, the files carry the ids inside (daytona = 1000) and the volume's gid.
         st = (volume / "f").stat()
-        assert (st.st_uid, st.st_gid) == (rootfs.USER_ID_INSIDE, volume.stat().st_gid)
+        assert (st.st_uid, st.st_gid) == (ownroot.USER_ID_INSIDE, volume.stat().st_gid)
         code, out = rt.sh(a.id, "sudo -n touch /srv/data/by-root && stat -c %u /srv/data/by-root")
         assert code == 0 and out.strip() == "0" and (volume / "by-root").stat().st_uid == 0
     finally:
