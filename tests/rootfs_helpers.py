@@ -1,51 +1,23 @@
-"""The snapshot sandboxes with their own root are made from, for tests.
-
-The real store (runtime/snapshots.py) with the default snapshot, built once per machine in
-the shared layer cache; until that store is on this branch, a debootstrap root at
-RUNTIME_TEST_ROOTFS (one layer, the same shape: root 0, daytona 1000 with NOPASSWD sudo)."""
+"""The snapshot store sandboxes with their own root are made from, for tests: the store on
+the machine-wide shared layers dir, with the default snapshot built there once (the same
+dir and records as tests/layer_helpers.py, i15snap's; this module goes once that one is
+on this branch)."""
 
 from __future__ import annotations
 
-import importlib
+import functools
 import os
-from dataclasses import dataclass
+import sys
 from pathlib import Path
-from typing import Any
 
-import pytest
+from runtime.snapshots import SnapshotStore
 
-DEV_ROOT = Path(os.environ.get("RUNTIME_TEST_ROOTFS", "/var/tmp/i15core/rootfs"))
-
-
-@dataclass(frozen=True)
-class _Snapshot:
-    name: str
-    layers: tuple[str, ...]
+DEFAULT_DIR = Path("/var/tmp/sandbox-toolbox-test-layers")
 
 
-class DirSnapshots:
-    """One snapshot, `default`, of one layer: a prepared root directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def get(self, name: str) -> _Snapshot:
-        if name != "default":
-            raise KeyError(name)
-        return _Snapshot(name, ("dev-root",))
-
-    def layer_path(self, digest: str) -> Path:
-        assert digest == "dev-root"
-        return self.root
-
-
-def default_snapshots() -> Any:
-    try:
-        module = importlib.import_module("runtime.snapshots")
-    except ImportError:
-        if not (DEV_ROOT / "etc" / "passwd").exists():
-            pytest.fail(f"no snapshot store yet and no root at {DEV_ROOT} (RUNTIME_TEST_ROOTFS)")
-        return DirSnapshots(DEV_ROOT)
-    store = module.SnapshotStore(Path(os.environ.get("RUNTIME_TEST_STATE", "/var/tmp/sandbox-toolbox-test-snapshots")))
-    store.ensure_default()
+@functools.lru_cache(maxsize=1)
+def default_snapshots() -> SnapshotStore:
+    layers = Path(os.environ.get("SANDBOX_TOOLBOX_TEST_LAYERS") or DEFAULT_DIR)
+    store = SnapshotStore(layers / ".test-state", layers_dir=layers)
+    store.ensure_default(lambda line: print(f"[test layers] {line}", file=sys.stderr, flush=True))
     return store
