@@ -173,7 +173,7 @@ class Runtime:
         self._slot_lock = asyncio.Lock()
         self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
         # "host": bwrap over the host's read-only root (the default for now); "snapshot":
-        # each sandbox its own root, root inside and a disk quota (runtime/launcher.py).
+        # each sandbox its own root, root inside and a disk quota (runtime/rootlauncher.py).
         self.rootfs_mode = rootfs_mode or os.environ.get("RUNTIME_ROOTFS", "host")
         if self.rootfs_mode not in ROOTFS_MODES:
             raise SandboxError(400, f"invalid root file system mode {self.rootfs_mode!r}: one of "

@@ -1,6 +1,6 @@
 """The host side of a sandbox with its own root: its disk image and the launcher's command.
 
-A sandbox of a snapshot (runtime/snapshots.py) runs under `runtime.launcher` instead of
+A sandbox of a snapshot (runtime/snapshots.py) runs under `runtime.rootlauncher` instead of
 bwrap; see that module for why and how. Here: the per-sandbox disk (a sparse ext4 image,
 its size the quota) and the launcher's configuration.
 
@@ -26,7 +26,7 @@ from runtime.codemount import CODE_ROOT, REPO_ROOT, code_mount
 IDS_PER_SANDBOX = 65_536
 USER_ID_INSIDE = 1000
 HOME_INSIDE = "/home/daytona"
-# Volumes' shared gids appear inside as these groups, one per volume (runtime/launcher.py).
+# Volumes' shared gids appear inside as these groups, one per volume (runtime/rootlauncher.py).
 VOLUME_GROUPS_INSIDE = 60_000
 DISK_IMAGE = "disk.img"
 STAGING = "mnt"
@@ -160,8 +160,9 @@ def launcher_argv(
     """The command (run as root on the host, in the sandbox's cgroup) that starts the
     pooled daemon entry in a sandbox rooted in `layers` + its disk."""
     plan = code_plan(python, sandbox_dir / "etc" / "pyvenv.cfg")
-    path = os.pathsep.join([plan.bin_dir, "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
-                            "/usr/bin", "/sbin", "/bin"])
+    # Not the daemon's bin dir: user code (code-run's zygote, interpreter contexts, `python3`
+    # in a shell) runs on the snapshot's own python3.
+    path = os.pathsep.join(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
     env = {"HOME": HOME_INSIDE, "USER": "daytona", "LOGNAME": "daytona", "SHELL": "/bin/bash",
            "LANG": "C.UTF-8", "PATH": path, "PYTHONUNBUFFERED": "1", **plan.env,
            "TOOLBOX_FD": str(listen_fd)}
@@ -198,5 +199,5 @@ def launcher_argv(
     # -I: the launcher runs as host root; nothing from the environment or cwd may shadow
     # this checkout's modules.
     bootstrap = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); "
-                 "from runtime.launcher import main; main(sys.argv)")
+                 "from runtime.rootlauncher import main; main(sys.argv)")
     return [sys.executable, "-I", "-c", bootstrap, json.dumps(config)]

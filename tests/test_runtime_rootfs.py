@@ -1,4 +1,4 @@
-"""Sandboxes with their own root (RUNTIME_ROOTFS=snapshot, runtime/launcher.py), driven
+"""Sandboxes with their own root (RUNTIME_ROOTFS=snapshot, runtime/rootlauncher.py), driven
 through a real Runtime: an overlay of the snapshot's ID-mapped layers over the sandbox's own
 ext4 disk image, root inside its own user namespace with a working sudo, the disk quota,
 and what must never reach the host."""

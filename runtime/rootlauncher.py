@@ -1,6 +1,6 @@
 """Start a sandbox whose `/` is its own: an overlay of its snapshot's layers and its disk.
 
-Run as root on the host (`python -m runtime.launcher CONFIG`, CONFIG a JSON object that
+Run as root on the host (`python -I -c ... CONFIG`, CONFIG a JSON object that
 `runtime.ownroot.launcher_argv` writes), inside the sandbox's cgroup and, for NAT egress,
 its network namespace. bubblewrap is not used: it always sets no_new_privs, under which a
 setuid `sudo` gains nothing, and a sandbox must be a computer whose root can install
