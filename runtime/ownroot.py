@@ -195,6 +195,7 @@ def launcher_argv(
         "cwd": HOME_INSIDE,
         "env": env,
         "argv": [plan.python, "-m", "runtime.entry"],
+        "parent": os.getpid(),
     }
     # -I: the launcher runs as host root; nothing from the environment or cwd may shadow
     # this checkout's modules.

@@ -314,6 +314,12 @@ def reap(daemon: int) -> None:
 
 def main(argv: list[str]) -> None:
     cfg = json.loads(argv[1])
+    # Die with the runtime (bwrap's --die-with-parent): a runtime killed with SIGKILL
+    # leaves no sandbox behind. Our parent is the runtime itself (the cgroup prefix and
+    # nsenter exec, they do not fork); if it is gone already, we were reparented.
+    linux.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != cfg["parent"]:
+        fail("the runtime exited before the sandbox started")
     try:
         # First: the volumes' descriptors name mounts of the host's namespace.
         volumes = open_volumes(cfg)
@@ -330,6 +336,10 @@ def main(argv: list[str]) -> None:
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+        # A change of credentials clears the parent-death signal: set it again.
+        linux.set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != cfg["parent"]:
+            fail("the runtime exited before the sandbox started")
         flags = (linux.CLONE_NEWNS | linux.CLONE_NEWPID | linux.CLONE_NEWIPC | linux.CLONE_NEWUTS
                  | linux.CLONE_NEWCGROUP | (linux.CLONE_NEWNET if cfg["own_network"] else 0))
         linux.unshare(flags)
