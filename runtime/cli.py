@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--allow-list", metavar="CIDR,...", help="networkAllowList: egress only to these")
     create.add_argument("--cpu", type=int, help="CPUs")
     create.add_argument("--memory", type=int, help="memory, GiB")
-    create.add_argument("--disk", type=int, help="disk, GiB (recorded, not enforced)")
+    create.add_argument("--disk", type=int, help="disk, GiB (the quota with --rootfs snapshot; recorded only otherwise)")
     create.add_argument("--auto-stop", type=int, metavar="MINUTES", help="auto-stop interval (0 = never)")
     listing = commands.add_parser("list", help="list sandboxes (GET /api/sandbox)")
     _state_arg(listing, top=False)
