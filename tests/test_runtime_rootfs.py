@@ -263,3 +263,28 @@ def test_volumes_are_shared_between_sandboxes_with_their_own_ids(rt: DirectRunti
     finally:
         rt.run(rt.runtime.delete(a.id))
         rt.run(rt.runtime.delete(b.id))
+
+
+def test_resize_grows_the_disk_at_the_next_start_and_never_shrinks_it(rt: DirectRuntime) -> None:
+    """Growing a mounted ext4 needs CAP_SYS_RESOURCE, which this CI container drops: a
+    started sandbox's larger disk applies at its next start (resize2fs on the image)."""
+    from runtime.manager import SandboxError
+
+    spec = rt.run(rt.runtime.create(disk_gib=1))
+    size = "df -B1M --output=size / | tail -1"
+    try:
+        code, out = rt.sh(spec.id, "echo kept > ~/kept; " + size)
+        before = int(out)
+        rt.run(rt.runtime.resize(spec.id, spec.limits, disk_gib=2))
+        with pytest.raises(SandboxError) as refused:
+            rt.run(rt.runtime.resize(spec.id, spec.limits, disk_gib=1))
+        assert refused.value.status == 400
+        rt.run(rt.runtime.stop(spec.id))
+        rt.run(rt.runtime.start(spec.id))
+        code, out = rt.sh(spec.id, "cat ~/kept; " + size)
+        kept, after = out.split()
+        assert kept == "kept" and before < 1024 < int(after) <= 2048, (before, after)
+        code, out = rt.sh(spec.id, "dd if=/dev/zero of=/home/daytona/big bs=1M count=1300 2>&1 && echo fits", timeout=120)
+        assert code == 0 and "fits" in out, out
+    finally:
+        rt.run(rt.runtime.delete(spec.id))
