@@ -288,3 +288,26 @@ def test_resize_grows_the_disk_at_the_next_start_and_never_shrinks_it(rt: Direct
         assert code == 0 and "fits" in out, out
     finally:
         rt.run(rt.runtime.delete(spec.id))
+
+
+def test_create_names_its_snapshot_and_keeps_its_layers_after_the_snapshot_goes(tmp_path: Path) -> None:
+    from runtime.manager import SandboxError
+    from runtime.snapshots import SnapshotStore
+
+    shared = default_snapshots()
+    store = SnapshotStore(tmp_path / "snapshots-state", layers_dir=shared.layers_dir)
+    store.put(shared.get("default"))
+    store.put(store.snapshot_of("team/tools:1", shared.get("default").layers))
+    runtime = DirectRuntime(tmp_path / "state", rootfs_mode="snapshot", snapshots=store, disk_gib=1)
+    try:
+        with pytest.raises(SandboxError) as unknown:
+            runtime.run(runtime.runtime.create(snapshot="no-such-snapshot"))
+        assert unknown.value.status == 404 and "no-such-snapshot" in unknown.value.message
+        spec = runtime.run(runtime.runtime.create(snapshot="team/tools:1"))
+        assert spec.snapshot == "team/tools:1" and spec.layers == shared.get("default").layers
+        store.delete("team/tools:1")
+        runtime.run(runtime.runtime.stop(spec.id))
+        runtime.run(runtime.runtime.start(spec.id))  # its layers, recorded in its spec, are still here
+        assert runtime.sh(spec.id, "id -un") == (0, "daytona\n")
+    finally:
+        runtime.close()
