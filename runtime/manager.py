@@ -256,6 +256,8 @@ class Runtime:
             self.snapshots = store
 
     def _root_for(self, snapshot: str) -> tuple[str, tuple[str, ...]]:
+        if self.snapshots is None:  # a runtime that was never opened: the store, unbuilt
+            self.snapshots = importlib.import_module("runtime.snapshots").SnapshotStore(self.root)
         assert self.snapshots is not None
         try:
             found = self.snapshots.get(snapshot)
