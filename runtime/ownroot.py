@@ -155,6 +155,7 @@ def launcher_argv(
     volumes: Sequence[tuple[int, str, bool]] = (),
     volume_gids: Sequence[int] = (),
     resolv_conf: str | None = None,
+    hosts: str | None = None,
     hostname: str = "sandbox",
 ) -> list[str]:
     """The command (run as root on the host, in the sandbox's cgroup) that starts the
@@ -168,8 +169,9 @@ def launcher_argv(
            "TOOLBOX_FD": str(listen_fd)}
     if terminal_port:
         env["TOOLBOX_TERMINAL_PORT"] = str(terminal_port)
-    etc = {"hostname": f"{hostname}\n",
-           "hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"}
+    # hosts: the runtime's (a linked follower's names its owner), else the usual lines.
+    hosts = hosts or "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    etc = {"hostname": f"{hostname}\n", "hosts": f"{hosts}127.0.1.1\t{hostname}\n"}
     if resolv_conf is not None:
         etc["resolv.conf"] = resolv_conf
     config = {
