@@ -13,7 +13,6 @@ import asyncio
 import builtins
 import contextlib
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_al
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
+from runtime.snapshots import SnapshotStore
 from runtime.sandbox import (
     EGRESS, HOME_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
     new_id, valid_id,
@@ -51,7 +51,8 @@ DEFAULT_SNAPSHOT = "default"
 
 
 class SnapshotLike(Protocol):
-    layers: tuple[str, ...]
+    @property
+    def layers(self) -> tuple[str, ...]: ...
 
 
 class SnapshotSource(Protocol):
@@ -251,14 +252,13 @@ class Runtime:
             if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
                 raise SandboxError(500, f"{tool} is missing: apt-get install e2fsprogs mount")
         if self.snapshots is None:
-            # (runtime/snapshots.py lands separately; imported by name until then)
-            store = importlib.import_module("runtime.snapshots").SnapshotStore(self.root)
+            store = SnapshotStore(self.root)
             await asyncio.to_thread(store.ensure_default, lambda line: log.info("default snapshot: %s", line))
             self.snapshots = store
 
     def _root_for(self, snapshot: str) -> tuple[str, tuple[str, ...]]:
         if self.snapshots is None:  # a runtime that was never opened: the store, unbuilt
-            self.snapshots = importlib.import_module("runtime.snapshots").SnapshotStore(self.root)
+            self.snapshots = SnapshotStore(self.root)
         assert self.snapshots is not None
         try:
             found = self.snapshots.get(snapshot)
