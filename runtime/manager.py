@@ -548,6 +548,11 @@ class Runtime:
         if self.pool and self.pool[0].root is not None:
             root = self.pool[0].root
             if wanted is None or (root.snapshot, root.layers, root.disk_gib) != wanted:
+                default = self._wanted_root(None, None)
+                if default is not None and (root.snapshot, root.layers, root.disk_gib) != default:
+                    # The default snapshot was rebuilt since the pool was filled: start afresh.
+                    while self.pool:
+                        self._spawn(self._discard(self.pool.pop()))
                 return None
         while self.pool:
             candidate = self.pool.pop(0)

@@ -311,3 +311,28 @@ def test_create_names_its_snapshot_and_keeps_its_layers_after_the_snapshot_goes(
         assert runtime.sh(spec.id, "id -un") == (0, "daytona\n")
     finally:
         runtime.close()
+
+
+def test_a_rebuilt_default_snapshot_replaces_the_pooled_sandboxes(tmp_path: Path) -> None:
+    from runtime.snapshots import SnapshotStore
+
+    shared = default_snapshots()
+    store = SnapshotStore(tmp_path / "snapshots-state", layers_dir=shared.layers_dir)
+    base = shared.get("default")
+    store.put(base)
+    runtime = DirectRuntime(tmp_path / "state", rootfs_mode="snapshot", snapshots=store, pool_size=1, disk_gib=1)
+    try:
+        runtime.run(runtime.runtime.wait_pool_ready())
+        # A new default: one more (tiny) layer on top.
+        tree = store.new_tree()
+        (tree / "etc").mkdir()
+        (tree / "etc" / "i15core-rebuilt").write_text("new default\n")
+        top = store.publish_layer(tree)
+        store.put(store.snapshot_of("default", (*base.layers, top)))
+        spec = runtime.run(runtime.runtime.create())
+        assert spec.layers == (*base.layers, top)
+        assert runtime.sh(spec.id, "cat /etc/i15core-rebuilt") == (0, "new default\n")
+        runtime.run(runtime.runtime.wait_pool_ready())
+        assert all(r.root is not None and r.root.layers == spec.layers for r in runtime.runtime.pool)
+    finally:
+        runtime.close()
