@@ -368,6 +368,10 @@ class Runtime:
         running = self.running.get(spec.id)
         data["socket"] = str(self.socket_path(spec.id))
         data["dir"] = str(self.sandboxes_dir / spec.id)
+        if spec.rooted:
+            # Host disk its image takes (sparse: what its upper layer holds), for `runtime get`.
+            with contextlib.suppress(OSError):
+                data["disk_used_bytes"] = ownroot.disk_usage(SandboxDir(self.sandboxes_dir / spec.id).disk)
         if running is not None:
             data["started_at"] = running.started_at
             data["usage"] = running.group.stats()

@@ -182,6 +182,7 @@ def test_disk_quota_is_enospc_inside_and_507_through_the_toolbox(rt: DirectRunti
         assert code != 0 and "No space left on device" in out, out
         # The host's disk took at most the quota; other sandboxes still write.
         assert ownroot.disk_usage(image) <= 1.05 * ownroot.GIB
+        assert 0.9 * ownroot.GIB < int(str(rt.runtime.describe(small)["disk_used_bytes"])) <= 1.05 * ownroot.GIB
         code, out = rt.sh(other.id, "dd if=/dev/zero of=/home/daytona/ok bs=1M count=20 2>&1 && echo fine")
         assert code == 0 and "fine" in out, out
         transport = httpx.HTTPTransport(uds=str(rt.socket(small.id)))
