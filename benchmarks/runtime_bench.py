@@ -102,9 +102,9 @@ def main() -> None:
     args = parser.parse_args()
     env = {"RUNTIME_ROOTFS": args.rootfs}
     if args.rootfs == "snapshot":
-        from tests.rootfs_helpers import default_snapshots
+        from tests.layer_helpers import shared_default
 
-        env["RUNTIME_LAYERS_DIR"] = str(default_snapshots().layers_dir)  # built once, shared
+        env["RUNTIME_LAYERS_DIR"] = str(shared_default()[0].layers_dir)  # built once, shared
     with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
         warm = start_stack(Path(tmp) / "warm", pool_size=1, extra_env=env)
         try:

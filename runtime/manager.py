@@ -28,9 +28,11 @@ from typing import Protocol
 from runtime import archive, cgroups, ownroot, seccomp, sockets
 from runtime.dns import DnsError, Resolvers, parse_domain_list
 from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_allow_list
+from runtime.codemount import is_daemon
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
+from runtime.rootcheck import UnsupportedRoot, check_root
 from runtime.snapshots import SnapshotStore
 from runtime.sandbox import (
     EGRESS, HOME_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
@@ -527,6 +529,12 @@ class Runtime:
         if not 0 < disk <= ownroot.MAX_DISK_GIB:
             raise SandboxError(400, f"invalid disk {disk_gib!r} GiB: between 1 and {ownroot.MAX_DISK_GIB}")
         name, layers = self._root_for(snapshot or DEFAULT_SNAPSHOT)
+        assert self.snapshots is not None
+        try:
+            # The toolbox brings its own interpreter; the root needs a shell for this machine.
+            check_root([self.snapshots.layer_path(d) for d in reversed(layers)])
+        except UnsupportedRoot as exc:
+            raise SandboxError(400, f"snapshot {name!r} cannot run the toolbox: {exc}") from None
         return name, layers, disk
 
     async def _allocate_root(self, snapshot: str, layers: tuple[str, ...], disk_gib: float) -> Root:
@@ -1036,7 +1044,7 @@ class Runtime:
             except OSError:
                 continue  # exited meanwhile
             # The daemon itself, not the bwrap processes whose arguments name it too.
-            if argv[1:3] != [b"-m", b"runtime.entry"]:
+            if not is_daemon(argv):
                 continue
             running.daemon_pid = pid
             if os.geteuid() != 0:

@@ -116,8 +116,8 @@ class CodePlan:
 
 def code_plan(python: str, pyvenv_cfg: Path) -> CodePlan:
     """runtime.codemount's tree at CODE_ROOT, as the launcher builds it: the same binds,
-    directories and symlinks, without the host's /opt (the snapshot has its own)."""
-    code = code_mount(python, pyvenv_cfg)
+    directories and symlinks (host_root=False: nothing of the host's /opt)."""
+    code = code_mount(python, pyvenv_cfg, host_root=False)
     binds: list[tuple[str, str, bool]] = []
     dirs: list[str] = []
     symlinks: list[tuple[str, str]] = []

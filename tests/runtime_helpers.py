@@ -18,12 +18,18 @@ import httpx
 
 from tests import procfs
 from tests.helpers import REPO_ROOT, free_port
+from tests.layer_helpers import shared_default, shared_layers_dir
 from tests.system import requires
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
 needs_bwrap = requires("bwrap")
+
+# The installed `sandbox-toolbox` script beside this interpreter, as a user runs it; the
+# module when the venv predates the script.
+_SCRIPT = Path(sys.executable).parent / "sandbox-toolbox"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "client.cli"]
 
 
 @dataclass
@@ -47,14 +53,29 @@ class Stack:
     def first_id(self) -> str:
         return self.banner["Sandbox"]
 
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """What a user of `sandbox-toolbox` exports: the two lines the banner prints."""
+        return dict(self.env, DAYTONA_API_URL=f"http://localhost:{self.port}/api", DAYTONA_API_KEY=self.api_key)
+
     def cli(self, *args: str, check: bool = True) -> Any:
-        result = subprocess.run([sys.executable, "-m", "runtime", *args], env=self.env,
+        """`sandbox-toolbox ARGS --format json` against this main job: the decoded JSON, or
+        the CompletedProcess when it failed and `check` is off."""
+        result = subprocess.run([*CLI, *args, "--format", "json"], env=self.cli_env,
                                 capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
         if check and result.returncode != 0:
-            raise AssertionError(f"runtime {' '.join(args)} failed: {result.stderr}")
+            raise AssertionError(f"sandbox-toolbox {' '.join(args)} failed: {result.stderr}")
         if result.returncode != 0:
             return result
         return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def inspect(self, sandbox_id: str) -> Any:
+        """`python -m runtime inspect ID`: what the runtime knows of a sandbox (host only)."""
+        result = subprocess.run([sys.executable, "-m", "runtime", "inspect", sandbox_id], env=self.env,
+                                capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        if result.returncode != 0:
+            raise AssertionError(f"runtime inspect {sandbox_id} failed: {result.stderr}")
+        return json.loads(result.stdout)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Daytona's REST API of the main job, through the proxy, with the default key."""
@@ -103,12 +124,19 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     (options as RUNTIME_* variables, which every version of the CLI reads; `prefix`: a
     command to run it under, such as nsenter)."""
     port = port or free_port()
+    # Every test stack shares one layers dir, with the default snapshot built once per
+    # machine before the first stack starts (tests/layer_helpers.py).
+    layers_env = {}
+    if os.geteuid() == 0:
+        shared_default()
+        layers_env = {"RUNTIME_LAYERS_DIR": str(shared_layers_dir())}
     # Test network rule: sandboxes of a test's main job send nothing off the host (as root
     # they would have NAT egress, Daytona's default) unless the test asks, with a namespace
     # of its own to talk to (tests/net_helpers.py).
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
-               PYTHONUNBUFFERED="1", **{"RUNTIME_NETWORK_BLOCK_ALL": "1", **(extra_env or {})})
+               PYTHONUNBUFFERED="1",
+               **{"RUNTIME_NETWORK_BLOCK_ALL": "1", **layers_env, **(extra_env or {})})
     process = subprocess.Popen([*prefix, str(checkout / "scripts" / "start"), *extra], env=env,
                                stdout=subprocess.PIPE, stderr=None, text=True, cwd=checkout)
     assert process.stdout is not None

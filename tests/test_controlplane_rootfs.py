@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.controlplane_helpers import daytona
-from tests.rootfs_helpers import default_snapshots
+from tests.layer_helpers import shared_default
 from tests.runtime_helpers import Stack, start_stack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes with their own root need root")
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes with their 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    layers = default_snapshots().layers_dir  # built once per machine, shared
+    layers = shared_default()[0].layers_dir  # built once per machine, shared
     running = start_stack(tmp_path_factory.mktemp("cp-rootfs"), "--no-sandbox", pool_size=1,
                           extra_env={"RUNTIME_ROOTFS": "snapshot", "RUNTIME_LAYERS_DIR": str(layers)},
                           timeout=180)

@@ -6,10 +6,8 @@ and what must never reach the host."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 import socket
-import stat
 import struct
 import subprocess
 import time
@@ -23,7 +21,7 @@ from runtime import ownroot
 from runtime.codemount import REPO_ROOT
 from runtime.sandbox import SandboxSpec
 from runtime.volumes import Mount, make_volume
-from tests.rootfs_helpers import default_snapshots
+from tests.layer_helpers import layer_checksum, shared_default
 from tests.runtime_direct import DirectRuntime
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes with their own root need root")
@@ -32,7 +30,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes with their 
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DirectRuntime]:
     state = tmp_path_factory.mktemp("rootfs-state")
-    runtime = DirectRuntime(state, rootfs_mode="snapshot", snapshots=default_snapshots(), disk_gib=1)
+    runtime = DirectRuntime(state, rootfs_mode="snapshot", snapshots=shared_default()[0], disk_gib=1)
     try:
         yield runtime
     finally:
@@ -42,23 +40,6 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DirectRuntime]:
 def layer_paths(rt: DirectRuntime, spec: SandboxSpec) -> list[Path]:
     assert rt.runtime.snapshots is not None
     return [rt.runtime.snapshots.layer_path(d) for d in spec.layers]
-
-
-def tree_hash(root: Path) -> str:
-    """Paths, types, modes, owners and contents of a tree, never following a symlink."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted([*dirnames, *filenames]):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            h.update(f"{os.path.relpath(path, root)} {st.st_mode:o} {st.st_uid} {st.st_gid} {st.st_size}\n".encode())
-            if stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as f:
-                    h.update(hashlib.sha256(f.read()).digest())
-            elif stat.S_ISLNK(st.st_mode):
-                h.update(os.readlink(path).encode())
-    return h.hexdigest()
 
 
 def tiny_deb(tmp: Path) -> bytes:
@@ -111,7 +92,7 @@ def test_sudo_apt_install_and_useradd_stay_in_the_sandbox(rt: DirectRuntime, tmp
     a = rt.run(rt.runtime.create())
     b = rt.run(rt.runtime.create())
     layers = layer_paths(rt, a)
-    before = [tree_hash(p) for p in layers]
+    before = [layer_checksum(p) for p in layers]
     try:
         code, out = rt.sh(a.id, "id -un; id -u; sudo -n id -u; grep NoNewPrivs /proc/self/status")
         assert code == 0 and out.split() == ["daytona", "1000", "0", "NoNewPrivs:", "0"], out
@@ -139,7 +120,7 @@ def test_sudo_apt_install_and_useradd_stay_in_the_sandbox(rt: DirectRuntime, tmp
     # Nothing on the host outside the sandbox's disk: not on the host's root, not in the
     # shared layer (byte for byte), but in the image's upper layer.
     assert not Path("/usr/local/bin/hello-i15core").exists()
-    assert [tree_hash(p) for p in layers] == before
+    assert [layer_checksum(p) for p in layers] == before
     for layer in layers:
         assert not (layer / "usr/local/bin/hello-i15core").exists()
     image = rt.runtime.sandboxes_dir / a.id / ownroot.DISK_IMAGE
@@ -226,7 +207,7 @@ def test_survives_stop_start_and_archive_and_delete_leaves_nothing(rt: DirectRun
 
 
 def test_ranges_are_disjoint_and_the_pool_hands_out_rooted_sandboxes(tmp_path: Path) -> None:
-    runtime = DirectRuntime(tmp_path / "state", rootfs_mode="snapshot", snapshots=default_snapshots(),
+    runtime = DirectRuntime(tmp_path / "state", rootfs_mode="snapshot", snapshots=shared_default()[0],
                             pool_size=1, disk_gib=1)
     try:
         runtime.run(runtime.runtime.wait_pool_ready())
@@ -295,7 +276,7 @@ def test_create_names_its_snapshot_and_keeps_its_layers_after_the_snapshot_goes(
     from runtime.manager import SandboxError
     from runtime.snapshots import SnapshotStore
 
-    shared = default_snapshots()
+    shared = shared_default()[0]
     store = SnapshotStore(tmp_path / "snapshots-state", layers_dir=shared.layers_dir)
     store.put(shared.get("default"))
     store.put(store.snapshot_of("team/tools:1", shared.get("default").layers))
@@ -317,7 +298,7 @@ def test_create_names_its_snapshot_and_keeps_its_layers_after_the_snapshot_goes(
 def test_a_rebuilt_default_snapshot_replaces_the_pooled_sandboxes(tmp_path: Path) -> None:
     from runtime.snapshots import SnapshotStore
 
-    shared = default_snapshots()
+    shared = shared_default()[0]
     store = SnapshotStore(tmp_path / "snapshots-state", layers_dir=shared.layers_dir)
     base = shared.get("default")
     store.put(base)
