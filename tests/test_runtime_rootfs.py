@@ -285,6 +285,15 @@ def test_create_names_its_snapshot_and_keeps_its_layers_after_the_snapshot_goes(
         with pytest.raises(SandboxError) as unknown:
             runtime.run(runtime.runtime.create(snapshot="no-such-snapshot"))
         assert unknown.value.status == 404 and "no-such-snapshot" in unknown.value.message
+        # A root without a shell cannot run the toolbox's commands: refused before anything exists.
+        tree = store.new_tree()
+        (tree / "etc").mkdir()
+        (tree / "etc" / "motd").write_text("no shell here\n")
+        store.put(store.snapshot_of("no-shell", (store.publish_layer(tree),)))
+        with pytest.raises(SandboxError) as unsupported:
+            runtime.run(runtime.runtime.create(snapshot="no-shell"))
+        assert unsupported.value.status == 400 and "/bin/sh" in unsupported.value.message, unsupported.value.message
+        assert list(runtime.runtime.sandboxes_dir.iterdir()) == []
         spec = runtime.run(runtime.runtime.create(snapshot="team/tools:1"))
         assert spec.snapshot == "team/tools:1" and spec.layers == shared.get("default").layers
         store.delete("team/tools:1")
