@@ -944,17 +944,20 @@ class Runtime:
                 if slot is not None:
                     # bwrap (and so the whole sandbox) lives in the slot's network namespace.
                     argv += ["nsenter", f"--net={slot.netns_path}", "--"]
-                if root is not None:
-                    argv += await asyncio.to_thread(self._launcher_argv, target, root, egress,
-                                                    listener.fileno(), syscall_filter, opened)
-                else:
-                    # A thread: the command line lists the host's /etc (sandbox.etc_mounts).
-                    argv += await asyncio.to_thread(
-                        bwrap_argv, target, state_root=self.root, egress=egress, python=self.python,
-                        terminal_port=self.terminal_port,
-                        run_as=(uid, gid) if os.geteuid() == 0 else None,
-                        listen_fd=listener.fileno(), seccomp_fd=syscall_filter,
-                        mounts=opened.binds, groups=opened.groups)
+                try:
+                    if root is not None:
+                        argv += await asyncio.to_thread(self._launcher_argv, target, root, egress,
+                                                        listener.fileno(), syscall_filter, opened)
+                    else:
+                        # A thread: the command line lists the host's /etc (sandbox.etc_mounts).
+                        argv += await asyncio.to_thread(
+                            bwrap_argv, target, state_root=self.root, egress=egress, python=self.python,
+                            terminal_port=self.terminal_port,
+                            run_as=(uid, gid) if os.geteuid() == 0 else None,
+                            listen_fd=listener.fileno(), seccomp_fd=syscall_filter,
+                            mounts=opened.binds, groups=opened.groups)
+                except RuntimeError as exc:  # runtime/codemount.py: an interpreter it cannot bring in
+                    raise SandboxError(500, f"cannot start the sandbox's daemon: {exc}") from None
                 env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                        **self.backend.launch_env(group)}
                 with open(open_private_append(target.log), "ab") as logfile:  # noqa: ASYNC230 - a local file, opened once
