@@ -143,7 +143,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"error: cannot use the state directory {config.state_dir}: {exc.strerror or exc}; "
               "pick another with --state-dir or RUNTIME_STATE_DIR", file=sys.stderr, flush=True)
         return 1
-    control = build_app(stack.plane, host_routes=_host_routes(stack))
+    control = build_app(stack.plane, host_routes=_host_routes(stack), mcp=stack.mcp)
     failed: list[str] = []
 
     @asynccontextmanager
@@ -265,6 +265,7 @@ def _print_banner(stack: Any, record: Any) -> None:
         f"Control:      {_cli_name()} list|create|info|exec|stop|start|delete   (reads the two DAYTONA_ "
         f"lines above from the environment, or run: {_cli_name()} login)",
         f"Host:         python -m runtime --state-dir {stack.config.state_dir} inspect ID|api-key create",
+        f"MCP:          {info['api_url']}/mcp   (coding agents; {_cli_name()} mcp config prints their settings)",
     ]
     if record is not None:
         urls = stack.urls(record.id, record.preview_token)

@@ -21,12 +21,14 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx
 
 from controlplane.backend import Resources
 from controlplane.auth import DEFAULT_ORGANIZATION, new_key
 from controlplane.plane import ControlPlane, PlaneConfig
 from controlplane.sandboxes.routes import PublicUrls
+from mcpserver.http import McpEndpoint
 from runtime import codemount
 from runtime.backend import LocalBackend
 from runtime.limits import Limits
@@ -128,6 +130,9 @@ class Stack:
         # The main job's background work (the proxy's watcher, restarting what a crash
         # stopped) runs in one task group, open from start() to the end of stop().
         self.tasks = TaskOwner()
+        # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
+        # API and toolboxes through the proxy, with the caller's own key.
+        self.mcp = McpEndpoint(self._known_key, self.api_url, spawn=self.tasks.spawn)
         self._lifetime = AsyncExitStack()
         self._watch: BackgroundTask | None = None
         self._restarting: BackgroundTask | None = None
@@ -194,6 +199,9 @@ class Stack:
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
         self.plane.run_policies()
+
+    async def _known_key(self, key: str) -> bool:
+        return await anyio.to_thread.run_sync(self.plane.keys.authenticate, key) is not None
 
     async def ensure_default_snapshot(self) -> None:
         """Build the default snapshot on the first start (a minute or so, its progress
@@ -278,6 +286,7 @@ class Stack:
         if self._restarting is not None:
             self._restarting.cancel()
             await self._restarting.wait()
+        await self.mcp.aclose()  # MCP calls in flight end before their sandboxes do
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:
