@@ -44,6 +44,9 @@ class CreateRequest:
     # A linked follower: its owner's id, and the names it reaches the owner by.
     link_to: str | None = None
     link_names: tuple[str, ...] = ()
+    # The snapshot whose root file system the sandbox gets (a backend without its own roots
+    # knows only "default").
+    snapshot: str = "default"
 
 
 class Existence(str, Enum):

@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 import httpx
 
+from controlplane.backend import Resources
 from controlplane.auth import DEFAULT_ORGANIZATION, new_key
 from controlplane.plane import ControlPlane, PlaneConfig
 from controlplane.sandboxes.routes import PublicUrls
@@ -86,6 +87,8 @@ class StackConfig:
     dns: str | None = None
     # Snapshot layers (runtime/snapshots.py): STATE/layers unless shared.
     layers_dir: Path | None = None
+    # "host" (bwrap over the host's root) or "snapshot" (own roots); None: RUNTIME_ROOTFS.
+    rootfs: str | None = None
 
 
 class Stack:
@@ -107,12 +110,14 @@ class Stack:
         control_dir.mkdir(exist_ok=True)
         os.chmod(control_dir, 0o700)  # uvicorn makes the socket 0666; the directory guards it
         self.control_socket = control_dir / "api.sock"
+        self.snapshots = SnapshotStore(state, layers_dir=config.layers_dir)
         # Idle auto-stop is the control plane's (autoStopInterval, from the proxy's activity).
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
                                idle_timeout=0, write_registry=False, restart_crashed=False,
                                network=config.network, network_block_all=config.network_block_all,
-                               dns=config.dns)
-        self.snapshots = SnapshotStore(state, layers_dir=config.layers_dir)
+                               dns=config.dns, rootfs_mode=config.rootfs,
+                               # The control plane's default disk: pooled sandboxes have it.
+                               disk_gib=float(Resources().disk), snapshots=self.snapshots)
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(

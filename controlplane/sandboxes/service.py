@@ -232,7 +232,8 @@ class SandboxService:
                                 mounts=tuple(prepared.mounts), network=not block_all,
                                 allow_list=allow_list, domain_allow_list=domains,
                                 link_to=owner.id if owner is not None else None,
-                                link_names=(owner.name,) if owner is not None else ())
+                                link_names=(owner.name,) if owner is not None else (),
+                                snapshot=record.snapshot or DEFAULT_SNAPSHOT)
         return await _shielded(lambda: self._bring_up(record, request))
 
     async def _link_owner(self, principal: Principal, id_or_name: str, auto_delete: int) -> SandboxRecord:
