@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.limits import Limits
+from runtime.rootmode import ROOTFS_MODES, default_rootfs_mode
 from toolbox.options import env
 
 
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "(env RUNTIME_LAYERS_DIR; default STATE/layers)")
     up.add_argument("--sandbox-dns", default=env("RUNTIME_SANDBOX_DNS"),
                     help="resolver sandboxes' DNS goes to (default: the host's first; env RUNTIME_SANDBOX_DNS)")
-    up.add_argument("--rootfs", choices=("host", "snapshot"), default=env("RUNTIME_ROOTFS") or "host",
+    up.add_argument("--rootfs", choices=ROOTFS_MODES, default=default_rootfs_mode(),
                     help="host: sandboxes see the host's root read-only (bwrap); snapshot: each its own "
                          "root from a snapshot, root inside, a disk quota (as root; env RUNTIME_ROOTFS)")
     _limits_args(up)

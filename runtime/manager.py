@@ -33,6 +33,7 @@ from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
 from runtime.rootcheck import UnsupportedRoot, check_root
+from runtime.rootmode import ROOTFS_MODES, default_rootfs_mode
 from runtime.snapshots import SnapshotStore
 from runtime.sandbox import (
     EGRESS, HOME_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
@@ -48,7 +49,6 @@ DAEMON_OOM_SCORE_ADJ = -900
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
 # Called with a sandbox id once it is in the registry; returns when the proxy routes it.
 VisibleCheck = Callable[[str], Awaitable[None]]
-ROOTFS_MODES = ("host", "snapshot")
 DEFAULT_SNAPSHOT = "default"
 
 
@@ -176,9 +176,9 @@ class Runtime:
         self._slots: set[int] = set()  # address slots held by sandboxes and the pool
         self._slot_lock = asyncio.Lock()
         self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
-        # "host": bwrap over the host's read-only root (the default for now); "snapshot":
-        # each sandbox its own root, root inside and a disk quota (runtime/rootlauncher.py).
-        self.rootfs_mode = rootfs_mode or os.environ.get("RUNTIME_ROOTFS", "host")
+        # "host": bwrap over the host's read-only root; "snapshot": each sandbox its own
+        # root, root inside and a disk quota (runtime/rootlauncher.py).
+        self.rootfs_mode = rootfs_mode or default_rootfs_mode()
         if self.rootfs_mode not in ROOTFS_MODES:
             raise SandboxError(400, f"invalid root file system mode {self.rootfs_mode!r}: one of "
                                     f"{', '.join(ROOTFS_MODES)}")

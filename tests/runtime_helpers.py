@@ -208,5 +208,16 @@ def pool_ready(stack: Stack) -> int:
 
 
 def bwrap_pids(state_dir: Path) -> set[int]:
-    """The bwrap processes of the runtime on `state_dir` (its sandboxes), host-wide."""
-    return {pid for pid, line in procfs.command_lines(str(state_dir).encode()).items() if line.startswith(b"bwrap\0")}
+    """The processes that hold the sandboxes of the runtime on `state_dir`, host-wide: bwrap
+    (`host` root) or the own-root launcher and its forks, pid 1 of each sandbox among them
+    (`snapshot` root: their command line names the sandbox's staging dir in the state dir)."""
+    return {pid for pid, line in procfs.command_lines(str(state_dir).encode()).items()
+            if line.startswith(b"bwrap\0") or b"runtime.rootlauncher" in line}
+
+
+def own_roots() -> bool:
+    """Whether a test's main job gives sandboxes their own root (`snapshot`, as root) rather
+    than bwrap over the host's root: the same default the runtime takes (runtime/rootmode.py)."""
+    from runtime.rootmode import default_rootfs_mode
+
+    return os.geteuid() == 0 and default_rootfs_mode() == "snapshot"

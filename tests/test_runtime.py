@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.runtime_helpers import Stack, bwrap_pids, cgroup_dirs, needs_bwrap, start_stack, ws_connect
+from tests.runtime_helpers import Stack, bwrap_pids, cgroup_dirs, needs_bwrap, own_roots, start_stack, ws_connect
 from tests.system import requires
 
 if TYPE_CHECKING:
@@ -110,9 +110,14 @@ def test_official_sdk_drives_a_sandbox_through_the_proxy(stack: Stack) -> None:
     import hashlib
 
     assert digest == hashlib.sha256(payload).hexdigest()[:16]
-    # The file is in the sandbox's own home on the host, owned by the sandbox's uid.
-    home_file = stack.state_dir / "sandboxes" / stack.first_id / "home" / "blob.bin"
-    assert home_file.read_bytes() == payload
+    if own_roots():
+        # Its home is in its own upper layer (a disk image the host never walks): the file
+        # is the sandbox user's there.
+        assert stack.execute(stack.first_id, "stat -c %U:%u blob.bin") == (0, "daytona:1000\n")
+    else:
+        # The file is in the sandbox's own home on the host.
+        home_file = stack.state_dir / "sandboxes" / stack.first_id / "home" / "blob.bin"
+        assert home_file.read_bytes() == payload
 
 
 def test_preview_of_a_server_inside_the_sandbox_over_http_and_websocket(stack: Stack) -> None:
@@ -193,8 +198,10 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
         code, out = stack.execute(neighbour, "echo \"$GREETING\"; echo $DAYTONA_SANDBOX_ID")
         assert out.split("\n")[:2] == ["hi there", neighbour]
         stack.execute(stack.first_id, "echo secret > mine.txt")
-        first_home = stack.state_dir / "sandboxes" / stack.first_id / "home"
-        assert (first_home / "mine.txt").read_text() == "secret\n"
+        # Where the first sandbox's home is on the host: the neighbour must not reach it.
+        first_home = stack.state_dir / "sandboxes" / stack.first_id / ("disk.img" if own_roots() else "home")
+        if not own_roots():
+            assert (first_home / "mine.txt").read_text() == "secret\n"
         code, out = stack.execute(neighbour, f"cat {first_home}/mine.txt; ls {stack.state_dir}; "
                                              f"ls /home; ps -e -o comm= | sort -u")
         assert "secret" not in out
@@ -204,9 +211,10 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
         # Only its own processes: no other daemon, no proxy.
         code, out = stack.execute(neighbour, "ps -e -o args=")
         assert "proxy" not in out and stack.first_id not in out, out
-        # Writing anywhere outside home and /tmp fails: the host is read-only.
+        # Writing anywhere outside home and /tmp fails: the host's root is read-only; an own
+        # root is writable by root inside only (and only its upper layer).
         code, out = stack.execute(neighbour, f"touch /usr/x {REPO_ROOT_STR}/x 2>&1; echo done")
-        assert "/usr/x': Read-only file system" in out, out
+        assert ("/usr/x': Permission denied" if own_roots() else "/usr/x': Read-only file system") in out, out
         # The checkout is read-only where the sandbox sees the host's tree, unreachable in a
         # private directory, absent under /tmp or /home (the sandbox's own): never writable.
         repo_line = next(line for line in out.splitlines() if f"{REPO_ROOT_STR}/x" in line)

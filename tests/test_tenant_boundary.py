@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from runtime.codemount import is_daemon
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.runtime_helpers import Stack, needs_bwrap, own_roots, start_stack
 
 pytestmark = needs_bwrap
 
@@ -307,11 +307,20 @@ def test_host_replacing_etc_passwd_does_not_break_a_running_sandbox(tmp_path: Pa
             os.rename(group, etc_copy / "group")
             assert isolated.execute(sandbox, "whoami; id -gn; getent passwd daytona | cut -d: -f6") == (
                 0, "daytona\ndaytona\n/home/daytona\n")
-            # The rest of /etc still follows the host, live.
             (etc_copy / "sandbox-probe.conf").write_text("old\n")
             os.chmod(etc_copy / "sandbox-probe.conf", 0o644)
-            os.rename(etc_copy / "sandbox-probe.conf", etc_copy / "hosts")
-            assert isolated.execute(sandbox, "cat /etc/hosts") == (0, "old\n")
+            if own_roots():
+                # Its /etc is the snapshot's own (in its overlay): nothing of the host's
+                # /etc appears there, now or later.
+                code, out = isolated.execute(sandbox, "cat /etc/sandbox-probe.conf 2>&1")
+                assert code != 0 and "No such file" in out, out
+                os.rename(etc_copy / "sandbox-probe.conf", etc_copy / "hosts")
+                code, out = isolated.execute(sandbox, "cat /etc/hosts")
+                assert code == 0 and "old" not in out and "localhost" in out, out
+            else:
+                # The rest of /etc still follows the host, live.
+                os.rename(etc_copy / "sandbox-probe.conf", etc_copy / "hosts")
+                assert isolated.execute(sandbox, "cat /etc/hosts") == (0, "old\n")
         finally:
             isolated.stop()
     finally:
