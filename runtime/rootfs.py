@@ -34,9 +34,10 @@ from runtime.snapshots import DEFAULT, LAYERS_ENV, Progress, Snapshot, SnapshotE
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_ENV = "RUNTIME_DEBIAN_MIRROR"  # a local mirror or proxy, e.g. http://apt-cacher:3142/debian
-# python-is-python3: `python` is a command on Daytona's images, and user code expects it.
+# python-is-python3 and procps (ps, pgrep, kill, top): commands Daytona's images have and
+# agents use.
 PACKAGES = ("python3", "python-is-python3", "python3-pip", "python3-venv", "git", "nodejs",
-            "npm", "curl", "ca-certificates", "sudo")
+            "npm", "curl", "ca-certificates", "sudo", "procps")
 USER, UID, HOME = "daytona", 1000, "/home/daytona"
 HOSTNAME = "sandbox"
 ENV = {"LANG": "C.UTF-8"}

@@ -164,3 +164,15 @@ def install_snapshot(state_dir: Path, snapshot: Snapshot) -> None:
     """Make a shared snapshot known to the stack on `state_dir` (its record in that state
     dir's snapshots; the layers stay in the shared dir), before or while it runs."""
     SnapshotStore(state_dir, layers_dir=shared_layers_dir()).put(snapshot)
+
+
+@contextlib.contextmanager
+def mounted_upper(disk: Path, scratch: Path) -> Iterator[Path]:
+    """The upper layer of a stopped own-root sandbox, from its disk image mounted read-only
+    (root only; the host's view of what the sandbox wrote, for tests); unmounted afterwards."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-o", "loop,ro,noload,nodev,nosuid,noexec", str(disk), str(scratch)], check=True)
+    try:
+        yield scratch / "upper"
+    finally:
+        subprocess.run(["umount", str(scratch)], check=True)

@@ -46,6 +46,11 @@ web.run_app(app, host="127.0.0.1", port=3000, print=None)
 '''
 
 
+# aiohttp is the daemon's (its venv, at the same path inside in either root mode), not the
+# snapshot's python3.
+APP_PYTHON = "/opt/sandbox-toolbox/venv/bin/python"
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = start_stack(tmp_path_factory.mktemp("runtime"), pool_size=1)
@@ -132,7 +137,7 @@ def test_preview_of_a_server_inside_the_sandbox_over_http_and_websocket(stack: S
                            files={"file": ("app.py", PREVIEW_APP.encode())}).status_code == 200
     process = Process("python", ProcessApi(sdk_client(stack, sandbox_id)), httpx.Client(timeout=60))
     process.create_session("preview-app")
-    process.execute_session_command("preview-app", SessionExecuteRequest(command="python app.py", run_async=True))
+    process.execute_session_command("preview-app", SessionExecuteRequest(command=f"{APP_PYTHON} app.py", run_async=True))
 
     deadline = time.monotonic() + 20
     response = stack.preview(sandbox_id, 3000, token=token)
@@ -210,6 +215,7 @@ def test_sandboxes_cannot_see_each_other_or_the_runtime_state(stack: Stack) -> N
             assert private not in listing, out
         # Only its own processes: no other daemon, no proxy.
         code, out = stack.execute(neighbour, "ps -e -o args=")
+        assert code == 0 and "runtime.entry" in out, out  # its own daemon, so ps works there
         assert "proxy" not in out and stack.first_id not in out, out
         # Writing anywhere outside home and /tmp fails: the host's root is read-only; an own
         # root is writable by root inside only (and only its upper layer).
@@ -239,7 +245,10 @@ def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: St
     # The daemon's own command line and environment (bwrap's pid 1 keeps its host-side
     # arguments, the mount sources, in its cmdline: that is bwrap's, not ours).
     daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'interp -m runtime.entry' | tail -1)/cmdline"
-    code, out = stack.execute(stack.first_id, f"python3 -c '{probe}'; {daemon}; echo; env")
+    # The daemon's interpreter and path (an own root gives user code the snapshot's python3
+    # and keeps PYTHONPATH the daemon's).
+    code, out = stack.execute(stack.first_id, f"PYTHONPATH=/opt/sandbox-toolbox/lib {APP_PYTHON} -c '{probe}'; "
+                                              f"{daemon}; echo; env")
     assert code == 0, out
     prefix, toolbox_file, starlette_file = out.splitlines()[0].split()
     # Started by the launcher on the host's loader and libraries (runtime/launcher.py).

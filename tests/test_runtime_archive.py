@@ -5,6 +5,7 @@ loses nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.manager import SandboxError
+from runtime.manager import Runtime, SandboxError
 from tests.helpers import REPO_ROOT
+from tests.layer_helpers import mounted_upper
 from tests.runtime_direct import DirectRuntime
-from tests.runtime_helpers import needs_bwrap
+from tests.runtime_helpers import needs_bwrap, own_roots
 
 pytestmark = needs_bwrap
 
@@ -68,7 +70,24 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DirectRuntime]:
     running.close()
 
 
-def test_archive_frees_disk_and_start_restores_every_file_exact(direct: DirectRuntime) -> None:
+@contextlib.contextmanager
+def files_of(rt: Runtime, sandbox_id: str, scratch: Path) -> Iterator[tuple[Path, Path | None]]:
+    """A stopped sandbox's home and /tmp as the host holds them: its directories (host
+    root), or its home in the upper layer on its disk image (own root; /tmp is a tmpfs
+    there, gone at stop, as the snapshot design says)."""
+    if own_roots():
+        with mounted_upper(rt.sandboxes_dir / sandbox_id / "disk.img", scratch) as upper:
+            yield upper / "home" / "daytona", None
+    else:
+        yield rt.sandboxes_dir / sandbox_id / "home", rt.sandboxes_dir / sandbox_id / "tmp"
+
+
+def view(rt: Runtime, sandbox_id: str, scratch: Path) -> tuple[object, ...]:
+    with files_of(rt, sandbox_id, scratch) as (home, tmp):
+        return snapshot(home), tmp and snapshot(tmp), stat.S_IMODE(home.stat().st_mode)
+
+
+def test_archive_frees_disk_and_start_restores_every_file_exact(direct: DirectRuntime, tmp_path: Path) -> None:
     rt = direct.runtime
     spec = direct.run(rt.create())
     try:
@@ -78,14 +97,13 @@ def test_archive_frees_disk_and_start_restores_every_file_exact(direct: DirectRu
             direct.run(rt.archive(spec.id))
         assert caught.value.status == 409
         direct.run(rt.stop(spec.id))
-        home = rt.sandboxes_dir / spec.id / "home"
-        tmp = rt.sandboxes_dir / spec.id / "tmp"
-        before = snapshot(home), snapshot(tmp), stat.S_IMODE(home.stat().st_mode)
-        assert before[0]["sparse.img"][6] is True  # the file is really sparse on disk
+        before = view(rt, spec.id, tmp_path / "mnt")
+        assert before[0]["sparse.img"][6] is True  # type: ignore[index]  # really sparse on disk
 
         direct.run(rt.archive(spec.id))
         archive = rt.archives_dir / f"{spec.id}.tar.zst"
-        assert not home.exists() and not tmp.exists()
+        left = ("disk.img",) if own_roots() else ("home", "tmp")
+        assert not any((rt.sandboxes_dir / spec.id / name).exists() for name in left)
         assert archive.stat().st_size < 4_000_000  # 200 MB sparse file packed as its holes
         assert stat.S_IMODE(archive.stat().st_mode) == 0o600 and archive.stat().st_uid == os.geteuid()
         assert stat.S_IMODE(rt.archives_dir.stat().st_mode) == 0o700
@@ -98,11 +116,17 @@ def test_archive_frees_disk_and_start_restores_every_file_exact(direct: DirectRu
         direct.run(rt.start(spec.id))
         assert not archive.exists()
         assert rt.status()[spec.id] == "started"
-        code, out = direct.sh(spec.id, "cat project/link /tmp/in-tmp && sh project/run.sh && ls -d empty/nested /tmp/emptydir")
-        assert code == 0, out
-        assert sorted(out.split()) == sorted(["print(1)", "tmpfile", "hi", "empty/nested", "/tmp/emptydir"])
+        if own_roots():
+            code, out = direct.sh(spec.id, "cat project/link && sh project/run.sh && ls -d empty/nested")
+            assert code == 0, out
+            assert sorted(out.split()) == sorted(["print(1)", "hi", "empty/nested"])
+        else:
+            code, out = direct.sh(spec.id, "cat project/link /tmp/in-tmp && sh project/run.sh && "
+                                           "ls -d empty/nested /tmp/emptydir")
+            assert code == 0, out
+            assert sorted(out.split()) == sorted(["print(1)", "tmpfile", "hi", "empty/nested", "/tmp/emptydir"])
         direct.run(rt.stop(spec.id))
-        assert (snapshot(home), snapshot(tmp), stat.S_IMODE(home.stat().st_mode)) == before
+        assert view(rt, spec.id, tmp_path / "mnt") == before
     finally:
         direct.run(rt.delete(spec.id))
 
@@ -121,20 +145,26 @@ def test_planted_symlinks_and_a_hard_link_to_a_host_file_do_not_reach_the_host(
         assert code == 0, out
         direct.run(rt.stop(spec.id))
         home = rt.sandboxes_dir / spec.id / "home"
-        # A hard link to a host file (the sandbox cannot make one: its binds are separate
-        # mounts and protected_hardlinks is on), as if the host had left one there.
-        os.link(secret, home / "stolen")
+        if not own_roots():
+            # A hard link to a host file (the sandbox cannot make one: its binds are separate
+            # mounts and protected_hardlinks is on), as if the host had left one there. (An
+            # own root's files are on its disk image: no host file can be linked in.)
+            os.link(secret, home / "stolen")
         direct.run(rt.archive(spec.id))
         direct.run(rt.start(spec.id))
-        code, out = direct.sh(spec.id, "readlink etc passwd up /tmp/etc dir/x; cat stolen")
-        assert out.split("\n")[:5] == ["/etc", "/etc/passwd", "../../..", "/etc", "/etc"]
+        links = "etc passwd up dir/x" + ("" if own_roots() else " /tmp/etc")  # an own root's /tmp is a tmpfs
+        code, out = direct.sh(spec.id, f"readlink {links}; cat stolen")
+        assert out.split("\n")[:len(links.split())] == ["/etc", "/etc/passwd", "../../..", "/etc", "/etc"][:len(links.split())]
         if os.geteuid() == 0:
-            assert "Permission denied" in out and "root only" not in out
+            assert ("No such file" if own_roots() else "Permission denied") in out and "root only" not in out
         # The restored copy is a file of its own: the host's file is not linked any more.
         assert secret.stat().st_nlink == 1 and secret.read_text() == "root only\n"
-        assert (home / "stolen").stat().st_ino != secret.stat().st_ino
+        if not own_roots():
+            assert (home / "stolen").stat().st_ino != secret.stat().st_ino
         assert {p.name: p.lstat().st_mtime_ns for p in Path("/etc").iterdir()} == etc_before
-        assert (home / "etc").is_symlink() and (home / "dir" / "x").is_symlink()
+        direct.run(rt.stop(spec.id))
+        with files_of(rt, spec.id, tmp_path / "mnt") as (home, _tmp):
+            assert (home / "etc").is_symlink() and (home / "dir" / "x").is_symlink()
     finally:
         direct.run(rt.delete(spec.id))
     assert not (rt.archives_dir / f"{spec.id}.tar.zst").exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from runtime.manager import SandboxError
+from runtime.ownroot import USER_ID_INSIDE, VOLUME_GROUPS_INSIDE
 from runtime.volumes import (
     VOLUME_GID_BASE,
     Mount,
@@ -22,7 +23,7 @@ from runtime.volumes import (
     validate_target,
 )
 from tests.runtime_direct import DirectRuntime
-from tests.runtime_helpers import needs_bwrap
+from tests.runtime_helpers import needs_bwrap, own_roots
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes have uids of their own only as root")
 
@@ -57,14 +58,20 @@ def test_two_sandboxes_share_a_volume_and_can_change_each_others_files(
         code, out = direct.sh(a.id, "mkdir /home/daytona/vol/dir && echo from-a > /home/daytona/vol/dir/note && id -G")
         assert code == 0, out
         gid = os.stat(volume).st_gid
-        assert gid >= VOLUME_GID_BASE and str(gid) in out.split()
+        # Inside, the volume's gid is one of the sandbox user's groups: itself (host root),
+        # or the group its ID-mapped mount shows it as (own root: ownroot.VOLUME_GROUPS_INSIDE).
+        inside = VOLUME_GROUPS_INSIDE if own_roots() else gid
+        assert gid >= VOLUME_GID_BASE and str(inside) in out.split(), out
         # B, another uid, reads A's file and changes it (shared gid + umask 002).
         code, out = direct.sh(b.id, "cat /srv/dir/note && echo from-b >> /srv/dir/note && touch /srv/dir/b")
         assert code == 0, out
         assert out.strip() == "from-a"
         assert (source / "dir" / "note").read_text() == "from-a\nfrom-b\n"
         made = (source / "dir" / "b").stat()
-        assert made.st_uid == b.uid and made.st_gid == gid and made.st_mode & 0o020
+        # On the volume's disk: B's uid (host root) or the id inside (own root: every
+        # sandbox's user writes as 1000 through its ID-mapped mount).
+        assert made.st_uid == (USER_ID_INSIDE if own_roots() else b.uid)
+        assert made.st_gid == gid and made.st_mode & 0o020
         # Nobody else on the host gets in: the volumes dir is root's alone.
         assert (volume.parent.stat().st_mode & 0o777) == 0o700
         assert (volume.stat().st_mode & 0o7777) == 0o2770
@@ -156,11 +163,27 @@ def test_mounts_survive_stop_and_start_and_read_only_is_read_only(direct: Direct
 ])
 def test_bad_mount_paths_are_a_400_and_create_nothing(direct: DirectRuntime, volume: Path,
                                                       target: str, message: str) -> None:
+    if own_roots() and message == "read-only root":
+        pytest.skip("an own root is writable: any new mount target can be made "
+                    "(test_a_mount_target_new_to_an_own_root_is_made)")
     before = sandboxes_on_disk(direct)
     with pytest.raises(SandboxError, match=message) as caught:
         direct.run(direct.runtime.create(mounts=[Mount(volume, target)]))
     assert caught.value.status == 400
     assert sandboxes_on_disk(direct) == before
+
+
+@needs_bwrap
+def test_a_mount_target_new_to_an_own_root_is_made(direct: DirectRuntime, volume: Path) -> None:
+    """Where the host's read-only root could not take a new mount point, an own root can."""
+    if not own_roots():
+        pytest.skip("sandboxes on the host's root: a 400 (test_bad_mount_paths_are_a_400_and_create_nothing)")
+    (volume / "probe").write_text("here\n")
+    spec = direct.run(direct.runtime.create(mounts=[Mount(volume, "/usr/no-such-dir")]))
+    try:
+        assert direct.sh(spec.id, "cat /usr/no-such-dir/probe") == (0, "here\n")
+    finally:
+        direct.run(direct.runtime.delete(spec.id))
 
 
 def test_good_mount_paths_and_subpaths() -> None:
