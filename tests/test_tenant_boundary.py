@@ -122,9 +122,18 @@ def test_other_local_users_cannot_read_tokens(stack: Stack) -> None:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes get uids of their own only as root")
 
 
-def uid_range(state_dir: Path) -> range:
-    recorded = json.loads((state_dir / "uids.json").read_text())
-    return range(recorded["base"], recorded["base"] + recorded["size"])
+def uid_range(state_dir: Path) -> set[int]:
+    """The host uids a runtime's sandboxes may get: its own range (host root), or the
+    65,536-id ranges the host-wide list records for its state dir, one per sandbox (own
+    roots: a sandbox's uid is its range's base + 1000)."""
+    if not own_roots():
+        recorded = json.loads((state_dir / "uids.json").read_text())
+        return set(range(recorded["base"], recorded["base"] + recorded["size"]))
+    from runtime.uids import HOST_RANGES
+
+    ranges = json.loads(HOST_RANGES.read_text())["ranges"]
+    return {uid for r in ranges if Path(r["state"]).resolve() == state_dir.resolve()
+            for uid in range(r["base"], r["base"] + r["size"])}
 
 
 @needs_root
@@ -138,7 +147,7 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     stack.cli("delete", later_id)
     assert later != gone and gone not in used
     mine = uid_range(stack.state_dir)
-    assert {gone, later, *used} <= set(mine)
+    assert {gone, later, *used} <= mine
 
     other = start_stack(tmp_path / "other", pool_size=0)
     try:
@@ -151,8 +160,12 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     # The high-water mark outlives a restart: the restarted runtime hands out a new uid.
     again = start_stack(tmp_path / "other", pool_size=0)
     try:
-        assert uid_range(again.state_dir) == theirs
-        assert again.inspect(again.cli("create", "--name", "after-restart")["id"])["uid"] > first
+        after = again.inspect(again.cli("create", "--name", "after-restart")["id"])["uid"]
+        if own_roots():  # a new range of its own, recorded for the same state dir
+            assert after != first and theirs < uid_range(again.state_dir) and after in uid_range(again.state_dir)
+            assert after not in mine
+        else:
+            assert uid_range(again.state_dir) == theirs and after > first
     finally:
         again.stop()
 
