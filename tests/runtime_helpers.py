@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
 needs_bwrap = requires("bwrap")
+# The daemon's interpreter inside every sandbox (its venv: aiohttp and the rest), at the same
+# path with either root; with an own root, user code's `python3` is the snapshot's own.
+DAEMON_PYTHON = "/opt/sandbox-toolbox/venv/bin/python"
 
 # The installed `sandbox-toolbox` script beside this interpreter, as a user runs it; the
 # module when the venv predates the script.

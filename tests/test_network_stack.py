@@ -17,7 +17,7 @@ import pytest
 from tests.net_helpers import (
     INTERNET_A, INTERNET_B, INTERNET_HIGH, INTERNET_LOW, UNROUTED_NET, Namespace, internet, is_root, python_command,
 )
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack, ws_connect
+from tests.runtime_helpers import DAEMON_PYTHON, Stack, needs_bwrap, start_stack, ws_connect
 
 pytestmark = [needs_bwrap, pytest.mark.skipif(not is_root(), reason="sandbox networking needs root and nftables")]
 
@@ -143,7 +143,7 @@ def _start_app(sandbox: Any, host: str, port: int) -> None:
     from daytona import SessionExecuteRequest
 
     sandbox.process.execute_session_command(
-        f"app-{port}", SessionExecuteRequest(command=f"python3 peerapp.py {host} {port}", run_async=True))
+        f"app-{port}", SessionExecuteRequest(command=f"{DAEMON_PYTHON} peerapp.py {host} {port}", run_async=True))  # aiohttp
 
 
 def _preview_when_up(stack: Stack, sandbox: Any, port: int, token: str) -> httpx.Response:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from tests.runtime_helpers import Stack, bwrap_pids, cgroup_dirs, needs_bwrap, own_roots, start_stack, ws_connect
+from tests.runtime_helpers import DAEMON_PYTHON, Stack, bwrap_pids, cgroup_dirs, needs_bwrap, own_roots, start_stack, ws_connect
 from tests.system import requires
 
 if TYPE_CHECKING:
@@ -44,11 +44,6 @@ app["id"] = os.environ["DAYTONA_SANDBOX_ID"]
 app.add_routes([web.get("/", index), web.get("/ws", echo)])
 web.run_app(app, host="127.0.0.1", port=3000, print=None)
 '''
-
-
-# aiohttp is the daemon's (its venv, at the same path inside in either root mode), not the
-# snapshot's python3.
-APP_PYTHON = "/opt/sandbox-toolbox/venv/bin/python"
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +132,7 @@ def test_preview_of_a_server_inside_the_sandbox_over_http_and_websocket(stack: S
                            files={"file": ("app.py", PREVIEW_APP.encode())}).status_code == 200
     process = Process("python", ProcessApi(sdk_client(stack, sandbox_id)), httpx.Client(timeout=60))
     process.create_session("preview-app")
-    process.execute_session_command("preview-app", SessionExecuteRequest(command=f"{APP_PYTHON} app.py", run_async=True))
+    process.execute_session_command("preview-app", SessionExecuteRequest(command=f"{DAEMON_PYTHON} app.py", run_async=True))
 
     deadline = time.monotonic() + 20
     response = stack.preview(sandbox_id, 3000, token=token)
@@ -247,7 +242,7 @@ def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: St
     daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'interp -m runtime.entry' | tail -1)/cmdline"
     # The daemon's interpreter and path (an own root gives user code the snapshot's python3
     # and keeps PYTHONPATH the daemon's).
-    code, out = stack.execute(stack.first_id, f"PYTHONPATH=/opt/sandbox-toolbox/lib {APP_PYTHON} -c '{probe}'; "
+    code, out = stack.execute(stack.first_id, f"PYTHONPATH=/opt/sandbox-toolbox/lib {DAEMON_PYTHON} -c '{probe}'; "
                                               f"{daemon}; echo; env")
     assert code == 0, out
     prefix, toolbox_file, starlette_file = out.splitlines()[0].split()
