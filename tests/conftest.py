@@ -47,19 +47,6 @@ def postgres_cluster() -> Iterator[object]:
         yield running
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """As root, every runtime a test makes (a main job, a Runtime in the test process or a
-    child) uses the machine's one layers dir, where the default snapshot is built once
-    (tests/layer_helpers.py), never a build per state dir."""
-    import os
-
-    from runtime.snapshots import LAYERS_ENV
-    from tests.layer_helpers import shared_layers_dir
-
-    if os.geteuid() == 0:
-        os.environ.setdefault(LAYERS_ENV, str(shared_layers_dir()))
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The run's last line: the system packages whose absence skipped tests, if any."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
