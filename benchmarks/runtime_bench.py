@@ -5,7 +5,7 @@ Prints:
   the new sandbox answers `GET /toolbox/{id}/version` through the proxy (warm pool, then
   an empty pool);
 - idle memory of a started sandbox and of a pooled one (cgroup usage and daemon RSS);
-- with `--rootfs snapshot` (sandboxes with their own root, the default snapshot from the
+- with `--rootfs snapshot` (the default as root; sandboxes with their own root, the default snapshot from the
   shared test layers dir, built there once): the host disk each idle sandbox takes (its
   disk image's allocated blocks: only its upper layer).
 
@@ -26,6 +26,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runtime.rootmode import ROOTFS_MODES, default_rootfs_mode
 from tests.runtime_helpers import Stack, cgroup_dirs, pool_ready, start_stack
 
 
@@ -98,7 +99,7 @@ def report(name: str, figures: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--rootfs", choices=("host", "snapshot"), default="host")
+    parser.add_argument("--rootfs", choices=ROOTFS_MODES, default=default_rootfs_mode())
     args = parser.parse_args()
     env = {"RUNTIME_ROOTFS": args.rootfs}
     if args.rootfs == "snapshot":

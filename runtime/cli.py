@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--sandbox-dns", default=env("RUNTIME_SANDBOX_DNS"),
                     help="resolver sandboxes' DNS goes to (default: the host's first; env RUNTIME_SANDBOX_DNS)")
     up.add_argument("--rootfs", choices=ROOTFS_MODES, default=default_rootfs_mode(),
-                    help="host: sandboxes see the host's root read-only (bwrap); snapshot: each its own "
-                         "root from a snapshot, root inside, a disk quota (as root; env RUNTIME_ROOTFS)")
+                    help="snapshot (the default as root): each sandbox its own root from a snapshot, root "
+                         "inside, a disk quota; host (the default otherwise): sandboxes see the host's root "
+                         "read-only (bwrap) (env RUNTIME_ROOTFS)")
     _limits_args(up)
 
     inspect = commands.add_parser("inspect", help="what the runtime knows of a sandbox (uid, socket, cgroups, "

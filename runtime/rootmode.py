@@ -11,5 +11,6 @@ ROOTFS_ENV = "RUNTIME_ROOTFS"
 
 
 def default_rootfs_mode() -> str:
-    """RUNTIME_ROOTFS, else the default: "host"."""
-    return os.environ.get(ROOTFS_ENV) or "host"
+    """RUNTIME_ROOTFS, else the default: "snapshot" as root; "host" otherwise, where the
+    65,536-id user namespace of an own root cannot be made."""
+    return os.environ.get(ROOTFS_ENV) or ("snapshot" if os.geteuid() == 0 else "host")
