@@ -25,6 +25,8 @@ from runtime.manager import Runtime
 from runtime.sandbox import SandboxDir, SandboxSpec, bwrap_argv, valid_id
 from runtime.sockets import ensure_sockets_dir
 from runtime.stack import parse_activity
+from tests.layer_helpers import shared_default
+from tests.runtime_helpers import own_roots
 
 
 @pytest.fixture
@@ -32,8 +34,11 @@ def client(tmp_path: Path) -> Iterator[httpx.Client]:
     """The control plane served by uvicorn on a Unix socket, as `runtime up` serves it, over a
     runtime whose sandboxes cannot start (no such interpreter): any request that got as far
     as starting a sandbox fails there."""
+    # With own roots (the default as root), the machine's default snapshot: creates get as
+    # far as the daemon's start.
+    snapshots = shared_default()[0] if own_roots() else None
     runtime = Runtime(tmp_path / "state", pool_size=0, idle_timeout=0, write_registry=False,
-                      python=str(tmp_path / "no-such-python"))
+                      python=str(tmp_path / "no-such-python"), snapshots=snapshots)
     runtime.root.mkdir(parents=True)
     ensure_sockets_dir(runtime.root)  # what Runtime.open would make (it is not opened)
     plane = ControlPlane(PlaneConfig(state_dir=tmp_path / "state", urls=PublicUrls("http", "localhost", 8080),
