@@ -1,0 +1,107 @@
+"""A real local OCI registry (Debian's docker-registry, the reference distribution server)
+on 127.0.0.1, and images made locally and pushed into it with umoci and skopeo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Host programs copied (with their libraries) into a tiny root file system of our own:
+# enough for RUN steps to do shell work, without debootstrap's minutes.
+TOOLS = ("sh", "ls", "cat", "id", "touch", "mkdir", "rm", "env", "echo", "printf", "sleep", "test", "wc",
+         "head", "grep", "chmod", "ln", "stat", "true", "false", "uname")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def local_registry(root: Path) -> Iterator[str]:
+    """A registry on 127.0.0.1:free port with storage under `root`; yields `127.0.0.1:PORT`."""
+    port = _free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+        f"    rootdirectory: {root / 'storage'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n")
+    with open(root / "registry.log", "wb") as log:
+        process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"registry did not start: {(root / 'registry.log').read_text()}") from None
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tiny_rootfs(dest: Path, tools: tuple[str, ...] = TOOLS) -> Path:
+    """A root file system of the host's own programs and their libraries (usr-merged)."""
+    for name in ("usr/bin", "tmp", "dev", "proc", "etc", "root", "home"):
+        (dest / name).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/bin")):
+        if not (dest / link).is_symlink():
+            os.symlink(target, dest / link)
+    for tool in tools:
+        found = shutil.which(tool, path="/usr/bin:/bin")
+        if found is None:
+            continue
+        program = Path(found).resolve()
+        shutil.copy2(program, dest / "usr/bin" / tool)
+        out = subprocess.run(["ldd", str(program)], capture_output=True, text=True).stdout
+        for lib in {w for w in out.split() if w.startswith("/")}:
+            real = Path(lib).resolve()
+            inside = Path(lib)
+            parts = inside.parts[1:]
+            if parts[0] in ("lib", "lib64"):
+                inside = Path("/usr", *parts)
+            target = dest / inside.relative_to("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(real, target)
+    (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\ndaytona:x:1000:1000::/home/daytona:/bin/sh\n")
+    (dest / "etc/group").write_text("root:x:0:\ndaytona:x:1000:\n")
+    return dest
+
+
+def push_rootfs(rootfs: Path, work: Path, reference: str, *, env: dict[str, str] | None = None,
+                cmd: list[str] | None = None) -> None:
+    """`rootfs` as a one-layer OCI image (umoci), copied to a registry (skopeo)."""
+    layout = work / "layout"
+    shutil.rmtree(layout, ignore_errors=True)
+    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:img"], check=True)
+    subprocess.run(["umoci", "insert", "--image", f"{layout}:img", str(rootfs), "/"], check=True,
+                   stdout=subprocess.DEVNULL)
+    config = ["umoci", "config", "--image", f"{layout}:img"]
+    for name, value in (env or {}).items():
+        config += ["--config.env", f"{name}={value}"]
+    if cmd:
+        for part in cmd:
+            config += ["--config.cmd", part]
+    if len(config) > 4:
+        subprocess.run(config, check=True)
+    subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:img",
+                    f"docker://{reference}"], check=True)
