@@ -15,6 +15,7 @@ from pathlib import Path
 from runtime.images import mounts
 from runtime.images.steps import DEFAULT_PATH, ID_RANGE, Jail, Step
 
+MOUNTS = Path("/tmp")
 RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts")
 
 
@@ -59,17 +60,20 @@ def main() -> int:
     upper, scratch = Path(jail.upper), Path(jail.scratch)
     namespace = mounts.UserNamespace(jail.base, ID_RANGE)
     mounts.unshare_mounts()
+    # Mount points on a tmpfs of this namespace's own (at /tmp, hiding the host's here
+    # only): the step's uid can walk to them, whatever the modes of the state dirs are.
+    mounts.mount("tmpfs", MOUNTS, "tmpfs", "mode=0755,size=1m")
     lowers: list[str] = []
     for index, layer in enumerate(jail.layers):
-        target = scratch / f"l{index}"
+        target = MOUNTS / f"l{index}"
         target.mkdir()
         mounts.idmapped_bind(Path(layer), target, namespace.fd)
         lowers.append(str(target))
     if not lowers:  # FROM scratch: an overlay needs one lower directory
-        (scratch / "empty").mkdir()
-        lowers.append(str(scratch / "empty"))
+        (MOUNTS / "empty").mkdir()
+        lowers.append(str(MOUNTS / "empty"))
     os.chown(upper, jail.base, jail.base)
-    work, merged = scratch / "work", scratch / "merged"
+    work, merged = scratch / "work", MOUNTS / "root"
     work.mkdir()
     merged.mkdir()
     # The top layer first; the upper layer's whiteouts and opaque dirs are overlayfs' own

@@ -62,8 +62,7 @@ async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Pat
     """Run `step` over `layers` with `upper` as its writable layer; its output goes to
     `log` chunk by chunk as it comes. Returns the step's exit status."""
     await asyncio.to_thread(upper.mkdir, mode=0o755)
-    # 0711: the step (an unprivileged host id) passes through to the merged tree, no more.
-    await asyncio.to_thread(scratch.mkdir, mode=0o711)
+    await asyncio.to_thread(scratch.mkdir, mode=0o700)
     jail = Jail([str(p) for p in layers], str(upper), str(scratch), base, step)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "runtime.images.stepjail", stdin=asyncio.subprocess.PIPE,
