@@ -21,7 +21,6 @@ import os
 import shutil
 import stat
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,7 +30,6 @@ from runtime.images import dockerfile, publish
 from runtime.images.dockerfile import DockerfileError, Instruction
 from runtime.images.oci import ImageConfig, ImageError, ImageImporter, LayerStore, registry_reference
 from runtime.images.steps import BUILD_ID_BASE, ID_RANGE, Step, run_step
-from runtime.private import write_private
 
 Log = Callable[[str], None]
 SHELL = ["/bin/sh", "-c"]
@@ -161,15 +159,12 @@ def _passwd_ids(layer_paths: Sequence[Path], user: str) -> tuple[int, int]:
 
 
 class Builder:
-    """`work_dir` must be on the layers' file system (finished trees are renamed in)."""
 
-    def __init__(self, store: LayerStore, importer: ImageImporter, cache_dir: Path, work_dir: Path, *,
+    def __init__(self, store: LayerStore, importer: ImageImporter, *,
                  snapshots: SnapshotLookup | None = None, id_base: int = BUILD_ID_BASE,
                  step_timeout: float = STEP_TIMEOUT) -> None:
         self.store = store
         self.importer = importer
-        self.cache_dir = cache_dir
-        self.work_dir = work_dir
         self.snapshots = snapshots or (lambda name: None)
         self.id_base = id_base
         self.step_timeout = step_timeout
@@ -215,8 +210,7 @@ class Builder:
             except DockerfileError as exc:
                 raise BuildError(str(exc)) from None
         assert state is not None
-        paths = [self.store.layer_path(d) for d in state.layers]
-        size = sum(await asyncio.gather(*(asyncio.to_thread(publish.tree_size, p) for p in paths)))
+        size = sum(self.store.layer_size(d) for d in state.layers)
         log(f"Built {len(state.layers)} layer(s) in {time.monotonic() - started:.1f} s "
             f"({run} step(s) run, {cached} from cache)")
         return Built(tuple(state.layers), state.env, state.workdir, state.user, state.entrypoint, state.cmd,
@@ -249,27 +243,15 @@ class Builder:
         # LABEL and EXPOSE are accepted and mean nothing to a snapshot.
         return "config"
 
-    def _cache_file(self, key: str) -> Path:
-        return self.cache_dir / f"step-{key}.json"
+    def _cached(self, key: str) -> tuple[str, ...] | None:
+        """The layer stack after the step with this key, if it was built before (kept in
+        the store's build cache, so `collect` keeps its layers)."""
+        return self.store.cached_build(f"step-{key}")
 
-    def _cached(self, key: str) -> tuple[bool, str | None]:
-        try:
-            data = json.loads(self._cache_file(key).read_text())
-        except (OSError, ValueError):
-            return False, None
-        layer = data.get("layer")
-        if layer is not None and not self.store.layer_path(layer).is_dir():
-            return False, None
-        return True, layer
-
-    def _remember(self, key: str, layer: str | None) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self._cache_file(key), json.dumps({"layer": layer}).encode())
-
-    def _advance(self, state: _State, key: str, layer: str | None) -> None:
+    def _advance(self, state: _State, key: str, layers: tuple[str, ...]) -> None:
         state.key = key
-        if layer is not None:
-            state.layers.append(layer)
+        state.layers = list(layers)
+        self.store.record_build(f"step-{key}", layers)
 
     async def _workdir(self, instruction: Instruction, state: _State, log: Log) -> str:
         value = dockerfile.expand(" ".join(dockerfile.words(instruction)), state.variables())
@@ -281,19 +263,17 @@ class Builder:
         if str(path) == "/" or await asyncio.to_thread(_lookup, paths, str(path)) is not None:
             return "config"
         key = _key(state.key, "WORKDIR", str(path))
-        hit, layer = self._cached(key)
-        if hit:
+        if (hit := self._cached(key)) is not None:
             log(" ---> Using cache")
-            self._advance(state, key, layer)
+            self._advance(state, key, hit)
             return "cached"
-        tree = self.work_dir / f".tmp-workdir-{uuid.uuid4().hex}"
+        tree = await asyncio.to_thread(self.store.new_tree)
         try:
-            (tree / str(path).lstrip("/")).mkdir(parents=True, mode=0o755)
+            await asyncio.to_thread((tree / str(path).lstrip("/")).mkdir, parents=True, mode=0o755)
             layer = await asyncio.to_thread(self.store.publish_layer, tree)
         finally:
             await asyncio.to_thread(shutil.rmtree, tree, True)
-        self._remember(key, layer)
-        self._advance(state, key, layer)
+        self._advance(state, key, (*state.layers, layer))
         return "run"
 
     async def _run(self, instruction: Instruction, state: _State, log: Log) -> str:
@@ -303,15 +283,15 @@ class Builder:
         # ARGs are seen by RUN as environment variables, ENV wins over ARG (as in docker).
         env = {**state.args, **state.env}
         key = _key(state.key, "RUN", argv, env, state.workdir, uid, gid)
-        hit, layer = self._cached(key)
-        if hit:
+        if (hit := self._cached(key)) is not None:
             log(" ---> Using cache")
-            self._advance(state, key, layer)
+            self._advance(state, key, hit)
             return "cached"
-        work = self.work_dir / f".tmp-step-{uuid.uuid4().hex}"
-        await asyncio.to_thread(work.mkdir, parents=True, mode=0o700)
+        # The upper and the overlay's work dir on the layers' file system (the upper is
+        # renamed in as the layer); a crash leaves them to the store's clean_partial.
+        upper = await asyncio.to_thread(self.store.new_tree)
+        scratch = await asyncio.to_thread(self.store.new_tree)
         try:
-            upper = work / "upper"
             pending = bytearray()
 
             def output(chunk: bytes) -> None:
@@ -322,7 +302,7 @@ class Builder:
                 pending[:] = rest
 
             try:
-                status = await run_step(paths, Step(argv, env, state.workdir, uid, gid), upper, work / "scratch",
+                status = await run_step(paths, Step(argv, env, state.workdir, uid, gid), upper, scratch,
                                         output, base=self.id_base, timeout=self.step_timeout)
             except TimeoutError:
                 raise BuildError(f"{instruction.text} did not finish in {self.step_timeout:.0f} s") from None
@@ -332,9 +312,9 @@ class Builder:
                 raise BuildError(f"The command '{instruction.value}' returned a non-zero code: {status}")
             layer = await asyncio.to_thread(self._publish, upper)
         finally:
-            await asyncio.to_thread(shutil.rmtree, work, True)
-        self._remember(key, layer)
-        self._advance(state, key, layer)
+            for tree in (upper, scratch):
+                await asyncio.to_thread(shutil.rmtree, tree, True)
+        self._advance(state, key, (*state.layers, layer) if layer else tuple(state.layers))
         return "run"
 
     def _publish(self, upper: Path) -> str | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,11 +37,21 @@ class ImageError(Exception):
 
 
 class LayerStore(Protocol):
-    """What the importer needs of runtime.snapshots.SnapshotStore."""
+    """What the images need of runtime.snapshots.SnapshotStore."""
+
+    def new_tree(self) -> Path: ...
 
     def publish_layer(self, tree: Path) -> str: ...
 
     def layer_path(self, digest: str) -> Path: ...
+
+    def has_layer(self, digest: str) -> bool: ...
+
+    def layer_size(self, digest: str) -> int: ...
+
+    def cached_build(self, key: str) -> tuple[str, ...] | None: ...
+
+    def record_build(self, key: str, layers: tuple[str, ...]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -141,12 +151,12 @@ def read_config(layout: Path) -> ImageConfig:
 
 
 class ImageImporter:
-    """`work_dir` must be on the layers' file system (a finished tree is renamed in)."""
+    """Imports keep their layer in the store's build cache (`record_build`, so `collect`
+    keeps it) and the image's config in `cache_dir`."""
 
-    def __init__(self, store: LayerStore, cache_dir: Path, work_dir: Path) -> None:
+    def __init__(self, store: LayerStore, cache_dir: Path) -> None:
         self.store = store
         self.cache_dir = cache_dir
-        self.work_dir = work_dir
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def digest(self, source: str, log: Log | None = None) -> str:
@@ -160,14 +170,15 @@ class ImageImporter:
         return digest
 
     def cached(self, digest: str) -> ImportedImage | None:
-        path = self.cache_dir / f"{digest.split(':', 1)[1]}.json"
+        hex_digest = digest.split(":", 1)[1]
+        layers = self.store.cached_build(f"image-{hex_digest}")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads((self.cache_dir / f"{hex_digest}.json").read_text())
         except (OSError, ValueError):
             return None
-        if not self.store.layer_path(data["layer"]).is_dir():
+        if layers is None or len(layers) != 1:
             return None
-        return ImportedImage(data["reference"], digest, data["layer"], ImageConfig.from_json(data["config"]))
+        return ImportedImage(data["reference"], digest, layers[0], ImageConfig.from_json(data["config"]))
 
     async def import_image(self, source: str, log: Log) -> ImportedImage:
         """`source` with its transport (`docker://...`, `oci:path:tag`, `docker-archive:path`)."""
@@ -181,8 +192,10 @@ class ImageImporter:
             return await self._pull(source, digest, log)
 
     async def _pull(self, source: str, digest: str, log: Log) -> ImportedImage:
-        work = self.work_dir / f".tmp-image-{uuid.uuid4().hex}"
-        work.mkdir(parents=True, mode=0o700)
+        # Both on the layers' file system, both removed by the store's clean_partial if
+        # this process dies half-way.
+        work = await asyncio.to_thread(self.store.new_tree)
+        tree = await asyncio.to_thread(self.store.new_tree)
         try:
             layout = work / "layout"
             log(f"Pulling {source.removeprefix('docker://')}")
@@ -196,16 +209,20 @@ class ImageImporter:
             if status != 0:
                 raise ImageError(f"cannot unpack {source.removeprefix('docker://')}: {_reason(output)}")
             config = read_config(layout)
-            layer = await asyncio.to_thread(self.store.publish_layer, work / "bundle" / "rootfs")
+            os.rename(work / "bundle" / "rootfs", tree)  # onto the empty tree: one rename
+            layer = await asyncio.to_thread(self.store.publish_layer, tree)
             imported = ImportedImage(source.removeprefix("docker://"), digest, layer, config)
             if digest:
+                hex_digest = digest.split(":", 1)[1]
                 self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                write_private(self.cache_dir / f"{digest.split(':', 1)[1]}.json", json.dumps(
-                    {"reference": imported.reference, "layer": layer, "config": config.to_json()}).encode())
+                write_private(self.cache_dir / f"{hex_digest}.json", json.dumps(
+                    {"reference": imported.reference, "config": config.to_json()}).encode())
+                self.store.record_build(f"image-{hex_digest}", (layer,))
             log(f"Imported {imported.reference} as layer {layer[:12]}")
             return imported
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+            await asyncio.to_thread(shutil.rmtree, tree, True)  # gone already unless it failed
 
 
 def loopback(source: str) -> bool:

@@ -59,10 +59,9 @@ class Jail:
 async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Path,
                    log: Callable[[bytes], None], *, base: int = BUILD_ID_BASE,
                    timeout: float | None = None) -> int:
-    """Run `step` over `layers` with `upper` as its writable layer; its output goes to
+    """Run `step` over `layers` with `upper` (an empty directory) as its writable layer,
+    `scratch` (an empty directory on the same file system) for the overlay's own use; its output goes to
     `log` chunk by chunk as it comes. Returns the step's exit status."""
-    await asyncio.to_thread(upper.mkdir, mode=0o755)
-    await asyncio.to_thread(scratch.mkdir, mode=0o700)
     jail = Jail([str(p) for p in layers], str(upper), str(scratch), base, step)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "runtime.images.stepjail", stdin=asyncio.subprocess.PIPE,

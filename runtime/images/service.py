@@ -1,0 +1,68 @@
+"""Image builds for the control plane over the local runtime's snapshot store: a build
+makes a snapshot of the store (`controlplane.backend.ImageBuilder`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime.images.builder import Base, Builder, BuildError, plan
+from runtime.images.dockerfile import DockerfileError
+from runtime.images.oci import ImageConfig, ImageImporter
+from runtime.snapshots import SnapshotStore
+
+Log = Callable[[str], None]
+
+
+class BuiltSnapshot:
+    def __init__(self, size: int, entrypoint: list[str] | None, layers: tuple[str, ...]) -> None:
+        self.size, self.entrypoint, self.layers = size, entrypoint, layers
+
+
+class LocalImages:
+    def __init__(self, store: SnapshotStore, state_root: Path) -> None:
+        self.store = store
+        importer = ImageImporter(store, state_root / "images")
+        self.builder = Builder(store, importer, snapshots=self._snapshot_base)
+
+    def _snapshot_base(self, name: str) -> Base | None:
+        """FROM an existing snapshot of the store (e.g. `default`)."""
+        try:
+            snapshot = self.store.get(name)
+        except KeyError:
+            return None
+        config = ImageConfig(env=dict(snapshot.env), workdir=snapshot.workdir, user=snapshot.user,
+                             entrypoint=list(snapshot.entrypoint) or None, cmd=list(snapshot.cmd) or None)
+        return Base(f"snapshot:{','.join(snapshot.layers)}", snapshot.layers, config)
+
+    def check(self, dockerfile: str) -> str | None:
+        """Why this Dockerfile cannot be built here, or None."""
+        try:
+            plan(dockerfile)
+        except DockerfileError as exc:
+            return str(exc)
+        return None
+
+    async def build(self, name: str, dockerfile: str, log: Log) -> BuiltSnapshot:
+        """Build and record snapshot `name` in the store; BuildError says why not."""
+        built = await self.builder.build(dockerfile, log)
+        snapshot = self.store.snapshot_of(name, built.layers, user=built.user, env=built.env, workdir=built.workdir,
+                                          entrypoint=tuple(built.entrypoint or ()), cmd=tuple(built.cmd or ()))
+        await asyncio.to_thread(self.store.put, snapshot)
+        return BuiltSnapshot(snapshot.size, built.entrypoint, built.layers)
+
+    async def remove(self, name: str, in_use: set[str]) -> None:
+        """Forget snapshot `name`; its layers go once nothing in `in_use` (the layers of
+        sandboxes that still exist) needs them."""
+        def work() -> None:
+            try:
+                self.store.delete(name)
+            except KeyError:
+                pass
+            self.store.collect(in_use)
+
+        await asyncio.to_thread(work)
+
+
+__all__ = ["BuildError", "LocalImages", "BuiltSnapshot"]
