@@ -1,0 +1,392 @@
+"""Sync httpx client of `/api` and of the toolbox through the proxy.
+
+Why not the official `daytona` SDK: it is this project's test-only dependency (a large tree:
+generated clients for three APIs, aiohttp, OpenTelemetry, ...), a CLI would pay its import
+time on every call, and the CLI needs calls the SDK lacks (this project's `offset` on logs,
+signals, the runtime's archive progress). httpx is already a dependency, and `websockets`
+(through uvicorn[standard]) follows logs. Thread-safe: the MCP server can call it from
+worker threads (`anyio.to_thread.run_sync`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+
+from client.config import Config
+from client.errors import ApiError
+
+USER_AGENT = "sandbox-toolbox-cli"
+Json = Any
+
+
+def _seg(value: str | int) -> str:
+    """One path segment: an id or name typed by a user never reaches another route."""
+    return quote(str(value), safe="")
+
+
+class _Http:
+    def __init__(self, base_url: str, api_key: str, timeout: float, transport: httpx.BaseTransport | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=10),
+                                 transport=transport,
+                                 headers={"Authorization": f"Bearer {api_key}", "User-Agent": USER_AGENT,
+                                          "X-Daytona-Source": USER_AGENT})
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiError.unreachable(f"{self.base_url}{path}", exc) from None
+        if response.is_error:
+            raise ApiError.from_response(response)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Json:
+        response = self.send(method, path, **kwargs)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiError(response.status_code, f"{method} {path} answered something that is not JSON",
+                           "BAD_RESPONSE", path) from None
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class Client:
+    """`/api`: sandboxes, volumes, snapshots, preview links; `toolbox(id)` for one sandbox's
+    toolbox. Every method raises `ApiError`."""
+
+    def __init__(self, config: Config, timeout: float = 120, transport: httpx.BaseTransport | None = None) -> None:
+        self.config = config
+        self._http = _Http(config.api_url, config.api_key, timeout, transport)
+        self._transport = transport
+        self._timeout = timeout
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ---- sandboxes ----------------------------------------------------------------------
+
+    def create_sandbox(self, body: dict[str, Any]) -> Json:
+        """POST /sandbox with Daytona's CreateSandbox fields (`name`, `snapshot`, `env`,
+        `labels`, `cpu`, `memory` GiB, `disk` GiB, `autoStopInterval`, `public`, ...)."""
+        return self._http.json("POST", "/sandbox", json=body)
+
+    def list_sandboxes(self, labels: dict[str, str] | None = None, states: Iterable[str] = ()) -> list[Json]:
+        """Every sandbox of the key's organization, newest first (pages followed)."""
+        items: list[Json] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, str] = {"limit": "200"}
+            if labels:
+                params["labels"] = json.dumps(labels)
+            if states:
+                params["states"] = ",".join(states)
+            if cursor:
+                params["cursor"] = cursor
+            page = self._http.json("GET", "/sandbox", params=params)
+            if isinstance(page, list):  # a server without cursors answers one array
+                return page
+            items += page.get("items", [])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return items
+
+    def get_sandbox(self, id_or_name: str) -> Json:
+        return self._http.json("GET", f"/sandbox/{_seg(id_or_name)}")
+
+    def start_sandbox(self, id_or_name: str) -> Json:
+        return self._http.json("POST", f"/sandbox/{_seg(id_or_name)}/start")
+
+    def stop_sandbox(self, id_or_name: str, force: bool = False) -> Json:
+        """The stopped Sandbox, or None for an ephemeral one (204: it is gone)."""
+        params = {"force": "true"} if force else None
+        return self._http.json("POST", f"/sandbox/{_seg(id_or_name)}/stop", params=params)
+
+    def archive_sandbox(self, id_or_name: str) -> Json:
+        return self._http.json("POST", f"/sandbox/{_seg(id_or_name)}/archive")
+
+    def delete_sandbox(self, id_or_name: str) -> Json:
+        return self._http.json("DELETE", f"/sandbox/{_seg(id_or_name)}")
+
+    def set_labels(self, id_or_name: str, labels: dict[str, str]) -> Json:
+        return self._http.json("PUT", f"/sandbox/{_seg(id_or_name)}/labels", json={"labels": labels})
+
+    def preview_url(self, id_or_name: str, port: int) -> Json:
+        """`{sandboxId, url, token}`: the URL of `port` and the token that opens it."""
+        return self._http.json("GET", f"/sandbox/{_seg(id_or_name)}/ports/{_seg(port)}/preview-url")
+
+    def signed_preview_url(self, id_or_name: str, port: int, expires_in: int | None = None) -> Json:
+        params = {"expiresInSeconds": str(expires_in)} if expires_in is not None else None
+        return self._http.json("GET", f"/sandbox/{_seg(id_or_name)}/ports/{_seg(port)}/signed-preview-url",
+                               params=params)
+
+    def wait_for_state(self, id_or_name: str, wanted: Iterable[str], timeout: float = 300,
+                       on_poll: Callable[[Json], None] | None = None, interval: float = 0.25) -> Json:
+        """Poll until the sandbox's state is one of `wanted`; `error`/`build_failed` or the
+        deadline raise ApiError with the sandbox's reason."""
+        targets = set(wanted)
+        deadline = time.monotonic() + timeout
+        while True:
+            sandbox = self.get_sandbox(id_or_name)
+            state = sandbox.get("state")
+            if on_poll is not None:
+                on_poll(sandbox)
+            if state in targets:
+                return sandbox
+            if state in ("error", "build_failed"):
+                reason = sandbox.get("errorReason") or "no reason given"
+                raise ApiError(500, f"sandbox {sandbox.get('id')} is in state {state}: {reason}", "SANDBOX_ERROR")
+            if time.monotonic() > deadline:
+                raise ApiError(408, f"sandbox {sandbox.get('id')} is still {state} after {timeout:.0f} s",
+                               "TIMEOUT")
+            time.sleep(interval)
+
+    # ---- volumes and snapshots -------------------------------------------------------------
+
+    def create_volume(self, name: str) -> Json:
+        return self._http.json("POST", "/volumes", json={"name": name})
+
+    def list_volumes(self) -> list[Json]:
+        return list(self._http.json("GET", "/volumes") or [])
+
+    def get_volume(self, id_or_name: str) -> Json:
+        """By id, else by name (Daytona's CLI takes either)."""
+        try:
+            return self._http.json("GET", f"/volumes/{_seg(id_or_name)}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        return self._http.json("GET", f"/volumes/by-name/{_seg(id_or_name)}")
+
+    def delete_volume(self, id_or_name: str) -> None:
+        volume = self.get_volume(id_or_name)
+        self._http.send("DELETE", f"/volumes/{_seg(volume['id'])}")
+
+    def list_snapshots(self) -> list[Json]:
+        items: list[Json] = []
+        page = 1
+        while True:
+            answer = self._http.json("GET", "/snapshots", params={"page": str(page), "limit": "100"})
+            items += answer.get("items", [])
+            if page >= int(answer.get("totalPages") or 1):
+                return items
+            page += 1
+
+    def get_snapshot(self, id_or_name: str) -> Json:
+        return self._http.json("GET", f"/snapshots/{_seg(id_or_name)}")
+
+    def delete_snapshot(self, id_or_name: str) -> None:
+        self._http.send("DELETE", f"/snapshots/{_seg(id_or_name)}")
+
+    # ---- toolbox -------------------------------------------------------------------------
+
+    def toolbox(self, sandbox: str | dict[str, Any], timeout: float | None = None) -> Toolbox:
+        """The toolbox of a sandbox (an id or name, looked up; or its Sandbox JSON), at
+        `{toolboxProxyUrl}/{id}` as the SDKs reach it. Close it when done."""
+        record = self.get_sandbox(sandbox) if isinstance(sandbox, str) else sandbox
+        proxy = record.get("toolboxProxyUrl")
+        if not proxy:
+            proxy = self._http.json("GET", f"/sandbox/{_seg(record['id'])}/toolbox-proxy-url")["url"]
+        return Toolbox(f"{proxy.rstrip('/')}/{_seg(record['id'])}", self.config.api_key,
+                       self._timeout if timeout is None else timeout, self._transport)
+
+
+class Toolbox:
+    """One sandbox's toolbox API (toolbox-api.md). Paths are the daemon's (`/files`, ...)."""
+
+    def __init__(self, base_url: str, api_key: str, timeout: float = 120,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url
+        self._http = _Http(base_url, api_key, timeout, transport)
+
+    def __enter__(self) -> Toolbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Json:
+        """Any toolbox route, decoded JSON (None for an empty answer)."""
+        return self._http.json(method, path, **kwargs)
+
+    def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return self._http.send(method, path, **kwargs)
+
+    # process
+    def execute(self, command: str, cwd: str | None = None, env: dict[str, str] | None = None,
+                timeout: int | None = None) -> Json:
+        """`{exitCode, result}` once the command has ended (output buffered by the daemon)."""
+        body: dict[str, Any] = {"command": command}
+        if cwd:
+            body["cwd"] = cwd
+        if env:
+            body["envs"] = env
+        if timeout:
+            body["timeout"] = timeout
+        read = None if not timeout else timeout + 10
+        return self._http.json("POST", "/process/execute", json=body, timeout=httpx.Timeout(read, connect=10))
+
+    def code_run(self, code: str, language: str | None = None, timeout: int | None = None) -> Json:
+        body: dict[str, Any] = {"code": code}
+        if language:
+            body["language"] = language
+        if timeout:
+            body["timeout"] = timeout
+        return self._http.json("POST", "/process/code-run", json=body,
+                               timeout=httpx.Timeout(None if not timeout else timeout + 10, connect=10))
+
+    def create_session(self, session_id: str) -> None:
+        self._http.send("POST", "/process/session", json={"sessionId": session_id})
+
+    def delete_session(self, session_id: str) -> None:
+        self._http.send("DELETE", f"/process/session/{_seg(session_id)}")
+
+    def get_session(self, session_id: str) -> Json:
+        return self._http.json("GET", f"/process/session/{_seg(session_id)}")
+
+    def list_sessions(self) -> list[Json]:
+        return list(self._http.json("GET", "/process/session") or [])
+
+    def session_exec(self, session_id: str, command: str, run_async: bool = True) -> Json:
+        """`{cmdId, ...}`; with `run_async` it answers at once (202) and the command runs on."""
+        return self._http.json("POST", f"/process/session/{_seg(session_id)}/exec",
+                               json={"command": command, "runAsync": run_async},
+                               timeout=httpx.Timeout(None if not run_async else 60, connect=10))
+
+    def get_command(self, session_id: str, command_id: str) -> Json:
+        """`{id, command, exitCode?}`: `exitCode` appears once the command has ended."""
+        return self._http.json("GET", f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}")
+
+    def signal_command(self, session_id: str, command_id: str, signal: str = "TERM") -> Json:
+        return self._http.json("POST", f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/signal",
+                               params={"signal": signal})
+
+    def command_logs(self, session_id: str, command_id: str, offset: int = 0) -> tuple[Json, int]:
+        """(`{output, stdout, stderr}` from byte `offset` of the raw log, the offset reached):
+        read more later from that offset."""
+        response = self._http.send("GET", f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/logs",
+                                   params={"offset": str(offset)} if offset else None)
+        reached = response.headers.get("x-output-offset")
+        return response.json(), int(reached) if reached and reached.isdigit() else offset
+
+    def follow_logs(self, session_id: str, command_id: str, offset: int = 0, follow: bool = True,
+                    open_timeout: float = 30) -> Iterator[bytes]:
+        """The raw log (with stream markers, `client.streams.Demux` splits them) as it is
+        written, over the toolbox's WebSocket; ends when the command has ended (`follow`)
+        or at the current end. Each chunk is yielded as it arrives, nothing is buffered."""
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
+        path = f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/logs"
+        query = f"follow={'true' if follow else 'false'}" + (f"&offset={offset}" if offset else "")
+        parts = urlsplit(f"{self.base_url}{path}")
+        url = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path, query, ""))
+        try:
+            socket = connect(url, additional_headers={"Authorization": f"Bearer {self._http.api_key}",
+                                                      "User-Agent": USER_AGENT},
+                             open_timeout=open_timeout, max_size=None, user_agent_header=None)
+        except InvalidStatus as exc:
+            raise ApiError(exc.response.status_code, _denial_message(bytes(exc.response.body or b""), exc.response.status_code),
+                           None, path) from None
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise ApiError.unreachable(url, exc) from None
+        with socket:
+            try:
+                for message in socket:
+                    yield message if isinstance(message, bytes) else message.encode()
+            except ConnectionClosed:
+                pass
+            code = socket.close_code
+            if code not in (1000, 1005):  # 1005: closed without a status, as the SDK accepts
+                raise ApiError(502, f"log stream closed: {socket.close_reason or 'unexpectedly'} "
+                                    f"(close code {code})", "STREAM_CLOSED", path)
+
+    # files
+    def list_files(self, path: str = ".", depth: int | None = None) -> list[Json]:
+        params = {"path": path, **({"depth": str(depth)} if depth else {})}
+        return list(self._http.json("GET", "/files", params=params) or [])
+
+    def file_info(self, path: str) -> Json:
+        return self._http.json("GET", "/files/info", params={"path": path})
+
+    def make_folder(self, path: str, mode: str = "0755") -> None:
+        self._http.send("POST", "/files/folder", params={"path": path, "mode": mode})
+
+    def delete_file(self, path: str, recursive: bool = False) -> None:
+        self._http.send("DELETE", "/files", params={"path": path, "recursive": "true" if recursive else "false"})
+
+    def move_file(self, source: str, destination: str) -> None:
+        self._http.send("POST", "/files/move", params={"source": source, "destination": destination})
+
+    def find_in_files(self, path: str, pattern: str) -> list[Json]:
+        return list(self._http.json("GET", "/files/find", params={"path": path, "pattern": pattern}) or [])
+
+    def search_files(self, path: str, pattern: str) -> list[str]:
+        return list((self._http.json("GET", "/files/search", params={"path": path, "pattern": pattern}) or {})
+                    .get("files", []))
+
+    def download(self, path: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        """The file's bytes as they arrive (GET /files/download), never whole in memory."""
+        request = self._http.http.build_request("GET", "/files/download", params={"path": path})
+        try:
+            response = self._http.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise ApiError.unreachable(f"{self.base_url}/files/download", exc) from None
+        try:
+            if response.is_error:
+                raise ApiError.from_response(response, response.read())
+            yield from response.iter_bytes(chunk_size)
+        finally:
+            response.close()
+
+    def upload(self, path: str, content: bytes | Iterable[bytes] | IO[bytes], chunk_size: int = 1 << 16) -> None:
+        """Write `content` (bytes, chunks, or a binary file object read in chunks) to `path`
+        in the sandbox: POST /files/upload with the raw body, streamed."""
+        if hasattr(content, "read"):
+            reader: IO[bytes] = content  # type: ignore[assignment]
+            body: bytes | Iterable[bytes] = iter(lambda: reader.read(chunk_size), b"")
+        else:
+            body = content
+        self._http.send("POST", "/files/upload", params={"path": path}, content=body,
+                        headers={"Content-Type": "application/octet-stream"},
+                        timeout=httpx.Timeout(None, connect=10))
+
+    # git
+    def git_clone(self, url: str, path: str, branch: str | None = None, commit_id: str | None = None,
+                  username: str | None = None, password: str | None = None) -> None:
+        body: dict[str, Any] = {"url": url, "path": path}
+        for key, value in (("branch", branch), ("commit_id", commit_id), ("username", username),
+                           ("password", password)):
+            if value:
+                body[key] = value
+        self._http.send("POST", "/git/clone", json=body, timeout=httpx.Timeout(600, connect=10))
+
+
+def _denial_message(body: bytes, status: int) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    return body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"

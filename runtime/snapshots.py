@@ -1,0 +1,371 @@
+"""Snapshots and the read-only layers their root file systems are made of.
+
+    LAYERS/<sha256 hex>/      one immutable layer: a plain directory tree in overlayfs
+                              format (whiteouts are 0:0 character devices, opaque
+                              directories carry trusted.overlay.opaque="y"), owned by the
+                              ids the image means (root 0, daytona 1000). Published once by
+                              an atomic rename from LAYERS/.tmp-*; never modified after.
+    LAYERS/.meta/<digest>.json  {"size": bytes} of a published layer
+    LAYERS/.builds/<key>.json   {"layers": [...]} of a cached build (the default snapshot),
+                              so stores on other state dirs sharing LAYERS reuse it
+    SNAPSHOTS/<name>.json     0600: {"name", "layers": [bottom ... top], "user", "env",
+                              "workdir", "entrypoint", "cmd", "size", "created"}
+
+LAYERS defaults to STATE/layers and can be shared between state dirs (RUNTIME_LAYERS_DIR;
+the tests share one per machine so the default snapshot is built once). A layer's digest
+is the sha256 of its tree (`tree_digest`: paths, types, modes, owners, contents, device
+numbers, xattrs), so publishing the same tree twice keeps one copy, and a test can check
+that a lower layer was never modified by hashing it again.
+
+Only the runtime's user (root) reads or writes here: every directory is 0700, and nothing
+below is ever a path a sandbox can write.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from runtime.private import private_dir, write_private
+from toolbox.options import env as env_option
+
+DEFAULT = "default"
+LAYERS_ENV = "RUNTIME_LAYERS_DIR"
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_TMP_PREFIX = ".tmp-"
+Progress = Callable[[str], None]
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be built or used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    layers: tuple[str, ...]  # bottom ... top digests
+    user: str = "daytona"
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/home/daytona"
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    size: int = 0  # bytes, of all its layers
+    created: str = ""  # ISO 8601, UTC
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "layers": list(self.layers), "user": self.user, "env": dict(self.env),
+                "workdir": self.workdir, "entrypoint": list(self.entrypoint), "cmd": list(self.cmd),
+                "size": self.size, "created": self.created}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        return cls(name=str(data["name"]), layers=tuple(str(d) for d in data["layers"]),
+                   user=str(data.get("user", "daytona")), env={str(k): str(v) for k, v in data.get("env", {}).items()},
+                   workdir=str(data.get("workdir", "/home/daytona")),
+                   entrypoint=tuple(str(a) for a in data.get("entrypoint", ())),
+                   cmd=tuple(str(a) for a in data.get("cmd", ())), size=int(data.get("size", 0)),
+                   created=str(data.get("created", "")))
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def valid_name(name: str) -> bool:
+    # Daytona's snapshot names look like images ("daytonaio/sandbox:0.4.3"); any printable
+    # name is stored under a percent-encoded file name.
+    return 0 < len(name) <= 200 and name.isprintable() and name.strip() == name
+
+
+def valid_digest(digest: str) -> bool:
+    return bool(_DIGEST.match(digest))
+
+
+# ---- the tree hash -------------------------------------------------------------------------
+
+def tree_digest(root: Path) -> tuple[str, int]:
+    """(sha256 hex, bytes of regular files) of the tree at `root`: every entry's relative
+    path, type, mode, owner, mtime, size and contents (files), target (symlinks), device number
+    (whiteouts, device nodes) and extended attributes. Never follows a symlink; does not
+    descend into another file system mounted inside (its mount point is hashed as is)."""
+    digest = hashlib.sha256()
+    size = 0
+    root_dev = os.lstat(root).st_dev
+    for rel, st in _walk(root, root_dev):
+        path = os.path.join(root, rel) if rel else str(root)
+        kind = stat.S_IFMT(st.st_mode)
+        fields = [rel, f"{st.st_mode:o}", str(st.st_uid), str(st.st_gid)]
+        if rel:  # the root's own mtime changes as it is renamed into place
+            fields.append(str(st.st_mtime_ns))
+        if kind == stat.S_IFREG:
+            fields.append(str(st.st_size))
+            fields.append(_file_hash(path))
+            size += st.st_size
+        elif kind == stat.S_IFLNK:
+            fields.append(os.readlink(path))
+        elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+            fields.append(f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+        for name in sorted(_xattrs(path)):
+            fields.append(f"{name}={os.getxattr(path, name, follow_symlinks=False).hex()}")
+        digest.update("\0".join(fields).encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest(), size
+
+
+def _walk(root: Path, root_dev: int, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    path = os.path.join(root, rel) if rel else str(root)
+    st = os.lstat(path)
+    yield rel, st
+    if not stat.S_ISDIR(st.st_mode) or st.st_dev != root_dev:
+        return
+    for name in sorted(os.listdir(path)):
+        yield from _walk(root, root_dev, os.path.join(rel, name) if rel else name)
+
+
+def _file_hash(path: str) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _xattrs(path: str) -> list[str]:
+    try:
+        return os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a file system without xattrs, or a symlink on one that refuses
+        return []
+
+
+# ---- removing trees safely ----------------------------------------------------------------
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == str(path) or point.startswith(prefix):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a (half-built) tree: first detach anything still mounted inside it (a build
+    that crashed with /proc mounted), so the removal never reaches another file system."""
+    import subprocess
+
+    for point in _mounts_under(path):
+        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    if _mounts_under(path):
+        raise SnapshotError(f"{path} still has file systems mounted inside; not removing it")
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _owned_dir(path: Path) -> Path:
+    """`path` as a 0700 directory of our own; refuses one someone else made (a shared
+    layers dir under /var/tmp) or a symlink in its place, which chmod would follow."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise SnapshotError(f"{path} is not a directory of uid {os.geteuid()}: it cannot hold layers; "
+                            f"remove it or pick another with {LAYERS_ENV}")
+    os.chmod(path, 0o700)
+    return path
+
+
+# ---- the store ----------------------------------------------------------------------------
+
+class SnapshotStore:
+    def __init__(self, state_root: Path, layers_dir: Path | None = None) -> None:
+        if layers_dir is None and (configured := env_option(LAYERS_ENV)):
+            layers_dir = Path(configured)
+        self.layers_dir = _owned_dir((layers_dir or state_root / "layers").absolute())
+        self.snapshots_dir = private_dir(state_root.absolute() / "snapshots")
+        self._meta = private_dir(self.layers_dir / ".meta")
+        self._builds = private_dir(self.layers_dir / ".builds")
+
+    # snapshots
+
+    def _file(self, name: str) -> Path:
+        if not valid_name(name):
+            raise KeyError(name)
+        return self.snapshots_dir / f"{quote(name, safe='')}.json"
+
+    def get(self, name: str) -> Snapshot:
+        try:
+            data = json.loads(self._file(name).read_bytes())
+        except (FileNotFoundError, NotADirectoryError):
+            raise KeyError(name) from None
+        return Snapshot.from_json(data)
+
+    def list(self) -> list[Snapshot]:
+        out = []
+        for entry in sorted(self.snapshots_dir.glob("*.json")):
+            if entry.name.startswith("."):
+                continue
+            try:
+                out.append(Snapshot.from_json(json.loads(entry.read_bytes())))
+            except (OSError, ValueError, KeyError):
+                continue  # half a file cannot exist (atomic writes); skip a foreign one
+        return out
+
+    def put(self, snapshot: Snapshot) -> None:
+        if not valid_name(snapshot.name):
+            raise ValueError(f"invalid snapshot name {snapshot.name!r}: 1-200 printable characters, "
+                             "no leading or trailing space")
+        for digest in snapshot.layers:
+            if not self.has_layer(digest):
+                raise ValueError(f"snapshot {snapshot.name!r} names layer {digest}, which is not in {self.layers_dir}")
+        write_private(self._file(snapshot.name), json.dumps(snapshot.to_json(), indent=1).encode())
+
+    def delete(self, name: str) -> None:
+        """Forget the snapshot; its layers stay until `collect` finds no user of them."""
+        try:
+            self._file(name).unlink()
+        except FileNotFoundError:
+            raise KeyError(name) from None
+
+    # layers
+
+    def layer_path(self, digest: str) -> Path:
+        if not valid_digest(digest):
+            raise KeyError(digest)
+        return self.layers_dir / digest
+
+    def lower_dirs(self, layers: tuple[str, ...]) -> builtins.list[Path]:
+        """The layers' directories in overlayfs `lowerdir=` order (top first); KeyError
+        names a layer that is not here."""
+        missing = [d for d in layers if not self.has_layer(d)]
+        if missing:
+            raise KeyError(missing[0])
+        return [self.layer_path(d) for d in reversed(layers)]
+
+    def has_layer(self, digest: str) -> bool:
+        return valid_digest(digest) and self.layer_path(digest).is_dir()
+
+    def layer_size(self, digest: str) -> int:
+        try:
+            return int(json.loads((self._meta / f"{digest}.json").read_bytes())["size"])
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def new_tree(self) -> Path:
+        """An empty directory on the layers' file system to build a layer in, then hand to
+        `publish_layer`. One left by a crashed process is removed by `clean_partial`."""
+        path = self.layers_dir / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        path.mkdir(mode=0o755)
+        return path
+
+    def publish_layer(self, tree: Path) -> str:
+        """Hash the finished tree and move it in as LAYERS/<digest> by one rename; returns the
+        digest. A tree identical to a published layer is deleted instead (one copy)."""
+        tree = tree.absolute()
+        if tree.parent != self.layers_dir:
+            raise ValueError(f"build layers in {self.layers_dir} (SnapshotStore.new_tree()), not {tree}")
+        if _mounts_under(tree):
+            raise SnapshotError(f"{tree} has file systems mounted inside; unmount them before publishing")
+        digest, size = tree_digest(tree)
+        target = self.layers_dir / digest
+        write_private(self._meta / f"{digest}.json", json.dumps({"size": size}).encode())
+        try:
+            os.rename(tree, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            remove_tree(tree)  # published already (rename refuses a non-empty target)
+        return digest
+
+    def collect(self, in_use: set[str]) -> None:
+        """Remove the layers that no snapshot of this store, no cached build and nothing in
+        `in_use` (the layers of existing sandboxes) names. On a layers dir shared between
+        state dirs, `in_use` must hold the others' layers too."""
+        keep = set(in_use)
+        for snapshot in self.list():
+            keep.update(snapshot.layers)
+        for record in self._builds.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                keep.update(json.loads(record.read_bytes())["layers"])
+        for entry in self.layers_dir.iterdir():
+            if valid_digest(entry.name) and entry.name not in keep:
+                # Out of sight first (one rename), then deleted: never half a layer by its name.
+                doomed = self.layers_dir / f"{_TMP_PREFIX}{os.getpid()}-gone-{secrets.token_hex(4)}"
+                os.rename(entry, doomed)
+                remove_tree(doomed)
+                with contextlib.suppress(FileNotFoundError):
+                    (self._meta / f"{entry.name}.json").unlink()
+
+    def clean_partial(self) -> None:
+        """Remove the temporary trees of processes that are gone (a crashed build)."""
+        for entry in self.layers_dir.glob(f"{_TMP_PREFIX}*"):
+            pid = entry.name[len(_TMP_PREFIX):].split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            remove_tree(entry)
+
+    # cached builds (shared by every store on the same layers dir)
+
+    @contextlib.contextmanager
+    def build_lock(self, key: str) -> Iterator[None]:
+        """Held while `key` is built: a second process waits, then finds the cached build."""
+        fd = os.open(self._builds / f".{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def cached_build(self, key: str) -> tuple[str, ...] | None:
+        try:
+            layers = tuple(json.loads((self._builds / f"{key}.json").read_bytes())["layers"])
+        except (OSError, ValueError, KeyError):
+            return None
+        return layers if layers and all(self.has_layer(d) for d in layers) else None
+
+    def record_build(self, key: str, layers: tuple[str, ...]) -> None:
+        write_private(self._builds / f"{key}.json",
+                      json.dumps({"layers": list(layers), "created": now_iso()}).encode())
+
+    def snapshot_of(self, name: str, layers: tuple[str, ...], **fields: Any) -> Snapshot:
+        """A Snapshot record over published layers, its size their sum."""
+        return Snapshot(name=name, layers=layers, size=sum(self.layer_size(d) for d in layers),
+                        created=fields.pop("created", None) or now_iso(), **fields)
+
+    def ensure_default(self, progress: Progress | None = None) -> Snapshot:
+        """The `default` snapshot (Debian bookworm, see runtime/rootfs.py), built with
+        debootstrap on first use, in seconds from the cache after that."""
+        from runtime.rootfs import ensure_default
+
+        return ensure_default(self, progress or (lambda line: None))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+

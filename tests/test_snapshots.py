@@ -1,0 +1,198 @@
+"""The snapshot store (runtime/snapshots.py): records, layers, the tree hash, collection."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runtime.snapshots import Snapshot, SnapshotError, SnapshotStore, tree_digest
+from tests.helpers import REPO_ROOT
+
+
+def _layer(store: SnapshotStore, files: dict[str, str]) -> str:
+    tree = store.new_tree()
+    for rel, text in files.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(text)
+    for path in tree.rglob("*"):  # the same tree twice is the same layer (mtimes count)
+        os.utime(path, (0, 0), follow_symlinks=False)
+    return store.publish_layer(tree)
+
+
+def test_put_get_list_delete(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "state")
+    digest = _layer(store, {"etc/os-release": "ID=test\n"})
+    snap = store.snapshot_of("daytonaio/sandbox:0.4.3", (digest,), env={"A": "1"}, cmd=("sleep", "1"))
+    store.put(snap)
+    assert store.get("daytonaio/sandbox:0.4.3") == snap
+    assert snap.size == len("ID=test\n")
+    assert [s.name for s in store.list()] == ["daytonaio/sandbox:0.4.3"]
+    files = list(store.snapshots_dir.iterdir())
+    assert len(files) == 1 and "/" not in files[0].name
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.snapshots_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.layers_dir.stat().st_mode) == 0o700
+    # A second store on the same state dir reads the same record.
+    assert SnapshotStore(tmp_path / "state").get("daytonaio/sandbox:0.4.3").layers == (digest,)
+    store.delete("daytonaio/sandbox:0.4.3")
+    assert store.list() == []
+    with pytest.raises(KeyError):
+        store.get("daytonaio/sandbox:0.4.3")
+    with pytest.raises(KeyError):
+        store.delete("daytonaio/sandbox:0.4.3")
+    # The layer stays until collected.
+    assert store.has_layer(digest)
+
+
+def test_bad_names_and_unknown_layers_are_refused(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "state")
+    for name in ("", " x", "a\nb", "x" * 201):
+        with pytest.raises(KeyError):
+            store.get(name)
+        with pytest.raises(ValueError):
+            store.put(Snapshot(name=name, layers=()))
+    with pytest.raises(ValueError, match="names layer"):
+        store.put(Snapshot(name="x", layers=("0" * 64,)))
+    for digest in ("../etc", "0" * 63, "G" * 64):
+        with pytest.raises(KeyError):
+            store.layer_path(digest)
+
+
+def test_publish_is_by_content_and_deduplicated(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "state")
+    first = _layer(store, {"a": "1", "d/b": "2"})
+    assert store.layer_path(first).is_dir() and (store.layer_path(first) / "d" / "b").read_text() == "2"
+    assert tree_digest(store.layer_path(first))[0] == first
+    again = _layer(store, {"a": "1", "d/b": "2"})
+    assert again == first
+    assert not list(store.layers_dir.glob(".tmp-*"))
+    second = _layer(store, {"a": "1", "d/b": "3"})
+    assert second != first
+    assert store.lower_dirs((first, second)) == [store.layer_path(second), store.layer_path(first)]
+    with pytest.raises(KeyError):
+        store.lower_dirs((first, "0" * 64))
+    with pytest.raises(ValueError, match="new_tree"):
+        store.publish_layer(tmp_path)
+
+
+def test_tree_digest_sees_every_kind_of_change(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_text("x")
+    os.symlink("d/f", tree / "link")
+    os.mkfifo(tree / "fifo")
+    base = tree_digest(tree)[0]
+
+    def changed() -> bool:
+        return tree_digest(tree)[0] != base
+
+    (tree / "d" / "f").write_text("y")
+    assert changed()
+    (tree / "d" / "f").write_text("x")
+    os.utime(tree / "d" / "f", (0, 0))
+    assert changed(), "an mtime change is a modification"
+    fresh = tmp_path / "u"
+    subprocess.run(["cp", "-a", str(tree), str(fresh)], check=True)
+    base = tree_digest(fresh)[0]
+    tree = fresh
+    os.chmod(tree / "d" / "f", 0o600)
+    assert changed()
+    os.chmod(tree / "d" / "f", 0o644)
+    subprocess.run(["cp", "-a", str(tree), str(tmp_path / "v")], check=True)
+    tree = tmp_path / "v"
+    base = tree_digest(tree)[0]
+    os.unlink(tree / "link")
+    os.symlink("d/g", tree / "link")
+    assert changed()
+    if os.geteuid() == 0:
+        subprocess.run(["cp", "-a", str(tree), str(tmp_path / "w")], check=True)
+        tree = tmp_path / "w"
+        base = tree_digest(tree)[0]
+        os.lchown(tree / "d" / "f", 1000, 1000)
+        assert changed()
+        base = tree_digest(tree)[0]
+        os.setxattr(tree / "d", "trusted.overlay.opaque", b"y")
+        assert changed()
+        base = tree_digest(tree)[0]
+        os.mknod(tree / "whiteout", stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        assert changed()
+
+
+def test_collect_keeps_what_is_used(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "state")
+    named = _layer(store, {"a": "named"})
+    used = _layer(store, {"a": "used by a sandbox"})
+    cached = _layer(store, {"a": "a cached build"})
+    loose = _layer(store, {"a": "nobody"})
+    store.put(store.snapshot_of("s", (named,)))
+    store.record_build("test-key", (cached,))
+    store.collect({used})
+    assert {d for d in (named, used, cached, loose) if store.has_layer(d)} == {named, used, cached}
+    assert store.layer_size(loose) == 0
+    assert not list(store.layers_dir.glob(".tmp-*"))
+
+
+def test_crashed_partial_trees_are_cleaned(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path / "state")
+    mine = store.new_tree()
+    crashed = store.layers_dir / ".tmp-999999999-dead"
+    (crashed / "usr").mkdir(parents=True)
+    store.clean_partial()
+    assert mine.is_dir(), "a live process's tree is kept"
+    assert not crashed.exists()
+
+
+def test_shared_layers_dir_must_be_ours(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o755)
+    link = tmp_path / "layers"
+    link.symlink_to(target)
+    with pytest.raises(SnapshotError, match="not a directory"):
+        SnapshotStore(tmp_path / "state", layers_dir=link)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755, "chmod never followed the symlink"
+    if os.geteuid() == 0:
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 1234, 1234)
+        with pytest.raises(SnapshotError, match="not a directory"):
+            SnapshotStore(tmp_path / "state", layers_dir=foreign)
+
+
+def test_shared_layers_dir_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNTIME_LAYERS_DIR", str(tmp_path / "shared"))
+    one, two = SnapshotStore(tmp_path / "a"), SnapshotStore(tmp_path / "b")
+    assert one.layers_dir == two.layers_dir == tmp_path / "shared"
+    digest = _layer(one, {"x": "1"})
+    assert two.has_layer(digest)
+    one.record_build("k", (digest,))
+    assert two.cached_build("k") == (digest,)
+
+
+def test_build_lock_serialises_processes(tmp_path: Path) -> None:
+    """Two processes that both want a build: the second waits for the first's lock and
+    then finds its cached result (so nothing is built twice)."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from runtime.snapshots import SnapshotStore
+        store = SnapshotStore(Path(sys.argv[1]), layers_dir=Path({str(tmp_path / 'layers')!r}))
+        with store.build_lock("k"):
+            if store.cached_build("k") is None:
+                print("built", flush=True)
+                time.sleep(0.5)
+                tree = store.new_tree()
+                (tree / "f").write_text("x")
+                store.record_build("k", (store.publish_layer(tree),))
+            else:
+                print("cached", flush=True)
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"s{i}")], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, text=True) for i in range(3)]
+    outputs = sorted(p.communicate(timeout=30)[0].strip() for p in procs)
+    assert outputs == ["built", "cached", "cached"]
