@@ -8,6 +8,8 @@ pool stays the runtime's. Disk is recorded by the control plane but not enforced
 from __future__ import annotations
 
 import asyncio
+import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ from controlplane.backend import (
     Existence,
     Resources,
 )
+from runtime.images.service import LocalImages
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.sandbox import SandboxDir
+from runtime.snapshots import SnapshotStore
 from runtime.volumes import Mount
 
 
@@ -39,6 +43,11 @@ class LocalBackend:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.initial_pool_size = runtime.pool_size  # the warm pools' floor
+        # Image builds (controlplane.backend.ImageBuilder) need root: idmapped mounts.
+        self.images: LocalImages | None = None
+        if os.geteuid() == 0:
+            store = getattr(runtime, "snapshots", None) or SnapshotStore(runtime.root)
+            self.images = LocalImages(store, runtime.root)
 
     async def create(self, request: CreateRequest) -> None:
         mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
@@ -54,6 +63,11 @@ class LocalBackend:
         else:
             # Without root: loopback only, or the host's network when asked (docs/runtime.md).
             kwargs["egress"] = "host" if request.network else "none"
+        if request.snapshot is not None:
+            if "snapshot" not in inspect.signature(self.runtime.create).parameters:
+                raise BackendError(501, "this runtime cannot start sandboxes from built snapshots yet "
+                                        "(only from the default snapshot)")
+            kwargs["snapshot"] = request.snapshot
         try:
             await self.runtime.create(request.sandbox_id, env=request.env, limits=limits, mounts=mounts,
                                       **kwargs)

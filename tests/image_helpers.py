@@ -16,7 +16,7 @@ from pathlib import Path
 # Host programs copied (with their libraries) into a tiny root file system of our own:
 # enough for RUN steps to do shell work, without debootstrap's minutes.
 TOOLS = ("sh", "ls", "cat", "id", "touch", "mkdir", "rm", "env", "echo", "printf", "sleep", "test", "wc",
-         "head", "grep", "chmod", "ln", "stat", "true", "false", "uname")
+         "head", "grep", "chmod", "ln", "cp", "stat", "true", "false", "uname")
 
 
 def _free_port() -> int:

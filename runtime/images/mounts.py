@@ -73,6 +73,18 @@ def idmapped_bind(source: Path, target: Path, userns_fd: int, *, read_only: bool
 CLONE_NEWUSER = 0x10000000
 
 
+def mount_handle(source: Path) -> int:
+    """An O_PATH handle on the mount at `source`, to move it later with `move_to`
+    (after `source` itself may have been hidden by another mount)."""
+    return _check(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, str(source).encode(), OPEN_TREE_CLOEXEC),
+                  f"open_tree {source}")
+
+
+def move_to(mount_fd: int, target: Path) -> None:
+    _check(_libc.syscall(SYS_MOVE_MOUNT, mount_fd, b"", AT_FDCWD, str(target).encode(), MOVE_MOUNT_F_EMPTY_PATH),
+           f"move_mount to {target}")
+
+
 class UserNamespace:
     """A user namespace mapping ids 0..size-1 to base..base+size-1 on the host, held open
     by a descriptor (a child makes it and exits; the namespace lives while the fd does)."""

@@ -60,31 +60,36 @@ def main() -> int:
     upper, scratch = Path(jail.upper), Path(jail.scratch)
     namespace = mounts.UserNamespace(jail.base, ID_RANGE)
     mounts.unshare_mounts()
-    # Mount points on a tmpfs of this namespace's own (at /tmp, hiding the host's here
-    # only): the step's uid can walk to them, whatever the modes of the state dirs are.
-    mounts.mount("tmpfs", MOUNTS, "tmpfs", "mode=0755,size=1m")
     lowers: list[str] = []
     for index, layer in enumerate(jail.layers):
-        target = MOUNTS / f"l{index}"
+        target = scratch / f"l{index}"
         target.mkdir()
         mounts.idmapped_bind(Path(layer), target, namespace.fd)
         lowers.append(str(target))
     if not lowers:  # FROM scratch: an overlay needs one lower directory
-        (MOUNTS / "empty").mkdir()
-        lowers.append(str(MOUNTS / "empty"))
+        (scratch / "empty").mkdir()
+        lowers.append(str(scratch / "empty"))
     os.chown(upper, jail.base, jail.base)
-    work, merged = scratch / "work", MOUNTS / "root"
+    work, merged = scratch / "work", scratch / "merged"
     work.mkdir()
     merged.mkdir()
     # The top layer first; the upper layer's whiteouts and opaque dirs are overlayfs' own
     # (trusted.overlay.*: the mount is made outside the build's user namespace).
     mounts.mount("overlay", merged, "overlay",
                  f"lowerdir={':'.join(reversed(lowers))},upperdir={upper},workdir={work}")
+    # Then the merged tree onto a tmpfs of this namespace's own at /tmp (hiding the host's
+    # here only): the step's uid can walk to it, whatever the modes of the state dirs.
+    handle = mounts.mount_handle(merged)
+    mounts.mount("tmpfs", MOUNTS, "tmpfs", "mode=0755,size=1m")
+    root = MOUNTS / "root"
+    root.mkdir()
+    mounts.move_to(handle, root)
+    os.close(handle)
     step = jail.step
     os.chdir("/")
     sys.stdout.flush()
     try:
-        result = subprocess.run(bwrap_argv(merged, step), stdin=subprocess.DEVNULL,
+        result = subprocess.run(bwrap_argv(root, step), stdin=subprocess.DEVNULL,
                                 preexec_fn=lambda: namespace.enter(step.uid, step.gid))
     except OSError as exc:
         print(f"cannot start the build step: {exc}", flush=True)

@@ -1,0 +1,166 @@
+"""Images into layers, for real: a local docker-registry, skopeo and umoci, and RUN steps in
+build sandboxes (runtime/images/). Root only (idmapped mounts, a real uid range)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.images.builder import Builder, BuildError
+from runtime.images.oci import ImageError, ImageImporter, registry_reference
+from runtime.images.steps import BUILD_ID_BASE
+from runtime.snapshots import SnapshotStore
+from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`127.0.0.1:PORT/tiny:1`: a one-layer image of the host's shell tools, pushed to a
+    real registry."""
+    work = tmp_path_factory.mktemp("registry")
+    with local_registry(work / "registry") as address:
+        push_rootfs(tiny_rootfs(work / "rootfs"), work, f"{address}/tiny:1", env={"FROM_IMAGE": "yes"})
+        yield address
+
+
+def _builder(tmp_path: Path) -> tuple[SnapshotStore, Builder]:
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    return store, Builder(store, ImageImporter(store, tmp_path / "state" / "images"))
+
+
+def _build(builder: Builder, text: str) -> tuple[object, list[str]]:
+    lines: list[str] = []
+    built = asyncio.run(builder.build(text, lines.append))
+    return built, lines
+
+
+def test_an_image_is_pulled_once_and_then_comes_from_the_cache(tmp_path: Path, registry: str) -> None:
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    importer = ImageImporter(store, tmp_path / "state" / "images")
+    lines: list[str] = []
+    first = asyncio.run(importer.import_image(registry_reference(f"{registry}/tiny:1"), lines.append))
+    assert any("Copying blob" in line for line in lines), lines  # skopeo really pulled it
+    assert first.config.env["FROM_IMAGE"] == "yes"
+    root = store.layer_path(first.layer)
+    assert (root / "usr/bin/sh").is_file() and (root / "usr/bin/sh").stat().st_uid == 0
+    lines.clear()
+    again = ImageImporter(store, tmp_path / "state" / "images")  # a new process: the cache is on disk
+    second = asyncio.run(again.import_image(registry_reference(f"{registry}/tiny:1"), lines.append))
+    assert second.layer == first.layer and second.digest == first.digest
+    assert not any("Copying blob" in line for line in lines), lines
+    assert not list(store.layers_dir.glob(".tmp-*"))
+
+
+def test_an_image_that_cannot_be_pulled_says_why(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    with pytest.raises(BuildError, match="cannot pull .*nope:1: .*manifest unknown"):
+        _build(builder, f"FROM {registry}/nope:1\n")
+    with pytest.raises(BuildError, match="cannot pull debian:bookworm-slim"):
+        _build(builder, "FROM debian:bookworm-slim\n")  # docker.io: unreachable here
+    with pytest.raises(ImageError, match="not an image reference"):
+        registry_reference("oci:/etc:x")  # a tenant never names the server's files
+    assert not list(store.layers_dir.glob(".tmp-*"))
+
+
+def test_a_build_runs_its_steps_and_keeps_their_config(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    built, lines = _build(builder, f"""ARG VERSION=1
+FROM {registry}/tiny:1
+ARG VERSION
+RUN echo building $VERSION; mkdir -p /opt/app; echo "v$VERSION" > /opt/app/version
+ENV GREETING='hello world' OTHER=x
+WORKDIR /srv/work
+RUN echo "$GREETING $OTHER $FROM_IMAGE" > note; pwd
+USER daytona
+RUN id -u; touch /tmp/mine; cp /usr/bin/true /tmp/setuid; chmod 4755 /tmp/setuid
+ENTRYPOINT ["sh", "-c"]
+CMD ["echo hi"]
+""")
+    assert "building 1" in lines and "/srv/work" in lines and "1000" in lines, lines
+    assert built.env == {"FROM_IMAGE": "yes", "GREETING": "hello world", "OTHER": "x"}  # type: ignore[attr-defined]
+    assert built.workdir == "/srv/work" and built.user == "daytona"  # type: ignore[attr-defined]
+    assert built.entrypoint == ["sh", "-c"] and built.cmd == ["echo hi"]  # type: ignore[attr-defined]
+    layers = [store.layer_path(d) for d in built.layers]  # type: ignore[attr-defined]
+
+    def find(inside: str) -> Path:
+        for layer in reversed(layers):
+            if os.path.lexists(layer / inside):
+                return layer / inside
+        raise AssertionError(f"{inside} is in no layer")
+
+    assert find("opt/app/version").read_text() == "v1\n"
+    assert find("srv/work/note").read_text() == "hello world x yes\n"
+    # Canonical ids in the layers, whatever host ids the steps ran as.
+    assert find("opt/app/version").stat().st_uid == 0
+    mine = find("tmp/mine").stat()
+    assert (mine.st_uid, mine.st_gid) == (1000, 1000)
+    assert stat.S_IMODE(find("tmp/setuid").stat().st_mode) == 0o4755  # the shift kept the set-id bit
+    assert all(os.lstat(p).st_uid < 65536 for layer in layers for p in layer.rglob("*"))
+
+
+def test_run_is_isolated_from_the_host(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    canary = f"canary-{secrets.token_hex(4)}"
+    victim = tmp_path / "victim"
+    victim.write_text("host file")
+    os.chown(victim, 0, 0)
+    built, lines = _build(builder, f"""FROM {registry}/tiny:1
+RUN echo inside > /{canary}; cat /proc/self/uid_map; ls {tmp_path} 2>&1 || true
+RUN ln -s {victim} /link-to-host-file; ln -s / /link-to-root; ln -s /etc /etc-link; echo done
+""")
+    # The step's root was an unprivileged host id, with nothing of the host in view.
+    assert ["0", str(BUILD_ID_BASE), "65536"] in [line.split() for line in lines], lines
+    assert any("No such file or directory" in line for line in lines), lines
+    assert not Path(f"/{canary}").exists()
+    layers = [store.layer_path(d) for d in built.layers]  # type: ignore[attr-defined]
+    assert any((layer / canary).read_text() == "inside\n" for layer in layers if (layer / canary).exists())
+    # Publishing shifted ids without following the step's symlinks: the host file is untouched.
+    st = victim.stat()
+    assert (st.st_uid, st.st_gid) == (0, 0) and victim.read_text() == "host file"
+    link = next(layer / "link-to-host-file" for layer in layers if os.path.lexists(layer / "link-to-host-file"))
+    assert stat.S_ISLNK(os.lstat(link).st_mode) and os.lstat(link).st_uid == 0
+    host_etc = os.stat("/etc")
+    assert (host_etc.st_uid, host_etc.st_gid) == (0, 0)
+
+
+def test_a_failing_run_fails_the_build_with_its_output(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    lines: list[str] = []
+    with pytest.raises(BuildError, match="returned a non-zero code: 7"):
+        asyncio.run(builder.build(f"FROM {registry}/tiny:1\nRUN echo the step says why >&2; exit 7\n",
+                                  lines.append))
+    assert "the step says why" in lines
+    assert not list(store.layers_dir.glob(".tmp-*"))  # nothing half-done left
+
+
+def test_an_unchanged_rebuild_runs_nothing(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    text = f"FROM {registry}/tiny:1\nRUN echo one > /one\nWORKDIR /w\nRUN echo two > two\n"
+    first, _ = _build(builder, text)
+    again, lines = _build(builder, text)
+    assert again.layers == first.layers  # type: ignore[attr-defined]
+    assert again.steps_run == 0 and again.steps_cached == 3, lines  # type: ignore[attr-defined]
+    changed, _ = _build(builder, text.replace("two > two", "three > two"))
+    assert changed.steps_run == 1 and changed.layers[:-1] == first.layers[:-1]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("RUN echo no from\n", "starts with FROM"),
+    ("FROM a\nFROM b\n", "exactly one FROM"),
+    ("FROM a\nCOPY x /x\n", "no object storage"),
+    ("FROM a\nHEALTHCHECK CMD true\n", "HEALTHCHECK is not supported"),
+    ("FROM a\nRUN echo \\\n", "continued line"),
+])
+def test_dockerfiles_this_builder_cannot_build_are_refused_before_running(
+        tmp_path: Path, text: str, message: str) -> None:
+    _, builder = _builder(tmp_path)
+    with pytest.raises(BuildError, match=message):
+        _build(builder, text)
