@@ -23,6 +23,7 @@ class BuiltSnapshot:
 class LocalImages:
     def __init__(self, store: SnapshotStore, state_root: Path) -> None:
         self.store = store
+        store.clean_partial()  # the trees of builds a dead process left
         importer = ImageImporter(store, state_root / "images")
         self.builder = Builder(store, importer, snapshots=self._snapshot_base)
 

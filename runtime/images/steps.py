@@ -19,6 +19,7 @@ on 127.0.0.1 is reachable); docs/images.md says so.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import os
 import signal
@@ -56,6 +57,16 @@ class Jail:
     step: Step
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # The helper goes when the process that runs the build dies (even by SIGKILL), and
+    # bwrap goes with the helper (--die-with-parent): no step outlives its build.
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Path,
                    log: Callable[[bytes], None], *, base: int = BUILD_ID_BASE,
                    timeout: float | None = None) -> int:
@@ -66,7 +77,7 @@ async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Pat
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "runtime.images.stepjail", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        cwd=PROJECT)
+        cwd=PROJECT, preexec_fn=_die_with_parent)
     assert process.stdin is not None and process.stdout is not None
     try:
         process.stdin.write(json.dumps(asdict(jail)).encode())

@@ -1,0 +1,183 @@
+"""Snapshots from images through the official SDK, against the real main job: images from a
+real local registry, Dockerfile builds from `Image`, live build logs, states, failures."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.controlplane_helpers import api_url, daytona, stack_fixture
+from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+from tests.runtime_helpers import Stack, start_stack
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
+
+stack = stack_fixture("images", pool_size=0)
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    work = tmp_path_factory.mktemp("registry")
+    with local_registry(work / "registry") as address:
+        push_rootfs(tiny_rootfs(work / "rootfs"), work, f"{address}/tiny:1", env={"FROM_IMAGE": "yes"})
+        yield address
+
+
+class Lines:
+    """on_logs lines with the time each arrived."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, str]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            self.seen.append((time.monotonic(), line))
+
+    def when(self, text: str) -> float:
+        return next(t for t, line in self.seen if text in line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line for _, line in self.seen)
+
+
+def test_a_snapshot_is_built_from_an_image_with_live_logs(stack: Stack, registry: str) -> None:
+    from daytona import CreateSnapshotParams, Image
+
+    d = daytona(stack)
+    lines = Lines()
+    image = (Image.base(f"{registry}/tiny:1")
+             .run_commands("echo first-step-output; sleep 3; echo later > /built")
+             .env({"GREETING": "hello world"}).workdir("/srv"))
+    started = time.monotonic()
+    snapshot = d.snapshot.create(CreateSnapshotParams(name="built-one", image=image), on_logs=lines)
+    built_in = time.monotonic() - started
+    assert snapshot.state == "active", lines.text
+    # The step's output came while the build ran, not all at the end.
+    assert lines.when("first-step-output") < lines.when("Created snapshot built-one") - 2, lines.text
+    assert "Step 2/5 : RUN echo first-step-output" in lines.text
+    got = d.snapshot.get("built-one")
+    assert got.id == snapshot.id and got.state == "active" and got.size is not None and got.size > 0
+    assert got.error_reason is None and "RUN echo first-step-output" in got.build_info.dockerfile_content
+    assert "built-one" in {s.name for s in d.snapshot.list().items}
+    print(f"\nbuilt a 1-step image in {built_in:.1f} s")
+
+    # The same Dockerfile again under another name: every step from the cache.
+    lines = Lines()
+    started = time.monotonic()
+    again = d.snapshot.create(CreateSnapshotParams(name="built-two", image=image), on_logs=lines)
+    print(f"unchanged rebuild in {time.monotonic() - started:.1f} s (the SDK polls once a second)")
+    assert again.state == "active"
+    log = httpx.get(f"{api_url(stack)}/snapshots/{again.id}/build-logs",
+                    headers={"Authorization": f"Bearer {stack.api_key}"}).text
+    assert "Using cache" in log and "first-step-output" not in log, log
+    for name in ("built-one", "built-two"):
+        d.snapshot.delete(d.snapshot.get(name))
+    assert not {"built-one", "built-two"} & {s.name for s in d.snapshot.list().items}
+
+
+def test_a_snapshot_from_an_image_name_is_pulled(stack: Stack, registry: str) -> None:
+    from daytona import CreateSnapshotParams
+
+    d = daytona(stack)
+    snapshot = d.snapshot.create(CreateSnapshotParams(name="pulled", image=f"{registry}/tiny:1"))
+    try:
+        assert snapshot.state == "active" and snapshot.image_name == f"{registry}/tiny:1"
+        assert d.snapshot.get("pulled").size > 0
+    finally:
+        d.snapshot.delete(snapshot)
+
+
+def test_failures_end_build_failed_with_the_reason(stack: Stack, registry: str) -> None:
+    from daytona import CreateSnapshotParams, DaytonaError, Image
+
+    d = daytona(stack)
+    with pytest.raises(DaytonaError, match=r"Failed to create snapshot missing, reason: cannot pull .*nope:1.*"
+                                           r"manifest unknown"):
+        d.snapshot.create(CreateSnapshotParams(name="missing", image=f"{registry}/nope:1"))
+    assert d.snapshot.get("missing").state == "build_failed"
+    lines = Lines()
+    with pytest.raises(DaytonaError, match="returned a non-zero code: 3"):
+        d.snapshot.create(CreateSnapshotParams(
+            name="failing", image=Image.base(f"{registry}/tiny:1").run_commands("echo the-reason-is-here; exit 3")),
+            on_logs=lines)
+    assert "the-reason-is-here" in lines.text
+    failed = d.snapshot.get("failing")
+    assert failed.state == "build_failed" and "non-zero code: 3" in failed.error_reason
+    for name in ("missing", "failing"):
+        d.snapshot.delete(d.snapshot.get(name))
+
+
+def test_bad_requests_are_refused_before_anything_is_recorded(stack: Stack, registry: str, tmp_path: Path) -> None:
+    from daytona import CreateSnapshotParams, DaytonaError, Image
+
+    d = daytona(stack)
+    before = d.snapshot.list().total
+    local = tmp_path / "app.py"
+    local.write_text("print('hi')\n")
+    with pytest.raises(DaytonaError, match="no S3-compatible object storage"):
+        d.snapshot.create(CreateSnapshotParams(name="ctx", image=Image.base(f"{registry}/tiny:1")
+                                               .add_local_file(local, "/app/app.py")))
+    with pytest.raises(DaytonaError, match="HEALTHCHECK is not supported"):
+        d.snapshot.create(CreateSnapshotParams(name="hc", image=Image.base(f"{registry}/tiny:1")
+                                               .dockerfile_commands(["HEALTHCHECK CMD true"])))
+    with pytest.raises(DaytonaError, match="already exists"):
+        d.snapshot.create(CreateSnapshotParams(name="default", image=f"{registry}/tiny:1"))
+    assert stack.api("POST", "/snapshots", json={"name": "x"}).status_code == 400  # neither image nor buildInfo
+    assert stack.api("POST", "/snapshots", json={"name": "x", "imageName": "oci:/etc:x"}).status_code == 200
+    assert d.snapshot.list().total == before + 1
+    failed = d.snapshot.get("x")
+    deadline = time.monotonic() + 20
+    while failed.state != "build_failed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        failed = d.snapshot.get("x")
+    assert "not an image reference" in failed.error_reason  # never a path on the server
+    d.snapshot.delete(failed)
+
+
+def test_a_sandbox_from_an_image_goes_through_pending_build(stack: Stack, registry: str) -> None:
+    from daytona import CreateSandboxFromImageParams, DaytonaError, Image
+
+    d = daytona(stack)
+    lines = Lines()
+    image = Image.base(f"{registry}/tiny:1").run_commands("echo sandbox-build-output; exit 4")
+    with pytest.raises(DaytonaError, match="build_failed.*non-zero code: 4"):
+        d.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=lines, timeout=60)
+    assert "sandbox-build-output" in lines.text, lines.text
+    failed = [s for s in d.list() if s.state == "build_failed"]
+    assert failed and "non-zero code: 4" in failed[0].error_reason
+    for sandbox in failed:
+        d.delete(sandbox)
+    assert not [s for s in d.list() if s.state == "build_failed"]
+
+
+def test_a_build_cut_short_by_a_restart_ends_build_failed(tmp_path: Path, registry: str) -> None:
+    state = tmp_path / "state"
+    running = start_stack(state, "--no-sandbox", pool_size=0)
+    try:
+        d = daytona(running)
+        created = running.api("POST", "/snapshots", json={
+            "name": "slow", "buildInfo": {"dockerfileContent": f"FROM {registry}/tiny:1\nRUN sleep 60\n"}})
+        assert created.status_code == 200 and created.json()["state"] == "pending"
+        deadline = time.monotonic() + 20
+        while d.snapshot.get("slow").state != "building" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        running.process.kill()  # no chance to record anything
+        running.process.wait()
+    finally:
+        running.stop()
+    restarted = start_stack(state, "--no-sandbox", pool_size=0, port=running.port)
+    try:
+        d = daytona(restarted)
+        slow = d.snapshot.get("slow")
+        assert slow.state == "build_failed" and "interrupted" in slow.error_reason
+        assert not list((state / "layers").glob(".tmp-*"))  # the dead build's trees are swept
+    finally:
+        restarted.stop()
