@@ -78,9 +78,9 @@ def tiny_rootfs(dest: Path, tools: tuple[str, ...] = TOOLS) -> Path:
             parts = inside.parts[1:]
             if parts[0] in ("lib", "lib64"):
                 inside = Path("/usr", *parts)
-            target = dest / inside.relative_to("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(real, target)
+            copy_to = dest / inside.relative_to("/")
+            copy_to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(real, copy_to)
     (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\ndaytona:x:1000:1000::/home/daytona:/bin/sh\n")
     (dest / "etc/group").write_text("root:x:0:\ndaytona:x:1000:\n")
     return dest
