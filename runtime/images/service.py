@@ -53,15 +53,16 @@ class LocalImages:
         await asyncio.to_thread(self.store.put, snapshot)
         return BuiltSnapshot(snapshot.size, built.entrypoint, built.layers)
 
-    async def remove(self, name: str, in_use: set[str]) -> None:
+    async def remove(self, name: str, in_use: set[str] | None) -> None:
         """Forget snapshot `name`; its layers go once nothing in `in_use` (the layers of
-        sandboxes that still exist) needs them."""
+        sandboxes that still exist) needs them. None: that is not known, every layer stays."""
         def work() -> None:
             try:
                 self.store.delete(name)
             except KeyError:
                 pass
-            self.store.collect(in_use)
+            if in_use is not None:
+                self.store.collect(in_use)
 
         await asyncio.to_thread(work)
 
