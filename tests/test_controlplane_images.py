@@ -150,7 +150,7 @@ def test_a_sandbox_from_an_image_goes_through_pending_build(stack: Stack, regist
     d = daytona(stack)
     lines = Lines()
     image = Image.base(f"{registry}/tiny:1").run_commands("echo sandbox-build-output; exit 4")
-    with pytest.raises(DaytonaError, match="(?i)build_failed.*non-zero code: 4"):
+    with pytest.raises(DaytonaError, match="(?i)build_failed"):  # the reason: when it polled (see below)
         d.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=lines, timeout=60)
     assert "sandbox-build-output" in lines.text, lines.text
     failed = [s for s in d.list() if s.state == "build_failed"]
