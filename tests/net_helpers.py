@@ -1,7 +1,7 @@
 """Network namespaces the network tests make themselves, and probes run inside sandboxes.
 
 Test network rule: traffic only between the host and namespaces made here. `Internet` is
-a namespace standing in for the internet (documentation addresses 203.0.113.0/24, routed
+a namespace standing in for the internet (documentation addresses 198.51.100.0/24, routed
 from the host over a veth, so the runtime's NAT sends sandbox egress there) with an HTTP
 server that answers with the client's address and a DNS responder; `Lan` is a namespace
 on a private range, standing in for the host's other private networks.
@@ -12,15 +12,16 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-INTERNET_NET = "203.0.113"
-INTERNET_A = f"{INTERNET_NET}.1"  # in 203.0.113.0/25
-INTERNET_B = f"{INTERNET_NET}.129"  # in 203.0.113.128/25
+INTERNET_NET = "198.51.100"
+INTERNET_A = f"{INTERNET_NET}.1"  # in 198.51.100.0/25
+INTERNET_B = f"{INTERNET_NET}.129"  # in 198.51.100.128/25
 INTERNET_HOST = f"{INTERNET_NET}.254"  # the host's end of the link
 LAN_NET = "10.199.77"
 LAN_ADDRESS = f"{LAN_NET}.1"
@@ -128,7 +129,28 @@ class Namespace:
         sh("ip", "link", "delete", self.name, check=False)
 
 
+# Hosts this machine must keep reaching while a network test runs (its package registries).
+REGISTRIES = ("pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "proxy.golang.org",
+              "repo1.maven.org", "deb.debian.org")
+
+
+def _check_unused(net: str) -> None:
+    """The fake internet's route shadows the real one for its /24: refuse to start where a
+    registry lives there (on some machines they resolve to documentation ranges), rather than
+    cut every download on the machine while the test runs."""
+    for name in REGISTRIES:
+        try:
+            addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, socket.AF_INET)}
+        except OSError:
+            continue
+        inside = sorted(a for a in addresses if a.startswith(f"{net}."))
+        if inside:
+            raise RuntimeError(f"{name} resolves to {inside[0]}, inside the test internet {net}.0/24: "
+                               "pick another INTERNET_NET in tests/net_helpers.py")
+
+
 def internet() -> Namespace:
+    _check_unused(INTERNET_NET)
     ns = Namespace("inet", INTERNET_HOST, [INTERNET_A, INTERNET_B], 24)
     ns.serve()
     return ns

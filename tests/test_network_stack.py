@@ -97,8 +97,8 @@ def test_sdk_network_settings_apply_live(stack: Stack) -> None:
         sandbox.update_network_settings(network_block_all=True)
         assert sandbox.network_block_all is True
         assert probe(sandbox, A) == ["closed"]
-        sandbox.update_network_settings(network_allow_list="203.0.113.128/25")
-        assert (sandbox.network_block_all, sandbox.network_allow_list) == (False, "203.0.113.128/25")
+        sandbox.update_network_settings(network_allow_list="198.51.100.128/25")
+        assert (sandbox.network_block_all, sandbox.network_allow_list) == (False, "198.51.100.128/25")
         assert probe(sandbox, A, B) == ["closed", "open"]
         sandbox.update_network_settings(network_block_all=False)  # clears the list too
         assert sandbox.network_allow_list is None
@@ -106,16 +106,16 @@ def test_sdk_network_settings_apply_live(stack: Stack) -> None:
         assert d.get(sandbox.id).network_block_all is False
     finally:
         d.delete(sandbox)
-    listed = d.create(CreateSandboxFromSnapshotParams(network_allow_list="203.0.113.0/25"))
+    listed = d.create(CreateSandboxFromSnapshotParams(network_allow_list="198.51.100.0/25"))
     try:
-        assert listed.network_allow_list == "203.0.113.0/25"
+        assert listed.network_allow_list == "198.51.100.0/25"
         assert probe(listed, A, B) == ["open", "closed"]
     finally:
         d.delete(listed)
 
 
 @pytest.mark.parametrize("body", [{"networkAllowList": "10.0.0.0/40"}, {"networkAllowList": "nope"},
-                                  {"networkAllowList": ",".join(f"198.51.100.{i}/32" for i in range(11))},
+                                  {"networkAllowList": ",".join(f"203.0.113.{i}/32" for i in range(11))},
                                   {"domainAllowList": "pypi.org"}])
 def test_bad_network_settings_are_a_400_and_change_nothing(stack: Stack, body: dict[str, str]) -> None:
     created = stack.api("POST", "/sandbox", json=body)
