@@ -86,6 +86,84 @@ def tiny_rootfs(dest: Path, tools: tuple[str, ...] = TOOLS) -> Path:
     return dest
 
 
+def python_rootfs(dest: Path) -> Path:
+    """`tiny_rootfs` plus the host's Debian python3 with pip (`python -m pip` works, as the
+    SDK's `pip_install` runs it), its standard library and its shared libraries."""
+    tiny_rootfs(dest, (*TOOLS, "python3.11"))
+    shutil.copytree("/usr/lib/python3.11", dest / "usr/lib/python3.11", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__", "test", "EXTERNALLY-MANAGED"))
+    dist = dest / "usr/lib/python3/dist-packages"
+    dist.mkdir(parents=True, exist_ok=True)
+    for entry in Path("/usr/lib/python3/dist-packages").glob("pip*"):
+        shutil.copytree(entry, dist / entry.name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("python3", "python"):
+        os.symlink("python3.11", dest / "usr/bin" / name)
+    # Python's own extension modules' libraries (ssl, ffi, ...), found as ldd finds them.
+    for module in (dest / "usr/lib/python3.11/lib-dynload").glob("*.so"):
+        out = subprocess.run(["ldd", str(module)], capture_output=True, text=True).stdout
+        for lib in {w for w in out.split() if w.startswith("/")}:
+            parts = Path(lib).parts[1:]
+            inside = Path("/usr", *parts) if parts[0] in ("lib", "lib64") else Path(lib)
+            copy_to = dest / inside.relative_to("/")
+            if not copy_to.exists():
+                copy_to.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(Path(lib).resolve(), copy_to)
+    (dest / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+def tiny_wheel(directory: Path, name: str, version: str, value: str) -> Path:
+    """A pure-Python wheel of a one-module package (`import name; name.VALUE`), written by
+    hand: building one with pip would need an index to fetch its build backend from."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        f"{name}/__init__.py": f"VALUE = {value!r}\n",
+        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\n"
+                                             "Tag: py3-none-any\n",
+    }
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join(record) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in files.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+@contextmanager
+def package_index(directory: Path) -> Iterator[str]:
+    """`python -m http.server` over a directory of wheels on 127.0.0.1 (pip's --find-links)."""
+    import sys
+
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                "--directory", str(directory)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the package index did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 def push_rootfs(rootfs: Path, work: Path, reference: str, *, env: dict[str, str] | None = None,
                 cmd: list[str] | None = None) -> None:
     """`rootfs` as a one-layer OCI image (umoci), copied to a registry (skopeo)."""

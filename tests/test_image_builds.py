@@ -16,7 +16,7 @@ from runtime.images.builder import Builder, BuildError
 from runtime.images.oci import ImageError, ImageImporter, registry_reference
 from runtime.images.steps import BUILD_ID_BASE
 from runtime.snapshots import SnapshotStore
-from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+from tests.image_helpers import local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
 
@@ -164,3 +164,21 @@ def test_dockerfiles_this_builder_cannot_build_are_refused_before_running(
     _, builder = _builder(tmp_path)
     with pytest.raises(BuildError, match=message):
         _build(builder, text)
+
+
+def test_pip_install_from_a_local_package_index(tmp_path: Path, registry: str) -> None:
+    """The SDK's own Dockerfile for `pip_install` against a tiny index on 127.0.0.1 (the
+    build's network is the host's), then the installed package runs in the next step."""
+    from daytona import Image
+
+    work = tmp_path / "python-image"
+    push_rootfs(python_rootfs(work / "rootfs"), work, f"{registry}/python:1")
+    tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "installed-from-the-local-index")
+    store, builder = _builder(tmp_path)
+    with package_index(tmp_path / "wheels") as index:
+        image = (Image.base(f"{registry}/python:1")
+                 .pip_install("tinypkg", find_links=[index], extra_options="--no-index")
+                 .run_commands("python -c 'import tinypkg; print(tinypkg.VALUE)'"))
+        built, lines = _build(builder, image.dockerfile())
+    assert "installed-from-the-local-index" in lines, lines
+    assert any("Successfully installed tinypkg-0.1" in line for line in lines), lines
