@@ -40,8 +40,9 @@ class CreateRequest:
     network: bool = False
     # Daytona's networkAllowList as CIDRs: egress only to these (empty: no list).
     allow_list: tuple[str, ...] = ()
-    # The snapshot's name in the backend's snapshot store (None: the default snapshot).
-    snapshot: str | None = None
+    # The snapshot whose root file system the sandbox gets (a backend without its own roots
+    # knows only "default").
+    snapshot: str = "default"
 
 
 class Existence(str, Enum):

@@ -224,7 +224,7 @@ class SandboxService:
             raise
         request = CreateRequest(sandbox_id, env={**prepared.env, **body.env}, resources=resources,
                                 mounts=tuple(prepared.mounts), network=not block_all,
-                                allow_list=allow_list, snapshot=source.store_name)
+                                allow_list=allow_list, snapshot=source.store_name or DEFAULT_SNAPSHOT)
         if source.building is not None:
             self._spawn_after_build(record, request, source)
             return record
