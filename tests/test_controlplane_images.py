@@ -183,3 +183,31 @@ def test_a_build_cut_short_by_a_restart_ends_build_failed(tmp_path: Path, regist
         assert not list((state / "layers").glob(".tmp-*"))  # the dead build's trees are swept
     finally:
         restarted.stop()
+
+
+def test_snapshot_states_reach_socketio_clients_of_the_organization(stack: Stack, registry: str) -> None:
+    import socketio  # type: ignore[import-untyped]
+
+    events: list[tuple[str, dict[str, object]]] = []
+    client = socketio.Client(reconnection=False)
+    for name in ("snapshot.created", "snapshot.state.updated", "snapshot.removed"):
+        client.on(name, lambda data, name=name: events.append((name, data)))
+    client.connect(f"http://localhost:{stack.port}", socketio_path="/api/socket.io/",
+                   auth={"token": stack.api_key}, transports=["websocket"], wait_timeout=5)
+    try:
+        from daytona import CreateSnapshotParams
+
+        d = daytona(stack)
+        snapshot = d.snapshot.create(CreateSnapshotParams(name="evented", image=f"{registry}/tiny:1"))
+        d.snapshot.delete(snapshot)
+        deadline = time.monotonic() + 10
+        while not any(name == "snapshot.removed" for name, _ in events) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        mine = [(name, data) for name, data in events
+                if (data.get("snapshot", data) or {}).get("id") == snapshot.id]  # type: ignore[union-attr]
+        assert [name for name, _ in mine] == ["snapshot.created", "snapshot.state.updated",
+                                             "snapshot.state.updated", "snapshot.removed"], mine
+        assert [(d["oldState"], d["newState"]) for n, d in mine if n == "snapshot.state.updated"] == [
+            ("pending", "building"), ("building", "active")]
+    finally:
+        client.disconnect()
