@@ -211,3 +211,36 @@ def test_snapshot_states_reach_socketio_clients_of_the_organization(stack: Stack
             ("pending", "building"), ("building", "active")]
     finally:
         client.disconnect()
+
+
+def test_another_organizations_snapshots_and_logs_are_404s(stack: Stack, registry: str) -> None:
+    from daytona import CreateSnapshotParams, DaytonaNotFoundError
+
+    from controlplane.auth import Keys
+    from controlplane.plane import DATABASE_URL_ENV
+    from controlplane.store.db import open_engine, sqlite_url
+
+    engine = open_engine(os.environ.get(DATABASE_URL_ENV) or sqlite_url(stack.state_dir / "controlplane.db"))
+    try:
+        other_key = Keys(engine).create_key(f"images-other-{stack.port}").key
+    finally:
+        engine.dispose()
+    d, other = daytona(stack), daytona(stack, other_key)
+    mine = d.snapshot.create(CreateSnapshotParams(name="private-one", image=f"{registry}/tiny:1"))
+    try:
+        with pytest.raises(DaytonaNotFoundError):
+            other.snapshot.get(mine.id)
+        assert "private-one" not in {s.name for s in other.snapshot.list().items}
+        for path in (f"/snapshots/{mine.id}/build-logs", f"/snapshots/{mine.id}/build-logs-url",
+                     f"/snapshots/{mine.id}/activate"):
+            method = "POST" if path.endswith("activate") else "GET"
+            answer = httpx.request(method, f"{api_url(stack)}{path}", headers={"Authorization": f"Bearer {other_key}"})
+            assert answer.status_code == 404, (path, answer.text)
+        assert httpx.delete(f"{api_url(stack)}/snapshots/{mine.id}",
+                            headers={"Authorization": f"Bearer {other_key}"}).status_code == 404
+        # Names are per organization: the other one may use the same.
+        theirs = other.snapshot.create(CreateSnapshotParams(name="private-one", image=f"{registry}/tiny:1"))
+        assert theirs.id != mine.id
+        other.snapshot.delete(theirs)
+    finally:
+        d.snapshot.delete(mine)
