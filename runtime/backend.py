@@ -20,6 +20,7 @@ from controlplane.backend import (
     Resources,
 )
 from runtime.images.service import LocalImages
+from runtime.images.steps import Confinement
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.sandbox import SandboxDir
@@ -47,7 +48,9 @@ class LocalBackend:
         self.images: LocalImages | None = None
         if os.geteuid() == 0:
             store = getattr(runtime, "snapshots", None) or SnapshotStore(runtime.root)
-            self.images = LocalImages(store, runtime.root)
+            # Build steps get the runtime's cgroup backend and default sandbox limits.
+            self.images = LocalImages(store, runtime.root, lambda: Confinement(
+                runtime.backend, runtime.default_limits, f"{runtime._group_prefix}build-"))
 
     async def create(self, request: CreateRequest) -> None:
         mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)

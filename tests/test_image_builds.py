@@ -182,3 +182,24 @@ def test_pip_install_from_a_local_package_index(tmp_path: Path, registry: str) -
         built, lines = _build(builder, image.dockerfile())
     assert "installed-from-the-local-index" in lines, lines
     assert any("Successfully installed tinypkg-0.1" in line for line in lines), lines
+
+
+def test_a_step_has_the_sandbox_limits_and_syscall_filter(tmp_path: Path, registry: str) -> None:
+    from runtime import cgroups
+    from runtime.images.steps import Confinement
+    from runtime.limits import Limits
+
+    backend = cgroups.detect()
+    if not isinstance(backend, (cgroups.CgroupV2, cgroups.CgroupV1)):
+        pytest.skip("no writable cgroup hierarchy here")
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    builder = Builder(store, ImageImporter(store, tmp_path / "state" / "images"),
+                      confinement=lambda: Confinement(backend, Limits(pids=32), "sbx-test-build-"))
+    lines: list[str] = []
+    with pytest.raises(BuildError, match="non-zero code"):  # the shell gives up when fork fails
+        asyncio.run(builder.build(f"""FROM {registry}/tiny:1
+RUN grep Seccomp: /proc/self/status; i=0; while [ $i -lt 64 ]; do sleep 2 & i=$((i+1)); done 2>&1; wait
+""", lines.append))
+    assert any(line.split() == ["Seccomp:", "2"] for line in lines), lines  # filtered, as a sandbox is
+    assert any("fork" in line.lower() for line in lines), lines  # pids.max held the loop
+    assert not [d for d in backend.parents_dirs()[0].iterdir() if d.name.startswith("sbx-test-build-")]

@@ -29,7 +29,7 @@ from typing import Any
 from runtime.images import dockerfile, publish
 from runtime.images.dockerfile import DockerfileError, Instruction
 from runtime.images.oci import ImageConfig, ImageError, ImageImporter, LayerStore, registry_reference
-from runtime.images.steps import BUILD_ID_BASE, ID_RANGE, Step, run_step
+from runtime.images.steps import BUILD_ID_BASE, ID_RANGE, Confinement, Step, run_step
 
 Log = Callable[[str], None]
 SHELL = ["/bin/sh", "-c"]
@@ -162,12 +162,15 @@ class Builder:
 
     def __init__(self, store: LayerStore, importer: ImageImporter, *,
                  snapshots: SnapshotLookup | None = None, id_base: int = BUILD_ID_BASE,
-                 step_timeout: float = STEP_TIMEOUT) -> None:
+                 step_timeout: float = STEP_TIMEOUT,
+                 confinement: Callable[[], Confinement | None] | None = None) -> None:
         self.store = store
         self.importer = importer
         self.snapshots = snapshots or (lambda name: None)
         self.id_base = id_base
         self.step_timeout = step_timeout
+        # Read at each step: the runtime detects its cgroup backend when it opens.
+        self.confinement = confinement or (lambda: None)
 
     async def resolve(self, reference: str, log: Log) -> Base:
         snapshot = self.snapshots(reference)
@@ -303,7 +306,8 @@ class Builder:
 
             try:
                 status = await run_step(paths, Step(argv, env, state.workdir, uid, gid), upper, scratch,
-                                        output, base=self.id_base, timeout=self.step_timeout)
+                                        output, base=self.id_base, timeout=self.step_timeout,
+                                        confinement=self.confinement())
             except TimeoutError:
                 raise BuildError(f"{instruction.text} did not finish in {self.step_timeout:.0f} s") from None
             if pending:

@@ -10,6 +10,7 @@ from pathlib import Path
 from runtime.images.builder import Base, Builder, BuildError, plan
 from runtime.images.dockerfile import DockerfileError
 from runtime.images.oci import ImageConfig, ImageImporter
+from runtime.images.steps import Confinement
 from runtime.snapshots import SnapshotStore
 
 Log = Callable[[str], None]
@@ -21,11 +22,12 @@ class BuiltSnapshot:
 
 
 class LocalImages:
-    def __init__(self, store: SnapshotStore, state_root: Path) -> None:
+    def __init__(self, store: SnapshotStore, state_root: Path,
+                 confinement: Callable[[], Confinement | None] | None = None) -> None:
         self.store = store
         store.clean_partial()  # the trees of builds a dead process left
         importer = ImageImporter(store, state_root / "images")
-        self.builder = Builder(store, importer, snapshots=self._snapshot_base)
+        self.builder = Builder(store, importer, snapshots=self._snapshot_base, confinement=confinement)
 
     def _snapshot_base(self, name: str) -> Base | None:
         """FROM an existing snapshot of the store (e.g. `default`)."""

@@ -34,8 +34,8 @@ def _regular_in(root: Path, inside: str) -> bool:
     return os.path.isfile(path) and not os.path.islink(path) and st.st_size >= 0
 
 
-def bwrap_argv(merged: Path, step: Step) -> list[str]:
-    argv = ["bwrap", "--bind", str(merged), "/", "--proc", "/proc", "--dev", "/dev",
+def bwrap_argv(merged: Path, step: Step, seccomp_fd: int) -> list[str]:
+    argv = ["bwrap", "--seccomp", str(seccomp_fd), "--bind", str(merged), "/", "--proc", "/proc", "--dev", "/dev",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
             "--hostname", "build", "--new-session"]
     if not step.network:
@@ -89,7 +89,8 @@ def main() -> int:
     os.chdir("/")
     sys.stdout.flush()
     try:
-        result = subprocess.run(bwrap_argv(root, step), stdin=subprocess.DEVNULL,
+        result = subprocess.run(bwrap_argv(root, step, jail.seccomp_fd), stdin=subprocess.DEVNULL,
+                                pass_fds=(jail.seccomp_fd,),
                                 preexec_fn=lambda: namespace.enter(step.uid, step.gid))
     except OSError as exc:
         print(f"cannot start the build step: {exc}", flush=True)

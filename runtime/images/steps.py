@@ -28,6 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from runtime import cgroups, seccomp
+from runtime.limits import Limits
+
 # A host id range for build steps, far above the runtime's sandbox ranges (runtime/uids.py
 # hands those out from 1_000_000 up). Temporary: the launcher's own ranges replace it.
 BUILD_ID_BASE = 1_900_000_000
@@ -55,6 +58,7 @@ class Jail:
     scratch: str  # empty directory for the overlay's workdir and mount points
     base: int
     step: Step
+    seccomp_fd: int  # the syscall filter, passed to bwrap
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -67,19 +71,39 @@ def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class Confinement:
+    """What a sandbox gets beyond namespaces (runtime/manager.py does the same for its
+    sandboxes): a cgroup with the sandbox limits, and the sandbox syscall filter."""
+
+    backend: cgroups.Backend
+    limits: Limits = field(default_factory=Limits)
+    group_prefix: str = "sandbox-toolbox-build-"
+
+
 async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Path,
                    log: Callable[[bytes], None], *, base: int = BUILD_ID_BASE,
-                   timeout: float | None = None) -> int:
+                   timeout: float | None = None, confinement: Confinement | None = None) -> int:
     """Run `step` over `layers` with `upper` (an empty directory) as its writable layer,
-    `scratch` (an empty directory on the same file system) for the overlay's own use; its output goes to
-    `log` chunk by chunk as it comes. Returns the step's exit status."""
-    jail = Jail([str(p) for p in layers], str(upper), str(scratch), base, step)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "runtime.images.stepjail", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        cwd=PROJECT, preexec_fn=_die_with_parent)
+    `scratch` (an empty directory on the same file system) for the overlay's own use; its
+    output goes to `log` chunk by chunk as it comes. Returns the step's exit status."""
+    confinement = confinement or Confinement(cgroups.Backend())
+    group = await asyncio.to_thread(confinement.backend.create,
+                                    f"{confinement.group_prefix}{os.urandom(5).hex()}", confinement.limits)
+    syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
+    jail = Jail([str(p) for p in layers], str(upper), str(scratch), base, step, syscall_filter)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "runtime.images.stepjail", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            cwd=PROJECT, preexec_fn=_die_with_parent, pass_fds=(syscall_filter,))
+    finally:
+        os.close(syscall_filter)
     assert process.stdin is not None and process.stdout is not None
     try:
+        # Into the cgroup before it reads its orders, so everything it starts is inside.
+        for procs in group.procs_files:
+            await asyncio.to_thread(procs.write_text, f"{process.pid}\n")
         process.stdin.write(json.dumps(asdict(jail)).encode())
         await process.stdin.drain()
         process.stdin.close()
@@ -100,3 +124,4 @@ async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Pat
             except ProcessLookupError:
                 pass
             await process.wait()
+        await asyncio.to_thread(group.remove)  # kills whatever is left in it
