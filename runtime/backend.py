@@ -72,8 +72,11 @@ class LocalBackend:
                 raise BackendError(501, "this runtime cannot start sandboxes from built snapshots yet "
                                         "(only from the default snapshot)")
             kwargs["snapshot"] = request.snapshot
+        env = request.env
+        if request.snapshot != "default" and self.images is not None:
+            env = {**self.images.environment(request.snapshot), **request.env}  # the image's ENV
         try:
-            await self.runtime.create(request.sandbox_id, env=request.env, limits=limits, mounts=mounts,
+            await self.runtime.create(request.sandbox_id, env=env, limits=limits, mounts=mounts,
                                       **kwargs)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None

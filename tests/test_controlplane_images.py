@@ -244,3 +244,66 @@ def test_another_organizations_snapshots_and_logs_are_404s(stack: Stack, registr
         other.snapshot.delete(theirs)
     finally:
         d.snapshot.delete(mine)
+
+
+def _own_roots() -> bool:
+    import inspect
+
+    from runtime.manager import Runtime
+
+    return "rootfs_mode" in inspect.signature(Runtime.__init__).parameters
+
+
+@pytest.mark.skipif(not _own_roots(), reason="needs sandboxes with their own root (issue 15's launcher)")
+def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, registry: str) -> None:
+    """The issue's test: `Image.base("<local registry>/debian:bookworm-slim").run_commands(...)
+    .env(...)` plus a pip_install from a local index, through `daytona.create(
+    CreateSandboxFromImageParams(...), on_snapshot_create_logs=...)`: logs arrive while it
+    builds, the sandbox starts, the installed software runs. The registry's Debian image is
+    the default snapshot's root file system, pushed there."""
+    from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, CreateSandboxFromSnapshotParams, Image
+
+    from tests.image_helpers import package_index, tiny_wheel
+    from tests.rootfs_helpers import default_snapshots
+
+    store = default_snapshots()
+    (layer,) = store.get("default").layers
+    push_rootfs(store.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
+    tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "from-the-local-index")
+    running = start_stack(tmp_path / "state", "--no-sandbox", pool_size=0,
+                          extra_env={"RUNTIME_ROOTFS": "snapshot", "RUNTIME_LAYERS_DIR": str(store.layers_dir)})
+    try:
+        d = daytona(running)
+        with package_index(tmp_path / "wheels") as index:
+            image = (Image.base(f"{registry}/debian:bookworm-slim")
+                     .run_commands("printf '#!/bin/sh\\necho hello from the image: $GREETING\\n' > /usr/local/bin/hello",
+                                   "chmod 0755 /usr/local/bin/hello", "sleep 2")
+                     .env({"GREETING": "built here"})
+                     .pip_install("tinypkg", find_links=[index], extra_options="--no-index --break-system-packages"))
+            lines = Lines()
+            started = time.monotonic()
+            sandbox = d.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=lines, timeout=300)
+            print(f"\nimage built and sandbox started in {time.monotonic() - started:.1f} s")
+        try:
+            assert "Successfully installed tinypkg-0.1" in lines.text, lines.text
+            assert lines.seen[0][0] < time.monotonic() - 2  # lines came while it built
+            assert sandbox.process.exec("hello").result.strip() == "hello from the image: built here"
+            assert sandbox.process.exec(
+                "python3 -c 'import tinypkg; print(tinypkg.VALUE)'").result.strip() == "from-the-local-index"
+            # The same image as a named snapshot: every layer from the cache, then a sandbox of it.
+            d.snapshot.create(CreateSnapshotParams(name="hello", image=image))
+            again = d.create(CreateSandboxFromSnapshotParams(snapshot="hello"), timeout=120)
+            try:
+                assert again.process.exec("hello").result.strip() == "hello from the image: built here"
+                with pytest.raises(Exception, match="in use by a running sandbox"):
+                    d.snapshot.delete(d.snapshot.get("hello"))
+                again.stop()
+                d.snapshot.delete(d.snapshot.get("hello"))  # a stopped sandbox does not hold it
+                again.start()  # and still starts: its layers stayed
+                assert again.process.exec("hello").result.strip() == "hello from the image: built here"
+            finally:
+                again.delete()
+        finally:
+            sandbox.delete()
+    finally:
+        running.stop()

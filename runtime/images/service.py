@@ -39,6 +39,13 @@ class LocalImages:
                              entrypoint=list(snapshot.entrypoint) or None, cmd=list(snapshot.cmd) or None)
         return Base(f"snapshot:{','.join(snapshot.layers)}", snapshot.layers, config)
 
+    def environment(self, name: str) -> dict[str, str]:
+        """The image's ENV, which a sandbox of the snapshot starts with (its own env wins)."""
+        try:
+            return dict(self.store.get(name).env)
+        except KeyError:
+            return {}
+
     def check(self, dockerfile: str) -> str | None:
         """Why this Dockerfile cannot be built here, or None."""
         try:
