@@ -156,6 +156,14 @@ class LocalBackend:
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
+    async def layers_in_use(self) -> set[str] | None:
+        """Every layer a sandbox of this runtime is made of (for `SnapshotStore.collect`
+        after a snapshot is deleted); None while sandboxes do not record their layers."""
+        specs = list(self.runtime.specs.values())
+        if not all(hasattr(spec, "layers") for spec in specs):
+            return None
+        return {digest for spec in specs for digest in getattr(spec, "layers", ())}
+
     def set_pool_size(self, size: int) -> None:
         """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""
         self.runtime.resize_pool(size)
