@@ -203,3 +203,36 @@ RUN grep Seccomp: /proc/self/status; i=0; while [ $i -lt 64 ]; do sleep 2 & i=$(
     assert any(line.split() == ["Seccomp:", "2"] for line in lines), lines  # filtered, as a sandbox is
     assert any("fork" in line.lower() for line in lines), lines  # pids.max held the loop
     assert not [d for d in backend.parents_dirs()[0].iterdir() if d.name.startswith("sbx-test-build-")]
+
+
+def _default_snapshot_store() -> SnapshotStore:
+    """The machine's shared test store with the default snapshot (built once per machine)."""
+    try:
+        from tests.layer_helpers import default_store  # type: ignore[attr-defined]
+    except ImportError:
+        shared = Path(os.environ.get("SANDBOX_TOOLBOX_TEST_LAYERS") or "/var/tmp/sandbox-toolbox-test-layers")
+        store = SnapshotStore(shared / ".test-state", layers_dir=shared)
+        store.ensure_default()
+        return store
+    return default_store()  # type: ignore[no-any-return]
+
+
+def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: Path) -> None:
+    """Real package installs: root of the build's namespace owns the whole 65536-id range,
+    so apt drops to _apt and sudo switches users as on any machine."""
+    from runtime.images.service import LocalImages
+
+    shared = _default_snapshot_store()
+    store = SnapshotStore(tmp_path / "state", layers_dir=shared.layers_dir)
+    store.put(shared.get("default"))
+    images = LocalImages(store, tmp_path / "state")
+    lines: list[str] = []
+    nonce = secrets.token_hex(4)  # the layers dir is shared: no cache hit from an earlier run
+    built = asyncio.run(images.build("cowsay", f"FROM default\nRUN echo {nonce}; apt-get update -qq && apt-get install "
+                                     "-y -qq cowsay >/dev/null && /usr/games/cowsay moo\nRUN sudo -u daytona id -un\n",
+                                     lines.append))
+    assert any("< moo >" in line for line in lines) and "daytona" in lines, lines
+    snapshot = store.get("cowsay")
+    assert snapshot.user == "daytona" and snapshot.layers[0] == shared.get("default").layers[0]
+    installed = [store.layer_path(d) / "usr/games/cowsay" for d in built.layers[1:]]
+    assert any(p.is_file() and p.stat().st_uid == 0 for p in installed), installed

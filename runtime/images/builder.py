@@ -47,6 +47,9 @@ class Base:
     key: str  # the cache key of the base: an image digest or the snapshot's layers
     layers: tuple[str, ...]
     config: ImageConfig
+    # A snapshot's `user` is who its sandboxes log in as, not an image's USER: steps built
+    # on it run as root until a USER says otherwise (as on any image without USER).
+    build_user: str | None = None
 
 
 @dataclass
@@ -71,6 +74,7 @@ class _State:
     user: str
     entrypoint: list[str] | None
     cmd: list[str] | None
+    final_user: str | None = None  # what the built snapshot records, unless a USER changed it
     args: dict[str, str] = field(default_factory=dict)
     global_args: dict[str, str] = field(default_factory=dict)  # ARGs before FROM
     shell: list[str] = field(default_factory=lambda: list(SHELL))
@@ -203,7 +207,8 @@ class Builder:
                     base = await self.resolve(from_reference(instruction, args), log)
                     config = base.config
                     state = _State(key=base.key, layers=list(base.layers), env=dict(config.env),
-                                   workdir=config.workdir or "/", user=config.user or "root",
+                                   workdir=config.workdir or "/",
+                                   user=base.build_user or config.user or "root", final_user=config.user,
                                    entrypoint=config.entrypoint, cmd=config.cmd, global_args=dict(args))
                 else:
                     assert state is not None  # plan() put FROM first (after ARGs)
@@ -216,7 +221,8 @@ class Builder:
         size = sum(self.store.layer_size(d) for d in state.layers)
         log(f"Built {len(state.layers)} layer(s) in {time.monotonic() - started:.1f} s "
             f"({run} step(s) run, {cached} from cache)")
-        return Built(tuple(state.layers), state.env, state.workdir, state.user, state.entrypoint, state.cmd,
+        return Built(tuple(state.layers), state.env, state.workdir, state.final_user or state.user,
+                     state.entrypoint, state.cmd,
                      size, run, cached)
 
     async def _apply(self, instruction: Instruction, state: _State, log: Log) -> str:
@@ -231,6 +237,7 @@ class Builder:
             if not user or " " in user:
                 raise instruction.fail("needs one user[:group]")
             state.user = user
+            state.final_user = None
         elif keyword == "SHELL":
             state.shell = dockerfile.exec_form(instruction.value) or SHELL
         elif keyword in ("ENTRYPOINT", "CMD"):

@@ -37,7 +37,7 @@ class LocalImages:
             return None
         config = ImageConfig(env=dict(snapshot.env), workdir=snapshot.workdir, user=snapshot.user,
                              entrypoint=list(snapshot.entrypoint) or None, cmd=list(snapshot.cmd) or None)
-        return Base(f"snapshot:{','.join(snapshot.layers)}", snapshot.layers, config)
+        return Base(f"snapshot:{','.join(snapshot.layers)}", snapshot.layers, config, build_user="root")
 
     def environment(self, name: str) -> dict[str, str]:
         """The image's ENV, which a sandbox of the snapshot starts with (its own env wins)."""

@@ -37,7 +37,8 @@ def _regular_in(root: Path, inside: str) -> bool:
 def bwrap_argv(merged: Path, step: Step, seccomp_fd: int) -> list[str]:
     argv = ["bwrap", "--seccomp", str(seccomp_fd), "--bind", str(merged), "/", "--proc", "/proc", "--dev", "/dev",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
-            "--hostname", "build", "--new-session"]
+            "--hostname", "localhost",  # resolvable through any /etc/hosts
+            "--new-session"]
     if not step.network:
         argv.append("--unshare-net")
     for name in RESOLVER_FILES:
