@@ -277,12 +277,18 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
         with package_index(tmp_path / "wheels") as index:
             image = (Image.base(f"{registry}/debian:bookworm-slim")
                      .run_commands("printf '#!/bin/sh\\necho hello from the image: $GREETING\\n' > /usr/local/bin/hello",
-                                   "chmod 0755 /usr/local/bin/hello", "sleep 2")
+                                   "chmod 0755 /usr/local/bin/hello", "sleep 2",
+                                   # The SDK's pip_install runs `python`; Debian names it python3.
+                                   "ln -s /usr/bin/python3 /usr/local/bin/python")
                      .env({"GREETING": "built here"})
                      .pip_install("tinypkg", find_links=[index], extra_options="--no-index --break-system-packages"))
             lines = Lines()
             started = time.monotonic()
-            sandbox = d.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=lines, timeout=300)
+            try:
+                sandbox = d.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=lines,
+                                   timeout=300)
+            except Exception as exc:
+                raise AssertionError(f"{exc}\n{lines.text}") from None
             print(f"\nimage built and sandbox started in {time.monotonic() - started:.1f} s")
         try:
             assert "Successfully installed tinypkg-0.1" in lines.text, lines.text
