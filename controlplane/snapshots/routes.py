@@ -38,7 +38,7 @@ class CreateSnapshot(BaseModel):
     labels: dict[StrictStr, StrictStr] = Field(default_factory=dict)
 
 
-def snapshot_dto(record: SnapshotRecord, api_base: str = "") -> dict[str, object]:
+def snapshot_dto(record: SnapshotRecord) -> dict[str, object]:
     out: dict[str, object] = {
         "id": record.id, "general": is_general(record), "name": record.name, "imageName": record.image_name or "",
         "state": record.state,

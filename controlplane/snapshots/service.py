@@ -36,7 +36,7 @@ from controlplane.sandboxes.dto import CreateSandbox
 from controlplane.sandboxes.hooks import Source
 from controlplane.sandboxes.service import DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID, DEFAULTS, _resources
 from controlplane.snapshots import records as states
-from controlplane.snapshots.logs import BuildLogs
+from controlplane.snapshots.logs import BuildLog, BuildLogs
 from controlplane.snapshots.records import SnapshotRecord, SnapshotRecords
 
 log = logging.getLogger("controlplane.snapshots")
@@ -306,10 +306,8 @@ class SnapshotService:
             await asyncio.shield(task)
         return await anyio.to_thread.run_sync(self.records.get, record.id) or record
 
-    async def _build(self, record: SnapshotRecord, build_log: object) -> None:
-        from controlplane.snapshots.logs import BuildLog
-
-        assert isinstance(build_log, BuildLog) and self.images is not None
+    async def _build(self, record: SnapshotRecord, build_log: BuildLog) -> None:
+        assert self.images is not None
         started = time.monotonic()
         try:
             record = await self._set(record, states.BUILDING)
