@@ -4,6 +4,7 @@ makes a snapshot of the store (`controlplane.backend.ImageBuilder`)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from runtime.images.builder import Base, Builder, BuildError, plan
 from runtime.images.dockerfile import DockerfileError
 from runtime.images.oci import ImageConfig, ImageImporter
 from runtime.images.steps import Confinement
+from runtime import uids
+from runtime.private import private_dir, write_private
 from runtime.snapshots import SnapshotStore
 
 Log = Callable[[str], None]
@@ -21,13 +24,29 @@ class BuiltSnapshot:
         self.size, self.entrypoint, self.layers = size, entrypoint, layers
 
 
+def build_id_range(images_dir: Path) -> int:
+    """The base of this runtime's own range of 65536 host ids for build steps, from the
+    host-wide list of ranges (runtime/uids.py): never another runtime's or a sandbox's,
+    kept (recorded in `images_dir`) while this state dir exists."""
+    private_dir(images_dir)
+    record = images_dir / "build-ids.json"
+    try:
+        base: int | None = int(json.loads(record.read_text())["base"])
+    except (OSError, ValueError, KeyError):
+        base = None
+    base = uids._reserve(uids.HOST_RANGES, images_dir, base)  # noqa: SLF001 -- issue 15 makes it public
+    write_private(record, json.dumps({"base": base}).encode())
+    return base
+
+
 class LocalImages:
     def __init__(self, store: SnapshotStore, state_root: Path,
                  confinement: Callable[[], Confinement | None] | None = None) -> None:
         self.store = store
         store.clean_partial()  # the trees of builds a dead process left
         importer = ImageImporter(store, state_root / "images")
-        self.builder = Builder(store, importer, snapshots=self._snapshot_base, confinement=confinement)
+        self.builder = Builder(store, importer, snapshots=self._snapshot_base, confinement=confinement,
+                               id_base=build_id_range(state_root / "images"))
 
     def _snapshot_base(self, name: str) -> Base | None:
         """FROM an existing snapshot of the store (e.g. `default`)."""

@@ -31,8 +31,9 @@ from pathlib import Path
 from runtime import cgroups, seccomp
 from runtime.limits import Limits
 
-# A host id range for build steps, far above the runtime's sandbox ranges (runtime/uids.py
-# hands those out from 1_000_000 up). Temporary: the launcher's own ranges replace it.
+# The host id range of builds run directly (tests, benchmarks): far above the ranges
+# runtime/uids.py hands out from 1_000_000 up. A runtime's builds use a range reserved in
+# the host-wide list instead (runtime/images/service.py build_id_range).
 BUILD_ID_BASE = 1_900_000_000
 ID_RANGE = 65536
 PROJECT = str(Path(__file__).resolve().parent.parent.parent)  # where `-m runtime...` imports from
