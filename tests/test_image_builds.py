@@ -236,3 +236,14 @@ def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: 
     assert snapshot.user == "daytona" and snapshot.layers[0] == shared.get("default").layers[0]
     installed = [store.layer_path(d) / "usr/games/cowsay" for d in built.layers[1:]]
     assert any(p.is_file() and p.stat().st_uid == 0 for p in installed), installed
+
+
+def test_user_lookup_never_follows_a_symlink_a_step_planted(tmp_path: Path, registry: str) -> None:
+    """USER names are resolved on the host from the layers' /etc/passwd: a step that makes it
+    a symlink to a host file gets a refusal, not the host file read."""
+    _, builder = _builder(tmp_path)
+    secret = tmp_path / "host-passwd"
+    secret.write_text("daytona:x:0:0::/:/bin/sh\n")  # would make "daytona" root if it were read
+    with pytest.raises(BuildError, match="USER daytona: the image has no /etc/passwd"):
+        _build(builder, f"FROM {registry}/tiny:1\nRUN rm /etc/passwd; ln -s {secret} /etc/passwd\n"
+                        "USER daytona\nRUN id\n")
