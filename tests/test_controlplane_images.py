@@ -313,3 +313,25 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
             sandbox.delete()
     finally:
         running.stop()
+
+
+def test_a_followed_build_log_streams_and_ends_with_the_build(stack: Stack, registry: str) -> None:
+    created = stack.api("POST", "/snapshots", json={"name": "followed", "buildInfo": {"dockerfileContent": (
+        f"FROM {registry}/tiny:1\nRUN echo before-the-pause; sleep 3; echo after-the-pause\n")}})
+    assert created.status_code == 200, created.text
+    snapshot_id = created.json()["id"]
+    url = stack.api("GET", f"/snapshots/{snapshot_id}/build-logs-url").json()["url"]
+    assert url.endswith(f"/snapshots/{snapshot_id}/build-logs") and "?" not in url
+    arrivals: list[tuple[float, bytes]] = []
+    with httpx.stream("GET", f"{api_url(stack)}/snapshots/{snapshot_id}/build-logs?follow=true", timeout=60,
+                      headers={"Authorization": f"Bearer {stack.api_key}"}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        for chunk in response.iter_raw():
+            arrivals.append((time.monotonic(), chunk))
+    ended = time.monotonic()
+    text = b"".join(c for _, c in arrivals).decode()
+    first = next(t for t, c in arrivals if b"before-the-pause" in c)
+    assert ended - first > 2, text  # streamed while the step ran, not at the end
+    assert "after-the-pause" in text and "Snapshot followed is active" in text.splitlines()[-1], text
+    assert stack.api("GET", f"/snapshots/{snapshot_id}").json()["state"] == "active"  # ended with the build
+    assert stack.api("DELETE", f"/snapshots/{snapshot_id}").status_code == 200
