@@ -40,6 +40,11 @@ class CreateRequest:
     network: bool = False
     # Daytona's networkAllowList as CIDRs: egress only to these (empty: no list).
     allow_list: tuple[str, ...] = ()
+    # Daytona's domainAllowList: egress also (or only) to what these resolve to.
+    domain_allow_list: tuple[str, ...] = ()
+    # A linked follower: its owner's id, and the names it reaches the owner by.
+    link_to: str | None = None
+    link_names: tuple[str, ...] = ()
     # The snapshot whose root file system the sandbox gets (a backend without its own roots
     # knows only "default").
     snapshot: str = "default"
@@ -85,7 +90,8 @@ class SandboxBackend(Protocol):
 
     async def resize(self, sandbox_id: str, resources: Resources) -> None: ...
 
-    async def set_network(self, sandbox_id: str, block_all: bool, allow_list: tuple[str, ...]) -> None:
+    async def set_network(self, sandbox_id: str, block_all: bool, allow_list: tuple[str, ...],
+                          domain_allow_list: tuple[str, ...] = ()) -> None:
         """Daytona's network settings, recorded and applied at once if the sandbox runs."""
 
     @property

@@ -10,12 +10,14 @@ Services raise `ApiError` (they know nothing of HTTP beyond the status number).
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import time
 from http import HTTPStatus
 
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
+
+from controlplane.wire import iso
 
 log = logging.getLogger("controlplane")
 
@@ -67,7 +69,7 @@ def envelope(status: int, message: str, code: str, path: str) -> dict[str, objec
         "code": code,
         "source": SOURCE,
         "path": path,
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": iso(time.time()),
     }
 
 

@@ -59,9 +59,13 @@ class LocalBackend:
         kwargs: dict[str, Any] = {}
         if self.runtime.net is not None:
             # Its own address with NAT egress (runtime/network.py); block-all is a policy.
-            kwargs.update(egress="nat", block_all=not request.network, allow_list=request.allow_list)
-        elif request.allow_list:
-            raise BackendError(400, "networkAllowList needs sandboxes with their own network, which "
+            kwargs.update(egress="nat", block_all=not request.network, allow_list=request.allow_list,
+                          domain_allow_list=request.domain_allow_list, link_to=request.link_to,
+                          link_names=request.link_names)
+        elif request.allow_list or request.domain_allow_list or request.link_to:
+            what = ("linkedSandbox" if request.link_to else
+                    "networkAllowList" if request.allow_list else "domainAllowList")
+            raise BackendError(400, f"{what} needs sandboxes with their own network, which "
                                     "this runtime cannot give (it runs without root or nftables)")
         else:
             # Without root: loopback only, or the host's network when asked (docs/runtime.md).
@@ -89,9 +93,11 @@ class LocalBackend:
         # the host's network for it, so there block-all stays the default.
         return self.runtime.network_block_all if self.runtime.net is not None else True
 
-    async def set_network(self, sandbox_id: str, block_all: bool, allow_list: tuple[str, ...]) -> None:
+    async def set_network(self, sandbox_id: str, block_all: bool, allow_list: tuple[str, ...],
+                          domain_allow_list: tuple[str, ...] = ()) -> None:
         try:
-            await self.runtime.set_network(sandbox_id, block_all=block_all, allow_list=allow_list)
+            await self.runtime.set_network(sandbox_id, block_all=block_all, allow_list=allow_list,
+                                           domain_allow_list=domain_allow_list)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 

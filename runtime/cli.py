@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "egress from the sandbox's own address; else the host's network). "
                              "Default: the server's (egress on as root)")
     create.add_argument("--allow-list", metavar="CIDR,...", help="networkAllowList: egress only to these")
+    create.add_argument("--domain-allow-list", metavar="DOMAIN,...",
+                        help="domainAllowList: egress only to these domains (and their subdomains)")
+    create.add_argument("--linked-sandbox", metavar="ID_OR_NAME",
+                        help="linkedSandbox: reach that sandbox by its name (makes this one ephemeral)")
     create.add_argument("--cpu", type=int, help="CPUs")
     create.add_argument("--memory", type=int, help="memory, GiB")
     create.add_argument("--disk", type=int, help="disk, GiB (recorded, not enforced)")
@@ -380,7 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         optional = {"name": args.name, "cpu": args.cpu, "memory": args.memory, "disk": args.disk,
                     "autoStopInterval": args.auto_stop, "public": True if args.public else None,
                     "networkBlockAll": {"host": False, "none": True}.get(args.egress or ""),
-                    "networkAllowList": args.allow_list}
+                    "networkAllowList": args.allow_list, "domainAllowList": args.domain_allow_list,
+                    "linkedSandbox": args.linked_sandbox,
+                    # Daytona's rule: a linked sandbox is ephemeral.
+                    "autoDeleteInterval": 0 if args.linked_sandbox else None}
         body.update({k: v for k, v in optional.items() if v is not None})
         code, data = _call(args, "POST", "/sandbox", body)
     elif args.command == "inspect":

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime import archive, cgroups, seccomp, sockets
+from runtime.dns import DnsError, Resolvers, parse_domain_list
 from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_allow_list
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
@@ -322,6 +323,9 @@ class Runtime:
         mounts: Sequence[Mount] = (),
         block_all: bool | None = None,
         allow_list: str | Sequence[str] | None = None,
+        domain_allow_list: str | Sequence[str] | None = None,
+        link_to: str | None = None,
+        link_names: Sequence[str] = (),
     ) -> SandboxSpec:
         sandbox_id = sandbox_id or new_id()
         if not valid_id(sandbox_id):
@@ -338,6 +342,9 @@ class Runtime:
             allowed = parse_allow_list(allow_list)
         except NetworkError as exc:
             raise SandboxError(exc.status, exc.message) from None
+        domains = self._domain_list(egress, domain_allow_list)
+        if link_to is not None:
+            self._check_link(egress, link_to)
         env = {str(k): str(v) for k, v in (env or {}).items()}
         limits = limits or self.default_limits
         mounts = self._check_mounts(mounts)
@@ -346,11 +353,14 @@ class Runtime:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             # A pooled sandbox was launched without volumes: they are bound at launch.
-            pooled = self._take_pooled() if egress == self.default_egress and not mounts else None
+            # A linked follower's /etc/hosts names its owner: bound at launch, so never pooled.
+            pooled = (self._take_pooled() if egress == self.default_egress and not mounts and link_to is None
+                      else None)
             uid, gid = ((pooled.uid, pooled.gid) if pooled is not None
                         else await self._allocate_uid())
             spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public,
-                               mounts=mounts, block_all=block_all, allow_list=allowed)
+                               mounts=mounts, block_all=block_all, allow_list=allowed, domains=domains,
+                               link_to=link_to, link_names=tuple(link_names))
             running: Running | None = pooled
             slot: Slot | None = None
             policy: asyncio.Future[None] | None = None
@@ -495,6 +505,25 @@ class Runtime:
                 os.unlink(self._archive_path(sandbox_id))
             await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
         self._locks.pop(sandbox_id, None)
+        await self._unlink_followers(sandbox_id)
+
+    async def _unlink_followers(self, owner_id: str) -> None:
+        """Followers of a deleted owner lose the link and its names at once (the control
+        plane deletes them too; a bare runtime keeps them)."""
+        for spec in [s for s in self.specs.values() if s.link_to == owner_id]:
+            async with self._lock(spec.id):
+                hosts = self._hosts(spec)  # the owner is gone: its line is not in it
+                spec.link_to, spec.link_names = None, ()
+                target = SandboxDir(self.sandboxes_dir / spec.id)
+                target.save(spec)
+                if hosts is not None:  # rewritten in place: the bind mount inside follows
+                    await asyncio.to_thread((target.path / "etc" / "hosts").write_text, hosts)
+                running = self.running.get(spec.id)
+                if running is not None and running.slot is not None and self.net is not None:
+                    try:
+                        await asyncio.to_thread(self.net.unlink, running.slot)
+                    except NetworkError as exc:
+                        log.warning("could not remove %s's link: %s", spec.id, exc.message)
 
     # ---- archive, resize, status -----------------------------------------------------
 
@@ -576,7 +605,8 @@ class Runtime:
         return out
 
     async def set_network(self, sandbox_id: str, block_all: bool | None = None,
-                          allow_list: str | Sequence[str] | None = None) -> SandboxSpec:
+                          allow_list: str | Sequence[str] | None = None,
+                          domain_allow_list: str | Sequence[str] | None = None) -> SandboxSpec:
         """Daytona's network settings: recorded, and applied at once to a started sandbox
         (live: established connections are cut too). `None` keeps what is set."""
         async with self._lock(sandbox_id):
@@ -585,6 +615,7 @@ class Runtime:
                 allowed = spec.allow_list if allow_list is None else parse_allow_list(allow_list)
             except NetworkError as exc:
                 raise SandboxError(exc.status, exc.message) from None
+            domains = spec.domains if domain_allow_list is None else self._domain_list(spec.egress, domain_allow_list)
             new_block = spec.block_all if block_all is None else block_all
             if spec.egress == "none" and (new_block is False or allowed):
                 raise SandboxError(400, f"sandbox {sandbox_id!r} has no network of its own (loopback only): "
@@ -592,7 +623,7 @@ class Runtime:
             if spec.egress == "host" and (new_block or allowed):
                 raise SandboxError(400, f"sandbox {sandbox_id!r} shares the host's network (--egress host): "
                                         "it cannot be restricted")
-            spec.block_all, spec.allow_list = new_block, allowed
+            spec.block_all, spec.allow_list, spec.domains = new_block, allowed, domains
             running = self.running.get(sandbox_id)
             if running is not None and running.slot is not None:
                 await self._apply_policy(running.slot, spec)
@@ -602,9 +633,41 @@ class Runtime:
     async def _apply_policy(self, slot: Slot, spec: SandboxSpec) -> None:
         assert self.net is not None
         try:
-            await asyncio.to_thread(self.net.set_policy, slot, spec.block_all, spec.allow_list)
+            await asyncio.to_thread(self.net.set_policy, slot, spec.block_all, spec.allow_list, spec.domains)
         except NetworkError as exc:
             raise SandboxError(exc.status, f"cannot apply the network policy: {exc.message}") from None
+
+    def _domain_list(self, egress: str, value: str | Sequence[str] | None) -> tuple[str, ...]:
+        try:
+            domains = parse_domain_list(value)
+        except DnsError as exc:
+            raise SandboxError(exc.status, exc.message) from None
+        if domains and (egress != "nat" or self.net is None):
+            raise SandboxError(400, "domainAllowList needs sandboxes with their own network (a runtime "
+                                    "running as root with iproute2 and nftables)")
+        why = Resolvers.available() if domains else None
+        if why is not None:
+            raise SandboxError(400, f"domainAllowList needs {why}")
+        return domains
+
+    def _check_link(self, egress: str, owner_id: str) -> None:
+        owner = self.get(owner_id)
+        if egress != "nat" or owner.egress != "nat" or owner.address is None:
+            raise SandboxError(400, "linked sandboxes need networks of their own (a runtime running as root "
+                                    "with iproute2 and nftables)")
+        if owner.link_to is not None:
+            raise SandboxError(400, f"sandbox {owner_id!r} is itself linked to another sandbox: "
+                                    "link to its owner instead")
+
+    def _hosts(self, spec: SandboxSpec) -> str | None:
+        """A linked follower's /etc/hosts: its owner's address under the owner's names."""
+        if spec.link_to is None:
+            return None
+        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        owner = self.specs.get(spec.link_to)
+        if owner is None or owner.address is None:
+            return hosts  # the owner is gone: its names go too (its address may be reused)
+        return hosts + f"{owner.address}\t{' '.join(dict.fromkeys((*spec.link_names, owner.id)))}\n"
 
     async def _network_up(self, target: SandboxDir, slot: Slot, spec: SandboxSpec | None) -> None:
         """The slot's netns, veth and policy (a pooled slot: block all until claimed), and
@@ -612,11 +675,17 @@ class Runtime:
         assert self.net is not None
         net = self.net
         block_all, allowed = (True, ()) if spec is None else (spec.block_all, spec.allow_list)
+        domains = () if spec is None else spec.domains
+        hosts = None if spec is None else self._hosts(spec)
+        owner = self.specs.get(spec.link_to) if spec is not None and spec.link_to else None
+        link_to = owner.address if owner is not None else None
         try:
-            await asyncio.to_thread(net.setup, slot, block_all, allowed)
+            await asyncio.to_thread(net.setup, slot, block_all, allowed, domains, link_to)
         except NetworkError as exc:
             raise SandboxError(exc.status, f"cannot set up the sandbox's network: {exc.message}") from None
         await asyncio.to_thread((target.path / "etc" / "resolv.conf").write_text, net.resolv_conf(slot))
+        if hosts is not None:
+            await asyncio.to_thread((target.path / "etc" / "hosts").write_text, hosts)
 
     async def _network_down(self, slot: Slot) -> None:
         if self.net is not None:

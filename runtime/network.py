@@ -15,9 +15,16 @@ is one atomic `nft` transaction and the rules themselves never change:
 - input: from a sandbox only replies (the proxy's previews, the host's connections) and
   DNS to its gateway (DNAT to the host's resolver) get in: no host service, on loopback or
   any other host address, is reachable.
-- forward: nothing into a sandbox but replies; out of a sandbox: block-all drops, DNS
-  passes, private ranges (RFC 1918, CGNAT, link-local, loopback, multicast, the sandbox
-  range) drop, an allow-listed sandbox reaches only its CIDRs, the rest is masqueraded.
+- forward: nothing into a sandbox but replies, and a linked follower's connections to its
+  owner (`links`: the pair of their addresses, which anti-spoofing pins to their veths);
+  out of a sandbox: block-all drops, DNS passes, private ranges (RFC 1918, CGNAT,
+  link-local, loopback, multicast, the sandbox range) drop, a listed sandbox reaches only
+  its CIDRs (`allow`) and the addresses its domains resolved to (a set per sandbox that
+  its own dnsmasq fills, runtime/dns.py), the rest is masqueraded.
+- DNS: to its gateway, DNAT to the host's resolver; a domain-listed sandbox's is never
+  DNAT-ed (`resolving`: not to any host address either, which would reach the host's
+  resolver all the same) and only its own gateway's port 53 takes it (`own_dns`), where
+  its dnsmasq listens.
 - output: only the runtime's own uid (the proxy, the runtime) opens connections into a
   sandbox, not other local users.
 """
@@ -33,6 +40,8 @@ import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from runtime.dns import DnsError, Resolvers
 
 log = logging.getLogger("runtime.network")
 
@@ -147,9 +156,13 @@ class Network:
         self.prefix = f"sb{digest[:4]}-"
         self.resolver = resolver if resolver is not None else host_resolver()
         self.capacity = 2 ** (30 - self.range.prefixlen)
-        # Each slot's `allow` elements as loaded (this runtime is the table's only writer,
-        # and the table is made fresh at open), so a change deletes exactly those.
+        # Each slot's `allow` elements, domain list and link as loaded (this runtime is the
+        # table's only writer, and the table is made fresh at open), so a change deletes
+        # exactly those.
         self._allowed: dict[int, tuple[str, ...]] = {}
+        self._domains: dict[int, tuple[str, ...]] = {}  # slots with a `dom<i>` set and chain
+        self._links: dict[int, str] = {}  # follower slot -> owner address
+        self.resolvers = Resolvers(root / "dns", self.table, self.resolver)
 
     # ---- the runtime's table ---------------------------------------------------------
 
@@ -173,12 +186,15 @@ class Network:
         self.sweep()
 
     def sweep(self) -> None:
+        self.resolvers.sweep()
         for name in self._own_netns():
             _run(["ip", "netns", "delete", name], check=False)
         for name in self._own_links():
             _run(["ip", "link", "delete", name], check=False)
         _run(["nft", "delete", "table", "inet", self.table], check=False)
         self._allowed.clear()
+        self._domains.clear()
+        self._links.clear()
 
     def _own_netns(self) -> list[str]:
         out = _run(["ip", "-json", "netns", "list"], check=False).stdout.strip()
@@ -202,6 +218,10 @@ table inet {self.table} {{
   set block_all {{ type ipv4_addr; }}
   set listed {{ type ipv4_addr; }}
   set allow {{ type ipv4_addr . ipv4_addr; flags interval; }}
+  set own_dns {{ type ipv4_addr . ipv4_addr; }}
+  set resolving {{ type ipv4_addr; }}
+  set links {{ type ipv4_addr . ipv4_addr; }}
+  map domains {{ type ipv4_addr : verdict; }}
   set private {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {private} }} }}
   chain antispoof {{
     type filter hook prerouting priority -300; policy accept;
@@ -211,16 +231,20 @@ table inet {self.table} {{
   }}
   chain dns {{
     type nat hook prerouting priority -100; policy accept;
+    iifname {p} ip saddr @resolving accept
     {dnat}
   }}
   chain input {{
     type filter hook input priority 0; policy accept;
     iifname {p} ct state established,related accept
     iifname {p} ct status dnat ip saddr != @block_all accept
+    iifname {p} meta l4proto {{ udp, tcp }} th dport 53 ip saddr . ip daddr @own_dns accept
     iifname {p} drop
   }}
   chain forward {{
     type filter hook forward priority 0; policy accept;
+    iifname {p} oifname {p} ct state established,related accept
+    iifname {p} oifname {p} ct state new ip saddr . ip daddr @links accept
     iifname {p} jump from_sandbox
     oifname {p} ct state established,related accept
     oifname {p} drop
@@ -229,6 +253,7 @@ table inet {self.table} {{
     ip saddr @block_all drop
     ct status dnat accept
     ip daddr @private drop
+    ip saddr vmap @domains
     ip saddr @listed ip saddr . ip daddr != @allow drop
     accept
   }}
@@ -289,14 +314,16 @@ table inet {self.table} {{
                 routes.append(network)
         return routes
 
-    def setup(self, slot: Slot, block_all: bool, allow_list: Sequence[str]) -> None:
-        """Netns, veth and addresses for a slot, its policy set before anything runs."""
+    def setup(self, slot: Slot, block_all: bool, allow_list: Sequence[str], domains: Sequence[str] = (),
+              link_to: str | None = None) -> None:
+        """Netns, veth and addresses for a slot, its policy set before anything runs.
+        `link_to`: the owner's address, for a linked follower."""
         self.teardown(slot)  # whatever a crash left of this slot
         if any(slot.subnet.overlaps(route) for route in self._foreign_routes()):
             raise NetworkError(f"the sandbox's address {slot.address} is in {slot.subnet}, which this host "
                                "now routes elsewhere (another runtime on the same RUNTIME_SANDBOX_NETWORK?)", 409)
         try:
-            self._set_policy(slot, block_all, allow_list, spoof_guard=True)
+            self._set_policy(slot, block_all, allow_list, domains, spoof_guard=True, link_to=link_to)
             host_if, ns = slot.name, slot.name
             _run(["ip", "netns", "add", ns])
             _run(["ip", "link", "add", host_if, "type", "veth", "peer", "name", SANDBOX_IF, "netns", ns])
@@ -315,32 +342,81 @@ table inet {self.table} {{
                 f"addr add {slot.address}/30 dev {SANDBOX_IF}\n"
                 f"link set {SANDBOX_IF} up\nlink set lo up\n"
                 f"route add default via {slot.gateway}\n"))
+            self._sync_resolver(slot, restart=True)  # listens on the gateway, so after it exists
         except BaseException:
             self.teardown(slot)
             raise
 
     def teardown(self, slot: Slot) -> None:
+        self.resolvers.stop(slot.name)
         _run(["ip", "netns", "delete", slot.name], check=False)  # takes the veth with it
         _run(["ip", "link", "delete", slot.name], check=False)
         self._forget(slot)
 
-    def set_policy(self, slot: Slot, block_all: bool, allow_list: Sequence[str]) -> None:
-        self._set_policy(slot, block_all, allow_list, spoof_guard=False)
+    def set_policy(self, slot: Slot, block_all: bool, allow_list: Sequence[str], domains: Sequence[str] = ()) -> None:
+        before = self._domains.get(slot.index)
+        self._set_policy(slot, block_all, allow_list, domains, spoof_guard=False)
+        self._sync_resolver(slot, restart=self._domains.get(slot.index) != before)
 
-    def _set_policy(self, slot: Slot, block_all: bool, allow_list: Sequence[str], *, spoof_guard: bool) -> None:
-        """One transaction: the old policy's elements go and the new ones come at once."""
+    @staticmethod
+    def _domain_set(slot: Slot) -> str:
+        return f"dom{slot.index}"
+
+    def _set_policy(self, slot: Slot, block_all: bool, allow_list: Sequence[str], domains: Sequence[str], *,
+                    spoof_guard: bool, link_to: str | None = None) -> None:
+        """One transaction: the old policy's elements go and the new ones come at once.
+
+        A domain-listed slot has a set `dom<i>` (filled by its dnsmasq) and a chain of the
+        same name accepting it, jumped to through the `domains` map; a change that drops a
+        domain empties the set (what was resolved for which domain is not known), so
+        connections to the remaining domains wait for their next lookup."""
         t, a = self.table, slot.address
         lines = [self._flush_policy(slot)]
         if spoof_guard:
             lines += [f'add element inet {t} ifaddr {{ "{slot.name}" . {a} }}',
                       f'add element inet {t} ifmac {{ "{slot.name}" . {slot.mac} }}']
+        if link_to is not None:
+            lines.append(f"add element inet {t} links {{ {a} . {link_to} }}")
+        active = () if block_all else tuple(domains)
+        old, dom = self._domains.get(slot.index), self._domain_set(slot)
+        if active and old is None:
+            lines += [f"add set inet {t} {dom} {{ type ipv4_addr; }}", f"add chain inet {t} {dom}",
+                      f"add rule inet {t} {dom} ip daddr @{dom} accept"]
+        elif active and old is not None and set(old) - set(active):
+            lines.append(f"flush set inet {t} {dom}")
+        elif not active and old is not None:
+            lines += [f"flush chain inet {t} {dom}", f"delete chain inet {t} {dom}", f"delete set inet {t} {dom}"]
         if block_all:
             lines.append(f"add element inet {t} block_all {{ {a} }}")
-        elif allow_list:
+        elif allow_list or active:
             lines.append(f"add element inet {t} listed {{ {a} }}")
-            lines.append(f"add element inet {t} allow {{ {', '.join(f'{a} . {c}' for c in allow_list)} }}")
+            if allow_list:
+                lines.append(f"add element inet {t} allow {{ {', '.join(f'{a} . {c}' for c in allow_list)} }}")
+            if active:
+                lines += [f"add element inet {t} domains {{ {a} : jump {dom} }}",
+                          f"add element inet {t} own_dns {{ {a} . {slot.gateway} }}",
+                          f"add element inet {t} resolving {{ {a} }}"]
         _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n")
         self._allowed[slot.index] = () if block_all else tuple(allow_list)
+        if active:
+            self._domains[slot.index] = active
+        else:
+            self._domains.pop(slot.index, None)
+        if link_to is not None:
+            self._links[slot.index] = link_to
+
+    def _sync_resolver(self, slot: Slot, *, restart: bool) -> None:
+        """The slot's dnsmasq runs exactly while it has domains (restarted on a change:
+        dnsmasq reads its domains only at start)."""
+        domains = self._domains.get(slot.index)
+        if domains is None:
+            self.resolvers.stop(slot.name)
+            return
+        if restart or not self.resolvers.running(slot.name):
+            try:
+                self.resolvers.start(slot.name, slot.gateway, self._domain_set(slot), domains)
+            except DnsError as exc:
+                raise NetworkError(exc.message, exc.status) from None
 
     def _flush_policy(self, slot: Slot) -> str:
         """nft commands removing a slot's policy elements (none of them need exist)."""
@@ -349,7 +425,17 @@ table inet {self.table} {{
                  f"add element inet {t} listed {{ {a} }}", f"delete element inet {t} listed {{ {a} }}"]
         for cidr in self._allowed.get(slot.index, ()):
             lines.append(f"delete element inet {t} allow {{ {a} . {cidr} }}")
+        if slot.index in self._domains:
+            lines += [f"delete element inet {t} domains {{ {a} }}",
+                      f"delete element inet {t} own_dns {{ {a} . {slot.gateway} }}",
+                      f"delete element inet {t} resolving {{ {a} }}"]
         return "\n".join(lines)
+
+    def unlink(self, slot: Slot) -> None:
+        """A follower's link goes (its owner is deleted: the address may be handed out again)."""
+        owner = self._links.pop(slot.index, None)
+        if owner is not None:
+            _run(["nft", "delete", "element", "inet", self.table, "links", f"{{ {slot.address} . {owner} }}"])
 
     def _forget(self, slot: Slot) -> None:
         t, a = self.table, slot.address
@@ -358,8 +444,16 @@ table inet {self.table} {{
                  f'delete element inet {t} ifaddr {{ "{slot.name}" . {a} }}',
                  f'add element inet {t} ifmac {{ "{slot.name}" . {slot.mac} }}',
                  f'delete element inet {t} ifmac {{ "{slot.name}" . {slot.mac} }}']
+        if slot.index in self._domains:
+            dom = self._domain_set(slot)
+            lines += [f"flush chain inet {t} {dom}", f"delete chain inet {t} {dom}", f"delete set inet {t} {dom}"]
+        owner = self._links.get(slot.index)
+        if owner is not None:
+            lines.append(f"delete element inet {t} links {{ {a} . {owner} }}")
         _run(["nft", "-f", "-"], stdin="\n".join(lines) + "\n", check=False)
         self._allowed.pop(slot.index, None)
+        self._domains.pop(slot.index, None)
+        self._links.pop(slot.index, None)
 
     def resolv_conf(self, slot: Slot) -> str:
         # The gateway answers DNS by DNAT to the host's resolver (which may be 127.0.0.53,

@@ -71,6 +71,10 @@ class SandboxSpec:
     address: str | None = None
     block_all: bool = False
     allow_list: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()  # Daytona's domainAllowList (runtime/dns.py)
+    # A linked follower: its owner's id, and the names the owner answers to in its /etc/hosts.
+    link_to: str | None = None
+    link_names: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +83,7 @@ class SandboxSpec:
             "public": self.public, "state": self.state, "created_at": self.created_at,
             "mounts": [m.to_json() for m in self.mounts], "address": self.address,
             "block_all": self.block_all, "allow_list": list(self.allow_list),
+            "domains": list(self.domains), "link_to": self.link_to, "link_names": list(self.link_names),
         }
 
     @classmethod
@@ -92,6 +97,8 @@ class SandboxSpec:
             mounts=tuple(Mount.from_json(m) for m in data.get("mounts") or ()),
             address=data.get("address"), block_all=bool(data.get("block_all", False)),
             allow_list=tuple(data.get("allow_list") or ()),
+            domains=tuple(data.get("domains") or ()), link_to=data.get("link_to"),
+            link_names=tuple(data.get("link_names") or ()),
         )
 
 
@@ -152,8 +159,9 @@ class SandboxDir:
 
 # The sandbox's own versions of these replace the host's (runtime/sandbox.py create()).
 GENERATED_ETC = ("passwd", "group", "hostname")
-# Generated only when the sandbox has a network of its own (its gateway is its resolver).
-OPTIONAL_ETC = ("resolv.conf",)
+# Generated only when the sandbox has a network of its own (its gateway is its resolver),
+# hosts only for a linked follower (its owner's names).
+OPTIONAL_ETC = ("resolv.conf", "hosts")
 HOST_ETC_INSIDE = "/run/host/etc"
 
 

@@ -89,9 +89,9 @@ class Browser:
 
     def press_enter(self) -> None:
         for kind in ("keyDown", "keyUp"):
+            text: dict[str, Any] = {"text": "\r"} if kind == "keyDown" else {}
             self.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
-                      windowsVirtualKeyCode=13, nativeVirtualKeyCode=13,
-                      **({"text": "\r"} if kind == "keyDown" else {}))
+                      windowsVirtualKeyCode=13, nativeVirtualKeyCode=13, **text)
 
     def close(self) -> None:
         exit_stack = getattr(self, "_exit", None)

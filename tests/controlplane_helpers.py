@@ -14,12 +14,12 @@ from tests.runtime_helpers import Stack, start_stack
 STORES = ["sqlite", "postgresql"]
 
 
-def stack_fixture(name: str, *extra: str, pool_size: int = 1) -> Callable[..., Any]:
+def stack_fixture(name: str, *extra: str, pool_size: int = 1, stores: list[str] = STORES) -> Callable[..., Any]:
     """A module-scoped main job (`./scripts/start --no-sandbox`), once on SQLite and once on
     PostgreSQL (a fresh database of the session's cluster), so every test that uses it
-    runs on both stores."""
+    runs on both stores (or only on those in `stores`)."""
 
-    @pytest.fixture(scope="module", params=STORES)
+    @pytest.fixture(scope="module", params=stores)
     def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         saved = os.environ.get("CONTROLPLANE_DATABASE_URL")
         if request.param == "postgresql":
@@ -69,3 +69,13 @@ def extra_key(stack: Stack, organization: str) -> str:
         return Keys(engine).create_key(organization).key
     finally:
         engine.dispose()
+
+
+def other_key_fixture() -> Callable[..., Any]:
+    """A module-scoped key of a second organization for the module's `stack`."""
+
+    @pytest.fixture(scope="module")
+    def other_key(stack: Stack) -> str:
+        return extra_key(stack, f"other-org-{stack.port}")
+
+    return other_key

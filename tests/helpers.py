@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -57,10 +57,10 @@ class RunningDaemon:
     env: dict[str, str] = field(default_factory=dict)
     closing_line: str = ""  # what it printed as it stopped (set by stop())
 
-    def client(self, **kwargs: object) -> httpx.Client:
+    def client(self, **kwargs: Any) -> httpx.Client:
         if self.uds is not None:
-            return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.uds)), base_url="http://toolbox", **kwargs)  # type: ignore[arg-type]
-        return httpx.Client(base_url=self.url, **kwargs)  # type: ignore[arg-type]
+            return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.uds)), base_url="http://toolbox", **kwargs)
+        return httpx.Client(base_url=self.url, **kwargs)
 
     def stop(self) -> None:
         """SIGTERM, as a supervisor stops it; a daemon that then stops must say that no

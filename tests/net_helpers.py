@@ -12,16 +12,22 @@ from __future__ import annotations
 import base64
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+# Not 203.0.113.0/24: on some machines the package registries resolve there, and this
+# net's route would shadow them while a test runs (internet() refuses such a machine).
 INTERNET_NET = "198.51.100"
-INTERNET_A = f"{INTERNET_NET}.1"  # in 198.51.100.0/25
-INTERNET_B = f"{INTERNET_NET}.129"  # in 198.51.100.128/25
+INTERNET_A = f"{INTERNET_NET}.1"  # in INTERNET_LOW
+INTERNET_B = f"{INTERNET_NET}.129"  # in INTERNET_HIGH
+INTERNET_LOW = f"{INTERNET_NET}.0/25"
+INTERNET_HIGH = f"{INTERNET_NET}.128/25"
+INTERNET_C = f"{INTERNET_NET}.77"  # answered by the tests' own resolvers, never served
+# Addresses no test ever sends to: allow-list entries and spoofed sources only.
+UNROUTED_NET = "203.0.113"
 INTERNET_HOST = f"{INTERNET_NET}.254"  # the host's end of the link
 LAN_NET = "10.199.77"
 LAN_ADDRESS = f"{LAN_NET}.1"
@@ -30,11 +36,12 @@ DNS_ANSWER = INTERNET_A
 
 # Runs inside a namespace: an HTTP server on :80 naming the client's address (and, at
 # /udp, the datagrams a UDP sink on :9 received), and a DNS responder on :53 answering
-# every A query with DNS_ANSWER.
+# every A query with DNS_ANSWER, or with the address argv[2] (JSON) maps its name to.
 SERVERS = r'''
-import socket, struct, sys, threading
+import json, socket, struct, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 answer = socket.inet_aton(sys.argv[1])
+names = {k: socket.inet_aton(v) for k, v in json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}").items()}
 received = []  # UDP datagrams to :9, as "payload source"
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
@@ -49,11 +56,12 @@ def dns():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 53))
     while True:
         q, peer = s.recvfrom(512)
-        end = 12
-        while q[end]: end += q[end] + 1
+        end, labels = 12, []
+        while q[end]:
+            labels.append(q[end + 1:end + 1 + q[end]].decode().lower()); end += q[end] + 1
         question = q[12:end + 5]
         header = q[:2] + b"\x81\x80" + struct.pack(">HHHH", 1, 1, 0, 0)
-        record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + answer
+        record = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + names.get(".".join(labels), answer)
         s.sendto(header + question + record, peer)
 def sink():
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9))
@@ -109,9 +117,11 @@ class Namespace:
             self.close()
             raise
 
-    def serve(self) -> None:
+    def serve(self, names: dict[str, str] | None = None) -> None:
+        import json
+
         self.servers = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", SERVERS,
-                                         DNS_ANSWER], stdout=subprocess.PIPE, text=True)
+                                         DNS_ANSWER, json.dumps(names or {})], stdout=subprocess.PIPE, text=True)
         assert self.servers.stdout is not None
         assert self.servers.stdout.readline().strip() == "ready"
 
@@ -131,28 +141,34 @@ class Namespace:
 
 # Hosts this machine must keep reaching while a network test runs (its package registries).
 REGISTRIES = ("pypi.org", "files.pythonhosted.org", "registry.npmjs.org", "proxy.golang.org",
-              "repo1.maven.org", "deb.debian.org")
+              "repo1.maven.org", "deb.debian.org", "index.crates.io")
 
 
 def _check_unused(net: str) -> None:
     """The fake internet's route shadows the real one for its /24: refuse to start where a
-    registry lives there (on some machines they resolve to documentation ranges), rather than
-    cut every download on the machine while the test runs."""
+    registry lives there, rather than cut every download on the machine while a test runs."""
+    import socket
+
     for name in REGISTRIES:
         try:
             addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, socket.AF_INET)}
         except OSError:
             continue
-        inside = sorted(a for a in addresses if a.startswith(f"{net}."))
+        inside = sorted(a for a in addresses if str(a).startswith(f"{net}."))
         if inside:
             raise RuntimeError(f"{name} resolves to {inside[0]}, inside the test internet {net}.0/24: "
                                "pick another INTERNET_NET in tests/net_helpers.py")
 
 
-def internet() -> Namespace:
+def internet(names: dict[str, str] | None = None) -> Namespace:
+    """`names`: what its DNS responder answers for those names (others: DNS_ANSWER)."""
     _check_unused(INTERNET_NET)
     ns = Namespace("inet", INTERNET_HOST, [INTERNET_A, INTERNET_B], 24)
-    ns.serve()
+    try:
+        ns.serve(names)
+    except BaseException:
+        ns.close()
+        raise
     return ns
 
 

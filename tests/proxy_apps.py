@@ -38,6 +38,7 @@ import os
 from urllib.parse import parse_qs
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 LAST_CLOSE: dict[str, object] = {}
 LAST_PREFLIGHT: dict[str, object] = {}
@@ -45,7 +46,7 @@ STREAM: dict[str, str] = {}
 GZIP_BODY = gzip.compress(b"compressed hello " * 100, mtime=0)
 
 
-async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
@@ -156,7 +157,7 @@ async def app(scope, receive, send):  # type: ignore[no-untyped-def]
         await respond(send, 404, b"app 404", b"text/plain")
 
 
-async def stream(name: str, receive, send) -> None:  # type: ignore[no-untyped-def]
+async def stream(name: str, receive: Receive, send: Send) -> None:
     """A chunk every 0.1 s for up to 30 s; records whether the client hung up."""
     while (await receive()).get("more_body"):
         pass
@@ -181,13 +182,13 @@ async def stream(name: str, receive, send) -> None:  # type: ignore[no-untyped-d
     await send({"type": "http.response.body", "body": b""})
 
 
-async def respond(send, status: int, body: bytes, content_type: bytes) -> None:  # type: ignore[no-untyped-def]
+async def respond(send: Send, status: int, body: bytes, content_type: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
-async def websocket(scope, receive, send):  # type: ignore[no-untyped-def]
+async def websocket(scope: Scope, receive: Receive, send: Send) -> None:
     await receive()
     path = scope["path"]
     if path == "/ws-slow":

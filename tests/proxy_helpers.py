@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -93,8 +94,8 @@ class Proxy:
     def host(self, port: int, label: str) -> str:
         return f"{port}-{label}.{DOMAIN}:{self.port}"
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)  # type: ignore[arg-type]
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
     def write_registry(self, sandboxes: dict[str, dict[str, object]]) -> None:
         assert self.registry_path is not None

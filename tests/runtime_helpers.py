@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tests import procfs
 from tests.helpers import REPO_ROOT, free_port
 from tests.system import requires
 
@@ -159,13 +160,8 @@ def cgroup_dirs(stack: Stack, sandbox_id: str) -> list[Path]:
             pids = (group / "cgroup.procs").read_text().split()
         except OSError:
             continue
-        for pid in pids:
-            try:
-                if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    found.append(group)
-                    break
-            except OSError:
-                continue
+        if any(marker in procfs.cmdline(int(pid)) for pid in pids):
+            found.append(group)
     return found
 
 
@@ -178,14 +174,4 @@ def pool_ready(stack: Stack) -> int:
 
 def bwrap_pids(state_dir: Path) -> set[int]:
     """The bwrap processes of the runtime on `state_dir` (its sandboxes), host-wide."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(b"bwrap\0") and str(state_dir).encode() in cmdline:
-            found.add(int(entry.name))
-    return found
+    return {pid for pid, line in procfs.command_lines(str(state_dir).encode()).items() if line.startswith(b"bwrap\0")}

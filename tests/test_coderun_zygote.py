@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+from tests import procfs
 from tests.helpers import RunningDaemon, start_daemon
+from tests.procfs import gone
 from toolbox.process.execute.zygote import plain_argv, source_needs_shell
 
 ZYGOTE_MARK = b"The warm interpreter behind /process/code-run"
@@ -41,34 +43,9 @@ def parent_of_run(daemon: RunningDaemon, argv: list[str] | None = None) -> tuple
     return int(pid), ast.literal_eval(cmdline)
 
 
-def _ppid(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except OSError:
-        return 0
-
-
 def zygotes_of(daemon: RunningDaemon) -> list[int]:
     """The zygotes below the daemon (they run under a shell the daemon started)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if ZYGOTE_MARK in cmdline and _ppid(_ppid(int(entry.name))) == daemon.process.pid:
-            found.append(int(entry.name))
-    return found
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state in ("Z", "X")
+    return [pid for pid in procfs.command_lines(ZYGOTE_MARK) if procfs.ppid(procfs.ppid(pid)) == daemon.process.pid]
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> bool:

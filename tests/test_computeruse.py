@@ -116,6 +116,11 @@ def _computer_use(daemon: RunningDaemon, via_prefix: bool = False) -> ComputerUs
     return ComputerUse(ComputerUseApi(sdk_api_client(daemon, via_prefix=via_prefix)), httpx.Client(timeout=30))
 
 
+def _decoded(screenshot: str | None) -> bytes:
+    assert screenshot is not None, "no image in the reply"
+    return base64.b64decode(screenshot)
+
+
 def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     return struct.unpack(">II", data[16:24])
@@ -123,26 +128,29 @@ def _png_size(data: bytes) -> tuple[int, int]:
 
 def test_status_display_and_screenshots(desktop: RunningDaemon) -> None:
     cu = _computer_use(desktop, via_prefix=True)
-    assert cu.start().status["xvfb"].running is True  # an X server already answers: used as is
+    status = cu.start().status
+    assert status is not None and status["xvfb"].running is True  # an X server already answers: used as is
     assert cu.get_status().status == "active"
     assert cu.get_process_status("xvfb").running is True
     info = cu.display.get_info()
+    assert info.displays is not None
     assert [(d.width, d.height, d.is_active) for d in info.displays] == [(WIDTH, HEIGHT, True)]
 
     full = cu.screenshot.take_full_screen(show_cursor=True)
-    assert _png_size(base64.b64decode(full.screenshot)) == (WIDTH, HEIGHT)
-    assert full.size_bytes == len(base64.b64decode(full.screenshot)) and full.cursor_position is not None
+    assert _png_size(_decoded(full.screenshot)) == (WIDTH, HEIGHT)
+    assert full.size_bytes == len(_decoded(full.screenshot)) and full.cursor_position is not None
     region = cu.screenshot.take_region(ScreenshotRegion(x=10, y=20, width=120, height=80))
-    assert _png_size(base64.b64decode(region.screenshot)) == (120, 80)
+    assert _png_size(_decoded(region.screenshot)) == (120, 80)
     jpeg = cu.screenshot.take_compressed(ScreenshotOptions(fmt="jpeg", quality=50, scale=0.5))
-    assert base64.b64decode(jpeg.screenshot)[:3] == b"\xff\xd8\xff"
+    assert _decoded(jpeg.screenshot)[:3] == b"\xff\xd8\xff"
     small = cu.screenshot.take_compressed_region(ScreenshotRegion(x=0, y=0, width=200, height=100), ScreenshotOptions(scale=0.5))
-    assert _png_size(base64.b64decode(small.screenshot)) == (100, 50)
+    assert _png_size(_decoded(small.screenshot)) == (100, 50)
 
 
 def test_mouse_and_keyboard_reach_a_window(desktop: RunningDaemon, xev: Xev) -> None:
     cu = _computer_use(desktop)
     windows = cu.display.get_windows().windows
+    assert windows is not None
     tester = next(w for w in windows if w.title == "Event Tester")
     assert (tester.x, tester.y, tester.width, tester.height) == (0, 0, 400, 300)
 
@@ -205,10 +213,11 @@ def test_without_display_then_started_and_stopped_by_the_daemon(tmp_path: Path) 
                 cu.recording.start("demo")
             assert caught.value.code == "RECORDING_FFMPEG_NOT_FOUND"
 
-        started = cu.start()
-        assert started.status["xvfb"].running is True and started.status["xvfb"].pid
+        started = cu.start().status
+        assert started is not None and started["xvfb"].running is True and started["xvfb"].pid
         assert cu.get_status().status == "active"
-        assert cu.display.get_info().displays[0].width > 0
+        displays = cu.display.get_info().displays
+        assert displays is not None and (displays[0].width or 0) > 0
         assert cu.get_process_logs("xvfb").process_name == "xvfb"
         cu.stop()
         assert cu.get_status().status == "inactive"

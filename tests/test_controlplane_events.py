@@ -15,7 +15,7 @@ import httpx
 import pytest
 import socketio  # type: ignore[import-untyped]
 
-from tests.controlplane_helpers import api_url, daytona, stack_fixture
+from tests.controlplane_helpers import api_url, daytona, extra_key, stack_fixture
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
@@ -153,7 +153,7 @@ def test_an_async_sdk_wait_ends_on_the_event_too(stack: Stack) -> None:
 
 
 def test_an_event_for_one_organization_never_reaches_another(stack: Stack, listener: Listener) -> None:
-    other_key = stack_extra_key(stack, "org-b")
+    other_key = extra_key(stack, "org-b")
     other = Listener(stack, other_key)
     try:
         sandbox = daytona(stack).create()
@@ -176,7 +176,7 @@ def test_an_event_for_one_organization_never_reaches_another(stack: Stack, liste
 def test_naming_another_organization_in_the_query_does_not_join_its_room(stack: Stack) -> None:
     """The SDK sends ?organizationId=...; a key's socket still hears only its key's own
     organization, whatever the query names."""
-    other_key = stack_extra_key(stack, "org-c")
+    other_key = extra_key(stack, "org-c")
     victim = daytona(stack, other_key).create()
     try:
         spy = Listener(stack, stack.api_key, f"?organizationId={victim.organization_id}&source=sdk-python")
@@ -233,12 +233,6 @@ def test_polling_only_clients_still_work(stack: Stack, how: str, monkeypatch: py
     sandbox.start()
     assert sandbox.state == "started"
     sandbox.delete()
-
-
-def stack_extra_key(stack: Stack, organization: str) -> str:
-    from tests.controlplane_helpers import extra_key
-
-    return extra_key(stack, organization)
 
 
 def test_the_first_event_after_a_restart_carries_the_state_before_it(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.controlplane_helpers import daytona
 from tests.runtime_helpers import Stack, cgroup_dirs, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
@@ -17,12 +18,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = start_stack(tmp_path_factory.mktemp("lifecycle"), "--no-sandbox", pool_size=1)
     yield running
     running.stop()
-
-
-def daytona(stack: Stack):  # type: ignore[no-untyped-def]
-    from daytona import Daytona, DaytonaConfig
-
-    return Daytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api", api_key=stack.api_key))
 
 
 def test_archive_frees_the_files_and_start_restores_them(stack: Stack) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.controlplane_helpers import daytona
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
@@ -20,12 +21,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                           extra_env={"CONTROLPLANE_MINUTE_SECONDS": "1"})
     yield running
     running.stop()
-
-
-def daytona(stack: Stack):  # type: ignore[no-untyped-def]
-    from daytona import Daytona, DaytonaConfig
-
-    return Daytona(DaytonaConfig(api_url=f"http://localhost:{stack.port}/api", api_key=stack.api_key))
 
 
 def eventually(check: Callable[[], bool], timeout: float = 20) -> bool:

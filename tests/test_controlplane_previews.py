@@ -12,17 +12,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 import pytest
 
-from tests.controlplane_helpers import daytona
-from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+from tests.controlplane_helpers import daytona, other_key_fixture, stack_fixture
+from tests.runtime_helpers import Stack, needs_bwrap
 
 pytestmark = needs_bwrap
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("cpprev"), "--no-sandbox", pool_size=1)
-    yield running
-    running.stop()
+stack = stack_fixture("cpprev", stores=["sqlite"])
 
 
 
@@ -65,21 +61,7 @@ def eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
     return check()
 
 
-@pytest.fixture(scope="module")
-def other_key(stack: Stack) -> str:
-    """A key of a second organization, made in the database the main job uses."""
-    import os
-
-    from controlplane.auth import Keys
-    from controlplane.plane import DATABASE_URL_ENV
-    from controlplane.store.db import open_engine, sqlite_url
-
-    url = os.environ.get(DATABASE_URL_ENV) or sqlite_url(stack.state_dir / "controlplane.db")
-    engine = open_engine(url)
-    try:
-        return Keys(engine).create_key(f"other-org-{stack.port}").key
-    finally:
-        engine.dispose()
+other_key = other_key_fixture()
 
 
 # -- signed previews -------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -17,8 +18,8 @@ from tests.runtime_helpers import Stack, bwrap_pids, needs_bwrap, start_stack
 pytestmark = needs_bwrap
 
 
-def _api(stack: Stack, method: str, path: str, **kwargs: object) -> httpx.Response:
-    return httpx.request(method, f"{stack.url}/api{path}", timeout=60,  # type: ignore[arg-type]
+def _api(stack: Stack, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(method, f"{stack.url}/api{path}", timeout=60,
                          headers={"Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"},
                          **kwargs)
 

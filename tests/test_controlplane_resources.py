@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,35 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.controlplane_helpers import daytona
+from tests.controlplane_helpers import daytona, other_key_fixture, stack_fixture
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("cpres"), "--no-sandbox", pool_size=1)
-    yield running
-    running.stop()
+stack = stack_fixture("cpres", stores=["sqlite"])
 
 
 
-@pytest.fixture(scope="module")
-def other_key(stack: Stack) -> str:
-    """A key of a second organization, made in the database the main job uses."""
-    import os
-
-    from controlplane.auth import Keys
-    from controlplane.plane import DATABASE_URL_ENV
-    from controlplane.store.db import open_engine, sqlite_url
-
-    url = os.environ.get(DATABASE_URL_ENV) or sqlite_url(stack.state_dir / "controlplane.db")
-    engine = open_engine(url)
-    try:
-        return Keys(engine).create_key(f"other-org-{stack.port}").key
-    finally:
-        engine.dispose()
+other_key = other_key_fixture()
 
 
 def api(stack: Stack, method: str, path: str, key: str | None = None, **kwargs: Any) -> httpx.Response:
@@ -333,8 +314,8 @@ def test_network_settings_ssh_and_telemetry(stack: Stack) -> None:
         # Applied live and read back (what it does to traffic: tests/test_network_stack.py).
         sandbox.update_network_settings(network_block_all=True)
         assert sandbox.network_block_all is True and d.get(sandbox.id).network_block_all is True
-        with pytest.raises(DaytonaValidationError, match="domainAllowList is not available"):
-            sandbox.update_network_settings(domain_allow_list="example.com")
+        with pytest.raises(DaytonaValidationError, match="invalid domainAllowList entry"):
+            sandbox.update_network_settings(domain_allow_list="not a domain")
         assert d.get(sandbox.id).network_allow_list is None
         with pytest.raises(DaytonaError, match="SSH access is not available") as ssh:
             sandbox.create_ssh_access()

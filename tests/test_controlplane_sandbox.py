@@ -251,11 +251,11 @@ def test_async_sdk_front_door(stack: Stack) -> None:
 def test_concurrent_creates_all_succeed_with_unique_ids_and_names(stack: Stack) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from daytona import CreateSandboxFromSnapshotParams
+    from daytona import CreateSandboxFromSnapshotParams, Sandbox
 
     d = daytona(stack)
 
-    def create(i: int):  # type: ignore[no-untyped-def]
+    def create(i: int) -> Sandbox:
         return d.create(CreateSandboxFromSnapshotParams(name=f"parallel-{i}"), timeout=120)
 
     with ThreadPoolExecutor(6) as pool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from daytona.common.errors import (
@@ -11,6 +12,7 @@ from daytona.common.errors import (
     DaytonaFileNotFoundError,
     DaytonaProcessExecutionTimeoutError,
 )
+from daytona._sync.process import Process
 from daytona.common.process import CodeRunParams
 
 from tests.helpers import RunningDaemon, sdk_process
@@ -20,25 +22,25 @@ ARTIFACT = "dtn_artifact_k39fd2:"
 
 
 @pytest.fixture(params=[False, True], ids=["direct", "via_prefix"])
-def process(request: pytest.FixtureRequest, daemon: RunningDaemon):  # type: ignore[no-untyped-def]
+def process(request: pytest.FixtureRequest, daemon: RunningDaemon) -> Process:
     return sdk_process(daemon, via_prefix=request.param)
 
 
-def test_exec_merges_stdout_and_stderr_and_keeps_exit_code(process) -> None:  # type: ignore[no-untyped-def]
+def test_exec_merges_stdout_and_stderr_and_keeps_exit_code(process: Process) -> None:
     response = process.exec("echo out; echo err >&2; echo out2; exit 7")
     assert response.exit_code == 7
     assert response.result == "out\nerr\nout2\n"
-    assert response.artifacts.stdout == response.result
+    assert response.artifacts is not None and response.artifacts.stdout == response.result
 
 
-def test_exec_cwd_env_and_relative_cwd(process, daemon: RunningDaemon) -> None:  # type: ignore[no-untyped-def]
+def test_exec_cwd_env_and_relative_cwd(process: Process, daemon: RunningDaemon) -> None:
     (daemon.workdir / "sub").mkdir(exist_ok=True)
     response = process.exec('pwd; echo "$GREETING"', cwd="sub", env={"GREETING": "hello world"})
     assert response.result == f"{daemon.workdir / 'sub'}\nhello world\n"
     assert process.exec("pwd").result.strip() == str(daemon.workdir)
 
 
-def test_exec_script_goes_to_the_shell_stdin(process) -> None:  # type: ignore[no-untyped-def]
+def test_exec_script_goes_to_the_shell_stdin(process: Process) -> None:
     # Multi-line scripts with functions and heredocs, larger than any argv limit would like.
     filler = "# " + "x" * 200_000 + "\n"
     script = filler + 'greet() { echo "hi $1"; }\ngreet there\ncat <<EOF\nheredoc $((1+2))\nEOF\n'
@@ -47,7 +49,7 @@ def test_exec_script_goes_to_the_shell_stdin(process) -> None:  # type: ignore[n
     assert response.result == "hi there\nheredoc 3\n"
 
 
-def test_exec_timeout_kills_the_whole_group(daemon: RunningDaemon, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_exec_timeout_kills_the_whole_group(daemon: RunningDaemon, tmp_path: Path) -> None:
     marker = tmp_path / "survivor"
     started = time.monotonic()
     with pytest.raises(DaytonaProcessExecutionTimeoutError) as info:
@@ -58,7 +60,7 @@ def test_exec_timeout_kills_the_whole_group(daemon: RunningDaemon, tmp_path) -> 
     assert not marker.exists(), "a background child of the timed-out command survived"
 
 
-def test_exec_errors_are_clear(process, daemon: RunningDaemon) -> None:  # type: ignore[no-untyped-def]
+def test_exec_errors_are_clear(process: Process, daemon: RunningDaemon) -> None:
     with pytest.raises(DaytonaBadRequestError, match="empty or whitespace-only"):
         process.exec("   ")
     with pytest.raises(DaytonaBadRequestError, match="invalid environment variable name: '1BAD'"):
@@ -124,6 +126,7 @@ def test_code_run_artifact_lines_become_charts(daemon: RunningDaemon) -> None:
     response = process.code_run(code)
     assert response.exit_code == 0
     assert response.result == "before\nafter\n"
+    assert response.artifacts is not None and response.artifacts.charts is not None
     assert len(response.artifacts.charts) == 1
     bar = response.artifacts.charts[0]
     assert type(bar).__name__ == "BarChart"
@@ -188,6 +191,7 @@ def test_code_run_matplotlib_charts(daemon: RunningDaemon) -> None:
     response = sdk_process(daemon).code_run(code)
     assert response.exit_code == 0, response.result
     assert response.result == "done\n"
+    assert response.artifacts is not None and response.artifacts.charts is not None
     charts = response.artifacts.charts
     assert [type(c).__name__ for c in charts] == ["LineChart", "BarChart"]
     assert charts[0].title == "Squares" and charts[0].png

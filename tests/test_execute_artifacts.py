@@ -4,6 +4,7 @@ output is cut into chunks."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 import random
 
 import anyio
@@ -26,7 +27,7 @@ def daytona_reference(output: bytes) -> tuple[bytes, int]:
 
 
 async def run_filter(chunks: list[bytes]) -> tuple[bytes, int]:
-    async def source():  # type: ignore[no-untyped-def]
+    async def source() -> AsyncIterator[bytes]:
         for chunk in chunks:
             yield chunk
 

@@ -10,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -317,7 +317,7 @@ def _send_half_and_close(daemon: RunningDaemon, head: bytes, body: bytes, direct
         assert _wait_for(lambda: _leftovers(directory) != []), "no temp file while uploading"
 
 
-def _wait_for(condition, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -362,6 +362,7 @@ def unprivileged_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
     """A daemon that is root but without CAP_DAC_OVERRIDE, so file permissions apply to it."""
     skip_unless("setpriv")  # to drop CAP_DAC_OVERRIDE
     setpriv = shutil.which("setpriv")
+    assert setpriv is not None
     running = start_daemon(
         tmp_path_factory.mktemp("unprivileged"),
         command_prefix=[setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"],

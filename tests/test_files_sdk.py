@@ -24,6 +24,7 @@ from daytona.common.errors import (
     DaytonaFileNotFoundError,
     DaytonaInvalidFilePathError,
 )
+from daytona._sync.filesystem import FileSystem
 from daytona.common.filesystem import DownloadProgress, FileDownloadRequest, FileUpload, UploadProgress
 
 from tests.helpers import RunningDaemon, sdk_filesystem
@@ -32,7 +33,7 @@ _counter = itertools.count()
 
 
 @pytest.fixture(params=[False, True], ids=["bare", "prefixed"])
-def fs(request: pytest.FixtureRequest, daemon: RunningDaemon):  # type: ignore[no-untyped-def]
+def fs(request: pytest.FixtureRequest, daemon: RunningDaemon) -> FileSystem:
     return sdk_filesystem(daemon, via_prefix=request.param)
 
 
@@ -44,7 +45,7 @@ def base(daemon: RunningDaemon) -> str:
     return name
 
 
-def test_create_folder_info_and_list(fs, daemon: RunningDaemon, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_create_folder_info_and_list(fs: FileSystem, daemon: RunningDaemon, base: str) -> None:
     fs.create_folder(f"{base}/a/b", "700")
     fs.create_folder(f"{base}/a/b", "700")  # mkdir -p: existing directory is fine
     (daemon.workdir / base / "a" / "b" / "f.txt").write_bytes(b"12345")
@@ -56,7 +57,8 @@ def test_create_folder_info_and_list(fs, daemon: RunningDaemon, base: str) -> No
 
     file_info = fs.get_file_info(str(daemon.workdir / base / "a/b/f.txt"))
     assert (file_info.size, file_info.is_dir, file_info.mode) == (5, False, "-rw-r--r--")
-    assert file_info.modified_at.endswith("Z") and file_info.mod_time.endswith("+0000 UTC")
+    assert file_info.modified_at is not None and file_info.modified_at.endswith("Z")
+    assert file_info.mod_time.endswith("+0000 UTC")
 
     listing = fs.list_files(f"{base}/a")
     assert [(f.name, f.path, f.is_dir) for f in listing] == [("b", f"{base}/a/b", True)]
@@ -68,7 +70,7 @@ def test_create_folder_info_and_list(fs, daemon: RunningDaemon, base: str) -> No
     assert fs.list_files(f"{base}/a/b/..") and fs.list_files(f"{base}/a/b")[0].name == "f.txt"
 
 
-def test_folder_and_listing_errors(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_folder_and_listing_errors(fs: FileSystem, base: str) -> None:
     with pytest.raises(DaytonaFileNotFoundError):
         fs.list_files(f"{base}/missing")
     with pytest.raises(DaytonaFileNotFoundError):
@@ -84,7 +86,7 @@ def test_folder_and_listing_errors(fs, base: str) -> None:  # type: ignore[no-un
         fs.list_files(base, depth=0)
 
 
-def test_upload_and_download_bytes_and_local_paths(fs, base: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_upload_and_download_bytes_and_local_paths(fs: FileSystem, base: str, tmp_path: Path) -> None:
     fs.upload_file(b"hello", f"{base}/new/dir/hello.txt")  # parents are created
     assert fs.download_file(f"{base}/new/dir/hello.txt") == b"hello"
     fs.upload_file(b"", f"{base}/empty")
@@ -106,7 +108,7 @@ def test_upload_and_download_bytes_and_local_paths(fs, base: str, tmp_path: Path
     assert fs.get_file_info(f"{base}/new/dir/hello.txt").permissions == "0640"
 
 
-def test_upload_files_and_download_files(fs, base: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_upload_files_and_download_files(fs: FileSystem, base: str, tmp_path: Path) -> None:
     local = tmp_path / "local.txt"
     local.write_bytes(b"from disk")
     odd = f"{base}/spaces and ü \"quotes\" back\\slash;x=1.txt"
@@ -139,7 +141,7 @@ def test_upload_files_and_download_files(fs, base: str, tmp_path: Path) -> None:
     assert directory.error_details is not None and directory.error_details.code == "INVALID_FILE_PATH"
 
 
-def test_download_errors_raise_typed_exceptions(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_download_errors_raise_typed_exceptions(fs: FileSystem, base: str) -> None:
     with pytest.raises(DaytonaFileNotFoundError):
         fs.download_file(f"{base}/missing")
     fs.create_folder(f"{base}/dir", "755")
@@ -149,7 +151,7 @@ def test_download_errors_raise_typed_exceptions(fs, base: str) -> None:  # type:
         list(fs.download_file_stream(f"{base}/missing"))
 
 
-def test_upload_errors(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_upload_errors(fs: FileSystem, base: str) -> None:
     fs.create_folder(f"{base}/dir", "755")
     with pytest.raises(DaytonaError, match="400"):
         fs.upload_file(b"x", f"{base}/dir")  # a directory is in the way
@@ -158,7 +160,7 @@ def test_upload_errors(fs, base: str) -> None:  # type: ignore[no-untyped-def]
         fs.upload_file(b"x", f"{base}/plain/child")  # a file is in the way of the parent
 
 
-def test_streams_with_progress_and_cancel(fs, base: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_streams_with_progress_and_cancel(fs: FileSystem, base: str, tmp_path: Path) -> None:
     payload = os.urandom(5 * 1024 * 1024 + 3)
     sent: list[UploadProgress] = []
     fs.upload_file_stream(io.BytesIO(payload), f"{base}/s.bin", on_progress=sent.append)
@@ -185,7 +187,7 @@ def test_streams_with_progress_and_cancel(fs, base: str, tmp_path: Path) -> None
         fs.get_file_info(f"{base}/c.bin")
 
 
-def test_delete(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_delete(fs: FileSystem, base: str) -> None:
     fs.upload_files([FileUpload(b"1", f"{base}/d/1"), FileUpload(b"2", f"{base}/d/e/2"), FileUpload(b"3", f"{base}/f")])
     fs.delete_file(f"{base}/f")
     with pytest.raises(DaytonaFileNotFoundError):
@@ -198,7 +200,7 @@ def test_delete(fs, base: str) -> None:  # type: ignore[no-untyped-def]
         fs.delete_file(f"{base}/d", recursive=True)
 
 
-def test_move(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_move(fs: FileSystem, base: str) -> None:
     fs.upload_files([FileUpload(b"a", f"{base}/a.txt"), FileUpload(b"b", f"{base}/b.txt")])
     fs.create_folder(f"{base}/dir", "755")
     fs.move_files(f"{base}/a.txt", f"{base}/dir/moved.txt")
@@ -213,7 +215,7 @@ def test_move(fs, base: str) -> None:  # type: ignore[no-untyped-def]
         fs.move_files(f"{base}/b.txt", f"{base}/no/such/parent")
 
 
-def test_set_file_permissions(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_set_file_permissions(fs: FileSystem, base: str) -> None:
     fs.upload_file(b"#!/bin/sh\n", f"{base}/run.sh")
     fs.set_file_permissions(f"{base}/run.sh", mode="755")
     assert fs.get_file_info(f"{base}/run.sh").permissions == "0755"
@@ -233,7 +235,7 @@ def test_set_file_permissions(fs, base: str) -> None:  # type: ignore[no-untyped
         fs.set_file_permissions(f"{base}/missing", mode="644")
 
 
-def test_find_files(fs, daemon: RunningDaemon, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_find_files(fs: FileSystem, daemon: RunningDaemon, base: str) -> None:
     fs.upload_files(
         [
             FileUpload(b"alpha\nTODO: one\nbeta\r\nTODO: two\r\n", f"{base}/src/a.py"),
@@ -256,7 +258,7 @@ def test_find_files(fs, daemon: RunningDaemon, base: str) -> None:  # type: igno
         fs.find_files(f"{base}/missing", "x")
 
 
-def test_search_files(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_search_files(fs: FileSystem, base: str) -> None:
     fs.upload_files(
         [
             FileUpload(b"", f"{base}/a.py"),
@@ -274,7 +276,7 @@ def test_search_files(fs, base: str) -> None:  # type: ignore[no-untyped-def]
         fs.search_files(base, "[a-")
 
 
-def test_replace_in_files(fs, base: str) -> None:  # type: ignore[no-untyped-def]
+def test_replace_in_files(fs: FileSystem, base: str) -> None:
     fs.upload_files([FileUpload(b"foo bar foo\nfoofoo", f"{base}/a.txt"), FileUpload(b"none", f"{base}/b.txt")])
     fs.set_file_permissions(f"{base}/a.txt", mode="600")
     results = fs.replace_in_files([f"{base}/a.txt", f"{base}/b.txt", f"{base}/missing"], "foo", "qux")

@@ -172,7 +172,7 @@ def _refused_upgrade(url: str) -> aiohttp.WSServerHandshakeError:
 def test_websocket_to_closed_port_is_refused(daemon: RunningDaemon) -> None:
     refused = _refused_upgrade(f"{daemon.url.replace('http', 'ws')}/proxy/{free_port()}/ws")
     assert refused.status == 502
-    assert refused.headers["x-proxy-error"] == "port-not-open"
+    assert refused.headers is not None and refused.headers["x-proxy-error"] == "port-not-open"
 
 
 def test_forward_over_unix_socket_daemon(tmp_path: Path, app: App) -> None:
@@ -296,4 +296,4 @@ def test_websocket_upstream_that_never_answers_is_a_504(tmp_path: Path) -> None:
         finally:
             daemon.stop()
     assert refused.status == 504
-    assert refused.headers["x-proxy-error"] == "upstream-timeout"
+    assert refused.headers is not None and refused.headers["x-proxy-error"] == "upstream-timeout"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import httpx
 import pytest
@@ -24,7 +25,13 @@ from tests.system import requires
 
 pytestmark = requires("git")
 
-AUTHOR = {"author": "Ada Lovelace", "email": "ada@example.com"}
+
+class Author(TypedDict):
+    author: str
+    email: str
+
+
+AUTHOR: Author = {"author": "Ada Lovelace", "email": "ada@example.com"}
 
 
 @pytest.fixture(scope="module")
@@ -164,13 +171,14 @@ def test_clone_branch_commit_and_depth(git: Git, space: Path, origin: Path) -> N
 
 
 def test_clone_errors(git: Git, space: Path, origin: Path) -> None:
+    caught: pytest.ExceptionInfo[DaytonaError]
     with pytest.raises(DaytonaNotFoundError) as caught:
         git.clone(url=f"file://{space}/missing.git", path=f"{space.name}/x")
     assert error_of(caught) == (404, "GIT_REPO_NOT_FOUND")
 
     (space / "occupied").mkdir()
     (space / "occupied" / "file").write_text("keep me\n")
-    with pytest.raises(DaytonaConflictError) as caught:
+    with pytest.raises(DaytonaConflictError):
         git.clone(url=f"file://{origin}", path=f"{space.name}/occupied")
     assert (space / "occupied" / "file").read_text() == "keep me\n"
 
@@ -195,6 +203,7 @@ def test_branches_create_checkout_delete(git: Git, space: Path, origin: Path) ->
     listed = git.branches(repo)
     assert sorted(listed.branches) == ["feature/x", "main"] and listed.current == "feature/x"
 
+    caught: pytest.ExceptionInfo[DaytonaError]
     with pytest.raises(DaytonaConflictError) as caught:
         git.create_branch(repo, "main")
     assert error_of(caught) == (409, "GIT_BRANCH_EXISTS")

@@ -4,18 +4,19 @@ or exposed, and the daemon staying responsive during a slow clone."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 from daytona._sync.git import Git
 from daytona.common.errors import DaytonaError, DaytonaGitAuthFailedError
 from daytona_toolbox_api_client import GitApi
 
+from tests import procfs
 from tests.git_server import GitHttpServer, make_origin, run_git
 from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
 from tests.system import requires
@@ -24,7 +25,14 @@ pytestmark = requires("git")
 
 USER = "alice"
 PASSWORD = f"pw-{uuid.uuid4().hex}"
-AUTHOR = {"author": "Ada Lovelace", "email": "ada@example.com"}
+
+
+class Author(TypedDict):
+    author: str
+    email: str
+
+
+AUTHOR: Author = {"author": "Ada Lovelace", "email": "ada@example.com"}
 
 
 @pytest.fixture(scope="module")
@@ -136,15 +144,7 @@ def test_dangerously_authenticate_stores_credentials_for_later_calls(
 
 
 def _command_lines() -> list[str]:
-    lines = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    lines.append(handle.read().replace(b"\0", b" ").decode(errors="replace"))
-            except OSError:
-                pass
-    return lines
+    return [line.replace(b"\0", b" ").decode(errors="replace") for line in procfs.command_lines().values()]
 
 
 def test_daemon_stays_responsive_during_a_slow_clone_and_argv_has_no_secret(

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +84,13 @@ def fd_targets(pid: int) -> list[str]:
     return targets
 
 
-def wait_until(predicate, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(0.1)
-    return predicate()
+    return bool(predicate())
 
 
 def rss_kib(pid: int) -> int:
@@ -257,7 +257,7 @@ def test_upstream_dies_mid_response(stack: Stack, tmp_path: Path) -> None:
 
 def test_daemon_killed_and_restarted_behind_the_proxy(tmp_path: Path) -> None:
     from daytona.common.errors import DaytonaError
-    from daytona_toolbox_api_client import SessionExecuteRequest
+    from daytona.common.process import SessionExecuteRequest
 
     from tests.test_proxy_sdk import sdk_client
 
@@ -353,7 +353,7 @@ def test_disk_full_during_upload_through_the_proxy(stack: Stack) -> None:
 
 def test_output_at_full_speed_with_a_stalled_reader(stack: Stack) -> None:
     """A follower that never reads must not make the daemon buffer the flood."""
-    from daytona_toolbox_api_client import SessionExecuteRequest
+    from daytona.common.process import SessionExecuteRequest
 
     process = sdk_process(stack.daemon)
     process.create_session("flood")

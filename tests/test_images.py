@@ -122,7 +122,7 @@ def compose_schema() -> dict[str, Any]:
 
 
 def test_compose_file_validates_against_the_compose_specification() -> None:
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]  # no stubs; a test-only dependency
 
     schema = compose_schema()
     validator_class = jsonschema.validators.validator_for(schema)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
-from daytona_toolbox_api_client import InfoApi, ServerApi, SystemApi
+from daytona_toolbox_api_client import InfoApi, InitializeRequest, ServerApi, SystemApi
 from daytona_toolbox_api_client.exceptions import ApiException
 
 from tests.helpers import RunningDaemon, sdk_api_client
@@ -22,7 +23,7 @@ def test_dirs_and_version(daemon: RunningDaemon, via_prefix: bool) -> None:
 
 
 def test_init_accepts_json_without_content_type(daemon: RunningDaemon) -> None:
-    ServerApi(sdk_api_client(daemon)).initialize({"token": "abc"})
+    ServerApi(sdk_api_client(daemon)).initialize(InitializeRequest(token="abc"))
     with daemon.client() as http:
         response = http.post("/init", content=b'{"token": "t"}')
         assert response.status_code == 200
@@ -50,10 +51,11 @@ def test_env_rejects_bad_names(daemon: RunningDaemon) -> None:
 
 def test_metrics_shape(daemon: RunningDaemon) -> None:
     metrics = SystemApi(sdk_api_client(daemon)).get_system_metrics()
-    assert metrics.cpu_count >= 1
-    assert metrics.mem_total > 0 and metrics.disk_total > 0
-    assert 0 <= metrics.cpu_used_pct <= 100
-    assert metrics.timestamp.endswith("Z")
+    assert metrics.cpu_count is not None and metrics.cpu_count >= 1
+    assert metrics.mem_total is not None and metrics.mem_total > 0
+    assert metrics.disk_total is not None and metrics.disk_total > 0
+    assert metrics.cpu_used_pct is not None and 0 <= metrics.cpu_used_pct <= 100
+    assert metrics.timestamp is not None and metrics.timestamp.endswith("Z")
 
 
 def test_errors_are_error_responses(daemon: RunningDaemon) -> None:
@@ -75,13 +77,13 @@ def test_sdk_raises_precise_errors_for_bad_body(daemon: RunningDaemon) -> None:
     assert caught.value.status == 400
 
 
-def test_unix_socket(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unix_socket(tmp_path: Path) -> None:
     from tests.helpers import start_daemon
 
     running = start_daemon(tmp_path, uds=True)
     try:
         with running.client() as http:
             assert http.get("/sbx-test/work-dir").json() == {"dir": str(running.workdir)}
-        assert oct(os.stat(running.uds).st_mode)  # the socket exists
+        assert running.uds is not None and oct(os.stat(running.uds).st_mode)  # the socket exists
     finally:
         running.stop()

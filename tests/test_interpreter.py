@@ -19,9 +19,11 @@ from daytona.common.errors import (
     DaytonaNotFoundError,
     DaytonaTimeoutError,
 )
+from daytona.common.code_interpreter import ExecutionError
 from daytona_toolbox_api_client import InterpreterApi, InterpreterContext
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from tests.helpers import RunningDaemon, sdk_api_client, start_daemon
 
@@ -58,7 +60,7 @@ def test_run_code_streams_stdout_stderr_and_keeps_state(interpreter: CodeInterpr
 
 
 def test_errors_are_reported_with_a_user_traceback(interpreter: CodeInterpreter) -> None:
-    errors = []
+    errors: list[ExecutionError] = []
     result = interpreter.run_code("print('before')\ndef f():\n    raise ValueError('bad value')\nf()", on_error=errors.append)
     assert result.stdout == "before\n"
     assert result.error is not None and errors == [result.error]
@@ -237,6 +239,15 @@ def test_raw_interrupted_control_frame_then_4008(daemon: RunningDaemon) -> None:
         (json.dumps({"code": "1", "timeout": -1}), 1008, "timeout must be greater than or equal to 0"),
         (json.dumps({"code": "1", "contextId": "nope"}), 1008, "context not found: nope"),
         (json.dumps({"code": "1", "envs": {"A": 1}}), 1008, "envs must be"),
+        ("[1]", 1002, "invalid JSON payload"),
+        (json.dumps({"code": 5}), 1008, "code is required"),
+        (json.dumps({"code": "1", "contextId": 5}), 1008, "contextId must be a string"),
+        (json.dumps({"code": "1", "envs": {"A=B": "1"}}), 1008, "envs must be"),
+        (json.dumps({"code": "1", "envs": {"A": "nul\x00"}}), 1008, "envs must be"),
+        (json.dumps({"code": "1", "envs": ["A"]}), 1008, "envs must be"),
+        (json.dumps({"code": "1", "timeout": True}), 1008, "timeout must be a number of seconds"),
+        (json.dumps({"code": "1", "timeout": "5"}), 1008, "timeout must be a number of seconds"),
+        ('{"code": "1", "timeout": NaN}', 1008, "timeout must be greater than or equal to 0"),
     ],
 )
 def test_raw_validation_failures_are_close_codes(daemon: RunningDaemon, payload: str, code: int, reason: str) -> None:
@@ -303,7 +314,7 @@ def test_deleting_a_context_ends_its_running_execution(interpreter: CodeInterpre
 
 def test_raw_echoes_only_the_sdk_version_subprotocol(daemon: RunningDaemon) -> None:
     url = daemon.url.replace("http://", "ws://") + "/process/interpreter/execute"
-    with connect(url, subprotocols=["X-Daytona-SDK-Version~1.0", "other"], proxy=None) as ws:  # type: ignore[list-item]
+    with connect(url, subprotocols=[Subprotocol("X-Daytona-SDK-Version~1.0"), Subprotocol("other")], proxy=None) as ws:
         assert ws.subprotocol == "X-Daytona-SDK-Version~1.0"
         ws.send(json.dumps({"code": "print(1)"}))
         assert json.loads(ws.recv(timeout=10))["text"] == "1\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from daytona._sync.lsp_server import LspServer
 from daytona.common.errors import DaytonaError
-from daytona.common.lsp_server import LspCompletionPosition
+from daytona.common.lsp_server import LspCompletionPosition, LspLanguageIdLiteral
 from daytona_toolbox_api_client import LspApi
 
 from tests.helpers import RunningDaemon, sdk_api_client
@@ -27,7 +27,7 @@ SHAPES = textwrap.dedent('''\
     ''')
 
 
-def _lsp(daemon: RunningDaemon, language: str, project: Path, via_prefix: bool = False) -> LspServer:
+def _lsp(daemon: RunningDaemon, language: LspLanguageIdLiteral, project: Path, via_prefix: bool = False) -> LspServer:
     return LspServer(language, str(project), LspApi(sdk_api_client(daemon, via_prefix=via_prefix)))
 
 

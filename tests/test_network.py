@@ -19,7 +19,8 @@ import pytest
 from runtime.manager import SandboxError
 from runtime.network import Network, NetworkError
 from tests.net_helpers import (
-    DNS_ANSWER, DNS_NAME, dns_reply, INTERNET_A, INTERNET_B, INTERNET_HOST, LAN_ADDRESS, Namespace,
+    DNS_ANSWER, DNS_NAME, dns_reply, INTERNET_A, INTERNET_B, INTERNET_C, INTERNET_HIGH, INTERNET_HOST, INTERNET_LOW,
+    INTERNET_NET, LAN_ADDRESS, UNROUTED_NET, Namespace,
     internet, is_root, lan, probe, python_command, sh, wait_for,
 )
 from tests.runtime_direct import DirectRuntime
@@ -146,7 +147,7 @@ def test_dns_reaches_a_resolver_on_the_hosts_loopback(
             except OSError:
                 continue
             asked.append(peer[0])
-            server.sendto(dns_reply(query, "198.51.100.77"), peer)
+            server.sendto(dns_reply(query, INTERNET_C), peer)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -155,7 +156,7 @@ def test_dns_reaches_a_resolver_on_the_hosts_loopback(
         sid = _create(direct)
         lookup = f"import socket; print(socket.gethostbyname('{DNS_NAME}'))"
         code, out = direct.execute(sid, f'python3 -c "{lookup}"')
-        assert (code, out.strip()) == (0, "198.51.100.77")
+        assert (code, out.strip()) == (0, INTERNET_C)
         assert asked and asked[0].startswith("10.213.")
         # The loopback is open to DNS only: another port of the same address is not.
         other = socket.create_server((resolver, 0))
@@ -191,10 +192,10 @@ def test_block_all_blocks_egress_and_dns_and_a_live_change_opens_it(rt: DirectRu
 
 
 def test_allow_list_lets_exactly_its_cidrs_through_and_changes_live(rt: DirectRuntime) -> None:
-    sid = _create(rt, allow_list="198.51.100.0/25")
+    sid = _create(rt, allow_list=INTERNET_LOW)
     try:
         assert probe(rt, sid, A, B) == [f"open from {INTERNET_HOST}", "closed TimeoutError"]
-        rt.run(rt.runtime.set_network(sid, allow_list="198.51.100.128/25, 203.0.113.7/32"))
+        rt.run(rt.runtime.set_network(sid, allow_list=f"{INTERNET_HIGH}, {UNROUTED_NET}.7/32"))
         assert probe(rt, sid, A, B) == ["closed TimeoutError", f"open from {INTERNET_HOST}"]
         rt.run(rt.runtime.set_network(sid, allow_list=""))  # empty: no list, egress on
         assert probe(rt, sid, A, B) == [f"open from {INTERNET_HOST}"] * 2
@@ -205,18 +206,18 @@ def test_allow_list_lets_exactly_its_cidrs_through_and_changes_live(rt: DirectRu
         rt.run(rt.runtime.delete(sid))
 
 
-@pytest.mark.parametrize("bad", ["198.51.100.0/33", "example.com", ",".join(f"203.0.113.{i}/32" for i in range(11))])
+@pytest.mark.parametrize("bad", [f"{INTERNET_NET}.0/33", "example.com", ",".join(f"{UNROUTED_NET}.{i}/32" for i in range(11))])
 def test_a_bad_allow_list_is_a_400_and_changes_nothing(rt: DirectRuntime, bad: str) -> None:
     with pytest.raises(SandboxError) as info:
         _create(rt, allow_list=bad)
     assert info.value.status == 400
     assert "networkAllowList" in info.value.message
-    sid = _create(rt, allow_list="198.51.100.0/25")
+    sid = _create(rt, allow_list=INTERNET_LOW)
     try:
         with pytest.raises(SandboxError) as info:
             rt.run(rt.runtime.set_network(sid, allow_list=bad))
         assert info.value.status == 400
-        assert rt.runtime.get(sid).allow_list == ("198.51.100.0/25",)
+        assert rt.runtime.get(sid).allow_list == (INTERNET_LOW,)
         assert probe(rt, sid, A, B) == [f"open from {INTERNET_HOST}", "closed TimeoutError"]
     finally:
         rt.run(rt.runtime.delete(sid))
@@ -314,8 +315,8 @@ def test_spoofing_another_sandboxs_address_or_a_mac_fails(
         # Its own address with another MAC is dropped as well.
         assert _in_netns(slot.name, "ip", "link", "set", "eth0", "address", "02:5b:de:ad:be:ef").returncode == 0
         send(mine, "spoofed-mac")
-        assert _in_netns(slot.name, "ip", "addr", "add", "203.0.113.9/32", "dev", "eth0").returncode == 0
-        send("203.0.113.9", "spoofed-outside")  # nor any other source
+        assert _in_netns(slot.name, "ip", "addr", "add", f"{UNROUTED_NET}.9/32", "dev", "eth0").returncode == 0
+        send(f"{UNROUTED_NET}.9", "spoofed-outside")  # nor any other source
         # Give dropped datagrams the time they would have needed, then look (bounded).
         wait_for(lambda: arrived("control-own-address"), 1)
         time.sleep(1.0)

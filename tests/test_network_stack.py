@@ -14,7 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.net_helpers import INTERNET_A, INTERNET_B, Namespace, internet, is_root, python_command
+from tests.net_helpers import (
+    INTERNET_A, INTERNET_B, INTERNET_HIGH, INTERNET_LOW, UNROUTED_NET, Namespace, internet, is_root, python_command,
+)
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack, ws_connect
 
 pytestmark = [needs_bwrap, pytest.mark.skipif(not is_root(), reason="sandbox networking needs root and nftables")]
@@ -97,8 +99,8 @@ def test_sdk_network_settings_apply_live(stack: Stack) -> None:
         sandbox.update_network_settings(network_block_all=True)
         assert sandbox.network_block_all is True
         assert probe(sandbox, A) == ["closed"]
-        sandbox.update_network_settings(network_allow_list="198.51.100.128/25")
-        assert (sandbox.network_block_all, sandbox.network_allow_list) == (False, "198.51.100.128/25")
+        sandbox.update_network_settings(network_allow_list=INTERNET_HIGH)
+        assert (sandbox.network_block_all, sandbox.network_allow_list) == (False, INTERNET_HIGH)
         assert probe(sandbox, A, B) == ["closed", "open"]
         sandbox.update_network_settings(network_block_all=False)  # clears the list too
         assert sandbox.network_allow_list is None
@@ -106,17 +108,18 @@ def test_sdk_network_settings_apply_live(stack: Stack) -> None:
         assert d.get(sandbox.id).network_block_all is False
     finally:
         d.delete(sandbox)
-    listed = d.create(CreateSandboxFromSnapshotParams(network_allow_list="198.51.100.0/25"))
+    listed = d.create(CreateSandboxFromSnapshotParams(network_allow_list=INTERNET_LOW))
     try:
-        assert listed.network_allow_list == "198.51.100.0/25"
+        assert listed.network_allow_list == INTERNET_LOW
         assert probe(listed, A, B) == ["open", "closed"]
     finally:
         d.delete(listed)
 
 
 @pytest.mark.parametrize("body", [{"networkAllowList": "10.0.0.0/40"}, {"networkAllowList": "nope"},
-                                  {"networkAllowList": ",".join(f"203.0.113.{i}/32" for i in range(11))},
-                                  {"domainAllowList": "pypi.org"}])
+                                  {"networkAllowList": ",".join(f"{UNROUTED_NET}.{i}/32" for i in range(11))},
+                                  {"domainAllowList": "not a domain"},
+                                  {"domainAllowList": "*.com"}])
 def test_bad_network_settings_are_a_400_and_change_nothing(stack: Stack, body: dict[str, str]) -> None:
     created = stack.api("POST", "/sandbox", json=body)
     assert created.status_code == 400, created.text

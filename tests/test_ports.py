@@ -55,6 +55,7 @@ def test_lists_ipv4_and_ipv6_listeners(
 ) -> None:
     api = PortApi(sdk_api_client(daemon, via_prefix=via_prefix))
     ports = api.get_ports().ports
+    assert ports is not None
     assert ipv4_listener.getsockname()[1] in ports
     assert ipv6_listener.getsockname()[1] in ports
     assert daemon.url.rsplit(":", 1)[1] and int(daemon.url.rsplit(":", 1)[1]) in ports  # the daemon itself
@@ -67,13 +68,15 @@ def test_in_use_follows_the_socket(daemon: RunningDaemon) -> None:
     assert api.is_port_in_use(port).is_in_use is True
     sock.close()
     assert api.is_port_in_use(port).is_in_use is False
-    assert port not in api.get_ports().ports
+    ports = api.get_ports().ports
+    assert ports is not None and port not in ports
 
 
 def test_connected_but_not_listening_sockets_are_not_ports(daemon: RunningDaemon, ipv4_listener: socket.socket) -> None:
     client = socket.create_connection(ipv4_listener.getsockname())
     try:
         ports = PortApi(sdk_api_client(daemon)).get_ports().ports
+        assert ports is not None
         assert client.getsockname()[1] not in ports  # an ESTABLISHED client port
     finally:
         client.close()

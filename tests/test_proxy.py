@@ -152,7 +152,7 @@ def raw_get(port: int, path: str, headers: dict[str, str]) -> httpx.Response:
             data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    parsed = [tuple(line.split(": ", 1)) for line in header_lines]
+    parsed = [(name, value) for name, _, value in (line.partition(": ") for line in header_lines)]
     return httpx.Response(int(status_line.split()[1]), headers=parsed, content=body)
 
 

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -50,10 +51,10 @@ def signed(proxy: Proxy, sandbox: str, port: int, seconds: int) -> dict[str, obj
     return response.json()
 
 
-def get(proxy: Proxy, host: str, path: str = "/info/x", **kwargs: object) -> httpx.Response:
-    headers = {"Host": host, **kwargs.pop("headers", {})}  # type: ignore[dict-item]
+def get(proxy: Proxy, host: str, path: str = "/info/x", **kwargs: Any) -> httpx.Response:
+    headers = {"Host": host, **kwargs.pop("headers", {})}
     with proxy.client() as client:
-        return client.get(path, headers=headers, **kwargs)  # type: ignore[arg-type]
+        return client.get(path, headers=headers, **kwargs)
 
 
 def seen_headers(response: httpx.Response) -> dict[str, str]:

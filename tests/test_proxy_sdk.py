@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -12,8 +13,12 @@ import pytest
 from tests.helpers import RunningDaemon, start_daemon
 from tests.proxy_helpers import API_KEY, Proxy, start_proxy
 
+if TYPE_CHECKING:
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client import ApiClient
 
-def sdk_client(proxy: Proxy, sandbox_id: str, api_key: str = API_KEY):  # type: ignore[no-untyped-def]
+
+def sdk_client(proxy: Proxy, sandbox_id: str, api_key: str = API_KEY) -> ToolboxApiClientProxy[ApiClient]:
     from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
     from daytona_toolbox_api_client import ApiClient, Configuration
 

@@ -13,19 +13,21 @@ from daytona.common.errors import (
     DaytonaNotFoundError,
     DaytonaSessionEndedError,
 )
+from daytona._sync.process import Process
 from daytona.common.pty import PtySize
+from daytona.handle.pty_handle import PtyHandle
 from daytona_toolbox_api_client import PtyCreateRequest
 
 from tests.helpers import RunningDaemon, sdk_process
 
 
 @pytest.fixture(params=[False, True], ids=["bare", "via-prefix"])
-def process(request: pytest.FixtureRequest, daemon: RunningDaemon):  # type: ignore[no-untyped-def]
+def process(request: pytest.FixtureRequest, daemon: RunningDaemon) -> Process:
     return sdk_process(daemon, via_prefix=request.param)
 
 
 @pytest.fixture
-def pty_id(process) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def pty_id(process: Process) -> Iterator[str]:
     session_id = f"pty-{uuid.uuid4().hex[:8]}"
     yield session_id
     try:
@@ -34,7 +36,7 @@ def pty_id(process) -> Iterator[str]:  # type: ignore[no-untyped-def]
         pass
 
 
-def read_until(handle, marker: bytes, timeout: float = 10.0) -> bytes:  # type: ignore[no-untyped-def]
+def read_until(handle: PtyHandle, marker: bytes, timeout: float = 10.0) -> bytes:
     """Iterate the handle's output until `marker` shows up."""
     seen = b""
     deadline = time.monotonic() + timeout

@@ -40,6 +40,7 @@ def test_async_pty_and_interpreter(daemon: RunningDaemon) -> None:
         async with ApiClient(Configuration(host=daemon.url)) as raw_client:
             # As AsyncSandbox builds it: the SDK's proxy adds `/{sandboxId}` and exposes the
             # aiohttp session its WebSockets use (created by the first REST call).
+            assert daemon.sandbox_id is not None
             api_client = ToolboxApiClientProxy(raw_client, daemon.sandbox_id, daemon.url)
             process = AsyncProcess("python", ProcessApi(api_client))
             assert await process.list_pty_sessions() == []

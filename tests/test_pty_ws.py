@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from tests.helpers import RunningDaemon, start_daemon
 
@@ -29,7 +30,8 @@ def ws_url(daemon: RunningDaemon, path: str) -> str:
 
 
 def open_ws(daemon: RunningDaemon, path: str, subprotocols: list[str] | None = None) -> ClientConnection:
-    return connect(ws_url(daemon, path), subprotocols=subprotocols, compression=None, max_size=None, proxy=None)  # type: ignore[arg-type]
+    offered = [Subprotocol(p) for p in subprotocols] if subprotocols is not None else None
+    return connect(ws_url(daemon, path), subprotocols=offered, compression=None, max_size=None, proxy=None)
 
 
 def expect_connected(ws: ClientConnection) -> dict:
@@ -90,7 +92,7 @@ def test_subprotocols_connected_first_and_exited_message(daemon: RunningDaemon, 
                 frames.append(ws.recv(timeout=10))
         exited = [json.loads(f) for f in frames if isinstance(f, str)]
         assert exited == [{"type": "control", "status": "exited", "exitCode": 5, "exitReason": "non-zero exit"}]
-        assert closed.value.rcvd.code == 1011
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
         assert json.loads(closed.value.rcvd.reason) == {"exitCode": 5, "exitReason": "non-zero exit"}
 
 
@@ -102,7 +104,7 @@ def test_without_exit_control_only_the_close_frame(daemon: RunningDaemon, pty_id
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 assert isinstance(ws.recv(timeout=10), bytes)  # no control text frame at all
-        assert closed.value.rcvd.code == 1000
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
         assert json.loads(closed.value.rcvd.reason) == {"exitCode": 0}
 
 
@@ -218,7 +220,7 @@ def test_a_stuck_client_does_not_stall_the_others(daemon: RunningDaemon, pty_id:
     create(daemon, pty_id)
     url = ws_url(daemon, f"/process/pty/{pty_id}/connect?scrollback=0")
     # max_queue=1: the client library stops reading the socket once one frame is waiting.
-    with connect(url, compression=None, max_size=None, proxy=None, max_queue=1) as stuck:  # type: ignore[arg-type]
+    with connect(url, compression=None, max_size=None, proxy=None, max_queue=1) as stuck:
         expect_connected(stuck)
         with open_ws(daemon, f"/process/pty/{pty_id}/connect?scrollback=0") as fast:
             expect_connected(fast)

@@ -11,12 +11,17 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.runtime_helpers import Stack, bwrap_pids, cgroup_dirs, needs_bwrap, start_stack, ws_connect
 from tests.system import requires
+
+if TYPE_CHECKING:
+    from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
+    from daytona_toolbox_api_client import ApiClient
 
 pytestmark = needs_bwrap
 
@@ -48,7 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running.stop()
 
 
-def sdk_client(stack: Stack, sandbox_id: str):  # type: ignore[no-untyped-def]
+def sdk_client(stack: Stack, sandbox_id: str) -> ToolboxApiClientProxy[ApiClient]:
     from daytona.internal.toolbox_api_client_proxy import ToolboxApiClientProxy
     from daytona_toolbox_api_client import ApiClient, Configuration
 
@@ -112,7 +117,8 @@ def test_official_sdk_drives_a_sandbox_through_the_proxy(stack: Stack) -> None:
 
 def test_preview_of_a_server_inside_the_sandbox_over_http_and_websocket(stack: Stack) -> None:
     from daytona._sync.process import Process
-    from daytona_toolbox_api_client import ProcessApi, SessionExecuteRequest
+    from daytona.common.process import SessionExecuteRequest
+    from daytona_toolbox_api_client import ProcessApi
 
     sandbox_id = stack.first_id
     token = token_of(stack, sandbox_id)

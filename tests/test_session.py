@@ -17,6 +17,7 @@ from daytona.common.errors import (
     DaytonaNotFoundError,
     DaytonaSessionEndedError,
 )
+from daytona._sync.process import Process
 from daytona.common.process import SessionExecuteRequest
 
 from tests.helpers import RunningDaemon, sdk_process, start_daemon
@@ -25,7 +26,7 @@ OUT = "\x01\x01\x01"
 ERR = "\x02\x02\x02"
 
 
-def wait_for_exit(process, session_id: str, command_id: str, timeout: float = 15.0) -> int:  # type: ignore[no-untyped-def]
+def wait_for_exit(process: Process, session_id: str, command_id: str, timeout: float = 15.0) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         command = process.get_session_command(session_id, command_id)
@@ -33,6 +34,11 @@ def wait_for_exit(process, session_id: str, command_id: str, timeout: float = 15
             return command.exit_code
         time.sleep(0.05)
     raise AssertionError(f"command {command_id} did not finish")
+
+
+def _binary(frame: str | bytes) -> bytes:
+    assert isinstance(frame, bytes), f"a text frame where raw log bytes belong: {frame!r}"
+    return frame
 
 
 def alive(pid: int) -> bool:
@@ -44,11 +50,11 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(params=[False, True], ids=["direct", "via_prefix"])
-def process(request: pytest.FixtureRequest, daemon: RunningDaemon):  # type: ignore[no-untyped-def]
+def process(request: pytest.FixtureRequest, daemon: RunningDaemon) -> Process:
     return sdk_process(daemon, via_prefix=request.param)
 
 
-def test_state_carries_over_and_sync_exec_shape(process, daemon: RunningDaemon, request) -> None:  # type: ignore[no-untyped-def]
+def test_state_carries_over_and_sync_exec_shape(process: Process, daemon: RunningDaemon, request) -> None:
     sid = f"state-{request.node.callspec.id}"
     process.create_session(sid)
     (daemon.workdir / "inner").mkdir(exist_ok=True)
@@ -116,7 +122,7 @@ def test_sync_command_never_waits_for_stdin(daemon: RunningDaemon) -> None:
     process.delete_session("stdin")
 
 
-def test_log_stream_over_websocket(process, request) -> None:  # type: ignore[no-untyped-def]
+def test_log_stream_over_websocket(process: Process, request) -> None:
     sid = f"stream-{request.node.callspec.id}"
     process.create_session(sid)
     command = process.execute_session_command(
@@ -173,7 +179,7 @@ def test_send_input_echo_and_errors(daemon: RunningDaemon) -> None:
     process.delete_session("input")
 
 
-def test_session_errors(process) -> None:  # type: ignore[no-untyped-def]
+def test_session_errors(process: Process) -> None:
     with pytest.raises(DaytonaNotFoundError, match="session not found"):
         process.get_session("missing")
     with pytest.raises(DaytonaNotFoundError):
@@ -200,7 +206,7 @@ def test_session_errors(process) -> None:  # type: ignore[no-untyped-def]
         process.delete_session("dup")
 
 
-def test_entrypoint_without_command_is_empty_but_valid(process) -> None:  # type: ignore[no-untyped-def]
+def test_entrypoint_without_command_is_empty_but_valid(process: Process) -> None:
     session = process.get_entrypoint_session()
     assert session.session_id == "entrypoint" and session.commands == []
     logs = process.get_entrypoint_logs()
@@ -344,22 +350,23 @@ def test_websocket_resume_from_offset(daemon: RunningDaemon) -> None:
     received = b""
     # First connection: read a little, then drop the connection mid-stream.
     with connect(ws_base + "?follow=true", open_timeout=10) as ws:
-        assert ws.response.headers["X-Output-Offset"] == "0"
-        received += ws.recv(timeout=10)
+        assert ws.response is not None and ws.response.headers["X-Output-Offset"] == "0"
+        received += _binary(ws.recv(timeout=10))
     resume_at = len(received)
     with connect(f"{ws_base}?follow=true&offset={resume_at}", open_timeout=10) as ws:
-        assert ws.response.headers["X-Output-Offset"] == str(resume_at)
+        assert ws.response is not None and ws.response.headers["X-Output-Offset"] == str(resume_at)
         for frame in ws:
-            received += frame
-        assert ws.close_code == 1000
+            received += _binary(frame)
+        assert ws.close_code == 1000 and ws.close_reason is not None
         end = json.loads(ws.close_reason)["offset"]
     assert end == len(received)
     assert received.replace(OUT.encode(), b"") == b"".join(b"line%d\n" % i for i in range(1, 7))
     logs = process.get_session_command_logs("resume", command.cmd_id)
-    assert logs.output.encode() == received
+    assert logs.output is not None and logs.output.encode() == received
     # Without follow: what exists now, then close 1000 with the end offset.
     with connect(ws_base + f"?offset={end - 6}", open_timeout=10) as ws:
-        frames = b"".join(ws)
+        frames = b"".join(_binary(frame) for frame in ws)
+        assert ws.close_reason is not None
         assert frames == received[-6:] and json.loads(ws.close_reason) == {"offset": end}
     process.delete_session("resume")
 
@@ -467,6 +474,7 @@ def test_async_sdk_streams_logs_over_aiohttp(daemon: RunningDaemon) -> None:
         api_client = ApiClient(Configuration(host=daemon.url))
         try:
             # As the SDK builds it: the proxy adds /{sandboxId} and exposes the aiohttp session.
+            assert daemon.sandbox_id is not None
             proxy = ToolboxApiClientProxy(api_client, daemon.sandbox_id, daemon.url)
             process = AsyncProcess("python", ProcessApi(proxy))
             await process.create_session("aio")
@@ -507,9 +515,10 @@ def test_daemon_stop_leaves_no_session_processes(tmp_path: Path) -> None:
 
 def test_websocket_echoes_the_sdk_version_subprotocol(daemon: RunningDaemon) -> None:
     from websockets.sync.client import connect
+    from websockets.typing import Subprotocol
 
     url = daemon.url.replace("http://", "ws://") + "/process/session/entrypoint/logs?follow=true"
-    with connect(url, subprotocols=["X-Daytona-SDK-Version~0.226.1"], open_timeout=10) as ws:  # type: ignore[list-item]
+    with connect(url, subprotocols=[Subprotocol("X-Daytona-SDK-Version~0.226.1")], open_timeout=10) as ws:
         assert ws.subprotocol == "X-Daytona-SDK-Version~0.226.1"
         assert list(ws) == [] and ws.close_code == 1000
     with connect(url, open_timeout=10) as ws:

@@ -2,26 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 from tests.helpers import start_daemon
-
-
-def children(pid: int) -> dict[int, str]:
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found[int(name)] = fields[0]
-    return found
+from tests.procfs import children
 
 
 def test_orphans_are_reaped_by_the_daemon(tmp_path: Path) -> None:

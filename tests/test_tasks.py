@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,7 @@ def test_a_startup_failure_unwinds_exactly_what_was_started(tmp_path: Path) -> N
         finally:
             spawned.append(f"{name} ended")
 
-    def hook(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
+    def hook(name: str, fail: bool = False) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             calls.append(name)
             if name.startswith("start"):
@@ -72,7 +73,7 @@ def test_shutdown_hooks_run_in_reverse_and_one_failing_does_not_skip_the_rest(tm
     daemon = _daemon(tmp_path)
     calls: list[str] = []
 
-    def stop(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
+    def stop(name: str, fail: bool = False) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             calls.append(name)
             if fail:
@@ -214,3 +215,13 @@ def test_a_daemon_with_work_in_flight_stops_cleanly(tmp_path: Path) -> None:
         assert time.monotonic() - started < 10
     finally:
         daemon.stop()
+
+
+def test_sole_exception_unwraps_only_a_group_of_one() -> None:
+    from toolbox.tasks import sole_exception
+
+    disconnect = ConnectionResetError("client left")
+    assert sole_exception(ExceptionGroup("g", [disconnect])) is disconnect
+    assert sole_exception(ExceptionGroup("g", [ExceptionGroup("inner", [disconnect])])) is disconnect
+    several = ExceptionGroup("g", [disconnect, ValueError("bad body")])
+    assert sole_exception(several) is several  # nothing is dropped

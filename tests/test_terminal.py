@@ -12,12 +12,14 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
+from websockets.typing import Subprotocol
 
 from tests.cdp import Browser, chromium_path
 from tests.helpers import RunningDaemon, free_port, start_daemon
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 from tests.system import reason
 
+EXIT_CONTROL = Subprotocol("X-Daytona-Pty-Exit-Control")
 SCREEN = "Array.from(document.querySelectorAll('.xterm-rows > div')).map(r => r.textContent.trimEnd())"
 
 
@@ -43,7 +45,7 @@ def test_terminal_port_serves_the_page_assets_and_only_the_pty_api(terminal_daem
     assert httpx.get(base + "/files", params={"path": "."}).status_code == 404
 
     with connect(f"ws://127.0.0.1:{port}/api/pty/create-connect?id=t1&cols=100&rows=30",
-                 subprotocols=["X-Daytona-Pty-Exit-Control"], open_timeout=10) as ws:
+                 subprotocols=[EXIT_CONTROL], open_timeout=10) as ws:
         assert "connected" in ws.recv(timeout=10)
         ws.send(b"echo hi-$((40+2))\n")
         out = b""
@@ -171,7 +173,7 @@ def test_a_terminal_session_leaves_the_logs_clean(stack: Stack, capfd: pytest.Ca
         cookie_header = {"Cookie": cookie, "Origin": f"http://{host}"}
         sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
         with connect(f"ws://{host}/api/pty/create-connect?id=web-clean&cols=80&rows=24", sock=sock,
-                     subprotocols=["X-Daytona-Pty-Exit-Control"], additional_headers=cookie_header,
+                     subprotocols=[EXIT_CONTROL], additional_headers=cookie_header,
                      open_timeout=10) as ws:
             assert "connected" in ws.recv(timeout=10)
             ws.send(b"echo clean-$((6*7))\n")
@@ -182,7 +184,7 @@ def test_a_terminal_session_leaves_the_logs_clean(stack: Stack, capfd: pytest.Ca
         assert browser.get("/api/pty/web-clean").status_code == 200
         sock = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
         with connect(f"ws://{host}/api/pty/web-clean/connect", sock=sock, open_timeout=10,
-                     subprotocols=["X-Daytona-Pty-Exit-Control"], additional_headers=cookie_header) as ws:
+                     subprotocols=[EXIT_CONTROL], additional_headers=cookie_header) as ws:
             assert browser.post("/api/pty/web-clean/resize", json={"cols": 100, "rows": 30}).status_code == 200
         # Refused upgrades: a PTY that has gone (404 from the daemon), no credentials (proxy).
         assert browser.delete("/api/pty/web-clean").status_code == 200

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_ws import WebSocketUpgradeError, connect_ws
+from httpx_ws import WebSocketSession, WebSocketUpgradeError, connect_ws
 
 from tests.helpers import RunningDaemon, start_daemon
 
@@ -91,12 +91,13 @@ def test_websocket_streams_events_and_ends_when_path_is_deleted(daemon: RunningD
     folder = daemon.workdir / "streamed"
     folder.mkdir()
     ws_url = daemon.url.replace("http", "ws", 1)
+    ws: WebSocketSession
     with httpx.Client() as http, connect_ws(f"{ws_url}/sbx-test/watch/stream?path={folder}&recursive=true", http) as ws:
         ready = json.loads(ws.receive_text())
         assert ready["type"] == "ready" and ready["path"] == str(folder) and ready["recursive"] is True
         (folder / "deep").mkdir()
         (folder / "deep" / "f.bin").write_bytes(b"12345678")
-        events = []
+        events: list[dict[str, Any]] = []
         while not any(e.get("path") == str(folder / "deep" / "f.bin") for e in events):
             events.append(json.loads(ws.receive_text(timeout=10)))
         file_event = [e for e in events if e.get("path") == str(folder / "deep" / "f.bin")][-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from starlette.types import Receive
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 
@@ -48,3 +49,10 @@ async def listen_for_disconnect(websocket: WebSocket) -> None:
     with unless_gone(websocket):
         while (await websocket.receive())["type"] != "websocket.disconnect":
             pass
+
+
+async def listen_for_http_disconnect(receive: Receive) -> None:
+    """Returns once an HTTP client has gone away (body bytes read meanwhile are dropped, so
+    call it only once the request body was consumed, or when it does not matter)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

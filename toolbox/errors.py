@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import errno
 import logging
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
+
+from toolbox.timestamps import iso_utc
 
 log = logging.getLogger("toolbox")
 
@@ -174,13 +177,28 @@ def from_os_error(exc: OSError, path: str | None = None) -> DaemonError:
     return DaemonError(Code.INTERNAL_SERVER_ERROR, f"{reason}: {where}")
 
 
-def timestamp() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+@contextmanager
+def os_errors(path: str | None = None) -> Iterator[None]:
+    """An `OSError` in the block leaves as the `DaemonError` the SDK expects for `path`
+    (as httpx's `map_httpcore_exceptions` maps transport errors); the OS error stays as
+    its `__cause__`, which the log shows for a 5xx."""
+    try:
+        yield
+    except OSError as exc:
+        raise from_os_error(exc, path) from exc
 
 
 def error_body(
-    status: int, message: str, code: Code | str, path: str, method: str | None = None
+    status: int, message: str, code: Code | str, path: str, method: str | None = None,
+    cause: BaseException | None = None,
 ) -> dict[str, object]:
+    """The ErrorResponse. A 5xx is logged here, where every error reply passes, with `cause`
+    (and what caused that): a 500 is a fault of ours (ERROR); the others are the machine's
+    or an upstream's (a full disk, a port nobody listens on: WARNING)."""
+    if status >= 500:
+        log.log(logging.ERROR if status == 500 else logging.WARNING, "%s %s answered %d %s: %s",
+                method or "", path, status, code.value if isinstance(code, Code) else code, message,
+                exc_info=cause)
     # Only Daytona's generic errors carry the prefix; domain codes have their own wording.
     generic = code in _CODE_OF_STATUS.values() and code != Code.INVALID_REQUEST_BODY
     prefix = _PREFIX_OF_STATUS.get(status, "") if generic else ""
@@ -189,7 +207,7 @@ def error_body(
         "message": message if message.startswith(prefix) else prefix + message,
         "code": code.value if isinstance(code, Code) else code,
         "source": SOURCE,
-        "timestamp": timestamp(),
+        "timestamp": iso_utc(),
         "path": path,
     }
     if method:
@@ -200,7 +218,7 @@ def error_body(
 def error_response(conn: HTTPConnection, exc: DaemonError) -> JSONResponse:
     method = conn.scope.get("method")
     return JSONResponse(
-        error_body(exc.status, exc.message, exc.code, conn.url.path, method),
+        error_body(exc.status, exc.message, exc.code, conn.url.path, method, cause=exc),
         status_code=exc.status,
     )
 
@@ -221,14 +239,15 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 async def handle_os_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, OSError)
-    return error_response(request, from_os_error(exc))
+    error = from_os_error(exc)
+    error.__cause__ = exc
+    return error_response(request, error)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(
-        request, DaemonError(Code.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
-    )
+    error = DaemonError(Code.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc  # logged by error_body with the traceback
+    return error_response(request, error)
 
 
 EXCEPTION_HANDLERS = {

@@ -1,4 +1,5 @@
-"""Request parsing shared by every route: JSON bodies into wire models, typed query params.
+"""Request parsing shared by every route: JSON bodies into wire models, typed query params,
+the WebSocket subprotocol to echo.
 
 Every helper raises `DaemonError` with a message a person can act on, so handlers stay thin.
 """
@@ -11,10 +12,13 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
 
 from toolbox.errors import Code, DaemonError
 
 M = TypeVar("M", bound=BaseModel)
+
+SDK_VERSION_PROTOCOL_PREFIX = "X-Daytona-SDK-Version~"
 
 # Request bodies are small JSON documents; anything larger is a client bug, not data.
 MAX_JSON_BODY = 16 * 1024 * 1024
@@ -171,3 +175,14 @@ def json_response(content: Any, status_code: int = 200) -> JSONResponse:
     if isinstance(content, BaseModel):
         content = content.model_dump(by_alias=True, exclude_none=True)
     return _NameSafeJSONResponse(content, status_code=status_code)
+
+
+def offered_subprotocols(websocket: WebSocket) -> list[str]:
+    return list(websocket.scope.get("subprotocols", []))
+
+
+def sdk_version_subprotocol(offered: list[str]) -> str | None:
+    """The browser SDK's version token (`X-Daytona-SDK-Version~<v>`), echoed as Daytona does:
+    browsers fail a handshake that offered subprotocols and got none back (the Python SDK
+    offers none)."""
+    return next((p for p in offered if p.startswith(SDK_VERSION_PROTOCOL_PREFIX)), None)

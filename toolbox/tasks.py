@@ -99,3 +99,20 @@ class TaskOwner:
 
         task.add_done_callback(ended)
         return BackgroundTask(task)
+
+
+def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a task group raised, unwrapped when it is a single exception (anyio wraps even
+    its host's own one in a group) so that callers can catch it by type; several stay
+    grouped, so that none of them is dropped."""
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    return leaves[0] if len(leaves) == 1 else group

@@ -116,6 +116,7 @@ class SandboxListItem(_Response):
 class Sandbox(SandboxListItem):
     env: dict[str, str]
     kvm: bool = False
+    linkedSandboxId: str | None = None
     volumes: list[SandboxVolumeOut] = Field(default_factory=list)
 
 

@@ -45,6 +45,7 @@ class SandboxRecord:
     error_reason: str | None = None
     network_allow_list: str | None = None
     domain_allow_list: str | None = None
+    linked_sandbox_id: str | None = None
     last_activity_at: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -108,6 +109,13 @@ class SandboxRecords:
             return None
         by_id = [r for r in rows if r.id == id_or_name]
         return _record(by_id[0] if by_id else rows[0])
+
+    def followers(self, organization_id: str, owner_id: str) -> list[str]:
+        """The ids of the sandboxes linked to `owner_id`."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table.c.id).where(
+                table.c.organization_id == organization_id, table.c.linked_sandbox_id == owner_id)).all()
+        return [row.id for row in rows]
 
     def page(self, organization_id: str, *, limit: int, before: tuple[float, str] | None = None,
              labels: dict[str, str] | None = None, states: list[str] | None = None) -> list[SandboxRecord]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,6 +17,7 @@ from controlplane.http import body, bool_param, int_param, principal
 from controlplane.sandboxes import dto, states
 from controlplane.sandboxes.records import SandboxRecord
 from controlplane.sandboxes.service import SandboxService
+from controlplane.wire import iso
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,6 @@ class PublicUrls:
         return f"{self.scheme}://{port}-{sandbox_id}.{self.domain}{suffix}"
 
 
-def _iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return datetime.fromtimestamp(when, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _fields(record: SandboxRecord, urls: PublicUrls) -> dict[str, object]:
     return dict(  # noqa: C408 -- keyword form: field names as the wire spells them
         id=record.id, organizationId=record.organization_id, name=record.name, target=record.target,
@@ -60,14 +54,14 @@ def _fields(record: SandboxRecord, urls: PublicUrls) -> dict[str, object]:
         recoverable=True if record.state == "error" else None,
         networkAllowList=record.network_allow_list, domainAllowList=record.domain_allow_list,
         autoStopInterval=record.auto_stop_interval, autoArchiveInterval=record.auto_archive_interval,
-        autoDeleteInterval=record.auto_delete_interval, createdAt=_iso(record.created_at),
-        updatedAt=_iso(record.updated_at), lastActivityAt=_iso(record.last_activity_at),
+        autoDeleteInterval=record.auto_delete_interval, createdAt=iso(record.created_at),
+        updatedAt=iso(record.updated_at), lastActivityAt=iso(record.last_activity_at),
     )
 
 
 def sandbox_dto(record: SandboxRecord, urls: PublicUrls) -> dict[str, object]:
     model = dto.Sandbox(**_fields(record, urls), env=record.env,  # type: ignore[arg-type]
-                        volumes=[dto.SandboxVolumeOut(**v) for v in record.volumes])
+                        linkedSandboxId=record.linked_sandbox_id, volumes=[dto.SandboxVolumeOut(**v) for v in record.volumes])
     return model.model_dump(exclude_none=True)
 
 

@@ -32,6 +32,7 @@ from controlplane.sandboxes.dto import CreateSandbox
 from controlplane.sandboxes.hooks import CreateHook, Prepared, SnapshotSource, Source
 from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.states import State
+from runtime.dns import DnsError, parse_domain_list
 from runtime.network import NetworkError, parse_allow_list
 from runtime.sandbox import new_id
 
@@ -90,6 +91,14 @@ def _allow_list(value: str | None) -> tuple[str, ...]:
         return parse_allow_list(value)
     except NetworkError as exc:
         raise BadRequest(exc.message, "INVALID_NETWORK_ALLOW_LIST") from None
+
+
+def _domain_list(value: str | None) -> tuple[str, ...]:
+    """Daytona's comma-separated domainAllowList, normalized (runtime/dns.py)."""
+    try:
+        return parse_domain_list(value)
+    except DnsError as exc:
+        raise BadRequest(exc.message, "INVALID_DOMAIN_ALLOW_LIST") from None
 
 
 def _check_labels(labels: dict[str, str]) -> None:
@@ -172,15 +181,12 @@ class SandboxService:
     async def create(self, principal: Principal, body: CreateSandbox) -> SandboxRecord:
         if body.buildInfo is not None and body.snapshot:
             raise BadRequest("give either snapshot or buildInfo (an image), not both", "INVALID_SNAPSHOT")
-        source = await self._source(principal, body)
         if body.gpu or body.gpuType:
             raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
         if body.kvm:
             raise BadRequest("KVM sandboxes are not available on this server", "KVM_UNAVAILABLE")
-        if body.domainAllowList:
-            raise BadRequest("domainAllowList is not available on this server yet: use networkAllowList (CIDRs)",
-                             "NETWORK_UNAVAILABLE")
         allow_list = _allow_list(body.networkAllowList)
+        domains = _domain_list(body.domainAllowList)
         block_all = (self.default_network_block_all if body.networkBlockAll is None
                      else body.networkBlockAll)
         resources = _resources(body.cpu, body.memory, body.disk)
@@ -193,11 +199,14 @@ class SandboxService:
         auto_archive = _interval("autoArchiveInterval", body.autoArchiveInterval, DEFAULT_AUTO_ARCHIVE)
         auto_delete = _interval("autoDeleteInterval", body.autoDeleteInterval, DEFAULT_AUTO_DELETE,
                                 allow_negative=True)
+        owner = await self._link_owner(principal, body.linkedSandbox, auto_delete) if body.linkedSandbox else None
         prepared = Prepared()
         for hook in self.hooks:  # volumes, secrets, ...: each validates before anything exists
             await hook.prepare(principal, body, prepared)
         if body.volumes and not prepared.mounts:
             raise NotImplementedYet("Volumes are not available on this server yet", "VOLUMES_UNAVAILABLE")
+        # Last of the checks: for an image, it starts (or joins) the snapshot's build.
+        source = await self._source(principal, body)
         sandbox_id = new_id()
         now = time.time()
         record = SandboxRecord(
@@ -208,7 +217,8 @@ class SandboxService:
             memory=resources.memory, disk=resources.disk, auto_stop_interval=auto_stop,
             auto_archive_interval=min(auto_archive or MAX_AUTO_ARCHIVE, MAX_AUTO_ARCHIVE),
             auto_delete_interval=auto_delete, network_block_all=block_all,
-            network_allow_list=",".join(allow_list) or None, domain_allow_list=body.domainAllowList,
+            network_allow_list=",".join(allow_list) or None, domain_allow_list=",".join(domains) or None,
+            linked_sandbox_id=owner.id if owner is not None else None,
             preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
             snapshot=source.name, volumes=prepared.volumes, last_activity_at=now, extra=dict(prepared.extra),
         )
@@ -224,7 +234,10 @@ class SandboxService:
             raise
         request = CreateRequest(sandbox_id, env={**prepared.env, **body.env}, resources=resources,
                                 mounts=tuple(prepared.mounts), network=not block_all,
-                                allow_list=allow_list, snapshot=source.store_name or DEFAULT_SNAPSHOT)
+                                allow_list=allow_list, domain_allow_list=domains,
+                                link_to=owner.id if owner is not None else None,
+                                link_names=(owner.name,) if owner is not None else (),
+                                snapshot=source.store_name or DEFAULT_SNAPSHOT)
         if source.building is not None:
             self._spawn_after_build(record, request, source)
             return record
@@ -289,6 +302,19 @@ class SandboxService:
         await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.STARTED.value))
         await self.view.publish()
         await self.view.until_routed(record.id)
+
+    async def _link_owner(self, principal: Principal, id_or_name: str, auto_delete: int) -> SandboxRecord:
+        """Daytona's rules for `linkedSandbox`: an existing sandbox of the same organization
+        (another's is a 404, as any sandbox of another's), not itself a follower, and the
+        follower ephemeral (`ephemeral=True`, autoDeleteInterval 0)."""
+        owner = await self.get(principal, id_or_name)
+        if owner.linked_sandbox_id is not None:
+            raise BadRequest(f"Sandbox {id_or_name} is itself linked to sandbox {owner.linked_sandbox_id}: "
+                             "link to that one instead", "INVALID_LINKED_SANDBOX")
+        if auto_delete != 0:
+            raise BadRequest("a linked sandbox must be ephemeral: create it with ephemeral=True "
+                             "(autoDeleteInterval 0)", "INVALID_LINKED_SANDBOX")
+        return owner
 
     async def _bring_up(self, record: SandboxRecord, request: CreateRequest) -> SandboxRecord:
         try:
@@ -374,7 +400,15 @@ class SandboxService:
         return await self.get(principal, record.id)
 
     async def delete(self, principal: Principal, id_or_name: str) -> SandboxRecord:
-        record = await self._begin(principal, id_or_name, "destroy")
+        owner = await self.get(principal, id_or_name)
+        # Followers go with their owner (first): ephemeral, they exist for its sake.
+        for follower in await anyio.to_thread.run_sync(self.records.followers, principal.organization_id,
+                                                       owner.id):
+            try:
+                await self.delete(principal, follower)
+            except NotFound:
+                pass  # deleted meanwhile
+        record = await self._begin(principal, owner.id, "destroy")
         assert record is not None
 
         async def work() -> None:
@@ -403,28 +437,28 @@ class SandboxService:
 
     async def set_network(self, principal: Principal, id_or_name: str, block_all: bool | None,
                           allow_list: str | None, domain_allow_list: str | None) -> SandboxRecord:
-        """`POST /sandbox/{id}/network-settings`: what is not given stays; applied live."""
-        if domain_allow_list:
-            raise BadRequest("domainAllowList is not available on this server yet: use networkAllowList (CIDRs)",
-                             "NETWORK_UNAVAILABLE")
+        """`POST /sandbox/{id}/network-settings`: what is not given stays; applied live.
+
+        The SDK's meaning: an allow list (of either kind) implies not blocking all;
+        networkBlockAll=false alone restores general egress and clears the stored lists.
+        The two lists combine: a destination passes if either allows it."""
         record = await self.get(principal, id_or_name)
-        # The SDK's meaning: an allow list implies not blocking all; networkBlockAll=false
-        # restores general egress and clears a stored list.
-        if allow_list is not None:
-            new_list = _allow_list(allow_list)
+        new_list = _allow_list(record.network_allow_list if allow_list is None else allow_list)
+        new_domains = _domain_list(record.domain_allow_list if domain_allow_list is None else domain_allow_list)
+        if allow_list is not None or domain_allow_list is not None:
             new_block = bool(block_all)
         elif block_all is False:
-            new_list, new_block = (), False
+            new_list, new_domains, new_block = (), (), False
         else:
-            new_list = _allow_list(record.network_allow_list)
             new_block = record.network_block_all if block_all is None else block_all
         try:
-            await self.backend.set_network(record.id, new_block, new_list)
+            await self.backend.set_network(record.id, new_block, new_list, new_domains)
         except BackendError as exc:
             raise ApiError(exc.status, f"Failed to change the network settings: {exc.message}",
                            "BACKEND_ERROR") from None
         return await self.update(principal, record.id, network_block_all=new_block,
-                                 network_allow_list=",".join(new_list) or None)
+                                 network_allow_list=",".join(new_list) or None,
+                                 domain_allow_list=",".join(new_domains) or None)
 
     async def set_labels(self, principal: Principal, id_or_name: str, labels: dict[str, str]) -> SandboxRecord:
         """Replaces the labels, but keeps `code-toolbox-language`: the SDK picks the

@@ -70,6 +70,8 @@ sandboxes = Table(
     Column("network_block_all", Boolean, nullable=False),
     Column("network_allow_list", Text),
     Column("domain_allow_list", Text),
+    # A linked follower's owner (revision 0200); followers go with their owner.
+    Column("linked_sandbox_id", String(63), index=True),
     Column("preview_token", String(64), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from toolbox.computeruse import actions
-from toolbox.computeruse.recordings import build_recording_routes
+from toolbox.computeruse.recording_routes import build_recording_routes
 from toolbox.computeruse.x11 import X11
 from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError, bad_request

@@ -24,6 +24,7 @@ from pathlib import Path
 import anyio
 from starlette.types import Receive, Scope, Send
 
+from toolbox.disconnect import listen_for_http_disconnect
 from toolbox.errors import Code, DaemonError, error_body, from_os_error
 
 # Large reads are what makes Python serve files fast (architecture.md: 64 KiB reads give
@@ -73,11 +74,8 @@ async def stream_until_disconnect(receive: Receive, body: Callable[[], Awaitable
     async with anyio.create_task_group() as group:
 
         async def watch() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    group.cancel_scope.cancel()
-                    return
+            await listen_for_http_disconnect(receive)
+            group.cancel_scope.cancel()
 
         group.start_soon(watch)
         await body()
@@ -101,7 +99,7 @@ class ByteRange:
     end: int  # inclusive
 
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE | re.ASCII)  # ASCII: not "١"
 
 
 def parse_range(header: str, size: int) -> ByteRange | None:
@@ -240,7 +238,7 @@ def open_for_download(path: Path, display: str) -> tuple[int, os.stat_result]:
     except IsADirectoryError:
         raise DaemonError(Code.BAD_REQUEST, f"path must be a file, not a directory: {display}") from None
     except OSError as exc:
-        raise from_os_error(exc, display) from None
+        raise from_os_error(exc, display) from exc
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-import anyio.abc
 from pydantic import Field
 from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -24,20 +23,17 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp
 
 from toolbox.context import Daemon
+from toolbox.disconnect import listen_for_http_disconnect
 from toolbox.errors import Code, DaemonError, error_body, error_response
 from toolbox.files import search
 from toolbox.files.download import BulkDownload, FileDownload, RangeNotSatisfiable, open_for_download
 from toolbox.files.paths import resolve
 from toolbox.files.service import FileService
 from toolbox.files.journal import UploadJournal
-from toolbox.files.upload import MultipartUpload, PendingFile, upload_error
+from toolbox.files.upload_service import UploadService
 from toolbox.http import WireModel, json_response, parse_body, query_bool, query_int, query_required, query_str
 
 T = TypeVar("T")
-
-# Upload bodies are handed to the worker thread in batches of about this size: one thread
-# hop per MiB instead of one per 64 KiB network read.
-UPLOAD_BATCH = 1024 * 1024
 
 
 class ReplaceRequest(WireModel):
@@ -66,8 +62,7 @@ async def run_while_connected(request: Request, func: Callable[..., T], *args: A
     error: Exception | None = None
 
     async def watch_disconnect(scope: anyio.CancelScope) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
+        await listen_for_http_disconnect(request.receive)
         cancel.set()
         scope.cancel()
 
@@ -102,58 +97,7 @@ def _multipart_boundary(request: Request) -> bytes | None:
     return boundary
 
 
-async def _pump(request: Request, feed: Callable[[bytes], None], finish: Callable[[bytes], None],
-                abort: Callable[[], None]) -> None:
-    """Stream the request body into `feed` in ~1 MiB batches, each in a worker thread.
-
-    While one batch is written the next is being received (uvicorn stops reading the
-    socket while its body buffer is full, so doing both in turn halves throughput); at
-    most two batches are in memory. Whatever goes wrong (client gone, cancelled, bad
-    data), `abort` runs so no temp file is left behind.
-    """
-    sender, receiver = anyio.create_memory_object_stream[bytes](0)
-    failures: list[Exception] = []
-    batch: list[bytes] = []
-
-    async def write_batches(group: anyio.abc.TaskGroup) -> None:
-        async with receiver:
-            async for data in receiver:
-                try:
-                    await run(feed, data)
-                except Exception as exc:
-                    failures.append(exc)
-                    group.cancel_scope.cancel()
-                    return
-
-    try:
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(write_batches, group)
-                async with sender:
-                    size = 0
-                    async for chunk in request.stream():
-                        if not chunk:
-                            continue
-                        batch.append(chunk)
-                        size += len(chunk)
-                        if size >= UPLOAD_BATCH:
-                            data = b"".join(batch)
-                            batch.clear()
-                            size = 0
-                            await sender.send(data)
-        except BaseExceptionGroup as group_error:
-            # Only the receiving side can raise here (the writer keeps its errors).
-            raise group_error.exceptions[0] from None
-        if failures:
-            raise failures[0]
-        await run(finish, b"".join(batch))
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await run(abort)
-        raise
-
-
-def _upload_failure(request: Request, failures: list[DaemonError], files: list[dict[str, object]]) -> JSONResponse:
+def _upload_failure(request: Request, failures: list[DaemonError], files: list[dict[str, Any]]) -> JSONResponse:
     """Daytona's bulk-upload error reply (`errors` joined into the SDK's message), which is
     also a full ErrorResponse so that generic clients see the usual envelope.
 
@@ -161,15 +105,11 @@ def _upload_failure(request: Request, failures: list[DaemonError], files: list[d
     """
     status = 507 if any(failure.status == 507 for failure in failures) else 400
     first = failures[0]
-    body = error_body(status, "; ".join(f.message for f in failures), first.code, request.url.path, request.method)
+    cause = next((f for f in failures if f.status == status), first)
+    body = error_body(status, "; ".join(f.message for f in failures), first.code, request.url.path, request.method,
+                      cause=cause)
     body.update(errors=[f.message for f in failures], files=files)
     return JSONResponse(body, status_code=status)
-
-
-def _upload_reply(request: Request, receiver: MultipartUpload) -> JSONResponse:
-    if receiver.failures:
-        return _upload_failure(request, receiver.failures, receiver.files)
-    return JSONResponse({"files": receiver.files})
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
@@ -180,6 +120,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
 
     def resolve_path(raw: str) -> Path:
         return resolve(settings, raw)
+
+    uploads = UploadService(resolve_path, journal)
 
     async def list_files(request: Request) -> Response:
         path = query_str(request, "path", default="") or ""
@@ -255,57 +197,26 @@ def build(daemon: Daemon) -> list[BaseRoute]:
                 raise DaemonError(Code.BAD_REQUEST, "invalid multipart form: Content-Type must be multipart/form-data")
         except DaemonError as exc:
             return _upload_failure(request, [exc], [])
-        receiver = MultipartUpload(boundary, resolve_path, journal=journal)
         try:
-            await _pump(request, receiver.feed, receiver.finish, receiver.abort)
-        except DaemonError as exc:
-            return _upload_failure(request, [exc], receiver.files)
+            outcome = await uploads.bulk(boundary, request.stream())
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening any more
-        return _upload_reply(request, receiver)
+        if outcome.failures:
+            return _upload_failure(request, outcome.failures, outcome.files)
+        return JSONResponse({"files": outcome.files})
 
     async def upload_single(request: Request, legacy: bool) -> Response:
         raw = query_required(request, "path")
         destination = resolve_path(raw)
         boundary = _multipart_boundary(request)
         try:
-            if boundary is not None:
-                receiver = MultipartUpload(boundary, resolve_path, fixed=(destination, raw), journal=journal)
-                await _pump(request, receiver.feed, receiver.finish, receiver.abort)
-                if receiver.failures:
-                    raise receiver.failures[0]
-                if not receiver.files:
-                    raise DaemonError(Code.BAD_REQUEST, "multipart body has no part named 'file'")
-            else:
-                await _upload_raw(request, destination, raw)
+            await uploads.single(destination, raw, boundary, request.stream())
         except ClientDisconnect:
             return Response(status_code=400)
         if legacy:
             return Response(status_code=200)
         name = posixpath.basename(posixpath.normpath(raw)) or raw
         return json_response({"name": name, "path": raw, "type": "file"})
-
-    async def _upload_raw(request: Request, destination: Path, raw: str) -> None:
-        try:
-            target = await run(PendingFile, destination, journal)
-        except OSError as exc:
-            raise upload_error(exc, raw) from None
-
-        def write(data: bytes) -> None:
-            try:
-                target.write(data)
-            except OSError as exc:
-                target.abort()
-                raise upload_error(exc, raw) from None
-
-        def finish(data: bytes) -> None:
-            write(data)
-            try:
-                target.commit()
-            except OSError as exc:
-                raise upload_error(exc, raw) from None
-
-        await _pump(request, write, finish, target.abort)
 
     async def upload_v2(request: Request) -> Response:
         return await upload_single(request, legacy=False)

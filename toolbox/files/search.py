@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from toolbox.config import Settings
-from toolbox.errors import DaemonError, bad_request, from_os_error
+from toolbox.errors import DaemonError, bad_request, from_os_error, os_errors
 from toolbox.files.paths import check_cancel, check_path, resolve, walk
 
 # Daytona skips files whose first 512 bytes contain a NUL (binary files).
@@ -71,25 +71,16 @@ def find_in_files(settings: Settings, raw_path: str, pattern: str,
     if pattern == "":
         raise bad_request("query parameter 'pattern' is required (the literal text to search for)")
     needle = pattern.encode("utf-8", errors="surrogateescape")
-    try:
-        root_stat = os.stat(root)
-    except OSError as exc:
-        raise from_os_error(exc, raw_path) from None
-    if stat.S_ISREG(root_stat.st_mode):
-        try:
-            return grep_file(root, raw_path, needle, cancel)
-        except OSError as exc:
-            raise from_os_error(exc, raw_path) from None
     matches: list[dict[str, Any]] = []
-    try:
+    with os_errors(raw_path):
+        if stat.S_ISREG(os.stat(root).st_mode):
+            return grep_file(root, raw_path, needle, cancel)
         for entry in walk(root, raw_path, cancel=cancel):
             if entry.is_file:
                 try:
                     matches.extend(grep_file(entry.path, entry.display, needle, cancel))
                 except OSError:
                     continue  # unreadable files are skipped, as in Daytona
-    except OSError as exc:
-        raise from_os_error(exc, raw_path) from None
     return matches
 
 
@@ -160,22 +151,16 @@ def search_files(settings: Settings, raw_path: str, pattern: str,
     if pattern == "":
         raise bad_request("query parameter 'pattern' is required (a glob such as *.py)")
     regex = glob_regex(pattern)
-    try:
-        os.stat(root)
-    except OSError as exc:
-        raise from_os_error(exc, raw_path) from None
     found: list[str] = []
     root_name = os.path.basename(os.path.normpath(raw_path)) or raw_path
-    if regex.fullmatch(root_name):
-        found.append(raw_path)
-    if not root.is_dir():
-        return found
-    try:
-        for entry in walk(root, raw_path, cancel=cancel):
-            if regex.fullmatch(entry.name):
-                found.append(entry.display)
-    except OSError as exc:
-        raise from_os_error(exc, raw_path) from None
+    with os_errors(raw_path):
+        is_dir = stat.S_ISDIR(os.stat(root).st_mode)
+        if regex.fullmatch(root_name):
+            found.append(raw_path)
+        if is_dir:
+            for entry in walk(root, raw_path, cancel=cancel):
+                if regex.fullmatch(entry.name):
+                    found.append(entry.display)
     return found
 
 

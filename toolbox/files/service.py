@@ -1,7 +1,7 @@
 """File operations behind `/files`: list, info, mkdir, delete, move, permissions.
 
 Plain blocking functions that know nothing about HTTP; the routes run them in worker
-threads. OS errors propagate as `OSError` and are mapped by `from_os_error`; input
+threads. OS errors leave as the SDK's codes through `os_errors(path)`; input
 problems raise `DaemonError` with a message a person can act on.
 """
 
@@ -20,13 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from toolbox.config import Settings
-from toolbox.errors import Code, DaemonError, bad_request, from_os_error
+from toolbox.errors import Code, DaemonError, bad_request, from_os_error, os_errors
 from toolbox.files.fileinfo import file_info
 from toolbox.files.paths import resolve, walk
-
-
-def _os_error(exc: OSError, display: str) -> DaemonError:
-    return from_os_error(exc, display)
 
 
 def parse_mode(raw: str) -> int:
@@ -57,7 +53,7 @@ class FileService:
     def list(self, raw_path: str, depth: int = 1, cancel: threading.Event | None = None) -> list[dict[str, Any]]:
         display_root = raw_path or "."
         root = resolve(self.settings, display_root)
-        try:
+        with os_errors(display_root):
             root_stat = os.stat(root)
             if not stat.S_ISDIR(root_stat.st_mode):
                 raise bad_request(f"not a directory: {display_root} (use /files/info for a single file)")
@@ -73,16 +69,12 @@ class FileService:
                     infos.append(file_info(entry.name, os.stat(entry.path), entry.display))
                 except OSError:
                     continue
-            return infos
-        except OSError as exc:
-            raise _os_error(exc, display_root) from None
+        return infos
 
     def info(self, raw_path: str) -> dict[str, Any]:
         path = resolve(self.settings, raw_path)
-        try:
+        with os_errors(raw_path):
             st = os.stat(path)
-        except OSError as exc:
-            raise _os_error(exc, raw_path) from None
         name = posixpath.basename(posixpath.normpath(str(path))) or "/"
         return file_info(name, st, raw_path)
 
@@ -96,16 +88,16 @@ class FileService:
         except FileExistsError:
             raise bad_request(f"cannot create folder {raw_path}: a file with that name exists") from None
         except OSError as exc:
-            error = _os_error(exc, raw_path)
+            error = from_os_error(exc, raw_path)
             if error.code == Code.CONFLICT:
                 error = bad_request(f"cannot create folder {raw_path}: {exc.strerror}")
-            raise error from None
+            raise error from exc
 
     def delete(self, raw_path: str, recursive: bool) -> None:
         path = resolve(self.settings, raw_path)
         if os.path.normpath(path) == "/":
             raise bad_request("refusing to delete the root directory /")
-        try:
+        with os_errors(raw_path):
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
                 if not recursive:
@@ -115,21 +107,15 @@ class FileService:
                 shutil.rmtree(path)
             else:
                 os.unlink(path)
-        except OSError as exc:
-            raise _os_error(exc, raw_path) from None
 
     def move(self, raw_source: str, raw_destination: str) -> dict[str, str] | None:
         """Rename, or copy-then-delete across file systems (as Daytona's daemon does)."""
         source = resolve(self.settings, raw_source, "source")
         destination = resolve(self.settings, raw_destination, "destination")
-        try:
+        with os_errors(raw_source):
             os.lstat(source)
-        except OSError as exc:
-            raise _os_error(exc, raw_source) from None
-        try:
+        with os_errors(str(Path(raw_destination).parent)):
             os.stat(destination.parent)
-        except OSError as exc:
-            raise _os_error(exc, str(Path(raw_destination).parent)) from None
         if os.path.lexists(destination):
             raise DaemonError(Code.CONFLICT, f"destination already exists: {raw_destination}")
         try:
@@ -137,14 +123,12 @@ class FileService:
             return None
         except OSError as exc:
             if exc.errno != errno.EXDEV:
-                raise _os_error(exc, raw_source) from None
-        try:
+                raise from_os_error(exc, raw_source) from exc
+        with os_errors(raw_destination):
             if os.path.isdir(source) and not os.path.islink(source):
                 shutil.copytree(source, destination, symlinks=True)
             else:
                 shutil.copy2(source, destination, follow_symlinks=False)
-        except OSError as exc:
-            raise _os_error(exc, raw_destination) from None
         try:
             if os.path.isdir(source) and not os.path.islink(source):
                 shutil.rmtree(source)
@@ -161,14 +145,12 @@ class FileService:
         mode = parse_mode(raw_mode) if raw_mode else None
         uid = _user_id(owner) if owner else -1
         gid = _group_id(group) if group else -1
-        try:
+        with os_errors(raw_path):
             os.stat(path)
             if mode is not None:
                 os.chmod(path, mode)
             if uid != -1 or gid != -1:
                 os.chown(path, uid, gid)
-        except OSError as exc:
-            raise _os_error(exc, raw_path) from None
 
 
 _MAX_ID = 2**32 - 2

@@ -13,7 +13,8 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,15 @@ def upload_error(exc: OSError, display: str) -> DaemonError:
     if error.code == Code.CONFLICT:
         error = DaemonError(Code.BAD_REQUEST, f"cannot create {display}: a parent path is not a directory")
     return error
+
+
+@contextmanager
+def upload_errors(display: str) -> Iterator[None]:
+    """`os_errors` for an upload to `display`: a parent that is a file is a 400, not a 409."""
+    try:
+        yield
+    except OSError as exc:
+        raise upload_error(exc, display) from exc
 
 
 _FIELD = re.compile(r"^files\[(\d+)\]\.(path|file)$")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from toolbox.timestamps import iso_utc
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -113,7 +115,7 @@ class MetricsSampler:
         disk_free = disk.f_bavail * disk.f_frsize
         stamp = datetime.now(timezone.utc).replace(microsecond=0)
         return {
-            "timestamp": stamp.isoformat().replace("+00:00", "Z"),
+            "timestamp": iso_utc(stamp),
             "timestampUnix": int(stamp.timestamp()),
             "cpuCount": int(math.ceil(limit)),
             "cpuUsedPct": round(min(cpu_pct, 100.0), 2),

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlparse
 
 import anyio
 
-from toolbox.errors import Code, DaemonError, bad_request, from_os_error
+from toolbox.errors import Code, DaemonError, bad_request, os_errors
 from toolbox.lsp import normalize
 from toolbox.lsp.jsonrpc import JsonRpcProcess, RpcError, ServerGone
 
@@ -208,10 +208,8 @@ class LspService:
     async def _ensure_open(self, server: LanguageServer, path: Path) -> str:
         """Open (or refresh) the document from disk; returns its URI as the server knows it."""
         uri = path.as_uri()
-        try:
+        with os_errors(str(path)):
             text = await anyio.to_thread.run_sync(_read_text, path)
-        except OSError as exc:
-            raise from_os_error(exc, str(path)) from None
         version = server.versions.get(uri)
         if version is not None and server.texts.get(uri) == hash(text):
             return uri  # unchanged on disk: nothing to tell the server

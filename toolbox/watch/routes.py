@@ -137,7 +137,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             watcher = await service.create(path, recursive, expires=False)
         except DaemonError as exc:
             # Refuse before the upgrade, with the same ErrorResponse a REST call gets.
-            body = error_body(exc.status, exc.message, exc.code, websocket.url.path, "GET")
+            body = error_body(exc.status, exc.message, exc.code, websocket.url.path, "GET", cause=exc)
             await websocket.send_denial_response(JSONResponse(body, status_code=exc.status))
             return
         try:

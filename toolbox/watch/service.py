@@ -18,13 +18,13 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from toolbox.errors import Code, DaemonError, from_os_error
+from toolbox.errors import Code, DaemonError, os_errors
+from toolbox.timestamps import iso_utc
 from toolbox.tasks import BackgroundTask, Spawn
 from toolbox.watch.events import Event, EventRing
 
@@ -56,7 +56,7 @@ def stat_entry(path: str) -> dict[str, Any] | None:
         "mode": stat_module.filemode(st.st_mode),
         "permissions": format(stat_module.S_IMODE(st.st_mode), "04o"),
         "isDir": stat_module.S_ISDIR(st.st_mode),
-        "modTime": datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat().replace("+00:00", "Z"),
+        "modTime": iso_utc(st.st_mtime),
         "owner": st.st_uid,
         "group": st.st_gid,
         "inode": (st.st_dev, st.st_ino),
@@ -75,10 +75,6 @@ def count_directories(root: Path, limit: int) -> int:
         except OSError:
             continue
     return count
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -124,7 +120,7 @@ class Watcher:
 
     def to_events(self, changes: set[tuple[Change, str]]) -> list[Event]:
         """Blocking (stat calls): turn one watchfiles batch into our events."""
-        stamp = _now()
+        stamp = iso_utc()
         deleted: dict[tuple[int, int], str] = {}
         rows: list[tuple[str, str, dict[str, Any] | None]] = []
         for change, path in sorted(changes, key=lambda c: (c[0].name != "deleted", c[1])):
@@ -207,7 +203,7 @@ class Watcher:
             try:
                 asyncio.run(self._watch(publish, lambda: loop.call_soon_threadsafe(self.ready.set)))
             except Exception as exc:  # noqa: BLE001 - reported to readers, never a daemon crash
-                publish([{"type": "error", "path": str(self.path), "timestamp": _now(), "message": str(exc)}])
+                publish([{"type": "error", "path": str(self.path), "timestamp": iso_utc(), "message": str(exc)}])
             finally:
                 loop.call_soon_threadsafe(done.set)
 
@@ -251,7 +247,7 @@ class Watcher:
                     publish(self.to_events(changes))
                 if not self.path.exists():
                     # The watched path itself went away; nothing more will come.
-                    publish([{"type": "delete", "path": str(self.path), "timestamp": _now(), "stat": None}])
+                    publish([{"type": "delete", "path": str(self.path), "timestamp": iso_utc(), "stat": None}])
                     break
                 if time.monotonic() - self.last_read > IDLE_EXPIRY:
                     break  # a polled watcher whose client went away
@@ -279,10 +275,8 @@ class WatchService:
                 Code.CONFLICT, f"too many watchers (limit {MAX_WATCHERS}, set by TOOLBOX_MAX_WATCHERS): "
                 "delete one with DELETE /watch/{id} first"
             )
-        try:
+        with os_errors(str(path)):
             await anyio.to_thread.run_sync(os.stat, path)
-        except OSError as exc:
-            raise from_os_error(exc, str(path)) from None
         if recursive and await anyio.to_thread.run_sync(count_directories, path, MAX_RECURSIVE_DIRS) > MAX_RECURSIVE_DIRS:
             raise DaemonError(
                 Code.BAD_REQUEST,

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -14,11 +15,12 @@ from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
 from toolbox.disconnect import listen_for_disconnect, went_away
-from toolbox.http import json_response, parse_body, path_param
+from toolbox.http import json_response, offered_subprotocols, parse_body, path_param, sdk_version_subprotocol
 from toolbox.openapi.registry import operation
 from toolbox.process.interpreter.models import (
     CreateContextRequest,
     ExecuteFrame,
+    ExecuteRequest,
     InterpreterContext,
     ListContextsResponse,
     Message,
@@ -53,26 +55,25 @@ def parse_execute_request(message: Mapping[str, Any]) -> tuple[str, str, dict[st
         raise Rejected(1002, "invalid JSON payload") from None
     if not isinstance(request, dict):
         raise Rejected(1002, "invalid JSON payload")
-    code = request.get("code")
-    if not isinstance(code, str) or not code:
-        raise Rejected(1008, "code is required")
-    context_id = request.get("contextId") or DEFAULT_CONTEXT
-    if not isinstance(context_id, str):
-        raise Rejected(1008, "contextId must be a string")
-    envs = request.get("envs") or {}
-    if not isinstance(envs, dict) or not all(
-        isinstance(k, str) and k and "=" not in k and "\x00" not in k and isinstance(v, str) and "\x00" not in v
-        for k, v in envs.items()
-    ):
-        raise Rejected(1008, "envs must be an object of environment variable names to string values")
-    timeout = request.get("timeout")
-    if timeout is None:
-        timeout = DEFAULT_TIMEOUT
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise Rejected(1008, "timeout must be a number of seconds")
-    if timeout < 0:
-        raise Rejected(1008, "timeout must be greater than or equal to 0")
-    return code, context_id, envs, float(timeout)
+    try:
+        body = ExecuteRequest.model_validate(request)
+    except ValidationError as exc:
+        first = exc.errors()[0]  # in field order: code, contextId, envs, timeout
+        field = str(first["loc"][0]) if first["loc"] else ""
+        reason = _REASONS.get((field, first["type"])) or _REASONS.get((field, ""), "invalid request")
+        raise Rejected(1008, reason) from None
+    timeout = DEFAULT_TIMEOUT if body.timeout is None else body.timeout
+    return body.code, body.context_id or DEFAULT_CONTEXT, body.envs or {}, timeout
+
+
+# The close reasons of the SDKs' checks: per field, and per field and pydantic error type.
+_REASONS = {
+    ("code", ""): "code is required",
+    ("contextId", ""): "contextId must be a string",
+    ("envs", ""): "envs must be an object of environment variable names to string values",
+    ("timeout", ""): "timeout must be a number of seconds",
+    ("timeout", "greater_than_equal"): "timeout must be greater than or equal to 0",
+}
 
 
 async def stream_frames(websocket: WebSocket, execution: Execution) -> None:
@@ -123,10 +124,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         websocket=True,
     )
     async def execute(websocket: WebSocket) -> None:
-        # Browsers fail a handshake that offered subprotocols and got none back: echo the
-        # SDK version token the TypeScript SDK offers (the Python SDK offers none).
-        offered = websocket.scope.get("subprotocols", [])
-        await websocket.accept(subprotocol=next((p for p in offered if p.startswith("X-Daytona-SDK-Version~")), None))
+        await websocket.accept(subprotocol=sdk_version_subprotocol(offered_subprotocols(websocket)))
         try:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":

@@ -19,10 +19,11 @@ from pathlib import Path
 import anyio
 
 from toolbox.config import Settings
-from toolbox.errors import Code, DaemonError, timestamp
+from toolbox.errors import Code, DaemonError
 from toolbox.process.interpreter.worker_process import WorkerProcess
 from toolbox.process.output import OutputStore
 from toolbox.tasks import BackgroundTask, Spawn
+from toolbox.timestamps import iso_utc
 
 DEFAULT_CONTEXT = "default"
 DEFAULT_TIMEOUT = 600.0
@@ -79,7 +80,7 @@ class Context:
     id: str
     cwd: Path
     language: str = "python"
-    created_at: str = field(default_factory=timestamp)
+    created_at: str = field(default_factory=iso_utc)
 
     def __post_init__(self) -> None:
         self.worker: WorkerProcess | None = None
@@ -204,7 +205,7 @@ class InterpreterService:
         try:
             await context.ensure_worker()
         except OSError as exc:
-            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start interpreter worker: {exc}") from None
+            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start interpreter worker: {exc}") from exc
         finally:
             self._starting -= 1
         context.last_used = time.monotonic()

@@ -17,7 +17,7 @@ import json
 import anyio
 from starlette.websockets import WebSocket
 
-from toolbox.disconnect import went_away
+from toolbox.disconnect import raise_unless_gone, went_away
 from toolbox.process.pty.scrollback import safe_start
 from toolbox.process.pty.terminal import Reader, Terminal, exit_reason
 
@@ -77,9 +77,7 @@ async def serve_client(
             tasks.start_soon(send_output)
             tasks.start_soon(receive_input)
     except Exception as exc:
-        if not went_away(websocket, exc):
-            raise
-        # the client went away: it only detaches, the PTY keeps running
+        raise_unless_gone(websocket, exc)  # the client went away: it only detaches, the PTY keeps running
     finally:
         terminal.detach(reader)
 
@@ -103,8 +101,7 @@ async def _send_output(websocket: WebSocket, terminal: Terminal, reader: Reader,
             await websocket.send_text(json.dumps(exited))
         await websocket.close(1000 if exit_code == 0 else 1011, close_reason(exit_code))
     except Exception as exc:
-        if not went_away(websocket, exc):
-            raise
+        raise_unless_gone(websocket, exc)
 
 
 async def _receive_input(websocket: WebSocket, terminal: Terminal) -> None:

@@ -83,7 +83,7 @@ class PtyManager:
             await terminal.start()
         except OSError as exc:
             self.terminals.pop(terminal.id, None)
-            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start PTY session: {exc}") from None
+            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"failed to start PTY session: {exc}") from exc
 
     def _forget(self, terminal: Terminal) -> None:
         if self.terminals.get(terminal.id) is terminal:

@@ -13,7 +13,15 @@ from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
 from toolbox.errors import Code, DaemonError, error_response
-from toolbox.http import json_response, parse_body, path_param, query_int, query_str
+from toolbox.http import (
+    json_response,
+    offered_subprotocols,
+    parse_body,
+    path_param,
+    query_int,
+    query_str,
+    sdk_version_subprotocol,
+)
 from toolbox.openapi.registry import operation
 from toolbox.process.pty.attach import DEFAULT_REPLAY, EXIT_CONTROL_PROTOCOL, serve_client
 from toolbox.process.pty.manager import PtyManager
@@ -30,7 +38,6 @@ from toolbox.process.pty.models import (
 from toolbox.tasks import BackgroundTask
 
 ENVS_PROTOCOL_PREFIX = "X-Daytona-Pty-Envs~"
-SDK_VERSION_PROTOCOL_PREFIX = "X-Daytona-SDK-Version~"
 
 
 def chosen_subprotocol(offered: list[str]) -> str | None:
@@ -39,7 +46,7 @@ def chosen_subprotocol(offered: list[str]) -> str | None:
     envs token: it carries values that have no business in response headers and logs."""
     if EXIT_CONTROL_PROTOCOL in offered:
         return EXIT_CONTROL_PROTOCOL
-    return next((p for p in offered if p.startswith(SDK_VERSION_PROTOCOL_PREFIX)), None)
+    return sdk_version_subprotocol(offered)
 
 
 def decode_envs_protocol(token: str) -> dict[str, str]:
@@ -124,7 +131,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         except DaemonError as error:
             await deny(websocket, error)
             return
-        offered = websocket.scope.get("subprotocols", [])
+        offered = offered_subprotocols(websocket)
         exit_control = EXIT_CONTROL_PROTOCOL in offered
         await websocket.accept(subprotocol=chosen_subprotocol(offered))
         await serve_client(websocket, terminal, exit_control=exit_control, offset=offset, scrollback=scrollback)
@@ -132,7 +139,7 @@ def build(daemon: Daemon) -> list[BaseRoute]:
     @operation(summary="Create a PTY and attach (envs in the X-Daytona-Pty-Envs~ subprotocol)",
                query=CreateConnectQuery, websocket=True, errors={400: "bad parameters", 409: "a PTY with this id exists"})
     async def create_connect(websocket: WebSocket) -> None:
-        offered: list[str] = websocket.scope.get("subprotocols", [])
+        offered = offered_subprotocols(websocket)
         try:
             envs: dict[str, str] = {}
             for protocol in offered:

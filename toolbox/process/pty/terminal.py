@@ -17,13 +17,13 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import anyio
 
 from toolbox.process.output import OutputStore
 from toolbox.process.pty.spawn import default_shell, kill_session, set_window_size, spawn_on_pty
+from toolbox.timestamps import iso_utc
 
 READ_SIZE = 64 * 1024
 # Per wake-up, drain at most this much before yielding to the loop (keeps echo latency low
@@ -65,7 +65,7 @@ class Terminal:
     cols: int
     rows: int
     lazy_start: bool = False
-    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"))
+    created_at: str = field(default_factory=iso_utc)
     store: OutputStore = field(default_factory=lambda: OutputStore(memory_limit=SCROLLBACK_MEMORY))
 
     def __post_init__(self) -> None:

@@ -19,15 +19,24 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from toolbox.context import Daemon
-from toolbox.disconnect import listen_for_disconnect, raise_unless_gone
+from toolbox.disconnect import listen_for_disconnect, raise_unless_gone, unless_gone
 from toolbox.errors import Code, DaemonError, error_response
-from toolbox.http import WireModel, json_response, parse_body, path_param, query_bool, query_int
+from toolbox.http import (
+    WireModel,
+    json_response,
+    offered_subprotocols,
+    parse_body,
+    path_param,
+    query_bool,
+    query_int,
+    sdk_version_subprotocol,
+)
 from toolbox.openapi.registry import operation
 from toolbox.process import jsonstream
 from toolbox.process.groups import parse_signal
 from toolbox.process.output import OutputStore, byte_chunks
 from toolbox.process.session.logs import only_stream
-from toolbox.process.session.service import ENTRYPOINT, ENTRYPOINT_COMMAND, Command, SessionManager
+from toolbox.process.session.service import Command, SessionManager
 
 OFFSET_HEADER = "X-Output-Offset"
 WS_FRAME = 32 * 1024
@@ -99,14 +108,6 @@ def _log_fields(store: OutputStore, start: int, end: int) -> list[tuple[str, obj
         ("stdout", lambda: only_stream(byte_chunks(store, start, end), 1)),
         ("stderr", lambda: only_stream(byte_chunks(store, start, end), 2)),
     ]
-
-
-def _version_subprotocol(websocket: WebSocket) -> str | None:
-    """Browsers pass their SDK version as a subprotocol; Daytona echoes exactly that one."""
-    for offered in websocket.scope.get("subprotocols", []):
-        if offered.startswith("X-Daytona-SDK-Version~"):
-            return offered
-    return None
 
 
 def build(daemon: Daemon) -> list[BaseRoute]:
@@ -199,10 +200,9 @@ def build(daemon: Daemon) -> list[BaseRoute]:
         return json_response({"signal": sig.name, "processes": count})
 
     def logs_command(conn: Request | WebSocket) -> Command | None:
-        session_id = conn.path_params.get("session_id", ENTRYPOINT)
-        if session_id == ENTRYPOINT and "command_id" not in conn.path_params:
-            return manager.entrypoint().commands.get(ENTRYPOINT_COMMAND)
-        return manager.command(session_id, path_param(conn, "command_id"))[1]
+        if "command_id" not in conn.path_params:  # /entrypoint/logs
+            return manager.entrypoint_command()
+        return manager.command(path_param(conn, "session_id"), path_param(conn, "command_id"))[1]
 
     @operation(
         summary="A command's logs from `offset`; header X-Output-Offset = offset reached",
@@ -241,14 +241,14 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             return
         if command is None:
             await websocket.accept(
-                subprotocol=_version_subprotocol(websocket), headers=[(OFFSET_HEADER.lower().encode(), b"0")]
+                subprotocol=sdk_version_subprotocol(offered_subprotocols(websocket)), headers=[(OFFSET_HEADER.lower().encode(), b"0")]
             )
             await websocket.close(1000, json.dumps({"offset": 0}))
             return
         store = command.output
         position = min(max(offset, store.first_offset), store.size)
         await websocket.accept(
-            subprotocol=_version_subprotocol(websocket),
+            subprotocol=sdk_version_subprotocol(offered_subprotocols(websocket)),
             headers=[(OFFSET_HEADER.lower().encode(), str(position).encode())],
         )
 
@@ -281,10 +281,8 @@ def build(daemon: Daemon) -> list[BaseRoute]:
             gone = True  # the client went away mid-send
         if gone:
             return
-        try:
+        with unless_gone(websocket):  # it may leave between the last frame and the close
             await websocket.close(1000, json.dumps({"offset": position}))
-        except (RuntimeError, OSError):
-            pass
 
     base = "/process/session"
     command_base = base + "/{session_id}/command/{command_id}"

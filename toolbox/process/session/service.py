@@ -258,6 +258,11 @@ class SessionManager:
         session = self.sessions.get(ENTRYPOINT)
         return session if session is not None else Session(ENTRYPOINT, self._session_dir(ENTRYPOINT), None)
 
+    def entrypoint_command(self) -> Command | None:
+        """The entrypoint's own command (whose logs `/entrypoint/logs` serves); None when
+        the daemon was started without an entrypoint, whose logs are then empty."""
+        return self.entrypoint().commands.get(ENTRYPOINT_COMMAND)
+
     def list(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.id != ENTRYPOINT and not s.deleted]
 
@@ -283,7 +288,7 @@ class SessionManager:
             shell = await SessionShell.start(self.settings.workdir, dict(os.environ), self._spawn)
         except OSError as exc:
             shutil.rmtree(directory, ignore_errors=True)
-            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"cannot start the session shell: {exc}") from None
+            raise DaemonError(Code.INTERNAL_SERVER_ERROR, f"cannot start the session shell: {exc}") from exc
         session = Session(session_id, directory, shell)
         self.sessions[session_id] = session
         session.worker = self._spawn(session.work(), name=f"session {session_id}")
