@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -188,7 +189,7 @@ def test_a_build_cut_short_by_a_restart_ends_build_failed(tmp_path: Path, regist
 def test_snapshot_states_reach_socketio_clients_of_the_organization(stack: Stack, registry: str) -> None:
     import socketio  # type: ignore[import-untyped]
 
-    events: list[tuple[str, dict[str, object]]] = []
+    events: list[tuple[str, dict[str, Any]]] = []
     client = socketio.Client(reconnection=False)
     for name in ("snapshot.created", "snapshot.state.updated", "snapshot.removed"):
         client.on(name, lambda data, name=name: events.append((name, data)))
@@ -203,8 +204,7 @@ def test_snapshot_states_reach_socketio_clients_of_the_organization(stack: Stack
         deadline = time.monotonic() + 10
         while not any(name == "snapshot.removed" for name, _ in events) and time.monotonic() < deadline:
             time.sleep(0.05)
-        mine = [(name, data) for name, data in events
-                if (data.get("snapshot", data) or {}).get("id") == snapshot.id]  # type: ignore[union-attr]
+        mine = [(name, data) for name, data in events if data.get("snapshot", data).get("id") == snapshot.id]
         assert [name for name, _ in mine] == ["snapshot.created", "snapshot.state.updated",
                                              "snapshot.state.updated", "snapshot.removed"], mine
         assert [(d["oldState"], d["newState"]) for n, d in mine if n == "snapshot.state.updated"] == [
@@ -264,9 +264,9 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
     from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, CreateSandboxFromSnapshotParams, Image
 
     from tests.image_helpers import package_index, tiny_wheel
-    from tests.rootfs_helpers import default_snapshots
+    from tests.image_helpers import default_snapshot_store
 
-    store = default_snapshots()
+    store = default_snapshot_store()
     (layer,) = store.get("default").layers
     push_rootfs(store.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
     tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "from-the-local-index")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime.images.builder import Builder, BuildError
+from runtime.images.builder import Builder, BuildError, Built
 from runtime.images.oci import ImageError, ImageImporter, registry_reference
 from runtime.images.steps import BUILD_ID_BASE
 from runtime.snapshots import SnapshotStore
-from tests.image_helpers import local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
+from tests.image_helpers import default_snapshot_store, local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
 
@@ -36,7 +36,7 @@ def _builder(tmp_path: Path) -> tuple[SnapshotStore, Builder]:
     return store, Builder(store, ImageImporter(store, tmp_path / "state" / "images"))
 
 
-def _build(builder: Builder, text: str) -> tuple[object, list[str]]:
+def _build(builder: Builder, text: str) -> tuple[Built, list[str]]:
     lines: list[str] = []
     built = asyncio.run(builder.build(text, lines.append))
     return built, lines
@@ -85,10 +85,10 @@ ENTRYPOINT ["sh", "-c"]
 CMD ["echo hi"]
 """)
     assert "building 1" in lines and "/srv/work" in lines and "1000" in lines, lines
-    assert built.env == {"FROM_IMAGE": "yes", "GREETING": "hello world", "OTHER": "x"}  # type: ignore[attr-defined]
-    assert built.workdir == "/srv/work" and built.user == "daytona"  # type: ignore[attr-defined]
-    assert built.entrypoint == ["sh", "-c"] and built.cmd == ["echo hi"]  # type: ignore[attr-defined]
-    layers = [store.layer_path(d) for d in built.layers]  # type: ignore[attr-defined]
+    assert built.env == {"FROM_IMAGE": "yes", "GREETING": "hello world", "OTHER": "x"}
+    assert built.workdir == "/srv/work" and built.user == "daytona"
+    assert built.entrypoint == ["sh", "-c"] and built.cmd == ["echo hi"]
+    layers = [store.layer_path(d) for d in built.layers]
 
     def find(inside: str) -> Path:
         for layer in reversed(layers):
@@ -120,7 +120,7 @@ RUN ln -s {victim} /link-to-host-file; ln -s / /link-to-root; ln -s /etc /etc-li
     assert ["0", str(BUILD_ID_BASE), "65536"] in [line.split() for line in lines], lines
     assert any("No such file or directory" in line for line in lines), lines
     assert not Path(f"/{canary}").exists()
-    layers = [store.layer_path(d) for d in built.layers]  # type: ignore[attr-defined]
+    layers = [store.layer_path(d) for d in built.layers]
     assert any((layer / canary).read_text() == "inside\n" for layer in layers if (layer / canary).exists())
     # Publishing shifted ids without following the step's symlinks: the host file is untouched.
     st = victim.stat()
@@ -146,10 +146,10 @@ def test_an_unchanged_rebuild_runs_nothing(tmp_path: Path, registry: str) -> Non
     text = f"FROM {registry}/tiny:1\nRUN echo one > /one\nWORKDIR /w\nRUN echo two > two\n"
     first, _ = _build(builder, text)
     again, lines = _build(builder, text)
-    assert again.layers == first.layers  # type: ignore[attr-defined]
-    assert again.steps_run == 0 and again.steps_cached == 3, lines  # type: ignore[attr-defined]
+    assert again.layers == first.layers
+    assert again.steps_run == 0 and again.steps_cached == 3, lines
     changed, _ = _build(builder, text.replace("two > two", "three > two"))
-    assert changed.steps_run == 1 and changed.layers[:-1] == first.layers[:-1]  # type: ignore[attr-defined]
+    assert changed.steps_run == 1 and changed.layers[:-1] == first.layers[:-1]
 
 
 @pytest.mark.parametrize("text, message", [
@@ -205,24 +205,12 @@ RUN grep Seccomp: /proc/self/status; i=0; while [ $i -lt 64 ]; do sleep 2 & i=$(
     assert not [d for d in backend.parents_dirs()[0].iterdir() if d.name.startswith("sbx-test-build-")]
 
 
-def _default_snapshot_store() -> SnapshotStore:
-    """The machine's shared test store with the default snapshot (built once per machine)."""
-    try:
-        from tests.layer_helpers import default_store  # type: ignore[attr-defined]
-    except ImportError:
-        shared = Path(os.environ.get("SANDBOX_TOOLBOX_TEST_LAYERS") or "/var/tmp/sandbox-toolbox-test-layers")
-        store = SnapshotStore(shared / ".test-state", layers_dir=shared)
-        store.ensure_default()
-        return store
-    return default_store()  # type: ignore[no-any-return]
-
-
 def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: Path) -> None:
     """Real package installs: root of the build's namespace owns the whole 65536-id range,
     so apt drops to _apt and sudo switches users as on any machine."""
     from runtime.images.service import LocalImages
 
-    shared = _default_snapshot_store()
+    shared = default_snapshot_store()
     store = SnapshotStore(tmp_path / "state", layers_dir=shared.layers_dir)
     store.put(shared.get("default"))
     images = LocalImages(store, tmp_path / "state")
