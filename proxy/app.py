@@ -11,11 +11,11 @@ Other hosts (bare domain, IP, LB):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,22 +24,17 @@ from starlette.types import Receive, Scope, Send
 from proxy import __version__
 from proxy.activity import ActivityTracker
 from proxy.auth import (
-    COOKIE_HTTP,
-    COOKIE_HTTPS,
     PREVIEW_HEADER,
-    QUERY_PARAM,
     SIGNED_MAX_SECONDS,
     SIGNED_MIN_SECONDS,
     Auth,
+    SignedExpiryError,
     SignedLabelError,
-    split_cookies,
-    strip_query_param,
 )
+from proxy.callers import Authenticator, Presented, ToolboxPath, not_found
 from proxy.config import ProxyConfig
-from proxy.cookies import filter_set_cookies
+from proxy.cookies import filter_set_cookies, sanitize_set_cookie
 from proxy.errors import ProxyError, header, send_error, wants_html
-from proxy.fileurls import FileUrlError, is_signed_file_request
-from proxy.fileurls import verify as verify_file_url
 from proxy.hosts import (
     SANDBOX_ID,
     BadToolboxPath,
@@ -49,8 +44,9 @@ from proxy.hosts import (
     under_domain,
 )
 from proxy.metrics import Metrics
-from proxy.registry import Registry, RegistryError, Sandbox, open_registry
+from proxy.registry import Registry, Sandbox, open_registry
 from toolbox.forward.pool import UpstreamConnection
+from toolbox.tasks import TaskOwner
 from toolbox.forward.relay import (
     Headers,
     Relay,
@@ -68,9 +64,7 @@ _DROP_UPSTREAM = frozenset({
     b"x-forwarded-prefix", b"x-real-ip", PREVIEW_HEADER, b"x-toolbox-preserve-host",
 })
 _MINT = re.compile(r"/sandbox/([^/]+)/ports/([^/]+)/(preview-url|signed-preview-url)")
-_QUERY_PARAM_BYTES = QUERY_PARAM.encode()
 _UNSEEN: Any = object()
-ALL_SANDBOXES = "*all*"  # what a static (PROXY_API_KEYS) key may reach
 # X-Proxy-Error codes the daemon's /proxy/{port} route emits.
 _DAEMON_ERRORS = frozenset({"port-not-open", "invalid-port", "upstream-rejected-websocket", "upstream-timeout"})
 
@@ -123,8 +117,10 @@ class ProxyApp:
         self.config = config
         self.registry = registry or open_registry(config.registry, config.cache_ttl)
         self.auth = Auth(config.secret, config.api_keys)
+        self.authenticator = Authenticator(self.auth, self.registry, config)
         self.metrics = Metrics()
-        self.activity = ActivityTracker(self.registry, config.activity_interval)
+        self.tasks = TaskOwner()  # the proxy's background work (toolbox/tasks.py), opened by running()
+        self.activity = ActivityTracker(self.registry, self.tasks.spawn, config.activity_interval)
         self._tcp = Relay(keepalive=60.0)
         # Previews straight to a sandbox's own address (registry `address`): refused means
         # the app listens on its loopback only, so no retries here; the daemon's route then
@@ -133,8 +129,7 @@ class ProxyApp:
         self._unix: dict[str, Relay] = {}
         self._addresses: dict[str, tuple[Relay, str, int, bytes]] = {}
         self._hosts: dict[str, PreviewHost | None] = {}  # parsed Host headers, bounded
-        https = config.public_scheme == "https"
-        self.cookie_name = COOKIE_HTTPS if https else COOKIE_HTTP
+        self.cookie_name = config.cookie_name
         self._xf_proto = config.public_scheme.encode()
         self._xf_port = str(config.public_port).encode()
         self._api: tuple[Relay, str, int, bytes] | None = None
@@ -169,54 +164,31 @@ class ProxyApp:
         self._addresses[key] = result
         return result
 
-    async def close(self) -> None:
-        await self.activity.flush()
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The proxy's lifetime (its lifespan): the task group that owns its background
+        work, and what it must close, unwound in reverse however it ends."""
+        async with AsyncExitStack() as stack:
+            # Entered first, so it closes last: what still runs then is cancelled and awaited.
+            await stack.enter_async_context(self.tasks.running())
+            stack.push_async_callback(self.registry.close)
+            stack.push_async_callback(self._close_relays)
+            stack.push_async_callback(self.activity.flush)  # writes still running go first
+            yield
+
+    async def _close_relays(self) -> None:
         for relay in [*self._unix.values(), self._tcp, self._direct, *([self._api[0]] if self._api else [])]:
             await relay.close()
         self._unix.clear()
-        await self.registry.close()
-
-    async def _lookup(self, sandbox_id: str) -> Sandbox | None:
-        try:
-            return await self.registry.get(sandbox_id)
-        except RegistryError as exc:
-            raise ProxyError(503, "registry-unavailable", str(exc)) from exc
-
-    @staticmethod
-    def _not_found(sandbox_id: str) -> ProxyError:
-        return ProxyError(404, "sandbox-not-found",
-                          f"No sandbox '{sandbox_id}' is registered with this proxy: it may have been "
-                          "deleted or not started yet.")
-
-    async def _known(self, sandbox_id: str) -> Sandbox:
-        sandbox = await self._lookup(sandbox_id)
-        if sandbox is None:
-            raise self._not_found(sandbox_id)
-        return sandbox
-
-    async def _key_access(self, authorization: bytes | None) -> str | None:
-        """`ALL_SANDBOXES` for a static key, an organization id for a tenant's key, else None."""
-        if not authorization or authorization[:7].lower() != b"bearer ":
-            return None
-        presented = authorization[7:].strip()
-        if self.auth.is_api_key(presented.decode("latin-1")):
-            return ALL_SANDBOXES
-        try:
-            return await self.registry.key_organization(hashlib.sha256(presented).hexdigest())
-        except RegistryError as exc:
-            raise ProxyError(503, "registry-unavailable", str(exc)) from exc
-
-    @staticmethod
-    def _key_reaches(access: str | None, sandbox: Sandbox) -> bool:
-        if access is None:
-            return False
-        return access is ALL_SANDBOXES or sandbox.organization is None or access == sandbox.organization
 
     def _forwarded(self, scope: Scope, host: bytes, *, drop_authorization: bool,
-                   cookie: bytes | None, keep_cookie_header: bool) -> Headers:
+                   cookie: bytes | None, keep_cookie_header: bool, app_host: bytes | None = None) -> Headers:
+        """The client's headers as they go upstream; `app_host` replaces Host (last)."""
         out: Headers = []
         for key, value in strip_hop_by_hop(scope["headers"]):
             if key in _DROP_UPSTREAM or (key == b"authorization" and drop_authorization):
+                continue
+            if key == b"host" and app_host is not None:
                 continue
             if key == b"cookie" and not keep_cookie_header:
                 continue  # replaced below by the jar without the proxy's cookies
@@ -228,6 +200,8 @@ class ProxyApp:
             out.append((b"x-forwarded-for", client[0].encode()))
         out += [(b"x-forwarded-host", host), (b"x-forwarded-proto", self._xf_proto),
                 (b"x-forwarded-port", self._xf_port)]
+        if app_host is not None:
+            out.append((b"host", app_host))
         return out
 
     # -- entry ----------------------------------------------------------------------------
@@ -260,101 +234,52 @@ class ProxyApp:
             await send_error(scope, send, error)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
+        """ASGI lifespan around `running()`: a failure is reported as startup.failed or
+        shutdown.failed (then raised, for uvicorn to log), after what started was unwound."""
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self.running():
                 await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.close()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException as exc:
+            phase = "shutdown" if started else "startup"
+            await send({"type": f"lifespan.{phase}.failed", "message": f"{type(exc).__name__}: {exc}"})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
     # -- preview hosts --------------------------------------------------------------------
-    async def _resolve_preview(self, target: PreviewHost) -> tuple[Sandbox, bool]:
-        """The sandbox a preview label names, and whether the label was a valid signed token."""
-        signed = self.auth.decode_signed_label(target.label)
-        if signed is not None:
-            candidate = await self._lookup(signed.sandbox_id)
-            if candidate is not None and self.auth.verify_signed_label(signed, candidate, target.port):
-                if signed.expires_at < time.time() or target.label in candidate.revoked:
-                    raise ProxyError(403, "signed-url-expired",
-                                     "This signed preview URL has expired: ask for a new one.")
-                return candidate, True
-        sandbox = await self._lookup(target.label)
-        if sandbox is None:
-            if signed is not None:
-                raise ProxyError(403, "invalid-signed-url",
-                                 "This signed preview URL is not valid for this port, or has been altered.")
-            await self._known(target.label)
-        assert sandbox is not None
-        return sandbox, False
-
     async def _preview(self, scope: Scope, receive: Receive, send: Send, target: PreviewHost) -> None:
-        sandbox, signed = await self._resolve_preview(target)
-        query: bytes = scope.get("query_string", b"")
-        query_token: str | None = None
-        if _QUERY_PARAM_BYTES in query:
-            query, query_token = strip_query_param(query, QUERY_PARAM)
-        cookie_header = header_token = authorization = None
-        for key, value in scope["headers"]:
-            if key == b"cookie":
-                cookie_header = value if cookie_header is None else cookie_header + b"; " + value
-            elif key == PREVIEW_HEADER:
-                header_token = value
-            elif key == b"authorization":
-                authorization = value
-        cookies, other_cookies = split_cookies(cookie_header) if cookie_header else ({}, None)
-        # Another organization's key does not count here at all.
-        api_key = self._key_reaches(await self._key_access(authorization), sandbox)
-
-        via: str | None = "signed" if signed else None
-        if via is None and header_token is not None and self.auth.check_preview_token(sandbox, header_token.decode("latin-1")):
-            via = "header"
-        if via is None and query_token is not None and self.auth.check_preview_token(sandbox, query_token):
-            via = "query"
-        if via is None and api_key:
-            via = "api-key"
-        if via is None:
-            value = cookies.get(self.cookie_name)
-            if value is not None and self.auth.check_cookie(value, sandbox, target.port):
-                via = "cookie"
-        if via is None and (not sandbox.public or target.port in self.config.private_ports):
-            # Never on ports that always need credentials (the terminal, the toolbox).
-            if target.port not in self.config.private_ports and self._sibling_preflight(scope, sandbox):
-                via = "preflight"
-            elif header_token is not None or query_token is not None:
-                raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
-            else:
-                raise ProxyError(401, "preview-auth-required",
-                                 "This preview is private: open it with a preview URL that carries a token "
-                                 f"(?{QUERY_PARAM}=...), send the X-Daytona-Preview-Token header, or use a signed "
-                                 "preview URL.")
-
-        if via == "query" and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            await self._bootstrap_cookie(scope, send, sandbox, target.port, query)
+        """Resolve and authenticate (`proxy/callers.py`), then route: answered here (the
+        cookie bootstrap), a bare preflight, one hop to the sandbox's own address, or
+        through its daemon's `/proxy/{port}` route."""
+        presented = Presented.of(scope)
+        caller = await self.authenticator.authenticate(scope, presented, target)
+        sandbox = caller.sandbox
+        assert sandbox is not None
+        if caller.via == "query" and scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            await self._bootstrap_cookie(scope, send, sandbox, target.port, caller.query)
             return
-        if via == "cookie" and scope["type"] == "websocket":
-            origin = (header(scope, b"origin") or b"").decode("latin-1").lower()
-            if origin != f"{self.config.public_scheme}://{target.host}":
-                raise ProxyError(403, "cross-origin-websocket",
-                                 "A WebSocket authenticated by cookie must come from the preview's own origin.")
-
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        path = b"/proxy/%d" % target.port + raw_path
-        if via == "preflight":
-            await self._preflight(scope, receive, send, sandbox, target, path, query)
+        if caller.via == "preflight":
+            await self._preflight(scope, receive, send, sandbox, target, b"/proxy/%d" % target.port + raw_path,
+                                  caller.query)
             return
-        headers = self._forwarded(scope, target.host.encode(), drop_authorization=api_key,
-                                  cookie=other_cookies, keep_cookie_header=False)
+        host = target.host.encode()
         if sandbox.address is not None:
             # One hop: the app sees what the daemon's route would have given it.
-            direct = [*(h for h in headers if h[0] != b"host"),
-                      (b"host", target.host.encode() if self.config.preserve_host else b"localhost:%d" % target.port)]
-            if await self._direct_preview(scope, receive, send, sandbox, target.port, raw_path, query, direct):
+            direct = self._forwarded(scope, host, drop_authorization=caller.key_reaches,
+                                     cookie=presented.other_cookies, keep_cookie_header=False,
+                                     app_host=host if self.config.preserve_host else b"localhost:%d" % target.port)
+            if await self._direct_preview(scope, receive, send, sandbox, target.port, raw_path, caller.query, direct):
                 return
+        headers = self._forwarded(scope, host, drop_authorization=caller.key_reaches,
+                                  cookie=presented.other_cookies, keep_cookie_header=False)
         if self.config.preserve_host:
             headers.append((b"x-toolbox-preserve-host", b"1"))
-        await self._forward(scope, receive, send, sandbox, path, query, headers, filter_set_cookies)
+        await self._forward(scope, receive, send, sandbox, b"/proxy/%d" % target.port + raw_path, caller.query,
+                            headers, filter_set_cookies)
 
     async def _direct_preview(self, scope: Scope, receive: Receive, send: Send, sandbox: Sandbox, port: int,
                               raw_path: bytes, query: bytes, headers: Headers) -> bool:
@@ -404,32 +329,6 @@ class ProxyApp:
             await self._forward(bare, receive, send, sandbox, path, query, headers, None, preflight=True)
         except ProxyError:
             await _respond(send, PREFLIGHT_STATUS, _PREFLIGHT_EMPTY, b"")
-
-    def _sibling_preflight(self, scope: Scope, sandbox: Sandbox) -> bool:
-        """A CORS preflight to a private preview from a preview origin of the same sandbox.
-
-        Browsers send preflights without credentials, so a frontend on one port calling
-        its API on another (with the preview-token header, or a cookie the API's host
-        set) fails at the preflight unless it gets through unauthenticated (coder/coder#5706).
-        Only the app's CORS headers come back (`_preflight_reply`): the app's policy
-        decides, and an unauthenticated caller learns nothing else.
-        """
-        if scope["type"] != "http" or scope["method"] != "OPTIONS":
-            return False
-        origin = header(scope, b"origin")
-        if origin is None or header(scope, b"access-control-request-method") is None:
-            return False
-        scheme, separator, host = origin.decode("latin-1").lower().partition("://")
-        if not separator or scheme != self.config.public_scheme:
-            return False
-        source = parse_preview_host(host, self.config.domain)
-        if source is None:
-            return False
-        if source.label == sandbox.id:
-            return True
-        signed = self.auth.decode_signed_label(source.label)
-        return (signed is not None and signed.sandbox_id == sandbox.id and signed.expires_at >= time.time()
-                and source.label not in sandbox.revoked and self.auth.verify_signed_label(signed, sandbox, source.port))
 
     async def _bootstrap_cookie(self, scope: Scope, send: Send, sandbox: Sandbox, port: int, query: bytes) -> None:
         """Swap the query token for a host-only cookie and send the browser to the clean URL."""
@@ -540,7 +439,7 @@ class ProxyApp:
             return
         if path == "/metrics" and method in ("GET", "HEAD"):
             # It names every sandbox: for operators (and the runtime's idle check) only.
-            if not self.auth.bearer_is_api_key(header(scope, b"authorization")):
+            if not (await self.authenticator.authenticate(scope, Presented.of(scope))).operator:
                 raise ProxyError(401, "api-key-required", "/metrics needs 'Authorization: Bearer <API key>'.")
             body = self.metrics.render(self.activity.last_seen)
             await _respond(send, 200, [(b"content-type", b"text/plain; version=0.0.4"),
@@ -585,57 +484,31 @@ class ProxyApp:
             sandbox_id, rest = parse_toolbox_path(raw_path)
         except BadToolboxPath as exc:
             raise ProxyError(400, "invalid-toolbox-path", str(exc)) from exc
-        access = await self._key_access(header(scope, b"authorization"))
-        api_key = access is not None
-        query: bytes = scope.get("query_string", b"")
-        if not api_key and header(scope, PREVIEW_HEADER) is None and is_signed_file_request(rest, query):
-            # Daytona's signed file URL: it is the credential, for exactly this request.
-            sandbox = await self._known(sandbox_id)
-            try:
-                signed_file = verify_file_url(sandbox.files_key, scope.get("method", "GET"), rest, query)
-            except FileUrlError as exc:
-                raise ProxyError(401, "invalid-signed-url", str(exc)) from exc
-            headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=True,
-                                      cookie=None, keep_cookie_header=False)
-            await self._forward(scope, receive, send, sandbox, rest, signed_file.query, headers,
-                                _toolbox_filter(b"/toolbox/" + sandbox_id.encode()))
-            return
-        if not api_key:
-            token = header(scope, PREVIEW_HEADER)
-            if token is None:
-                raise ProxyError(401, "toolbox-auth-required",
-                                 "The toolbox needs 'Authorization: Bearer <API key>' (or the sandbox's preview token).")
-            sandbox = await self._known(sandbox_id)
-            if not self.auth.check_preview_token(sandbox, token.decode("latin-1")):
-                raise ProxyError(401, "invalid-preview-token", "The preview token is not valid for this sandbox.")
-        else:
-            sandbox = await self._known(sandbox_id)
-            if not self._key_reaches(access, sandbox):
-                # Another organization's sandbox is answered exactly like an unknown one.
-                raise self._not_found(sandbox_id)
+        presented = Presented.of(scope)
+        caller = await self.authenticator.authenticate(scope, presented, ToolboxPath(sandbox_id, rest))
+        assert caller.sandbox is not None
         # The proxy's credentials never reach the sandbox (its /proxy/{port} routes hand
-        # requests to the app): neither its cookies nor the query token.
-        cookie_header = b"; ".join(v for k, v in scope["headers"] if k == b"cookie")
-        other_cookies = split_cookies(cookie_header)[1] if cookie_header else None
-        if _QUERY_PARAM_BYTES in query:
-            query = strip_query_param(query, QUERY_PARAM)[0]
-        headers = self._forwarded(scope, (header(scope, b"host") or b""), drop_authorization=api_key,
-                                  cookie=other_cookies, keep_cookie_header=False)
-        await self._forward(scope, receive, send, sandbox, rest, query, headers,
+        # requests to the app): neither its cookies nor the query token; a signed file
+        # URL's request carries no cookies at all.
+        headers = self._forwarded(scope, (header(scope, b"host") or b""),
+                                  drop_authorization=caller.key_reaches or caller.via == "signed-file",
+                                  cookie=None if caller.via == "signed-file" else presented.other_cookies,
+                                  keep_cookie_header=False)
+        await self._forward(scope, receive, send, caller.sandbox, rest, caller.query, headers,
                             _toolbox_filter(b"/toolbox/" + sandbox_id.encode()))
 
     async def _mint(self, scope: Scope, send: Send, sandbox_id: str, port_text: str, kind: str) -> None:
-        access = await self._key_access(header(scope, b"authorization"))
-        if access is None:
+        caller = await self.authenticator.authenticate(scope, Presented.of(scope))
+        if caller.key is None:
             raise ProxyError(401, "api-key-required", "Minting preview URLs needs 'Authorization: Bearer <API key>'.")
         if not SANDBOX_ID.fullmatch(sandbox_id):
             raise ProxyError(400, "invalid-sandbox-id", f"'{sandbox_id}' is not a valid sandbox id.")
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
             raise ProxyError(400, "invalid-port", "The port must be a number from 1 to 65535.")
         port = int(port_text)
-        sandbox = await self._known(sandbox_id)
-        if not self._key_reaches(access, sandbox):
-            raise self._not_found(sandbox_id)
+        sandbox = await self.authenticator.known(sandbox_id)
+        if not caller.reaches(sandbox):
+            raise not_found(sandbox_id)
         if kind == "preview-url":
             payload: dict[str, object] = {"sandboxId": sandbox.id, "url": self.config.preview_url(sandbox.id, port),
                        "token": self.auth.preview_token(sandbox)}
@@ -643,11 +516,13 @@ class ProxyApp:
             return
         query = dict(_parse_query(scope.get("query_string", b"")))
         expires_text = query.get("expiresInSeconds", "60")
-        if not expires_text.isdigit() or not SIGNED_MIN_SECONDS <= int(expires_text) <= SIGNED_MAX_SECONDS:
-            raise ProxyError(400, "invalid-expiry",
-                             f"expiresInSeconds must be a whole number from {SIGNED_MIN_SECONDS} to {SIGNED_MAX_SECONDS}.")
         try:
-            token = self.auth.mint_signed_label(sandbox, port, int(time.time()) + int(expires_text))
+            if not expires_text.isdigit() or len(expires_text) > 12:
+                raise SignedExpiryError(f"expiresInSeconds must be a whole number from {SIGNED_MIN_SECONDS} to "
+                                        f"{SIGNED_MAX_SECONDS}, got {expires_text!r}")
+            token = self.auth.sign_preview(sandbox, port, int(expires_text))
+        except SignedExpiryError as exc:
+            raise ProxyError(400, "invalid-expiry", str(exc)) from exc
         except SignedLabelError as exc:
             raise ProxyError(400, "sandbox-id-too-long", str(exc)) from exc
         payload = {"sandboxId": sandbox.id, "port": port, "token": token, "url": self.config.preview_url(token, port)}
@@ -655,9 +530,17 @@ class ProxyApp:
 
 
 def _direct_filter(headers: Headers) -> Headers:
-    # As the daemon's route does: only the proxy may say an error is its own, and an app
-    # never sets the proxy's cookies.
-    return filter_set_cookies([(k, v) for k, v in headers if k.lower() != b"x-proxy-error"])
+    """As the daemon's route does: only the proxy may say an error is its own, and an app
+    never sets the proxy's cookies. One pass; names arrive lowercased (strip_hop_by_hop)."""
+    out: Headers = []
+    for key, value in headers:
+        if key == b"set-cookie":
+            cleaned = sanitize_set_cookie(value)
+            if cleaned is not None:
+                out.append((key, cleaned))
+        elif key != b"x-proxy-error":
+            out.append((key, value))
+    return out
 
 
 def _parse_query(query: bytes) -> list[tuple[str, str]]:

@@ -37,7 +37,11 @@ _MAX_TEXT_ID = 16  # 1 + 4 + 14 + 16 = 35 bytes = 56 base32 characters
 
 
 class SignedLabelError(ValueError):
-    pass
+    """A signed preview label cannot be made for this sandbox (its id does not fit)."""
+
+
+class SignedExpiryError(SignedLabelError):
+    """The requested lifetime is outside SIGNED_MIN_SECONDS..SIGNED_MAX_SECONDS."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +76,6 @@ class Auth:
             found |= hmac.compare_digest(digest, known)
         return found
 
-    def bearer_is_api_key(self, authorization: bytes | None) -> bool:
-        if not authorization or not authorization[:7].lower() == b"bearer ":
-            return False
-        return self.is_api_key(authorization[7:].strip().decode("latin-1"))
-
     # -- preview tokens -----------------------------------------------------------------
     def preview_token(self, sandbox: Sandbox) -> str:
         if sandbox.token:
@@ -104,6 +103,22 @@ class Auth:
                     f"UUIDs and ids of up to {_MAX_TEXT_ID} characters fit in a DNS label") from None
         payload = struct.pack(">BI", kind, expires_at) + self._signed_mac(sandbox, port, expires_at) + id_bytes
         return _b32(payload)
+
+    def sign_preview(self, sandbox: Sandbox, port: int, expires_in: int, now: float | None = None) -> str:
+        """The signed label for `port` of `sandbox`, valid for `expires_in` seconds: what the
+        proxy's minting route, its CLI and the control plane all hand out."""
+        if not SIGNED_MIN_SECONDS <= expires_in <= SIGNED_MAX_SECONDS:
+            raise SignedExpiryError(f"expiresInSeconds must be a whole number from {SIGNED_MIN_SECONDS} to "
+                                    f"{SIGNED_MAX_SECONDS}, got {expires_in}")
+        return self.mint_signed_label(sandbox, port, int(now if now is not None else time.time()) + expires_in)
+
+    def signed_label_for(self, label: str, sandbox: Sandbox, port: int) -> SignedLabel | None:
+        """`label` decoded, when it is a genuine signed label for `port` of `sandbox`
+        (expired or revoked ones included: the caller decides what those mean)."""
+        signed = self.decode_signed_label(label)
+        if signed is None or signed.sandbox_id != sandbox.id or not self.verify_signed_label(signed, sandbox, port):
+            return None
+        return signed
 
     @staticmethod
     def decode_signed_label(label: str) -> SignedLabel | None:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import secrets
 import sys
-import time
 
 from toolbox.options import env
 
@@ -125,7 +124,14 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def preview_url(args: argparse.Namespace) -> int:
-    from proxy.auth import QUERY_PARAM, Auth, SignedLabelError
+    from proxy.auth import (
+        QUERY_PARAM,
+        SIGNED_MAX_SECONDS,
+        SIGNED_MIN_SECONDS,
+        Auth,
+        SignedExpiryError,
+        SignedLabelError,
+    )
     from proxy.config import ProxyConfig
     from proxy.registry import Sandbox, open_registry
 
@@ -145,11 +151,12 @@ def preview_url(args: argparse.Namespace) -> int:
         print(f"error: sandbox {args.sandbox_id!r} is not in the registry {config.registry}", file=sys.stderr)
         return 1
     if args.expires is not None:
-        if not 1 <= args.expires <= 86400:
-            print("error: --expires must be from 1 to 86400 seconds", file=sys.stderr)
-            return 2
         try:
-            label = auth.mint_signed_label(sandbox, args.port, int(time.time()) + args.expires)
+            label = auth.sign_preview(sandbox, args.port, args.expires)
+        except SignedExpiryError:
+            print(f"error: --expires must be from {SIGNED_MIN_SECONDS} to {SIGNED_MAX_SECONDS} seconds",
+                  file=sys.stderr)
+            return 2
         except SignedLabelError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

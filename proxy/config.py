@@ -7,6 +7,8 @@ import secrets
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from proxy.auth import COOKIE_HTTP, COOKIE_HTTPS
+
 DEFAULT_PRIVATE_PORTS = frozenset({2280, 22222, 33333})  # toolbox, terminal, recordings
 
 
@@ -47,6 +49,11 @@ class ProxyConfig:
     @property
     def public_scheme(self) -> str:
         return urlsplit(self.public_url).scheme or "http"
+
+    @property
+    def cookie_name(self) -> str:
+        """The preview session cookie's name: `__Host-` (host-only, Secure) over https."""
+        return COOKIE_HTTPS if self.public_scheme == "https" else COOKIE_HTTP
 
     @property
     def public_port(self) -> int:

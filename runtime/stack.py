@@ -17,6 +17,7 @@ import re
 import secrets
 import socket
 import sys
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from runtime.backend import LocalBackend
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.network import DEFAULT_RANGE
+from toolbox.tasks import BackgroundTask, TaskOwner
 
 _ACTIVITY = re.compile(r'^proxy_sandbox_last_activity_seconds\{sandbox="([^"]+)"\} ([0-9.eE+]+)$',
                        re.MULTILINE)
@@ -111,8 +113,12 @@ class Stack:
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
-        self._watch: asyncio.Future[None] | None = None
-        self._restarting: asyncio.Future[None] | None = None
+        # The main job's background work (the proxy's watcher, restarting what a crash
+        # stopped) runs in one task group, open from start() to the end of stop().
+        self.tasks = TaskOwner()
+        self._lifetime = AsyncExitStack()
+        self._watch: BackgroundTask | None = None
+        self._restarting: BackgroundTask | None = None
         self._stopping = False
         self._http = httpx.AsyncClient(timeout=5)
 
@@ -169,6 +175,7 @@ class Stack:
 
     async def start(self) -> None:
         self._check_port()
+        await self._lifetime.enter_async_context(self.tasks.running())
         await self.runtime.open()
         await self.plane.open()
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
@@ -209,7 +216,7 @@ class Stack:
                         break
         except TimeoutError:
             raise SandboxError(500, "the proxy did not start within 30 s") from None
-        self._watch = asyncio.ensure_future(self._watch_proxy(self.proxy))
+        self._watch = self.tasks.spawn(self._watch_proxy(self.proxy), name="watch the proxy")
 
     async def _watch_proxy(self, proxy: asyncio.subprocess.Process) -> None:
         """Drain the proxy's stdout; if it dies while we run, start it again."""
@@ -230,7 +237,7 @@ class Stack:
 
     def restart_interrupted(self) -> None:
         """In the background: start again what a crash of the previous main job stopped."""
-        self._restarting = asyncio.ensure_future(self.plane.restart_interrupted())
+        self._restarting = self.tasks.spawn(self.plane.restart_interrupted(), name="restart interrupted sandboxes")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -238,7 +245,7 @@ class Stack:
             self._watch.cancel()
         if self._restarting is not None:
             self._restarting.cancel()
-            await asyncio.gather(self._restarting, return_exceptions=True)
+            await self._restarting.wait()
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:
@@ -250,3 +257,4 @@ class Stack:
                 self.proxy.kill()
                 await self.proxy.wait()
         await self._http.aclose()
+        await self._lifetime.aclose()  # cancels and awaits whatever of ours still runs

@@ -44,6 +44,24 @@ def stopped_line(process: subprocess.Popen[bytes]) -> str:
     return lines[-1] if lines else ""
 
 
+def stop_cleanly(process: subprocess.Popen[bytes], what: str, timeout: float = 10) -> str:
+    """SIGTERM a server of ours and return the closing line it printed, asserting it says
+    that no task was left pending. '' when it had ended already (a test killed it) or had to
+    be killed after `timeout`."""
+    if process.poll() is not None:
+        return ""
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return ""
+    line = stopped_line(process)
+    assert line == STOPPED_CLEANLY, f"the {what} stopped, but: {line or 'said nothing'}"
+    return line
+
+
 @dataclass
 class RunningDaemon:
     """A `python -m toolbox serve` process on a free port (or a Unix socket)."""
@@ -65,17 +83,7 @@ class RunningDaemon:
     def stop(self) -> None:
         """SIGTERM, as a supervisor stops it; a daemon that then stops must say that no
         task of its own was left pending (toolbox/server.py)."""
-        if self.process.poll() is not None:
-            return  # stopped already, or ended on its own (a test killed it)
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            return
-        self.closing_line = stopped_line(self.process)
-        assert self.closing_line == STOPPED_CLEANLY, f"the daemon stopped, but: {self.closing_line or 'said nothing'}"
+        self.closing_line = stop_cleanly(self.process, "daemon")
 
 
 def start_daemon(

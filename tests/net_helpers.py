@@ -151,7 +151,7 @@ def _check_unused(net: str) -> None:
 
     for name in REGISTRIES:
         try:
-            addresses = {info[4][0] for info in socket.getaddrinfo(name, 443, socket.AF_INET)}
+            addresses = {str(info[4][0]) for info in socket.getaddrinfo(name, 443, socket.AF_INET)}
         except OSError:
             continue
         inside = sorted(a for a in addresses if str(a).startswith(f"{net}."))

@@ -297,3 +297,47 @@ def test_websocket_upstream_that_never_answers_is_a_504(tmp_path: Path) -> None:
             daemon.stop()
     assert refused.status == 504
     assert refused.headers is not None and refused.headers["x-proxy-error"] == "upstream-timeout"
+
+
+def _answers_once_per_connection(port: int) -> list[bytes]:
+    """An upstream that answers the first request on each connection (kept alive) and hangs
+    up on the second without a word: the kept-alive connection the relay reuses is stale.
+    Returns the request lines it received."""
+    seen: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", port))
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            for answer in (True, False):
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    request += chunk
+                seen.append(request.split(b"\r\n", 1)[0])
+                if answer:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def accept() -> None:
+        with server:
+            while True:
+                conn, _ = server.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return seen
+
+
+def test_a_stale_kept_alive_connection_is_retried_once_for_idempotent_requests(daemon: RunningDaemon) -> None:
+    port = free_port()
+    seen = _answers_once_per_connection(port)
+    with daemon.client() as client:
+        assert client.get(f"/proxy/{port}/first").text == "ok"
+        again = client.get(f"/proxy/{port}/second")  # the reused connection hangs up: a fresh one answers
+        assert (again.status_code, again.text) == (200, "ok")
+        assert seen.count(b"GET /second HTTP/1.1") == 2
+        # A POST may have had its effect: never sent twice, the client hears of it instead.
+        posted = client.post(f"/proxy/{port}/third", content=b"side effect")
+        assert posted.status_code == 502
+        assert seen.count(b"POST /third HTTP/1.1") == 1

@@ -16,7 +16,7 @@ import aiohttp
 import httpx
 import pytest
 
-from proxy.auth import Auth
+from proxy.auth import Auth, SignedExpiryError, SignedLabelError
 from proxy.registry import Sandbox
 from tests.helpers import REPO_ROOT, RunningDaemon
 from tests.proxy_helpers import AUTH, DOMAIN, SECRET, App, Proxy, start_proxy
@@ -73,7 +73,7 @@ def test_minting_shapes_and_api_key(proxy: Proxy, app: App) -> None:
         assert client.get(f"/sandbox/priv/ports/{app.port}/preview-url",
                           headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.get(f"/sandbox/nope/ports/{app.port}/preview-url", headers=AUTH).status_code == 404
-        for bad in ("0", "86401", "x"):
+        for bad in ("0", "86401", "x", "9" * 5000):  # (5000 digits: more than int() parses)
             response = client.get(f"/sandbox/priv/ports/{app.port}/signed-preview-url",
                                   params={"expiresInSeconds": bad}, headers=AUTH)
             assert response.status_code == 400 and response.headers["x-proxy-error"] == "invalid-expiry"
@@ -182,6 +182,23 @@ def test_signed_label_fits_a_dns_label_for_uuids() -> None:
     assert not auth.verify_signed_label(decoded, sandbox, 65534)
     # A rotated preview token invalidates the link.
     assert not auth.verify_signed_label(decoded, Sandbox(sandbox.id, "http://x", token="rotated"), 65535)
+
+
+def test_one_signer_for_the_proxy_its_cli_and_the_control_plane() -> None:
+    auth = Auth(b"k", ())
+    sandbox, other = Sandbox("sbx-a", "http://x"), Sandbox("sbx-b", "http://x")
+    label = auth.sign_preview(sandbox, 3000, 60, now=1_000)
+    found = auth.signed_label_for(label, sandbox, 3000)
+    assert found is not None and found.expires_at == 1_060
+    assert auth.signed_label_for(label, sandbox, 3001) is None  # bound to its port
+    assert auth.signed_label_for(label, other, 3000) is None  # and to its sandbox
+    assert auth.signed_label_for("sbx-a", sandbox, 3000) is None  # a plain id is no signed label
+    for seconds in (0, 86401):
+        with pytest.raises(SignedExpiryError):
+            auth.sign_preview(sandbox, 3000, seconds)
+    with pytest.raises(SignedLabelError) as too_long:
+        auth.sign_preview(Sandbox("x" * 17, "http://x"), 3000, 60)
+    assert not isinstance(too_long.value, SignedExpiryError)
 
 
 async def _ws(proxy: Proxy, host: str, headers: dict[str, str]) -> int | str:

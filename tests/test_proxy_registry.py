@@ -258,6 +258,7 @@ def test_redis_down_is_a_clear_503(tmp_path: Path) -> None:
 
 def test_activity_is_throttled_per_sandbox() -> None:
     from proxy.activity import ActivityTracker
+    from toolbox.tasks import TaskOwner
 
     class Recorder:
         def __init__(self) -> None:
@@ -268,14 +269,19 @@ def test_activity_is_throttled_per_sandbox() -> None:
 
     async def run() -> Recorder:
         recorder = Recorder()
-        tracker = ActivityTracker(recorder, interval=0.2)  # type: ignore[arg-type]
-        for _ in range(100):
+        owner = TaskOwner()
+        async with owner.running():
+            tracker = ActivityTracker(recorder, owner.spawn, interval=0.2)  # type: ignore[arg-type]
+            for _ in range(100):
+                tracker.touch("a")
+            tracker.touch("b")
+            await asyncio.sleep(0.25)
             tracker.touch("a")
-        tracker.touch("b")
-        await asyncio.sleep(0.25)
-        tracker.touch("a")
-        await tracker.flush()
-        assert set(tracker.last_seen) == {"a", "b"}
+            await tracker.flush()
+            assert set(tracker.last_seen) == {"a", "b"}
+        tracker.touch("c")  # after the proxy stopped: remembered, not written, nothing left running
+        assert "c" in tracker.last_seen
+        assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
         return recorder
 
     recorder = asyncio.run(run())

@@ -26,7 +26,7 @@ from controlplane.sandboxes.dto import CreateSandbox
 from controlplane.sandboxes.hooks import Prepared
 from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.service import SandboxService
-from proxy.auth import SIGNED_MAX_SECONDS, SIGNED_MIN_SECONDS, Auth, SignedLabelError
+from proxy.auth import Auth, SignedExpiryError, SignedLabelError
 from proxy.registry import Sandbox
 
 SIGNING_KEY = "signingKey"  # keys in the sandbox record's extra
@@ -42,6 +42,11 @@ class SignedPreview:
     sandbox_id: str
     port: int
     token: str
+
+
+def _as_routed(record: SandboxRecord) -> Sandbox:
+    """What the proxy's signer needs of a sandbox: its id and preview token (the MAC covers both)."""
+    return Sandbox(record.id, "", record.preview_token)
 
 
 def _check_port(port: int) -> None:
@@ -67,13 +72,11 @@ class PreviewService:
     async def sign(self, principal: Principal, id_or_name: str, port: int, expires_in: int | None) -> SignedPreview:
         record = await self.sandboxes.get(principal, id_or_name)
         _check_port(port)
-        seconds = DEFAULT_EXPIRY if expires_in is None else expires_in
-        if not SIGNED_MIN_SECONDS <= seconds <= SIGNED_MAX_SECONDS:
-            raise BadRequest(f"expiresInSeconds must be from {SIGNED_MIN_SECONDS} to {SIGNED_MAX_SECONDS}, got "
-                             f"{seconds}", "INVALID_EXPIRY")
-        target = Sandbox(record.id, "", record.preview_token)
+        signer = self._signer()
         try:
-            label = self._signer().mint_signed_label(target, port, int(time.time()) + seconds)
+            label = signer.sign_preview(_as_routed(record), port, DEFAULT_EXPIRY if expires_in is None else expires_in)
+        except SignedExpiryError as exc:
+            raise BadRequest(str(exc), "INVALID_EXPIRY") from None
         except SignedLabelError as exc:
             raise BadRequest(str(exc), "SANDBOX_ID_TOO_LONG") from None
         return SignedPreview(record.id, port, label)
@@ -81,10 +84,8 @@ class PreviewService:
     async def expire(self, principal: Principal, id_or_name: str, port: int, token: str) -> None:
         record = await self.sandboxes.get(principal, id_or_name)
         _check_port(port)
-        signer = self._signer()
-        signed = signer.decode_signed_label(token)
-        if signed is None or signed.sandbox_id != record.id or not signer.verify_signed_label(
-                signed, Sandbox(record.id, "", record.preview_token), port):
+        signed = self._signer().signed_label_for(token, _as_routed(record), port)
+        if signed is None:
             raise NotFound(f"Signed preview URL token {token} not found for port {port} of sandbox {record.id}")
         async with self._lock:
             fresh = await self.sandboxes.get(principal, record.id)

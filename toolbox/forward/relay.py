@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from starlette.types import Receive, Scope, Send
@@ -101,6 +101,75 @@ class Relay:
     async def close(self) -> None:
         self.pool.close()
 
+    async def http(
+        self, scope: Scope, receive: Receive, send: Send, target: Target, headers: Headers,
+        response_headers_filter: Callable[[Headers], Headers] | None = None,
+        on_traffic: Callable[[], None] | None = None,
+        intercept: Callable[[UpstreamConnection], Awaitable[bool]] | None = None,
+    ) -> int:
+        """Relay one HTTP exchange; returns the upstream status.
+
+        Raises UpstreamUnavailable before anything was sent to the client. `intercept`
+        sees the upstream response first and may answer the client itself (returns True).
+        Three steps, as httpx's `_send_handling_auth` -> `_send_handling_redirects` ->
+        `_send_single_request`: `_exchange` retries what may be retried around `_send`
+        (one connection: the head, the body, the response's head), then `_respond`
+        streams the answer to the client.
+        """
+        request = _Request.of(scope, target, headers)
+        delays = RETRY_DELAYS if (self.retry_refused and request.idempotent) else ()
+        try:
+            conn, upload = await self._exchange(request, receive, target, delays)
+        except _ClientGone:
+            return 499
+        return await self._respond(conn, upload, receive, send, target, response_headers_filter, on_traffic,
+                                   intercept)
+
+    async def _exchange(self, request: _Request, receive: Receive, target: Target,
+                        delays: tuple[float, ...]) -> tuple[UpstreamConnection, asyncio.Task[None] | None]:
+        """A connection whose response head has arrived, and the upload still running (if any).
+
+        A refused connect is retried after each of `delays`; a kept-alive connection the
+        upstream closed just as we reused it, once, on a fresh one (idempotent requests only).
+        """
+        waits = iter(delays)  # shared by every attempt, as one budget
+        stale_retried = False
+        while True:
+            conn = await _connect(target, waits)
+            try:
+                return conn, await self._send(conn, request, receive)
+            except (ConnectionError, OSError) as exc:
+                if conn.reused and request.idempotent and not stale_retried:
+                    stale_retried = True
+                    continue
+                raise UpstreamUnavailable(str(exc) or "the upstream closed the connection") from exc
+
+    async def _send(self, conn: UpstreamConnection, request: _Request,
+                    receive: Receive) -> asyncio.Task[None] | None:
+        """Send the request on `conn` and wait for the response's head; returns the upload
+        task when there is a body (it may still run: an upstream may answer before reading
+        it all). On failure `conn` is aborted and the upload ended."""
+        conn.head_request = request.method == "HEAD"
+        upload: asyncio.Task[None] | None = None
+        try:
+            conn.write(request.head)
+            if request.with_body:
+                upload = asyncio.ensure_future(self._send_body(conn, receive, request.chunked))
+                await asyncio.wait((upload, conn.headers_done), return_when=asyncio.FIRST_COMPLETED)
+                if upload.done() and (error := upload.exception()) is not None:
+                    raise error
+            await conn.headers_done
+            return upload
+        except _ClientGone:
+            conn.abort()  # the client left mid-upload: nobody to answer
+            raise
+        except (ConnectionError, OSError):
+            conn.abort()
+            if upload is not None:
+                upload.cancel()
+                upload.add_done_callback(_consume)
+            raise
+
     async def _send_body(self, conn: UpstreamConnection, receive: Receive, chunked: bool) -> None:
         while True:
             message = await receive()
@@ -118,72 +187,14 @@ class Relay:
                     conn.write(b"0\r\n\r\n")
                 return
 
-    async def http(
-        self, scope: Scope, receive: Receive, send: Send, target: Target, headers: Headers,
-        response_headers_filter: Callable[[Headers], Headers] | None = None,
-        on_traffic: Callable[[], None] | None = None,
-        intercept: Callable[[UpstreamConnection], Awaitable[bool]] | None = None,
+    async def _respond(
+        self, conn: UpstreamConnection, upload: asyncio.Task[None] | None, receive: Receive, send: Send,
+        target: Target, response_headers_filter: Callable[[Headers], Headers] | None,
+        on_traffic: Callable[[], None] | None,
+        intercept: Callable[[UpstreamConnection], Awaitable[bool]] | None,
     ) -> int:
-        """Relay one HTTP exchange; returns the upstream status.
-
-        Raises UpstreamUnavailable before anything was sent to the client. `intercept`
-        sees the upstream response first and may answer the client itself (returns True).
-        """
-        method: str = scope["method"]
-        length: bytes | None = None
-        chunked = False
-        for key, value in scope["headers"]:
-            if key == b"content-length":
-                length = value
-            elif key == b"transfer-encoding":
-                chunked = True
-        with_body = chunked or (length is not None and length.strip() not in (b"0", b""))
-        framing = b"transfer-encoding: chunked\r\n" if chunked else (
-            b"content-length: %s\r\n" % length if length is not None else b"")
-        head = _head(method.encode() + b" " + target.path + b" HTTP/1.1",
-                     [(k, v) for k, v in headers if k not in _NOT_FORWARDED], framing)
-
-        idempotent = method in IDEMPOTENT and not with_body
-        delays: tuple[float, ...] = RETRY_DELAYS if (self.retry_refused and idempotent) else ()
-        attempt = 0
-        stale_retried = False
-        while True:
-            try:
-                conn = await target.pool.acquire(target.host, target.port)
-            except socket.gaierror as exc:
-                raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc
-            except OSError as exc:
-                if attempt >= len(delays):
-                    raise UpstreamUnavailable("connection refused") from exc
-                await asyncio.sleep(delays[attempt])
-                attempt += 1
-                continue
-            conn.head_request = method == "HEAD"
-            sender: asyncio.Task[None] | None = None
-            try:
-                conn.write(head)
-                if with_body:
-                    # Concurrently: an upstream may answer (and stream) before reading it all.
-                    sender = asyncio.ensure_future(self._send_body(conn, receive, chunked))
-                    await asyncio.wait((sender, conn.headers_done), return_when=asyncio.FIRST_COMPLETED)
-                    if sender.done() and sender.exception() is not None:
-                        raise sender.exception()  # type: ignore[misc]
-                await conn.headers_done
-                break
-            except _ClientGone:
-                conn.abort()  # the client left mid-upload: nobody to answer
-                return 499
-            except (ConnectionError, OSError) as exc:
-                conn.abort()
-                if sender is not None:
-                    sender.cancel()
-                    sender.add_done_callback(_consume)
-                # A kept-alive connection the upstream closed just as we reused it.
-                if conn.reused and idempotent and not stale_retried:
-                    stale_retried = True
-                    continue
-                raise UpstreamUnavailable(str(exc) or "the upstream closed the connection") from exc
-
+        """Hand the upstream's answer to the client; the connection goes back to the pool
+        only when both the upload and the response ended cleanly."""
         status = conn.status
         watcher: asyncio.Task[None] | None = None
         try:
@@ -194,24 +205,16 @@ class Relay:
             out_headers = strip_hop_by_hop(conn.headers, _OWN_RESPONSE_HEADERS)
             if response_headers_filter is not None:
                 out_headers = response_headers_filter(out_headers)
-            if conn.complete and sender is None:
+            await send({"type": "http.response.start", "status": status, "headers": out_headers})
+            if conn.complete and upload is None:
                 # The whole (small) body is already here: one write for the client.
-                await send({"type": "http.response.start", "status": status, "headers": out_headers})
                 await send({"type": "http.response.body", "body": conn.take(), "more_body": False})
                 target.pool.release(conn, target.host, target.port)
                 return status
-            await send({"type": "http.response.start", "status": status, "headers": out_headers})
             # Once the upload is over, a client hanging up must stop the upstream stream.
-            watcher = asyncio.ensure_future(_close_on_disconnect(receive, conn, sender))
-            while True:
-                chunk = await conn.next_chunk()
-                if chunk is None:
-                    break
-                if on_traffic is not None:
-                    on_traffic()  # a long download or SSE stream is activity all along
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            if sender is not None and not sender.done():
+            watcher = asyncio.ensure_future(_close_on_disconnect(receive, conn, upload))
+            await _stream_body(conn, send, on_traffic)
+            if upload is not None and not upload.done():
                 conn.abort()  # the upstream answered without reading the whole body
             else:
                 target.pool.release(conn, target.host, target.port)
@@ -221,11 +224,11 @@ class Relay:
         finally:
             if watcher is not None:
                 watcher.cancel()
-            if sender is not None:
-                if not sender.done():
-                    sender.cancel()
-                elif not sender.cancelled():
-                    sender.exception()  # seen: the client or upstream left mid-upload
+            if upload is not None:
+                if not upload.done():
+                    upload.cancel()
+                elif not upload.cancelled():
+                    upload.exception()  # seen: the client or upstream left mid-upload
         return status
 
     async def websocket(
@@ -276,6 +279,66 @@ def _head(start_line: bytes, headers: Headers, extra_lines: bytes = b"") -> byte
         parts += (key, b": ", value, b"\r\n")
     parts += (extra_lines, b"\r\n")
     return b"".join(parts)
+
+
+class _Request:
+    """What `Relay.http` sends upstream, worked out once from the client's scope."""
+
+    __slots__ = ("method", "head", "chunked", "with_body", "idempotent")
+
+    def __init__(self, method: str, head: bytes, chunked: bool, with_body: bool) -> None:
+        self.method = method
+        self.head = head
+        self.chunked = chunked
+        self.with_body = with_body
+        self.idempotent = method in IDEMPOTENT and not with_body
+
+    @classmethod
+    def of(cls, scope: Scope, target: Target, headers: Headers) -> _Request:
+        method: str = scope["method"]
+        length: bytes | None = None
+        chunked = False
+        for key, value in scope["headers"]:
+            if key == b"content-length":
+                length = value
+            elif key == b"transfer-encoding":
+                chunked = True
+        with_body = chunked or (length is not None and length.strip() not in (b"0", b""))
+        parts = [method.encode(), b" ", target.path, b" HTTP/1.1\r\n"]
+        for key, value in headers:
+            if key not in _NOT_FORWARDED:
+                parts += (key, b": ", value, b"\r\n")
+        if chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        elif length is not None:
+            parts += (b"content-length: ", length, b"\r\n")
+        parts.append(b"\r\n")
+        return cls(method, b"".join(parts), chunked, with_body)
+
+
+async def _connect(target: Target, waits: Iterator[float]) -> UpstreamConnection:
+    """A pooled or new connection; a refused connect waits the next of `waits` and tries again."""
+    while True:
+        try:
+            return await target.pool.acquire(target.host, target.port)
+        except socket.gaierror as exc:
+            raise UpstreamUnknownHost(f"{target.host} does not resolve") from exc
+        except OSError as exc:
+            delay = next(waits, None)
+            if delay is None:
+                raise UpstreamUnavailable("connection refused") from exc
+            await asyncio.sleep(delay)
+
+
+async def _stream_body(conn: UpstreamConnection, send: Send, on_traffic: Callable[[], None] | None) -> None:
+    while True:
+        chunk = await conn.next_chunk()
+        if chunk is None:
+            break
+        if on_traffic is not None:
+            on_traffic()  # a long download or SSE stream is activity all along
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _consume(task: asyncio.Future[None]) -> None:
