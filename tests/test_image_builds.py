@@ -235,3 +235,41 @@ def test_user_lookup_never_follows_a_symlink_a_step_planted(tmp_path: Path, regi
     with pytest.raises(BuildError, match="USER daytona: the image has no /etc/passwd"):
         _build(builder, f"FROM {registry}/tiny:1\nRUN rm /etc/passwd; ln -s {secret} /etc/passwd\n"
                         "USER daytona\nRUN id\n")
+
+
+def test_copy_from_a_local_context_and_what_it_refuses(tmp_path: Path, registry: str) -> None:
+    """Operator builds (the project's own image) read COPY sources from a context directory;
+    nothing outside it is reachable, and copies are root's with their modes."""
+    store, builder = _builder(tmp_path)
+    ctx = tmp_path / "context"
+    (ctx / "app" / "lib").mkdir(parents=True)
+    (ctx / "app" / "main.sh").write_text("echo main\n")
+    os.chmod(ctx / "app" / "main.sh", 0o755)
+    (ctx / "app" / "lib" / "x.txt").write_text("x\n")
+    (ctx / "notes.txt").write_text("notes\n")
+    (tmp_path / "secret").write_text("host secret\n")
+    os.symlink(tmp_path / "secret", ctx / "link-out")
+    os.symlink(tmp_path, ctx / "dir-out")
+    text = f"FROM {registry}/tiny:1\nWORKDIR /srv\nCOPY app /opt/app\nCOPY notes.txt link-out ./\nRUN sh /opt/app/main.sh; cat notes.txt\n"
+    built = asyncio.run(builder.build(text, lambda line: None, context=ctx))
+    layers = [store.layer_path(d) for d in built.layers]
+
+    def find(inside: str) -> Path:
+        return next(layer / inside for layer in reversed(layers) if os.path.lexists(layer / inside))
+
+    main = find("opt/app/main.sh")
+    assert main.read_text() == "echo main\n" and stat.S_IMODE(main.stat().st_mode) == 0o755
+    assert main.stat().st_uid == 0 and find("opt/app/lib/x.txt").read_text() == "x\n"
+    assert find("srv/notes.txt").read_text() == "notes\n"
+    assert find("srv/link-out").is_symlink()  # copied as a link, never the host file it names
+    again = asyncio.run(builder.build(text, lambda line: None, context=ctx))
+    assert again.steps_run == 0
+    (ctx / "notes.txt").write_text("changed\n")
+    changed = asyncio.run(builder.build(text, lambda line: None, context=ctx))
+    assert changed.steps_run == 2  # the COPY and the RUN after it
+    for source, message in (("../secret", "leaves the build context"), ("dir-out/secret", "through a symlink"),
+                            ("missing", "not in the build context")):
+        with pytest.raises(BuildError, match=message):
+            asyncio.run(builder.build(f"FROM {registry}/tiny:1\nCOPY {source} /x\n", lambda line: None, context=ctx))
+    with pytest.raises(BuildError, match="no object storage"):  # an API build has no context
+        _build(builder, f"FROM {registry}/tiny:1\nCOPY notes.txt /x\n")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from runtime.images import dockerfile, publish
+from runtime.images import context, dockerfile, publish
 from runtime.images.dockerfile import DockerfileError, Instruction
 from runtime.images.oci import ImageConfig, ImageError, ImageImporter, LayerStore, registry_reference
 from runtime.images.steps import BUILD_ID_BASE, ID_RANGE, Confinement, Step, run_step
@@ -78,6 +78,7 @@ class _State:
     args: dict[str, str] = field(default_factory=dict)
     global_args: dict[str, str] = field(default_factory=dict)  # ARGs before FROM
     shell: list[str] = field(default_factory=lambda: list(SHELL))
+    context: Path | None = None  # what COPY reads from
 
     def variables(self) -> dict[str, str]:
         return {**self.args, **self.env}
@@ -86,11 +87,11 @@ class _State:
 SnapshotLookup = Callable[[str], "Base | None"]
 
 
-def plan(text: str) -> list[Instruction]:
+def plan(text: str, *, has_context: bool = False) -> list[Instruction]:
     """The Dockerfile's instructions, or a DockerfileError saying what cannot be built."""
     instructions = dockerfile.parse(text)
     for instruction in instructions:
-        if instruction.keyword in ("COPY", "ADD"):
+        if instruction.keyword in ("COPY", "ADD") and not has_context:
             raise instruction.fail(
                 "files from a build context (Image.add_local_file, add_local_dir, "
                 "pip_install_from_requirements) cannot be used: this server has no object storage for "
@@ -187,9 +188,10 @@ class Builder:
             raise BuildError(str(exc)) from None
         return Base(f"image:{image.digest}", (image.layer,), image.config)
 
-    async def build(self, text: str, log: Log) -> Built:
+    async def build(self, text: str, log: Log, *, context: Path | None = None) -> Built:
+        """`context`: the directory COPY reads from (an operator's build; API builds have none)."""
         try:
-            instructions = plan(text)
+            instructions = plan(text, has_context=context is not None)
         except DockerfileError as exc:
             raise BuildError(str(exc)) from None
         started = time.monotonic()
@@ -209,7 +211,8 @@ class Builder:
                     state = _State(key=base.key, layers=list(base.layers), env=dict(config.env),
                                    workdir=config.workdir or "/",
                                    user=base.build_user or config.user or "root", final_user=config.user,
-                                   entrypoint=config.entrypoint, cmd=config.cmd, global_args=dict(args))
+                                   entrypoint=config.entrypoint, cmd=config.cmd, global_args=dict(args),
+                                   context=context)
                 else:
                     assert state is not None  # plan() put FROM first (after ARGs)
                     outcome = await self._apply(instruction, state, log)
@@ -250,6 +253,8 @@ class Builder:
             return await self._workdir(instruction, state, log)
         elif keyword == "RUN":
             return await self._run(instruction, state, log)
+        elif keyword in ("COPY", "ADD"):
+            return await self._copy(instruction, state, log)
         # LABEL and EXPOSE are accepted and mean nothing to a snapshot.
         return "config"
 
@@ -326,6 +331,33 @@ class Builder:
             for tree in (upper, scratch):
                 await asyncio.to_thread(shutil.rmtree, tree, True)
         self._advance(state, key, (*state.layers, layer) if layer else tuple(state.layers))
+        return "run"
+
+    async def _copy(self, instruction: Instruction, state: _State, log: Log) -> str:
+        assert state.context is not None  # plan() refused COPY without a context
+        names, destination = dockerfile.copy_sources(instruction)
+        if instruction.keyword == "ADD" and any("://" in n or n.endswith((".tar", ".gz", ".tgz", ".xz"))
+                                                for n in names):
+            raise instruction.fail("ADD of URLs and archives is not supported: use COPY and RUN")
+        try:
+            sources = [context.source_path(state.context, dockerfile.expand(n, state.variables())) for n in names]
+            content = await asyncio.to_thread(context.digest, sources)
+        except context.ContextError as exc:
+            raise instruction.fail(str(exc)) from None
+        key = _key(state.key, "COPY", content, destination, state.workdir)
+        if (hit := self._cached(key)) is not None:
+            log(" ---> Using cache")
+            self._advance(state, key, hit)
+            return "cached"
+        tree = await asyncio.to_thread(self.store.new_tree)
+        try:
+            await asyncio.to_thread(context.copy_into, tree, sources, destination, state.workdir)
+            layer = await asyncio.to_thread(self.store.publish_layer, tree)
+        except context.ContextError as exc:
+            raise instruction.fail(str(exc)) from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, tree, True)
+        self._advance(state, key, (*state.layers, layer))
         return "run"
 
     def _publish(self, upper: Path) -> str | None:
