@@ -16,7 +16,10 @@ from runtime.images import mounts
 from runtime.images.steps import DEFAULT_PATH, ID_RANGE, Jail, Step
 
 MOUNTS = Path("/tmp")
-RESOLVER_FILES = ("/etc/resolv.conf", "/etc/hosts")
+# The host's, bound read-only over the image's own for the step only (never in a layer): name
+# resolution, and the CA bundle, so that a step's pip or curl trusts what the host trusts
+# (a TLS-inspecting proxy's CA included) while the image keeps its own bundle.
+HOST_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/ssl/certs/ca-certificates.crt")
 
 
 def _regular_in(root: Path, inside: str) -> bool:
@@ -41,7 +44,7 @@ def bwrap_argv(merged: Path, step: Step, seccomp_fd: int) -> list[str]:
             "--new-session"]
     if not step.network:
         argv.append("--unshare-net")
-    for name in RESOLVER_FILES:
+    for name in HOST_FILES:
         if os.path.exists(name) and _regular_in(merged, name):
             argv += ["--ro-bind", name, name]
     if step.uid != 0:
