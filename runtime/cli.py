@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--network-block-all-default", action="store_true",
                     default=env("RUNTIME_NETWORK_BLOCK_ALL", "") not in ("", "0", "false", "no"),
                     help="sandboxes that do not say get networkBlockAll=true (env RUNTIME_NETWORK_BLOCK_ALL)")
+    up.add_argument("--layers-dir", default=env("RUNTIME_LAYERS_DIR"),
+                    help="where snapshot layers live, shareable between state dirs "
+                         "(env RUNTIME_LAYERS_DIR; default STATE/layers)")
     up.add_argument("--sandbox-dns", default=env("RUNTIME_SANDBOX_DNS"),
                     help="resolver sandboxes' DNS goes to (default: the host's first; env RUNTIME_SANDBOX_DNS)")
     _limits_args(up)
@@ -135,6 +138,7 @@ def up(args: argparse.Namespace) -> int:
     from controlplane.app import build_app
     from controlplane.errors import ApiError
     from runtime.manager import SandboxError
+    from runtime.snapshots import SnapshotError
     from runtime.stack import Stack, StackConfig
 
     try:
@@ -148,9 +152,13 @@ def up(args: argparse.Namespace) -> int:
         pool_size=max(0, args.pool_size), idle_timeout=args.idle_timeout,
         limits=limits, api_key=args.api_key, network=args.sandbox_network,
         network_block_all=args.network_block_all_default, dns=args.sandbox_dns,
+        layers_dir=Path(args.layers_dir) if args.layers_dir else None,
     )
     try:
         stack = Stack(config)
+    except SnapshotError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     except OSError as exc:
         print(f"error: cannot use the state directory {config.state_dir}: {exc.strerror or exc}; "
               "pick another with --state-dir or RUNTIME_STATE_DIR", file=sys.stderr, flush=True)

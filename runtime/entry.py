@@ -17,6 +17,9 @@ import os
 import sys
 from pathlib import Path
 
+# Names (comma-separated) of variables the daemon's start needs and its children must not see.
+DAEMON_ONLY_ENV = "RUNTIME_DAEMON_ONLY_ENV"
+
 
 def preload() -> None:
     import uvicorn  # noqa: F401
@@ -39,7 +42,16 @@ def preload() -> None:
     zygote.prestart(Path(os.environ.get("HOME", os.getcwd())).resolve())
 
 
+def drop_daemon_only_env() -> None:
+    """Forget the variables only this interpreter needed to start (its PYTHONPATH on a
+    snapshot's root, runtime/codemount.py), before any sandbox process is started: the
+    snapshot's own python3 must never import our packages instead of the user's."""
+    for name in filter(None, os.environ.pop(DAEMON_ONLY_ENV, "").split(",")):
+        os.environ.pop(name, None)
+
+
 def main() -> int:
+    drop_daemon_only_env()
     # Group-writable by default, so sandboxes sharing a volume (through its shared gid,
     # see runtime.volumes) can change each other's files there; the sandbox's own group
     # has no other member, so its private files stay private.

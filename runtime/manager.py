@@ -27,6 +27,7 @@ from pathlib import Path
 from runtime import archive, cgroups, seccomp, sockets
 from runtime.dns import DnsError, Resolvers, parse_domain_list
 from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_allow_list
+from runtime.codemount import is_daemon
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
@@ -875,7 +876,7 @@ class Runtime:
             except OSError:
                 continue  # exited meanwhile
             # The daemon itself, not the bwrap processes whose arguments name it too.
-            if argv[1:3] != [b"-m", b"runtime.entry"]:
+            if not is_daemon(argv):
                 continue
             running.daemon_pid = pid
             if os.geteuid() != 0:

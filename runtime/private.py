@@ -39,3 +39,21 @@ def private_dir(path: Path) -> Path:
 def open_private_append(path: Path) -> int:
     """An fd appending to a 0600 log file; refuses a symlink in its place."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+
+
+def owned_dir(path: Path, what: str = "state") -> Path:
+    """`path` as a 0700 directory of our own. Refuses one someone else made (a shared dir
+    under /var/tmp) or a symlink in its place, which chmod would follow."""
+    import stat
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(f"{path} is not a directory of uid {os.geteuid()}, so it cannot hold {what}; "
+                              "remove it or pick another")
+    os.chmod(path, DIR_MODE)
+    return path

@@ -18,12 +18,13 @@ every other state dir on the same layers dir) reuses it and two starts never bui
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import os
 import re
-import shlex
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +32,8 @@ from collections.abc import Callable, Sequence
 from runtime.snapshots import DEFAULT, LAYERS_ENV, Progress, Snapshot, SnapshotError, SnapshotStore, remove_tree
 
 SUITE = "bookworm"
-MIRROR = "http://deb.debian.org/debian"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+MIRROR_ENV = "RUNTIME_DEBIAN_MIRROR"  # a local mirror or proxy, e.g. http://apt-cacher:3142/debian
 PACKAGES = ("python3", "python3-pip", "python3-venv", "git", "nodejs", "npm", "curl",
             "ca-certificates", "sudo")
 USER, UID, HOME = "daytona", 1000, "/home/daytona"
@@ -70,11 +72,20 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/l
 rm -f /usr/sbin/policy-rc.d
 """
 
+# Every build step: its own mount namespace (what it mounts goes with it) and pid namespace,
+# whose init dies with unshare, which dies with us (PR_SET_PDEATHSIG both), so a runtime
+# killed mid-build leaves no step writing into a tree the next start removes.
+_ISOLATED = ("setpriv", "--pdeathsig", "KILL",
+             "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL")
 _DEBOOTSTRAP_NOISE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) \S+$")
 
 
+def mirror() -> str:
+    return os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
+
+
 def recipe() -> dict[str, object]:
-    return {"version": RECIPE_VERSION, "suite": SUITE, "mirror": MIRROR, "packages": list(PACKAGES),
+    return {"version": RECIPE_VERSION, "suite": SUITE, "mirror": mirror(), "packages": list(PACKAGES),
             "user": USER, "uid": UID, "hostname": HOSTNAME, "script": _SETUP}
 
 
@@ -107,7 +118,7 @@ def ensure_default(store: SnapshotStore, progress: Progress) -> Snapshot:
 
 
 def _build(store: SnapshotStore, progress: Progress) -> str:
-    missing = [tool for tool in ("debootstrap", "chroot", "unshare") if shutil.which(tool) is None]
+    missing = [tool for tool in ("debootstrap", "chroot", "unshare", "setpriv") if shutil.which(tool) is None]
     if missing:
         raise SnapshotError(f"building the default snapshot needs {', '.join(missing)} "
                             "(apt-get install debootstrap util-linux coreutils)")
@@ -118,16 +129,14 @@ def _build(store: SnapshotStore, progress: Progress) -> str:
     tree = store.new_tree()
     started = time.monotonic()
     try:
-        progress(f"default snapshot: debootstrap --variant=minbase {SUITE} from {MIRROR} (first start only)")
-        _run(["unshare", "--mount", "--propagation", "private", "--",
-              "debootstrap", "--variant=minbase", SUITE, str(tree), MIRROR],
+        progress(f"default snapshot: debootstrap --variant=minbase {SUITE} from {mirror()} (first start only)")
+        _run([*_ISOLATED, "--", "debootstrap", "--variant=minbase", SUITE, str(tree), mirror()],
              progress, "debootstrap", lambda line: not _DEBOOTSTRAP_NOISE.match(line))
         stage1 = time.monotonic() - started
         progress(f"default snapshot: base system in {stage1:.1f} s; adding {' '.join(PACKAGES)}")
-        script = _SETUP.format(mirror=MIRROR, suite=SUITE, packages=" ".join(PACKAGES), user=USER,
+        script = _SETUP.format(mirror=mirror(), suite=SUITE, packages=" ".join(PACKAGES), user=USER,
                                uid=UID, home=HOME, hostname=HOSTNAME)
-        _run(["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
-              f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
+        _run([*_ISOLATED, f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
              progress, "packages", lambda line: line.startswith("step:") or "newly installed" in line)
         progress(f"default snapshot: packages in {time.monotonic() - started - stage1:.1f} s; publishing")
         digest = store.publish_layer(tree)
@@ -139,7 +148,8 @@ def _build(store: SnapshotStore, progress: Progress) -> str:
     return digest
 
 
-def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[str], bool]) -> None:
+def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[str], bool],
+         what: str = "the default snapshot") -> None:
     """Run one build step, passing its interesting lines to `progress`; on failure, a
     SnapshotError with the step's last lines."""
     tail: collections.deque[str] = collections.deque(maxlen=15)
@@ -157,10 +167,88 @@ def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[s
                     progress(f"  {stage}: {line}")
             code = process.wait()
         except BaseException:
-            process.kill()
+            # The whole step (debootstrap's dpkg, apt's children) before its tree is removed.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             raise
     if code != 0:
-        joined = "\n".join(tail)
-        raise SnapshotError(f"building the default snapshot failed in {stage} (exit {code}; "
-                            f"{shlex.join(list(argv)[:8])}...):\n{joined}")
+        # One line: the step's errors (apt's and debootstrap's "E:" lines), else its last line.
+        errors = [line for line in tail if line.startswith(("E:", "dpkg: error"))] or list(tail)[-1:]
+        raise SnapshotError(f"building {what} failed in {stage} (exit {code}): "
+                            f"{'; '.join(errors) or 'no output'}")
+
+
+# ---- a snapshot layered on another: one more layer, from a script run in its root --------
+
+_HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+_LAYER_SETUP = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+chmod 0755 /usr/sbin/policy-rc.d
+{script}
+rm -f /usr/sbin/policy-rc.d
+"""
+_CLEAN = ("apt-get clean; rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt/* /var/log/dpkg.log "
+          "/var/log/alternatives.log /root/.cache")
+
+
+def apt_script(packages: Sequence[str]) -> str:
+    """The script that adds Debian `packages` (no recommends) and leaves no apt lists."""
+    names = " ".join(packages)
+    return (f"echo 'step: apt-get install {names}'\napt-get update -qq\n"
+            f"apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 {names}\n{_CLEAN}\n")
+
+
+def ensure_layered(store: SnapshotStore, name: str, base: Snapshot, script: str, progress: Progress) -> Snapshot:
+    """Snapshot `name`: `base`'s layers plus one made by running `script` (sh, as root) in
+    an overlay of them, cached by (base layers, script) like the default snapshot. The new
+    layer is the overlay's upper directory, so it is in overlayfs format as it stands
+    (deletions are whiteouts) and the base's layers are never written."""
+    encoded = json.dumps({"base": list(base.layers), "script": script}, sort_keys=True).encode()
+    key = f"layer-{hashlib.sha256(encoded).hexdigest()[:16]}"
+    with store.build_lock(key):
+        layers = store.cached_build(key)
+        if layers is None:
+            layers = (*base.layers, _build_layer(store, name, base, script, progress))
+            store.record_build(key, layers)
+        snapshot = store.snapshot_of(name, layers, user=base.user, env=dict(base.env), workdir=base.workdir,
+                                     entrypoint=base.entrypoint, cmd=base.cmd)
+        store.put(snapshot)
+        return snapshot
+
+
+def _build_layer(store: SnapshotStore, name: str, base: Snapshot, script: str, progress: Progress) -> str:
+    if os.geteuid() != 0:
+        raise SnapshotError(f"building snapshot {name!r} needs root (an overlay mount and chroot)")
+    store.clean_partial()
+    lower = ":".join(map(str, store.lower_dirs(base.layers)))
+    upper, scratch = store.new_tree(), store.new_tree()
+    work, merged = scratch / "work", scratch / "merged"
+    work.mkdir()
+    merged.mkdir()
+    started = time.monotonic()
+    # Everything mounted here lives in the step's own mount namespace and goes with it. The
+    # step uses the host's resolver and trusted CAs (a host behind a TLS-intercepting proxy
+    # trusts its CA; pip needs that), bound over the snapshot's files, never copied in.
+    inner = (f"mount -t overlay overlay -o lowerdir={lower},upperdir={upper},workdir={work} {merged} && "
+             f"mount -t proc proc {merged}/proc && "
+             f"{{ [ -e {merged}/etc/resolv.conf ] || touch {merged}/etc/resolv.conf; }} && "
+             f"mount --bind /etc/resolv.conf {merged}/etc/resolv.conf && "
+             f"{{ ! [ -f {_HOST_CA} ] || ! [ -f {merged}{_HOST_CA} ] || mount --bind {_HOST_CA} {merged}{_HOST_CA}; }} && "
+             f"exec chroot {merged} /bin/sh -c \"$0\"")
+    try:
+        progress(f"snapshot {name}: building a layer on {base.name}")
+        _run([*_ISOLATED, "--", "/bin/sh", "-c", inner, _LAYER_SETUP.format(script=script)],
+             progress, "its script", lambda line: line.startswith("step:") or "newly installed" in line,
+             what=f"snapshot {name!r}")
+        digest = store.publish_layer(upper)
+    except BaseException:
+        remove_tree(upper)
+        raise
+    finally:
+        remove_tree(scratch)
+    progress(f"snapshot {name}: layer built in {time.monotonic() - started:.1f} s "
+             f"({store.layer_size(digest) / 1e6:.0f} MB)")
+    return digest

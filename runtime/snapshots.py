@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from runtime.private import private_dir, write_private
+from runtime.private import owned_dir, private_dir, write_private
 from toolbox.options import env as env_option
 
 DEFAULT = "default"
@@ -182,17 +182,10 @@ def remove_tree(path: Path) -> None:
 
 
 def _owned_dir(path: Path) -> Path:
-    """`path` as a 0700 directory of our own; refuses one someone else made (a shared
-    layers dir under /var/tmp) or a symlink in its place, which chmod would follow."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-        raise SnapshotError(f"{path} is not a directory of uid {os.geteuid()}: it cannot hold layers; "
-                            f"remove it or pick another with {LAYERS_ENV}")
-    os.chmod(path, 0o700)
-    return path
+    try:
+        return owned_dir(path, "layers")
+    except PermissionError as exc:
+        raise SnapshotError(f"{exc} ({LAYERS_ENV})") from None
 
 
 # ---- the store ----------------------------------------------------------------------------
@@ -201,7 +194,10 @@ class SnapshotStore:
     def __init__(self, state_root: Path, layers_dir: Path | None = None) -> None:
         if layers_dir is None and (configured := env_option(LAYERS_ENV)):
             layers_dir = Path(configured)
-        self.layers_dir = _owned_dir((layers_dir or state_root / "layers").absolute())
+        own = (state_root / "layers").absolute()
+        self.layers_dir = _owned_dir((layers_dir or own).absolute())
+        # Shared with other state dirs, whose snapshots and sandboxes this store cannot see.
+        self.shared = self.layers_dir != own
         self.snapshots_dir = private_dir(state_root.absolute() / "snapshots")
         self._meta = private_dir(self.layers_dir / ".meta")
         self._builds = private_dir(self.layers_dir / ".builds")
@@ -297,10 +293,13 @@ class SnapshotStore:
             remove_tree(tree)  # published already (rename refuses a non-empty target)
         return digest
 
-    def collect(self, in_use: set[str]) -> None:
+    def collect(self, in_use: set[str], everything: bool = False) -> None:
         """Remove the layers that no snapshot of this store, no cached build and nothing in
         `in_use` (the layers of existing sandboxes) names. On a layers dir shared between
-        state dirs, `in_use` must hold the others' layers too."""
+        state dirs nothing is removed unless `everything` says `in_use` holds the other
+        state dirs' layers too (it never can by itself: their records are not here)."""
+        if self.shared and not everything:
+            return
         keep = set(in_use)
         for snapshot in self.list():
             keep.update(snapshot.layers)

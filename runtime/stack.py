@@ -26,10 +26,13 @@ import httpx
 from controlplane.auth import DEFAULT_ORGANIZATION, new_key
 from controlplane.plane import ControlPlane, PlaneConfig
 from controlplane.sandboxes.routes import PublicUrls
+from runtime import codemount
 from runtime.backend import LocalBackend
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.network import DEFAULT_RANGE
+from runtime.rootfs import build_key
+from runtime.snapshots import Snapshot, SnapshotError, SnapshotStore
 from toolbox.tasks import BackgroundTask, TaskOwner
 
 _ACTIVITY = re.compile(r'^proxy_sandbox_last_activity_seconds\{sandbox="([^"]+)"\} ([0-9.eE+]+)$',
@@ -79,6 +82,8 @@ class StackConfig:
     network: str = DEFAULT_RANGE
     network_block_all: bool = False
     dns: str | None = None
+    # Snapshot layers (runtime/snapshots.py): STATE/layers unless shared.
+    layers_dir: Path | None = None
 
 
 class Stack:
@@ -105,6 +110,7 @@ class Stack:
                                idle_timeout=0, write_registry=False, restart_crashed=False,
                                network=config.network, network_block_all=config.network_block_all,
                                dns=config.dns)
+        self.snapshots = SnapshotStore(state, layers_dir=config.layers_dir)
         self.backend = LocalBackend(self.runtime)
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
@@ -113,6 +119,7 @@ class Stack:
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity)
         self.proxy: asyncio.subprocess.Process | None = None
+        self.default_snapshot: Snapshot | None = None
         # The main job's background work (the proxy's watcher, restarting what a crash
         # stopped) runs in one task group, open from start() to the end of stop().
         self.tasks = TaskOwner()
@@ -175,12 +182,32 @@ class Stack:
 
     async def start(self) -> None:
         self._check_port()
+        await self.ensure_default_snapshot()
         await self._lifetime.enter_async_context(self.tasks.running())
         await self.runtime.open()
         await self.plane.open()
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
         self.plane.run_policies()
+
+    async def ensure_default_snapshot(self) -> None:
+        """Build the default snapshot on the first start (a minute or so, its progress
+        printed as it goes; in a thread, so the loop stays free), find it after that."""
+        # The daemon's launcher and host libraries too (runtime/codemount.py): seconds once.
+        try:
+            await asyncio.to_thread(codemount.prepare, self.runtime.python)
+        except RuntimeError as exc:
+            raise SandboxError(500, str(exc)) from None
+        if os.geteuid() != 0 and self.snapshots.cached_build(build_key()) is None:
+            print("warning: the default snapshot is built as root (debootstrap); not building it",
+                  file=sys.stderr, flush=True)
+            return
+        try:
+            snapshot = await asyncio.to_thread(self.snapshots.ensure_default,
+                                               lambda line: print(line, flush=True))
+        except SnapshotError as exc:
+            raise SandboxError(500, str(exc)) from None
+        self.default_snapshot = snapshot
 
     def _check_port(self) -> None:
         """Fail in milliseconds, before any sandbox starts, when the proxy could not listen."""

@@ -62,3 +62,40 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         reporter.write_line(
             f"Skipped for missing system packages; to run them: apt-get install {' '.join(packages)} "
             "(or `bash .ci/run`, which installs everything and runs the suite)", yellow=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every main job a test starts (through start_stack or ./scripts/start directly) and
+    every SnapshotStore without a layers dir of its own use the machine's shared layers
+    dir, so the default snapshot is built once, not once per state dir."""
+    import os
+
+    from tests import layer_helpers
+
+    if os.geteuid() == 0:
+        os.environ.setdefault("RUNTIME_LAYERS_DIR", str(layer_helpers.shared_layers_dir()))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the machine's shared default snapshot (tests/layer_helpers.py) before the
+    first test that needs one, outside every test's timeout: the first build on a machine
+    takes one to two minutes; after that it is found in milliseconds."""
+    import os
+
+    from tests import layer_helpers
+
+    users = ("start_stack", "default_snapshot", "shared_default", "shared_snapshot")
+    wanted = any(any(hasattr(getattr(item, "module", None), name) for name in users) for item in session.items)
+    if not wanted or os.geteuid() != 0 or layer_helpers.default_is_built():
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[test layers] {line}")
+
+    say(f"building the default snapshot in {layer_helpers.shared_layers_dir()} (once per machine)")
+    try:
+        layer_helpers.shared_default(say)
+    except Exception as exc:  # the tests that need it fail with the reason; the rest run
+        say(f"the default snapshot could not be built: {exc}")

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.snapshots import SnapshotStore
-
 # Host programs copied (with their libraries) into a tiny root file system of our own:
 # enough for RUN steps to do shell work, without debootstrap's minutes.
 TOOLS = ("sh", "ls", "cat", "id", "touch", "mkdir", "rm", "env", "echo", "printf", "sleep", "test", "wc",
@@ -186,12 +184,3 @@ def push_rootfs(rootfs: Path, work: Path, reference: str, *, env: dict[str, str]
     subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:img",
                     f"docker://{reference}"], check=True)
 
-
-def default_snapshot_store() -> SnapshotStore:
-    """The machine's shared test layers dir (the one the other snapshot tests use,
-    $SANDBOX_TOOLBOX_TEST_LAYERS or /var/tmp/sandbox-toolbox-test-layers), with the default
-    snapshot built there once per machine (debootstrap: minutes the first time)."""
-    shared = Path(os.environ.get("SANDBOX_TOOLBOX_TEST_LAYERS") or "/var/tmp/sandbox-toolbox-test-layers")
-    store = SnapshotStore(shared / ".test-state", layers_dir=shared)
-    store.ensure_default()
-    return store

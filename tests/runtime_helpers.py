@@ -18,6 +18,7 @@ import httpx
 
 from tests import procfs
 from tests.helpers import REPO_ROOT, free_port
+from tests.layer_helpers import shared_default, shared_layers_dir
 from tests.system import requires
 
 if TYPE_CHECKING:
@@ -103,12 +104,19 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     (options as RUNTIME_* variables, which every version of the CLI reads; `prefix`: a
     command to run it under, such as nsenter)."""
     port = port or free_port()
+    # Every test stack shares one layers dir, with the default snapshot built once per
+    # machine before the first stack starts (tests/layer_helpers.py).
+    layers_env = {}
+    if os.geteuid() == 0:
+        shared_default()
+        layers_env = {"RUNTIME_LAYERS_DIR": str(shared_layers_dir())}
     # Test network rule: sandboxes of a test's main job send nothing off the host (as root
     # they would have NAT egress, Daytona's default) unless the test asks, with a namespace
     # of its own to talk to (tests/net_helpers.py).
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
-               PYTHONUNBUFFERED="1", **{"RUNTIME_NETWORK_BLOCK_ALL": "1", **(extra_env or {})})
+               PYTHONUNBUFFERED="1",
+               **{"RUNTIME_NETWORK_BLOCK_ALL": "1", **layers_env, **(extra_env or {})})
     process = subprocess.Popen([*prefix, str(checkout / "scripts" / "start"), *extra], env=env,
                                stdout=subprocess.PIPE, stderr=None, text=True, cwd=checkout)
     assert process.stdout is not None

@@ -264,9 +264,9 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
     from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, CreateSandboxFromSnapshotParams, Image
 
     from tests.image_helpers import package_index, tiny_wheel
-    from tests.image_helpers import default_snapshot_store
+    from tests.layer_helpers import default_snapshot
 
-    store = default_snapshot_store()
+    store, _ = default_snapshot()
     (layer,) = store.get("default").layers
     push_rootfs(store.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
     tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "from-the-local-index")

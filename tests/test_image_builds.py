@@ -16,7 +16,8 @@ from runtime.images.builder import Builder, BuildError, Built
 from runtime.images.oci import ImageError, ImageImporter, registry_reference
 from runtime.images.steps import BUILD_ID_BASE
 from runtime.snapshots import SnapshotStore
-from tests.image_helpers import default_snapshot_store, local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
+from tests.layer_helpers import default_snapshot
+from tests.image_helpers import local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
 
@@ -210,7 +211,7 @@ def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: 
     so apt drops to _apt and sudo switches users as on any machine."""
     from runtime.images.service import LocalImages
 
-    shared = default_snapshot_store()
+    shared, _ = default_snapshot()
     store = SnapshotStore(tmp_path / "state", layers_dir=shared.layers_dir)
     store.put(shared.get("default"))
     images = LocalImages(store, tmp_path / "state")

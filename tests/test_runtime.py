@@ -230,11 +230,14 @@ def test_sandbox_code_comes_from_the_fixed_path_never_the_hosts_layout(stack: St
     probe = "import sys, toolbox, starlette; print(sys.prefix, toolbox.__file__, starlette.__file__)"
     # The daemon's own command line and environment (bwrap's pid 1 keeps its host-side
     # arguments, the mount sources, in its cmdline: that is bwrap's, not ours).
-    daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'python -m runtime.entry' | tail -1)/cmdline"
+    daemon = "tr '\\0' ' ' < /proc/$(pgrep -f 'interp -m runtime.entry' | tail -1)/cmdline"
     code, out = stack.execute(stack.first_id, f"python3 -c '{probe}'; {daemon}; echo; env")
     assert code == 0, out
     prefix, toolbox_file, starlette_file = out.splitlines()[0].split()
-    assert out.splitlines()[1] == "/opt/sandbox-toolbox/venv/bin/python -m runtime.entry ", out
+    # Started by the launcher on the host's loader and libraries (runtime/launcher.py).
+    assert out.splitlines()[1] == ("/opt/sandbox-toolbox/so/ld.so --library-path /opt/sandbox-toolbox/so:"
+                                   "/opt/sandbox-toolbox/python/lib --argv0 /opt/sandbox-toolbox/venv/bin/python "
+                                   "/opt/sandbox-toolbox/interp -m runtime.entry "), out
     assert prefix == "/opt/sandbox-toolbox/venv"
     assert toolbox_file == "/opt/sandbox-toolbox/lib/toolbox/__init__.py"
     assert starlette_file.startswith("/opt/sandbox-toolbox/venv/lib/")

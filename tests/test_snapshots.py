@@ -15,6 +15,13 @@ from runtime.snapshots import Snapshot, SnapshotError, SnapshotStore, tree_diges
 from tests.helpers import REPO_ROOT
 
 
+@pytest.fixture(autouse=True)
+def _own_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests' stores keep their layers in their own state dirs, not the machine's
+    shared test layers (tests/conftest.py sets RUNTIME_LAYERS_DIR for the main jobs)."""
+    monkeypatch.delenv("RUNTIME_LAYERS_DIR", raising=False)
+
+
 def _layer(store: SnapshotStore, files: dict[str, str]) -> str:
     tree = store.new_tree()
     for rel, text in files.items():
@@ -138,6 +145,20 @@ def test_collect_keeps_what_is_used(tmp_path: Path) -> None:
     assert not list(store.layers_dir.glob(".tmp-*"))
 
 
+def test_collect_on_a_shared_layers_dir_removes_nothing_unless_told(tmp_path: Path) -> None:
+    """Another state dir's snapshot (invisible to this store) keeps its layer."""
+    shared = tmp_path / "shared"
+    theirs = SnapshotStore(tmp_path / "theirs", layers_dir=shared)
+    digest = _layer(theirs, {"a": "theirs"})
+    theirs.put(theirs.snapshot_of("their-image", (digest,)))
+    mine = SnapshotStore(tmp_path / "mine", layers_dir=shared)
+    assert mine.shared and not SnapshotStore(tmp_path / "own").shared
+    mine.collect(set())
+    assert mine.has_layer(digest)
+    mine.collect(set(), everything=True)
+    assert not mine.has_layer(digest)
+
+
 def test_crashed_partial_trees_are_cleaned(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path / "state")
     mine = store.new_tree()
@@ -196,3 +217,109 @@ def test_build_lock_serialises_processes(tmp_path: Path) -> None:
                               stdout=subprocess.PIPE, text=True) for i in range(3)]
     outputs = sorted(p.communicate(timeout=30)[0].strip() for p in procs)
     assert outputs == ["built", "cached", "cached"]
+
+
+# ---- the default snapshot (built once per machine: tests/layer_helpers.py) ----------------
+
+def test_default_snapshot_is_a_debian_root_with_the_daytona_user() -> None:
+    from tests.layer_helpers import default_snapshot
+
+    store, snapshot = default_snapshot()
+    assert snapshot.name == "default" and len(snapshot.layers) == 1
+    assert snapshot.user == "daytona" and snapshot.workdir == "/home/daytona"
+    layer = store.layer_path(snapshot.layers[0])
+    assert snapshot.size > 100_000_000
+    sudoers = layer / "etc" / "sudoers.d" / "daytona"
+    assert sudoers.read_text() == "daytona ALL=(ALL) NOPASSWD:ALL\n"
+    assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440 and sudoers.stat().st_uid == 0
+    home = (layer / "home" / "daytona").stat()
+    assert (home.st_uid, home.st_gid) == (1000, 1000)
+    assert not list((layer / "var" / "lib" / "apt" / "lists").glob("*")), "apt lists are cleaned"
+    assert not list((layer / "var" / "cache" / "apt" / "archives").glob("*.deb"))
+    assert (layer / "etc" / "resolv.conf").read_text() == "", "the host's resolver is not baked in"
+    script = ("id daytona; getent passwd daytona | cut -d: -f6,7; cat /etc/hostname; "
+              "python3 -c 'import venv, ensurepip; print(1)'; git --version; node --version; "
+              "for c in npm curl sudo pip3; do command -v $c; done")
+    out = subprocess.run(["bwrap", "--ro-bind", str(layer), "/", "--proc", "/proc", "--dev", "/dev",
+                          "--tmpfs", "/tmp", "--unshare-all", "--", "/bin/sh", "-c", script],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "uid=1000(daytona) gid=1000(daytona) groups=1000(daytona)"
+    assert lines[1] == "/home/daytona:/bin/bash"
+    assert lines[2] == "sandbox"
+    assert lines[3] == "1"
+    assert lines[4].startswith("git version 2.")
+    assert lines[5].startswith("v18.")
+    assert lines[6:] == ["/usr/bin/npm", "/usr/bin/curl", "/usr/bin/sudo", "/usr/bin/pip3"]
+
+
+def test_default_snapshot_is_found_not_rebuilt_from_another_state_dir(tmp_path: Path) -> None:
+    """A second store on the same layers dir (another state dir, another test stack) gets
+    the cached build: no build step runs, the same layer, its own 0600 record."""
+    from tests.layer_helpers import default_snapshot
+
+    shared, built = default_snapshot()
+    store = SnapshotStore(tmp_path / "state", layers_dir=shared.layers_dir)
+    said: list[str] = []
+    again = store.ensure_default(said.append)
+    assert said == [], "nothing was built"
+    assert again.layers == built.layers
+    assert stat.S_IMODE((store.snapshots_dir / "default.json").stat().st_mode) == 0o600
+    assert store.ensure_default(said.append) == again and said == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts /proc as root")
+def test_a_crashed_build_with_proc_mounted_is_removed_without_touching_proc(tmp_path: Path) -> None:
+    """debootstrap mounts /proc in its tree; a build killed there leaves a mount behind
+    (outside the private mount namespace the runtime uses, as here). The next build's
+    cleanup unmounts before it deletes, and never reaches into the real /proc."""
+    store = SnapshotStore(tmp_path / "state")
+    crashed = store.layers_dir / ".tmp-999999999-crashed"
+    (crashed / "proc").mkdir(parents=True)
+    (crashed / "etc").mkdir()
+    subprocess.run(["mount", "-t", "proc", "proc", str(crashed / "proc")], check=True)
+    try:
+        assert (crashed / "proc" / "self").exists()
+        store.clean_partial()
+    finally:
+        subprocess.run(["umount", "--lazy", str(crashed / "proc")], capture_output=True)
+    assert not crashed.exists()
+    assert Path("/proc/self/status").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts and chroot as root")
+def test_a_snapshot_layered_on_the_default_adds_one_layer_and_leaves_the_base_alone(tmp_path: Path) -> None:
+    from runtime.rootfs import ensure_layered
+    from tests.layer_helpers import default_snapshot, layer_checksum, overlay
+
+    shared, base = default_snapshot()
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    # Its own layers dir (so the test's layers are its own): the base layer is linked in.
+    base_layer = shared.layer_path(base.layers[0])
+    os.symlink(base_layer, store.layers_dir / base.layers[0])
+    before = layer_checksum(base_layer)
+    script = ("echo 'step: changing the root'; echo hello > /usr/local/hello; rm /etc/hostname; "
+              "rm -r /etc/apt/sources.list.d; mkdir /etc/apt/sources.list.d; "
+              "getent hosts localhost >/dev/null; id daytona")
+    said: list[str] = []
+    snap = ensure_layered(store, "with-hello", base, script, said.append)
+    assert snap.layers[:-1] == base.layers and len(snap.layers) == 2
+    assert any("step: changing the root" in line for line in said), said
+    top = store.layer_path(snap.layers[-1])
+    assert (top / "usr" / "local" / "hello").read_text() == "hello\n"
+    whiteout = os.lstat(top / "etc" / "hostname")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0, "a deletion is a whiteout"
+    assert os.getxattr(top / "etc" / "apt" / "sources.list.d", "trusted.overlay.opaque") == b"y"
+    assert not (top / "etc" / "resolv.conf").exists(), "the build's resolver is not in the layer"
+    assert not (top / "proc").exists() or not list((top / "proc").iterdir())
+    assert layer_checksum(base_layer) == before, "the base layer was written"
+    assert not list(store.layers_dir.glob(".tmp-*"))
+    with overlay(store.lower_dirs(snap.layers), tmp_path / "view") as merged:
+        assert (merged / "usr" / "local" / "hello").exists()
+        assert not (merged / "etc" / "hostname").exists()
+        assert (merged / "etc" / "passwd").exists()
+    # Cached: the same script on the same base builds nothing.
+    said.clear()
+    assert ensure_layered(store, "with-hello", base, script, said.append).layers == snap.layers
+    assert said == []
