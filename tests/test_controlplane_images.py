@@ -181,7 +181,8 @@ def test_a_build_cut_short_by_a_restart_ends_build_failed(tmp_path: Path, regist
         d = daytona(restarted)
         slow = d.snapshot.get("slow")
         assert slow.state == "build_failed" and "interrupted" in slow.error_reason
-        assert not list((state / "layers").glob(".tmp-*"))  # the dead build's trees are swept
+        layers = Path(running.env.get("RUNTIME_LAYERS_DIR") or state / "layers")
+        assert not list(layers.glob(f".tmp-{running.process.pid}-*"))  # the dead build's trees are swept
     finally:
         restarted.stop()
 
