@@ -7,6 +7,7 @@ import asyncio
 import os
 import secrets
 import stat
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -274,3 +275,33 @@ def test_copy_from_a_local_context_and_what_it_refuses(tmp_path: Path, registry:
             asyncio.run(builder.build(f"FROM {registry}/tiny:1\nCOPY {source} /x\n", lambda line: None, context=ctx))
     with pytest.raises(BuildError, match="no object storage"):  # an API build has no context
         _build(builder, f"FROM {registry}/tiny:1\nCOPY notes.txt /x\n")
+
+
+def test_the_projects_sandbox_image_builds_from_its_dockerfile(tmp_path: Path, registry: str) -> None:
+    """images/sandbox/Dockerfile, as compose builds it (context: the repository), with this
+    builder: apt-get, COPY of the project, pip install through the host's TLS trust, USER.
+    Slow (about a minute). Its base, debian:bookworm-slim, is the default snapshot's root
+    pushed to the local registry (no other registry is reachable here)."""
+    from runtime.codemount import REPO_ROOT
+
+    shared, default = default_snapshot()
+    (layer,) = default.layers
+    push_rootfs(shared.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
+    store, builder = _builder(tmp_path)
+    text = (REPO_ROOT / "images/sandbox/Dockerfile").read_text().replace(
+        "FROM debian:bookworm-slim", f"FROM {registry}/debian:bookworm-slim")
+    lines: list[str] = []
+    started = time.monotonic()
+    built = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
+    print(f"\nimages/sandbox/Dockerfile: built in {time.monotonic() - started:.0f} s, "
+          f"{built.size / 1e9:.2f} GB, {len(built.layers)} layers")
+    layers = [store.layer_path(d) for d in built.layers]
+    assert any((layer / "opt/toolbox/bin/python").exists() for layer in layers), lines[-20:]
+    assert any(list((layer / "opt/toolbox/lib").glob("python3*/site-packages/toolbox/__init__.py"))
+               for layer in layers if (layer / "opt/toolbox/lib").is_dir())
+    assert built.user == "daytona" and built.workdir == "/home/daytona"
+    assert built.entrypoint is not None and built.entrypoint[:3] == ["/opt/toolbox/bin/python", "-m", "toolbox"]
+    started = time.monotonic()
+    again = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
+    print(f"unchanged rebuild: {time.monotonic() - started:.2f} s")
+    assert again.steps_run == 0
