@@ -41,13 +41,13 @@ def _limits(runtime: Runtime, resources: Resources) -> Limits:
 
 
 class LocalBackend:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, snapshots: SnapshotStore | None = None) -> None:
         self.runtime = runtime
         self.initial_pool_size = runtime.pool_size  # the warm pools' floor
         # Image builds (controlplane.backend.ImageBuilder) need root: idmapped mounts.
         self.images: LocalImages | None = None
         if os.geteuid() == 0:
-            store = getattr(runtime, "snapshots", None) or SnapshotStore(runtime.root)
+            store = snapshots or getattr(runtime, "snapshots", None) or SnapshotStore(runtime.root)
             # Build steps get the runtime's cgroup backend and default sandbox limits.
             self.images = LocalImages(store, runtime.root, lambda: Confinement(
                 runtime.backend, runtime.default_limits, f"{runtime._group_prefix}build-"))

@@ -111,7 +111,7 @@ class Stack:
                                network=config.network, network_block_all=config.network_block_all,
                                dns=config.dns)
         self.snapshots = SnapshotStore(state, layers_dir=config.layers_dir)
-        self.backend = LocalBackend(self.runtime)
+        self.backend = LocalBackend(self.runtime, snapshots=self.snapshots)  # image builds go to the same store
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
             PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),
