@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.controlplane_helpers import api_url, daytona, stack_fixture
+from tests.controlplane_helpers import api_url, daytona, extra_key, stack_fixture
 from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
 from tests.runtime_helpers import Stack, start_stack
 
@@ -217,15 +217,7 @@ def test_snapshot_states_reach_socketio_clients_of_the_organization(stack: Stack
 def test_another_organizations_snapshots_and_logs_are_404s(stack: Stack, registry: str) -> None:
     from daytona import CreateSnapshotParams, DaytonaNotFoundError
 
-    from controlplane.auth import Keys
-    from controlplane.plane import DATABASE_URL_ENV
-    from controlplane.store.db import open_engine, sqlite_url
-
-    engine = open_engine(os.environ.get(DATABASE_URL_ENV) or sqlite_url(stack.state_dir / "controlplane.db"))
-    try:
-        other_key = Keys(engine).create_key(f"images-other-{stack.port}").key
-    finally:
-        engine.dispose()
+    other_key = extra_key(stack, f"images-other-{stack.port}")
     d, other = daytona(stack), daytona(stack, other_key)
     mine = d.snapshot.create(CreateSnapshotParams(name="private-one", image=f"{registry}/tiny:1"))
     try:
