@@ -14,6 +14,7 @@ from runtime.private import private_dir
 
 CHUNK = 64 * 1024
 MAX_LINE = 16 * 1024  # a longer line (a progress bar without newlines) is cut
+MAX_LOG = 16 * 1024 * 1024  # a build that prints more keeps running; its log says where it stopped
 
 
 class BuildLog:
@@ -22,11 +23,24 @@ class BuildLog:
     def __init__(self, logs: BuildLogs, snapshot_id: str, fd: int) -> None:
         self.logs, self.snapshot_id, self.fd = logs, snapshot_id, fd
         self.changed = asyncio.Event()
+        self.written = 0
 
     def line(self, text: str) -> None:
         # A short append to a local file: page cache, no waiting worth a thread hop per line.
+        if self.written >= MAX_LOG:
+            return
         data = (text[:MAX_LINE].rstrip("\n") + "\n").encode(errors="replace")
+        if self.written + len(data) >= MAX_LOG:
+            data = f"[build log cut at {MAX_LOG // (1024 * 1024)} MiB; the build goes on]\n".encode()
+            self.written = MAX_LOG
+        else:
+            self.written += len(data)
         os.write(self.fd, data)
+        self._wake()
+
+    def last(self, text: str) -> None:
+        """The build's closing line, written even past the cut."""
+        os.write(self.fd, (text[:MAX_LINE].rstrip("\n") + "\n").encode(errors="replace"))
         self._wake()
 
     def _wake(self) -> None:

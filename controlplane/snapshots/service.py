@@ -43,6 +43,8 @@ log = logging.getLogger("controlplane.snapshots")
 
 BUILT_AT = 1_764_547_200.0  # 2025-12-01T00:00:00Z: the built-in snapshot has no real build time
 MAX_LIMIT = 200
+# Builds at once; the others wait `pending` (a build step is a sandbox's worth of CPU and memory).
+MAX_CONCURRENT_BUILDS = 2
 NO_BUILDER = ("Building snapshots from images is not available with this sandbox backend: create "
               f"sandboxes from the built-in '{DEFAULT_SNAPSHOT}' snapshot")
 NO_CONTEXT = ("Images with local files (add_local_file, add_local_dir, pip_install_from_requirements) "
@@ -124,6 +126,7 @@ class SnapshotService:
         self.in_use = in_use  # (organization, snapshot name) -> a sandbox of it runs
         self.layers_in_use = layers_in_use  # every existing sandbox's layers (None: cannot tell)
         self.builds: dict[str, asyncio.Task[None]] = {}
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_BUILDS)
         self.listeners: list[SnapshotListener] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -310,19 +313,20 @@ class SnapshotService:
         assert self.images is not None
         started = time.monotonic()
         try:
-            record = await self._set(record, states.BUILDING)
-            built = await self.images.build(record.store_name, record.dockerfile or "", build_log.line)
+            async with self.slots:
+                record = await self._set(record, states.BUILDING)
+                built = await self.images.build(record.store_name, record.dockerfile or "", build_log.line)
         except asyncio.CancelledError:
             with anyio.CancelScope(shield=True):
-                build_log.line(f"Build cancelled: {INTERRUPTED}")
+                build_log.last(f"Build cancelled: {INTERRUPTED}")
                 await self._set(record, states.BUILD_FAILED, error_reason=INTERRUPTED)
             raise
         except Exception as exc:  # noqa: BLE001 -- any failure is the build's outcome, recorded
             reason = str(exc) or type(exc).__name__
-            build_log.line(f"Build failed: {reason}")
+            build_log.last(f"Build failed: {reason}")
             await self._set(record, states.BUILD_FAILED, error_reason=reason)
         else:
-            build_log.line(f"Snapshot {record.name} is active ({built.size / 1e6:.1f} MB, "
+            build_log.last(f"Snapshot {record.name} is active ({built.size / 1e6:.1f} MB, "
                            f"built in {time.monotonic() - started:.1f} s)")
             await self._set(record, states.ACTIVE, size=float(built.size), entrypoint=built.entrypoint,
                             error_reason=None)
