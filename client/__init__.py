@@ -6,8 +6,29 @@ proxy (`/toolbox/{id}/...`), shared by the `sandbox-toolbox` CLI and the MCP ser
 `ApiError` carrying Daytona's error shape (status, message, code).
 """
 
-from client.api import Client, Toolbox
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from client.config import Config, ConfigError, config_path, load_config, save_config
-from client.errors import ApiError
+
+if TYPE_CHECKING:
+    from client.api import Client, Toolbox
+    from client.errors import ApiError
+
+
+def __getattr__(name: str) -> Any:
+    # httpx is imported on first use, not with the package: `sandbox-toolbox --help` and
+    # usage errors then start in half the time.
+    if name in ("Client", "Toolbox"):
+        from client import api
+
+        return getattr(api, name)
+    if name == "ApiError":
+        from client import errors
+
+        return errors.ApiError
+    raise AttributeError(f"module 'client' has no attribute {name!r}")
+
 
 __all__ = ["ApiError", "Client", "Config", "ConfigError", "Toolbox", "config_path", "load_config", "save_config"]

@@ -26,8 +26,19 @@ Json = Any
 
 
 def _seg(value: str | int) -> str:
-    """One path segment: an id or name typed by a user never reaches another route."""
-    return quote(str(value), safe="")
+    """One path segment: an id or name typed by a user never reaches another route (`/`
+    escaped; dots too, since httpx would fold a `..` segment into the path before it)."""
+    return quote(str(value), safe="").replace(".", "%2E")
+
+
+ENTRYPOINT, ENTRYPOINT_COMMAND = "entrypoint", "entrypoint_command"
+
+
+def _logs_path(session_id: str, command_id: str) -> str:
+    """The image entrypoint's log has a route of its own (toolbox-api.md §8.7)."""
+    if session_id == ENTRYPOINT and command_id == ENTRYPOINT_COMMAND:
+        return "/process/session/entrypoint/logs"
+    return f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/logs"
 
 
 class _Http:
@@ -93,13 +104,12 @@ class Client:
         items: list[Json] = []
         cursor: str | None = None
         while True:
-            params: dict[str, str] = {"limit": "200"}
+            params: list[tuple[str, str]] = [("limit", "200")]
             if labels:
-                params["labels"] = json.dumps(labels)
-            if states:
-                params["states"] = ",".join(states)
+                params.append(("labels", json.dumps(labels)))
+            params += [("states", state) for state in states]  # repeated, as the SDK sends a list
             if cursor:
-                params["cursor"] = cursor
+                params.append(("cursor", cursor))
             page = self._http.json("GET", "/sandbox", params=params)
             if isinstance(page, list):  # a server without cursors answers one array
                 return page
@@ -201,6 +211,11 @@ class Client:
         """The toolbox of a sandbox (an id or name, looked up; or its Sandbox JSON), at
         `{toolboxProxyUrl}/{id}` as the SDKs reach it. Close it when done."""
         record = self.get_sandbox(sandbox) if isinstance(sandbox, str) else sandbox
+        state = record.get("state")
+        if state != "started":
+            # The proxy routes started sandboxes only; its 404 would not say why.
+            raise ApiError(409, f"sandbox {record.get('name') or record.get('id')} ({record.get('id')}) is {state}, "
+                                "not started: start it first", "SANDBOX_NOT_STARTED", None)
         proxy = record.get("toolboxProxyUrl")
         if not proxy:
             proxy = self._http.json("GET", f"/sandbox/{_seg(record['id'])}/toolbox-proxy-url")["url"]
@@ -284,7 +299,7 @@ class Toolbox:
     def command_logs(self, session_id: str, command_id: str, offset: int = 0) -> tuple[Json, int]:
         """(`{output, stdout, stderr}` from byte `offset` of the raw log, the offset reached):
         read more later from that offset."""
-        response = self._http.send("GET", f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/logs",
+        response = self._http.send("GET", _logs_path(session_id, command_id),
                                    params={"offset": str(offset)} if offset else None)
         reached = response.headers.get("x-output-offset")
         return response.json(), int(reached) if reached and reached.isdigit() else offset
@@ -297,7 +312,7 @@ class Toolbox:
         from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
         from websockets.sync.client import connect
 
-        path = f"/process/session/{_seg(session_id)}/command/{_seg(command_id)}/logs"
+        path = _logs_path(session_id, command_id)
         query = f"follow={'true' if follow else 'false'}" + (f"&offset={offset}" if offset else "")
         parts = urlsplit(f"{self.base_url}{path}")
         url = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path, query, ""))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 UNREACHABLE = 0  # `status` of an error raised before any HTTP answer (connection refused, timeout)
 
@@ -53,4 +54,5 @@ class ApiError(Exception):
     @classmethod
     def unreachable(cls, url: str, exc: Exception) -> ApiError:
         reason = str(exc) or type(exc).__name__
-        return cls(UNREACHABLE, f"cannot reach {url}: {reason}", "UNREACHABLE", None)
+        return cls(UNREACHABLE, f"cannot reach {url}: {reason} (is the server running, and DAYTONA_API_URL right?)",
+                   "UNREACHABLE", None)

@@ -1,8 +1,10 @@
-"""`python -m runtime up|create|list|get|stop|start|delete|api-key create`.
+"""`python -m runtime up|inspect|api-key create`: what only the runtime's host can do.
 
-`up` runs everything (proxy, control plane, runtime) in the foreground until Ctrl-C; the
-sandbox commands are clients of its Daytona REST API (`/api`, reached over the control
-socket) and print the Sandbox JSON; `api-key create` writes a key into the database.
+`up` runs everything (proxy, control plane, runtime) in the foreground until Ctrl-C;
+`inspect` asks the control socket what the runtime knows of a sandbox; `api-key create`
+writes a key into the database of the state directory. Managing sandboxes is the
+`sandbox-toolbox` CLI's job (client/cli/), a client of `/api` like the SDKs: one API per
+concern.
 """
 
 from __future__ import annotations
@@ -84,36 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resolver sandboxes' DNS goes to (default: the host's first; env RUNTIME_SANDBOX_DNS)")
     _limits_args(up)
 
-    create = commands.add_parser("create", help="create and start a sandbox (POST /api/sandbox)",
-                                 formatter_class=_HelpFormatter)
-    _state_arg(create, top=False)
-    create.add_argument("--name", help="sandbox name (default: its id)")
-    create.add_argument("--env", "-e", action="append", default=[], metavar="KEY=VALUE",
-                        help="environment variable (repeatable)")
-    create.add_argument("--label", "-l", action="append", default=[], metavar="KEY=VALUE", help="label (repeatable)")
-    create.add_argument("--public", action="store_true", help="previews reachable without credentials")
-    create.add_argument("--egress", choices=["none", "host"], default=None,
-                        help="none: networkBlockAll=true; host: networkBlockAll=false (as root: NAT "
-                             "egress from the sandbox's own address; else the host's network). "
-                             "Default: the server's (egress on as root)")
-    create.add_argument("--allow-list", metavar="CIDR,...", help="networkAllowList: egress only to these")
-    create.add_argument("--domain-allow-list", metavar="DOMAIN,...",
-                        help="domainAllowList: egress only to these domains (and their subdomains)")
-    create.add_argument("--linked-sandbox", metavar="ID_OR_NAME",
-                        help="linkedSandbox: reach that sandbox by its name (makes this one ephemeral)")
-    create.add_argument("--cpu", type=int, help="CPUs")
-    create.add_argument("--memory", type=int, help="memory, GiB")
-    create.add_argument("--disk", type=int, help="disk, GiB (recorded, not enforced)")
-    create.add_argument("--auto-stop", type=int, metavar="MINUTES", help="auto-stop interval (0 = never)")
-    listing = commands.add_parser("list", help="list sandboxes (GET /api/sandbox)")
-    _state_arg(listing, top=False)
-    for name, text in (("get", "show one sandbox"), ("inspect", "what the runtime knows of a sandbox "
-                                                                "(uid, socket, cgroups, usage; by id)"),
-                       ("stop", "stop a sandbox (files stay)"),
-                       ("start", "start a stopped sandbox"), ("delete", "stop and remove a sandbox")):
-        sub = commands.add_parser(name, help=text)
-        _state_arg(sub, top=False)
-        sub.add_argument("id", help="sandbox id or name")
+    inspect = commands.add_parser("inspect", help="what the runtime knows of a sandbox (uid, socket, cgroups, "
+                                                   "usage; by id), over the control socket")
+    _state_arg(inspect, top=False)
+    inspect.add_argument("id", help="sandbox id")
     keys = commands.add_parser("api-key", help="API keys")
     key_commands = keys.add_subparsers(dest="key_command", required=True)
     key_create = key_commands.add_parser("create", help="create an API key and print it (shown once)")
@@ -259,6 +235,20 @@ async def _first_sandbox(stack: Any, wanted: str | None) -> None:
     _print_banner(stack, record)
 
 
+def _cli_name() -> str:
+    """`sandbox-toolbox` when it is on PATH, else its path in this interpreter's venv."""
+    import os
+    import shutil
+
+    beside = Path(sys.executable).parent / "sandbox-toolbox"
+    if shutil.which("sandbox-toolbox") or not beside.exists():
+        return "sandbox-toolbox"
+    try:
+        return os.path.relpath(beside) if not os.path.relpath(beside).startswith("..") else str(beside)
+    except ValueError:
+        return str(beside)
+
+
 def _print_banner(stack: Any, record: Any) -> None:
     info = stack.info()
     key_source = f"in {info['api_key_file']}" if info["api_key_file"] else "from --api-key"
@@ -268,7 +258,9 @@ def _print_banner(stack: Any, record: Any) -> None:
         f"DAYTONA_API_URL={info['api_url']}",
         f"DAYTONA_API_KEY={stack.api_key}",
         f"Limits:       {info['limits_backend']}",
-        f"Control:      python -m runtime --state-dir {stack.config.state_dir} list|create|get|stop|start|delete",
+        f"Control:      {_cli_name()} list|create|info|exec|stop|start|delete   (reads the two DAYTONA_ "
+        f"lines above from the environment, or run: {_cli_name()} login)",
+        f"Host:         python -m runtime --state-dir {stack.config.state_dir} inspect ID|api-key create",
     ]
     if record is not None:
         urls = stack.urls(record.id, record.preview_token)
@@ -286,17 +278,22 @@ def _print_banner(stack: Any, record: Any) -> None:
     print("\n".join(lines), flush=True)
 
 
-# ---- client commands: Daytona's REST API over the control socket ---------------------------
+# ---- host commands: the control socket and the state directory -----------------------------
+
+# Moved to `sandbox-toolbox` (client/cli/): the name a user typed, and what to type now.
+MOVED = {"create": "create", "list": "list", "get": "info", "stop": "stop", "start": "start", "delete": "delete"}
+
 
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 1
 
 
-def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
-          params: dict[str, str] | None = None, base: str = "/api") -> tuple[int, Any]:
-    """(exit code, decoded JSON) of one API call; errors are printed."""
+def _inspect(args: argparse.Namespace) -> int:
+    """`GET /runtime/sandboxes/{id}` over the control socket, with STATE/api-key (or
+    DAYTONA_API_KEY): a route only the runtime's host reaches, never forwarded by the proxy."""
     import os
+    from urllib.parse import quote
 
     import httpx
 
@@ -304,52 +301,34 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     socket = state / "control" / "api.sock"
     if not socket.exists():
         return _fail(f"no main job is running (no {socket}); start one with: ./scripts/start "
-                     f"--state-dir {state}  (or python -m runtime up)"), None
+                     f"--state-dir {state}  (or python -m runtime up)")
     key = os.environ.get("DAYTONA_API_KEY") or ""
     if not key:
         try:
             key = (state / "api-key").read_text().strip()
         except OSError as exc:
-            return _fail(f"no API key: set DAYTONA_API_KEY or make {state / 'api-key'} readable ({exc})"), None
-    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url=f"http://controlplane{base}",
+            return _fail(f"no API key: set DAYTONA_API_KEY or make {state / 'api-key'} readable ({exc})")
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket)), base_url="http://controlplane",
                       headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
         try:
-            response = client.request(method, path, json=body, params=params)
+            # One escaped segment, dots too: httpx would fold a `..` id into another path.
+            response = client.get(f"/runtime/sandboxes/{quote(args.id, safe='').replace('.', '%2E')}")
         except httpx.TransportError as exc:
-            return _fail(f"cannot reach the control plane at {socket}: {exc}"), None
+            return _fail(f"cannot reach the control plane at {socket}: {exc}")
     data = response.json() if response.content else None
     if response.is_error:
         message = data.get("message", data) if isinstance(data, dict) else response.text
-        return _fail(f"{message} (HTTP {response.status_code})"), None
-    return 0, data
-
-
-def _pairs(parser: argparse.ArgumentParser, items: list[str], what: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--{what} wants KEY=VALUE, got {item!r}")
-        out[key] = value
-    return out
-
-
-def _print(data: Any) -> int:
+        return _fail(f"{message} (HTTP {response.status_code})")
     print(json.dumps(data, indent=2))
     return 0
 
 
-def _list(args: argparse.Namespace) -> int:
-    items: list[Any] = []
-    cursor: str | None = None
-    while True:
-        code, page = _call(args, "GET", "/sandbox", params={"limit": "200", **({"cursor": cursor} if cursor else {})})
-        if code:
-            return code
-        items += page["items"]
-        cursor = page.get("nextCursor")
-        if not cursor:
-            return _print(items)
+def _moved(verb: str) -> int:
+    print(f"error: `python -m runtime {verb}` moved to `sandbox-toolbox {MOVED[verb]}` (the CLI of Daytona's "
+          "API, installed with the project: .venv/bin/sandbox-toolbox). It reads DAYTONA_API_URL and "
+          "DAYTONA_API_KEY, which ./scripts/start prints, or the key saved by `sandbox-toolbox login`; "
+          "see docs/cli.md", file=sys.stderr)
+    return 2
 
 
 def _create_key(args: argparse.Namespace) -> int:
@@ -377,33 +356,17 @@ def _create_key(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    verb = next((w for i, w in enumerate(words) if not w.startswith("-")
+                 and (i == 0 or words[i - 1] != "--state-dir")), None)
+    if verb in MOVED:
+        return _moved(verb)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
     if args.command == "up":
         return up(args)
-    if args.command == "list":
-        return _list(args)
+    if args.command == "inspect":
+        return _inspect(args)
     if args.command == "api-key":
         return _create_key(args)
-    if args.command == "create":
-        body: dict[str, Any] = {"env": _pairs(parser, args.env, "env"),
-                                "labels": {"code-toolbox-language": "python", **_pairs(parser, args.label, "label")},
-                                "volumes": []}
-        optional = {"name": args.name, "cpu": args.cpu, "memory": args.memory, "disk": args.disk,
-                    "autoStopInterval": args.auto_stop, "public": True if args.public else None,
-                    "networkBlockAll": {"host": False, "none": True}.get(args.egress or ""),
-                    "networkAllowList": args.allow_list, "domainAllowList": args.domain_allow_list,
-                    "linkedSandbox": args.linked_sandbox,
-                    # Daytona's rule: a linked sandbox is ephemeral.
-                    "autoDeleteInterval": 0 if args.linked_sandbox else None}
-        body.update({k: v for k, v in optional.items() if v is not None})
-        code, data = _call(args, "POST", "/sandbox", body)
-    elif args.command == "inspect":
-        code, data = _call(args, "GET", f"/runtime/sandboxes/{args.id}", base="")
-    elif args.command in ("get", "delete"):
-        code, data = _call(args, "GET" if args.command == "get" else "DELETE", f"/sandbox/{args.id}")
-    elif args.command in ("stop", "start"):
-        code, data = _call(args, "POST", f"/sandbox/{args.id}/{args.command}")
-    else:
-        return 2
-    return code or _print(data)
+    return 2

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 needs_bwrap = requires("bwrap")
 
+# The installed `sandbox-toolbox` script beside this interpreter, as a user runs it; the
+# module when the venv predates the script.
+_SCRIPT = Path(sys.executable).parent / "sandbox-toolbox"
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "client.cli"]
+
 
 @dataclass
 class Stack:
@@ -48,14 +53,29 @@ class Stack:
     def first_id(self) -> str:
         return self.banner["Sandbox"]
 
+    @property
+    def cli_env(self) -> dict[str, str]:
+        """What a user of `sandbox-toolbox` exports: the two lines the banner prints."""
+        return dict(self.env, DAYTONA_API_URL=f"http://localhost:{self.port}/api", DAYTONA_API_KEY=self.api_key)
+
     def cli(self, *args: str, check: bool = True) -> Any:
-        result = subprocess.run([sys.executable, "-m", "runtime", *args], env=self.env,
+        """`sandbox-toolbox ARGS --format json` against this main job: the decoded JSON, or
+        the CompletedProcess when it failed and `check` is off."""
+        result = subprocess.run([*CLI, *args, "--format", "json"], env=self.cli_env,
                                 capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
         if check and result.returncode != 0:
-            raise AssertionError(f"runtime {' '.join(args)} failed: {result.stderr}")
+            raise AssertionError(f"sandbox-toolbox {' '.join(args)} failed: {result.stderr}")
         if result.returncode != 0:
             return result
         return json.loads(result.stdout) if result.stdout.strip() else None
+
+    def inspect(self, sandbox_id: str) -> Any:
+        """`python -m runtime inspect ID`: what the runtime knows of a sandbox (host only)."""
+        result = subprocess.run([sys.executable, "-m", "runtime", "inspect", sandbox_id], env=self.env,
+                                capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        if result.returncode != 0:
+            raise AssertionError(f"runtime inspect {sandbox_id} failed: {result.stderr}")
+        return json.loads(result.stdout)
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """Daytona's REST API of the main job, through the proxy, with the default key."""

@@ -169,9 +169,9 @@ def own_network() -> bool:
 
 
 def test_host_egress_is_opt_in(stack: Stack) -> None:
-    online = stack.cli("create", "--name", "online", "--egress", "host")["id"]
+    online = stack.cli("create", "--name", "online", "--no-network-block-all")["id"]
     try:
-        assert stack.cli("get", online)["networkBlockAll"] is False
+        assert stack.cli("info", online)["networkBlockAll"] is False
         probe = (f"import socket; s = socket.create_connection(('127.0.0.1', {stack.port}), timeout=2); "
                  "print('reached')")
         code, out = stack.execute(online, f'python -c "{probe}"')
@@ -267,7 +267,7 @@ def test_lifecycle_stop_start_delete_update_the_proxy(stack: Stack) -> None:
     deleted = stack.cli("delete", cycle)
     assert deleted["id"] == cycle and deleted["state"] == "destroyed"
     assert cycle not in [s["id"] for s in stack.cli("list")]
-    failed = stack.cli("get", "cycle", check=False)
+    failed = stack.cli("info", "cycle", check=False)
     assert failed.returncode == 1 and "not found" in failed.stderr
     bad = stack.cli("create", "--name", "Bad/Name", check=False)
     assert bad.returncode == 1 and "invalid sandbox name" in bad.stderr
@@ -390,12 +390,12 @@ def test_idle_sandbox_is_stopped_automatically(tmp_path: Path) -> None:
         for _ in range(14):
             assert idle.execute(sandbox_id, "true")[0] == 0
             time.sleep(0.5)
-        assert idle.cli("get", sandbox_id)["state"] == "started"
+        assert idle.cli("info", sandbox_id)["state"] == "started"
         # ...and silence stops it.
         deadline = time.monotonic() + 20
-        while idle.cli("get", sandbox_id)["state"] != "stopped" and time.monotonic() < deadline:
+        while idle.cli("info", sandbox_id)["state"] != "stopped" and time.monotonic() < deadline:
             time.sleep(0.25)
-        assert idle.cli("get", sandbox_id)["state"] == "stopped"
+        assert idle.cli("info", sandbox_id)["state"] == "stopped"
         assert sandbox_id not in json.loads((idle.state_dir / "registry.json").read_text())["sandboxes"]
     finally:
         idle.stop()
@@ -422,9 +422,9 @@ def test_a_sandbox_that_dies_is_marked_stopped_and_unregistered(stack: Stack) ->
                 pass
         # The control plane's periodic reconcile notices (every 5 s).
         deadline = time.monotonic() + 15
-        while stack.cli("get", fragile)["state"] != "stopped" and time.monotonic() < deadline:
+        while stack.cli("info", fragile)["state"] != "stopped" and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert stack.cli("get", fragile)["state"] == "stopped"
+        assert stack.cli("info", fragile)["state"] == "stopped"
         assert fragile not in json.loads((stack.state_dir / "registry.json").read_text())["sandboxes"]
         assert stack.cli("start", fragile)["state"] == "started"
     finally:
@@ -509,11 +509,11 @@ def test_a_sigkilled_main_job_takes_its_children_and_the_next_start_recovers(tmp
     second = start_stack(state, pool_size=1, port=first.port)
     try:
         deadline = time.monotonic() + 60  # cold starts, one after the other, on a busy machine
-        while second.cli("get", "survivor")["state"] != "started" and time.monotonic() < deadline:
+        while second.cli("info", "survivor")["state"] != "started" and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert second.cli("get", "survivor")["state"] == "started", second.cli("list")
+        assert second.cli("info", "survivor")["state"] == "started", second.cli("list")
         assert second.execute(survivor, "cat kept.txt") == (0, "kept\n")
-        assert second.cli("get", "resting")["state"] == "stopped"  # it was stopped before the crash
+        assert second.cli("info", "resting")["state"] == "stopped"  # it was stopped before the crash
         assert second.first_id == newest
         assert second.execute(second.first_id, "echo up") == (0, "up\n")
     finally:

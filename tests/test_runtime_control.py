@@ -180,14 +180,24 @@ def test_cli_says_how_to_start_the_runtime_when_none_is_running(tmp_path: Path) 
     import subprocess
     import sys
 
-    for argv in (["--state-dir", str(tmp_path), "list"], ["list", "--state-dir", str(tmp_path)]):
+    for argv in (["--state-dir", str(tmp_path), "inspect", "abc"], ["inspect", "abc", "--state-dir", str(tmp_path)]):
         result = subprocess.run([sys.executable, "-m", "runtime", *argv], capture_output=True, text=True, timeout=60,
                                 check=False)
         assert result.returncode == 1
         assert "no main job is running" in result.stderr and "./scripts/start --state-dir" in result.stderr
-    bad = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path), "create", "-e", "NOEQUALS"],
-                         capture_output=True, text=True, timeout=60, check=False)
-    assert bad.returncode == 2 and "KEY=VALUE" in bad.stderr
+
+
+def test_the_sandbox_verbs_moved_to_sandbox_toolbox(tmp_path: Path) -> None:
+    """One API per concern: `python -m runtime list` and friends say what to type now."""
+    import subprocess
+    import sys
+
+    for argv, now in ((["list"], "sandbox-toolbox list"), (["--state-dir", str(tmp_path), "get", "x"], "sandbox-toolbox info"),
+                      (["create", "-e", "A=1"], "sandbox-toolbox create")):
+        result = subprocess.run([sys.executable, "-m", "runtime", *argv], capture_output=True, text=True, timeout=60,
+                                check=False)
+        assert result.returncode == 2, result.stderr
+        assert f"moved to `{now}`" in result.stderr and "DAYTONA_API_KEY" in result.stderr
 
 
 def test_state_machine_reports_transitions_and_refuses_conflicting_changes(tmp_path: Path) -> None:

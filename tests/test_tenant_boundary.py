@@ -50,7 +50,7 @@ def whoami_via_token(stack: Stack, sandbox_id: str) -> str:
 
 def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> None:
     attacker, victim = stack.first_id, stack.victim  # type: ignore[attr-defined]
-    victim_socket = stack.cli("inspect", victim)["socket"]
+    victim_socket = stack.inspect(victim)["socket"]
     control_socket = str(stack.state_dir / "control" / "api.sock")
     # The old attack: swap the daemon's socket for a link to another tenant's socket, in
     # every place the sandbox can write (its /run/toolbox was the host's socket dir).
@@ -69,7 +69,7 @@ def test_planted_socket_symlink_does_not_redirect_the_proxy(stack: Stack) -> Non
     path = Path(registry["sandboxes"][attacker]["url"].removeprefix("unix:"))
     assert path == stack.state_dir / "sockets" / f"{attacker}.sock"
     # ... and the proxy checks the daemon's SO_PEERCRED against this uid on every connection.
-    assert registry["sandboxes"][attacker]["uid"] == stack.cli("inspect", attacker)["uid"]
+    assert registry["sandboxes"][attacker]["uid"] == stack.inspect(attacker)["uid"]
     assert stat.S_ISSOCK(os.lstat(path).st_mode)
     sockets_dir = os.lstat(path.parent)
     assert sockets_dir.st_uid == os.geteuid() and stat.S_IMODE(sockets_dir.st_mode) == 0o700
@@ -88,7 +88,7 @@ def test_sandbox_sees_no_socket_of_the_host(stack: Stack) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="sandboxes get their own uid only as root")
 def test_daemon_socket_peer_is_the_sandbox_uid(stack: Stack) -> None:
     """The daemon listens itself, so SO_PEERCRED names the sandbox's uid, not root's."""
-    described = stack.cli("inspect", stack.first_id)
+    described = stack.inspect(stack.first_id)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
         client.connect(str(described["socket"]))
         _pid, uid, _gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -129,12 +129,12 @@ def uid_range(state_dir: Path) -> range:
 
 @needs_root
 def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_path: Path) -> None:
-    used = {stack.cli("inspect", s["id"])["uid"] for s in stack.cli("list")}
+    used = {stack.inspect(s["id"])["uid"] for s in stack.cli("list")}
     short_lived = stack.cli("create", "--name", "short-lived")["id"]
-    gone = stack.cli("inspect", short_lived)["uid"]
+    gone = stack.inspect(short_lived)["uid"]
     stack.cli("delete", short_lived)
     later_id = stack.cli("create", "--name", "later")["id"]
-    later = stack.cli("inspect", later_id)["uid"]
+    later = stack.inspect(later_id)["uid"]
     stack.cli("delete", later_id)
     assert later != gone and gone not in used
     mine = uid_range(stack.state_dir)
@@ -144,7 +144,7 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     try:
         theirs = uid_range(other.state_dir)
         assert set(theirs).isdisjoint(mine)
-        first = other.cli("inspect", other.first_id)["uid"]
+        first = other.inspect(other.first_id)["uid"]
         assert first in theirs
     finally:
         other.stop()
@@ -152,7 +152,7 @@ def test_uids_are_never_reused_and_runtimes_never_share_them(stack: Stack, tmp_p
     again = start_stack(tmp_path / "other", pool_size=0)
     try:
         assert uid_range(again.state_dir) == theirs
-        assert again.cli("inspect", again.cli("create", "--name", "after-restart")["id"])["uid"] > first
+        assert again.inspect(again.cli("create", "--name", "after-restart")["id"])["uid"] > first
     finally:
         again.stop()
 
@@ -271,7 +271,7 @@ def _has_cap_sys_resource() -> bool:
 
 @needs_root
 def test_daemon_oom_score_adj_is_the_real_value(stack: Stack) -> None:
-    described = stack.cli("inspect", stack.first_id)
+    described = stack.inspect(stack.first_id)
     pid = described["daemon_pid"]
     assert pid is not None
     assert is_daemon(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
