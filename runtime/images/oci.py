@@ -223,10 +223,3 @@ class ImageImporter:
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
             await asyncio.to_thread(shutil.rmtree, tree, True)  # gone already unless it failed
-
-
-def loopback(source: str) -> bool:
-    return bool(_tls_flag(source, "tls-verify"))
-
-
-

@@ -62,17 +62,3 @@ def shift_ids(tree: Path, base: int, size: int) -> None:
 def is_empty(tree: Path) -> bool:
     with os.scandir(tree) as entries:
         return next(entries, None) is None
-
-
-def tree_size(tree: Path) -> int:
-    """Bytes the tree's files take (hard links once), without following symlinks."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for parent, dirs, files in os.walk(tree):
-        for name in files + dirs:
-            st = os.lstat(os.path.join(parent, name))
-            if (st.st_dev, st.st_ino) in seen:
-                continue
-            seen.add((st.st_dev, st.st_ino))
-            total += st.st_blocks * 512
-    return total

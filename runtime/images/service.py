@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.images.builder import Base, Builder, BuildError, plan
+from runtime.images.builder import Base, Builder, plan
 from runtime.images.dockerfile import DockerfileError
 from runtime.images.oci import ImageConfig, ImageImporter
 from runtime.images.steps import Confinement
@@ -19,9 +20,11 @@ from runtime.snapshots import SnapshotStore
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True)
 class BuiltSnapshot:
-    def __init__(self, size: int, entrypoint: list[str] | None, layers: tuple[str, ...]) -> None:
-        self.size, self.entrypoint, self.layers = size, entrypoint, layers
+    size: int
+    entrypoint: list[str] | None
+    layers: tuple[str, ...]
 
 
 def build_id_range(images_dir: Path) -> int:
@@ -94,5 +97,3 @@ class LocalImages:
 
         await asyncio.to_thread(work)
 
-
-__all__ = ["BuildError", "LocalImages", "BuiltSnapshot"]

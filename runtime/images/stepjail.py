@@ -24,17 +24,13 @@ HOST_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/ssl/certs/ca-certificates.
 
 def _regular_in(root: Path, inside: str) -> bool:
     """Whether `inside` is a regular file under `root` reached without any symlink (the
-    layers' own files; bwrap binds over it only then)."""
+    image's own file: bwrap binds over it only then)."""
     path = root
     for part in Path(inside).relative_to("/").parts:
         path = path / part
-        try:
-            st = os.lstat(path)
-        except OSError:
+        if not os.path.lexists(path) or os.path.islink(path):
             return False
-        if os.path.islink(path):
-            return False
-    return os.path.isfile(path) and not os.path.islink(path) and st.st_size >= 0
+    return os.path.isfile(path)
 
 
 def bwrap_argv(merged: Path, step: Step, seccomp_fd: int) -> list[str]:
