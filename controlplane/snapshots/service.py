@@ -271,6 +271,7 @@ class SnapshotService:
             return existing
         if existing is not None:  # a failed build of it: try again
             await anyio.to_thread.run_sync(self.records.remove, existing.id)
+            await anyio.to_thread.run_sync(self.logs.remove, existing.id)
         try:
             return await self._start(principal, name, dockerfile, None, DEFAULTS)
         except Conflict:  # another create of the same image won the race
