@@ -4,6 +4,7 @@ real local registry, Dockerfile builds from `Image`, live build logs, states, fa
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -55,7 +56,8 @@ def test_a_snapshot_is_built_from_an_image_with_live_logs(stack: Stack, registry
     d = daytona(stack)
     lines = Lines()
     image = (Image.base(f"{registry}/tiny:1")
-             .run_commands("echo first-step-output; sleep 3; echo later > /built")
+             # A nonce: test stacks share one layers dir, whose cache would skip a known step.
+             .run_commands(f"echo first-step-output {secrets.token_hex(4)}; sleep 3; echo later > /built")
              .env({"GREETING": "hello world"}).workdir("/srv"))
     started = time.monotonic()
     snapshot = d.snapshot.create(CreateSnapshotParams(name="built-one", image=image), on_logs=lines)
@@ -269,7 +271,8 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
         d = daytona(running)
         with package_index(tmp_path / "wheels") as index:
             image = (Image.base(f"{registry}/debian:bookworm-slim")
-                     .run_commands("printf '#!/bin/sh\\necho hello from the image: $GREETING\\n' > /usr/local/bin/hello",
+                     .run_commands(f"echo {secrets.token_hex(4)}",  # a fresh build, not the shared cache's
+                                   "printf '#!/bin/sh\\necho hello from the image: $GREETING\\n' > /usr/local/bin/hello",
                                    "chmod 0755 /usr/local/bin/hello", "sleep 2",
                                    # The SDK's pip_install runs `python`; Debian names it python3.
                                    "ln -s /usr/bin/python3 /usr/local/bin/python")
@@ -310,7 +313,7 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
 
 def test_a_followed_build_log_streams_and_ends_with_the_build(stack: Stack, registry: str) -> None:
     created = stack.api("POST", "/snapshots", json={"name": "followed", "buildInfo": {"dockerfileContent": (
-        f"FROM {registry}/tiny:1\nRUN echo before-the-pause; sleep 3; echo after-the-pause\n")}})
+        f"FROM {registry}/tiny:1\nRUN echo before-the-pause {secrets.token_hex(4)}; sleep 3; echo after-the-pause\n")}})
     assert created.status_code == 200, created.text
     snapshot_id = created.json()["id"]
     url = stack.api("GET", f"/snapshots/{snapshot_id}/build-logs-url").json()["url"]
