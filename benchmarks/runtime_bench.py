@@ -4,9 +4,12 @@ Prints:
 - create-to-first-call: `POST /api/sandbox` (Daytona's REST API, through the proxy) until
   the new sandbox answers `GET /toolbox/{id}/version` through the proxy (warm pool, then
   an empty pool);
-- idle memory of a started sandbox and of a pooled one (cgroup usage and daemon RSS).
+- idle memory of a started sandbox and of a pooled one (cgroup usage and daemon RSS);
+- with `--rootfs snapshot` (sandboxes with their own root, the default snapshot from the
+  shared test layers dir, built there once): the host disk each idle sandbox takes (its
+  disk image's allocated blocks: only its upper layer).
 
-Usage: .venv/bin/python benchmarks/runtime_bench.py [--runs 15]
+Usage: .venv/bin/python benchmarks/runtime_bench.py [--runs 15] [--rootfs host|snapshot]
 """
 
 from __future__ import annotations
@@ -78,6 +81,11 @@ def memory(stack: Stack) -> None:
           f"RSS of its {len(pids)} processes {rss_of(pids) / 2**20:.1f} MiB")
     pooled = [d for d in (stack.state_dir / "pool").iterdir()]
     print(f"pooled sandboxes waiting: {len(pooled)}")
+    images = sorted((stack.state_dir / "sandboxes").glob("*/disk.img"))
+    if images:
+        used = [i.stat().st_blocks * 512 for i in images]
+        print(f"host disk per idle sandbox (its disk image, sparse): median {statistics.median(used) / 2**20:.1f} MiB, "
+              f"max {max(used) / 2**20:.1f} MiB over {len(used)}; image size {images[0].stat().st_size / 2**30:.0f} GiB")
 
 
 def report(name: str, figures: list[float]) -> None:
@@ -90,15 +98,21 @@ def report(name: str, figures: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--rootfs", choices=("host", "snapshot"), default="host")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        warm = start_stack(Path(tmp) / "warm", pool_size=1)
+    env = {"RUNTIME_ROOTFS": args.rootfs}
+    if args.rootfs == "snapshot":
+        from tests.layer_helpers import shared_default
+
+        env["RUNTIME_LAYERS_DIR"] = str(shared_default()[0].layers_dir)  # built once, shared
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
+        warm = start_stack(Path(tmp) / "warm", pool_size=1, extra_env=env)
         try:
             report("create-to-first-call, warm pool (1)", measure(warm, args.runs, pool=1))
             memory(warm)
         finally:
             warm.stop()
-        cold = start_stack(Path(tmp) / "cold", pool_size=0)
+        cold = start_stack(Path(tmp) / "cold", pool_size=0, extra_env=env)
         try:
             report("create-to-first-call, cold (empty pool)", measure(cold, max(5, args.runs // 2), pool=0))
         finally:

@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import IO, Any
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
 from client.config import Config
 from client.errors import ApiError
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 USER_AGENT = "sandbox-toolbox-cli"
 Json = Any
@@ -91,6 +95,10 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
+
+    def server_config(self) -> Json:
+        """GET /config (no key needed): `proxyToolboxUrl`, `proxyTemplateUrl`, `defaultSnapshot`, ..."""
+        return self._http.json("GET", "/config")
 
     # ---- sandboxes ----------------------------------------------------------------------
 
@@ -305,29 +313,30 @@ class Toolbox:
         return response.json(), int(reached) if reached and reached.isdigit() else offset
 
     def follow_logs(self, session_id: str, command_id: str, offset: int = 0, follow: bool = True,
-                    open_timeout: float = 30) -> Iterator[bytes]:
+                    open_timeout: float = 30, *, deadline: float | None = None,
+                    on_start: Callable[[int], None] | None = None) -> Iterator[bytes]:
         """The raw log (with stream markers, `client.streams.Demux` splits them) as it is
         written, over the toolbox's WebSocket; ends when the command has ended (`follow`)
-        or at the current end. Each chunk is yielded as it arrives, nothing is buffered."""
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-        from websockets.sync.client import connect
+        or at the current end. Each chunk is yielded as it arrives, nothing is buffered.
+        `deadline` (time.monotonic()) ends it early; `on_start` gets the offset the stream
+        really starts at (the log keeps a bounded tail, so an old offset moves up)."""
+        from websockets.exceptions import ConnectionClosed
 
         path = _logs_path(session_id, command_id)
         query = f"follow={'true' if follow else 'false'}" + (f"&offset={offset}" if offset else "")
-        parts = urlsplit(f"{self.base_url}{path}")
-        url = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path, query, ""))
-        try:
-            socket = connect(url, additional_headers={"Authorization": f"Bearer {self._http.api_key}",
-                                                      "User-Agent": USER_AGENT},
-                             open_timeout=open_timeout, max_size=None, user_agent_header=None)
-        except InvalidStatus as exc:
-            raise ApiError(exc.response.status_code, _denial_message(bytes(exc.response.body or b""), exc.response.status_code),
-                           None, path) from None
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            raise ApiError.unreachable(url, exc) from None
-        with socket:
+        with self._websocket(path, query, open_timeout) as socket:
+            if on_start is not None:
+                started = socket.response.headers.get("x-output-offset") if socket.response else None
+                on_start(int(started) if started and started.isdigit() else offset)
             try:
-                for message in socket:
+                while True:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return
+                    try:
+                        message = socket.recv(timeout=remaining)
+                    except TimeoutError:
+                        return
                     yield message if isinstance(message, bytes) else message.encode()
             except ConnectionClosed:
                 pass
@@ -335,6 +344,76 @@ class Toolbox:
             if code not in (1000, 1005):  # 1005: closed without a status, as the SDK accepts
                 raise ApiError(502, f"log stream closed: {socket.close_reason or 'unexpectedly'} "
                                     f"(close code {code})", "STREAM_CLOSED", path)
+
+    @contextmanager
+    def _websocket(self, path: str, query: str, open_timeout: float) -> Iterator[ClientConnection]:
+        """A WebSocket to a toolbox route with the key, closed on leaving; a refused upgrade
+        raises ApiError with the daemon's or the proxy's own error."""
+        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.sync.client import connect
+
+        parts = urlsplit(f"{self.base_url}{path}")
+        url = urlunsplit(("wss" if parts.scheme == "https" else "ws", parts.netloc, parts.path, query, ""))
+        try:
+            socket = connect(url, additional_headers={"Authorization": f"Bearer {self._http.api_key}",
+                                                      "User-Agent": USER_AGENT},
+                             open_timeout=open_timeout, max_size=None, user_agent_header=None)
+        except InvalidStatus as exc:
+            raise _denial(bytes(exc.response.body or b""), exc.response.status_code, path) from None
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            raise ApiError.unreachable(url, exc) from None
+        with socket:
+            yield socket
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """Any toolbox route with its answer unread (`iter_bytes()` it): for answers too big
+        to hold, such as a huge command output. Errors raise ApiError before it yields."""
+        request = self._http.http.build_request(method, path, **kwargs)
+        try:
+            response = self._http.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise ApiError.unreachable(f"{self.base_url}{path}", exc) from None
+        try:
+            if response.is_error:
+                raise ApiError.from_response(response, response.read())
+            yield response
+        finally:
+            response.close()
+
+    # interpreter
+    def create_context(self, cwd: str | None = None) -> Json:
+        """`{id, cwd, createdAt, active, language}`: a Python worker of its own for `run_code`."""
+        return self._http.json("POST", "/process/interpreter/context", json={"cwd": cwd} if cwd else {})
+
+    def run_code(self, code: str, context_id: str | None = None, timeout: int | None = None,
+                 open_timeout: float = 30) -> Iterator[Json]:
+        """Run code in a stateful interpreter context (`default` when none), over the
+        toolbox's WebSocket: yields its frames `{type: stdout|stderr|error|control, text,
+        name, value, traceback}` as they come. A timeout is ApiError 408; any other abnormal
+        close ApiError 502 with the daemon's reason."""
+        from websockets.exceptions import ConnectionClosed
+
+        request: dict[str, Any] = {"code": code}
+        if context_id:
+            request["contextId"] = context_id
+        if timeout is not None:
+            request["timeout"] = timeout
+        path = "/process/interpreter/execute"
+        with self._websocket(path, "", open_timeout) as socket:
+            socket.send(json.dumps(request))
+            try:
+                for message in socket:
+                    yield json.loads(message)
+            except ConnectionClosed:
+                pass
+            closed, reason = socket.close_code, socket.close_reason
+            if closed == 4008:
+                raise ApiError(408, f"the code ran longer than {timeout} s and was interrupted",
+                               "PROCESS_EXECUTION_TIMEOUT", path)
+            if closed not in (1000, 1005):
+                raise ApiError(502, f"the interpreter closed the connection: {reason or 'unexpectedly'} "
+                                    f"(close code {closed})", "STREAM_CLOSED", path)
 
     # files
     def list_files(self, path: str = ".", depth: int | None = None) -> list[Json]:
@@ -397,11 +476,14 @@ class Toolbox:
         self._http.send("POST", "/git/clone", json=body, timeout=httpx.Timeout(600, connect=10))
 
 
-def _denial_message(body: bytes, status: int) -> str:
+def _denial(body: bytes, status: int, path: str) -> ApiError:
+    """The ApiError of a refused WebSocket upgrade, with the code of its JSON body (the
+    proxy's `sandbox-not-found`, the daemon's `NOT_FOUND`, ...)."""
     try:
         data = json.loads(body)
     except ValueError:
         data = None
+    code = data.get("code") if isinstance(data, dict) and isinstance(data.get("code"), str) else None
     if isinstance(data, dict) and data.get("message"):
-        return str(data["message"])
-    return body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}"
+        return ApiError(status, str(data["message"]), code, path)
+    return ApiError(status, body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status}", code, path)

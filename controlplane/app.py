@@ -9,6 +9,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from controlplane import errors
@@ -37,7 +38,7 @@ def _config(default_snapshot: str, urls: PublicUrls) -> JSONResponse:
     })
 
 
-def api_routes(plane: ControlPlane) -> list[BaseRoute]:
+def api_routes(plane: ControlPlane, mcp: ASGIApp | None = None) -> list[BaseRoute]:
     from controlplane.sandboxes.service import DEFAULT_SNAPSHOT
 
     async def config(request: Request) -> Response:
@@ -55,17 +56,19 @@ def api_routes(plane: ControlPlane) -> list[BaseRoute]:
         Route("/health", health, methods=["GET"]),
         *sandbox_routes.routes(plane.sandboxes, plane.urls),
         *plane.resources.routes(),
+        # MCP over streamable HTTP (mcpserver/http.py; it checks the key itself).
+        *([Route("/mcp", mcp)] if mcp is not None else []),
         # Socket.IO lives at /api/socket.io (controlplane/events.py); other WebSockets are refused.
         WebSocketRoute("/{path:path}", no_websocket),
     ]
 
 
-def build_app(plane: ControlPlane, host_routes: Sequence[BaseRoute] = ()) -> Starlette:
+def build_app(plane: ControlPlane, host_routes: Sequence[BaseRoute] = (), mcp: ASGIApp | None = None) -> Starlette:
     """`host_routes` live outside `/api`: the proxy forwards only `/api/...`, so they are
     reachable on the control socket alone (root-only diagnostics of the backend).
     Socket.IO comes first: its WebSockets would otherwise meet the API's refusing catch-all."""
     app = Starlette(routes=[Mount(f"{API_PREFIX}/socket.io", app=plane.events.app),
-                            Mount(API_PREFIX, routes=api_routes(plane)), *host_routes],
+                            Mount(API_PREFIX, routes=api_routes(plane, mcp)), *host_routes],
                     exception_handlers=errors.HANDLERS)
     app.state.keys = plane.keys
     return app

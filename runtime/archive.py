@@ -38,7 +38,10 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-PACKED = ("home", "tmp", "run")  # everything the sandbox's uid may write; sockets are skipped
+# Everything the sandbox's uid may write; sockets are skipped. A sandbox with its own root
+# (runtime/rootfs.py) has only disk.img: one sparse file, so the host never walks a tree the
+# sandbox wrote, and holes stay holes (--sparse).
+PACKED = ("home", "tmp", "run", "disk.img")
 SUFFIX = ".tar.zst"
 STAGING = ".restore"
 # posix (pax) keeps nanosecond mtimes, long names and xattrs; --sparse keeps holes.

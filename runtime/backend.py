@@ -1,14 +1,14 @@
 """`LocalBackend`: the control plane's `SandboxBackend` over the local bwrap runtime.
 
 Maps Daytona's units onto the runtime's limits (cpu -> cpus, memory GiB -> MiB); the warm
-pool stays the runtime's. Disk is recorded by the control plane but not enforced here
-(the runtime has no disk quota, docs/runtime.md).
+pool stays the runtime's. Disk (GiB) is the sandbox's quota when the runtime gives sandboxes
+their own root (RUNTIME_ROOTFS=snapshot: a disk image of that size, docs/runtime.md), and
+only recorded otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,8 @@ class LocalBackend:
                   for m in request.mounts]
         limits = _limits(self.runtime, request.resources)
         kwargs: dict[str, Any] = {}
+        if self.runtime.rootfs_mode == "snapshot":
+            kwargs.update(snapshot=request.snapshot, disk_gib=float(request.resources.disk))
         if self.runtime.net is not None:
             # Its own address with NAT egress (runtime/network.py); block-all is a policy.
             kwargs.update(egress="nat", block_all=not request.network, allow_list=request.allow_list,
@@ -70,12 +72,9 @@ class LocalBackend:
         else:
             # Without root: loopback only, or the host's network when asked (docs/runtime.md).
             kwargs["egress"] = "host" if request.network else "none"
-        if request.snapshot != "default":
-            # Until the runtime gives sandboxes their own root (issue 15), only the default.
-            if "snapshot" not in inspect.signature(self.runtime.create).parameters:
-                raise BackendError(501, "this runtime cannot start sandboxes from built snapshots yet "
-                                        "(only from the default snapshot)")
-            kwargs["snapshot"] = request.snapshot
+        if request.snapshot != "default" and self.runtime.rootfs_mode != "snapshot":
+            raise BackendError(400, f"snapshot {request.snapshot!r} needs sandboxes with their own root "
+                                    "(RUNTIME_ROOTFS=snapshot); on the host's root only the default snapshot runs")
         env = request.env
         if request.snapshot != "default" and self.images is not None:
             env = {**self.images.environment(request.snapshot), **request.env}  # the image's ENV
@@ -132,7 +131,8 @@ class LocalBackend:
 
     async def resize(self, sandbox_id: str, resources: Resources) -> None:
         try:
-            await self.runtime.resize(sandbox_id, _limits(self.runtime, resources))
+            await self.runtime.resize(sandbox_id, _limits(self.runtime, resources),
+                                      disk_gib=float(resources.disk))
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 

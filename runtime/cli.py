@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(env RUNTIME_LAYERS_DIR; default STATE/layers)")
     up.add_argument("--sandbox-dns", default=env("RUNTIME_SANDBOX_DNS"),
                     help="resolver sandboxes' DNS goes to (default: the host's first; env RUNTIME_SANDBOX_DNS)")
+    up.add_argument("--rootfs", choices=("host", "snapshot"), default=env("RUNTIME_ROOTFS") or "host",
+                    help="host: sandboxes see the host's root read-only (bwrap); snapshot: each its own "
+                         "root from a snapshot, root inside, a disk quota (as root; env RUNTIME_ROOTFS)")
     _limits_args(up)
 
     inspect = commands.add_parser("inspect", help="what the runtime knows of a sandbox (uid, socket, cgroups, "
@@ -128,6 +131,7 @@ def up(args: argparse.Namespace) -> int:
         pool_size=max(0, args.pool_size), idle_timeout=args.idle_timeout,
         limits=limits, api_key=args.api_key, network=args.sandbox_network,
         network_block_all=args.network_block_all_default, dns=args.sandbox_dns,
+        rootfs=args.rootfs,
         layers_dir=Path(args.layers_dir) if args.layers_dir else None,
     )
     try:
@@ -139,7 +143,7 @@ def up(args: argparse.Namespace) -> int:
         print(f"error: cannot use the state directory {config.state_dir}: {exc.strerror or exc}; "
               "pick another with --state-dir or RUNTIME_STATE_DIR", file=sys.stderr, flush=True)
         return 1
-    control = build_app(stack.plane, host_routes=_host_routes(stack))
+    control = build_app(stack.plane, host_routes=_host_routes(stack), mcp=stack.mcp)
     failed: list[str] = []
 
     @asynccontextmanager
@@ -261,6 +265,7 @@ def _print_banner(stack: Any, record: Any) -> None:
         f"Control:      {_cli_name()} list|create|info|exec|stop|start|delete   (reads the two DAYTONA_ "
         f"lines above from the environment, or run: {_cli_name()} login)",
         f"Host:         python -m runtime --state-dir {stack.config.state_dir} inspect ID|api-key create",
+        f"MCP:          {info['api_url']}/mcp   (coding agents; {_cli_name()} mcp config prints their settings)",
     ]
     if record is not None:
         urls = stack.urls(record.id, record.preview_token)

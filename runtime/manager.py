@@ -23,19 +23,22 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from runtime import archive, cgroups, seccomp, sockets
+from runtime import archive, cgroups, ownroot, seccomp, sockets
 from runtime.dns import DnsError, Resolvers, parse_domain_list
 from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_allow_list
 from runtime.codemount import is_daemon
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, open_private_append
 from runtime.registry import FileRegistry
+from runtime.rootcheck import UnsupportedRoot, check_root
+from runtime.snapshots import SnapshotStore
 from runtime.sandbox import (
     EGRESS, HOME_INSIDE, TERMINAL_PORT, SandboxDir, SandboxSpec, bwrap_argv,
     new_id, valid_id,
 )
-from runtime.uids import UidRange, UidsExhausted
+from runtime.uids import UidRange, UidsExhausted, sandbox_range
 from runtime.volumes import Mount, MountError, OpenedMounts, open_mounts, validate_target
 
 log = logging.getLogger("runtime")
@@ -45,6 +48,31 @@ DAEMON_OOM_SCORE_ADJ = -900
 ActivitySource = Callable[[], Awaitable[dict[str, float]]]
 # Called with a sandbox id once it is in the registry; returns when the proxy routes it.
 VisibleCheck = Callable[[str], Awaitable[None]]
+ROOTFS_MODES = ("host", "snapshot")
+DEFAULT_SNAPSHOT = "default"
+
+
+class SnapshotLike(Protocol):
+    @property
+    def layers(self) -> tuple[str, ...]: ...
+
+
+class SnapshotSource(Protocol):
+    """Where sandboxes' root file systems come from (runtime/snapshots.py's SnapshotStore)."""
+
+    def get(self, name: str) -> SnapshotLike: ...
+
+    def layer_path(self, digest: str) -> Path: ...
+
+
+@dataclass(frozen=True)
+class Root:
+    """A sandbox's own root: its snapshot, that snapshot's layers and its ids and disk."""
+
+    snapshot: str
+    layers: tuple[str, ...]
+    id_base: int
+    disk_gib: float
 
 
 def _tail(path: Path, size: int = 600) -> str:
@@ -92,6 +120,7 @@ class Running:
     socket: Path | None = None  # where its listening socket is bound (runtime/sockets.py)
     daemon_pid: int | None = None  # the daemon's pid on the host, once claimed
     slot: Slot | None = None  # its netns, veth and address (egress "nat")
+    root: Root | None = None  # its own root (a pooled one: the default snapshot and disk)
 
 
 class Runtime:
@@ -112,6 +141,9 @@ class Runtime:
         network: str | None = DEFAULT_RANGE,
         network_block_all: bool = False,
         dns: str | None = None,
+        rootfs_mode: str | None = None,
+        snapshots: SnapshotSource | None = None,
+        disk_gib: float | None = None,
     ) -> None:
         self.root = root.resolve()
         self.sandboxes_dir = self.root / "sandboxes"
@@ -144,6 +176,15 @@ class Runtime:
         self._slots: set[int] = set()  # address slots held by sandboxes and the pool
         self._slot_lock = asyncio.Lock()
         self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
+        # "host": bwrap over the host's read-only root (the default for now); "snapshot":
+        # each sandbox its own root, root inside and a disk quota (runtime/rootlauncher.py).
+        self.rootfs_mode = rootfs_mode or os.environ.get("RUNTIME_ROOTFS", "host")
+        if self.rootfs_mode not in ROOTFS_MODES:
+            raise SandboxError(400, f"invalid root file system mode {self.rootfs_mode!r}: one of "
+                                    f"{', '.join(ROOTFS_MODES)}")
+        self.snapshots = snapshots
+        # The runtime's own default quota (GiB); the control plane passes Daytona's `disk`.
+        self.default_disk_gib = disk_gib or float(os.environ.get("RUNTIME_DISK_GIB", "2"))
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Future[object]] = set()
         self._pool_wakeup = asyncio.Event()
@@ -166,6 +207,8 @@ class Runtime:
         sockets.ensure_sockets_dir(self.root)
         if os.geteuid() == 0:
             self.uid_range = await asyncio.to_thread(UidRange.open, self.root)
+        if self.rootfs_mode == "snapshot":
+            await self._open_snapshots()
         # Nothing runs yet, so every socket left there is stale.
         for stale in sockets.sockets_dir(self.root).iterdir():
             sockets.remove(stale)
@@ -202,6 +245,28 @@ class Runtime:
             self._spawn(self._idle_loop())
         if crashed and self.restart_crashed:
             self._spawn(self._recover(crashed))
+
+    async def _open_snapshots(self) -> None:
+        if os.geteuid() != 0:
+            raise SandboxError(500, "sandboxes with their own root (RUNTIME_ROOTFS=snapshot) need a "
+                                    "runtime running as root (user namespaces, loop devices, mounts)")
+        for tool in ("mkfs.ext4", "mount"):
+            if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+                raise SandboxError(500, f"{tool} is missing: apt-get install e2fsprogs mount")
+        if self.snapshots is None:
+            store = SnapshotStore(self.root)
+            await asyncio.to_thread(store.ensure_default, lambda line: log.info("default snapshot: %s", line))
+            self.snapshots = store
+
+    def _root_for(self, snapshot: str) -> tuple[str, tuple[str, ...]]:
+        if self.snapshots is None:  # a runtime that was never opened: the store, unbuilt
+            self.snapshots = SnapshotStore(self.root)
+        assert self.snapshots is not None
+        try:
+            found = self.snapshots.get(snapshot)
+        except KeyError:
+            raise SandboxError(404, f"snapshot {snapshot!r} not found") from None
+        return snapshot, tuple(found.layers)
 
     async def _recover(self, sandbox_ids: list[str]) -> None:
         """Start again the sandboxes that were running when a previous runtime died without
@@ -305,6 +370,10 @@ class Runtime:
         running = self.running.get(spec.id)
         data["socket"] = str(self.socket_path(spec.id))
         data["dir"] = str(self.sandboxes_dir / spec.id)
+        if spec.rooted:
+            # Host disk its image takes (sparse: what its upper layer holds), for `runtime get`.
+            with contextlib.suppress(OSError):
+                data["disk_used_bytes"] = ownroot.disk_usage(SandboxDir(self.sandboxes_dir / spec.id).disk)
         if running is not None:
             data["started_at"] = running.started_at
             data["usage"] = running.group.stats()
@@ -327,6 +396,8 @@ class Runtime:
         domain_allow_list: str | Sequence[str] | None = None,
         link_to: str | None = None,
         link_names: Sequence[str] = (),
+        snapshot: str | None = None,
+        disk_gib: float | None = None,
     ) -> SandboxSpec:
         sandbox_id = sandbox_id or new_id()
         if not valid_id(sandbox_id):
@@ -349,19 +420,31 @@ class Runtime:
         env = {str(k): str(v) for k, v in (env or {}).items()}
         limits = limits or self.default_limits
         mounts = self._check_mounts(mounts)
+        wanted = self._wanted_root(snapshot, disk_gib)
         async with self._lock(sandbox_id):
             if sandbox_id in self.specs:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} already exists")
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
-            # A pooled sandbox was launched without volumes: they are bound at launch.
-            # A linked follower's /etc/hosts names its owner: bound at launch, so never pooled.
-            pooled = (self._take_pooled() if egress == self.default_egress and not mounts and link_to is None
-                      else None)
-            uid, gid = ((pooled.uid, pooled.gid) if pooled is not None
-                        else await self._allocate_uid())
+            # A pooled sandbox was launched without volumes, with the default snapshot and
+            # disk: anything else is bound or made at launch. A linked follower's /etc/hosts
+            # names its owner: written at launch, so never pooled.
+            pooled = (self._take_pooled(wanted) if egress == self.default_egress and not mounts
+                      and link_to is None else None)
+            root: Root | None = None
+            if pooled is not None:
+                uid, gid, root = pooled.uid, pooled.gid, pooled.root
+            elif wanted is not None:
+                root = await self._allocate_root(*wanted)
+                uid = gid = root.id_base + ownroot.USER_ID_INSIDE
+                self._uids.add(uid)
+            else:
+                uid, gid = await self._allocate_uid()
             spec = SandboxSpec(sandbox_id, uid, gid, env, limits, egress, public=public,
                                mounts=mounts, block_all=block_all, allow_list=allowed, domains=domains,
                                link_to=link_to, link_names=tuple(link_names))
+            if root is not None:
+                spec.snapshot, spec.layers = root.snapshot, root.layers
+                spec.id_base, spec.disk_gib = root.id_base, root.disk_gib
             running: Running | None = pooled
             slot: Slot | None = None
             policy: asyncio.Future[None] | None = None
@@ -385,10 +468,10 @@ class Runtime:
                         # claim; both are done before create returns.
                         policy = asyncio.ensure_future(self._apply_policy(slot, spec))
                 else:
-                    await asyncio.to_thread(target.create, uid, gid)
+                    await asyncio.to_thread(self._prepare_dir, target, spec)
                     running = await self._launch(target, uid, gid, limits, egress,
                                                  self.socket_path(sandbox_id), mounts,
-                                                 slot=slot, spec=spec)
+                                                 slot=slot, spec=spec, root=root)
                 assert running is not None  # set by either branch
                 self.specs[sandbox_id] = spec
                 await self._claim(running, spec)
@@ -434,7 +517,55 @@ class Runtime:
         self._register(spec)
         await self._until_visible(spec.id)
 
-    def _take_pooled(self) -> Running | None:
+    def _wanted_root(self, snapshot: str | None, disk_gib: float | None) -> tuple[str, tuple[str, ...], float] | None:
+        """(snapshot, its layers, disk GiB) of a new sandbox with its own root; None on the
+        host's root (then a snapshot other than the default is refused)."""
+        if self.rootfs_mode != "snapshot":
+            if snapshot not in (None, DEFAULT_SNAPSHOT):
+                raise SandboxError(400, f"snapshot {snapshot!r} needs sandboxes with their own root "
+                                        "(start the runtime with RUNTIME_ROOTFS=snapshot)")
+            return None
+        disk = self.default_disk_gib if disk_gib is None else float(disk_gib)
+        if not 0 < disk <= ownroot.MAX_DISK_GIB:
+            raise SandboxError(400, f"invalid disk {disk_gib!r} GiB: between 1 and {ownroot.MAX_DISK_GIB}")
+        name, layers = self._root_for(snapshot or DEFAULT_SNAPSHOT)
+        assert self.snapshots is not None
+        try:
+            # The toolbox brings its own interpreter; the root needs a shell for this machine.
+            check_root([self.snapshots.layer_path(d) for d in reversed(layers)])
+        except UnsupportedRoot as exc:
+            raise SandboxError(400, f"snapshot {name!r} cannot run the toolbox: {exc}") from None
+        return name, layers, disk
+
+    async def _allocate_root(self, snapshot: str, layers: tuple[str, ...], disk_gib: float) -> Root:
+        try:
+            base = await asyncio.to_thread(sandbox_range, self.root)
+        except UidsExhausted as exc:
+            raise SandboxError(507, str(exc)) from None
+        return Root(snapshot, layers, base, disk_gib)
+
+    def _prepare_dir(self, target: SandboxDir, spec: SandboxSpec) -> None:
+        """Idempotent: also brings a sandbox made by an older version up to today's layout."""
+        if spec.rooted:
+            try:
+                target.create_rooted(spec.disk_gib)
+                ownroot.wait_disk_free(target.disk)
+                ownroot.grow_disk(target.disk, spec.disk_gib)  # a resize recorded while started
+            except ownroot.DiskError as exc:
+                raise SandboxError(500, str(exc)) from None
+        else:
+            target.create(spec.uid, spec.gid)
+
+    def _take_pooled(self, wanted: tuple[str, tuple[str, ...], float] | None = None) -> Running | None:
+        if self.pool and self.pool[0].root is not None:
+            root = self.pool[0].root
+            if wanted is None or (root.snapshot, root.layers, root.disk_gib) != wanted:
+                default = self._wanted_root(None, None)
+                if default is not None and (root.snapshot, root.layers, root.disk_gib) != default:
+                    # The default snapshot was rebuilt since the pool was filled: start afresh.
+                    while self.pool:
+                        self._spawn(self._discard(self.pool.pop()))
+                return None
         while self.pool:
             candidate = self.pool.pop(0)
             if candidate.process.returncode is None:
@@ -461,15 +592,17 @@ class Runtime:
             target = SandboxDir(self.sandboxes_dir / sandbox_id)
             if spec.state == "archived":
                 await self._restore(spec, target)
-            # Idempotent: also brings a sandbox made by an older version up to today's layout.
-            await asyncio.to_thread(target.create, spec.uid, spec.gid)
+            await asyncio.to_thread(self._prepare_dir, target, spec)
             slot = self._slot_of(spec)
             if spec.egress == "nat" and slot is None:
                 raise SandboxError(409, f"sandbox {sandbox_id!r} has its own network, which this runtime "
                                         "cannot give it (not root, no nftables, or another "
                                         "RUNTIME_SANDBOX_NETWORK range)")
+            root = (Root(spec.snapshot or DEFAULT_SNAPSHOT, spec.layers, spec.id_base, spec.disk_gib)
+                    if spec.id_base is not None else None)
             running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,
-                                         self.socket_path(sandbox_id), spec.mounts, slot=slot, spec=spec)
+                                         self.socket_path(sandbox_id), spec.mounts, slot=slot, spec=spec,
+                                         root=root)
             try:
                 await self._claim(running, spec)
             except BaseException:
@@ -504,7 +637,13 @@ class Runtime:
                     self._slots.discard(slot.index)  # the address is free again
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._archive_path(sandbox_id))
-            await asyncio.to_thread(SandboxDir(self.sandboxes_dir / sandbox_id).remove)
+            target = SandboxDir(self.sandboxes_dir / sandbox_id)
+            if spec is not None and spec.rooted:
+                # Its disk is free once the kernel has torn its mount namespaces down, i.e.
+                # once its last process is gone: then nothing of it is left but files.
+                with contextlib.suppress(ownroot.DiskError):
+                    await asyncio.to_thread(ownroot.wait_disk_free, target.disk)
+            await asyncio.to_thread(target.remove)
         self._locks.pop(sandbox_id, None)
         await self._unlink_followers(sandbox_id)
 
@@ -570,11 +709,19 @@ class Runtime:
         archive.fsync_path(target.meta)
         archive.fsync_path(target.path, directory=True)
 
-    async def resize(self, sandbox_id: str, limits: Limits) -> SandboxSpec:
+    async def resize(self, sandbox_id: str, limits: Limits, disk_gib: float | None = None) -> SandboxSpec:
         """Apply new limits to a started sandbox's cgroup at once, or record them for the
-        next start; a memory limit below what the sandbox uses now is refused."""
+        next start; a memory limit below what the sandbox uses now is refused. A sandbox
+        with its own root gets a larger disk (it only grows) at its next start."""
         async with self._lock(sandbox_id):
             spec = self.get(sandbox_id)
+            if spec.rooted and disk_gib is not None and disk_gib != spec.disk_gib:
+                if disk_gib < spec.disk_gib:
+                    raise SandboxError(400, f"the disk of sandbox {sandbox_id!r} can only grow "
+                                            f"(now {spec.disk_gib:g} GiB)")
+                if not disk_gib <= ownroot.MAX_DISK_GIB:
+                    raise SandboxError(400, f"invalid disk {disk_gib:g} GiB: at most {ownroot.MAX_DISK_GIB}")
+                spec.disk_gib = disk_gib
             running = self.running.get(sandbox_id)
             if running is not None:
                 used = (await asyncio.to_thread(running.group.stats)).get("memory_bytes")
@@ -731,6 +878,8 @@ class Runtime:
     def _mountable(self, target: str) -> bool:
         """bwrap creates a missing mount point only inside what is writable while it sets
         up (the sandbox's binds and tmpfs); the host root is bound read-only."""
+        if self.rootfs_mode == "snapshot":
+            return True  # its own root is writable: the launcher makes the mount point
         writable = (HOME_INSIDE, "/tmp", "/home", "/run", "/var/tmp", str(self.root))
         return any(target.startswith(w + "/") for w in writable) or os.path.isdir(target)
 
@@ -743,7 +892,8 @@ class Runtime:
 
     async def _launch(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
                       egress: str, socket_path: Path, mounts: Sequence[Mount] = (), *,
-                      slot: Slot | None = None, spec: SandboxSpec | None = None) -> Running:
+                      slot: Slot | None = None, spec: SandboxSpec | None = None,
+                      root: Root | None = None) -> Running:
         """Start bwrap around the pre-importing entry; returns once it reports `pooled`.
 
         The daemon's socket is bound here, at `socket_path` in the runtime's private
@@ -756,19 +906,21 @@ class Runtime:
             if slot is not None:
                 await self._network_up(target, slot, spec)
             try:
-                running = await self._launch_with(target, uid, gid, limits, egress, socket_path, opened, slot)
+                running = await self._launch_with(target, uid, gid, limits, egress, socket_path, opened,
+                                                  slot, root)
             except BaseException:
                 if slot is not None:
                     await asyncio.shield(self._network_down(slot))
                 raise
             running.slot = slot
+            running.root = root
             return running
         finally:
             opened.close()  # bwrap holds its own copies once started
 
     async def _launch_with(self, target: SandboxDir, uid: int, gid: int, limits: Limits,
                            egress: str, socket_path: Path, opened: OpenedMounts,
-                           slot: Slot | None = None) -> Running:
+                           slot: Slot | None = None, root: Root | None = None) -> Running:
         name = f"{self._group_prefix}{os.urandom(5).hex()}"
         creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
@@ -792,13 +944,20 @@ class Runtime:
                 if slot is not None:
                     # bwrap (and so the whole sandbox) lives in the slot's network namespace.
                     argv += ["nsenter", f"--net={slot.netns_path}", "--"]
-                # A thread: the command line lists the host's /etc (sandbox.etc_mounts).
-                argv += await asyncio.to_thread(
-                    bwrap_argv, target, state_root=self.root, egress=egress, python=self.python,
-                    terminal_port=self.terminal_port,
-                    run_as=(uid, gid) if os.geteuid() == 0 else None,
-                    listen_fd=listener.fileno(), seccomp_fd=syscall_filter,
-                    mounts=opened.binds, groups=opened.groups)
+                try:
+                    if root is not None:
+                        argv += await asyncio.to_thread(self._launcher_argv, target, root, egress,
+                                                        listener.fileno(), syscall_filter, opened)
+                    else:
+                        # A thread: the command line lists the host's /etc (sandbox.etc_mounts).
+                        argv += await asyncio.to_thread(
+                            bwrap_argv, target, state_root=self.root, egress=egress, python=self.python,
+                            terminal_port=self.terminal_port,
+                            run_as=(uid, gid) if os.geteuid() == 0 else None,
+                            listen_fd=listener.fileno(), seccomp_fd=syscall_filter,
+                            mounts=opened.binds, groups=opened.groups)
+                except RuntimeError as exc:  # runtime/codemount.py: an interpreter it cannot bring in
+                    raise SandboxError(500, f"cannot start the sandbox's daemon: {exc}") from None
                 env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                        **self.backend.launch_env(group)}
                 with open(open_private_append(target.log), "ab") as logfile:  # noqa: ASYNC230 - a local file, opened once
@@ -820,6 +979,18 @@ class Runtime:
                 await asyncio.shield(asyncio.to_thread(group.remove))
             raise
         return running
+
+    def _launcher_argv(self, target: SandboxDir, root: Root, egress: str, listen_fd: int,
+                       seccomp_fd: int, opened: OpenedMounts) -> builtins.list[str]:
+        assert self.snapshots is not None
+        resolv = target.path / "etc" / "resolv.conf"  # written by _network_up (egress "nat")
+        hosts = target.path / "etc" / "hosts"  # a linked follower's (_network_up)
+        return ownroot.launcher_argv(
+            sandbox_dir=target.path, layers=[self.snapshots.layer_path(d) for d in root.layers],
+            id_base=root.id_base, egress=egress, listen_fd=listen_fd, seccomp_fd=seccomp_fd,
+            python=self.python, terminal_port=0 if egress == "host" else self.terminal_port,
+            volumes=opened.binds, volume_gids=opened.groups, resolv_conf=resolv.read_text() if resolv.exists() else None,
+            hosts=hosts.read_text() if hosts.exists() else None)
 
     async def _expect(self, running: Running, marker: bytes) -> None:
         assert running.process.stdout is not None
@@ -934,15 +1105,26 @@ class Runtime:
             await self._pool_wakeup.wait()
 
     async def _new_pooled(self) -> Running:
-        uid, gid = await self._allocate_uid()
+        root: Root | None = None
+        wanted = self._wanted_root(None, None)
+        if wanted is not None:
+            root = await self._allocate_root(*wanted)
+            uid = gid = root.id_base + ownroot.USER_ID_INSIDE
+            self._uids.add(uid)
+        else:
+            uid, gid = await self._allocate_uid()
         name = f"pool-{os.urandom(5).hex()}"
         target = SandboxDir(self.pool_dir / name)
-        await asyncio.to_thread(target.create, uid, gid)
-        slot = await self._allocate_slot() if self.default_egress == "nat" else None
+        slot = None
         try:
+            if root is not None:
+                await asyncio.to_thread(target.create_rooted, root.disk_gib)
+            else:
+                await asyncio.to_thread(target.create, uid, gid)
+            slot = await self._allocate_slot() if self.default_egress == "nat" else None
             # Blocked until claimed: the claim applies the sandbox's own policy.
             return await self._launch(target, uid, gid, self.default_limits, self.default_egress,
-                                      sockets.pooled_socket_path(self.root, name), slot=slot)
+                                      sockets.pooled_socket_path(self.root, name), slot=slot, root=root)
         except BaseException:
             target.remove()
             self._uids.discard(uid)

@@ -27,6 +27,7 @@ from typing import Any
 from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.limits import Limits
 from runtime.private import DIR_MODE, write_private
+from runtime.ownroot import DISK_IMAGE, STAGING, make_disk
 from runtime.volumes import Mount
 
 USER = "daytona"
@@ -75,6 +76,17 @@ class SandboxSpec:
     # A linked follower: its owner's id, and the names the owner answers to in its /etc/hosts.
     link_to: str | None = None
     link_names: tuple[str, ...] = ()
+    # Its own root (runtime/ownroot.py): the snapshot it was made from, that snapshot's layer
+    # digests then (so a deleted snapshot's sandboxes keep working), the base of its own
+    # 65536 host ids (uid above is base + 1000, its user and daemon) and its disk quota.
+    snapshot: str | None = None
+    layers: tuple[str, ...] = ()
+    id_base: int | None = None
+    disk_gib: float = 0
+
+    @property
+    def rooted(self) -> bool:
+        return self.id_base is not None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +96,8 @@ class SandboxSpec:
             "mounts": [m.to_json() for m in self.mounts], "address": self.address,
             "block_all": self.block_all, "allow_list": list(self.allow_list),
             "domains": list(self.domains), "link_to": self.link_to, "link_names": list(self.link_names),
+            "snapshot": self.snapshot, "layers": list(self.layers), "id_base": self.id_base,
+            "disk_gib": self.disk_gib,
         }
 
     @classmethod
@@ -99,6 +113,9 @@ class SandboxSpec:
             allow_list=tuple(data.get("allow_list") or ()),
             domains=tuple(data.get("domains") or ()), link_to=data.get("link_to"),
             link_names=tuple(data.get("link_names") or ()),
+            snapshot=data.get("snapshot"), layers=tuple(data.get("layers") or ()),
+            id_base=None if data.get("id_base") is None else int(data["id_base"]),
+            disk_gib=float(data.get("disk_gib") or 0),
         )
 
 
@@ -145,6 +162,20 @@ class SandboxDir:
         (self.path / "etc" / "group").write_text(
             f"root:x:0:\n{USER}:x:{gid}:\nnogroup:x:65534:\n"
         )
+
+    @property
+    def disk(self) -> Path:
+        return self.path / DISK_IMAGE
+
+    def create_rooted(self, disk_gib: float) -> None:
+        """The directory of a sandbox with its own root: its disk image (made once), the
+        launcher's staging mount point and the venv config the code mount binds."""
+        for d in (self.path, self.path / STAGING, self.path / "etc"):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, DIR_MODE)
+        (self.path / "etc" / "pyvenv.cfg").write_text(PYVENV_CFG)
+        if not self.disk.exists():
+            make_disk(self.disk, disk_gib)
 
     def save(self, spec: SandboxSpec) -> None:
         # 0600: the environment in it may carry secrets (the control plane injects them).

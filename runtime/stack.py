@@ -21,11 +21,14 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anyio
 import httpx
 
+from controlplane.backend import Resources
 from controlplane.auth import DEFAULT_ORGANIZATION, new_key
 from controlplane.plane import ControlPlane, PlaneConfig
 from controlplane.sandboxes.routes import PublicUrls
+from mcpserver.http import McpEndpoint
 from runtime import codemount
 from runtime.backend import LocalBackend
 from runtime.limits import Limits
@@ -84,6 +87,8 @@ class StackConfig:
     dns: str | None = None
     # Snapshot layers (runtime/snapshots.py): STATE/layers unless shared.
     layers_dir: Path | None = None
+    # "host" (bwrap over the host's root) or "snapshot" (own roots); None: RUNTIME_ROOTFS.
+    rootfs: str | None = None
 
 
 class Stack:
@@ -105,12 +110,14 @@ class Stack:
         control_dir.mkdir(exist_ok=True)
         os.chmod(control_dir, 0o700)  # uvicorn makes the socket 0666; the directory guards it
         self.control_socket = control_dir / "api.sock"
+        self.snapshots = SnapshotStore(state, layers_dir=config.layers_dir)
         # Idle auto-stop is the control plane's (autoStopInterval, from the proxy's activity).
         self.runtime = Runtime(state, pool_size=config.pool_size, limits=config.limits,
                                idle_timeout=0, write_registry=False, restart_crashed=False,
                                network=config.network, network_block_all=config.network_block_all,
-                               dns=config.dns)
-        self.snapshots = SnapshotStore(state, layers_dir=config.layers_dir)
+                               dns=config.dns, rootfs_mode=config.rootfs,
+                               # The control plane's default disk: pooled sandboxes have it.
+                               disk_gib=float(Resources().disk), snapshots=self.snapshots)
         self.backend = LocalBackend(self.runtime, snapshots=self.snapshots)  # image builds go to the same store
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
@@ -123,6 +130,9 @@ class Stack:
         # The main job's background work (the proxy's watcher, restarting what a crash
         # stopped) runs in one task group, open from start() to the end of stop().
         self.tasks = TaskOwner()
+        # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
+        # API and toolboxes through the proxy, with the caller's own key.
+        self.mcp = McpEndpoint(self._known_key, self.api_url, spawn=self.tasks.spawn)
         self._lifetime = AsyncExitStack()
         self._watch: BackgroundTask | None = None
         self._restarting: BackgroundTask | None = None
@@ -189,6 +199,9 @@ class Stack:
         await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
         await self._start_proxy()
         self.plane.run_policies()
+
+    async def _known_key(self, key: str) -> bool:
+        return await anyio.to_thread.run_sync(self.plane.keys.authenticate, key) is not None
 
     async def ensure_default_snapshot(self) -> None:
         """Build the default snapshot on the first start (a minute or so, its progress
@@ -273,6 +286,7 @@ class Stack:
         if self._restarting is not None:
             self._restarting.cancel()
             await self._restarting.wait()
+        await self.mcp.aclose()  # MCP calls in flight end before their sandboxes do
         await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
         await self.runtime.close()
         if self.proxy is not None and self.proxy.returncode is None:

@@ -76,6 +76,14 @@ class UidRange:
                                              "next": self.next}).encode())
 
 
+def sandbox_range(state_root: Path, host_ranges: Path | None = None) -> int:
+    """The base of a new range of RANGE_SIZE host ids for one sandbox with its own root
+    (its user namespace maps ids 0-65535 onto it: root inside is the base). Recorded in the
+    host-wide list under `state_root`, so it is never handed out again while that state
+    dir, where the sandbox's disk lives, or any process with one of its ids remains."""
+    return _reserve(host_ranges or HOST_RANGES, state_root, None)
+
+
 def _reserve(host_ranges: Path, state_root: Path, base: int | None) -> int:
     """The base of `state_root`'s range in the host-wide list: `base` (re-recorded if the
     list lost it), else an abandoned range (see the module doc), else the first range

@@ -24,6 +24,7 @@ import pytest
 
 from runtime.codemount import PYVENV_CFG, code_mount
 from runtime.snapshots import Snapshot, SnapshotStore, tree_digest
+from tests.proxy_helpers import stop
 
 DEFAULT_DIR = Path("/var/tmp/sandbox-toolbox-test-layers")
 ENV = "SANDBOX_TOOLBOX_TEST_LAYERS"
@@ -134,12 +135,7 @@ def daemon_in(root: Path, tmp: Path, env: dict[str, str] | None = None) -> Itera
         client.close()
     finally:
         listener.close()
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         log.close()
 
 

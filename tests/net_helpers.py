@@ -10,11 +10,14 @@ on a private range, standing in for the host's other private networks.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import random
 import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +179,25 @@ def lan() -> Namespace:
     ns = Namespace("lan", f"{LAN_NET}.254", [LAN_ADDRESS], 24)
     ns.serve()
     return ns
+
+
+@contextlib.contextmanager
+def internet_and_lan(names: dict[str, str] | None = None) -> Iterator[tuple[Namespace, Namespace]]:
+    """The fake internet and the private network beside it, both gone on leaving."""
+    inet = internet(names)
+    try:
+        private = lan()
+        try:
+            yield inet, private
+        finally:
+            private.close()
+    finally:
+        inet.close()
+
+
+def runtime_range() -> str:
+    """A /24 of the default 10.213.0.0/16 that no main job on this machine would reach first."""
+    return f"10.213.{random.randrange(128, 250)}.0/24"
 
 
 # Runs inside a sandbox: one line per target `host:port`, "open <reply>" or "closed <why>".

@@ -174,12 +174,12 @@ def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token:
 
 
 def cgroup_dirs(stack: Stack, sandbox_id: str) -> list[Path]:
-    """The cgroup directories holding the sandbox's bwrap, found by the sandbox's own uid
-    (the owner of its home; bwrap's command line drops to it with `setpriv --reuid=`)."""
+    """The cgroup directories holding the sandbox, found by its own uid (`uid` in its
+    sandbox.json: the uid its processes run as on the host, with bwrap or its own root)."""
     import hashlib
+    import json
 
-    uid = (stack.state_dir / "sandboxes" / sandbox_id / "home").stat().st_uid
-    marker = f"\0--reuid={uid}\0".encode()
+    uid = json.loads((stack.state_dir / "sandboxes" / sandbox_id / "sandbox.json").read_text())["uid"]
     # Every runtime numbers its uids from the same base: only this main job's groups count.
     prefix = "sbx-" + hashlib.sha256(str(stack.state_dir.resolve()).encode()).hexdigest()[:8] + "-"
     found = []
@@ -188,8 +188,15 @@ def cgroup_dirs(stack: Stack, sandbox_id: str) -> list[Path]:
             pids = (group / "cgroup.procs").read_text().split()
         except OSError:
             continue
-        if any(marker in procfs.cmdline(int(pid)) for pid in pids):
-            found.append(group)
+        for pid in pids:
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue  # ended meanwhile
+            uids = next((line.split()[1:] for line in status.splitlines() if line.startswith("Uid:")), [])
+            if str(uid) in uids:
+                found.append(group)
+                break
     return found
 
 

@@ -6,7 +6,6 @@ Traffic only between the host and namespaces these tests make (tests/net_helpers
 from __future__ import annotations
 
 import json
-import random
 import socket
 import subprocess
 import threading
@@ -21,7 +20,7 @@ from runtime.network import Network, NetworkError
 from tests.net_helpers import (
     DNS_ANSWER, DNS_NAME, dns_reply, INTERNET_A, INTERNET_B, INTERNET_C, INTERNET_HIGH, INTERNET_HOST, INTERNET_LOW,
     INTERNET_NET, LAN_ADDRESS, UNROUTED_NET, Namespace,
-    internet, is_root, lan, probe, python_command, sh, wait_for,
+    internet_and_lan, is_root, probe, python_command, runtime_range, sh, wait_for,
 )
 from tests.runtime_direct import DirectRuntime
 from tests.runtime_helpers import needs_bwrap
@@ -33,27 +32,13 @@ A, B = f"{INTERNET_A}:80", f"{INTERNET_B}:80"
 
 @pytest.fixture(scope="module")
 def nets() -> Iterator[tuple[Namespace, Namespace]]:
-    inet = internet()
-    try:
-        private = lan()
-    except BaseException:
-        inet.close()
-        raise
-    try:
-        yield inet, private
-    finally:
-        private.close()
-        inet.close()
-
-
-def _range() -> str:
-    # A /24 of the default 10.213.0.0/16 no main job on this machine would reach first.
-    return f"10.213.{random.randrange(128, 250)}.0/24"
+    with internet_and_lan() as both:
+        yield both
 
 
 @pytest.fixture(scope="module")
 def rt(nets: tuple[Namespace, Namespace], tmp_path_factory: pytest.TempPathFactory) -> Iterator[DirectRuntime]:
-    direct = DirectRuntime(tmp_path_factory.mktemp("net") / "state", network=_range(), dns=INTERNET_A)
+    direct = DirectRuntime(tmp_path_factory.mktemp("net") / "state", network=runtime_range(), dns=INTERNET_A)
     try:
         yield direct
     finally:
@@ -151,7 +136,7 @@ def test_dns_reaches_a_resolver_on_the_hosts_loopback(
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    direct = DirectRuntime(tmp_path / "state", network=_range(), dns=resolver)
+    direct = DirectRuntime(tmp_path / "state", network=runtime_range(), dns=resolver)
     try:
         sid = _create(direct)
         lookup = f"import socket; print(socket.gethostbyname('{DNS_NAME}'))"
@@ -348,7 +333,7 @@ def test_other_host_users_cannot_connect_into_a_sandbox(rt: DirectRuntime) -> No
 
 def test_pooled_sandboxes_get_their_address_and_policy_at_claim(
         nets: tuple[Namespace, Namespace], tmp_path: Path) -> None:
-    direct = DirectRuntime(tmp_path / "state", network=_range(), dns=INTERNET_A, pool_size=1)
+    direct = DirectRuntime(tmp_path / "state", network=runtime_range(), dns=INTERNET_A, pool_size=1)
     try:
         direct.run(direct.runtime.wait_pool_ready())
         pooled = direct.runtime.pool[0]
@@ -366,7 +351,7 @@ def test_pooled_sandboxes_get_their_address_and_policy_at_claim(
 def test_the_runtime_cleans_up_at_stop_and_sweeps_a_crashed_runs_leftovers(
         nets: tuple[Namespace, Namespace], tmp_path: Path) -> None:
     state = tmp_path / "state"
-    direct = DirectRuntime(state, network=_range(), dns=INTERNET_A)
+    direct = DirectRuntime(state, network=runtime_range(), dns=INTERNET_A)
     net = direct.runtime.net
     assert net is not None
     sid = _create(direct)

@@ -21,8 +21,8 @@ import pytest
 
 from runtime.manager import SandboxError
 from tests.net_helpers import (
-    INTERNET_A, INTERNET_B, INTERNET_HOST, INTERNET_LOW, LAN_ADDRESS, Namespace, internet, is_root, lan, probe, python_command, sh,
-    wait_for,
+    INTERNET_A, INTERNET_B, INTERNET_HOST, INTERNET_LOW, LAN_ADDRESS, Namespace, internet_and_lan, is_root, probe,
+    python_command, runtime_range, sh, wait_for,
 )
 from tests.controlplane_helpers import extra_key
 from tests.runtime_direct import DirectRuntime
@@ -39,26 +39,13 @@ NAMES = {"allowed.test": INTERNET_A, "cdn.allowed.test": INTERNET_A, "other.test
 
 @pytest.fixture(scope="module")
 def inet() -> Iterator[Namespace]:
-    ns = internet(NAMES)
-    try:
-        private = lan()
-    except BaseException:
-        ns.close()
-        raise
-    try:
+    with internet_and_lan(NAMES) as (ns, _private):
         yield ns
-    finally:
-        private.close()
-        ns.close()
-
-
-def _range() -> str:
-    return f"10.213.{random.randrange(128, 250)}.0/24"
 
 
 @pytest.fixture(scope="module")
 def rt(inet: Namespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DirectRuntime]:
-    direct = DirectRuntime(tmp_path_factory.mktemp("dom") / "state", network=_range(), dns=INTERNET_A)
+    direct = DirectRuntime(tmp_path_factory.mktemp("dom") / "state", network=runtime_range(), dns=INTERNET_A)
     try:
         yield direct
     finally:
@@ -195,7 +182,7 @@ def test_the_resolver_is_unprivileged_private_and_stopped_with_its_sandbox(rt: D
 
 def test_a_crashed_runtimes_resolvers_are_swept(inet: Namespace, tmp_path: Path) -> None:
     state = tmp_path / "state"
-    network = _range()
+    network = runtime_range()
     code = f"""
 import os, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
@@ -326,7 +313,7 @@ def test_a_link_needs_an_owner_that_exists_and_is_not_itself_linked(rt: DirectRu
 
 @pytest.fixture(scope="module")
 def stack(inet: Namespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {"RUNTIME_SANDBOX_NETWORK": _range(), "RUNTIME_SANDBOX_DNS": INTERNET_A, "RUNTIME_NETWORK_BLOCK_ALL": "0"}
+    env = {"RUNTIME_SANDBOX_NETWORK": runtime_range(), "RUNTIME_SANDBOX_DNS": INTERNET_A, "RUNTIME_NETWORK_BLOCK_ALL": "0"}
     running = start_stack(tmp_path_factory.mktemp("domstack"), "--no-sandbox", pool_size=1, extra_env=env)
     yield running
     running.stop()
