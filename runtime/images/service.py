@@ -47,7 +47,9 @@ class LocalImages:
                  confinement: Callable[[], Confinement | None] | None = None) -> None:
         self.store = store
         store.clean_partial()  # the trees of builds a dead process left
-        importer = ImageImporter(store, state_root / "images")
+        # Image configs beside the layers they describe: stores sharing a layers dir (test
+        # stacks, several state dirs) then share imports, not only the layers' records.
+        importer = ImageImporter(store, store.layers_dir / ".image-configs")
         self.builder = Builder(store, importer, snapshots=self._snapshot_base, confinement=confinement,
                                id_base=build_id_range(state_root / "images"))
 
