@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -110,3 +111,26 @@ class SandboxBackend(Protocol):
     def preview_address(self, sandbox_id: str) -> str | None:
         """The sandbox's own IPv4 address, which the proxy connects to for previews in one
         hop; None: previews go through the daemon's /proxy/{port} route."""
+
+
+class BuiltImage(Protocol):
+    size: int
+    entrypoint: list[str] | None
+    layers: tuple[str, ...]
+
+
+class ImageBuilder(Protocol):
+    """Optional beside a SandboxBackend (its `images` attribute): snapshots built from
+    Dockerfile text, named by the control plane's own store name for them."""
+
+    def check(self, dockerfile: str) -> str | None:
+        """Why the Dockerfile cannot be built here (a 400 before anything runs), or None."""
+
+    async def build(self, name: str, dockerfile: str, log: Callable[[str], None]) -> BuiltImage:
+        """Build it, output lines to `log` as they come; raises an exception whose
+        message says why it failed."""
+
+    async def remove(self, name: str, in_use: set[str] | None) -> None:
+        """Forget the snapshot; layers outside `in_use` (the layers existing sandboxes are
+        made of) that nothing else names go. None: which layers sandboxes use is not
+        known, so every layer stays."""

@@ -106,6 +106,11 @@ class ControlPlane:
         if self._policy_task is not None:
             self._policy_task.cancel()
             await asyncio.gather(self._policy_task, return_exceptions=True)
+        await self.resources.close()  # running builds end build_failed, recorded
+        builds = list(self.sandboxes.builds)
+        for task in builds:
+            task.cancel()
+        await asyncio.gather(*builds, return_exceptions=True)
         await self.events.close()
         await anyio.to_thread.run_sync(self.engine.dispose)
 

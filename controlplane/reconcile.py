@@ -48,6 +48,14 @@ async def reconcile(plane: ControlPlane, *, at_start: bool = True) -> list[str]:
     existing = await plane.backend.status()
     for record in records.values():
         have = existing.get(record.id)
+        if record.state in (State.PENDING_BUILD, State.BUILDING_SNAPSHOT):
+            # Its build belonged to a process that is gone (the snapshot's record says so too).
+            if at_start and await _settle(plane, record, State.BUILD_FAILED.value,
+                                          "the control plane restarted during the image build"):
+                changes.append(f"{record.id}: its image build was interrupted, now build_failed")
+            continue
+        if record.state == State.BUILD_FAILED:
+            continue  # nothing was ever made in the backend
         if not at_start and (record.pending or record.state == State.UNKNOWN):
             continue
         if record.state == State.UNKNOWN:

@@ -8,7 +8,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import anyio
 from starlette.routing import BaseRoute
+
+from controlplane.backend import ImageBuilder
+from controlplane.events import room
 
 from controlplane.previews import routes as preview_routes
 from controlplane.previews.service import PreviewService
@@ -18,6 +22,8 @@ from controlplane.secrets import routes as secret_routes
 from controlplane.secrets.records import SecretRecords
 from controlplane.secrets.service import SecretService
 from controlplane.snapshots import routes as snapshot_routes
+from controlplane.snapshots.logs import BuildLogs
+from controlplane.snapshots.records import SnapshotRecord, SnapshotRecords
 from controlplane.snapshots.service import SnapshotService
 from controlplane.volumes import routes as volume_routes
 from controlplane.volumes.records import VolumeRecords
@@ -37,7 +43,12 @@ class ResourcePlane:
         self.plane = plane
         self.volumes = VolumeService(VolumeRecords(plane.engine), plane.records,
                                      VolumeStorage(plane.config.state_dir / "volumes"))
-        self.snapshots = SnapshotService()
+        backend_images: ImageBuilder | None = getattr(plane.backend, "images", None)
+        self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(plane.config.state_dir / "build-logs"),
+                                         backend_images, in_use=self._snapshot_in_use,
+                                         layers_in_use=getattr(plane.backend, "layers_in_use", None))
+        self.snapshots.listeners.append(self._snapshot_event)
+        plane.sandboxes.snapshots = self.snapshots
         self.secrets = SecretService(SecretRecords(plane.engine))
         self.previews = PreviewService(plane.sandboxes, plane.records, plane.view, plane.config.preview_secret)
         self.settings = SandboxSettings(plane.sandboxes, plane.records, self.secrets, plane.backend)
@@ -48,17 +59,36 @@ class ResourcePlane:
         plane.view.decorators.append(self.previews.decorate)
         self.secrets.listeners.append(self.settings.reapply)
 
+    async def _snapshot_in_use(self, organization_id: str, name: str) -> bool:
+        records = self.snapshots.records
+        return await anyio.to_thread.run_sync(records.sandboxes_running, organization_id, name) > 0
+
+    async def _snapshot_event(self, event: str, record: SnapshotRecord | None, old: str | None,
+                              new: str | None) -> None:
+        """Daytona's snapshot events (§2.3.2) to the snapshot's organization."""
+        if record is None or not record.organization_id:
+            return
+        dto = snapshot_routes.snapshot_dto(record)
+        payload = {"snapshot": dto, "oldState": old, "newState": new} if event == "snapshot.state.updated" else dto
+        await self.plane.events.server.emit(event, payload, room=room(record.organization_id))
+
+    async def close(self) -> None:
+        await self.snapshots.close()
+
     async def open(self) -> None:
+        await self.snapshots.open()
         orphans = await self.volumes.sweep()
         if orphans:
             log.warning("removed %d volume directories without a record: %s", len(orphans), ", ".join(orphans))
         await self.warm_pools.open()
 
     def routes(self) -> list[BaseRoute]:
+        from controlplane.app import API_PREFIX  # the app imports the plane, which imports this
+
         urls = self.plane.urls
         return [
             *volume_routes.routes(self.volumes),
-            *snapshot_routes.routes(self.snapshots),
+            *snapshot_routes.routes(self.snapshots, self.plane.sandboxes, f"{urls.base}{API_PREFIX}"),
             *secret_routes.routes(self.secrets),
             *warm_pool_routes.routes(self.warm_pools),
             *preview_routes.routes(self.previews, urls),

@@ -9,6 +9,7 @@ only recorded otherwise.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,12 @@ from controlplane.backend import (
     Existence,
     Resources,
 )
+from runtime.images.service import LocalImages
+from runtime.images.steps import Confinement
 from runtime.limits import Limits
 from runtime.manager import Runtime, SandboxError
 from runtime.sandbox import SandboxDir
+from runtime.snapshots import SnapshotStore
 from runtime.volumes import Mount
 
 
@@ -37,9 +41,16 @@ def _limits(runtime: Runtime, resources: Resources) -> Limits:
 
 
 class LocalBackend:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, snapshots: SnapshotStore | None = None) -> None:
         self.runtime = runtime
         self.initial_pool_size = runtime.pool_size  # the warm pools' floor
+        # Image builds (controlplane.backend.ImageBuilder) need root: idmapped mounts.
+        self.images: LocalImages | None = None
+        if os.geteuid() == 0:
+            store = snapshots or getattr(runtime, "snapshots", None) or SnapshotStore(runtime.root)
+            # Build steps get the runtime's cgroup backend and default sandbox limits.
+            self.images = LocalImages(store, runtime.root, lambda: Confinement(
+                runtime.backend, runtime.default_limits, f"{runtime._group_prefix}build-"))
 
     async def create(self, request: CreateRequest) -> None:
         mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
@@ -61,8 +72,14 @@ class LocalBackend:
         else:
             # Without root: loopback only, or the host's network when asked (docs/runtime.md).
             kwargs["egress"] = "host" if request.network else "none"
+        if request.snapshot != "default" and self.runtime.rootfs_mode != "snapshot":
+            raise BackendError(400, f"snapshot {request.snapshot!r} needs sandboxes with their own root "
+                                    "(RUNTIME_ROOTFS=snapshot); on the host's root only the default snapshot runs")
+        env = request.env
+        if request.snapshot != "default" and self.images is not None:
+            env = {**self.images.environment(request.snapshot), **request.env}  # the image's ENV
         try:
-            await self.runtime.create(request.sandbox_id, env=request.env, limits=limits, mounts=mounts,
+            await self.runtime.create(request.sandbox_id, env=env, limits=limits, mounts=mounts,
                                       **kwargs)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
@@ -144,6 +161,14 @@ class LocalBackend:
             await self.runtime.set_env(sandbox_id, env)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
+
+    async def layers_in_use(self) -> set[str] | None:
+        """Every layer a sandbox of this runtime is made of (for `SnapshotStore.collect`
+        after a snapshot is deleted); None while sandboxes do not record their layers."""
+        specs = list(self.runtime.specs.values())
+        if not all(hasattr(spec, "layers") for spec in specs):
+            return None
+        return {digest for spec in specs for digest in getattr(spec, "layers", ())}
 
     def set_pool_size(self, size: int) -> None:
         """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""

@@ -118,7 +118,7 @@ class Stack:
                                dns=config.dns, rootfs_mode=config.rootfs,
                                # The control plane's default disk: pooled sandboxes have it.
                                disk_gib=float(Resources().disk), snapshots=self.snapshots)
-        self.backend = LocalBackend(self.runtime)
+        self.backend = LocalBackend(self.runtime, snapshots=self.snapshots)  # image builds go to the same store
         self.registry_path = state / "registry.json"
         self.plane = ControlPlane(
             PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),

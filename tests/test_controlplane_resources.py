@@ -8,6 +8,8 @@ import time
 from typing import Any
 
 import httpx
+from pathlib import Path
+
 import pytest
 
 from tests.controlplane_helpers import daytona, other_key_fixture, stack_fixture
@@ -191,7 +193,9 @@ def test_the_default_snapshot_is_listed_gettable_and_cannot_be_deleted(stack: St
         sandbox.delete()
 
 
-def test_image_builds_say_they_are_not_available_and_create_nothing(stack: Stack) -> None:
+def test_images_with_local_files_are_refused_and_create_nothing(stack: Stack, tmp_path: Path) -> None:
+    # Image builds themselves: tests/test_controlplane_images.py. What cannot work here (no
+    # object storage for the SDK's context upload) is refused before anything is recorded.
     from daytona import (
         CreateSandboxFromImageParams,
         CreateSnapshotParams,
@@ -201,12 +205,13 @@ def test_image_builds_say_they_are_not_available_and_create_nothing(stack: Stack
 
     d = daytona(stack)
     before = {s.id for s in d.list()}
-    with pytest.raises(DaytonaError, match="not available yet"):
-        d.snapshot.create(CreateSnapshotParams(name="mine", image=Image.debian_slim("3.12").pip_install("numpy")))
-    with pytest.raises(DaytonaError, match="not available yet"):
-        d.snapshot.create(CreateSnapshotParams(name="mine", image="python:3.12"))
-    with pytest.raises(DaytonaError, match="not available yet"):
-        d.create(CreateSandboxFromImageParams(image=Image.debian_slim("3.12")))
+    local = tmp_path / "requirements.txt"
+    local.write_text("numpy\n")
+    image = Image.debian_slim("3.12").pip_install_from_requirements(str(local))
+    with pytest.raises(DaytonaError, match="no S3-compatible object storage"):
+        d.snapshot.create(CreateSnapshotParams(name="mine", image=image))
+    with pytest.raises(DaytonaError, match="no S3-compatible object storage"):
+        d.create(CreateSandboxFromImageParams(image=image))
     assert d.snapshot.list().total == 1
     assert {s.id for s in d.list()} == before
 

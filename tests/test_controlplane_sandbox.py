@@ -166,8 +166,14 @@ def test_bad_input_raises_the_sdks_precise_exceptions_and_creates_nothing(stack:
     before = {s.id for s in d.list()}
     with pytest.raises(DaytonaValidationError, match="Snapshot no-such-snapshot not found"):
         d.create(CreateSandboxFromSnapshotParams(snapshot="no-such-snapshot"))
-    with pytest.raises(DaytonaError, match="not available yet"):
+    # The SDK's message carries the reason only when it polled (a Socket.IO event updates
+    # the state alone); the sandbox, kept as upstream keeps it, always does.
+    with pytest.raises(DaytonaError, match="(?i)build_failed"):
         d.create(CreateSandboxFromImageParams(image="debian:12"))
+    failed = [s for s in d.list() if s.state == "build_failed"]
+    assert failed and "cannot pull debian:12" in failed[0].error_reason  # docker.io: unreachable here
+    for sandbox in failed:
+        d.delete(sandbox)
     named = d.create(CreateSandboxFromSnapshotParams(name="only-one"))
     try:
         with pytest.raises(DaytonaConflictError, match="already exists"):

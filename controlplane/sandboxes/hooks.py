@@ -28,3 +28,21 @@ class CreateHook(Protocol):
     async def prepare(self, principal: Principal, body: CreateSandbox, prepared: Prepared) -> None: ...
 
     async def confirm(self, principal: Principal, record: SandboxRecord) -> None: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """The snapshot a sandbox is made of: its name (as recorded and shown), its name in the
+    backend's store, and the id of the snapshot build it waits for (None: ready now)."""
+
+    name: str
+    store_name: str | None
+    building: str | None = None
+
+
+class SnapshotSource(Protocol):
+    async def resolve(self, principal: Principal, body: CreateSandbox) -> Source:
+        """The snapshot or build a create names (400 if unknown, not active, or not buildable)."""
+
+    async def ready(self, source: Source) -> str:
+        """Wait for the build; the store name, or an exception whose message says why it failed."""

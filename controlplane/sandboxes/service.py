@@ -8,7 +8,9 @@ itself is shielded from cancellation: a client that hangs up does not leave it h
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import re
@@ -27,7 +29,7 @@ from controlplane.errors import ApiError, BadRequest, NotFound, NotImplementedYe
 from controlplane.proxyview import ProxyView
 from controlplane.sandboxes import states
 from controlplane.sandboxes.dto import CreateSandbox
-from controlplane.sandboxes.hooks import CreateHook, Prepared
+from controlplane.sandboxes.hooks import CreateHook, Prepared, SnapshotSource, Source
 from controlplane.sandboxes.records import SandboxRecord, SandboxRecords
 from controlplane.sandboxes.states import State
 from runtime.dns import DnsError, parse_domain_list
@@ -146,6 +148,8 @@ class SandboxService:
         self.view = view
         self.default_auto_stop = default_auto_stop
         self.hooks: list[CreateHook] = []  # other resources' part of a create (controlplane/sandboxes/hooks.py)
+        self.snapshots: SnapshotSource | None = None  # which snapshot a create names (None: default only)
+        self.builds: set[asyncio.Task[None]] = set()  # creates waiting for their image's build
 
     # -- reads --------------------------------------------------------------------------
     async def get(self, principal: Principal, id_or_name: str) -> SandboxRecord:
@@ -175,13 +179,8 @@ class SandboxService:
 
     # -- create -------------------------------------------------------------------------
     async def create(self, principal: Principal, body: CreateSandbox) -> SandboxRecord:
-        if body.buildInfo is not None:
-            raise NotImplementedYet("Building sandboxes from images (CreateSandboxFromImageParams, Image.*) is "
-                                    "not available yet on this server: create from the default snapshot",
-                                    "IMAGE_BUILDS_UNAVAILABLE")
-        if body.snapshot not in (None, "", DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID):
-            raise BadRequest(f"Snapshot {body.snapshot} not found: the snapshots here are: {DEFAULT_SNAPSHOT}",
-                             "SNAPSHOT_NOT_FOUND")
+        if body.buildInfo is not None and body.snapshot:
+            raise BadRequest("give either snapshot or buildInfo (an image), not both", "INVALID_SNAPSHOT")
         if body.gpu or body.gpuType:
             raise BadRequest("GPUs are not available on this server", "GPU_UNAVAILABLE")
         if body.kvm:
@@ -206,6 +205,8 @@ class SandboxService:
             await hook.prepare(principal, body, prepared)
         if body.volumes and not prepared.mounts:
             raise NotImplementedYet("Volumes are not available on this server yet", "VOLUMES_UNAVAILABLE")
+        # Last of the checks: for an image, it starts (or joins) the snapshot's build.
+        source = await self._source(principal, body)
         sandbox_id = new_id()
         now = time.time()
         record = SandboxRecord(
@@ -219,8 +220,11 @@ class SandboxService:
             network_allow_list=",".join(allow_list) or None, domain_allow_list=",".join(domains) or None,
             linked_sandbox_id=owner.id if owner is not None else None,
             preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
-            snapshot=DEFAULT_SNAPSHOT, volumes=prepared.volumes, last_activity_at=now, extra=dict(prepared.extra),
+            snapshot=source.name, volumes=prepared.volumes, last_activity_at=now, extra=dict(prepared.extra),
         )
+        if source.building is not None:  # Daytona's pending_build -> building_snapshot -> started
+            record.state = State.PENDING_BUILD.value
+            record.extra["build_snapshot_id"] = source.building
         await anyio.to_thread.run_sync(self.records.insert, record)
         try:
             for hook in self.hooks:
@@ -233,8 +237,71 @@ class SandboxService:
                                 allow_list=allow_list, domain_allow_list=domains,
                                 link_to=owner.id if owner is not None else None,
                                 link_names=(owner.name,) if owner is not None else (),
-                                snapshot=record.snapshot or DEFAULT_SNAPSHOT)
+                                snapshot=source.store_name or DEFAULT_SNAPSHOT)
+        if source.building is not None:
+            self._spawn_after_build(record, request, source)
+            return record
         return await _shielded(lambda: self._bring_up(record, request))
+
+    async def _source(self, principal: Principal, body: CreateSandbox) -> Source:
+        if self.snapshots is not None:
+            return await self.snapshots.resolve(principal, body)
+        if body.buildInfo is not None:
+            raise NotImplementedYet("Building sandboxes from images (CreateSandboxFromImageParams, Image.*) is "
+                                    "not available on this server: create from the default snapshot",
+                                    "IMAGE_BUILDS_UNAVAILABLE")
+        if body.snapshot not in (None, "", DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID):
+            raise BadRequest(f"Snapshot {body.snapshot} not found: the snapshots here are: {DEFAULT_SNAPSHOT}",
+                             "SNAPSHOT_NOT_FOUND")
+        return Source(DEFAULT_SNAPSHOT, None)
+
+    def _spawn_after_build(self, record: SandboxRecord, request: CreateRequest, source: Source) -> None:
+        task = asyncio.ensure_future(self._after_build(record, request, source))
+        self.builds.add(task)
+        task.add_done_callback(self.builds.discard)
+
+    async def _after_build(self, record: SandboxRecord, request: CreateRequest, source: Source) -> None:
+        """The rest of a create from an image, in the background: wait for the snapshot's
+        build, then bring the sandbox up; a failed build leaves the record build_failed
+        with the build's reason (the SDK raises it), nothing else behind."""
+        assert self.snapshots is not None
+        organization = record.organization_id
+        try:
+            await anyio.to_thread.run_sync(lambda: self.records.change(
+                organization, record.id, state=State.BUILDING_SNAPSHOT.value))
+            store_name = await self.snapshots.ready(source)
+        except asyncio.CancelledError:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lambda: self.records.finish(
+                    record.id, State.BUILD_FAILED.value, "the control plane stopped during the build"))
+            raise
+        except Exception as exc:  # noqa: BLE001 -- the build's failure is the sandbox's outcome
+            reason = str(exc) or type(exc).__name__
+            await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.BUILD_FAILED.value, reason))
+            return
+        await anyio.to_thread.run_sync(lambda: self.records.change(organization, record.id,
+                                                                   state=State.UNKNOWN.value))
+        request = dataclasses.replace(request, snapshot=store_name)
+        await _shielded(lambda: self._bring_up_built(record, request))
+
+    async def _bring_up_built(self, record: SandboxRecord, request: CreateRequest) -> None:
+        """`_bring_up` for a create nobody waits on: a failure is recorded (`error` with the
+        reason, which the SDK's wait reports) rather than raised, and whatever the
+        backend made goes."""
+        try:
+            await self.backend.create(request)
+        except Exception as exc:  # noqa: BLE001 -- recorded for the client
+            try:
+                await self.backend.destroy(record.id)
+            except Exception as cleanup:  # noqa: BLE001 -- the original error matters more
+                log.warning("could not clean up sandbox %s after a failed create: %s", record.id, cleanup)
+            reason = exc.message if isinstance(exc, BackendError) else (str(exc) or type(exc).__name__)
+            await anyio.to_thread.run_sync(lambda: self.records.finish(
+                record.id, State.ERROR.value, f"Failed to create the sandbox: {reason}"))
+            return
+        await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.STARTED.value))
+        await self.view.publish()
+        await self.view.until_routed(record.id)
 
     async def _link_owner(self, principal: Principal, id_or_name: str, auto_delete: int) -> SandboxRecord:
         """Daytona's rules for `linkedSandbox`: an existing sandbox of the same organization

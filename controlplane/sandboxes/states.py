@@ -29,6 +29,9 @@ class State(str, Enum):
     RESTORING = "restoring"
     RESIZING = "resizing"
     ERROR = "error"
+    PENDING_BUILD = "pending_build"  # a create from an image, before its build started
+    BUILDING_SNAPSHOT = "building_snapshot"
+    BUILD_FAILED = "build_failed"
 
 
 class Desired(str, Enum):
@@ -50,6 +53,7 @@ _TRANSITIONAL: dict[tuple[str, str], State] = {
     ("archived", "started"): State.RESTORING,
     ("archived", "destroyed"): State.DESTROYING,
     ("error", "destroyed"): State.DESTROYING,
+    ("build_failed", "destroyed"): State.DESTROYING,
     ("error", "started"): State.STARTING,
     ("unknown", "started"): State.CREATING,
     ("unknown", "destroyed"): State.DESTROYING,
@@ -80,7 +84,8 @@ TRANSITIONS: dict[str, Transition] = {
                         frozenset({State.STARTED}), "start"),
     "stop": Transition(Desired.STOPPED, frozenset({State.STARTED}), frozenset(), "stop"),
     "destroy": Transition(Desired.DESTROYED,
-                          frozenset({State.STARTED, State.STOPPED, State.ARCHIVED, State.ERROR}),
+                          frozenset({State.STARTED, State.STOPPED, State.ARCHIVED, State.ERROR,
+                                     State.BUILD_FAILED}),
                           frozenset(), "delete"),
     "archive": Transition(Desired.ARCHIVED, frozenset({State.STOPPED}), frozenset({State.ARCHIVED}),
                           "archive"),

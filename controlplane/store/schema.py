@@ -122,3 +122,25 @@ warm_pools = Table(
     Column("updated_at", Float, nullable=False),
     UniqueConstraint("organization_id", "snapshot", "target", name="uq_warm_pools_organization_snapshot"),
 )
+
+snapshots = Table(
+    "snapshots", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("organization_id", String(36), ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("state", String(32), nullable=False),
+    Column("image_name", Text),
+    Column("dockerfile", Text),
+    Column("error_reason", Text),
+    Column("size", Float),
+    Column("entrypoint", JSON),
+    Column("cpu", Integer, nullable=False),
+    Column("gpu", Integer, nullable=False),
+    Column("mem", Integer, nullable=False),
+    Column("disk", Integer, nullable=False),
+    Column("store_name", String(64), nullable=False),  # its name in the runtime's snapshot store
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    UniqueConstraint("organization_id", "name", name="uq_snapshots_organization_name"),
+)

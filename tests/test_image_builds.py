@@ -1,0 +1,307 @@
+"""Images into layers, for real: a local docker-registry, skopeo and umoci, and RUN steps in
+build sandboxes (runtime/images/). Root only (idmapped mounts, a real uid range)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.images.builder import Builder, BuildError, Built
+from runtime.images.oci import ImageError, ImageImporter, registry_reference
+from runtime.images.steps import BUILD_ID_BASE
+from runtime.snapshots import SnapshotStore
+from tests.layer_helpers import default_snapshot
+from tests.image_helpers import local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`127.0.0.1:PORT/tiny:1`: a one-layer image of the host's shell tools, pushed to a
+    real registry."""
+    work = tmp_path_factory.mktemp("registry")
+    with local_registry(work / "registry") as address:
+        push_rootfs(tiny_rootfs(work / "rootfs"), work, f"{address}/tiny:1", env={"FROM_IMAGE": "yes"})
+        yield address
+
+
+def _builder(tmp_path: Path) -> tuple[SnapshotStore, Builder]:
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    return store, Builder(store, ImageImporter(store, tmp_path / "state" / "images"))
+
+
+def _build(builder: Builder, text: str) -> tuple[Built, list[str]]:
+    lines: list[str] = []
+    built = asyncio.run(builder.build(text, lines.append))
+    return built, lines
+
+
+def test_an_image_is_pulled_once_and_then_comes_from_the_cache(tmp_path: Path, registry: str) -> None:
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    importer = ImageImporter(store, tmp_path / "state" / "images")
+    lines: list[str] = []
+    first = asyncio.run(importer.import_image(registry_reference(f"{registry}/tiny:1"), lines.append))
+    assert any("Copying blob" in line for line in lines), lines  # skopeo really pulled it
+    assert first.config.env["FROM_IMAGE"] == "yes"
+    root = store.layer_path(first.layer)
+    assert (root / "usr/bin/sh").is_file() and (root / "usr/bin/sh").stat().st_uid == 0
+    lines.clear()
+    again = ImageImporter(store, tmp_path / "state" / "images")  # a new process: the cache is on disk
+    second = asyncio.run(again.import_image(registry_reference(f"{registry}/tiny:1"), lines.append))
+    assert second.layer == first.layer and second.digest == first.digest
+    assert not any("Copying blob" in line for line in lines), lines
+    assert not list(store.layers_dir.glob(".tmp-*"))
+
+
+def test_an_image_that_cannot_be_pulled_says_why(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    with pytest.raises(BuildError, match="cannot pull .*nope:1: .*manifest unknown"):
+        _build(builder, f"FROM {registry}/nope:1\n")
+    with pytest.raises(BuildError, match="cannot pull debian:bookworm-slim"):
+        _build(builder, "FROM debian:bookworm-slim\n")  # docker.io: unreachable here
+    with pytest.raises(ImageError, match="not an image reference"):
+        registry_reference("oci:/etc:x")  # a tenant never names the server's files
+    assert not list(store.layers_dir.glob(".tmp-*"))
+
+
+def test_a_build_runs_its_steps_and_keeps_their_config(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    built, lines = _build(builder, f"""ARG VERSION=1
+FROM {registry}/tiny:1
+ARG VERSION
+RUN echo building $VERSION; mkdir -p /opt/app; echo "v$VERSION" > /opt/app/version
+ENV GREETING='hello world' OTHER=x
+WORKDIR /srv/work
+RUN echo "$GREETING $OTHER $FROM_IMAGE" > note; pwd
+USER daytona
+RUN id -u; touch /tmp/mine; cp /usr/bin/true /tmp/setuid; chmod 4755 /tmp/setuid
+ENTRYPOINT ["sh", "-c"]
+CMD ["echo hi"]
+""")
+    assert "building 1" in lines and "/srv/work" in lines and "1000" in lines, lines
+    assert built.env == {"FROM_IMAGE": "yes", "GREETING": "hello world", "OTHER": "x"}
+    assert built.workdir == "/srv/work" and built.user == "daytona"
+    assert built.entrypoint == ["sh", "-c"] and built.cmd == ["echo hi"]
+    layers = [store.layer_path(d) for d in built.layers]
+
+    def find(inside: str) -> Path:
+        for layer in reversed(layers):
+            if os.path.lexists(layer / inside):
+                return layer / inside
+        raise AssertionError(f"{inside} is in no layer")
+
+    assert find("opt/app/version").read_text() == "v1\n"
+    assert find("srv/work/note").read_text() == "hello world x yes\n"
+    # Canonical ids in the layers, whatever host ids the steps ran as.
+    assert find("opt/app/version").stat().st_uid == 0
+    mine = find("tmp/mine").stat()
+    assert (mine.st_uid, mine.st_gid) == (1000, 1000)
+    assert stat.S_IMODE(find("tmp/setuid").stat().st_mode) == 0o4755  # the shift kept the set-id bit
+    assert all(os.lstat(p).st_uid < 65536 for layer in layers for p in layer.rglob("*"))
+
+
+def test_run_is_isolated_from_the_host(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    canary = f"canary-{secrets.token_hex(4)}"
+    victim = tmp_path / "victim"
+    victim.write_text("host file")
+    os.chown(victim, 0, 0)
+    built, lines = _build(builder, f"""FROM {registry}/tiny:1
+RUN echo inside > /{canary}; cat /proc/self/uid_map; ls {tmp_path} 2>&1 || true
+RUN ln -s {victim} /link-to-host-file; ln -s / /link-to-root; ln -s /etc /etc-link; echo done
+""")
+    # The step's root was an unprivileged host id, with nothing of the host in view.
+    assert ["0", str(BUILD_ID_BASE), "65536"] in [line.split() for line in lines], lines
+    assert any("No such file or directory" in line for line in lines), lines
+    assert not Path(f"/{canary}").exists()
+    layers = [store.layer_path(d) for d in built.layers]
+    assert any((layer / canary).read_text() == "inside\n" for layer in layers if (layer / canary).exists())
+    # Publishing shifted ids without following the step's symlinks: the host file is untouched.
+    st = victim.stat()
+    assert (st.st_uid, st.st_gid) == (0, 0) and victim.read_text() == "host file"
+    link = next(layer / "link-to-host-file" for layer in layers if os.path.lexists(layer / "link-to-host-file"))
+    assert stat.S_ISLNK(os.lstat(link).st_mode) and os.lstat(link).st_uid == 0
+    host_etc = os.stat("/etc")
+    assert (host_etc.st_uid, host_etc.st_gid) == (0, 0)
+
+
+def test_a_failing_run_fails_the_build_with_its_output(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    lines: list[str] = []
+    with pytest.raises(BuildError, match="returned a non-zero code: 7"):
+        asyncio.run(builder.build(f"FROM {registry}/tiny:1\nRUN echo the step says why >&2; exit 7\n",
+                                  lines.append))
+    assert "the step says why" in lines
+    assert not list(store.layers_dir.glob(".tmp-*"))  # nothing half-done left
+
+
+def test_an_unchanged_rebuild_runs_nothing(tmp_path: Path, registry: str) -> None:
+    store, builder = _builder(tmp_path)
+    text = f"FROM {registry}/tiny:1\nRUN echo one > /one\nWORKDIR /w\nRUN echo two > two\n"
+    first, _ = _build(builder, text)
+    again, lines = _build(builder, text)
+    assert again.layers == first.layers
+    assert again.steps_run == 0 and again.steps_cached == 3, lines
+    changed, _ = _build(builder, text.replace("two > two", "three > two"))
+    assert changed.steps_run == 1 and changed.layers[:-1] == first.layers[:-1]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("RUN echo no from\n", "starts with FROM"),
+    ("FROM a\nFROM b\n", "exactly one FROM"),
+    ("FROM a\nCOPY x /x\n", "no object storage"),
+    ("FROM a\nHEALTHCHECK CMD true\n", "HEALTHCHECK is not supported"),
+    ("FROM a\nRUN echo \\\n", "continued line"),
+])
+def test_dockerfiles_this_builder_cannot_build_are_refused_before_running(
+        tmp_path: Path, text: str, message: str) -> None:
+    _, builder = _builder(tmp_path)
+    with pytest.raises(BuildError, match=message):
+        _build(builder, text)
+
+
+def test_pip_install_from_a_local_package_index(tmp_path: Path, registry: str) -> None:
+    """The SDK's own Dockerfile for `pip_install` against a tiny index on 127.0.0.1 (the
+    build's network is the host's), then the installed package runs in the next step."""
+    from daytona import Image
+
+    work = tmp_path / "python-image"
+    push_rootfs(python_rootfs(work / "rootfs"), work, f"{registry}/python:1")
+    tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "installed-from-the-local-index")
+    store, builder = _builder(tmp_path)
+    with package_index(tmp_path / "wheels") as index:
+        image = (Image.base(f"{registry}/python:1")
+                 .pip_install("tinypkg", find_links=[index], extra_options="--no-index")
+                 .run_commands("python -c 'import tinypkg; print(tinypkg.VALUE)'"))
+        built, lines = _build(builder, image.dockerfile())
+    assert "installed-from-the-local-index" in lines, lines
+    assert any("Successfully installed tinypkg-0.1" in line for line in lines), lines
+
+
+def test_a_step_has_the_sandbox_limits_and_syscall_filter(tmp_path: Path, registry: str) -> None:
+    from runtime import cgroups
+    from runtime.images.steps import Confinement
+    from runtime.limits import Limits
+
+    backend = cgroups.detect()
+    if not isinstance(backend, (cgroups.CgroupV2, cgroups.CgroupV1)):
+        pytest.skip("no writable cgroup hierarchy here")
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    builder = Builder(store, ImageImporter(store, tmp_path / "state" / "images"),
+                      confinement=lambda: Confinement(backend, Limits(pids=32), "sbx-test-build-"))
+    lines: list[str] = []
+    with pytest.raises(BuildError, match="non-zero code"):  # the shell gives up when fork fails
+        asyncio.run(builder.build(f"""FROM {registry}/tiny:1
+RUN grep Seccomp: /proc/self/status; i=0; while [ $i -lt 64 ]; do sleep 2 & i=$((i+1)); done 2>&1; wait
+""", lines.append))
+    assert any(line.split() == ["Seccomp:", "2"] for line in lines), lines  # filtered, as a sandbox is
+    assert any("fork" in line.lower() for line in lines), lines  # pids.max held the loop
+    assert not [d for d in backend.parents_dirs()[0].iterdir() if d.name.startswith("sbx-test-build-")]
+
+
+def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: Path) -> None:
+    """Real package installs: root of the build's namespace owns the whole 65536-id range,
+    so apt drops to _apt and sudo switches users as on any machine."""
+    from runtime.images.service import LocalImages
+
+    shared, _ = default_snapshot()
+    store = SnapshotStore(tmp_path / "state", layers_dir=shared.layers_dir)
+    store.put(shared.get("default"))
+    images = LocalImages(store, tmp_path / "state")
+    lines: list[str] = []
+    nonce = secrets.token_hex(4)  # the layers dir is shared: no cache hit from an earlier run
+    built = asyncio.run(images.build("cowsay", f"FROM default\nRUN echo {nonce}; apt-get update -qq && apt-get install "
+                                     "-y -qq cowsay >/dev/null && /usr/games/cowsay moo\nRUN sudo -u daytona id -un\n",
+                                     lines.append))
+    assert any("< moo >" in line for line in lines) and "daytona" in lines, lines
+    snapshot = store.get("cowsay")
+    assert snapshot.user == "daytona" and snapshot.layers[0] == shared.get("default").layers[0]
+    installed = [store.layer_path(d) / "usr/games/cowsay" for d in built.layers[1:]]
+    assert any(p.is_file() and p.stat().st_uid == 0 for p in installed), installed
+
+
+def test_user_lookup_never_follows_a_symlink_a_step_planted(tmp_path: Path, registry: str) -> None:
+    """USER names are resolved on the host from the layers' /etc/passwd: a step that makes it
+    a symlink to a host file gets a refusal, not the host file read."""
+    _, builder = _builder(tmp_path)
+    secret = tmp_path / "host-passwd"
+    secret.write_text("daytona:x:0:0::/:/bin/sh\n")  # would make "daytona" root if it were read
+    with pytest.raises(BuildError, match="USER daytona: the image has no /etc/passwd"):
+        _build(builder, f"FROM {registry}/tiny:1\nRUN rm /etc/passwd; ln -s {secret} /etc/passwd\n"
+                        "USER daytona\nRUN id\n")
+
+
+def test_copy_from_a_local_context_and_what_it_refuses(tmp_path: Path, registry: str) -> None:
+    """Operator builds (the project's own image) read COPY sources from a context directory;
+    nothing outside it is reachable, and copies are root's with their modes."""
+    store, builder = _builder(tmp_path)
+    ctx = tmp_path / "context"
+    (ctx / "app" / "lib").mkdir(parents=True)
+    (ctx / "app" / "main.sh").write_text("echo main\n")
+    os.chmod(ctx / "app" / "main.sh", 0o755)
+    (ctx / "app" / "lib" / "x.txt").write_text("x\n")
+    (ctx / "notes.txt").write_text("notes\n")
+    (tmp_path / "secret").write_text("host secret\n")
+    os.symlink(tmp_path / "secret", ctx / "link-out")
+    os.symlink(tmp_path, ctx / "dir-out")
+    text = f"FROM {registry}/tiny:1\nWORKDIR /srv\nCOPY app /opt/app\nCOPY notes.txt link-out ./\nRUN sh /opt/app/main.sh; cat notes.txt\n"
+    built = asyncio.run(builder.build(text, lambda line: None, context=ctx))
+    layers = [store.layer_path(d) for d in built.layers]
+
+    def find(inside: str) -> Path:
+        return next(layer / inside for layer in reversed(layers) if os.path.lexists(layer / inside))
+
+    main = find("opt/app/main.sh")
+    assert main.read_text() == "echo main\n" and stat.S_IMODE(main.stat().st_mode) == 0o755
+    assert main.stat().st_uid == 0 and find("opt/app/lib/x.txt").read_text() == "x\n"
+    assert find("srv/notes.txt").read_text() == "notes\n"
+    assert find("srv/link-out").is_symlink()  # copied as a link, never the host file it names
+    again = asyncio.run(builder.build(text, lambda line: None, context=ctx))
+    assert again.steps_run == 0
+    (ctx / "notes.txt").write_text("changed\n")
+    changed = asyncio.run(builder.build(text, lambda line: None, context=ctx))
+    assert changed.steps_run == 2  # the COPY and the RUN after it
+    for source, message in (("../secret", "leaves the build context"), ("dir-out/secret", "through a symlink"),
+                            ("missing", "not in the build context")):
+        with pytest.raises(BuildError, match=message):
+            asyncio.run(builder.build(f"FROM {registry}/tiny:1\nCOPY {source} /x\n", lambda line: None, context=ctx))
+    with pytest.raises(BuildError, match="no object storage"):  # an API build has no context
+        _build(builder, f"FROM {registry}/tiny:1\nCOPY notes.txt /x\n")
+
+
+def test_the_projects_sandbox_image_builds_from_its_dockerfile(tmp_path: Path, registry: str) -> None:
+    """images/sandbox/Dockerfile, as compose builds it (context: the repository), with this
+    builder: apt-get, COPY of the project, pip install through the host's TLS trust, USER.
+    Slow (about a minute). Its base, debian:bookworm-slim, is the default snapshot's root
+    pushed to the local registry (no other registry is reachable here)."""
+    from runtime.codemount import REPO_ROOT
+
+    shared, default = default_snapshot()
+    (layer,) = default.layers
+    push_rootfs(shared.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
+    store, builder = _builder(tmp_path)
+    text = (REPO_ROOT / "images/sandbox/Dockerfile").read_text().replace(
+        "FROM debian:bookworm-slim", f"FROM {registry}/debian:bookworm-slim")
+    lines: list[str] = []
+    started = time.monotonic()
+    built = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
+    print(f"\nimages/sandbox/Dockerfile: built in {time.monotonic() - started:.0f} s, "
+          f"{built.size / 1e9:.2f} GB, {len(built.layers)} layers")
+    layers = [store.layer_path(d) for d in built.layers]
+    assert any((layer / "opt/toolbox/bin/python").exists() for layer in layers), lines[-20:]
+    assert any(list((layer / "opt/toolbox/lib").glob("python3*/site-packages/toolbox/__init__.py"))
+               for layer in layers if (layer / "opt/toolbox/lib").is_dir())
+    assert built.user == "daytona" and built.workdir == "/home/daytona"
+    assert built.entrypoint is not None and built.entrypoint[:3] == ["/opt/toolbox/bin/python", "-m", "toolbox"]
+    started = time.monotonic()
+    again = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
+    print(f"unchanged rebuild: {time.monotonic() - started:.2f} s")
+    assert again.steps_run == 0
