@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO_ROOT
-from tests.runtime_helpers import needs_bwrap, start_stack
+from tests.runtime_helpers import DAEMON_PYTHON, needs_bwrap, start_stack
 
 pytestmark = [
     needs_bwrap,
@@ -97,7 +97,10 @@ def test_start_from_a_checkout_in_a_private_0700_directory(clone: Path, tmp_path
         stack = start_stack(tmp_path / "state", checkout=checkout, pool_size=1)
         try:
             probe = "import toolbox, runtime.codemount as c; print(toolbox.__file__, c.REPO_ROOT)"
-            assert stack.execute(stack.first_id, f"python3 -c '{probe}'") == (
+            # The daemon's interpreter and path (with an own root, `python3` is the snapshot's
+            # and PYTHONPATH is the daemon's alone).
+            command = f"PYTHONPATH=/opt/sandbox-toolbox/lib {DAEMON_PYTHON} -c '{probe}'"
+            assert stack.execute(stack.first_id, command) == (
                 0, "/opt/sandbox-toolbox/lib/toolbox/__init__.py /opt/sandbox-toolbox/lib\n")
         finally:
             assert stack.stop() == 0
