@@ -16,10 +16,13 @@ from runtime.images import mounts
 from runtime.images.steps import DEFAULT_PATH, ID_RANGE, Jail, Step
 
 MOUNTS = Path("/tmp")
-# The host's, bound read-only over the image's own for the step only (never in a layer): name
-# resolution, and the CA bundle, so that a step's pip or curl trusts what the host trusts
-# (a TLS-inspecting proxy's CA included) while the image keeps its own bundle.
-HOST_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/ssl/certs/ca-certificates.crt")
+# The host's, bound read-only over the image's own for the step only (never in a layer):
+# /etc/hosts, and the CA bundle, so that a step's pip or curl trusts what the host trusts
+# (a TLS-inspecting proxy's CA included) while the image keeps its own bundle. Not the
+# host's resolv.conf: a step's network is a sandbox's, whose resolver is its gateway
+# (Jail.resolv_conf).
+HOST_FILES = ("/etc/hosts", "/etc/ssl/certs/ca-certificates.crt")
+RESOLV_CONF = "/etc/resolv.conf"
 
 
 def _regular_in(root: Path, inside: str) -> bool:
@@ -33,13 +36,16 @@ def _regular_in(root: Path, inside: str) -> bool:
     return os.path.isfile(path)
 
 
-def bwrap_argv(merged: Path, step: Step, seccomp_fd: int) -> list[str]:
+def bwrap_argv(merged: Path, step: Step, seccomp_fd: int, resolv_conf: Path | None = None) -> list[str]:
+    """`resolv_conf`: the step's network's, bound over the image's; None: no network."""
     argv = ["bwrap", "--seccomp", str(seccomp_fd), "--bind", str(merged), "/", "--proc", "/proc", "--dev", "/dev",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
             "--hostname", "localhost",  # resolvable through any /etc/hosts
             "--new-session"]
-    if not step.network:
-        argv.append("--unshare-net")
+    if resolv_conf is None:
+        argv.append("--unshare-net")  # an empty network namespace: loopback only
+    elif _regular_in(merged, RESOLV_CONF):
+        argv += ["--ro-bind", str(resolv_conf), RESOLV_CONF]
     for name in HOST_FILES:
         if os.path.exists(name) and _regular_in(merged, name):
             argv += ["--ro-bind", name, name]
@@ -85,11 +91,17 @@ def main() -> int:
     root.mkdir()
     mounts.move_to(handle, root)
     os.close(handle)
+    resolv_conf: Path | None = None
+    if jail.resolv_conf is not None:
+        # On this namespace's own tmpfs, beside the root: never a file of a layer.
+        resolv_conf = MOUNTS / "resolv.conf"
+        resolv_conf.write_text(jail.resolv_conf)
+        resolv_conf.chmod(0o644)
     step = jail.step
     os.chdir("/")
     sys.stdout.flush()
     try:
-        result = subprocess.run(bwrap_argv(root, step, jail.seccomp_fd), stdin=subprocess.DEVNULL,
+        result = subprocess.run(bwrap_argv(root, step, jail.seccomp_fd, resolv_conf), stdin=subprocess.DEVNULL,
                                 pass_fds=(jail.seccomp_fd,),
                                 preexec_fn=lambda: namespace.enter(step.uid, step.gid))
     except OSError as exc:
