@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,51 @@ def _regular_in(root: Path, inside: str) -> bool:
         if not os.path.lexists(path) or os.path.islink(path):
             return False
     return os.path.isfile(path)
+
+
+def _etc_fd(root: Path) -> int | None:
+    """The image's /etc as a directory descriptor, reached without following a symlink."""
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return os.open("etc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(root_fd)
+
+
+def resolv_conf_mount_point(root: Path) -> bool:
+    """An empty /etc/resolv.conf where the image has none (most images ship none: docker
+    provides it at run time), for the step's own to be bound over. True: made here, to be
+    removed after the step (remove_mount_point), so that it never lands in the layer."""
+    etc = _etc_fd(root)
+    if etc is None:
+        return False
+    try:
+        fd = os.open("resolv.conf", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=etc)
+    except OSError:
+        return False  # there is one (the image's, bound over if regular), or /etc is not writable
+    finally:
+        os.close(etc)
+    os.close(fd)
+    return True
+
+
+def remove_mount_point(root: Path) -> None:
+    etc = _etc_fd(root)
+    if etc is None:
+        return
+    try:
+        st = os.stat("resolv.conf", dir_fd=etc, follow_symlinks=False)
+        if st.st_size == 0 and stat.S_ISREG(st.st_mode):  # still the empty file made here
+            os.unlink("resolv.conf", dir_fd=etc)
+    except OSError:
+        pass
+    finally:
+        os.close(etc)
 
 
 def bwrap_argv(merged: Path, step: Step, seccomp_fd: int, resolv_conf: Path | None = None) -> list[str]:
@@ -92,11 +138,13 @@ def main() -> int:
     mounts.move_to(handle, root)
     os.close(handle)
     resolv_conf: Path | None = None
+    made_mount_point = False
     if jail.resolv_conf is not None:
         # On this namespace's own tmpfs, beside the root: never a file of a layer.
         resolv_conf = MOUNTS / "resolv.conf"
         resolv_conf.write_text(jail.resolv_conf)
         resolv_conf.chmod(0o644)
+        made_mount_point = resolv_conf_mount_point(root)
     step = jail.step
     os.chdir("/")
     sys.stdout.flush()
@@ -107,6 +155,9 @@ def main() -> int:
     except OSError as exc:
         print(f"cannot start the build step: {exc}", flush=True)
         return 125
+    finally:
+        if made_mount_point:
+            remove_mount_point(root)
     return result.returncode
 
 
