@@ -260,7 +260,7 @@ def test_a_step_cannot_reach_the_hosts_services_but_reaches_the_internet(
     try:
         others = [f"{a}:{host.port}" for a in _host_addresses()]
         assert f"{INTERNET_HOST}:{host.port}" in others
-        _, builder = _builder(tmp_path, step_networks)
+        store, builder = _builder(tmp_path, step_networks)
         built, lines = _build(builder, f"FROM {python_image}\n"
                                        + _probe_step([f"127.0.0.1:{host.port}", f"{INTERNET_A}:80", *others])
                                        + f"RUN cat /etc/resolv.conf; python3 -c \"import socket; "
@@ -275,6 +275,8 @@ def test_a_step_cannot_reach_the_hosts_services_but_reaches_the_internet(
     assert any(line.startswith("[build step network: 10.213.") for line in lines), lines
     assert f"resolved {INTERNET_A}" in lines, lines  # DNS via the gateway's DNAT
     assert not any(line.startswith("nameserver 127.") for line in lines), lines
+    # The empty mount point made for the step's resolv.conf (the image has none) is gone.
+    assert not [d for d in built.layers if os.path.lexists(store.layer_path(d) / "etc/resolv.conf")]
     assert not step_networks._own  # noqa: SLF001 -- every slot released
     assert not [n for n in net_helpers.sh("ip", "netns", "list").stdout.split()
                 if n.startswith(step_networks.net.prefix)]
