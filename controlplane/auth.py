@@ -18,6 +18,7 @@ from sqlalchemy import Engine, insert, select
 
 from controlplane.errors import BadRequest, Conflict, Unauthorized
 from controlplane.store.schema import api_keys, organizations
+from proxy.caches import BoundedDict
 
 KEY_PREFIX = "dtn_"
 DEFAULT_ORGANIZATION = "default"
@@ -56,7 +57,7 @@ class Keys:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._cache: BoundedDict[str, tuple[float, Principal]] = BoundedDict(10_000)
 
     def organization_id(self, name: str) -> str | None:
         with self.engine.connect() as conn:
@@ -108,8 +109,6 @@ class Keys:
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None  # unknown keys are not cached: a key made a moment ago works at once
         principal = Principal(row.organization_id, row.id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
         self._cache[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
         return principal
 

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
 from proxy.activity import ActivityTracker
+from proxy.caches import BoundedDict
 from proxy.auth import (
     PREVIEW_HEADER,
     SIGNED_MAX_SECONDS,
@@ -127,8 +128,8 @@ class ProxyApp:
         # does. Kept below the 5 s idle timeout apps commonly have (uvicorn, node).
         self._direct = Relay(keepalive=4.0, retry_refused=False)
         self._unix: dict[str, Relay] = {}
-        self._addresses: dict[str, tuple[Relay, str, int, bytes]] = {}
-        self._hosts: dict[str, PreviewHost | None] = {}  # parsed Host headers, bounded
+        self._addresses: BoundedDict[str, tuple[Relay, str, int, bytes]] = BoundedDict(10_000)
+        self._hosts: BoundedDict[str, PreviewHost | None] = BoundedDict(4096)  # parsed Host headers
         self.cookie_name = config.cookie_name
         self._xf_proto = config.public_scheme.encode()
         self._xf_port = str(config.public_port).encode()
@@ -159,8 +160,6 @@ class ProxyApp:
             parts = urlsplit(address)
             # The daemon keeps connections 75 s; reuse them for 60.
             result = (self._tcp, parts.hostname or "", parts.port or 80, parts.path.rstrip("/").encode())
-        if len(self._addresses) > 10_000:
-            self._addresses.clear()
         self._addresses[key] = result
         return result
 
@@ -217,8 +216,6 @@ class ProxyApp:
             preview = self._hosts.get(host, _UNSEEN)
             if preview is _UNSEEN:
                 preview = parse_preview_host(host, self.config.domain)
-                if len(self._hosts) >= 4096:
-                    self._hosts.clear()
                 self._hosts[host] = preview
             if preview is not None:
                 self.metrics.requests["preview"] += 1

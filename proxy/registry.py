@@ -25,6 +25,8 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import anyio
 
+from proxy.caches import BoundedDict
+
 log = logging.getLogger("proxy.registry")
 
 
@@ -229,7 +231,7 @@ class RedisRegistry:
         self._client = redis.Redis.from_url(clean, socket_timeout=5, socket_connect_timeout=2, decode_responses=True)
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self._cache: dict[str, tuple[float, Sandbox | None]] = {}
+        self._cache: BoundedDict[str, tuple[float, Sandbox | None]] = BoundedDict(100_000)
         self._inflight: dict[str, asyncio.Task[Sandbox | None]] = {}
         self._record = self._client.register_script(_RECORD_ACTIVITY)
         self.lookups = 0  # queries actually sent to Redis (for tests and metrics)
@@ -260,8 +262,6 @@ class RedisRegistry:
             entry = await self._query(sandbox_id)
         finally:
             del self._inflight[sandbox_id]
-        if len(self._cache) > 100_000:
-            self._cache.clear()
         self._cache[sandbox_id] = (time.monotonic() + (self.ttl if entry else self.negative_ttl), entry)
         return entry
 

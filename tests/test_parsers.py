@@ -183,3 +183,15 @@ def test_parse_preview_host_accepts(host: str, expected: PreviewHost) -> None:
 )
 def test_parse_preview_host_refuses(host: str) -> None:
     assert parse_preview_host(host, DOMAIN) is None
+
+
+def test_a_bounded_dict_forgets_everything_at_its_limit_but_not_on_an_update() -> None:
+    from proxy.caches import BoundedDict
+
+    cache: BoundedDict[str, int] = BoundedDict(3)
+    for i, key in enumerate("abc"):
+        cache[key] = i
+    cache["a"] = 10  # a key it holds: an update, nothing forgotten
+    assert cache == {"a": 10, "b": 1, "c": 2}
+    cache["d"] = 3  # a fourth key: everything else goes
+    assert cache == {"d": 3}
