@@ -301,6 +301,8 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
             print(f"\nimage built and sandbox started in {time.monotonic() - started:.1f} s")
         try:
             assert "Successfully installed tinypkg-0.1" in lines.text, lines.text
+            # Each RUN ran on a slot of the runtime's own sandbox network, NAT-ed (not the host's).
+            assert "NAT egress as a sandbox's" in lines.text and "without network" not in lines.text, lines.text
             assert lines.seen[0][0] < time.monotonic() - 2  # lines came while it built
             assert sandbox.process.exec("hello").result.strip() == "hello from the image: built here"
             assert sandbox.process.exec(
