@@ -48,9 +48,11 @@ class LocalBackend:
         self.images: LocalImages | None = None
         if os.geteuid() == 0:
             store = snapshots or getattr(runtime, "snapshots", None) or SnapshotStore(runtime.root)
-            # Build steps get the runtime's cgroup backend and default sandbox limits.
+            # Build steps get the runtime's cgroup backend, default sandbox limits and a
+            # sandbox's network (never the host's: runtime/images/stepnet.py).
             self.images = LocalImages(store, runtime.root, lambda: Confinement(
-                runtime.backend, runtime.default_limits, f"{runtime._group_prefix}build-"))
+                runtime.backend, runtime.default_limits, f"{runtime._group_prefix}build-",
+                runtime.step_networks()))
 
     async def create(self, request: CreateRequest) -> None:
         mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)

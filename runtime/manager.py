@@ -27,6 +27,7 @@ from typing import Protocol
 
 from runtime import archive, cgroups, ownroot, seccomp, sockets
 from runtime.dns import DnsError, Resolvers, parse_domain_list
+from runtime.images.stepnet import StepNetworks
 from runtime.network import DEFAULT_RANGE, Network, NetworkError, Slot, parse_allow_list
 from runtime.codemount import is_daemon
 from runtime.limits import Limits
@@ -175,6 +176,7 @@ class Runtime:
         self.net: Network | None = None
         self._slots: set[int] = set()  # address slots held by sandboxes and the pool
         self._slot_lock = asyncio.Lock()
+        self._step_networks: StepNetworks | None = None
         self.uid_range: UidRange | None = None  # as root: this runtime's own uids (runtime/uids.py)
         # "host": bwrap over the host's read-only root; "snapshot": each sandbox its own
         # root, root inside and a disk quota (runtime/rootlauncher.py).
@@ -316,6 +318,23 @@ class Runtime:
     @property
     def default_egress(self) -> str:
         return "nat" if self.net is not None else "none"
+
+    def step_networks(self) -> StepNetworks | None:
+        """Image build steps' networks: slots of the sandbox network, from the same
+        bookkeeping as sandboxes' (runtime/images/stepnet.py). None: steps get none."""
+        if self.net is None:
+            return None
+        if self._step_networks is None or self._step_networks.net is not self.net:
+            self._step_networks = StepNetworks(self.net, block_all=self.network_block_all,
+                                               allocate=self._allocate_step_slot,
+                                               release=lambda slot: self._slots.discard(slot.index))
+        return self._step_networks
+
+    async def _allocate_step_slot(self) -> Slot:
+        try:
+            return await self._allocate_slot()
+        except SandboxError as exc:
+            raise NetworkError(exc.message, exc.status) from None
 
     def _slot_of(self, spec: SandboxSpec) -> Slot | None:
         if self.net is None or spec.egress != "nat" or spec.address is None:

@@ -140,25 +140,29 @@ def tiny_wheel(directory: Path, name: str, version: str, value: str) -> Path:
 
 
 @contextmanager
-def package_index(directory: Path) -> Iterator[str]:
-    """`python -m http.server` over a directory of wheels on 127.0.0.1 (pip's --find-links)."""
+def package_index(directory: Path, netns: str | None = None, address: str = "127.0.0.1") -> Iterator[str]:
+    """`python -m http.server` over a directory of wheels (pip's --find-links) on 127.0.0.1,
+    or, for build steps (which never reach the host's loopback), on `address` inside the
+    network namespace `netns` (the fake internet of tests/net_helpers.py)."""
     import sys
 
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+    # A namespace of the test's own has no other listener: a fixed port there is free.
+    port = _free_port() if netns is None else 8000
+    prefix = ["ip", "netns", "exec", netns] if netns is not None else []
+    process = subprocess.Popen([*prefix, sys.executable, "-m", "http.server", str(port), "--bind", address,
                                 "--directory", str(directory)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
         while True:
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+                urllib.request.urlopen(f"http://{address}:{port}/", timeout=2).close()
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the package index did not start") from None
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://{address}:{port}/"
     finally:
         process.terminate()
         process.wait(10)

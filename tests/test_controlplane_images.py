@@ -258,6 +258,7 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
     the default snapshot's root file system, pushed there."""
     from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, CreateSandboxFromSnapshotParams, Image
 
+    from tests import net_helpers
     from tests.image_helpers import package_index, tiny_wheel
     from tests.layer_helpers import default_snapshot
 
@@ -265,11 +266,22 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
     (layer,) = store.get("default").layers
     push_rootfs(store.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
     tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "from-the-local-index")
-    running = start_stack(tmp_path / "state", "--no-sandbox", pool_size=0,
-                          extra_env={"RUNTIME_ROOTFS": "snapshot", "RUNTIME_LAYERS_DIR": str(store.layers_dir)})
+    if not net_helpers.is_root():
+        pytest.skip("build steps reach a package index only on the sandbox network (root, nftables)")
+    # Build steps run on the sandbox network (never the host's): the index is on the fake
+    # internet, which the runtime's NAT reaches; block-all off, as it blocks steps too.
+    internet = net_helpers.internet()
+    try:
+        running = start_stack(tmp_path / "state", "--no-sandbox", pool_size=0,
+                              extra_env={"RUNTIME_ROOTFS": "snapshot", "RUNTIME_LAYERS_DIR": str(store.layers_dir),
+                                         "RUNTIME_NETWORK_BLOCK_ALL": "0",
+                                         "RUNTIME_SANDBOX_NETWORK": net_helpers.runtime_range()})
+    except BaseException:
+        internet.close()
+        raise
     try:
         d = daytona(running)
-        with package_index(tmp_path / "wheels") as index:
+        with package_index(tmp_path / "wheels", internet.name, net_helpers.INTERNET_A) as index:
             image = (Image.base(f"{registry}/debian:bookworm-slim")
                      .run_commands(f"echo {secrets.token_hex(4)}",  # a fresh build, not the shared cache's
                                    "printf '#!/bin/sh\\necho hello from the image: $GREETING\\n' > /usr/local/bin/hello",
@@ -277,7 +289,8 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
                                    # The SDK's pip_install runs `python`; Debian names it python3.
                                    "ln -s /usr/bin/python3 /usr/local/bin/python")
                      .env({"GREETING": "built here"})
-                     .pip_install("tinypkg", find_links=[index], extra_options="--no-index --break-system-packages"))
+                     .pip_install("tinypkg", find_links=[index],
+                                  extra_options=f"--no-index --break-system-packages --trusted-host {net_helpers.INTERNET_A}"))
             lines = Lines()
             started = time.monotonic()
             try:
@@ -288,6 +301,8 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
             print(f"\nimage built and sandbox started in {time.monotonic() - started:.1f} s")
         try:
             assert "Successfully installed tinypkg-0.1" in lines.text, lines.text
+            # Each RUN ran on a slot of the runtime's own sandbox network, NAT-ed (not the host's).
+            assert "NAT egress as a sandbox's" in lines.text and "without network" not in lines.text, lines.text
             assert lines.seen[0][0] < time.monotonic() - 2  # lines came while it built
             assert sandbox.process.exec("hello").result.strip() == "hello from the image: built here"
             assert sandbox.process.exec(
@@ -309,6 +324,7 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
             sandbox.delete()
     finally:
         running.stop()
+        internet.close()
 
 
 def test_a_followed_build_log_streams_and_ends_with_the_build(stack: Stack, registry: str) -> None:

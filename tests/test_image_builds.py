@@ -4,9 +4,13 @@ build sandboxes (runtime/images/). Root only (idmapped mounts, a real uid range)
 from __future__ import annotations
 
 import asyncio
+import http.server
+import ipaddress
 import os
 import secrets
 import stat
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +19,15 @@ import pytest
 
 from runtime.images.builder import Builder, BuildError, Built
 from runtime.images.oci import ImageError, ImageImporter, registry_reference
-from runtime.images.steps import BUILD_ID_BASE
+from runtime import cgroups
+from runtime.images.stepnet import NO_NETWORK, StepNetworks
+from runtime.images.steps import BUILD_ID_BASE, Confinement
+from runtime.network import Network
 from runtime.snapshots import SnapshotStore
+from tests import net_helpers
 from tests.layer_helpers import default_snapshot
 from tests.image_helpers import local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
+from tests.net_helpers import DNS_NAME, INTERNET_A, INTERNET_HOST, Namespace
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
 
@@ -33,14 +42,63 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
 
 
-def _builder(tmp_path: Path) -> tuple[SnapshotStore, Builder]:
+@pytest.fixture(scope="module")
+def python_image(registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    work = tmp_path_factory.mktemp("python-image")
+    push_rootfs(python_rootfs(work / "rootfs"), work, f"{registry}/python:1")
+    return f"{registry}/python:1"
+
+
+@pytest.fixture(scope="module")
+def internet() -> Iterator[Namespace]:
+    """The fake internet (tests/net_helpers.py), where the runtime's NAT sends step egress."""
+    if not net_helpers.is_root():
+        pytest.skip("step networks need root and nftables")
+    ns = net_helpers.internet()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+@pytest.fixture(scope="module")
+def step_networks(internet: Namespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StepNetworks]:
+    """A runtime's sandbox network (its nftables table, NAT) for build steps; the fake
+    internet's DNS responder as the host's resolver, which the step's gateway DNATs to."""
+    net = Network(tmp_path_factory.mktemp("stepnet"), net_helpers.runtime_range(), resolver=INTERNET_A)
+    net.open()
+    try:
+        yield StepNetworks(net)
+    finally:
+        net.close()
+
+
+@pytest.fixture(scope="module")
+def egress_networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StepNetworks]:
+    """A runtime's sandbox network with the host's resolver: steps that install packages
+    from the machine's real registries (apt-get, pip), NAT-ed as a sandbox's egress."""
+    if not net_helpers.is_root():
+        pytest.skip("step networks need root and nftables")
+    net = Network(tmp_path_factory.mktemp("egress"), net_helpers.runtime_range())
+    net.open()
+    try:
+        yield StepNetworks(net)
+    finally:
+        net.close()
+
+
+def _builder(tmp_path: Path, networks: StepNetworks | None = None) -> tuple[SnapshotStore, Builder]:
     store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
-    return store, Builder(store, ImageImporter(store, tmp_path / "state" / "images"))
+    confinement = (lambda: Confinement(cgroups.Backend(), network=networks)) if networks is not None else None
+    return store, Builder(store, ImageImporter(store, tmp_path / "state" / "images"), confinement=confinement)
 
 
 def _build(builder: Builder, text: str) -> tuple[Built, list[str]]:
     lines: list[str] = []
-    built = asyncio.run(builder.build(text, lines.append))
+    try:
+        built = asyncio.run(builder.build(text, lines.append))
+    except BuildError as exc:
+        raise BuildError("\n".join([str(exc), "build log:", *lines])) from None
     return built, lines
 
 
@@ -168,18 +226,87 @@ def test_dockerfiles_this_builder_cannot_build_are_refused_before_running(
         _build(builder, text)
 
 
-def test_pip_install_from_a_local_package_index(tmp_path: Path, registry: str) -> None:
-    """The SDK's own Dockerfile for `pip_install` against a tiny index on 127.0.0.1 (the
-    build's network is the host's), then the installed package runs in the next step."""
+def _host_addresses() -> list[str]:
+    """Every IPv4 address of the host but loopback's (its LAN, the fake internet's link, the
+    sandbox gateways of every runtime on the machine)."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
+    addresses = [line.split()[3].split("/")[0] for line in out.splitlines()]
+    return [a for a in addresses if not ipaddress.IPv4Address(a).is_loopback]
+
+
+class _HostServer:
+    """An HTTP server on the host (all addresses, a free port): what a step must not reach."""
+
+    def __init__(self) -> None:
+        self.server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), http.server.SimpleHTTPRequestHandler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _probe_step(targets: list[str]) -> str:
+    return f"RUN echo {secrets.token_hex(4)}; {net_helpers.python_command(net_helpers.PROBE, *targets)}\n"
+
+
+def test_a_step_cannot_reach_the_hosts_services_but_reaches_the_internet(
+        tmp_path: Path, python_image: str, step_networks: StepNetworks) -> None:
+    """The attack: `RUN curl http://127.0.0.1:6379/` against the host's Redis. A step runs
+    on a sandbox's network: the host's loopback and its other addresses are closed, the
+    (fake) internet is reached through NAT, names resolve through the step's gateway."""
+    host = _HostServer()
+    try:
+        others = [f"{a}:{host.port}" for a in _host_addresses()]
+        assert f"{INTERNET_HOST}:{host.port}" in others
+        store, builder = _builder(tmp_path, step_networks)
+        built, lines = _build(builder, f"FROM {python_image}\n"
+                                       + _probe_step([f"127.0.0.1:{host.port}", f"{INTERNET_A}:80", *others])
+                                       + f"RUN cat /etc/resolv.conf; python3 -c \"import socket; "
+                                         f"print('resolved', socket.gethostbyname('{DNS_NAME}'))\"\n")
+    finally:
+        host.close()
+    results = [line for line in lines if line.startswith(("open", "closed"))]
+    assert len(results) == 2 + len(others), lines
+    assert results[0].startswith("closed"), lines  # the host's loopback
+    assert results[1] == f"open from {INTERNET_HOST}", lines  # masqueraded, as a sandbox's egress
+    assert all(r.startswith("closed") for r in results[2:]), list(zip(others, results[2:], strict=True))
+    assert any(line.startswith("[build step network: 10.213.") for line in lines), lines
+    assert f"resolved {INTERNET_A}" in lines, lines  # DNS via the gateway's DNAT
+    assert not any(line.startswith("nameserver 127.") for line in lines), lines
+    # The empty mount point made for the step's resolv.conf (the image has none) is gone.
+    assert not [d for d in built.layers if os.path.lexists(store.layer_path(d) / "etc/resolv.conf")]
+    assert not step_networks._own  # noqa: SLF001 -- every slot released
+    assert not [n for n in net_helpers.sh("ip", "netns", "list").stdout.split()
+                if n.startswith(step_networks.net.prefix)]
+
+
+def test_without_a_sandbox_network_a_step_has_no_network(tmp_path: Path, python_image: str,
+                                                         internet: Namespace) -> None:
+    host = _HostServer()
+    try:
+        _, builder = _builder(tmp_path)
+        _, lines = _build(builder, f"FROM {python_image}\n"
+                                   + _probe_step([f"127.0.0.1:{host.port}", f"{INTERNET_A}:80"]))
+    finally:
+        host.close()
+    assert NO_NETWORK in lines, lines
+    results = [line for line in lines if line.startswith(("open", "closed"))]
+    assert len(results) == 2 and all(r.startswith("closed") for r in results), lines
+
+
+def test_pip_install_from_a_package_index(tmp_path: Path, python_image: str, internet: Namespace,
+                                          step_networks: StepNetworks) -> None:
+    """The SDK's own Dockerfile for `pip_install` against a tiny index on the (fake)
+    internet, as a sandbox reaches it, then the installed package runs in the next step."""
     from daytona import Image
 
-    work = tmp_path / "python-image"
-    push_rootfs(python_rootfs(work / "rootfs"), work, f"{registry}/python:1")
     tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "installed-from-the-local-index")
-    store, builder = _builder(tmp_path)
-    with package_index(tmp_path / "wheels") as index:
-        image = (Image.base(f"{registry}/python:1")
-                 .pip_install("tinypkg", find_links=[index], extra_options="--no-index")
+    store, builder = _builder(tmp_path, step_networks)
+    with package_index(tmp_path / "wheels", internet.name, INTERNET_A) as index:
+        image = (Image.base(python_image)
+                 .pip_install("tinypkg", find_links=[index], extra_options=f"--no-index --trusted-host {INTERNET_A}")
                  .run_commands("python -c 'import tinypkg; print(tinypkg.VALUE)'"))
         built, lines = _build(builder, image.dockerfile())
     assert "installed-from-the-local-index" in lines, lines
@@ -207,7 +334,8 @@ RUN grep Seccomp: /proc/self/status; i=0; while [ $i -lt 64 ]; do sleep 2 & i=$(
     assert not [d for d in backend.parents_dirs()[0].iterdir() if d.name.startswith("sbx-test-build-")]
 
 
-def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: Path) -> None:
+def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: Path,
+                                                                     egress_networks: StepNetworks) -> None:
     """Real package installs: root of the build's namespace owns the whole 65536-id range,
     so apt drops to _apt and sudo switches users as on any machine."""
     from runtime.images.service import LocalImages
@@ -215,7 +343,7 @@ def test_apt_get_and_sudo_work_in_steps_built_on_the_default_snapshot(tmp_path: 
     shared, _ = default_snapshot()
     store = SnapshotStore(tmp_path / "state", layers_dir=shared.layers_dir)
     store.put(shared.get("default"))
-    images = LocalImages(store, tmp_path / "state")
+    images = LocalImages(store, tmp_path / "state", lambda: Confinement(cgroups.Backend(), network=egress_networks))
     lines: list[str] = []
     nonce = secrets.token_hex(4)  # the layers dir is shared: no cache hit from an earlier run
     built = asyncio.run(images.build("cowsay", f"FROM default\nRUN echo {nonce}; apt-get update -qq && apt-get install "
@@ -277,7 +405,8 @@ def test_copy_from_a_local_context_and_what_it_refuses(tmp_path: Path, registry:
         _build(builder, f"FROM {registry}/tiny:1\nCOPY notes.txt /x\n")
 
 
-def test_the_projects_sandbox_image_builds_from_its_dockerfile(tmp_path: Path, registry: str) -> None:
+def test_the_projects_sandbox_image_builds_from_its_dockerfile(tmp_path: Path, registry: str,
+                                                               egress_networks: StepNetworks) -> None:
     """images/sandbox/Dockerfile, as compose builds it (context: the repository), with this
     builder: apt-get, COPY of the project, pip install through the host's TLS trust, USER.
     Slow (about a minute). Its base, debian:bookworm-slim, is the default snapshot's root
@@ -287,7 +416,7 @@ def test_the_projects_sandbox_image_builds_from_its_dockerfile(tmp_path: Path, r
     shared, default = default_snapshot()
     (layer,) = default.layers
     push_rootfs(shared.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
-    store, builder = _builder(tmp_path)
+    store, builder = _builder(tmp_path, egress_networks)
     text = (REPO_ROOT / "images/sandbox/Dockerfile").read_text().replace(
         "FROM debian:bookworm-slim", f"FROM {registry}/debian:bookworm-slim")
     lines: list[str] = []

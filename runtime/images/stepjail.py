@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +17,13 @@ from runtime.images import mounts
 from runtime.images.steps import DEFAULT_PATH, ID_RANGE, Jail, Step
 
 MOUNTS = Path("/tmp")
-# The host's, bound read-only over the image's own for the step only (never in a layer): name
-# resolution, and the CA bundle, so that a step's pip or curl trusts what the host trusts
-# (a TLS-inspecting proxy's CA included) while the image keeps its own bundle.
-HOST_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/ssl/certs/ca-certificates.crt")
+# The host's, bound read-only over the image's own for the step only (never in a layer):
+# /etc/hosts, and the CA bundle, so that a step's pip or curl trusts what the host trusts
+# (a TLS-inspecting proxy's CA included) while the image keeps its own bundle. Not the
+# host's resolv.conf: a step's network is a sandbox's, whose resolver is its gateway
+# (Jail.resolv_conf).
+HOST_FILES = ("/etc/hosts", "/etc/ssl/certs/ca-certificates.crt")
+RESOLV_CONF = "/etc/resolv.conf"
 
 
 def _regular_in(root: Path, inside: str) -> bool:
@@ -33,13 +37,61 @@ def _regular_in(root: Path, inside: str) -> bool:
     return os.path.isfile(path)
 
 
-def bwrap_argv(merged: Path, step: Step, seccomp_fd: int) -> list[str]:
+def _etc_fd(root: Path) -> int | None:
+    """The image's /etc as a directory descriptor, reached without following a symlink."""
+    try:
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return os.open("etc", os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root_fd)
+    except OSError:
+        return None
+    finally:
+        os.close(root_fd)
+
+
+def resolv_conf_mount_point(root: Path) -> bool:
+    """An empty /etc/resolv.conf where the image has none (most images ship none: docker
+    provides it at run time), for the step's own to be bound over. True: made here, to be
+    removed after the step (remove_mount_point), so that it never lands in the layer."""
+    etc = _etc_fd(root)
+    if etc is None:
+        return False
+    try:
+        fd = os.open("resolv.conf", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=etc)
+    except OSError:
+        return False  # there is one (the image's, bound over if regular), or /etc is not writable
+    finally:
+        os.close(etc)
+    os.close(fd)
+    return True
+
+
+def remove_mount_point(root: Path) -> None:
+    etc = _etc_fd(root)
+    if etc is None:
+        return
+    try:
+        st = os.stat("resolv.conf", dir_fd=etc, follow_symlinks=False)
+        if st.st_size == 0 and stat.S_ISREG(st.st_mode):  # still the empty file made here
+            os.unlink("resolv.conf", dir_fd=etc)
+    except OSError:
+        pass
+    finally:
+        os.close(etc)
+
+
+def bwrap_argv(merged: Path, step: Step, seccomp_fd: int, resolv_conf: Path | None = None) -> list[str]:
+    """`resolv_conf`: the step's network's, bound over the image's; None: no network."""
     argv = ["bwrap", "--seccomp", str(seccomp_fd), "--bind", str(merged), "/", "--proc", "/proc", "--dev", "/dev",
             "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent",
             "--hostname", "localhost",  # resolvable through any /etc/hosts
             "--new-session"]
-    if not step.network:
-        argv.append("--unshare-net")
+    if resolv_conf is None:
+        argv.append("--unshare-net")  # an empty network namespace: loopback only
+    elif _regular_in(merged, RESOLV_CONF):
+        argv += ["--ro-bind", str(resolv_conf), RESOLV_CONF]
     for name in HOST_FILES:
         if os.path.exists(name) and _regular_in(merged, name):
             argv += ["--ro-bind", name, name]
@@ -85,16 +137,27 @@ def main() -> int:
     root.mkdir()
     mounts.move_to(handle, root)
     os.close(handle)
+    resolv_conf: Path | None = None
+    made_mount_point = False
+    if jail.resolv_conf is not None:
+        # On this namespace's own tmpfs, beside the root: never a file of a layer.
+        resolv_conf = MOUNTS / "resolv.conf"
+        resolv_conf.write_text(jail.resolv_conf)
+        resolv_conf.chmod(0o644)
+        made_mount_point = resolv_conf_mount_point(root)
     step = jail.step
     os.chdir("/")
     sys.stdout.flush()
     try:
-        result = subprocess.run(bwrap_argv(root, step, jail.seccomp_fd), stdin=subprocess.DEVNULL,
+        result = subprocess.run(bwrap_argv(root, step, jail.seccomp_fd, resolv_conf), stdin=subprocess.DEVNULL,
                                 pass_fds=(jail.seccomp_fd,),
                                 preexec_fn=lambda: namespace.enter(step.uid, step.gid))
     except OSError as exc:
         print(f"cannot start the build step: {exc}", flush=True)
         return 125
+    finally:
+        if made_mount_point:
+            remove_mount_point(root)
     return result.returncode
 
 

@@ -8,12 +8,13 @@ own until the runtime's launcher (issue 15) can run a step: a helper process
 - binds each lower layer idmapped through it (the layers keep their canonical ids),
 - mounts an overlay of them with a fresh upper directory,
 - runs the step under bubblewrap as root (or USER) of that namespace: its own pid, ipc and
-  uts namespaces, a fresh /proc and /dev, the host's resolver files read-only.
+  uts namespaces, a fresh /proc and /dev, the host's CA bundle read-only.
 
 Everything the step writes lands in the upper directory, owned by the host range;
 `publish.shift_ids` brings it back to canonical ids before the upper becomes a layer.
-The build's network is the host's (apt-get and pip need egress, a local package index
-on 127.0.0.1 is reachable); docs/images.md says so.
+The step's network is never the host's: with the runtime's sandbox network it runs in a
+slot of its own (runtime/images/stepnet.py: NAT egress, the sandbox rules, DNS through its
+gateway), else in an empty network namespace, and the build log says which.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from runtime import cgroups, seccomp
+from runtime.images.stepnet import NO_NETWORK, StepNet, StepNetworks
 from runtime.limits import Limits
 
 # The host id range of builds run directly (tests, benchmarks): far above the ranges
@@ -47,7 +49,6 @@ class Step:
     workdir: str = "/"
     uid: int = 0
     gid: int = 0
-    network: bool = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class Jail:
     base: int
     step: Step
     seccomp_fd: int  # the syscall filter, passed to bwrap
+    # The step's own network's resolv.conf; None: no network (bwrap --unshare-net).
+    resolv_conf: str | None = None
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -75,11 +78,13 @@ def _die_with_parent() -> None:
 @dataclass(frozen=True)
 class Confinement:
     """What a sandbox gets beyond namespaces (runtime/manager.py does the same for its
-    sandboxes): a cgroup with the sandbox limits, and the sandbox syscall filter."""
+    sandboxes): a cgroup with the sandbox limits, the sandbox syscall filter, and a
+    sandbox's network (None: no network at all)."""
 
     backend: cgroups.Backend
     limits: Limits = field(default_factory=Limits)
     group_prefix: str = "sandbox-toolbox-build-"
+    network: StepNetworks | None = None
 
 
 async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Path,
@@ -89,13 +94,27 @@ async def run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Pat
     `scratch` (an empty directory on the same file system) for the overlay's own use; its
     output goes to `log` chunk by chunk as it comes. Returns the step's exit status."""
     confinement = confinement or Confinement(cgroups.Backend())
+    if confinement.network is None:
+        log(f"{NO_NETWORK}\n".encode())
+        return await _run_step(layers, step, upper, scratch, log, base, timeout, confinement, None)
+    async with confinement.network.step() as net:
+        log(f"{net.note}\n".encode())
+        return await _run_step(layers, step, upper, scratch, log, base, timeout, confinement, net)
+
+
+async def _run_step(layers: Sequence[Path], step: Step, upper: Path, scratch: Path,
+                    log: Callable[[bytes], None], base: int, timeout: float | None,
+                    confinement: Confinement, net: StepNet | None) -> int:
     group = await asyncio.to_thread(confinement.backend.create,
                                     f"{confinement.group_prefix}{os.urandom(5).hex()}", confinement.limits)
     syscall_filter = await asyncio.to_thread(seccomp.filter_fd)
-    jail = Jail([str(p) for p in layers], str(upper), str(scratch), base, step, syscall_filter)
+    jail = Jail([str(p) for p in layers], str(upper), str(scratch), base, step, syscall_filter,
+                net.resolv_conf if net is not None else None)
+    # nsenter execs the helper (no fork): the pid put in the cgroup below is the helper's.
+    prefix = ["nsenter", f"--net={net.netns}", "--"] if net is not None else []
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "runtime.images.stepjail", stdin=asyncio.subprocess.PIPE,
+            *prefix, sys.executable, "-m", "runtime.images.stepjail", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             cwd=PROJECT, preexec_fn=_die_with_parent, pass_fds=(syscall_filter,))
     finally:
