@@ -13,6 +13,7 @@ from sqlalchemy import Engine, and_, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.errors import Conflict
+from controlplane.store.db import find_by_id_or_name
 from controlplane.store.schema import sandboxes as table
 
 
@@ -101,14 +102,8 @@ class SandboxRecords:
 
     def find(self, organization_id: str, id_or_name: str) -> SandboxRecord | None:
         """By id first, then by name, as Daytona's API looks sandboxes up."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(table).where(
-                table.c.organization_id == organization_id,
-                or_(table.c.id == id_or_name, table.c.name == id_or_name))).all()
-        if not rows:
-            return None
-        by_id = [r for r in rows if r.id == id_or_name]
-        return _record(by_id[0] if by_id else rows[0])
+        row = find_by_id_or_name(self.engine, table, organization_id, id_or_name)
+        return _record(row) if row is not None else None
 
     def followers(self, organization_id: str, owner_id: str) -> list[str]:
         """The ids of the sandboxes linked to `owner_id`."""

@@ -9,10 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.errors import Conflict
+from controlplane.store.db import find_by_id_or_name
 from controlplane.store.schema import sandboxes
 from controlplane.store.schema import snapshots as table
 
@@ -62,12 +63,8 @@ class SnapshotRecords:
             raise Conflict(f"Snapshot with name {record.name} already exists", "SNAPSHOT_NAME_TAKEN") from None
 
     def find(self, organization_id: str, id_or_name: str) -> SnapshotRecord | None:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(table).where(
-                table.c.organization_id == organization_id,
-                or_(table.c.id == id_or_name, table.c.name == id_or_name))).all()
-        by_id = [r for r in rows if r.id == id_or_name]
-        return _record(by_id[0]) if by_id else (_record(rows[0]) if rows else None)
+        row = find_by_id_or_name(self.engine, table, organization_id, id_or_name)
+        return _record(row) if row is not None else None
 
     def get(self, snapshot_id: str) -> SnapshotRecord | None:
         """Unscoped: for the build worker, which holds an id it made."""

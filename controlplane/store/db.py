@@ -14,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Row, Table, create_engine, event, or_, select
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -57,3 +57,14 @@ def migrate(engine: Engine) -> None:
         config.attributes["connection"] = connection
         # "heads": resource tables come on a branch of their own (0100), beside the core's revisions.
         command.upgrade(config, "heads")
+
+
+def find_by_id_or_name(engine: Engine, table: Table, organization_id: str, id_or_name: str) -> Row[Any] | None:
+    """An organization's row by id first, then by name, as Daytona's API looks resources up
+    (a name may look like another resource's id)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(table).where(
+            table.c.organization_id == organization_id,
+            or_(table.c.id == id_or_name, table.c.name == id_or_name))).all()
+    by_id = [r for r in rows if r.id == id_or_name]
+    return by_id[0] if by_id else (rows[0] if rows else None)

@@ -6,10 +6,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from controlplane.errors import BadRequest
+from controlplane.store.db import find_by_id_or_name
 from controlplane.store.schema import volumes as table
 
 READY = "ready"
@@ -44,12 +45,8 @@ class VolumeRecords:
             raise BadRequest(f"Volume with name {record.name} already exists", "VOLUME_NAME_TAKEN") from None
 
     def find(self, organization_id: str, id_or_name: str) -> VolumeRecord | None:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(table).where(
-                table.c.organization_id == organization_id,
-                or_(table.c.id == id_or_name, table.c.name == id_or_name))).all()
-        by_id = [r for r in rows if r.id == id_or_name]
-        return _record(by_id[0]) if by_id else (_record(rows[0]) if rows else None)
+        row = find_by_id_or_name(self.engine, table, organization_id, id_or_name)
+        return _record(row) if row is not None else None
 
     def by_name(self, organization_id: str, name: str) -> VolumeRecord | None:
         with self.engine.connect() as conn:
