@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,22 +12,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.helpers import free_port
+from tests.proxy_helpers import stop
+
 # Host programs copied (with their libraries) into a tiny root file system of our own:
 # enough for RUN steps to do shell work, without debootstrap's minutes.
 TOOLS = ("sh", "ls", "cat", "id", "touch", "mkdir", "rm", "env", "echo", "printf", "sleep", "test", "wc",
          "head", "grep", "chmod", "ln", "cp", "stat", "true", "false", "uname")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _serving(process: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
+    """Wait until `url` answers (True), or the process exits or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return True
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
 
 
 @contextmanager
 def local_registry(root: Path) -> Iterator[str]:
     """A registry on 127.0.0.1:free port with storage under `root`; yields `127.0.0.1:PORT`."""
-    port = _free_port()
+    port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     config = root / "config.yml"
     config.write_text(
@@ -38,23 +47,11 @@ def local_registry(root: Path) -> Iterator[str]:
     with open(root / "registry.log", "wb") as log:
         process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"registry did not start: {(root / 'registry.log').read_text()}") from None
-                time.sleep(0.1)
+        if not _serving(process, f"http://127.0.0.1:{port}/v2/", 20):
+            raise RuntimeError(f"registry did not start: {(root / 'registry.log').read_text()}")
         yield f"127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def tiny_rootfs(dest: Path, tools: tuple[str, ...] = TOOLS) -> Path:
@@ -147,25 +144,17 @@ def package_index(directory: Path, netns: str | None = None, address: str = "127
     import sys
 
     # A namespace of the test's own has no other listener: a fixed port there is free.
-    port = _free_port() if netns is None else 8000
+    port = free_port() if netns is None else 8000
     prefix = ["ip", "netns", "exec", netns] if netns is not None else []
     process = subprocess.Popen([*prefix, sys.executable, "-m", "http.server", str(port), "--bind", address,
                                 "--directory", str(directory)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"http://{address}:{port}/", timeout=2).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the package index did not start") from None
-                time.sleep(0.1)
+        if not _serving(process, f"http://{address}:{port}/", 10):
+            raise RuntimeError("the package index did not start")
         yield f"http://{address}:{port}/"
     finally:
-        process.terminate()
-        process.wait(10)
+        stop(process)
 
 
 def push_rootfs(rootfs: Path, work: Path, reference: str, *, env: dict[str, str] | None = None,
