@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Self
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -77,7 +77,22 @@ class _Http:
         self.http.close()
 
 
-class Client:
+class _Closes:
+    """Owns one connection pool: `close()` it, or use the object in a `with` block."""
+
+    _http: _Http
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class Client(_Closes):
     """`/api`: sandboxes, volumes, snapshots, preview links; `toolbox(id)` for one sandbox's
     toolbox. Every method raises `ApiError`."""
 
@@ -86,15 +101,6 @@ class Client:
         self._http = _Http(config.api_url, config.api_key, timeout, transport)
         self._transport = transport
         self._timeout = timeout
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
 
     def server_config(self) -> Json:
         """GET /config (no key needed): `proxyToolboxUrl`, `proxyTemplateUrl`, `defaultSnapshot`, ..."""
@@ -231,22 +237,13 @@ class Client:
                        self._timeout if timeout is None else timeout, self._transport)
 
 
-class Toolbox:
+class Toolbox(_Closes):
     """One sandbox's toolbox API (toolbox-api.md). Paths are the daemon's (`/files`, ...)."""
 
     def __init__(self, base_url: str, api_key: str, timeout: float = 120,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.base_url = base_url
         self._http = _Http(base_url, api_key, timeout, transport)
-
-    def __enter__(self) -> Toolbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
 
     def call(self, method: str, path: str, **kwargs: Any) -> Json:
         """Any toolbox route, decoded JSON (None for an empty answer)."""
