@@ -9,11 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, and_, delete, or_, select, update
 
 from controlplane.errors import Conflict
-from controlplane.store.db import find_by_id_or_name
+from controlplane.store.db import find_by_id_or_name, insert_named
 from controlplane.store.schema import sandboxes as table
 
 
@@ -92,11 +91,8 @@ class SandboxRecords:
         return None if row is None else _record(row)
 
     def insert(self, record: SandboxRecord) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(table).values(**record.values()))
-        except IntegrityError:
-            raise Conflict(f"Sandbox with name {record.name} already exists", "NAME_TAKEN") from None
+        insert_named(self.engine, table, record.values(),
+                     Conflict(f"Sandbox with name {record.name} already exists", "NAME_TAKEN"))
         for listener in self.listeners:
             listener(record, False)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, and_, delete, select, update
 
 from controlplane.errors import Conflict
+from controlplane.store.db import insert_named
 from controlplane.store.schema import secrets as table
 
 
@@ -35,11 +35,8 @@ class SecretRecords:
         self.engine = engine
 
     def insert(self, record: SecretRecord, value: str) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(table).values(**record.__dict__, value=value))
-        except IntegrityError:
-            raise Conflict(f"Secret with name {record.name} already exists", "SECRET_NAME_TAKEN") from None
+        insert_named(self.engine, table, {**record.__dict__, "value": value},
+                     Conflict(f"Secret with name {record.name} already exists", "SECRET_NAME_TAKEN"))
 
     def get(self, organization_id: str, secret_id: str) -> SecretRecord | None:
         with self.engine.connect() as conn:

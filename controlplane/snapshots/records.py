@@ -9,11 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, delete, func, select, update
 
 from controlplane.errors import Conflict
-from controlplane.store.db import find_by_id_or_name
+from controlplane.store.db import find_by_id_or_name, insert_named
 from controlplane.store.schema import sandboxes
 from controlplane.store.schema import snapshots as table
 
@@ -56,11 +55,8 @@ class SnapshotRecords:
         self.engine = engine
 
     def insert(self, record: SnapshotRecord) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(table).values(**dataclasses.asdict(record)))
-        except IntegrityError:
-            raise Conflict(f"Snapshot with name {record.name} already exists", "SNAPSHOT_NAME_TAKEN") from None
+        insert_named(self.engine, table, dataclasses.asdict(record),
+                     Conflict(f"Snapshot with name {record.name} already exists", "SNAPSHOT_NAME_TAKEN"))
 
     def find(self, organization_id: str, id_or_name: str) -> SnapshotRecord | None:
         row = find_by_id_or_name(self.engine, table, organization_id, id_or_name)

@@ -14,7 +14,10 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Row, Table, create_engine, event, or_, select
+from sqlalchemy import Engine, Row, Table, create_engine, event, insert, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from controlplane.errors import ApiError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -68,3 +71,13 @@ def find_by_id_or_name(engine: Engine, table: Table, organization_id: str, id_or
             or_(table.c.id == id_or_name, table.c.name == id_or_name))).all()
     by_id = [r for r in rows if r.id == id_or_name]
     return by_id[0] if by_id else (rows[0] if rows else None)
+
+
+def insert_named(engine: Engine, table: Table, values: dict[str, Any], taken: ApiError) -> None:
+    """Insert a row whose name is unique per organization; `taken` when the name is not free
+    (the unique constraint decides, so two creates racing for one name cannot both win)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(insert(table).values(**values))
+    except IntegrityError:
+        raise taken from None

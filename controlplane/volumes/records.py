@@ -6,11 +6,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, and_, delete, select, update
 
 from controlplane.errors import BadRequest
-from controlplane.store.db import find_by_id_or_name
+from controlplane.store.db import find_by_id_or_name, insert_named
 from controlplane.store.schema import volumes as table
 
 READY = "ready"
@@ -37,12 +36,9 @@ class VolumeRecords:
         self.engine = engine
 
     def insert(self, record: VolumeRecord) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(table).values(**record.__dict__))
-        except IntegrityError:
-            # Daytona answers a taken name with a 400 (volume.service.ts).
-            raise BadRequest(f"Volume with name {record.name} already exists", "VOLUME_NAME_TAKEN") from None
+        # Daytona answers a taken name with a 400 (volume.service.ts).
+        insert_named(self.engine, table, record.__dict__,
+                     BadRequest(f"Volume with name {record.name} already exists", "VOLUME_NAME_TAKEN"))
 
     def find(self, organization_id: str, id_or_name: str) -> VolumeRecord | None:
         row = find_by_id_or_name(self.engine, table, organization_id, id_or_name)
