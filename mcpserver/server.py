@@ -38,6 +38,11 @@ saying how to read the rest; binary files are refused."""
 
 SandboxId = Annotated[str, Field(description="the sandbox's id, from create_sandbox or list_sandboxes")]
 SandboxPath = Annotated[str, Field(description="a path in the sandbox; relative paths start at its work directory")]
+Command = Annotated[str, Field(description="a bash command line")]
+WorkDir = Annotated[str | None, Field(description="working directory")]
+Timeout = Annotated[int, Field(ge=1, le=3600, description="seconds before it is stopped")]
+SessionId = Annotated[str, Field(description="from start_command")]
+CommandId = Annotated[str, Field(description="from start_command")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 CHANGES = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
 DESTROYS = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
@@ -117,9 +122,7 @@ def build_server(resolve: Resolve) -> MCPServer:
                    "together). For servers or jobs longer than the timeout use start_command.")
     async def execute_command(
         ctx: Context, sandbox_id: SandboxId,
-        command: Annotated[str, Field(description="a bash command line")],
-        cwd: Annotated[str | None, Field(description="working directory")] = None,
-        timeout: Annotated[int, Field(ge=1, le=3600, description="seconds before it is killed")] = 120,
+        command: Command, cwd: WorkDir = None, timeout: Timeout = 120,
     ) -> str:
         return await _call(resolve, ctx,
                            lambda t: t.execute_command(sandbox_id, command, cwd, timeout), "execute_command")
@@ -131,7 +134,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         code: Annotated[str, Field(description="Python source")],
         context_id: Annotated[str | None, Field(description="from create_code_context; default: the "
                                                             "sandbox's default context")] = None,
-        timeout: Annotated[int, Field(ge=1, le=3600, description="seconds before it is interrupted")] = 120,
+        timeout: Timeout = 120,
     ) -> str:
         return await _call(resolve, ctx,
                            lambda t: t.run_code(sandbox_id, code, context_id, timeout), "run_code")
@@ -147,9 +150,7 @@ def build_server(resolve: Resolve) -> MCPServer:
     @tool(CHANGES, "Start a long-running command (a server, a build, tests) in the background; returns the "
                    "sessionId and commandId for read_command_logs and stop_command.")
     async def start_command(
-        ctx: Context, sandbox_id: SandboxId,
-        command: Annotated[str, Field(description="a bash command line")],
-        cwd: Annotated[str | None, Field(description="working directory")] = None,
+        ctx: Context, sandbox_id: SandboxId, command: Command, cwd: WorkDir = None,
     ) -> str:
         return await _call(resolve, ctx,
                            lambda t: t.start_command(sandbox_id, command, cwd), "start_command")
@@ -158,8 +159,7 @@ def build_server(resolve: Resolve) -> MCPServer:
                      "still runs, its exit code and the nextOffset to read from next time.")
     async def read_command_logs(
         ctx: Context, sandbox_id: SandboxId,
-        session_id: Annotated[str, Field(description="from start_command")],
-        command_id: Annotated[str, Field(description="from start_command")],
+        session_id: SessionId, command_id: CommandId,
         offset: Annotated[int, Field(ge=0, description="0 first, then the nextOffset of the last read")] = 0,
         wait_seconds: Annotated[float, Field(ge=0, le=60, description="wait up to this long for new output "
                                                                       "while it runs")] = 0,
@@ -175,8 +175,7 @@ def build_server(resolve: Resolve) -> MCPServer:
     @tool(DESTROYS, "Stop a started command: signal every process it started (TERM first; KILL if it stays).")
     async def stop_command(
         ctx: Context, sandbox_id: SandboxId,
-        session_id: Annotated[str, Field(description="from start_command")],
-        command_id: Annotated[str, Field(description="from start_command")],
+        session_id: SessionId, command_id: CommandId,
         signal: Literal["TERM", "INT", "KILL", "HUP"] = "TERM",
     ) -> str:
         return await _call(resolve, ctx,
