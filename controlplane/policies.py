@@ -3,7 +3,8 @@ reconcile that notices sandboxes that died on their own.
 
 Auto-stop reads the proxy's last-activity records (real traffic only: requests and
 WebSocket data frames, not pings) and stops a sandbox idle for `autoStopInterval` minutes
-since max(last activity, last start). Auto-archive archives a sandbox stopped for
+since max(that, the recorded last activity: its last start, `POST .../last-activity`);
+editing the record (labels, intervals) is not activity. Auto-archive archives a sandbox stopped for
 `autoArchiveInterval` minutes (when the backend can archive); auto-delete deletes one
 stopped for `autoDeleteInterval` minutes (0 means on stop, handled by stop itself).
 """
@@ -56,13 +57,16 @@ class Policies:
             if record.pending:
                 continue
             who = Principal(record.organization_id, "policy")
-            last = max(record.last_activity_at or 0.0, seen.get(record.id, 0.0))
-            if seen.get(record.id, 0.0) > (record.last_activity_at or 0.0):
+            # Idle since the last activity: traffic the proxy saw, a start, a create, a
+            # POST last-activity; never a record edit (labels, intervals), as in Daytona.
+            recorded = record.last_activity_at or record.created_at
+            last = max(recorded, seen.get(record.id, 0.0))
+            if last > recorded:
                 await anyio.to_thread.run_sync(lambda r=record, t=last: self.plane.records.change(  # type: ignore[misc]
                     r.organization_id, r.id, last_activity_at=t))
             try:
                 if record.state == State.STARTED and record.auto_stop_interval > 0:
-                    if now - max(last, record.updated_at) >= record.auto_stop_interval * self.minute:
+                    if now - last >= record.auto_stop_interval * self.minute:
                         log.info("auto-stopping %s: idle for %.0f s", record.id, now - last)
                         await service.stop(who, record.id)
                         done.append(f"stop {record.id}")

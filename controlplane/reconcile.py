@@ -92,7 +92,7 @@ async def reconcile(plane: ControlPlane, *, at_start: bool = True) -> list[str]:
             cpu=1, gpu=0, memory=1, disk=3, auto_stop_interval=sandbox_service.DEFAULT_AUTO_STOP,
             auto_archive_interval=sandbox_service.DEFAULT_AUTO_ARCHIVE,
             auto_delete_interval=sandbox_service.DEFAULT_AUTO_DELETE, network_block_all=False,
-            preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now,
+            preview_token=secrets.token_urlsafe(24), created_at=now, updated_at=now, last_activity_at=now,
             snapshot=sandbox_service.DEFAULT_SNAPSHOT, extra={"adopted": True},
         )
         await anyio.to_thread.run_sync(plane.records.insert, adopted)

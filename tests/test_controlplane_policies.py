@@ -57,6 +57,32 @@ def test_auto_stop_after_the_interval_without_traffic(stack: Stack) -> None:
         idle.delete()
 
 
+def test_a_label_change_does_not_postpone_auto_stop_a_toolbox_call_does(stack: Stack) -> None:
+    from daytona import CreateSandboxFromSnapshotParams
+
+    d = daytona(stack)
+    edited = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=3))
+    called = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=3))
+    called_since = time.monotonic()
+    try:
+        # Both get attention every 0.5 s, for longer than their 3 s: one its labels
+        # edited through the API, the other a toolbox call through the proxy.
+        deadline = time.monotonic() + 15
+        edited_state = "started"
+        while time.monotonic() < deadline and (edited_state == "started" or time.monotonic() - called_since < 5):
+            if edited_state == "started":
+                edited.set_labels({"tick": str(time.monotonic())})
+            assert called.process.exec("true").exit_code == 0
+            time.sleep(0.5)
+            edited_state = state_of(stack, edited.id) or "gone"
+        assert edited_state == "stopped"  # the edits never counted as activity
+        assert time.monotonic() - called_since >= 5
+        assert state_of(stack, called.id) == "started"  # the calls did
+    finally:
+        edited.delete()
+        called.delete()
+
+
 def test_auto_delete_after_a_stop_and_ephemeral_sandboxes(stack: Stack) -> None:
     from daytona import CreateSandboxFromSnapshotParams
 

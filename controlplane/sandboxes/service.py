@@ -299,9 +299,7 @@ class SandboxService:
             await anyio.to_thread.run_sync(lambda: self.records.finish(
                 record.id, State.ERROR.value, f"Failed to create the sandbox: {reason}"))
             return
-        await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.STARTED.value))
-        await self.view.publish()
-        await self.view.until_routed(record.id)
+        await self._started(record.id)
 
     async def _link_owner(self, principal: Principal, id_or_name: str, auto_delete: int) -> SandboxRecord:
         """Daytona's rules for `linkedSandbox`: an existing sandbox of the same organization
@@ -329,9 +327,7 @@ class SandboxService:
             if isinstance(exc, BackendError):
                 raise ApiError(exc.status, f"Failed to create the sandbox: {exc.message}", "BACKEND_ERROR") from None
             raise
-        await anyio.to_thread.run_sync(lambda: self.records.finish(record.id, State.STARTED.value))
-        await self.view.publish()
-        await self.view.until_routed(record.id)
+        await self._started(record.id)
         record.state, record.desired_state, record.pending = State.STARTED.value, State.STARTED.value, False
         return record
 
@@ -374,10 +370,16 @@ class SandboxService:
             await self.backend.start(record.id)
         except BackendError as exc:
             raise await self._fail(record, exc, verb) from None
+        await self._started(record.id)
+
+    async def _started(self, sandbox_id: str) -> None:
+        """Record a sandbox started (create, start, recover) and return once the proxy routes
+        it. Starting counts as activity: auto-stop's idle time runs from here, not from the
+        create request a build may have kept waiting for minutes."""
         await anyio.to_thread.run_sync(
-            lambda: self.records.finish(record.id, State.STARTED.value, last_activity_at=time.time()))
+            lambda: self.records.finish(sandbox_id, State.STARTED.value, last_activity_at=time.time()))
         await self.view.publish()
-        await self.view.until_routed(record.id)
+        await self.view.until_routed(sandbox_id)
 
     async def stop(self, principal: Principal, id_or_name: str, force: bool = False) -> SandboxRecord | None:
         """The stopped sandbox, or None once an ephemeral one (autoDeleteInterval 0) is gone."""
