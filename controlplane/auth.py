@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine, delete, insert, select
 
 from controlplane.errors import BadRequest, Conflict, Unauthorized
 from controlplane.store.schema import api_keys, organizations
@@ -48,7 +48,8 @@ def key_hash(key: str) -> str:
 
 
 # A key's lookup is remembered this long: every request authenticates, and a listing of
-# 1,000 sandboxes is 10 requests. Keys are never revoked yet; when they are, clear it.
+# 1,000 sandboxes is 10 requests. `revoke` drops its entry, so a revoked key fails at once
+# here (another control plane sharing the database would keep it up to this long).
 AUTH_CACHE_SECONDS = 5.0
 
 
@@ -111,6 +112,14 @@ class Keys:
         principal = Principal(row.organization_id, row.id)
         self._cache[digest] = (time.monotonic() + AUTH_CACHE_SECONDS, principal)
         return principal
+
+    def revoke(self, key: str) -> bool:
+        """Delete the key; False if it was not one. Its requests fail from now on."""
+        digest = key_hash(key)
+        with self.engine.begin() as conn:
+            deleted = conn.execute(delete(api_keys).where(api_keys.c.key_hash == digest)).rowcount
+        self._cache.pop(digest, None)
+        return bool(deleted)
 
     def hashes(self) -> dict[str, str]:
         """Every key's hash and its organization: the proxy's view (registry `api_keys`)."""

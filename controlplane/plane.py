@@ -17,7 +17,7 @@ from controlplane.backend import SandboxBackend
 from controlplane.errors import ApiError
 from controlplane.events import Events
 from controlplane.policies import ActivitySource, Policies
-from controlplane.proxyview import ProxyView, VisibleCheck
+from controlplane.proxyview import KeyCheck, ProxyView, VisibleCheck
 from controlplane.reconcile import reconcile
 from controlplane.sandboxes.records import SandboxRecords
 from controlplane.sandboxes.routes import PublicUrls
@@ -51,7 +51,7 @@ class PlaneConfig:
 
 class ControlPlane:
     def __init__(self, config: PlaneConfig, backend: SandboxBackend, visible: VisibleCheck | None = None,
-                 activity: ActivitySource | None = None) -> None:
+                 activity: ActivitySource | None = None, key_seen: KeyCheck | None = None) -> None:
         self.config = config
         self.urls = config.urls
         self.backend = backend
@@ -60,7 +60,8 @@ class ControlPlane:
         self.records = SandboxRecords(self.engine)
         self.events = Events(self.keys, config.urls)
         self.records.listeners.append(self.events.changed)
-        self.view = ProxyView(FileRegistry(config.registry_path), self.records, self.keys, backend, visible)
+        self.view = ProxyView(FileRegistry(config.registry_path), self.records, self.keys, backend, visible,
+                              key_seen)
         self.sandboxes = SandboxService(self.records, backend, self.view,
                                         default_auto_stop=config.default_auto_stop)
         self.policies = Policies(self, activity, minute=config.minute,
@@ -115,9 +116,20 @@ class ControlPlane:
         await anyio.to_thread.run_sync(self.engine.dispose)
 
     async def create_key(self, organization: str = DEFAULT_ORGANIZATION) -> NewKey:
+        """A new key, which the proxy accepts by the time this returns."""
         created = await anyio.to_thread.run_sync(lambda: self.keys.create_key(organization))
         await self.view.publish()
+        await self.view.until_key(created.key, True)
         return created
+
+    async def revoke_key(self, key: str) -> bool:
+        """Delete a key; by the time this returns the API, the proxy and MCP refuse it.
+        False if it was not a key."""
+        if not await anyio.to_thread.run_sync(self.keys.revoke, key):
+            return False
+        await self.view.publish()
+        await self.view.until_key(key, False)
+        return True
 
     async def adopt_key(self, key: str, organization: str = DEFAULT_ORGANIZATION) -> None:
         """Make a key that already exists in plain text (STATE/api-key, --api-key) valid."""

@@ -1,5 +1,5 @@
 """What the proxy knows: the control plane rewrites the proxy's `file:` registry from the
-database whenever a sandbox starts or stops routing, or a key is added.
+database whenever a sandbox starts or stops routing, or a key is added or revoked.
 
 Started sandboxes with their toolbox address (from the backend), preview token, public
 flag and organization, plus every API key's hash and organization, so the proxy accepts a
@@ -20,16 +20,19 @@ from runtime.registry import FileRegistry
 
 # Returns once the proxy routes the sandbox id (the proxy re-reads its file at most every 0.25 s).
 VisibleCheck = Callable[[str], Awaitable[None]]
+# Returns once the proxy accepts the API key (True) or refuses it (False).
+KeyCheck = Callable[[str, bool], Awaitable[None]]
 
 
 class ProxyView:
     def __init__(self, registry: FileRegistry, records: SandboxRecords, keys: Keys, backend: SandboxBackend,
-                 visible: VisibleCheck | None = None) -> None:
+                 visible: VisibleCheck | None = None, key_seen: KeyCheck | None = None) -> None:
         self.registry = registry
         self.records = records
         self.keys = keys
         self.backend = backend
         self.visible = visible
+        self.key_seen = key_seen
         self._lock = anyio.Lock()
         # Other resources' additions to the entries (signing keys, revoked preview labels).
         self.decorators: list[Callable[[dict[str, dict[str, Any]]], None]] = []
@@ -62,3 +65,9 @@ class ProxyView:
     async def until_routed(self, sandbox_id: str) -> None:
         if self.visible is not None:
             await self.visible(sandbox_id)
+
+    async def until_key(self, key: str, accepted: bool) -> None:
+        """After `publish()`: return once the proxy has taken a new key (or dropped a
+        revoked one), so the caller's next toolbox call gets the right answer at once."""
+        if self.key_seen is not None:
+            await self.key_seen(key, accepted)

@@ -108,8 +108,9 @@ def _ipv4(value: object) -> str | None:
 
 class FileRegistry:
     """Re-reads the file when its mtime, size or inode changes (checked at most every 0.25 s,
-    or every 5 ms for an id it does not know: a sandbox just created is routed as soon as
-    the control plane has written it, instead of up to 0.25 s later)."""
+    or every 5 ms for an id or API key it does not know: a sandbox just created is routed,
+    and a key just made accepted, as soon as the control plane has written it, instead of
+    up to 0.25 s later)."""
 
     CHECK_INTERVAL = 0.25
     MISS_CHECK_INTERVAL = 0.005  # bounds the stat calls unknown ids can cause to 200/s
@@ -180,7 +181,13 @@ class FileRegistry:
 
     async def key_organization(self, key_sha256_hex: str) -> str | None:
         await self._refresh()
-        return self._key_orgs.get(key_sha256_hex)
+        organization = self._key_orgs.get(key_sha256_hex)
+        if organization is None:
+            # A key made a moment ago, as for ids: the same 5 ms bound on re-checks, so a
+            # flood of bad keys costs at most 200 stat calls a second.
+            await self._refresh(self.MISS_CHECK_INTERVAL)
+            organization = self._key_orgs.get(key_sha256_hex)
+        return organization
 
     async def close(self) -> None:
         return None

@@ -1,8 +1,9 @@
-"""`python -m runtime up|inspect|api-key create`: what only the runtime's host can do.
+"""`python -m runtime up|inspect|api-key create|revoke`: what only the runtime's host can do.
 
 `up` runs everything (proxy, control plane, runtime) in the foreground until Ctrl-C;
 `inspect` asks the control socket what the runtime knows of a sandbox; `api-key create`
-writes a key into the database of the state directory. Managing sandboxes is the
+and `revoke` make and revoke keys through the running main job, so the proxy follows at
+once (runtime/apikeys.py). Managing sandboxes is the
 `sandbox-toolbox` CLI's job (client/cli/), a client of `/api` like the SDKs: one API per
 concern.
 """
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     _state_arg(key_create, top=False)
     key_create.add_argument("--organization", default="default",
                             help="the organization it belongs to, created if new")
+    key_revoke = key_commands.add_parser("revoke", help="revoke an API key: refused everywhere once this returns")
+    _state_arg(key_revoke, top=False)
+    key_revoke.add_argument("key", help="the key (dtn_...), or - to read it from stdin (keeps it out of ps)")
     return parser
 
 
@@ -190,7 +194,8 @@ def up(args: argparse.Namespace) -> int:
 def _host_routes(stack: Any) -> list[Any]:
     """`GET /runtime/sandboxes/{id}` on the control socket only (never forwarded by the
     proxy): what the runtime knows of a sandbox (uid, socket, cgroups, usage, daemon pid),
-    for `python -m runtime inspect` and the tests of the tenant boundary."""
+    for `python -m runtime inspect` and the tests of the tenant boundary; and the API-key
+    routes of `python -m runtime api-key`."""
     import anyio
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -204,7 +209,9 @@ def _host_routes(stack: Any) -> list[Any]:
             raise NotFound(f"Sandbox with ID {request.path_params['id']} not found in the runtime")
         return JSONResponse(await anyio.to_thread.run_sync(stack.runtime.describe, spec))
 
-    return [Route("/runtime/sandboxes/{id}", inspect, methods=["GET"])]
+    from runtime import apikeys
+
+    return [Route("/runtime/sandboxes/{id}", inspect, methods=["GET"]), *apikeys.routes(stack.plane)]
 
 
 async def _first_sandbox(stack: Any, wanted: str | None) -> None:
@@ -338,30 +345,6 @@ def _moved(verb: str) -> int:
     return 2
 
 
-def _create_key(args: argparse.Namespace) -> int:
-    from controlplane.auth import Keys
-    from controlplane.errors import ApiError
-    from controlplane.plane import PlaneConfig
-    from controlplane.sandboxes.routes import PublicUrls
-    from controlplane.store.db import migrate, open_engine
-
-    state = _state_dir(args)
-    config = PlaneConfig(state_dir=state, urls=PublicUrls("http", "localhost", 8080),
-                         registry_path=state / "registry.json")
-    engine = open_engine(config.url)
-    try:
-        migrate(engine)
-        created = Keys(engine).create_key(args.organization)
-    except ApiError as exc:
-        return _fail(exc.message)
-    finally:
-        engine.dispose()
-    print(f"DAYTONA_API_KEY={created.key}")
-    print(f"# organization {created.organization_name} ({created.organization_id}); shown once, stored hashed; "
-          "the proxy accepts it within a few seconds", file=sys.stderr)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     verb = next((w for i, w in enumerate(words) if not w.startswith("-")
@@ -375,5 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "inspect":
         return _inspect(args)
     if args.command == "api-key":
-        return _create_key(args)
+        from runtime import apikeys
+
+        if args.key_command == "revoke":
+            return apikeys.revoke(_state_dir(args), args.key)
+        return apikeys.create(_state_dir(args), args.organization)
     return 2

@@ -17,6 +17,7 @@ import re
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from runtime.rootfs import build_key
 from runtime.snapshots import Snapshot, SnapshotError, SnapshotStore
 from toolbox.tasks import BackgroundTask, TaskOwner
 
+# A sandbox id no sandbox has: the proxy's answer for it says only whether it took the key.
+KEY_PROBE_ID = "api-key-probe"
 _ACTIVITY = re.compile(r'^proxy_sandbox_last_activity_seconds\{sandbox="([^"]+)"\} ([0-9.eE+]+)$',
                        re.MULTILINE)
 
@@ -124,7 +127,7 @@ class Stack:
             PlaneConfig(state_dir=state, urls=PublicUrls("http", config.domain, config.port),
                         registry_path=self.registry_path, preview_secret=self.secret.encode(),
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
-            self.backend, visible=self.wait_routed, activity=self.read_activity)
+            self.backend, visible=self.wait_routed, activity=self.read_activity, key_seen=self.wait_key)
         self.proxy: asyncio.subprocess.Process | None = None
         self.default_snapshot: Snapshot | None = None
         # The main job's background work (the proxy's watcher, restarting what a crash
@@ -176,19 +179,31 @@ class Stack:
         response.raise_for_status()
         return parse_activity(response.text)
 
+    async def _probe(self, sandbox_id: str, key: str, done: Callable[[httpx.Response], bool],
+                     timeout: float) -> None:
+        """GET /toolbox/{sandbox_id}/version through the proxy, with `key`, until `done`."""
+        url = f"http://{self.config.host}:{self.config.port}/toolbox/{sandbox_id}/version"
+        headers = {"host": f"{self.config.domain}:{self.config.port}", "authorization": f"Bearer {key}"}
+        async with asyncio.timeout(timeout):
+            while not done(await self._http.get(url, headers=headers)):
+                await asyncio.sleep(0.02)
+
     async def wait_routed(self, sandbox_id: str, timeout: float = 2.0) -> None:
         """Return once the proxy routes `sandbox_id`, so `create` hands out a sandbox whose
         first call through the proxy succeeds (the proxy re-reads the registry file at most
         every 0.25 s). The probe also opens the proxy's connection to the new daemon."""
-        url = f"http://{self.config.host}:{self.config.port}/toolbox/{sandbox_id}/version"
-        headers = {"host": f"{self.config.domain}:{self.config.port}",
-                   "authorization": f"Bearer {self.internal_key}"}
-        async with asyncio.timeout(timeout):
-            while True:
-                response = await self._http.get(url, headers=headers)
-                if response.headers.get("x-proxy-error") != "sandbox-not-found":
-                    return
-                await asyncio.sleep(0.02)
+        await self._probe(sandbox_id, self.internal_key,
+                          lambda r: r.headers.get("x-proxy-error") != "sandbox-not-found", timeout)
+
+    async def wait_key(self, key: str, accepted: bool, timeout: float = 2.0) -> None:
+        """Return once the proxy accepts `key` (a new one) or refuses it (a revoked one): a
+        toolbox call for an id no sandbox has is a 404 with a key it accepts, a 401 without.
+        The key is made or revoked already: a proxy slow to follow is logged, not an error."""
+        try:
+            await self._probe(KEY_PROBE_ID, key, lambda r: (r.status_code != 401) == accepted, timeout)
+        except (TimeoutError, httpx.TransportError) as exc:
+            print(f"warning: the proxy did not {'take' if accepted else 'drop'} an API key within {timeout} s "
+                  f"({type(exc).__name__}); it will at its next registry read", file=sys.stderr, flush=True)
 
     async def start(self) -> None:
         self._check_port()

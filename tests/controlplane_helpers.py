@@ -4,11 +4,14 @@ keys of other organizations."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from tests.helpers import REPO_ROOT
 from tests.runtime_helpers import Stack, start_stack
 
 STORES = ["sqlite", "postgresql"]
@@ -58,17 +61,19 @@ def database_url(stack: Stack) -> str:
     return stack.env.get("CONTROLPLANE_DATABASE_URL") or sqlite_url(stack.state_dir / "controlplane.db")
 
 
-def extra_key(stack: Stack, organization: str) -> str:
-    """A key of another organization, written straight into the stack's database (as the
-    key command does)."""
-    from controlplane.auth import Keys
-    from controlplane.store.db import open_engine
+def key_command(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m runtime api-key ARGS...` on the stack's state directory, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "runtime", "api-key", *args], env=stack.env, input=stdin,
+                          capture_output=True, text=True, timeout=60, cwd=REPO_ROOT)
 
-    engine = open_engine(database_url(stack))
-    try:
-        return Keys(engine).create_key(organization).key
-    finally:
-        engine.dispose()
+
+def extra_key(stack: Stack, organization: str) -> str:
+    """A key of `organization` (created if new), made by the key command: the proxy takes
+    it before the command returns."""
+    result = key_command(stack, "create", "--organization", organization)
+    line = result.stdout.strip()
+    assert result.returncode == 0 and line.startswith("DAYTONA_API_KEY=dtn_"), (result.stdout, result.stderr)
+    return line.split("=", 1)[1]
 
 
 def other_key_fixture() -> Callable[..., Any]:

@@ -11,7 +11,7 @@ import stat
 import httpx
 import pytest
 
-from tests.controlplane_helpers import api_url, daytona, stack_fixture
+from tests.controlplane_helpers import api_url, daytona, extra_key, key_command, stack_fixture
 from tests.runtime_helpers import Stack, needs_bwrap
 
 pytestmark = needs_bwrap
@@ -83,49 +83,61 @@ def test_the_proxy_learns_started_sandboxes_and_key_hashes_from_the_control_plan
     assert sandbox.id not in registry["sandboxes"]
 
 
-def new_key(stack: Stack, organization: str) -> str:
-    """`python -m runtime api-key create --organization NAME`, as a user would run it."""
-    import subprocess
-    import sys
-
-    from tests.helpers import REPO_ROOT
-
-    result = subprocess.run([sys.executable, "-m", "runtime", "api-key", "create", "--organization", organization],
-                            env=stack.env, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=True)
-    line = result.stdout.strip()
-    assert line.startswith("DAYTONA_API_KEY=dtn_"), result.stdout
-    return line.split("=", 1)[1]
-
-
 def toolbox_get(stack: Stack, sandbox_id: str, key: str) -> httpx.Response:
     return httpx.get(f"{stack.url}/toolbox/{sandbox_id}/version", timeout=10,
                      headers={"Authorization": f"Bearer {key}", "Host": f"localhost:{stack.port}"})
 
 
-def wait_for_toolbox(stack: Stack, sandbox_id: str, key: str, timeout: float = 15) -> httpx.Response:
-    """The proxy learns a key made by the CLI at the control plane's next policy pass."""
-    import time
+def test_a_new_key_works_at_once_and_a_revoked_one_stops_at_once(stack: Stack) -> None:
+    """No wait anywhere: the key command returns once the proxy has taken (or dropped) the key."""
+    from daytona import DaytonaAuthenticationError, DaytonaError
 
-    deadline = time.monotonic() + timeout
-    response = toolbox_get(stack, sandbox_id, key)
-    while response.status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.25)
-        response = toolbox_get(stack, sandbox_id, key)
-    return response
+    sandbox = daytona(stack).create()
+    try:
+        key = extra_key(stack, "default")  # the organization of `sandbox`
+        assert toolbox_get(stack, sandbox.id, key).status_code == 200
+        mine = daytona(stack, key).get(sandbox.id)  # the SDK: /api, then the toolbox through the proxy
+        assert mine.process.exec("echo at once").result.strip() == "at once"
+        mcp = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+               "params": {"name": "execute_command", "arguments": {"sandbox_id": sandbox.id, "command": "echo mcp"}}}
+        answer = httpx.post(f"{stack.url}/api/mcp", json=mcp, timeout=60, headers={
+            "Authorization": f"Bearer {key}", "Host": f"localhost:{stack.port}",
+            "Accept": "application/json, text/event-stream"})
+        assert answer.status_code == 200 and answer.json()["result"]["isError"] is False, answer.text
+        assert "mcp" in answer.json()["result"]["content"][0]["text"]
+
+        revoked = key_command(stack, "revoke", "-", stdin=key + "\n")  # from stdin: not in `ps`
+        assert revoked.returncode == 0, revoked.stderr
+        refused = toolbox_get(stack, sandbox.id, key)
+        assert refused.status_code == 401 and refused.headers["x-proxy-error"] == "toolbox-auth-required"
+        with pytest.raises(DaytonaError):
+            mine.process.exec("echo refused")
+        with pytest.raises(DaytonaAuthenticationError):
+            daytona(stack, key).get(sandbox.id)
+        assert httpx.post(f"{stack.url}/api/mcp", json=mcp, timeout=60, headers={
+            "Authorization": f"Bearer {key}", "Host": f"localhost:{stack.port}"}).status_code == 401
+        # The banner's key, which the same organization still has, is untouched.
+        assert toolbox_get(stack, sandbox.id, stack.api_key).status_code == 200
+        again = key_command(stack, "revoke", key)
+        assert again.returncode == 1 and "no such API key" in again.stderr
+        bad = key_command(stack, "create", "--organization", " ")
+        assert bad.returncode == 1 and "1 to 255 characters" in bad.stderr
+    finally:
+        sandbox.delete()
 
 
 def test_another_organizations_sandbox_is_a_404_everywhere(stack: Stack) -> None:
     from daytona import DaytonaNotFoundError
 
     mine = daytona(stack).create()
-    other_key = new_key(stack, "other-team")
+    other_key = extra_key(stack, "other-team")
     theirs_client = daytona(stack, other_key)
     theirs = theirs_client.create()
     try:
         assert theirs.organization_id != mine.organization_id
         # Their own sandbox works for them, through the proxy's toolbox path too.
         assert theirs.process.exec("echo ours").result.strip() == "ours"
-        assert wait_for_toolbox(stack, theirs.id, other_key).status_code == 200
+        assert toolbox_get(stack, theirs.id, other_key).status_code == 200
         # Mine does not exist for them: the SDK, the REST API and the proxy all say 404.
         with pytest.raises(DaytonaNotFoundError, match="not found"):
             theirs_client.get(mine.id)

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -94,6 +95,37 @@ def test_file_registry_finds_a_new_id_at_once_but_rereads_known_ones_at_most_eve
     assert known is not None and known.url == "http://127.0.0.1:2280"
     assert new == Sandbox("new", "http://127.0.0.1:2282", None, False)
     assert gone is None and took < 0.2
+
+
+def test_a_new_api_key_is_found_at_once_and_a_flood_of_unknown_ones_costs_at_most_200_reads_a_second(
+        tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    known, new = "a" * 64, "b" * 64
+    path.write_text(json.dumps({"sandboxes": {}, "api_keys": {known: "org-a"}}))
+    registry = FileRegistry(str(path))
+    loads = 0
+    load = registry._load
+
+    def counted() -> Any:
+        nonlocal loads
+        loads += 1
+        return load()
+
+    registry._load = counted  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[str | None, str | None, float]:
+        assert await registry.key_organization(known) == "org-a"
+        path.write_text(json.dumps({"sandboxes": {}, "api_keys": {known: "org-a", new: "org-b"}}))
+        await asyncio.sleep(0.01)
+        found = await registry.key_organization(new)  # unknown: re-read now, not 0.25 s later
+        started = time.monotonic()
+        for n in range(3000):
+            assert await registry.key_organization(f"{n:064x}") is None
+        return found, await registry.key_organization(known), time.monotonic() - started
+
+    found, still, took = asyncio.run(scenario())
+    assert found == "org-b" and still == "org-a"
+    assert loads - 2 <= took / FileRegistry.MISS_CHECK_INTERVAL + 1, (loads, took)
 
 
 def test_a_sandbox_address_is_an_ipv4_literal_or_nothing(tmp_path: Path) -> None:
