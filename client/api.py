@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
 
 USER_AGENT = "sandbox-toolbox-cli"
+_RECV_SLICE = 0.25  # seconds
 Json = Any
 
 
@@ -331,9 +332,12 @@ class Toolbox(_Closes):
                     if remaining is not None and remaining <= 0:
                         return
                     try:
-                        message = socket.recv(timeout=remaining)
+                        # In slices: on the main thread (`logs --follow`), a SIGINT another
+                        # thread took is only acted on when this returns (cli/execute.py).
+                        message = socket.recv(timeout=_RECV_SLICE if remaining is None
+                                              else min(remaining, _RECV_SLICE))
                     except TimeoutError:
-                        return
+                        continue  # the deadline above decides; recv keeps what it had
                     yield message if isinstance(message, bytes) else message.encode()
             except ConnectionClosed:
                 pass

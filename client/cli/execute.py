@@ -12,6 +12,7 @@ import argparse
 import shlex
 import sys
 import threading
+import time
 import uuid
 from typing import IO, Any
 
@@ -24,6 +25,7 @@ from client.streams import STDOUT, Demux
 
 TIMED_OUT = 124  # as timeout(1)
 INTERRUPTED = 130
+SLICE = 0.1  # seconds: how long Ctrl-C may wait for the main thread to notice it
 
 
 def shell_text(parser: argparse.ArgumentParser, words: list[str]) -> str:
@@ -118,7 +120,7 @@ def _follow(toolbox: Toolbox, session: str, command_id: str, timeout: float | No
     reader = threading.Thread(target=stream, daemon=True)
     reader.start()
     try:
-        finished = done.wait(timeout)
+        finished = wait_interruptibly(done, timeout)
     except KeyboardInterrupt:
         _stop(toolbox, session, command_id, throwaway)
         return INTERRUPTED
@@ -129,6 +131,20 @@ def _follow(toolbox: Toolbox, session: str, command_id: str, timeout: float | No
     if failure:
         raise failure[0]
     return exit_code_of(toolbox, session, command_id)
+
+
+def wait_interruptibly(event: threading.Event, timeout: float | None) -> bool:
+    """`event.wait(timeout)` in slices. The kernel may hand Ctrl-C's SIGINT to any thread of
+    the process (the reader's, the WebSocket's), and then a main thread blocked in one long
+    wait never wakes to run Python's handler: the CLI sat there until the command ended.
+    Each slice's return lets the handler run, so Ctrl-C takes at most a slice."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            return event.is_set()
+        if event.wait(SLICE if remaining is None else min(remaining, SLICE)):
+            return True
 
 
 def _stop(toolbox: Toolbox, session: str, command_id: str, throwaway: bool) -> None:
