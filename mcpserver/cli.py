@@ -37,10 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def start() -> int:
+    import signal
+
     import anyio
 
     from client import Client, ConfigError, load_config
+    from mcpserver.sandboxes import TOOLBOX_URLS
     from mcpserver.server import build_server
+    from mcpserver.started import StartedCommands
     from mcpserver.transport import SharedTransport
 
     try:
@@ -49,11 +53,21 @@ def start() -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     client = Client(config, transport=SharedTransport())
-    server = build_server(lambda ctx: client)
+    started = StartedCommands()
+    server = build_server(lambda ctx: client, started)
+    # SIGTERM (an agent app closing us) ends the session like stdin's EOF or Ctrl-C...
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         anyio.run(server.run_stdio_async)
     except KeyboardInterrupt:
         pass
+    finally:
+        # ... and then the sessions start_command made go (mcpserver/started.py); a second
+        # SIGTERM must not cut that short (its time is bounded instead).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        toolbox_url = TOOLBOX_URLS.get(config.api_url)
+        if toolbox_url is not None:  # else no tool reached a toolbox: nothing was started
+            started.clean(client, toolbox_url)
     return 0
 
 

@@ -26,6 +26,7 @@ from client import ApiError, Client, Toolbox
 from client.errors import UNREACHABLE
 from client.streams import STDERR, STDOUT_MARK, Demux
 from mcpserver import shaping
+from mcpserver.started import StartedCommands
 
 LANGUAGES = ("python", "typescript", "javascript")
 LANGUAGE_LABEL = "code-toolbox-language"
@@ -82,8 +83,9 @@ def _check_id(value: str, what: str = "sandbox_id") -> None:
 class SandboxTools:
     """The tool set over one `Client` (one API key, one organization)."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, started: StartedCommands | None = None) -> None:
         self.client = client
+        self.started = started
 
     @contextmanager
     def _calling(self, action: str, sandbox_id: str | None = None) -> Iterator[None]:
@@ -270,6 +272,8 @@ class SandboxTools:
             except ApiError:
                 toolbox.delete_session(session_id)
                 raise
+        if self.started is not None:
+            self.started.add(sandbox_id, session_id)
         return _dump({"sessionId": session_id, "commandId": started["cmdId"],
                       "next": "read_command_logs with these ids (offset 0 first, then the nextOffset it returns); "
                               "stop_command stops it"})

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from client import ApiError, Client
 from mcpserver.sandboxes import SandboxTools, ToolFailure
+from mcpserver.started import StartedCommands
 from proxy import __version__
 
 log = logging.getLogger("mcpserver")
@@ -54,10 +55,11 @@ DESTROYS = ToolAnnotations(read_only_hint=False, destructive_hint=True, open_wor
 CALLS = anyio.CapacityLimiter(32)
 
 
-async def _call(resolve: Resolve, ctx: Context, run: Callable[[SandboxTools], str], name: str) -> str:
+async def _call(tools: Callable[[Context], SandboxTools], ctx: Context, run: Callable[[SandboxTools], str],
+                name: str) -> str:
     try:
-        client = resolve(ctx)
-        return await anyio.to_thread.run_sync(lambda: run(SandboxTools(client)), limiter=CALLS)
+        toolset = tools(ctx)
+        return await anyio.to_thread.run_sync(lambda: run(toolset), limiter=CALLS)
     except ToolFailure as failure:
         raise ToolError(failure.message) from None
     except ApiError as exc:  # one the tool did not expect: still a reason the model can read
@@ -68,9 +70,13 @@ async def _call(resolve: Resolve, ctx: Context, run: Callable[[SandboxTools], st
                         "try again, and report it if it persists") from None
 
 
-def build_server(resolve: Resolve) -> MCPServer:
+def build_server(resolve: Resolve, started: StartedCommands | None = None) -> MCPServer:
+    """`started` records the sessions start_command makes (stdio: deleted at the end)."""
     server: MCPServer = MCPServer("sandbox-toolbox", instructions=INSTRUCTIONS, version=__version__,
                                   log_level="WARNING")
+
+    def tools(ctx: Context) -> SandboxTools:
+        return SandboxTools(resolve(ctx), started)
 
     def tool(annotations: ToolAnnotations, description: str) -> Callable[[Callable[..., Awaitable[str]]], object]:
         return server.tool(annotations=annotations, description=description, structured_output=False)
@@ -91,20 +97,20 @@ def build_server(resolve: Resolve) -> MCPServer:
                                                                        "0 = never")] = None,
         public: Annotated[bool, Field(description="previews open without a token")] = False,
     ) -> str:
-        return await _call(resolve, ctx, lambda t: t.create_sandbox(
+        return await _call(tools, ctx, lambda t: t.create_sandbox(
             name, language, env, labels, cpu, memory, auto_stop_minutes, public), "create_sandbox")
 
     @tool(READ_ONLY, "List your sandboxes (newest first) with their state.")
     async def list_sandboxes(ctx: Context) -> str:
-        return await _call(resolve, ctx, lambda t: t.list_sandboxes(), "list_sandboxes")
+        return await _call(tools, ctx, lambda t: t.list_sandboxes(), "list_sandboxes")
 
     @tool(CHANGES, "Start a stopped sandbox again (its files are kept; running programs are not).")
     async def start_sandbox(ctx: Context, sandbox_id: SandboxId) -> str:
-        return await _call(resolve, ctx, lambda t: t.start_sandbox(sandbox_id), "start_sandbox")
+        return await _call(tools, ctx, lambda t: t.start_sandbox(sandbox_id), "start_sandbox")
 
     @tool(DESTROYS, "Destroy a sandbox and everything in it.")
     async def destroy_sandbox(ctx: Context, sandbox_id: SandboxId) -> str:
-        return await _call(resolve, ctx, lambda t: t.destroy_sandbox(sandbox_id),
+        return await _call(tools, ctx, lambda t: t.destroy_sandbox(sandbox_id),
                            "destroy_sandbox")
 
     @tool(READ_ONLY, "A URL that reaches a port a server listens on inside the sandbox (a web app, an API).")
@@ -113,7 +119,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         port: Annotated[int, Field(ge=1, le=65535, description="the port inside the sandbox")],
         expires_in_seconds: Annotated[int, Field(ge=1, le=86400, description="how long the URL works")] = 3600,
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.preview_link(sandbox_id, port, expires_in_seconds), "preview_link")
 
     # ---- commands and code -------------------------------------------------------------
@@ -124,7 +130,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         ctx: Context, sandbox_id: SandboxId,
         command: Command, cwd: WorkDir = None, timeout: Timeout = 120,
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.execute_command(sandbox_id, command, cwd, timeout), "execute_command")
 
     @tool(CHANGES, "Run Python code in a stateful interpreter: variables, imports and functions persist between "
@@ -136,7 +142,7 @@ def build_server(resolve: Resolve) -> MCPServer:
                                                             "sandbox's default context")] = None,
         timeout: Timeout = 120,
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.run_code(sandbox_id, code, context_id, timeout), "run_code")
 
     @tool(CHANGES, "Create a separate interpreter context for run_code (its own variables and working directory).")
@@ -144,7 +150,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         ctx: Context, sandbox_id: SandboxId,
         cwd: Annotated[str | None, Field(description="its working directory")] = None,
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.create_code_context(sandbox_id, cwd), "create_code_context")
 
     @tool(CHANGES, "Start a long-running command (a server, a build, tests) in the background; returns the "
@@ -152,7 +158,7 @@ def build_server(resolve: Resolve) -> MCPServer:
     async def start_command(
         ctx: Context, sandbox_id: SandboxId, command: Command, cwd: WorkDir = None,
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.start_command(sandbox_id, command, cwd), "start_command")
 
     @tool(READ_ONLY, "Read a started command's output from a byte offset; returns stdout, stderr, whether it "
@@ -165,12 +171,12 @@ def build_server(resolve: Resolve) -> MCPServer:
                                                                       "while it runs")] = 0,
         max_bytes: Annotated[int, Field(ge=1000, le=100_000, description="page size")] = 16_000,
     ) -> str:
-        return await _call(resolve, ctx, lambda t: t.read_command_logs(
+        return await _call(tools, ctx, lambda t: t.read_command_logs(
             sandbox_id, session_id, command_id, offset, wait_seconds, max_bytes), "read_command_logs")
 
     @tool(READ_ONLY, "The commands start_command started in a sandbox, with their ids and whether they still run.")
     async def list_commands(ctx: Context, sandbox_id: SandboxId) -> str:
-        return await _call(resolve, ctx, lambda t: t.list_commands(sandbox_id), "list_commands")
+        return await _call(tools, ctx, lambda t: t.list_commands(sandbox_id), "list_commands")
 
     @tool(DESTROYS, "Stop a started command: signal every process it started (TERM first; KILL if it stays).")
     async def stop_command(
@@ -178,7 +184,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         session_id: SessionId, command_id: CommandId,
         signal: Literal["TERM", "INT", "KILL", "HUP"] = "TERM",
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.stop_command(sandbox_id, session_id, command_id, signal), "stop_command")
 
     # ---- files -------------------------------------------------------------------------
@@ -188,12 +194,12 @@ def build_server(resolve: Resolve) -> MCPServer:
         ctx: Context, sandbox_id: SandboxId, path: SandboxPath = ".",
         depth: Annotated[int, Field(ge=1, le=10, description="levels to descend")] = 1,
     ) -> str:
-        return await _call(resolve, ctx, lambda t: t.list_files(sandbox_id, path, depth),
+        return await _call(tools, ctx, lambda t: t.list_files(sandbox_id, path, depth),
                            "list_files")
 
     @tool(READ_ONLY, "Size, mode, owner and modification time of a file or directory.")
     async def get_file_info(ctx: Context, sandbox_id: SandboxId, path: SandboxPath) -> str:
-        return await _call(resolve, ctx, lambda t: t.get_file_info(sandbox_id, path),
+        return await _call(tools, ctx, lambda t: t.get_file_info(sandbox_id, path),
                            "get_file_info")
 
     @tool(READ_ONLY, "Read lines of a text file with line numbers, from line `offset`, at most `limit` lines; "
@@ -203,13 +209,13 @@ def build_server(resolve: Resolve) -> MCPServer:
         offset: Annotated[int, Field(ge=1, description="first line (1-based)")] = 1,
         limit: Annotated[int, Field(ge=1, le=2000, description="how many lines")] = 200,
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.read_file(sandbox_id, path, offset, limit), "read_file")
 
     @tool(READ_ONLY, "Download a whole text file (up to 100 kB; longer files are cut with a note, binary files "
                      "are refused).")
     async def download_file(ctx: Context, sandbox_id: SandboxId, path: SandboxPath) -> str:
-        return await _call(resolve, ctx, lambda t: t.download_file(sandbox_id, path),
+        return await _call(tools, ctx, lambda t: t.download_file(sandbox_id, path),
                            "download_file")
 
     @tool(CHANGES, "Write a file (created with its parent directories, or overwritten).")
@@ -218,7 +224,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         content: Annotated[str, Field(description="the file's content")],
         encoding: Literal["text", "base64"] = "text",
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.upload_file(sandbox_id, path, content, encoding), "upload_file")
 
     @tool(CHANGES, "Create a directory and its parents.")
@@ -226,17 +232,17 @@ def build_server(resolve: Resolve) -> MCPServer:
         ctx: Context, sandbox_id: SandboxId, path: SandboxPath,
         mode: Annotated[str, Field(pattern="^[0-7]{3,4}$", description="octal permissions")] = "755",
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.create_folder(sandbox_id, path, mode), "create_folder")
 
     @tool(CHANGES, "Move or rename a file or directory (the destination must not exist).")
     async def move_file(ctx: Context, sandbox_id: SandboxId, source: SandboxPath, destination: SandboxPath) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.move_file(sandbox_id, source, destination), "move_file")
 
     @tool(DESTROYS, "Delete a file, or a directory with recursive=true.")
     async def delete_file(ctx: Context, sandbox_id: SandboxId, path: SandboxPath, recursive: bool = False) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.delete_file(sandbox_id, path, recursive), "delete_file")
 
     @tool(READ_ONLY, "Search file contents under a directory for literal text (not a regex); returns "
@@ -246,7 +252,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         pattern: Annotated[str, Field(min_length=1, description="literal text to find")],
         path: SandboxPath = ".",
     ) -> str:
-        return await _call(resolve, ctx,
+        return await _call(tools, ctx,
                            lambda t: t.search_files(sandbox_id, pattern, path), "search_files")
 
     @tool(CHANGES, "Clone a git repository into the sandbox.")
@@ -259,7 +265,7 @@ def build_server(resolve: Resolve) -> MCPServer:
         username: Annotated[str | None, Field(description="for private repositories")] = None,
         password: Annotated[str | None, Field(description="password or token, for private repositories")] = None,
     ) -> str:
-        return await _call(resolve, ctx, lambda t: t.git_clone(
+        return await _call(tools, ctx, lambda t: t.git_clone(
             sandbox_id, url, path, branch, commit_id, username, password), "git_clone")
 
     return server

@@ -292,6 +292,28 @@ def test_command_logs_page_by_offset(stack: Stack, sandbox_id: str) -> None:
     run(scenario)
 
 
+def test_stdio_sessions_commands_go_with_it_http_ones_stay(stack: Stack, sandbox_id: str) -> None:
+    def sessions() -> set[str]:
+        with stack.toolbox(sandbox_id) as toolbox:
+            return {s["sessionId"] for s in toolbox.get("/process/session").json()}
+
+    async def scenario() -> tuple[str, str]:
+        async with session(stack, "stdio") as client:
+            over_stdio = await call_json(client, "start_command", sandbox_id=sandbox_id, command="sleep 300")
+            assert over_stdio["sessionId"] in sessions()
+        async with session(stack, "http") as client:
+            over_http = await call_json(client, "start_command", sandbox_id=sandbox_id, command="sleep 301")
+        return over_stdio["sessionId"], over_http["sessionId"]
+
+    stdio_session, http_session = anyio.run(scenario)
+    # The stdio server has exited (the client waits for that): its session went before it did.
+    left = sessions()
+    assert stdio_session not in left
+    assert http_session in left  # stateless HTTP: no session end to go with
+    with stack.toolbox(sandbox_id) as toolbox:
+        assert toolbox.delete(f"/process/session/{http_session}").status_code == 204
+
+
 def test_tool_errors_are_results_not_crashes(stack: Stack, sandbox_id: str) -> None:
     async def scenario() -> None:
         async with session(stack, "stdio") as client:
