@@ -247,3 +247,31 @@ def test_state_machine_reports_transitions_and_refuses_conflicting_changes(tmp_p
     assert row is not None and row.pending and row.desired_state == "stopped"
     assert records.find("another-org", "abc") is None
     engine.dispose()
+
+
+def test_api_key_command_without_a_main_job_writes_the_database(tmp_path: Path) -> None:
+    """No main job: create and revoke go to the state directory's database, and say so."""
+    import subprocess
+    import sys
+
+    from controlplane.auth import Keys
+    from controlplane.store.db import open_engine, sqlite_url
+    from tests.helpers import REPO_ROOT
+
+    def command(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runtime", "api-key", *args, "--state-dir", str(tmp_path)],
+                              capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, input=stdin)
+
+    made = command("create", "--organization", "team")
+    assert made.returncode == 0 and "from the next start" in made.stderr, made.stderr
+    key = made.stdout.strip().split("=", 1)[1]
+    engine = open_engine(sqlite_url(tmp_path / "controlplane.db"))
+    try:
+        assert Keys(engine).authenticate(key) is not None
+        assert command("revoke", "-", stdin=key + "\n").returncode == 0
+        assert Keys(engine).authenticate(key) is None
+    finally:
+        engine.dispose()
+    again = command("revoke", key)
+    assert again.returncode == 1 and "no such API key" in again.stderr
+    assert command("create", "--organization", "").returncode == 1
