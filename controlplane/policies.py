@@ -92,7 +92,8 @@ class Policies:
             try:
                 await reconcile(self.plane, at_start=False)
                 await self.check()
-                # Also picks up keys made by `python -m runtime api-key create`.
+                # Also picks up keys another process wrote into the database (the key
+                # command goes through this process and is published at once).
                 await self.plane.view.publish()
             except Exception:
                 log.exception("policy pass failed")
