@@ -122,6 +122,11 @@ def test_a_new_key_works_at_once_and_a_revoked_one_stops_at_once(stack: Stack) -
         assert again.returncode == 1 and "no such API key" in again.stderr
         bad = key_command(stack, "create", "--organization", " ")
         assert bad.returncode == 1 and "1 to 255 characters" in bad.stderr
+        # The key routes are the control socket's alone: the proxy never forwards them.
+        for path in ("/runtime/api-keys", "/api/../runtime/api-keys", "/api/%2E%2E/runtime/api-keys"):
+            outside = httpx.post(f"{stack.url}{path}", json={"organization": "default"}, timeout=10,
+                                 headers={"Host": f"localhost:{stack.port}", "Authorization": f"Bearer {stack.api_key}"})
+            assert outside.status_code in (400, 404) and "dtn_" not in outside.text, (path, outside.text)
     finally:
         sandbox.delete()
 
