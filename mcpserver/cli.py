@@ -55,19 +55,27 @@ def start() -> int:
     client = Client(config, transport=SharedTransport())
     started = StartedCommands()
     server = build_server(lambda ctx: client, started)
-    # SIGTERM (an agent app closing us) ends the session like stdin's EOF or Ctrl-C...
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        anyio.run(server.run_stdio_async)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        # ... and then the sessions start_command made go (mcpserver/started.py); a second
-        # SIGTERM must not cut that short (its time is bounded instead).
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def clean() -> None:
+        """The sessions start_command made go (mcpserver/started.py), in bounded time that
+        another signal must not cut short."""
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, signal.SIG_IGN)
         toolbox_url = TOOLBOX_URLS.get(config.api_url)
         if toolbox_url is not None:  # else no tool reached a toolbox: nothing was started
             started.clean(client, toolbox_url)
+
+    def end(_signal: int, _frame: object) -> None:
+        # SIGTERM (an agent app closing us) or Ctrl-C before stdin's EOF: unwinding the
+        # event loop would wait for its stdin reader, a worker thread that returns only at
+        # EOF, so the session ends here and the process leaves at once.
+        clean()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, end)
+    signal.signal(signal.SIGINT, end)
+    anyio.run(server.run_stdio_async)  # returns at stdin's EOF: the client hung up
+    clean()
     return 0
 
 

@@ -314,6 +314,48 @@ def test_stdio_sessions_commands_go_with_it_http_ones_stay(stack: Stack, sandbox
         assert toolbox.delete(f"/process/session/{http_session}").status_code == 204
 
 
+def test_a_sigterm_ends_the_stdio_server_at_once_and_its_commands_with_it(stack: Stack, sandbox_id: str) -> None:
+    """An agent app that sends SIGTERM with stdin still open: the server leaves at once
+    (it used to wait for stdin's EOF), deleting what start_command started."""
+    import os
+    import signal
+    import subprocess
+
+    from mcp.types import LATEST_PROTOCOL_VERSION
+
+    env = {"PATH": os.environ["PATH"], "DAYTONA_API_URL": api_url(stack), "DAYTONA_API_KEY": stack.api_key}
+    server = subprocess.Popen([sys.executable, "-m", "mcpserver", "start"], cwd=REPO_ROOT, env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    stdin, stdout = server.stdin, server.stdout
+    assert stdin is not None and stdout is not None
+    try:
+        def send(message: dict[str, Any]) -> None:
+            stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+            stdin.flush()
+
+        def answer(request_id: int) -> Any:
+            while True:
+                message = json.loads(stdout.readline())
+                if message.get("id") == request_id:
+                    return message["result"]
+
+        send({"id": 1, "method": "initialize", "params": {"protocolVersion": LATEST_PROTOCOL_VERSION,
+                                                          "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+        answer(1)
+        send({"method": "notifications/initialized"})
+        send({"id": 2, "method": "tools/call", "params": {"name": "start_command", "arguments": {
+            "sandbox_id": sandbox_id, "command": "sleep 302"}}})
+        started = json.loads(answer(2)["content"][0]["text"])
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(10) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    with stack.toolbox(sandbox_id) as toolbox:
+        assert started["sessionId"] not in {s["sessionId"] for s in toolbox.get("/process/session").json()}
+
+
 def test_tool_errors_are_results_not_crashes(stack: Stack, sandbox_id: str) -> None:
     async def scenario() -> None:
         async with session(stack, "stdio") as client:
