@@ -4,9 +4,10 @@ reconcile that notices sandboxes that died on their own.
 Auto-stop reads the proxy's last-activity records (real traffic only: requests and
 WebSocket data frames, not pings) and stops a sandbox idle for `autoStopInterval` minutes
 since max(that, the recorded last activity: its last start, `POST .../last-activity`);
-editing the record (labels, intervals) is not activity. Auto-archive archives a sandbox stopped for
-`autoArchiveInterval` minutes (when the backend can archive); auto-delete deletes one
-stopped for `autoDeleteInterval` minutes (0 means on stop, handled by stop itself).
+editing the record (labels, intervals) is not activity. Auto-archive archives a sandbox
+stopped for `autoArchiveInterval` minutes (when the backend can archive); auto-delete
+deletes one stopped for `autoDeleteInterval` minutes (0 means on stop, handled by stop
+itself). "Stopped for" still counts from the record's last change (`updated_at`).
 """
 
 from __future__ import annotations
