@@ -347,3 +347,18 @@ def test_a_followed_build_log_streams_and_ends_with_the_build(stack: Stack, regi
     assert "after-the-pause" in text and "Snapshot followed is active" in text.splitlines()[-1], text
     assert stack.api("GET", f"/snapshots/{snapshot_id}").json()["state"] == "active"  # ended with the build
     assert stack.api("DELETE", f"/snapshots/{snapshot_id}").status_code == 200
+
+
+def test_a_failed_build_reaches_the_sdk_with_its_reason(stack: Stack, registry: str) -> None:
+    """Without on_snapshot_create_logs the SDK waits on Socket.IO events alone: the event of
+    the failure must bring the reason along, not leave it `None`."""
+    from daytona import CreateSandboxFromImageParams, DaytonaError, Image
+
+    d = daytona(stack)
+    # Slow enough that the SDK is waiting on events (not polling) when the build fails.
+    image = Image.base(f"{registry}/tiny:1").run_commands(f"echo {secrets.token_hex(4)}; sleep 3; exit 5")
+    with pytest.raises(DaytonaError) as raised:
+        d.create(CreateSandboxFromImageParams(image=image), timeout=60)
+    assert "non-zero code: 5" in str(raised.value), raised.value
+    for sandbox in [s for s in d.list() if s.state == "build_failed"]:
+        d.delete(sandbox)
