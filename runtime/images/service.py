@@ -4,7 +4,6 @@ makes a snapshot of the store (`controlplane.backend.ImageBuilder`)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,6 @@ from runtime.images.dockerfile import DockerfileError
 from runtime.images.oci import ImageConfig, ImageImporter
 from runtime.images.steps import Confinement
 from runtime import uids
-from runtime.private import private_dir, write_private
 from runtime.snapshots import SnapshotStore
 
 Log = Callable[[str], None]
@@ -27,21 +25,6 @@ class BuiltSnapshot:
     layers: tuple[str, ...]
 
 
-def build_id_range(images_dir: Path) -> int:
-    """The base of this runtime's own range of 65536 host ids for build steps, from the
-    host-wide list of ranges (runtime/uids.py): never another runtime's or a sandbox's,
-    kept (recorded in `images_dir`) while this state dir exists."""
-    private_dir(images_dir)
-    record = images_dir / "build-ids.json"
-    try:
-        base: int | None = int(json.loads(record.read_text())["base"])
-    except (OSError, ValueError, KeyError):
-        base = None
-    base = uids._reserve(uids.HOST_RANGES, images_dir, base)  # noqa: SLF001 -- issue 15 makes it public
-    write_private(record, json.dumps({"base": base}).encode())
-    return base
-
-
 class LocalImages:
     def __init__(self, store: SnapshotStore, state_root: Path,
                  confinement: Callable[[], Confinement | None] | None = None) -> None:
@@ -50,8 +33,11 @@ class LocalImages:
         # Image configs beside the layers they describe: stores sharing a layers dir (test
         # stacks, several state dirs) then share imports, not only the layers' records.
         importer = ImageImporter(store, store.layers_dir / ".image-configs")
+        # Every build its own range of host ids, from the host-wide list sandboxes take
+        # theirs from, recorded under this state dir and so never handed out again while it
+        # exists: two builds at once (any organizations) never run as the same host uids.
         self.builder = Builder(store, importer, snapshots=self._snapshot_base, confinement=confinement,
-                               id_base=build_id_range(state_root / "images"))
+                               id_ranges=lambda: uids.sandbox_range(state_root))
 
     def _snapshot_base(self, name: str) -> Base | None:
         """FROM an existing snapshot of the store (e.g. `default`)."""
