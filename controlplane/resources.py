@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-import anyio
 from starlette.routing import BaseRoute
 
 from controlplane.backend import ImageBuilder
@@ -45,8 +44,7 @@ class ResourcePlane:
                                      VolumeStorage(plane.config.state_dir / "volumes"))
         backend_images: ImageBuilder | None = getattr(plane.backend, "images", None)
         self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(plane.config.state_dir / "build-logs"),
-                                         backend_images, in_use=self._snapshot_in_use,
-                                         layers_in_use=getattr(plane.backend, "layers_in_use", None))
+                                         backend_images, layers_in_use=getattr(plane.backend, "layers_in_use", None))
         self.snapshots.listeners.append(self._snapshot_event)
         plane.sandboxes.snapshots = self.snapshots
         self.secrets = SecretService(SecretRecords(plane.engine))
@@ -58,10 +56,6 @@ class ResourcePlane:
         plane.sandboxes.hooks.extend([self.volumes, self.secrets, self.previews])
         plane.view.decorators.append(self.previews.decorate)
         self.secrets.listeners.append(self.settings.reapply)
-
-    async def _snapshot_in_use(self, organization_id: str, name: str) -> bool:
-        records = self.snapshots.records
-        return await anyio.to_thread.run_sync(records.sandboxes_running, organization_id, name) > 0
 
     async def _snapshot_event(self, event: str, record: SnapshotRecord | None, old: str | None,
                               new: str | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,11 @@ class LocalBackend:
         if request.snapshot != "default" and self.images is not None:
             env = {**self.images.environment(request.snapshot), **request.env}  # the image's ENV
         try:
-            await self.runtime.create(request.sandbox_id, env=env, limits=limits, mounts=mounts,
-                                      **kwargs)
+            # A hold over the snapshot's layers until the sandbox's spec names them: a
+            # snapshot deleted meanwhile cannot have them freed under it.
+            with self.images.store.holding() if self.images is not None else nullcontext():
+                await self.runtime.create(request.sandbox_id, env=env, limits=limits, mounts=mounts,
+                                          **kwargs)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
         except OSError as exc:  # the host side (state dir, sockets): say which, not just the class
@@ -124,6 +128,9 @@ class LocalBackend:
             await asyncio.to_thread(SandboxDir(self.runtime.sandboxes_dir / sandbox_id).remove)
             return
         await self.runtime.delete(sandbox_id)
+        if self.images is not None:
+            # Its layers may have been a deleted snapshot's last user: free what nothing uses.
+            await self.images.collect(await self.layers_in_use())
 
     async def archive(self, sandbox_id: str) -> None:
         try:

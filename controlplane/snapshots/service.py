@@ -11,7 +11,9 @@ which the SDK follows over the URL `build-logs-url` hands out. States changes re
 Socket.IO clients as `snapshot.created` / `snapshot.state.updated` / `snapshot.removed`.
 
 `default` is `general` (shared by every organization), always active, and cannot be
-deleted (403, as upstream answers for general snapshots).
+deleted (403, as upstream answers for general snapshots). Any other snapshot can, in use
+or not, as upstream: deleting one being built cancels the build; its sandboxes keep its
+layers until the last of them goes.
 """
 
 from __future__ import annotations
@@ -118,14 +120,13 @@ def dockerfile_of(new: NewSnapshot) -> str:
 
 class SnapshotService:
     def __init__(self, records: SnapshotRecords, logs: BuildLogs, images: ImageBuilder | None,
-                 in_use: Callable[[str, str], Awaitable[bool]] | None = None,
                  layers_in_use: Callable[[], Awaitable[set[str] | None]] | None = None) -> None:
         self.records = records
         self.logs = logs
         self.images = images
-        self.in_use = in_use  # (organization, snapshot name) -> a sandbox of it runs
         self.layers_in_use = layers_in_use  # every existing sandbox's layers (None: cannot tell)
         self.builds: dict[str, asyncio.Task[None]] = {}
+        self.deleting: set[str] = set()  # builds cancelled because their snapshot is deleted
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_BUILDS)
         self.listeners: list[SnapshotListener] = []
 
@@ -206,16 +207,20 @@ class SnapshotService:
         return await self._set(record, states.ACTIVE)
 
     async def delete(self, principal: Principal, snapshot_id: str) -> None:
+        """As upstream, a snapshot in use can be deleted: its sandboxes keep working on its
+        layers, which go when their last user does (docs/images.md). A build in progress
+        is cancelled first, so nothing of it stays."""
         record = await self.get(principal, snapshot_id)
         if is_general(record):
             raise Forbidden(f"Snapshot {record.name} is a built-in general snapshot and cannot be deleted")
-        if record.state in states.IN_PROGRESS:
-            raise Conflict(f"Snapshot {record.name} is being built; delete it when the build has ended",
-                           "SNAPSHOT_BUILDING")
-        if self.in_use is not None and await self.in_use(principal.organization_id, record.name):
-            raise Conflict(f"Snapshot {record.name} is in use by a running sandbox: stop or delete its sandboxes "
-                           "first (stopped ones keep working after the snapshot is deleted)", "SNAPSHOT_IN_USE")
+        # The record first: whoever waits on the build then finds the snapshot gone.
         await anyio.to_thread.run_sync(self.records.remove, record.id)
+        task = self.builds.get(record.id)
+        if task is not None:
+            self.deleting.add(record.id)
+            task.cancel()
+            await asyncio.wait([task])
+            self.deleting.discard(record.id)
         await anyio.to_thread.run_sync(self.logs.remove, record.id)
         if self.images is not None:
             in_use = await self.layers_in_use() if self.layers_in_use is not None else None
@@ -295,20 +300,19 @@ class SnapshotService:
 
     async def ready(self, source: Source) -> str:
         assert source.building is not None
-        record = await anyio.to_thread.run_sync(self.records.get, source.building)
-        if record is None:
+        final = await self.wait(source.building)
+        if final is None:
             raise LookupError("the snapshot was deleted while it was being built")
-        final = await self.wait(record)
         if final.state != states.ACTIVE:
             raise RuntimeError(final.error_reason or f"the snapshot build ended {final.state}")
         return final.store_name
 
-    async def wait(self, record: SnapshotRecord) -> SnapshotRecord:
-        """Until the snapshot's build has ended: the record as it ended."""
-        task = self.builds.get(record.id)
+    async def wait(self, snapshot_id: str) -> SnapshotRecord | None:
+        """Until the snapshot's build has ended: the record as it ended (None: deleted)."""
+        task = self.builds.get(snapshot_id)
         if task is not None:
-            await asyncio.shield(task)
-        return await anyio.to_thread.run_sync(self.records.get, record.id) or record
+            await asyncio.wait([task])  # however it ends, cancelled included: never raises
+        return await anyio.to_thread.run_sync(self.records.get, snapshot_id)
 
     async def _build(self, record: SnapshotRecord, build_log: BuildLog) -> None:
         assert self.images is not None
@@ -318,6 +322,8 @@ class SnapshotService:
                 record = await self._set(record, states.BUILDING)
                 built = await self.images.build(record.store_name, record.dockerfile or "", build_log.line)
         except asyncio.CancelledError:
+            if record.id in self.deleting:  # its record and log go with it
+                raise
             with anyio.CancelScope(shield=True):
                 build_log.last(f"Build cancelled: {INTERRUPTED}")
                 await self._set(record, states.BUILD_FAILED, error_reason=INTERRUPTED)

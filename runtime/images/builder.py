@@ -264,15 +264,15 @@ class Builder:
         # LABEL and EXPOSE are accepted and mean nothing to a snapshot.
         return "config"
 
-    def _cached(self, key: str) -> tuple[str, ...] | None:
-        """The layer stack after the step with this key, if it was built before (kept in
-        the store's build cache, so `collect` keeps its layers)."""
-        return self.store.cached_build(f"step-{key}")
+    async def _cached(self, key: str) -> tuple[str, ...] | None:
+        """The layer stack after the step with this key, if it was built before and its
+        layers are still here (the cache's records are weak: runtime/snapshots.py)."""
+        return await asyncio.to_thread(self.store.cached_build, f"step-{key}")
 
     def _advance(self, state: _State, key: str, layers: tuple[str, ...]) -> None:
         state.key = key
         state.layers = list(layers)
-        self.store.record_build(f"step-{key}", layers)
+        self.store.record_build(f"step-{key}", layers, weak=True)
 
     async def _workdir(self, instruction: Instruction, state: _State, log: Log) -> str:
         value = dockerfile.expand(" ".join(dockerfile.words(instruction)), state.variables())
@@ -284,7 +284,7 @@ class Builder:
         if str(path) == "/" or await asyncio.to_thread(_lookup, paths, str(path)) is not None:
             return "config"
         key = _key(state.key, "WORKDIR", str(path))
-        if (hit := self._cached(key)) is not None:
+        if (hit := await self._cached(key)) is not None:
             log(" ---> Using cache")
             self._advance(state, key, hit)
             return "cached"
@@ -304,7 +304,7 @@ class Builder:
         # ARGs are seen by RUN as environment variables, ENV wins over ARG (as in docker).
         env = {**state.args, **state.env}
         key = _key(state.key, "RUN", argv, env, state.workdir, uid, gid)
-        if (hit := self._cached(key)) is not None:
+        if (hit := await self._cached(key)) is not None:
             log(" ---> Using cache")
             self._advance(state, key, hit)
             return "cached"
@@ -358,7 +358,7 @@ class Builder:
         except context.ContextError as exc:
             raise instruction.fail(str(exc)) from None
         key = _key(state.key, "COPY", content, destination, state.workdir)
-        if (hit := self._cached(key)) is not None:
+        if (hit := await self._cached(key)) is not None:
             log(" ---> Using cache")
             self._advance(state, key, hit)
             return "cached"

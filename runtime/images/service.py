@@ -1,9 +1,14 @@
 """Image builds for the control plane over the local runtime's snapshot store: a build
-makes a snapshot of the store (`controlplane.backend.ImageBuilder`)."""
+makes a snapshot of the store (`controlplane.backend.ImageBuilder`).
+
+A build holds every layer it uses until its snapshot is recorded (`SnapshotStore.holding`),
+so a `collect` meanwhile (a snapshot deleted, a sandbox gone) never takes one from it."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +21,7 @@ from runtime import uids
 from runtime.snapshots import SnapshotStore
 
 Log = Callable[[str], None]
+logger = logging.getLogger("runtime.images")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class LocalImages:
             snapshot = self.store.get(name)
         except KeyError:
             return None
+        if not self.store.hold(snapshot.layers):  # deleted meanwhile
+            return None
         config = ImageConfig(env=dict(snapshot.env), workdir=snapshot.workdir, user=snapshot.user,
                              entrypoint=list(snapshot.entrypoint) or None, cmd=list(snapshot.cmd) or None)
         return Base(f"snapshot:{','.join(snapshot.layers)}", snapshot.layers, config, build_user="root")
@@ -66,22 +74,42 @@ class LocalImages:
 
     async def build(self, name: str, dockerfile: str, log: Log) -> BuiltSnapshot:
         """Build and record snapshot `name` in the store; BuildError says why not."""
-        built = await self.builder.build(dockerfile, log)
-        snapshot = self.store.snapshot_of(name, built.layers, user=built.user, env=built.env, workdir=built.workdir,
-                                          entrypoint=tuple(built.entrypoint or ()), cmd=tuple(built.cmd or ()))
-        await asyncio.to_thread(self.store.put, snapshot)
+        with self.store.holding():
+            built = await self.builder.build(dockerfile, log)
+            snapshot = self.store.snapshot_of(name, built.layers, user=built.user, env=built.env,
+                                              workdir=built.workdir, entrypoint=tuple(built.entrypoint or ()),
+                                              cmd=tuple(built.cmd or ()))
+            put = asyncio.ensure_future(asyncio.to_thread(self.store.put, snapshot))
+            try:
+                await asyncio.shield(put)
+            except asyncio.CancelledError:
+                # Cancelled (its snapshot deleted) while being recorded: the thread still
+                # writes it, so let it finish, then forget it.
+                await asyncio.wait([put])
+                await asyncio.to_thread(self._forget, name)
+                raise
         return BuiltSnapshot(snapshot.size, built.entrypoint, built.layers)
 
     async def remove(self, name: str, in_use: set[str] | None) -> None:
         """Forget snapshot `name`; its layers go once nothing in `in_use` (the layers of
         sandboxes that still exist) needs them. None: that is not known, every layer stays."""
-        def work() -> None:
-            try:
-                self.store.delete(name)
-            except KeyError:
-                pass
-            if in_use is not None:
-                self.store.collect(in_use)
+        await asyncio.to_thread(self._forget, name)
+        await self.collect(in_use)
 
-        await asyncio.to_thread(work)
+    def _forget(self, name: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.store.delete(name)
+
+    async def collect(self, in_use: set[str] | None) -> None:
+        """Free the layers nothing uses any more (`in_use`: every existing sandbox's layers;
+        None: not known, nothing is freed). Called when a snapshot or a sandbox goes."""
+        if in_use is None:
+            return
+        try:
+            gone = await asyncio.to_thread(self.store.collect, in_use)
+        except OSError as exc:  # disk trouble: the layers stay, for the next collect
+            logger.warning("could not free unused layers: %s", exc)
+            return
+        if gone:
+            logger.info("freed %d unused layer(s): %s", len(gone), " ".join(d[:12] for d in gone))
 
