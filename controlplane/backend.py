@@ -130,7 +130,6 @@ class ImageBuilder(Protocol):
         """Build it, output lines to `log` as they come; raises an exception whose
         message says why it failed."""
 
-    async def remove(self, name: str, in_use: set[str] | None) -> None:
-        """Forget the snapshot; layers outside `in_use` (the layers existing sandboxes are
-        made of) that nothing else names go. None: which layers sandboxes use is not
-        known, so every layer stays."""
+    async def remove(self, name: str) -> None:
+        """Forget the snapshot; its layers go once no existing sandbox or other snapshot
+        uses them (the backend knows its sandboxes)."""

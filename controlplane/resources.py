@@ -44,7 +44,7 @@ class ResourcePlane:
                                      VolumeStorage(plane.config.state_dir / "volumes"))
         backend_images: ImageBuilder | None = getattr(plane.backend, "images", None)
         self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(plane.config.state_dir / "build-logs"),
-                                         backend_images, layers_in_use=getattr(plane.backend, "layers_in_use", None))
+                                         backend_images)
         self.snapshots.listeners.append(self._snapshot_event)
         plane.sandboxes.snapshots = self.snapshots
         self.secrets = SecretService(SecretRecords(plane.engine))

@@ -53,7 +53,7 @@ class LocalBackend:
             # sandbox's network (never the host's: runtime/images/stepnet.py).
             self.images = LocalImages(store, runtime.root, lambda: Confinement(
                 runtime.backend, runtime.default_limits, f"{runtime._group_prefix}build-",
-                runtime.step_networks()))
+                runtime.step_networks()), in_use=self._sandbox_layers)
 
     async def create(self, request: CreateRequest) -> None:
         mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
@@ -130,7 +130,7 @@ class LocalBackend:
         await self.runtime.delete(sandbox_id)
         if self.images is not None:
             # Its layers may have been a deleted snapshot's last user: free what nothing uses.
-            await self.images.collect(await self.layers_in_use())
+            await self.images.collect()
 
     async def archive(self, sandbox_id: str) -> None:
         try:
@@ -171,13 +171,11 @@ class LocalBackend:
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
-    async def layers_in_use(self) -> set[str] | None:
-        """Every layer a sandbox of this runtime is made of (for `SnapshotStore.collect`
-        after a snapshot is deleted); None while sandboxes do not record their layers."""
-        specs = list(self.runtime.specs.values())
-        if not all(hasattr(spec, "layers") for spec in specs):
-            return None
-        return {digest for spec in specs for digest in getattr(spec, "layers", ())}
+    def _sandbox_layers(self) -> set[str]:
+        """Every layer a sandbox of this runtime (running, stopped or archived) is made of,
+        for `SnapshotStore.collect`; called from a worker thread (list() copies the specs
+        in one step under the GIL, as the event loop may add one meanwhile)."""
+        return {digest for spec in list(self.runtime.specs.values()) for digest in spec.layers}
 
     def set_pool_size(self, size: int) -> None:
         """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""

@@ -61,7 +61,7 @@ Progress = Callable[[str], None]
 
 # Holds of this process (see the module doc): the one open in the current context, and all.
 _HOLD: ContextVar[set[str] | None] = ContextVar("layer_hold", default=None)
-_HOLDS: list[set[str]] = []
+_HOLDS: dict[int, set[str]] = {}  # by id(): two holds with the same layers are still two
 _GC_LOCK = threading.Lock()
 
 
@@ -311,17 +311,19 @@ class SnapshotStore:
         remove_tree(tree)  # published already (rename refuses a non-empty target)
         return digest
 
-    def collect(self, in_use: set[str], everything: bool = False) -> builtins.list[str]:
+    def collect(self, in_use: set[str] | Callable[[], set[str]], everything: bool = False) -> builtins.list[str]:
         """Remove the layers that no snapshot of this store, no strong cached build, no hold
         and nothing in `in_use` (the layers of existing sandboxes) names, and the weak
-        cached builds that named them; returns their digests. On a layers dir shared
+        cached builds that named them; returns their digests. A callable `in_use` is read
+        under the lock, so a sandbox create that ends meanwhile (its hold released, its
+        layers now named by its record) is seen. On a layers dir shared
         between state dirs nothing is removed unless `everything` says `in_use` holds the
         other state dirs' layers too (it never can by itself: their records are not here)."""
         if self.shared and not everything:
             return []
         doomed: dict[str, Path] = {}
         with _GC_LOCK:
-            keep = set(in_use).union(*_HOLDS)
+            keep = set(in_use() if callable(in_use) else in_use).union(*_HOLDS.values())
             for snapshot in self.list():
                 keep.update(snapshot.layers)
             builds = self._build_records()
@@ -346,7 +348,9 @@ class SnapshotStore:
         for record in self._builds.glob("*.json"):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 data = json.loads(record.read_bytes())
-                out.append((record, tuple(str(d) for d in data["layers"]), bool(data.get("weak", False))))
+                # Records from before weak ones existed: image builds' steps and imports.
+                weak = data.get("weak", record.name.startswith(("step-", "image-")))
+                out.append((record, tuple(str(d) for d in data["layers"]), bool(weak)))
         return out
 
     @contextlib.contextmanager
@@ -355,14 +359,14 @@ class SnapshotStore:
         finds (`cached_build`, `hold`) or publishes stay until it closes."""
         hold: set[str] = set()
         with _GC_LOCK:
-            _HOLDS.append(hold)
+            _HOLDS[id(hold)] = hold
         token = _HOLD.set(hold)
         try:
             yield hold
         finally:
             _HOLD.reset(token)
             with _GC_LOCK:
-                _HOLDS.remove(hold)
+                del _HOLDS[id(hold)]
 
     def hold(self, layers: tuple[str, ...]) -> bool:
         """Add `layers` to the current hold, if they are all here (False: one is gone)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -138,12 +139,14 @@ def test_collect_keeps_what_is_used(tmp_path: Path) -> None:
     cached = _layer(store, {"a": "a cached build"})
     loose = _layer(store, {"a": "nobody"})
     weak = _layer(store, {"a": "an image build's step"})
+    old = _layer(store, {"a": "a step recorded before records were weak"})
     store.put(store.snapshot_of("s", (named,)))
     store.record_build("test-key", (cached,))
     store.record_build("step-key", (named, weak), weak=True)
+    (store.layers_dir / ".builds" / "step-old.json").write_text(json.dumps({"layers": [old]}))
     assert store.cached_build("step-key") == (named, weak)
-    assert store.collect({used}) == sorted([loose, weak])
-    assert {d for d in (named, used, cached, loose, weak) if store.has_layer(d)} == {named, used, cached}
+    assert store.collect(lambda: {used}) == sorted([loose, weak, old])
+    assert {d for d in (named, used, cached, loose, weak, old) if store.has_layer(d)} == {named, used, cached}
     assert store.layer_size(loose) == 0
     assert not (store.layers_dir / ".builds" / "step-key.json").exists()  # its record went with its layer
     assert store.cached_build("test-key") == (cached,)

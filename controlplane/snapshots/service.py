@@ -119,12 +119,10 @@ def dockerfile_of(new: NewSnapshot) -> str:
 
 
 class SnapshotService:
-    def __init__(self, records: SnapshotRecords, logs: BuildLogs, images: ImageBuilder | None,
-                 layers_in_use: Callable[[], Awaitable[set[str] | None]] | None = None) -> None:
+    def __init__(self, records: SnapshotRecords, logs: BuildLogs, images: ImageBuilder | None) -> None:
         self.records = records
         self.logs = logs
         self.images = images
-        self.layers_in_use = layers_in_use  # every existing sandbox's layers (None: cannot tell)
         self.builds: dict[str, asyncio.Task[None]] = {}
         self.deleting: set[str] = set()  # builds cancelled because their snapshot is deleted
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_BUILDS)
@@ -223,8 +221,7 @@ class SnapshotService:
             self.deleting.discard(record.id)
         await anyio.to_thread.run_sync(self.logs.remove, record.id)
         if self.images is not None:
-            in_use = await self.layers_in_use() if self.layers_in_use is not None else None
-            await self.images.remove(record.store_name, in_use)
+            await self.images.remove(record.store_name)
         await self._emit("snapshot.removed", record, record.state, None)
 
     def _check_build(self, dockerfile: str, context_hashes: tuple[str, ...]) -> ImageBuilder:

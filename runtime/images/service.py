@@ -33,8 +33,12 @@ class BuiltSnapshot:
 
 class LocalImages:
     def __init__(self, store: SnapshotStore, state_root: Path,
-                 confinement: Callable[[], Confinement | None] | None = None) -> None:
+                 confinement: Callable[[], Confinement | None] | None = None,
+                 in_use: Callable[[], set[str]] | None = None) -> None:
         self.store = store
+        # Every existing sandbox's layers (read under the store's lock, from a worker
+        # thread); None: not known, so no layer is ever freed.
+        self.in_use = in_use
         store.clean_partial()  # the trees of builds a dead process left
         # Image configs beside the layers they describe: stores sharing a layers dir (test
         # stacks, several state dirs) then share imports, not only the layers' records.
@@ -90,23 +94,21 @@ class LocalImages:
                 raise
         return BuiltSnapshot(snapshot.size, built.entrypoint, built.layers)
 
-    async def remove(self, name: str, in_use: set[str] | None) -> None:
-        """Forget snapshot `name`; its layers go once nothing in `in_use` (the layers of
-        sandboxes that still exist) needs them. None: that is not known, every layer stays."""
+    async def remove(self, name: str) -> None:
+        """Forget snapshot `name`; its layers go once no sandbox that still exists needs them."""
         await asyncio.to_thread(self._forget, name)
-        await self.collect(in_use)
+        await self.collect()
 
     def _forget(self, name: str) -> None:
         with contextlib.suppress(KeyError):
             self.store.delete(name)
 
-    async def collect(self, in_use: set[str] | None) -> None:
-        """Free the layers nothing uses any more (`in_use`: every existing sandbox's layers;
-        None: not known, nothing is freed). Called when a snapshot or a sandbox goes."""
-        if in_use is None:
+    async def collect(self) -> None:
+        """Free the layers nothing uses any more. Called when a snapshot or a sandbox goes."""
+        if self.in_use is None:
             return
         try:
-            gone = await asyncio.to_thread(self.store.collect, in_use)
+            gone = await asyncio.to_thread(self.store.collect, self.in_use)
         except OSError as exc:  # disk trouble: the layers stay, for the next collect
             logger.warning("could not free unused layers: %s", exc)
             return
