@@ -273,7 +273,7 @@ class Runtime:
         # Into the caller's hold, if it opened one (the control plane's create does), so a
         # collect cannot free them before the sandbox's spec names them.
         if not self.snapshots.hold(tuple(found.layers)):
-            raise SandboxError(404, f"snapshot {snapshot!r} was deleted meanwhile")
+            raise SandboxError(404, f"snapshot {snapshot!r} was deleted meanwhile (its layers are gone)")
         return snapshot, tuple(found.layers)
 
     async def _recover(self, sandbox_ids: list[str]) -> None:
