@@ -256,7 +256,7 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
     CreateSandboxFromImageParams(...), on_snapshot_create_logs=...)`: logs arrive while it
     builds, the sandbox starts, the installed software runs. The registry's Debian image is
     the default snapshot's root file system, pushed there."""
-    from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, CreateSandboxFromSnapshotParams, Image
+    from daytona import CreateSandboxFromImageParams, CreateSandboxFromSnapshotParams, CreateSnapshotParams, DaytonaError, Image
 
     from tests import net_helpers
     from tests.image_helpers import package_index, tiny_wheel
@@ -312,9 +312,11 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
             again = d.create(CreateSandboxFromSnapshotParams(snapshot="hello"), timeout=120)
             try:
                 assert again.process.exec("hello").result.strip() == "hello from the image: built here"
-                d.snapshot.delete(d.snapshot.get("hello"))  # in use, and deleted, as upstream
+                with pytest.raises(DaytonaError, match="in use by a running sandbox"):
+                    d.snapshot.delete(d.snapshot.get("hello"))
                 assert again.process.exec("hello").result.strip() == "hello from the image: built here"
                 again.stop()
+                d.snapshot.delete(d.snapshot.get("hello"))  # only stopped sandboxes use it now
                 again.start()  # and still starts: its layers stayed
                 assert again.process.exec("hello").result.strip() == "hello from the image: built here"
             finally:

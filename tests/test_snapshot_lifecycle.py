@@ -71,7 +71,7 @@ def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> Non
 
 
 def test_a_deleted_snapshots_layers_stay_until_its_last_sandbox_goes(stack: Stack) -> None:
-    from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, Image
+    from daytona import CreateSandboxFromSnapshotParams, CreateSnapshotParams, DaytonaError, Image
 
     d = daytona(stack)
     default = layers_of(stack)
@@ -90,9 +90,13 @@ def test_a_deleted_snapshots_layers_stay_until_its_last_sandbox_goes(stack: Stac
 
     sandbox = d.create(CreateSandboxFromSnapshotParams(snapshot="gc-a"), timeout=120)
     try:
-        d.snapshot.delete(d.snapshot.get("gc-a"))  # in use, and deleted: as upstream
+        with pytest.raises(DaytonaError, match="in use by a running sandbox"):
+            d.snapshot.delete(d.snapshot.get("gc-a"))
+        sandbox.stop()
+        d.snapshot.delete(d.snapshot.get("gc-a"))  # a stopped sandbox does not hold it
         assert "gc-a" not in {s.name for s in d.snapshot.list().items}
         assert shared in layers_of(stack)
+        sandbox.start()
         assert sandbox.process.exec("cat /made-first").result.strip() == mark
         sandbox.stop()
         sandbox.start()

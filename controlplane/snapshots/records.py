@@ -14,11 +14,14 @@ from sqlalchemy.exc import IntegrityError
 
 from controlplane.errors import Conflict
 from controlplane.store.db import find_by_id_or_name
+from controlplane.store.schema import sandboxes
 from controlplane.store.schema import snapshots as table
 
 PENDING, BUILDING, ACTIVE, INACTIVE, BUILD_FAILED, ERROR = (
     "pending", "building", "active", "inactive", "build_failed", "error")
 IN_PROGRESS = (PENDING, BUILDING)
+# Sandbox states that do not hold a snapshot: such sandboxes keep working on its layers.
+NOT_RUNNING = ("stopped", "archived", "error", "build_failed", "destroyed")
 
 
 @dataclass
@@ -97,6 +100,13 @@ class SnapshotRecords:
             result = conn.execute(update(table).where(table.c.id == snapshot_id).values(state=state, updated_at=time.time(),
                                                                      **values))
         return bool(result.rowcount)
+
+    def sandboxes_running(self, organization_id: str, name: str) -> int:
+        """Sandboxes of the organization made of snapshot `name` that run or are coming up."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(sandboxes).where(
+                sandboxes.c.organization_id == organization_id, sandboxes.c.snapshot == name,
+                sandboxes.c.state.not_in(NOT_RUNNING))).scalar_one())
 
     def remove(self, snapshot_id: str) -> None:
         with self.engine.begin() as conn:

@@ -205,12 +205,15 @@ class SnapshotService:
         return await self._set(record, states.ACTIVE)
 
     async def delete(self, principal: Principal, snapshot_id: str) -> None:
-        """As upstream, a snapshot in use can be deleted: its sandboxes keep working on its
-        layers, which go when their last user does (docs/images.md). A build in progress
-        is cancelled first, so nothing of it stays."""
+        """A snapshot a running sandbox uses is refused (409); stopped and archived sandboxes
+        of it keep working on its layers, which go when their last user does
+        (docs/images.md). A build in progress is cancelled first, so nothing of it stays."""
         record = await self.get(principal, snapshot_id)
         if is_general(record):
             raise Forbidden(f"Snapshot {record.name} is a built-in general snapshot and cannot be deleted")
+        if await anyio.to_thread.run_sync(self.records.sandboxes_running, principal.organization_id, record.name):
+            raise Conflict(f"Snapshot {record.name} is in use by a running sandbox: stop or delete its sandboxes "
+                           "first (stopped ones keep working after the snapshot is deleted)", "SNAPSHOT_IN_USE")
         # The record first: whoever waits on the build then finds the snapshot gone.
         await anyio.to_thread.run_sync(self.records.remove, record.id)
         task = self.builds.get(record.id)
