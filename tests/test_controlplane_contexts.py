@@ -1,0 +1,202 @@
+"""Images with local files through the official SDK against the real main job: the SDK
+uploads them to the local s3proxy over HTTPS (its CA installed in the system store, as the
+banner says), the build reads them back, checks them against their hashes and COPYs them;
+an object another organization planted under this one's key fails the build."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controlplane.objectstorage import local
+from tests.controlplane_helpers import daytona, extra_key, stack_fixture
+from tests.image_helpers import tiny_wheel
+from tests.runtime_helpers import Stack
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="image builds and the system CA store need root"),
+    pytest.mark.skipif(local.missing() is not None, reason=f"the local object storage needs {local.missing()}"),
+]
+
+stack = stack_fixture("contexts", pool_size=0, stores=["sqlite"])
+
+
+@pytest.fixture(scope="module")
+def trusted(stack: Stack) -> Iterator[Path]:
+    """The stack's CA in the system store for the test's duration: the one command the
+    banner prints, undone after."""
+    ca = stack.state_dir / "object-storage" / "tls" / "ca.pem"
+    assert "update-ca-certificates" in " ".join(stack.banner_lines), stack.banner_lines
+    installed = Path(f"/usr/local/share/ca-certificates/sandbox-toolbox-test-{secrets.token_hex(4)}.crt")
+    shutil.copyfile(ca, installed)
+    try:
+        subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
+        yield ca
+    finally:
+        installed.unlink()
+        subprocess.run(["update-ca-certificates"], check=True, capture_output=True)
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            self.seen.append(line)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.seen)
+
+
+@pytest.fixture
+def uploads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The keys the SDK really uploaded (it skips those whose HEAD is 200)."""
+    from daytona._sync.object_storage import ObjectStorage
+
+    done: list[str] = []
+    real = ObjectStorage._upload_as_tar
+
+    def spy(self: Any, key: str, *args: Any, **kwargs: Any) -> None:
+        done.append(key)
+        real(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(ObjectStorage, "_upload_as_tar", spy)
+    return done
+
+
+def test_push_access_is_the_callers_organization_over_https(stack: Stack, trusted: Path) -> None:
+    first = stack.api("GET", "/object-storage/push-access")
+    assert first.status_code == 200, first.text
+    access = first.json()
+    assert set(access) == {"accessKey", "secret", "sessionToken", "storageUrl", "organizationId", "bucket", "region"}
+    assert all(isinstance(v, str) and v for v in access.values())
+    assert access["storageUrl"].startswith("https://127.0.0.1:")
+    other = daytona(stack, extra_key(stack, f"ctx-other-{stack.port}"))
+    theirs = other._object_storage_api.get_push_access()
+    assert theirs.organization_id != access["organizationId"]
+    assert httpx.get(f"{stack.url}/api/object-storage/push-access",
+                     headers={"Authorization": "Bearer nope", "Host": f"localhost:{stack.port}"}).status_code == 401
+
+
+def test_local_files_reach_the_sandbox_and_a_second_create_skips_the_upload(
+        stack: Stack, trusted: Path, tmp_path: Path, uploads: list[str]) -> None:
+    from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, Image
+
+    d = daytona(stack)
+    nonce = secrets.token_hex(4)  # fresh uploads and layers: stacks share the layers cache
+    app = tmp_path / "app.py"
+    app.write_text(f"print('hello from a local file {nonce}')\n")
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    for index in range(5):
+        (project / f"f{index}.txt").write_text(f"{index} {nonce}")
+    (project / "pkg" / "mod.py").write_text("X = 1\n")
+    big = tmp_path / "big"
+    big.mkdir()
+    for index in range(4):
+        (big / f"blob{index}").write_bytes(os.urandom(5 << 20))
+    wheels = tmp_path / "wheels"
+    tiny_wheel(wheels, "tinypkg", "0.1", f"from-an-uploaded-wheel-{nonce}")
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("tinypkg==0.1\n")
+    image = (Image.base("default")
+             .add_local_file(app, "/app/app.py")
+             .add_local_dir(project, "/app/project")
+             .add_local_dir(wheels, "/wheels")
+             .pip_install_from_requirements(str(requirements), find_links=["/wheels"],
+                                            extra_options="--no-index --break-system-packages")
+             .add_local_dir(big, "/data"))
+    lines = Lines()
+    started = time.monotonic()
+    sandbox = d.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=lines, timeout=300)
+    print(f"\n20 MB + 3 small contexts uploaded, built and started in {time.monotonic() - started:.1f} s")
+    try:
+        assert len(uploads) == 5, uploads
+        assert all(key.startswith(f"{d._object_storage_api.get_push_access().organization_id}/") for key in uploads)
+        assert "matches its hash" in lines.text, lines.text
+        run = sandbox.process.exec
+        assert run("python3 /app/app.py").result.strip() == f"hello from a local file {nonce}"
+        assert run("cat /app/project/f3.txt").result == f"3 {nonce}"
+        assert run("cat /app/project/pkg/mod.py").result == "X = 1\n"
+        assert run("python3 -c 'import tinypkg; print(tinypkg.VALUE)'").result.strip() == \
+            f"from-an-uploaded-wheel-{nonce}"
+        assert run("sha256sum /data/blob2").result.split()[0] == hashlib.sha256((big / "blob2").read_bytes()).hexdigest()
+        assert int(run("cat /data/blob0 /data/blob1 /data/blob2 /data/blob3 | wc -c").result) == 20 << 20
+    finally:
+        sandbox.delete()
+
+    # Again, as a named snapshot: every context is already there (HEAD 200), nothing uploaded.
+    uploads.clear()
+    started = time.monotonic()
+    snapshot = d.snapshot.create(CreateSnapshotParams(name=f"ctx-{nonce}", image=image), on_logs=lines)
+    print(f"the same image again as a snapshot in {time.monotonic() - started:.1f} s (no upload)")
+    assert uploads == [] and snapshot.state == "active"
+    d.snapshot.delete(snapshot)
+
+
+def test_an_object_planted_under_another_organizations_key_fails_the_build(
+        stack: Stack, trusted: Path, tmp_path: Path, uploads: list[str]) -> None:
+    """Org B knows what org A is about to upload (a public requirements file, say) and its
+    organization id; with the shared credentials it puts its own content at A's key first.
+    A's SDK then sees HEAD 200, skips the upload, and the build must not use B's bytes."""
+    from daytona import CreateSnapshotParams, DaytonaError, Image
+    from daytona._sync.object_storage import ObjectStorage
+
+    victim = daytona(stack)
+    attacker = daytona(stack, extra_key(stack, f"ctx-attacker-{stack.port}"))
+    target = tmp_path / "victim" / "setup.sh"
+    target.parent.mkdir()
+    target.write_text(f"echo the victim's own script {secrets.token_hex(4)}\n")
+    archive = ObjectStorage.compute_archive_base_path(str(target))
+    victim_org = victim._object_storage_api.get_push_access().organization_id
+
+    creds = attacker._object_storage_api.get_push_access()
+    store = ObjectStorage(creds.storage_url, creds.access_key, creds.secret, creds.session_token, creds.bucket,
+                          region=creds.region)
+    expected = store._compute_hash_for_path_md5(str(target), archive)
+    planted = tmp_path / "planted" / "setup.sh"
+    planted.parent.mkdir()
+    planted.write_text("echo PLANTED by the attacker\n")
+    store._upload_as_tar(f"{victim_org}/{expected}/context.tar", str(planted), archive)
+
+    with pytest.raises(DaytonaError, match=f"does not match its hash {expected}"):
+        victim.snapshot.create(CreateSnapshotParams(name="planted", image=Image.base("default")
+                                                    .add_local_file(target, "/setup.sh")
+                                                    .run_commands("sh /setup.sh")))
+    assert uploads == [f"{victim_org}/{expected}/context.tar"], uploads  # the attacker's only: A's HEAD was 200
+    failed = victim.snapshot.get("planted")
+    assert failed.state == "build_failed" and "another organization may have put it there" in failed.error_reason
+    victim.snapshot.delete(failed)
+
+
+def test_uploads_that_were_never_made_fail_the_build_and_bad_hashes_are_400s(stack: Stack) -> None:
+    from daytona import DaytonaError
+
+    d = daytona(stack)
+    answer = stack.api("POST", "/snapshots", json={"name": "bad-hash", "buildInfo": {
+        "dockerfileContent": "FROM default\nCOPY x /x\n", "contextHashes": ["../../etc"]}})
+    assert answer.status_code == 400 and "md5" in answer.json()["message"]
+    answer = stack.api("POST", "/snapshots", json={"name": "never", "buildInfo": {
+        "dockerfileContent": "FROM default\nCOPY x /x\n", "contextHashes": ["0" * 32]}})
+    assert answer.status_code == 200, answer.text
+    deadline = time.monotonic() + 30
+    while (record := d.snapshot.get("never")).state not in ("build_failed", "active") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert record.state == "build_failed" and "never uploaded" in record.error_reason
+    d.snapshot.delete(record)
+    with pytest.raises(DaytonaError):
+        d.snapshot.get("never")
