@@ -174,3 +174,38 @@ def test_a_20_mb_directory_is_checked_quickly(tmp_path: Path) -> None:
     started = time.monotonic()
     assert unpack(tar, tmp_path / "u", expected) == (4, 20 << 20)
     print(f"\nunpacked and checked 20 MB in {time.monotonic() - started:.2f} s")
+
+
+def test_without_java_or_the_jar_push_access_is_a_400_naming_what_to_install(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from controlplane.errors import BadRequest
+    from controlplane.objectstorage.service import ObjectStorage
+
+    monkeypatch.setenv("CONTROLPLANE_S3PROXY_JAR", str(tmp_path / "missing.jar"))
+    storage = ObjectStorage(tmp_path / "storage")
+    with pytest.raises(BadRequest, match=r"has none: it needs the s3proxy 4\.1\.0 jar .*CONTROLPLANE_S3PROXY_JAR") as caught:
+        anyio.run(storage.push_access, "org")
+    assert caught.value.code == "OBJECT_STORAGE_UNAVAILABLE"
+    assert "none: Image.add_local_file/add_local_dir need the s3proxy" in storage.describe()
+
+
+def test_an_external_storage_is_configured_completely_and_over_https(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from controlplane.objectstorage.access import ExternalS3
+
+    monkeypatch.setenv("CONTROLPLANE_S3_ENDPOINT", "http://minio:9000")
+    with pytest.raises(ValueError, match="CONTROLPLANE_S3_ACCESS_KEY, CONTROLPLANE_S3_SECRET_KEY, CONTROLPLANE_S3_BUCKET"):
+        ExternalS3.from_env()
+    for name, value in (("ACCESS_KEY", "ak"), ("SECRET_KEY", "sk"), ("BUCKET", "contexts")):
+        monkeypatch.setenv(f"CONTROLPLANE_S3_{name}", value)
+    with pytest.raises(ValueError, match="must be https://"):
+        ExternalS3.from_env()
+    monkeypatch.setenv("CONTROLPLANE_S3_ENDPOINT", "https://minio.example:9000/")
+    external = ExternalS3.from_env()
+    assert external is not None
+    assert anyio.run(external.access, "org-1").dto() == {
+        "accessKey": "ak", "secret": "sk", "sessionToken": "", "storageUrl": "https://minio.example:9000",
+        "organizationId": "org-1", "bucket": "contexts", "region": "us-east-1"}

@@ -200,3 +200,54 @@ def test_uploads_that_were_never_made_fail_the_build_and_bad_hashes_are_400s(sta
     d.snapshot.delete(record)
     with pytest.raises(DaytonaError):
         d.snapshot.get("never")
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def _s3proxy_of(stack_pid: int, state_dir: Path) -> int | None:
+    for pid in _descendants(stack_pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[0].endswith(b"java") and str(state_dir).encode() in b" ".join(cmdline):
+            return pid
+    return None
+
+
+def test_s3proxy_starts_on_first_use_and_dies_with_a_killed_main_job(tmp_path: Path) -> None:
+    from tests.runtime_helpers import start_stack
+
+    running = start_stack(tmp_path / "state", "--no-sandbox", pool_size=0)
+    try:
+        assert _s3proxy_of(running.process.pid, running.state_dir) is None  # nothing until it is needed
+        started = time.monotonic()
+        assert running.api("GET", "/object-storage/push-access").status_code == 200
+        took = time.monotonic() - started
+        java = _s3proxy_of(running.process.pid, running.state_dir)
+        assert java is not None
+        rss = next(int(line.split()[1]) for line in Path(f"/proc/{java}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:"))
+        print(f"\ns3proxy: first push-access (start) {took:.1f} s, RSS {rss / 1024:.0f} MB")
+        assert running.api("GET", "/object-storage/push-access").status_code == 200  # the same server
+        assert _s3proxy_of(running.process.pid, running.state_dir) == java
+        running.process.kill()  # no chance to stop anything
+        running.process.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{java}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{java}").exists(), "s3proxy outlived the main job"
+    finally:
+        running.stop()
