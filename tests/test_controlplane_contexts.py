@@ -251,3 +251,34 @@ def test_s3proxy_starts_on_first_use_and_dies_with_a_killed_main_job(tmp_path: P
         assert not Path(f"/proc/{java}").exists(), "s3proxy outlived the main job"
     finally:
         running.stop()
+
+
+def test_an_external_s3_by_configuration_serves_uploads_and_builds(stack: Stack, trusted: Path,
+                                                                   tmp_path: Path) -> None:
+    """The production path: a main job told CONTROLPLANE_S3_* (here: the other stack's
+    s3proxy, as an operator's MinIO would be) hands that storage out and reads uploads back
+    through obstore over HTTPS."""
+    from daytona import CreateSnapshotParams, Image
+
+    from tests.runtime_helpers import start_stack
+
+    access = stack.api("GET", "/object-storage/push-access").json()
+    external = start_stack(tmp_path / "state", "--no-sandbox", pool_size=0, extra_env={
+        "CONTROLPLANE_S3_ENDPOINT": access["storageUrl"], "CONTROLPLANE_S3_ACCESS_KEY": access["accessKey"],
+        "CONTROLPLANE_S3_SECRET_KEY": access["secret"], "CONTROLPLANE_S3_BUCKET": access["bucket"]})
+    try:
+        assert access["storageUrl"] in " ".join(external.banner_lines)
+        theirs = external.api("GET", "/object-storage/push-access").json()
+        assert theirs["storageUrl"] == access["storageUrl"] and theirs["sessionToken"] == ""
+        note = tmp_path / "note.txt"
+        note.write_text(f"through an external S3 {secrets.token_hex(4)}\n")
+        lines = Lines()
+        d = daytona(external)
+        snapshot = d.snapshot.create(CreateSnapshotParams(name="external", image=Image.base("default")
+                                                          .add_local_file(note, "/note.txt")
+                                                          .run_commands("cat /note.txt")), on_logs=lines)
+        assert snapshot.state == "active"
+        assert note.read_text().strip() in lines.text, lines.text
+        assert _s3proxy_of(external.process.pid, external.state_dir) is None  # no local server of its own
+    finally:
+        external.stop()

@@ -7,8 +7,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
+
+if TYPE_CHECKING:
+    from obstore.store import S3Config
 
 ENV_PREFIX = "CONTROLPLANE_S3_"
 MAX_OBJECT = 5 << 30  # an upload read back (contexts.py bounds what it unpacks to)
@@ -68,9 +72,11 @@ class ExternalS3:
         import obstore
         from obstore.store import S3Store
 
-        store = S3Store(self.bucket, endpoint=self.endpoint, region=self.region, access_key_id=self.access_key,
-                        secret_access_key=self.secret, session_token=self.session_token or None,
-                        virtual_hosted_style_request=False)
+        config: S3Config = {"endpoint": self.endpoint, "region": self.region, "access_key_id": self.access_key,
+                            "secret_access_key": self.secret, "virtual_hosted_style_request": False}
+        if self.session_token:  # obstore refuses an empty token, and None
+            config["session_token"] = self.session_token
+        store = S3Store(self.bucket, config=config)
         try:
             result = await obstore.get_async(store, key)
         except FileNotFoundError:
