@@ -209,3 +209,15 @@ def test_an_external_storage_is_configured_completely_and_over_https(monkeypatch
     assert anyio.run(external.access, "org-1").dto() == {
         "accessKey": "ak", "secret": "sk", "sessionToken": "", "storageUrl": "https://minio.example:9000",
         "organizationId": "org-1", "bucket": "contexts", "region": "us-east-1"}
+
+
+def test_a_wrong_external_configuration_is_said_at_push_access(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from controlplane.errors import BadRequest
+    from controlplane.objectstorage.service import ObjectStorage
+
+    monkeypatch.setenv("CONTROLPLANE_S3_ENDPOINT", "http://minio:9000")
+    storage = ObjectStorage(tmp_path / "storage")  # the main job still starts
+    with pytest.raises(BadRequest, match="CONTROLPLANE_S3_ENDPOINT is set but CONTROLPLANE_S3_ACCESS_KEY"):
+        anyio.run(storage.push_access, "org")

@@ -4,6 +4,7 @@ access is a 400 naming what to install). Builds read uploads back through `stora
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anyio
@@ -14,6 +15,8 @@ from controlplane.objectstorage.access import ExternalS3, StorageAccess, Storage
 from controlplane.objectstorage.local import LocalS3
 from controlplane.objectstorage.tls import trust_command
 
+log = logging.getLogger("controlplane.objectstorage")
+
 UNAVAILABLE = ("Images with local files (add_local_file, add_local_dir, pip_install_from_requirements) need "
                "S3-compatible object storage for the SDK to upload them to, and this server has none: {why}. "
                "See docs/images.md; without it use run_commands, pip_install, env, workdir")
@@ -21,10 +24,17 @@ UNAVAILABLE = ("Images with local files (add_local_file, add_local_dir, pip_inst
 
 class ObjectStorage:
     def __init__(self, directory: Path) -> None:
-        self.external = ExternalS3.from_env()
-        why = None if self.external is not None else local.missing()
-        self.local = LocalS3(directory) if self.external is None and why is None else None
-        self.why = why  # set: there is no object storage
+        self.local: LocalS3 | None = None
+        self.why: str | None = None  # set: there is no object storage
+        try:
+            self.external = ExternalS3.from_env()
+        except ValueError as exc:  # said at push-access and in the banner; the rest still runs
+            self.external, self.why = None, f"a correct configuration ({exc})"
+            log.error("no object storage: %s", exc)
+            return
+        if self.external is None:
+            self.why = local.missing()
+            self.local = LocalS3(directory) if self.why is None else None
 
     def describe(self) -> str:
         """The banner's line."""
@@ -36,8 +46,13 @@ class ObjectStorage:
         return f"none: Image.add_local_file/add_local_dir need {self.why}"
 
     async def open(self) -> None:
-        if self.local is not None:
+        if self.local is None:
+            return
+        try:
             await anyio.to_thread.run_sync(self.local.prepare)
+        except (OSError, RuntimeError) as exc:
+            self.local, self.why = None, f"its TLS files, which could not be made ({exc})"
+            log.error("no local object storage: %s", exc)
 
     async def close(self) -> None:
         if self.local is not None:
