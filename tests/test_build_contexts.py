@@ -63,10 +63,9 @@ def test_the_sdks_uploads_of_a_file_and_a_directory_are_unpacked_and_merged(tmp_
     root = tmp_path / "context"
     root.mkdir()
     assert unpack(sdk_tar(tmp_path / "requirements.txt", "work/requirements.txt", tmp_path / "1.tar"),
-                  tmp_path / "u1", file_hash) == (1, 8)
+                  tmp_path / "u1", file_hash) == (1, 8, True)
     merge(tmp_path / "u1", root)
-    files, size = unpack(sdk_tar(src, "work/src", tmp_path / "2.tar"), tmp_path / "u2", dir_hash)
-    assert (files, size) == (7, 25)
+    assert unpack(sdk_tar(src, "work/src", tmp_path / "2.tar"), tmp_path / "u2", dir_hash) == (7, 25, True)
     merge(tmp_path / "u2", root)
     assert (root / "work/requirements.txt").read_text() == "tinypkg\n"
     assert (root / "work/src/pkg/deep/data.json").read_text() == "{}"
@@ -107,6 +106,13 @@ def test_too_many_orders_to_try_is_refused_not_trusted(tmp_path: Path, monkeypat
     monkeypatch.setattr(contexthash, "MAX_ORDERS", 100)
     with pytest.raises(ContextError, match="could not be checked"):
         unpack(sdk_tar(src, "src", tmp_path / "t.tar"), tmp_path / "u", "0" * 32)
+    # Where only the organization itself can write its keys: used, said to be unchecked.
+    assert unpack(tmp_path / "t.tar", tmp_path / "v", "0" * 32, isolated=True) == (9, 9, False)
+    (src / "f0").write_text("changed")  # a mismatch found within the budget is refused even then
+    sdk_tar(src, "src", tmp_path / "t2.tar")
+    monkeypatch.setattr(contexthash, "MAX_ORDERS", 10**6)
+    with pytest.raises(ContextError, match="does not match"):
+        unpack(tmp_path / "t2.tar", tmp_path / "w", "0" * 32, isolated=True)
 
 
 @pytest.mark.parametrize(("members", "why"), [
@@ -172,7 +178,7 @@ def test_a_20_mb_directory_is_checked_quickly(tmp_path: Path) -> None:
     expected = sdk_hash(src, "data")
     tar = sdk_tar(src, "data", tmp_path / "t.tar")
     started = time.monotonic()
-    assert unpack(tar, tmp_path / "u", expected) == (4, 20 << 20)
+    assert unpack(tar, tmp_path / "u", expected) == (4, 20 << 20, True)
     print(f"\nunpacked and checked 20 MB in {time.monotonic() - started:.2f} s")
 
 

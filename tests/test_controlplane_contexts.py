@@ -1,7 +1,9 @@
 """Images with local files through the official SDK against the real main job: the SDK
 uploads them to the local s3proxy over HTTPS (its CA installed in the system store, as the
-banner says), the build reads them back, checks them against their hashes and COPYs them;
-an object another organization planted under this one's key fails the build."""
+banner says), the build reads them back, checks them against their hashes and COPYs them.
+Organizations cannot write each other's uploads on the local server (a key and bucket
+each); with an external S3's shared keys, an object another organization planted under
+this one's key fails the build."""
 
 from __future__ import annotations
 
@@ -62,6 +64,12 @@ class Lines:
         return "\n".join(self.seen)
 
 
+def build_log(stack: Stack, snapshot_id: str) -> str:
+    """The whole log (the SDK follows it only if it polls while the build runs)."""
+    return httpx.get(f"{stack.url}/api/snapshots/{snapshot_id}/build-logs", headers={
+        "Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"}).text
+
+
 @pytest.fixture
 def uploads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The keys the SDK really uploaded (it skips those whose HEAD is 200)."""
@@ -86,8 +94,10 @@ def test_push_access_is_the_callers_organization_over_https(stack: Stack, truste
     assert all(isinstance(v, str) and v for v in access.values())
     assert access["storageUrl"].startswith("https://127.0.0.1:")
     other = daytona(stack, extra_key(stack, f"ctx-other-{stack.port}"))
-    theirs = other._object_storage_api.get_push_access()
+    theirs = other._object_storage_api.get_push_access()  # a new organization: s3proxy restarts with its key
     assert theirs.organization_id != access["organizationId"]
+    assert theirs.access_key != access["accessKey"] and theirs.bucket != access["bucket"]
+    assert theirs.storage_url == access["storageUrl"]  # the same port after the restart
     assert httpx.get(f"{stack.url}/api/object-storage/push-access",
                      headers={"Authorization": "Bearer nope", "Host": f"localhost:{stack.port}"}).status_code == 401
 
@@ -148,39 +158,59 @@ def test_local_files_reach_the_sandbox_and_a_second_create_skips_the_upload(
     d.snapshot.delete(snapshot)
 
 
-def test_an_object_planted_under_another_organizations_key_fails_the_build(
-        stack: Stack, trusted: Path, tmp_path: Path, uploads: list[str]) -> None:
-    """Org B knows what org A is about to upload (a public requirements file, say) and its
-    organization id; with the shared credentials it puts its own content at A's key first.
-    A's SDK then sees HEAD 200, skips the upload, and the build must not use B's bytes."""
-    from daytona import CreateSnapshotParams, DaytonaError, Image
+def plant(attacker: Any, victim_org: str, target: Path, planted: Path) -> str:
+    """Org B knows what org A is about to upload (a public requirements file, say) and A's
+    organization id; it puts its own bytes at A's key first, with B's push-access, so that
+    A's SDK sees HEAD 200 and skips its upload. The key's hash."""
     from daytona._sync.object_storage import ObjectStorage
-
-    victim = daytona(stack)
-    attacker = daytona(stack, extra_key(stack, f"ctx-attacker-{stack.port}"))
-    target = tmp_path / "victim" / "setup.sh"
-    target.parent.mkdir()
-    target.write_text(f"echo the victim's own script {secrets.token_hex(4)}\n")
-    archive = ObjectStorage.compute_archive_base_path(str(target))
-    victim_org = victim._object_storage_api.get_push_access().organization_id
 
     creds = attacker._object_storage_api.get_push_access()
     store = ObjectStorage(creds.storage_url, creds.access_key, creds.secret, creds.session_token, creds.bucket,
                           region=creds.region)
-    expected = store._compute_hash_for_path_md5(str(target), archive)
+    archive = ObjectStorage.compute_archive_base_path(str(target))
+    expected: str = store._compute_hash_for_path_md5(str(target), archive)
+    store._upload_as_tar(f"{victim_org}/{expected}/context.tar", str(planted), archive)
+    return expected
+
+
+def victim_files(tmp_path: Path) -> tuple[Path, Path]:
+    target = tmp_path / "victim" / "setup.sh"
+    target.parent.mkdir()
+    target.write_text(f"echo the victims own script {secrets.token_hex(4)}\n")
     planted = tmp_path / "planted" / "setup.sh"
     planted.parent.mkdir()
     planted.write_text("echo PLANTED by the attacker\n")
-    store._upload_as_tar(f"{victim_org}/{expected}/context.tar", str(planted), archive)
+    return target, planted
 
-    with pytest.raises(DaytonaError, match=f"does not match its hash {expected}"):
-        victim.snapshot.create(CreateSnapshotParams(name="planted", image=Image.base("default")
-                                                    .add_local_file(target, "/setup.sh")
-                                                    .run_commands("sh /setup.sh")))
-    assert uploads == [f"{victim_org}/{expected}/context.tar"], uploads  # the attacker's only: A's HEAD was 200
-    failed = victim.snapshot.get("planted")
-    assert failed.state == "build_failed" and "another organization may have put it there" in failed.error_reason
-    victim.snapshot.delete(failed)
+
+def test_another_organization_cannot_write_this_ones_uploads(
+        stack: Stack, trusted: Path, tmp_path: Path, uploads: list[str]) -> None:
+    """The local server gives each organization its own key and bucket: B's planting lands in
+    B's bucket, B's key is refused in A's, and A's build uses A's own upload."""
+    from daytona import CreateSnapshotParams, Image
+    from daytona._sync.object_storage import ObjectStorage
+    from obstore.exceptions import PermissionDeniedError
+
+    victim = daytona(stack)
+    attacker = daytona(stack, extra_key(stack, f"ctx-attacker-{stack.port}"))
+    target, planted = victim_files(tmp_path)
+    mine = victim._object_storage_api.get_push_access()
+    expected = plant(attacker, mine.organization_id, target, planted)
+    theirs = attacker._object_storage_api.get_push_access()
+    into_mine = ObjectStorage(theirs.storage_url, theirs.access_key, theirs.secret, theirs.session_token,
+                              mine.bucket, region=theirs.region)
+    with pytest.raises(PermissionDeniedError):
+        into_mine._upload_as_tar(f"{mine.organization_id}/{expected}/context.tar", str(planted), "victim/setup.sh")
+    with pytest.raises(PermissionDeniedError):
+        into_mine._file_exists_in_s3(f"{mine.organization_id}/{expected}/context.tar")
+    uploads.clear()
+    snapshot = victim.snapshot.create(CreateSnapshotParams(name="isolated", image=Image.base("default")
+                                                           .add_local_file(target, "/setup.sh")
+                                                           .run_commands("sh /setup.sh")))
+    assert uploads == [f"{mine.organization_id}/{expected}/context.tar"]  # B's object was not in A's bucket
+    log = build_log(stack, snapshot.id)
+    assert "the victims own script" in log and "PLANTED" not in log, log
+    victim.snapshot.delete(snapshot)
 
 
 def test_uploads_that_were_never_made_fail_the_build_and_bad_hashes_are_400s(stack: Stack) -> None:
@@ -253,12 +283,13 @@ def test_s3proxy_starts_on_first_use_and_dies_with_a_killed_main_job(tmp_path: P
         running.stop()
 
 
-def test_an_external_s3_by_configuration_serves_uploads_and_builds(stack: Stack, trusted: Path,
-                                                                   tmp_path: Path) -> None:
+def test_an_external_s3_by_configuration_serves_uploads_and_refuses_planted_ones(
+        stack: Stack, trusted: Path, tmp_path: Path, uploads: list[str]) -> None:
     """The production path: a main job told CONTROLPLANE_S3_* (here: the other stack's
     s3proxy, as an operator's MinIO would be) hands that storage out and reads uploads back
-    through obstore over HTTPS."""
-    from daytona import CreateSnapshotParams, Image
+    through obstore over HTTPS. Its keys are the same for every organization, so what an
+    organization planted under another's key must fail that one's build."""
+    from daytona import CreateSnapshotParams, DaytonaError, Image
 
     from tests.runtime_helpers import start_stack
 
@@ -272,13 +303,26 @@ def test_an_external_s3_by_configuration_serves_uploads_and_builds(stack: Stack,
         assert theirs["storageUrl"] == access["storageUrl"] and theirs["sessionToken"] == ""
         note = tmp_path / "note.txt"
         note.write_text(f"through an external S3 {secrets.token_hex(4)}\n")
-        lines = Lines()
         d = daytona(external)
         snapshot = d.snapshot.create(CreateSnapshotParams(name="external", image=Image.base("default")
                                                           .add_local_file(note, "/note.txt")
-                                                          .run_commands("cat /note.txt")), on_logs=lines)
+                                                          .run_commands("cat /note.txt")))
         assert snapshot.state == "active"
-        assert note.read_text().strip() in lines.text, lines.text
+        assert note.read_text().strip() in build_log(external, snapshot.id)
         assert _s3proxy_of(external.process.pid, external.state_dir) is None  # no local server of its own
+
+        # Static keys every organization shares: the attack the build's hash check stops.
+        attacker = daytona(external, extra_key(external, f"ext-attacker-{external.port}"))
+        target, planted = victim_files(tmp_path)
+        expected = plant(attacker, theirs["organizationId"], target, planted)
+        uploads.clear()
+        with pytest.raises(DaytonaError, match=f"does not match its hash {expected}"):
+            d.snapshot.create(CreateSnapshotParams(name="planted", image=Image.base("default")
+                                                   .add_local_file(target, "/setup.sh")
+                                                   .run_commands("sh /setup.sh")))
+        assert uploads == []  # the victim's SDK saw HEAD 200 and skipped its upload
+        failed = d.snapshot.get("planted")
+        assert failed.state == "build_failed" and "another organization may have put it there" in failed.error_reason
+        assert "PLANTED" not in build_log(external, failed.id)
     finally:
         external.stop()

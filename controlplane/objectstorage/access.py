@@ -68,7 +68,10 @@ class ExternalS3:
         return StorageAccess(self.access_key, self.secret, self.session_token, self.endpoint, organization_id,
                              self.bucket, self.region)
 
-    async def fetch(self, key: str, scratch: Path) -> Path | None:
+    # Every organization gets these same keys: the build checks uploads against their hashes.
+    isolated = False
+
+    async def fetch(self, organization_id: str, key: str, scratch: Path) -> Path | None:
         import obstore
         from obstore.store import S3Store
 

@@ -10,11 +10,13 @@ directly (`fetch`): the same machine, no second TLS client to configure."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -26,7 +28,6 @@ from runtime.private import open_private_append, private_dir, write_private
 VERSION = "4.1.0"
 JAR_ENV = "CONTROLPLANE_S3PROXY_JAR"
 JAR_CACHE = Path(f"/var/cache/sandbox-toolbox/s3proxy/s3proxy-{VERSION}-jar-with-dependencies.jar")
-BUCKET = "contexts"
 REGION = "us-east-1"
 START_TIMEOUT = 60.0
 # Small heap, serial GC, C1 only: it streams uploads to files and needs little of either.
@@ -60,40 +61,62 @@ def missing() -> str | None:
     return " and ".join(wants) or None
 
 
+@dataclass(frozen=True)
+class Tenant:
+    """An organization's own key pair and bucket: s3proxy lets a key reach only its bucket."""
+
+    identity: str
+    credential: str
+    bucket: str
+
+
 class LocalS3:
+    isolated = True  # an organization's bucket takes its own key only
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.data = directory / "data"
         self.process: asyncio.subprocess.Process | None = None
         self.url: str | None = None
+        self.port = 0  # kept across restarts: an SDK mid-upload retries at the same URL
         self._lock = asyncio.Lock()
-        self._credentials: tuple[str, str] | None = None
+        self._tenants: dict[str, Tenant] = {}
+        self._served: set[str] = set()  # the organizations the running server has keys for
         self.tls: tls.Tls | None = None
 
     def prepare(self) -> None:
-        """The CA, keystore and credentials (blocking: at open, in a thread), so the banner can
-        name the CA before anything is uploaded."""
+        """The CA, keystore and known organizations (blocking: at open, in a thread), so the
+        banner can name the CA before anything is uploaded."""
         private_dir(self.directory)
         self.tls = tls.ensure(self.directory / "tls")
-        record = self.directory / "credentials.json"
         try:
-            saved = json.loads(record.read_text())
-            self._credentials = (saved["identity"], saved["credential"])
-        except (OSError, ValueError, KeyError):
-            self._credentials = ("local-" + secrets.token_hex(8), secrets.token_urlsafe(30))
-            identity, credential = self._credentials
-            write_private(record, json.dumps({"identity": identity, "credential": credential}).encode())
-        private_dir(self.data / BUCKET)  # the filesystem backend's bucket is a directory
+            saved = json.loads((self.directory / "tenants.json").read_text())
+            self._tenants = {org: Tenant(**fields) for org, fields in saved.items()}
+        except (OSError, ValueError, TypeError):
+            self._tenants = {}
 
-    def _properties(self) -> bytes:
-        assert self.tls is not None and self._credentials is not None
+    def _tenant(self, organization_id: str) -> Tenant:
+        """The organization's key pair and bucket, made and recorded on its first push-access."""
+        found = self._tenants.get(organization_id)
+        if found is None:
+            digest = hashlib.sha256(organization_id.encode()).hexdigest()
+            found = Tenant("org-" + digest[:16], secrets.token_urlsafe(30), "ctx-" + digest[:40])
+            self._tenants[organization_id] = found
+            write_private(self.directory / "tenants.json", json.dumps(
+                {org: vars(t) for org, t in self._tenants.items()}).encode())
+        private_dir(self.data / found.bucket)  # the filesystem backend's bucket is a directory
+        return found
+
+    def _properties(self, tenant: Tenant) -> bytes:
+        assert self.tls is not None
         return "\n".join([
-            "s3proxy.secure-endpoint=https://127.0.0.1:0",
+            f"s3proxy.secure-endpoint=https://127.0.0.1:{self.port}",
             f"s3proxy.keystore-path={self.tls.keystore}",
             f"s3proxy.keystore-password={self.tls.password}",
             "s3proxy.authorization=aws-v2-or-v4",
-            f"s3proxy.identity={self._credentials[0]}",
-            f"s3proxy.credential={self._credentials[1]}",
+            f"s3proxy.identity={tenant.identity}",
+            f"s3proxy.credential={tenant.credential}",
+            f"s3proxy.bucket-locator.1={tenant.bucket}",
             # The SDK sends x-amz-security-token (the push-access sessionToken); s3proxy
             # refuses headers it does not know unless told to ignore them.
             "s3proxy.ignore-unknown-headers=true",
@@ -102,28 +125,36 @@ class LocalS3:
             "",
         ]).encode()
 
-    async def ready(self) -> str:
-        """The server's URL, starting it if it is not running."""
+    async def ready(self, organization_id: str) -> tuple[str, Tenant]:
+        """The server's URL and the organization's keys, (re)starting the server when it does
+        not run or does not know the organization yet (s3proxy reads keys at start only)."""
         async with self._lock:
-            if self.process is not None and self.process.returncode is None and self.url is not None:
-                return self.url
             if self.tls is None:
                 await anyio.to_thread.run_sync(self.prepare)
-            self.url = await self._start()
-            return self.url
+            tenant = await anyio.to_thread.run_sync(self._tenant, organization_id)
+            running = self.process is not None and self.process.returncode is None and self.url is not None
+            if not running or organization_id not in self._served:
+                await self.stop()
+                self.url = await self._start()
+            assert self.url is not None
+            return self.url, tenant
 
     async def _start(self) -> str:
         jar = find_jar()
         if jar is None or shutil.which("java") is None:
             raise StorageUnavailable(f"the local object storage needs {missing()}")
-        properties = self.directory / "s3proxy.properties"
-        await anyio.to_thread.run_sync(write_private, properties, self._properties())
+        tenants = dict(self._tenants)
+        private_dir(self.directory / "properties")
+        files = []
+        for tenant in tenants.values():
+            files += ["--properties", str(self.directory / "properties" / f"{tenant.bucket}.properties")]
+            await anyio.to_thread.run_sync(write_private, Path(files[-1]), self._properties(tenant))
         log_path = self.directory / "s3proxy.log"
         log_fd = open_private_append(log_path)
         start = os.fstat(log_fd).st_size
         try:
             self.process = await asyncio.create_subprocess_exec(
-                "setpriv", "--pdeathsig", "KILL", "java", *JVM, "-jar", str(jar), "--properties", str(properties),
+                "setpriv", "--pdeathsig", "KILL", "java", *JVM, "-jar", str(jar), *files,
                 stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True,
                 env={**os.environ, "LOG_LEVEL": "info"})
         finally:
@@ -133,7 +164,9 @@ class LocalS3:
         while loop.time() < deadline:
             found = _LISTENING.search(await anyio.to_thread.run_sync(_tail, log_path, start))
             if found:
-                return f"https://127.0.0.1:{int(found.group(1))}"
+                self.port = int(found.group(1))
+                self._served = set(tenants)
+                return f"https://127.0.0.1:{self.port}"
             if self.process.returncode is not None:
                 raise StorageUnavailable(f"the local object storage (s3proxy) exited with code "
                                          f"{self.process.returncode}; its log is {log_path}")
@@ -143,15 +176,16 @@ class LocalS3:
                                  f"its log is {log_path}")
 
     async def access(self, organization_id: str) -> StorageAccess:
-        url = await self.ready()
-        assert self._credentials is not None
-        # Static credentials shared by every organization: the build checks each upload's
-        # content against its hash (controlplane/snapshots/contexthash.py).
-        return StorageAccess(access_key=self._credentials[0], secret=self._credentials[1], session_token="local",
-                             storage_url=url, organization_id=organization_id, bucket=BUCKET, region=REGION)
+        url, tenant = await self.ready(organization_id)
+        # Static, but the organization's own: another's key is refused in this bucket.
+        return StorageAccess(access_key=tenant.identity, secret=tenant.credential, session_token="local",
+                             storage_url=url, organization_id=organization_id, bucket=tenant.bucket, region=REGION)
 
-    async def fetch(self, key: str, scratch: Path) -> Path | None:
-        path = self.data / BUCKET / key  # `key` is made of checked parts (contexts.key)
+    async def fetch(self, organization_id: str, key: str, scratch: Path) -> Path | None:
+        tenant = self._tenants.get(organization_id)
+        if tenant is None:  # it never asked for push-access: nothing of it was uploaded
+            return None
+        path = self.data / tenant.bucket / key  # `key` is made of checked parts (contexts.key)
         return path if await anyio.to_thread.run_sync(path.is_file) else None
 
     async def stop(self) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 # The search's budget: orders tried and bytes hashed (beyond one pass over the content).
 MAX_ORDERS = 20_000
 MAX_EXTRA_BYTES = 1 << 30
+MAX_FEEDS = 5_000_000  # pieces folded in, over every order (CPU, whatever the sizes)
 SMALL_FILE = 1 << 20  # contents up to this size are hashed from memory, not read again
 MAX_CACHED = 64 << 20
 
@@ -51,11 +52,15 @@ class _Budget:
     def __init__(self) -> None:
         self.bytes = MAX_EXTRA_BYTES
         self.orders = MAX_ORDERS
+        self.feeds = MAX_FEEDS
         self.cache: dict[Path, bytes] = {}
         self.cached = 0
 
     def feed(self, h: Any, piece: tuple[str, Path]) -> None:
         name, path = piece
+        self.feeds -= 1
+        if self.feeds < 0:
+            raise Unverifiable("feeds")
         h.update(name.encode())
         content = self.cache.get(path)
         if content is not None:

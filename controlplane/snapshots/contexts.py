@@ -11,6 +11,7 @@ no devices or FIFOs, and sizes and entry counts are bounded."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -38,8 +39,12 @@ class ContextError(Exception):
 
 
 class ContextStorage(Protocol):
-    async def fetch(self, key: str, scratch: Path) -> Path | None:
-        """The object at `key` as a local file (`scratch` if it had to be downloaded), or None."""
+    # True: only the organization itself can have written its keys (its own credentials).
+    isolated: bool
+
+    async def fetch(self, organization_id: str, key: str, scratch: Path) -> Path | None:
+        """The organization's object at `key` as a local file (`scratch` if it had to be
+        downloaded), or None."""
 
 
 def key(organization_id: str, context_hash: str) -> str:
@@ -100,9 +105,11 @@ def _link_inside(name: PurePosixPath, target: str) -> None:
         raise ContextError(f"the upload's symlink {name} -> {target} leaves the context")
 
 
-def unpack(tar_path: Path, dest: Path, expected: str, limits: _Limits | None = None) -> tuple[int, int]:
+def unpack(tar_path: Path, dest: Path, expected: str, limits: _Limits | None = None, *,
+           isolated: bool = False) -> tuple[int, int, bool]:
     """Unpack one upload into `dest` (a new directory) and check it is what `expected`
-    names; (files, bytes)."""
+    names; (files, bytes, checked). `isolated`: only its organization could have written
+    it, so one whose orders are too many to try is used unchecked (a mismatch never is)."""
     limits = limits or _Limits()
     dest.mkdir(mode=0o700)
     archive: PurePosixPath | None = None
@@ -161,8 +168,8 @@ def unpack(tar_path: Path, dest: Path, expected: str, limits: _Limits | None = N
     if archive is None:
         raise ContextError("the upload is an empty archive")
     _check_links(dest, links)
-    _verify(dest, archive, is_file, expected, set(files) | set(links), dirs)
-    return len(files), total
+    checked = _verify(dest, archive, is_file, expected, set(files) | set(links), dirs, isolated)
+    return len(files), total, checked
 
 
 def _check_links(dest: Path, links: dict[PurePosixPath, str]) -> None:
@@ -175,7 +182,7 @@ def _check_links(dest: Path, links: dict[PurePosixPath, str]) -> None:
 
 
 def _verify(dest: Path, archive: PurePosixPath, is_file: bool, expected: str,
-            entries: set[PurePosixPath], dirs: set[PurePosixPath]) -> None:
+            entries: set[PurePosixPath], dirs: set[PurePosixPath], isolated: bool) -> bool:
     if is_file:
         content: Path | Tree = dest / archive
     else:
@@ -183,6 +190,8 @@ def _verify(dest: Path, archive: PurePosixPath, is_file: bool, expected: str,
     try:
         ok = contexthash.matches(expected, str(archive), content)
     except contexthash.Unverifiable:
+        if isolated:
+            return False
         raise ContextError(f"the upload {expected} could not be checked against its hash: its directories list "
                            "too many entries for the orders the SDK may have hashed them in to be tried; upload "
                            "smaller directories (add_local_dir of each) or fewer files per directory") from None
@@ -192,6 +201,7 @@ def _verify(dest: Path, archive: PurePosixPath, is_file: bool, expected: str,
         raise ContextError(f"the uploaded context {archive} does not match its hash {expected}: it is not the "
                            "content the SDK uploaded under that name (another organization may have put it there); "
                            "it was not used")
+    return True
 
 
 def _tree(dest: Path, archive: PurePosixPath, entries: set[PurePosixPath], dirs: set[PurePosixPath]) -> Tree:
@@ -253,13 +263,16 @@ class BuildContexts:
             root.mkdir()
             limits = _Limits()
             for index, context_hash in enumerate(hashes):
-                tar = await storage.fetch(key(organization_id, context_hash), work / f"{index}.tar")
+                tar = await storage.fetch(organization_id, key(organization_id, context_hash), work / f"{index}.tar")
                 if tar is None:
                     raise ContextError(f"the build context {context_hash} was never uploaded (no "
                                        f"{key(organization_id, context_hash)} in the object storage)")
-                count, size = await anyio.to_thread.run_sync(unpack, tar, work / str(index), context_hash, limits)
+                count, size, checked = await anyio.to_thread.run_sync(
+                    functools.partial(unpack, tar, work / str(index), context_hash, limits, isolated=storage.isolated))
                 await anyio.to_thread.run_sync(merge, work / str(index), root)
-                log(f"Context {context_hash}: {count} file(s), {size / 1e6:.1f} MB, matches its hash")
+                log(f"Context {context_hash}: {count} file(s), {size / 1e6:.1f} MB, " + (
+                    "matches its hash" if checked else "too many listing orders to check its hash; used as "
+                    "only this organization can have written it"))
             yield root
         finally:
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(work, ignore_errors=True))
