@@ -227,3 +227,26 @@ def test_a_wrong_external_configuration_is_said_at_push_access(tmp_path: Path, m
     storage = ObjectStorage(tmp_path / "storage")  # the main job still starts
     with pytest.raises(BadRequest, match="CONTROLPLANE_S3_ENDPOINT is set but CONTROLPLANE_S3_ACCESS_KEY"):
         anyio.run(storage.push_access, "org")
+
+
+def test_an_organizations_bucket_is_new_and_never_one_made_in_advance(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any key may create a bucket no organization claims yet (measured on s3proxy 4.1.0), so
+    a bucket named after the organization could be made and filled before it first uploads.
+    Names are random, and a name whose directory already exists is never taken."""
+    from controlplane.objectstorage import local
+
+    real = local.secrets.token_hex
+
+    one, two = local.LocalS3(tmp_path / "one"), local.LocalS3(tmp_path / "two")
+    first, second = one._tenant("org-a"), two._tenant("org-a")
+    assert first.bucket != second.bucket and first.credential != second.credential
+    assert one._tenant("org-a") == first  # kept
+    assert os.stat(tmp_path / "one" / "tenants.json").st_mode & 0o777 == 0o600
+    made_in_advance = "ctx-" + "ab" * 16
+    (tmp_path / "one" / "data" / made_in_advance).mkdir()
+    (tmp_path / "one" / "data" / made_in_advance / "planted").write_text("x")
+    tokens = iter(["ab" * 16, "cd" * 16])
+    monkeypatch.setattr(local.secrets, "token_hex", lambda n: next(tokens) if n == 16 else real(n))
+    assert one._tenant("org-b").bucket == "ctx-" + "cd" * 16
+    assert list((tmp_path / "one" / "data" / ("ctx-" + "cd" * 16)).iterdir()) == []

@@ -1,6 +1,8 @@
 """The local object storage: s3proxy (gaul/s3proxy, a real S3 server) with its filesystem
-backend under the state dir, HTTPS only, SigV2/V4 with credentials kept in the state dir,
-on 127.0.0.1. `.ci/run` puts the jar in JAR_CACHE (or name it with CONTROLPLANE_S3PROXY_JAR).
+backend under the state dir, HTTPS only, SigV2/V4, on 127.0.0.1. Each organization has its
+own key pair and bucket (a properties file each; s3proxy refuses a key in another's bucket),
+made on its first push-access, which restarts s3proxy (it reads keys at start only) on the
+same port. `.ci/run` puts the jar in JAR_CACHE (or name it with CONTROLPLANE_S3PROXY_JAR).
 
 The main job starts it on the first push-access (150 MB of JVM only where contexts are
 used) as its child: `setpriv --pdeathsig KILL` has the kernel kill it when the main job
@@ -10,7 +12,6 @@ directly (`fetch`): the same machine, no second TLS client to configure."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -98,13 +99,21 @@ class LocalS3:
     def _tenant(self, organization_id: str) -> Tenant:
         """The organization's key pair and bucket, made and recorded on its first push-access."""
         found = self._tenants.get(organization_id)
-        if found is None:
-            digest = hashlib.sha256(organization_id.encode()).hexdigest()
-            found = Tenant("org-" + digest[:16], secrets.token_urlsafe(30), "ctx-" + digest[:40])
-            self._tenants[organization_id] = found
-            write_private(self.directory / "tenants.json", json.dumps(
-                {org: vars(t) for org, t in self._tenants.items()}).encode())
-        private_dir(self.data / found.bucket)  # the filesystem backend's bucket is a directory
+        if found is not None:
+            return found
+        private_dir(self.data)
+        while True:
+            # Random, never derived from the organization: any key may create a bucket no
+            # locator claims yet, so a predictable name could be made and filled in advance.
+            found = Tenant("org-" + secrets.token_hex(8), secrets.token_urlsafe(30), "ctx-" + secrets.token_hex(16))
+            try:
+                os.mkdir(self.data / found.bucket, 0o700)  # the filesystem backend's bucket; new
+                break
+            except FileExistsError:
+                continue
+        self._tenants[organization_id] = found
+        write_private(self.directory / "tenants.json", json.dumps(
+            {org: vars(t) for org, t in self._tenants.items()}).encode())
         return found
 
     def _properties(self, tenant: Tenant) -> bytes:
@@ -125,6 +134,16 @@ class LocalS3:
             "",
         ]).encode()
 
+    def _write_properties(self, tenants: dict[str, Tenant]) -> list[str]:
+        """s3proxy's arguments: a properties file per organization (its key, its bucket)."""
+        private_dir(self.directory / "properties")
+        arguments = []
+        for tenant in tenants.values():
+            path = self.directory / "properties" / f"{tenant.bucket}.properties"
+            write_private(path, self._properties(tenant))
+            arguments += ["--properties", str(path)]
+        return arguments
+
     async def ready(self, organization_id: str) -> tuple[str, Tenant]:
         """The server's URL and the organization's keys, (re)starting the server when it does
         not run or does not know the organization yet (s3proxy reads keys at start only)."""
@@ -144,11 +163,7 @@ class LocalS3:
         if jar is None or shutil.which("java") is None:
             raise StorageUnavailable(f"the local object storage needs {missing()}")
         tenants = dict(self._tenants)
-        private_dir(self.directory / "properties")
-        files = []
-        for tenant in tenants.values():
-            files += ["--properties", str(self.directory / "properties" / f"{tenant.bucket}.properties")]
-            await anyio.to_thread.run_sync(write_private, Path(files[-1]), self._properties(tenant))
+        files = await anyio.to_thread.run_sync(self._write_properties, tenants)
         log_path = self.directory / "s3proxy.log"
         log_fd = open_private_append(log_path)
         start = os.fstat(log_fd).st_size
