@@ -70,6 +70,9 @@ def build_log(stack: Stack, snapshot_id: str) -> str:
         "Authorization": f"Bearer {stack.api_key}", "Host": f"localhost:{stack.port}"}).text
 
 
+TOOK: dict[str, float] = {}  # key -> seconds the SDK's upload of it took
+
+
 @pytest.fixture
 def uploads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The keys the SDK really uploaded (it skips those whose HEAD is 200)."""
@@ -80,7 +83,9 @@ def uploads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def spy(self: Any, key: str, *args: Any, **kwargs: Any) -> None:
         done.append(key)
+        started = time.monotonic()
         real(self, key, *args, **kwargs)
+        TOOK[key] = time.monotonic() - started
 
     monkeypatch.setattr(ObjectStorage, "_upload_as_tar", spy)
     return done
@@ -133,7 +138,8 @@ def test_local_files_reach_the_sandbox_and_a_second_create_skips_the_upload(
     lines = Lines()
     started = time.monotonic()
     sandbox = d.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=lines, timeout=300)
-    print(f"\n20 MB + 3 small contexts uploaded, built and started in {time.monotonic() - started:.1f} s")
+    print(f"\n20 MB + 3 small contexts uploaded, built and started in {time.monotonic() - started:.1f} s "
+          f"(the 20 MB upload: {max(TOOK[key] for key in uploads):.1f} s)")
     try:
         assert len(uploads) == 5, uploads
         assert all(key.startswith(f"{d._object_storage_api.get_push_access().organization_id}/") for key in uploads)
@@ -326,3 +332,26 @@ def test_an_external_s3_by_configuration_serves_uploads_and_refuses_planted_ones
         assert "PLANTED" not in build_log(external, failed.id)
     finally:
         external.stop()
+
+
+def test_without_the_jar_an_image_with_local_files_is_refused_naming_what_to_install(tmp_path: Path) -> None:
+    from daytona import CreateSnapshotParams, DaytonaError, Image
+
+    from tests.runtime_helpers import start_stack
+
+    bare = start_stack(tmp_path / "state", "--no-sandbox", pool_size=0,
+                       extra_env={"CONTROLPLANE_S3PROXY_JAR": str(tmp_path / "no.jar")})
+    try:
+        assert "none: Image.add_local_file/add_local_dir need the s3proxy" in " ".join(bare.banner_lines)
+        (tmp_path / "app.py").write_text("print('hi')\n")
+        d = daytona(bare)
+        before = d.snapshot.list().total
+        with pytest.raises(DaytonaError, match=r"has none: it needs the s3proxy 4\.1\.0 jar"):
+            d.snapshot.create(CreateSnapshotParams(name="ctx", image=Image.base("default")
+                                                   .add_local_file(tmp_path / "app.py", "/app/app.py")))
+        answer = bare.api("POST", "/snapshots", json={"name": "direct", "buildInfo": {
+            "dockerfileContent": "FROM default\nCOPY x /x\n", "contextHashes": ["0" * 32]}})
+        assert answer.status_code == 400 and answer.json()["code"] == "BUILD_CONTEXT_UNAVAILABLE"
+        assert d.snapshot.list().total == before  # nothing recorded
+    finally:
+        bare.stop()
