@@ -335,7 +335,7 @@ def test_an_external_s3_by_configuration_serves_uploads_and_refuses_planted_ones
 
 
 def test_without_the_jar_an_image_with_local_files_is_refused_naming_what_to_install(tmp_path: Path) -> None:
-    from daytona import CreateSnapshotParams, DaytonaError, Image
+    from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, DaytonaError, Image
 
     from tests.runtime_helpers import start_stack
 
@@ -346,9 +346,13 @@ def test_without_the_jar_an_image_with_local_files_is_refused_naming_what_to_ins
         (tmp_path / "app.py").write_text("print('hi')\n")
         d = daytona(bare)
         before = d.snapshot.list().total
+        image = Image.base("default").add_local_file(tmp_path / "app.py", "/app/app.py")
+        sandboxes = {s.id for s in d.list()}
         with pytest.raises(DaytonaError, match=r"has none: it needs the s3proxy 4\.1\.0 jar"):
-            d.snapshot.create(CreateSnapshotParams(name="ctx", image=Image.base("default")
-                                                   .add_local_file(tmp_path / "app.py", "/app/app.py")))
+            d.snapshot.create(CreateSnapshotParams(name="ctx", image=image))
+        with pytest.raises(DaytonaError, match=r"has none: it needs the s3proxy 4\.1\.0 jar"):
+            d.create(CreateSandboxFromImageParams(image=image))
+        assert {s.id for s in d.list()} == sandboxes
         answer = bare.api("POST", "/snapshots", json={"name": "direct", "buildInfo": {
             "dockerfileContent": "FROM default\nCOPY x /x\n", "contextHashes": ["0" * 32]}})
         assert answer.status_code == 400 and answer.json()["code"] == "BUILD_CONTEXT_UNAVAILABLE"
