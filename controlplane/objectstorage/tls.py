@@ -39,12 +39,19 @@ def _openssl(*args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         raise RuntimeError(f"openssl {args[0]} failed: {done.stderr.strip()}")
 
 
+def _valid_for_a_month(certificate: Path) -> bool:
+    """Whether the server certificate outlives the next 30 days (else a new one is made)."""
+    done = subprocess.run(["openssl", "x509", "-checkend", str(30 * 86400), "-noout", "-in", str(certificate)],
+                          capture_output=True)
+    return done.returncode == 0
+
+
 def ensure(directory: Path) -> Tls:
     """The CA and keystore under `directory`, made on the first call (blocking: a thread's)."""
     private_dir(directory)
     tls = Tls(directory / "ca.pem", directory / "keystore.p12", "")
     password_file = directory / "keystore-password"
-    if tls.keystore.exists() and password_file.exists():
+    if tls.keystore.exists() and password_file.exists() and _valid_for_a_month(directory / "server.pem"):
         return Tls(tls.ca, tls.keystore, password_file.read_text().strip())
     password = secrets.token_urlsafe(24)
     if not tls.ca.exists():
