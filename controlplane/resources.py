@@ -8,10 +8,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+import anyio
 from starlette.routing import BaseRoute
 
 from controlplane.backend import ImageBuilder
 from controlplane.events import room
+from controlplane.objectstorage import routes as storage_routes
+from controlplane.objectstorage.service import ObjectStorage
 
 from controlplane.previews import routes as preview_routes
 from controlplane.previews.service import PreviewService
@@ -21,6 +24,7 @@ from controlplane.secrets import routes as secret_routes
 from controlplane.secrets.records import SecretRecords
 from controlplane.secrets.service import SecretService
 from controlplane.snapshots import routes as snapshot_routes
+from controlplane.snapshots.contexts import BuildContexts
 from controlplane.snapshots.logs import BuildLogs
 from controlplane.snapshots.records import SnapshotRecord, SnapshotRecords
 from controlplane.snapshots.service import SnapshotService
@@ -43,8 +47,12 @@ class ResourcePlane:
         self.volumes = VolumeService(VolumeRecords(plane.engine), plane.records,
                                      VolumeStorage(plane.config.state_dir / "volumes"))
         backend_images: ImageBuilder | None = getattr(plane.backend, "images", None)
-        self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(plane.config.state_dir / "build-logs"),
-                                         backend_images)
+        state = plane.config.state_dir
+        self.object_storage = ObjectStorage(state / "object-storage")
+        self.contexts = BuildContexts(self.object_storage.storage, state / "build-contexts")
+        self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(state / "build-logs"),
+                                         backend_images,
+                                         contexts=None if self.object_storage.why else self.contexts)
         self.snapshots.listeners.append(self._snapshot_event)
         plane.sandboxes.snapshots = self.snapshots
         self.secrets = SecretService(SecretRecords(plane.engine))
@@ -68,8 +76,11 @@ class ResourcePlane:
 
     async def close(self) -> None:
         await self.snapshots.close()
+        await self.object_storage.close()  # after the builds: they read uploads back
 
     async def open(self) -> None:
+        await anyio.to_thread.run_sync(self.contexts.clean)
+        await self.object_storage.open()
         await self.snapshots.open()
         orphans = await self.volumes.sweep()
         if orphans:
@@ -84,6 +95,7 @@ class ResourcePlane:
             *volume_routes.routes(self.volumes),
             *snapshot_routes.routes(self.snapshots, self.plane.sandboxes, f"{urls.base}{API_PREFIX}"),
             *secret_routes.routes(self.secrets),
+            *storage_routes.routes(self.object_storage),
             *warm_pool_routes.routes(self.warm_pools),
             *preview_routes.routes(self.previews, urls),
             *settings_routes.routes(self.settings, urls),

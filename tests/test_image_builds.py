@@ -215,7 +215,7 @@ def test_an_unchanged_rebuild_runs_nothing(tmp_path: Path, registry: str) -> Non
 @pytest.mark.parametrize("text, message", [
     ("RUN echo no from\n", "starts with FROM"),
     ("FROM a\nFROM b\n", "exactly one FROM"),
-    ("FROM a\nCOPY x /x\n", "no object storage"),
+    ("FROM a\nCOPY x /x\n", "has no build context"),
     ("FROM a\nHEALTHCHECK CMD true\n", "HEALTHCHECK is not supported"),
     ("FROM a\nRUN echo \\\n", "continued line"),
 ])
@@ -401,7 +401,7 @@ def test_copy_from_a_local_context_and_what_it_refuses(tmp_path: Path, registry:
                             ("missing", "not in the build context")):
         with pytest.raises(BuildError, match=message):
             asyncio.run(builder.build(f"FROM {registry}/tiny:1\nCOPY {source} /x\n", lambda line: None, context=ctx))
-    with pytest.raises(BuildError, match="no object storage"):  # an API build has no context
+    with pytest.raises(BuildError, match="has no build context"):  # a build given no context
         _build(builder, f"FROM {registry}/tiny:1\nCOPY notes.txt /x\n")
 
 

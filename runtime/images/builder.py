@@ -97,9 +97,9 @@ def plan(text: str, *, has_context: bool = False) -> list[Instruction]:
     for instruction in instructions:
         if instruction.keyword in ("COPY", "ADD") and not has_context:
             raise instruction.fail(
-                "files from a build context (Image.add_local_file, add_local_dir, "
-                "pip_install_from_requirements) cannot be used: this server has no object storage for "
-                "the SDK to upload them to (docs/images.md)")
+                "needs files from a build context, and this build has no build context: the SDK "
+                "uploads one for Image.add_local_file, add_local_dir and pip_install_from_requirements "
+                "and names it in buildInfo.contextHashes (docs/images.md)")
         if instruction.keyword == "SHELL" and dockerfile.exec_form(instruction.value) is None:
             raise instruction.fail('needs the JSON form, e.g. SHELL ["/bin/bash", "-c"]')
     return instructions

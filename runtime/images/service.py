@@ -68,18 +68,18 @@ class LocalImages:
         except KeyError:
             return {}
 
-    def check(self, dockerfile: str) -> str | None:
+    def check(self, dockerfile: str, *, has_context: bool = False) -> str | None:
         """Why this Dockerfile cannot be built here, or None."""
         try:
-            plan(dockerfile)
+            plan(dockerfile, has_context=has_context)
         except DockerfileError as exc:
             return str(exc)
         return None
 
-    async def build(self, name: str, dockerfile: str, log: Log) -> BuiltSnapshot:
-        """Build and record snapshot `name` in the store; BuildError says why not."""
+    async def build(self, name: str, dockerfile: str, log: Log, context: Path | None = None) -> BuiltSnapshot:
+        """Build and record snapshot `name` in the store (COPY from `context`); BuildError says why not."""
         with self.store.holding():
-            built = await self.builder.build(dockerfile, log)
+            built = await self.builder.build(dockerfile, log, context=context)
             snapshot = self.store.snapshot_of(name, built.layers, user=built.user, env=built.env,
                                               workdir=built.workdir, entrypoint=tuple(built.entrypoint or ()),
                                               cmd=tuple(built.cmd or ()))
