@@ -20,8 +20,9 @@ from controlplane.store.schema import snapshots as table
 PENDING, BUILDING, ACTIVE, INACTIVE, BUILD_FAILED, ERROR = (
     "pending", "building", "active", "inactive", "build_failed", "error")
 IN_PROGRESS = (PENDING, BUILDING)
-# Sandbox states that do not hold a snapshot: such sandboxes keep working on its layers.
-NOT_RUNNING = ("stopped", "archived", "error", "build_failed", "destroyed")
+# Sandbox states that do not hold a snapshot: stopped ones keep working on its layers, and
+# ones still waiting on its build end build_failed when it is deleted.
+NOT_RUNNING = ("stopped", "archived", "error", "build_failed", "destroyed", "pending_build", "building_snapshot")
 
 
 @dataclass
