@@ -23,6 +23,7 @@ from controlplane.auth import Keys
 from controlplane.sandboxes import states
 from controlplane.sandboxes.records import SandboxRecord
 from controlplane.sandboxes.routes import PublicUrls, sandbox_dto
+from toolbox.tasks import BackgroundTask, Spawn
 
 log = logging.getLogger("controlplane.events")
 
@@ -36,9 +37,10 @@ def room(organization_id: str) -> str:
 
 
 class Events:
-    def __init__(self, keys: Keys, urls: PublicUrls) -> None:
+    def __init__(self, keys: Keys, urls: PublicUrls, *, spawn: Spawn) -> None:
         self.keys = keys
         self.urls = urls
+        self.spawn = spawn
         # cors_allowed_origins=[]: no Origin check. Sockets authenticate with a token in
         # the CONNECT packet, never with cookies, so another site's page gains nothing.
         self.server = socketio.AsyncServer(
@@ -49,7 +51,7 @@ class Events:
         self.server.on("connect", self._connect)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[SandboxRecord, bool]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task: BackgroundTask | None = None
         self._shown: dict[str, str] = {}  # sandbox id -> the state last emitted
         self.emitted = 0
 
@@ -69,12 +71,12 @@ class Events:
     # -- changes ------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.ensure_future(self._run())
+        self._task = self.spawn(self._run(), name="emit sandbox events")
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task.wait()
             self._task = None
 
     def seed(self, records: list[SandboxRecord]) -> None:

@@ -46,7 +46,8 @@ class ResourcePlane:
         backend_images: ImageBuilder | None = getattr(plane.backend, "images", None)
         self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(plane.config.state_dir / "build-logs"),
                                          backend_images, in_use=self._snapshot_in_use,
-                                         layers_in_use=getattr(plane.backend, "layers_in_use", None))
+                                         layers_in_use=getattr(plane.backend, "layers_in_use", None),
+                                         spawn=plane.tasks.spawn)
         self.snapshots.listeners.append(self._snapshot_event)
         plane.sandboxes.snapshots = self.snapshots
         self.secrets = SecretService(SecretRecords(plane.engine))

@@ -38,6 +38,7 @@ from controlplane.sandboxes.service import DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID
 from controlplane.snapshots import records as states
 from controlplane.snapshots.logs import BuildLog, BuildLogs
 from controlplane.snapshots.records import SnapshotRecord, SnapshotRecords
+from toolbox.tasks import BackgroundTask, Spawn
 
 log = logging.getLogger("controlplane.snapshots")
 
@@ -119,13 +120,15 @@ def dockerfile_of(new: NewSnapshot) -> str:
 class SnapshotService:
     def __init__(self, records: SnapshotRecords, logs: BuildLogs, images: ImageBuilder | None,
                  in_use: Callable[[str, str], Awaitable[bool]] | None = None,
-                 layers_in_use: Callable[[], Awaitable[set[str] | None]] | None = None) -> None:
+                 layers_in_use: Callable[[], Awaitable[set[str] | None]] | None = None, *,
+                 spawn: Spawn) -> None:
         self.records = records
+        self.spawn = spawn  # builds run in the control plane's task group
         self.logs = logs
         self.images = images
         self.in_use = in_use  # (organization, snapshot name) -> a sandbox of it runs
         self.layers_in_use = layers_in_use  # every existing sandbox's layers (None: cannot tell)
-        self.builds: dict[str, asyncio.Task[None]] = {}
+        self.builds: dict[str, BackgroundTask] = {}
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_BUILDS)
         self.listeners: list[SnapshotListener] = []
 
@@ -139,7 +142,7 @@ class SnapshotService:
         tasks = list(self.builds.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(task.wait() for task in tasks))
 
     async def _set(self, record: SnapshotRecord, state: str, **values: Any) -> SnapshotRecord:
         old = record.state
@@ -257,7 +260,7 @@ class SnapshotService:
         # The log exists from the start, so a follower that comes before the build does waits.
         build_log = self.logs.open(record.id)
         await self._emit("snapshot.created", record, None, states.PENDING)
-        self.builds[record.id] = asyncio.ensure_future(self._build(record, build_log))
+        self.builds[record.id] = self.spawn(self._build(record, build_log), name=f"build snapshot {record.name}")
         return record
 
     async def for_image(self, principal: Principal, dockerfile: str,
@@ -307,7 +310,7 @@ class SnapshotService:
         """Until the snapshot's build has ended: the record as it ended."""
         task = self.builds.get(record.id)
         if task is not None:
-            await asyncio.shield(task)
+            await task.wait()
         return await anyio.to_thread.run_sync(self.records.get, record.id) or record
 
     async def _build(self, record: SnapshotRecord, build_log: BuildLog) -> None:
