@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -49,11 +50,19 @@ class Events:
         # socketio_path=None: the app is mounted at /api/socket.io, everything reaching it is ours.
         self.app = socketio.ASGIApp(self.server, socketio_path=None)
         self.server.on("connect", self._connect)
+        # Engine.IO's own background work (its service task, each socket's pings) runs in
+        # the control plane's task group too, so none outlives it.
+        self.server.eio.start_background_task = self._start_engine_task
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[SandboxRecord, bool]] = asyncio.Queue()
         self._task: BackgroundTask | None = None
         self._shown: dict[str, str] = {}  # sandbox id -> the state last emitted
         self.emitted = 0
+
+    def _start_engine_task(self, target: Callable[..., Coroutine[Any, Any, object]], *args: Any,
+                           **kwargs: Any) -> asyncio.Task[None]:
+        name = f"socket.io {getattr(target, '__qualname__', 'task')}"
+        return self.spawn(target(*args, **kwargs), name=name).task
 
     # -- connections --------------------------------------------------------------------
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
@@ -74,6 +83,7 @@ class Events:
         self._task = self.spawn(self._run(), name="emit sandbox events")
 
     async def close(self) -> None:
+        await self.server.shutdown()  # its service task; sockets' pings end with the group
         if self._task is not None:
             self._task.cancel()
             await self._task.wait()

@@ -37,6 +37,11 @@ class BackgroundTask:
     def name(self) -> str:
         return self._task.get_name()
 
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The asyncio task itself, for a library that wants one back (engine.io)."""
+        return self._task
+
     def cancel(self) -> None:
         """Ask it to stop (it may still be unwinding when this returns: `wait()` for that)."""
         self._task.cancel()

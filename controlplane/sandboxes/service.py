@@ -262,11 +262,19 @@ class SandboxService:
             self.builds.discard(ended)
         self.builds.add(self.spawn(self._after_build(record, request, source), name=f"create {record.id} once built"))
 
-    async def close(self) -> None:
-        """End the creates still waiting on a build (each recorded build_failed)."""
-        for task in self.builds:
-            task.cancel()
-        await asyncio.gather(*(task.wait() for task in self.builds))
+    async def close(self, grace: float = 30) -> None:
+        """Let the creates that waited on a build end: their builds have ended by now (the
+        snapshots close first), so each records its outcome. Cancelled only after `grace`
+        seconds: a cancel would cut that record short (anyio's shields do not hold against
+        an asyncio cancel) and leave it to the next start's reconcile."""
+        builds = list(self.builds)
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(task.wait() for task in builds))
+        except TimeoutError:
+            for task in builds:
+                task.cancel()
+            await asyncio.gather(*(task.wait() for task in builds))
 
     async def _after_build(self, record: SandboxRecord, request: CreateRequest, source: Source) -> None:
         """The rest of a create from an image, in the background: wait for the snapshot's
