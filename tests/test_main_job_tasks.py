@@ -99,7 +99,8 @@ def test_the_closing_line_names_a_proxy_that_would_not_stop(tmp_path: Path) -> N
     assert said == ["Stopped with 1 task(s) left pending: the proxy: said nothing as it stopped"], running.output
 
 
-def test_a_control_plane_start_up_that_fails_part_way_leaves_nothing_running(tmp_path: Path) -> None:
+def test_a_control_plane_start_up_that_fails_part_way_leaves_nothing_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from controlplane.plane import ControlPlane, PlaneConfig
     from controlplane.sandboxes.routes import PublicUrls
     from runtime.backend import LocalBackend
@@ -116,9 +117,10 @@ def test_a_control_plane_start_up_that_fails_part_way_leaves_nothing_running(tmp
     async def resources_close() -> None:
         closed.append("resources")
 
+    monkeypatch.setattr(plane.resources, "open", fail)  # after the events consumer started
+    monkeypatch.setattr(plane.resources, "close", resources_close)
+
     async def scenario() -> list[str]:
-        plane.resources.open = fail  # type: ignore[method-assign]  # after the events consumer started
-        plane.resources.close = resources_close  # type: ignore[method-assign]
         with pytest.raises(OSError, match="volumes directory"):
             await plane.open()
         with pytest.raises(RuntimeError, match="not running"):
@@ -131,7 +133,8 @@ def test_a_control_plane_start_up_that_fails_part_way_leaves_nothing_running(tmp
 
 @needs_bwrap
 @pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox network needs root")
-def test_a_runtime_start_up_that_fails_part_way_takes_its_network_down(tmp_path: Path) -> None:
+def test_a_runtime_start_up_that_fails_part_way_takes_its_network_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from runtime.manager import Runtime
     from tests.net_helpers import runtime_range
 
@@ -143,8 +146,9 @@ def test_a_runtime_start_up_that_fails_part_way_takes_its_network_down(tmp_path:
         tables.append(runtime.net.table)
         raise OSError("the disk went read-only")
 
+    monkeypatch.setattr(runtime, "_sweep_disk", sweep)
+
     async def scenario() -> list[str]:
-        runtime._sweep_disk = sweep  # type: ignore[method-assign]
         with pytest.raises(OSError, match="read-only"):
             await runtime.open()
         return [task.get_name() for task in asyncio.all_tasks() if task is not asyncio.current_task()]
