@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -195,3 +196,35 @@ def test_the_closing_line_names_what_is_left_here_and_elsewhere() -> None:
     line = asyncio.run(scenario())
     assert line.startswith("Stopped with 2 task(s) left pending: forgotten (<coroutine object sleep")
     assert line.endswith("; the proxy: said nothing as it stopped")
+
+
+def test_a_failed_claim_raises_its_own_error_once_the_policy_call_has_returned(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled claim runs beside its nft policy call (runtime/manager.py): when the claim
+    fails, create() tears the slot down, so the policy's thread must have returned first."""
+    from runtime.manager import Runtime, SandboxError
+
+    runtime = Runtime(tmp_path / "state", pool_size=0, idle_timeout=0)
+    events: list[str] = []
+
+    class SlowNet:
+        def set_policy(self, *args: object) -> None:
+            time.sleep(0.3)
+            events.append("policy applied")
+
+    async def failing_claim(*args: object) -> None:
+        await asyncio.sleep(0.05)  # the policy's thread is running by now
+        raise SandboxError(500, "sandbox exited during start-up")
+
+    monkeypatch.setattr(runtime, "net", SlowNet())
+    monkeypatch.setattr(runtime, "_claim", failing_claim)
+
+    spec = SimpleNamespace(id="sbx", block_all=True, allow_list=(), domains=())
+
+    async def scenario() -> None:
+        with pytest.raises(SandboxError, match="exited during start-up"):
+            await runtime._claim_with_policy(None, spec, None)  # type: ignore[arg-type]  # fakes
+        events.append("create unwinds")
+
+    asyncio.run(scenario())
+    assert events == ["policy applied", "create unwinds"]
