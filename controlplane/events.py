@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +29,7 @@ from controlplane.auth import Keys
 from controlplane.sandboxes import states
 from controlplane.sandboxes.records import SandboxRecord
 from controlplane.sandboxes.routes import PublicUrls, sandbox_dto
+from toolbox.tasks import BackgroundTask, Spawn
 
 log = logging.getLogger("controlplane.events")
 
@@ -42,9 +44,10 @@ def room(organization_id: str) -> str:
 
 
 class Events:
-    def __init__(self, keys: Keys, urls: PublicUrls) -> None:
+    def __init__(self, keys: Keys, urls: PublicUrls, *, spawn: Spawn) -> None:
         self.keys = keys
         self.urls = urls
+        self.spawn = spawn
         # cors_allowed_origins=[]: no Origin check. Sockets authenticate with a token in
         # the CONNECT packet, never with cookies, so another site's page gains nothing.
         self.server = socketio.AsyncServer(
@@ -53,11 +56,19 @@ class Events:
         # socketio_path=None: the app is mounted at /api/socket.io, everything reaching it is ours.
         self.app = socketio.ASGIApp(self.server, socketio_path=None)
         self.server.on("connect", self._connect)
+        # Engine.IO's own background work (its service task, each socket's pings) runs in
+        # the control plane's task group too, so none outlives it.
+        self.server.eio.start_background_task = self._start_engine_task
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[SandboxRecord, bool]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
+        self._task: BackgroundTask | None = None
         self._shown: dict[str, str] = {}  # sandbox id -> the state last emitted
         self.emitted = 0
+
+    def _start_engine_task(self, target: Callable[..., Coroutine[Any, Any, object]], *args: Any,
+                           **kwargs: Any) -> asyncio.Task[None]:
+        name = f"socket.io {getattr(target, '__qualname__', 'task')}"
+        return self.spawn(target(*args, **kwargs), name=name).task
 
     # -- connections --------------------------------------------------------------------
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any) -> None:
@@ -75,12 +86,13 @@ class Events:
     # -- changes ------------------------------------------------------------------------
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.ensure_future(self._run())
+        self._task = self.spawn(self._run(), name="emit sandbox events")
 
     async def close(self) -> None:
+        await self.server.shutdown()  # its service task; sockets' pings end with the group
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await self._task.wait()
             self._task = None
 
     def seed(self, records: list[SandboxRecord]) -> None:

@@ -1,12 +1,13 @@
 """The control plane assembled: database, keys, sandboxes and the proxy's view, over one
 backend. `open()` migrates the schema, makes sure the default organization has a key and
-reconciles records with what the backend really has."""
+reconciles records with what the backend really has. Its background work (events, policies,
+builds) runs in one task group, open from `open()` to the end of `close()`."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from controlplane.sandboxes.routes import PublicUrls
 from controlplane.sandboxes.service import SandboxService
 from controlplane.store.db import migrate, open_engine, sqlite_url
 from runtime.registry import FileRegistry
+from toolbox.tasks import BackgroundTask, TaskOwner
 
 log = logging.getLogger("controlplane")
 
@@ -58,11 +60,12 @@ class ControlPlane:
         self.engine = open_engine(config.url)
         self.keys = Keys(self.engine)
         self.records = SandboxRecords(self.engine)
-        self.events = Events(self.keys, config.urls)
+        self.tasks = TaskOwner()
+        self.events = Events(self.keys, config.urls, spawn=self.tasks.spawn)
         self.records.listeners.append(self.events.changed)
         self.view = ProxyView(FileRegistry(config.registry_path), self.records, self.keys, backend, visible,
                               key_seen)
-        self.sandboxes = SandboxService(self.records, backend, self.view,
+        self.sandboxes = SandboxService(self.records, backend, self.view, spawn=self.tasks.spawn,
                                         default_auto_stop=config.default_auto_stop)
         self.policies = Policies(self, activity, minute=config.minute,
                                  interval=max(0.2, min(5.0, config.minute / 4)))
@@ -74,17 +77,28 @@ class ControlPlane:
         )
 
         self.resources = ResourcePlane(self)
-        self._policy_task: asyncio.Task[None] | None = None
+        self._lifetime = AsyncExitStack()  # what close() undoes, in reverse: see open()
+        self._policies: BackgroundTask | None = None
 
     async def open(self) -> None:
-        self.events.start()
-        await anyio.to_thread.run_sync(migrate, self.engine)
-        self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
-                                                                   DEFAULT_ORGANIZATION)
-        self.events.seed(await anyio.to_thread.run_sync(self.records.all))
-        await reconcile(self)
-        await self.resources.open()
-        await self.view.publish()
+        """Start up; a failure part-way unwinds what was started, as close() does."""
+        async with AsyncExitStack() as lifetime:
+            lifetime.push_async_callback(self._dispose_engine)
+            # Exited after everything below: cancels and awaits whatever of ours still runs.
+            await lifetime.enter_async_context(self.tasks.running())
+            self.events.start()
+            lifetime.push_async_callback(self.events.close)
+            # Creates that wait on an image's build end after the builds (recorded as failed).
+            lifetime.push_async_callback(self.sandboxes.close)
+            lifetime.push_async_callback(self.resources.close)  # running builds end build_failed
+            await anyio.to_thread.run_sync(migrate, self.engine)
+            self.default_organization = await anyio.to_thread.run_sync(self.keys.ensure_organization,
+                                                                       DEFAULT_ORGANIZATION)
+            self.events.seed(await anyio.to_thread.run_sync(self.records.all))
+            await reconcile(self)
+            await self.resources.open()
+            await self.view.publish()
+            self._lifetime = lifetime.pop_all()
 
     async def restart_interrupted(self) -> None:
         """Start again, one after the other, the sandboxes that were running when a previous
@@ -100,19 +114,20 @@ class ControlPlane:
                 log.warning("could not restart %s: %s", sandbox_id, exc.message)
 
     def run_policies(self) -> None:
-        """Auto-stop, auto-archive, auto-delete and periodic reconcile, in the background."""
-        self._policy_task = asyncio.ensure_future(self.policies.run())
+        """Auto-stop, auto-archive, auto-delete and periodic reconcile, in the background
+        (ended first by close(): nothing may act on sandboxes being stopped)."""
+        self._policies = self.tasks.spawn(self.policies.run(), name="policies")
+        self._lifetime.push_async_callback(self._stop_policies)
+
+    async def _stop_policies(self) -> None:
+        if self._policies is not None:
+            self._policies.cancel()
+            await self._policies.wait()
 
     async def close(self) -> None:
-        if self._policy_task is not None:
-            self._policy_task.cancel()
-            await asyncio.gather(self._policy_task, return_exceptions=True)
-        await self.resources.close()  # running builds end build_failed, recorded
-        builds = list(self.sandboxes.builds)
-        for task in builds:
-            task.cancel()
-        await asyncio.gather(*builds, return_exceptions=True)
-        await self.events.close()
+        await self._lifetime.aclose()
+
+    async def _dispose_engine(self) -> None:
         await anyio.to_thread.run_sync(self.engine.dispose)
 
     async def create_key(self, organization: str = DEFAULT_ORGANIZATION) -> NewKey:

@@ -52,7 +52,8 @@ class ResourcePlane:
         self.contexts = BuildContexts(self.object_storage.storage, state / "build-contexts")
         self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(state / "build-logs"),
                                          backend_images,
-                                         contexts=None if self.object_storage.why else self.contexts)
+                                         contexts=None if self.object_storage.why else self.contexts,
+                                         spawn=plane.tasks.spawn)
         self.snapshots.listeners.append(self._snapshot_event)
         plane.sandboxes.snapshots = self.snapshots
         self.secrets = SecretService(SecretRecords(plane.engine))

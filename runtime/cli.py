@@ -177,13 +177,15 @@ def up(args: argparse.Namespace) -> int:
     control.router.lifespan_context = lifespan
     if stack.control_socket.exists() or stack.control_socket.is_symlink():
         stack.control_socket.unlink()
-    from toolbox.server import websocket_protocol
+    from toolbox.server import ReadyServer, websocket_protocol
 
     # The project's WebSocket protocol: a refused upgrade (Socket.IO before it is served)
-    # is then not logged as an error (toolbox/forward/wsserver.py).
-    server = uvicorn.Server(uvicorn.Config(control, uds=str(stack.control_socket), log_level="warning",
-                                           access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-                                           ws=websocket_protocol))  # type: ignore[arg-type]
+    # is then not logged as an error (toolbox/forward/wsserver.py). Its closing line says
+    # whether any task of the main job, its runtime, control plane or proxy was left pending.
+    server = ReadyServer(uvicorn.Config(control, uds=str(stack.control_socket), log_level="warning",
+                                        access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+                                        ws=websocket_protocol),  # type: ignore[arg-type]
+                         banner=None, elsewhere=stack.left_elsewhere)
     try:
         server.run()
     except KeyboardInterrupt:

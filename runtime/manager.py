@@ -20,10 +20,11 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime import archive, cgroups, ownroot, seccomp, sockets
 from runtime.dns import DnsError, Resolvers, parse_domain_list
@@ -42,6 +43,7 @@ from runtime.sandbox import (
 )
 from runtime.uids import UidRange, UidsExhausted, sandbox_range
 from runtime.volumes import Mount, MountError, OpenedMounts, open_mounts, validate_target
+from toolbox.tasks import BackgroundTask, TaskOwner, finish_in_thread, sole_exception
 
 log = logging.getLogger("runtime")
 
@@ -119,7 +121,7 @@ class Running:
     uid: int
     gid: int
     started_at: float = field(default_factory=time.time)
-    pump: asyncio.Task[None] | None = None
+    pump: BackgroundTask | None = None
     socket: Path | None = None  # where its listening socket is bound (runtime/sockets.py)
     daemon_pid: int | None = None  # the daemon's pid on the host, once claimed
     slot: Slot | None = None  # its netns, veth and address (egress "nat")
@@ -190,7 +192,12 @@ class Runtime:
         # The runtime's own default quota (GiB); the control plane passes Daytona's `disk`.
         self.default_disk_gib = disk_gib or float(os.environ.get("RUNTIME_DISK_GIB", "2"))
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Future[object]] = set()
+        # Background work (the pool's refill, idle stops, recovery, discards, the daemons'
+        # output pumps) runs in one task group, open from open() to the end of close().
+        self._tasks = TaskOwner()
+        self._loops: set[BackgroundTask] = set()  # cancelled by close() before any sandbox stops
+        self._chores: set[BackgroundTask] = set()  # a discard or a stop: close() waits for them
+        self._lifetime = AsyncExitStack()
         self._pool_wakeup = asyncio.Event()
         self._closed = False
         self._oom_warned = False
@@ -203,6 +210,14 @@ class Runtime:
     # ---- start and stop the runtime -------------------------------------------------
 
     async def open(self) -> None:
+        """Set up and start the background loops; a failure part-way undoes what was set
+        up (the task group, the sandbox network)."""
+        async with AsyncExitStack() as lifetime:
+            await lifetime.enter_async_context(self._tasks.running())
+            await self._open(lifetime)
+            self._lifetime = lifetime.pop_all()
+
+    async def _open(self, lifetime: AsyncExitStack) -> None:
         if shutil.which("bwrap") is None:
             raise SandboxError(500, "bubblewrap is not installed: apt-get install bubblewrap")
         for d in (self.root, self.sandboxes_dir, self.pool_dir, self.archives_dir):
@@ -219,6 +234,7 @@ class Runtime:
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
         await self._open_network()
+        lifetime.push_async_callback(self._close_network)
         # Groups left by a runtime on this state dir that died without cleaning up.
         await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
@@ -244,11 +260,11 @@ class Runtime:
         await asyncio.to_thread(self._sweep_disk)
         if self.registry is not None:
             self.registry.flush()
-        self._spawn(self._pool_loop())
+        self._spawn(self._pool_loop(), "refill the pool", loop=True)
         if self.idle_timeout > 0:
-            self._spawn(self._idle_loop())
+            self._spawn(self._idle_loop(), "stop idle sandboxes", loop=True)
         if crashed and self.restart_crashed:
-            self._spawn(self._recover(crashed))
+            self._spawn(self._recover(crashed), "restart crashed sandboxes", loop=True)
 
     async def _open_snapshots(self) -> None:
         if os.geteuid() != 0:
@@ -291,9 +307,11 @@ class Runtime:
     async def close(self) -> None:
         """Stop every sandbox and drain the pool; sandboxes stay on disk, stopped."""
         self._closed = True
-        for task in list(self._tasks):
+        # The loops first, so none starts a sandbox while they are stopped; the daemons'
+        # pumps keep draining until their sandbox is killed.
+        for task in list(self._loops):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(task.wait() for task in [*self._loops, *self._chores]))
         await asyncio.gather(*(self.stop(i) for i in list(self.running)), return_exceptions=True)
         pool, self.pool = self.pool, []
         await asyncio.gather(*(self._kill(r) for r in pool), return_exceptions=True)
@@ -302,8 +320,12 @@ class Runtime:
             if r.socket is not None:
                 sockets.remove(r.socket)
             self._uids.discard(r.uid)
-        if self.net is not None:
-            await asyncio.to_thread(self.net.close)
+        await self._lifetime.aclose()  # the network, then the group: cancels and awaits the rest
+
+    async def _close_network(self) -> None:
+        net, self.net = self.net, None
+        if net is not None:
+            await asyncio.to_thread(net.close)
 
     async def _open_network(self) -> None:
         if self.network_range is None:
@@ -371,10 +393,14 @@ class Runtime:
             if spec.state == "archived":
                 archive.drop_unpacked(self.sandboxes_dir / spec.id)
 
-    def _spawn(self, coro: Awaitable[object]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, object], name: str, *, loop: bool = False) -> None:
+        """Background work: a loop, which close() cancels, or a chore (a kill and its clean-up,
+        seconds at most), which close() lets finish: cancelled before its first step, a
+        discard would leave its sandbox running."""
+        kept = self._loops if loop else self._chores
+        for task in [task for task in kept if task.done()]:
+            kept.discard(task)
+        kept.add(self._tasks.spawn(coro, name=name))
 
     def _lock(self, sandbox_id: str) -> asyncio.Lock:
         return self._locks.setdefault(sandbox_id, asyncio.Lock())
@@ -472,7 +498,6 @@ class Runtime:
                 spec.id_base, spec.disk_gib = root.id_base, root.disk_gib
             running: Running | None = pooled
             slot: Slot | None = None
-            policy: asyncio.Future[None] | None = None
             try:
                 # A pooled sandbox's address (slot) becomes the sandbox's own, for good.
                 slot = pooled.slot if pooled is not None else (
@@ -487,11 +512,6 @@ class Runtime:
                     pooled.socket = self.socket_path(sandbox_id)
                     if limits != self.default_limits:
                         await asyncio.to_thread(self._apply_limits, pooled, limits)
-                    if slot is not None:
-                        # A pooled slot blocks all egress until claimed, so its own policy
-                        # (one nft call, ~10 ms) can be applied while the daemon takes its
-                        # claim; both are done before create returns.
-                        policy = asyncio.ensure_future(self._apply_policy(slot, spec))
                 else:
                     await asyncio.to_thread(self._prepare_dir, target, spec)
                     running = await self._launch(target, uid, gid, limits, egress,
@@ -499,12 +519,11 @@ class Runtime:
                                                  slot=slot, spec=spec, root=root)
                 assert running is not None  # set by either branch
                 self.specs[sandbox_id] = spec
-                await self._claim(running, spec)
-                if policy is not None:
-                    await policy
+                if pooled is not None and slot is not None:
+                    await self._claim_with_policy(running, spec, slot)
+                else:
+                    await self._claim(running, spec)
             except BaseException:
-                if policy is not None:  # its nft call runs in a thread: let it finish first
-                    await asyncio.shield(asyncio.gather(policy, return_exceptions=True))
                 # A create that failed leaves nothing behind: no process, no cgroup, no
                 # socket, no directory that `list` would not show.
                 if running is not None:
@@ -589,14 +608,14 @@ class Runtime:
                 if default is not None and (root.snapshot, root.layers, root.disk_gib) != default:
                     # The default snapshot was rebuilt since the pool was filled: start afresh.
                     while self.pool:
-                        self._spawn(self._discard(self.pool.pop()))
+                        self._spawn(self._discard(self.pool.pop()), "discard a pooled sandbox")
                 return None
         while self.pool:
             candidate = self.pool.pop(0)
             if candidate.process.returncode is None:
                 return candidate
             log.warning("dropping a pooled sandbox that exited (code %s)", candidate.process.returncode)
-            self._spawn(self._discard(candidate))
+            self._spawn(self._discard(candidate), "discard a pooled sandbox")
         return None
 
     async def _discard(self, running: Running) -> None:
@@ -806,7 +825,8 @@ class Runtime:
     async def _apply_policy(self, slot: Slot, spec: SandboxSpec) -> None:
         assert self.net is not None
         try:
-            await asyncio.to_thread(self.net.set_policy, slot, spec.block_all, spec.allow_list, spec.domains)
+            # To its end even when cancelled: nothing may change the slot's rules afterwards.
+            await finish_in_thread(self.net.set_policy, slot, spec.block_all, spec.allow_list, spec.domains)
         except NetworkError as exc:
             raise SandboxError(exc.status, f"cannot apply the network policy: {exc.message}") from None
 
@@ -947,15 +967,10 @@ class Runtime:
                            egress: str, socket_path: Path, opened: OpenedMounts,
                            slot: Slot | None = None, root: Root | None = None) -> Running:
         name = f"{self._group_prefix}{os.urandom(5).hex()}"
-        creating = asyncio.ensure_future(asyncio.to_thread(self.backend.create, name, limits))
         try:
-            group = await asyncio.shield(creating)
+            group = await finish_in_thread(self.backend.create, name, limits, undo=cgroups.Group.remove)
         except OSError as exc:
             raise SandboxError(500, f"cannot set up the sandbox's cgroup: {exc}") from None
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread((await creating).remove)
-            raise
         process: asyncio.subprocess.Process | None = None
         try:
             try:
@@ -1043,8 +1058,20 @@ class Runtime:
         running.process.stdin.close()
         await self._expect(running, READY_LINE)
         running.started_at = time.time()
-        running.pump = asyncio.ensure_future(self._pump(running, spec.id))
+        running.pump = self._tasks.spawn(self._pump(running, spec.id), name=f"pump {spec.id}'s output")
         self._protect_daemon(running)
+
+    async def _claim_with_policy(self, running: Running, spec: SandboxSpec, slot: Slot) -> None:
+        """A pooled slot blocks all egress until claimed, so its own policy (one nft call,
+        ~10 ms) is applied while the daemon takes its claim: both are done when this
+        returns, or, when either failed, the nft call has returned (the caller then tears
+        the slot down) and the failure is raised as it is."""
+        try:
+            async with asyncio.TaskGroup() as both:
+                both.create_task(self._apply_policy(slot, spec), name=f"network policy of {spec.id}")
+                await self._claim(running, spec)
+        except BaseExceptionGroup as group:
+            raise sole_exception(group) from None
 
     async def _pump(self, running: Running, sandbox_id: str) -> None:
         """Keep draining the daemon's stdout into its log (it must never block on it); when
@@ -1058,7 +1085,7 @@ class Runtime:
         await running.process.wait()
         if self.running.get(sandbox_id) is running and not self._closed:
             log.warning("sandbox %s exited on its own (code %s)", sandbox_id, running.process.returncode)
-            self._spawn(self.stop(sandbox_id))
+            self._spawn(self.stop(sandbox_id), f"stop {sandbox_id}, which exited")
 
     def _protect_daemon(self, running: Running) -> None:
         """Make the OOM killer pick a memory hog before the sandbox's own daemon.
@@ -1096,8 +1123,8 @@ class Runtime:
         except ProcessLookupError:
             pass
         await running.process.wait()
-        if running.pump is not None and running.pump is not asyncio.current_task():
-            await asyncio.gather(running.pump, return_exceptions=True)
+        if running.pump is not None:  # never this task: a pump spawns the stop of its sandbox
+            await running.pump.wait()
         await asyncio.to_thread(running.group.remove)
         if running.slot is not None:
             await self._network_down(running.slot)
@@ -1164,7 +1191,7 @@ class Runtime:
             raise SandboxError(400, f"pool size must be 0 or more, got {size}")
         self.pool_size = size
         while len(self.pool) > size:
-            self._spawn(self._discard(self.pool.pop()))
+            self._spawn(self._discard(self.pool.pop()), "discard a pooled sandbox")
         self._pool_wakeup.set()
 
     async def set_env(self, sandbox_id: str, env: dict[str, str]) -> SandboxSpec:

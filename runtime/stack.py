@@ -37,6 +37,7 @@ from runtime.manager import Runtime, SandboxError
 from runtime.network import DEFAULT_RANGE
 from runtime.rootfs import build_key
 from runtime.snapshots import Snapshot, SnapshotError, SnapshotStore
+from toolbox.server import STOPPED_CLEANLY
 from toolbox.tasks import BackgroundTask, TaskOwner
 
 # A sandbox id no sandbox has: the proxy's answer for it says only whether it took the key.
@@ -129,14 +130,16 @@ class Stack:
                         default_auto_stop=math.ceil(config.idle_timeout / 60) if config.idle_timeout > 0 else 0),
             self.backend, visible=self.wait_routed, activity=self.read_activity, key_seen=self.wait_key)
         self.proxy: asyncio.subprocess.Process | None = None
+        self._proxy_closing: str | None = None  # the proxy's closing line, once stopped by us
         self.default_snapshot: Snapshot | None = None
         # The main job's background work (the proxy's watcher, restarting what a crash
-        # stopped) runs in one task group, open from start() to the end of stop().
+        # stopped, MCP) runs in one task group, open from start() to the end of stop(); the
+        # runtime's and the control plane's run in groups of their own inside it.
         self.tasks = TaskOwner()
         # MCP for coding agents at /api/mcp (mcpserver/http.py): its tools call this main job's
         # API and toolboxes through the proxy, with the caller's own key.
         self.mcp = McpEndpoint(self._known_key, self.api_url, spawn=self.tasks.spawn)
-        self._lifetime = AsyncExitStack()
+        self._lifetime = AsyncExitStack()  # what stop() undoes, in reverse: see start()
         self._watch: BackgroundTask | None = None
         self._restarting: BackgroundTask | None = None
         self._stopping = False
@@ -207,14 +210,28 @@ class Stack:
                   f"({type(exc).__name__}); it will at its next registry read", file=sys.stderr, flush=True)
 
     async def start(self) -> None:
+        """Start every part; a failure part-way stops what was started, as stop() does."""
         self._check_port()
         await self.ensure_default_snapshot()
-        await self._lifetime.enter_async_context(self.tasks.running())
-        await self.runtime.open()
-        await self.plane.open()
-        await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
-        await self._start_proxy()
-        self.plane.run_policies()
+        lifetime = self._lifetime
+        try:
+            # Exited last: cancels and awaits whatever of ours still runs.
+            await lifetime.enter_async_context(self.tasks.running())
+            lifetime.push_async_callback(self._http.aclose)
+            lifetime.push_async_callback(self._stop_proxy)  # once no sandbox is left to route to
+            await self.runtime.open()
+            lifetime.push_async_callback(self.runtime.close)
+            await self.plane.open()
+            # Policies first (the plane's close): nothing may act on sandboxes being stopped.
+            lifetime.push_async_callback(self.plane.close)
+            lifetime.push_async_callback(self.mcp.aclose)  # MCP calls in flight end before their sandboxes do
+            await self.plane.adopt_key(self.api_key, DEFAULT_ORGANIZATION)
+            lifetime.callback(self._stop_watching)
+            await self._start_proxy()
+            self.plane.run_policies()
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _known_key(self, key: str) -> bool:
         return await anyio.to_thread.run_sync(self.plane.keys.authenticate, key) is not None
@@ -294,24 +311,48 @@ class Stack:
     def restart_interrupted(self) -> None:
         """In the background: start again what a crash of the previous main job stopped."""
         self._restarting = self.tasks.spawn(self.plane.restart_interrupted(), name="restart interrupted sandboxes")
+        self._lifetime.push_async_callback(self._restarting.wait)  # after the cancel below (LIFO)
+        self._lifetime.callback(self._restarting.cancel)
 
     async def stop(self) -> None:
+        """Undo start() in reverse (only what it got to): restarts, the proxy's watcher,
+        MCP, the control plane, the runtime, the proxy, then the task group."""
         self._stopping = True
+        await self._lifetime.aclose()
+
+    def _stop_watching(self) -> None:
+        self._stopping = True  # a proxy that exits from now on is not restarted
         if self._watch is not None:
             self._watch.cancel()
-        if self._restarting is not None:
-            self._restarting.cancel()
-            await self._restarting.wait()
-        await self.mcp.aclose()  # MCP calls in flight end before their sandboxes do
-        await self.plane.close()  # policies first: nothing may act on sandboxes being stopped
-        await self.runtime.close()
-        if self.proxy is not None and self.proxy.returncode is None:
-            self.proxy.terminate()
-            try:
-                async with asyncio.timeout(15):
-                    await self.proxy.wait()
-            except TimeoutError:
-                self.proxy.kill()
+
+    async def _stop_proxy(self) -> None:
+        if self.proxy is None or self.proxy.returncode is not None:
+            return
+        self.proxy.terminate()
+        try:
+            async with asyncio.timeout(15):
                 await self.proxy.wait()
-        await self._http.aclose()
-        await self._lifetime.aclose()  # cancels and awaits whatever of ours still runs
+        except TimeoutError:
+            self.proxy.kill()
+            await self.proxy.wait()
+        self._proxy_closing = await _closing_line(self.proxy)
+
+    def left_elsewhere(self) -> list[str]:
+        """What the proxy (another process) said it left pending as it stopped, for the
+        main job's one closing line (toolbox/server.py)."""
+        if self._proxy_closing is None or self._proxy_closing == STOPPED_CLEANLY:
+            return []
+        return [f"the proxy: {self._proxy_closing or 'said nothing as it stopped'}"]
+
+
+async def _closing_line(process: asyncio.subprocess.Process) -> str:
+    """The last `Stopped...` line of what an exited server printed since its watcher stopped
+    reading; '' if none."""
+    assert process.stdout is not None
+    try:
+        async with asyncio.timeout(5):
+            rest = await process.stdout.read()
+    except TimeoutError:  # something it started still holds the pipe
+        rest = b""
+    lines = [line for line in rest.decode(errors="replace").splitlines() if line.startswith("Stopped")]
+    return lines[-1] if lines else ""

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from tests import procfs
+from toolbox.server import STOPPED_CLEANLY
 from tests.helpers import REPO_ROOT, free_port
 from tests.layer_helpers import shared_default, shared_layers_dir
 from tests.system import requires
@@ -45,6 +47,9 @@ class Stack:
     banner: dict[str, str]
     env: dict[str, str]
     banner_lines: list[str] = field(default_factory=list)
+    output: list[str] = field(default_factory=list)  # what it printed after the banner
+    drain: threading.Thread | None = None
+    closing_line: str = ""  # what it printed as it stopped (set by stop())
 
     @property
     def url(self) -> str:
@@ -112,6 +117,9 @@ class Stack:
         return httpx.get(f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
 
     def stop(self) -> int:
+        """Ctrl-C (SIGINT); a main job that then stops must say that no task of its own,
+        its runtime's, its control plane's or its proxy's was left pending (toolbox/server.py).
+        A main job that had ended already (a test killed it) is not asked."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -119,6 +127,12 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+                return self.process.returncode
+            if self.drain is not None:
+                self.drain.join(10)
+            said = [line for line in self.output if line.startswith("Stopped")]
+            self.closing_line = said[-1] if said else ""
+            assert self.closing_line == STOPPED_CLEANLY, f"the main job stopped, but: {self.closing_line or 'said nothing'}"
         return self.process.returncode
 
 
@@ -177,11 +191,17 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     if "Proxy" not in banner:
         process.kill()
         raise RuntimeError(f"the main job did not start (exit {process.poll()}): {banner}")
-    # Keep draining its output so it never blocks on a full pipe.
-    import threading
+    # Keep draining its output so it never blocks on a full pipe (kept: stop() reads its last line).
+    stack = Stack(process, state_dir, port, banner, env, lines)
+    stream = process.stdout
 
-    threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-    return Stack(process, state_dir, port, banner, env, lines)
+    def drain() -> None:
+        for line in stream:
+            stack.output.append(line.rstrip("\n"))
+
+    stack.drain = threading.Thread(target=drain, daemon=True)
+    stack.drain.start()
+    return stack
 
 
 def ws_connect(stack: Stack, sandbox_id: str, port: int, path: str = "/", token: str | None = None) -> ClientConnection:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -14,34 +15,39 @@ STOPPED_CLEANLY = "Stopped: no task left pending"
 class ReadyServer(uvicorn.Server):
     """Prints one line when it is ready to serve, so supervisors and tests can wait for it,
     and one when it has stopped, saying whether any task was left pending (none should:
-    every background task has an owner that ends it; tests assert that line)."""
+    every background task has an owner that ends it; tests assert that line).
 
-    def __init__(self, config: uvicorn.Config, banner: str) -> None:
+    `banner` None: the app prints its own. `elsewhere`: what parts run as other processes
+    (the main job's proxy) reported left pending, for the one closing line."""
+
+    def __init__(self, config: uvicorn.Config, banner: str | None,
+                 elsewhere: Callable[[], list[str]] | None = None) -> None:
         super().__init__(config)
         self.banner = banner
+        self.elsewhere = elsewhere
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.started:
+        if self.started and self.banner is not None:
             print(self.banner, flush=True)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)
-        print(await pending_tasks_line(), flush=True)
+        print(await pending_tasks_line(self.elsewhere() if self.elsewhere else []), flush=True)
 
 
-async def pending_tasks_line() -> str:
-    """`Stopped: no task left pending`, or which tasks still are, after the app has stopped."""
+async def pending_tasks_line(elsewhere: list[str] | None = None) -> str:
+    """`Stopped: no task left pending`, or which tasks still are, after the app has stopped
+    (`elsewhere`: what other processes of ours left, each said as a whole)."""
     # uvicorn's lifespan task is still returning from sending "shutdown complete".
     for _ in range(3):
         await asyncio.sleep(0)
     current = asyncio.current_task()
     left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
-    if not left:
+    if not left and not elsewhere:
         return STOPPED_CLEANLY
-    names = sorted(f"{task.get_name()} ({task.get_coro()!r:.120})" for task in left)
-    return f"Stopped with {len(left)} task(s) left pending: " + "; ".join(names)
-
+    names = [*sorted(f"{task.get_name()} ({task.get_coro()!r:.120})" for task in left), *(elsewhere or [])]
+    return f"Stopped with {len(names)} task(s) left pending: " + "; ".join(names)
 
 
 def websocket_protocol(**kwargs: Any) -> asyncio.Protocol:

@@ -15,12 +15,16 @@ failing job is logged and ends alone: it must not cancel every other session and
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger("toolbox.tasks")
+
+T = TypeVar("T")
 
 
 class BackgroundTask:
@@ -32,6 +36,11 @@ class BackgroundTask:
     @property
     def name(self) -> str:
         return self._task.get_name()
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The asyncio task itself, for a library that wants one back (engine.io)."""
+        return self._task
 
     def cancel(self) -> None:
         """Ask it to stop (it may still be unwinding when this returns: `wait()` for that)."""
@@ -99,6 +108,24 @@ class TaskOwner:
 
         task.add_done_callback(ended)
         return BackgroundTask(task)
+
+
+async def finish_in_thread(fn: Callable[..., T], *args: object,
+                           undo: Callable[[T], object] | None = None) -> T:
+    """`fn(*args)` in a worker thread that runs to its end even when the caller is cancelled
+    (a thread cannot be stopped): the cancel is raised once `fn` has returned, after
+    `undo(result)` (also in a thread), so nothing `fn` made or did outlives a caller that
+    has moved on to unwind. The thread's future is awaited on every path: owned by the call."""
+    loop = asyncio.get_running_loop()
+    work = loop.run_in_executor(None, functools.partial(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])  # a second cancel while waiting leaves it to the thread
+        if undo is not None and work.exception() is None:
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(None, undo, work.result())
+        raise
 
 
 def sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -35,6 +35,7 @@ from controlplane.sandboxes.states import State
 from runtime.dns import DnsError, parse_domain_list
 from runtime.network import NetworkError, parse_allow_list
 from runtime.sandbox import new_id
+from toolbox.tasks import BackgroundTask, Spawn
 
 log = logging.getLogger("controlplane.sandboxes")
 
@@ -142,14 +143,15 @@ def _decode_cursor(cursor: str) -> tuple[float, str]:
 
 class SandboxService:
     def __init__(self, records: SandboxRecords, backend: SandboxBackend, view: ProxyView, *,
-                 default_auto_stop: int = DEFAULT_AUTO_STOP) -> None:
+                 spawn: Spawn, default_auto_stop: int = DEFAULT_AUTO_STOP) -> None:
         self.records = records
+        self.spawn = spawn
         self.backend = backend
         self.view = view
         self.default_auto_stop = default_auto_stop
         self.hooks: list[CreateHook] = []  # other resources' part of a create (controlplane/sandboxes/hooks.py)
         self.snapshots: SnapshotSource | None = None  # which snapshot a create names (None: default only)
-        self.builds: set[asyncio.Task[None]] = set()  # creates waiting for their image's build
+        self.builds: set[BackgroundTask] = set()  # creates waiting for their image's build
 
     # -- reads --------------------------------------------------------------------------
     async def get(self, principal: Principal, id_or_name: str) -> SandboxRecord:
@@ -256,9 +258,23 @@ class SandboxService:
         return Source(DEFAULT_SNAPSHOT, None)
 
     def _spawn_after_build(self, record: SandboxRecord, request: CreateRequest, source: Source) -> None:
-        task = asyncio.ensure_future(self._after_build(record, request, source))
-        self.builds.add(task)
-        task.add_done_callback(self.builds.discard)
+        for ended in [task for task in self.builds if task.done()]:
+            self.builds.discard(ended)
+        self.builds.add(self.spawn(self._after_build(record, request, source), name=f"create {record.id} once built"))
+
+    async def close(self, grace: float = 30) -> None:
+        """Let the creates that waited on a build end: their builds have ended by now (the
+        snapshots close first), so each records its outcome. Cancelled only after `grace`
+        seconds: a cancel would cut that record short (anyio's shields do not hold against
+        an asyncio cancel) and leave it to the next start's reconcile."""
+        builds = list(self.builds)
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(task.wait() for task in builds))
+        except TimeoutError:
+            for task in builds:
+                task.cancel()
+            await asyncio.gather(*(task.wait() for task in builds))
 
     async def _after_build(self, record: SandboxRecord, request: CreateRequest, source: Source) -> None:
         """The rest of a create from an image, in the background: wait for the snapshot's

@@ -43,6 +43,7 @@ from controlplane.snapshots import records as states
 from controlplane.snapshots.contexts import HASH, BuildContexts
 from controlplane.snapshots.logs import BuildLog, BuildLogs
 from controlplane.snapshots.records import SnapshotRecord, SnapshotRecords
+from toolbox.tasks import BackgroundTask, Spawn
 
 log = logging.getLogger("controlplane.snapshots")
 
@@ -127,12 +128,13 @@ def dockerfile_of(new: NewSnapshot) -> str:
 
 class SnapshotService:
     def __init__(self, records: SnapshotRecords, logs: BuildLogs, images: ImageBuilder | None,
-                 contexts: BuildContexts | None = None) -> None:
+                 contexts: BuildContexts | None = None, *, spawn: Spawn) -> None:
         self.records = records
+        self.spawn = spawn  # builds run in the control plane's task group
         self.logs = logs
         self.images = images
         self.contexts = contexts  # the SDK's uploads (None: no object storage)
-        self.builds: dict[str, asyncio.Task[None]] = {}
+        self.builds: dict[str, BackgroundTask] = {}
         self.deleting: set[str] = set()  # builds cancelled because their snapshot is deleted
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_BUILDS)
         self.listeners: list[SnapshotListener] = []
@@ -147,7 +149,7 @@ class SnapshotService:
         tasks = list(self.builds.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(task.wait() for task in tasks))
 
     async def _set(self, record: SnapshotRecord, state: str, **values: Any) -> SnapshotRecord:
         old = record.state
@@ -229,7 +231,7 @@ class SnapshotService:
         if task is not None:
             self.deleting.add(record.id)
             task.cancel()
-            await asyncio.wait([task])
+            await task.wait()
             self.deleting.discard(record.id)
         await anyio.to_thread.run_sync(self.logs.remove, record.id)
         if self.images is not None:
@@ -272,7 +274,8 @@ class SnapshotService:
         build_log = self.logs.open(record.id)
         await self._emit("snapshot.created", record, None, states.PENDING)
         # The hashes live with the build (a restart fails the build anyway: INTERRUPTED).
-        self.builds[record.id] = asyncio.ensure_future(self._build(record, build_log, context_hashes))
+        self.builds[record.id] = self.spawn(self._build(record, build_log, context_hashes),
+                                             name=f"build snapshot {record.name}")
         return record
 
     async def for_image(self, principal: Principal, dockerfile: str,
@@ -323,7 +326,7 @@ class SnapshotService:
         """Until the snapshot's build has ended: the record as it ended (None: deleted)."""
         task = self.builds.get(snapshot_id)
         if task is not None:
-            await asyncio.wait([task])  # however it ends, cancelled included: never raises
+            await task.wait()  # however it ends, cancelled included: never raises
         return await anyio.to_thread.run_sync(self.records.get, snapshot_id)
 
     def _context(self, record: SnapshotRecord, hashes: tuple[str, ...],

@@ -19,6 +19,7 @@ from runtime.images.oci import ImageConfig, ImageImporter
 from runtime.images.steps import Confinement
 from runtime import uids
 from runtime.snapshots import SnapshotStore
+from toolbox.tasks import finish_in_thread
 
 Log = Callable[[str], None]
 logger = logging.getLogger("runtime.images")
@@ -83,15 +84,9 @@ class LocalImages:
             snapshot = self.store.snapshot_of(name, built.layers, user=built.user, env=built.env,
                                               workdir=built.workdir, entrypoint=tuple(built.entrypoint or ()),
                                               cmd=tuple(built.cmd or ()))
-            put = asyncio.ensure_future(asyncio.to_thread(self.store.put, snapshot))
-            try:
-                await asyncio.shield(put)
-            except asyncio.CancelledError:
-                # Cancelled (its snapshot deleted) while being recorded: the thread still
-                # writes it, so let it finish, then forget it.
-                await asyncio.wait([put])
-                await asyncio.to_thread(self._forget, name)
-                raise
+            # Cancelled (its snapshot deleted) while being recorded: the thread still writes
+            # it, so it finishes, then is forgotten.
+            await finish_in_thread(self.store.put, snapshot, undo=lambda _: self._forget(name))
         return BuiltSnapshot(snapshot.size, built.entrypoint, built.layers)
 
     async def remove(self, name: str) -> None:
