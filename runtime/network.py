@@ -41,7 +41,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import netsweep
 from runtime.dns import DnsError, Resolvers
+from runtime.netranges import HostNetworks, Holder, RangeError
 
 log = logging.getLogger("runtime.network")
 
@@ -142,7 +144,8 @@ def _run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> s
 class Network:
     """This runtime's sandbox network: its nft table, netns and veths."""
 
-    def __init__(self, root: Path, cidr: str = DEFAULT_RANGE, resolver: str | None = None) -> None:
+    def __init__(self, root: Path, cidr: str = DEFAULT_RANGE, resolver: str | None = None,
+                 host: HostNetworks | None = None) -> None:
         try:
             self.range = ipaddress.IPv4Network(cidr)
         except ValueError:
@@ -150,8 +153,15 @@ class Network:
                                f"{DEFAULT_RANGE}", 400) from None
         if self.range.prefixlen > 30:
             raise NetworkError(f"sandbox network {cidr} is too small: at least a /30", 400)
+        self.root = root
+        # The default range is shared by the host's runtimes, a block each (as many as they
+        # fill); one given explicitly is this runtime's alone (runtime/netranges.py).
+        self.shared = self.range == ipaddress.IPv4Network(DEFAULT_RANGE)
+        self.host = host or HostNetworks()
+        self.blocks: list[ipaddress.IPv4Network] = []  # what this runtime holds: its slots' only source
         digest = hashlib.sha256(str(root).encode()).hexdigest()
-        # Runtimes on different state dirs never touch each other's table or interfaces.
+        # Until `open` takes them from the host-wide record (the same, unless another state
+        # dir had them first): runtimes never touch each other's table or interfaces.
         self.table = f"sandbox_toolbox_{digest[:8]}"
         self.prefix = f"sb{digest[:4]}-"
         self.resolver = resolver if resolver is not None else host_resolver()
@@ -176,38 +186,40 @@ class Network:
                 return f"{tool} is not installed (apt-get install iproute2 nftables util-linux)"
         return None
 
-    def open(self) -> None:
-        """Sweep what a crashed runtime on this state dir left, then load a fresh table."""
+    def open(self, addresses: Iterable[str] = ()) -> None:
+        """Take this runtime's networks in the host-wide record (sweeping what runtimes that
+        are gone left), sweep what a crash on this state dir left, then load a fresh table.
+        `addresses`: its sandboxes', whose blocks it takes back first if free."""
+        prefer = [ipaddress.IPv4Network(a) for a in addresses if a]
+        try:
+            holder = self.host.claim(self.root, self.range, shared=self.shared, sweep=sweep_gone,
+                                     prefer=prefer, avoid=self._foreign_routes)
+        except RangeError as exc:
+            raise NetworkError(exc.message, exc.status) from None
+        self.prefix, self.table = holder.prefix, holder.table
+        self.resolvers.table = self.table
+        self.blocks = holder.nets()
         self.sweep()
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         _run(["nft", "-f", "-"], stdin=self._ruleset())
 
     def close(self) -> None:
         self.sweep()
+        if self.blocks:
+            self.host.release(self.root)
 
     def sweep(self) -> None:
         self.resolvers.sweep()
-        for name in self._own_netns():
-            _run(["ip", "netns", "delete", name], check=False)
-        for name in self._own_links():
-            _run(["ip", "link", "delete", name], check=False)
-        _run(["nft", "delete", "table", "inet", self.table], check=False)
+        netsweep.remove([self.prefix], [self.table])
         self._allowed.clear()
         self._domains.clear()
         self._links.clear()
 
-    def _own_netns(self) -> list[str]:
-        out = _run(["ip", "-json", "netns", "list"], check=False).stdout.strip()
-        names = [n.get("name", "") for n in json.loads(out)] if out else []
-        return [n for n in names if n.startswith(self.prefix)]
-
-    def _own_links(self) -> list[str]:
-        out = _run(["ip", "-json", "link", "show"], check=False).stdout.strip()
-        names = [link.get("ifname", "") for link in json.loads(out)] if out else []
-        return [n for n in names if n.startswith(self.prefix)]
-
     def _ruleset(self) -> str:
         p = f'"{self.prefix}*"'
+        # Only its own blocks: on the shared range, another runtime's linked sandboxes talk
+        # through the host's forwarding unmasqueraded.
+        own = f"elements = {{ {', '.join(map(str, self.blocks))} }}" if self.blocks else ""
         private = ", ".join((*PRIVATE, str(self.range)))
         dnat = (f"iifname {p} fib daddr type local meta l4proto {{ udp, tcp }} th dport 53 "
                 f"dnat ip to {self.resolver}") if self.resolver else ""
@@ -221,6 +233,7 @@ table inet {self.table} {{
   set own_dns {{ type ipv4_addr . ipv4_addr; }}
   set resolving {{ type ipv4_addr; }}
   set links {{ type ipv4_addr . ipv4_addr; }}
+  set own {{ type ipv4_addr; flags interval; {own} }}
   map domains {{ type ipv4_addr : verdict; }}
   set private {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {private} }} }}
   chain antispoof {{
@@ -264,7 +277,7 @@ table inet {self.table} {{
   }}
   chain nat {{
     type nat hook postrouting priority 100; policy accept;
-    ip saddr {self.range} oifname != {p} masquerade
+    ip saddr @own oifname != {p} masquerade
   }}
 }}
 """
@@ -278,26 +291,45 @@ table inet {self.table} {{
         return Slot(index, subnet, self.prefix)
 
     def slot_of(self, address: str) -> Slot | None:
+        """The slot of a sandbox's address, if this runtime holds it."""
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
             return None
-        if ip not in self.range:
+        if not any(ip in block for block in self.blocks):
             return None
         return self.slot((int(ip) - int(self.range.network_address)) // 4)
 
     def allocate(self, taken: Iterable[int]) -> Slot:
-        """The lowest free slot, skipping subnets the host routes elsewhere (another runtime
-        on the same range, or a network of the host's own)."""
+        """The lowest free slot of this runtime's blocks, skipping subnets the host routes
+        elsewhere (a network of the host's own, a runtime that keeps no record); on the
+        shared range, a block more when they are full."""
         used = set(taken)
         foreign = self._foreign_routes()
-        for index in range(self.capacity):
+        for block in list(self.blocks):
+            if (slot := self._free_slot(block, used, foreign)) is not None:
+                return slot
+        if self.shared and self.blocks:
+            try:
+                block = self.host.grow(self.root, self.range, avoid=self._foreign_routes)
+            except RangeError as exc:
+                raise NetworkError(exc.message, exc.status) from None
+            _run(["nft", "add", "element", "inet", self.table, "own", f"{{ {block} }}"])
+            self.blocks.append(block)
+            if (slot := self._free_slot(block, used, foreign)) is not None:
+                return slot
+        raise NetworkError(f"no free address left in the sandbox network {self.range}", 507)
+
+    def _free_slot(self, block: ipaddress.IPv4Network, used: set[int],
+                   foreign: list[ipaddress.IPv4Network]) -> Slot | None:
+        first = (int(block.network_address) - int(self.range.network_address)) // 4
+        for index in range(first, first + block.num_addresses // 4):
             if index in used:
                 continue
             slot = self.slot(index)
             if not any(slot.subnet.overlaps(route) for route in foreign):
                 return slot
-        raise NetworkError(f"no free address left in the sandbox network {self.range}", 507)
+        return None
 
     def _foreign_routes(self) -> list[ipaddress.IPv4Network]:
         out = _run(["ip", "-json", "-4", "route", "show", "table", "all"], check=False).stdout.strip()
@@ -459,3 +491,9 @@ table inet {self.table} {{
         # The gateway answers DNS by DNAT to the host's resolver (which may be 127.0.0.53,
         # unreachable from a netns by itself).
         return f"nameserver {slot.gateway}\noptions edns0\n"
+
+
+def sweep_gone(holders: list[Holder]) -> None:
+    """What runtimes that are gone left (runtime/netranges.py decides they are)."""
+    netsweep.remove([h.prefix for h in holders], [h.table for h in holders],
+                    [Path(h.state) / "dns" for h in holders])
