@@ -1,0 +1,247 @@
+"""Sandbox networks reserved host-wide (runtime/netranges.py): several runtimes on one host,
+the default range shared in blocks, an explicit range refused over a live runtime's, and what
+runtimes that died without cleaning up left swept by the next one to start, never a live one's.
+
+Traffic only between the host and namespaces these tests make (tests/net_helpers.py). The
+record is the host's own (`/var/lib/sandbox-toolbox/network-ranges.json`): these runtimes
+must see each other, and every other runtime on the machine, as they would in use."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.manager import Runtime, SandboxError
+from runtime.netranges import HostNetworks
+from runtime.network import DEFAULT_RANGE
+from tests.net_helpers import INTERNET_A, INTERNET_HOST, Namespace, internet, is_root, probe, sh, wait_for
+from tests.runtime_direct import DirectRuntime
+from tests.runtime_helpers import Stack, needs_bwrap, start_stack
+
+pytestmark = [needs_bwrap, pytest.mark.skipif(not is_root(), reason="sandbox networking needs root and nftables")]
+
+A = f"{INTERNET_A}:80"
+LISTED = "allowed.test:80"  # the test internet's resolver answers INTERNET_A
+OPEN = [f"open from {INTERNET_HOST}"]
+
+
+@pytest.fixture(scope="module")
+def inet() -> Iterator[Namespace]:
+    ns = internet()
+    try:
+        yield ns
+    finally:
+        ns.close()
+
+
+def _holder(state: Path) -> dict[str, Any] | None:
+    holders = json.loads(HostNetworks().path.read_text())["holders"]
+    return next((h for h in holders if h["state"] == str(state.resolve())), None)
+
+
+def _netns(prefix: str) -> list[str]:
+    out = sh("ip", "-json", "netns", "list").stdout.strip()
+    return [n["name"] for n in json.loads(out or "[]") if n["name"].startswith(prefix)]
+
+
+def _links(prefix: str) -> list[str]:
+    return [link["ifname"] for link in json.loads(sh("ip", "-json", "link", "show").stdout)
+            if link["ifname"].startswith(prefix)]
+
+
+def _has_table(table: str) -> bool:
+    return sh("nft", "list", "table", "inet", table, check=False).returncode == 0
+
+
+def _dnsmasq(state: Path) -> list[int]:
+    flag = f"--conf-file={state.resolve()}/dns/".encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.startswith(flag) for a in argv):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def _direct(state: Path, network: str = DEFAULT_RANGE) -> DirectRuntime:
+    return DirectRuntime(state, network=network, dns=INTERNET_A)
+
+
+def _create(rt: DirectRuntime, **kwargs: Any) -> str:
+    return rt.run(rt.runtime.create(**kwargs)).id
+
+
+def test_two_runtimes_on_the_default_range_get_disjoint_blocks_and_both_reach_the_internet(
+        inet: Namespace, tmp_path: Path) -> None:
+    first = _direct(tmp_path / "a")
+    try:
+        second = _direct(tmp_path / "b")
+        try:
+            na, nb = first.runtime.net, second.runtime.net
+            assert na is not None and nb is not None and na.blocks and nb.blocks
+            assert not any(x.overlaps(y) for x in na.blocks for y in nb.blocks)
+            assert na.prefix != nb.prefix and na.table != nb.table
+            for rt in (first, second):
+                holder = _holder(rt.runtime.root)
+                assert holder is not None and holder["pid"] == os.getpid()
+                assert holder["networks"] == [str(b) for b in rt.runtime.net.blocks]  # type: ignore[union-attr]
+            ids = [_create(first), _create(second)]
+            addresses = [first.runtime.get(ids[0]).address, second.runtime.get(ids[1]).address]
+            assert na.slot_of(addresses[0]) is not None and nb.slot_of(addresses[1]) is not None  # type: ignore[arg-type]
+            assert nb.slot_of(addresses[0]) is None and na.slot_of(addresses[1]) is None  # type: ignore[arg-type]
+            with ThreadPoolExecutor(2) as pool:  # at the same time, each through its own table's NAT
+                reached = list(pool.map(lambda pair: probe(pair[0], pair[1], A, A, A),
+                                        [(first, ids[0]), (second, ids[1])]))
+            assert reached == [OPEN * 3, OPEN * 3]
+        finally:
+            second.close()
+    finally:
+        first.close()
+    assert _holder(tmp_path / "a")["pid"] is None  # type: ignore[index]  # stopped: kept, not running
+
+
+def _refused(state: Path, network: str) -> SandboxError:
+    runtime = Runtime(state, pool_size=0, idle_timeout=0, network=network, dns=INTERNET_A)
+    with pytest.raises(SandboxError) as info:
+        asyncio.run(runtime.open())
+    return info.value
+
+
+def test_an_explicit_range_over_a_live_runtimes_is_refused_and_a_stopped_ones_is_taken(
+        inet: Namespace, tmp_path: Path) -> None:
+    shared = _direct(tmp_path / "shared")
+    assert shared.runtime.net is not None
+    block = shared.runtime.net.blocks[0]
+    sid = _create(shared)
+    old_address = shared.runtime.get(sid).address
+    try:
+        for cidr in (str(block), str(block.supernet(1)), str(next(block.subnets(new_prefix=30)))):
+            error = _refused(tmp_path / "explicit", cidr)
+            assert error.status == 409
+            assert str(shared.runtime.root) in error.message and "RUNTIME_SANDBOX_NETWORK" in error.message
+            assert _holder(tmp_path / "explicit") is None  # nothing recorded for the refused one
+        assert probe(shared, sid, A) == OPEN  # and nothing of the live one touched
+    finally:
+        shared.close()
+    # Stopped, its block is still its own, but an explicit range may take it ...
+    explicit = _direct(tmp_path / "explicit", str(block))
+    try:
+        assert _holder(tmp_path / "shared")["networks"] == []  # type: ignore[index]
+        # ... and the stopped runtime, started again, gets another; its sandbox a new address.
+        again = _direct(tmp_path / "shared")
+        try:
+            assert again.runtime.net is not None and not again.runtime.net.blocks[0].overlaps(block)
+            again.run(again.runtime.start(sid))
+            assert again.runtime.get(sid).address != old_address
+            assert again.runtime.net.slot_of(again.runtime.get(sid).address) is not None  # type: ignore[arg-type]
+            assert probe(again, sid, A) == OPEN
+        finally:
+            again.close()
+        other = _create(explicit)
+        assert ipaddress.IPv4Address(explicit.runtime.get(other).address) in block
+    finally:
+        explicit.close()
+
+
+DIE = """
+import os, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from tests.runtime_direct import DirectRuntime
+d = DirectRuntime(Path({state!r}), network={network!r}, dns={dns!r})
+d.run(d.runtime.create(domain_allow_list="allowed.test"))
+print(d.runtime.net.prefix, d.runtime.net.table, flush=True)
+os._exit(0)  # no cleanup: as a SIGKILL would leave it
+"""
+
+
+def test_a_gone_runtimes_leftovers_are_swept_with_its_state_dir_deleted_and_a_live_ones_kept(
+        inet: Namespace, tmp_path: Path) -> None:
+    live = _direct(tmp_path / "live")
+    try:
+        live_sid = _create(live, domain_allow_list="allowed.test")
+        net = live.runtime.net
+        assert net is not None
+        live_netns, live_links, live_dns = _netns(net.prefix), _links(net.prefix), _dnsmasq(tmp_path / "live")
+        assert live_netns and live_links and len(live_dns) == 1
+        dead_state = tmp_path / "dead"
+        code = DIE.format(root=str(Path(__file__).resolve().parents[1]), state=str(dead_state),
+                          network=DEFAULT_RANGE, dns=INTERNET_A)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        prefix, table = out.stdout.split()
+        assert prefix != net.prefix
+        # What it left: its netns, veth, table and resolver, and its state dir deleted too.
+        assert _netns(prefix) and _links(prefix) and _has_table(table) and len(_dnsmasq(dead_state)) == 1
+        shutil.rmtree(dead_state, ignore_errors=True)
+        assert not dead_state.exists()
+        third = _direct(tmp_path / "third")
+        try:
+            assert (_netns(prefix), _links(prefix), _has_table(table), _dnsmasq(dead_state)) == ([], [], False, [])
+            assert _holder(dead_state) is None  # and its block is free
+            assert (_netns(net.prefix), _links(net.prefix), _has_table(net.table)) == (live_netns, live_links, True)
+            assert _dnsmasq(tmp_path / "live") == live_dns
+            assert probe(live, live_sid, LISTED) == OPEN
+        finally:
+            third.close()
+    finally:
+        live.close()
+
+
+def _kill(stack: Stack) -> None:
+    os.kill(stack.process.pid, signal.SIGKILL)
+    stack.process.wait()
+
+
+def test_a_sigkilled_main_jobs_network_is_swept_by_the_next_and_a_live_ones_is_intact(
+        inet: Namespace, tmp_path: Path) -> None:
+    env = {"RUNTIME_SANDBOX_NETWORK": DEFAULT_RANGE, "RUNTIME_SANDBOX_DNS": INTERNET_A,
+           "RUNTIME_NETWORK_BLOCK_ALL": "0"}
+    stacks: list[Stack] = []
+    try:
+        live = start_stack(tmp_path / "live", "--no-sandbox", pool_size=0, extra_env=env)
+        stacks.append(live)
+        dead = start_stack(tmp_path / "dead", "--no-sandbox", pool_size=1, extra_env=env)
+        stacks.append(dead)
+        sandboxes = []
+        for stack in (live, dead):
+            created = stack.api("POST", "/sandbox", json={"domainAllowList": "allowed.test"})
+            assert created.status_code == 200, created.text
+            sandboxes.append(created.json()["id"])
+        live_holder, dead_holder = _holder(live.state_dir), _holder(dead.state_dir)
+        assert live_holder is not None and dead_holder is not None
+        assert not set(live_holder["networks"]) & set(dead_holder["networks"])
+        prefix, table = dead_holder["prefix"], dead_holder["table"]
+        wait_for(lambda: len(_netns(prefix)) == 2)  # the sandbox and the pooled one
+        live_netns, live_links = _netns(live_holder["prefix"]), _links(live_holder["prefix"])
+        assert len(live_netns) == 1 and len(_dnsmasq(live.state_dir)) == 1
+        _kill(dead)
+        time.sleep(0.5)
+        assert len(_netns(prefix)) == 2 and _links(prefix) and _has_table(table)  # left behind
+        assert len(_dnsmasq(dead.state_dir)) == 1
+        after = start_stack(tmp_path / "after", "--no-sandbox", pool_size=0, extra_env=env)
+        stacks.append(after)
+        assert (_netns(prefix), _links(prefix), _has_table(table), _dnsmasq(dead.state_dir)) == ([], [], False, [])
+        assert _holder(dead.state_dir)["pid"] is None  # type: ignore[index]  # kept for its state dir
+        assert _netns(live_holder["prefix"]) == live_netns and _links(live_holder["prefix"]) == live_links
+        assert _has_table(live_holder["table"]) and len(_dnsmasq(live.state_dir)) == 1
+        assert probe(live, sandboxes[0], LISTED) == OPEN  # its resolver fills its set, its NAT works
+    finally:
+        for stack in stacks:
+            stack.stop()
