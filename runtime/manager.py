@@ -299,7 +299,8 @@ class Runtime:
                 sockets.remove(r.socket)
             self._uids.discard(r.uid)
         if self.net is not None:
-            await asyncio.to_thread(self.net.close)
+            await asyncio.to_thread(self.net.close, [s.address for s in self.specs.values()
+                                                     if s.egress == "nat" and s.address])
 
     async def _open_network(self, addresses: list[str]) -> None:
         if self.network_range is None:

@@ -13,9 +13,10 @@ its networks:
 
 A runtime that is gone (pid gone or reused, another boot, or its state dir deleted) has its
 leftovers swept by the next runtime to start (`sweep`, under the lock, before anything is
-handed out). Its networks stay its own while its state dir exists (its stopped sandboxes keep
-their addresses: a restart finds them again), unless the default range runs out of free
-blocks or an explicit range claims them; with its state dir gone, they are free at once.
+handed out). The networks its stopped sandboxes have addresses in stay its own while its state
+dir exists (a restart finds them again), unless the default range runs out of free blocks or
+an explicit range claims them; with its state dir gone, they are free at once. A runtime that
+stops cleanly frees the networks none of its sandboxes has an address in.
 """
 
 from __future__ import annotations
@@ -154,12 +155,15 @@ class HostNetworks:
             me.networks.append(str(block))
             return block
 
-    def release(self, state: Path) -> None:
-        """This runtime stops (cleanly): its networks stay its state dir's."""
+    def release(self, state: Path, keep: Iterable[str] = ()) -> None:
+        """This runtime stops (cleanly): of its networks, those holding an address in `keep`
+        (its stopped sandboxes') stay its state dir's, the others are free."""
+        addresses = [ipaddress.IPv4Address(a) for a in keep]
         with self._locked() as holders:
             for h in holders:
                 if h.state == str(state) and h.pid == os.getpid():
                     h.pid, h.start = None, ""
+                    h.networks = [str(n) for n in h.nets() if any(a in n for a in addresses)]
 
     @staticmethod
     def _sweep_gone(holders: list[Holder], sweep: Sweep) -> None:

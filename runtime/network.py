@@ -191,6 +191,8 @@ class Network:
         are gone left), sweep what a crash on this state dir left, then load a fresh table.
         `addresses`: its sandboxes', whose blocks it takes back first if free."""
         prefer = [ipaddress.IPv4Network(a) for a in addresses if a]
+        # The record takes a runtime whose state dir is gone for gone: this one's must exist.
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             holder = self.host.claim(self.root, self.range, shared=self.shared, sweep=sweep_gone,
                                      prefer=prefer, avoid=self._foreign_routes)
@@ -203,10 +205,11 @@ class Network:
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         _run(["nft", "-f", "-"], stdin=self._ruleset())
 
-    def close(self) -> None:
+    def close(self, addresses: Iterable[str] = ()) -> None:
+        """`addresses`: its stopped sandboxes', whose blocks it keeps for its next start."""
         self.sweep()
         if self.blocks:
-            self.host.release(self.root)
+            self.host.release(self.root, addresses)
 
     def sweep(self) -> None:
         self.resolvers.sweep()

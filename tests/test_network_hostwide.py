@@ -245,3 +245,33 @@ def test_a_sigkilled_main_jobs_network_is_swept_by_the_next_and_a_live_ones_is_i
     finally:
         for stack in stacks:
             stack.stop()
+
+
+def test_build_steps_take_slots_from_their_runtimes_blocks(inet: Namespace, tmp_path: Path) -> None:
+    from runtime.images.stepnet import StepNetworks
+    from runtime.network import Network
+    from tests.net_helpers import PROBE
+
+    nets = [Network(tmp_path / name, DEFAULT_RANGE, resolver=INTERNET_A) for name in ("a", "b")]
+    opened: list[Network] = []
+    try:
+        for net in nets:
+            net.open()
+            opened.append(net)
+
+        async def two_steps() -> list[list[str]]:
+            async with StepNetworks(nets[0]).step() as one, StepNetworks(nets[1]).step() as two:
+                reached = []
+                for net, step in zip(nets, (one, two), strict=True):
+                    name = step.netns.removeprefix("/run/netns/")
+                    assert name.startswith(net.prefix)
+                    slot = net.slot(int(name.removeprefix(net.prefix)))
+                    assert any(slot.subnet.subnet_of(b) for b in net.blocks)  # its runtime's, no other's
+                    out = await asyncio.to_thread(sh, "ip", "netns", "exec", name, sys.executable, "-c", PROBE, A)
+                    reached.append(out.stdout.splitlines())
+                return reached
+
+        assert asyncio.run(two_steps()) == [OPEN, OPEN]
+    finally:
+        for net in opened:
+            net.close()
