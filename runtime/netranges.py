@@ -151,7 +151,7 @@ class HostNetworks:
         """One more block of the shared range for this runtime."""
         with self._locked() as holders:
             me = self._mine(holders, str(state))
-            block = self._block([h for h in holders if h is not me], cidr, [], avoid())
+            block = self._block(holders, cidr, [], avoid())  # its own blocks are taken too
             me.networks.append(str(block))
             return block
 

@@ -79,6 +79,12 @@ def _dnsmasq(state: Path) -> list[int]:
     return found
 
 
+def _masqueraded(table: str) -> list[str]:
+    """The table's `own` set: the sources its NAT rule takes (only its runtime's blocks)."""
+    listed = json.loads(sh("nft", "-j", "list", "set", "inet", table, "own").stdout)["nftables"][1]["set"]
+    return [f"{e['prefix']['addr']}/{e['prefix']['len']}" for e in listed.get("elem", [])]
+
+
 def _direct(state: Path, network: str = DEFAULT_RANGE) -> DirectRuntime:
     return DirectRuntime(state, network=network, dns=INTERNET_A)
 
@@ -97,6 +103,9 @@ def test_two_runtimes_on_the_default_range_get_disjoint_blocks_and_both_reach_th
             assert na is not None and nb is not None and na.blocks and nb.blocks
             assert not any(x.overlaps(y) for x in na.blocks for y in nb.blocks)
             assert na.prefix != nb.prefix and na.table != nb.table
+            # Each masquerades its own blocks only (the other's linked sandboxes stay unNATed).
+            assert (_masqueraded(na.table), _masqueraded(nb.table)) == ([str(b) for b in na.blocks],
+                                                                        [str(b) for b in nb.blocks])
             for rt in (first, second):
                 holder = _holder(rt.runtime.root)
                 assert holder is not None and holder["pid"] == os.getpid()
@@ -275,3 +284,26 @@ def test_build_steps_take_slots_from_their_runtimes_blocks(inet: Namespace, tmp_
     finally:
         for net in opened:
             net.close()
+
+
+def test_a_runtime_whose_blocks_are_full_takes_another(inet: Namespace, tmp_path: Path) -> None:
+    from runtime.network import Network
+    from tests.net_helpers import PROBE
+
+    net = Network(tmp_path / "state", DEFAULT_RANGE, resolver=INTERNET_A)
+    net.open()
+    try:
+        first = net.blocks[0]
+        start = (int(first.network_address) - int(net.range.network_address)) // 4
+        full = set(range(start, start + first.num_addresses // 4))
+        slot = net.allocate(full)
+        assert len(net.blocks) == 2 and not net.blocks[1].overlaps(first) and slot.subnet.subnet_of(net.blocks[1])
+        assert _holder(tmp_path / "state")["networks"] == [str(b) for b in net.blocks]  # type: ignore[index]
+        net.setup(slot, False, ())
+        # Its NAT covers the new block too (the set it masquerades; a runtime of an older
+        # version on this machine would masquerade the whole range, hiding its absence).
+        assert _masqueraded(net.table) == [str(b) for b in sorted(net.blocks)]
+        out = sh("ip", "netns", "exec", slot.name, sys.executable, "-c", PROBE, A)
+        assert out.stdout.splitlines() == OPEN
+    finally:
+        net.close()
