@@ -2,7 +2,8 @@
 nftables, with Daytona's block-all and allow-list applied live (issue 16).
 
 Root only. Each sandbox gets a slot: a /30 of the runtime's range (`RUNTIME_SANDBOX_NETWORK`,
-default 10.213.0.0/16), the host side of its veth holding `.1` (the sandbox's gateway and
+default 10.213.0.0/16), taken only from the blocks this runtime holds in the host-wide record
+(runtime/netranges.py), the host side of its veth holding `.1` (the sandbox's gateway and
 resolver), the sandbox's `eth0` holding `.2`. No bridge: sandboxes share no link, so one
 can only reach another through the host's forwarding, which drops it.
 
