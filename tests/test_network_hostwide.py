@@ -168,6 +168,29 @@ def test_an_explicit_range_over_a_live_runtimes_is_refused_and_a_stopped_ones_is
         explicit.close()
 
 
+def test_the_main_job_refuses_an_explicit_range_over_a_live_runtimes_in_one_line(
+        inet: Namespace, tmp_path: Path) -> None:
+    from tests.helpers import REPO_ROOT, free_port
+
+    live = _direct(tmp_path / "live")
+    try:
+        assert live.runtime.net is not None
+        block = str(live.runtime.net.blocks[0])
+        env = dict(os.environ, RUNTIME_STATE_DIR=str(tmp_path / "main"), RUNTIME_PROXY_PORT=str(free_port()),
+                   RUNTIME_SANDBOX_NETWORK=block, RUNTIME_POOL_SIZE="0")
+        out = subprocess.run([str(REPO_ROOT / "scripts" / "start"), "--no-sandbox"], env=env, cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: cannot set up the sandbox network: sandbox network {block} overlaps {block}, "
+                          f"held by the running runtime on state dir {live.runtime.root} (pid {os.getpid()}): "
+                          "give this runtime another RUNTIME_SANDBOX_NETWORK, or leave it unset to share the "
+                          "default range"], out.stderr
+        assert "Traceback" not in out.stderr
+    finally:
+        live.close()
+
+
 DIE = """
 import os, sys
 sys.path.insert(0, {root!r})
