@@ -182,16 +182,19 @@ class Resolvers:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     @staticmethod
-    def stop_strays(directory: Path) -> None:
-        """Stop every dnsmasq started with a config in `directory`, found by command line:
-        what a runtime that is gone left, even once its state dir (the pid files) is deleted."""
-        flag = f"--conf-file={directory}/".encode()
+    def stop_strays(directories: Sequence[Path]) -> None:
+        """Stop every dnsmasq started with a config in one of `directories`, found by command
+        line: what runtimes that are gone left, even once their state dirs (the pid files)
+        are deleted. One pass over /proc however many."""
+        flags = tuple(f"--conf-file={d}/".encode() for d in directories)
+        if not flags:
+            return
         for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
             try:
                 argv = cmdline.read_bytes().split(b"\0")
             except OSError:
                 continue  # exited meanwhile
-            if argv[0].rsplit(b"/", 1)[-1] == b"dnsmasq" and any(a.startswith(flag) for a in argv[1:]):
+            if argv[0].rsplit(b"/", 1)[-1] == b"dnsmasq" and any(a.startswith(flags) for a in argv[1:]):
                 _terminate(int(cmdline.parent.name))
 
     @staticmethod

@@ -36,8 +36,7 @@ def remove(prefixes: Sequence[str], tables: Sequence[str] = (), dns_dirs: Sequen
     process keeps), `tables`, and the dnsmasq processes configured from `dns_dirs`."""
     if not prefixes:
         return
-    for directory in dns_dirs:
-        Resolvers.stop_strays(directory)
+    Resolvers.stop_strays(dns_dirs)
     if names := netns_named(prefixes):
         _ip("-force", "-batch", "-", stdin="".join(f"netns delete {n}\n" for n in names))
     if names := links_named(prefixes):
