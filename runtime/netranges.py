@@ -106,9 +106,12 @@ class HostNetworks:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 raw = json.loads(self.path.read_text()).get("holders", [])
+                holders = [Holder(**{k: h[k] for k in Holder.__dataclass_fields__ if k in h}) for h in raw]
             except FileNotFoundError:
-                raw = []
-            holders = [Holder(**h) for h in raw]
+                holders = []
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise RangeError(f"{self.path} is not a record of sandbox networks ({exc}): repair or remove "
+                                 "it (every runtime on this host reads it)", 500) from None
             before = [asdict(h) for h in holders]
             yield holders
             after = [asdict(h) for h in holders]

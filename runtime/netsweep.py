@@ -8,11 +8,18 @@ about the time of one."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.dns import Resolvers
+
+
+# The only names a runtime ever gives (runtime/netranges.py): a record's entry naming anything
+# else (an empty prefix would match every interface on the host) is never acted on.
+_PREFIX = re.compile(r"sb[0-9a-f]{4}-")
+_TABLE = re.compile(r"sandbox_toolbox_[0-9a-f]{8}")
 
 
 def _ip(*argv: str, stdin: str | None = None) -> str:
@@ -34,6 +41,8 @@ def links_named(prefixes: Sequence[str]) -> list[str]:
 def remove(prefixes: Sequence[str], tables: Sequence[str] = (), dns_dirs: Sequence[Path] = ()) -> None:
     """Everything named with `prefixes` (netns, then the veths a netns still held by a
     process keeps), `tables`, and the dnsmasq processes configured from `dns_dirs`."""
+    prefixes = [p for p in prefixes if _PREFIX.fullmatch(p)]
+    tables = [t for t in tables if _TABLE.fullmatch(t)]
     if not prefixes:
         return
     Resolvers.stop_strays(dns_dirs)

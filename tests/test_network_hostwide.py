@@ -330,3 +330,45 @@ def test_a_runtime_whose_blocks_are_full_takes_another(inet: Namespace, tmp_path
         assert out.stdout.splitlines() == OPEN
     finally:
         net.close()
+
+
+def test_a_record_entry_naming_anything_but_a_runtimes_names_is_never_acted_on(tmp_path: Path) -> None:
+    import secrets
+
+    from runtime.network import Network
+
+    record = tmp_path / "host" / "network-ranges.json"
+    record.parent.mkdir(mode=0o700)
+    # A gone runtime's entry whose names would match everything (an empty prefix) or
+    # someone else's: the host's own netns and tables stay.
+    bystander = f"tzz{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", bystander)
+    sh("nft", "add", "table", "inet", bystander)
+    try:
+        gone = {"state": str(tmp_path / "deleted"), "prefix": "", "table": bystander, "networks": [],
+                "pid": 1, "start": "0", "boot": "other"}
+        unused = next(f"sb{i:04x}-" for i in range(0xffff, 0, -1) if not _netns(f"sb{i:04x}-")
+                      and not _links(f"sb{i:04x}-"))
+        odd = dict(gone, state=str(tmp_path / "deleted2"), prefix=unused)  # a runtime's prefix, not its table
+        record.write_text(json.dumps({"holders": [gone, odd]}))
+        net = Network(tmp_path / "state", DEFAULT_RANGE, resolver=INTERNET_A, host=HostNetworks(record))
+        net.open()
+        try:
+            assert _netns(bystander) == [bystander] and _has_table(bystander)
+            assert [h["state"] for h in json.loads(record.read_text())["holders"]] == [str(tmp_path / "state")]
+        finally:
+            net.close()
+    finally:
+        sh("ip", "netns", "delete", bystander, check=False)
+        sh("nft", "delete", "table", "inet", bystander, check=False)
+
+
+def test_a_broken_record_is_a_clear_error(tmp_path: Path) -> None:
+    from runtime.network import Network, NetworkError
+
+    record = tmp_path / "host" / "network-ranges.json"
+    record.parent.mkdir(mode=0o700)
+    record.write_text("{not json")
+    with pytest.raises(NetworkError) as info:
+        Network(tmp_path / "state", DEFAULT_RANGE, host=HostNetworks(record)).open()
+    assert info.value.status == 500 and str(record) in info.value.message and "repair or remove" in info.value.message
