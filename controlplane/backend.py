@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 
@@ -123,14 +124,15 @@ class ImageBuilder(Protocol):
     """Optional beside a SandboxBackend (its `images` attribute): snapshots built from
     Dockerfile text, named by the control plane's own store name for them."""
 
-    def check(self, dockerfile: str) -> str | None:
-        """Why the Dockerfile cannot be built here (a 400 before anything runs), or None."""
+    def check(self, dockerfile: str, *, has_context: bool = False) -> str | None:
+        """Why the Dockerfile cannot be built here (a 400 before anything runs), or None.
+        `has_context`: COPY has a build context to read from."""
 
-    async def build(self, name: str, dockerfile: str, log: Callable[[str], None]) -> BuiltImage:
-        """Build it, output lines to `log` as they come; raises an exception whose
-        message says why it failed."""
+    async def build(self, name: str, dockerfile: str, log: Callable[[str], None],
+                    context: Path | None = None) -> BuiltImage:
+        """Build it (COPY from the `context` directory), output lines to `log` as they come;
+        raises an exception whose message says why it failed."""
 
-    async def remove(self, name: str, in_use: set[str] | None) -> None:
-        """Forget the snapshot; layers outside `in_use` (the layers existing sandboxes are
-        made of) that nothing else names go. None: which layers sandboxes use is not
-        known, so every layer stays."""
+    async def remove(self, name: str) -> None:
+        """Forget the snapshot; its layers go once no existing sandbox or other snapshot
+        uses them (the backend knows its sandboxes)."""

@@ -7,6 +7,11 @@ read from what a client sends after that. Events come from one place: the sandbo
 call `changed()` after every write (whoever made it: a request, reconcile, a policy), and
 one consumer task turns those into `sandbox.created` (the full Sandbox) and
 `sandbox.state.updated` `{sandbox, oldState, newState}` when the state a client sees moved.
+
+The SDKs' `sandbox.state.updated` handler reads only the state, never the DTO beside it,
+so a wait that ends in `error`/`build_failed` on that event alone would report "error
+reason: None". A move into an error state therefore first sends the full DTO as
+`sandbox.created`, the one event whose DTO the SDKs apply (errorReason included).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ log = logging.getLogger("controlplane.events")
 
 SANDBOX_CREATED = "sandbox.created"
 SANDBOX_STATE_UPDATED = "sandbox.state.updated"
+ERROR_STATES = frozenset({states.State.ERROR.value, states.State.BUILD_FAILED.value})
 QUEUE_LIMIT = 10_000  # changes waiting to be emitted; beyond that the oldest are dropped
 
 
@@ -119,6 +125,8 @@ class Events:
         if old is None and new == states.State.CREATING.value:
             await self.server.emit(SANDBOX_CREATED, dto, room=target)
         else:
+            if new in ERROR_STATES:
+                await self.server.emit(SANDBOX_CREATED, dto, room=target)  # why: the module doc
             await self.server.emit(SANDBOX_STATE_UPDATED, {"sandbox": dto, "oldState": old or new, "newState": new},
                                    room=target)
         self.emitted += 1

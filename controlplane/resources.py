@@ -13,6 +13,8 @@ from starlette.routing import BaseRoute
 
 from controlplane.backend import ImageBuilder
 from controlplane.events import room
+from controlplane.objectstorage import routes as storage_routes
+from controlplane.objectstorage.service import ObjectStorage
 
 from controlplane.previews import routes as preview_routes
 from controlplane.previews.service import PreviewService
@@ -22,6 +24,7 @@ from controlplane.secrets import routes as secret_routes
 from controlplane.secrets.records import SecretRecords
 from controlplane.secrets.service import SecretService
 from controlplane.snapshots import routes as snapshot_routes
+from controlplane.snapshots.contexts import BuildContexts
 from controlplane.snapshots.logs import BuildLogs
 from controlplane.snapshots.records import SnapshotRecord, SnapshotRecords
 from controlplane.snapshots.service import SnapshotService
@@ -44,9 +47,12 @@ class ResourcePlane:
         self.volumes = VolumeService(VolumeRecords(plane.engine), plane.records,
                                      VolumeStorage(plane.config.state_dir / "volumes"))
         backend_images: ImageBuilder | None = getattr(plane.backend, "images", None)
-        self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(plane.config.state_dir / "build-logs"),
-                                         backend_images, in_use=self._snapshot_in_use,
-                                         layers_in_use=getattr(plane.backend, "layers_in_use", None))
+        state = plane.config.state_dir
+        self.object_storage = ObjectStorage(state / "object-storage")
+        self.contexts = BuildContexts(self.object_storage.storage, state / "build-contexts")
+        self.snapshots = SnapshotService(SnapshotRecords(plane.engine), BuildLogs(state / "build-logs"),
+                                         backend_images,
+                                         contexts=None if self.object_storage.why else self.contexts)
         self.snapshots.listeners.append(self._snapshot_event)
         plane.sandboxes.snapshots = self.snapshots
         self.secrets = SecretService(SecretRecords(plane.engine))
@@ -59,10 +65,6 @@ class ResourcePlane:
         plane.view.decorators.append(self.previews.decorate)
         self.secrets.listeners.append(self.settings.reapply)
 
-    async def _snapshot_in_use(self, organization_id: str, name: str) -> bool:
-        records = self.snapshots.records
-        return await anyio.to_thread.run_sync(records.sandboxes_running, organization_id, name) > 0
-
     async def _snapshot_event(self, event: str, record: SnapshotRecord | None, old: str | None,
                               new: str | None) -> None:
         """Daytona's snapshot events (§2.3.2) to the snapshot's organization."""
@@ -74,8 +76,11 @@ class ResourcePlane:
 
     async def close(self) -> None:
         await self.snapshots.close()
+        await self.object_storage.close()  # after the builds: they read uploads back
 
     async def open(self) -> None:
+        await anyio.to_thread.run_sync(self.contexts.clean)
+        await self.object_storage.open()
         await self.snapshots.open()
         orphans = await self.volumes.sweep()
         if orphans:
@@ -90,6 +95,7 @@ class ResourcePlane:
             *volume_routes.routes(self.volumes),
             *snapshot_routes.routes(self.snapshots, self.plane.sandboxes, f"{urls.base}{API_PREFIX}"),
             *secret_routes.routes(self.secrets),
+            *storage_routes.routes(self.object_storage),
             *warm_pool_routes.routes(self.warm_pools),
             *preview_routes.routes(self.previews, urls),
             *settings_routes.routes(self.settings, urls),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,7 @@ class LocalBackend:
             # sandbox's network (never the host's: runtime/images/stepnet.py).
             self.images = LocalImages(store, runtime.root, lambda: Confinement(
                 runtime.backend, runtime.default_limits, f"{runtime._group_prefix}build-",
-                runtime.step_networks()))
+                runtime.step_networks()), in_use=self._sandbox_layers)
 
     async def create(self, request: CreateRequest) -> None:
         mounts = [Mount(source=Path(m.source), target=m.target, read_only=m.read_only)
@@ -81,8 +82,11 @@ class LocalBackend:
         if request.snapshot != "default" and self.images is not None:
             env = {**self.images.environment(request.snapshot), **request.env}  # the image's ENV
         try:
-            await self.runtime.create(request.sandbox_id, env=env, limits=limits, mounts=mounts,
-                                      **kwargs)
+            # A hold over the snapshot's layers until the sandbox's spec names them: a
+            # snapshot deleted meanwhile cannot have them freed under it.
+            with self.images.store.holding() if self.images is not None else nullcontext():
+                await self.runtime.create(request.sandbox_id, env=env, limits=limits, mounts=mounts,
+                                          **kwargs)
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
         except OSError as exc:  # the host side (state dir, sockets): say which, not just the class
@@ -124,6 +128,9 @@ class LocalBackend:
             await asyncio.to_thread(SandboxDir(self.runtime.sandboxes_dir / sandbox_id).remove)
             return
         await self.runtime.delete(sandbox_id)
+        if self.images is not None:
+            # Its layers may have been a deleted snapshot's last user: free what nothing uses.
+            await self.images.collect()
 
     async def archive(self, sandbox_id: str) -> None:
         try:
@@ -164,13 +171,11 @@ class LocalBackend:
         except SandboxError as exc:
             raise BackendError(exc.status, exc.message) from None
 
-    async def layers_in_use(self) -> set[str] | None:
-        """Every layer a sandbox of this runtime is made of (for `SnapshotStore.collect`
-        after a snapshot is deleted); None while sandboxes do not record their layers."""
-        specs = list(self.runtime.specs.values())
-        if not all(hasattr(spec, "layers") for spec in specs):
-            return None
-        return {digest for spec in specs for digest in getattr(spec, "layers", ())}
+    def _sandbox_layers(self) -> set[str]:
+        """Every layer a sandbox of this runtime (running, stopped or archived) is made of,
+        for `SnapshotStore.collect`; called from a worker thread (list() copies the specs
+        in one step under the GIL, as the event loop may add one meanwhile)."""
+        return {digest for spec in list(self.runtime.specs.values()) for digest in spec.layers}
 
     def set_pool_size(self, size: int) -> None:
         """How many sandboxes the runtime keeps warm (the control plane's warm pools)."""

@@ -270,6 +270,7 @@ def _print_banner(stack: Any, record: Any) -> None:
         f"lines above from the environment, or run: {_cli_name()} login)",
         f"Host:         python -m runtime --state-dir {stack.config.state_dir} inspect ID|api-key create",
         f"MCP:          {info['api_url']}/mcp   (coding agents; {_cli_name()} mcp config prints their settings)",
+        f"Object store: {info['object_storage']}   (Image.add_local_file/add_local_dir uploads)",
     ]
     if record is not None:
         urls = stack.urls(record.id, record.preview_token)

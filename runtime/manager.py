@@ -65,6 +65,8 @@ class SnapshotSource(Protocol):
 
     def layer_path(self, digest: str) -> Path: ...
 
+    def hold(self, layers: tuple[str, ...]) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Root:
@@ -270,6 +272,10 @@ class Runtime:
             found = self.snapshots.get(snapshot)
         except KeyError:
             raise SandboxError(404, f"snapshot {snapshot!r} not found") from None
+        # Into the caller's hold, if it opened one (the control plane's create does), so a
+        # collect cannot free them before the sandbox's spec names them.
+        if not self.snapshots.hold(tuple(found.layers)):
+            raise SandboxError(404, f"snapshot {snapshot!r} was deleted meanwhile (its layers are gone)")
         return snapshot, tuple(found.layers)
 
     async def _recover(self, sandbox_ids: list[str]) -> None:

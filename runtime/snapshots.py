@@ -6,8 +6,10 @@
                               ids the image means (root 0, daytona 1000). Published once by
                               an atomic rename from LAYERS/.tmp-*; never modified after.
     LAYERS/.meta/<digest>.json  {"size": bytes} of a published layer
-    LAYERS/.builds/<key>.json   {"layers": [...]} of a cached build (the default snapshot),
-                              so stores on other state dirs sharing LAYERS reuse it
+    LAYERS/.builds/<key>.json   {"layers": [...], "weak": bool} of a cached build, so stores
+                              on other state dirs sharing LAYERS reuse it. The default
+                              snapshot's keeps its layers; a weak one (an image build's
+                              step or import) only finds them while something else does
     SNAPSHOTS/<name>.json     0600: {"name", "layers": [bottom ... top], "user", "env",
                               "workdir", "entrypoint", "cmd", "size", "created"}
 
@@ -19,6 +21,12 @@ that a lower layer was never modified by hashing it again.
 
 Only the runtime's user (root) reads or writes here: every directory is 0700, and nothing
 below is ever a path a sandbox can write.
+
+A layer goes (`collect`) once no snapshot, no strong cached build, no existing sandbox and
+no hold names it. A hold (`holding()`) is what a build or a sandbox create in progress
+has taken: every layer it found in the cache or published while the hold is open, in
+this process, kept until it ends; taking and collecting are under one lock, so a layer
+is never removed between being found and being used.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ import re
 import secrets
 import shutil
 import stat
+import threading
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +58,11 @@ LAYERS_ENV = "RUNTIME_LAYERS_DIR"
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _TMP_PREFIX = ".tmp-"
 Progress = Callable[[str], None]
+
+# Holds of this process (see the module doc): the one open in the current context, and all.
+_HOLD: ContextVar[set[str] | None] = ContextVar("layer_hold", default=None)
+_HOLDS: dict[int, set[str]] = {}  # by id(): two holds with the same layers are still two
+_GC_LOCK = threading.Lock()
 
 
 class SnapshotError(Exception):
@@ -284,36 +299,83 @@ class SnapshotStore:
             raise SnapshotError(f"{tree} has file systems mounted inside; unmount them before publishing")
         digest, size = tree_digest(tree)
         target = self.layers_dir / digest
-        write_private(self._meta / f"{digest}.json", json.dumps({"size": size}).encode())
-        try:
-            os.rename(tree, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-            remove_tree(tree)  # published already (rename refuses a non-empty target)
+        with _GC_LOCK:  # held before it is visible: a collect cannot take it from the caller
+            write_private(self._meta / f"{digest}.json", json.dumps({"size": size}).encode())
+            _held(digest)
+            try:
+                os.rename(tree, target)
+                return digest
+            except OSError:
+                if not target.is_dir():
+                    raise
+        remove_tree(tree)  # published already (rename refuses a non-empty target)
         return digest
 
-    def collect(self, in_use: set[str], everything: bool = False) -> None:
-        """Remove the layers that no snapshot of this store, no cached build and nothing in
-        `in_use` (the layers of existing sandboxes) names. On a layers dir shared between
-        state dirs nothing is removed unless `everything` says `in_use` holds the other
-        state dirs' layers too (it never can by itself: their records are not here)."""
+    def collect(self, in_use: set[str] | Callable[[], set[str]], everything: bool = False) -> builtins.list[str]:
+        """Remove the layers that no snapshot of this store, no strong cached build, no hold
+        and nothing in `in_use` (the layers of existing sandboxes) names, and the weak
+        cached builds that named them; returns their digests. A callable `in_use` is read
+        under the lock, so a sandbox create that ends meanwhile (its hold released, its
+        layers now named by its record) is seen. On a layers dir shared
+        between state dirs nothing is removed unless `everything` says `in_use` holds the
+        other state dirs' layers too (it never can by itself: their records are not here)."""
         if self.shared and not everything:
-            return
-        keep = set(in_use)
-        for snapshot in self.list():
-            keep.update(snapshot.layers)
+            return []
+        doomed: dict[str, Path] = {}
+        with _GC_LOCK:
+            keep = set(in_use() if callable(in_use) else in_use).union(*_HOLDS.values())
+            for snapshot in self.list():
+                keep.update(snapshot.layers)
+            builds = self._build_records()
+            for _, layers, weak in builds:
+                if not weak:
+                    keep.update(layers)
+            for entry in self.layers_dir.iterdir():
+                if valid_digest(entry.name) and entry.name not in keep:
+                    # Out of sight first (one rename), then deleted: never half a layer by its name.
+                    doomed[entry.name] = self.layers_dir / f"{_TMP_PREFIX}{os.getpid()}-gone-{secrets.token_hex(4)}"
+                    os.rename(entry, doomed[entry.name])
+            for record, layers, weak in builds:
+                if weak and doomed.keys() & set(layers):
+                    record.unlink(missing_ok=True)
+        for digest, path in doomed.items():
+            remove_tree(path)
+            (self._meta / f"{digest}.json").unlink(missing_ok=True)
+        return sorted(doomed)
+
+    def _build_records(self) -> builtins.list[tuple[Path, tuple[str, ...], bool]]:
+        out = []
         for record in self._builds.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                keep.update(json.loads(record.read_bytes())["layers"])
-        for entry in self.layers_dir.iterdir():
-            if valid_digest(entry.name) and entry.name not in keep:
-                # Out of sight first (one rename), then deleted: never half a layer by its name.
-                doomed = self.layers_dir / f"{_TMP_PREFIX}{os.getpid()}-gone-{secrets.token_hex(4)}"
-                os.rename(entry, doomed)
-                remove_tree(doomed)
-                with contextlib.suppress(FileNotFoundError):
-                    (self._meta / f"{entry.name}.json").unlink()
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                data = json.loads(record.read_bytes())
+                # Records from before weak ones existed: image builds' steps and imports.
+                weak = data.get("weak", record.name.startswith(("step-", "image-")))
+                out.append((record, tuple(str(d) for d in data["layers"]), bool(weak)))
+        return out
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[set[str]]:
+        """Open a hold for the current context (a build, a sandbox create): the layers it
+        finds (`cached_build`, `hold`) or publishes stay until it closes."""
+        hold: set[str] = set()
+        with _GC_LOCK:
+            _HOLDS[id(hold)] = hold
+        token = _HOLD.set(hold)
+        try:
+            yield hold
+        finally:
+            _HOLD.reset(token)
+            with _GC_LOCK:
+                del _HOLDS[id(hold)]
+
+    def hold(self, layers: tuple[str, ...]) -> bool:
+        """Add `layers` to the current hold, if they are all here (False: one is gone)."""
+        with _GC_LOCK:
+            if not all(self.has_layer(d) for d in layers):
+                return False
+            for digest in layers:
+                _held(digest)
+            return True
 
     def clean_partial(self) -> None:
         """Remove the temporary trees of processes that are gone (a crashed build)."""
@@ -336,15 +398,17 @@ class SnapshotStore:
             os.close(fd)
 
     def cached_build(self, key: str) -> tuple[str, ...] | None:
+        """The layers of a cached build, all still here (and held by the current hold)."""
         try:
             layers = tuple(json.loads((self._builds / f"{key}.json").read_bytes())["layers"])
         except (OSError, ValueError, KeyError):
             return None
-        return layers if layers and all(self.has_layer(d) for d in layers) else None
+        return layers if layers and self.hold(layers) else None
 
-    def record_build(self, key: str, layers: tuple[str, ...]) -> None:
+    def record_build(self, key: str, layers: tuple[str, ...], *, weak: bool = False) -> None:
+        """`weak`: the record keeps no layer from `collect` by itself (see the module doc)."""
         write_private(self._builds / f"{key}.json",
-                      json.dumps({"layers": list(layers), "created": now_iso()}).encode())
+                      json.dumps({"layers": list(layers), "weak": weak, "created": now_iso()}).encode())
 
     def snapshot_of(self, name: str, layers: tuple[str, ...], **fields: Any) -> Snapshot:
         """A Snapshot record over published layers, its size their sum."""
@@ -357,6 +421,13 @@ class SnapshotStore:
         from runtime.rootfs import ensure_default
 
         return ensure_default(self, progress or (lambda line: None))
+
+
+def _held(digest: str) -> None:
+    """Into the current context's hold, if one is open (the caller has _GC_LOCK)."""
+    hold = _HOLD.get()
+    if hold is not None:
+        hold.add(digest)
 
 
 def _alive(pid: int) -> bool:

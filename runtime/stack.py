@@ -158,6 +158,7 @@ class Stack:
             "pool_size": self.config.pool_size,
             "pool_ready": len(self.runtime.pool),
             "idle_timeout": self.config.idle_timeout,
+            "object_storage": self.plane.resources.object_storage.describe(),
         }
 
     def urls(self, sandbox_id: str, token: str) -> dict[str, str]:

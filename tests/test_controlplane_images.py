@@ -120,16 +120,12 @@ def test_failures_end_build_failed_with_the_reason(stack: Stack, registry: str) 
         d.snapshot.delete(d.snapshot.get(name))
 
 
-def test_bad_requests_are_refused_before_anything_is_recorded(stack: Stack, registry: str, tmp_path: Path) -> None:
+def test_bad_requests_are_refused_before_anything_is_recorded(stack: Stack, registry: str) -> None:
     from daytona import CreateSnapshotParams, DaytonaError, Image
 
     d = daytona(stack)
     before = d.snapshot.list().total
-    local = tmp_path / "app.py"
-    local.write_text("print('hi')\n")
-    with pytest.raises(DaytonaError, match="no S3-compatible object storage"):
-        d.snapshot.create(CreateSnapshotParams(name="ctx", image=Image.base(f"{registry}/tiny:1")
-                                               .add_local_file(local, "/app/app.py")))
+    # Images with local files: tests/test_controlplane_contexts.py.
     with pytest.raises(DaytonaError, match="HEALTHCHECK is not supported"):
         d.snapshot.create(CreateSnapshotParams(name="hc", image=Image.base(f"{registry}/tiny:1")
                                                .dockerfile_commands(["HEALTHCHECK CMD true"])))
@@ -256,7 +252,7 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
     CreateSandboxFromImageParams(...), on_snapshot_create_logs=...)`: logs arrive while it
     builds, the sandbox starts, the installed software runs. The registry's Debian image is
     the default snapshot's root file system, pushed there."""
-    from daytona import CreateSandboxFromImageParams, CreateSnapshotParams, CreateSandboxFromSnapshotParams, Image
+    from daytona import CreateSandboxFromImageParams, CreateSandboxFromSnapshotParams, CreateSnapshotParams, DaytonaError, Image
 
     from tests import net_helpers
     from tests.image_helpers import package_index, tiny_wheel
@@ -312,10 +308,11 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
             again = d.create(CreateSandboxFromSnapshotParams(snapshot="hello"), timeout=120)
             try:
                 assert again.process.exec("hello").result.strip() == "hello from the image: built here"
-                with pytest.raises(Exception, match="in use by a running sandbox"):
+                with pytest.raises(DaytonaError, match="in use by a running sandbox"):
                     d.snapshot.delete(d.snapshot.get("hello"))
+                assert again.process.exec("hello").result.strip() == "hello from the image: built here"
                 again.stop()
-                d.snapshot.delete(d.snapshot.get("hello"))  # a stopped sandbox does not hold it
+                d.snapshot.delete(d.snapshot.get("hello"))  # only stopped sandboxes use it now
                 again.start()  # and still starts: its layers stayed
                 assert again.process.exec("hello").result.strip() == "hello from the image: built here"
             finally:
@@ -347,3 +344,18 @@ def test_a_followed_build_log_streams_and_ends_with_the_build(stack: Stack, regi
     assert "after-the-pause" in text and "Snapshot followed is active" in text.splitlines()[-1], text
     assert stack.api("GET", f"/snapshots/{snapshot_id}").json()["state"] == "active"  # ended with the build
     assert stack.api("DELETE", f"/snapshots/{snapshot_id}").status_code == 200
+
+
+def test_a_failed_build_reaches_the_sdk_with_its_reason(stack: Stack, registry: str) -> None:
+    """Without on_snapshot_create_logs the SDK waits on Socket.IO events alone: the event of
+    the failure must bring the reason along, not leave it `None`."""
+    from daytona import CreateSandboxFromImageParams, DaytonaError, Image
+
+    d = daytona(stack)
+    # Slow enough that the SDK is waiting on events (not polling) when the build fails.
+    image = Image.base(f"{registry}/tiny:1").run_commands(f"echo {secrets.token_hex(4)}; sleep 3; exit 5")
+    with pytest.raises(DaytonaError) as raised:
+        d.create(CreateSandboxFromImageParams(image=image), timeout=60)
+    assert "non-zero code: 5" in str(raised.value), raised.value
+    for sandbox in [s for s in d.list() if s.state == "build_failed"]:
+        d.delete(sandbox)

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 import httpx
-from pathlib import Path
 
 import pytest
 
@@ -193,27 +192,8 @@ def test_the_default_snapshot_is_listed_gettable_and_cannot_be_deleted(stack: St
         sandbox.delete()
 
 
-def test_images_with_local_files_are_refused_and_create_nothing(stack: Stack, tmp_path: Path) -> None:
-    # Image builds themselves: tests/test_controlplane_images.py. What cannot work here (no
-    # object storage for the SDK's context upload) is refused before anything is recorded.
-    from daytona import (
-        CreateSandboxFromImageParams,
-        CreateSnapshotParams,
-        DaytonaError,
-        Image,
-    )
-
-    d = daytona(stack)
-    before = {s.id for s in d.list()}
-    local = tmp_path / "requirements.txt"
-    local.write_text("numpy\n")
-    image = Image.debian_slim("3.12").pip_install_from_requirements(str(local))
-    with pytest.raises(DaytonaError, match="no S3-compatible object storage"):
-        d.snapshot.create(CreateSnapshotParams(name="mine", image=image))
-    with pytest.raises(DaytonaError, match="no S3-compatible object storage"):
-        d.create(CreateSandboxFromImageParams(image=image))
-    assert d.snapshot.list().total == 1
-    assert {s.id for s in d.list()} == before
+# Image builds: tests/test_controlplane_images.py; with local files (and without object
+# storage): tests/test_controlplane_contexts.py.
 
 
 # -- secrets -------------------------------------------------------------------------------

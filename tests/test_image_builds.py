@@ -215,7 +215,7 @@ def test_an_unchanged_rebuild_runs_nothing(tmp_path: Path, registry: str) -> Non
 @pytest.mark.parametrize("text, message", [
     ("RUN echo no from\n", "starts with FROM"),
     ("FROM a\nFROM b\n", "exactly one FROM"),
-    ("FROM a\nCOPY x /x\n", "no object storage"),
+    ("FROM a\nCOPY x /x\n", "has no build context"),
     ("FROM a\nHEALTHCHECK CMD true\n", "HEALTHCHECK is not supported"),
     ("FROM a\nRUN echo \\\n", "continued line"),
 ])
@@ -401,7 +401,7 @@ def test_copy_from_a_local_context_and_what_it_refuses(tmp_path: Path, registry:
                             ("missing", "not in the build context")):
         with pytest.raises(BuildError, match=message):
             asyncio.run(builder.build(f"FROM {registry}/tiny:1\nCOPY {source} /x\n", lambda line: None, context=ctx))
-    with pytest.raises(BuildError, match="no object storage"):  # an API build has no context
+    with pytest.raises(BuildError, match="has no build context"):  # a build given no context
         _build(builder, f"FROM {registry}/tiny:1\nCOPY notes.txt /x\n")
 
 
@@ -434,3 +434,97 @@ def test_the_projects_sandbox_image_builds_from_its_dockerfile(tmp_path: Path, r
     again = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
     print(f"unchanged rebuild: {time.monotonic() - started:.2f} s")
     assert again.steps_run == 0
+
+
+def _uid_of(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
+
+
+def test_two_builds_at_once_run_as_host_ids_of_their_own(tmp_path: Path, registry: str) -> None:
+    """Each build of a runtime takes a fresh range from the host-wide list sandboxes use:
+    two builds at once (e.g. two organizations') never share host uids, and what each
+    step wrote still lands in the layer as canonical ids."""
+    import json
+
+    from runtime import uids
+    from runtime.images.service import LocalImages
+    from tests import procfs
+
+    state = tmp_path / "state"
+    images = LocalImages(SnapshotStore(state, layers_dir=tmp_path / "layers"), state)
+    marks = [f"m{secrets.token_hex(4)}", f"m{secrets.token_hex(4)}"]
+    logs: list[list[str]] = [[], []]
+
+    async def both() -> list[object]:
+        return await asyncio.gather(*(
+            images.build(f"built-{mark}", f"FROM {registry}/tiny:1\nRUN echo {mark}; sleep 5; touch /by-{mark}\n",
+                         logs[i].append) for i, mark in enumerate(marks)))
+
+    seen: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: seen.update(done=len(asyncio.run(both()))))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 and time.monotonic() < deadline and thread.is_alive():
+        for pid in procfs.pids():
+            line = procfs.cmdline(pid)
+            for mark in marks:
+                if f"echo {mark};".encode() in line and (uid := _uid_of(pid)) is not None:
+                    seen[mark] = uid  # the step's shell, as root of its build's namespace
+        time.sleep(0.1)
+    thread.join(60)
+    assert seen.get("done") == 2, logs
+    first, second = seen[marks[0]], seen[marks[1]]
+    assert first != second and abs(first - second) >= uids.RANGE_SIZE, seen
+    recorded = {int(r["base"]): r["state"] for r in json.loads(uids.HOST_RANGES.read_text())["ranges"]}
+    assert recorded.get(first) == recorded.get(second) == str(state), recorded
+    for mark, log in zip(marks, logs, strict=True):
+        assert f" ---> Steps run as host ids {seen[mark]}-{seen[mark] + uids.RANGE_SIZE - 1}" in log, log
+        top = images.store.get(f"built-{mark}").layers[-1]
+        made = os.lstat(images.store.layer_path(top) / f"by-{mark}")
+        assert (made.st_uid, made.st_gid) == (0, 0)  # shifted back from the build's own range
+
+
+def test_a_step_runs_in_a_cgroup_with_the_sandbox_cpu_and_memory_limits(tmp_path: Path, registry: str) -> None:
+    """While the step runs, its processes are in a group of every controller whose cpu and
+    memory limits are the sandbox limits (pids.max and the filter: the test above)."""
+    from runtime.limits import Limits
+    from tests import procfs
+
+    backend = cgroups.detect()
+    if isinstance(backend, cgroups.CgroupV2):
+        files = {"cpu.max": "50000 100000", "memory.max": str(96 << 20)}
+    elif isinstance(backend, cgroups.CgroupV1):
+        files = {"cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000", "memory.limit_in_bytes": str(96 << 20)}
+    else:
+        pytest.skip("no writable cgroup hierarchy here")
+    prefix = f"sbx-limits-{secrets.token_hex(3)}-"
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    builder = Builder(store, ImageImporter(store, tmp_path / "state" / "images"),
+                      confinement=lambda: Confinement(backend, Limits(cpus=0.5, memory_mib=96), prefix))
+    mark = secrets.token_hex(4)
+    found: dict[str, str] = {}
+    holding: set[Path] = set()
+    thread = threading.Thread(target=lambda: _build(builder, f"FROM {registry}/tiny:1\nRUN echo {mark}; sleep 4\n"))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not found and time.monotonic() < deadline and thread.is_alive():
+        for parent in backend.parents_dirs():
+            for group in parent.glob(f"{prefix}*"):
+                try:
+                    procs = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+                    if any(f"echo {mark};".encode() in procfs.cmdline(pid) for pid in procs):
+                        holding.add(parent)
+                        found.update({name: (group / name).read_text().strip()
+                                      for name in files if (group / name).exists()})
+                except OSError:
+                    continue  # the group went with the step
+        if holding != set(backend.parents_dirs()):
+            found.clear()
+        time.sleep(0.1)
+    thread.join(60)
+    assert found == files, found
+    assert not [g for p in backend.parents_dirs() for g in p.glob(f"{prefix}*")]  # removed with the step

@@ -94,10 +94,10 @@ def test_create_rejects_bad_input_with_a_message(client: httpx.Client, body: byt
 def test_image_builds_that_cannot_build_are_refused_clearly(client: httpx.Client) -> None:
     response = client.post("/sandbox", json={"buildInfo": {"dockerfileContent": "FROM debian:12\nCOPY a /a\n"}})
     assert response.status_code == 400
-    assert "no object storage" in response.json()["message"]
+    assert "has no build context" in response.json()["message"]
     response = client.post("/sandbox", json={"buildInfo": {"dockerfileContent": "FROM debian:12\n",
                                                            "contextHashes": ["abc"]}})
-    assert response.status_code == 400 and "no S3-compatible object storage" in response.json()["message"]
+    assert response.status_code == 400 and "md5 hashes" in response.json()["message"]
     assert client.get("/sandbox").json() == {"items": [], "nextCursor": None}  # nothing half-created
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -137,12 +138,42 @@ def test_collect_keeps_what_is_used(tmp_path: Path) -> None:
     used = _layer(store, {"a": "used by a sandbox"})
     cached = _layer(store, {"a": "a cached build"})
     loose = _layer(store, {"a": "nobody"})
+    weak = _layer(store, {"a": "an image build's step"})
+    old = _layer(store, {"a": "a step recorded before records were weak"})
     store.put(store.snapshot_of("s", (named,)))
     store.record_build("test-key", (cached,))
-    store.collect({used})
-    assert {d for d in (named, used, cached, loose) if store.has_layer(d)} == {named, used, cached}
+    store.record_build("step-key", (named, weak), weak=True)
+    (store.layers_dir / ".builds" / "step-old.json").write_text(json.dumps({"layers": [old]}))
+    assert store.cached_build("step-key") == (named, weak)
+    assert store.collect(lambda: {used}) == sorted([loose, weak, old])
+    assert {d for d in (named, used, cached, loose, weak, old) if store.has_layer(d)} == {named, used, cached}
     assert store.layer_size(loose) == 0
+    assert not (store.layers_dir / ".builds" / "step-key.json").exists()  # its record went with its layer
+    assert store.cached_build("test-key") == (cached,)
     assert not list(store.layers_dir.glob(".tmp-*"))
+
+
+def test_a_hold_keeps_what_a_build_found_or_made_until_it_ends(tmp_path: Path) -> None:
+    """A build in progress (or a sandbox being created) holds the layers it took from the
+    cache, published, or `hold`s, though no record names them yet; a collect then keeps
+    them, and frees them once the hold is closed. A layer already gone cannot be held."""
+    import contextvars
+
+    store = SnapshotStore(tmp_path / "state")
+    found = _layer(store, {"a": "from the cache"})
+    store.record_build("step-found", (found,), weak=True)
+    taken = _layer(store, {"a": "a snapshot's, being deleted"})
+    with store.holding() as hold:
+        assert store.cached_build("step-found") == (found,)
+        made = _layer(store, {"a": "published by the build"})
+        assert store.hold((taken,))
+        assert hold == {found, made, taken}
+        # A collect from elsewhere (another request's context: a sandbox deleted meanwhile).
+        assert contextvars.Context().run(store.collect, set()) == []
+        assert all(store.has_layer(d) for d in (found, made, taken))
+    assert store.collect(set()) == sorted([found, made, taken])
+    with store.holding() as hold:
+        assert not store.hold((taken,)) and not hold
 
 
 def test_collect_on_a_shared_layers_dir_removes_nothing_unless_told(tmp_path: Path) -> None:

@@ -20,7 +20,9 @@ from controlplane.store.schema import snapshots as table
 PENDING, BUILDING, ACTIVE, INACTIVE, BUILD_FAILED, ERROR = (
     "pending", "building", "active", "inactive", "build_failed", "error")
 IN_PROGRESS = (PENDING, BUILDING)
-NOT_RUNNING = ("stopped", "archived", "error", "build_failed", "destroyed")
+# Sandbox states that do not hold a snapshot: stopped ones keep working on its layers, and
+# ones still waiting on its build end build_failed when it is deleted.
+NOT_RUNNING = ("stopped", "archived", "error", "build_failed", "destroyed", "pending_build", "building_snapshot")
 
 
 @dataclass
@@ -101,8 +103,7 @@ class SnapshotRecords:
         return bool(result.rowcount)
 
     def sandboxes_running(self, organization_id: str, name: str) -> int:
-        """Sandboxes of the organization made of snapshot `name` that run or are coming up
-        (stopped and archived ones do not hold a snapshot: they keep their layers)."""
+        """Sandboxes of the organization made of snapshot `name` that run or are coming up."""
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(sandboxes).where(
                 sandboxes.c.organization_id == organization_id, sandboxes.c.snapshot == name,

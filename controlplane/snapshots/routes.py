@@ -1,5 +1,4 @@
-"""`/snapshots` handlers (§4.1, §4.2), their build logs, and the object-storage
-push-access call image contexts need (refused: there is no object storage here)."""
+"""`/snapshots` handlers (§4.1, §4.2) and their build logs."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ from controlplane.http import bool_param, int_param, principal
 from controlplane.http import body as parse_body
 from controlplane.sandboxes.service import SandboxService
 from controlplane.snapshots.records import SnapshotRecord
-from controlplane.snapshots.service import NO_CONTEXT, NewSnapshot, SnapshotService, build_info, is_general
+from controlplane.snapshots.service import NewSnapshot, SnapshotService, build_info, is_general
 from controlplane.wire import iso
 
 GB = 1024 ** 3
@@ -133,10 +132,6 @@ def routes(service: SnapshotService, sandboxes: SandboxService, api_base: str) -
         _, snapshot_id = await sandbox_build(request)
         return log_stream(service, snapshot_id, bool_param(request.query_params.get("follow"), "follow"))
 
-    async def push_access(request: Request) -> Response:
-        await principal(request)
-        raise BadRequest(NO_CONTEXT, "OBJECT_STORAGE_UNAVAILABLE")
-
     return [
         Route("/snapshots", list_snapshots, methods=["GET"]),
         Route("/snapshots", create, methods=["POST"]),
@@ -147,5 +142,4 @@ def routes(service: SnapshotService, sandboxes: SandboxService, api_base: str) -
         Route("/snapshots/{id}/build-logs", logs, methods=["GET"]),
         Route("/sandbox/{id}/build-logs-url", sandbox_logs_url, methods=["GET"]),
         Route("/sandbox/{id}/build-logs", sandbox_logs, methods=["GET"]),
-        Route("/object-storage/push-access", push_access, methods=["GET"]),
     ]

@@ -11,7 +11,9 @@ which the SDK follows over the URL `build-logs-url` hands out. States changes re
 Socket.IO clients as `snapshot.created` / `snapshot.state.updated` / `snapshot.removed`.
 
 `default` is `general` (shared by every organization), always active, and cannot be
-deleted (403, as upstream answers for general snapshots).
+deleted (403, as upstream answers for general snapshots). Any other snapshot can, in use
+or not, as upstream: deleting one being built cancels the build; its sandboxes keep its
+layers until the last of them goes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -36,6 +40,7 @@ from controlplane.sandboxes.dto import CreateSandbox
 from controlplane.sandboxes.hooks import Source
 from controlplane.sandboxes.service import DEFAULT_SNAPSHOT, DEFAULT_SNAPSHOT_ID, DEFAULTS, _resources
 from controlplane.snapshots import records as states
+from controlplane.snapshots.contexts import HASH, BuildContexts
 from controlplane.snapshots.logs import BuildLog, BuildLogs
 from controlplane.snapshots.records import SnapshotRecord, SnapshotRecords
 
@@ -50,6 +55,7 @@ NO_BUILDER = ("Building snapshots from images is not available with this sandbox
 NO_CONTEXT = ("Images with local files (add_local_file, add_local_dir, pip_install_from_requirements) "
               "are not supported: this server has no S3-compatible object storage for the SDK to upload "
               "them to (docs/images.md). Use run_commands, pip_install, env, workdir instead")
+MAX_CONTEXTS = 100
 INTERRUPTED = "the build was interrupted: the control plane stopped while it ran; create the snapshot again"
 # Names built for CreateSandboxFromImageParams: one per distinct Dockerfile, reused.
 IMAGE_PREFIX = "image-"
@@ -103,6 +109,9 @@ def build_info(raw: dict[str, object]) -> tuple[str, tuple[str, ...]]:
         raise BadRequest("buildInfo.dockerfileContent must be the Dockerfile text", "INVALID_BUILD_INFO")
     if not isinstance(hashes, list) or not all(isinstance(h, str) for h in hashes):
         raise BadRequest("buildInfo.contextHashes must be a list of strings", "INVALID_BUILD_INFO")
+    if len(hashes) > MAX_CONTEXTS or not all(HASH.match(h) for h in hashes):
+        raise BadRequest(f"buildInfo.contextHashes must be at most {MAX_CONTEXTS} md5 hashes (32 lowercase hex "
+                         "digits), as the SDK's uploads are named", "INVALID_BUILD_INFO")
     return dockerfile, tuple(hashes)
 
 
@@ -118,14 +127,13 @@ def dockerfile_of(new: NewSnapshot) -> str:
 
 class SnapshotService:
     def __init__(self, records: SnapshotRecords, logs: BuildLogs, images: ImageBuilder | None,
-                 in_use: Callable[[str, str], Awaitable[bool]] | None = None,
-                 layers_in_use: Callable[[], Awaitable[set[str] | None]] | None = None) -> None:
+                 contexts: BuildContexts | None = None) -> None:
         self.records = records
         self.logs = logs
         self.images = images
-        self.in_use = in_use  # (organization, snapshot name) -> a sandbox of it runs
-        self.layers_in_use = layers_in_use  # every existing sandbox's layers (None: cannot tell)
+        self.contexts = contexts  # the SDK's uploads (None: no object storage)
         self.builds: dict[str, asyncio.Task[None]] = {}
+        self.deleting: set[str] = set()  # builds cancelled because their snapshot is deleted
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_BUILDS)
         self.listeners: list[SnapshotListener] = []
 
@@ -206,28 +214,34 @@ class SnapshotService:
         return await self._set(record, states.ACTIVE)
 
     async def delete(self, principal: Principal, snapshot_id: str) -> None:
+        """A snapshot a running sandbox uses is refused (409); stopped and archived sandboxes
+        of it keep working on its layers, which go when their last user does
+        (docs/images.md). A build in progress is cancelled first, so nothing of it stays."""
         record = await self.get(principal, snapshot_id)
         if is_general(record):
             raise Forbidden(f"Snapshot {record.name} is a built-in general snapshot and cannot be deleted")
-        if record.state in states.IN_PROGRESS:
-            raise Conflict(f"Snapshot {record.name} is being built; delete it when the build has ended",
-                           "SNAPSHOT_BUILDING")
-        if self.in_use is not None and await self.in_use(principal.organization_id, record.name):
+        if await anyio.to_thread.run_sync(self.records.sandboxes_running, principal.organization_id, record.name):
             raise Conflict(f"Snapshot {record.name} is in use by a running sandbox: stop or delete its sandboxes "
                            "first (stopped ones keep working after the snapshot is deleted)", "SNAPSHOT_IN_USE")
+        # The record first: whoever waits on the build then finds the snapshot gone.
         await anyio.to_thread.run_sync(self.records.remove, record.id)
+        task = self.builds.get(record.id)
+        if task is not None:
+            self.deleting.add(record.id)
+            task.cancel()
+            await asyncio.wait([task])
+            self.deleting.discard(record.id)
         await anyio.to_thread.run_sync(self.logs.remove, record.id)
         if self.images is not None:
-            in_use = await self.layers_in_use() if self.layers_in_use is not None else None
-            await self.images.remove(record.store_name, in_use)
+            await self.images.remove(record.store_name)
         await self._emit("snapshot.removed", record, record.state, None)
 
     def _check_build(self, dockerfile: str, context_hashes: tuple[str, ...]) -> ImageBuilder:
         if self.images is None:
             raise NotImplementedYet(NO_BUILDER, "IMAGE_BUILDS_UNAVAILABLE")
-        if context_hashes:
+        if context_hashes and self.contexts is None:
             raise BadRequest(NO_CONTEXT, "BUILD_CONTEXT_UNAVAILABLE")
-        why = self.images.check(dockerfile)
+        why = self.images.check(dockerfile, has_context=bool(context_hashes))
         if why is not None:
             raise BadRequest(why, "INVALID_DOCKERFILE")
         return self.images
@@ -243,10 +257,10 @@ class SnapshotService:
         resources = _resources(new.cpu, new.memory, new.disk)
         dockerfile = dockerfile_of(new)
         self._check_build(dockerfile, new.context_hashes)
-        return await self._start(principal, new.name, dockerfile, new.image_name, resources)
+        return await self._start(principal, new.name, dockerfile, new.image_name, resources, new.context_hashes)
 
     async def _start(self, principal: Principal, name: str, dockerfile: str, image_name: str | None,
-                     resources: Resources) -> SnapshotRecord:
+                     resources: Resources, context_hashes: tuple[str, ...] = ()) -> SnapshotRecord:
         now = time.time()
         snapshot_id = str(uuid.uuid4())
         record = SnapshotRecord(id=snapshot_id, organization_id=principal.organization_id, name=name,
@@ -257,7 +271,8 @@ class SnapshotService:
         # The log exists from the start, so a follower that comes before the build does waits.
         build_log = self.logs.open(record.id)
         await self._emit("snapshot.created", record, None, states.PENDING)
-        self.builds[record.id] = asyncio.ensure_future(self._build(record, build_log))
+        # The hashes live with the build (a restart fails the build anyway: INTERRUPTED).
+        self.builds[record.id] = asyncio.ensure_future(self._build(record, build_log, context_hashes))
         return record
 
     async def for_image(self, principal: Principal, dockerfile: str,
@@ -265,7 +280,9 @@ class SnapshotService:
         """The snapshot a sandbox from `buildInfo` is made of: built once per distinct
         Dockerfile of the organization (named image-<hash>), reused while it is not failed."""
         self._check_build(dockerfile, context_hashes)
-        name = IMAGE_PREFIX + hashlib.sha256(dockerfile.encode()).hexdigest()[:24]
+        # The files are part of the image: the same Dockerfile with other uploads is another one.
+        identity = dockerfile + "".join(f"\0{h}" for h in context_hashes)
+        name = IMAGE_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:24]
         existing = await anyio.to_thread.run_sync(self.records.find, principal.organization_id, name)
         if existing is not None and existing.state in (*states.IN_PROGRESS, states.ACTIVE):
             return existing
@@ -273,7 +290,7 @@ class SnapshotService:
             await anyio.to_thread.run_sync(self.records.remove, existing.id)
             await anyio.to_thread.run_sync(self.logs.remove, existing.id)
         try:
-            return await self._start(principal, name, dockerfile, None, DEFAULTS)
+            return await self._start(principal, name, dockerfile, None, DEFAULTS, context_hashes)
         except Conflict:  # another create of the same image won the race
             found = await anyio.to_thread.run_sync(self.records.find, principal.organization_id, name)
             if found is None:
@@ -295,29 +312,39 @@ class SnapshotService:
 
     async def ready(self, source: Source) -> str:
         assert source.building is not None
-        record = await anyio.to_thread.run_sync(self.records.get, source.building)
-        if record is None:
+        final = await self.wait(source.building)
+        if final is None:
             raise LookupError("the snapshot was deleted while it was being built")
-        final = await self.wait(record)
         if final.state != states.ACTIVE:
             raise RuntimeError(final.error_reason or f"the snapshot build ended {final.state}")
         return final.store_name
 
-    async def wait(self, record: SnapshotRecord) -> SnapshotRecord:
-        """Until the snapshot's build has ended: the record as it ended."""
-        task = self.builds.get(record.id)
+    async def wait(self, snapshot_id: str) -> SnapshotRecord | None:
+        """Until the snapshot's build has ended: the record as it ended (None: deleted)."""
+        task = self.builds.get(snapshot_id)
         if task is not None:
-            await asyncio.shield(task)
-        return await anyio.to_thread.run_sync(self.records.get, record.id) or record
+            await asyncio.wait([task])  # however it ends, cancelled included: never raises
+        return await anyio.to_thread.run_sync(self.records.get, snapshot_id)
 
-    async def _build(self, record: SnapshotRecord, build_log: BuildLog) -> None:
+    def _context(self, record: SnapshotRecord, hashes: tuple[str, ...],
+                 log: Callable[[str], None]) -> AbstractAsyncContextManager[Path | None]:
+        if not hashes:
+            return nullcontext(None)
+        assert self.contexts is not None  # _check_build refused hashes without it
+        return self.contexts.prepared(record.organization_id, hashes, log)
+
+    async def _build(self, record: SnapshotRecord, build_log: BuildLog, context_hashes: tuple[str, ...] = ()) -> None:
         assert self.images is not None
         started = time.monotonic()
         try:
             async with self.slots:
                 record = await self._set(record, states.BUILDING)
-                built = await self.images.build(record.store_name, record.dockerfile or "", build_log.line)
+                async with self._context(record, context_hashes, build_log.line) as context:
+                    built = await self.images.build(record.store_name, record.dockerfile or "", build_log.line,
+                                                    context=context)
         except asyncio.CancelledError:
+            if record.id in self.deleting:  # its record and log go with it
+                raise
             with anyio.CancelScope(shield=True):
                 build_log.last(f"Build cancelled: {INTERRUPTED}")
                 await self._set(record, states.BUILD_FAILED, error_reason=INTERRUPTED)

@@ -30,6 +30,7 @@ from runtime.images import context, dockerfile, publish
 from runtime.images.dockerfile import DockerfileError, Instruction
 from runtime.images.oci import ImageConfig, ImageError, ImageImporter, LayerStore, registry_reference
 from runtime.images.steps import BUILD_ID_BASE, ID_RANGE, Confinement, Step, run_step
+from runtime.uids import UidsExhausted
 
 Log = Callable[[str], None]
 SHELL = ["/bin/sh", "-c"]
@@ -79,12 +80,15 @@ class _State:
     global_args: dict[str, str] = field(default_factory=dict)  # ARGs before FROM
     shell: list[str] = field(default_factory=lambda: list(SHELL))
     context: Path | None = None  # what COPY reads from
+    id_base: int | None = None  # the build's own host id range, taken at its first RUN
+
 
     def variables(self) -> dict[str, str]:
         return {**self.args, **self.env}
 
 
 SnapshotLookup = Callable[[str], "Base | None"]
+IdRanges = Callable[[], int]  # the base of a fresh range of ID_RANGE host ids (blocking)
 
 
 def plan(text: str, *, has_context: bool = False) -> list[Instruction]:
@@ -93,9 +97,9 @@ def plan(text: str, *, has_context: bool = False) -> list[Instruction]:
     for instruction in instructions:
         if instruction.keyword in ("COPY", "ADD") and not has_context:
             raise instruction.fail(
-                "files from a build context (Image.add_local_file, add_local_dir, "
-                "pip_install_from_requirements) cannot be used: this server has no object storage for "
-                "the SDK to upload them to (docs/images.md)")
+                "needs files from a build context, and this build has no build context: the SDK "
+                "uploads one for Image.add_local_file, add_local_dir and pip_install_from_requirements "
+                "and names it in buildInfo.contextHashes (docs/images.md)")
         if instruction.keyword == "SHELL" and dockerfile.exec_form(instruction.value) is None:
             raise instruction.fail('needs the JSON form, e.g. SHELL ["/bin/bash", "-c"]')
     return instructions
@@ -166,13 +170,15 @@ def _passwd_ids(layer_paths: Sequence[Path], user: str) -> tuple[int, int]:
 class Builder:
 
     def __init__(self, store: LayerStore, importer: ImageImporter, *,
-                 snapshots: SnapshotLookup | None = None, id_base: int = BUILD_ID_BASE,
+                 snapshots: SnapshotLookup | None = None, id_ranges: IdRanges | None = None,
                  step_timeout: float = STEP_TIMEOUT,
                  confinement: Callable[[], Confinement | None] | None = None) -> None:
         self.store = store
         self.importer = importer
         self.snapshots = snapshots or (lambda name: None)
-        self.id_base = id_base
+        # Each build's steps run as a host id range of their own (a runtime's: from the
+        # host-wide list sandboxes use); builds run directly (tests, benchmarks) share one.
+        self.id_ranges = id_ranges or (lambda: BUILD_ID_BASE)
         self.step_timeout = step_timeout
         # Read at each step: the runtime detects its cgroup backend when it opens.
         self.confinement = confinement or (lambda: None)
@@ -258,15 +264,15 @@ class Builder:
         # LABEL and EXPOSE are accepted and mean nothing to a snapshot.
         return "config"
 
-    def _cached(self, key: str) -> tuple[str, ...] | None:
-        """The layer stack after the step with this key, if it was built before (kept in
-        the store's build cache, so `collect` keeps its layers)."""
-        return self.store.cached_build(f"step-{key}")
+    async def _cached(self, key: str) -> tuple[str, ...] | None:
+        """The layer stack after the step with this key, if it was built before and its
+        layers are still here (the cache's records are weak: runtime/snapshots.py)."""
+        return await asyncio.to_thread(self.store.cached_build, f"step-{key}")
 
     def _advance(self, state: _State, key: str, layers: tuple[str, ...]) -> None:
         state.key = key
         state.layers = list(layers)
-        self.store.record_build(f"step-{key}", layers)
+        self.store.record_build(f"step-{key}", layers, weak=True)
 
     async def _workdir(self, instruction: Instruction, state: _State, log: Log) -> str:
         value = dockerfile.expand(" ".join(dockerfile.words(instruction)), state.variables())
@@ -278,7 +284,7 @@ class Builder:
         if str(path) == "/" or await asyncio.to_thread(_lookup, paths, str(path)) is not None:
             return "config"
         key = _key(state.key, "WORKDIR", str(path))
-        if (hit := self._cached(key)) is not None:
+        if (hit := await self._cached(key)) is not None:
             log(" ---> Using cache")
             self._advance(state, key, hit)
             return "cached"
@@ -298,12 +304,19 @@ class Builder:
         # ARGs are seen by RUN as environment variables, ENV wins over ARG (as in docker).
         env = {**state.args, **state.env}
         key = _key(state.key, "RUN", argv, env, state.workdir, uid, gid)
-        if (hit := self._cached(key)) is not None:
+        if (hit := await self._cached(key)) is not None:
             log(" ---> Using cache")
             self._advance(state, key, hit)
             return "cached"
         # The upper and the overlay's work dir on the layers' file system (the upper is
         # renamed in as the layer); a crash leaves them to the store's clean_partial.
+        if state.id_base is None:
+            try:
+                state.id_base = await asyncio.to_thread(self.id_ranges)
+            except UidsExhausted as exc:
+                raise BuildError(str(exc)) from None
+            log(f" ---> Steps run as host ids {state.id_base}-{state.id_base + ID_RANGE - 1}")
+        base = state.id_base
         upper = await asyncio.to_thread(self.store.new_tree)
         scratch = await asyncio.to_thread(self.store.new_tree)
         try:
@@ -318,7 +331,7 @@ class Builder:
 
             try:
                 status = await run_step(paths, Step(argv, env, state.workdir, uid, gid), upper, scratch,
-                                        output, base=self.id_base, timeout=self.step_timeout,
+                                        output, base=base, timeout=self.step_timeout,
                                         confinement=self.confinement())
             except TimeoutError:
                 raise BuildError(f"{instruction.text} did not finish in {self.step_timeout:.0f} s") from None
@@ -326,7 +339,7 @@ class Builder:
                 log(pending.decode(errors="replace"))
             if status != 0:
                 raise BuildError(f"The command '{instruction.value}' returned a non-zero code: {status}")
-            layer = await asyncio.to_thread(self._publish, upper)
+            layer = await asyncio.to_thread(self._publish, upper, base)
         finally:
             for tree in (upper, scratch):
                 await asyncio.to_thread(shutil.rmtree, tree, True)
@@ -345,7 +358,7 @@ class Builder:
         except context.ContextError as exc:
             raise instruction.fail(str(exc)) from None
         key = _key(state.key, "COPY", content, destination, state.workdir)
-        if (hit := self._cached(key)) is not None:
+        if (hit := await self._cached(key)) is not None:
             log(" ---> Using cache")
             self._advance(state, key, hit)
             return "cached"
@@ -360,8 +373,8 @@ class Builder:
         self._advance(state, key, (*state.layers, layer))
         return "run"
 
-    def _publish(self, upper: Path) -> str | None:
+    def _publish(self, upper: Path, base: int) -> str | None:
         if publish.is_empty(upper):
             return None
-        publish.shift_ids(upper, self.id_base, ID_RANGE)
+        publish.shift_ids(upper, base, ID_RANGE)
         return self.store.publish_layer(upper)

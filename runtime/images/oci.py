@@ -50,7 +50,7 @@ class LayerStore(Protocol):
 
     def cached_build(self, key: str) -> tuple[str, ...] | None: ...
 
-    def record_build(self, key: str, layers: tuple[str, ...]) -> None: ...
+    def record_build(self, key: str, layers: tuple[str, ...], *, weak: bool = False) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -150,8 +150,8 @@ def read_config(layout: Path) -> ImageConfig:
 
 
 class ImageImporter:
-    """Imports keep their layer in the store's build cache (`record_build`, so `collect`
-    keeps it) and the image's config in `cache_dir`."""
+    """Imports record their layer in the store's build cache (weak: a rebuild finds it while
+    a snapshot, a sandbox or a build still holds it) and the image's config in `cache_dir`."""
 
     def __init__(self, store: LayerStore, cache_dir: Path) -> None:
         self.store = store
@@ -185,7 +185,7 @@ class ImageImporter:
         key = digest or source
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            if digest and (hit := self.cached(digest)) is not None:
+            if digest and (hit := await asyncio.to_thread(self.cached, digest)) is not None:
                 log(f"Using cached image {source.removeprefix('docker://')} ({digest})")
                 return hit
             return await self._pull(source, digest, log)
@@ -217,7 +217,7 @@ class ImageImporter:
                 self.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
                 write_private(self.cache_dir / f"{hex_digest}.json", json.dumps(
                     {"reference": imported.reference, "config": config.to_json()}).encode())
-                self.store.record_build(f"image-{hex_digest}", (layer,))
+                self.store.record_build(f"image-{hex_digest}", (layer,), weak=True)
             log(f"Imported {imported.reference} as layer {layer[:12]}")
             return imported
         finally:

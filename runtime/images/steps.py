@@ -34,8 +34,8 @@ from runtime.images.stepnet import NO_NETWORK, StepNet, StepNetworks
 from runtime.limits import Limits
 
 # The host id range of builds run directly (tests, benchmarks): far above the ranges
-# runtime/uids.py hands out from 1_000_000 up. A runtime's builds use a range reserved in
-# the host-wide list instead (runtime/images/service.py build_id_range).
+# runtime/uids.py hands out from 1_000_000 up. A runtime's builds each take a range of
+# their own from the host-wide list instead (runtime/images/service.py).
 BUILD_ID_BASE = 1_900_000_000
 ID_RANGE = 65536
 PROJECT = str(Path(__file__).resolve().parent.parent.parent)  # where `-m runtime...` imports from
