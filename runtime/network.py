@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,6 +161,11 @@ class Network:
         self.shared = self.range == ipaddress.IPv4Network(DEFAULT_RANGE)
         self.host = host or HostNetworks()
         self.blocks: list[ipaddress.IPv4Network] = []  # what this runtime holds: its slots' only source
+        # Setups in flight (threads a cancelled create leaves running): close waits for them,
+        # else one could make its netns after close's sweep and leak it.
+        self._setups = 0
+        self._closed = False
+        self._idle = threading.Condition()
         digest = hashlib.sha256(str(root).encode()).hexdigest()
         # Until `open` takes them from the host-wide record (the same, unless another state
         # dir had them first): runtimes never touch each other's table or interfaces.
@@ -202,12 +208,16 @@ class Network:
         self.prefix, self.table = holder.prefix, holder.table
         self.resolvers.table = self.table
         self.blocks = holder.nets()
+        self._closed = False
         self.sweep()
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         _run(["nft", "-f", "-"], stdin=self._ruleset())
 
     def close(self, addresses: Iterable[str] = ()) -> None:
         """`addresses`: its stopped sandboxes', whose blocks it keeps for its next start."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._setups == 0, timeout=60)
         self.sweep()
         if self.blocks:
             self.host.release(self.root, addresses)
@@ -354,6 +364,19 @@ table inet {self.table} {{
               link_to: str | None = None) -> None:
         """Netns, veth and addresses for a slot, its policy set before anything runs.
         `link_to`: the owner's address, for a linked follower."""
+        with self._idle:
+            if self._closed:
+                raise NetworkError("the sandbox network is closed: the runtime is stopping", 503)
+            self._setups += 1
+        try:
+            self._setup(slot, block_all, allow_list, domains, link_to)
+        finally:
+            with self._idle:
+                self._setups -= 1
+                self._idle.notify_all()
+
+    def _setup(self, slot: Slot, block_all: bool, allow_list: Sequence[str], domains: Sequence[str],
+               link_to: str | None) -> None:
         self.teardown(slot)  # whatever a crash left of this slot
         if any(slot.subnet.overlaps(route) for route in self._foreign_routes()):
             raise NetworkError(f"the sandbox's address {slot.address} is in {slot.subnet}, which this host "

@@ -372,3 +372,41 @@ def test_a_broken_record_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NetworkError) as info:
         Network(tmp_path / "state", DEFAULT_RANGE, host=HostNetworks(record)).open()
     assert info.value.status == 500 and str(record) in info.value.message and "repair or remove" in info.value.message
+
+
+def test_a_setup_still_running_when_the_network_closes_leaves_nothing(tmp_path: Path) -> None:
+    # As a pooled launch the runtime's close cancelled: its thread goes on making the netns.
+    import threading
+
+    from runtime.network import Network
+
+    net = Network(tmp_path / "state", DEFAULT_RANGE, resolver=INTERNET_A)
+    net.open()
+    policy_set = threading.Event()
+    original = net._set_policy  # noqa: SLF001
+
+    def slow_policy(*args: Any, **kwargs: Any) -> None:
+        original(*args, **kwargs)
+        policy_set.set()
+        time.sleep(1)  # close's sweep runs now, before the netns exists
+
+    net._set_policy = slow_policy  # type: ignore[method-assign]  # noqa: SLF001
+    slot = net.allocate(())
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _catch(errors, net.setup, slot, False, ()))
+    thread.start()
+    try:
+        assert policy_set.wait(10)
+        net.close()
+    finally:
+        thread.join(30)
+    assert _netns(net.prefix) == [] and _links(net.prefix) == [] and not _has_table(net.table)
+    with pytest.raises(Exception, match="closed"):
+        net.setup(slot, False, ())
+
+
+def _catch(errors: list[BaseException], fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except BaseException as exc:  # noqa: BLE001 -- reported by the test
+        errors.append(exc)
