@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "else a new one")
     up.add_argument("--no-sandbox", action="store_true", help="do not start a first sandbox")
     up.add_argument("--sandbox-network", default=env("RUNTIME_SANDBOX_NETWORK", "10.213.0.0/16"),
-                    help="as root: the range sandbox addresses come from (env RUNTIME_SANDBOX_NETWORK)")
+                    help="as root: the range sandbox addresses come from; the default is shared with the "
+                         "host's other runtimes (a /24 each), any other is this runtime's alone "
+                         "(env RUNTIME_SANDBOX_NETWORK)")
     up.add_argument("--network-block-all-default", action="store_true",
                     default=env("RUNTIME_NETWORK_BLOCK_ALL", "") not in ("", "0", "false", "no"),
                     help="sandboxes that do not say get networkBlockAll=true (env RUNTIME_NETWORK_BLOCK_ALL)")

@@ -18,7 +18,9 @@ dnsmasq starts as root (binding port 53), then runs as `nobody` keeping only
 CAP_NET_ADMIN (for the set). Its config is 0600 in the runtime's state dir (0700, where no
 sandbox can write); it daemonizes once it listens, so `start` returns a listening
 resolver or dnsmasq's own error. Its pid file is how `stop` and the sweep of a crashed
-runtime's leftovers find it, checked against the process's command line first.
+runtime's leftovers find it, checked against the process's command line first; the command
+line alone (naming the config in the state dir) is how another runtime finds those of a
+runtime that is gone (runtime/netranges.py), pid files and all.
 """
 
 from __future__ import annotations
@@ -178,6 +180,22 @@ class Resolvers:
         for pid_file in self.dir.glob("*.pid"):
             self.stop(pid_file.name.removesuffix(".pid"))
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    @staticmethod
+    def stop_strays(directories: Sequence[Path]) -> None:
+        """Stop every dnsmasq started with a config in one of `directories`, found by command
+        line: what runtimes that are gone left, even once their state dirs (the pid files)
+        are deleted. One pass over /proc however many."""
+        flags = tuple(f"--conf-file={d}/".encode() for d in directories)
+        if not flags:
+            return
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                argv = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue  # exited meanwhile
+            if argv[0].rsplit(b"/", 1)[-1] == b"dnsmasq" and any(a.startswith(flags) for a in argv[1:]):
+                _terminate(int(cmdline.parent.name))
 
     @staticmethod
     def _pid(pid_file: Path) -> int | None:

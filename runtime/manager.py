@@ -233,8 +233,6 @@ class Runtime:
             sockets.remove(stale)
         self.backend = await asyncio.to_thread(cgroups.detect)
         log.info("resource limits: %s", self.backend.description)
-        await self._open_network()
-        lifetime.push_async_callback(self._close_network)
         # Groups left by a runtime on this state dir that died without cleaning up.
         await asyncio.to_thread(self.backend.sweep, self._group_prefix)
         shutil.rmtree(self.pool_dir, ignore_errors=True)  # pooled sandboxes never outlive us
@@ -252,6 +250,10 @@ class Runtime:
                 spec.state = "stopped"
             self.specs[spec.id] = spec
             self._uids.add(spec.uid)
+        # After the specs: the network takes back the blocks their addresses are in.
+        await self._open_network([s.address for s in self.specs.values() if s.egress == "nat" and s.address])
+        lifetime.push_async_callback(self._close_network)
+        for spec in self.specs.values():
             slot = self._slot_of(spec)
             if slot is not None:
                 self._slots.add(slot.index)
@@ -325,9 +327,11 @@ class Runtime:
     async def _close_network(self) -> None:
         net, self.net = self.net, None
         if net is not None:
-            await asyncio.to_thread(net.close)
+            # The blocks stopped sandboxes have addresses in stay reserved for them.
+            await asyncio.to_thread(net.close, [s.address for s in self.specs.values()
+                                                if s.egress == "nat" and s.address])
 
-    async def _open_network(self) -> None:
+    async def _open_network(self, addresses: list[str]) -> None:
         if self.network_range is None:
             return
         why = Network.available()
@@ -336,7 +340,7 @@ class Runtime:
             return
         try:
             net = Network(self.root, self.network_range, resolver=self.dns)
-            await asyncio.to_thread(net.open)
+            await asyncio.to_thread(net.open, addresses)
         except NetworkError as exc:
             raise SandboxError(exc.status, f"cannot set up the sandbox network: {exc.message}") from None
         self.net = net
@@ -363,6 +367,20 @@ class Runtime:
             return await self._allocate_slot()
         except SandboxError as exc:
             raise NetworkError(exc.message, exc.status) from None
+
+    async def _readdress(self, spec: SandboxSpec, target: SandboxDir) -> Slot:
+        """A new address for a sandbox whose own this runtime no longer holds (another
+        RUNTIME_SANDBOX_NETWORK, or its block went to another runtime while this one was
+        down: runtime/netranges.py)."""
+        if self.net is None:
+            raise SandboxError(409, f"sandbox {spec.id!r} has its own network, which this runtime cannot "
+                                    "give it (not root, or no nftables)")
+        slot = await self._allocate_slot()
+        log.warning("sandbox %s: address %s is no longer this runtime's, now %s", spec.id, spec.address,
+                    slot.address)
+        spec.address = slot.address
+        await asyncio.to_thread(target.save, spec)
+        return slot
 
     def _slot_of(self, spec: SandboxSpec) -> Slot | None:
         if self.net is None or spec.egress != "nat" or spec.address is None:
@@ -639,9 +657,7 @@ class Runtime:
             await asyncio.to_thread(self._prepare_dir, target, spec)
             slot = self._slot_of(spec)
             if spec.egress == "nat" and slot is None:
-                raise SandboxError(409, f"sandbox {sandbox_id!r} has its own network, which this runtime "
-                                        "cannot give it (not root, no nftables, or another "
-                                        "RUNTIME_SANDBOX_NETWORK range)")
+                slot = await self._readdress(spec, target)
             root = (Root(spec.snapshot or DEFAULT_SNAPSHOT, spec.layers, spec.id_base, spec.disk_gib)
                     if spec.id_base is not None else None)
             running = await self._launch(target, spec.uid, spec.gid, spec.limits, spec.egress,

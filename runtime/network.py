@@ -2,7 +2,8 @@
 nftables, with Daytona's block-all and allow-list applied live (issue 16).
 
 Root only. Each sandbox gets a slot: a /30 of the runtime's range (`RUNTIME_SANDBOX_NETWORK`,
-default 10.213.0.0/16), the host side of its veth holding `.1` (the sandbox's gateway and
+default 10.213.0.0/16), taken only from the blocks this runtime holds in the host-wide record
+(runtime/netranges.py), the host side of its veth holding `.1` (the sandbox's gateway and
 resolver), the sandbox's `eth0` holding `.2`. No bridge: sandboxes share no link, so one
 can only reach another through the host's forwarding, which drops it.
 
@@ -37,11 +38,14 @@ import json
 import logging
 import os
 import subprocess
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import netsweep
 from runtime.dns import DnsError, Resolvers
+from runtime.netranges import HostNetworks, Holder, RangeError
 
 log = logging.getLogger("runtime.network")
 
@@ -142,7 +146,8 @@ def _run(argv: Sequence[str], stdin: str | None = None, check: bool = True) -> s
 class Network:
     """This runtime's sandbox network: its nft table, netns and veths."""
 
-    def __init__(self, root: Path, cidr: str = DEFAULT_RANGE, resolver: str | None = None) -> None:
+    def __init__(self, root: Path, cidr: str = DEFAULT_RANGE, resolver: str | None = None,
+                 host: HostNetworks | None = None) -> None:
         try:
             self.range = ipaddress.IPv4Network(cidr)
         except ValueError:
@@ -150,8 +155,20 @@ class Network:
                                f"{DEFAULT_RANGE}", 400) from None
         if self.range.prefixlen > 30:
             raise NetworkError(f"sandbox network {cidr} is too small: at least a /30", 400)
+        self.root = root
+        # The default range is shared by the host's runtimes, a block each (as many as they
+        # fill); one given explicitly is this runtime's alone (runtime/netranges.py).
+        self.shared = self.range == ipaddress.IPv4Network(DEFAULT_RANGE)
+        self.host = host or HostNetworks()
+        self.blocks: list[ipaddress.IPv4Network] = []  # what this runtime holds: its slots' only source
+        # Setups in flight (threads a cancelled create leaves running): close waits for them,
+        # else one could make its netns after close's sweep and leak it.
+        self._setups = 0
+        self._closed = False
+        self._idle = threading.Condition()
         digest = hashlib.sha256(str(root).encode()).hexdigest()
-        # Runtimes on different state dirs never touch each other's table or interfaces.
+        # Until `open` takes them from the host-wide record (the same, unless another state
+        # dir had them first): runtimes never touch each other's table or interfaces.
         self.table = f"sandbox_toolbox_{digest[:8]}"
         self.prefix = f"sb{digest[:4]}-"
         self.resolver = resolver if resolver is not None else host_resolver()
@@ -176,38 +193,47 @@ class Network:
                 return f"{tool} is not installed (apt-get install iproute2 nftables util-linux)"
         return None
 
-    def open(self) -> None:
-        """Sweep what a crashed runtime on this state dir left, then load a fresh table."""
+    def open(self, addresses: Iterable[str] = ()) -> None:
+        """Take this runtime's networks in the host-wide record (sweeping what runtimes that
+        are gone left), sweep what a crash on this state dir left, then load a fresh table.
+        `addresses`: its sandboxes', whose blocks it takes back first if free."""
+        prefer = [ipaddress.IPv4Network(a) for a in addresses if a]
+        # The record takes a runtime whose state dir is gone for gone: this one's must exist.
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            holder = self.host.claim(self.root, self.range, shared=self.shared, sweep=sweep_gone,
+                                     prefer=prefer, avoid=self._foreign_routes)
+        except RangeError as exc:
+            raise NetworkError(exc.message, exc.status) from None
+        self.prefix, self.table = holder.prefix, holder.table
+        self.resolvers.table = self.table
+        self.blocks = holder.nets()
+        self._closed = False
         self.sweep()
         Path("/proc/sys/net/ipv4/ip_forward").write_text("1\n")
         _run(["nft", "-f", "-"], stdin=self._ruleset())
 
-    def close(self) -> None:
+    def close(self, addresses: Iterable[str] = ()) -> None:
+        """`addresses`: its stopped sandboxes', whose blocks it keeps for its next start."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._setups == 0, timeout=60)
         self.sweep()
+        if self.blocks:
+            self.host.release(self.root, addresses)
 
     def sweep(self) -> None:
         self.resolvers.sweep()
-        for name in self._own_netns():
-            _run(["ip", "netns", "delete", name], check=False)
-        for name in self._own_links():
-            _run(["ip", "link", "delete", name], check=False)
-        _run(["nft", "delete", "table", "inet", self.table], check=False)
+        netsweep.remove([self.prefix], [self.table])
         self._allowed.clear()
         self._domains.clear()
         self._links.clear()
 
-    def _own_netns(self) -> list[str]:
-        out = _run(["ip", "-json", "netns", "list"], check=False).stdout.strip()
-        names = [n.get("name", "") for n in json.loads(out)] if out else []
-        return [n for n in names if n.startswith(self.prefix)]
-
-    def _own_links(self) -> list[str]:
-        out = _run(["ip", "-json", "link", "show"], check=False).stdout.strip()
-        names = [link.get("ifname", "") for link in json.loads(out)] if out else []
-        return [n for n in names if n.startswith(self.prefix)]
-
     def _ruleset(self) -> str:
         p = f'"{self.prefix}*"'
+        # Only its own blocks: on the shared range, another runtime's linked sandboxes talk
+        # through the host's forwarding unmasqueraded.
+        own = f"elements = {{ {', '.join(map(str, self.blocks))} }}" if self.blocks else ""
         private = ", ".join((*PRIVATE, str(self.range)))
         dnat = (f"iifname {p} fib daddr type local meta l4proto {{ udp, tcp }} th dport 53 "
                 f"dnat ip to {self.resolver}") if self.resolver else ""
@@ -221,6 +247,7 @@ table inet {self.table} {{
   set own_dns {{ type ipv4_addr . ipv4_addr; }}
   set resolving {{ type ipv4_addr; }}
   set links {{ type ipv4_addr . ipv4_addr; }}
+  set own {{ type ipv4_addr; flags interval; {own} }}
   map domains {{ type ipv4_addr : verdict; }}
   set private {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {private} }} }}
   chain antispoof {{
@@ -264,7 +291,7 @@ table inet {self.table} {{
   }}
   chain nat {{
     type nat hook postrouting priority 100; policy accept;
-    ip saddr {self.range} oifname != {p} masquerade
+    ip saddr @own oifname != {p} masquerade
   }}
 }}
 """
@@ -278,26 +305,45 @@ table inet {self.table} {{
         return Slot(index, subnet, self.prefix)
 
     def slot_of(self, address: str) -> Slot | None:
+        """The slot of a sandbox's address, if this runtime holds it."""
         try:
             ip = ipaddress.IPv4Address(address)
         except ValueError:
             return None
-        if ip not in self.range:
+        if not any(ip in block for block in self.blocks):
             return None
         return self.slot((int(ip) - int(self.range.network_address)) // 4)
 
     def allocate(self, taken: Iterable[int]) -> Slot:
-        """The lowest free slot, skipping subnets the host routes elsewhere (another runtime
-        on the same range, or a network of the host's own)."""
+        """The lowest free slot of this runtime's blocks, skipping subnets the host routes
+        elsewhere (a network of the host's own, a runtime that keeps no record); on the
+        shared range, a block more when they are full."""
         used = set(taken)
         foreign = self._foreign_routes()
-        for index in range(self.capacity):
+        for block in list(self.blocks):
+            if (slot := self._free_slot(block, used, foreign)) is not None:
+                return slot
+        if self.shared and self.blocks:
+            try:
+                block = self.host.grow(self.root, self.range, avoid=self._foreign_routes)
+            except RangeError as exc:
+                raise NetworkError(exc.message, exc.status) from None
+            _run(["nft", "add", "element", "inet", self.table, "own", f"{{ {block} }}"])
+            self.blocks.append(block)
+            if (slot := self._free_slot(block, used, foreign)) is not None:
+                return slot
+        raise NetworkError(f"no free address left in the sandbox network {self.range}", 507)
+
+    def _free_slot(self, block: ipaddress.IPv4Network, used: set[int],
+                   foreign: list[ipaddress.IPv4Network]) -> Slot | None:
+        first = (int(block.network_address) - int(self.range.network_address)) // 4
+        for index in range(first, first + block.num_addresses // 4):
             if index in used:
                 continue
             slot = self.slot(index)
             if not any(slot.subnet.overlaps(route) for route in foreign):
                 return slot
-        raise NetworkError(f"no free address left in the sandbox network {self.range}", 507)
+        return None
 
     def _foreign_routes(self) -> list[ipaddress.IPv4Network]:
         out = _run(["ip", "-json", "-4", "route", "show", "table", "all"], check=False).stdout.strip()
@@ -318,6 +364,19 @@ table inet {self.table} {{
               link_to: str | None = None) -> None:
         """Netns, veth and addresses for a slot, its policy set before anything runs.
         `link_to`: the owner's address, for a linked follower."""
+        with self._idle:
+            if self._closed:
+                raise NetworkError("the sandbox network is closed: the runtime is stopping", 503)
+            self._setups += 1
+        try:
+            self._setup(slot, block_all, allow_list, domains, link_to)
+        finally:
+            with self._idle:
+                self._setups -= 1
+                self._idle.notify_all()
+
+    def _setup(self, slot: Slot, block_all: bool, allow_list: Sequence[str], domains: Sequence[str],
+               link_to: str | None) -> None:
         self.teardown(slot)  # whatever a crash left of this slot
         if any(slot.subnet.overlaps(route) for route in self._foreign_routes()):
             raise NetworkError(f"the sandbox's address {slot.address} is in {slot.subnet}, which this host "
@@ -459,3 +518,9 @@ table inet {self.table} {{
         # The gateway answers DNS by DNAT to the host's resolver (which may be 127.0.0.53,
         # unreachable from a netns by itself).
         return f"nameserver {slot.gateway}\noptions edns0\n"
+
+
+def sweep_gone(holders: list[Holder]) -> None:
+    """What runtimes that are gone left (runtime/netranges.py decides they are)."""
+    netsweep.remove([h.prefix for h in holders], [h.table for h in holders],
+                    [Path(h.state) / "dns" for h in holders])

@@ -196,8 +196,22 @@ def internet_and_lan(names: dict[str, str] | None = None) -> Iterator[tuple[Name
 
 
 def runtime_range() -> str:
-    """A /24 of the default 10.213.0.0/16 that no main job on this machine would reach first."""
-    return f"10.213.{random.randrange(128, 250)}.0/24"
+    """A /24 of 10.213.0.0/16 for a runtime of its own range: above the blocks the default
+    range's runtimes take first (runtime/netranges.py: lowest free first), and none a
+    runtime in the host-wide record holds, which would refuse it."""
+    import ipaddress
+    import json
+
+    from runtime.netranges import HostNetworks
+
+    try:
+        holders = json.loads(HostNetworks().path.read_text())["holders"]
+    except (OSError, ValueError, KeyError):
+        holders = []
+    held = [ipaddress.IPv4Network(n) for h in holders for n in h.get("networks", [])]
+    free = [c for c in (f"10.213.{i}.0/24" for i in range(128, 250))
+            if not any(ipaddress.IPv4Network(c).overlaps(n) for n in held)]
+    return random.choice(free or [f"10.213.{random.randrange(128, 250)}.0/24"])
 
 
 # Runs inside a sandbox: one line per target `host:port`, "open <reply>" or "closed <why>".

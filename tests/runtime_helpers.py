@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import random
 import re
 import signal
 import socket
@@ -19,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from runtime.network import DEFAULT_RANGE
 from tests import procfs
 from toolbox.server import STOPPED_CLEANLY
 from tests.helpers import REPO_ROOT, free_port
@@ -136,21 +135,6 @@ class Stack:
         return self.process.returncode
 
 
-# Each state dir's main job gets a /24 of 10.213.0.0/16 of its own (the same one again when the
-# test restarts it), below the 128-250 that tests/net_helpers.runtime_range() hands to direct
-# runtimes: two main jobs alive at once (a module's stack and a test's own) would otherwise both
-# allocate from 10.213.0.0 and the second would find its addresses routed to the first.
-_STACK_RANGES: dict[Path, str] = {}
-_next_range = itertools.count(random.randrange(127))
-
-
-def _stack_range(state_dir: Path) -> str:
-    key = state_dir.resolve()
-    if key not in _STACK_RANGES:
-        _STACK_RANGES[key] = f"10.213.{1 + next(_next_range) % 127}.0/24"
-    return _STACK_RANGES[key]
-
-
 def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: float = 0,
                 timeout: float = 60, checkout: Path = REPO_ROOT, port: int | None = None,
                 prefix: tuple[str, ...] = (), extra_env: dict[str, str] | None = None) -> Stack:
@@ -170,7 +154,10 @@ def start_stack(state_dir: Path, *extra: str, pool_size: int = 1, idle_timeout: 
     env = dict(os.environ, RUNTIME_STATE_DIR=str(state_dir), RUNTIME_PROXY_PORT=str(port),
                RUNTIME_POOL_SIZE=str(pool_size), RUNTIME_IDLE_TIMEOUT=str(idle_timeout),
                PYTHONUNBUFFERED="1",
-               **{"RUNTIME_NETWORK_BLOCK_ALL": "1", "RUNTIME_SANDBOX_NETWORK": _stack_range(state_dir),
+               # The default range: main jobs alive at once (a module's stack and a test's own)
+               # each get a block of it from the host-wide record, the same one again when a
+               # test restarts one on its state dir (runtime/netranges.py).
+               **{"RUNTIME_NETWORK_BLOCK_ALL": "1", "RUNTIME_SANDBOX_NETWORK": DEFAULT_RANGE,
                   **layers_env, **(extra_env or {})})
     process = subprocess.Popen([*prefix, str(checkout / "scripts" / "start"), *extra], env=env,
                                stdout=subprocess.PIPE, stderr=None, text=True, cwd=checkout)

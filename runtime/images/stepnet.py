@@ -1,6 +1,8 @@
 """Build steps on the runtime's sandbox network (runtime/network.py): each step gets a
 slot of its own (netns, veth, address, NAT egress, the sandbox rules: no host service on
 loopback or any other host address, no private range, anti-spoofing), released after it.
+Slots come from `Network.allocate`, so from the blocks the runtime holds in the host-wide
+record (runtime/netranges.py), as its sandboxes' do.
 
 Without it (no root, no nftables) a step has no network at all; never the host's, where
 a Dockerfile's `RUN curl http://127.0.0.1:6379/` would reach the host's own services."""
