@@ -1,0 +1,236 @@
+"""Built images out to a real registry (runtime/images/export.py): an image our Builder made
+(a whiteout, an opaque directory, hard links, set-id bits, xattrs, a device node, a FIFO,
+files of another user) exported and pushed with skopeo to a local docker-registry, then
+read back by independent readers: skopeo + `umoci unpack` (files and the runtime config it
+derives), `skopeo inspect --config`, and our own ImageImporter against the kernel's own
+overlay of the built layers. Root only (builds, umoci unpack, overlay mounts)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime.images.builder import Builder, Built
+from runtime.images.export import push, write_layer_tar, write_layout
+from runtime.images.oci import ImageConfig, ImageError, ImageImporter, registry_reference
+from runtime.snapshots import SnapshotStore
+from tests.helpers import free_port
+from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
+
+XATTR = ("user.note", b"\xff\x00binary value")
+
+
+def _base_rootfs(dest: Path) -> Path:
+    """tiny_rootfs plus what the build deletes and replaces, and what tar must keep."""
+    tiny_rootfs(dest)
+    (dest / "etc/remove-me").write_text("deleted by the build\n")
+    (dest / "opt/replace/sub").mkdir(parents=True)
+    (dest / "opt/replace/old").write_text("old\n")
+    (dest / "opt/replace/sub/older").write_text("older\n")
+    (dest / "data").mkdir()
+    (dest / "data/one").write_text("linked\n")
+    os.link(dest / "data/one", dest / "data/two")
+    (dest / "data/tagged").write_text("has an xattr\n")
+    os.setxattr(dest / "data/tagged", *XATTR)
+    os.chmod(dest / "usr/bin/true", 0o4755)
+    os.mkfifo(dest / "data/fifo", 0o640)
+    os.mknod(dest / "dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    work = tmp_path_factory.mktemp("registry")
+    with local_registry(work / "registry") as address:
+        push_rootfs(_base_rootfs(work / "rootfs"), work, f"{address}/base:1", env={"FROM_BASE": "yes"})
+        yield address
+
+
+BUILD = """FROM {registry}/base:1
+RUN rm /etc/remove-me && rm -rf /opt/replace && mkdir /opt/replace && echo new > /opt/replace/new \
+ && mkdir /data2 && echo pair > /data2/a && ln /data2/a /data2/b && chmod 640 /data2/a
+ENV GREETING="hello world"
+WORKDIR /srv/app
+USER daytona
+RUN echo mine > /tmp/mine
+ENTRYPOINT ["sh", "-c"]
+CMD ["echo hi"]
+"""
+
+
+@pytest.fixture(scope="module")
+def built(registry: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[SnapshotStore, Built]:
+    work = tmp_path_factory.mktemp("built")
+    store = SnapshotStore(work / "state", layers_dir=work / "layers")
+    builder = Builder(store, ImageImporter(store, work / "state" / "images"))
+    lines: list[str] = []
+    result = asyncio.run(builder.build(BUILD.format(registry=registry), lines.append))
+    return store, result
+
+
+def _config(result: Built) -> ImageConfig:
+    return ImageConfig(env=result.env, workdir=result.workdir, user=result.user, entrypoint=result.entrypoint,
+                       cmd=result.cmd)
+
+
+def _describe(root: Path) -> dict[str, tuple[Any, ...]]:
+    """What a reader of the tree sees: each entry's type, mode, owner, content (files:
+    hash and mtime), target (links), device number and xattrs but overlayfs' own."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            kind = stat.S_IFMT(st.st_mode)
+            detail: Any = None
+            if kind == stat.S_IFREG:
+                with open(path, "rb") as f:
+                    detail = (hashlib.sha256(f.read()).hexdigest(), int(st.st_mtime))
+            elif kind == stat.S_IFLNK:
+                detail = os.readlink(path)
+            elif kind in (stat.S_IFCHR, stat.S_IFBLK):
+                detail = st.st_rdev
+            xattrs = tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False))
+                                  for n in os.listxattr(path, follow_symlinks=False)
+                                  if not n.startswith("trusted.overlay.")))
+            out[os.path.relpath(path, root)] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, detail, xattrs)
+    return out
+
+
+def _overlay_view(store: SnapshotStore, layers: tuple[str, ...]) -> dict[str, Any]:
+    """The built image as the kernel's overlayfs shows it (read-only, mounted in a mount
+    namespace of a child's own, which takes the mount with it), described by that child."""
+    import sys
+
+    lower = ":".join(str(store.layer_path(d)) for d in reversed(layers))
+    merged = store.new_tree()
+    code = ("import json, subprocess, sys; from tests.test_image_export import _describe, _jsonable; "
+            "subprocess.run(['mount', '-t', 'overlay', 'overlay', '-o', 'ro,lowerdir=' + sys.argv[1], sys.argv[2]], "
+            "check=True); print(json.dumps(_jsonable(_describe(sys.argv[2]))))")
+    try:
+        out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code, lower,
+                              str(merged)], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent.parent).stdout
+    finally:
+        merged.rmdir()
+    return json.loads(out)
+
+
+def _jsonable(description: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    return json.loads(json.dumps({k: [list(x) if isinstance(x, tuple) else x for x in v]
+                                  for k, v in description.items()}, default=lambda b: b.hex()))
+
+
+def test_the_layer_tars_carry_whiteouts_opaque_dirs_and_links(built: tuple[SnapshotStore, Built],
+                                                              tmp_path: Path) -> None:
+    store, result = built
+    run_layer = store.layer_path(result.layers[1])  # the first RUN's upper directory
+    whiteout = os.lstat(run_layer / "etc/remove-me")
+    assert stat.S_ISCHR(whiteout.st_mode) and whiteout.st_rdev == 0  # overlayfs' own format on disk
+    assert os.getxattr(run_layer / "opt/replace", "trusted.overlay.opaque") == b"y"
+    exported = write_layout(store, result.layers, _config(result), tmp_path / "layout", "t")
+    assert len(exported.layers) == len(result.layers)
+    with tarfile.open(tmp_path / "layout/blobs/sha256" / exported.layers[1].digest.split(":")[1]) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["etc/.wh.remove-me"].isreg() and members["etc/.wh.remove-me"].size == 0
+    assert members["opt/replace/.wh..wh..opq"].isreg()
+    assert list(members).index("opt/replace") < list(members).index("opt/replace/.wh..wh..opq")
+    assert members["data2/b"].islnk() and members["data2/b"].linkname == "data2/a"
+    assert not any("trusted.overlay" in key for m in members.values() for key in m.pax_headers)
+    # The digest is the tar's own (an uncompressed blob: digest = diff_id).
+    blob = (tmp_path / "layout/blobs/sha256" / exported.layers[1].digest.split(":")[1]).read_bytes()
+    assert f"sha256:{hashlib.sha256(blob).hexdigest()}" == exported.layers[1].digest
+    config = json.loads((tmp_path / "layout/blobs/sha256" / exported.config_digest.split(":")[1]).read_text())
+    assert config["rootfs"]["diff_ids"] == [layer.digest for layer in exported.layers]
+
+
+def test_an_exported_image_reads_back_the_same_with_umoci_and_our_importer(
+        built: tuple[SnapshotStore, Built], registry: str, tmp_path: Path) -> None:
+    store, result = built
+    lines: list[str] = []
+    reference = f"{registry}/exported/tiny:1"
+    pushed = asyncio.run(push(store, result.layers, _config(result), reference, lines.append))
+    assert pushed.digest.startswith("sha256:") and any("Copying blob" in line for line in lines), lines
+    assert not list(store.layers_dir.glob(".tmp-*"))  # the layout is gone
+
+    # An independent reader: skopeo pulls, umoci unpacks a runtime bundle.
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{reference}",
+                    f"oci:{tmp_path / 'pulled'}:x"], check=True)
+    subprocess.run(["umoci", "unpack", "--image", f"{tmp_path / 'pulled'}:x", str(tmp_path / "bundle")], check=True,
+                   stdout=subprocess.DEVNULL)
+    rootfs = tmp_path / "bundle/rootfs"
+    assert not os.path.lexists(rootfs / "etc/remove-me")
+    assert (rootfs / "etc/passwd").is_file()
+    assert sorted(os.listdir(rootfs / "opt/replace")) == ["new"]  # the old contents are gone
+    assert (rootfs / "opt/replace/new").read_text() == "new\n"
+    a, b = os.lstat(rootfs / "data2/a"), os.lstat(rootfs / "data2/b")
+    assert a.st_ino == b.st_ino and stat.S_IMODE(a.st_mode) == 0o640
+    assert os.lstat(rootfs / "data/one").st_ino == os.lstat(rootfs / "data/two").st_ino
+    mine = os.lstat(rootfs / "tmp/mine")
+    assert (mine.st_uid, mine.st_gid) == (1000, 1000) and (rootfs / "tmp/mine").read_text() == "mine\n"
+    assert stat.S_IMODE(os.lstat(rootfs / "tmp").st_mode) == 0o1777
+    assert stat.S_IMODE(os.lstat(rootfs / "usr/bin/true").st_mode) == 0o4755
+    assert os.getxattr(rootfs / "data/tagged", XATTR[0]) == XATTR[1]
+    assert stat.S_ISFIFO(os.lstat(rootfs / "data/fifo").st_mode)
+    null = os.lstat(rootfs / "dev/null")
+    assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
+    assert os.readlink(rootfs / "bin") == "usr/bin"
+    process = json.loads((tmp_path / "bundle/config.json").read_text())["process"]
+    assert "GREETING=hello world" in process["env"] and "FROM_BASE=yes" in process["env"]
+    assert process["cwd"] == "/srv/app" and process["args"] == ["sh", "-c", "echo hi"]
+    assert process["user"]["uid"] == 1000  # umoci resolved USER daytona from the image's passwd
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config", f"docker://{reference}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert raw["os"] == "linux" and raw["architecture"] in ("amd64", "arm64")
+    assert raw["config"]["User"] == "daytona" and raw["config"]["WorkingDir"] == "/srv/app"
+    assert raw["config"]["Entrypoint"] == ["sh", "-c"] and raw["config"]["Cmd"] == ["echo hi"]
+
+    # The round trip through our own import: exactly the files the built layers show.
+    importer = ImageImporter(store, tmp_path / "images")
+    imported = asyncio.run(importer.import_image(registry_reference(reference), lambda line: None))
+    assert imported.config == _config(result)
+    theirs = _jsonable(_describe(store.layer_path(imported.layer)))
+    ours = _overlay_view(store, result.layers)
+    assert "opt/replace/new" in ours and "opt/replace/old" not in ours and "etc/remove-me" not in ours
+    assert theirs.keys() == ours.keys(), set(theirs) ^ set(ours)
+    differ = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
+    assert not differ, differ
+
+
+def test_a_bad_or_unreachable_registry_says_why_and_leaves_nothing(built: tuple[SnapshotStore, Built]) -> None:
+    store, result = built
+    config = _config(result)
+    for reference, message in (("Not A Reference", "not an image reference"),
+                               (f"127.0.0.1:5000/x@sha256:{'0' * 64}", "not a digest"),
+                               (f"127.0.0.1:{free_port()}/nobody/here:1", r"cannot push 127\.0\.0\.1:\d+/nobody/"
+                                                                          r"here:1: .*connection refused")):
+        with pytest.raises(ImageError, match=message):
+            asyncio.run(push(store, result.layers, config, reference, lambda line: None))
+        assert not list(store.layers_dir.glob(".tmp-*")), reference
+
+
+def test_a_layer_with_an_overlay_redirect_is_refused_and_sockets_are_skipped(tmp_path: Path) -> None:
+    import socket
+
+    layer = tmp_path / "layer"
+    (layer / "moved").mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(layer / "socket"))
+        with open(tmp_path / "tar", "wb") as out:
+            _, _, entries = write_layer_tar(layer, out)
+    assert entries == 1  # the directory; no entry for the socket
+    os.setxattr(layer / "moved", "trusted.overlay.redirect", b"/elsewhere")
+    with open(tmp_path / "tar", "wb") as out, pytest.raises(ImageError, match="redirect"):
+        write_layer_tar(layer, out)
