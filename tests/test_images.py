@@ -249,3 +249,21 @@ def test_the_files_the_images_copy_build_a_wheel_with_the_terminal_assets(tmp_pa
                    "toolbox/terminal/static/vendor/xterm.css", "toolbox/terminal/static/vendor/addon-fit.js",
                    "toolbox/terminal/static/vendor/LICENSE.xterm.txt"):
         assert needed in names, needed
+
+
+# ---- the images' names: what `python -m runtime image push` pushes -------------------------
+
+def test_compose_and_kubernetes_run_the_images_the_builder_pushes() -> None:
+    from runtime.imagecli import DEFAULT_REGISTRY, IMAGES, REPOSITORY
+
+    services = compose()["services"]
+    wanted = {name: f"${{REGISTRY:-{DEFAULT_REGISTRY}}}/{REPOSITORY}/{name}:latest" for name in IMAGES}
+    assert services["proxy"]["image"] == wanted["proxy"]
+    assert all(s["image"] == wanted["sandbox"] for n, s in services.items() if n != "proxy")
+    assert not any("build" in s for s in services.values())  # never another build than the pushed one
+    (proxy,) = _by_kind("proxy.yaml")["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (sandbox,) = _by_kind("sandbox-template.yaml")["Pod"]["spec"]["containers"]
+    for container, name in ((proxy, "proxy"), (sandbox, "sandbox")):
+        registry, _, path = container["image"].partition("/")
+        assert "." in registry and path == f"{REPOSITORY}/{name}:latest", container["image"]
+        assert container["imagePullPolicy"] == "Always"
