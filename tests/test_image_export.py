@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -234,3 +235,141 @@ def test_a_layer_with_an_overlay_redirect_is_refused_and_sockets_are_skipped(tmp
     os.setxattr(layer / "moved", "trusted.overlay.redirect", b"/elsewhere")
     with open(tmp_path / "tar", "wb") as out, pytest.raises(ImageError, match="redirect"):
         write_layer_tar(layer, out)
+
+
+# ---- slow: the project's own images, through the real CLI ----------------------------------
+
+def _passwd_ids(rootfs: Path, user: str) -> tuple[int, int]:
+    for line in (rootfs / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user or fields[2] == user:
+            return int(fields[2]), int(fields[3])
+    raise AssertionError(f"no {user} in the image's /etc/passwd")
+
+
+def _run_entrypoint(rootfs: Path, config: dict[str, Any], extra: list[str],
+                    **popen: Any) -> subprocess.Popen[bytes]:
+    """The image's ENTRYPOINT (+ `extra`) as a container would run it: the unpacked rootfs as
+    `/` under bwrap with a fresh /proc and /dev, its own pid, ipc, uts and cgroup namespaces
+    (the host's network: the test reaches it on loopback), the image's Env and WorkingDir,
+    as its User (dropped to by the image's own python before exec: bwrap's --uid needs a
+    user namespace, where the image's other ids would not be mapped)."""
+    inner = config["config"]
+    uid, gid = _passwd_ids(rootfs, inner.get("User") or "0")
+    argv = ["bwrap", "--bind", str(rootfs), "/", "--proc", "/proc", "--dev", "/dev",
+            "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup", "--die-with-parent",
+            "--clearenv", "--chdir", inner.get("WorkingDir") or "/"]
+    for item in inner.get("Env") or ():
+        name, _, value = item.partition("=")
+        argv += ["--setenv", name, value]
+    drop = ("import os, sys; os.setgroups([]); os.setgid(int(sys.argv[1])); os.setuid(int(sys.argv[2])); "
+            "os.execv(sys.argv[3], sys.argv[3:])")
+    entrypoint = [*inner["Entrypoint"], *extra]
+    return subprocess.Popen([*argv, "--", "/opt/toolbox/bin/python", "-c", drop, str(gid), str(uid), *entrypoint],
+                            **popen)
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], headers: dict[str, str] | None = None,
+              timeout: float = 60) -> Any:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            response = httpx.get(url, headers=headers, timeout=5)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, f"exited {process.returncode}"
+        assert time.monotonic() < deadline, f"{url} did not answer"
+        time.sleep(0.2)
+
+
+def _unpack(reference: str, work: Path, name: str) -> tuple[Path, dict[str, Any]]:
+    import time
+
+    started = time.monotonic()
+    subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false", f"docker://{reference}",
+                    f"oci:{work / 'pulled'}:{name}"], check=True)
+    rootfs = work / f"{name}-rootfs"
+    subprocess.run(["umoci", "raw", "unpack", "--image", f"{work / 'pulled'}:{name}", str(rootfs)], check=True)
+    config = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config", f"docker://{reference}"],
+                                       capture_output=True, text=True, check=True).stdout)
+    print(f"{name}: pulled and unpacked in {time.monotonic() - started:.1f} s")
+    return rootfs, config
+
+
+@pytest.mark.timeout(900)
+def test_the_projects_images_build_push_and_run_from_the_registry(tmp_path: Path) -> None:
+    """`python -m runtime image push` (both images, the real CLI as a subprocess) to a local
+    registry, on the machine's shared layers dir (the sandbox image's base stage is the
+    default snapshot's build: a cache hit). Then the pushed images, pulled and unpacked by
+    skopeo and umoci, run: the sandbox's ENTRYPOINT answers GET /version, and the proxy's
+    serves /health and reaches that daemon through /toolbox/{id}/."""
+    import secrets
+    import sys
+    import time
+
+    from tests.helpers import REPO_ROOT
+    from tests.layer_helpers import shared_default, shared_layers_dir
+    from tests.proxy_helpers import stop
+
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed")
+    shared_default()  # built once per machine (tests/conftest.py), not counted here
+    with local_registry(tmp_path / "registry") as address:
+        env = {**os.environ, "REGISTRY": address, "RUNTIME_LAYERS_DIR": str(shared_layers_dir())}
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path / "state"), "image",
+                                 "push"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=840)
+        took = time.monotonic() - started
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        summary = [line for line in result.stdout.splitlines() if line.startswith(("sandbox: built", "proxy: built"))]
+        print(f"\npython -m runtime image push: {took:.0f} s\n" + "\n".join(summary))
+        assert len(summary) == 2, result.stdout[-4000:]
+        stored = sum(f.stat().st_size for f in (tmp_path / "registry/storage").rglob("*") if f.is_file())
+        print(f"registry storage: {stored / 1e6:.0f} MB (gzipped layers)")
+
+        rootfs, config = _unpack(f"{address}/sandbox-toolbox/sandbox:latest", tmp_path, "sandbox")
+        assert config["config"]["User"] == "daytona" and config["config"]["WorkingDir"] == "/home/daytona"
+        port = free_port()
+        daemon = _run_entrypoint(rootfs, config, ["--host", "127.0.0.1", "--port", str(port), "--sandbox-id", "alpha"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            started = time.monotonic()
+            version = _wait_for(f"http://127.0.0.1:{port}/version", daemon)
+            print(f"sandbox image's daemon answered /version in {time.monotonic() - started:.1f} s: {version}")
+            assert "version" in version
+            import httpx
+
+            ran = httpx.post(f"http://127.0.0.1:{port}/process/execute", json={"command": "id -un"}, timeout=30).json()
+            assert ran["result"].strip() == "daytona", ran  # the image's USER
+
+            proxy_rootfs, proxy_config = _unpack(f"{address}/sandbox-toolbox/proxy:latest", tmp_path, "proxy")
+            assert proxy_config["config"]["User"] == "proxy"
+            assert _passwd_ids(proxy_rootfs, "proxy") == (10001, 10001)
+            helped = _run_entrypoint(proxy_rootfs, proxy_config, ["--help"], stdout=subprocess.PIPE)
+            out, _ = helped.communicate(timeout=60)
+            assert helped.returncode == 0 and b"--registry" in out, out
+            registry_file = proxy_rootfs / "etc/sandboxes.json"
+            registry_file.write_text(json.dumps({"sandboxes": {"alpha": {"url": f"http://127.0.0.1:{port}"}}}))
+            key = secrets.token_hex(16)
+            proxy_port = free_port()
+            proxy_config["config"].setdefault("Env", []).append(f"PROXY_API_KEYS={key}")
+            proxy = _run_entrypoint(proxy_rootfs, proxy_config,
+                                    ["--host", "127.0.0.1", "--port", str(proxy_port), "--domain", "sandboxes.test",
+                                     "--registry", "file:/etc/sandboxes.json"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                health = _wait_for(f"http://127.0.0.1:{proxy_port}/health", proxy, {"Host": "sandboxes.test"})
+                assert health["status"] == "ok"
+                through = _wait_for(f"http://127.0.0.1:{proxy_port}/toolbox/alpha/version", proxy,
+                                    {"Host": "sandboxes.test", "Authorization": f"Bearer {key}"})
+                assert through == version
+            finally:
+                stop(proxy)
+        finally:
+            stop(daemon)
