@@ -222,6 +222,39 @@ def test_a_bad_or_unreachable_registry_says_why_and_leaves_nothing(built: tuple[
         assert not list(store.layers_dir.glob(".tmp-*")), reference
 
 
+def test_an_export_runs_beside_the_event_loop_and_a_cancel_leaves_no_layout(tmp_path: Path) -> None:
+    from runtime.images.export import export_layout
+
+    store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
+    tree = store.new_tree()
+    chunk = os.urandom(256 << 10)
+    for index in range(800):  # 200 MB in 800 files: the writer checks for a cancel per entry
+        (tree / f"f{index:04}").write_bytes(chunk)
+    layer = store.publish_layer(tree)
+
+    async def scenario() -> tuple[int, bool]:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticking = asyncio.create_task(ticker())
+        export = asyncio.create_task(export_layout(store, (layer,), ImageConfig(), tmp_path / "layout"))
+        await asyncio.sleep(0.3)
+        export.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await export
+        ticking.cancel()
+        return ticks, (tmp_path / "layout").exists()
+
+    ticks, left = asyncio.run(scenario())
+    assert ticks >= 10  # the loop went on while the thread wrote
+    assert not left
+
+
 def test_a_layer_with_an_overlay_redirect_is_refused_and_sockets_are_skipped(tmp_path: Path) -> None:
     import socket
 
