@@ -382,8 +382,8 @@ def test_the_projects_images_build_push_and_run_from_the_registry(tmp_path: Path
             assert ran["result"].strip() == "daytona", ran  # the image's USER
 
             proxy_rootfs, proxy_config = _unpack(f"{address}/sandbox-toolbox/proxy:latest", tmp_path, "proxy")
-            assert proxy_config["config"]["User"] == "proxy"
-            assert _passwd_ids(proxy_rootfs, "proxy") == (10001, 10001)
+            assert proxy_config["config"]["User"] == "sandbox-proxy"
+            assert _passwd_ids(proxy_rootfs, "sandbox-proxy") == (10001, 10001)
             helped = _run_entrypoint(proxy_rootfs, proxy_config, ["--help"], stdout=subprocess.PIPE)
             out, _ = helped.communicate(timeout=60)
             assert helped.returncode == 0 and b"--registry" in out, out
