@@ -1,22 +1,28 @@
-"""The default snapshot: a Debian bookworm root built here with debootstrap, once.
+"""The default snapshot: the `base` stage of images/sandbox/Dockerfile, built here once.
 
-Two steps, both as host root, in a fresh temporary tree on the layers' file system
-(LAYERS/.tmp-*, inside the 0700 layers dir: no sandbox can reach or write it):
+The image the project ships (compose, Kubernetes) and the local runtime's default snapshot
+are one definition. Building it takes two parts, both as host root:
 
-1. `debootstrap --variant=minbase bookworm` from Debian's mirror;
-2. in a chroot: the packages a Daytona sandbox is expected to have (no recommends), the
-   `daytona` user (uid/gid 1000, passwordless sudo), hostname and locale basics, apt's
-   lists and caches removed.
+1. `ensure_base`: `debian:bookworm-slim` made locally, since no registry but Debian's
+   mirror is assumed reachable: `debootstrap --variant=minbase bookworm`, then in a chroot
+   what Debian's slim image has (no docs, man pages or translations from dpkg, apt's lists
+   and caches removed, no host resolver or machine id). A fresh temporary tree on the
+   layers' file system (LAYERS/.tmp-*, inside the 0700 layers dir: no sandbox can reach
+   it); each step in a mount and pid namespace of its own, so a crash leaves no /proc
+   mounted, and the half-built tree is removed by the next build.
+2. `ensure_default`: the Dockerfile's `base` stage on it, by the image builder
+   (runtime/images/builder.py): each RUN in a build sandbox, on a sandbox network of its own
+   (`local_builder`), never as host root and never on the host's network.
 
-Each runs in a mount (and, for the chroot, pid) namespace of its own, so a crash leaves
-no /proc mounted in the tree; the half-built tree is never published and is removed by
-the next build. The finished tree becomes one layer and the `default` snapshot. The build
-is cached by its recipe's hash in LAYERS/.builds, under a lock, so every later start (and
-every other state dir on the same layers dir) reuses it and two starts never build twice.
+Both are cached by their recipe's hash in LAYERS/.builds, under a lock, so every later
+start (and every other state dir on the same layers dir) reuses them and two starts never
+build twice. The image builds of `python -m runtime image` share the same cache: the
+sandbox image's `base` stage is the default snapshot's layers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import hashlib
@@ -26,47 +32,59 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
+from runtime import cgroups, uids
+from runtime.images.builder import Base, Builder, BuildError, Built, plan
+from runtime.images.oci import ImageConfig, ImageImporter
+from runtime.images.stepnet import StepNetworks
+from runtime.images.steps import DEFAULT_PATH, Confinement
+from runtime.network import Network, NetworkError
 from runtime.snapshots import DEFAULT, LAYERS_ENV, Progress, Snapshot, SnapshotError, SnapshotStore, remove_tree
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = REPO_ROOT / "images" / "sandbox" / "Dockerfile"
+DEFAULT_STAGE = "base"  # the Dockerfile's stage the default snapshot is
+BASE_IMAGE = "debian:bookworm-slim"  # what its FROM names, made here by ensure_base
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 MIRROR_ENV = "RUNTIME_DEBIAN_MIRROR"  # a local mirror or proxy, e.g. http://apt-cacher:3142/debian
-# python-is-python3 and procps (ps, pgrep, kill, top): commands Daytona's images have and
-# agents use.
-PACKAGES = ("python3", "python-is-python3", "python3-pip", "python3-venv", "git", "nodejs",
-            "npm", "curl", "ca-certificates", "sudo", "procps")
-USER, UID, HOME = "daytona", 1000, "/home/daytona"
-HOSTNAME = "sandbox"
-ENV = {"LANG": "C.UTF-8"}
-# Bumped when the script below changes meaning, so a cached build of the old recipe is
-# not reused.
-RECIPE_VERSION = 1
+# Bumped when a recipe changes meaning, so a cached build of the old one is not reused.
+RECIPE_VERSION = 2
+BASE_CONFIG = ImageConfig(env={"PATH": DEFAULT_PATH}, cmd=["bash"])  # as Docker's debian images
 
-# What runs in the chroot after debootstrap. Services never start in a build (policy-rc.d).
-_SETUP = r"""
+# What runs in the chroot after debootstrap: Debian's slim image (docker-debian-artifacts'
+# dpkg and apt settings). Services never start in a build (policy-rc.d).
+_BASE_SETUP = r"""
 set -eu
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
 chmod 0755 /usr/sbin/policy-rc.d
 echo "deb {mirror} {suite} main" > /etc/apt/sources.list
-echo "step: apt-get update"
-apt-get update -qq
-echo "step: apt-get install {packages}"
-apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 {packages}
-echo "step: user {user}"
-groupadd --gid {uid} {user}
-useradd --uid {uid} --gid {uid} --create-home --home-dir {home} --shell /bin/bash {user}
-echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user}
-chmod 0440 /etc/sudoers.d/{user}
-echo {hostname} > /etc/hostname
-printf '127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
-echo 'LANG=C.UTF-8' > /etc/default/locale
-# The host's resolver and identity do not belong in a snapshot; the runtime provides them.
+cat > /etc/dpkg/dpkg.cfg.d/docker <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/locale/*
+DPKG
+echo 'Acquire::Languages "none";' > /etc/apt/apt.conf.d/docker-no-languages
+echo 'Acquire::GzipIndexes "true";' > /etc/apt/apt.conf.d/docker-gzip-indexes
+echo 'Apt::AutoRemove::SuggestsImportant "false";' > /etc/apt/apt.conf.d/docker-autoremove-suggests
+find /usr/share/doc -depth -type f ! -name copyright -delete
+find /usr/share/doc -depth -empty -delete
+rm -rf /usr/share/man/* /usr/share/groff/* /usr/share/info/* /usr/share/lintian/* /usr/share/locale/*
+printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+# The host's resolver and identity do not belong in an image; the runtime provides them.
 : > /etc/resolv.conf
 : > /etc/machine-id
+rm -f /etc/hostname
 echo "step: clean"
 apt-get clean
 rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/log/apt/* \
@@ -74,30 +92,112 @@ rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/l
 rm -f /usr/sbin/policy-rc.d
 """
 
-# Every build step: its own mount namespace (what it mounts goes with it) and pid namespace,
+# Every step here: its own mount namespace (what it mounts goes with it) and pid namespace,
 # whose init dies with unshare, which dies with us (PR_SET_PDEATHSIG both), so a runtime
 # killed mid-build leaves no step writing into a tree the next start removes.
 _ISOLATED = ("setpriv", "--pdeathsig", "KILL",
              "unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child=SIGKILL")
-_DEBOOTSTRAP_NOISE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) \S+$")
+_DEBOOTSTRAP_NOISE = re.compile(r"^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) \S+( \S+)?$")
+# The builder's log lines worth showing on a first start; the rest (apt's) only on failure.
+_SHOWN = re.compile(r"^(Step \d+/\d+ :|Built |Using |\[build step|E: |dpkg: error)|newly installed")
 
 
 def mirror() -> str:
     return os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
 
 
-def recipe() -> dict[str, object]:
-    return {"version": RECIPE_VERSION, "suite": SUITE, "mirror": mirror(), "packages": list(PACKAGES),
-            "user": USER, "uid": UID, "hostname": HOSTNAME, "script": _SETUP}
+def _hash(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def base_key() -> str:
+    recipe = {"version": RECIPE_VERSION, "suite": SUITE, "mirror": mirror(), "script": _BASE_SETUP}
+    return f"base-{SUITE}-{_hash(recipe)}"
 
 
 def build_key() -> str:
-    encoded = json.dumps(recipe(), sort_keys=True).encode()
-    return f"{DEFAULT}-{hashlib.sha256(encoded).hexdigest()[:16]}"
+    """The default snapshot's build: its base and the Dockerfile's `base` stage as written."""
+    stage = [instruction.text for instruction in plan(DOCKERFILE.read_text(), target=DEFAULT_STAGE)]
+    return f"{DEFAULT}-{_hash({'version': RECIPE_VERSION, 'base': base_key(), 'stage': stage})}"
 
 
-def default_snapshot(store: SnapshotStore, layers: tuple[str, ...]) -> Snapshot:
-    return store.snapshot_of(DEFAULT, layers, user=USER, env=dict(ENV), workdir=HOME)
+def _check_tools(what: str) -> None:
+    missing = [tool for tool in ("debootstrap", "chroot", "unshare", "setpriv", "nft")
+               if shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
+    if missing:
+        raise SnapshotError(f"building {what} needs {', '.join(missing)} "
+                            "(apt-get install debootstrap util-linux coreutils nftables)")
+    if os.geteuid() != 0:
+        raise SnapshotError(f"building {what} needs root (debootstrap, build sandboxes); run the runtime "
+                            f"as root once, or point {LAYERS_ENV} at a layers dir holding a built one")
+
+
+def ensure_base(store: SnapshotStore, progress: Progress) -> Base:
+    """`debian:bookworm-slim`, made here (or taken from the layers dir's cache)."""
+    key = base_key()
+    with store.build_lock(key):
+        layers = store.cached_build(key)
+        if layers is None:
+            _check_tools(BASE_IMAGE)
+            layers = (_debootstrap(store, progress),)
+            store.record_build(key, layers)
+    return Base(f"local:{BASE_IMAGE}:{layers[0]}", layers, BASE_CONFIG)
+
+
+def _debootstrap(store: SnapshotStore, progress: Progress) -> str:
+    store.clean_partial()
+    tree = store.new_tree()
+    started = time.monotonic()
+    try:
+        progress(f"{BASE_IMAGE}: debootstrap --variant=minbase {SUITE} from {mirror()} (first start only)")
+        _run([*_ISOLATED, "--", "debootstrap", "--variant=minbase", SUITE, str(tree), mirror()],
+             progress, "debootstrap", lambda line: not _DEBOOTSTRAP_NOISE.match(line), what=BASE_IMAGE)
+        script = _BASE_SETUP.format(mirror=mirror(), suite=SUITE)
+        _run([*_ISOLATED, f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
+             progress, "slim", lambda line: line.startswith("step:"), what=BASE_IMAGE)
+        digest = store.publish_layer(tree)
+    except BaseException:
+        remove_tree(tree)
+        raise
+    progress(f"{BASE_IMAGE}: made in {time.monotonic() - started:.1f} s "
+             f"({store.layer_size(digest) / 1e6:.0f} MB), layer {digest[:12]}")
+    return digest
+
+
+@contextlib.contextmanager
+def local_builder(store: SnapshotStore, progress: Progress) -> Iterator[Builder]:
+    """A builder for the project's own images outside a runtime: FROM debian:bookworm-slim
+    is `ensure_base`'s; RUN steps run in build sandboxes with the sandbox limits, each on a
+    sandbox network of a temporary one of this process (NAT egress, no host service), and
+    as a host id range of their own, taken as a sandbox's is."""
+    base = ensure_base(store, progress)
+    names = {BASE_IMAGE, f"library/{BASE_IMAGE}", f"docker.io/library/{BASE_IMAGE}"}
+    importer = ImageImporter(store, store.layers_dir / ".image-configs")
+    # Its state (nftables table names, dnsmasq files) in the store's private state dir,
+    # never anywhere a sandbox writes.
+    state = Path(tempfile.mkdtemp(prefix=".build-network-", dir=store.state_root))
+    net = Network(state)
+    try:
+        try:
+            net.open()
+        except NetworkError as exc:
+            raise SnapshotError(f"build steps need a sandbox network: {exc.message}") from None
+        try:
+            confinement = Confinement(cgroups.detect(), network=StepNetworks(net))
+            yield Builder(store, importer, snapshots=lambda name: base if name in names else None,
+                          confinement=lambda: confinement,
+                          id_ranges=lambda: uids.sandbox_range(store.state_root))
+        finally:
+            net.close()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def default_snapshot(store: SnapshotStore, layers: tuple[str, ...], config: dict[str, object]) -> Snapshot:
+    env = config.get("env")
+    return store.snapshot_of(DEFAULT, layers, user=str(config.get("user") or "root"),
+                             env=dict(env) if isinstance(env, dict) else {},
+                             workdir=str(config.get("workdir") or "/"))
 
 
 def ensure_default(store: SnapshotStore, progress: Progress) -> Snapshot:
@@ -110,44 +210,43 @@ def ensure_default(store: SnapshotStore, progress: Progress) -> Snapshot:
     except KeyError:
         pass
     with store.build_lock(key):
-        layers = store.cached_build(key)
-        if layers is None:
-            layers = (_build(store, progress),)
-            store.record_build(key, layers)
-        snapshot = default_snapshot(store, layers)
+        layers, config = store.cached_build(key), store.cached_config(key)
+        if layers is None or config is None:
+            built = _build_default(store, progress)
+            layers = built.layers
+            config = {"user": built.user, "env": built.env, "workdir": built.workdir}
+            store.record_build(key, layers, config=config)
+        snapshot = default_snapshot(store, layers, config)
         store.put(snapshot)
         return snapshot
 
 
-def _build(store: SnapshotStore, progress: Progress) -> str:
-    missing = [tool for tool in ("debootstrap", "chroot", "unshare", "setpriv") if shutil.which(tool) is None]
-    if missing:
-        raise SnapshotError(f"building the default snapshot needs {', '.join(missing)} "
-                            "(apt-get install debootstrap util-linux coreutils)")
-    if os.geteuid() != 0:
-        raise SnapshotError("building the default snapshot needs root (debootstrap); run the runtime as "
-                            f"root once, or point {LAYERS_ENV} at a layers dir holding a built one")
-    store.clean_partial()
-    tree = store.new_tree()
+def _build_default(store: SnapshotStore, progress: Progress) -> Built:
+    _check_tools("the default snapshot")
+    where = DOCKERFILE.relative_to(REPO_ROOT)
     started = time.monotonic()
+    tail: collections.deque[str] = collections.deque(maxlen=15)
+
+    def log(line: str) -> None:
+        tail.append(line)
+        if _SHOWN.search(line):
+            progress(f"  {line}")
+
+    store.clean_partial()
     try:
-        progress(f"default snapshot: debootstrap --variant=minbase {SUITE} from {mirror()} (first start only)")
-        _run([*_ISOLATED, "--", "debootstrap", "--variant=minbase", SUITE, str(tree), mirror()],
-             progress, "debootstrap", lambda line: not _DEBOOTSTRAP_NOISE.match(line))
-        stage1 = time.monotonic() - started
-        progress(f"default snapshot: base system in {stage1:.1f} s; adding {' '.join(PACKAGES)}")
-        script = _SETUP.format(mirror=mirror(), suite=SUITE, packages=" ".join(PACKAGES), user=USER,
-                               uid=UID, home=HOME, hostname=HOSTNAME)
-        _run([*_ISOLATED, f"--mount-proc={tree / 'proc'}", "--", "chroot", str(tree), "/bin/sh", "-c", script],
-             progress, "packages", lambda line: line.startswith("step:") or "newly installed" in line)
-        progress(f"default snapshot: packages in {time.monotonic() - started - stage1:.1f} s; publishing")
-        digest = store.publish_layer(tree)
-    except BaseException:
-        remove_tree(tree)
-        raise
-    progress(f"default snapshot: built in {time.monotonic() - started:.1f} s "
-             f"({store.layer_size(digest) / 1e6:.0f} MB), layer {digest[:12]}")
-    return digest
+        with local_builder(store, lambda line: progress(f"default snapshot: {line}")) as builder:
+            progress(f"default snapshot: the {DEFAULT_STAGE} stage of {where} (first start only)")
+            try:
+                with store.holding():
+                    built = asyncio.run(builder.build(DOCKERFILE.read_text(), log, target=DEFAULT_STAGE))
+            except BuildError as exc:
+                raise SnapshotError(f"building the {DEFAULT_STAGE} stage of {where} failed: {exc}; "
+                                    f"its last lines: {' | '.join(tail)}") from None
+    except SnapshotError as exc:
+        raise SnapshotError(f"the default snapshot: {exc}") from None
+    progress(f"default snapshot: built in {time.monotonic() - started:.1f} s ({built.size / 1e6:.0f} MB, "
+             f"{len(built.layers)} layers)")
+    return built
 
 
 def _run(argv: Sequence[str], progress: Progress, stage: str, shown: Callable[[str], bool],

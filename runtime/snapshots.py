@@ -210,6 +210,7 @@ class SnapshotStore:
         if layers_dir is None and (configured := env_option(LAYERS_ENV)):
             layers_dir = Path(configured)
         own = (state_root / "layers").absolute()
+        self.state_root = state_root.absolute()
         self.layers_dir = _owned_dir((layers_dir or own).absolute())
         # Shared with other state dirs, whose snapshots and sandboxes this store cannot see.
         self.shared = self.layers_dir != own
@@ -405,10 +406,22 @@ class SnapshotStore:
             return None
         return layers if layers and self.hold(layers) else None
 
-    def record_build(self, key: str, layers: tuple[str, ...], *, weak: bool = False) -> None:
-        """`weak`: the record keeps no layer from `collect` by itself (see the module doc)."""
-        write_private(self._builds / f"{key}.json",
-                      json.dumps({"layers": list(layers), "weak": weak, "created": now_iso()}).encode())
+    def record_build(self, key: str, layers: tuple[str, ...], *, weak: bool = False,
+                     config: dict[str, Any] | None = None) -> None:
+        """`weak`: the record keeps no layer from `collect` by itself (see the module doc);
+        `config`: what else the build made (an image config), for `cached_config`."""
+        record: dict[str, Any] = {"layers": list(layers), "weak": weak, "created": now_iso()}
+        if config is not None:
+            record["config"] = config
+        write_private(self._builds / f"{key}.json", json.dumps(record).encode())
+
+    def cached_config(self, key: str) -> dict[str, Any] | None:
+        """The `config` recorded with a cached build, if any."""
+        try:
+            config = json.loads((self._builds / f"{key}.json").read_bytes()).get("config")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return config if isinstance(config, dict) else None
 
     def snapshot_of(self, name: str, layers: tuple[str, ...], **fields: Any) -> Snapshot:
         """A Snapshot record over published layers, its size their sum."""
@@ -416,8 +429,9 @@ class SnapshotStore:
                         created=fields.pop("created", None) or now_iso(), **fields)
 
     def ensure_default(self, progress: Progress | None = None) -> Snapshot:
-        """The `default` snapshot (Debian bookworm, see runtime/rootfs.py), built with
-        debootstrap on first use, in seconds from the cache after that."""
+        """The `default` snapshot (the `base` stage of images/sandbox/Dockerfile on a Debian
+        bookworm made with debootstrap, see runtime/rootfs.py), built on first use, in
+        seconds from the cache after that."""
         from runtime.rootfs import ensure_default
 
         return ensure_default(self, progress or (lambda line: None))

@@ -251,16 +251,16 @@ def test_a_sandbox_from_an_image_runs_what_the_build_installed(tmp_path: Path, r
     .env(...)` plus a pip_install from a local index, through `daytona.create(
     CreateSandboxFromImageParams(...), on_snapshot_create_logs=...)`: logs arrive while it
     builds, the sandbox starts, the installed software runs. The registry's Debian image is
-    the default snapshot's root file system, pushed there."""
+    the default snapshot's root file system (its layers merged), pushed there."""
     from daytona import CreateSandboxFromImageParams, CreateSandboxFromSnapshotParams, CreateSnapshotParams, DaytonaError, Image
 
     from tests import net_helpers
     from tests.image_helpers import package_index, tiny_wheel
-    from tests.layer_helpers import default_snapshot
+    from tests.layer_helpers import default_snapshot, overlay
 
-    store, _ = default_snapshot()
-    (layer,) = store.get("default").layers
-    push_rootfs(store.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
+    store, default = default_snapshot()
+    with overlay(store.lower_dirs(default.layers), tmp_path / "view") as root:  # its layers as one
+        push_rootfs(root, tmp_path, f"{registry}/debian:bookworm-slim")
     tiny_wheel(tmp_path / "wheels", "tinypkg", "0.1", "from-the-local-index")
     if not net_helpers.is_root():
         pytest.skip("build steps reach a package index only on the sandbox network (root, nftables)")

@@ -166,6 +166,40 @@ CMD ["echo hi"]
     assert all(os.lstat(p).st_uid < 65536 for layer in layers for p in layer.rglob("*"))
 
 
+def test_stages_build_on_each_other_and_a_target_stops_at_its_stage(tmp_path: Path, registry: str) -> None:
+    """`FROM image AS name`, a later `FROM name`, `target` (docker build --target): the
+    default snapshot is the sandbox Dockerfile's `base` stage, the image its last."""
+    store, builder = _builder(tmp_path)
+    text = f"""ARG GREETING=hi
+FROM {registry}/tiny:1 AS First
+ENV STAGE=first
+RUN mkdir -p /opt && echo one > /opt/one
+USER daytona
+WORKDIR /home/daytona
+FROM first AS second
+ARG GREETING
+USER root
+RUN echo "$GREETING $STAGE" > /opt/two
+USER daytona
+ENTRYPOINT ["sh"]
+FROM {registry}/tiny:1
+RUN touch /opt-unrelated
+"""
+    first = asyncio.run(builder.build(text, lambda line: None, target="first"))
+    lines: list[str] = []
+    second = asyncio.run(builder.build(text, lines.append, target="SECOND"))
+    last = asyncio.run(builder.build(text, lambda line: None))
+    assert first.user == "daytona" and first.workdir == "/home/daytona" and first.env["STAGE"] == "first"
+    assert second.layers[:len(first.layers)] == first.layers  # built on it, its steps from the cache
+    assert second.steps_cached == 2 and "Using stage first" in lines, lines  # RUN and WORKDIR
+    assert (store.layer_path(second.layers[-1]) / "opt/two").read_text() == "hi first\n"
+    assert second.user == "daytona" and second.entrypoint == ["sh"] and second.env["STAGE"] == "first"
+    assert "STAGE" not in last.env and not set(last.layers[1:]) & set(second.layers)
+    assert not any(line.startswith("Step") and "touch /opt-unrelated" in line for line in lines)
+    with pytest.raises(BuildError, match="no stage named 'third' .*first, second"):
+        asyncio.run(builder.build(text, lambda line: None, target="third"))
+
+
 def test_run_is_isolated_from_the_host(tmp_path: Path, registry: str) -> None:
     store, builder = _builder(tmp_path)
     canary = f"canary-{secrets.token_hex(4)}"
@@ -214,7 +248,7 @@ def test_an_unchanged_rebuild_runs_nothing(tmp_path: Path, registry: str) -> Non
 
 @pytest.mark.parametrize("text, message", [
     ("RUN echo no from\n", "starts with FROM"),
-    ("FROM a\nFROM b\n", "exactly one FROM"),
+    ("ARG A=1\n", "needs a FROM"),
     ("FROM a\nCOPY x /x\n", "has no build context"),
     ("FROM a\nHEALTHCHECK CMD true\n", "HEALTHCHECK is not supported"),
     ("FROM a\nRUN echo \\\n", "continued line"),
@@ -405,35 +439,35 @@ def test_copy_from_a_local_context_and_what_it_refuses(tmp_path: Path, registry:
         _build(builder, f"FROM {registry}/tiny:1\nCOPY notes.txt /x\n")
 
 
-def test_the_projects_sandbox_image_builds_from_its_dockerfile(tmp_path: Path, registry: str,
-                                                               egress_networks: StepNetworks) -> None:
+def test_the_projects_sandbox_image_builds_from_its_dockerfile() -> None:
     """images/sandbox/Dockerfile, as compose builds it (context: the repository), with this
-    builder: apt-get, COPY of the project, pip install through the host's TLS trust, USER.
-    Slow (about a minute). Its base, debian:bookworm-slim, is the default snapshot's root
-    pushed to the local registry (no other registry is reachable here)."""
+    builder (runtime.rootfs.local_builder): its `base` stage is the default snapshot, layer
+    for layer, from the cache; then COPY of the project, pip install through the host's TLS
+    trust, USER. Slow (about a minute). debian:bookworm-slim is the one made here."""
     from runtime.codemount import REPO_ROOT
+    from runtime.rootfs import DEFAULT_STAGE, DOCKERFILE, local_builder
 
-    shared, default = default_snapshot()
-    (layer,) = default.layers
-    push_rootfs(shared.layer_path(layer), tmp_path, f"{registry}/debian:bookworm-slim")
-    store, builder = _builder(tmp_path, egress_networks)
-    text = (REPO_ROOT / "images/sandbox/Dockerfile").read_text().replace(
-        "FROM debian:bookworm-slim", f"FROM {registry}/debian:bookworm-slim")
+    store, default = default_snapshot()
+    text = DOCKERFILE.read_text()
     lines: list[str] = []
-    started = time.monotonic()
-    built = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
-    print(f"\nimages/sandbox/Dockerfile: built in {time.monotonic() - started:.0f} s, "
-          f"{built.size / 1e9:.2f} GB, {len(built.layers)} layers")
-    layers = [store.layer_path(d) for d in built.layers]
-    assert any((layer / "opt/toolbox/bin/python").exists() for layer in layers), lines[-20:]
-    assert any(list((layer / "opt/toolbox/lib").glob("python3*/site-packages/toolbox/__init__.py"))
-               for layer in layers if (layer / "opt/toolbox/lib").is_dir())
-    assert built.user == "daytona" and built.workdir == "/home/daytona"
-    assert built.entrypoint is not None and built.entrypoint[:3] == ["/opt/toolbox/bin/python", "-m", "toolbox"]
-    started = time.monotonic()
-    again = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
-    print(f"unchanged rebuild: {time.monotonic() - started:.2f} s")
-    assert again.steps_run == 0
+    with local_builder(store, lines.append) as builder:
+        base = asyncio.run(builder.build(text, lines.append, target=DEFAULT_STAGE))
+        assert base.layers == default.layers and base.steps_run == 0, lines
+        started = time.monotonic()
+        built = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
+        print(f"\nimages/sandbox/Dockerfile: built in {time.monotonic() - started:.0f} s, "
+              f"{built.size / 1e9:.2f} GB, {len(built.layers)} layers")
+        assert built.layers[:len(default.layers)] == default.layers
+        layers = [store.layer_path(d) for d in built.layers]
+        assert any((layer / "opt/toolbox/bin/python").exists() for layer in layers), lines[-20:]
+        assert any(list((layer / "opt/toolbox/lib").glob("python3*/site-packages/toolbox/__init__.py"))
+                   for layer in layers if (layer / "opt/toolbox/lib").is_dir())
+        assert built.user == "daytona" and built.workdir == "/home/daytona"
+        assert built.entrypoint is not None and built.entrypoint[:3] == ["/opt/toolbox/bin/python", "-m", "toolbox"]
+        started = time.monotonic()
+        again = asyncio.run(builder.build(text, lines.append, context=REPO_ROOT))
+        print(f"unchanged rebuild: {time.monotonic() - started:.2f} s")
+        assert again.steps_run == 0 and again.layers == built.layers
 
 
 def _uid_of(pid: int) -> int | None:

@@ -28,20 +28,20 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds and own 
 GB = 1024 ** 3
 
 
-def _private_layers(layers: Path) -> str:
-    """A layers dir holding only the default snapshot: its layer hard-linked from the
-    shared one (immutable, so sharing inodes is safe), its size and its cache record."""
+def _private_layers(layers: Path) -> None:
+    """A layers dir holding only the default snapshot: its layers hard-linked from the
+    shared ones (immutable, so sharing inodes is safe), their sizes and its cache record."""
     from runtime.rootfs import build_key
 
     store, default = shared_default()
-    (digest,) = default.layers
     for sub in (".meta", ".builds"):
         (layers / sub).mkdir(parents=True, mode=0o700)
     layers.chmod(0o700)
-    subprocess.run(["cp", "-al", str(store.layer_path(digest)), str(layers / digest)], check=True)
-    for name in (f".meta/{digest}.json", f".builds/{build_key()}.json"):
-        (layers / name).write_bytes((store.layers_dir / name).read_bytes())
-    return digest
+    for digest in default.layers:
+        subprocess.run(["cp", "-al", str(store.layer_path(digest)), str(layers / digest)], check=True)
+        (layers / f".meta/{digest}.json").write_bytes((store.layers_dir / f".meta/{digest}.json").read_bytes())
+    name = f".builds/{build_key()}.json"
+    (layers / name).write_bytes((store.layers_dir / name).read_bytes())
 
 
 @pytest.fixture(scope="module")

@@ -25,10 +25,10 @@ def test_a_first_start_shows_the_build_and_a_failed_build_leaves_nothing(tmp_pat
         result = subprocess.run([str(REPO_ROOT / "scripts" / "start")], env=env, cwd=REPO_ROOT,
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 1, (result.stdout, result.stderr)
-    assert (f"default snapshot: debootstrap --variant=minbase bookworm from http://127.0.0.1:{port}/debian "
-            "(first start only)") in result.stdout.splitlines()
+    assert (f"default snapshot: debian:bookworm-slim: debootstrap --variant=minbase bookworm from "
+            f"http://127.0.0.1:{port}/debian (first start only)") in result.stdout.splitlines()
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors and errors[0].startswith("error: building the default snapshot failed in debootstrap"), result.stderr
+    assert errors and errors[0].startswith("error: the default snapshot: building debian:bookworm-slim failed in debootstrap"), result.stderr
     assert "Traceback" not in result.stderr
     # Nothing published, no temporary tree left, no snapshot record.
     leftovers = [p.name for p in layers.iterdir() if not p.name.startswith((".meta", ".builds"))]

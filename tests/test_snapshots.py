@@ -252,28 +252,36 @@ def test_build_lock_serialises_processes(tmp_path: Path) -> None:
 
 # ---- the default snapshot (built once per machine: tests/layer_helpers.py) ----------------
 
-def test_default_snapshot_is_a_debian_root_with_the_daytona_user() -> None:
-    from tests.layer_helpers import default_snapshot
+def test_default_snapshot_is_a_debian_root_with_the_daytona_user(tmp_path: Path) -> None:
+    """The `base` stage of images/sandbox/Dockerfile on the debian:bookworm-slim made here."""
+    from runtime.rootfs import BASE_IMAGE, ensure_base
+    from tests.layer_helpers import default_snapshot, overlay
 
     store, snapshot = default_snapshot()
-    assert snapshot.name == "default" and len(snapshot.layers) == 1
+    base = ensure_base(store, lambda line: None)
+    assert snapshot.name == "default" and snapshot.layers[0] == base.layers[0] and len(snapshot.layers) == 3
     assert snapshot.user == "daytona" and snapshot.workdir == "/home/daytona"
-    layer = store.layer_path(snapshot.layers[0])
+    assert snapshot.env["HOME"] == "/home/daytona" and snapshot.env["LANG"] == "C.UTF-8"
+    assert "DEBIAN_FRONTEND" not in snapshot.env  # an ARG of the build, not the sandbox's
     assert snapshot.size > 100_000_000
-    sudoers = layer / "etc" / "sudoers.d" / "daytona"
-    assert sudoers.read_text() == "daytona ALL=(ALL) NOPASSWD:ALL\n"
-    assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440 and sudoers.stat().st_uid == 0
-    home = (layer / "home" / "daytona").stat()
-    assert (home.st_uid, home.st_gid) == (1000, 1000)
-    assert not list((layer / "var" / "lib" / "apt" / "lists").glob("*")), "apt lists are cleaned"
-    assert not list((layer / "var" / "cache" / "apt" / "archives").glob("*.deb"))
-    assert (layer / "etc" / "resolv.conf").read_text() == "", "the host's resolver is not baked in"
-    script = ("id daytona; getent passwd daytona | cut -d: -f6,7; cat /etc/hostname; "
-              "python3 -c 'import venv, ensurepip; print(1)'; git --version; node --version; "
-              "for c in npm curl sudo pip3; do command -v $c; done")
-    out = subprocess.run(["bwrap", "--ro-bind", str(layer), "/", "--proc", "/proc", "--dev", "/dev",
-                          "--tmpfs", "/tmp", "--unshare-all", "--", "/bin/sh", "-c", script],
-                         capture_output=True, text=True, timeout=60)
+    slim = store.layer_path(base.layers[0])
+    assert not (slim / "usr/bin/python3").exists() and (slim / "etc/dpkg/dpkg.cfg.d/docker").is_file(), BASE_IMAGE
+    with overlay(store.lower_dirs(snapshot.layers), tmp_path / "view") as root:
+        sudoers = root / "etc" / "sudoers.d" / "daytona"
+        assert sudoers.read_text() == "daytona ALL=(ALL) NOPASSWD:ALL\n"
+        assert stat.S_IMODE(sudoers.stat().st_mode) == 0o440 and sudoers.stat().st_uid == 0
+        home = (root / "home" / "daytona").stat()
+        assert (home.st_uid, home.st_gid) == (1000, 1000)
+        assert not list((root / "var" / "lib" / "apt" / "lists").glob("*")), "apt lists are cleaned"
+        assert not list((root / "var" / "cache" / "apt" / "archives").glob("*.deb"))
+        assert (root / "etc" / "resolv.conf").read_text() == "", "the host's resolver is not baked in"
+        assert not list((root / "usr/share/man").iterdir()), "slim: no man pages"
+        script = ("id daytona; getent passwd daytona | cut -d: -f6,7; cat /etc/hostname; "
+                  "python -c 'import venv, ensurepip; print(1)'; git --version; node --version; "
+                  "for c in npm curl sudo pip3 gcc make jq ps; do command -v $c; done")
+        out = subprocess.run(["bwrap", "--ro-bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
+                              "--tmpfs", "/tmp", "--unshare-all", "--", "/bin/sh", "-c", script],
+                             capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "uid=1000(daytona) gid=1000(daytona) groups=1000(daytona)"
@@ -282,7 +290,8 @@ def test_default_snapshot_is_a_debian_root_with_the_daytona_user() -> None:
     assert lines[3] == "1"
     assert lines[4].startswith("git version 2.")
     assert lines[5].startswith("v18.")
-    assert lines[6:] == ["/usr/bin/npm", "/usr/bin/curl", "/usr/bin/sudo", "/usr/bin/pip3"]
+    assert lines[6:] == ["/usr/bin/npm", "/usr/bin/curl", "/usr/bin/sudo", "/usr/bin/pip3", "/usr/bin/gcc",
+                         "/usr/bin/make", "/usr/bin/jq", "/usr/bin/ps"]
 
 
 def test_default_snapshot_is_found_not_rebuilt_from_another_state_dir(tmp_path: Path) -> None:
@@ -326,16 +335,17 @@ def test_a_snapshot_layered_on_the_default_adds_one_layer_and_leaves_the_base_al
 
     shared, base = default_snapshot()
     store = SnapshotStore(tmp_path / "state", layers_dir=tmp_path / "layers")
-    # Its own layers dir (so the test's layers are its own): the base layer is linked in.
-    base_layer = shared.layer_path(base.layers[0])
-    os.symlink(base_layer, store.layers_dir / base.layers[0])
+    # Its own layers dir (so the test's layers are its own): the base's layers are linked in.
+    for digest in base.layers:
+        os.symlink(shared.layer_path(digest), store.layers_dir / digest)
+    base_layer = shared.layer_path(base.layers[-1])
     before = layer_checksum(base_layer)
     script = ("echo 'step: changing the root'; echo hello > /usr/local/hello; rm /etc/hostname; "
               "rm -r /etc/apt/sources.list.d; mkdir /etc/apt/sources.list.d; "
               "getent hosts localhost >/dev/null; id daytona")
     said: list[str] = []
     snap = ensure_layered(store, "with-hello", base, script, said.append)
-    assert snap.layers[:-1] == base.layers and len(snap.layers) == 2
+    assert snap.layers[:-1] == base.layers and len(snap.layers) == len(base.layers) + 1
     assert any("step: changing the root" in line for line in said), said
     top = store.layer_path(snap.layers[-1])
     assert (top / "usr" / "local" / "hello").read_text() == "hello\n"

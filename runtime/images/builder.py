@@ -91,9 +91,12 @@ SnapshotLookup = Callable[[str], "Base | None"]
 IdRanges = Callable[[], int]  # the base of a fresh range of ID_RANGE host ids (blocking)
 
 
-def plan(text: str, *, has_context: bool = False) -> list[Instruction]:
-    """The Dockerfile's instructions, or a DockerfileError saying what cannot be built."""
+def plan(text: str, *, has_context: bool = False, target: str | None = None) -> list[Instruction]:
+    """The Dockerfile's instructions (up to the end of stage `target`, if given), or a
+    DockerfileError saying what cannot be built."""
     instructions = dockerfile.parse(text)
+    if target is not None:
+        instructions = _up_to_stage(instructions, target)
     for instruction in instructions:
         if instruction.keyword in ("COPY", "ADD") and not has_context:
             raise instruction.fail(
@@ -105,13 +108,32 @@ def plan(text: str, *, has_context: bool = False) -> list[Instruction]:
     return instructions
 
 
-def from_reference(instruction: Instruction, variables: dict[str, str]) -> str:
+def _stage_name(instruction: Instruction) -> str | None:
+    parts = instruction.value.split()
+    return parts[2].lower() if len(parts) == 3 and parts[1].lower() == "as" else None
+
+
+def _up_to_stage(instructions: list[Instruction], target: str) -> list[Instruction]:
+    """The instructions of every stage up to and including the one named `target`."""
+    starts = [i for i, instruction in enumerate(instructions) if instruction.keyword == "FROM"]
+    names = [_stage_name(instructions[i]) for i in starts]
+    if target.lower() not in names:
+        named = ", ".join(n for n in names if n) or "none"
+        raise DockerfileError(f"the Dockerfile has no stage named {target!r} (its named stages: {named})")
+    index = names.index(target.lower())
+    end = starts[index + 1] if index + 1 < len(starts) else len(instructions)
+    return instructions[:end]
+
+
+def from_reference(instruction: Instruction, variables: dict[str, str]) -> tuple[str, str | None]:
+    """What FROM names and the stage it starts, if it is named (`FROM image AS name`)."""
     parts = dockerfile.expand(instruction.value, variables).split()
+    name = None
     if len(parts) == 3 and parts[1].lower() == "as":
-        parts = parts[:1]  # a named stage is fine while there is only one
+        parts, name = parts[:1], parts[2].lower()
     if len(parts) != 1 or parts[0].startswith("--"):
-        raise instruction.fail("expected FROM image[:tag] (flags are not supported)")
-    return parts[0]
+        raise instruction.fail("expected FROM image[:tag] [AS name] (flags are not supported)")
+    return parts[0], name
 
 
 def _key(*parts: Any) -> str:
@@ -167,6 +189,13 @@ def _passwd_ids(layer_paths: Sequence[Path], user: str) -> tuple[int, int]:
     return uid, gid
 
 
+def _as_base(state: _State) -> Base:
+    """A finished stage, as what a later `FROM <stage>` starts from."""
+    config = ImageConfig(env=dict(state.env), workdir=state.workdir, user=state.final_user or state.user,
+                         entrypoint=state.entrypoint, cmd=state.cmd)
+    return Base(state.key, tuple(state.layers), config)
+
+
 class Builder:
 
     def __init__(self, store: LayerStore, importer: ImageImporter, *,
@@ -194,15 +223,19 @@ class Builder:
             raise BuildError(str(exc)) from None
         return Base(f"image:{image.digest}", (image.layer,), image.config)
 
-    async def build(self, text: str, log: Log, *, context: Path | None = None) -> Built:
-        """`context`: the directory COPY reads from (an operator's build; API builds have none)."""
+    async def build(self, text: str, log: Log, *, context: Path | None = None,
+                    target: str | None = None) -> Built:
+        """`context`: the directory COPY reads from (an operator's build; API builds have
+        none); `target`: the stage to build (docker build --target), by default the last."""
         try:
-            instructions = plan(text, has_context=context is not None)
+            instructions = plan(text, has_context=context is not None, target=target)
         except DockerfileError as exc:
             raise BuildError(str(exc)) from None
         started = time.monotonic()
         args: dict[str, str] = {}
         state: _State | None = None
+        stages: dict[str, Base] = {}  # the named stages built so far, for a later FROM
+        stage: str | None = None
         run = cached = 0
         total = len(instructions)
         for number, instruction in enumerate(instructions, 1):
@@ -212,7 +245,14 @@ class Builder:
                     name, value = dockerfile.arg_pair(instruction, args)
                     args[name] = value or ""
                 elif instruction.keyword == "FROM":
-                    base = await self.resolve(from_reference(instruction, args), log)
+                    if state is not None and stage is not None:
+                        stages[stage] = _as_base(state)
+                    reference, stage = from_reference(instruction, args)
+                    if reference.lower() in stages:
+                        log(f"Using stage {reference}")
+                        base = stages[reference.lower()]
+                    else:
+                        base = await self.resolve(reference, log)
                     config = base.config
                     state = _State(key=base.key, layers=list(base.layers), env=dict(config.env),
                                    workdir=config.workdir or "/",

@@ -1,5 +1,6 @@
 """Dockerfile text (what the SDK's `Image` sends, control-plane-api.md §4.3) parsed into
-instructions. Only the instructions a single-stage build of `Image` emits are accepted;
+instructions. Only the instructions `Image` emits are accepted (and several stages, for
+the project's own images: `FROM image AS name`, a later `FROM name`);
 anything else is a `DockerfileError` that names the instruction and its line, so a user
 sees why before a build starts."""
 
@@ -63,9 +64,8 @@ def parse(text: str) -> list[Instruction]:
         raise DockerfileError("Dockerfile ends inside a continued line (a trailing backslash)")
     if not instructions or instructions[0].keyword not in ("FROM", "ARG"):
         raise DockerfileError("a Dockerfile starts with FROM (or ARG before FROM)")
-    froms = [i for i in instructions if i.keyword == "FROM"]
-    if len(froms) != 1:
-        raise DockerfileError(f"exactly one FROM is supported (multi-stage builds are not), found {len(froms)}")
+    if not any(i.keyword == "FROM" for i in instructions):
+        raise DockerfileError("a Dockerfile needs a FROM")
     return instructions
 
 
