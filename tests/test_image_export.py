@@ -360,7 +360,8 @@ def test_the_projects_images_build_push_and_run_from_the_registry(tmp_path: Path
                                  "push"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=840)
         took = time.monotonic() - started
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        summary = [line for line in result.stdout.splitlines() if line.startswith(("sandbox: built", "proxy: built"))]
+        summary = list(dict.fromkeys(line for line in result.stdout.splitlines()
+                                     if line.startswith(("sandbox: built", "proxy: built"))))
         print(f"\npython -m runtime image push: {took:.0f} s\n" + "\n".join(summary))
         assert len(summary) == 2, result.stdout[-4000:]
         stored = sum(f.stat().st_size for f in (tmp_path / "registry/storage").rglob("*") if f.is_file())
