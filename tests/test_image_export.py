@@ -255,7 +255,7 @@ def test_an_export_runs_beside_the_event_loop_and_a_cancel_leaves_no_layout(tmp_
     assert not left
 
 
-def test_a_layer_with_an_overlay_redirect_is_refused_and_sockets_are_skipped(tmp_path: Path) -> None:
+def test_what_a_layer_tar_cannot_say_is_refused_sockets_are_skipped_depth_is_no_limit(tmp_path: Path) -> None:
     import socket
 
     layer = tmp_path / "layer"
@@ -265,8 +265,24 @@ def test_a_layer_with_an_overlay_redirect_is_refused_and_sockets_are_skipped(tmp
         with open(tmp_path / "tar", "wb") as out:
             _, _, entries = write_layer_tar(layer, out)
     assert entries == 1  # the directory; no entry for the socket
+    deep = layer / "deep"
+    deep.mkdir()
+    for _ in range(1200):  # deeper than Python's recursion limit (os.makedirs would recurse)
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "leaf").write_text("leaf\n")
+    with open(tmp_path / "tar", "wb") as out:
+        _, _, entries = write_layer_tar(layer, out)
+    with tarfile.open(tmp_path / "tar") as tar:
+        names = tar.getnames()
+    assert entries == len(names) == 1 + 1200 + 1 + 1  # deep, its 1200 levels, the leaf, moved
+    assert names[-2] == "deep/" + "d/" * 1200 + "leaf" and names[-1] == "moved"
     os.setxattr(layer / "moved", "trusted.overlay.redirect", b"/elsewhere")
     with open(tmp_path / "tar", "wb") as out, pytest.raises(ImageError, match="redirect"):
+        write_layer_tar(layer, out)
+    os.removexattr(layer / "moved", "trusted.overlay.redirect")
+    (layer / "moved/.wh.passwd").write_text("a file, not a deletion\n")
+    with open(tmp_path / "tar", "wb") as out, pytest.raises(ImageError, match="mean deletions"):
         write_layer_tar(layer, out)
 
 

@@ -122,16 +122,24 @@ def _xattrs(path: str) -> dict[str, bytes]:
     return out
 
 
-def _entries(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+def _entries(root: str) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of everything below `root`, parents before children, names
-    sorted (the same tree gives the same tar); never follows a symlink."""
-    path = os.path.join(root, rel) if rel else root
-    for name in sorted(os.listdir(path)):
-        child = os.path.join(rel, name) if rel else name
-        st = os.lstat(os.path.join(root, child))
-        yield child, st
+    sorted (the same tree gives the same tar); never follows a symlink. Iterative: a build
+    step can nest directories deeper than Python's recursion limit."""
+    stack: list[Iterator[str]] = [iter(sorted(os.listdir(root)))]
+    prefixes = [""]
+    while stack:
+        name = next(stack[-1], None)
+        if name is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        rel = prefixes[-1] + name
+        st = os.lstat(os.path.join(root, rel))
+        yield rel, st
         if stat.S_ISDIR(st.st_mode):
-            yield from _entries(root, child)
+            stack.append(iter(sorted(os.listdir(os.path.join(root, rel)))))
+            prefixes.append(rel + "/")
 
 
 def _info(name: str, st: os.stat_result, kind: bytes, *, size: int = 0) -> tarfile.TarInfo:
@@ -174,6 +182,10 @@ def write_layer_tar(root: Path, out: BinaryIO, stop: threading.Event | None = No
                 tar.addfile(_marker(os.path.join(directory, WHITEOUT_PREFIX + name), st))
                 count += 1
                 continue
+            if name.startswith(WHITEOUT_PREFIX):
+                # Every reader would take it for a deletion (of `name` minus the prefix).
+                raise ImageError(f"cannot export {rel}: names starting with {WHITEOUT_PREFIX} mean deletions "
+                                 "in an OCI layer")
             xattrs = _xattrs(path)
             for bad in _UNEXPORTABLE_XATTRS:
                 if bad in xattrs:
