@@ -265,18 +265,25 @@ def test_what_a_layer_tar_cannot_say_is_refused_sockets_are_skipped_depth_is_no_
         with open(tmp_path / "tar", "wb") as out:
             _, _, entries = write_layer_tar(layer, out)
     assert entries == 1  # the directory; no entry for the socket
+    import inspect
+    import sys
+
     deep = layer / "deep"
-    deep.mkdir()
-    for _ in range(1200):  # deeper than Python's recursion limit (os.makedirs would recurse)
-        deep = deep / "d"
-        deep.mkdir()
-    (deep / "leaf").write_text("leaf\n")
-    with open(tmp_path / "tar", "wb") as out:
-        _, _, entries = write_layer_tar(layer, out)
+    os.makedirs(deep / "/".join(["d"] * 400))
+    (deep / "/".join(["d"] * 400) / "leaf").write_text("leaf\n")
+    # Deeper than the stack allows, without a tree that deep for real (shutil.rmtree, and so
+    # pytest's own cleanup, recurses per level: a 1200-level tree breaks them).
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack()) + 150)
+    try:
+        with open(tmp_path / "tar", "wb") as out:
+            _, _, entries = write_layer_tar(layer, out)
+    finally:
+        sys.setrecursionlimit(limit)
     with tarfile.open(tmp_path / "tar") as tar:
         names = tar.getnames()
-    assert entries == len(names) == 1 + 1200 + 1 + 1  # deep, its 1200 levels, the leaf, moved
-    assert names[-2] == "deep/" + "d/" * 1200 + "leaf" and names[-1] == "moved"
+    assert entries == len(names) == 1 + 400 + 1 + 1  # deep, its 400 levels, the leaf, moved
+    assert names[-2] == "deep/" + "d/" * 400 + "leaf" and names[-1] == "moved"
     os.setxattr(layer / "moved", "trusted.overlay.redirect", b"/elsewhere")
     with open(tmp_path / "tar", "wb") as out, pytest.raises(ImageError, match="redirect"):
         write_layer_tar(layer, out)
@@ -284,6 +291,32 @@ def test_what_a_layer_tar_cannot_say_is_refused_sockets_are_skipped_depth_is_no_
     (layer / "moved/.wh.passwd").write_text("a file, not a deletion\n")
     with open(tmp_path / "tar", "wb") as out, pytest.raises(ImageError, match="mean deletions"):
         write_layer_tar(layer, out)
+
+
+def test_the_cli_checks_its_arguments_and_root_before_building(tmp_path: Path) -> None:
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    def cli(*words: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*prefix, sys.executable, "-m", "runtime", "--state-dir", str(tmp_path / "state"),
+                               "image", *words], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+
+    for words, message in ((("build", "nope"), "no image 'nope': the images are sandbox, proxy"),
+                           (("push", "sandbox", "--tag", "Bad Ref"), "'Bad Ref' is not an image reference"),
+                           (("push", "--tag", "127.0.0.1:5000/x:1"), "give one NAME"),
+                           (("build", "proxy", "--tag", "127.0.0.1:5000/x:1"), "use it with --push"),
+                           (("push", "proxy", "--tag", f"127.0.0.1:5000/x@sha256:{'0' * 64}"), "not a digest")):
+        result = cli(*words)
+        assert result.returncode == 2 and message in result.stderr, (words, result.stderr)
+    assert not (tmp_path / "state").exists()  # nothing was built or recorded
+    nobody = ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")
+    if subprocess.run([*nobody, sys.executable, "-c", "import runtime"], cwd=REPO_ROOT, capture_output=True,
+                      env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}).returncode != 0:
+        pytest.skip("nobody cannot run this checkout's python here")
+    result = cli("push", "proxy", prefix=nobody)
+    assert result.returncode == 1 and "building images needs root" in result.stderr, result.stderr
 
 
 # ---- slow: the project's own images, through the real CLI ----------------------------------
