@@ -3,7 +3,7 @@ instead of on their 1 s polling fallback (control-plane-api.md §2.3.2).
 
 Engine.IO 4, WebSocket transport only, as the SDKs connect. A socket authenticates with the
 API key in its CONNECT packet (`auth.token`) and joins its organization's room; nothing is
-read from what a client sends after that. Events come from one place: the sandbox records
+read from what a client sends after that. Revoking the key closes its sockets. Events come from one place: the sandbox records
 call `changed()` after every write (whoever made it: a request, reconcile, a policy), and
 one consumer task turns those into `sandbox.created` (the full Sandbox) and
 `sandbox.state.updated` `{sandbox, oldState, newState}` when the state a client sees moved.
@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import socketio  # type: ignore[import-untyped]
 
-from controlplane.auth import Keys
+from controlplane.auth import Keys, key_hash
 from controlplane.sandboxes import states
 from controlplane.sandboxes.records import SandboxRecord
 from controlplane.sandboxes.routes import PublicUrls, sandbox_dto
@@ -56,6 +56,8 @@ class Events:
         # socketio_path=None: the app is mounted at /api/socket.io, everything reaching it is ours.
         self.app = socketio.ASGIApp(self.server, socketio_path=None)
         self.server.on("connect", self._connect)
+        self.server.on("disconnect", self._disconnect)
+        self._keys_of: dict[str, str] = {}  # socket id -> the hash of the key it connected with
         # Engine.IO's own background work (its service task, each socket's pings) runs in
         # the control plane's task group too, so none outlives it.
         self.server.eio.start_background_task = self._start_engine_task
@@ -82,6 +84,20 @@ class Events:
         # As upstream: an API key's socket joins its key's organization; a query's
         # organizationId (sent by JWT clients) is not consulted.
         await self.server.enter_room(sid, room(principal.organization_id))
+        self._keys_of[sid] = key_hash(token)
+
+    async def _disconnect(self, sid: str, *args: Any) -> None:
+        self._keys_of.pop(sid, None)
+
+    async def drop_key(self, key: str) -> int:
+        """Close every socket that connected with `key` (just revoked): it hears nothing of
+        its organization any more. Returns how many were closed."""
+        digest = key_hash(key)
+        sids = [sid for sid, held in self._keys_of.items() if held == digest]
+        for sid in sids:
+            self._keys_of.pop(sid, None)
+            await self.server.disconnect(sid)
+        return len(sids)
 
     # -- changes ------------------------------------------------------------------------
     def start(self) -> None:

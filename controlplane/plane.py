@@ -138,10 +138,11 @@ class ControlPlane:
         return created
 
     async def revoke_key(self, key: str) -> bool:
-        """Delete a key; by the time this returns the API, the proxy and MCP refuse it.
-        False if it was not a key."""
+        """Delete a key; by the time this returns the API, the proxy and MCP refuse it and
+        its Socket.IO connections are closed. False if it was not a key."""
         if not await anyio.to_thread.run_sync(self.keys.revoke, key):
             return False
+        await self.events.drop_key(key)  # its Socket.IO connections, which authenticated once
         await self.view.publish()
         await self.view.until_key(key, False)
         return True

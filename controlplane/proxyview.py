@@ -37,10 +37,11 @@ class ProxyView:
         # Other resources' additions to the entries (signing keys, revoked preview labels).
         self.decorators: list[Callable[[dict[str, dict[str, Any]]], None]] = []
         self._written: tuple[dict[str, dict[str, Any]], dict[str, str]] | None = None
+        self._coming: set[str] = set()
 
     def _build(self) -> None:
         entries: dict[str, dict[str, Any]] = {}
-        for sandbox_id, organization, token, public in self.records.routed():
+        for sandbox_id, organization, token, public in self.records.routed(tuple(self._coming)):
             entries[sandbox_id] = {"url": self.backend.address(sandbox_id), "token": token,
                                    "public": public, "organization": organization}
             uid = self.backend.peer_uid(sandbox_id)
@@ -58,9 +59,17 @@ class ProxyView:
         self.registry.replace(entries, keys)
         self._written = (entries, keys)
 
-    async def publish(self) -> None:
+    async def publish(self, coming: str | None = None) -> None:
+        """`coming`: a sandbox to route though not recorded started yet, until `arrived`
+        (routed before anyone sees it started: SandboxService._started)."""
         async with self._lock:
+            if coming is not None:
+                self._coming.add(coming)
             await anyio.to_thread.run_sync(self._build)
+
+    def arrived(self, sandbox_id: str) -> None:
+        """`sandbox_id` is recorded started (or failed): its state decides from now on."""
+        self._coming.discard(sandbox_id)
 
     async def until_routed(self, sandbox_id: str) -> None:
         if self.visible is not None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import socketio  # type: ignore[import-untyped]
 
-from tests.controlplane_helpers import api_url, daytona, extra_key, stack_fixture
+from tests.controlplane_helpers import api_url, daytona, extra_key, key_command, stack_fixture
 from tests.runtime_helpers import Stack, needs_bwrap, start_stack
 
 pytestmark = needs_bwrap
@@ -171,6 +171,31 @@ def test_an_event_for_one_organization_never_reaches_another(stack: Stack, liste
         assert listener.of(b_sandbox.id) == []  # and org A saw nothing of B's
     finally:
         other.close()
+
+
+def test_a_revoked_key_s_socket_is_closed_and_hears_nothing_more(stack: Stack) -> None:
+    """A socket authenticates once, in its CONNECT packet: revoking its key closes it, so it
+    never hears of its organization's sandboxes again. Another key's socket stays."""
+    key = extra_key(stack, "default")
+    revoked, kept = Listener(stack, key), Listener(stack, stack.api_key)
+    try:
+        assert revoked.client.connected
+        result = key_command(stack, "revoke", key)
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 5
+        while revoked.client.connected and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not revoked.client.connected, "the revoked key's socket is still open"
+        sandbox = daytona(stack).create()
+        kept.wait_for(sandbox.id, "started")
+        sandbox.delete()
+        kept.wait_for(sandbox.id, "destroyed")
+        assert revoked.of(sandbox.id) == [] and kept.client.connected
+        with pytest.raises(socketio.exceptions.ConnectionError):  # and it cannot come back
+            Listener(stack, key)
+    finally:
+        revoked.close()
+        kept.close()
 
 
 def test_naming_another_organization_in_the_query_does_not_join_its_room(stack: Stack) -> None:

@@ -179,10 +179,11 @@ class SandboxRecords:
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(select(table))]
 
-    def routed(self) -> list[tuple[str, str, str, bool]]:
-        """(id, organization, preview token, public) of every sandbox the proxy should route."""
+    def routed(self, also: tuple[str, ...] = ()) -> list[tuple[str, str, str, bool]]:
+        """(id, organization, preview token, public) of every sandbox the proxy should route:
+        the started ones, and `also` (up, about to be recorded started)."""
+        started = and_(table.c.state == "started", table.c.desired_state.in_(["started", "resized"]))
         with self.engine.connect() as conn:
             rows = conn.execute(select(table.c.id, table.c.organization_id, table.c.preview_token,
-                                       table.c.public).where(
-                table.c.state == "started", table.c.desired_state.in_(["started", "resized"])))
+                                       table.c.public).where(or_(started, table.c.id.in_(list(also)))))
             return [(r.id, r.organization_id, r.preview_token, bool(r.public)) for r in rows]

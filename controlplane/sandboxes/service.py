@@ -391,11 +391,19 @@ class SandboxService:
     async def _started(self, sandbox_id: str) -> None:
         """Record a sandbox started (create, start, recover) and return once the proxy routes
         it. Starting counts as activity: auto-stop's idle time runs from here, not from the
-        create request a build may have kept waiting for minutes."""
-        await anyio.to_thread.run_sync(
-            lambda: self.records.finish(sandbox_id, State.STARTED.value, last_activity_at=time.time()))
-        await self.view.publish()
-        await self.view.until_routed(sandbox_id)
+        create request a build may have kept waiting for minutes. Routed first: a client
+        acting on the state (its event, a poll, a create from an image nobody's request
+        waits on) never gets the proxy's sandbox-not-found."""
+        await self.view.publish(coming=sandbox_id)
+        try:
+            await self.view.until_routed(sandbox_id)
+        finally:
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: self.records.finish(sandbox_id, State.STARTED.value, last_activity_at=time.time()))
+            finally:
+                self.view.arrived(sandbox_id)
+            await self.view.publish()
 
     async def stop(self, principal: Principal, id_or_name: str, force: bool = False) -> SandboxRecord | None:
         """The stopped sandbox, or None once an ephemeral one (autoDeleteInterval 0) is gone."""
