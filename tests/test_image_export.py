@@ -218,7 +218,9 @@ def test_a_bad_or_unreachable_registry_says_why_and_leaves_nothing(built: tuple[
     for reference, message in (("Not A Reference", "not an image reference"),
                                (f"127.0.0.1:5000/x@sha256:{'0' * 64}", "not a digest"),
                                (f"127.0.0.1:{free_port()}/nobody/here:1", r"cannot push 127\.0\.0\.1:\d+/nobody/"
-                                                                          r"here:1: .*connection refused")):
+                                                                          r"here:1: .*connection refused"),
+                               # Anything but loopback is spoken to over TLS, verified.
+                               ("registry.invalid/x:1", r"cannot push registry\.invalid/x:1: .*https://registry\.invalid/")):
         with pytest.raises(ImageError, match=message):
             asyncio.run(push(store, result.layers, config, reference, lambda line: None))
         assert not list(store.layers_dir.glob(".tmp-*")), reference
