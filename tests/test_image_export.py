@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import stat
 import subprocess
 import tarfile
@@ -27,8 +26,10 @@ from runtime.images.oci import ImageConfig, ImageError, ImageImporter, registry_
 from runtime.snapshots import SnapshotStore
 from tests.helpers import free_port
 from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+from tests.system import requires
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)"),
+              requires("skopeo", "umoci", "docker-registry")]
 
 XATTR = ("user.note", b"\xff\x00binary value")
 
@@ -389,6 +390,7 @@ def _unpack(reference: str, work: Path, name: str) -> tuple[Path, dict[str, Any]
 
 
 @pytest.mark.timeout(900)
+@requires("bwrap")
 def test_the_projects_images_build_push_and_run_from_the_registry(tmp_path: Path) -> None:
     """`python -m runtime image push` (both images, the real CLI as a subprocess) to a local
     registry, on the machine's shared layers dir (the sandbox image's base stage is the
@@ -403,8 +405,6 @@ def test_the_projects_images_build_push_and_run_from_the_registry(tmp_path: Path
     from tests.layer_helpers import shared_default, shared_layers_dir
     from tests.proxy_helpers import stop
 
-    if shutil.which("bwrap") is None:
-        pytest.skip("bwrap is not installed")
     shared_default()  # built once per machine (tests/conftest.py), not counted here
     with local_registry(tmp_path / "registry") as address:
         env = {**os.environ, "REGISTRY": address, "RUNTIME_LAYERS_DIR": str(shared_layers_dir())}
