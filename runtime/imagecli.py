@@ -1,7 +1,8 @@
 """`python -m runtime image build|push [sandbox] [proxy]`: the project's own images, built
 by this project's builder (no container engine) and pushed to an OCI registry.
 
-Each image is `images/<name>/Dockerfile` with the repository as its context, built through
+Each image is `images/<name>/Dockerfile` with the repository as its context (what its
+`Dockerfile.dockerignore` keeps, as BuildKit sends it: runtime/images/dockerignore.py), built through
 `runtime.rootfs.local_builder`: `FROM debian:bookworm-slim` is the Debian made here with
 debootstrap, RUN steps run in build sandboxes on a sandbox network of their own, and the
 layers go to the runtime's layers dir, so the sandbox image's `base` stage is the default
@@ -104,6 +105,17 @@ def _jobs(args: argparse.Namespace) -> list[_Job] | str:
     return jobs
 
 
+def _stage_context(dockerfile: Path, dest: Path) -> int:
+    """The repository as docker would send it (`<Dockerfile>.dockerignore`, BuildKit's
+    rule), copied into `dest`: no `__pycache__` or `node_modules` in the image's layers, and
+    the COPY steps' cache keys do not change with them."""
+    from runtime.images import dockerignore
+
+    ignore = dockerfile.with_name(f"{dockerfile.name}.dockerignore")
+    patterns = dockerignore.parse(ignore.read_text()) if ignore.is_file() else []
+    return dockerignore.stage(REPO_ROOT, patterns, dest)
+
+
 def run(args: argparse.Namespace, state_dir: Path) -> int:
     jobs = _jobs(args)
     if isinstance(jobs, str):
@@ -146,7 +158,13 @@ async def _build_all(store: SnapshotStore, builder: Builder, jobs: list[_Job], a
         text = await asyncio.to_thread(dockerfile.read_text)
         say(f"==> {job.name}: {dockerfile.relative_to(REPO_ROOT)} (context: {REPO_ROOT})")
         started = time.monotonic()
-        built = await builder.build(text, say, context=REPO_ROOT, target=args.target)
+        context = await asyncio.to_thread(store.new_tree)  # a crash leaves it to clean_partial
+        try:
+            count = await asyncio.to_thread(_stage_context, dockerfile, context)
+            say(f"Context: {count} files of the repository, as {dockerfile.name}.dockerignore keeps them")
+            built = await builder.build(text, say, context=context, target=args.target)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, context, True)
         took = time.monotonic() - started
         await asyncio.to_thread(store.record_build, f"project-image-{job.name}", built.layers)
         line = (f"{job.name}: built in {took:.1f} s, {len(built.layers)} layer(s), {built.size / 1e6:.0f} MB "
