@@ -1,9 +1,11 @@
-"""`python -m runtime up|inspect|api-key create|revoke`: what only the runtime's host can do.
+"""`python -m runtime up|inspect|api-key create|revoke|image build|push`: what only the
+runtime's host can do.
 
 `up` runs everything (proxy, control plane, runtime) in the foreground until Ctrl-C;
 `inspect` asks the control socket what the runtime knows of a sandbox; `api-key create`
 and `revoke` make and revoke keys through the running main job, so the proxy follows at
-once (runtime/apikeys.py). Managing sandboxes is the
+once (runtime/apikeys.py); `image` builds the project's own sandbox and proxy images and
+pushes them to a registry (runtime/imagecli.py). Managing sandboxes is the
 `sandbox-toolbox` CLI's job (client/cli/), a client of `/api` like the SDKs: one API per
 concern.
 """
@@ -107,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     key_revoke = key_commands.add_parser("revoke", help="revoke an API key: refused everywhere once this returns")
     _state_arg(key_revoke, top=False)
     key_revoke.add_argument("key", help="the key (dtn_...), or - to read it from stdin (keeps it out of ps)")
+    from runtime import imagecli
+
+    imagecli.add_parser(commands, _state_arg, _HelpFormatter)
     return parser
 
 
@@ -368,4 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.key_command == "revoke":
             return apikeys.revoke(_state_dir(args), args.key)
         return apikeys.create(_state_dir(args), args.organization)
+    if args.command == "image":
+        from runtime import imagecli
+
+        return imagecli.run(args, _state_dir(args))
     return 2

@@ -27,6 +27,9 @@ PACKAGES = {
     "xev": "x11-utils",
     "ssh": "openssh-client",
     "node": "nodejs",
+    "skopeo": "skopeo",
+    "umoci": "umoci",
+    "docker-registry": "docker-registry",
 }
 _REASON = re.compile(r"\(apt-get install ([a-z0-9][a-z0-9.+\- ]*)\)")
 

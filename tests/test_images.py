@@ -79,13 +79,14 @@ def k8s(name: str) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("name", ["sandbox", "proxy"])
 def test_dockerfiles_copy_only_what_exists_and_run_unprivileged(name: str) -> None:
     instructions = dockerfile(name)
-    assert len(instructions["FROM"]) == 1
+    # Stages build on the project's local base or on an earlier stage, never on another image.
+    stages = [f.split()[-1] for f in instructions["FROM"] if " AS " in f.upper()]
+    assert all(f.split()[0] in ("debian:bookworm-slim", *stages) for f in instructions["FROM"])
     for copy in instructions["COPY"]:
         *sources, _ = shlex.split(copy)
         for source in sources:
             assert (REPO / source).exists(), f"{name}: COPY {source} is not in the repository"
-    (user,) = instructions["USER"]
-    assert user not in ("root", "0")
+    assert instructions["USER"][-1] not in ("root", "0")  # what the image runs as
     ignore = (IMAGES / name / "Dockerfile.dockerignore").read_text()
     assert "!toolbox/" in ignore and "!pyproject.toml" in ignore
 
@@ -100,7 +101,7 @@ def test_sandbox_image_runs_the_daemon_as_pid_1_as_a_user_whose_home_is_the_work
     (workdir,) = instructions["WORKDIR"]
     assert args.workdir == workdir == "/home/daytona"
     assert any("--home-dir /home/daytona" in run and "daytona" in run for run in instructions["RUN"])
-    assert instructions["USER"] == ["daytona"]
+    assert instructions["USER"][-1] == "daytona"
     installed = " ".join(instructions["RUN"])
     for tool in ("python3", "git", "nodejs", "npm", "curl"):
         assert f" {tool} " in f" {installed} ", tool
@@ -249,3 +250,21 @@ def test_the_files_the_images_copy_build_a_wheel_with_the_terminal_assets(tmp_pa
                    "toolbox/terminal/static/vendor/xterm.css", "toolbox/terminal/static/vendor/addon-fit.js",
                    "toolbox/terminal/static/vendor/LICENSE.xterm.txt"):
         assert needed in names, needed
+
+
+# ---- the images' names: what `python -m runtime image push` pushes -------------------------
+
+def test_compose_and_kubernetes_run_the_images_the_builder_pushes() -> None:
+    from runtime.imagecli import DEFAULT_REGISTRY, IMAGES, REPOSITORY
+
+    services = compose()["services"]
+    wanted = {name: f"${{REGISTRY:-{DEFAULT_REGISTRY}}}/{REPOSITORY}/{name}:latest" for name in IMAGES}
+    assert services["proxy"]["image"] == wanted["proxy"]
+    assert all(s["image"] == wanted["sandbox"] for n, s in services.items() if n != "proxy")
+    assert not any("build" in s for s in services.values())  # never another build than the pushed one
+    (proxy,) = _by_kind("proxy.yaml")["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (sandbox,) = _by_kind("sandbox-template.yaml")["Pod"]["spec"]["containers"]
+    for container, name in ((proxy, "proxy"), (sandbox, "sandbox")):
+        registry, _, path = container["image"].partition("/")
+        assert "." in registry and path == f"{REPOSITORY}/{name}:latest", container["image"]
+        assert container["imagePullPolicy"] == "Always"
