@@ -116,6 +116,14 @@ def _stage_context(dockerfile: Path, dest: Path) -> int:
     return dockerignore.stage(REPO_ROOT, patterns, dest)
 
 
+def _created() -> str:
+    """The image config's `created`: SOURCE_DATE_EPOCH (reproducible builds: the same
+    layers then push as the same manifest digest), else now."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch.isdigit() else datetime.now(UTC)
+    return when.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 def run(args: argparse.Namespace, state_dir: Path) -> int:
     jobs = _jobs(args)
     if isinstance(jobs, str):
@@ -171,7 +179,7 @@ async def _build_all(store: SnapshotStore, builder: Builder, jobs: list[_Job], a
                 f"({built.steps_run} step(s) run, {built.steps_cached} from cache)")
         config = ImageConfig(env=built.env, workdir=built.workdir, user=built.user,
                              entrypoint=built.entrypoint, cmd=built.cmd)
-        created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        created = _created()
         if args.oci:
             layout = Path(args.oci) / job.name
             if await asyncio.to_thread(layout.exists):

@@ -298,6 +298,17 @@ def test_what_a_layer_tar_cannot_say_is_refused_sockets_are_skipped_depth_is_no_
         write_layer_tar(layer, out)
 
 
+def test_an_images_created_time_is_source_date_epoch_when_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reproducible builds: with SOURCE_DATE_EPOCH the config (and so the manifest digest)
+    of an unchanged image is the same on every push."""
+    from runtime.imagecli import _created
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert _created() == "2023-11-14T22:13:20Z" == _created()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "not a number")
+    assert _created().startswith("20") and _created() != "2023-11-14T22:13:20Z"
+
+
 def test_the_cli_checks_its_arguments_and_root_before_building(tmp_path: Path) -> None:
     import sys
 
