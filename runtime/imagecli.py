@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import sys
@@ -174,11 +175,12 @@ async def _build_all(store: SnapshotStore, builder: Builder, jobs: list[_Job], a
         finally:
             await asyncio.to_thread(shutil.rmtree, context, True)
         took = time.monotonic() - started
-        await asyncio.to_thread(store.record_build, f"project-image-{job.name}", built.layers)
         line = (f"{job.name}: built in {took:.1f} s, {len(built.layers)} layer(s), {built.size / 1e6:.0f} MB "
                 f"({built.steps_run} step(s) run, {built.steps_cached} from cache)")
         config = ImageConfig(env=built.env, workdir=built.workdir, user=built.user,
                              entrypoint=built.entrypoint, cmd=built.cmd)
+        await asyncio.to_thread(functools.partial(store.record_build, f"project-image-{job.name}", built.layers,
+                                                  config=config.to_json()))
         created = _created()
         if args.oci:
             layout = Path(args.oci) / job.name

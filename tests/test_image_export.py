@@ -402,72 +402,83 @@ def _unpack(reference: str, work: Path, name: str) -> tuple[Path, dict[str, Any]
 
 @pytest.mark.timeout(900)
 @requires("bwrap")
-def test_the_projects_images_build_push_and_run_from_the_registry(tmp_path: Path) -> None:
-    """`python -m runtime image push` (both images, the real CLI as a subprocess) to a local
-    registry, on the machine's shared layers dir (the sandbox image's base stage is the
-    default snapshot's build: a cache hit). Then the pushed images, pulled and unpacked by
-    skopeo and umoci, run: the sandbox's ENTRYPOINT answers GET /version, and the proxy's
-    serves /health and reaches that daemon through /toolbox/{id}/."""
+def test_the_projects_images_build_push_and_run(tmp_path: Path) -> None:
+    """The real CLI as a subprocess, on the machine's shared layers dir (the sandbox image's
+    base stage is the default snapshot's build: a cache hit): `image build sandbox` and
+    `image push proxy` to a local registry. The sandbox image's ENTRYPOINT, run from its
+    built layers, answers GET /version as its USER; the proxy image, pulled back and
+    unpacked by skopeo and umoci, serves /health and reaches that daemon through
+    /toolbox/{id}/. (Pushing and pulling the sandbox image too would add a minute and
+    prove nothing the round trip above and the proxy's do not.)"""
     import secrets
     import sys
     import time
 
+    from runtime.snapshots import SnapshotStore
     from tests.helpers import REPO_ROOT
-    from tests.layer_helpers import shared_default, shared_layers_dir
+    from tests.layer_helpers import overlay, shared_default, shared_layers_dir
     from tests.proxy_helpers import stop
 
     shared_default()  # built once per machine (tests/conftest.py), not counted here
     with local_registry(tmp_path / "registry") as address:
         env = {**os.environ, "REGISTRY": address, "RUNTIME_LAYERS_DIR": str(shared_layers_dir())}
-        started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path / "state"), "image",
-                                 "push"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=840)
-        took = time.monotonic() - started
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-        summary = list(dict.fromkeys(line for line in result.stdout.splitlines()
-                                     if line.startswith(("sandbox: built", "proxy: built"))))
-        print(f"\npython -m runtime image push: {took:.0f} s\n" + "\n".join(summary))
-        assert len(summary) == 2, result.stdout[-4000:]
-        stored = sum(f.stat().st_size for f in (tmp_path / "registry/storage").rglob("*") if f.is_file())
-        print(f"registry storage: {stored / 1e6:.0f} MB (gzipped layers)")
-
-        rootfs, config = _unpack(f"{address}/sandbox-toolbox/sandbox:latest", tmp_path, "sandbox")
-        assert config["config"]["User"] == "daytona" and config["config"]["WorkingDir"] == "/home/daytona"
-        port = free_port()
-        daemon = _run_entrypoint(rootfs, config, ["--host", "127.0.0.1", "--port", str(port), "--sandbox-id", "alpha"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
+        summary: list[str] = []
+        for words in (("build", "sandbox"), ("push", "proxy")):
             started = time.monotonic()
-            version = _wait_for(f"http://127.0.0.1:{port}/version", daemon)
-            print(f"sandbox image's daemon answered /version in {time.monotonic() - started:.1f} s: {version}")
-            assert "version" in version
-            import httpx
+            result = subprocess.run([sys.executable, "-m", "runtime", "--state-dir", str(tmp_path / "state"),
+                                     "image", *words], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+                                    timeout=840)
+            assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+            summary += list(dict.fromkeys(line for line in result.stdout.splitlines()
+                                          if line.startswith(("sandbox: built", "proxy: built"))))
+            print(f"\npython -m runtime image {' '.join(words)}: {time.monotonic() - started:.0f} s")
+        print("\n".join(summary))
+        assert len(summary) == 2, summary
 
-            ran = httpx.post(f"http://127.0.0.1:{port}/process/execute", json={"command": "id -un"}, timeout=30).json()
-            assert ran["result"].strip() == "daytona", ran  # the image's USER
-
-            proxy_rootfs, proxy_config = _unpack(f"{address}/sandbox-toolbox/proxy:latest", tmp_path, "proxy")
-            assert proxy_config["config"]["User"] == "sandbox-proxy"
-            assert _passwd_ids(proxy_rootfs, "sandbox-proxy") == (10001, 10001)
-            helped = _run_entrypoint(proxy_rootfs, proxy_config, ["--help"], stdout=subprocess.PIPE)
-            out, _ = helped.communicate(timeout=60)
-            assert helped.returncode == 0 and b"--registry" in out, out
-            registry_file = proxy_rootfs / "etc/sandboxes.json"
-            registry_file.write_text(json.dumps({"sandboxes": {"alpha": {"url": f"http://127.0.0.1:{port}"}}}))
-            key = secrets.token_hex(16)
-            proxy_port = free_port()
-            proxy_config["config"].setdefault("Env", []).append(f"PROXY_API_KEYS={key}")
-            proxy = _run_entrypoint(proxy_rootfs, proxy_config,
-                                    ["--host", "127.0.0.1", "--port", str(proxy_port), "--domain", "sandboxes.test",
-                                     "--registry", "file:/etc/sandboxes.json"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        store = SnapshotStore(tmp_path / "state", layers_dir=shared_layers_dir())
+        layers, image = store.cached_build("project-image-sandbox"), store.cached_config("project-image-sandbox")
+        assert layers is not None and image is not None  # the CLI's record of its last build
+        assert image["user"] == "daytona" and image["workdir"] == "/home/daytona"
+        config = {"config": {"User": image["user"], "WorkingDir": image["workdir"], "Entrypoint": image["entrypoint"],
+                             "Env": [f"{name}={value}" for name, value in image["env"].items()]}}
+        with overlay(store.lower_dirs(layers), tmp_path / "sandbox-root") as rootfs:
+            port = free_port()
+            daemon = _run_entrypoint(rootfs, config, ["--host", "127.0.0.1", "--port", str(port),
+                                                      "--sandbox-id", "alpha"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
-                health = _wait_for(f"http://127.0.0.1:{proxy_port}/health", proxy, {"Host": "sandboxes.test"})
-                assert health["status"] == "ok"
-                through = _wait_for(f"http://127.0.0.1:{proxy_port}/toolbox/alpha/version", proxy,
-                                    {"Host": "sandboxes.test", "Authorization": f"Bearer {key}"})
-                assert through == version
+                started = time.monotonic()
+                version = _wait_for(f"http://127.0.0.1:{port}/version", daemon)
+                print(f"sandbox image's daemon answered /version in {time.monotonic() - started:.1f} s: {version}")
+                assert "version" in version
+                import httpx
+
+                ran = httpx.post(f"http://127.0.0.1:{port}/process/execute", json={"command": "id -un"},
+                                 timeout=30).json()
+                assert ran["result"].strip() == "daytona", ran  # the image's USER
+
+                proxy_rootfs, proxy_config = _unpack(f"{address}/sandbox-toolbox/proxy:latest", tmp_path, "proxy")
+                assert proxy_config["config"]["User"] == "sandbox-proxy"
+                assert _passwd_ids(proxy_rootfs, "sandbox-proxy") == (10001, 10001)
+                helped = _run_entrypoint(proxy_rootfs, proxy_config, ["--help"], stdout=subprocess.PIPE)
+                out, _ = helped.communicate(timeout=60)
+                assert helped.returncode == 0 and b"--registry" in out, out
+                registry_file = proxy_rootfs / "etc/sandboxes.json"
+                registry_file.write_text(json.dumps({"sandboxes": {"alpha": {"url": f"http://127.0.0.1:{port}"}}}))
+                key = secrets.token_hex(16)
+                proxy_port = free_port()
+                proxy_config["config"].setdefault("Env", []).append(f"PROXY_API_KEYS={key}")
+                proxy = _run_entrypoint(proxy_rootfs, proxy_config,
+                                        ["--host", "127.0.0.1", "--port", str(proxy_port), "--domain",
+                                         "sandboxes.test", "--registry", "file:/etc/sandboxes.json"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                try:
+                    health = _wait_for(f"http://127.0.0.1:{proxy_port}/health", proxy, {"Host": "sandboxes.test"})
+                    assert health["status"] == "ok"
+                    through = _wait_for(f"http://127.0.0.1:{proxy_port}/toolbox/alpha/version", proxy,
+                                        {"Host": "sandboxes.test", "Authorization": f"Bearer {key}"})
+                    assert through == version
+                finally:
+                    stop(proxy)
             finally:
-                stop(proxy)
-        finally:
-            stop(daemon)
+                stop(daemon)
