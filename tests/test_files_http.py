@@ -494,3 +494,38 @@ def test_permissions_with_unicode_digits_are_a_clear_400(http: httpx.Client, dae
     (daemon.workdir / "perm-digits.txt").write_bytes(b"x")
     response = http.post("/files/permissions", params={"path": "perm-digits.txt", field: "²"})
     assert "not found" in str(_error(response, 400, "BAD_REQUEST")["message"])
+
+
+def test_a_move_across_file_systems_copies_data_only(daemon: RunningDaemon, http: httpx.Client,
+                                                      tmp_path: Path) -> None:
+    """A move across file systems copies; what it refuses, it refuses before copying a byte:
+    a tree of /proc (its pagemap reads as tens of gigabytes: the fuzzer once filled a disk
+    with it), a FIFO (a copy would wait forever), a tree with a device inside. Data moves."""
+    import tempfile
+
+    sid = daemon.sandbox_id
+    shm = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: another file system than the work dir's
+    try:
+        response = http.post(f"/{sid}/files/move", params={"source": "/proc/self/task",
+                                                            "destination": str(daemon.workdir / "proc-copy")})
+        assert response.status_code == 400 and "kernel's proc file system" in response.json()["message"]
+        assert not (daemon.workdir / "proc-copy").exists()
+        os.mkfifo(shm / "fifo")
+        response = http.post(f"/{sid}/files/move", params={"source": str(shm / "fifo"),
+                                                            "destination": str(daemon.workdir / "fifo")})
+        assert response.status_code == 400 and "device, FIFO or socket" in response.json()["message"]
+        assert (shm / "fifo").exists() and not os.path.lexists(daemon.workdir / "fifo")
+        (shm / "tree" / "sub").mkdir(parents=True)
+        (shm / "tree" / "sub" / "data.txt").write_text("data")
+        os.mkfifo(shm / "tree" / "sub" / "pipe")
+        response = http.post(f"/{sid}/files/move", params={"source": str(shm / "tree"),
+                                                            "destination": str(daemon.workdir / "tree")})
+        assert response.status_code == 400 and "sub/pipe" in response.json()["message"]
+        assert (shm / "tree" / "sub" / "data.txt").exists() and not (daemon.workdir / "tree").exists()
+        os.unlink(shm / "tree" / "sub" / "pipe")
+        response = http.post(f"/{sid}/files/move", params={"source": str(shm / "tree"),
+                                                            "destination": str(daemon.workdir / "tree")})
+        assert response.status_code == 200, response.text
+        assert (daemon.workdir / "tree" / "sub" / "data.txt").read_text() == "data" and not (shm / "tree").exists()
+    finally:
+        shutil.rmtree(shm, ignore_errors=True)

@@ -7,6 +7,7 @@ problems raise `DaemonError` with a message a person can act on.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import grp
 import os
@@ -124,6 +125,8 @@ class FileService:
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise from_os_error(exc, raw_source) from exc
+        with os_errors(raw_source):
+            _check_copyable(source, raw_source)
         with os_errors(raw_destination):
             if os.path.isdir(source) and not os.path.islink(source):
                 shutil.copytree(source, destination, symlinks=True)
@@ -178,3 +181,48 @@ def _account_id(text: str, number_kind: str, name_kind: str, lookup: Callable[[s
         raise bad_request(
             f"{name_kind} not found: {text!r} (give a {name_kind} name or a numeric {number_kind})"
         ) from None
+
+
+# statfs(2) magic numbers of kernel file systems whose files are views, not data: /proc's
+# pagemap reads as tens of gigabytes, /sys's as whatever the kernel makes up.
+_PSEUDO_FILE_SYSTEMS = {0x9FA0: "proc", 0x62656572: "sysfs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2",
+                        0x64626720: "debugfs", 0x74726163: "tracefs", 0x73636673: "securityfs",
+                        0x1CD1: "devpts", 0xCAFE4A11: "bpf", 0x6E736673: "nsfs", 0x50495045: "pipefs"}
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _file_system_type(path: str) -> int:
+    buffer = ctypes.create_string_buffer(256)  # struct statfs: f_type is its first field, a long
+    if _libc.statfs(os.fsencode(path), buffer) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number), path)
+    return ctypes.c_long.from_buffer(buffer).value
+
+
+def _check_copyable(source: str | os.PathLike[str], raw_source: str) -> None:
+    """A move across file systems copies, so what it moves must be data: never a tree on a
+    kernel file system, a mount inside the tree (its contents are not the tree's), or a
+    device, FIFO or socket (a copy of /dev/zero never ends, one of a FIFO waits forever).
+    Checked before anything is copied, so a refused move leaves both sides as they were."""
+    source = os.fspath(source)
+    kind = _PSEUDO_FILE_SYSTEMS.get(_file_system_type(source))
+    if kind is not None:
+        raise bad_request(f"cannot move {raw_source}: it is on the kernel's {kind} file system, "
+                          "whose files are views of the system, not data to copy")
+    device = os.lstat(source).st_dev
+    entries = [source]
+    if os.path.isdir(source) and not os.path.islink(source):
+        for root, dirs, files in os.walk(source, onerror=_raise):
+            entries += [os.path.join(root, name) for name in dirs + files]
+    for entry in entries:
+        st = os.lstat(entry)
+        if st.st_dev != device and stat.S_ISDIR(st.st_mode):
+            raise bad_request(f"cannot move {raw_source} across file systems: "
+                              f"{entry} is another file system mounted inside it")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            raise bad_request(f"cannot move {raw_source} across file systems: {entry} is a device, FIFO "
+                              "or socket, which a copy cannot carry")
+
+
+def _raise(error: OSError) -> None:
+    raise error
