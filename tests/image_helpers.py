@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,6 +52,16 @@ def local_registry(root: Path) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+@contextmanager
+def registry_with_image(work: Path, name: str, make_rootfs: Callable[[Path], Path],
+                        env: dict[str, str] | None = None) -> Iterator[str]:
+    """`local_registry` under `work` holding one image, `name` (e.g. "tiny:1"), of the root
+    file system `make_rootfs(dir)` builds; yields the registry's `127.0.0.1:PORT`."""
+    with local_registry(work / "registry") as address:
+        push_rootfs(make_rootfs(work / "rootfs"), work, f"{address}/{name}", env=env)
+        yield address
 
 
 def tiny_rootfs(dest: Path, tools: tuple[str, ...] = TOOLS) -> Path:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.controlplane_helpers import api_url, daytona, extra_key, stack_fixture
-from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+from tests.image_helpers import push_rootfs, registry_with_image, tiny_rootfs
 from tests.runtime_helpers import Stack, start_stack
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
@@ -25,9 +25,8 @@ stack = stack_fixture("images", pool_size=0)
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("registry")
-    with local_registry(work / "registry") as address:
-        push_rootfs(tiny_rootfs(work / "rootfs"), work, f"{address}/tiny:1", env={"FROM_IMAGE": "yes"})
+    with registry_with_image(tmp_path_factory.mktemp("registry"), "tiny:1", tiny_rootfs,
+                             {"FROM_IMAGE": "yes"}) as address:
         yield address
 
 

@@ -26,7 +26,7 @@ from runtime.network import Network
 from runtime.snapshots import SnapshotStore
 from tests import net_helpers
 from tests.layer_helpers import default_snapshot
-from tests.image_helpers import local_registry, package_index, push_rootfs, python_rootfs, tiny_rootfs, tiny_wheel
+from tests.image_helpers import package_index, push_rootfs, python_rootfs, registry_with_image, tiny_rootfs, tiny_wheel
 from tests.net_helpers import DNS_NAME, INTERNET_A, INTERNET_HOST, Namespace
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)")
@@ -36,9 +36,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="image builds need roo
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`127.0.0.1:PORT/tiny:1`: a one-layer image of the host's shell tools, pushed to a
     real registry."""
-    work = tmp_path_factory.mktemp("registry")
-    with local_registry(work / "registry") as address:
-        push_rootfs(tiny_rootfs(work / "rootfs"), work, f"{address}/tiny:1", env={"FROM_IMAGE": "yes"})
+    with registry_with_image(tmp_path_factory.mktemp("registry"), "tiny:1", tiny_rootfs,
+                             {"FROM_IMAGE": "yes"}) as address:
         yield address
 
 

@@ -25,7 +25,7 @@ from runtime.images.export import push, write_layer_tar, write_layout
 from runtime.images.oci import ImageConfig, ImageError, ImageImporter, registry_reference
 from runtime.snapshots import SnapshotStore
 from tests.helpers import free_port
-from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+from tests.image_helpers import local_registry, registry_with_image, tiny_rootfs
 from tests.system import requires
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root (idmapped mounts)"),
@@ -54,9 +54,8 @@ def _base_rootfs(dest: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("registry")
-    with local_registry(work / "registry") as address:
-        push_rootfs(_base_rootfs(work / "rootfs"), work, f"{address}/base:1", env={"FROM_BASE": "yes"})
+    with registry_with_image(tmp_path_factory.mktemp("registry"), "base:1", _base_rootfs,
+                             {"FROM_BASE": "yes"}) as address:
         yield address
 
 

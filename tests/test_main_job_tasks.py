@@ -28,11 +28,9 @@ from toolbox.tasks import finish_in_thread
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from tests.image_helpers import local_registry, push_rootfs, tiny_rootfs
+    from tests.image_helpers import registry_with_image, tiny_rootfs
 
-    work = tmp_path_factory.mktemp("registry")
-    with local_registry(work / "registry") as address:
-        push_rootfs(tiny_rootfs(work / "rootfs"), work, f"{address}/tiny:1")
+    with registry_with_image(tmp_path_factory.mktemp("registry"), "tiny:1", tiny_rootfs) as address:
         yield address
 
 
